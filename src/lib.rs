@@ -1,0 +1,7 @@
+//! btd: a BitTorrent client built as a synchronous, thread-per-peer daemon.
+//!
+//! The library holds the engine; `src/main.rs` is only the command line around it.
+//! See DESIGN.md for which thread owns what and what crosses each channel.
+
+pub mod wire;
+pub mod tracker;
