@@ -3,5 +3,13 @@
 //! The library holds the engine; `src/main.rs` is only the command line around it.
 //! See DESIGN.md for which thread owns what and what crosses each channel.
 
-pub mod wire;
+pub mod commands;
+pub mod config;
+pub mod engine;
+pub mod listener;
+pub mod metainfo;
+pub mod peer;
+pub mod storage;
+pub mod torrent;
 pub mod tracker;
+pub mod wire;

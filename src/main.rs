@@ -1,1 +1,158 @@
-fn main() {}
+//! btd's command line: parses arguments (clap), sets up logging (env_logger) and signals
+//! (ctrlc), runs the command and maps its error kind to the exit status. No logic of its own.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use clap::{Parser, Subcommand};
+
+use btd::commands::{self, CommandError, CreateOptions, TransferOptions};
+use btd::config::Config;
+
+#[derive(Parser)]
+#[command(name = "btd", version, about = "A BitTorrent client and daemon")]
+struct Cli {
+    /// Config file (default: config/btd.toml when it exists, else built-in defaults).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make a v1 .torrent of a file or directory.
+    Create {
+        path: PathBuf,
+        /// Where to write the .torrent.
+        #[arg(short = 'o', long = "output", value_name = "FILE.torrent")]
+        output: PathBuf,
+        /// Announce URL; repeat for several (one tier each).
+        #[arg(short = 't', long = "tracker", value_name = "ANNOUNCE_URL")]
+        trackers: Vec<String>,
+        /// Piece length in bytes, a power of two (default: 1,000-2,000 pieces).
+        #[arg(long, value_name = "BYTES")]
+        piece_length: Option<u32>,
+        /// Set the private flag (BEP 27).
+        #[arg(long)]
+        private: bool,
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
+    /// Download a torrent into DIR/<name>, then exit (or keep seeding with --seed).
+    Download {
+        torrent: PathBuf,
+        #[arg(short = 'o', long = "output", value_name = "DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        net: NetArgs,
+        /// Keep seeding after the download completes, until SIGINT/SIGTERM.
+        #[arg(long)]
+        seed: bool,
+    },
+    /// Verify complete data in DIR/<name> and seed it until SIGINT/SIGTERM.
+    Seed {
+        torrent: PathBuf,
+        #[arg(short = 'd', long = "dir", value_name = "DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct NetArgs {
+    /// TCP listen port (0 picks a free one).
+    #[arg(long, value_name = "N")]
+    port: Option<u16>,
+    /// Listen address, also the source address of outgoing connections.
+    #[arg(long, value_name = "IP")]
+    bind: Option<IpAddr>,
+    /// A peer to connect to; repeatable.
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    peers: Vec<String>,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!("{e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, CommandError> {
+    let default = Path::new("config/btd.toml");
+    match path {
+        Some(path) => Config::load(path),
+        None if default.exists() => Config::load(default),
+        None => Ok(Config::default()),
+    }
+    .map_err(|e| CommandError::BadInput(e.to_string()))
+}
+
+/// SIGINT/SIGTERM arrive on the returned channel; a second one exits at once.
+fn signals() -> Result<crossbeam_channel::Receiver<()>, CommandError> {
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    let (tx, rx) = crossbeam_channel::bounded(4);
+    ctrlc::set_handler(move || {
+        if COUNT.fetch_add(1, Ordering::SeqCst) > 0 {
+            std::process::exit(130);
+        }
+        let _ = tx.try_send(());
+    })
+    .map_err(|e| CommandError::Runtime(format!("cannot install signal handler: {e}")))?;
+    Ok(rx)
+}
+
+fn run(cli: Cli) -> Result<(), CommandError> {
+    match cli.command {
+        Command::Create {
+            path,
+            output,
+            trackers,
+            piece_length,
+            private,
+            comment,
+        } => commands::create(&CreateOptions {
+            path,
+            output,
+            trackers,
+            piece_length,
+            private,
+            comment,
+        }),
+        Command::Download {
+            torrent,
+            dir,
+            net,
+            seed,
+        } => {
+            let config = load_config(cli.config.as_deref())?;
+            let signals = signals()?;
+            commands::download(&transfer(torrent, dir, net, config), seed, &signals)
+        }
+        Command::Seed { torrent, dir, net } => {
+            let config = load_config(cli.config.as_deref())?;
+            let signals = signals()?;
+            commands::seed(&transfer(torrent, dir, net, config), &signals)
+        }
+    }
+}
+
+fn transfer(torrent: PathBuf, dir: PathBuf, net: NetArgs, config: Config) -> TransferOptions {
+    TransferOptions {
+        torrent,
+        dir,
+        port: net.port,
+        bind: net.bind,
+        peers: net.peers,
+        config,
+    }
+}

@@ -1,0 +1,372 @@
+//! The one-shot commands (`create`, `download`, `seed`) on top of the engine. Runs on the main
+//! thread: it starts the engine, waits for completion, a failure or a signal, shows progress,
+//! and stops everything in order. Errors are typed by exit status: bad input (2) or a runtime
+//! failure (1).
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, select};
+use indicatif::{ProgressBar, ProgressStyle};
+use lava_torrent::bencode::BencodeElem;
+use lava_torrent::torrent::v1::TorrentBuilder;
+use log::info;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::metainfo::Metainfo;
+use crate::storage::{OpenMode, Storage};
+use crate::torrent::{TorrentEvent, TorrentHandle, TorrentStats};
+
+/// Why a command failed; the kind picks the exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Bad usage or bad input: exit status 2.
+    #[error("{0}")]
+    BadInput(String),
+    /// Failure while running: exit status 1.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl CommandError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::BadInput(_) => 2,
+            Self::Runtime(_) => 1,
+        }
+    }
+}
+
+/// Options of `btd create`.
+pub struct CreateOptions {
+    pub path: PathBuf,
+    pub output: PathBuf,
+    pub trackers: Vec<String>,
+    pub piece_length: Option<u32>,
+    pub private: bool,
+    pub comment: Option<String>,
+}
+
+/// Smallest power of two from 16 KiB to 16 MiB that cuts `total` bytes into at most 2,000
+/// pieces (so between 1,000 and 2,000 unless the bounds bite).
+pub fn default_piece_length(total: u64) -> u32 {
+    let mut len: u32 = 16 * 1024;
+    while len < 16 * 1024 * 1024 && total.div_ceil(u64::from(len)) > 2000 {
+        len *= 2;
+    }
+    len
+}
+
+fn total_size(path: &Path) -> std::io::Result<u64> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_file() {
+        return Ok(meta.len());
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(path)? {
+        total += total_size(&entry?.path())?;
+    }
+    Ok(total)
+}
+
+/// `btd create`: writes a v1 torrent of a file or directory.
+///
+/// # Errors
+/// `BadInput` for an unreadable path or bad option, `Runtime` when hashing or writing fails.
+pub fn create(opts: &CreateOptions) -> Result<(), CommandError> {
+    let total = total_size(&opts.path)
+        .map_err(|e| CommandError::BadInput(format!("{}: {e}", opts.path.display())))?;
+    let piece_length = match opts.piece_length {
+        Some(len) if len.is_power_of_two() && len >= 16 * 1024 => len,
+        Some(len) => {
+            return Err(CommandError::BadInput(format!(
+                "--piece-length {len}: must be a power of two of at least 16384"
+            )));
+        }
+        None => default_piece_length(total),
+    };
+    let mut builder = TorrentBuilder::new(&opts.path, i64::from(piece_length));
+    if let Some(first) = opts.trackers.first() {
+        builder = builder.set_announce(Some(first.clone()));
+        if opts.trackers.len() > 1 {
+            // One tier per tracker, in the order given (BEP 12).
+            builder =
+                builder.set_announce_list(opts.trackers.iter().map(|t| vec![t.clone()]).collect());
+        }
+    }
+    if let Some(comment) = &opts.comment {
+        builder = builder.add_extra_field("comment".into(), BencodeElem::String(comment.clone()));
+    }
+    builder = builder
+        .add_extra_field(
+            "created by".into(),
+            BencodeElem::String(format!("btd/{}", env!("CARGO_PKG_VERSION"))),
+        )
+        .set_privacy(opts.private);
+    let torrent = builder
+        .build()
+        .map_err(|e| CommandError::BadInput(format!("{}: {e}", opts.path.display())))?;
+    torrent
+        .write_into_file(&opts.output)
+        .map_err(|e| CommandError::Runtime(format!("{}: {e}", opts.output.display())))?;
+    let meta =
+        Metainfo::from_file(&opts.output).map_err(|e| CommandError::Runtime(e.to_string()))?;
+    info!(
+        "created {}: {} bytes in {} pieces of {piece_length}, info hash {}",
+        opts.output.display(),
+        meta.geometry.total_len,
+        meta.geometry.num_pieces,
+        meta.info_hash
+    );
+    Ok(())
+}
+
+/// Options shared by `download` and `seed`.
+pub struct TransferOptions {
+    pub torrent: PathBuf,
+    pub dir: PathBuf,
+    pub port: Option<u16>,
+    pub bind: Option<IpAddr>,
+    pub peers: Vec<String>,
+    pub config: Config,
+}
+
+fn load_torrent(path: &Path) -> Result<Arc<Metainfo>, CommandError> {
+    Metainfo::from_file(path)
+        .map(Arc::new)
+        .map_err(|e| CommandError::BadInput(e.to_string()))
+}
+
+fn resolve_peers(peers: &[String]) -> Result<Vec<SocketAddr>, CommandError> {
+    let mut out = Vec::new();
+    for peer in peers {
+        let addrs = peer
+            .to_socket_addrs()
+            .map_err(|e| CommandError::BadInput(format!("--peer {peer}: {e}")))?;
+        out.extend(addrs);
+    }
+    Ok(out)
+}
+
+/// `btd download`: fetches what is missing into `dir`, then exits (or seeds on with `seed`).
+///
+/// # Errors
+/// `BadInput` for an unreadable torrent or bad peer address; `Runtime` for storage or network
+/// failures.
+pub fn download(
+    opts: &TransferOptions,
+    keep_seeding: bool,
+    signals: &Receiver<()>,
+) -> Result<(), CommandError> {
+    let meta = load_torrent(&opts.torrent)?;
+    let peers = resolve_peers(&opts.peers)?;
+    let storage = Storage::open(&opts.dir, &meta, OpenMode::Download)
+        .map_err(|e| CommandError::Runtime(e.to_string()))?;
+    let started = Instant::now();
+    let have = storage.verify(&meta.piece_hashes, opts.config.limits.disk_threads);
+    info!(
+        "torrent {}: {}/{} pieces already on disk (checked in {:.1?})",
+        meta.name,
+        have.count_ones(),
+        meta.geometry.num_pieces,
+        started.elapsed()
+    );
+    let engine = Engine::start(opts.config.engine(opts.bind, opts.port))
+        .map_err(|e| CommandError::Runtime(format!("listen: {e}")))?;
+    let handle = engine
+        .add(Arc::clone(&meta), Arc::new(storage), have, peers)
+        .map_err(|e| CommandError::Runtime(e.to_string()))?;
+    let outcome = wait(&meta, &handle, signals, !keep_seeding);
+    let result = match outcome {
+        Outcome::Completed if keep_seeding => {
+            info!("torrent {}: seeding until SIGINT/SIGTERM", meta.name);
+            match wait(&meta, &handle, signals, false) {
+                Outcome::Failed(e) => Err(CommandError::Runtime(e)),
+                _ => Ok(()),
+            }
+        }
+        Outcome::Completed | Outcome::Signalled => Ok(()),
+        Outcome::Failed(e) => Err(CommandError::Runtime(e)),
+    };
+    engine.remove(handle);
+    engine.shutdown();
+    result
+}
+
+/// `btd seed`: verifies complete data in `dir`, then serves it until a signal.
+///
+/// # Errors
+/// `BadInput` for an unreadable torrent; `Runtime` when data is missing or corrupt (naming the
+/// files and how many pieces failed) or the port cannot be bound.
+pub fn seed(opts: &TransferOptions, signals: &Receiver<()>) -> Result<(), CommandError> {
+    let meta = load_torrent(&opts.torrent)?;
+    let peers = resolve_peers(&opts.peers)?;
+    let storage = Storage::open(&opts.dir, &meta, OpenMode::Seed)
+        .map_err(|e| CommandError::Runtime(format!("torrent {}: {e}", meta.name)))?;
+    let have = storage.verify(&meta.piece_hashes, opts.config.limits.disk_threads);
+    if !have.is_full() {
+        let failed = meta.geometry.num_pieces - have.count_ones();
+        let files =
+            storage.files_of_pieces((0..meta.geometry.num_pieces).filter(|p| !have.get(*p)));
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| opts.dir.join(f).display().to_string())
+            .collect();
+        return Err(CommandError::Runtime(format!(
+            "torrent {}: {failed} of {} pieces failed verification, in: {}",
+            meta.name,
+            meta.geometry.num_pieces,
+            names.join(", ")
+        )));
+    }
+    info!(
+        "torrent {}: all {} pieces verified; seeding",
+        meta.name, meta.geometry.num_pieces
+    );
+    let engine = Engine::start(opts.config.engine(opts.bind, opts.port))
+        .map_err(|e| CommandError::Runtime(format!("listen: {e}")))?;
+    let handle = engine
+        .add(Arc::clone(&meta), Arc::new(storage), have, peers)
+        .map_err(|e| CommandError::Runtime(e.to_string()))?;
+    let outcome = wait(&meta, &handle, signals, false);
+    engine.remove(handle);
+    engine.shutdown();
+    match outcome {
+        Outcome::Failed(e) => Err(CommandError::Runtime(e)),
+        _ => Ok(()),
+    }
+}
+
+enum Outcome {
+    Completed,
+    Signalled,
+    Failed(String),
+}
+
+/// Waits for the torrent to complete (when `until_complete`), fail, or for a signal, showing
+/// progress meanwhile.
+fn wait(
+    meta: &Metainfo,
+    handle: &TorrentHandle,
+    signals: &Receiver<()>,
+    until_complete: bool,
+) -> Outcome {
+    let mut progress = Progress::new(meta, &handle.stats);
+    if until_complete && handle.stats.complete.load(Ordering::Relaxed) {
+        return Outcome::Completed;
+    }
+    let ticker = crossbeam_channel::tick(Duration::from_millis(250));
+    loop {
+        select! {
+            recv(signals) -> _ => {
+                progress.finish();
+                info!("torrent {}: signal received; stopping", meta.name);
+                return Outcome::Signalled;
+            }
+            recv(handle.events) -> event => match event {
+                Ok(TorrentEvent::Completed) if until_complete => {
+                    progress.finish();
+                    return Outcome::Completed;
+                }
+                Ok(TorrentEvent::Completed) => {}
+                Ok(TorrentEvent::Failed(e)) => {
+                    progress.finish();
+                    return Outcome::Failed(e);
+                }
+                Err(_) => return Outcome::Failed(format!("torrent {}: coordinator stopped", meta.name)),
+            },
+            recv(ticker) -> _ => progress.update(),
+        }
+    }
+}
+
+/// A progress bar on a terminal, else a log line every few seconds.
+struct Progress<'a> {
+    name: String,
+    stats: &'a TorrentStats,
+    bar: Option<ProgressBar>,
+    last_line: Instant,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl<'a> Progress<'a> {
+    fn new(meta: &Metainfo, stats: &'a TorrentStats) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(meta.geometry.total_len);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Self {
+            name: meta.name.clone(),
+            stats,
+            bar,
+            last_line: Instant::now(),
+        }
+    }
+
+    fn update(&mut self) {
+        let done = self.stats.verified_bytes.load(Ordering::Relaxed);
+        let total = self.stats.total_bytes.load(Ordering::Relaxed);
+        let peers = self.stats.peers.load(Ordering::Relaxed);
+        let down = self.stats.download_rate.load(Ordering::Relaxed);
+        let up = self.stats.upload_rate.load(Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            bar.set_message(format!("{} {peers} peers", self.name));
+        } else if self.last_line.elapsed() >= LOG_EVERY {
+            self.last_line = Instant::now();
+            let eta = if down > 0 && done < total {
+                format!("{}s", (total - done) / down)
+            } else {
+                "-".into()
+            };
+            info!(
+                "torrent {}: {:.1}% ({done}/{total} bytes), down {:.1} MB/s, up {:.1} MB/s, {peers} peers, eta {eta}",
+                self.name,
+                if total == 0 {
+                    100.0
+                } else {
+                    done as f64 * 100.0 / total as f64
+                },
+                down as f64 / 1e6,
+                up as f64 / 1e6,
+            );
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.set_position(self.stats.verified_bytes.load(Ordering::Relaxed));
+            bar.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_piece_length_gives_one_to_two_thousand_pieces() {
+        assert_eq!(default_piece_length(1 << 30), 1 << 20);
+        assert_eq!(default_piece_length(1000), 16 * 1024);
+        assert_eq!(default_piece_length(1 << 40), 16 * 1024 * 1024);
+        for total in [40_000_000u64, 300_000_000, 5_000_000_000] {
+            let pieces = total.div_ceil(u64::from(default_piece_length(total)));
+            assert!((1000..=2000).contains(&pieces), "{total}: {pieces}");
+        }
+    }
+}

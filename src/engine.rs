@@ -1,0 +1,110 @@
+//! The engine: what one btd process shares across its torrents. It owns our peer id, the
+//! listener and the registry the listener routes by, and starts and stops torrents. The CLI's
+//! one-shot commands and (later) the daemon drive it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use log::info;
+use parking_lot::RwLock;
+use rand::RngExt;
+
+use crate::listener::{Listener, Registry};
+use crate::metainfo::Metainfo;
+use crate::storage::Storage;
+use crate::torrent::{TorrentHandle, TorrentLimits, TorrentParams};
+use crate::wire::Bitfield;
+
+/// Our client prefix in peer ids (Azureus style): btd 0.1.
+const PEER_ID_PREFIX: &[u8; 8] = b"-BD0010-";
+
+/// How the engine listens and dials.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub listen: SocketAddr,
+    pub limits: TorrentLimits,
+}
+
+/// See the module documentation.
+pub struct Engine {
+    peer_id: [u8; 20],
+    registry: Registry,
+    listener: Listener,
+    config: EngineConfig,
+}
+
+impl Engine {
+    /// Binds the listening socket and starts the listener thread.
+    ///
+    /// # Errors
+    /// When the listen address cannot be bound.
+    pub fn start(config: EngineConfig) -> std::io::Result<Self> {
+        let registry: Registry = Arc::new(RwLock::new(HashMap::new()));
+        let listener = Listener::bind(config.listen, Arc::clone(&registry))?;
+        info!("listening on {}", listener.local_addr());
+        Ok(Self {
+            peer_id: new_peer_id(),
+            registry,
+            listener,
+            config,
+        })
+    }
+
+    /// The bound listen address, with the port the kernel picked for port 0.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// Starts a torrent whose data is opened in `storage`, `have` already verified, dialling
+    /// `peers` besides those its trackers give.
+    ///
+    /// # Errors
+    /// When its threads cannot be spawned.
+    pub fn add(
+        &self,
+        meta: Arc<Metainfo>,
+        storage: Arc<Storage>,
+        have: Bitfield,
+        peers: Vec<SocketAddr>,
+    ) -> std::io::Result<TorrentHandle> {
+        let info_hash = meta.info_hash;
+        let bind = Some(self.config.listen.ip()).filter(|ip: &IpAddr| !ip.is_unspecified());
+        let handle = TorrentHandle::start(TorrentParams {
+            meta,
+            storage,
+            have,
+            peer_id: self.peer_id,
+            listen_port: self.listen_addr().port(),
+            bind,
+            peers,
+            limits: self.config.limits.clone(),
+        })?;
+        self.registry
+            .write()
+            .insert(info_hash, Arc::clone(&handle.context));
+        Ok(handle)
+    }
+
+    /// Stops a torrent gracefully (announce `stopped`, drop peers, flush).
+    pub fn remove(&self, handle: TorrentHandle) {
+        self.registry.write().remove(&handle.context.info_hash);
+        handle.stop();
+    }
+
+    /// Stops accepting peers.
+    pub fn shutdown(self) {
+        self.listener.stop();
+    }
+}
+
+fn new_peer_id() -> [u8; 20] {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut id = [0u8; 20];
+    id[..8].copy_from_slice(PEER_ID_PREFIX);
+    let mut rng = rand::rng();
+    for byte in &mut id[8..] {
+        *byte = ALPHABET[rng.random_range(0..ALPHABET.len())];
+    }
+    id
+}

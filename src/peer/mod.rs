@@ -1,0 +1,172 @@
+//! Peer connections: one OS thread per peer, each owning its socket. This module holds what
+//! crosses the channels between a peer thread and its torrent's coordinator, and the functions
+//! that spawn peer threads for outgoing and incoming connections. The loop itself is in
+//! `session.rs`. A peer thread never touches picker state; it reports facts ([`PeerEvent`]) and
+//! obeys orders ([`PeerCommand`]).
+
+mod session;
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use crate::metainfo::{Geometry, InfoHash};
+use crate::storage::Storage;
+use crate::torrent::picker::PeerKey;
+use crate::wire::{Bitfield, BlockRef, WireError};
+
+pub use session::{MAX_UPLOAD_QUEUE, PEER_STACK_BYTES, read_handshake, run_incoming};
+
+/// Facts a peer thread reports, in the past tense. The coordinator decides what they mean.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// The handshake succeeded. The coordinator answers with `Start` (or `Shutdown`).
+    Connected {
+        peer: PeerKey,
+        addr: SocketAddr,
+        peer_id: [u8; 20],
+        incoming: bool,
+        commands: Sender<PeerCommand>,
+        /// A clone of the socket, so the coordinator can unblock the thread with `shutdown`.
+        socket: TcpStream,
+        stats: Arc<PeerStats>,
+    },
+    /// An outgoing connection or its handshake failed before `Connected`.
+    ConnectFailed {
+        peer: PeerKey,
+        addr: SocketAddr,
+        reason: PeerError,
+    },
+    /// The peer's full piece set (a bitfield; later ones replace the earlier).
+    Bitfield {
+        peer: PeerKey,
+        pieces: Bitfield,
+    },
+    Have {
+        peer: PeerKey,
+        piece: u32,
+    },
+    Choked {
+        peer: PeerKey,
+    },
+    Unchoked {
+        peer: PeerKey,
+    },
+    Interested {
+        peer: PeerKey,
+    },
+    NotInterested {
+        peer: PeerKey,
+    },
+    /// A block's data, moved, never shared.
+    BlockReceived {
+        peer: PeerKey,
+        block: BlockRef,
+        data: Vec<u8>,
+    },
+    /// The thread is ending; sent exactly once after `Connected`, also when the thread panics.
+    Disconnected {
+        peer: PeerKey,
+        reason: PeerError,
+    },
+}
+
+/// Orders for one peer thread, in the imperative.
+#[derive(Debug)]
+pub enum PeerCommand {
+    /// First command after `Connected`: send our bitfield (if not empty) and start.
+    Start(Bitfield),
+    Request(Vec<BlockRef>),
+    Cancel(Vec<BlockRef>),
+    /// Announce a piece we verified and wrote; from now on it may be served.
+    Have(u32),
+    Choke,
+    Unchoke,
+    Interested,
+    NotInterested,
+    Shutdown,
+}
+
+/// Byte counters a peer thread updates and the coordinator samples for rates.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    /// Payload bytes received in piece messages.
+    pub downloaded: AtomicU64,
+    /// Payload bytes sent in piece messages.
+    pub uploaded: AtomicU64,
+}
+
+impl PeerStats {
+    pub(crate) fn add_downloaded(&self, n: usize) {
+        self.downloaded.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn add_uploaded(&self, n: usize) {
+        self.uploaded.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Why a peer connection ended. Recoverable: the torrent goes on without this peer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error("read failed: {0}")]
+    Read(std::io::Error),
+    #[error("write failed: {0}")]
+    Write(std::io::Error),
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("bad message: {0}")]
+    Wire(#[from] WireError),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+    #[error("dropped by coordinator")]
+    Dropped,
+    #[error("coordinator gone")]
+    CoordinatorGone,
+    #[error("peer thread panicked")]
+    Panicked,
+}
+
+/// What every peer thread of one torrent shares.
+pub struct TorrentContext {
+    pub info_hash: InfoHash,
+    pub our_id: [u8; 20],
+    pub geometry: Geometry,
+    pub storage: Arc<Storage>,
+    pub events: Sender<PeerEvent>,
+}
+
+/// Process-wide peer numbering, so keys from the listener and from the coordinator never clash.
+static NEXT_PEER_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh, never reused peer key.
+pub fn next_peer_key() -> PeerKey {
+    NEXT_PEER_KEY.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Spawns thread "peer ADDR" that connects to `addr` (from `bind` when given, within
+/// `connect_timeout`), handshakes and runs the session.
+///
+/// # Errors
+/// When the thread cannot be spawned.
+pub fn spawn_outgoing(
+    ctx: Arc<TorrentContext>,
+    peer: PeerKey,
+    addr: SocketAddr,
+    bind: Option<IpAddr>,
+    connect_timeout: Duration,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("peer {addr}"))
+        .stack_size(session::PEER_STACK_BYTES)
+        .spawn(move || session::run_outgoing(&ctx, peer, addr, bind, connect_timeout))
+        .map(drop)
+}

@@ -1,0 +1,552 @@
+//! The loop of one peer thread: it owns the socket, reads and decodes messages, reports them to
+//! the coordinator, carries out the coordinator's commands, and serves the peer's requests from
+//! disk for pieces we announced. Runs on thread "peer ADDR"; never touches picker state.
+//!
+//! Each turn: drain commands, serve a batch of queued requests, write what is buffered, read
+//! (briefly blocking), decode every complete message, run the keep-alive and idle timers.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use log::{debug, trace};
+
+use super::{PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
+use crate::torrent::picker::PeerKey;
+use crate::wire::{
+    BLOCK_LEN, Bitfield, BlockRef, HANDSHAKE_LEN, Handshake, Message, PIECE_HEADER_LEN,
+    encode_piece_header,
+};
+
+/// Peer threads do little recursion and keep their buffers on the heap.
+pub const PEER_STACK_BYTES: usize = 256 * 1024;
+/// Requests we queue for one peer before we call it a flood and drop it.
+pub const MAX_UPLOAD_QUEUE: usize = 4096;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(120);
+/// A peer silent this long (not even keep-alives) is gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(240);
+/// A write that makes no progress this long means the peer stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a read may block while either side is interested: bounds the delay before a
+/// command from the coordinator goes out.
+const ACTIVE_READ_TIMEOUT: Duration = Duration::from_millis(5);
+/// Same, while neither side wants anything.
+const IDLE_READ_TIMEOUT: Duration = Duration::from_millis(200);
+const READ_BUF_BYTES: usize = 512 * 1024;
+/// Upload bytes we put in the send buffer before writing it out.
+const UPLOAD_BATCH_BYTES: usize = 512 * 1024;
+const SOCKET_BUF_BYTES: usize = 4 * 1024 * 1024;
+
+/// Reads a 68-byte handshake.
+///
+/// # Errors
+/// `Read` on socket errors and timeouts, `Handshake` when the bytes are not a handshake.
+pub fn read_handshake(stream: &mut TcpStream) -> Result<Handshake, PeerError> {
+    let mut buf = [0u8; HANDSHAKE_LEN];
+    stream.read_exact(&mut buf).map_err(PeerError::Read)?;
+    Handshake::decode(&buf).map_err(|e| PeerError::Handshake(e.to_string()))
+}
+
+fn tune_socket(stream: &TcpStream) {
+    let sock = socket2::SockRef::from(stream);
+    // Best effort: the kernel caps these at its own limits.
+    let _ = sock.set_recv_buffer_size(SOCKET_BUF_BYTES);
+    let _ = sock.set_send_buffer_size(SOCKET_BUF_BYTES);
+    let _ = stream.set_nodelay(true);
+}
+
+fn connect(
+    addr: SocketAddr,
+    bind: Option<IpAddr>,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if let Some(ip) = bind.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
+}
+
+/// Body of an outgoing peer thread.
+pub(super) fn run_outgoing(
+    ctx: &Arc<TorrentContext>,
+    peer: PeerKey,
+    addr: SocketAddr,
+    bind: Option<IpAddr>,
+    connect_timeout: Duration,
+) {
+    let ours = Handshake::new(ctx.info_hash.0, ctx.our_id);
+    let attempt = || -> Result<(TcpStream, Handshake), PeerError> {
+        let mut stream = connect(addr, bind, connect_timeout).map_err(PeerError::Connect)?;
+        stream
+            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .map_err(PeerError::Connect)?;
+        stream.write_all(&ours.encode()).map_err(PeerError::Write)?;
+        let theirs = read_handshake(&mut stream)?;
+        if theirs.info_hash != ctx.info_hash.0 {
+            return Err(PeerError::Handshake("wrong info hash".into()));
+        }
+        Ok((stream, theirs))
+    };
+    match attempt() {
+        Ok((stream, theirs)) => run_connected(ctx, peer, stream, addr, theirs, false),
+        Err(reason) => {
+            debug!("peer {addr}: {reason}");
+            let _ = ctx
+                .events
+                .send(PeerEvent::ConnectFailed { peer, addr, reason });
+        }
+    }
+}
+
+/// Body of an incoming peer thread, after the listener read the peer's handshake and found
+/// our torrent by its info hash: answer with ours and run the session.
+pub fn run_incoming(
+    ctx: &Arc<TorrentContext>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    theirs: Handshake,
+) {
+    let ours = Handshake::new(ctx.info_hash.0, ctx.our_id);
+    if let Err(e) = stream.write_all(&ours.encode()) {
+        debug!("peer {addr}: write handshake: {e}");
+        return;
+    }
+    run_connected(ctx, next_key(), stream, addr, theirs, true);
+}
+
+fn next_key() -> PeerKey {
+    super::next_peer_key()
+}
+
+/// Sends `Disconnected` exactly once when the session ends, however it ends (panics included).
+struct DisconnectGuard<'a> {
+    ctx: &'a TorrentContext,
+    peer: PeerKey,
+    reason: Option<PeerError>,
+}
+
+impl Drop for DisconnectGuard<'_> {
+    fn drop(&mut self) {
+        let reason = self.reason.take().unwrap_or(PeerError::Panicked);
+        let _ = self.ctx.events.send(PeerEvent::Disconnected {
+            peer: self.peer,
+            reason,
+        });
+    }
+}
+
+fn run_connected(
+    ctx: &Arc<TorrentContext>,
+    peer: PeerKey,
+    stream: TcpStream,
+    addr: SocketAddr,
+    theirs: Handshake,
+    incoming: bool,
+) {
+    if theirs.peer_id == ctx.our_id {
+        debug!("peer {addr}: connected to ourselves");
+        let _ = ctx.events.send(PeerEvent::ConnectFailed {
+            peer,
+            addr,
+            reason: PeerError::Handshake("our own peer id".into()),
+        });
+        return;
+    }
+    tune_socket(&stream);
+    let (socket, commands) = match stream.try_clone() {
+        Ok(clone) => (clone, crossbeam_channel::bounded(1024)),
+        Err(e) => {
+            let _ = ctx.events.send(PeerEvent::ConnectFailed {
+                peer,
+                addr,
+                reason: PeerError::Connect(e),
+            });
+            return;
+        }
+    };
+    let stats = Arc::new(PeerStats::default());
+    let connected = PeerEvent::Connected {
+        peer,
+        addr,
+        peer_id: theirs.peer_id,
+        incoming,
+        commands: commands.0,
+        socket,
+        stats: Arc::clone(&stats),
+    };
+    if ctx.events.send(connected).is_err() {
+        return;
+    }
+    let mut guard = DisconnectGuard {
+        ctx,
+        peer,
+        reason: None,
+    };
+    let mut session = Session::new(ctx, peer, stream, addr, commands.1, stats);
+    let reason = session.run();
+    debug!("peer {addr}: disconnected: {reason}");
+    let _ = session.stream.shutdown(Shutdown::Both);
+    guard.reason = Some(reason);
+}
+
+struct Session<'a> {
+    ctx: &'a TorrentContext,
+    peer: PeerKey,
+    stream: TcpStream,
+    addr: SocketAddr,
+    commands: Receiver<PeerCommand>,
+    stats: Arc<PeerStats>,
+    read_buf: Vec<u8>,
+    read_start: usize,
+    read_end: usize,
+    write_buf: Vec<u8>,
+    /// Pieces we announced (bitfield + have): the only ones we serve.
+    our_pieces: Bitfield,
+    am_choking: bool,
+    am_interested: bool,
+    peer_interested: bool,
+    received_any: bool,
+    upload_queue: VecDeque<BlockRef>,
+    read_timeout: Duration,
+    last_received: Instant,
+    last_sent: Instant,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        ctx: &'a TorrentContext,
+        peer: PeerKey,
+        stream: TcpStream,
+        addr: SocketAddr,
+        commands: Receiver<PeerCommand>,
+        stats: Arc<PeerStats>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            ctx,
+            peer,
+            stream,
+            addr,
+            commands,
+            stats,
+            read_buf: vec![0; READ_BUF_BYTES],
+            read_start: 0,
+            read_end: 0,
+            write_buf: Vec::with_capacity(UPLOAD_BATCH_BYTES + 64 * 1024),
+            our_pieces: Bitfield::new(ctx.geometry.num_pieces),
+            am_choking: true,
+            am_interested: false,
+            peer_interested: false,
+            received_any: false,
+            upload_queue: VecDeque::new(),
+            read_timeout: Duration::ZERO,
+            last_received: now,
+            last_sent: now,
+        }
+    }
+
+    fn run(&mut self) -> PeerError {
+        if let Err(e) = self.start() {
+            return e;
+        }
+        loop {
+            if let Err(e) = self.turn() {
+                return e;
+            }
+        }
+    }
+
+    /// Waits for the coordinator's `Start` (our bitfield), which must be our first message.
+    fn start(&mut self) -> Result<(), PeerError> {
+        let _ = self.stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        match self.commands.recv_timeout(Duration::from_secs(30)) {
+            Ok(PeerCommand::Start(pieces)) => {
+                if pieces.count_ones() > 0 {
+                    Message::Bitfield(pieces.as_bytes().to_vec()).encode(&mut self.write_buf);
+                }
+                self.our_pieces = pieces;
+                Ok(())
+            }
+            Ok(PeerCommand::Shutdown) => Err(PeerError::Dropped),
+            Ok(other) => Err(PeerError::Protocol(format!(
+                "coordinator sent {other:?} before Start"
+            ))),
+            Err(_) => Err(PeerError::CoordinatorGone),
+        }
+    }
+
+    fn turn(&mut self) -> Result<(), PeerError> {
+        self.drain_commands()?;
+        self.serve_uploads()?;
+        self.flush()?;
+        self.read_some()?;
+        self.decode_all()?;
+        self.timers()
+    }
+
+    fn drain_commands(&mut self) -> Result<(), PeerError> {
+        loop {
+            match self.commands.try_recv() {
+                Ok(cmd) => self.obey(cmd)?,
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => return Err(PeerError::CoordinatorGone),
+            }
+        }
+    }
+
+    fn obey(&mut self, cmd: PeerCommand) -> Result<(), PeerError> {
+        let out = &mut self.write_buf;
+        match cmd {
+            PeerCommand::Request(blocks) => {
+                for block in blocks {
+                    trace!(
+                        "peer {}: -> request {}+{}",
+                        self.addr, block.piece, block.offset
+                    );
+                    Message::Request(block).encode(out);
+                }
+            }
+            PeerCommand::Cancel(blocks) => {
+                for block in blocks {
+                    Message::Cancel(block).encode(out);
+                }
+            }
+            PeerCommand::Have(piece) => {
+                self.our_pieces.set(piece);
+                Message::Have(piece).encode(out);
+            }
+            PeerCommand::Choke => {
+                if !self.am_choking {
+                    self.am_choking = true;
+                    // Choking voids every request the peer sent us (BEP 3).
+                    self.upload_queue.clear();
+                    Message::Choke.encode(out);
+                }
+            }
+            PeerCommand::Unchoke => {
+                if self.am_choking {
+                    self.am_choking = false;
+                    Message::Unchoke.encode(out);
+                }
+            }
+            PeerCommand::Interested => {
+                if !self.am_interested {
+                    self.am_interested = true;
+                    Message::Interested.encode(out);
+                }
+            }
+            PeerCommand::NotInterested => {
+                if self.am_interested {
+                    self.am_interested = false;
+                    Message::NotInterested.encode(out);
+                }
+            }
+            PeerCommand::Shutdown => return Err(PeerError::Dropped),
+            PeerCommand::Start(_) => {
+                return Err(PeerError::Protocol("coordinator sent Start twice".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads queued requests from disk straight into the send buffer, up to one batch.
+    fn serve_uploads(&mut self) -> Result<(), PeerError> {
+        while self.write_buf.len() < UPLOAD_BATCH_BYTES {
+            let Some(block) = self.upload_queue.pop_front() else {
+                break;
+            };
+            let start = self.write_buf.len();
+            encode_piece_header(block.piece, block.offset, block.len, &mut self.write_buf);
+            let data_start = start + PIECE_HEADER_LEN;
+            self.write_buf.resize(data_start + block.len as usize, 0);
+            if let Err(e) =
+                self.ctx
+                    .storage
+                    .read(block.piece, block.offset, &mut self.write_buf[data_start..])
+            {
+                // Nothing wrong goes to the peer: drop the half-built message and the peer.
+                self.write_buf.truncate(start);
+                log::error!(
+                    "peer {}: cannot serve piece {}: {e}",
+                    self.addr,
+                    block.piece
+                );
+                return Err(PeerError::Protocol(format!("storage: {e}")));
+            }
+            self.stats.add_uploaded(block.len as usize);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), PeerError> {
+        if self.write_buf.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .write_all(&self.write_buf)
+            .map_err(PeerError::Write)?;
+        self.write_buf.clear();
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    fn read_some(&mut self) -> Result<(), PeerError> {
+        if self.read_start == self.read_end {
+            self.read_start = 0;
+            self.read_end = 0;
+        } else if self.read_buf.len() - self.read_end < 64 * 1024 {
+            self.read_buf.copy_within(self.read_start..self.read_end, 0);
+            self.read_end -= self.read_start;
+            self.read_start = 0;
+        }
+        // With uploads waiting, only take what is already there: the peer may have nothing
+        // more to say while it waits for our data.
+        let busy = !self.upload_queue.is_empty() && !self.am_choking;
+        let timeout = if busy {
+            Duration::from_micros(1)
+        } else if self.am_interested || self.peer_interested {
+            ACTIVE_READ_TIMEOUT
+        } else {
+            IDLE_READ_TIMEOUT
+        };
+        if timeout != self.read_timeout {
+            self.stream
+                .set_read_timeout(Some(timeout))
+                .map_err(PeerError::Read)?;
+            self.read_timeout = timeout;
+        }
+        match self.stream.read(&mut self.read_buf[self.read_end..]) {
+            Ok(0) => Err(PeerError::Closed),
+            Ok(n) => {
+                self.read_end += n;
+                self.last_received = Instant::now();
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(PeerError::Read(e)),
+        }
+    }
+
+    fn decode_all(&mut self) -> Result<(), PeerError> {
+        while let Some((msg, used)) =
+            Message::decode(&self.read_buf[self.read_start..self.read_end])?
+        {
+            self.read_start += used;
+            self.handle(msg)?;
+        }
+        Ok(())
+    }
+
+    fn report(&self, event: PeerEvent) -> Result<(), PeerError> {
+        self.ctx
+            .events
+            .send(event)
+            .map_err(|_| PeerError::CoordinatorGone)
+    }
+
+    fn handle(&mut self, msg: Message) -> Result<(), PeerError> {
+        let peer = self.peer;
+        let first = !self.received_any;
+        if !matches!(msg, Message::KeepAlive) {
+            self.received_any = true;
+        }
+        match msg {
+            Message::KeepAlive => {}
+            Message::Choke => self.report(PeerEvent::Choked { peer })?,
+            Message::Unchoke => self.report(PeerEvent::Unchoked { peer })?,
+            Message::Interested => {
+                self.peer_interested = true;
+                self.report(PeerEvent::Interested { peer })?;
+            }
+            Message::NotInterested => {
+                self.peer_interested = false;
+                self.report(PeerEvent::NotInterested { peer })?;
+            }
+            Message::Have(piece) => {
+                if piece >= self.ctx.geometry.num_pieces {
+                    return Err(PeerError::Protocol(format!(
+                        "have for piece {piece} out of range"
+                    )));
+                }
+                self.report(PeerEvent::Have { peer, piece })?;
+            }
+            Message::Bitfield(bytes) => {
+                // A later bitfield of the right length is the peer's new state (aria2 sends
+                // one mid-connection); a wrong length or spare bits set is a violation.
+                let pieces = Bitfield::from_wire(&bytes, self.ctx.geometry.num_pieces)?;
+                if !first {
+                    debug!(
+                        "peer {}: bitfield after other messages; taking it as new state",
+                        self.addr
+                    );
+                }
+                self.report(PeerEvent::Bitfield { peer, pieces })?;
+            }
+            Message::Request(block) => self.on_request(block)?,
+            Message::Piece {
+                piece,
+                offset,
+                data,
+            } => {
+                let len = u32::try_from(data.len()).expect("decoder bounds piece messages");
+                self.stats.add_downloaded(data.len());
+                trace!("peer {}: <- piece {piece}+{offset} ({len} B)", self.addr);
+                let block = BlockRef::new(piece, offset, len);
+                self.report(PeerEvent::BlockReceived { peer, block, data })?;
+            }
+            Message::Cancel(block) => self.upload_queue.retain(|b| *b != block),
+            Message::Port(_) | Message::Unknown { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn on_request(&mut self, block: BlockRef) -> Result<(), PeerError> {
+        if block.len > BLOCK_LEN {
+            return Err(PeerError::Protocol(format!(
+                "request of {} bytes",
+                block.len
+            )));
+        }
+        if self.am_choking {
+            // Requests while choked are void; a racing request after our choke is normal.
+            return Ok(());
+        }
+        if !self.ctx.geometry.is_servable_request(&block) || !self.our_pieces.get(block.piece) {
+            debug!(
+                "peer {}: ignoring request for {block:?} we do not have",
+                self.addr
+            );
+            return Ok(());
+        }
+        if self.upload_queue.len() >= MAX_UPLOAD_QUEUE {
+            return Err(PeerError::Protocol("request flood".into()));
+        }
+        self.upload_queue.push_back(block);
+        Ok(())
+    }
+
+    fn timers(&mut self) -> Result<(), PeerError> {
+        let now = Instant::now();
+        if now.duration_since(self.last_received) > IDLE_TIMEOUT {
+            return Err(PeerError::Idle(IDLE_TIMEOUT));
+        }
+        if now.duration_since(self.last_sent) > KEEPALIVE_INTERVAL && self.write_buf.is_empty() {
+            Message::KeepAlive.encode(&mut self.write_buf);
+        }
+        Ok(())
+    }
+}

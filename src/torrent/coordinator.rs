@@ -1,0 +1,1021 @@
+//! The coordinator: thread "torrent NAME", one per torrent. It alone owns the picker, the piece
+//! buffers, the peer table and the address book. It reacts to peer events, disk results,
+//! tracker peer lists, control messages and a timer; it never blocks on a socket or a disk
+//! (it only `try_send`s to peers and hands pieces to the disk threads).
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, select};
+use log::{debug, error, info, warn};
+
+use super::choker::{self, CHOKE_INTERVAL, Candidate, OPTIMISTIC_INTERVAL};
+use super::disk::{self, DiskJob, DiskResult};
+use super::picker::{PeerKey, Picker, Received};
+use super::piece_buffer::{
+    Blame, CompletePiece, PieceBuffers, blame_after_refetch, blame_on_failure,
+};
+use super::{Control, TorrentEvent, TorrentHandle, TorrentParams, TorrentStats};
+use crate::metainfo::Metainfo;
+use crate::peer::{self, PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
+use crate::storage::Storage;
+use crate::tracker::Tiers;
+use crate::tracker::announcer::{self, AnnounceStats, AnnouncerCommand, AnnouncerConfig};
+use crate::wire::{BLOCK_LEN, Bitfield, BlockRef};
+
+const TICK: Duration = Duration::from_millis(500);
+/// Capacity of the peer -> coordinator channel: a slow coordinator pushes back on peers' reads.
+const EVENTS_CAPACITY: usize = 4096;
+/// Most requests we keep outstanding with one peer (its queue limit is unknown without BEP 10).
+const MAX_PIPELINE: usize = 250;
+const MIN_PIPELINE: usize = 16;
+const INITIAL_PIPELINE: usize = 64;
+/// Seconds of a peer's rate we keep requested from it.
+const PIPELINE_SECONDS: u64 = 1;
+/// A peer that sends no requested block for this long has its requests given to others.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bytes of verified-pending pieces we let queue for the disk threads before pausing requests.
+const MAX_DISK_BACKLOG_BYTES: usize = 64 * 1024 * 1024;
+/// Hash failures attributed to one peer before we ban its address.
+const BAN_AFTER_STRIKES: u32 = 2;
+/// Below this many connected peers a leeching torrent asks the tracker for more.
+const STARVED_PEERS: usize = 5;
+const RETRY_BASE: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
+    let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_CAPACITY);
+    let (control_tx, control_rx) = crossbeam_channel::bounded(64);
+    let (torrent_events_tx, torrent_events_rx) = crossbeam_channel::unbounded();
+    let meta = Arc::clone(&params.meta);
+    let context = Arc::new(TorrentContext {
+        info_hash: meta.info_hash,
+        our_id: params.peer_id,
+        geometry: meta.geometry,
+        storage: Arc::clone(&params.storage),
+        events: events_tx,
+    });
+    let stats = Arc::new(TorrentStats::default());
+    stats
+        .total_bytes
+        .store(meta.geometry.total_len, Ordering::Relaxed);
+    let name = meta.name.clone();
+    let thread = {
+        let context = Arc::clone(&context);
+        let stats = Arc::clone(&stats);
+        std::thread::Builder::new()
+            .name(format!("torrent {name}"))
+            .spawn(move || {
+                match Coordinator::new(
+                    params,
+                    context,
+                    stats,
+                    events_rx,
+                    control_rx,
+                    torrent_events_tx,
+                ) {
+                    Ok(mut c) => c.run(),
+                    Err(e) => error!("torrent {name}: cannot start: {e}"),
+                }
+            })?
+    };
+    Ok(TorrentHandle {
+        context,
+        stats,
+        events: torrent_events_rx,
+        control: control_tx,
+        thread: Some(thread),
+    })
+}
+
+/// Where we stand with one address we may dial.
+struct AddrInfo {
+    connected: Option<PeerKey>,
+    connecting: bool,
+    failures: u32,
+    retry_at: Instant,
+    /// Last seen with every piece: no use dialling it once we are complete too.
+    seed: bool,
+}
+
+struct Peer {
+    addr: SocketAddr,
+    peer_id: [u8; 20],
+    incoming: bool,
+    commands: Sender<PeerCommand>,
+    socket: TcpStream,
+    stats: Arc<PeerStats>,
+    pieces: Bitfield,
+    /// Pieces the peer has that we have not verified: we are interested while this is positive.
+    wanted: u32,
+    am_choking: bool,
+    am_interested: bool,
+    peer_choking: bool,
+    peer_interested: bool,
+    outstanding: HashSet<BlockRef>,
+    pipeline: usize,
+    last_block_at: Instant,
+    connected_at: Instant,
+    rate_down: u64,
+    rate_up: u64,
+    last_down: u64,
+    last_up: u64,
+}
+
+struct Coordinator {
+    meta: Arc<Metainfo>,
+    context: Arc<TorrentContext>,
+    storage: Arc<Storage>,
+    stats: Arc<TorrentStats>,
+    params_bind: Option<IpAddr>,
+    limits: super::TorrentLimits,
+    picker: Picker,
+    buffers: PieceBuffers,
+    have: Bitfield,
+    peers: HashMap<PeerKey, Peer>,
+    addrs: HashMap<SocketAddr, AddrInfo>,
+    banned: HashSet<IpAddr>,
+    strikes: HashMap<PeerKey, u32>,
+    /// Pieces that failed with several contributors: the bad copy, kept to compare.
+    suspects: HashMap<u32, CompletePiece>,
+    /// Who sent the blocks of each piece now with the disk threads.
+    pending_senders: HashMap<u32, Vec<Option<PeerKey>>>,
+    disk_backlog_bytes: usize,
+    disk_jobs: Option<Sender<DiskJob>>,
+    disk_results: Receiver<DiskResult>,
+    disk_threads: Vec<JoinHandle<()>>,
+    announcer: Option<(Sender<AnnouncerCommand>, JoinHandle<()>)>,
+    tracker_peers: Receiver<Vec<SocketAddr>>,
+    events: Receiver<PeerEvent>,
+    control: Receiver<Control>,
+    torrent_events: Sender<TorrentEvent>,
+    optimistic: Option<PeerKey>,
+    last_choke: Instant,
+    last_optimistic: Instant,
+    last_tick: Instant,
+    complete_announced: bool,
+    syncing: bool,
+    failed: bool,
+    rng: rand::rngs::StdRng,
+}
+
+impl Coordinator {
+    fn new(
+        params: TorrentParams,
+        context: Arc<TorrentContext>,
+        stats: Arc<TorrentStats>,
+        events: Receiver<PeerEvent>,
+        control: Receiver<Control>,
+        torrent_events: Sender<TorrentEvent>,
+    ) -> std::io::Result<Self> {
+        let meta = params.meta;
+        let name = meta.name.clone();
+        let (disk_jobs, jobs_rx) = crossbeam_channel::unbounded();
+        let (results_tx, disk_results) = crossbeam_channel::unbounded();
+        let disk_threads = disk::spawn(
+            &params.storage,
+            params.limits.disk_threads,
+            &name,
+            &jobs_rx,
+            &results_tx,
+        )?;
+        let (peers_tx, tracker_peers) = crossbeam_channel::unbounded();
+        let tiers = Tiers::new(meta.announce.as_deref(), meta.announce_list.as_deref());
+        let announcer = if tiers.is_empty() {
+            None
+        } else {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let stats_for_tracker = Arc::clone(&stats);
+            let config = AnnouncerConfig {
+                info_hash: meta.info_hash.0,
+                peer_id: params.peer_id,
+                port: params.listen_port,
+                numwant: params.limits.numwant,
+                timeout: params.limits.announce_timeout,
+                stop_timeout: params.limits.stop_timeout,
+            };
+            let source = Arc::new(move || AnnounceStats {
+                uploaded: stats_for_tracker.uploaded.load(Ordering::Relaxed),
+                downloaded: stats_for_tracker.downloaded.load(Ordering::Relaxed),
+                left: stats_for_tracker.left(),
+            });
+            let handle = announcer::spawn(tiers, config, source, peers_tx, rx)?;
+            Some((tx, handle))
+        };
+        let have = params.have;
+        let verified_bytes: u64 = have
+            .iter_ones()
+            .map(|p| u64::from(meta.geometry.piece_len(p)))
+            .sum();
+        stats
+            .verified_bytes
+            .store(verified_bytes, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut c = Self {
+            picker: Picker::new(meta.geometry, &have),
+            buffers: PieceBuffers::new(meta.geometry),
+            storage: params.storage,
+            meta,
+            context,
+            stats,
+            params_bind: params.bind,
+            limits: params.limits,
+            have,
+            peers: HashMap::new(),
+            addrs: HashMap::new(),
+            banned: HashSet::new(),
+            strikes: HashMap::new(),
+            suspects: HashMap::new(),
+            pending_senders: HashMap::new(),
+            disk_backlog_bytes: 0,
+            disk_jobs: Some(disk_jobs),
+            disk_results,
+            disk_threads,
+            announcer,
+            tracker_peers,
+            events,
+            control,
+            torrent_events,
+            optimistic: None,
+            last_choke: now,
+            last_optimistic: now,
+            last_tick: now,
+            complete_announced: false,
+            syncing: false,
+            failed: false,
+            rng: rand::make_rng(),
+        };
+        c.add_addrs(params.peers);
+        if c.picker.is_complete() {
+            c.complete_announced = true;
+            c.stats.complete.store(true, Ordering::Relaxed);
+            c.announce(AnnouncerCommand::Completed);
+        }
+        Ok(c)
+    }
+
+    fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    fn run(&mut self) {
+        info!(
+            "torrent {}: started, {}/{} pieces verified",
+            self.name(),
+            self.picker.verified_count(),
+            self.meta.geometry.num_pieces
+        );
+        self.connect_more();
+        let ticker = crossbeam_channel::tick(TICK);
+        loop {
+            select! {
+                recv(self.events) -> event => {
+                    if let Ok(event) = event {
+                        self.on_peer_event(event);
+                    }
+                }
+                recv(self.disk_results) -> result => {
+                    if let Ok(result) = result {
+                        self.on_disk_result(result);
+                    }
+                }
+                recv(self.tracker_peers) -> peers => {
+                    if let Ok(peers) = peers {
+                        debug!("torrent {}: tracker gave {} peers", self.name(), peers.len());
+                        self.add_addrs(peers);
+                        self.connect_more();
+                    }
+                }
+                recv(self.control) -> control => match control {
+                    Ok(Control::AddPeers(peers)) => {
+                        self.add_addrs(peers);
+                        self.connect_more();
+                    }
+                    Ok(Control::Stop) | Err(_) => break,
+                },
+                recv(ticker) -> _ => self.on_tick(),
+            }
+        }
+        self.shutdown();
+    }
+
+    // ---- peers ------------------------------------------------------------------------------
+
+    fn add_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        let now = Instant::now();
+        for addr in addrs {
+            if addr.port() == 0 || self.banned.contains(&addr.ip()) {
+                continue;
+            }
+            self.addrs.entry(addr).or_insert(AddrInfo {
+                connected: None,
+                connecting: false,
+                failures: 0,
+                retry_at: now,
+                seed: false,
+            });
+        }
+    }
+
+    fn connect_more(&mut self) {
+        let now = Instant::now();
+        let complete = self.picker.is_complete();
+        let mut active = self.peers.len() + self.addrs.values().filter(|a| a.connecting).count();
+        let connected_addrs: HashSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
+        let mut to_dial = Vec::new();
+        for (addr, info) in &mut self.addrs {
+            if active >= self.limits.max_peers {
+                break;
+            }
+            if info.connecting
+                || info.connected.is_some()
+                || info.retry_at > now
+                || (complete && info.seed)
+                || connected_addrs.contains(addr)
+            {
+                continue;
+            }
+            info.connecting = true;
+            active += 1;
+            to_dial.push(*addr);
+        }
+        for addr in to_dial {
+            let key = peer::next_peer_key();
+            debug!("torrent {}: connecting to {addr}", self.meta.name);
+            if let Err(e) = peer::spawn_outgoing(
+                Arc::clone(&self.context),
+                key,
+                addr,
+                self.params_bind,
+                self.limits.connect_timeout,
+            ) {
+                warn!(
+                    "torrent {}: cannot spawn peer thread for {addr}: {e}",
+                    self.meta.name
+                );
+                if let Some(info) = self.addrs.get_mut(&addr) {
+                    info.connecting = false;
+                }
+            }
+        }
+    }
+
+    fn on_peer_event(&mut self, event: PeerEvent) {
+        match event {
+            PeerEvent::Connected {
+                peer,
+                addr,
+                peer_id,
+                incoming,
+                commands,
+                socket,
+                stats,
+            } => self.on_connected(peer, addr, peer_id, incoming, commands, socket, stats),
+            PeerEvent::ConnectFailed { addr, reason, .. } => {
+                debug!("torrent {}: {addr}: {reason}", self.name());
+                self.on_addr_failed(
+                    addr,
+                    matches!(reason, PeerError::Handshake(ref r) if r.contains("own peer id")),
+                );
+            }
+            PeerEvent::Bitfield { peer, pieces } => self.on_bitfield(peer, pieces),
+            PeerEvent::Have { peer, piece } => self.on_have(peer, piece),
+            PeerEvent::Choked { peer } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.peer_choking = true;
+                }
+                self.void_requests(peer, false);
+            }
+            PeerEvent::Unchoked { peer } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.peer_choking = false;
+                }
+                self.fill_pipeline(peer);
+            }
+            PeerEvent::Interested { peer } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.peer_interested = true;
+                }
+                self.unchoke_if_slot_free(peer);
+            }
+            PeerEvent::NotInterested { peer } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.peer_interested = false;
+                }
+            }
+            PeerEvent::BlockReceived { peer, block, data } => self.on_block(peer, block, data),
+            PeerEvent::Disconnected { peer, reason } => self.on_disconnected(peer, &reason),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_connected(
+        &mut self,
+        key: PeerKey,
+        addr: SocketAddr,
+        peer_id: [u8; 20],
+        incoming: bool,
+        commands: Sender<PeerCommand>,
+        socket: TcpStream,
+        stats: Arc<PeerStats>,
+    ) {
+        if let Some(info) = self.addrs.get_mut(&addr) {
+            info.connecting = false;
+        }
+        let refuse = if self.banned.contains(&addr.ip()) {
+            Some("banned")
+        } else if self.peers.values().any(|p| p.peer_id == peer_id) {
+            Some("already connected to this peer id")
+        } else if self.peers.len() >= self.limits.max_peers {
+            Some("peer limit reached")
+        } else {
+            None
+        };
+        if let Some(why) = refuse {
+            debug!("torrent {}: {addr}: refused: {why}", self.name());
+            let _ = commands.try_send(PeerCommand::Shutdown);
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        if let Some(info) = self.addrs.get_mut(&addr) {
+            info.connected = Some(key);
+            info.failures = 0;
+        }
+        debug!(
+            "torrent {}: {addr}: connected ({})",
+            self.name(),
+            if incoming { "in" } else { "out" }
+        );
+        let now = Instant::now();
+        let peer = Peer {
+            addr,
+            peer_id,
+            incoming,
+            commands,
+            socket,
+            stats,
+            pieces: Bitfield::new(self.meta.geometry.num_pieces),
+            wanted: 0,
+            am_choking: true,
+            am_interested: false,
+            peer_choking: true,
+            peer_interested: false,
+            outstanding: HashSet::new(),
+            pipeline: INITIAL_PIPELINE,
+            last_block_at: now,
+            connected_at: now,
+            rate_down: 0,
+            rate_up: 0,
+            last_down: 0,
+            last_up: 0,
+        };
+        self.peers.insert(key, peer);
+        self.command(key, PeerCommand::Start(self.have.clone()));
+        self.stats
+            .peers
+            .store(saturating_u32(self.peers.len()), Ordering::Relaxed);
+    }
+
+    fn on_addr_failed(&mut self, addr: SocketAddr, is_self: bool) {
+        let now = Instant::now();
+        if let Some(info) = self.addrs.get_mut(&addr) {
+            info.connecting = false;
+            info.connected = None;
+            info.failures += 1;
+            let backoff = if is_self {
+                Duration::from_secs(24 * 3600)
+            } else {
+                RETRY_BASE
+                    .saturating_mul(1 << info.failures.min(6))
+                    .min(RETRY_MAX)
+            };
+            info.retry_at = now + backoff;
+        }
+    }
+
+    fn on_disconnected(&mut self, key: PeerKey, reason: &PeerError) {
+        let Some(peer) = self.peers.remove(&key) else {
+            return;
+        };
+        debug!(
+            "torrent {}: {} ({}): disconnected: {reason}",
+            self.name(),
+            peer.addr,
+            if peer.incoming { "in" } else { "out" }
+        );
+        for block in &peer.outstanding {
+            self.picker.on_request_voided(block);
+        }
+        self.picker.on_peer_gone(&peer.pieces);
+        self.picker.on_peer_disconnected(key);
+        if self.optimistic == Some(key) {
+            self.optimistic = None;
+        }
+        if let Some(info) = self.addrs.get_mut(&peer.addr) {
+            info.connected = None;
+            info.seed = peer.pieces.is_full();
+            info.retry_at = Instant::now() + RETRY_BASE;
+        }
+        self.stats
+            .peers
+            .store(saturating_u32(self.peers.len()), Ordering::Relaxed);
+        // Its requests are free again: let the others take them.
+        self.fill_all();
+    }
+
+    /// Sends a command; a peer whose queue is full is not keeping up and is dropped.
+    fn command(&mut self, key: PeerKey, cmd: PeerCommand) {
+        let Some(peer) = self.peers.get(&key) else {
+            return;
+        };
+        match peer.commands.try_send(cmd) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                warn!(
+                    "torrent {}: {}: command queue full; dropping peer",
+                    self.meta.name, peer.addr
+                );
+                let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    fn on_bitfield(&mut self, key: PeerKey, pieces: Bitfield) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        self.picker.on_peer_gone(&peer.pieces);
+        self.picker.on_peer_pieces(&pieces);
+        peer.wanted = saturating_u32(pieces.iter_ones().filter(|&p| !self.have.get(p)).count());
+        peer.pieces = pieces;
+        self.after_peer_pieces_changed(key);
+    }
+
+    fn on_have(&mut self, key: PeerKey, piece: u32) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if peer.pieces.get(piece) {
+            return;
+        }
+        peer.pieces.set(piece);
+        self.picker.on_have(piece);
+        if !self.have.get(piece) {
+            peer.wanted += 1;
+        }
+        self.after_peer_pieces_changed(key);
+    }
+
+    fn after_peer_pieces_changed(&mut self, key: PeerKey) {
+        let Some(peer) = self.peers.get(&key) else {
+            return;
+        };
+        if peer.pieces.is_full() && self.picker.is_complete() {
+            debug!(
+                "torrent {}: {}: both seeds; disconnecting",
+                self.name(),
+                peer.addr
+            );
+            let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        self.update_interest(key);
+        self.fill_pipeline(key);
+    }
+
+    fn update_interest(&mut self, key: PeerKey) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let want = peer.wanted > 0 && !self.failed;
+        if want != peer.am_interested {
+            peer.am_interested = want;
+            let cmd = if want {
+                PeerCommand::Interested
+            } else {
+                PeerCommand::NotInterested
+            };
+            self.command(key, cmd);
+        }
+    }
+
+    /// Tops up the peer's request pipeline when it ran a quarter low.
+    fn fill_pipeline(&mut self, key: PeerKey) {
+        if self.failed || self.disk_backlog_bytes > MAX_DISK_BACKLOG_BYTES {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if peer.peer_choking || !peer.am_interested {
+            return;
+        }
+        let have = peer.outstanding.len();
+        if have > peer.pipeline * 3 / 4 {
+            return;
+        }
+        let outstanding = &peer.outstanding;
+        let blocks = self
+            .picker
+            .pick(key, &peer.pieces, peer.pipeline - have, |b| {
+                outstanding.contains(b)
+            });
+        if blocks.is_empty() {
+            return;
+        }
+        peer.outstanding.extend(blocks.iter().copied());
+        if have == 0 {
+            peer.last_block_at = Instant::now();
+        }
+        self.command(key, PeerCommand::Request(blocks));
+    }
+
+    fn fill_all(&mut self) {
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.fill_pipeline(key);
+        }
+    }
+
+    /// The peer's requests will not be answered: give the blocks back to the picker.
+    fn void_requests(&mut self, key: PeerKey, send_cancel: bool) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let blocks: Vec<BlockRef> = peer.outstanding.drain().collect();
+        for block in &blocks {
+            self.picker.on_request_voided(block);
+        }
+        if send_cancel && !blocks.is_empty() {
+            self.command(key, PeerCommand::Cancel(blocks));
+        }
+        self.fill_all();
+    }
+
+    fn on_block(&mut self, key: PeerKey, block: BlockRef, data: Vec<u8>) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if !peer.outstanding.remove(&block) {
+            // Not requested from this peer (or voided by a choke): not trusted into a piece.
+            debug!(
+                "torrent {}: {}: unrequested block {block:?}",
+                self.meta.name, peer.addr
+            );
+            return;
+        }
+        peer.last_block_at = Instant::now();
+        match self.picker.on_block_received(&block) {
+            Received::Unwanted => {}
+            Received::Stored => self.buffers.store(&block, &data, key),
+            Received::PieceComplete => {
+                self.buffers.store(&block, &data, key);
+                let piece = self.buffers.take(block.piece);
+                self.submit_piece(block.piece, piece);
+            }
+        }
+        self.cancel_duplicates(key, &block);
+        self.fill_pipeline(key);
+    }
+
+    /// Endgame: the block came in, so withdraw the same request from every other peer.
+    fn cancel_duplicates(&mut self, from: PeerKey, block: &BlockRef) {
+        let others: Vec<PeerKey> = self
+            .peers
+            .iter_mut()
+            .filter(|(k, p)| **k != from && p.outstanding.contains(block))
+            .map(|(k, p)| {
+                p.outstanding.remove(block);
+                *k
+            })
+            .collect();
+        for key in others {
+            self.command(key, PeerCommand::Cancel(vec![*block]));
+        }
+    }
+
+    fn submit_piece(&mut self, piece: u32, complete: CompletePiece) {
+        let expected = self.meta.piece_hashes[piece as usize];
+        self.disk_backlog_bytes += complete.data.len();
+        if let Some(jobs) = &self.disk_jobs {
+            let _ = jobs.send(DiskJob::VerifyAndWrite {
+                piece,
+                data: complete.data,
+                expected,
+            });
+        }
+        self.pending_senders.insert(piece, complete.senders);
+    }
+
+    // ---- disk -------------------------------------------------------------------------------
+
+    fn on_disk_result(&mut self, result: DiskResult) {
+        match result {
+            DiskResult::Written { piece, data } => {
+                self.disk_backlog_bytes -= data.len();
+                self.on_piece_written(piece, &data);
+                self.buffers.recycle(data);
+            }
+            DiskResult::HashFailed { piece, data } => {
+                self.disk_backlog_bytes -= data.len();
+                self.on_hash_failed(piece, data);
+            }
+            DiskResult::WriteFailed { piece, error } => {
+                self.disk_backlog_bytes -= self.meta.geometry.piece_len(piece) as usize;
+                self.pending_senders.remove(&piece);
+                self.fail(format!("storage: {error}; torrent paused"));
+            }
+            DiskResult::Synced(Ok(())) => self.on_synced(),
+            DiskResult::Synced(Err(error)) => {
+                self.fail(format!("storage: {error}; torrent paused"))
+            }
+        }
+        self.fill_all();
+    }
+
+    fn fail(&mut self, message: String) {
+        if self.failed {
+            return;
+        }
+        error!("torrent {}: {message}", self.name());
+        self.failed = true;
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.void_requests(key, true);
+            self.update_interest(key);
+        }
+        let _ = self.torrent_events.send(TorrentEvent::Failed(message));
+    }
+
+    fn on_piece_written(&mut self, piece: u32, data: &[u8]) {
+        self.pending_senders.remove(&piece);
+        if let Some(bad) = self.suspects.remove(&piece) {
+            for culprit in blame_after_refetch(&bad.data, &bad.senders, data) {
+                self.strike(culprit, piece);
+            }
+        }
+        self.picker.on_piece_verified(piece);
+        self.have.set(piece);
+        self.stats.verified_bytes.fetch_add(
+            u64::from(self.meta.geometry.piece_len(piece)),
+            Ordering::Relaxed,
+        );
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.command(key, PeerCommand::Have(piece));
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            if peer.pieces.get(piece) {
+                peer.wanted -= 1;
+                if peer.wanted == 0 {
+                    self.update_interest(key);
+                }
+            }
+        }
+        if self.picker.is_complete() && !self.syncing && !self.complete_announced {
+            self.syncing = true;
+            if let Some(jobs) = &self.disk_jobs {
+                let _ = jobs.send(DiskJob::Sync);
+            }
+        }
+    }
+
+    fn on_hash_failed(&mut self, piece: u32, data: Vec<u8>) {
+        let senders = self.pending_senders.remove(&piece).unwrap_or_default();
+        warn!(
+            "torrent {}: piece {piece} failed its hash check",
+            self.name()
+        );
+        match blame_on_failure(&senders) {
+            Blame::One(culprit) => {
+                self.strike(culprit, piece);
+                self.buffers.recycle(data);
+                self.picker.on_piece_failed(piece, false);
+            }
+            Blame::Several => {
+                // Keep the bad copy; fetch the piece again from one peer and compare.
+                self.suspects.insert(piece, CompletePiece { data, senders });
+                self.picker.on_piece_failed(piece, true);
+            }
+        }
+    }
+
+    fn strike(&mut self, key: PeerKey, piece: u32) {
+        let strikes = self.strikes.entry(key).or_insert(0);
+        *strikes += 1;
+        let strikes = *strikes;
+        let Some(peer) = self.peers.get(&key) else {
+            return;
+        };
+        warn!(
+            "torrent {}: {}: sent bad data for piece {piece} (strike {strikes})",
+            self.meta.name, peer.addr
+        );
+        if strikes >= BAN_AFTER_STRIKES {
+            warn!(
+                "torrent {}: {}: banned after {strikes} bad pieces",
+                self.meta.name, peer.addr
+            );
+            self.banned.insert(peer.addr.ip());
+            let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn on_synced(&mut self) {
+        self.syncing = false;
+        if self.complete_announced {
+            return;
+        }
+        self.complete_announced = true;
+        self.stats.complete.store(true, Ordering::Relaxed);
+        info!(
+            "torrent {}: download complete, all {} pieces verified",
+            self.name(),
+            self.meta.geometry.num_pieces
+        );
+        self.announce(AnnouncerCommand::Completed);
+        let _ = self.torrent_events.send(TorrentEvent::Completed);
+        for peer in self.peers.values() {
+            if peer.pieces.is_full() {
+                let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    fn announce(&self, cmd: AnnouncerCommand) {
+        if let Some((tx, _)) = &self.announcer {
+            let _ = tx.send(cmd);
+        }
+    }
+
+    // ---- timers -----------------------------------------------------------------------------
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let elapsed_ms = u64::try_from(now.duration_since(self.last_tick).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.last_tick = now;
+        let (mut down, mut up) = (0, 0);
+        let mut timed_out = Vec::new();
+        for (key, peer) in &mut self.peers {
+            let d = peer.stats.downloaded.load(Ordering::Relaxed);
+            let u = peer.stats.uploaded.load(Ordering::Relaxed);
+            let rate_down = (d - peer.last_down) * 1000 / elapsed_ms;
+            let rate_up = (u - peer.last_up) * 1000 / elapsed_ms;
+            // Smooth over a few ticks so one quiet tick does not collapse the pipeline.
+            peer.rate_down = (peer.rate_down + rate_down) / 2;
+            peer.rate_up = (peer.rate_up + rate_up) / 2;
+            peer.last_down = d;
+            peer.last_up = u;
+            down += peer.rate_down;
+            up += peer.rate_up;
+            let wanted = usize::try_from(peer.rate_down * PIPELINE_SECONDS / u64::from(BLOCK_LEN))
+                .unwrap_or(MAX_PIPELINE);
+            peer.pipeline = wanted
+                .clamp(MIN_PIPELINE, MAX_PIPELINE)
+                .max(peer.pipeline.min(INITIAL_PIPELINE));
+            if !peer.outstanding.is_empty()
+                && now.duration_since(peer.last_block_at) > REQUEST_TIMEOUT
+            {
+                timed_out.push(*key);
+            }
+        }
+        for key in timed_out {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                debug!(
+                    "torrent {}: {}: requests timed out",
+                    self.meta.name, peer.addr
+                );
+                peer.pipeline = MIN_PIPELINE;
+                peer.last_block_at = now;
+            }
+            self.void_requests(key, true);
+        }
+        self.stats.download_rate.store(down, Ordering::Relaxed);
+        self.stats.upload_rate.store(up, Ordering::Relaxed);
+        let (d, u) = self
+            .peers
+            .values()
+            .fold((0, 0), |acc, p| (acc.0 + p.last_down, acc.1 + p.last_up));
+        self.stats.downloaded.fetch_max(d, Ordering::Relaxed);
+        self.stats.uploaded.fetch_max(u, Ordering::Relaxed);
+
+        if now.duration_since(self.last_choke) >= CHOKE_INTERVAL {
+            let rotate = now.duration_since(self.last_optimistic) >= OPTIMISTIC_INTERVAL;
+            if rotate {
+                self.last_optimistic = now;
+            }
+            self.last_choke = now;
+            self.rechoke(rotate);
+        }
+        if !self.picker.is_complete() && self.peers.len() < STARVED_PEERS {
+            self.announce(AnnouncerCommand::NeedPeers);
+        }
+        self.connect_more();
+        self.fill_all();
+    }
+
+    fn rechoke(&mut self, rotate: bool) {
+        let seeding = self.picker.is_complete();
+        let now = Instant::now();
+        let candidates: Vec<Candidate> = self
+            .peers
+            .iter()
+            .map(|(k, p)| Candidate {
+                peer: *k,
+                interested: p.peer_interested,
+                rate: if seeding { p.rate_up } else { p.rate_down },
+                connected_for: now.duration_since(p.connected_at),
+            })
+            .collect();
+        let (unchoke, optimistic) = choker::choose(
+            &candidates,
+            self.limits.upload_slots,
+            self.optimistic,
+            rotate,
+            &mut self.rng,
+        );
+        self.optimistic = optimistic;
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            let should_choke = !unchoke.contains(&key);
+            self.set_choke(key, should_choke);
+        }
+    }
+
+    fn set_choke(&mut self, key: PeerKey, choke: bool) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if peer.am_choking == choke {
+            return;
+        }
+        peer.am_choking = choke;
+        self.command(
+            key,
+            if choke {
+                PeerCommand::Choke
+            } else {
+                PeerCommand::Unchoke
+            },
+        );
+    }
+
+    /// A newly interested peer need not wait for the next choke round when a slot is free.
+    fn unchoke_if_slot_free(&mut self, key: PeerKey) {
+        let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
+        if unchoked < self.limits.upload_slots + 1 {
+            self.set_choke(key, false);
+        }
+    }
+
+    // ---- shutdown ---------------------------------------------------------------------------
+
+    fn shutdown(&mut self) {
+        info!("torrent {}: stopping", self.name());
+        let announcer = self.announcer.take();
+        if let Some((tx, _)) = &announcer {
+            let _ = tx.send(AnnouncerCommand::Stop);
+        }
+        for peer in self.peers.values() {
+            let _ = peer.commands.try_send(PeerCommand::Shutdown);
+            let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+        }
+        // Let queued pieces finish hashing and writing, then flush.
+        drop(self.disk_jobs.take());
+        for thread in self.disk_threads.drain(..) {
+            let _ = thread.join();
+        }
+        while let Ok(result) = self.disk_results.try_recv() {
+            if let DiskResult::Written { piece, .. } = result {
+                self.picker.on_piece_verified(piece);
+                self.have.set(piece);
+            }
+        }
+        if let Err(e) = self.storage.sync_all() {
+            error!("torrent {}: {e}", self.name());
+        }
+        if let Some((_, handle)) = announcer {
+            // The announcer has `stop_timeout` for its `stopped` announce; don't wait longer.
+            let deadline = Instant::now() + self.limits.stop_timeout + Duration::from_secs(1);
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            }
+        }
+        info!("torrent {}: stopped", self.name());
+    }
+}
+
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

@@ -1,0 +1,120 @@
+//! One torrent at run time: its coordinator thread (which owns the picker, the piece buffers,
+//! the choker and the peer table), its disk threads and its announcer thread. This module holds
+//! the handle the engine keeps and the shared counters it reads.
+
+pub mod choker;
+mod coordinator;
+pub mod disk;
+pub mod picker;
+pub mod piece_buffer;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::metainfo::Metainfo;
+use crate::peer::TorrentContext;
+use crate::storage::Storage;
+use crate::wire::Bitfield;
+
+/// Orders from the engine to a coordinator.
+#[derive(Debug)]
+pub enum Control {
+    /// Announce `stopped`, drop every peer, finish pending disk writes, flush, exit.
+    Stop,
+    /// Connect to these peers (from the command line or another source).
+    AddPeers(Vec<SocketAddr>),
+}
+
+/// What a torrent tells the engine, in the past tense.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TorrentEvent {
+    /// Every piece is verified and flushed to disk.
+    Completed,
+    /// The torrent stopped transferring because of a storage error (named in the message).
+    Failed(String),
+}
+
+/// Counters the coordinator publishes for progress displays and the announcer.
+#[derive(Debug, Default)]
+pub struct TorrentStats {
+    pub total_bytes: AtomicU64,
+    pub verified_bytes: AtomicU64,
+    /// Payload bytes received from peers (including waste).
+    pub downloaded: AtomicU64,
+    pub uploaded: AtomicU64,
+    pub download_rate: AtomicU64,
+    pub upload_rate: AtomicU64,
+    pub peers: AtomicU32,
+    pub complete: AtomicBool,
+}
+
+impl TorrentStats {
+    /// Bytes still missing.
+    pub fn left(&self) -> u64 {
+        self.total_bytes.load(Ordering::Relaxed) - self.verified_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Limits and knobs of one torrent, from the config file and the command line.
+#[derive(Clone, Debug)]
+pub struct TorrentLimits {
+    pub max_peers: usize,
+    pub upload_slots: usize,
+    pub connect_timeout: Duration,
+    pub disk_threads: usize,
+    pub numwant: u32,
+    pub announce_timeout: Duration,
+    pub stop_timeout: Duration,
+}
+
+/// Everything a torrent needs to start.
+pub struct TorrentParams {
+    pub meta: Arc<Metainfo>,
+    pub storage: Arc<Storage>,
+    /// Pieces already verified on disk.
+    pub have: Bitfield,
+    pub peer_id: [u8; 20],
+    /// Our listening port, for trackers.
+    pub listen_port: u16,
+    /// Source address of outgoing connections.
+    pub bind: Option<IpAddr>,
+    pub peers: Vec<SocketAddr>,
+    pub limits: TorrentLimits,
+}
+
+/// The engine's grip on a running torrent.
+pub struct TorrentHandle {
+    pub context: Arc<TorrentContext>,
+    pub stats: Arc<TorrentStats>,
+    pub events: Receiver<TorrentEvent>,
+    control: Sender<Control>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TorrentHandle {
+    /// Starts the coordinator (which starts the disk and announcer threads).
+    ///
+    /// # Errors
+    /// When a thread cannot be spawned.
+    pub fn start(params: TorrentParams) -> std::io::Result<Self> {
+        coordinator::start(params)
+    }
+
+    /// Sends a control message; ignored if the coordinator already stopped.
+    pub fn send(&self, control: Control) {
+        let _ = self.control.send(control);
+    }
+
+    /// Stops the torrent gracefully and waits for its coordinator to finish.
+    pub fn stop(mut self) {
+        self.send(Control::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! The piece picker: which block to request next from which peer. Owned by the torrent's
+//! coordinator thread alone (no locks); knows nothing of sockets, threads or clocks.
+//!
+//! Policy: finish partially downloaded pieces first; start the first few pieces at random (so
+//! we soon have something to trade); after that rarest first with a random tie-break; once every
+//! missing block is requested somewhere, endgame: request blocks again from other peers.
+//!
+//! Invariant: each piece is exactly one of missing, in flight (some blocks requested or
+//! received), awaiting hash, or verified.
+
+use std::collections::HashMap;
+
+use rand::RngExt;
+
+use crate::metainfo::Geometry;
+use crate::wire::{BLOCK_LEN, Bitfield, BlockRef};
+
+/// A connected peer, as the coordinator numbers them.
+pub type PeerKey = u64;
+
+/// How many pieces are picked at random before rarest first takes over.
+const RANDOM_FIRST_PIECES: u32 = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PieceState {
+    Missing,
+    InFlight,
+    AwaitingHash,
+    Verified,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlockState {
+    Missing,
+    /// Requested from this many peers (more than one only in endgame).
+    Requested(u16),
+    Received,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    blocks: Vec<BlockState>,
+    /// Set after a hash failure with several contributors: the piece is fetched again from one
+    /// peer only, so a second failure names the culprit.
+    exclusive: bool,
+    owner: Option<PeerKey>,
+}
+
+impl InFlight {
+    fn is_fully_received(&self) -> bool {
+        self.blocks.iter().all(|b| *b == BlockState::Received)
+    }
+}
+
+/// What a received block meant to the picker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// We did not need it (never requested, or already received from another peer).
+    Unwanted,
+    /// New data; the piece still misses blocks.
+    Stored,
+    /// New data and the last block of its piece: the piece is ready to be hashed.
+    PieceComplete,
+}
+
+/// See the module documentation.
+pub struct Picker {
+    geometry: Geometry,
+    state: Vec<PieceState>,
+    availability: Vec<u16>,
+    in_flight: HashMap<u32, InFlight>,
+    /// Pieces in flight in the order they were started: older ones are finished first.
+    in_flight_order: Vec<u32>,
+    verified: u32,
+    /// Pieces started at random before rarest first takes over.
+    random_first: u32,
+    rng: rand::rngs::SmallRng,
+}
+
+impl Picker {
+    /// A picker for a torrent of which `have` is already verified.
+    pub fn new(geometry: Geometry, have: &Bitfield) -> Self {
+        let state = (0..geometry.num_pieces)
+            .map(|p| {
+                if have.get(p) {
+                    PieceState::Verified
+                } else {
+                    PieceState::Missing
+                }
+            })
+            .collect();
+        Self {
+            geometry,
+            state,
+            availability: vec![0; geometry.num_pieces as usize],
+            in_flight: HashMap::new(),
+            in_flight_order: Vec::new(),
+            verified: have.count_ones(),
+            random_first: RANDOM_FIRST_PIECES,
+            rng: rand::make_rng(),
+        }
+    }
+
+    /// True once every piece is verified.
+    pub fn is_complete(&self) -> bool {
+        self.verified == self.geometry.num_pieces
+    }
+
+    /// Number of verified pieces.
+    pub fn verified_count(&self) -> u32 {
+        self.verified
+    }
+
+    /// True when the peer has a piece we have not verified.
+    pub fn is_interesting(&self, peer_has: &Bitfield) -> bool {
+        peer_has
+            .iter_ones()
+            .any(|p| self.state[p as usize] != PieceState::Verified)
+    }
+
+    /// True when we would want piece `piece` from a peer that just announced it.
+    pub fn wants(&self, piece: u32) -> bool {
+        self.state
+            .get(piece as usize)
+            .is_some_and(|s| *s != PieceState::Verified)
+    }
+
+    /// A peer announced `piece` (a `have` message).
+    pub fn on_have(&mut self, piece: u32) {
+        self.availability[piece as usize] = self.availability[piece as usize].saturating_add(1);
+    }
+
+    /// A peer's pieces join the swarm's availability (its bitfield, or all of them).
+    pub fn on_peer_pieces(&mut self, pieces: &Bitfield) {
+        for p in pieces.iter_ones() {
+            self.on_have(p);
+        }
+    }
+
+    /// A peer left (or replaced its bitfield): its pieces leave the availability count.
+    pub fn on_peer_gone(&mut self, pieces: &Bitfield) {
+        for p in pieces.iter_ones() {
+            self.availability[p as usize] = self.availability[p as usize].saturating_sub(1);
+        }
+    }
+
+    /// Up to `max` blocks to request from `peer`, which has `peer_has`. `already_asked` tells
+    /// whether this peer already has a request out for a block (consulted in endgame).
+    /// Marks the returned blocks requested.
+    pub fn pick(
+        &mut self,
+        peer: PeerKey,
+        peer_has: &Bitfield,
+        max: usize,
+        already_asked: impl Fn(&BlockRef) -> bool,
+    ) -> Vec<BlockRef> {
+        let mut out = Vec::new();
+        // 1. Pieces already in flight, oldest first.
+        for i in 0..self.in_flight_order.len() {
+            if out.len() >= max {
+                return out;
+            }
+            let piece = self.in_flight_order[i];
+            if peer_has.get(piece) {
+                self.take_missing_blocks(piece, peer, max, &mut out);
+            }
+        }
+        // 2. New pieces: random at first, then rarest first.
+        while out.len() < max {
+            let Some(piece) = self.choose_new_piece(peer_has) else {
+                break;
+            };
+            self.start_piece(piece);
+            self.take_missing_blocks(piece, peer, max, &mut out);
+        }
+        // 3. Endgame: nothing left to start, so duplicate requests still outstanding elsewhere.
+        if out.is_empty() {
+            self.pick_endgame(peer_has, max, &already_asked, &mut out);
+        }
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+        out
+    }
+
+    fn take_missing_blocks(
+        &mut self,
+        piece: u32,
+        peer: PeerKey,
+        max: usize,
+        out: &mut Vec<BlockRef>,
+    ) {
+        let flight = self.in_flight.get_mut(&piece).expect("in-flight piece");
+        if flight.exclusive && flight.owner.is_some_and(|o| o != peer) {
+            return;
+        }
+        for (index, block) in flight.blocks.iter_mut().enumerate() {
+            if out.len() >= max {
+                break;
+            }
+            if *block == BlockState::Missing {
+                *block = BlockState::Requested(1);
+                flight.owner = Some(peer);
+                let index = u32::try_from(index).expect("block index fits u32");
+                out.push(self.geometry.block(piece, index));
+            }
+        }
+    }
+
+    fn pick_endgame(
+        &mut self,
+        peer_has: &Bitfield,
+        max: usize,
+        already_asked: &impl Fn(&BlockRef) -> bool,
+        out: &mut Vec<BlockRef>,
+    ) {
+        for &piece in &self.in_flight_order {
+            if !peer_has.get(piece) {
+                continue;
+            }
+            let flight = self.in_flight.get_mut(&piece).expect("in-flight piece");
+            if flight.exclusive {
+                continue;
+            }
+            for (index, block) in flight.blocks.iter_mut().enumerate() {
+                if out.len() >= max {
+                    return;
+                }
+                if let BlockState::Requested(n) = *block {
+                    let index = u32::try_from(index).expect("block index fits u32");
+                    let block_ref = self.geometry.block(piece, index);
+                    if !already_asked(&block_ref) {
+                        *block = BlockState::Requested(n.saturating_add(1));
+                        out.push(block_ref);
+                    }
+                }
+            }
+        }
+    }
+
+    fn choose_new_piece(&mut self, peer_has: &Bitfield) -> Option<u32> {
+        let random_phase =
+            (self.verified as usize + self.in_flight.len()) < self.random_first as usize;
+        let mut best: Option<u32> = None;
+        let mut best_avail = u16::MAX;
+        let mut ties = 0u32;
+        for piece in peer_has.iter_ones() {
+            if self.state[piece as usize] != PieceState::Missing {
+                continue;
+            }
+            let avail = if random_phase {
+                0
+            } else {
+                self.availability[piece as usize]
+            };
+            if avail < best_avail {
+                best = Some(piece);
+                best_avail = avail;
+                ties = 1;
+            } else if avail == best_avail {
+                // Reservoir sampling: each tied piece ends up chosen with equal chance.
+                ties += 1;
+                if self.rng.random_range(0..ties) == 0 {
+                    best = Some(piece);
+                }
+            }
+        }
+        best
+    }
+
+    fn start_piece(&mut self, piece: u32) {
+        let blocks = self.geometry.blocks_in_piece(piece) as usize;
+        self.state[piece as usize] = PieceState::InFlight;
+        self.in_flight.insert(
+            piece,
+            InFlight {
+                blocks: vec![BlockState::Missing; blocks],
+                exclusive: false,
+                owner: None,
+            },
+        );
+        self.in_flight_order.push(piece);
+    }
+
+    /// A request we sent will not be answered (choke, disconnect, timeout, reject): the block
+    /// may be requested again.
+    pub fn on_request_voided(&mut self, block: &BlockRef) {
+        if let Some(state) = self.block_state_mut(block)
+            && let BlockState::Requested(n) = *state
+        {
+            *state = if n > 1 {
+                BlockState::Requested(n - 1)
+            } else {
+                BlockState::Missing
+            };
+        }
+    }
+
+    /// A block arrived from `peer`.
+    pub fn on_block_received(&mut self, block: &BlockRef) -> Received {
+        let Some(state) = self.block_state_mut(block) else {
+            return Received::Unwanted;
+        };
+        if *state == BlockState::Received {
+            return Received::Unwanted;
+        }
+        *state = BlockState::Received;
+        let piece = block.piece;
+        if self.in_flight[&piece].is_fully_received() {
+            self.state[piece as usize] = PieceState::AwaitingHash;
+            self.in_flight.remove(&piece);
+            self.in_flight_order.retain(|&p| p != piece);
+            Received::PieceComplete
+        } else {
+            Received::Stored
+        }
+    }
+
+    /// The piece's hash matched and it is on disk.
+    pub fn on_piece_verified(&mut self, piece: u32) {
+        debug_assert_eq!(self.state[piece as usize], PieceState::AwaitingHash);
+        self.state[piece as usize] = PieceState::Verified;
+        self.verified += 1;
+    }
+
+    /// The piece's hash did not match: download it again. With `exclusive`, from one peer only.
+    pub fn on_piece_failed(&mut self, piece: u32, exclusive: bool) {
+        debug_assert_eq!(self.state[piece as usize], PieceState::AwaitingHash);
+        self.state[piece as usize] = PieceState::Missing;
+        if exclusive {
+            self.start_piece(piece);
+            self.in_flight
+                .get_mut(&piece)
+                .expect("just started")
+                .exclusive = true;
+        }
+    }
+
+    /// The owner of an exclusive piece left: let another peer take it.
+    pub fn on_peer_disconnected(&mut self, peer: PeerKey) {
+        for flight in self.in_flight.values_mut() {
+            if flight.owner == Some(peer) {
+                flight.owner = None;
+            }
+        }
+    }
+
+    fn block_state_mut(&mut self, block: &BlockRef) -> Option<&mut BlockState> {
+        if !self.geometry.is_valid_block(block) {
+            return None;
+        }
+        self.in_flight
+            .get_mut(&block.piece)?
+            .blocks
+            .get_mut((block.offset / BLOCK_LEN) as usize)
+    }
+
+    #[cfg(debug_assertions)]
+    fn check_invariants(&self) {
+        for (piece, state) in self.state.iter().enumerate() {
+            let piece = u32::try_from(piece).expect("piece index fits u32");
+            assert_eq!(
+                *state == PieceState::InFlight,
+                self.in_flight.contains_key(&piece),
+                "piece {piece}: state {state:?} disagrees with the in-flight set"
+            );
+        }
+        assert_eq!(self.in_flight.len(), self.in_flight_order.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One-line scenario: availability digits per piece, and `#` for pieces we have.
+    fn picker_from(availability: &str, have: &str) -> Picker {
+        let n = u32::try_from(availability.len()).unwrap();
+        let geometry = Geometry::new(u64::from(n) * 2 * u64::from(BLOCK_LEN), 2 * BLOCK_LEN);
+        let mut have_bits = Bitfield::new(n);
+        for (i, c) in have.chars().enumerate() {
+            if c == '#' {
+                have_bits.set(u32::try_from(i).unwrap());
+            }
+        }
+        let mut picker = Picker::new(geometry, &have_bits);
+        for (i, c) in availability.chars().enumerate() {
+            for _ in 0..c.to_digit(10).unwrap() {
+                picker.on_have(u32::try_from(i).unwrap());
+            }
+        }
+        // Skip the random-first phase so rarest first is what the tests see.
+        picker.random_first = 0;
+        picker
+    }
+
+    fn all(n: u32) -> Bitfield {
+        Bitfield::full(n)
+    }
+
+    #[test]
+    fn picks_the_rarest_piece_the_peer_has() {
+        let mut picker = picker_from("3213", "....");
+        let blocks = picker.pick(1, &all(4), 2, |_| false);
+        assert_eq!(
+            blocks,
+            vec![
+                BlockRef::new(2, 0, BLOCK_LEN),
+                BlockRef::new(2, BLOCK_LEN, BLOCK_LEN)
+            ]
+        );
+    }
+
+    #[test]
+    fn skips_pieces_we_have_and_pieces_the_peer_lacks() {
+        let mut picker = picker_from("3112", ".#..");
+        let mut peer = Bitfield::new(4);
+        peer.set(0);
+        peer.set(1);
+        peer.set(3);
+        let blocks = picker.pick(1, &peer, 2, |_| false);
+        assert!(blocks.iter().all(|b| b.piece == 3), "{blocks:?}");
+    }
+
+    #[test]
+    fn finishes_partial_pieces_before_starting_new_ones() {
+        let mut picker = picker_from("5511", "....");
+        let first = picker.pick(1, &all(4), 1, |_| false);
+        let rare_piece = first[0].piece;
+        assert!(rare_piece >= 2);
+        let second = picker.pick(2, &all(4), 1, |_| false);
+        assert_eq!(
+            second,
+            vec![BlockRef::new(rare_piece, BLOCK_LEN, BLOCK_LEN)]
+        );
+    }
+
+    #[test]
+    fn starts_the_first_pieces_at_random_whatever_their_availability() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let mut picker = picker_from("1999", "....");
+            picker.random_first = RANDOM_FIRST_PIECES;
+            seen.insert(picker.pick(1, &all(4), 1, |_| false)[0].piece);
+        }
+        assert_eq!(seen.len(), 4, "{seen:?}");
+    }
+
+    #[test]
+    fn breaks_ties_at_random() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let mut picker = picker_from("2222", "....");
+            seen.insert(picker.pick(1, &all(4), 1, |_| false)[0].piece);
+        }
+        assert_eq!(seen.len(), 4, "{seen:?}");
+    }
+
+    #[test]
+    fn requeues_voided_requests() {
+        let mut picker = picker_from("1", ".");
+        let blocks = picker.pick(1, &all(1), 2, |_| false);
+        assert_eq!(blocks.len(), 2);
+        picker.on_request_voided(&blocks[1]);
+        assert_eq!(picker.pick(2, &all(1), 2, |_| true), vec![blocks[1]]);
+    }
+
+    #[test]
+    fn endgame_duplicates_requests_only_to_peers_not_yet_asked() {
+        let mut picker = picker_from("1", ".");
+        let blocks = picker.pick(1, &all(1), 2, |_| false);
+        let asked_by_1 = blocks.clone();
+        let dup = picker.pick(2, &all(1), 2, |b| !asked_by_1.contains(b));
+        assert_eq!(dup, blocks, "peer 2 gets both blocks again");
+        assert!(
+            picker
+                .pick(1, &all(1), 2, |b| asked_by_1.contains(b))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn completes_piece_and_counts_it_verified() {
+        let mut picker = picker_from("1", ".");
+        let blocks = picker.pick(1, &all(1), 2, |_| false);
+        assert_eq!(picker.on_block_received(&blocks[0]), Received::Stored);
+        assert_eq!(picker.on_block_received(&blocks[0]), Received::Unwanted);
+        assert_eq!(
+            picker.on_block_received(&blocks[1]),
+            Received::PieceComplete
+        );
+        picker.on_piece_verified(0);
+        assert!(picker.is_complete());
+        assert!(!picker.is_interesting(&all(1)));
+    }
+
+    #[test]
+    fn failed_exclusive_piece_goes_to_one_peer_only() {
+        let mut picker = picker_from("1", ".");
+        for b in picker.pick(1, &all(1), 2, |_| false) {
+            picker.on_block_received(&b);
+        }
+        picker.on_piece_failed(0, true);
+        assert_eq!(picker.pick(7, &all(1), 1, |_| false).len(), 1);
+        assert!(
+            picker.pick(8, &all(1), 2, |_| true).is_empty(),
+            "owned by peer 7"
+        );
+        assert_eq!(picker.pick(7, &all(1), 2, |_| false).len(), 1);
+        picker.on_peer_disconnected(7);
+    }
+
+    #[test]
+    fn rejects_blocks_that_are_not_blocks_of_the_torrent() {
+        let mut picker = picker_from("1", ".");
+        picker.pick(1, &all(1), 2, |_| false);
+        assert_eq!(
+            picker.on_block_received(&BlockRef::new(0, 5, 100)),
+            Received::Unwanted
+        );
+        assert_eq!(
+            picker.on_block_received(&BlockRef::new(9, 0, BLOCK_LEN)),
+            Received::Unwanted
+        );
+    }
+}

@@ -1,0 +1,929 @@
+//! Tracker client: the types of an announce, the pure parts (reply parsing, URL building, BEP 12
+//! tiers), and below them the HTTP transport ([`http`]) and the announcer thread ([`announcer`]).
+//!
+//! This module itself opens no sockets and starts no threads: everything here is a function of its
+//! arguments, so it is tested with hand-typed reply bodies. Tracker replies come from strangers:
+//! nothing here panics on them; garbage becomes [`TrackerError::Malformed`].
+
+pub mod announcer;
+pub mod http;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use lava_torrent::bencode::BencodeElem;
+use rand::Rng;
+use rand::seq::SliceRandom;
+
+/// The `event` of an announce (BEP 3). Regular re-announces carry none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnnounceEvent {
+    /// The first announce of a session.
+    Started,
+    /// The download just finished; sent once.
+    Completed,
+    /// We are shutting down.
+    Stopped,
+}
+
+impl AnnounceEvent {
+    /// The value of the `event` query parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnnounceEvent::Started => "started",
+            AnnounceEvent::Completed => "completed",
+            AnnounceEvent::Stopped => "stopped",
+        }
+    }
+}
+
+/// What we tell a tracker in one announce.
+#[derive(Clone, Debug)]
+pub struct AnnounceRequest {
+    /// The torrent's info hash (20 raw bytes).
+    pub info_hash: [u8; 20],
+    /// Our peer id (20 raw bytes).
+    pub peer_id: [u8; 20],
+    /// The port we accept peer connections on.
+    pub port: u16,
+    /// Payload bytes uploaded this session.
+    pub uploaded: u64,
+    /// Payload bytes downloaded this session.
+    pub downloaded: u64,
+    /// Payload bytes we still miss.
+    pub left: u64,
+    /// The event, or `None` for a regular re-announce.
+    pub event: Option<AnnounceEvent>,
+    /// How many peers we would like.
+    pub numwant: u32,
+    /// The `tracker id` this tracker gave us earlier, sent back as `trackerid`.
+    pub tracker_id: Option<Vec<u8>>,
+}
+
+/// A tracker's successful reply, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnounceResponse {
+    /// When to announce again (`interval`, required).
+    pub interval: Duration,
+    /// The tracker's `min interval`: never announce sooner than this.
+    pub min_interval: Option<Duration>,
+    /// `tracker id`: send it back on later announces to this tracker.
+    pub tracker_id: Option<Vec<u8>>,
+    /// Seeders (`complete`), when the tracker says.
+    pub complete: Option<u32>,
+    /// Leechers (`incomplete`), when the tracker says.
+    pub incomplete: Option<u32>,
+    /// `warning message`: the announce worked, but the operator should see this.
+    pub warning: Option<String>,
+    /// Peers from `peers` (compact or dictionaries) then `peers6`, without duplicates, port 0 or
+    /// unspecified addresses.
+    pub peers: Vec<SocketAddr>,
+}
+
+/// Why an announce failed. Every variant names the tracker; the announcer backs off and retries.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    /// The tracker answered with a `failure reason`.
+    #[error("tracker {url}: refused the announce: {reason}")]
+    Failure {
+        /// The tracker's announce URL.
+        url: String,
+        /// The tracker's `failure reason`, as text.
+        reason: String,
+    },
+    /// The HTTP exchange failed: connect, TLS, timeout, I/O, a non-200 status or an oversized body.
+    #[error("tracker {url}: request failed: {error}")]
+    Request {
+        /// The tracker's announce URL.
+        url: String,
+        /// What went wrong, as text.
+        error: String,
+    },
+    /// The tracker answered, but not with a valid announce reply.
+    #[error("tracker {url}: malformed reply: {reason}")]
+    Malformed {
+        /// The tracker's announce URL.
+        url: String,
+        /// What is wrong with the reply.
+        reason: String,
+    },
+    /// The URL's scheme is not one we speak (`udp://` for now, or anything unknown).
+    #[error("tracker {url}: unsupported scheme")]
+    UnsupportedScheme {
+        /// The tracker's announce URL.
+        url: String,
+    },
+}
+
+impl TrackerError {
+    /// The announce URL of the tracker that failed.
+    pub fn url(&self) -> &str {
+        match self {
+            TrackerError::Failure { url, .. }
+            | TrackerError::Request { url, .. }
+            | TrackerError::Malformed { url, .. }
+            | TrackerError::UnsupportedScheme { url } => url,
+        }
+    }
+}
+
+/// A bencoded dictionary as lava_torrent hands it over: keyed by `String`, or by raw bytes when
+/// some key is not UTF-8.
+#[derive(Clone, Copy)]
+enum Dict<'a> {
+    Text(&'a HashMap<String, BencodeElem>),
+    Raw(&'a HashMap<Vec<u8>, BencodeElem>),
+}
+
+impl<'a> Dict<'a> {
+    fn from_elem(elem: &'a BencodeElem) -> Option<Self> {
+        match elem {
+            BencodeElem::Dictionary(map) => Some(Dict::Text(map)),
+            BencodeElem::RawDictionary(map) => Some(Dict::Raw(map)),
+            _ => None,
+        }
+    }
+
+    fn get(self, key: &str) -> Option<&'a BencodeElem> {
+        match self {
+            Dict::Text(map) => map.get(key),
+            Dict::Raw(map) => map.get(key.as_bytes()),
+        }
+    }
+}
+
+/// The raw bytes of a bencoded string. lava_torrent yields `String` for UTF-8 strings and `Bytes`
+/// otherwise, so a compact peer list can arrive as either.
+fn byte_string(elem: &BencodeElem) -> Option<&[u8]> {
+    match elem {
+        BencodeElem::String(s) => Some(s.as_bytes()),
+        BencodeElem::Bytes(b) => Some(b),
+        _ => None,
+    }
+}
+
+fn text(elem: &BencodeElem) -> Option<String> {
+    byte_string(elem).map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+fn non_negative(elem: &BencodeElem) -> Option<u64> {
+    match elem {
+        BencodeElem::Integer(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// Parses a bencoded announce reply.
+///
+/// `failure reason` wins over every other key. `interval` is required and must be a non-negative
+/// integer. `peers` may be compact (6-byte entries: IPv4 and big-endian port) or a list of
+/// dictionaries with `ip` (IPv4 or IPv6 text; host names are skipped) and `port`; `peers6` holds
+/// 18-byte entries. A trailing partial compact entry, entries with port 0 or an unspecified address,
+/// and list entries that are not valid dictionaries are skipped, so one bad entry does not cost the
+/// rest. Optional keys of the wrong type are ignored. Trailing ASCII whitespace after the
+/// dictionary is tolerated.
+///
+/// # Errors
+/// [`TrackerError::Failure`] when the reply has a `failure reason`; [`TrackerError::Malformed`]
+/// when the body is not one bencoded dictionary (lava_torrent also refuses unsorted keys, and we
+/// refuse nesting deeper than 16 levels), `interval` is missing or negative, or `peers` / `peers6`
+/// is neither a string nor a list.
+pub fn parse_announce_response(url: &str, body: &[u8]) -> Result<AnnounceResponse, TrackerError> {
+    let malformed = |reason: String| TrackerError::Malformed {
+        url: url.to_owned(),
+        reason,
+    };
+    let body = body.trim_ascii_end();
+    check_nesting(body).map_err(|reason| malformed(format!("not bencode: {reason}")))?;
+    let elems =
+        BencodeElem::from_bytes(body).map_err(|e| malformed(format!("not bencode: {e}")))?;
+    let root = match elems.as_slice() {
+        [] => return Err(malformed("empty body".to_owned())),
+        [root] => root,
+        [_, ..] => return Err(malformed("data after the reply dictionary".to_owned())),
+    };
+    let dict =
+        Dict::from_elem(root).ok_or_else(|| malformed("reply is not a dictionary".to_owned()))?;
+
+    if let Some(reason) = dict.get("failure reason") {
+        return Err(TrackerError::Failure {
+            url: url.to_owned(),
+            reason: text(reason).unwrap_or_else(|| reason.to_string()),
+        });
+    }
+
+    let interval = match dict.get("interval") {
+        None => return Err(malformed("no interval".to_owned())),
+        Some(elem) => non_negative(elem)
+            .ok_or_else(|| malformed(format!("interval is not a non-negative integer: {elem}")))?,
+    };
+    let count = |key: &str| {
+        dict.get(key)
+            .and_then(non_negative)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+
+    let mut peers = Vec::new();
+    if let Some(elem) = dict.get("peers") {
+        parse_peers(elem, CompactFamily::V4, &mut peers)
+            .map_err(|reason| malformed(format!("peers: {reason}")))?;
+    }
+    if let Some(elem) = dict.get("peers6") {
+        parse_peers(elem, CompactFamily::V6, &mut peers)
+            .map_err(|reason| malformed(format!("peers6: {reason}")))?;
+    }
+    let mut seen = HashSet::new();
+    peers.retain(|addr| addr.port() != 0 && !addr.ip().is_unspecified() && seen.insert(*addr));
+
+    Ok(AnnounceResponse {
+        interval: Duration::from_secs(interval),
+        min_interval: dict
+            .get("min interval")
+            .and_then(non_negative)
+            .map(Duration::from_secs),
+        tracker_id: dict
+            .get("tracker id")
+            .and_then(byte_string)
+            .filter(|id| !id.is_empty())
+            .map(<[u8]>::to_vec),
+        complete: count("complete"),
+        incomplete: count("incomplete"),
+        warning: dict.get("warning message").and_then(text),
+        peers,
+    })
+}
+
+/// The deepest nesting of lists and dictionaries we hand to lava_torrent. An announce reply needs 3
+/// (reply, peer list, peer).
+const MAX_NESTING: usize = 16;
+
+/// Refuses a body nested deeper than [`MAX_NESTING`], or holding a byte that cannot start a
+/// bencode token, before lava_torrent sees it.
+///
+/// lava_torrent's decoder recurses once per nested list or dictionary, so a reply of a few thousand
+/// `l` bytes would overflow the announcer's stack and abort the whole daemon. This walk builds
+/// nothing and leaves every other check to lava_torrent: it skips integers to their `e` and strings
+/// by their length prefix exactly as lava_torrent does, so its depth at each token is at least
+/// lava_torrent's recursion depth there.
+fn check_nesting(body: &[u8]) -> Result<(), String> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(&b) = body.get(i) {
+        let rest = &body[i..];
+        i = match b {
+            b'd' | b'l' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!("nested deeper than {MAX_NESTING} levels"));
+                }
+                i + 1
+            }
+            b'e' if depth > 0 => {
+                depth -= 1;
+                i + 1
+            }
+            b'i' => match rest.iter().position(|&c| c == b'e') {
+                Some(end) => i + end + 1,
+                None => return Err("unterminated integer".to_owned()),
+            },
+            b'0'..=b'9' => {
+                let colon = rest
+                    .iter()
+                    .position(|&c| !c.is_ascii_digit())
+                    .filter(|&n| rest[n] == b':')
+                    .ok_or_else(|| format!("bad string length at byte {i}"))?;
+                let len = std::str::from_utf8(&rest[..colon])
+                    .ok()
+                    .and_then(|digits| digits.parse::<usize>().ok())
+                    .ok_or_else(|| format!("bad string length at byte {i}"))?;
+                // Past the end means truncated: the loop ends and lava_torrent says so.
+                i.saturating_add(colon + 1).saturating_add(len)
+            }
+            _ => return Err(format!("unexpected byte {b:#04x} at byte {i}")),
+        };
+    }
+    Ok(())
+}
+
+/// Which compact format a peer string holds.
+#[derive(Clone, Copy)]
+enum CompactFamily {
+    /// `peers`: 4-byte IPv4 address, 2-byte port.
+    V4,
+    /// `peers6`: 16-byte IPv6 address, 2-byte port.
+    V6,
+}
+
+impl CompactFamily {
+    fn entry_len(self) -> usize {
+        match self {
+            CompactFamily::V4 => 6,
+            CompactFamily::V6 => 18,
+        }
+    }
+}
+
+/// Appends the peers of a `peers` or `peers6` value to `out`. Unusable entries are skipped here or
+/// by the caller; only a value of the wrong type is an error.
+fn parse_peers(
+    elem: &BencodeElem,
+    family: CompactFamily,
+    out: &mut Vec<SocketAddr>,
+) -> Result<(), String> {
+    if let Some(bytes) = byte_string(elem) {
+        // A trailing partial entry is ignored: the whole entries before it are still good.
+        for entry in bytes.chunks_exact(family.entry_len()) {
+            let (ip, port) = entry.split_at(entry.len() - 2);
+            let ip = match family {
+                CompactFamily::V4 => IpAddr::V4(Ipv4Addr::from(
+                    <[u8; 4]>::try_from(ip).expect("6-byte entry"),
+                )),
+                CompactFamily::V6 => IpAddr::V6(Ipv6Addr::from(
+                    <[u8; 16]>::try_from(ip).expect("18-byte entry"),
+                )),
+            };
+            out.push(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])));
+        }
+        return Ok(());
+    }
+    match elem {
+        BencodeElem::List(list) => {
+            out.extend(list.iter().filter_map(dict_peer));
+            Ok(())
+        }
+        other => Err(format!("neither a string nor a list: {other}")),
+    }
+}
+
+/// One peer of the non-compact form: a dictionary with `ip` (text) and `port`.
+fn dict_peer(elem: &BencodeElem) -> Option<SocketAddr> {
+    let dict = Dict::from_elem(elem)?;
+    let ip = text(dict.get("ip")?)?;
+    let ip = ip.trim();
+    let ip = ip
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(ip);
+    let ip = ip.parse::<IpAddr>().ok()?.to_canonical();
+    let port = u16::try_from(non_negative(dict.get("port")?)?).ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Appends `bytes` percent-encoded byte by byte: RFC 3986 unreserved characters stay as they are,
+/// every other byte becomes `%XX`.
+fn percent_encode_into(out: &mut String, bytes: &[u8]) {
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            write!(out, "%{b:02X}").expect("writing to a String cannot fail");
+        }
+    }
+}
+
+/// The announce URL: `base` with the announce query appended.
+///
+/// The query is `info_hash` and `peer_id` (percent-encoded byte by byte), `port`, `uploaded`,
+/// `downloaded`, `left`, `compact=1`, `numwant`, `event` (omitted when `None`) and `trackerid`
+/// (when known). It starts with `&` when `base` already has a query (a private tracker's passkey),
+/// with `?` otherwise; a `#fragment` on `base` is dropped.
+pub fn announce_url(base: &str, req: &AnnounceRequest) -> String {
+    let base = base.split_once('#').map_or(base, |(before, _)| before);
+    let mut url = String::with_capacity(base.len() + 200);
+    url.push_str(base);
+    if !base.contains('?') {
+        url.push('?');
+    } else if !(base.ends_with('?') || base.ends_with('&')) {
+        url.push('&');
+    }
+    url.push_str("info_hash=");
+    percent_encode_into(&mut url, &req.info_hash);
+    url.push_str("&peer_id=");
+    percent_encode_into(&mut url, &req.peer_id);
+    write!(
+        url,
+        "&port={}&uploaded={}&downloaded={}&left={}&compact=1&numwant={}",
+        req.port, req.uploaded, req.downloaded, req.left, req.numwant
+    )
+    .expect("writing to a String cannot fail");
+    if let Some(event) = req.event {
+        url.push_str("&event=");
+        url.push_str(event.as_str());
+    }
+    if let Some(id) = &req.tracker_id {
+        url.push_str("&trackerid=");
+        percent_encode_into(&mut url, id);
+    }
+    url
+}
+
+/// The trackers of a torrent as BEP 12 tiers, in the order to try them.
+///
+/// Built from `announce-list`, or from `announce` as the only tier when the list is absent or holds
+/// no URL. URLs are trimmed; empty ones and repeats (across all tiers) are dropped, and so are the
+/// tiers left empty. Each tier is shuffled once, at construction; after that the order changes only
+/// through [`Tiers::promote`], which moves a tracker that answered to the front of its tier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tiers {
+    tiers: Vec<Vec<String>>,
+}
+
+impl Tiers {
+    /// Builds the tiers and shuffles each one with the thread's random generator.
+    pub fn new(announce: Option<&str>, announce_list: Option<&[Vec<String>]>) -> Self {
+        Self::with_rng(announce, announce_list, &mut rand::rng())
+    }
+
+    /// Like [`Tiers::new`], shuffling with `rng` (tests pass a seeded one).
+    pub fn with_rng<R: Rng + ?Sized>(
+        announce: Option<&str>,
+        announce_list: Option<&[Vec<String>]>,
+        rng: &mut R,
+    ) -> Self {
+        let mut seen = HashSet::new();
+        let mut tiers: Vec<Vec<String>> = announce_list
+            .unwrap_or_default()
+            .iter()
+            .map(|tier| {
+                tier.iter()
+                    .map(|url| url.trim())
+                    .filter(|url| !url.is_empty() && seen.insert(url.to_owned()))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|tier| !tier.is_empty())
+            .collect();
+        if tiers.is_empty()
+            && let Some(url) = announce.map(str::trim).filter(|url| !url.is_empty())
+        {
+            tiers.push(vec![url.to_owned()]);
+        }
+        for tier in &mut tiers {
+            tier.shuffle(rng);
+        }
+        Tiers { tiers }
+    }
+
+    /// Whether there is no tracker at all (a trackerless torrent).
+    pub fn is_empty(&self) -> bool {
+        self.tiers.is_empty()
+    }
+
+    /// How many trackers there are, over all tiers.
+    pub fn len(&self) -> usize {
+        self.tiers.iter().map(Vec::len).sum()
+    }
+
+    /// The tiers, each in its current order.
+    pub fn tiers(&self) -> &[Vec<String>] {
+        &self.tiers
+    }
+
+    /// Every tracker in the order to try them: tier by tier, front to back within a tier.
+    pub fn urls(&self) -> impl Iterator<Item = &str> + '_ {
+        self.tiers.iter().flatten().map(String::as_str)
+    }
+
+    /// Moves `url` to the front of its tier, shifting the ones before it back by one; the other
+    /// tiers do not change. Returns whether `url` is one of ours.
+    pub fn promote(&mut self, url: &str) -> bool {
+        for tier in &mut self.tiers {
+            if let Some(i) = tier.iter().position(|u| u == url) {
+                tier[..=i].rotate_right(1);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    const URL: &str = "http://tracker.example/announce";
+
+    fn parse(body: &[u8]) -> Result<AnnounceResponse, TrackerError> {
+        parse_announce_response(URL, body)
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn malformed_reason(body: &[u8]) -> String {
+        match parse(body) {
+            Err(TrackerError::Malformed { url, reason }) => {
+                assert_eq!(url, URL);
+                reason
+            }
+            other => panic!("expected Malformed for {body:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_compact_peers_and_counts() {
+        let mut body =
+            b"d8:completei5e10:incompletei3e8:intervali1800e12:min intervali60e5:peers12:".to_vec();
+        body.extend_from_slice(&[10, 0, 0, 1, 0x1A, 0xE1, 192, 168, 1, 200, 0x00, 0x50]);
+        body.push(b'e');
+        let reply = parse(&body).unwrap();
+        assert_eq!(
+            reply,
+            AnnounceResponse {
+                interval: Duration::from_secs(1800),
+                min_interval: Some(Duration::from_secs(60)),
+                tracker_id: None,
+                complete: Some(5),
+                incomplete: Some(3),
+                warning: None,
+                peers: vec![addr("10.0.0.1:6881"), addr("192.168.1.200:80")],
+            }
+        );
+    }
+
+    #[test]
+    fn parses_compact_peers_that_happen_to_be_valid_utf8() {
+        // lava_torrent yields a String for these bytes rather than Bytes.
+        let body = b"d8:intervali900e5:peers6:ABCDPQe";
+        assert_eq!(parse(body).unwrap().peers, vec![addr("65.66.67.68:20561")]);
+    }
+
+    #[test]
+    fn parses_dictionary_peers_with_ipv4_and_ipv6_text() {
+        let body = b"d8:intervali600e5:peersl\
+            d2:ip8:10.1.2.37:peer id20:AAAAAAAAAAAAAAAAAAAA4:porti51413ee\
+            d2:ip11:2001:db8::14:porti6881ee\
+            d2:ip5:[::2]4:porti7000ee\
+            d2:ip15:::ffff:10.9.8.74:porti7001ee\
+            ee";
+        assert_eq!(
+            parse(body).unwrap().peers,
+            vec![
+                addr("10.1.2.3:51413"),
+                addr("[2001:db8::1]:6881"),
+                addr("[::2]:7000"),
+                addr("10.9.8.7:7001"),
+            ]
+        );
+    }
+
+    #[test]
+    fn skips_dictionary_peers_that_cannot_be_dialled() {
+        let body = b"d8:intervali600e5:peersl\
+            d2:ip12:tracker.host4:porti1ee\
+            d2:ip7:1.2.3.44:porti0ee\
+            d2:ip7:1.2.3.44:porti70000ee\
+            d2:ip7:1.2.3.44:porti-1ee\
+            d2:ip7:1.2.3.4e\
+            d4:porti5ee\
+            i42e\
+            d2:ipi7e4:porti5ee\
+            d2:ip7:0.0.0.04:porti5ee\
+            d2:ip7:5.6.7.84:porti9ee\
+            ee";
+        assert_eq!(parse(body).unwrap().peers, vec![addr("5.6.7.8:9")]);
+    }
+
+    #[test]
+    fn parses_peers6() {
+        let mut body = b"d8:intervali60e6:peers636:".to_vec();
+        body.extend_from_slice(&[
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x1A, 0xE1,
+        ]);
+        body.extend_from_slice(&[
+            0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xab, 0xcd, 0xc3, 0x50,
+        ]);
+        body.push(b'e');
+        assert_eq!(
+            parse(&body).unwrap().peers,
+            vec![addr("[2001:db8::1]:6881"), addr("[fe80::abcd]:50000")]
+        );
+    }
+
+    #[test]
+    fn parses_peers_and_peers6_together_without_duplicates() {
+        let mut body = b"d8:intervali60e5:peers12:".to_vec();
+        body.extend_from_slice(&[1, 2, 3, 4, 0, 80, 1, 2, 3, 4, 0, 80]);
+        body.extend_from_slice(b"6:peers618:");
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x1A, 0xE1]);
+        body.push(b'e');
+        assert_eq!(
+            parse(&body).unwrap().peers,
+            vec![addr("1.2.3.4:80"), addr("[::1]:6881")]
+        );
+    }
+
+    #[test]
+    fn skips_compact_entries_with_port_zero_and_a_trailing_partial_entry() {
+        let mut body = b"d8:intervali60e5:peers16:".to_vec();
+        body.extend_from_slice(&[1, 1, 1, 1, 0, 0, 2, 2, 2, 2, 0x1A, 0xE1, 3, 3, 3, 3]);
+        body.extend_from_slice(b"6:peers620:");
+        body.extend_from_slice(&[
+            0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 9, 9,
+        ]);
+        body.push(b'e');
+        assert_eq!(parse(&body).unwrap().peers, vec![addr("2.2.2.2:6881")]);
+    }
+
+    #[test]
+    fn accepts_a_reply_without_peers() {
+        let reply = parse(b"d8:intervali1800ee").unwrap();
+        assert_eq!(reply.peers, vec![]);
+        assert_eq!(reply.interval, Duration::from_secs(1800));
+        assert_eq!(reply.min_interval, None);
+    }
+
+    #[test]
+    fn failure_reason_wins_over_everything_else() {
+        let body = b"d14:failure reason22:torrent not registered8:intervali1800e5:peers6:\x01\x02\x03\x04\x00\x50e";
+        match parse(body) {
+            Err(TrackerError::Failure { url, reason }) => {
+                assert_eq!(url, URL);
+                assert_eq!(reason, "torrent not registered");
+            }
+            other => panic!("expected Failure, got {other:?}"),
+        }
+        let err = parse(b"d14:failure reasoni7ee").unwrap_err();
+        assert!(matches!(&err, TrackerError::Failure { reason, .. } if reason == "7"));
+        assert_eq!(
+            err.to_string(),
+            format!("tracker {URL}: refused the announce: 7")
+        );
+    }
+
+    #[test]
+    fn rejects_a_missing_or_negative_interval() {
+        assert_eq!(malformed_reason(b"d5:peers0:e"), "no interval");
+        assert!(malformed_reason(b"d8:intervali-5ee").contains("interval"));
+        assert!(malformed_reason(b"d8:interval4:1800e").contains("interval"));
+    }
+
+    #[test]
+    fn rejects_garbage_non_dictionary_and_truncated_bodies() {
+        for body in [
+            &b""[..],
+            b"   \r\n",
+            b"<html><body>502 Bad Gateway</body></html>",
+            b"i42e",
+            b"l8:intervali60ee",
+            b"4:spam",
+            b"d8:intervali60e",
+            b"d8:intervali60e5:peers12:\x01\x02",
+            b"d8:intervali1800",
+            b"d8:intervali18",
+            b"d8:interv",
+            b"d8:intervali60eed8:intervali60ee",
+            b"d8:intervali60ee trailing",
+            b"d8:intervali60e5:peersi7ee",
+            b"d8:intervali60e5:peersd2:ip7:1.2.3.4ee",
+            b"d8:intervali60e6:peers6i7ee",
+        ] {
+            let reason = malformed_reason(body);
+            assert!(!reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn rejects_a_reply_with_unsorted_keys_as_lava_torrent_does() {
+        // lava_torrent enforces BEP 3's sorted keys; a tracker that breaks the rule fails loudly.
+        let reason = malformed_reason(b"d5:peers0:8:intervali60ee");
+        assert!(reason.contains("sorted"), "{reason}");
+    }
+
+    #[test]
+    fn refuses_deep_nesting_without_overflowing_the_stack() {
+        for body in [
+            vec![b'l'; 1 << 20],
+            [&b"d8:intervali60e5:peersl"[..], &[b'd'; 100_000]].concat(),
+            [&b"l"[..], &b"1:xd".repeat(50_000)].concat(),
+        ] {
+            let reason = malformed_reason(&body);
+            assert!(reason.contains("nested deeper"), "{reason}");
+        }
+        let mut ok = b"d8:intervali60e5:peers".to_vec();
+        ok.extend_from_slice(&b"l".repeat(MAX_NESTING - 1));
+        ok.extend_from_slice(&b"e".repeat(MAX_NESTING - 1));
+        ok.push(b'e');
+        assert_eq!(parse(&ok).unwrap().peers, vec![]);
+        // A byte lava_torrent would take as the start of a string length is refused outright.
+        assert!(malformed_reason(b"l+1:xllllee").contains("unexpected byte"));
+    }
+
+    #[test]
+    fn compact_peers_may_contain_bencode_delimiters() {
+        let body = b"d8:intervali60e5:peers12:ldei:edl9e\x00\x01e";
+        assert_eq!(
+            parse(body).unwrap().peers,
+            vec![addr("108.100.101.105:14949"), addr("100.108.57.101:1")]
+        );
+    }
+
+    #[test]
+    fn tolerates_a_trailing_newline() {
+        assert_eq!(
+            parse(b"d8:intervali60ee\r\n").unwrap().interval,
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn keeps_the_warning_message_and_binary_tracker_id() {
+        let body =
+            b"d8:intervali60e10:tracker id4:\xff\x00ab15:warning message18:ratio is too low!!e";
+        let reply = parse(body).unwrap();
+        assert_eq!(reply.tracker_id, Some(vec![0xff, 0x00, b'a', b'b']));
+        assert_eq!(reply.warning.as_deref(), Some("ratio is too low!!"));
+        let reply = parse(b"d8:intervali60e10:tracker id5:abc12e").unwrap();
+        assert_eq!(reply.tracker_id, Some(b"abc12".to_vec()));
+        assert_eq!(
+            parse(b"d8:intervali60e10:tracker id0:e")
+                .unwrap()
+                .tracker_id,
+            None
+        );
+    }
+
+    #[test]
+    fn ignores_optional_keys_of_the_wrong_type_or_range() {
+        let body = b"d8:completei-1e10:incompletei99999999999e8:intervali60e12:min interval2:xx15:warning messagei3ee";
+        let reply = parse(body).unwrap();
+        assert_eq!(
+            (
+                reply.complete,
+                reply.incomplete,
+                reply.min_interval,
+                reply.warning
+            ),
+            (None, None, None, None)
+        );
+    }
+
+    #[test]
+    fn reads_a_reply_with_a_non_utf8_key() {
+        // lava_torrent turns this into a RawDictionary.
+        let body = b"d8:intervali60e5:peers6:\x7f\x00\x00\x01\x1a\xe12:\xff\xffi1ee";
+        assert_eq!(parse(body).unwrap().peers, vec![addr("127.0.0.1:6881")]);
+    }
+
+    fn request() -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: *b"\x00\x01\x7f\x80\xff -._~%&?=+/Az9\xab",
+            peer_id: *b"-BT0001-abcdefghijkl",
+            port: 6881,
+            uploaded: 1,
+            downloaded: 2,
+            left: 3,
+            event: Some(AnnounceEvent::Started),
+            numwant: 50,
+            tracker_id: None,
+        }
+    }
+
+    const QUERY: &str = "info_hash=%00%01%7F%80%FF%20-._~%25%26%3F%3D%2B%2FAz9%AB\
+        &peer_id=-BT0001-abcdefghijkl&port=6881&uploaded=1&downloaded=2&left=3&compact=1&numwant=50";
+
+    #[test]
+    fn announce_url_escapes_every_kind_of_byte() {
+        assert_eq!(
+            announce_url("http://t.example:6969/announce", &request()),
+            format!("http://t.example:6969/announce?{QUERY}&event=started")
+        );
+    }
+
+    #[test]
+    fn announce_url_escapes_all_256_byte_values() {
+        let mut encoded = String::new();
+        let all: Vec<u8> = (0..=255).collect();
+        percent_encode_into(&mut encoded, &all);
+        let mut expected = String::new();
+        for b in 0u16..=255 {
+            let c = char::from(u8::try_from(b).unwrap());
+            if c.is_ascii_alphanumeric() || "-._~".contains(c) {
+                expected.push(c);
+            } else {
+                expected.push_str(&format!("%{b:02X}"));
+            }
+        }
+        assert_eq!(encoded, expected);
+        assert_eq!(encoded.len(), 66 + 190 * 3);
+    }
+
+    #[test]
+    fn announce_url_appends_to_an_existing_query_with_an_ampersand() {
+        let req = request();
+        assert_eq!(
+            announce_url("https://t.example/a?passkey=abc", &req),
+            format!("https://t.example/a?passkey=abc&{QUERY}&event=started")
+        );
+        assert_eq!(
+            announce_url("https://t.example/a?passkey=abc&", &req),
+            format!("https://t.example/a?passkey=abc&{QUERY}&event=started")
+        );
+        assert_eq!(
+            announce_url("https://t.example/a?", &req),
+            format!("https://t.example/a?{QUERY}&event=started")
+        );
+        assert_eq!(
+            announce_url("https://t.example/a#frag", &req),
+            format!("https://t.example/a?{QUERY}&event=started")
+        );
+    }
+
+    #[test]
+    fn announce_url_omits_a_missing_event_and_sends_the_tracker_id() {
+        let mut req = request();
+        req.event = None;
+        assert_eq!(
+            announce_url("http://t/a", &req),
+            format!("http://t/a?{QUERY}")
+        );
+        req.event = Some(AnnounceEvent::Stopped);
+        req.tracker_id = Some(b"id 1\xff".to_vec());
+        assert_eq!(
+            announce_url("http://t/a", &req),
+            format!("http://t/a?{QUERY}&event=stopped&trackerid=id%201%FF")
+        );
+        req.event = Some(AnnounceEvent::Completed);
+        assert!(announce_url("http://t/a", &req).contains("&event=completed&"));
+    }
+
+    fn list(tiers: &[&[&str]]) -> Vec<Vec<String>> {
+        tiers
+            .iter()
+            .map(|tier| tier.iter().map(|s| (*s).to_owned()).collect())
+            .collect()
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn tier_shuffling_keeps_every_url_in_its_tier() {
+        let announce_list = list(&[
+            &["a1", "a2", "a3", "a4", "a5"],
+            &["b1"],
+            &["c1", "c2", "c3"],
+        ]);
+        let mut orders = HashSet::new();
+        for seed in 0..50 {
+            let tiers = Tiers::with_rng(
+                Some("ignored"),
+                Some(&announce_list),
+                &mut StdRng::seed_from_u64(seed),
+            );
+            assert_eq!(tiers.len(), 9);
+            let got = tiers.tiers();
+            assert_eq!(got.len(), 3);
+            for (tier, original) in got.iter().zip(&announce_list) {
+                assert_eq!(sorted(tier.clone()), sorted(original.clone()));
+            }
+            orders.insert(got[0].clone());
+        }
+        assert!(orders.len() > 1, "50 seeds gave one order: not shuffled");
+    }
+
+    #[test]
+    fn tiers_fall_back_to_announce_and_drop_empty_and_repeated_urls() {
+        let tiers = Tiers::new(Some(" http://a/announce "), None);
+        assert_eq!(tiers.tiers(), list(&[&["http://a/announce"]]).as_slice());
+        let tiers = Tiers::new(Some("http://a"), Some(&list(&[&[], &[" "]])));
+        assert_eq!(tiers.tiers(), list(&[&["http://a"]]).as_slice());
+        let tiers = Tiers::new(
+            Some("http://a"),
+            Some(&list(&[&["x", " "], &["x"], &["y"]])),
+        );
+        assert_eq!(tiers.tiers(), list(&[&["x"], &["y"]]).as_slice());
+        assert!(Tiers::new(None, None).is_empty());
+        assert!(Tiers::new(Some(""), Some(&[])).is_empty());
+        assert!(!Tiers::new(Some("http://a"), None).is_empty());
+    }
+
+    #[test]
+    fn promotion_moves_the_answering_tracker_to_the_front_of_its_tier_only() {
+        let mut tiers = Tiers::new(None, Some(&list(&[&["a1"], &["b1"], &["c1"]])));
+        tiers.tiers = list(&[&["a1", "a2"], &["b1", "b2", "b3", "b4"]]);
+        assert!(tiers.promote("b3"));
+        assert_eq!(
+            tiers.tiers(),
+            list(&[&["a1", "a2"], &["b3", "b1", "b2", "b4"]]).as_slice()
+        );
+        assert!(tiers.promote("b3"));
+        assert_eq!(
+            tiers.tiers(),
+            list(&[&["a1", "a2"], &["b3", "b1", "b2", "b4"]]).as_slice()
+        );
+        assert!(tiers.promote("a2"));
+        assert_eq!(
+            tiers.urls().collect::<Vec<_>>(),
+            ["a2", "a1", "b3", "b1", "b2", "b4"]
+        );
+        assert!(!tiers.promote("zz"));
+    }
+}
