@@ -1,0 +1,237 @@
+#!/usr/bin/python3
+"""A libtorrent 2.0 peer for btd's tests and benchmark, driven from the command line.
+
+    lt_client.py {seed|leech} --torrent FILE --dir DIR --bind IP [--port N]
+                 [--peer HOST:PORT]... [--timeout SECONDS] [--announce]
+
+Output on stdout, one line each, flushed:
+    LISTENING <port>                    once the TCP listen socket is open
+    PROGRESS <fraction> <download_rate_Bps> <upload_rate_Bps> <num_peers>   every second
+    COMPLETE <seconds since start>      (leech) every piece verified; then exits 0
+    SEEDING                             (seed) the data in DIR checked complete
+Errors go to stderr and exit 1 (timeout, incomplete data in seed mode, listen failure).
+A seeder runs until SIGTERM or SIGINT and then exits 0.
+
+Settings: DHT, LSD, UPnP, NAT-PMP and uTP are off (they stop libtorrent from talking to other
+processes on loopback, and would reach outside it), several connections per IP are allowed, and the
+limits start from libtorrent's high_performance_seed() pack, so that the benchmark compares btd with
+a well-tuned libtorrent rather than a throttled one. Without --announce the torrent's trackers are
+removed: peers come only from --peer, which is dialled again every few seconds while not connected.
+
+Run with the environment variable DIE_WITH_PARENT=1 to be killed (SIGKILL) when the
+process that started this one dies, so a crashed test run leaves nothing behind.
+"""
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+try:
+    import libtorrent as lt
+except ImportError as err:  # pragma: no cover - depends on the machine
+    sys.stderr.write(
+        "lt_client: cannot import libtorrent (%s); install python3-libtorrent "
+        "(scripts/test does) and run with /usr/bin/python3\n" % err
+    )
+    sys.exit(1)
+
+RECONNECT_INTERVAL_S = 3.0
+PROGRESS_INTERVAL_S = 1.0
+
+
+def die_with_parent():
+    """Ask Linux to SIGKILL us when our parent dies (prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            sys.exit(1)
+    except OSError:
+        pass
+
+
+def say(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def fail(message):
+    sys.stderr.write("lt_client: " + message + "\n")
+    sys.stderr.flush()
+    sys.exit(1)
+
+
+def parse_peer(text):
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError("peer must be HOST:PORT, got %r" % text)
+    return (host.strip("[]"), int(port))
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="lt_client.py", description=__doc__.split("\n")[0])
+    p.add_argument("mode", choices=["seed", "leech"])
+    p.add_argument("--torrent", required=True, help=".torrent file")
+    p.add_argument("--dir", required=True, help="save path: the data is DIR/<torrent name>")
+    p.add_argument("--bind", required=True, help="IP to listen on and to connect from")
+    p.add_argument("--port", type=int, default=0, help="TCP listen port (0: any free port)")
+    p.add_argument("--peer", type=parse_peer, action="append", default=[], help="HOST:PORT to dial")
+    p.add_argument("--timeout", type=float, default=None, help="give up (exit 1) after SECONDS")
+    p.add_argument("--announce", action="store_true", help="use the torrent's trackers")
+    return p.parse_args(argv)
+
+
+def session_settings(bind_ip, port):
+    settings = dict(lt.high_performance_seed())
+    settings.update(
+        {
+            "enable_dht": False,
+            "enable_lsd": False,
+            "enable_upnp": False,
+            "enable_natpmp": False,
+            "enable_incoming_utp": False,
+            "enable_outgoing_utp": False,
+            "enable_incoming_tcp": True,
+            "enable_outgoing_tcp": True,
+            "allow_multiple_connections_per_ip": True,
+            "listen_interfaces": "%s:%d" % (bind_ip, port),
+            "outgoing_interfaces": bind_ip,
+            "listen_system_port_fallback": False,
+            # Plaintext first: an encrypted attempt to a peer without MSE costs a reconnect.
+            "out_enc_policy": int(lt.enc_policy.pe_disabled),
+            "in_enc_policy": int(lt.enc_policy.pe_enabled),
+            "connections_limit": 8000,
+            "active_downloads": -1,
+            "active_seeds": -1,
+            "active_limit": -1,
+            "unchoke_slots_limit": -1,
+            "max_failcount": 1000,
+            "min_reconnect_time": 1,
+            "stop_tracker_timeout": 1,
+            "min_announce_interval": 5,
+            "alert_mask": int(
+                lt.alert.category_t.error_notification | lt.alert.category_t.status_notification
+            ),
+            "user_agent": "btd-test-libtorrent/" + lt.__version__,
+        }
+    )
+    return settings
+
+
+class Stop:
+    requested = False
+
+
+def on_signal(_signum, _frame):
+    Stop.requested = True
+
+
+def main(argv):
+    if os.environ.get("DIE_WITH_PARENT") == "1":
+        die_with_parent()
+    args = parse_args(argv)
+    start = time.monotonic()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        info = lt.torrent_info(args.torrent)
+    except RuntimeError as err:
+        fail("cannot read torrent %s: %s" % (args.torrent, err))
+    if not os.path.isdir(args.dir):
+        if args.mode == "seed":
+            fail("seed: data directory %s does not exist" % args.dir)
+        os.makedirs(args.dir, exist_ok=True)
+
+    ses = lt.session(session_settings(args.bind, args.port))
+
+    atp = lt.add_torrent_params()
+    atp.ti = info
+    atp.save_path = args.dir
+    # Not auto-managed, so libtorrent's queueing never holds the torrent back; paused until the
+    # trackers are settled, so nothing is announced to a tracker we were told not to use.
+    atp.flags = (atp.flags & ~lt.torrent_flags.auto_managed) | lt.torrent_flags.paused
+    handle = ses.add_torrent(atp)
+    if not args.announce:
+        handle.replace_trackers([])
+    handle.resume()
+
+    deadline = None if args.timeout is None else start + args.timeout
+    listening = False
+    checked = False
+    last_dial = 0.0
+    last_progress = 0.0
+
+    while not Stop.requested:
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
+            st = handle.status()
+            fail(
+                "timeout after %.0f s (%s, progress %.4f, %d peers)"
+                % (args.timeout, args.mode, st.progress, st.num_peers)
+            )
+
+        for alert in ses.pop_alerts():
+            if isinstance(alert, lt.listen_failed_alert):
+                fail("cannot listen on %s:%d: %s" % (args.bind, args.port, alert.message()))
+            if isinstance(alert, (lt.torrent_error_alert, lt.file_error_alert)):
+                fail("torrent error: %s" % alert.message())
+
+        if not listening and ses.is_listening() and ses.listen_port() != 0:
+            listening = True
+            say("LISTENING %d" % ses.listen_port())
+
+        st = handle.status()
+        checking = st.state in (
+            lt.torrent_status.checking_files,
+            lt.torrent_status.checking_resume_data,
+        )
+
+        if args.mode == "seed" and not checked and not checking and not st.paused:
+            checked = True
+            if st.state != lt.torrent_status.seeding and not st.is_seeding:
+                have = sum(1 for x in st.pieces if x)
+                fail(
+                    "seed: the data in %s is incomplete: %d of %d pieces verified"
+                    % (os.path.join(args.dir, info.name()), have, info.num_pieces())
+                )
+            say("SEEDING")
+
+        if args.mode == "leech" and not checking and (st.is_seeding or st.is_finished):
+            if st.state in (lt.torrent_status.seeding, lt.torrent_status.finished):
+                say("PROGRESS 1.000000 %d %d %d" % (
+                    st.download_payload_rate, st.upload_payload_rate, st.num_peers))
+                say("COMPLETE %.3f" % (time.monotonic() - start))
+                break
+
+        if listening and args.peer and now - last_dial >= RECONNECT_INTERVAL_S:
+            last_dial = now
+            # An incoming connection comes from an ephemeral port, so match on the address too
+            # (every process in a test has its own loopback address).
+            peers = handle.get_peer_info()
+            connected = {(p.ip[0], p.ip[1]) for p in peers} | {p.ip[0] for p in peers}
+            for peer in args.peer:
+                if peer not in connected and peer[0] not in connected:
+                    handle.connect_peer(peer)
+
+        if now - last_progress >= PROGRESS_INTERVAL_S:
+            last_progress = now
+            say(
+                "PROGRESS %.6f %d %d %d"
+                % (st.progress, st.download_payload_rate, st.upload_payload_rate, st.num_peers)
+            )
+
+        ses.wait_for_alert(100)
+
+    ses.pause()
+    del ses
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

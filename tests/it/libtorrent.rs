@@ -1,0 +1,110 @@
+//! btd against libtorrent (python3-libtorrent through `scripts/clients/lt_client.py`) on
+//! loopback: btd downloads from a libtorrent seeder with a torrent made by mktorrent, and a
+//! libtorrent leecher downloads from a btd seeder with a torrent made by `btd create`.
+
+use crate::support::{
+    Btd, LtClient, PeerSpec, Rng, SHORT, TRANSFER, TempDir, assert_same_files, mktorrent, next_ip,
+    test_seed, write_payload,
+};
+use std::ffi::OsString;
+
+const MIB: u64 = 1024 * 1024;
+
+const FILES: &[(&str, u64)] = &[
+    ("lt-payload/one.bin", 6 * MIB + 999),
+    ("lt-payload/nothing", 0),
+    ("lt-payload/small.txt", 4321),
+    ("lt-payload/dir/two.bin", 2 * MIB + 17),
+];
+
+#[test]
+fn btd_downloads_from_a_libtorrent_seeder_with_a_mktorrent_torrent() {
+    let tmp = TempDir::new("lt-seeder");
+    let mut rng = Rng::new(test_seed("btd_downloads_from_a_libtorrent_seeder"));
+    let seed_dir = tmp.subdir("seed");
+    write_payload(&seed_dir, FILES, &mut rng);
+    let torrent = tmp.path().join("lt.torrent");
+    mktorrent(&seed_dir.join("lt-payload"), &torrent, 15, &[]);
+
+    let mut lt = LtClient::seed(
+        "libtorrent seeder",
+        &PeerSpec {
+            torrent: &torrent,
+            dir: &seed_dir,
+            ip: next_ip(),
+            peers: vec![],
+            announce: false,
+        },
+    );
+    let lt_addr = lt.wait_listening();
+    lt.wait_seeding();
+
+    let out = tmp.subdir("out");
+    let mut btd = Btd::download("btd leecher", &torrent, &out, next_ip(), &[lt_addr], false);
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(&seed_dir.join("lt-payload"), &out.join("lt-payload"));
+    lt.terminate_and_assert_ok(SHORT);
+}
+
+#[test]
+fn btd_downloads_a_single_file_torrent_from_a_libtorrent_seeder() {
+    let tmp = TempDir::new("lt-seeder-single");
+    let mut rng = Rng::new(test_seed("btd_downloads_a_single_file_torrent"));
+    let seed_dir = tmp.subdir("seed");
+    write_payload(&seed_dir, &[("single.iso", 3 * MIB + 3)], &mut rng);
+    let torrent = tmp.path().join("single.torrent");
+    mktorrent(&seed_dir.join("single.iso"), &torrent, 16, &[]);
+
+    let mut lt = LtClient::seed(
+        "libtorrent seeder",
+        &PeerSpec {
+            torrent: &torrent,
+            dir: &seed_dir,
+            ip: next_ip(),
+            peers: vec![],
+            announce: false,
+        },
+    );
+    let lt_addr = lt.wait_listening();
+    lt.wait_seeding();
+
+    let out = tmp.subdir("out");
+    let mut btd = Btd::download("btd leecher", &torrent, &out, next_ip(), &[lt_addr], false);
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(&seed_dir.join("single.iso"), &out.join("single.iso"));
+    lt.terminate_and_assert_ok(SHORT);
+}
+
+#[test]
+fn libtorrent_downloads_from_a_btd_seeder_with_a_btd_torrent() {
+    let tmp = TempDir::new("lt-leecher");
+    let mut rng = Rng::new(test_seed("libtorrent_downloads_from_a_btd_seeder"));
+    let seed_dir = tmp.subdir("seed");
+    write_payload(&seed_dir, FILES, &mut rng);
+    let torrent = tmp.path().join("btd.torrent");
+    Btd::run([
+        OsString::from("create"),
+        seed_dir.join("lt-payload").into(),
+        "-o".into(),
+        torrent.clone().into(),
+    ])
+    .assert_success();
+
+    let mut btd = Btd::seed("btd seeder", &torrent, &seed_dir, next_ip(), &[]);
+    let btd_addr = btd.wait_listening();
+
+    let out = tmp.subdir("out");
+    let mut lt = LtClient::leech(
+        "libtorrent leecher",
+        &PeerSpec {
+            torrent: &torrent,
+            dir: &out,
+            ip: next_ip(),
+            peers: vec![btd_addr],
+            announce: false,
+        },
+    );
+    lt.wait_complete(TRANSFER);
+    assert_same_files(&seed_dir.join("lt-payload"), &out.join("lt-payload"));
+    btd.terminate_and_assert_ok(SHORT);
+}

@@ -1,0 +1,12 @@
+//! btd's integration tests: the `btd` binary as separate processes on loopback, against itself
+//! and against real clients (libtorrent, transmission) and a real tracker (opentracker).
+//! The programs they need are Debian packages that `scripts/test` installs; a test whose program
+//! is missing fails and says so.
+
+mod support;
+
+mod create;
+mod libtorrent;
+mod swarm;
+mod tracker;
+mod transmission;
