@@ -28,6 +28,8 @@ use crate::tracker::announcer::{self, AnnounceStats, AnnouncerCommand, Announcer
 use crate::wire::{BLOCK_LEN, Bitfield, BlockRef};
 
 const TICK: Duration = Duration::from_millis(500);
+/// Peer events handled per wake-up before the other channels get a look.
+const EVENT_BATCH: usize = 256;
 /// Capacity of the peer -> coordinator channel: a slow coordinator pushes back on peers' reads.
 const EVENTS_CAPACITY: usize = 4096;
 /// Most requests we keep outstanding with one peer (its queue limit is unknown without BEP 10).
@@ -270,12 +272,18 @@ impl Coordinator {
             self.meta.geometry.num_pieces
         );
         self.connect_more();
-        let ticker = crossbeam_channel::tick(TICK);
+        let mut next_tick = Instant::now() + TICK;
         loop {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
             select! {
                 recv(self.events) -> event => {
                     if let Ok(event) = event {
                         self.on_peer_event(event);
+                        // Take what else is queued before paying for another select.
+                        for _ in 0..EVENT_BATCH {
+                            let Ok(event) = self.events.try_recv() else { break };
+                            self.on_peer_event(event);
+                        }
                     }
                 }
                 recv(self.disk_results) -> result => {
@@ -283,13 +291,15 @@ impl Coordinator {
                         self.on_disk_result(result);
                     }
                 }
-                recv(self.tracker_peers) -> peers => {
-                    if let Ok(peers) = peers {
+                recv(self.tracker_peers) -> peers => match peers {
+                    Ok(peers) => {
                         debug!("torrent {}: tracker gave {} peers", self.name(), peers.len());
                         self.add_addrs(peers);
                         self.connect_more();
                     }
-                }
+                    // No announcer (or it ended): a disconnected channel would wake us forever.
+                    Err(_) => self.tracker_peers = crossbeam_channel::never(),
+                },
                 recv(self.control) -> control => match control {
                     Ok(Control::AddPeers(peers)) => {
                         self.add_addrs(peers);
@@ -297,7 +307,12 @@ impl Coordinator {
                     }
                     Ok(Control::Stop) | Err(_) => break,
                 },
-                recv(ticker) -> _ => self.on_tick(),
+                default(timeout) => {}
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.on_tick();
+                next_tick = now + TICK;
             }
         }
         self.shutdown();
