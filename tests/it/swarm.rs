@@ -262,3 +262,31 @@ fn seed_with_a_corrupt_file_exits_non_zero_naming_it() {
     flip_byte(&fx.payload().join("sub/deep/end.bin"), 300_000);
     assert_seed_refuses(&fx, &fx.seed_dir, "end.bin");
 }
+
+/// User + system CPU time of a process so far, in clock ticks (from /proc/PID/stat).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = &stat[stat.rfind(')').expect("comm field") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Issue 3 regression: a torrent without trackers left its coordinator spinning on a
+/// disconnected channel, a full core while idle.
+#[test]
+fn idle_seeder_without_trackers_does_not_spin() {
+    let fx = Fixture::new("idle_seeder_without_trackers_does_not_spin");
+    let mut seeder = Btd::seed("seeder", &fx.torrent, &fx.seed_dir, next_ip(), &[]);
+    seeder.wait_listening();
+    let before = cpu_ticks(seeder.pid());
+    let start = Instant::now();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let used = cpu_ticks(seeder.pid()) - before;
+    let ticks = start.elapsed().as_secs_f64() * 100.0; // USER_HZ is 100 on Linux
+    assert!(
+        (used as f64) < ticks * 0.2,
+        "idle seeder used {used} CPU ticks in {ticks:.0} ticks of wall time"
+    );
+    seeder.terminate_and_assert_ok(SHORT);
+}
