@@ -1,7 +1,7 @@
 //! Configuration: the TOML file (`config/btd.toml` documents every key) read into
-//! [`ConfigFile`] with serde defaults, then checked into [`Config`]. Every key has a default,
+//! `ConfigFile` with serde defaults, then checked into `Config`. Every key has a default,
 //! so an empty file is valid; an unknown key, a wrong type or an impossible value is a
-//! [`ConfigError`] naming the file, the key and the reason.
+//! `ConfigError` naming the file, the key and the reason.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
