@@ -182,6 +182,7 @@ pub fn download(
     let handle = engine
         .add(Arc::clone(&meta), Arc::new(storage), have, peers)
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
+    engine.log_listening();
     let outcome = wait(&meta, &handle, signals, !keep_seeding);
     let result = match outcome {
         Outcome::Completed if keep_seeding => {
@@ -234,6 +235,7 @@ pub fn seed(opts: &TransferOptions, signals: &Receiver<()>) -> Result<(), Comman
     let handle = engine
         .add(Arc::clone(&meta), Arc::new(storage), have, peers)
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
+    engine.log_listening();
     let outcome = wait(&meta, &handle, signals, false);
     engine.remove(handle);
     engine.shutdown();

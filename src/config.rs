@@ -24,10 +24,66 @@ pub struct ConfigError {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct ConfigFile {
+    paths: Paths,
+    watch: Watch,
+    log: Log,
     network: Network,
     peers: Peers,
+    rates: Rates,
+    seeding: Seeding,
+    queue: Queue,
+    status: Status,
     disk: Disk,
     tracker: Tracker,
+    torrent: Vec<TorrentEntryFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Paths {
+    state_dir: PathBuf,
+    download_dir: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Self {
+            state_dir: "state".into(),
+            download_dir: "downloads".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Watch {
+    dir: PathBuf,
+    scan_interval_secs: u64,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::new(),
+            scan_interval_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Log {
+    level: String,
+    file: PathBuf,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            file: PathBuf::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +108,7 @@ impl Default for Network {
 #[serde(deny_unknown_fields, default)]
 struct Peers {
     max_per_torrent: usize,
+    max_global: usize,
     upload_slots: usize,
 }
 
@@ -59,8 +116,51 @@ impl Default for Peers {
     fn default() -> Self {
         Self {
             max_per_torrent: 50,
+            max_global: 500,
             upload_slots: 8,
         }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct Rates {
+    download_kib_per_sec: u64,
+    upload_kib_per_sec: u64,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct Seeding {
+    ratio_limit: f64,
+    time_limit_mins: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Queue {
+    max_active_downloads: usize,
+    max_active_seeds: usize,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            max_active_downloads: 5,
+            max_active_seeds: 20,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Status {
+    interval_secs: u64,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self { interval_secs: 5 }
     }
 }
 
@@ -94,17 +194,60 @@ impl Default for Tracker {
     }
 }
 
-/// The validated configuration.
-#[derive(Clone, Debug)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TorrentEntryFile {
+    path: PathBuf,
+    #[serde(default)]
+    download_dir: PathBuf,
+    #[serde(default)]
+    paused: bool,
+    #[serde(default)]
+    peers: Vec<String>,
+}
+
+/// One `[[torrent]]` entry, paths resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TorrentEntry {
+    pub path: PathBuf,
+    pub download_dir: PathBuf,
+    pub paused: bool,
+    pub peers: Vec<SocketAddr>,
+}
+
+/// The validated configuration. Relative paths are resolved against the config file's
+/// directory.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// The file it came from (None for built-in defaults).
+    pub source: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub download_dir: PathBuf,
+    pub watch_dir: Option<PathBuf>,
+    pub watch_interval: Duration,
+    pub log_level: log::LevelFilter,
+    pub log_file: Option<PathBuf>,
     pub listen_address: IpAddr,
     pub listen_port: u16,
+    pub max_peers_global: usize,
+    /// Bytes per second, 0 = unlimited.
+    pub download_rate: u64,
+    /// Bytes per second, 0 = unlimited.
+    pub upload_rate: u64,
+    /// 0 = no limit.
+    pub ratio_limit: f64,
+    /// Zero = no limit.
+    pub seed_time_limit: Duration,
+    pub max_active_downloads: usize,
+    pub max_active_seeds: usize,
+    pub status_interval: Duration,
     pub limits: TorrentLimits,
+    pub torrents: Vec<TorrentEntry>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self::from_file(ConfigFile::default(), Path::new("<defaults>")).expect("defaults are valid")
+        Self::from_file(ConfigFile::default(), None).expect("defaults are valid")
     }
 }
 
@@ -119,27 +262,48 @@ impl Config {
             key: "-".into(),
             reason: format!("cannot read: {e}"),
         })?;
-        let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError {
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text that came from `path`.
+    ///
+    /// # Errors
+    /// A `ConfigError` naming `path`, the key (or the TOML position) and the reason.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError {
             path: path.to_owned(),
             key: e
                 .span()
-                .map_or("-".into(), |span| describe_span(&text, span)),
-            reason: e.message().to_owned(),
+                .map_or("-".into(), |span| describe_span(text, span)),
+            reason: e.message().trim().to_owned(),
         })?;
-        Self::from_file(file, path)
+        Self::from_file(file, Some(path))
     }
 
-    fn from_file(file: ConfigFile, path: &Path) -> Result<Self, ConfigError> {
+    fn from_file(file: ConfigFile, path: Option<&Path>) -> Result<Self, ConfigError> {
+        let shown = path.unwrap_or(Path::new("<defaults>"));
         let err = |key: &str, reason: String| ConfigError {
-            path: path.to_owned(),
+            path: shown.to_owned(),
             key: key.into(),
             reason,
         };
-        let listen_address = file
-            .network
-            .listen_address
-            .parse()
-            .map_err(|e| err("network.listen_address", format!("{e}")))?;
+        let base = path
+            .and_then(Path::parent)
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let non_empty = |key: &str, p: &Path| {
+            if p.as_os_str().is_empty() {
+                Err(err(key, "must not be empty".into()))
+            } else {
+                Ok(resolve(p))
+            }
+        };
         let positive = |key: &str, v: u64| {
             if v == 0 {
                 Err(err(key, "must be at least 1".into()))
@@ -147,19 +311,87 @@ impl Config {
                 Ok(v)
             }
         };
+        let listen_address = file
+            .network
+            .listen_address
+            .parse()
+            .map_err(|e| err("network.listen_address", format!("{e}")))?;
         positive(
             "network.connect_timeout_secs",
             file.network.connect_timeout_secs,
         )?;
         positive("peers.max_per_torrent", file.peers.max_per_torrent as u64)?;
+        positive("peers.max_global", file.peers.max_global as u64)?;
         positive("disk.hash_threads", file.disk.hash_threads as u64)?;
         positive(
             "tracker.announce_timeout_secs",
             file.tracker.announce_timeout_secs,
         )?;
+        positive("watch.scan_interval_secs", file.watch.scan_interval_secs)?;
+        positive("status.interval_secs", file.status.interval_secs)?;
+        positive(
+            "queue.max_active_downloads",
+            file.queue.max_active_downloads as u64,
+        )?;
+        positive("queue.max_active_seeds", file.queue.max_active_seeds as u64)?;
+        if !(file.seeding.ratio_limit.is_finite() && file.seeding.ratio_limit >= 0.0) {
+            return Err(err("seeding.ratio_limit", "must be a number >= 0".into()));
+        }
+        let log_level = file.log.level.parse().map_err(|_| {
+            err(
+                "log.level",
+                format!(
+                    "{:?} is not one of off, error, warn, info, debug, trace",
+                    file.log.level
+                ),
+            )
+        })?;
+        let rate = |key: &str, kib: u64| {
+            kib.checked_mul(1024)
+                .ok_or_else(|| err(key, "too large".into()))
+        };
+        let download_dir = non_empty("paths.download_dir", &file.paths.download_dir)?;
+        let mut torrents = Vec::new();
+        for (i, entry) in file.torrent.into_iter().enumerate() {
+            let key = |k: &str| format!("torrent[{i}].{k}");
+            let mut peers = Vec::new();
+            for peer in &entry.peers {
+                let addrs = std::net::ToSocketAddrs::to_socket_addrs(peer.as_str())
+                    .map_err(|e| err(&key("peers"), format!("{peer:?}: {e}")))?;
+                peers.extend(addrs);
+            }
+            torrents.push(TorrentEntry {
+                path: non_empty(&key("path"), &entry.path)?,
+                download_dir: if entry.download_dir.as_os_str().is_empty() {
+                    download_dir.clone()
+                } else {
+                    resolve(&entry.download_dir)
+                },
+                paused: entry.paused,
+                peers,
+            });
+        }
         Ok(Self {
+            source: path.map(Path::to_path_buf),
+            state_dir: non_empty("paths.state_dir", &file.paths.state_dir)?,
+            download_dir,
+            watch_dir: (!file.watch.dir.as_os_str().is_empty()).then(|| resolve(&file.watch.dir)),
+            watch_interval: Duration::from_secs(file.watch.scan_interval_secs),
+            log_level,
+            log_file: (!file.log.file.as_os_str().is_empty()).then(|| resolve(&file.log.file)),
             listen_address,
             listen_port: file.network.listen_port,
+            max_peers_global: file.peers.max_global,
+            download_rate: rate(
+                "rates.download_kib_per_sec",
+                file.rates.download_kib_per_sec,
+            )?,
+            upload_rate: rate("rates.upload_kib_per_sec", file.rates.upload_kib_per_sec)?,
+            ratio_limit: file.seeding.ratio_limit,
+            seed_time_limit: Duration::from_secs(file.seeding.time_limit_mins.saturating_mul(60)),
+            max_active_downloads: file.queue.max_active_downloads,
+            max_active_seeds: file.queue.max_active_seeds,
+            status_interval: Duration::from_secs(file.status.interval_secs),
             limits: TorrentLimits {
                 max_peers: file.peers.max_per_torrent,
                 upload_slots: file.peers.upload_slots,
@@ -169,6 +401,7 @@ impl Config {
                 announce_timeout: Duration::from_secs(file.tracker.announce_timeout_secs),
                 stop_timeout: Duration::from_secs(file.tracker.stop_timeout_secs),
             },
+            torrents,
         })
     }
 
@@ -196,12 +429,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError {
-            path: "t.toml".into(),
-            key: e.span().map_or("-".into(), |s| describe_span(text, s)),
-            reason: e.message().to_owned(),
-        })?;
-        Config::from_file(file, Path::new("t.toml"))
+        Config::parse(text, Path::new("/etc/btd/t.toml"))
     }
 
     #[test]
@@ -227,9 +455,44 @@ mod tests {
     }
 
     #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let c = parse("[paths]\nstate_dir = \"st\"\n[[torrent]]\npath = \"a.torrent\"\npeers = [\"127.0.0.1:7000\"]\n").unwrap();
+        assert_eq!(c.state_dir, Path::new("/etc/btd/st"));
+        assert_eq!(c.torrents[0].path, Path::new("/etc/btd/a.torrent"));
+        assert_eq!(c.torrents[0].download_dir, Path::new("/etc/btd/downloads"));
+        assert_eq!(
+            c.torrents[0].peers,
+            vec!["127.0.0.1:7000".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn wrong_type_and_bad_torrent_entry_name_their_keys() {
+        let e = parse("[peers]\nmax_global = \"many\"\n").unwrap_err();
+        assert!(e.key.contains("line 2"), "{e}");
+        let e = parse("[[torrent]]\npath = \"a\"\npeers = [\"nowhere\"]\n").unwrap_err();
+        assert_eq!(e.key, "torrent[0].peers");
+        let e = parse("[log]\nlevel = \"loud\"\n").unwrap_err();
+        assert_eq!(e.key, "log.level");
+        let e = parse("[seeding]\nratio_limit = -1.0\n").unwrap_err();
+        assert_eq!(e.key, "seeding.ratio_limit");
+    }
+
+    #[test]
+    fn rates_are_kibibytes_per_second() {
+        let c = parse("[rates]\ndownload_kib_per_sec = 100\n").unwrap();
+        assert_eq!((c.download_rate, c.upload_rate), (102_400, 0));
+    }
+
+    #[test]
     fn shipped_default_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/btd.toml");
         let c = Config::load(&path).unwrap();
-        assert_eq!(c.listen_port, Config::default().listen_port);
+        let d = Config::default();
+        assert_eq!(
+            (c.listen_port, c.limits.max_peers, c.max_active_seeds),
+            (d.listen_port, d.limits.max_peers, d.max_active_seeds)
+        );
+        assert_eq!(c.state_dir, path.parent().unwrap().join("state"));
     }
 }

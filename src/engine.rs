@@ -42,13 +42,18 @@ impl Engine {
     pub fn start(config: EngineConfig) -> std::io::Result<Self> {
         let registry: Registry = Arc::new(RwLock::new(HashMap::new()));
         let listener = Listener::bind(config.listen, Arc::clone(&registry))?;
-        info!("listening on {}", listener.local_addr());
         Ok(Self {
             peer_id: new_peer_id(),
             registry,
             listener,
             config,
         })
+    }
+
+    /// Logs `listening on ADDR`: call it once the torrents that should accept peers are added,
+    /// since scripts take the line to mean a peer can connect.
+    pub fn log_listening(&self) {
+        info!("listening on {}", self.listen_addr());
     }
 
     /// The bound listen address, with the port the kernel picked for port 0.

@@ -348,6 +348,7 @@ impl Coordinator {
             }
             if info.connecting
                 || info.connected.is_some()
+                || self.banned.contains(&addr.ip())
                 || info.retry_at > now
                 || (complete && info.seed)
                 || connected_addrs.contains(addr)
@@ -452,6 +453,10 @@ impl Coordinator {
         };
         if let Some(why) = refuse {
             debug!("torrent {}: {addr}: refused: {why}", self.name());
+            if let Some(info) = self.addrs.get_mut(&addr) {
+                // Not a failure of the address, but no reason to dial it again soon.
+                info.retry_at = Instant::now() + RETRY_MAX;
+            }
             let _ = commands.try_send(PeerCommand::Shutdown);
             let _ = socket.shutdown(std::net::Shutdown::Both);
             return;

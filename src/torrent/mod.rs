@@ -61,7 +61,7 @@ impl TorrentStats {
 }
 
 /// Limits and knobs of one torrent, from the config file and the command line.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TorrentLimits {
     pub max_peers: usize,
     pub upload_slots: usize,

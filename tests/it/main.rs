@@ -6,6 +6,7 @@
 mod support;
 
 mod create;
+mod fake_peer;
 mod libtorrent;
 mod swarm;
 mod tracker;
