@@ -19,6 +19,7 @@ use log::info;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metainfo::Metainfo;
+use crate::status::{DaemonStatus, TorrentStatus};
 use crate::storage::{OpenMode, Storage};
 use crate::torrent::{TorrentEvent, TorrentHandle, TorrentStats};
 
@@ -180,7 +181,7 @@ pub fn download(
     let engine = Engine::start(opts.config.engine(opts.bind, opts.port))
         .map_err(|e| CommandError::Runtime(format!("listen: {e}")))?;
     let handle = engine
-        .add(Arc::clone(&meta), Arc::new(storage), have, peers)
+        .add(Arc::clone(&meta), Arc::new(storage), have, peers, None)
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
     engine.log_listening();
     let outcome = wait(&meta, &handle, signals, !keep_seeding);
@@ -233,7 +234,7 @@ pub fn seed(opts: &TransferOptions, signals: &Receiver<()>) -> Result<(), Comman
     let engine = Engine::start(opts.config.engine(opts.bind, opts.port))
         .map_err(|e| CommandError::Runtime(format!("listen: {e}")))?;
     let handle = engine
-        .add(Arc::clone(&meta), Arc::new(storage), have, peers)
+        .add(Arc::clone(&meta), Arc::new(storage), have, peers, None)
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
     engine.log_listening();
     let outcome = wait(&meta, &handle, signals, false);
@@ -355,6 +356,156 @@ impl<'a> Progress<'a> {
             bar.finish();
         }
     }
+}
+
+/// The pid of the daemon running for `config`, or a `Runtime` error saying none runs.
+fn running_daemon(config: &Config) -> Result<u32, CommandError> {
+    let pid_path = config.state_dir.join("btd.pid");
+    let shown = config
+        .source
+        .as_deref()
+        .map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+    match crate::pidfile::running_pid(&pid_path) {
+        Ok(Some(pid)) => Ok(pid),
+        Ok(None) => Err(CommandError::Runtime(format!(
+            "no btd daemon is running for config {shown} (no live pid in {})",
+            pid_path.display()
+        ))),
+        Err(e) => Err(CommandError::Runtime(format!(
+            "{}: {e}",
+            pid_path.display()
+        ))),
+    }
+}
+
+fn load_status(config: &Config) -> Result<DaemonStatus, CommandError> {
+    let path = DaemonStatus::path_in(&config.state_dir);
+    DaemonStatus::load(&path).map_err(|e| CommandError::Runtime(e.to_string()))
+}
+
+fn send_hangup(pid: u32) -> Result<(), CommandError> {
+    let pid = i32::try_from(pid).map_err(|_| CommandError::Runtime(format!("bad pid {pid}")))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .map_err(|e| CommandError::Runtime(format!("cannot signal daemon (pid {pid}): {e}")))
+}
+
+/// How long `add` and `remove` wait for the daemon to act on their SIGHUP.
+const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `btd status`: prints the running daemon's torrents from its status file.
+///
+/// # Errors
+/// `Runtime` when no daemon runs for this config or its status file cannot be read.
+pub fn status(config: &Config) -> Result<(), CommandError> {
+    running_daemon(config)?;
+    let status = load_status(config)?;
+    print!("{}", status.table());
+    Ok(())
+}
+
+/// `btd add`: puts a torrent in the daemon's watch directory, sends SIGHUP, and waits until the
+/// daemon accepted (`*.added`) or refused (`*.invalid`) it.
+///
+/// # Errors
+/// `BadInput` for an unreadable torrent (or a magnet link, not supported yet); `Runtime` when no
+/// daemon runs, the config has no watch directory, or the daemon refused the torrent.
+pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
+    if torrent.starts_with("magnet:") {
+        return Err(CommandError::BadInput(
+            "magnet links are not supported yet: pass a .torrent file".into(),
+        ));
+    }
+    let meta = load_torrent(Path::new(torrent))?;
+    let pid = running_daemon(config)?;
+    let Some(watch_dir) = &config.watch_dir else {
+        return Err(CommandError::Runtime(
+            "the config has no [watch] dir: add the torrent as a [[torrent]] entry instead".into(),
+        ));
+    };
+    let target = watch_dir.join(format!("{}.torrent", meta.info_hash));
+    let temp = watch_dir.join(format!(".{}.partial", meta.info_hash));
+    std::fs::copy(torrent, &temp)
+        .and_then(|_| std::fs::rename(&temp, &target))
+        .map_err(|e| CommandError::Runtime(format!("{}: {e}", target.display())))?;
+    send_hangup(pid)?;
+    let added = PathBuf::from(format!("{}.added", target.display()));
+    let invalid = PathBuf::from(format!("{}.invalid", target.display()));
+    let deadline = Instant::now() + DAEMON_REPLY_TIMEOUT;
+    while Instant::now() < deadline {
+        if added.exists() {
+            println!("added {} ({})", meta.name, meta.info_hash);
+            return Ok(());
+        }
+        if invalid.exists() {
+            return Err(CommandError::Runtime(format!(
+                "the daemon refused {torrent} (renamed {}); its log says why",
+                invalid.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(CommandError::Runtime(format!(
+        "the daemon (pid {pid}) did not pick up {} within {DAEMON_REPLY_TIMEOUT:?}",
+        target.display()
+    )))
+}
+
+/// `btd remove`: stops and forgets a torrent added through the watch directory (its data
+/// stays), by name or info hash.
+///
+/// # Errors
+/// `Runtime` when no daemon runs, no torrent matches, or it came from a `[[torrent]]` entry.
+pub fn remove(config: &Config, what: &str) -> Result<(), CommandError> {
+    let pid = running_daemon(config)?;
+    let status = load_status(config)?;
+    let matches: Vec<&TorrentStatus> = status
+        .torrents
+        .iter()
+        .filter(|t| t.name == what || t.info_hash.eq_ignore_ascii_case(what))
+        .collect();
+    let torrent = match matches.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(CommandError::Runtime(format!(
+                "no torrent named {what:?} in the daemon"
+            )));
+        }
+        _ => {
+            return Err(CommandError::Runtime(format!(
+                "{what:?} names several torrents: use the info hash"
+            )));
+        }
+    };
+    if torrent.source == "config" {
+        return Err(CommandError::Runtime(format!(
+            "torrent {} comes from a [[torrent]] entry of the config: remove it there and send SIGHUP",
+            torrent.name
+        )));
+    }
+    std::fs::remove_file(&torrent.source)
+        .map_err(|e| CommandError::Runtime(format!("{}: {e}", torrent.source)))?;
+    send_hangup(pid)?;
+    let deadline = Instant::now() + DAEMON_REPLY_TIMEOUT;
+    while Instant::now() < deadline {
+        let gone = load_status(config)
+            .map(|s| !s.torrents.iter().any(|t| t.info_hash == torrent.info_hash))
+            .unwrap_or(false);
+        if gone {
+            println!(
+                "removed {} ({}); its data stays",
+                torrent.name, torrent.info_hash
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(CommandError::Runtime(format!(
+        "the daemon (pid {pid}) did not remove {} within {DAEMON_REPLY_TIMEOUT:?}",
+        torrent.name
+    )))
 }
 
 #[cfg(test)]

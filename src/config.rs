@@ -413,6 +413,9 @@ impl Config {
                 port.unwrap_or(self.listen_port),
             ),
             limits: self.limits.clone(),
+            download_rate: self.download_rate,
+            upload_rate: self.upload_rate,
+            max_peers: self.max_peers_global,
         }
     }
 }

@@ -12,8 +12,9 @@ use rand::RngExt;
 
 use crate::listener::{Listener, Registry};
 use crate::metainfo::Metainfo;
+use crate::ratelimit::Limits;
 use crate::storage::Storage;
-use crate::torrent::{TorrentHandle, TorrentLimits, TorrentParams};
+use crate::torrent::{ResumeTarget, TorrentHandle, TorrentLimits, TorrentParams};
 use crate::wire::Bitfield;
 
 /// Our client prefix in peer ids (Azureus style): btd 0.1.
@@ -24,6 +25,11 @@ const PEER_ID_PREFIX: &[u8; 8] = b"-BD0010-";
 pub struct EngineConfig {
     pub listen: SocketAddr,
     pub limits: TorrentLimits,
+    /// Global rates in bytes per second (0 = unlimited).
+    pub download_rate: u64,
+    pub upload_rate: u64,
+    /// Peer connections across all torrents.
+    pub max_peers: usize,
 }
 
 /// See the module documentation.
@@ -32,6 +38,7 @@ pub struct Engine {
     registry: Registry,
     listener: Listener,
     config: EngineConfig,
+    global: Arc<Limits>,
 }
 
 impl Engine {
@@ -42,11 +49,17 @@ impl Engine {
     pub fn start(config: EngineConfig) -> std::io::Result<Self> {
         let registry: Registry = Arc::new(RwLock::new(HashMap::new()));
         let listener = Listener::bind(config.listen, Arc::clone(&registry))?;
+        let global = Arc::new(Limits::new(
+            config.download_rate,
+            config.upload_rate,
+            config.max_peers,
+        ));
         Ok(Self {
             peer_id: new_peer_id(),
             registry,
             listener,
             config,
+            global,
         })
     }
 
@@ -72,6 +85,7 @@ impl Engine {
         storage: Arc<Storage>,
         have: Bitfield,
         peers: Vec<SocketAddr>,
+        resume: Option<ResumeTarget>,
     ) -> std::io::Result<TorrentHandle> {
         let info_hash = meta.info_hash;
         let bind = Some(self.config.listen.ip()).filter(|ip: &IpAddr| !ip.is_unspecified());
@@ -84,11 +98,41 @@ impl Engine {
             bind,
             peers,
             limits: self.config.limits.clone(),
+            global: Arc::clone(&self.global),
+            resume,
         })?;
         self.registry
             .write()
             .insert(info_hash, Arc::clone(&handle.context));
         Ok(handle)
+    }
+
+    /// Applies new global rates and peer budget at once, and per-torrent limits to torrents
+    /// added from now on (running ones get `Control::SetLimits` from their owner).
+    pub fn reconfigure(
+        &mut self,
+        limits: TorrentLimits,
+        download_rate: u64,
+        upload_rate: u64,
+        max_peers: usize,
+    ) {
+        self.global.download.set_rate(download_rate);
+        self.global.upload.set_rate(upload_rate);
+        self.global.peers.set_max(max_peers);
+        self.config.limits = limits;
+        self.config.download_rate = download_rate;
+        self.config.upload_rate = upload_rate;
+        self.config.max_peers = max_peers;
+    }
+
+    /// Peer connections open across all torrents.
+    pub fn peers_in_use(&self) -> usize {
+        self.global.peers.used()
+    }
+
+    /// Removes a torrent from the listener's registry, so no new peer reaches it.
+    pub fn unregister(&self, info_hash: &crate::metainfo::InfoHash) {
+        self.registry.write().remove(info_hash);
     }
 
     /// Stops a torrent gracefully (announce `stopped`, drop peers, flush).

@@ -5,10 +5,15 @@
 
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod listener;
 pub mod metainfo;
 pub mod peer;
+pub mod pidfile;
+pub mod ratelimit;
+pub mod resume;
+pub mod status;
 pub mod storage;
 pub mod torrent;
 pub mod tracker;

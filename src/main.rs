@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use btd::commands::{self, CommandError, CreateOptions, TransferOptions};
 use btd::config::Config;
+use btd::daemon::{self, Daemon, LogFile};
 
 #[derive(Parser)]
 #[command(name = "btd", version, about = "A BitTorrent client and daemon")]
@@ -51,6 +52,20 @@ enum Command {
         #[arg(long)]
         seed: bool,
     },
+    /// Run as a service: many torrents, configured by --config, controlled by signals.
+    Daemon,
+    /// Show the running daemon's torrents.
+    Status,
+    /// Hand a .torrent to the running daemon (through its watch directory).
+    Add {
+        #[arg(value_name = "TORRENT|MAGNET")]
+        torrent: String,
+    },
+    /// Stop and forget a torrent the daemon got through its watch directory; data stays.
+    Remove {
+        #[arg(value_name = "NAME|INFOHASH")]
+        what: String,
+    },
     /// Verify complete data in DIR/<name> and seed it until SIGINT/SIGTERM.
     Seed {
         torrent: PathBuf,
@@ -75,8 +90,11 @@ struct NetArgs {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Daemon) {
+        std::process::exit(run_daemon(cli.config.as_deref()));
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let code = match run(cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -111,8 +129,61 @@ fn signals() -> Result<crossbeam_channel::Receiver<()>, CommandError> {
     Ok(rx)
 }
 
+/// `btd daemon`: the config decides the log level and target, so it is read before logging
+/// starts; errors before that go to stderr.
+fn run_daemon(config_path: Option<&Path>) -> i32 {
+    let path = config_path.unwrap_or(Path::new("config/btd.toml"));
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("btd: {e}");
+            return 2;
+        }
+    };
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(config.log_level);
+    if let Ok(filters) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&filters);
+    }
+    let log_file = match &config.log_file {
+        Some(file) => match LogFile::open(file) {
+            Ok(log) => {
+                builder.target(env_logger::Target::Pipe(Box::new(log.clone())));
+                Some(log)
+            }
+            Err(e) => {
+                eprintln!("btd: {}: log.file: {e}", file.display());
+                return 2;
+            }
+        },
+        None => None,
+    };
+    builder.init();
+    let signals = match daemon::signals() {
+        Ok(signals) => signals,
+        Err(e) => {
+            log::error!("{e}");
+            return 1;
+        }
+    };
+    match Daemon::start(config, path, log_file) {
+        Ok(daemon) => {
+            daemon.run(&signals);
+            0
+        }
+        Err(e) => {
+            log::error!("{e}");
+            1
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
+        Command::Daemon => unreachable!("handled before logging starts"),
+        Command::Status => commands::status(&load_config(cli.config.as_deref())?),
+        Command::Add { torrent } => commands::add(&load_config(cli.config.as_deref())?, &torrent),
+        Command::Remove { what } => commands::remove(&load_config(cli.config.as_deref())?, &what),
         Command::Create {
             path,
             output,

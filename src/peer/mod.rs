@@ -14,6 +14,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use crate::metainfo::{Geometry, InfoHash};
+use crate::ratelimit::Limits;
 use crate::storage::Storage;
 use crate::torrent::picker::PeerKey;
 use crate::wire::{Bitfield, BlockRef, WireError};
@@ -142,6 +143,8 @@ pub struct TorrentContext {
     pub geometry: Geometry,
     pub storage: Arc<Storage>,
     pub events: Sender<PeerEvent>,
+    /// The process-wide rate limits and peer budget.
+    pub limits: Arc<Limits>,
 }
 
 /// Process-wide peer numbering, so keys from the listener and from the coordinator never clash.

@@ -215,6 +215,8 @@ struct Session<'a> {
     received_any: bool,
     upload_queue: VecDeque<BlockRef>,
     read_timeout: Duration,
+    /// The upload limit stopped us serving this turn: wait a little instead of spinning.
+    upload_throttled: bool,
     last_received: Instant,
     last_sent: Instant,
 }
@@ -247,6 +249,7 @@ impl<'a> Session<'a> {
             received_any: false,
             upload_queue: VecDeque::new(),
             read_timeout: Duration::ZERO,
+            upload_throttled: false,
             last_received: now,
             last_sent: now,
         }
@@ -358,10 +361,17 @@ impl<'a> Session<'a> {
 
     /// Reads queued requests from disk straight into the send buffer, up to one batch.
     fn serve_uploads(&mut self) -> Result<(), PeerError> {
+        self.upload_throttled = false;
+        let now = Instant::now();
         while self.write_buf.len() < UPLOAD_BATCH_BYTES {
-            let Some(block) = self.upload_queue.pop_front() else {
+            let Some(&block) = self.upload_queue.front() else {
                 break;
             };
+            if !self.ctx.limits.upload.try_take(block.len as usize, now) {
+                self.upload_throttled = true;
+                break;
+            }
+            self.upload_queue.pop_front();
             let start = self.write_buf.len();
             encode_piece_header(block.piece, block.offset, block.len, &mut self.write_buf);
             let data_start = start + PIECE_HEADER_LEN;
@@ -405,11 +415,22 @@ impl<'a> Session<'a> {
             self.read_buf.copy_within(self.read_start..self.read_end, 0);
             self.read_end -= self.read_start;
             self.read_start = 0;
+            if self.read_end == self.read_buf.len() {
+                // One message larger than the buffer (a big bitfield): the decoder has already
+                // bounded its length, so growing is bounded too.
+                self.read_buf.resize(self.read_buf.len() * 2, 0);
+            }
         }
         // With uploads waiting, only take what is already there: the peer may have nothing
         // more to say while it waits for our data.
         let busy = !self.upload_queue.is_empty() && !self.am_choking;
-        let timeout = if busy {
+        let timeout = if self.upload_throttled {
+            self.ctx
+                .limits
+                .upload
+                .wait_hint(BLOCK_LEN as usize)
+                .max(Duration::from_millis(1))
+        } else if busy {
             Duration::from_micros(1)
         } else if self.am_interested || self.peer_interested {
             ACTIVE_READ_TIMEOUT
@@ -422,7 +443,25 @@ impl<'a> Session<'a> {
                 .map_err(PeerError::Read)?;
             self.read_timeout = timeout;
         }
-        match self.stream.read(&mut self.read_buf[self.read_end..]) {
+        let space = self.read_buf.len() - self.read_end;
+        let allowed = self.ctx.limits.download.take_up_to(space, Instant::now());
+        if allowed == 0 {
+            // Over the download limit: leave the bytes in the kernel (TCP pushes back on the
+            // sender) and look again shortly.
+            std::thread::sleep(
+                self.ctx
+                    .limits
+                    .download
+                    .wait_hint(BLOCK_LEN as usize)
+                    .min(timeout.max(Duration::from_millis(1))),
+            );
+            return Ok(());
+        }
+        let end = self.read_end + allowed;
+        let result = self.stream.read(&mut self.read_buf[self.read_end..end]);
+        let used = *result.as_ref().unwrap_or(&0);
+        self.ctx.limits.download.give_back(allowed - used);
+        match result {
             Ok(0) => Err(PeerError::Closed),
             Ok(n) => {
                 self.read_end += n;

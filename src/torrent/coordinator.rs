@@ -19,9 +19,10 @@ use super::picker::{PeerKey, Picker, Received};
 use super::piece_buffer::{
     Blame, CompletePiece, PieceBuffers, blame_after_refetch, blame_on_failure,
 };
-use super::{Control, TorrentEvent, TorrentHandle, TorrentParams, TorrentStats};
+use super::{Control, ResumeTarget, TorrentEvent, TorrentHandle, TorrentParams, TorrentStats};
 use crate::metainfo::Metainfo;
 use crate::peer::{self, PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
+use crate::ratelimit::Limits;
 use crate::storage::Storage;
 use crate::tracker::Tiers;
 use crate::tracker::announcer::{self, AnnounceStats, AnnouncerCommand, AnnouncerConfig};
@@ -48,6 +49,8 @@ const BAN_AFTER_STRIKES: u32 = 2;
 const STARVED_PEERS: usize = 5;
 const RETRY_BASE: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Resume data is saved at most this often while pieces complete (and at completion and stop).
+const RESUME_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
 pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
     let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_CAPACITY);
@@ -60,6 +63,7 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
         geometry: meta.geometry,
         storage: Arc::clone(&params.storage),
         events: events_tx,
+        limits: Arc::clone(&params.global),
     });
     let stats = Arc::new(TorrentStats::default());
     stats
@@ -135,6 +139,12 @@ struct Coordinator {
     stats: Arc<TorrentStats>,
     params_bind: Option<IpAddr>,
     limits: super::TorrentLimits,
+    global: Arc<Limits>,
+    /// Outgoing connections being dialled; each holds a slot of the global peer budget.
+    dialing: HashSet<PeerKey>,
+    resume: Option<ResumeTarget>,
+    resume_dirty: bool,
+    last_resume_save: Instant,
     picker: Picker,
     buffers: PieceBuffers,
     have: Bitfield,
@@ -226,6 +236,11 @@ impl Coordinator {
             stats,
             params_bind: params.bind,
             limits: params.limits,
+            global: params.global,
+            dialing: HashSet::new(),
+            resume: params.resume,
+            resume_dirty: false,
+            last_resume_save: now,
             have,
             peers: HashMap::new(),
             addrs: HashMap::new(),
@@ -305,6 +320,10 @@ impl Coordinator {
                         self.add_addrs(peers);
                         self.connect_more();
                     }
+                    Ok(Control::SetLimits(limits)) => {
+                        info!("torrent {}: limits changed", self.name());
+                        self.limits = limits;
+                    }
                     Ok(Control::Stop) | Err(_) => break,
                 },
                 default(timeout) => {}
@@ -360,7 +379,14 @@ impl Coordinator {
             to_dial.push(*addr);
         }
         for addr in to_dial {
+            if !self.global.peers.try_acquire() {
+                if let Some(info) = self.addrs.get_mut(&addr) {
+                    info.connecting = false;
+                }
+                continue;
+            }
             let key = peer::next_peer_key();
+            self.dialing.insert(key);
             debug!("torrent {}: connecting to {addr}", self.meta.name);
             if let Err(e) = peer::spawn_outgoing(
                 Arc::clone(&self.context),
@@ -373,6 +399,8 @@ impl Coordinator {
                     "torrent {}: cannot spawn peer thread for {addr}: {e}",
                     self.meta.name
                 );
+                self.dialing.remove(&key);
+                self.global.peers.release();
                 if let Some(info) = self.addrs.get_mut(&addr) {
                     info.connecting = false;
                 }
@@ -391,7 +419,10 @@ impl Coordinator {
                 socket,
                 stats,
             } => self.on_connected(peer, addr, peer_id, incoming, commands, socket, stats),
-            PeerEvent::ConnectFailed { addr, reason, .. } => {
+            PeerEvent::ConnectFailed { peer, addr, reason } => {
+                if self.dialing.remove(&peer) {
+                    self.global.peers.release();
+                }
                 debug!("torrent {}: {addr}: {reason}", self.name());
                 self.on_addr_failed(
                     addr,
@@ -442,7 +473,10 @@ impl Coordinator {
         if let Some(info) = self.addrs.get_mut(&addr) {
             info.connecting = false;
         }
-        let refuse = if self.banned.contains(&addr.ip()) {
+        let budgeted = self.dialing.remove(&key) || self.global.peers.try_acquire();
+        let refuse = if !budgeted {
+            Some("global peer limit reached")
+        } else if self.banned.contains(&addr.ip()) {
             Some("banned")
         } else if self.peers.values().any(|p| p.peer_id == peer_id) {
             Some("already connected to this peer id")
@@ -453,6 +487,9 @@ impl Coordinator {
         };
         if let Some(why) = refuse {
             debug!("torrent {}: {addr}: refused: {why}", self.name());
+            if budgeted {
+                self.global.peers.release();
+            }
             if let Some(info) = self.addrs.get_mut(&addr) {
                 // Not a failure of the address, but no reason to dial it again soon.
                 info.retry_at = Instant::now() + RETRY_MAX;
@@ -521,6 +558,7 @@ impl Coordinator {
         let Some(peer) = self.peers.remove(&key) else {
             return;
         };
+        self.global.peers.release();
         debug!(
             "torrent {}: {} ({}): disconnected: {reason}",
             self.name(),
@@ -752,8 +790,12 @@ impl Coordinator {
             }
             DiskResult::Synced(Ok(())) => self.on_synced(),
             DiskResult::Synced(Err(error)) => {
-                self.fail(format!("storage: {error}; torrent paused"))
+                self.fail(format!("storage: {error}; torrent paused"));
             }
+            DiskResult::ResumeSaved(Err(error)) => {
+                warn!("torrent {}: {error}", self.name());
+            }
+            DiskResult::ResumeSaved(Ok(())) => {}
         }
         self.fill_all();
     }
@@ -781,6 +823,7 @@ impl Coordinator {
         }
         self.picker.on_piece_verified(piece);
         self.have.set(piece);
+        self.resume_dirty = true;
         self.stats.verified_bytes.fetch_add(
             u64::from(self.meta.geometry.piece_len(piece)),
             Ordering::Relaxed,
@@ -860,6 +903,10 @@ impl Coordinator {
             self.meta.geometry.num_pieces
         );
         self.announce(AnnouncerCommand::Completed);
+        if let Some(target) = &mut self.resume {
+            target.completed_unix.get_or_insert_with(unix_now);
+        }
+        self.save_resume_later();
         let _ = self.torrent_events.send(TorrentEvent::Completed);
         for peer in self.peers.values() {
             if peer.pieces.is_full() {
@@ -938,8 +985,43 @@ impl Coordinator {
         if !self.picker.is_complete() && self.peers.len() < STARVED_PEERS {
             self.announce(AnnouncerCommand::NeedPeers);
         }
+        if self.resume_dirty && now.duration_since(self.last_resume_save) >= RESUME_SAVE_INTERVAL {
+            self.save_resume_later();
+        }
         self.connect_more();
         self.fill_all();
+    }
+
+    /// Totals across runs: (uploaded, downloaded) payload bytes.
+    fn transfer_totals(&self) -> (u64, u64) {
+        let (up, down) = self
+            .resume
+            .as_ref()
+            .map_or((0, 0), |t| (t.uploaded_before, t.downloaded_before));
+        (
+            up + self.stats.uploaded.load(Ordering::Relaxed),
+            down + self.stats.downloaded.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Queues a resume-data snapshot on a disk thread (after the writes already queued).
+    fn save_resume_later(&mut self) {
+        let Some(target) = self.resume.clone() else {
+            return;
+        };
+        let (uploaded, downloaded) = self.transfer_totals();
+        if let Some(jobs) = &self.disk_jobs {
+            let _ = jobs.send(DiskJob::SaveResume {
+                meta: Arc::clone(&self.meta),
+                completed_unix: target.completed_unix,
+                target,
+                have: self.have.clone(),
+                uploaded,
+                downloaded,
+            });
+        }
+        self.resume_dirty = false;
+        self.last_resume_save = Instant::now();
     }
 
     fn rechoke(&mut self, rotate: bool) {
@@ -1022,6 +1104,20 @@ impl Coordinator {
         if let Err(e) = self.storage.sync_all() {
             error!("torrent {}: {e}", self.name());
         }
+        if let Some(target) = &self.resume {
+            let (uploaded, downloaded) = self.transfer_totals();
+            let saved = disk::save_resume(
+                &self.meta,
+                target,
+                &self.have,
+                uploaded,
+                downloaded,
+                target.completed_unix,
+            );
+            if let Err(e) = saved {
+                error!("torrent {}: {e}", self.name());
+            }
+        }
         if let Some((_, handle)) = announcer {
             // The announcer has `stop_timeout` for its `stopped` announce; don't wait longer.
             let deadline = Instant::now() + self.limits.stop_timeout + Duration::from_secs(1);
@@ -1038,4 +1134,10 @@ impl Coordinator {
 
 fn saturating_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

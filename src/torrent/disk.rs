@@ -8,7 +8,11 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use sha1::{Digest, Sha1};
 
+use super::ResumeTarget;
+use crate::metainfo::Metainfo;
+use crate::resume::{ResumeData, ResumeError};
 use crate::storage::{Storage, StorageError};
+use crate::wire::Bitfield;
 
 /// Work for a disk thread.
 pub enum DiskJob {
@@ -20,6 +24,15 @@ pub enum DiskJob {
     },
     /// Flush every file to stable storage.
     Sync,
+    /// Snapshot the files' sizes and mtimes with the pieces we have, and save it atomically.
+    SaveResume {
+        meta: Arc<Metainfo>,
+        target: ResumeTarget,
+        have: Bitfield,
+        uploaded: u64,
+        downloaded: u64,
+        completed_unix: Option<u64>,
+    },
 }
 
 /// What a disk thread did, in the past tense.
@@ -40,6 +53,7 @@ pub enum DiskResult {
         error: StorageError,
     },
     Synced(Result<(), StorageError>),
+    ResumeSaved(Result<(), ResumeError>),
 }
 
 /// Spawns `threads` disk threads sharing one job queue. They exit when `jobs` disconnects.
@@ -87,5 +101,44 @@ fn run(storage: &Storage, job: DiskJob) -> DiskResult {
             }
         }
         DiskJob::Sync => DiskResult::Synced(storage.sync_all()),
+        DiskJob::SaveResume {
+            meta,
+            target,
+            have,
+            uploaded,
+            downloaded,
+            completed_unix,
+        } => DiskResult::ResumeSaved(save_resume(
+            &meta,
+            &target,
+            &have,
+            uploaded,
+            downloaded,
+            completed_unix,
+        )),
     }
+}
+
+/// Captures and atomically saves resume data. Runs on a disk thread, or on the coordinator
+/// while it shuts down (when no disk thread is left).
+///
+/// # Errors
+/// When the resume file cannot be written.
+pub fn save_resume(
+    meta: &Metainfo,
+    target: &ResumeTarget,
+    have: &Bitfield,
+    uploaded: u64,
+    downloaded: u64,
+    completed_unix: Option<u64>,
+) -> Result<(), ResumeError> {
+    ResumeData::capture(
+        meta,
+        &target.root,
+        have,
+        uploaded,
+        downloaded,
+        completed_unix,
+    )
+    .save(&target.path)
 }

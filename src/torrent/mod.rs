@@ -9,6 +9,7 @@ pub mod picker;
 pub mod piece_buffer;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -18,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::metainfo::Metainfo;
 use crate::peer::TorrentContext;
+use crate::ratelimit::Limits;
 use crate::storage::Storage;
 use crate::wire::Bitfield;
 
@@ -28,6 +30,8 @@ pub enum Control {
     Stop,
     /// Connect to these peers (from the command line or another source).
     AddPeers(Vec<SocketAddr>),
+    /// New per-torrent limits (config reload); peers stay connected.
+    SetLimits(TorrentLimits),
 }
 
 /// What a torrent tells the engine, in the past tense.
@@ -85,6 +89,23 @@ pub struct TorrentParams {
     pub bind: Option<IpAddr>,
     pub peers: Vec<SocketAddr>,
     pub limits: TorrentLimits,
+    /// The process-wide rate limits and peer budget.
+    pub global: Arc<Limits>,
+    /// Where to keep resume data (the daemon); None for one-shot commands.
+    pub resume: Option<ResumeTarget>,
+}
+
+/// Where and how a torrent saves its resume data.
+#[derive(Clone, Debug)]
+pub struct ResumeTarget {
+    pub path: PathBuf,
+    /// The download directory (files are under `root/<name>`).
+    pub root: PathBuf,
+    /// Payload bytes moved in earlier runs, carried into the saved totals.
+    pub uploaded_before: u64,
+    pub downloaded_before: u64,
+    /// When the torrent first completed, if it did in an earlier run.
+    pub completed_unix: Option<u64>,
 }
 
 /// The engine's grip on a running torrent.

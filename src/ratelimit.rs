@@ -1,0 +1,236 @@
+//! Global limits shared by every peer thread of the process: token buckets for the download and
+//! upload rates, and the budget of peer connections. One bucket per direction serves all torrents,
+//! so the limit holds however many peers and torrents there are. A bucket's lock is held only for
+//! arithmetic, never across I/O.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// The most a bucket lets accumulate: this much of its rate.
+const BURST: Duration = Duration::from_millis(250);
+/// Never less than a block and a bit, so a low limit still lets whole blocks through.
+const MIN_BURST_BYTES: u64 = 32 * 1024;
+
+struct Bucket {
+    tokens: u64,
+    last: Instant,
+}
+
+/// A token bucket of bytes per second; rate 0 means unlimited.
+pub struct RateLimiter {
+    rate: AtomicU64,
+    bucket: Mutex<Bucket>,
+}
+
+impl RateLimiter {
+    /// A limiter of `rate` bytes per second (0 = unlimited).
+    pub fn new(rate: u64) -> Self {
+        Self {
+            rate: AtomicU64::new(rate),
+            bucket: Mutex::new(Bucket {
+                tokens: 0,
+                last: Instant::now(),
+            }),
+        }
+    }
+
+    /// Changes the rate; takes effect at once for every thread.
+    pub fn set_rate(&self, rate: u64) {
+        self.rate.store(rate, Ordering::Relaxed);
+    }
+
+    /// Bytes per second, 0 = unlimited.
+    pub fn rate(&self) -> u64 {
+        self.rate.load(Ordering::Relaxed)
+    }
+
+    /// Takes up to `want` bytes' worth of tokens and returns how many it got (0 when the bucket
+    /// is empty). Unlimited returns `want`.
+    pub fn take_up_to(&self, want: usize, now: Instant) -> usize {
+        let rate = self.rate();
+        if rate == 0 {
+            return want;
+        }
+        let mut bucket = self.bucket.lock();
+        refill(&mut bucket, rate, now);
+        let got = bucket.tokens.min(want as u64);
+        bucket.tokens -= got;
+        usize::try_from(got).expect("at most `want`")
+    }
+
+    /// Takes exactly `n` tokens if the bucket holds them.
+    pub fn try_take(&self, n: usize, now: Instant) -> bool {
+        let rate = self.rate();
+        if rate == 0 {
+            return true;
+        }
+        let mut bucket = self.bucket.lock();
+        refill(&mut bucket, rate, now);
+        if bucket.tokens >= n as u64 {
+            bucket.tokens -= n as u64;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Returns tokens taken but not used (a read that returned fewer bytes).
+    pub fn give_back(&self, n: usize) {
+        let rate = self.rate();
+        if rate == 0 || n == 0 {
+            return;
+        }
+        let mut bucket = self.bucket.lock();
+        bucket.tokens = (bucket.tokens + n as u64).min(capacity(rate));
+    }
+
+    /// How long until `n` tokens could be there (for a thread with nothing else to do).
+    pub fn wait_hint(&self, n: usize) -> Duration {
+        let rate = self.rate();
+        if rate == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros((n as u64).saturating_mul(1_000_000) / rate).min(BURST)
+    }
+}
+
+fn capacity(rate: u64) -> u64 {
+    (rate / 4).max(MIN_BURST_BYTES)
+}
+
+fn refill(bucket: &mut Bucket, rate: u64, now: Instant) {
+    let elapsed = now.saturating_duration_since(bucket.last);
+    let new = u64::try_from(elapsed.as_micros().saturating_mul(u128::from(rate)) / 1_000_000)
+        .unwrap_or(u64::MAX);
+    if new > 0 {
+        bucket.tokens = bucket.tokens.saturating_add(new).min(capacity(rate));
+        bucket.last = now;
+    }
+}
+
+/// The process-wide budget of peer connections.
+pub struct PeerBudget {
+    max: AtomicUsize,
+    used: AtomicUsize,
+}
+
+impl PeerBudget {
+    /// A budget of `max` connections.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max: AtomicUsize::new(max),
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Changes the maximum; connections over a lowered limit stay until they end.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Takes one connection slot if there is one.
+    pub fn try_acquire(&self) -> bool {
+        let max = self.max.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < max).then_some(used + 1)
+            })
+            .is_ok()
+    }
+
+    /// Returns a slot taken with `try_acquire`.
+    pub fn release(&self) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_sub(1)
+            });
+    }
+
+    /// Connections in use.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// The global limits, shared by the engine, the coordinators and every peer thread.
+pub struct Limits {
+    pub download: RateLimiter,
+    pub upload: RateLimiter,
+    pub peers: PeerBudget,
+}
+
+impl Limits {
+    /// Unlimited rates and the given peer budget.
+    pub fn new(download_rate: u64, upload_rate: u64, max_peers: usize) -> Self {
+        Self {
+            download: RateLimiter::new(download_rate),
+            upload: RateLimiter::new(upload_rate),
+            peers: PeerBudget::new(max_peers),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unlimited_gives_everything() {
+        let l = RateLimiter::new(0);
+        assert_eq!(l.take_up_to(1 << 20, Instant::now()), 1 << 20);
+        assert!(l.try_take(1 << 30, Instant::now()));
+    }
+
+    #[test]
+    fn limited_bucket_refills_at_its_rate_and_caps_bursts() {
+        let l = RateLimiter::new(1_000_000);
+        let t0 = Instant::now();
+        l.take_up_to(usize::MAX, t0);
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(l.take_up_to(usize::MAX, t1), 100_000);
+        assert_eq!(l.take_up_to(10, t1), 0);
+        let t2 = t1 + Duration::from_secs(10);
+        assert_eq!(
+            l.take_up_to(usize::MAX, t2),
+            250_000,
+            "burst is a quarter second"
+        );
+    }
+
+    #[test]
+    fn over_a_second_the_total_matches_the_rate() {
+        let l = RateLimiter::new(200_000);
+        let t0 = Instant::now();
+        l.take_up_to(usize::MAX, t0);
+        let mut total = 0;
+        for ms in 1..=1000 {
+            total += l.take_up_to(16384, t0 + Duration::from_millis(ms));
+        }
+        assert!((190_000..=210_000).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn given_back_tokens_can_be_taken_again() {
+        let l = RateLimiter::new(100_000);
+        let t0 = Instant::now();
+        l.take_up_to(usize::MAX, t0);
+        l.give_back(5000);
+        assert!(l.try_take(5000, t0));
+        assert!(!l.try_take(1, t0));
+    }
+
+    #[test]
+    fn peer_budget_refuses_past_its_maximum() {
+        let b = PeerBudget::new(2);
+        assert!(b.try_acquire() && b.try_acquire());
+        assert!(!b.try_acquire());
+        b.release();
+        assert!(b.try_acquire());
+        b.set_max(1);
+        assert!(!b.try_acquire());
+        assert_eq!(b.used(), 2);
+    }
+}

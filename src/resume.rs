@@ -1,0 +1,647 @@
+//! Resume data: what we knew about one torrent's data on disk when we last saved, so the next
+//! start can skip hashing every piece. Owns the resume file format (JSON, one file per torrent,
+//! `<state_dir>/resume/<hex info hash>.json`) and its atomic replacement. Called by whoever starts
+//! or stops a torrent; it reads file metadata only (never file contents) and opens no sockets.
+//!
+//! The trust rule: the recorded pieces are believed only while every file of the torrent still
+//! has the size and modification time it had when they were recorded. Anything else (another
+//! torrent, another piece count, a file changed, missing or unreadable, a damaged resume file)
+//! means "hash everything again", which is slow but never wrong. A change that keeps both size
+//! and mtime (`touch -r`, or a write within the file system's timestamp granularity of the
+//! capture) goes unnoticed; that is the price of not reading the data.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::metainfo::{InfoHash, Metainfo};
+use crate::wire::Bitfield;
+
+/// The format version this build writes and reads.
+pub const RESUME_VERSION: u32 = 1;
+
+/// What we know about one torrent's data on disk, saved as JSON in the state directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResumeData {
+    /// [`RESUME_VERSION`].
+    pub version: u32,
+    /// The torrent's info hash, lower-case hex.
+    pub info_hash: String,
+    /// The number of pieces, i.e. of bits in `pieces`.
+    pub num_pieces: u32,
+    /// Hex of the bitfield's wire bytes: the verified pieces.
+    pub pieces: String,
+    /// One stamp per file of the torrent, in metainfo order.
+    pub files: Vec<FileStamp>,
+    pub uploaded: u64,
+    pub downloaded: u64,
+    /// When the torrent completed (seconds since the Unix epoch), if it has.
+    pub completed_unix: Option<u64>,
+}
+
+/// A file's size and modification time when its pieces were recorded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    /// Relative to the download directory, as in [`crate::metainfo::FileEntry::path`].
+    pub path: String,
+    pub len: u64,
+    /// Nanoseconds since the Unix epoch (negative before it); 0 with `len` 0 for a missing file.
+    pub mtime_ns: i128,
+}
+
+/// A resume file that could not be written or read, naming the file and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("{path}: cannot create the resume directory: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("{path}: cannot encode resume data: {source}")]
+    Encode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: cannot write resume data: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("{path}: cannot sync resume data: {source}")]
+    Sync { path: PathBuf, source: io::Error },
+    #[error("{from}: cannot rename to {to}: {source}")]
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        source: io::Error,
+    },
+    #[error("{path}: cannot sync the directory: {source}")]
+    SyncDir { path: PathBuf, source: io::Error },
+    #[error("{path}: cannot read resume data: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: not valid resume data: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: not valid resume data: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// Why resume data does not describe the files on disk any more. Not an error: the torrent's
+/// pieces are simply hashed again. The text is meant for an `info!` line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Stale {
+    #[error("resume format version {found}, this btd reads {RESUME_VERSION}")]
+    Version { found: u32 },
+    #[error("recorded for another torrent ({recorded})")]
+    OtherTorrent { recorded: String },
+    #[error("recorded {recorded} pieces, the torrent has {expected}")]
+    PieceCount { recorded: u32, expected: u32 },
+    #[error("recorded file list differs from the torrent's")]
+    FileList,
+    #[error("{path}: missing or unreadable")]
+    FileMissing { path: PathBuf },
+    #[error("{path}: size or modification time changed")]
+    FileChanged { path: PathBuf },
+    #[error("recorded pieces are not a valid bitfield")]
+    BadPieces,
+}
+
+impl ResumeData {
+    /// Snapshot: the `have` pieces, and the current size and mtime of each file of `meta` under
+    /// `root` (a missing or unreadable file is recorded as `len` 0, `mtime_ns` 0, which
+    /// [`validate`](Self::validate) never accepts). Take it after the files were synced, so
+    /// nothing written before the snapshot changes their mtime afterwards.
+    ///
+    /// `have` must have one bit per piece of `meta` (checked in debug builds); otherwise the
+    /// snapshot is recorded as is and rejected by `validate`.
+    #[must_use]
+    pub fn capture(
+        meta: &Metainfo,
+        root: &Path,
+        have: &Bitfield,
+        uploaded: u64,
+        downloaded: u64,
+        completed_unix: Option<u64>,
+    ) -> Self {
+        debug_assert_eq!(have.len(), meta.geometry.num_pieces, "bitfield size");
+        let files = meta
+            .files
+            .iter()
+            .map(|entry| {
+                let (len, mtime_ns) = stat(&root.join(&entry.path)).unwrap_or((0, 0));
+                FileStamp {
+                    path: entry.path.to_string_lossy().into_owned(),
+                    len,
+                    mtime_ns,
+                }
+            })
+            .collect();
+        Self {
+            version: RESUME_VERSION,
+            info_hash: meta.info_hash.to_hex(),
+            num_pieces: have.len(),
+            pieces: to_hex(have.as_bytes()),
+            files,
+            uploaded,
+            downloaded,
+            completed_unix,
+        }
+    }
+
+    /// Path of the resume file for a torrent: `<state_dir>/resume/<hex info hash>.json`.
+    #[must_use]
+    pub fn path_in(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
+        state_dir
+            .join("resume")
+            .join(format!("{}.json", info_hash.to_hex()))
+    }
+
+    /// Writes the resume file atomically: `<path>.tmp` is written and synced, renamed over
+    /// `path`, and the directory (created if missing) is synced, so after a crash `path` holds
+    /// either the old data or the new, never a mix. Callers save one torrent's file from one
+    /// thread at a time (they share the `.tmp` name).
+    ///
+    /// # Errors
+    /// The [`ResumeError`] variant naming the step that failed and its file; the old file, if
+    /// any, is then still in place.
+    pub fn save(&self, path: &Path) -> Result<(), ResumeError> {
+        let dir = parent_dir(path);
+        fs::create_dir_all(dir).map_err(|source| ResumeError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut json = serde_json::to_vec_pretty(self).map_err(|source| ResumeError::Encode {
+            path: path.to_owned(),
+            source,
+        })?;
+        json.push(b'\n');
+        let tmp = tmp_path(path);
+        let written = write_synced(&tmp, &json).and_then(|()| {
+            fs::rename(&tmp, path).map_err(|source| ResumeError::Rename {
+                from: tmp.clone(),
+                to: path.to_owned(),
+                source,
+            })
+        });
+        if written.is_err() {
+            // Best effort: the error that matters is already in hand.
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| ResumeError::SyncDir {
+                path: dir.to_owned(),
+                source,
+            })
+    }
+
+    /// Reads a resume file. Checks its form (version, hex fields, bitfield size), not whether it
+    /// still describes the files: that is [`validate`](Self::validate)'s job.
+    ///
+    /// # Errors
+    /// `Read` when the file exists but cannot be read, `Parse` when it is not (complete) JSON of
+    /// the right shape, `Invalid` when a field is out of form; each names the file.
+    pub fn load(path: &Path) -> Result<Option<Self>, ResumeError> {
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(ResumeError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let data: Self = serde_json::from_slice(&bytes).map_err(|source| ResumeError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |reason: String| ResumeError::Invalid {
+            path: path.to_owned(),
+            reason,
+        };
+        if data.version != RESUME_VERSION {
+            return Err(invalid(format!(
+                "format version {}, this btd reads {RESUME_VERSION}",
+                data.version
+            )));
+        }
+        if data.info_hash.len() != 40 || from_hex(&data.info_hash).is_none() {
+            return Err(invalid(format!(
+                "info hash {:?} is not 40 hex digits",
+                data.info_hash
+            )));
+        }
+        if data.bitfield().is_none() {
+            return Err(invalid(format!(
+                "pieces are not a bitfield of {} pieces",
+                data.num_pieces
+            )));
+        }
+        Ok(Some(data))
+    }
+
+    /// The verified pieces, if this resume data still describes the files under `root`: same
+    /// info hash, same piece count, and every file's current size and mtime equal to the
+    /// recorded ones. `None` means hash every piece again.
+    #[must_use]
+    pub fn validate(&self, meta: &Metainfo, root: &Path) -> Option<Bitfield> {
+        self.check(meta, root).ok()
+    }
+
+    /// [`validate`](Self::validate), saying why the data was not trusted.
+    ///
+    /// # Errors
+    /// The first reason found for not trusting the recorded pieces.
+    pub fn check(&self, meta: &Metainfo, root: &Path) -> Result<Bitfield, Stale> {
+        if self.version != RESUME_VERSION {
+            return Err(Stale::Version {
+                found: self.version,
+            });
+        }
+        if !self
+            .info_hash
+            .eq_ignore_ascii_case(&meta.info_hash.to_hex())
+        {
+            return Err(Stale::OtherTorrent {
+                recorded: self.info_hash.clone(),
+            });
+        }
+        if self.num_pieces != meta.geometry.num_pieces {
+            return Err(Stale::PieceCount {
+                recorded: self.num_pieces,
+                expected: meta.geometry.num_pieces,
+            });
+        }
+        if self.files.len() != meta.files.len()
+            || self
+                .files
+                .iter()
+                .zip(&meta.files)
+                .any(|(stamp, entry)| stamp.path != entry.path.to_string_lossy())
+        {
+            return Err(Stale::FileList);
+        }
+        for (stamp, entry) in self.files.iter().zip(&meta.files) {
+            let path = root.join(&entry.path);
+            let Some((len, mtime_ns)) = stat(&path) else {
+                return Err(Stale::FileMissing { path });
+            };
+            if (len, mtime_ns) != (stamp.len, stamp.mtime_ns) {
+                return Err(Stale::FileChanged { path });
+            }
+        }
+        self.bitfield().ok_or(Stale::BadPieces)
+    }
+
+    fn bitfield(&self) -> Option<Bitfield> {
+        Bitfield::from_wire(&from_hex(&self.pieces)?, self.num_pieces).ok()
+    }
+}
+
+/// Size and mtime (ns since the epoch) of the regular file at `path`, or None when there is none
+/// we can stat.
+fn stat(path: &Path) -> Option<(u64, i128)> {
+    let meta = fs::metadata(path).ok().filter(fs::Metadata::is_file)?;
+    let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    Some((meta.len(), mtime_ns))
+}
+
+/// Creates (truncating any leftover) and writes `path`, then syncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ResumeError> {
+    let write_err = |source| ResumeError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::create(path).map_err(write_err)?;
+    file.write_all(bytes).map_err(write_err)?;
+    file.sync_all().map_err(|source| ResumeError::Sync {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The directory holding `path`; `.` for a bare file name.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// `<path>.tmp`, in the same directory so the rename is atomic.
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let text = text.as_bytes();
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    text.chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, SystemTime};
+
+    /// A fresh directory under the system temp dir, removed on drop (also when a test fails).
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> Self {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("btd-resume-{}-{test}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A two-file torrent written by hand: `t/a` (5 bytes) and `t/b` (20000 bytes), pieces of
+    /// 16 KiB, so 2 pieces. `name` changes the info hash.
+    fn torrent(name: &str) -> Metainfo {
+        let mut bytes = format!(
+            "d4:infod5:filesld6:lengthi5e4:pathl1:aeed6:lengthi20000e4:pathl1:beee4:name{}:{name}12:piece lengthi16384e6:pieces40:",
+            name.len()
+        )
+        .into_bytes();
+        bytes.extend([0xAB; 40]);
+        bytes.extend(b"ee");
+        Metainfo::from_bytes(&bytes).unwrap()
+    }
+
+    /// Writes every file of `meta` under `root` at its full length.
+    fn write_files(meta: &Metainfo, root: &Path) {
+        for entry in &meta.files {
+            let path = root.join(&entry.path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, vec![7u8; usize::try_from(entry.len).unwrap()]).unwrap();
+        }
+    }
+
+    fn have(bits: &[u32], len: u32) -> Bitfield {
+        let mut field = Bitfield::new(len);
+        for &bit in bits {
+            field.set(bit);
+        }
+        field
+    }
+
+    fn mtime(path: &Path) -> SystemTime {
+        fs::metadata(path).unwrap().modified().unwrap()
+    }
+
+    fn set_mtime(path: &Path, when: SystemTime) {
+        let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_modified(when).unwrap();
+    }
+
+    #[test]
+    fn round_trips_through_the_file() {
+        let dir = TempDir::new("round-trip");
+        let meta = torrent("t");
+        let root = dir.0.join("downloads");
+        write_files(&meta, &root);
+        let data = ResumeData::capture(&meta, &root, &have(&[1], 2), 300, 20005, Some(1_700_000));
+        assert_eq!(data.pieces, "40");
+        assert_eq!(
+            data.files
+                .iter()
+                .map(|f| (f.path.as_str(), f.len))
+                .collect::<Vec<_>>(),
+            [("t/a", 5), ("t/b", 20000)]
+        );
+        assert!(data.files.iter().all(|f| f.mtime_ns > 0));
+
+        let path = ResumeData::path_in(&dir.0.join("state"), &meta.info_hash);
+        assert_eq!(
+            path,
+            dir.0
+                .join("state/resume")
+                .join(format!("{}.json", meta.info_hash.to_hex()))
+        );
+        data.save(&path).unwrap();
+        assert_eq!(ResumeData::load(&path).unwrap(), Some(data));
+        assert!(!tmp_path(&path).exists());
+    }
+
+    #[test]
+    fn load_of_a_missing_file_is_none() {
+        let dir = TempDir::new("missing");
+        assert_eq!(ResumeData::load(&dir.0.join("nope.json")).unwrap(), None);
+    }
+
+    #[test]
+    fn validate_accepts_untouched_files() {
+        let dir = TempDir::new("untouched");
+        let meta = torrent("t");
+        write_files(&meta, &dir.0);
+        let pieces = have(&[0], 2);
+        let path = dir.0.join("r.json");
+        ResumeData::capture(&meta, &dir.0, &pieces, 0, 0, None)
+            .save(&path)
+            .unwrap();
+        let loaded = ResumeData::load(&path).unwrap().unwrap();
+        assert_eq!(loaded.check(&meta, &dir.0), Ok(pieces.clone()));
+        assert_eq!(loaded.validate(&meta, &dir.0), Some(pieces));
+    }
+
+    #[test]
+    fn validate_rejects_a_changed_mtime() {
+        let dir = TempDir::new("mtime");
+        let meta = torrent("t");
+        write_files(&meta, &dir.0);
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), 0, 0, None);
+        let b = dir.0.join("t/b");
+        set_mtime(&b, mtime(&b) + Duration::from_secs(1));
+        assert_eq!(
+            data.check(&meta, &dir.0),
+            Err(Stale::FileChanged { path: b })
+        );
+        assert_eq!(data.validate(&meta, &dir.0), None);
+    }
+
+    #[test]
+    fn validate_rejects_a_changed_size_even_with_the_old_mtime() {
+        let dir = TempDir::new("size");
+        let meta = torrent("t");
+        write_files(&meta, &dir.0);
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), 0, 0, None);
+        let a = dir.0.join("t/a");
+        let before = mtime(&a);
+        let file = fs::OpenOptions::new().write(true).open(&a).unwrap();
+        file.set_len(4).unwrap();
+        file.set_modified(before).unwrap();
+        drop(file);
+        assert_eq!(mtime(&a), before);
+        assert_eq!(
+            data.check(&meta, &dir.0),
+            Err(Stale::FileChanged { path: a })
+        );
+    }
+
+    #[test]
+    fn validate_rejects_a_missing_file() {
+        let dir = TempDir::new("gone");
+        let meta = torrent("t");
+        write_files(&meta, &dir.0);
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), 0, 0, None);
+        let a = dir.0.join("t/a");
+        fs::remove_file(&a).unwrap();
+        assert_eq!(
+            data.check(&meta, &dir.0),
+            Err(Stale::FileMissing { path: a })
+        );
+    }
+
+    #[test]
+    fn a_file_missing_at_capture_is_never_trusted() {
+        let dir = TempDir::new("missing-at-capture");
+        let meta = torrent("t");
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::new(2), 0, 0, None);
+        assert_eq!((data.files[0].len, data.files[0].mtime_ns), (0, 0));
+        assert_eq!(
+            data.check(&meta, &dir.0),
+            Err(Stale::FileMissing {
+                path: dir.0.join("t/a")
+            })
+        );
+        // Created later (as storage does), it still does not match the "missing" stamp.
+        write_files(&meta, &dir.0);
+        assert!(matches!(
+            data.check(&meta, &dir.0),
+            Err(Stale::FileChanged { .. })
+        ));
+    }
+
+    #[test]
+    fn validate_rejects_another_torrent_or_piece_count() {
+        let dir = TempDir::new("other");
+        let meta = torrent("t");
+        write_files(&meta, &dir.0);
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), 0, 0, None);
+
+        let other = torrent("u");
+        assert_ne!(other.info_hash, meta.info_hash);
+        assert_eq!(
+            data.check(&other, &dir.0),
+            Err(Stale::OtherTorrent {
+                recorded: meta.info_hash.to_hex()
+            })
+        );
+
+        let mut fewer = data.clone();
+        fewer.num_pieces = 1;
+        fewer.pieces = "80".into();
+        assert_eq!(
+            fewer.check(&meta, &dir.0),
+            Err(Stale::PieceCount {
+                recorded: 1,
+                expected: 2
+            })
+        );
+
+        let mut renamed = data.clone();
+        renamed.files[1].path = "t/c".into();
+        assert_eq!(renamed.check(&meta, &dir.0), Err(Stale::FileList));
+
+        let mut spare_bits = data;
+        spare_bits.pieces = "ff".into();
+        assert_eq!(spare_bits.check(&meta, &dir.0), Err(Stale::BadPieces));
+    }
+
+    #[test]
+    fn load_names_the_file_when_it_is_damaged() {
+        let dir = TempDir::new("damaged");
+        let meta = torrent("t");
+        write_files(&meta, &dir.0);
+        let path = dir.0.join("r.json");
+        ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), 0, 0, None)
+            .save(&path)
+            .unwrap();
+        let good = fs::read_to_string(&path).unwrap();
+
+        let damaged = [
+            good[..good.len() / 2].to_owned(),
+            String::new(),
+            "garbage".into(),
+            "[1, 2]".into(),
+            good.replace("\"c0\"", "\"zz\""),
+            good.replace("\"c0\"", "\"c0c0\""),
+            good.replace("\"version\": 1", "\"version\": 9"),
+            good.replace(&meta.info_hash.to_hex(), "abc"),
+        ];
+        for (i, text) in damaged.iter().enumerate() {
+            assert_ne!(text, &good, "case {i} changes the file");
+            fs::write(&path, text).unwrap();
+            let err = ResumeData::load(&path).unwrap_err();
+            assert!(
+                matches!(err, ResumeError::Parse { .. } | ResumeError::Invalid { .. }),
+                "case {i}: {err:?}"
+            );
+            assert!(
+                err.to_string().starts_with(&path.display().to_string()),
+                "case {i}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_leftover_tmp_file_breaks_neither_load_nor_save() {
+        let dir = TempDir::new("leftover");
+        let meta = torrent("t");
+        write_files(&meta, &dir.0);
+        let path = dir.0.join("resume/r.json");
+        let first = ResumeData::capture(&meta, &dir.0, &have(&[0], 2), 1, 2, None);
+        first.save(&path).unwrap();
+
+        // A crash between writing the temporary file and the rename leaves it behind.
+        fs::write(tmp_path(&path), "{\"version\": 1, \"info_ha").unwrap();
+        assert_eq!(ResumeData::load(&path).unwrap().as_ref(), Some(&first));
+
+        let second = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), 3, 4, Some(5));
+        second.save(&path).unwrap();
+        assert_eq!(ResumeData::load(&path).unwrap(), Some(second));
+        assert!(!tmp_path(&path).exists());
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_odd_or_non_hex_text() {
+        let bytes = [0x00, 0x7f, 0x80, 0xff, 0x12];
+        assert_eq!(to_hex(&bytes), "007f80ff12");
+        assert_eq!(from_hex("007F80ff12").unwrap(), bytes);
+        assert_eq!(from_hex(""), Some(vec![]));
+        assert_eq!(from_hex("abc"), None);
+        assert_eq!(from_hex("0g"), None);
+        assert_eq!(from_hex("+1"), None);
+    }
+}
