@@ -198,35 +198,33 @@ impl Write for LogFile {
     }
 }
 
-/// Installs the signal handlers: ctrlc for INT/TERM (a second one exits at once), signal-hook
-/// for HUP and USR1. Everything arrives on the returned channel.
+/// Installs the daemon's signal handlers (signal-hook) for INT, TERM, HUP and USR1; everything
+/// arrives on the returned channel, and a second INT/TERM exits at once. Not ctrlc: with its
+/// `termination` feature (which the one-shot commands need for SIGTERM) it also takes SIGHUP as
+/// a stop, and the daemon must reload on SIGHUP.
 ///
 /// # Errors
 /// When a handler cannot be installed.
 pub fn signals() -> Result<Receiver<Signal>, DaemonError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     let (tx, rx) = crossbeam_channel::bounded(16);
-    let stops = std::sync::atomic::AtomicU32::new(0);
-    let stop_tx = tx.clone();
-    ctrlc::set_handler(move || {
-        if stops.fetch_add(1, Ordering::SeqCst) > 0 {
-            std::process::exit(1);
-        }
-        let _ = stop_tx.try_send(Signal::Stop);
-    })
-    .map_err(|e| DaemonError::Signals(e.to_string()))?;
-    let mut hooks = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGHUP,
-        signal_hook::consts::SIGUSR1,
-    ])
-    .map_err(|e| DaemonError::Signals(e.to_string()))?;
+    let mut hooks = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
+        .map_err(|e| DaemonError::Signals(e.to_string()))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            let mut stops = 0;
             for sig in hooks.forever() {
-                let signal = if sig == signal_hook::consts::SIGHUP {
-                    Signal::Reload
-                } else {
-                    Signal::Status
+                let signal = match sig {
+                    SIGHUP => Signal::Reload,
+                    SIGUSR1 => Signal::Status,
+                    _ => {
+                        stops += 1;
+                        if stops > 1 {
+                            std::process::exit(1);
+                        }
+                        Signal::Stop
+                    }
                 };
                 if tx.send(signal).is_err() {
                     break;

@@ -1,14 +1,18 @@
 #!/usr/bin/python3
 """A libtorrent 2.0 peer for btd's tests and benchmark, driven from the command line.
 
-    lt_client.py {seed|leech} --torrent FILE --dir DIR --bind IP [--port N]
-                 [--peer HOST:PORT]... [--timeout SECONDS] [--announce]
+    lt_client.py {seed|leech} --torrent FILE [--torrent FILE]... --dir DIR --bind IP [--port N]
+                 [--peer HOST:PORT]... [--timeout SECONDS] [--announce] [--upload-limit BYTES]
 
 Output on stdout, one line each, flushed:
     LISTENING <port>                    once the TCP listen socket is open
     PROGRESS <fraction> <download_rate_Bps> <upload_rate_Bps> <num_peers>   every second
     COMPLETE <seconds since start>      (leech) every piece verified; then exits 0
     SEEDING                             (seed) the data in DIR checked complete
+With several --torrent, all of them run in the one session and share DIR: PROGRESS sums them
+(the fraction is of all their bytes), SEEDING and COMPLETE wait for every torrent.
+--upload-limit caps each torrent's upload rate (bytes per second; 0, the default, is no cap); it
+applies to loopback peers too, which libtorrent otherwise exempts from the session's limits.
 Errors go to stderr and exit 1 (timeout, incomplete data in seed mode, listen failure).
 A seeder runs until SIGTERM or SIGINT and then exits 0.
 
@@ -76,13 +80,22 @@ def parse_peer(text):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="lt_client.py", description=__doc__.split("\n")[0])
     p.add_argument("mode", choices=["seed", "leech"])
-    p.add_argument("--torrent", required=True, help=".torrent file")
+    p.add_argument(
+        "--torrent", required=True, action="append", help=".torrent file; repeat for several"
+    )
     p.add_argument("--dir", required=True, help="save path: the data is DIR/<torrent name>")
     p.add_argument("--bind", required=True, help="IP to listen on and to connect from")
     p.add_argument("--port", type=int, default=0, help="TCP listen port (0: any free port)")
     p.add_argument("--peer", type=parse_peer, action="append", default=[], help="HOST:PORT to dial")
     p.add_argument("--timeout", type=float, default=None, help="give up (exit 1) after SECONDS")
     p.add_argument("--announce", action="store_true", help="use the torrent's trackers")
+    p.add_argument(
+        "--upload-limit",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="upload at most BYTES per second per torrent (0: no limit)",
+    )
     return p.parse_args(argv)
 
 
@@ -139,10 +152,12 @@ def main(argv):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    try:
-        info = lt.torrent_info(args.torrent)
-    except RuntimeError as err:
-        fail("cannot read torrent %s: %s" % (args.torrent, err))
+    infos = []
+    for path in args.torrent:
+        try:
+            infos.append(lt.torrent_info(path))
+        except RuntimeError as err:
+            fail("cannot read torrent %s: %s" % (path, err))
     if not os.path.isdir(args.dir):
         if args.mode == "seed":
             fail("seed: data directory %s does not exist" % args.dir)
@@ -150,16 +165,23 @@ def main(argv):
 
     ses = lt.session(session_settings(args.bind, args.port))
 
-    atp = lt.add_torrent_params()
-    atp.ti = info
-    atp.save_path = args.dir
-    # Not auto-managed, so libtorrent's queueing never holds the torrent back; paused until the
-    # trackers are settled, so nothing is announced to a tracker we were told not to use.
-    atp.flags = (atp.flags & ~lt.torrent_flags.auto_managed) | lt.torrent_flags.paused
-    handle = ses.add_torrent(atp)
-    if not args.announce:
-        handle.replace_trackers([])
-    handle.resume()
+    handles = []
+    for info in infos:
+        atp = lt.add_torrent_params()
+        atp.ti = info
+        atp.save_path = args.dir
+        # Not auto-managed, so libtorrent's queueing never holds the torrent back; paused until
+        # the trackers are settled, so nothing is announced to a tracker we were told not to use.
+        atp.flags = (atp.flags & ~lt.torrent_flags.auto_managed) | lt.torrent_flags.paused
+        handle = ses.add_torrent(atp)
+        if not args.announce:
+            handle.replace_trackers([])
+        if args.upload_limit > 0:
+            # A torrent's own limit applies to every peer of it, local ones included.
+            handle.set_upload_limit(args.upload_limit)
+        handle.resume()
+        handles.append(handle)
+    total_size = sum(info.total_size() for info in infos) or 1
 
     deadline = None if args.timeout is None else start + args.timeout
     listening = False
@@ -169,11 +191,17 @@ def main(argv):
 
     while not Stop.requested:
         now = time.monotonic()
+        statuses = [h.status() for h in handles]
         if deadline is not None and now > deadline:
-            st = handle.status()
+            done = sum(st.total_wanted_done for st in statuses)
             fail(
                 "timeout after %.0f s (%s, progress %.4f, %d peers)"
-                % (args.timeout, args.mode, st.progress, st.num_peers)
+                % (
+                    args.timeout,
+                    args.mode,
+                    float(done) / total_size,
+                    sum(st.num_peers for st in statuses),
+                )
             )
 
         for alert in ses.pop_alerts():
@@ -186,45 +214,55 @@ def main(argv):
             listening = True
             say("LISTENING %d" % ses.listen_port())
 
-        st = handle.status()
-        checking = st.state in (
-            lt.torrent_status.checking_files,
-            lt.torrent_status.checking_resume_data,
+        checking = any(
+            st.state
+            in (lt.torrent_status.checking_files, lt.torrent_status.checking_resume_data)
+            for st in statuses
         )
+        paused = any(st.paused for st in statuses)
 
-        if args.mode == "seed" and not checked and not checking and not st.paused:
+        if args.mode == "seed" and not checked and not checking and not paused:
             checked = True
-            if st.state != lt.torrent_status.seeding and not st.is_seeding:
-                have = sum(1 for x in st.pieces if x)
-                fail(
-                    "seed: the data in %s is incomplete: %d of %d pieces verified"
-                    % (os.path.join(args.dir, info.name()), have, info.num_pieces())
-                )
+            for info, st in zip(infos, statuses):
+                if st.state != lt.torrent_status.seeding and not st.is_seeding:
+                    have = sum(1 for x in st.pieces if x)
+                    fail(
+                        "seed: the data in %s is incomplete: %d of %d pieces verified"
+                        % (os.path.join(args.dir, info.name()), have, info.num_pieces())
+                    )
             say("SEEDING")
 
-        if args.mode == "leech" and not checking and (st.is_seeding or st.is_finished):
-            if st.state in (lt.torrent_status.seeding, lt.torrent_status.finished):
-                say("PROGRESS 1.000000 %d %d %d" % (
-                    st.download_payload_rate, st.upload_payload_rate, st.num_peers))
-                say("COMPLETE %.3f" % (time.monotonic() - start))
-                break
+        down = sum(st.download_payload_rate for st in statuses)
+        up = sum(st.upload_payload_rate for st in statuses)
+        npeers = sum(st.num_peers for st in statuses)
+        if (
+            args.mode == "leech"
+            and not checking
+            and all(
+                (st.is_seeding or st.is_finished)
+                and st.state in (lt.torrent_status.seeding, lt.torrent_status.finished)
+                for st in statuses
+            )
+        ):
+            say("PROGRESS 1.000000 %d %d %d" % (down, up, npeers))
+            say("COMPLETE %.3f" % (time.monotonic() - start))
+            break
 
         if listening and args.peer and now - last_dial >= RECONNECT_INTERVAL_S:
             last_dial = now
-            # An incoming connection comes from an ephemeral port, so match on the address too
-            # (every process in a test has its own loopback address).
-            peers = handle.get_peer_info()
-            connected = {(p.ip[0], p.ip[1]) for p in peers} | {p.ip[0] for p in peers}
-            for peer in args.peer:
-                if peer not in connected and peer[0] not in connected:
-                    handle.connect_peer(peer)
+            for handle in handles:
+                # An incoming connection comes from an ephemeral port, so match on the address
+                # too (every process in a test has its own loopback address).
+                peers = handle.get_peer_info()
+                connected = {(p.ip[0], p.ip[1]) for p in peers} | {p.ip[0] for p in peers}
+                for peer in args.peer:
+                    if peer not in connected and peer[0] not in connected:
+                        handle.connect_peer(peer)
 
         if now - last_progress >= PROGRESS_INTERVAL_S:
             last_progress = now
-            say(
-                "PROGRESS %.6f %d %d %d"
-                % (st.progress, st.download_payload_rate, st.upload_payload_rate, st.num_peers)
-            )
+            done = sum(st.total_wanted_done for st in statuses)
+            say("PROGRESS %.6f %d %d %d" % (float(done) / total_size, down, up, npeers))
 
         ses.wait_for_alert(100)
 

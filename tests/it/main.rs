@@ -6,6 +6,8 @@
 mod support;
 
 mod create;
+mod daemon;
+mod daemon_reload;
 mod fake_peer;
 mod libtorrent;
 mod swarm;

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod daemon;
 pub mod fake_peer;
 mod process;
 mod torrent;
