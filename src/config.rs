@@ -34,7 +34,7 @@ struct ConfigFile {
     queue: Queue,
     status: Status,
     disk: Disk,
-    tracker: Tracker,
+    announce: Announce,
     torrent: Vec<TorrentEntryFile>,
 }
 
@@ -178,17 +178,17 @@ impl Default for Disk {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Tracker {
+struct Announce {
     numwant: u32,
-    announce_timeout_secs: u64,
+    timeout_secs: u64,
     stop_timeout_secs: u64,
 }
 
-impl Default for Tracker {
+impl Default for Announce {
     fn default() -> Self {
         Self {
             numwant: 50,
-            announce_timeout_secs: 15,
+            timeout_secs: 15,
             stop_timeout_secs: 3,
         }
     }
@@ -323,10 +323,7 @@ impl Config {
         positive("peers.max_per_torrent", file.peers.max_per_torrent as u64)?;
         positive("peers.max_global", file.peers.max_global as u64)?;
         positive("disk.hash_threads", file.disk.hash_threads as u64)?;
-        positive(
-            "tracker.announce_timeout_secs",
-            file.tracker.announce_timeout_secs,
-        )?;
+        positive("announce.timeout_secs", file.announce.timeout_secs)?;
         positive("watch.scan_interval_secs", file.watch.scan_interval_secs)?;
         positive("status.interval_secs", file.status.interval_secs)?;
         positive(
@@ -397,9 +394,9 @@ impl Config {
                 upload_slots: file.peers.upload_slots,
                 connect_timeout: Duration::from_secs(file.network.connect_timeout_secs),
                 disk_threads: file.disk.hash_threads,
-                numwant: file.tracker.numwant,
-                announce_timeout: Duration::from_secs(file.tracker.announce_timeout_secs),
-                stop_timeout: Duration::from_secs(file.tracker.stop_timeout_secs),
+                numwant: file.announce.numwant,
+                announce_timeout: Duration::from_secs(file.announce.timeout_secs),
+                stop_timeout: Duration::from_secs(file.announce.stop_timeout_secs),
             },
             torrents,
         })

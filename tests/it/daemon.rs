@@ -250,7 +250,7 @@ fn term_exits_0_within_5_s_with_resume_data_for_every_torrent_and_no_pid_file() 
     );
     let mut home = DaemonHome::new("daemon-term");
     // The default: the first announce to the silent tracker is still waiting at SIGTERM.
-    home.set("tracker", "announce_timeout_secs", 15);
+    home.set("announce", "timeout_secs", 15);
     home.add_torrent(TorrentEntry::new(&seeding.torrent).download_dir(&seeding.dir))
         .add_torrent(TorrentEntry::new(&leeching.torrent))
         .write_config();
@@ -723,7 +723,7 @@ fn a_restart_after_the_data_changed_checks_it_again_and_repairs_it() {
 fn a_second_sigterm_during_a_slow_stop_exits_at_once() {
     let work = TempDir::new("daemon-term-twice");
     // A tracker that never answers: the graceful stop waits for the `stopped` announce, up to
-    // tracker.stop_timeout_secs (3 s by default).
+    // announce.stop_timeout_secs (3 s by default).
     let silent = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a silent tracker");
     let url = format!(
         "http://{}/announce",

@@ -102,8 +102,8 @@ listen_port = 0
 connect_timeout_secs = 5
 [status]
 interval_secs = 1
-[tracker]
-announce_timeout_secs = 5
+[announce]
+timeout_secs = 5
 "#
         ))
         .expect("the base config is TOML");
