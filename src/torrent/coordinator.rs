@@ -896,6 +896,7 @@ impl Coordinator {
             return;
         }
         self.complete_announced = true;
+        self.buffers.clear_pool();
         self.stats.complete.store(true, Ordering::Relaxed);
         info!(
             "torrent {}: download complete, all {} pieces verified",

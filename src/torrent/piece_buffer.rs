@@ -8,6 +8,9 @@ use crate::metainfo::Geometry;
 use crate::torrent::picker::PeerKey;
 use crate::wire::{BLOCK_LEN, BlockRef};
 
+/// Spare piece buffers kept for reuse: enough for the pieces typically awaiting the disk threads.
+const POOL_BUFFERS: usize = 4;
+
 struct Assembly {
     data: Vec<u8>,
     senders: Vec<Option<PeerKey>>,
@@ -88,9 +91,14 @@ impl PieceBuffers {
 
     /// Returns a buffer to the pool.
     pub fn recycle(&mut self, data: Vec<u8>) {
-        if self.pool.len() < 16 {
+        if self.pool.len() < POOL_BUFFERS {
             self.pool.push(data);
         }
+    }
+
+    /// Frees the spare buffers (the download is complete; a seed needs none).
+    pub fn clear_pool(&mut self) {
+        self.pool = Vec::new();
     }
 
     /// Bytes held in partial pieces.
