@@ -3,6 +3,7 @@
 //! The library holds the engine; `src/main.rs` is only the command line around it.
 //! See DESIGN.md for which thread owns what and what crosses each channel.
 
+pub mod bencode;
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -289,42 +289,15 @@ fn raw_info_span(bytes: &[u8]) -> Option<&[u8]> {
     let mut pos = 1;
     let mut info = None;
     while *bytes.get(pos)? != b'e' {
-        let key_end = skip_value(bytes, pos, 0)?;
+        let key_end = crate::bencode::skip_value(bytes, pos, 0)?;
         let key = bytes.get(pos..key_end)?;
-        let value_end = skip_value(bytes, key_end, 0)?;
+        let value_end = crate::bencode::skip_value(bytes, key_end, 0)?;
         if key == b"4:info" && bytes.get(key_end) == Some(&b'd') {
             info = bytes.get(key_end..value_end);
         }
         pos = value_end;
     }
     info
-}
-
-/// End offset of the bencoded value starting at `pos`, or None when malformed.
-fn skip_value(bytes: &[u8], pos: usize, depth: u32) -> Option<usize> {
-    if depth > 64 {
-        return None;
-    }
-    match *bytes.get(pos)? {
-        b'i' => Some(pos + bytes.get(pos..)?.iter().position(|&b| b == b'e')? + 1),
-        b'l' | b'd' => {
-            let mut p = pos + 1;
-            while *bytes.get(p)? != b'e' {
-                p = skip_value(bytes, p, depth + 1)?;
-            }
-            Some(p + 1)
-        }
-        b'0'..=b'9' => {
-            let colon = pos + bytes.get(pos..)?.iter().position(|&b| b == b':')?;
-            let len: usize = std::str::from_utf8(bytes.get(pos..colon)?)
-                .ok()?
-                .parse()
-                .ok()?;
-            let end = colon.checked_add(1)?.checked_add(len)?;
-            (end <= bytes.len()).then_some(end)
-        }
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -50,6 +50,15 @@ pub enum PeerEvent {
         peer: PeerKey,
         piece: u32,
     },
+    /// The peer's extended handshake (BEP 10).
+    ExtendedHandshake {
+        peer: PeerKey,
+        /// Its request queue limit, if it said.
+        reqq: Option<u32>,
+        /// Its listen port, if it said.
+        listen_port: Option<u16>,
+        client: Option<String>,
+    },
     Choked {
         peer: PeerKey,
     },
@@ -145,6 +154,8 @@ pub struct TorrentContext {
     pub events: Sender<PeerEvent>,
     /// The process-wide rate limits and peer budget.
     pub limits: Arc<Limits>,
+    /// Our listen port, told to peers in the extended handshake.
+    pub listen_port: u16,
 }
 
 /// Process-wide peer numbering, so keys from the listener and from the coordinator never clash.

@@ -16,11 +16,14 @@ use log::{debug, trace};
 
 use super::{PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
 use crate::torrent::picker::PeerKey;
+use crate::wire::extension::{EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID};
 use crate::wire::{
-    BLOCK_LEN, Bitfield, BlockRef, HANDSHAKE_LEN, Handshake, Message, PIECE_HEADER_LEN,
-    encode_piece_header,
+    BLOCK_LEN, Bitfield, BlockRef, ExtendedHandshake, HANDSHAKE_LEN, Handshake, Message,
+    PIECE_HEADER_LEN, encode_piece_header,
 };
 
+/// The request queue we advertise (`reqq`): deep, since transmission's download rate follows it.
+pub const ADVERTISED_REQQ: u32 = 2048;
 /// Peer threads do little recursion and keep their buffers on the heap.
 pub const PEER_STACK_BYTES: usize = 256 * 1024;
 /// Requests we queue for one peer before we call it a flood and drop it.
@@ -40,6 +43,13 @@ const READ_BUF_BYTES: usize = 512 * 1024;
 /// Upload bytes we put in the send buffer before writing it out.
 const UPLOAD_BATCH_BYTES: usize = 512 * 1024;
 const SOCKET_BUF_BYTES: usize = 4 * 1024 * 1024;
+
+/// Our handshake: with the extension-protocol bit (BEP 10).
+fn our_handshake(ctx: &TorrentContext) -> Handshake {
+    let mut ours = Handshake::new(ctx.info_hash.0, ctx.our_id);
+    ours.reserved[5] |= EXTENSION_BIT;
+    ours
+}
 
 /// Reads a 68-byte handshake.
 ///
@@ -81,7 +91,7 @@ pub(super) fn run_outgoing(
     bind: Option<IpAddr>,
     connect_timeout: Duration,
 ) {
-    let ours = Handshake::new(ctx.info_hash.0, ctx.our_id);
+    let ours = our_handshake(ctx);
     let attempt = || -> Result<(TcpStream, Handshake), PeerError> {
         let mut stream = connect(addr, bind, connect_timeout).map_err(PeerError::Connect)?;
         stream
@@ -113,7 +123,7 @@ pub fn run_incoming(
     addr: SocketAddr,
     theirs: Handshake,
 ) {
-    let ours = Handshake::new(ctx.info_hash.0, ctx.our_id);
+    let ours = our_handshake(ctx);
     if let Err(e) = stream.write_all(&ours.encode()) {
         debug!("peer {addr}: write handshake: {e}");
         return;
@@ -190,6 +200,7 @@ fn run_connected(
         reason: None,
     };
     let mut session = Session::new(ctx, peer, stream, addr, commands.1, stats);
+    session.extended = theirs.supports_extension_protocol();
     let reason = session.run();
     debug!("peer {addr}: disconnected: {reason}");
     let _ = session.stream.shutdown(Shutdown::Both);
@@ -213,6 +224,8 @@ struct Session<'a> {
     am_interested: bool,
     peer_interested: bool,
     received_any: bool,
+    /// The peer set the BEP 10 bit: we exchange extended handshakes.
+    extended: bool,
     upload_queue: VecDeque<BlockRef>,
     read_timeout: Duration,
     /// The upload limit stopped us serving this turn: wait a little instead of spinning.
@@ -247,6 +260,7 @@ impl<'a> Session<'a> {
             am_interested: false,
             peer_interested: false,
             received_any: false,
+            extended: false,
             upload_queue: VecDeque::new(),
             read_timeout: Duration::ZERO,
             upload_throttled: false,
@@ -275,6 +289,20 @@ impl<'a> Session<'a> {
                     Message::Bitfield(pieces.as_bytes().to_vec()).encode(&mut self.write_buf);
                 }
                 self.our_pieces = pieces;
+                if self.extended {
+                    let ours = ExtendedHandshake {
+                        p: Some(self.ctx.listen_port).filter(|p| *p != 0),
+                        v: Some(format!("btd {}", env!("CARGO_PKG_VERSION"))),
+                        reqq: Some(ADVERTISED_REQQ),
+                        yourip: Some(self.addr.ip()),
+                        ..ExtendedHandshake::default()
+                    };
+                    Message::Unknown {
+                        id: EXTENDED_ID,
+                        payload: ours.encode(),
+                    }
+                    .encode(&mut self.write_buf);
+                }
                 Ok(())
             }
             Ok(PeerCommand::Shutdown) => Err(PeerError::Dropped),
@@ -548,9 +576,35 @@ impl<'a> Session<'a> {
                 self.report(PeerEvent::BlockReceived { peer, block, data })?;
             }
             Message::Cancel(block) => self.upload_queue.retain(|b| *b != block),
+            Message::Unknown {
+                id: EXTENDED_ID,
+                payload,
+            } if self.extended => self.on_extended(&payload)?,
             Message::Port(_) | Message::Unknown { .. } => {}
         }
         Ok(())
+    }
+
+    fn on_extended(&mut self, payload: &[u8]) -> Result<(), PeerError> {
+        let Some((&ext_id, dict)) = payload.split_first() else {
+            return Err(PeerError::Protocol("empty extended message".into()));
+        };
+        if ext_id != HANDSHAKE_EXT_ID {
+            // We advertise no extension messages yet; anything else is not for us.
+            return Ok(());
+        }
+        match ExtendedHandshake::decode(dict) {
+            Ok(h) => self.report(PeerEvent::ExtendedHandshake {
+                peer: self.peer,
+                reqq: h.reqq,
+                listen_port: h.p,
+                client: h.v,
+            }),
+            Err(e) => {
+                debug!("peer {}: ignoring extended handshake: {e}", self.addr);
+                Ok(())
+            }
+        }
     }
 
     fn on_request(&mut self, block: BlockRef) -> Result<(), PeerError> {

@@ -33,8 +33,10 @@ const TICK: Duration = Duration::from_millis(500);
 const EVENT_BATCH: usize = 256;
 /// Capacity of the peer -> coordinator channel: a slow coordinator pushes back on peers' reads.
 const EVENTS_CAPACITY: usize = 4096;
-/// Most requests we keep outstanding with one peer (its queue limit is unknown without BEP 10).
+/// Most requests we keep outstanding with a peer whose queue limit (`reqq`) we do not know.
 const MAX_PIPELINE: usize = 250;
+/// Most requests we keep outstanding with any peer, whatever `reqq` it advertises.
+const MAX_PIPELINE_KNOWN_REQQ: usize = 1000;
 const MIN_PIPELINE: usize = 16;
 const INITIAL_PIPELINE: usize = 64;
 /// Seconds of a peer's rate we keep requested from it.
@@ -64,6 +66,7 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
         storage: Arc::clone(&params.storage),
         events: events_tx,
         limits: Arc::clone(&params.global),
+        listen_port: params.listen_port,
     });
     let stats = Arc::new(TorrentStats::default());
     stats
@@ -124,6 +127,8 @@ struct Peer {
     peer_interested: bool,
     outstanding: HashSet<BlockRef>,
     pipeline: usize,
+    /// The most requests the peer queues: its `reqq`, or a safe default without one.
+    max_pipeline: usize,
     last_block_at: Instant,
     connected_at: Instant,
     rate_down: u64,
@@ -431,6 +436,25 @@ impl Coordinator {
             }
             PeerEvent::Bitfield { peer, pieces } => self.on_bitfield(peer, pieces),
             PeerEvent::Have { peer, piece } => self.on_have(peer, piece),
+            PeerEvent::ExtendedHandshake {
+                peer,
+                reqq,
+                listen_port,
+                client,
+            } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    debug!(
+                        "torrent {}: {}: client {client:?}, reqq {reqq:?}, port {listen_port:?}",
+                        self.meta.name, p.addr
+                    );
+                    if let Some(reqq) = reqq {
+                        p.max_pipeline = usize::try_from(reqq)
+                            .unwrap_or(usize::MAX)
+                            .clamp(1, MAX_PIPELINE_KNOWN_REQQ);
+                        p.pipeline = p.pipeline.min(p.max_pipeline);
+                    }
+                }
+            }
             PeerEvent::Choked { peer } => {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.peer_choking = true;
@@ -523,6 +547,7 @@ impl Coordinator {
             peer_interested: false,
             outstanding: HashSet::new(),
             pipeline: INITIAL_PIPELINE,
+            max_pipeline: MAX_PIPELINE,
             last_block_at: now,
             connected_at: now,
             rate_down: 0,
@@ -947,8 +972,9 @@ impl Coordinator {
             let wanted = usize::try_from(peer.rate_down * PIPELINE_SECONDS / u64::from(BLOCK_LEN))
                 .unwrap_or(MAX_PIPELINE);
             peer.pipeline = wanted
-                .clamp(MIN_PIPELINE, MAX_PIPELINE)
-                .max(peer.pipeline.min(INITIAL_PIPELINE));
+                .max(MIN_PIPELINE)
+                .max(peer.pipeline.min(INITIAL_PIPELINE))
+                .min(peer.max_pipeline);
             if !peer.outstanding.is_empty()
                 && now.duration_since(peer.last_block_at) > REQUEST_TIMEOUT
             {

@@ -8,10 +8,12 @@
 //! Every [`WireError`] means the peer broke the protocol: drop it.
 
 pub mod bitfield;
+pub mod extension;
 pub mod handshake;
 pub mod message;
 
 pub use bitfield::Bitfield;
+pub use extension::ExtendedHandshake;
 pub use handshake::{HANDSHAKE_LEN, Handshake};
 pub use message::{
     BLOCK_LEN, BlockRef, MAX_BITFIELD_BYTES, MAX_OTHER_MESSAGE_LEN, MAX_PIECE_MESSAGE_LEN, Message,

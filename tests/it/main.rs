@@ -8,6 +8,7 @@ mod support;
 mod create;
 mod daemon;
 mod daemon_reload;
+mod extension;
 mod fake_peer;
 mod libtorrent;
 mod swarm;

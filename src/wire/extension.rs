@@ -1,0 +1,172 @@
+//! The extension protocol (BEP 10): the extended handshake both ways. An extended message is
+//! peer-wire message id 20 whose first payload byte is the extension's id (0 = handshake) and
+//! whose rest is a bencoded dictionary. Ids are per direction: we send with the ids the peer
+//! advertised in its `m`, and decode with the ones we advertised. Pure, like the rest of `wire`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use lava_torrent::bencode::BencodeElem;
+
+/// Peer-wire message id of every extended message.
+pub const EXTENDED_ID: u8 = 20;
+/// Extended message id of the handshake.
+pub const HANDSHAKE_EXT_ID: u8 = 0;
+/// Set in `reserved[5]` of the BitTorrent handshake by clients that speak BEP 10.
+pub const EXTENSION_BIT: u8 = 0x10;
+
+/// The fields of an extended handshake that we read or write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExtendedHandshake {
+    /// Extension name -> the id the sender wants to receive it under (0 = disabled).
+    pub m: BTreeMap<String, u8>,
+    /// The sender's listen port.
+    pub p: Option<u16>,
+    /// Client name and version.
+    pub v: Option<String>,
+    /// How many outstanding requests the sender queues without dropping.
+    pub reqq: Option<u32>,
+    /// The address the sender sees us at.
+    pub yourip: Option<IpAddr>,
+    /// Size of the info dictionary (BEP 9).
+    pub metadata_size: Option<u64>,
+}
+
+impl ExtendedHandshake {
+    /// The payload of a message id 20 (extended id byte included).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut dict: HashMap<String, BencodeElem> = HashMap::new();
+        let m = self
+            .m
+            .iter()
+            .map(|(k, v)| (k.clone(), BencodeElem::Integer(i64::from(*v))))
+            .collect();
+        dict.insert("m".into(), BencodeElem::Dictionary(m));
+        if let Some(p) = self.p {
+            dict.insert("p".into(), BencodeElem::Integer(i64::from(p)));
+        }
+        if let Some(v) = &self.v {
+            dict.insert("v".into(), BencodeElem::String(v.clone()));
+        }
+        if let Some(reqq) = self.reqq {
+            dict.insert("reqq".into(), BencodeElem::Integer(i64::from(reqq)));
+        }
+        if let Some(ip) = self.yourip {
+            let bytes = match ip {
+                IpAddr::V4(v4) => v4.octets().to_vec(),
+                IpAddr::V6(v6) => v6.octets().to_vec(),
+            };
+            dict.insert("yourip".into(), BencodeElem::Bytes(bytes));
+        }
+        if let Some(size) = self.metadata_size {
+            let size = i64::try_from(size).unwrap_or(i64::MAX);
+            dict.insert("metadata_size".into(), BencodeElem::Integer(size));
+        }
+        let mut out = vec![HANDSHAKE_EXT_ID];
+        out.extend(BencodeElem::Dictionary(dict).encode());
+        out
+    }
+
+    /// Decodes the dictionary of an extended handshake (the bytes after the extended id).
+    /// Unknown keys and fields of the wrong type are ignored, as BEP 10 asks.
+    ///
+    /// # Errors
+    /// A reason when the bytes are not one bencoded dictionary (or nest too deep).
+    pub fn decode(dict: &[u8]) -> Result<Self, String> {
+        crate::bencode::check_one_value(dict)?;
+        let mut elems = BencodeElem::from_bytes(dict).map_err(|e| e.to_string())?;
+        let Some(BencodeElem::Dictionary(d)) = elems.pop() else {
+            return Err("extended handshake is not a dictionary".into());
+        };
+        let int = |key: &str| match d.get(key) {
+            Some(BencodeElem::Integer(i)) => Some(*i),
+            _ => None,
+        };
+        let m = match d.get("m") {
+            Some(BencodeElem::Dictionary(m)) => m
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    BencodeElem::Integer(i) => Some((k.clone(), u8::try_from(*i).ok()?)),
+                    _ => None,
+                })
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        let yourip = match d.get("yourip") {
+            Some(BencodeElem::Bytes(b)) => ip_from_bytes(b),
+            Some(BencodeElem::String(s)) => ip_from_bytes(s.as_bytes()),
+            _ => None,
+        };
+        Ok(Self {
+            m,
+            p: int("p")
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0),
+            v: match d.get("v") {
+                Some(BencodeElem::String(s)) => Some(s.clone()),
+                Some(BencodeElem::Bytes(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            },
+            reqq: int("reqq")
+                .and_then(|r| u32::try_from(r).ok())
+                .filter(|r| *r > 0),
+            yourip,
+            metadata_size: int("metadata_size").and_then(|s| u64::try_from(s).ok()),
+        })
+    }
+}
+
+fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_handshake_typed_by_hand() {
+        let wire = b"d1:md11:ut_metadatai3e6:ut_pexi1ee13:metadata_sizei31235e1:pi6881e4:reqqi500e1:v13:libtorrent 2.6:yourip4:\x7f\x00\x00\x02e";
+        let h = ExtendedHandshake::decode(wire).unwrap();
+        assert_eq!(h.m.get("ut_metadata"), Some(&3));
+        assert_eq!(h.m.get("ut_pex"), Some(&1));
+        assert_eq!(h.p, Some(6881));
+        assert_eq!(h.reqq, Some(500));
+        assert_eq!(h.v.as_deref(), Some("libtorrent 2."));
+        assert_eq!(h.metadata_size, Some(31235));
+        assert_eq!(h.yourip, Some("127.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn round_trips_what_we_send() {
+        let ours = ExtendedHandshake {
+            m: BTreeMap::new(),
+            p: Some(51413),
+            v: Some("btd 0.1.0".into()),
+            reqq: Some(2048),
+            yourip: Some("::1".parse().unwrap()),
+            metadata_size: None,
+        };
+        let payload = ours.encode();
+        assert_eq!(payload[0], HANDSHAKE_EXT_ID);
+        assert_eq!(ExtendedHandshake::decode(&payload[1..]).unwrap(), ours);
+    }
+
+    #[test]
+    fn ignores_wrong_types_and_refuses_non_dictionaries() {
+        let h = ExtendedHandshake::decode(b"d1:md1:xi999ee1:p3:abc4:reqqi-1ee").unwrap();
+        assert!(h.m.is_empty() && h.p.is_none() && h.reqq.is_none());
+        assert!(ExtendedHandshake::decode(b"li1ee").is_err());
+        assert!(ExtendedHandshake::decode(b"d1:m").is_err());
+        let deep: Vec<u8> = b"d1:m"
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(b'l', 5000))
+            .collect();
+        assert!(ExtendedHandshake::decode(&deep).is_err());
+    }
+}
