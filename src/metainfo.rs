@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use lava_torrent::bencode::BencodeElem;
 use lava_torrent::torrent::v1::Torrent;
@@ -132,6 +133,8 @@ pub struct Metainfo {
     pub announce: Option<String>,
     pub announce_list: Option<Vec<Vec<String>>>,
     pub private: bool,
+    /// The info dictionary exactly as in the file: what we serve to peers (BEP 9).
+    pub info_bytes: Arc<[u8]>,
 }
 
 impl Metainfo {
@@ -206,6 +209,7 @@ impl Metainfo {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             info_hash,
+            info_bytes: Arc::from(info),
             name: torrent.name,
             geometry: Geometry::new(offset, piece_len),
             files,
@@ -214,6 +218,70 @@ impl Metainfo {
             announce_list: torrent.announce_list,
             private,
         })
+    }
+}
+
+impl Metainfo {
+    /// A torrent from an info dictionary fetched from peers (a magnet link) and tracker tiers.
+    /// The caller has checked that the bytes hash to the info hash it wanted.
+    ///
+    /// # Errors
+    /// A message saying what is wrong with the info dictionary.
+    pub fn from_info_bytes(info: &[u8], trackers: &[Vec<String>]) -> Result<Self, String> {
+        let encode = |s: &str| BencodeElem::String(s.to_owned()).encode();
+        let mut bytes = b"d".to_vec();
+        let first = trackers.iter().flatten().next();
+        if let Some(first) = first {
+            bytes.extend(b"8:announce");
+            bytes.extend(encode(first));
+            bytes.extend(b"13:announce-list");
+            let tiers = trackers
+                .iter()
+                .filter(|tier| !tier.is_empty())
+                .map(|tier| {
+                    BencodeElem::List(
+                        tier.iter()
+                            .map(|t| BencodeElem::String(t.clone()))
+                            .collect(),
+                    )
+                })
+                .collect();
+            bytes.extend(BencodeElem::List(tiers).encode());
+        }
+        bytes.extend(b"4:info");
+        bytes.extend_from_slice(info);
+        bytes.push(b'e');
+        Self::from_bytes(&bytes)
+    }
+
+    /// The torrent as a `.torrent` file (for saving fetched metadata).
+    pub fn to_torrent_bytes(&self) -> Vec<u8> {
+        let tiers: Vec<Vec<String>> = match (&self.announce_list, &self.announce) {
+            (Some(list), _) => list.clone(),
+            (None, Some(one)) => vec![vec![one.clone()]],
+            (None, None) => Vec::new(),
+        };
+        let mut bytes = b"d".to_vec();
+        if let Some(first) = tiers.iter().flatten().next() {
+            bytes.extend(b"8:announce");
+            bytes.extend(BencodeElem::String(first.clone()).encode());
+            bytes.extend(b"13:announce-list");
+            let list = tiers
+                .iter()
+                .map(|tier| {
+                    BencodeElem::List(
+                        tier.iter()
+                            .map(|t| BencodeElem::String(t.clone()))
+                            .collect(),
+                    )
+                })
+                .collect();
+            bytes.extend(BencodeElem::List(list).encode());
+        }
+        bytes.extend(b"4:info");
+        bytes.extend_from_slice(&self.info_bytes);
+        bytes.push(b'e');
+        bytes
     }
 }
 
@@ -336,6 +404,23 @@ mod tests {
         assert_eq!(meta.files[0].path, PathBuf::from("a"));
         assert_eq!(meta.geometry.total_len, 5);
         assert!(!meta.private);
+    }
+
+    #[test]
+    fn rebuilds_the_same_torrent_from_its_info_bytes() {
+        let bytes = torrent_bytes("d6:lengthi5e4:name1:a12:piece lengthi16384e#Pe", 1);
+        let meta = Metainfo::from_bytes(&bytes).unwrap();
+        let tiers = vec![
+            vec!["http://t/a/ann".to_string()],
+            vec!["udp://u:1".to_string()],
+        ];
+        let again = Metainfo::from_info_bytes(&meta.info_bytes, &tiers).unwrap();
+        assert_eq!(again.info_hash, meta.info_hash);
+        assert_eq!(again.announce.as_deref(), Some("http://t/a/ann"));
+        assert_eq!(again.announce_list.as_ref().map(Vec::len), Some(2));
+        let file = Metainfo::from_bytes(&again.to_torrent_bytes()).unwrap();
+        assert_eq!(file.info_hash, meta.info_hash);
+        assert!(Metainfo::from_info_bytes(b"d4:name1:ae", &[]).is_err());
     }
 
     #[test]

@@ -337,6 +337,7 @@ mod tests {
             announce: None,
             announce_list: None,
             private: false,
+            info_bytes: std::sync::Arc::from(&b""[..]),
         };
         let storage = Storage::open(&dir, &meta, OpenMode::Download).unwrap();
         assert_eq!(storage.verify(&hashes, 2).count_ones(), 0);

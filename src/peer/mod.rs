@@ -156,6 +156,8 @@ pub struct TorrentContext {
     pub limits: Arc<Limits>,
     /// Our listen port, told to peers in the extended handshake.
     pub listen_port: u16,
+    /// The raw info dictionary, served to peers that ask (BEP 9).
+    pub info_bytes: Arc<[u8]>,
 }
 
 /// Process-wide peer numbering, so keys from the listener and from the coordinator never clash.

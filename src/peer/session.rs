@@ -16,7 +16,10 @@ use log::{debug, trace};
 
 use super::{PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
 use crate::torrent::picker::PeerKey;
-use crate::wire::extension::{EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID};
+use crate::wire::extension::{
+    EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID, METADATA_PIECE_LEN, MetadataMessage,
+    OUR_UT_METADATA_ID, UT_METADATA,
+};
 use crate::wire::{
     BLOCK_LEN, Bitfield, BlockRef, ExtendedHandshake, HANDSHAKE_LEN, Handshake, Message,
     PIECE_HEADER_LEN, encode_piece_header,
@@ -226,6 +229,8 @@ struct Session<'a> {
     received_any: bool,
     /// The peer set the BEP 10 bit: we exchange extended handshakes.
     extended: bool,
+    /// The id the peer wants `ut_metadata` messages under, once its extended handshake said.
+    peer_ut_metadata: Option<u8>,
     upload_queue: VecDeque<BlockRef>,
     read_timeout: Duration,
     /// The upload limit stopped us serving this turn: wait a little instead of spinning.
@@ -261,6 +266,7 @@ impl<'a> Session<'a> {
             peer_interested: false,
             received_any: false,
             extended: false,
+            peer_ut_metadata: None,
             upload_queue: VecDeque::new(),
             read_timeout: Duration::ZERO,
             upload_throttled: false,
@@ -291,11 +297,12 @@ impl<'a> Session<'a> {
                 self.our_pieces = pieces;
                 if self.extended {
                     let ours = ExtendedHandshake {
+                        m: [(UT_METADATA.to_string(), OUR_UT_METADATA_ID)].into(),
+                        metadata_size: Some(self.ctx.info_bytes.len() as u64),
                         p: Some(self.ctx.listen_port).filter(|p| *p != 0),
                         v: Some(format!("btd {}", env!("CARGO_PKG_VERSION"))),
                         reqq: Some(ADVERTISED_REQQ),
                         yourip: Some(self.addr.ip()),
-                        ..ExtendedHandshake::default()
                     };
                     Message::Unknown {
                         id: EXTENDED_ID,
@@ -589,22 +596,60 @@ impl<'a> Session<'a> {
         let Some((&ext_id, dict)) = payload.split_first() else {
             return Err(PeerError::Protocol("empty extended message".into()));
         };
+        if ext_id == OUR_UT_METADATA_ID {
+            return self.on_metadata_message(dict);
+        }
         if ext_id != HANDSHAKE_EXT_ID {
-            // We advertise no extension messages yet; anything else is not for us.
+            // Not an extension we advertised: not for us.
             return Ok(());
         }
         match ExtendedHandshake::decode(dict) {
-            Ok(h) => self.report(PeerEvent::ExtendedHandshake {
-                peer: self.peer,
-                reqq: h.reqq,
-                listen_port: h.p,
-                client: h.v,
-            }),
+            Ok(h) => {
+                self.peer_ut_metadata = h.m.get(UT_METADATA).copied().filter(|id| *id != 0);
+                self.report(PeerEvent::ExtendedHandshake {
+                    peer: self.peer,
+                    reqq: h.reqq,
+                    listen_port: h.p,
+                    client: h.v,
+                })
+            }
             Err(e) => {
                 debug!("peer {}: ignoring extended handshake: {e}", self.addr);
                 Ok(())
             }
         }
+    }
+
+    /// Serves our metadata (BEP 9): a piece of the info dictionary, or a reject.
+    fn on_metadata_message(&mut self, bytes: &[u8]) -> Result<(), PeerError> {
+        let msg = MetadataMessage::decode(bytes)
+            .map_err(|e| PeerError::Protocol(format!("ut_metadata: {e}")))?;
+        let MetadataMessage::Request { piece } = msg else {
+            return Ok(()); // we never ask, so data and rejects are not for us
+        };
+        let Some(their_id) = self.peer_ut_metadata else {
+            return Ok(());
+        };
+        let info = &self.ctx.info_bytes;
+        let start = piece as usize * METADATA_PIECE_LEN;
+        let reply = if start < info.len() {
+            let end = (start + METADATA_PIECE_LEN).min(info.len());
+            MetadataMessage::Data {
+                piece,
+                total_size: info.len() as u64,
+                data: info[start..end].to_vec(),
+            }
+        } else {
+            MetadataMessage::Reject { piece }
+        };
+        let mut payload = vec![their_id];
+        payload.extend(reply.encode());
+        Message::Unknown {
+            id: EXTENDED_ID,
+            payload,
+        }
+        .encode(&mut self.write_buf);
+        Ok(())
     }
 
     fn on_request(&mut self, block: BlockRef) -> Result<(), PeerError> {

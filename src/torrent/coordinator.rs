@@ -67,6 +67,7 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
         events: events_tx,
         limits: Arc::clone(&params.global),
         listen_port: params.listen_port,
+        info_bytes: Arc::clone(&meta.info_bytes),
     });
     let stats = Arc::new(TorrentStats::default());
     stats

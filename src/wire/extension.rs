@@ -116,6 +116,86 @@ impl ExtendedHandshake {
     }
 }
 
+/// The name of the metadata extension (BEP 9) in `m`.
+pub const UT_METADATA: &str = "ut_metadata";
+/// The id under which we receive `ut_metadata` messages (what we put in our `m`).
+pub const OUR_UT_METADATA_ID: u8 = 1;
+/// Metadata travels in pieces of this size (the last one shorter).
+pub const METADATA_PIECE_LEN: usize = 16 * 1024;
+
+/// A `ut_metadata` message (BEP 9), the bytes after the extended id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetadataMessage {
+    Request {
+        piece: u32,
+    },
+    /// A piece of the info dictionary; `total_size` is the whole dictionary's length.
+    Data {
+        piece: u32,
+        total_size: u64,
+        data: Vec<u8>,
+    },
+    Reject {
+        piece: u32,
+    },
+}
+
+impl MetadataMessage {
+    /// The bencoded dictionary, followed by the raw piece for `Data`.
+    pub fn encode(&self) -> Vec<u8> {
+        let (msg_type, piece) = match self {
+            Self::Request { piece } => (0, piece),
+            Self::Data { piece, .. } => (1, piece),
+            Self::Reject { piece } => (2, piece),
+        };
+        let mut dict: HashMap<String, BencodeElem> = HashMap::new();
+        dict.insert("msg_type".into(), BencodeElem::Integer(msg_type));
+        dict.insert("piece".into(), BencodeElem::Integer(i64::from(*piece)));
+        if let Self::Data { total_size, .. } = self {
+            let total = i64::try_from(*total_size).unwrap_or(i64::MAX);
+            dict.insert("total_size".into(), BencodeElem::Integer(total));
+        }
+        let mut out = BencodeElem::Dictionary(dict).encode();
+        if let Self::Data { data, .. } = self {
+            out.extend_from_slice(data);
+        }
+        out
+    }
+
+    /// Decodes the bytes after the extended id. A `Data` message's raw bytes are whatever
+    /// follows the dictionary; unknown message types are an error.
+    ///
+    /// # Errors
+    /// A reason when the dictionary is malformed or lacks `msg_type`/`piece`.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let end =
+            crate::bencode::skip_value(bytes, 0, 0).ok_or("malformed ut_metadata dictionary")?;
+        let mut elems = BencodeElem::from_bytes(&bytes[..end]).map_err(|e| e.to_string())?;
+        let Some(BencodeElem::Dictionary(d)) = elems.pop() else {
+            return Err("ut_metadata message is not a dictionary".into());
+        };
+        let int = |key: &str| match d.get(key) {
+            Some(BencodeElem::Integer(i)) => Some(*i),
+            _ => None,
+        };
+        let piece = int("piece")
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or("ut_metadata message without a valid piece")?;
+        match int("msg_type") {
+            Some(0) => Ok(Self::Request { piece }),
+            Some(1) => Ok(Self::Data {
+                piece,
+                total_size: int("total_size")
+                    .and_then(|t| u64::try_from(t).ok())
+                    .ok_or("ut_metadata data without total_size")?,
+                data: bytes[end..].to_vec(),
+            }),
+            Some(2) => Ok(Self::Reject { piece }),
+            other => Err(format!("unknown ut_metadata msg_type {other:?}")),
+        }
+    }
+}
+
 fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
     match b.len() {
         4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
@@ -154,6 +234,32 @@ mod tests {
         let payload = ours.encode();
         assert_eq!(payload[0], HANDSHAKE_EXT_ID);
         assert_eq!(ExtendedHandshake::decode(&payload[1..]).unwrap(), ours);
+    }
+
+    #[test]
+    fn metadata_messages_round_trip_and_match_bytes_typed_by_hand() {
+        let wire = b"d8:msg_typei1e5:piecei2e10:total_sizei34256eeRAW";
+        let msg = MetadataMessage::decode(wire).unwrap();
+        assert_eq!(
+            msg,
+            MetadataMessage::Data {
+                piece: 2,
+                total_size: 34256,
+                data: b"RAW".to_vec()
+            }
+        );
+        assert_eq!(msg.encode(), wire.to_vec());
+        let req = b"d8:msg_typei0e5:piecei0ee";
+        assert_eq!(
+            MetadataMessage::decode(req).unwrap(),
+            MetadataMessage::Request { piece: 0 }
+        );
+        assert_eq!(
+            MetadataMessage::Reject { piece: 7 }.encode(),
+            b"d8:msg_typei2e5:piecei7ee".to_vec()
+        );
+        assert!(MetadataMessage::decode(b"d8:msg_typei9e5:piecei0ee").is_err());
+        assert!(MetadataMessage::decode(b"d5:piecei-1e8:msg_typei0ee").is_err());
     }
 
     #[test]

@@ -106,3 +106,85 @@ fn btd_keeps_no_more_requests_outstanding_than_the_peers_reqq() {
         "btd sent {requests} requests to a peer whose reqq is 5"
     );
 }
+
+/// The value of `key` (an integer) in a bencoded dictionary, by a plain search: enough for the
+/// flat dictionaries of ut_metadata.
+fn int_after(dict: &[u8], key: &[u8]) -> Option<u64> {
+    let at = dict.windows(key.len()).position(|w| w == key)? + key.len();
+    let rest = dict.get(at..)?.strip_prefix(b"i")?;
+    let end = rest.iter().position(|b| *b == b'e')?;
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+#[test]
+fn btd_serves_its_metadata_to_a_peer_that_asks_with_ut_metadata() {
+    use sha1::{Digest, Sha1};
+    let fx = Fixture::new("ext-metadata", 24 * MIB, 16 * 1024);
+    let meta = fx.meta.clone();
+    let mut seeder = btd_seed("btd seeder", &fx.torrent, &fx.seed_dir, next_ip(), &[]);
+    let addr = seeder.wait_listening();
+    FakePeer::connect_when_ready("probe", next_ip(), addr, &meta.info_hash, within(SHORT));
+    let mut fake = FakePeer::connect("metadata fetcher", next_ip(), addr);
+    let hs = extended_handshake_bytes(&fake, &meta);
+    fake.send_raw("handshake with the extension bit", &hs);
+    fake.expect_handshake(&meta.info_hash, within(SHORT));
+    let (msg, _) = fake.wait_for(
+        within(SHORT),
+        "btd's extended handshake",
+        |m| matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&0)),
+    );
+    let Msg::Other { payload, .. } = msg else {
+        unreachable!()
+    };
+    let their_id = int_after(&payload[1..], b"11:ut_metadata").expect("btd advertises ut_metadata");
+    let size = int_after(&payload[1..], b"13:metadata_size").expect("btd advertises metadata_size");
+    let mut ours = vec![0u8];
+    ours.extend_from_slice(b"d1:md11:ut_metadatai7eee");
+    fake.send_raw("our extended handshake, ut_metadata 7", &frame(20, &ours));
+    let pieces = size.div_ceil(16 * 1024);
+    let mut info = Vec::new();
+    for piece in 0..pieces {
+        let mut req = vec![u8::try_from(their_id).unwrap()];
+        req.extend_from_slice(format!("d8:msg_typei0e5:piecei{piece}ee").as_bytes());
+        fake.send_raw("metadata request", &frame(20, &req));
+        let (msg, _) = fake.wait_for(
+            within(SHORT),
+            "a metadata piece",
+            |m| matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&7)),
+        );
+        let Msg::Other { payload, .. } = msg else {
+            unreachable!()
+        };
+        let body = &payload[1..];
+        assert_eq!(int_after(body, b"8:msg_type"), Some(1), "data message");
+        assert_eq!(int_after(body, b"5:piece"), Some(piece));
+        assert_eq!(int_after(body, b"10:total_size"), Some(size));
+        let dict_end = body
+            .windows(2)
+            .position(|w| w == b"ee")
+            .expect("dictionary end")
+            + 2;
+        info.extend_from_slice(&body[dict_end..]);
+    }
+    assert!(pieces >= 2, "want several metadata pieces");
+    assert_eq!(info.len() as u64, size);
+    assert_eq!(
+        <[u8; 20]>::from(Sha1::digest(&info)),
+        meta.info_hash,
+        "metadata hashes to the info hash"
+    );
+    // A piece past the end is rejected.
+    let mut req = vec![u8::try_from(their_id).unwrap()];
+    req.extend_from_slice(format!("d8:msg_typei0e5:piecei{pieces}ee").as_bytes());
+    fake.send_raw("request past the end", &frame(20, &req));
+    let (msg, _) = fake.wait_for(
+        within(SHORT),
+        "a reject",
+        |m| matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&7)),
+    );
+    let Msg::Other { payload, .. } = msg else {
+        unreachable!()
+    };
+    assert_eq!(int_after(&payload[1..], b"8:msg_type"), Some(2), "reject");
+    seeder.terminate_and_assert_ok(SHORT);
+}
