@@ -30,6 +30,9 @@ pub enum PeerEvent {
         addr: SocketAddr,
         peer_id: [u8; 20],
         incoming: bool,
+        /// Both sides set the fast-extension bit (BEP 6): the peer rejects what it will not
+        /// serve, so its choke does not void our requests.
+        fast: bool,
         commands: Sender<PeerCommand>,
         /// A clone of the socket, so the coordinator can unblock the thread with `shutdown`.
         socket: TcpStream,
@@ -50,6 +53,8 @@ pub enum PeerEvent {
         peer: PeerKey,
         piece: u32,
     },
+    /// The peer will not serve this request (BEP 6 reject).
+    RequestRejected { peer: PeerKey, block: BlockRef },
     /// The peer's extended handshake (BEP 10).
     ExtendedHandshake {
         peer: PeerKey,

@@ -47,10 +47,14 @@ const READ_BUF_BYTES: usize = 512 * 1024;
 const UPLOAD_BATCH_BYTES: usize = 512 * 1024;
 const SOCKET_BUF_BYTES: usize = 4 * 1024 * 1024;
 
-/// Our handshake: with the extension-protocol bit (BEP 10).
+/// Set in `reserved[7]` by clients that speak the fast extension (BEP 6).
+const FAST_BIT: u8 = 0x04;
+
+/// Our handshake: with the extension-protocol bit (BEP 10) and the fast-extension bit (BEP 6).
 fn our_handshake(ctx: &TorrentContext) -> Handshake {
     let mut ours = Handshake::new(ctx.info_hash.0, ctx.our_id);
     ours.reserved[5] |= EXTENSION_BIT;
+    ours.reserved[7] |= FAST_BIT;
     ours
 }
 
@@ -190,6 +194,7 @@ fn run_connected(
         addr,
         peer_id: theirs.peer_id,
         incoming,
+        fast: theirs.supports_fast(),
         commands: commands.0,
         socket,
         stats: Arc::clone(&stats),
@@ -204,6 +209,7 @@ fn run_connected(
     };
     let mut session = Session::new(ctx, peer, stream, addr, commands.1, stats);
     session.extended = theirs.supports_extension_protocol();
+    session.fast = theirs.supports_fast();
     let reason = session.run();
     debug!("peer {addr}: disconnected: {reason}");
     let _ = session.stream.shutdown(Shutdown::Both);
@@ -229,6 +235,8 @@ struct Session<'a> {
     received_any: bool,
     /// The peer set the BEP 10 bit: we exchange extended handshakes.
     extended: bool,
+    /// The peer set the BEP 6 bit: have all/none, and rejects instead of silence.
+    fast: bool,
     /// The id the peer wants `ut_metadata` messages under, once its extended handshake said.
     peer_ut_metadata: Option<u8>,
     upload_queue: VecDeque<BlockRef>,
@@ -266,6 +274,7 @@ impl<'a> Session<'a> {
             peer_interested: false,
             received_any: false,
             extended: false,
+            fast: false,
             peer_ut_metadata: None,
             upload_queue: VecDeque::new(),
             read_timeout: Duration::ZERO,
@@ -291,7 +300,11 @@ impl<'a> Session<'a> {
         let _ = self.stream.set_write_timeout(Some(WRITE_TIMEOUT));
         match self.commands.recv_timeout(Duration::from_secs(30)) {
             Ok(PeerCommand::Start(pieces)) => {
-                if pieces.count_ones() > 0 {
+                if self.fast && pieces.is_full() {
+                    Message::HaveAll.encode(&mut self.write_buf);
+                } else if self.fast && pieces.count_ones() == 0 {
+                    Message::HaveNone.encode(&mut self.write_buf);
+                } else if pieces.count_ones() > 0 {
                     Message::Bitfield(pieces.as_bytes().to_vec()).encode(&mut self.write_buf);
                 }
                 self.our_pieces = pieces;
@@ -363,9 +376,14 @@ impl<'a> Session<'a> {
             PeerCommand::Choke => {
                 if !self.am_choking {
                     self.am_choking = true;
-                    // Choking voids every request the peer sent us (BEP 3).
-                    self.upload_queue.clear();
                     Message::Choke.encode(out);
+                    // Choking voids every request the peer sent us (BEP 3); a fast peer is told
+                    // so, one reject per request (BEP 6).
+                    for block in self.upload_queue.drain(..) {
+                        if self.fast {
+                            Message::Reject(block).encode(out);
+                        }
+                    }
                 }
             }
             PeerCommand::Unchoke => {
@@ -587,6 +605,23 @@ impl<'a> Session<'a> {
                 id: EXTENDED_ID,
                 payload,
             } if self.extended => self.on_extended(&payload)?,
+            Message::HaveAll if self.fast => {
+                let pieces = Bitfield::full(self.ctx.geometry.num_pieces);
+                self.report(PeerEvent::Bitfield { peer, pieces })?;
+            }
+            Message::HaveNone if self.fast => {
+                let pieces = Bitfield::new(self.ctx.geometry.num_pieces);
+                self.report(PeerEvent::Bitfield { peer, pieces })?;
+            }
+            Message::Reject(block) if self.fast => {
+                self.report(PeerEvent::RequestRejected { peer, block })?;
+            }
+            Message::HaveAll | Message::HaveNone | Message::Reject(_) => {
+                return Err(PeerError::Protocol(
+                    "fast-extension message from a peer without the fast bit".into(),
+                ));
+            }
+            Message::Suggest(_) | Message::AllowedFast(_) => {}
             Message::Port(_) | Message::Unknown { .. } => {}
         }
         Ok(())
@@ -652,6 +687,13 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Tells a fast peer we will not serve `block`; others learn it from silence.
+    fn reject(&mut self, block: BlockRef) {
+        if self.fast {
+            Message::Reject(block).encode(&mut self.write_buf);
+        }
+    }
+
     fn on_request(&mut self, block: BlockRef) -> Result<(), PeerError> {
         if block.len > BLOCK_LEN {
             return Err(PeerError::Protocol(format!(
@@ -661,13 +703,15 @@ impl<'a> Session<'a> {
         }
         if self.am_choking {
             // Requests while choked are void; a racing request after our choke is normal.
+            self.reject(block);
             return Ok(());
         }
         if !self.ctx.geometry.is_servable_request(&block) || !self.our_pieces.get(block.piece) {
             debug!(
-                "peer {}: ignoring request for {block:?} we do not have",
+                "peer {}: refusing request for {block:?} we do not have",
                 self.addr
             );
+            self.reject(block);
             return Ok(());
         }
         if self.upload_queue.len() >= MAX_UPLOAD_QUEUE {

@@ -116,6 +116,8 @@ struct Peer {
     addr: SocketAddr,
     peer_id: [u8; 20],
     incoming: bool,
+    /// BEP 6 on both sides: its choke leaves our requests to its rejects.
+    fast: bool,
     commands: Sender<PeerCommand>,
     socket: TcpStream,
     stats: Arc<PeerStats>,
@@ -421,10 +423,11 @@ impl Coordinator {
                 addr,
                 peer_id,
                 incoming,
+                fast,
                 commands,
                 socket,
                 stats,
-            } => self.on_connected(peer, addr, peer_id, incoming, commands, socket, stats),
+            } => self.on_connected(peer, addr, peer_id, incoming, fast, commands, socket, stats),
             PeerEvent::ConnectFailed { peer, addr, reason } => {
                 if self.dialing.remove(&peer) {
                     self.global.peers.release();
@@ -457,10 +460,24 @@ impl Coordinator {
                 }
             }
             PeerEvent::Choked { peer } => {
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.peer_choking = true;
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                p.peer_choking = true;
+                // A fast peer rejects each request it drops (and may still serve some);
+                // otherwise a choke voids them all (BEP 3).
+                if !p.fast {
+                    self.void_requests(peer, false);
                 }
-                self.void_requests(peer, false);
+            }
+            PeerEvent::RequestRejected { peer, block } => {
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                if p.outstanding.remove(&block) {
+                    self.picker.on_request_voided(&block);
+                    self.fill_all();
+                }
             }
             PeerEvent::Unchoked { peer } => {
                 if let Some(p) = self.peers.get_mut(&peer) {
@@ -491,6 +508,7 @@ impl Coordinator {
         addr: SocketAddr,
         peer_id: [u8; 20],
         incoming: bool,
+        fast: bool,
         commands: Sender<PeerCommand>,
         socket: TcpStream,
         stats: Arc<PeerStats>,
@@ -537,6 +555,7 @@ impl Coordinator {
             addr,
             peer_id,
             incoming,
+            fast,
             commands,
             socket,
             stats,

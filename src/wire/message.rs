@@ -29,6 +29,11 @@ const REQUEST: u8 = 6;
 const PIECE: u8 = 7;
 const CANCEL: u8 = 8;
 const PORT: u8 = 9;
+const SUGGEST: u8 = 13;
+const HAVE_ALL: u8 = 14;
+const HAVE_NONE: u8 = 15;
+const REJECT: u8 = 16;
+const ALLOWED_FAST: u8 = 17;
 
 /// A block of a piece: `len` bytes starting `offset` bytes into piece `piece`, as carried by
 /// request and cancel messages.
@@ -83,7 +88,17 @@ pub enum Message {
     Cancel(BlockRef),
     /// Id 9: the sender's DHT port.
     Port(u16),
-    /// Any other id (13-17 of BEP 6, 20 of BEP 10, ...): carried, not interpreted. Meant for ids
+    /// Id 13 (BEP 6): the sender suggests we download this piece.
+    Suggest(u32),
+    /// Id 14 (BEP 6): the sender has every piece (instead of a bitfield).
+    HaveAll,
+    /// Id 15 (BEP 6): the sender has no piece (instead of a bitfield).
+    HaveNone,
+    /// Id 16 (BEP 6): the sender will not serve this request.
+    Reject(BlockRef),
+    /// Id 17 (BEP 6): we may request this piece even while choked.
+    AllowedFast(u32),
+    /// Any other id (20 of BEP 10, ...): carried, not interpreted. Meant for ids
     /// this type does not decode; encoding one of ids 0-9 here would frame a different message.
     Unknown {
         /// The message id.
@@ -109,6 +124,11 @@ impl Message {
             Self::Piece { .. } => PIECE,
             Self::Cancel(_) => CANCEL,
             Self::Port(_) => PORT,
+            Self::Suggest(_) => SUGGEST,
+            Self::HaveAll => HAVE_ALL,
+            Self::HaveNone => HAVE_NONE,
+            Self::Reject(_) => REJECT,
+            Self::AllowedFast(_) => ALLOWED_FAST,
             Self::Unknown { id, .. } => *id,
         })
     }
@@ -150,6 +170,11 @@ impl Message {
                 put_header(out, 3, PORT);
                 out.extend_from_slice(&port.to_be_bytes());
             }
+            Self::Suggest(piece) => put_with_payload(out, SUGGEST, &piece.to_be_bytes()),
+            Self::HaveAll => put_header(out, 1, HAVE_ALL),
+            Self::HaveNone => put_header(out, 1, HAVE_NONE),
+            Self::Reject(block) => put_block(out, REJECT, *block),
+            Self::AllowedFast(piece) => put_with_payload(out, ALLOWED_FAST, &piece.to_be_bytes()),
             Self::Unknown { id, payload } => put_with_payload(out, *id, payload),
         }
     }
@@ -216,6 +241,11 @@ fn kind(id: u8) -> &'static str {
         PIECE => "piece",
         CANCEL => "cancel",
         PORT => "port",
+        SUGGEST => "suggest",
+        HAVE_ALL => "have all",
+        HAVE_NONE => "have none",
+        REJECT => "reject",
+        ALLOWED_FAST => "allowed fast",
         _ => "unknown",
     }
 }
@@ -241,10 +271,10 @@ fn check_len(id: u8, len: u32) -> Result<(), WireError> {
         }
     };
     match id {
-        CHOKE | UNCHOKE | INTERESTED | NOT_INTERESTED => exactly(1),
-        HAVE => exactly(5),
+        CHOKE | UNCHOKE | INTERESTED | NOT_INTERESTED | HAVE_ALL | HAVE_NONE => exactly(1),
+        HAVE | SUGGEST | ALLOWED_FAST => exactly(5),
         BITFIELD => at_most(1 + MAX_BITFIELD_BYTES),
-        REQUEST | CANCEL => exactly(13),
+        REQUEST | CANCEL | REJECT => exactly(13),
         PIECE if len < 9 => Err(WireError::TooShort {
             kind: kind(id),
             min: 9,
@@ -269,12 +299,19 @@ fn parse(id: u8, payload: &[u8]) -> Result<Message, WireError> {
         UNCHOKE => Message::Unchoke,
         INTERESTED => Message::Interested,
         NOT_INTERESTED => Message::NotInterested,
-        HAVE => {
+        HAVE_ALL => Message::HaveAll,
+        HAVE_NONE => Message::HaveNone,
+        HAVE | SUGGEST | ALLOWED_FAST => {
             let bytes: [u8; 4] = payload.try_into().map_err(|_| fixed(4))?;
-            Message::Have(u32::from_be_bytes(bytes))
+            let piece = u32::from_be_bytes(bytes);
+            match id {
+                HAVE => Message::Have(piece),
+                SUGGEST => Message::Suggest(piece),
+                _ => Message::AllowedFast(piece),
+            }
         }
         BITFIELD => Message::Bitfield(payload.to_vec()),
-        REQUEST | CANCEL => {
+        REQUEST | CANCEL | REJECT => {
             let [p0, p1, p2, p3, o0, o1, o2, o3, l0, l1, l2, l3]: [u8; 12] =
                 payload.try_into().map_err(|_| fixed(12))?;
             let block = BlockRef::new(
@@ -282,10 +319,10 @@ fn parse(id: u8, payload: &[u8]) -> Result<Message, WireError> {
                 u32::from_be_bytes([o0, o1, o2, o3]),
                 u32::from_be_bytes([l0, l1, l2, l3]),
             );
-            if id == REQUEST {
-                Message::Request(block)
-            } else {
-                Message::Cancel(block)
+            match id {
+                REQUEST => Message::Request(block),
+                CANCEL => Message::Cancel(block),
+                _ => Message::Reject(block),
             }
         }
         PIECE => {
@@ -406,14 +443,15 @@ mod tests {
                     payload: vec![0, b'd', b'e'],
                 },
             ),
+            ("suggest", vec![0, 0, 0, 5, 13, 0, 0, 1, 2], Message::Suggest(258)),
+            ("have all", vec![0, 0, 0, 1, 14], Message::HaveAll),
+            ("have none", vec![0, 0, 0, 1, 15], Message::HaveNone),
             (
-                "have all",
-                vec![0, 0, 0, 1, 14],
-                Message::Unknown {
-                    id: 14,
-                    payload: vec![],
-                },
+                "reject",
+                vec![0, 0, 0, 13, 16, 0, 0, 0, 7, 0, 0, 0x40, 0, 0, 0, 0x40, 0],
+                Message::Reject(BlockRef::new(7, 0x4000, 0x4000)),
             ),
+            ("allowed fast", vec![0, 0, 0, 5, 17, 0, 0, 0, 9], Message::AllowedFast(9)),
             (
                 "id 255",
                 vec![0, 0, 0, 2, 255, 0x7F],
@@ -629,7 +667,7 @@ mod tests {
     fn rejects_unknown_id_over_the_bound() {
         let len = MAX_OTHER_MESSAGE_LEN + 1;
         let [a, b, c, d] = len.to_be_bytes();
-        for id in [13, 14, 17, 20, 255] {
+        for id in [18, 20, 255] {
             assert_eq!(
                 Message::decode(&[a, b, c, d, id]),
                 Err(WireError::TooLong {

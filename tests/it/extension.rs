@@ -3,11 +3,13 @@
 //! others), and keeps no more requests outstanding than a peer's own `reqq` allows.
 
 use crate::support::SHORT;
+use crate::support::fake_peer::{Block, Recv};
 use crate::support::fake_peer::{
     FakeListener, FakePeer, Fixture, Msg, TorrentMeta, btd_download, btd_seed, frame,
     handshake_bytes,
 };
 use crate::support::next_ip;
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1024 * 1024;
@@ -48,7 +50,7 @@ fn btd_sends_an_extended_handshake_with_reqq_only_to_peers_that_set_the_bit() {
     fake.send_raw("handshake with the extension bit", &hs);
     fake.expect_handshake(&meta.info_hash, within(SHORT));
     assert!(
-        fake.transcript().contains("reserved 0000000000100000"),
+        fake.transcript().contains("reserved 0000000000100004"),
         "btd's handshake lacks the extension bit:\n{}",
         fake.transcript()
     );
@@ -187,4 +189,136 @@ fn btd_serves_its_metadata_to_a_peer_that_asks_with_ut_metadata() {
     };
     assert_eq!(int_after(&payload[1..], b"8:msg_type"), Some(2), "reject");
     seeder.terminate_and_assert_ok(SHORT);
+}
+
+/// Our handshake with the BEP 6 bit set.
+fn fast_handshake_bytes(fake: &FakePeer, meta: &TorrentMeta) -> Vec<u8> {
+    let mut h = handshake_bytes(&meta.info_hash, &fake.peer_id());
+    h[20 + 7] |= 0x04;
+    h
+}
+
+fn reject_frame(b: Block) -> Vec<u8> {
+    let payload: Vec<u8> = [b.piece, b.offset, b.len]
+        .iter()
+        .flat_map(|n| n.to_be_bytes())
+        .collect();
+    frame(16, &payload)
+}
+
+#[test]
+fn btd_seeder_sends_have_all_to_a_fast_peer_and_rejects_requests_while_choking() {
+    let fx = Fixture::new("fast-seed", MIB, PIECE_LEN);
+    let meta = fx.meta.clone();
+    let mut seeder = btd_seed("btd seeder", &fx.torrent, &fx.seed_dir, next_ip(), &[]);
+    let addr = seeder.wait_listening();
+    FakePeer::connect_when_ready("probe", next_ip(), addr, &meta.info_hash, within(SHORT));
+    let mut fake = FakePeer::connect("fast leecher", next_ip(), addr);
+    let hs = fast_handshake_bytes(&fake, &meta);
+    fake.send_raw("handshake with the fast bit", &hs);
+    fake.expect_handshake(&meta.info_hash, within(SHORT));
+    assert!(
+        fake.transcript().contains("reserved 0000000000100004"),
+        "btd's handshake lacks the fast bit:\n{}",
+        fake.transcript()
+    );
+    match fake.next_message(within(SHORT)) {
+        Msg::Other { id: 14, payload } if payload.is_empty() => {}
+        other => panic!("btd's first message to a fast peer is {other:?}, not have all"),
+    }
+    // Still choked: a request is rejected, not ignored.
+    let block = meta.blocks_of(0)[0];
+    fake.send_request(block);
+    let (msg, _) = fake.wait_for(within(SHORT), "a reject", |m| {
+        matches!(m, Msg::Other { id: 16, .. } | Msg::Piece { .. })
+    });
+    let Msg::Other { payload, .. } = msg else {
+        panic!("btd served a choked peer: {msg:?}");
+    };
+    assert_eq!(
+        payload,
+        reject_frame(block)[5..].to_vec(),
+        "the reject names the request"
+    );
+    seeder.terminate_and_assert_ok(SHORT);
+}
+
+#[test]
+fn btd_leecher_takes_have_all_and_requests_rejected_blocks_again() {
+    let fx = Fixture::new("fast-leech", 2 * MIB, PIECE_LEN);
+    let meta = fx.meta.clone();
+    let listener = FakeListener::bind("fast seeder", next_ip());
+    let out = fx.out_dir("leecher");
+    let mut btd = btd_download(
+        "btd leecher",
+        &fx.torrent,
+        &out,
+        next_ip(),
+        &[listener.addr()],
+    );
+    let mut fake = listener.accept(within(SHORT));
+    fake.expect_handshake(&meta.info_hash, within(SHORT));
+    let hs = fast_handshake_bytes(&fake, &meta);
+    fake.send_raw("handshake with the fast bit", &hs);
+    fake.send_raw("have all", &frame(14, &[]));
+    fake.wait_for(within(SHORT), "interested after have all", |m| {
+        *m == Msg::Interested
+    });
+    fake.send_unchoke();
+    let (first, _) = fake.wait_for(within(SHORT), "a request", |m| matches!(m, Msg::Request(_)));
+    let Msg::Request(rejected) = first else {
+        unreachable!()
+    };
+    fake.send_raw("reject", &reject_frame(rejected));
+    // Serve everything else until btd asks for the rejected block again.
+    let mut outstanding: HashSet<Block> = HashSet::new();
+    let deadline = within(SHORT);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "btd never asked for the rejected block again"
+        );
+        match fake.recv(within(Duration::from_millis(200))) {
+            Recv::Msg(Msg::Request(b)) if b == rejected => {
+                outstanding.insert(b);
+                break;
+            }
+            Recv::Msg(Msg::Request(b)) => {
+                let data = fx.block_data(b).to_vec();
+                fake.send_piece(b.piece, b.offset, &data);
+            }
+            Recv::Closed(why) => panic!("btd closed the connection: {why}"),
+            _ => {}
+        }
+    }
+    // A choke from a fast peer voids nothing by itself: btd sends no new request while choked,
+    // and after our rejects and unchoke it asks again for exactly what we rejected.
+    fake.send_choke();
+    let (msgs, _) = fake.collect_until(within(Duration::from_secs(1)));
+    outstanding.extend(msgs.iter().filter_map(|m| match m {
+        Msg::Request(b) => Some(*b),
+        _ => None,
+    }));
+    for b in &outstanding {
+        fake.send_raw("reject", &reject_frame(*b));
+    }
+    fake.send_unchoke();
+    let deadline = within(SHORT);
+    while !btd.has_exited() && Instant::now() < deadline {
+        match fake.recv(within(Duration::from_millis(200))) {
+            Recv::Msg(Msg::Request(b)) => {
+                outstanding.remove(&b);
+                let data = fx.block_data(b).to_vec();
+                let _ = fake.try_send_piece(b.piece, b.offset, &data);
+            }
+            Recv::Closed(_) => break,
+            _ => {}
+        }
+    }
+    assert!(
+        outstanding.is_empty(),
+        "rejected blocks never requested again: {outstanding:?}"
+    );
+    btd.assert_exits_ok(SHORT);
+    crate::support::assert_same_files(&fx.payload(), &out.join(&fx.name));
 }
