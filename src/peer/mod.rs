@@ -54,7 +54,10 @@ pub enum PeerEvent {
         piece: u32,
     },
     /// The peer will not serve this request (BEP 6 reject).
-    RequestRejected { peer: PeerKey, block: BlockRef },
+    RequestRejected {
+        peer: PeerKey,
+        block: BlockRef,
+    },
     /// The peer's extended handshake (BEP 10).
     ExtendedHandshake {
         peer: PeerKey,

@@ -443,7 +443,11 @@ mod tests {
                     payload: vec![0, b'd', b'e'],
                 },
             ),
-            ("suggest", vec![0, 0, 0, 5, 13, 0, 0, 1, 2], Message::Suggest(258)),
+            (
+                "suggest",
+                vec![0, 0, 0, 5, 13, 0, 0, 1, 2],
+                Message::Suggest(258),
+            ),
             ("have all", vec![0, 0, 0, 1, 14], Message::HaveAll),
             ("have none", vec![0, 0, 0, 1, 15], Message::HaveNone),
             (
@@ -451,7 +455,11 @@ mod tests {
                 vec![0, 0, 0, 13, 16, 0, 0, 0, 7, 0, 0, 0x40, 0, 0, 0, 0x40, 0],
                 Message::Reject(BlockRef::new(7, 0x4000, 0x4000)),
             ),
-            ("allowed fast", vec![0, 0, 0, 5, 17, 0, 0, 0, 9], Message::AllowedFast(9)),
+            (
+                "allowed fast",
+                vec![0, 0, 0, 5, 17, 0, 0, 0, 9],
+                Message::AllowedFast(9),
+            ),
             (
                 "id 255",
                 vec![0, 0, 0, 2, 255, 0x7F],
