@@ -17,6 +17,7 @@ use crate::metainfo::{Geometry, InfoHash};
 use crate::ratelimit::Limits;
 use crate::storage::Storage;
 use crate::torrent::picker::PeerKey;
+use crate::wire::extension::PexMessage;
 use crate::wire::{Bitfield, BlockRef, WireError};
 
 pub use session::{MAX_UPLOAD_QUEUE, PEER_STACK_BYTES, read_handshake, run_incoming};
@@ -66,6 +67,13 @@ pub enum PeerEvent {
         /// Its listen port, if it said.
         listen_port: Option<u16>,
         client: Option<String>,
+        /// It takes peer exchange (BEP 11) messages.
+        pex: bool,
+    },
+    /// Peers the peer told us about (BEP 11 `added`).
+    PexReceived {
+        peer: PeerKey,
+        added: Vec<SocketAddr>,
     },
     Choked {
         peer: PeerKey,
@@ -105,6 +113,8 @@ pub enum PeerCommand {
     Unchoke,
     Interested,
     NotInterested,
+    /// Send a peer-exchange message (if the peer takes them).
+    Pex(PexMessage),
     Shutdown,
 }
 
@@ -166,6 +176,8 @@ pub struct TorrentContext {
     pub listen_port: u16,
     /// The raw info dictionary, served to peers that ask (BEP 9).
     pub info_bytes: Arc<[u8]>,
+    /// A private torrent (BEP 27): no peer exchange.
+    pub private: bool,
 }
 
 /// Process-wide peer numbering, so keys from the listener and from the coordinator never clash.

@@ -18,7 +18,7 @@ use super::{PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
 use crate::torrent::picker::PeerKey;
 use crate::wire::extension::{
     EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID, METADATA_PIECE_LEN, MetadataMessage,
-    OUR_UT_METADATA_ID, UT_METADATA,
+    OUR_UT_METADATA_ID, OUR_UT_PEX_ID, PexMessage, UT_METADATA, UT_PEX,
 };
 use crate::wire::{
     BLOCK_LEN, Bitfield, BlockRef, ExtendedHandshake, HANDSHAKE_LEN, Handshake, Message,
@@ -239,6 +239,8 @@ struct Session<'a> {
     fast: bool,
     /// The id the peer wants `ut_metadata` messages under, once its extended handshake said.
     peer_ut_metadata: Option<u8>,
+    /// Same for `ut_pex`.
+    peer_ut_pex: Option<u8>,
     upload_queue: VecDeque<BlockRef>,
     read_timeout: Duration,
     /// The upload limit stopped us serving this turn: wait a little instead of spinning.
@@ -276,6 +278,7 @@ impl<'a> Session<'a> {
             extended: false,
             fast: false,
             peer_ut_metadata: None,
+            peer_ut_pex: None,
             upload_queue: VecDeque::new(),
             read_timeout: Duration::ZERO,
             upload_throttled: false,
@@ -310,7 +313,7 @@ impl<'a> Session<'a> {
                 self.our_pieces = pieces;
                 if self.extended {
                     let ours = ExtendedHandshake {
-                        m: [(UT_METADATA.to_string(), OUR_UT_METADATA_ID)].into(),
+                        m: self.our_extensions(),
                         metadata_size: Some(self.ctx.info_bytes.len() as u64),
                         p: Some(self.ctx.listen_port).filter(|p| *p != 0),
                         v: Some(format!("btd {}", env!("CARGO_PKG_VERSION"))),
@@ -402,6 +405,17 @@ impl<'a> Session<'a> {
                 if self.am_interested {
                     self.am_interested = false;
                     Message::NotInterested.encode(out);
+                }
+            }
+            PeerCommand::Pex(pex) => {
+                if let Some(id) = self.peer_ut_pex {
+                    let mut payload = vec![id];
+                    payload.extend(pex.encode());
+                    Message::Unknown {
+                        id: EXTENDED_ID,
+                        payload,
+                    }
+                    .encode(out);
                 }
             }
             PeerCommand::Shutdown => return Err(PeerError::Dropped),
@@ -634,6 +648,15 @@ impl<'a> Session<'a> {
         if ext_id == OUR_UT_METADATA_ID {
             return self.on_metadata_message(dict);
         }
+        if ext_id == OUR_UT_PEX_ID && !self.ctx.private {
+            return match PexMessage::decode(dict) {
+                Ok(pex) => self.report(PeerEvent::PexReceived {
+                    peer: self.peer,
+                    added: pex.added,
+                }),
+                Err(e) => Err(PeerError::Protocol(format!("ut_pex: {e}"))),
+            };
+        }
         if ext_id != HANDSHAKE_EXT_ID {
             // Not an extension we advertised: not for us.
             return Ok(());
@@ -641,11 +664,16 @@ impl<'a> Session<'a> {
         match ExtendedHandshake::decode(dict) {
             Ok(h) => {
                 self.peer_ut_metadata = h.m.get(UT_METADATA).copied().filter(|id| *id != 0);
+                self.peer_ut_pex =
+                    h.m.get(UT_PEX)
+                        .copied()
+                        .filter(|id| *id != 0 && !self.ctx.private);
                 self.report(PeerEvent::ExtendedHandshake {
                     peer: self.peer,
                     reqq: h.reqq,
                     listen_port: h.p,
                     client: h.v,
+                    pex: self.peer_ut_pex.is_some(),
                 })
             }
             Err(e) => {
@@ -653,6 +681,16 @@ impl<'a> Session<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// The extensions we offer in our extended handshake, with the ids we receive them under.
+    fn our_extensions(&self) -> std::collections::BTreeMap<String, u8> {
+        let mut m =
+            std::collections::BTreeMap::from([(UT_METADATA.to_string(), OUR_UT_METADATA_ID)]);
+        if !self.ctx.private {
+            m.insert(UT_PEX.to_string(), OUR_UT_PEX_ID);
+        }
+        m
     }
 
     /// Serves our metadata (BEP 9): a piece of the info dictionary, or a reject.

@@ -26,6 +26,7 @@ use crate::ratelimit::Limits;
 use crate::storage::Storage;
 use crate::tracker::Tiers;
 use crate::tracker::announcer::{self, AnnounceStats, AnnouncerCommand, AnnouncerConfig};
+use crate::wire::extension::PexMessage;
 use crate::wire::{BLOCK_LEN, Bitfield, BlockRef};
 
 const TICK: Duration = Duration::from_millis(500);
@@ -51,6 +52,12 @@ const BAN_AFTER_STRIKES: u32 = 2;
 const STARVED_PEERS: usize = 5;
 const RETRY_BASE: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Peer-exchange messages go to each peer at most this often (BEP 11).
+const PEX_INTERVAL: Duration = Duration::from_secs(60);
+/// Most peers one PEX message describes.
+const MAX_PEX_PEERS: usize = 50;
+/// Most addresses we remember per torrent (tracker and PEX answers are bounded by it).
+const MAX_KNOWN_ADDRS: usize = 2000;
 /// Resume data is saved at most this often while pieces complete (and at completion and stop).
 const RESUME_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -68,6 +75,7 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
         limits: Arc::clone(&params.global),
         listen_port: params.listen_port,
         info_bytes: Arc::clone(&meta.info_bytes),
+        private: meta.private,
     });
     let stats = Arc::new(TorrentStats::default());
     stats
@@ -118,6 +126,13 @@ struct Peer {
     incoming: bool,
     /// BEP 6 on both sides: its choke leaves our requests to its rejects.
     fast: bool,
+    /// It takes peer exchange messages (BEP 11).
+    pex: bool,
+    /// Its listen port, from its extended handshake (an incoming peer's source port is not it).
+    listen_port: Option<u16>,
+    /// The addresses our last PEX message to it described as connected.
+    pex_sent: HashSet<SocketAddr>,
+    last_pex: Option<Instant>,
     commands: Sender<PeerCommand>,
     socket: TcpStream,
     stats: Arc<PeerStats>,
@@ -353,6 +368,9 @@ impl Coordinator {
             if addr.port() == 0 || self.banned.contains(&addr.ip()) {
                 continue;
             }
+            if self.addrs.len() >= MAX_KNOWN_ADDRS && !self.addrs.contains_key(&addr) {
+                break;
+            }
             self.addrs.entry(addr).or_insert(AddrInfo {
                 connected: None,
                 connecting: false,
@@ -445,8 +463,11 @@ impl Coordinator {
                 reqq,
                 listen_port,
                 client,
+                pex,
             } => {
                 if let Some(p) = self.peers.get_mut(&peer) {
+                    p.pex = pex;
+                    p.listen_port = listen_port;
                     debug!(
                         "torrent {}: {}: client {client:?}, reqq {reqq:?}, port {listen_port:?}",
                         self.meta.name, p.addr
@@ -469,6 +490,15 @@ impl Coordinator {
                 if !p.fast {
                     self.void_requests(peer, false);
                 }
+            }
+            PeerEvent::PexReceived { peer, added } => {
+                debug!(
+                    "torrent {}: pex from peer {peer}: {} peers",
+                    self.meta.name,
+                    added.len()
+                );
+                self.add_addrs(added);
+                self.connect_more();
             }
             PeerEvent::RequestRejected { peer, block } => {
                 let Some(p) = self.peers.get_mut(&peer) else {
@@ -556,6 +586,10 @@ impl Coordinator {
             peer_id,
             incoming,
             fast,
+            pex: false,
+            listen_port: None,
+            pex_sent: HashSet::new(),
+            last_pex: None,
             commands,
             socket,
             stats,
@@ -1032,11 +1066,61 @@ impl Coordinator {
         if !self.picker.is_complete() && self.peers.len() < STARVED_PEERS {
             self.announce(AnnouncerCommand::NeedPeers);
         }
+        self.exchange_peers(now);
         if self.resume_dirty && now.duration_since(self.last_resume_save) >= RESUME_SAVE_INTERVAL {
             self.save_resume_later();
         }
         self.connect_more();
         self.fill_all();
+    }
+
+    /// Peer exchange (BEP 11): at most once a minute, tell each peer that takes it which of our
+    /// peers (by their listen addresses) joined and left since our last message to it.
+    fn exchange_peers(&mut self, now: Instant) {
+        if self.meta.private {
+            return;
+        }
+        let dialable: Vec<(PeerKey, SocketAddr)> = self
+            .peers
+            .iter()
+            .filter_map(|(k, p)| {
+                let addr = if p.incoming {
+                    SocketAddr::new(p.addr.ip(), p.listen_port?)
+                } else {
+                    p.addr
+                };
+                Some((*k, addr))
+            })
+            .collect();
+        let due: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.pex
+                    && p.last_pex
+                        .is_none_or(|t| now.duration_since(t) >= PEX_INTERVAL)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let current: HashSet<SocketAddr> = dialable
+                .iter()
+                .filter(|(k, _)| *k != key)
+                .map(|(_, a)| *a)
+                .take(MAX_PEX_PEERS)
+                .collect();
+            let Some(peer) = self.peers.get_mut(&key) else {
+                continue;
+            };
+            peer.last_pex = Some(now);
+            let added: Vec<SocketAddr> = current.difference(&peer.pex_sent).copied().collect();
+            let dropped: Vec<SocketAddr> = peer.pex_sent.difference(&current).copied().collect();
+            if added.is_empty() && dropped.is_empty() {
+                continue;
+            }
+            peer.pex_sent = current;
+            self.command(key, PeerCommand::Pex(PexMessage { added, dropped }));
+        }
     }
 
     /// Totals across runs: (uploaded, downloaded) payload bytes.

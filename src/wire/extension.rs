@@ -196,6 +196,95 @@ impl MetadataMessage {
     }
 }
 
+/// The name of peer exchange (BEP 11) in `m`.
+pub const UT_PEX: &str = "ut_pex";
+/// The id under which we receive `ut_pex` messages.
+pub const OUR_UT_PEX_ID: u8 = 2;
+/// Most peers we take from one PEX message (more is ignored, not an error).
+pub const MAX_PEX_PEERS: usize = 200;
+
+/// A `ut_pex` message (BEP 11): peers the sender connected to and dropped since its last one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PexMessage {
+    pub added: Vec<std::net::SocketAddr>,
+    pub dropped: Vec<std::net::SocketAddr>,
+}
+
+impl PexMessage {
+    /// The bencoded dictionary: `added`/`added.f`/`dropped` (IPv4) and `added6`/`added6.f`/
+    /// `dropped6` (IPv6), compact.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut dict: HashMap<String, BencodeElem> = HashMap::new();
+        let (added4, added6) = compact(&self.added);
+        let (dropped4, dropped6) = compact(&self.dropped);
+        let flags = |compact: &[u8], entry: usize| vec![0u8; compact.len() / entry];
+        dict.insert("added.f".into(), BencodeElem::Bytes(flags(&added4, 6)));
+        dict.insert("added6.f".into(), BencodeElem::Bytes(flags(&added6, 18)));
+        dict.insert("added".into(), BencodeElem::Bytes(added4));
+        dict.insert("added6".into(), BencodeElem::Bytes(added6));
+        dict.insert("dropped".into(), BencodeElem::Bytes(dropped4));
+        dict.insert("dropped6".into(), BencodeElem::Bytes(dropped6));
+        BencodeElem::Dictionary(dict).encode()
+    }
+
+    /// Decodes a `ut_pex` dictionary; at most [`MAX_PEX_PEERS`] added peers are kept, port 0
+    /// entries are skipped, and missing keys mean none.
+    ///
+    /// # Errors
+    /// A reason when the bytes are not one bencoded dictionary.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        crate::bencode::check_one_value(bytes)?;
+        let mut elems = BencodeElem::from_bytes(bytes).map_err(|e| e.to_string())?;
+        let bytes_of = |d: &HashMap<String, BencodeElem>, key: &str| -> Vec<u8> {
+            match d.get(key) {
+                Some(BencodeElem::Bytes(b)) => b.clone(),
+                Some(BencodeElem::String(s)) => s.as_bytes().to_vec(),
+                _ => Vec::new(),
+            }
+        };
+        let d = match elems.pop() {
+            Some(BencodeElem::Dictionary(d)) => d,
+            _ => return Err("ut_pex message is not a dictionary".into()),
+        };
+        let mut added = parse_compact(&bytes_of(&d, "added"), 6);
+        added.extend(parse_compact(&bytes_of(&d, "added6"), 18));
+        added.truncate(MAX_PEX_PEERS);
+        let mut dropped = parse_compact(&bytes_of(&d, "dropped"), 6);
+        dropped.extend(parse_compact(&bytes_of(&d, "dropped6"), 18));
+        dropped.truncate(MAX_PEX_PEERS);
+        Ok(Self { added, dropped })
+    }
+}
+
+fn compact(addrs: &[std::net::SocketAddr]) -> (Vec<u8>, Vec<u8>) {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for addr in addrs {
+        match addr.ip() {
+            IpAddr::V4(ip) => {
+                v4.extend(ip.octets());
+                v4.extend(addr.port().to_be_bytes());
+            }
+            IpAddr::V6(ip) => {
+                v6.extend(ip.octets());
+                v6.extend(addr.port().to_be_bytes());
+            }
+        }
+    }
+    (v4, v6)
+}
+
+fn parse_compact(bytes: &[u8], entry: usize) -> Vec<std::net::SocketAddr> {
+    bytes
+        .chunks_exact(entry)
+        .filter_map(|c| {
+            let (ip, port) = c.split_at(entry - 2);
+            let port = u16::from_be_bytes([port[0], port[1]]);
+            let ip = ip_from_bytes(ip)?;
+            (port != 0).then(|| std::net::SocketAddr::new(ip, port))
+        })
+        .collect()
+}
+
 fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
     match b.len() {
         4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
@@ -260,6 +349,27 @@ mod tests {
         );
         assert!(MetadataMessage::decode(b"d8:msg_typei9e5:piecei0ee").is_err());
         assert!(MetadataMessage::decode(b"d5:piecei-1e8:msg_typei0ee").is_err());
+    }
+
+    #[test]
+    fn pex_messages_decode_from_bytes_typed_by_hand_and_round_trip() {
+        let wire = b"d5:added12:\x7f\x00\x00\x02\x1a\xe1\x7f\x00\x00\x03\x00\x007:added.f2:\x00\x007:dropped6:\x0a\x00\x00\x01\x00\x50e";
+        let pex = PexMessage::decode(wire).unwrap();
+        assert_eq!(
+            pex.added,
+            vec!["127.0.0.2:6881".parse().unwrap()],
+            "port 0 skipped"
+        );
+        assert_eq!(pex.dropped, vec!["10.0.0.1:80".parse().unwrap()]);
+        let both = PexMessage {
+            added: vec![
+                "127.0.0.2:6881".parse().unwrap(),
+                "[::1]:7000".parse().unwrap(),
+            ],
+            dropped: vec!["127.0.0.9:1".parse().unwrap()],
+        };
+        assert_eq!(PexMessage::decode(&both.encode()).unwrap(), both);
+        assert!(PexMessage::decode(b"le").is_err());
     }
 
     #[test]

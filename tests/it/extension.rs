@@ -322,3 +322,95 @@ fn btd_leecher_takes_have_all_and_requests_rejected_blocks_again() {
     btd.assert_exits_ok(SHORT);
     crate::support::assert_same_files(&fx.payload(), &out.join(&fx.name));
 }
+
+/// Compact IPv4 form of an address, as `ut_pex` carries it.
+fn compact(addr: std::net::SocketAddr) -> Vec<u8> {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 expected: {addr}")
+    };
+    let mut out = v4.ip().octets().to_vec();
+    out.extend(v4.port().to_be_bytes());
+    out
+}
+
+/// Connects a fake peer to `addr` with the extension bit and an extended handshake that offers
+/// `ut_pex` under id 5 and names `listen_port`.
+fn pex_peer(
+    name: &str,
+    addr: std::net::SocketAddr,
+    meta: &TorrentMeta,
+    listen_port: u16,
+) -> FakePeer {
+    let mut fake = FakePeer::connect(name, next_ip(), addr);
+    let hs = extended_handshake_bytes(&fake, meta);
+    fake.send_raw("handshake with the extension bit", &hs);
+    fake.expect_handshake(&meta.info_hash, within(SHORT));
+    let mut ext = vec![0u8];
+    ext.extend_from_slice(format!("d1:md6:ut_pexi5ee1:pi{listen_port}ee").as_bytes());
+    fake.send_raw("extended handshake with ut_pex", &frame(20, &ext));
+    fake
+}
+
+#[test]
+fn btd_tells_each_peer_about_the_others_by_their_listen_addresses() {
+    let fx = Fixture::new("pex-send", MIB, PIECE_LEN);
+    let meta = fx.meta.clone();
+    let mut seeder = btd_seed("btd seeder", &fx.torrent, &fx.seed_dir, next_ip(), &[]);
+    let addr = seeder.wait_listening();
+    FakePeer::connect_when_ready("probe", next_ip(), addr, &meta.info_hash, within(SHORT));
+    let listen_a = FakeListener::bind("a's listener", next_ip());
+    let listen_b = FakeListener::bind("b's listener", next_ip());
+    let mut a = pex_peer("a", addr, &meta, listen_a.addr().port());
+    let _b = pex_peer("b", addr, &meta, listen_b.addr().port());
+    // b connected from an ephemeral port; btd must describe it by b's IP and listen port.
+    let b_listen = std::net::SocketAddr::new(_b.local_addr().ip(), listen_b.addr().port());
+    let want = compact(b_listen);
+    let (msg, _) = fake_wait_pex(&mut a, &want);
+    let Msg::Other { payload, .. } = msg else {
+        unreachable!()
+    };
+    assert!(contains(&payload[1..], b"5:added"), "{payload:?}");
+    seeder.terminate_and_assert_ok(SHORT);
+}
+
+fn fake_wait_pex(fake: &mut FakePeer, want: &[u8]) -> (Msg, Vec<Msg>) {
+    let want = want.to_vec();
+    fake.wait_for(within(SHORT), "a ut_pex message naming the other peer", move |m| {
+        matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&5) && contains(payload, &want))
+    })
+}
+
+#[test]
+fn btd_dials_a_peer_it_learned_of_only_through_pex() {
+    let fx = Fixture::new("pex-learn", MIB, PIECE_LEN);
+    let meta = fx.meta.clone();
+    let first = FakeListener::bind("first seeder", next_ip());
+    let third = FakeListener::bind("third peer", next_ip());
+    let out = fx.out_dir("leecher");
+    let _btd = btd_download("btd leecher", &fx.torrent, &out, next_ip(), &[first.addr()]);
+    let mut fake = first.accept(within(SHORT));
+    fake.expect_handshake(&meta.info_hash, within(SHORT));
+    let hs = extended_handshake_bytes(&fake, &meta);
+    fake.send_raw("handshake with the extension bit", &hs);
+    fake.wait_for(
+        within(SHORT),
+        "btd's extended handshake",
+        |m| matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&0)),
+    );
+    let mut ext = vec![0u8];
+    ext.extend_from_slice(b"d1:md6:ut_pexi5eee");
+    fake.send_raw("extended handshake with ut_pex", &frame(20, &ext));
+    // btd offers ut_pex under id 2 (its `m`); send it the third peer's address there.
+    let mut pex = vec![2u8];
+    pex.extend_from_slice(b"d5:added6:");
+    pex.extend(compact(third.addr()));
+    pex.extend_from_slice(b"e");
+    fake.send_raw("ut_pex naming the third peer", &frame(20, &pex));
+    let mut t = third.accept(within(SHORT));
+    t.expect_handshake(&meta.info_hash, within(SHORT));
+    t.send_handshake(&meta.info_hash);
+    t.send_bitfield(&meta.full_bitfield());
+    t.wait_for(within(SHORT), "interested from btd", |m| {
+        *m == Msg::Interested
+    });
+}
