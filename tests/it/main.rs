@@ -10,6 +10,7 @@ mod daemon;
 mod daemon_reload;
 mod extension;
 mod fake_peer;
+mod pex;
 mod libtorrent;
 mod swarm;
 mod tracker;

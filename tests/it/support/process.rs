@@ -408,6 +408,17 @@ impl Btd {
         run_to_end("btd", Self::command(args), SHORT)
     }
 
+    /// Starts `btd ARGS...` without waiting for anything.
+    pub fn spawn<I, S>(name: &str, args: I) -> Btd
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Btd {
+            proc: Proc::spawn(name, Self::command(args)),
+        }
+    }
+
     /// `btd seed TORRENT -d DIR --bind IP --port 0 [--peer ADDR]...`
     pub fn seed(name: &str, torrent: &Path, dir: &Path, ip: Ipv4Addr, peers: &[SocketAddr]) -> Btd {
         let mut args: Vec<OsString> = vec!["seed".into(), torrent.into(), "-d".into(), dir.into()];
