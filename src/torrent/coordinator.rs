@@ -492,11 +492,8 @@ impl Coordinator {
                 }
             }
             PeerEvent::PexReceived { peer, added } => {
-                debug!(
-                    "torrent {}: pex from peer {peer}: {} peers",
-                    self.meta.name,
-                    added.len()
-                );
+                let from = self.peers.get(&peer).map(|p| p.addr);
+                debug!("torrent {}: pex from {from:?}: {added:?}", self.meta.name);
                 self.add_addrs(added);
                 self.connect_more();
             }

@@ -31,7 +31,7 @@ fn libtorrent_leechers_find_each_other_through_btds_pex() {
     let ip = next_ip();
     let mut seeder = Btd::spawn(
         "btd seeder",
-        [
+        Btd::command([
             OsString::from("--config"),
             config.into(),
             "seed".into(),
@@ -42,7 +42,7 @@ fn libtorrent_leechers_find_each_other_through_btds_pex() {
             ip.to_string().into(),
             "--port".into(),
             "0".into(),
-        ],
+        ]),
     );
     let seeder_addr = seeder.wait_listening();
     let spec = |dir| PeerSpec {
@@ -72,4 +72,70 @@ fn libtorrent_leechers_find_each_other_through_btds_pex() {
         );
     }
     seeder.terminate_and_assert_ok(SHORT);
+}
+
+#[test]
+fn btd_hears_of_a_libtorrent_leecher_through_libtorrents_pex_and_connects_to_it() {
+    use crate::support::daemon::LtSeeder;
+    let tmp = TempDir::new("pex-from-lt");
+    let mut rng = Rng::new(test_seed("btd_learns_of_a_libtorrent_leecher_through_pex"));
+    let seed_dir = tmp.subdir("seed");
+    write_payload(&seed_dir, &[("pex-in.bin", 16 * MIB)], &mut rng);
+    let torrent = tmp.path().join("pex-in.torrent");
+    Btd::run([
+        OsString::from("create"),
+        seed_dir.join("pex-in.bin").into(),
+        "-o".into(),
+        torrent.clone().into(),
+    ])
+    .assert_success();
+    let seeder = LtSeeder::start(
+        "libtorrent seeder",
+        &[&torrent],
+        &seed_dir,
+        1_000_000,
+        false,
+    );
+    let mut leecher = LtClient::leech(
+        "libtorrent leecher",
+        &PeerSpec {
+            torrent: &torrent,
+            dir: &tmp.subdir("lt"),
+            ip: next_ip(),
+            peers: vec![seeder.addr],
+            announce: false,
+        },
+    );
+    let lt_addr = leecher.wait_listening();
+    let out_dir = tmp.subdir("btd");
+    let out = out_dir.clone();
+    let mut cmd = Btd::command([
+        OsString::from("download"),
+        torrent.clone().into(),
+        "-o".into(),
+        out.into(),
+        "--bind".into(),
+        next_ip().to_string().into(),
+        "--port".into(),
+        "0".into(),
+        "--peer".into(),
+        seeder.addr.to_string().into(),
+    ]);
+    cmd.env("RUST_LOG", "info,btd::torrent=debug");
+    let mut btd = Btd::spawn("btd leecher", cmd);
+    let lt_ip = lt_addr.ip().to_string();
+    let lt_listen = lt_addr.to_string();
+    btd.proc.wait_for_line(
+        Duration::from_secs(30),
+        "a PEX message from the seeder naming the libtorrent leecher",
+        |l| (l.contains("pex from") && l.contains(&lt_listen)).then_some(()),
+    );
+    // Whoever dials first (libtorrent learns of btd by PEX too), the two connect.
+    btd.proc.wait_for_line(
+        Duration::from_secs(30),
+        "a connection with the leecher",
+        |l| (l.contains(&format!(" {lt_ip}:")) && l.contains(": connected (")).then_some(()),
+    );
+    btd.assert_exits_ok(Duration::from_secs(60));
+    crate::support::assert_same_files(&seed_dir, &out_dir);
 }

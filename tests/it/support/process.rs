@@ -408,14 +408,10 @@ impl Btd {
         run_to_end("btd", Self::command(args), SHORT)
     }
 
-    /// Starts `btd ARGS...` without waiting for anything.
-    pub fn spawn<I, S>(name: &str, args: I) -> Btd
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
+    /// Starts a command made by [`Btd::command`] without waiting for anything.
+    pub fn spawn(name: &str, cmd: Command) -> Btd {
         Btd {
-            proc: Proc::spawn(name, Self::command(args)),
+            proc: Proc::spawn(name, cmd),
         }
     }
 
