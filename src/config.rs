@@ -182,6 +182,7 @@ struct Announce {
     numwant: u32,
     timeout_secs: u64,
     stop_timeout_secs: u64,
+    udp_retransmit_base_ms: u64,
 }
 
 impl Default for Announce {
@@ -190,6 +191,7 @@ impl Default for Announce {
             numwant: 50,
             timeout_secs: 15,
             stop_timeout_secs: 3,
+            udp_retransmit_base_ms: 15_000,
         }
     }
 }
@@ -324,6 +326,10 @@ impl Config {
         positive("peers.max_global", file.peers.max_global as u64)?;
         positive("disk.hash_threads", file.disk.hash_threads as u64)?;
         positive("announce.timeout_secs", file.announce.timeout_secs)?;
+        positive(
+            "announce.udp_retransmit_base_ms",
+            file.announce.udp_retransmit_base_ms,
+        )?;
         positive("watch.scan_interval_secs", file.watch.scan_interval_secs)?;
         positive("status.interval_secs", file.status.interval_secs)?;
         positive(
@@ -397,6 +403,7 @@ impl Config {
                 numwant: file.announce.numwant,
                 announce_timeout: Duration::from_secs(file.announce.timeout_secs),
                 stop_timeout: Duration::from_secs(file.announce.stop_timeout_secs),
+                udp_retransmit_base: Duration::from_millis(file.announce.udp_retransmit_base_ms),
             },
             torrents,
         })

@@ -232,13 +232,16 @@ impl Coordinator {
                 numwant: params.limits.numwant,
                 timeout: params.limits.announce_timeout,
                 stop_timeout: params.limits.stop_timeout,
+                udp_retransmit_base: params.limits.udp_retransmit_base,
+                scrape_interval: Some(announcer::SCRAPE_INTERVAL),
             };
             let source = Arc::new(move || AnnounceStats {
                 uploaded: stats_for_tracker.uploaded.load(Ordering::Relaxed),
                 downloaded: stats_for_tracker.downloaded.load(Ordering::Relaxed),
                 left: stats_for_tracker.left(),
             });
-            let handle = announcer::spawn(tiers, config, source, peers_tx, rx)?;
+            let swarm = Arc::clone(&stats.swarm);
+            let handle = announcer::spawn(tiers, config, source, swarm, peers_tx, rx)?;
             Some((tx, handle))
         };
         let have = params.have;

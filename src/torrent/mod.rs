@@ -55,6 +55,9 @@ pub struct TorrentStats {
     pub upload_rate: AtomicU64,
     pub peers: AtomicU32,
     pub complete: AtomicBool,
+    /// Seeders, leechers and completed downloads as the trackers report them (the announcer
+    /// writes them).
+    pub swarm: Arc<crate::tracker::SwarmStats>,
 }
 
 impl TorrentStats {
@@ -74,6 +77,8 @@ pub struct TorrentLimits {
     pub numwant: u32,
     pub announce_timeout: Duration,
     pub stop_timeout: Duration,
+    /// UDP trackers: retransmit after `udp_retransmit_base * 2^n` (BEP 15).
+    pub udp_retransmit_base: Duration,
 }
 
 /// Everything a torrent needs to start.

@@ -2,9 +2,11 @@
 //!
 //! [`Schedule`] makes every timing decision (next announce, event, back-off) as a pure function of
 //! `Instant` arguments; [`spawn`] runs it on a thread named `announcer {info hash prefix}` that
-//! blocks only in an HTTP announce (bounded by the configured timeout) and in
-//! `commands.recv_timeout`. Tracker errors are logged with `warn!` and retried after a back-off;
-//! nothing a tracker sends can panic the thread.
+//! blocks only in one HTTP or UDP announce or scrape at a time (each bounded by the configured
+//! timeout) and in `commands.recv_timeout`. It keeps the UDP trackers' connection ids across
+//! announces and publishes the swarm's size in a [`SwarmStats`]. Announce errors are logged with
+//! `warn!` and retried after a back-off, scrape errors with `debug!`; nothing a tracker sends can
+//! panic the thread.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -15,7 +17,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use log::{debug, warn};
 
-use super::{AnnounceEvent, AnnounceRequest, AnnounceResponse, Tiers, TrackerError, http};
+use super::udp::UdpClient;
+use super::{
+    AnnounceEvent, AnnounceRequest, AnnounceResponse, SwarmStats, Tiers, TrackerError, http, udp,
+};
 
 /// The first wait after a round in which no tracker answered; it doubles with each failed round.
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(15);
@@ -28,6 +33,9 @@ pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(30);
 pub const INTERVAL_FLOOR: Duration = Duration::from_secs(5);
 /// The longest `interval` and `min interval` we obey; longer ones are shortened to this.
 pub const INTERVAL_CEILING: Duration = Duration::from_secs(2 * 60 * 60);
+/// The shortest time between two scrapes: a scrape follows a successful announce only when the
+/// last one is older than this.
+pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// Transfer totals for an announce, read from the torrent when the announce is made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,10 +70,15 @@ pub struct AnnouncerConfig {
     pub port: u16,
     /// Peers to ask for in each announce (`stopped` asks for none).
     pub numwant: u32,
-    /// Bound on each regular announce (connect, and the exchange after it).
+    /// Bound on each regular announce and each scrape (HTTP: connect, and the exchange after
+    /// it; UDP: the whole exchange, retransmissions included).
     pub timeout: Duration,
     /// Bound on the `stopped` announce at shutdown.
     pub stop_timeout: Duration,
+    /// The UDP retransmission base: a request is sent again after `base * 2^n` (BEP 15 says 15 s).
+    pub udp_retransmit_base: Duration,
+    /// The shortest time between scrapes ([`SCRAPE_INTERVAL`]); `None` never scrapes.
+    pub scrape_interval: Option<Duration>,
 }
 
 /// Whether `completed` has been asked for and sent.
@@ -213,12 +226,18 @@ impl Schedule {
 /// [`AnnouncerCommand::NeedPeers`] but never before `min interval`, `completed` once on
 /// [`AnnouncerCommand::Completed`], and `stopped` (bounded by `stop_timeout`, to the tracker that
 /// last answered, if any did) on [`AnnouncerCommand::Stop`] or when `commands` disconnects; then
-/// it exits. Each round tries the trackers tier by tier, in order, until one answers; that one moves
-/// to the front of its tier and only it gets our `trackerid` back. `udp://` and unknown schemes are
-/// skipped. Every non-empty peer list goes to `peers_tx` with `try_send`: a full channel drops
-/// that list, a disconnected one means the torrent is gone and the thread exits without `stopped`.
-/// Commands are also checked between the trackers of a round, so `Stop` waits for at most one
-/// announce in flight plus the `stopped` one.
+/// it exits. Each round tries the trackers tier by tier, in order, until one answers (`http://`,
+/// `https://` and `udp://`; other schemes are skipped, and a tracker that fails or stays silent for
+/// `timeout` gives way to the next); that one moves to the front of its tier and only it gets our
+/// `trackerid` back. Every non-empty peer list goes to `peers_tx` with `try_send`: a full channel
+/// drops that list, a disconnected one means the torrent is gone and the thread exits without
+/// `stopped`.
+///
+/// The seeders and leechers of each reply go to `swarm`; after a successful announce, when
+/// `scrape_interval` allows, the tracker that answered is scraped for all three counts (a tracker
+/// without a scrape URL, or whose scrape fails, keeps the announce's counts). Commands are checked
+/// between the trackers of a round and before a scrape, so `Stop` waits for at most one announce or
+/// scrape in flight plus the `stopped` one.
 ///
 /// # Errors
 /// The error of [`thread::Builder::spawn`].
@@ -226,6 +245,7 @@ pub fn spawn(
     tiers: Tiers,
     config: AnnouncerConfig,
     stats: Arc<dyn Fn() -> AnnounceStats + Send + Sync>,
+    swarm: Arc<SwarmStats>,
     peers_tx: Sender<Vec<SocketAddr>>,
     commands: Receiver<AnnouncerCommand>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -236,12 +256,17 @@ pub fn spawn(
     let announcer = Announcer {
         schedule: Schedule::new(Instant::now()),
         tiers,
+        udp: UdpClient::new(config.udp_retransmit_base),
+        key: rand::random(),
         config,
         stats,
+        swarm,
         peers_tx,
         commands,
         current: None,
         tracker_id: None,
+        scrape_due: None,
+        last_scrape: None,
         prefix,
     };
     thread::Builder::new()
@@ -261,14 +286,23 @@ enum Flow {
 struct Announcer {
     schedule: Schedule,
     tiers: Tiers,
+    /// The UDP trackers' connection ids, kept across announces.
+    udp: UdpClient,
+    /// Our BEP 15 `key` for this session.
+    key: u32,
     config: AnnouncerConfig,
     stats: Arc<dyn Fn() -> AnnounceStats + Send + Sync>,
+    swarm: Arc<SwarmStats>,
     peers_tx: Sender<Vec<SocketAddr>>,
     commands: Receiver<AnnouncerCommand>,
     /// The tracker that answered last.
     current: Option<String>,
     /// The `tracker id` that `current` gave us.
     tracker_id: Option<Vec<u8>>,
+    /// When `current` is to be scraped.
+    scrape_due: Option<Instant>,
+    /// When the last scrape was tried.
+    last_scrape: Option<Instant>,
     /// Hex prefix of the info hash, for logs.
     prefix: String,
 }
@@ -281,10 +315,16 @@ impl Announcer {
         loop {
             let now = Instant::now();
             let due = self.schedule.due_at();
+            let scrape_due = self.scrape_due.filter(|&at| at < due);
             let flow = if now >= due {
                 self.announce_round()
+            } else if scrape_due.is_some_and(|at| now >= at) {
+                match self.drain_commands() {
+                    Flow::Continue => self.scrape(),
+                    flow => flow,
+                }
             } else {
-                match self.commands.recv_timeout(due - now) {
+                match self.commands.recv_timeout(scrape_due.unwrap_or(due) - now) {
                     Ok(command) => self.apply(command),
                     Err(RecvTimeoutError::Timeout) => Flow::Continue,
                     Err(RecvTimeoutError::Disconnected) => Flow::Stop,
@@ -349,7 +389,49 @@ impl Announcer {
                 self.config.numwant
             },
             tracker_id,
+            key: self.key,
         }
+    }
+
+    /// Announces `req` to `url` over HTTP(S) or UDP, bounded by `timeout`.
+    fn announce_to(
+        &mut self,
+        url: &str,
+        req: &AnnounceRequest,
+        timeout: Duration,
+    ) -> Result<AnnounceResponse, TrackerError> {
+        if udp::is_supported(url) {
+            self.udp.announce(url, req, Instant::now() + timeout)
+        } else {
+            http::announce(url, req, timeout)
+        }
+    }
+
+    /// Scrapes the tracker that answered last and publishes its counts.
+    fn scrape(&mut self) -> Flow {
+        self.scrape_due = None;
+        let Some(url) = self.current.clone() else {
+            return Flow::Continue;
+        };
+        self.last_scrape = Some(Instant::now());
+        let info_hash = self.config.info_hash;
+        let result = if udp::is_supported(&url) {
+            self.udp
+                .scrape(&url, &info_hash, Instant::now() + self.config.timeout)
+        } else {
+            http::scrape(&url, &info_hash, self.config.timeout)
+        };
+        match result {
+            Ok(counts) => {
+                debug!(
+                    "tracker {url}: scrape: {} seeders, {} leechers, {:?} completed",
+                    counts.seeders, counts.leechers, counts.completed
+                );
+                self.swarm.on_scraped(counts);
+            }
+            Err(err) => debug!("{err} (scrape)"),
+        }
+        Flow::Continue
     }
 
     /// One announce round: tier by tier until a tracker answers, or a back-off when none does.
@@ -361,12 +443,12 @@ impl Announcer {
             if let Flow::Stop = self.drain_commands() {
                 return Flow::Stop;
             }
-            if !http::is_supported(url) {
+            if !http::is_supported(url) && !udp::is_supported(url) {
                 debug!("tracker {url}: unsupported scheme; skipped");
                 continue;
             }
             let req = self.request(url, event);
-            match http::announce(url, &req, self.config.timeout) {
+            match self.announce_to(url, &req, self.config.timeout) {
                 Ok(reply) => return self.on_reply(url, event, reply),
                 Err(err) => errors.push(err),
             }
@@ -374,7 +456,7 @@ impl Announcer {
         let backoff = self.schedule.on_round_failed(Instant::now());
         match errors.split_last() {
             None => debug!(
-                "announcer {}: no HTTP tracker to announce to; next look in {}s",
+                "announcer {}: no HTTP or UDP tracker to announce to; next look in {}s",
                 self.prefix,
                 backoff.as_secs()
             ),
@@ -405,8 +487,17 @@ impl Announcer {
         if let Some(warning) = &reply.warning {
             warn!("tracker {url}: warning: {warning}");
         }
+        let now = Instant::now();
         self.schedule
-            .on_announced(Instant::now(), event, reply.interval, reply.min_interval);
+            .on_announced(now, event, reply.interval, reply.min_interval);
+        self.swarm.on_announced(reply.complete, reply.incomplete);
+        if let Some(every) = self.config.scrape_interval
+            && self
+                .last_scrape
+                .is_none_or(|last| now.saturating_duration_since(last) >= every)
+        {
+            self.scrape_due = Some(now);
+        }
         debug!(
             "tracker {url}: {} peers, {:?} seeders, {:?} leechers; next announce in {}s",
             reply.peers.len(),
@@ -442,7 +533,7 @@ impl Announcer {
             return;
         }
         let req = self.request(&url, Some(AnnounceEvent::Stopped));
-        match http::announce(&url, &req, self.config.stop_timeout) {
+        match self.announce_to(&url, &req, self.config.stop_timeout) {
             Ok(_) => debug!("tracker {url}: stopped"),
             // Many trackers answer `stopped` with an empty or partial body; the request got there.
             Err(err @ TrackerError::Malformed { .. }) => debug!("{err} (after stopped)"),
@@ -455,7 +546,13 @@ impl Announcer {
 mod tests {
     use std::net::TcpListener;
 
+    use std::sync::atomic::Ordering;
+
+    use super::super::ScrapeCounts;
     use super::super::http::fake::{FakeTracker, ok};
+    use super::super::udp::fake::{
+        FakeUdpTracker, action as udp_action, well_behaved as udp_well_behaved,
+    };
     use super::*;
 
     const SEC: Duration = Duration::from_secs(1);
@@ -645,6 +742,8 @@ mod tests {
             numwant: 50,
             timeout: Duration::from_secs(5),
             stop_timeout: Duration::from_secs(5),
+            udp_retransmit_base: Duration::from_millis(50),
+            scrape_interval: None,
         }
     }
 
@@ -690,6 +789,15 @@ mod tests {
         format!("http://127.0.0.1:{port}/announce")
     }
 
+    fn closed_udp_url() -> String {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("udp://127.0.0.1:{port}/announce")
+    }
+
     #[test]
     fn announcer_sends_started_completed_and_stopped_and_delivers_peers() {
         let tracker = FakeTracker::serve(vec![
@@ -700,7 +808,15 @@ mod tests {
         let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
         let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
         let tiers = Tiers::new(Some(&tracker.url), None);
-        let handle = spawn(tiers, config(), stats(), peers_tx, commands_rx).unwrap();
+        let handle = spawn(
+            tiers,
+            config(),
+            stats(),
+            Arc::default(),
+            peers_tx,
+            commands_rx,
+        )
+        .unwrap();
 
         let started = tracker.next_request();
         assert_eq!(event_of(&started), Some("started"), "{started}");
@@ -730,19 +846,27 @@ mod tests {
     }
 
     #[test]
-    fn announcer_skips_udp_and_dead_trackers_until_one_answers() {
+    fn announcer_skips_dead_trackers_and_unknown_schemes_until_one_answers() {
         let tracker = FakeTracker::serve(vec![ok(&compact_reply(&[10, 0, 0, 1, 0, 80])), ok(b"")]);
         let tiers = Tiers::new(
             None,
             Some(&[
-                vec!["udp://tracker.example:6969/announce".to_owned()],
+                vec![closed_udp_url()],
                 vec![closed_port_url()],
                 vec!["wss://tracker.example/".to_owned(), tracker.url.clone()],
             ]),
         );
         let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
         let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-        let handle = spawn(tiers, config(), stats(), peers_tx, commands_rx).unwrap();
+        let handle = spawn(
+            tiers,
+            config(),
+            stats(),
+            Arc::default(),
+            peers_tx,
+            commands_rx,
+        )
+        .unwrap();
         assert_eq!(
             peers_rx.recv_timeout(PATIENCE).unwrap(),
             vec!["10.0.0.1:80".parse::<SocketAddr>().unwrap()]
@@ -764,7 +888,15 @@ mod tests {
         let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
         let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
         let tiers = Tiers::new(Some(&tracker.url), None);
-        let handle = spawn(tiers, config(), stats(), peers_tx, commands_rx).unwrap();
+        let handle = spawn(
+            tiers,
+            config(),
+            stats(),
+            Arc::default(),
+            peers_tx,
+            commands_rx,
+        )
+        .unwrap();
         assert_eq!(event_of(&tracker.next_request()), Some("started"));
         // Now backing off for 15 s; Stop must not wait for that.
         commands_tx.send(AnnouncerCommand::Stop).unwrap();
@@ -786,10 +918,152 @@ mod tests {
         drop(peers_rx);
         let (_commands_tx, commands_rx) = crossbeam_channel::unbounded();
         let tiers = Tiers::new(Some(&tracker.url), None);
-        let handle = spawn(tiers, config(), stats(), peers_tx, commands_rx).unwrap();
+        let handle = spawn(
+            tiers,
+            config(),
+            stats(),
+            Arc::default(),
+            peers_tx,
+            commands_rx,
+        )
+        .unwrap();
         assert_eq!(handle.thread().name(), Some("announcer 5a5a5a5a"));
         join_within(handle, PATIENCE);
         tracker.join();
+    }
+
+    fn udp_event(datagram: &[u8]) -> Option<u8> {
+        (udp_action(datagram) == Some(1)).then(|| datagram[83])
+    }
+
+    #[test]
+    fn announcer_moves_past_a_silent_udp_tracker_in_its_tier_and_publishes_the_swarm() {
+        let silent = FakeUdpTracker::serve("127.0.0.1:0", Box::new(|_| vec![])).unwrap();
+        let good = FakeUdpTracker::serve(
+            "127.0.0.1:0",
+            udp_well_behaved(0, vec![127, 0, 0, 9, 0x1A, 0xE1]),
+        )
+        .unwrap();
+        let tiers = Tiers::new(None, Some(&[vec![silent.url.clone(), good.url.clone()]]));
+        let mut config = config();
+        config.timeout = Duration::from_millis(400);
+        config.scrape_interval = Some(SCRAPE_INTERVAL);
+        let swarm = Arc::new(SwarmStats::default());
+        let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
+        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+        let start = Instant::now();
+        let handle = spawn(
+            tiers,
+            config,
+            stats(),
+            Arc::clone(&swarm),
+            peers_tx,
+            commands_rx,
+        )
+        .unwrap();
+        assert_eq!(
+            peers_rx.recv_timeout(PATIENCE).unwrap(),
+            vec!["127.0.0.9:6881".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "a silent tracker held the round for {:?}",
+            start.elapsed()
+        );
+        // Connect, started (event 2), then the scrape on the same connection id.
+        assert_eq!(udp_action(&good.next_datagram()), Some(0));
+        let started = good.next_datagram();
+        assert_eq!(udp_event(&started), Some(2));
+        assert_eq!(started[84..88], [0; 4], "ip");
+        assert_eq!(started[92..98], [0, 0, 0, 50, 0x1A, 0xE1], "numwant, port");
+        assert_eq!(udp_action(&good.next_datagram()), Some(2));
+        wait_for(
+            || swarm.completed.load(Ordering::Relaxed) == 9,
+            "the scrape's counts",
+        );
+        assert!(swarm.known.load(Ordering::Acquire));
+        assert_eq!(swarm.seeders.load(Ordering::Relaxed), 4);
+        assert_eq!(swarm.leechers.load(Ordering::Relaxed), 2);
+
+        commands_tx.send(AnnouncerCommand::Stop).unwrap();
+        let stopped = good.next_datagram();
+        assert_eq!(udp_event(&stopped), Some(3), "{stopped:?}");
+        assert_eq!(stopped[92..96], [0; 4], "stopped asks for no peers");
+        assert_eq!(stopped[..8], started[..8], "the connection id is reused");
+        assert_ne!(stopped[96..98], [0, 0]);
+        join_within(handle, PATIENCE);
+        assert!(good.received().is_empty(), "only one connect was needed");
+    }
+
+    #[test]
+    fn announcer_scrapes_an_http_tracker_after_announcing_and_keeps_the_counts() {
+        let tracker = FakeTracker::serve(vec![
+            ok(b"d8:completei3e10:incompletei1e8:intervali1800e5:peers0:e"),
+            ok(b"d5:filesd20:ZZZZZZZZZZZZZZZZZZZZd8:completei5e10:downloadedi17e10:incompletei2eeee"),
+            ok(b""),
+        ]);
+        let mut config = config();
+        config.info_hash = *b"ZZZZZZZZZZZZZZZZZZZZ";
+        config.scrape_interval = Some(SCRAPE_INTERVAL);
+        let swarm = Arc::new(SwarmStats::default());
+        let (peers_tx, _peers_rx) = crossbeam_channel::unbounded();
+        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+        let tiers = Tiers::new(Some(&tracker.url), None);
+        let handle = spawn(
+            tiers,
+            config,
+            stats(),
+            Arc::clone(&swarm),
+            peers_tx,
+            commands_rx,
+        )
+        .unwrap();
+        assert_eq!(event_of(&tracker.next_request()), Some("started"));
+        assert_eq!(
+            tracker.next_request(),
+            format!("/scrape?info_hash={}", "Z".repeat(20))
+        );
+        wait_for(
+            || swarm.completed.load(Ordering::Relaxed) == 17,
+            "the scrape's counts",
+        );
+        assert_eq!(swarm.seeders.load(Ordering::Relaxed), 5);
+        assert_eq!(swarm.leechers.load(Ordering::Relaxed), 2);
+        commands_tx.send(AnnouncerCommand::Stop).unwrap();
+        assert_eq!(event_of(&tracker.next_request()), Some("stopped"));
+        join_within(handle, PATIENCE);
+        tracker.join();
+    }
+
+    #[test]
+    fn swarm_counts_come_from_the_announce_when_the_tracker_cannot_scrape() {
+        let swarm = SwarmStats::default();
+        assert!(!swarm.known.load(Ordering::Acquire));
+        swarm.on_announced(None, None);
+        assert!(
+            !swarm.known.load(Ordering::Acquire),
+            "no counts, nothing known"
+        );
+        swarm.on_announced(Some(8), None);
+        assert!(swarm.known.load(Ordering::Acquire));
+        assert_eq!(swarm.seeders.load(Ordering::Relaxed), 8);
+        swarm.on_scraped(ScrapeCounts {
+            seeders: 1,
+            leechers: 2,
+            completed: None,
+        });
+        assert_eq!(
+            [&swarm.seeders, &swarm.leechers, &swarm.completed].map(|a| a.load(Ordering::Relaxed)),
+            [1, 2, 0]
+        );
+    }
+
+    fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
@@ -800,6 +1074,7 @@ mod tests {
             Tiers::new(None, None),
             config(),
             stats(),
+            Arc::default(),
             peers_tx,
             commands_rx,
         )

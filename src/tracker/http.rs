@@ -1,8 +1,9 @@
-//! One HTTP(S) announce (BEP 3, BEP 23) with attohttpc, run on the announcer thread.
+//! One HTTP(S) announce (BEP 3, BEP 23) or scrape (BEP 48) with attohttpc, run on the announcer
+//! thread.
 //!
-//! It blocks for at most about twice `timeout` (connect, then the whole exchange) and reads at most
-//! [`MAX_REPLY_BYTES`] of the reply, so a tracker that is slow, silent or chatty cannot hold the
-//! announcer. It does not retry or choose trackers: that is the announcer's job.
+//! Each blocks for at most about twice `timeout` (connect, then the whole exchange) and reads at
+//! most [`MAX_REPLY_BYTES`] of the reply, so a tracker that is slow, silent or chatty cannot hold
+//! the announcer. It does not retry or choose trackers: that is the announcer's job.
 
 use std::io::Read;
 use std::time::Duration;
@@ -10,7 +11,8 @@ use std::time::Duration;
 use attohttpc::{Method, RequestBuilder, StatusCode};
 
 use super::{
-    AnnounceRequest, AnnounceResponse, TrackerError, announce_url, parse_announce_response,
+    AnnounceRequest, AnnounceResponse, ScrapeCounts, TrackerError, announce_url,
+    parse_announce_response, parse_scrape_response, scrape_url,
 };
 
 /// The largest reply body we read. A compact reply with a few hundred peers is a few KiB.
@@ -43,12 +45,51 @@ pub fn announce(
             url: base.to_owned(),
         });
     }
+    get(base, &announce_url(base, req), timeout, |body| {
+        parse_announce_response(base, body)
+    })
+}
+
+/// Scrapes the HTTP(S) tracker whose announce URL is `base` for one torrent (BEP 48).
+///
+/// The scrape URL comes from [`scrape_url`]; `timeout` bounds the exchange as in [`announce`].
+///
+/// # Errors
+/// [`TrackerError::UnsupportedScheme`] for anything but `http://` and `https://` and
+/// [`TrackerError::NoScrape`] when `base` has no scrape URL (no I/O is done for either); otherwise
+/// the errors of [`announce`], with [`parse_scrape_response`] reading the body.
+pub fn scrape(
+    base: &str,
+    info_hash: &[u8; 20],
+    timeout: Duration,
+) -> Result<ScrapeCounts, TrackerError> {
+    if !is_supported(base) {
+        return Err(TrackerError::UnsupportedScheme {
+            url: base.to_owned(),
+        });
+    }
+    let url = scrape_url(base, info_hash).ok_or_else(|| TrackerError::NoScrape {
+        url: base.to_owned(),
+    })?;
+    get(base, &url, timeout, |body| {
+        parse_scrape_response(base, body, info_hash)
+    })
+}
+
+/// GETs `url` (made from the tracker's announce URL `base`, which every error carries) and hands
+/// a 200 body to `parse`. A non-200 reply whose body `parse` reads as a failure reason is reported
+/// as that failure.
+fn get<T>(
+    base: &str,
+    url: &str,
+    timeout: Duration,
+    parse: impl Fn(&[u8]) -> Result<T, TrackerError>,
+) -> Result<T, TrackerError> {
     let request_error = |error: String| TrackerError::Request {
         url: base.to_owned(),
         error,
     };
-    let url = announce_url(base, req);
-    let response = RequestBuilder::try_new(Method::GET, &url)
+    let response = RequestBuilder::try_new(Method::GET, url)
         .map_err(|e| request_error(e.to_string()))?
         .connect_timeout(timeout)
         .read_timeout(timeout)
@@ -70,10 +111,7 @@ pub fn announce(
 
     if status != StatusCode::OK {
         // Some trackers put a `failure reason` in a 4xx reply; it says more than the status.
-        if !too_long
-            && let Err(failure @ TrackerError::Failure { .. }) =
-                parse_announce_response(base, &body)
-        {
+        if !too_long && let Err(failure @ TrackerError::Failure { .. }) = parse(&body) {
             return Err(failure);
         }
         return Err(request_error(format!("HTTP status {status}")));
@@ -83,7 +121,7 @@ pub fn announce(
             "reply longer than {MAX_REPLY_BYTES} bytes"
         )));
     }
-    parse_announce_response(base, &body)
+    parse(&body)
 }
 
 /// A scripted HTTP server on 127.0.0.1 for the tests of this module and of the announcer.
@@ -246,6 +284,7 @@ mod tests {
             event: Some(AnnounceEvent::Started),
             numwant: 80,
             tracker_id: None,
+            key: 0x1234_5678,
         }
     }
 
@@ -386,6 +425,54 @@ mod tests {
             );
         }
         assert!(is_supported("HTTPS://t/a") && is_supported("http://t/a"));
+    }
+
+    #[test]
+    fn scrapes_over_http_at_the_bep_48_url() {
+        let mut body = b"d5:filesd20:".to_vec();
+        body.extend_from_slice(&[0xAB; 20]);
+        body.extend_from_slice(b"d8:completei7e10:downloadedi30e10:incompletei2eeee");
+        let tracker = FakeTracker::serve(vec![ok(&body)]);
+        let base = format!("{}?passkey=k", tracker.url);
+        let counts = scrape(&base, &[0xAB; 20], TIMEOUT).unwrap();
+        assert_eq!(
+            counts,
+            ScrapeCounts {
+                seeders: 7,
+                leechers: 2,
+                completed: Some(30),
+            }
+        );
+        assert_eq!(
+            tracker.next_request(),
+            format!("/scrape?passkey=k&info_hash={}", "%AB".repeat(20))
+        );
+        tracker.join();
+    }
+
+    #[test]
+    fn reports_a_scrape_failure_reason_even_with_a_non_200_status() {
+        let tracker = FakeTracker::serve(vec![with_status(
+            "400 Bad Request",
+            b"d14:failure reason16:scrape forbiddene",
+        )]);
+        let err = scrape(&tracker.url, &[1; 20], TIMEOUT).unwrap_err();
+        assert!(
+            matches!(&err, TrackerError::Failure { reason, .. } if reason == "scrape forbidden"),
+            "{err:?}"
+        );
+        tracker.join();
+    }
+
+    #[test]
+    fn does_not_scrape_without_a_scrape_url_or_over_udp() {
+        let err = scrape("http://127.0.0.1:1/tracker", &[1; 20], TIMEOUT).unwrap_err();
+        assert!(matches!(&err, TrackerError::NoScrape { .. }), "{err:?}");
+        let err = scrape("udp://127.0.0.1:1/announce", &[1; 20], TIMEOUT).unwrap_err();
+        assert!(
+            matches!(&err, TrackerError::UnsupportedScheme { .. }),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Tracker client: the types of an announce, the pure parts (reply parsing, URL building, BEP 12
-//! tiers), and below them the HTTP transport ([`http`]) and the announcer thread ([`announcer`]).
+//! Tracker client: the types of an announce and a scrape, the pure parts (reply parsing, URL
+//! building, BEP 12 tiers), and below them the transports ([`http`] for BEP 3 / BEP 48, [`udp`]
+//! for BEP 15) and the announcer thread ([`announcer`]), which publishes the swarm's size in
+//! [`SwarmStats`].
 //!
 //! This module itself opens no sockets and starts no threads: everything here is a function of its
 //! arguments, so it is tested with hand-typed reply bodies. Tracker replies come from strangers:
@@ -7,10 +9,12 @@
 
 pub mod announcer;
 pub mod http;
+pub mod udp;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use lava_torrent::bencode::BencodeElem;
@@ -60,6 +64,10 @@ pub struct AnnounceRequest {
     pub numwant: u32,
     /// The `tracker id` this tracker gave us earlier, sent back as `trackerid`.
     pub tracker_id: Option<Vec<u8>>,
+    /// A random number that stays the same for the session, so a UDP tracker can tell us apart
+    /// from another client behind the same address (BEP 15 `key`). The HTTP query does not carry
+    /// it.
+    pub key: u32,
 }
 
 /// A tracker's successful reply, parsed.
@@ -82,18 +90,20 @@ pub struct AnnounceResponse {
     pub peers: Vec<SocketAddr>,
 }
 
-/// Why an announce failed. Every variant names the tracker; the announcer backs off and retries.
+/// Why an announce or a scrape failed. Every variant names the tracker; the announcer backs off
+/// and retries.
 #[derive(Debug, thiserror::Error)]
 pub enum TrackerError {
-    /// The tracker answered with a `failure reason`.
-    #[error("tracker {url}: refused the announce: {reason}")]
+    /// The tracker answered with a `failure reason` (HTTP) or an error reply (UDP action 3).
+    #[error("tracker {url}: refused the request: {reason}")]
     Failure {
         /// The tracker's announce URL.
         url: String,
-        /// The tracker's `failure reason`, as text.
+        /// The tracker's `failure reason` or error message, as text.
         reason: String,
     },
-    /// The HTTP exchange failed: connect, TLS, timeout, I/O, a non-200 status or an oversized body.
+    /// The exchange failed: name resolution, connect, TLS, I/O, a non-200 status, an oversized
+    /// body, or (UDP) no answer before the deadline.
     #[error("tracker {url}: request failed: {error}")]
     Request {
         /// The tracker's announce URL.
@@ -109,9 +119,16 @@ pub enum TrackerError {
         /// What is wrong with the reply.
         reason: String,
     },
-    /// The URL's scheme is not one we speak (`udp://` for now, or anything unknown).
+    /// The URL's scheme is not one we speak (anything but `http://`, `https://` and `udp://`).
     #[error("tracker {url}: unsupported scheme")]
     UnsupportedScheme {
+        /// The tracker's announce URL.
+        url: String,
+    },
+    /// An HTTP tracker whose announce URL has no scrape URL (BEP 48: its last path component
+    /// does not start with `announce`).
+    #[error("tracker {url}: has no scrape URL")]
+    NoScrape {
         /// The tracker's announce URL.
         url: String,
     },
@@ -124,7 +141,8 @@ impl TrackerError {
             TrackerError::Failure { url, .. }
             | TrackerError::Request { url, .. }
             | TrackerError::Malformed { url, .. }
-            | TrackerError::UnsupportedScheme { url } => url,
+            | TrackerError::UnsupportedScheme { url }
+            | TrackerError::NoScrape { url } => url,
         }
     }
 }
@@ -147,9 +165,14 @@ impl<'a> Dict<'a> {
     }
 
     fn get(self, key: &str) -> Option<&'a BencodeElem> {
+        self.get_bytes(key.as_bytes())
+    }
+
+    /// Looks up a key given as raw bytes (a `files` dictionary is keyed by raw info hashes).
+    fn get_bytes(self, key: &[u8]) -> Option<&'a BencodeElem> {
         match self {
-            Dict::Text(map) => map.get(key),
-            Dict::Raw(map) => map.get(key.as_bytes()),
+            Dict::Text(map) => map.get(std::str::from_utf8(key).ok()?),
+            Dict::Raw(map) => map.get(key),
         }
     }
 }
@@ -195,24 +218,8 @@ pub fn parse_announce_response(url: &str, body: &[u8]) -> Result<AnnounceRespons
         url: url.to_owned(),
         reason,
     };
-    let body = body.trim_ascii_end();
-    check_nesting(body).map_err(|reason| malformed(format!("not bencode: {reason}")))?;
-    let elems =
-        BencodeElem::from_bytes(body).map_err(|e| malformed(format!("not bencode: {e}")))?;
-    let root = match elems.as_slice() {
-        [] => return Err(malformed("empty body".to_owned())),
-        [root] => root,
-        [_, ..] => return Err(malformed("data after the reply dictionary".to_owned())),
-    };
-    let dict =
-        Dict::from_elem(root).ok_or_else(|| malformed("reply is not a dictionary".to_owned()))?;
-
-    if let Some(reason) = dict.get("failure reason") {
-        return Err(TrackerError::Failure {
-            url: url.to_owned(),
-            reason: text(reason).unwrap_or_else(|| reason.to_string()),
-        });
-    }
+    let root = decode_reply(url, body)?;
+    let dict = reply_dict(url, &root)?;
 
     let interval = match dict.get("interval") {
         None => return Err(malformed("no interval".to_owned())),
@@ -234,8 +241,7 @@ pub fn parse_announce_response(url: &str, body: &[u8]) -> Result<AnnounceRespons
         parse_peers(elem, CompactFamily::V6, &mut peers)
             .map_err(|reason| malformed(format!("peers6: {reason}")))?;
     }
-    let mut seen = HashSet::new();
-    peers.retain(|addr| addr.port() != 0 && !addr.ip().is_unspecified() && seen.insert(*addr));
+    retain_dialable(&mut peers);
 
     Ok(AnnounceResponse {
         interval: Duration::from_secs(interval),
@@ -253,6 +259,39 @@ pub fn parse_announce_response(url: &str, body: &[u8]) -> Result<AnnounceRespons
         warning: dict.get("warning message").and_then(text),
         peers,
     })
+}
+
+/// Decodes a reply body that must be exactly one bencoded value (trailing ASCII whitespace
+/// tolerated), refusing hostile nesting before lava_torrent sees it.
+fn decode_reply(url: &str, body: &[u8]) -> Result<BencodeElem, TrackerError> {
+    let malformed = |reason: String| TrackerError::Malformed {
+        url: url.to_owned(),
+        reason,
+    };
+    let body = body.trim_ascii_end();
+    check_nesting(body).map_err(|reason| malformed(format!("not bencode: {reason}")))?;
+    let mut elems =
+        BencodeElem::from_bytes(body).map_err(|e| malformed(format!("not bencode: {e}")))?;
+    match elems.len() {
+        0 => Err(malformed("empty body".to_owned())),
+        1 => Ok(elems.remove(0)),
+        _ => Err(malformed("data after the reply dictionary".to_owned())),
+    }
+}
+
+/// The reply's top-level dictionary, or its `failure reason` as [`TrackerError::Failure`].
+fn reply_dict<'a>(url: &str, root: &'a BencodeElem) -> Result<Dict<'a>, TrackerError> {
+    let dict = Dict::from_elem(root).ok_or_else(|| TrackerError::Malformed {
+        url: url.to_owned(),
+        reason: "reply is not a dictionary".to_owned(),
+    })?;
+    if let Some(reason) = dict.get("failure reason") {
+        return Err(TrackerError::Failure {
+            url: url.to_owned(),
+            reason: text(reason).unwrap_or_else(|| reason.to_string()),
+        });
+    }
+    Ok(dict)
 }
 
 /// The deepest nesting of lists and dictionaries we hand to lava_torrent. An announce reply needs 3
@@ -308,8 +347,8 @@ fn check_nesting(body: &[u8]) -> Result<(), String> {
 }
 
 /// Which compact format a peer string holds.
-#[derive(Clone, Copy)]
-enum CompactFamily {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CompactFamily {
     /// `peers`: 4-byte IPv4 address, 2-byte port.
     V4,
     /// `peers6`: 16-byte IPv6 address, 2-byte port.
@@ -333,19 +372,7 @@ fn parse_peers(
     out: &mut Vec<SocketAddr>,
 ) -> Result<(), String> {
     if let Some(bytes) = byte_string(elem) {
-        // A trailing partial entry is ignored: the whole entries before it are still good.
-        for entry in bytes.chunks_exact(family.entry_len()) {
-            let (ip, port) = entry.split_at(entry.len() - 2);
-            let ip = match family {
-                CompactFamily::V4 => IpAddr::V4(Ipv4Addr::from(
-                    <[u8; 4]>::try_from(ip).expect("6-byte entry"),
-                )),
-                CompactFamily::V6 => IpAddr::V6(Ipv6Addr::from(
-                    <[u8; 16]>::try_from(ip).expect("18-byte entry"),
-                )),
-            };
-            out.push(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])));
-        }
+        compact_peers(bytes, family, out);
         return Ok(());
     }
     match elem {
@@ -355,6 +382,30 @@ fn parse_peers(
         }
         other => Err(format!("neither a string nor a list: {other}")),
     }
+}
+
+/// Appends the peers of a compact peer string to `out`, as they are: the caller drops port 0,
+/// unspecified addresses and repeats ([`retain_dialable`]). A trailing partial entry is ignored:
+/// the whole entries before it are still good.
+pub(crate) fn compact_peers(bytes: &[u8], family: CompactFamily, out: &mut Vec<SocketAddr>) {
+    for entry in bytes.chunks_exact(family.entry_len()) {
+        let (ip, port) = entry.split_at(entry.len() - 2);
+        let ip = match family {
+            CompactFamily::V4 => IpAddr::V4(Ipv4Addr::from(
+                <[u8; 4]>::try_from(ip).expect("6-byte entry"),
+            )),
+            CompactFamily::V6 => IpAddr::V6(Ipv6Addr::from(
+                <[u8; 16]>::try_from(ip).expect("18-byte entry"),
+            )),
+        };
+        out.push(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])));
+    }
+}
+
+/// Drops peers with port 0 or an unspecified address, and repeats (the first one stays).
+pub(crate) fn retain_dialable(peers: &mut Vec<SocketAddr>) {
+    let mut seen = HashSet::new();
+    peers.retain(|addr| addr.port() != 0 && !addr.ip().is_unspecified() && seen.insert(*addr));
 }
 
 /// One peer of the non-compact form: a dictionary with `ip` (text) and `port`.
@@ -417,6 +468,137 @@ pub fn announce_url(base: &str, req: &AnnounceRequest) -> String {
         percent_encode_into(&mut url, id);
     }
     url
+}
+
+/// A tracker's counts for one torrent, from a scrape (BEP 48, BEP 15).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScrapeCounts {
+    /// Peers with the whole torrent (`complete`).
+    pub seeders: u32,
+    /// Peers still downloading (`incomplete`).
+    pub leechers: u32,
+    /// How many times the download was completed (`downloaded`), when the tracker says.
+    pub completed: Option<u32>,
+}
+
+/// The size of a torrent's swarm as its trackers last reported it, published by the announcer
+/// thread for status displays.
+///
+/// Read `known` first (`Acquire`): it is set (`Release`) after the counts it covers, and stays
+/// false until some tracker has reported any. Each count is written on its own (`Relaxed`), so a
+/// reader may see one count from a newer report than another.
+#[derive(Debug, Default)]
+pub struct SwarmStats {
+    /// Seeders (`complete`), the latest count any tracker gave.
+    pub seeders: AtomicU32,
+    /// Leechers (`incomplete`), the latest count any tracker gave.
+    pub leechers: AtomicU32,
+    /// Completed downloads (`downloaded`), the latest count a scrape gave; 0 until one did.
+    pub completed: AtomicU32,
+    /// Whether any count above comes from a tracker.
+    pub known: AtomicBool,
+}
+
+impl SwarmStats {
+    /// Stores the counts an announce reply gave, when it gave any.
+    pub fn on_announced(&self, seeders: Option<u32>, leechers: Option<u32>) {
+        if let Some(n) = seeders {
+            self.seeders.store(n, Ordering::Relaxed);
+        }
+        if let Some(n) = leechers {
+            self.leechers.store(n, Ordering::Relaxed);
+        }
+        if seeders.is_some() || leechers.is_some() {
+            self.known.store(true, Ordering::Release);
+        }
+    }
+
+    /// Stores the counts of a scrape.
+    pub fn on_scraped(&self, counts: ScrapeCounts) {
+        self.seeders.store(counts.seeders, Ordering::Relaxed);
+        self.leechers.store(counts.leechers, Ordering::Relaxed);
+        if let Some(n) = counts.completed {
+            self.completed.store(n, Ordering::Relaxed);
+        }
+        self.known.store(true, Ordering::Release);
+    }
+}
+
+/// The scrape URL of an HTTP(S) announce URL for one torrent (BEP 48), or `None` when it has none.
+///
+/// The last component of the URL's path must start with `announce`; that word becomes `scrape`
+/// (`/x/announce.php?passkey=k` -> `/x/scrape.php?passkey=k`), and `info_hash` (percent-encoded
+/// byte by byte) is appended to the query. A `#fragment` is dropped.
+pub fn scrape_url(base: &str, info_hash: &[u8; 20]) -> Option<String> {
+    let base = base.split_once('#').map_or(base, |(before, _)| before);
+    let (before_query, query) = match base.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (base, None),
+    };
+    let after_scheme = before_query.find("://").map_or(0, |i| i + 3);
+    // The path starts at the first `/` after the authority; without one there is no component.
+    let path_start = after_scheme + before_query[after_scheme..].find('/')?;
+    let last_slash = path_start + before_query[path_start..].rfind('/')?;
+    let component = &before_query[last_slash + 1..];
+    let rest = component.strip_prefix("announce")?;
+    let mut url = String::with_capacity(base.len() + 80);
+    url.push_str(&before_query[..=last_slash]);
+    url.push_str("scrape");
+    url.push_str(rest);
+    url.push('?');
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        url.push_str(query);
+        if !query.ends_with('&') {
+            url.push('&');
+        }
+    }
+    url.push_str("info_hash=");
+    percent_encode_into(&mut url, info_hash);
+    Some(url)
+}
+
+/// Parses a bencoded scrape reply (BEP 48) and returns the counts for `info_hash`.
+///
+/// The reply is a dictionary whose `files` dictionary is keyed by raw 20-byte info hashes; our
+/// entry needs `complete` and `incomplete`, and may have `downloaded`. Counts beyond `u32` are
+/// clamped. Other torrents' entries and other keys are ignored. `url` is the announce URL, for
+/// errors.
+///
+/// # Errors
+/// [`TrackerError::Failure`] when the reply has a `failure reason`; [`TrackerError::Malformed`]
+/// when the body is not one bencoded dictionary (same limits as [`parse_announce_response`]),
+/// `files` is missing or not a dictionary, our info hash is not in it, or its `complete` or
+/// `incomplete` is missing or not a non-negative integer.
+pub fn parse_scrape_response(
+    url: &str,
+    body: &[u8],
+    info_hash: &[u8; 20],
+) -> Result<ScrapeCounts, TrackerError> {
+    let malformed = |reason: &str| TrackerError::Malformed {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let root = decode_reply(url, body)?;
+    let dict = reply_dict(url, &root)?;
+    let files = dict
+        .get("files")
+        .and_then(Dict::from_elem)
+        .ok_or_else(|| malformed("no files dictionary"))?;
+    let entry = files
+        .get_bytes(info_hash)
+        .ok_or_else(|| malformed("our info hash is not in files"))?;
+    let entry = Dict::from_elem(entry).ok_or_else(|| malformed("our entry is not a dictionary"))?;
+    let count = |key: &str| {
+        entry
+            .get(key)
+            .and_then(non_negative)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    Ok(ScrapeCounts {
+        seeders: count("complete").ok_or_else(|| malformed("no complete count"))?,
+        leechers: count("incomplete").ok_or_else(|| malformed("no incomplete count"))?,
+        completed: count("downloaded"),
+    })
 }
 
 /// The trackers of a torrent as BEP 12 tiers, in the order to try them.
@@ -652,7 +834,7 @@ mod tests {
         assert!(matches!(&err, TrackerError::Failure { reason, .. } if reason == "7"));
         assert_eq!(
             err.to_string(),
-            format!("tracker {URL}: refused the announce: 7")
+            format!("tracker {URL}: refused the request: 7")
         );
     }
 
@@ -781,6 +963,7 @@ mod tests {
             event: Some(AnnounceEvent::Started),
             numwant: 50,
             tracker_id: None,
+            key: 7,
         }
     }
 
@@ -850,6 +1033,157 @@ mod tests {
         );
         req.event = Some(AnnounceEvent::Completed);
         assert!(announce_url("http://t/a", &req).contains("&event=completed&"));
+    }
+
+    const HASH: [u8; 20] = *b"\x00\x01\x7f\x80\xff -._~%&?=+/Az9\xab";
+    const HASH_QUERY: &str = "info_hash=%00%01%7F%80%FF%20-._~%25%26%3F%3D%2B%2FAz9%AB";
+
+    #[test]
+    fn scrape_url_replaces_announce_in_the_last_path_component() {
+        for (announce, scrape) in [
+            ("http://t.example/announce", "http://t.example/scrape?"),
+            (
+                "http://t.example:6969/x/announce",
+                "http://t.example:6969/x/scrape?",
+            ),
+            (
+                "http://t.example/announce.php",
+                "http://t.example/scrape.php?",
+            ),
+            (
+                "http://t.example/a/announce?passkey=k",
+                "http://t.example/a/scrape?passkey=k&",
+            ),
+            (
+                "https://t.example/announce?passkey=k&",
+                "https://t.example/scrape?passkey=k&",
+            ),
+            (
+                "https://t.example/announce?#frag",
+                "https://t.example/scrape?",
+            ),
+            ("http://t.example/announce#frag", "http://t.example/scrape?"),
+        ] {
+            assert_eq!(
+                scrape_url(announce, &HASH),
+                Some(format!("{scrape}{HASH_QUERY}")),
+                "{announce}"
+            );
+        }
+    }
+
+    #[test]
+    fn scrape_url_is_none_without_announce_at_the_start_of_the_last_component() {
+        for announce in [
+            "http://t.example/a",
+            "http://t.example/x/announce/",
+            "http://t.example/announce/x",
+            "http://t.example/a/xannounce",
+            "http://t.example/",
+            "http://announce",
+            "http://t.example?announce",
+            "http://t.example/x?y=/announce",
+        ] {
+            assert_eq!(scrape_url(announce, &HASH), None, "{announce}");
+        }
+    }
+
+    fn scrape_reply(entries: &[(&[u8; 20], &str)]) -> Vec<u8> {
+        let mut body = b"d5:filesd".to_vec();
+        for (hash, entry) in entries {
+            body.extend_from_slice(b"20:");
+            body.extend_from_slice(*hash);
+            body.extend_from_slice(entry.as_bytes());
+        }
+        body.extend_from_slice(b"ee");
+        body
+    }
+
+    #[test]
+    fn parses_our_entry_of_a_scrape_reply_keyed_by_the_raw_info_hash() {
+        // Keys sorted as raw bytes: \x00... < ZZZ... ; the reply is a RawDictionary for lava_torrent.
+        let body = scrape_reply(&[
+            (&HASH, "d8:completei5e10:downloadedi50e10:incompletei10ee"),
+            (b"ZZZZZZZZZZZZZZZZZZZZ", "d8:completei1e10:incompletei1ee"),
+        ]);
+        assert_eq!(
+            parse_scrape_response(URL, &body, &HASH).unwrap(),
+            ScrapeCounts {
+                seeders: 5,
+                leechers: 10,
+                completed: Some(50),
+            }
+        );
+        // A hash that happens to be UTF-8 (lava_torrent gives a Dictionary keyed by String), with
+        // a `name`, no `downloaded`, and a count beyond u32.
+        let hash = *b"abcdefghijklmnopqrst";
+        let body = scrape_reply(&[(
+            &hash,
+            "d8:completei99999999999e10:incompletei0e4:name3:fooe",
+        )]);
+        assert_eq!(
+            parse_scrape_response(URL, &body, &hash).unwrap(),
+            ScrapeCounts {
+                seeders: u32::MAX,
+                leechers: 0,
+                completed: None,
+            }
+        );
+    }
+
+    #[test]
+    fn parses_a_scrape_reply_with_flags_and_a_trailing_newline() {
+        let mut body = b"d5:filesd20:".to_vec();
+        body.extend_from_slice(&[0xEE; 20]);
+        body.extend_from_slice(
+            b"d8:completei0e10:downloadedi0e10:incompletei1eee5:flagsd20:min_request_intervali900eee\n",
+        );
+        assert_eq!(
+            parse_scrape_response(URL, &body, &[0xEE; 20]).unwrap(),
+            ScrapeCounts {
+                seeders: 0,
+                leechers: 1,
+                completed: Some(0),
+            }
+        );
+    }
+
+    #[test]
+    fn reports_a_scrape_failure_or_a_reply_without_our_counts() {
+        let err = parse_scrape_response(URL, b"d14:failure reason9:no scrapee", &HASH).unwrap_err();
+        assert!(
+            matches!(&err, TrackerError::Failure { reason, .. } if reason == "no scrape"),
+            "{err:?}"
+        );
+        for (body, why) in [
+            (b"d5:filesdee".to_vec(), "our info hash"),
+            (b"d5:filesi1ee".to_vec(), "files"),
+            (b"de".to_vec(), "files"),
+            (b"le".to_vec(), "not a dictionary"),
+            (b"d5:filesd".to_vec(), "bencode"),
+            (
+                scrape_reply(&[(&[0xEE; 20], "d8:completei1e10:incompletei1ee")]),
+                "our info hash",
+            ),
+            (scrape_reply(&[(&HASH, "i5e")]), "not a dictionary"),
+            (scrape_reply(&[(&HASH, "d8:completei1ee")]), "incomplete"),
+            (
+                scrape_reply(&[(&HASH, "d8:completei-1e10:incompletei1ee")]),
+                "complete",
+            ),
+            (
+                [&b"d5:filesd"[..], &[b'l'; 100], &[b'e'; 102]].concat(),
+                "nested",
+            ),
+        ] {
+            match parse_scrape_response(URL, &body, &HASH) {
+                Err(TrackerError::Malformed { url, reason }) => {
+                    assert_eq!(url, URL);
+                    assert!(reason.contains(why), "{reason:?} for {body:?}");
+                }
+                other => panic!("expected Malformed for {body:?}, got {other:?}"),
+            }
+        }
     }
 
     fn list(tiers: &[&[&str]]) -> Vec<Vec<String>> {

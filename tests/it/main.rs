@@ -15,3 +15,4 @@ mod pex;
 mod swarm;
 mod tracker;
 mod transmission;
+mod udp_tracker;
