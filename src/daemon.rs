@@ -22,7 +22,7 @@ use crate::engine::Engine;
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::pidfile::PidFile;
 use crate::resume::ResumeData;
-use crate::status::{DaemonStatus, TorrentStatus};
+use crate::status::{DaemonStatus, SwarmCounts, TorrentStatus};
 use crate::storage::{OpenMode, Storage};
 use crate::torrent::{Control, ResumeTarget, TorrentEvent, TorrentHandle};
 use crate::wire::Bitfield;
@@ -799,6 +799,16 @@ impl Daemon {
                         _ => None,
                     },
                     source: t.source.describe(),
+                    swarm: match &t.state {
+                        State::Running(h) if h.stats.swarm.known.load(Ordering::Acquire) => {
+                            Some(SwarmCounts {
+                                seeders: h.stats.swarm.seeders.load(Ordering::Relaxed),
+                                leechers: h.stats.swarm.leechers.load(Ordering::Relaxed),
+                                completed: h.stats.swarm.completed.load(Ordering::Relaxed),
+                            })
+                        }
+                        _ => None,
+                    },
                 }
             })
             .collect();

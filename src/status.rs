@@ -46,6 +46,17 @@ pub struct TorrentStatus {
     pub error: Option<String>,
     /// Where the torrent came from: `config`, or the watch-directory file's path.
     pub source: String,
+    /// The swarm as its tracker last counted it (announce reply or scrape), when known.
+    #[serde(default)]
+    pub swarm: Option<SwarmCounts>,
+}
+
+/// Seeders, leechers and completed downloads a tracker reports for a torrent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SwarmCounts {
+    pub seeders: u32,
+    pub leechers: u32,
+    pub completed: u32,
 }
 
 /// A status file that could not be written or read, naming the file and the operation.
@@ -136,13 +147,22 @@ impl DaemonStatus {
     /// strangers' torrents) are shown as `?`. Every line ends in `\n`; none has trailing spaces.
     #[must_use]
     pub fn table(&self) -> String {
-        const HEADER: [&str; 7] = ["NAME", "STATE", "PROGRESS", "DOWN", "UP", "PEERS", "RATIO"];
+        const HEADER: [&str; 8] = [
+            "NAME", "STATE", "PROGRESS", "DOWN", "UP", "PEERS", "RATIO", "SWARM",
+        ];
         // Every column but NAME and STATE holds numbers, aligned on the right.
-        const RIGHT: [bool; 7] = [false, false, true, true, true, true, true];
+        const RIGHT: [bool; 8] = [false, false, true, true, true, true, true, true];
+        // SWARM (seeders/leechers/completed from the tracker) only when a tracker told us.
+        let columns = if self.torrents.iter().any(|t| t.swarm.is_some()) {
+            8
+        } else {
+            7
+        };
 
-        let mut rows: Vec<[String; 7]> = vec![HEADER.map(str::to_owned)];
+        let mut rows: Vec<Vec<String>> =
+            vec![HEADER[..columns].iter().map(|h| (*h).to_owned()).collect()];
         for t in &self.torrents {
-            rows.push([
+            let mut row = vec![
                 printable(&t.name),
                 printable(&t.state),
                 percent(t.progress),
@@ -150,13 +170,20 @@ impl DaemonStatus {
                 rate(t.upload_rate),
                 t.peers.to_string(),
                 ratio(t.ratio),
-            ]);
+            ];
+            if columns == 8 {
+                row.push(t.swarm.map_or_else(
+                    || "-".to_owned(),
+                    |s| format!("{}/{}/{}", s.seeders, s.leechers, s.completed),
+                ));
+            }
+            rows.push(row);
         }
         let count = self.torrents.len();
         let sum = |f: fn(&TorrentStatus) -> u64| {
             self.torrents.iter().map(f).fold(0u64, u64::saturating_add)
         };
-        rows.push([
+        let mut totals = vec![
             format!("{count} torrent{}", if count == 1 { "" } else { "s" }),
             String::new(),
             String::new(),
@@ -164,9 +191,11 @@ impl DaemonStatus {
             rate(sum(|t| t.upload_rate)),
             sum(|t| u64::from(t.peers)).to_string(),
             String::new(),
-        ]);
+        ];
+        totals.resize(columns, String::new());
+        rows.push(totals);
 
-        let mut widths = [0usize; 7];
+        let mut widths = vec![0usize; columns];
         for row in &rows {
             for (width, cell) in widths.iter_mut().zip(row) {
                 *width = (*width).max(display_width(cell));
@@ -174,7 +203,7 @@ impl DaemonStatus {
         }
         widths[0] = widths[0].min(NAME_WIDTH_MAX);
 
-        let line = |row: &[String; 7]| {
+        let line = |row: &Vec<String>| {
             let mut out = String::new();
             for (i, cell) in row.iter().enumerate() {
                 if i > 0 {
@@ -346,6 +375,7 @@ mod tests {
             ratio: 0.5,
             error: None,
             source: "config".to_owned(),
+            swarm: None,
         }
     }
 
@@ -421,6 +451,21 @@ mod tests {
         let err = DaemonStatus::load(&file.0).unwrap_err();
         assert!(matches!(err, StatusError::Read { .. }), "{err:?}");
         assert!(err.to_string().starts_with(&file.0.display().to_string()));
+    }
+
+    #[test]
+    fn table_shows_the_swarm_column_when_a_tracker_counted() {
+        let mut t = torrent("x", "seeding", 1.0, 0, 0);
+        t.swarm = Some(SwarmCounts {
+            seeders: 12,
+            leechers: 4,
+            completed: 99,
+        });
+        let table = status(vec![t, torrent("y", "queued", 0.0, 0, 0)]).table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].ends_with("RATIO    SWARM"), "{table}");
+        assert!(lines[1].ends_with("12/4/99"), "{table}");
+        assert!(lines[2].ends_with('-'), "{table}");
     }
 
     #[test]

@@ -160,6 +160,12 @@ fn a_torrent_dropped_into_the_watch_dir_downloads_from_a_libtorrent_seeder_via_o
     wait_until(within(SHORT), "opentracker to count btd too", || {
         tracker.seeders(&p.info_hash) + tracker.leechers(&p.info_hash) >= 2
     });
+    // The swarm as opentracker counts it reaches the status file (and `btd status`).
+    d.wait_status(SHORT, "swarm counts from the tracker", |s| {
+        s.torrent(&p.info_hash)
+            .and_then(|t| t.swarm)
+            .is_some_and(|sw| sw.seeders >= 1)
+    });
     d.stop("TERM");
     wait_until(
         within(SHORT),

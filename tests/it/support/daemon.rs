@@ -272,6 +272,16 @@ pub struct TorrentStatus {
     pub ratio: f64,
     pub error: Option<String>,
     pub source: String,
+    /// Seeders, leechers and completed downloads from the tracker, when it counted them.
+    #[serde(default)]
+    pub swarm: Option<SwarmCounts>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub struct SwarmCounts {
+    pub seeders: u32,
+    pub leechers: u32,
+    pub completed: u32,
 }
 
 /// One write of the status file: its parsed content, its raw text, and when it was written.
@@ -709,7 +719,8 @@ impl LtSeeder {
 /// it on the line (a log prefix).
 pub fn is_table_header(line: &str) -> bool {
     let words: Vec<&str> = line.split_whitespace().collect();
-    words.ends_with(&TABLE_HEADER)
+    // A SWARM column follows when a tracker counted the swarm.
+    words.windows(TABLE_HEADER.len()).any(|w| w == TABLE_HEADER)
 }
 
 /// The name the daemon gives a watch file it has taken in: `FILE` becomes `FILE.added` (or
