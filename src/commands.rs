@@ -15,9 +15,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lava_torrent::bencode::BencodeElem;
 use lava_torrent::torrent::v1::TorrentBuilder;
 use log::info;
+use sha1::{Digest, Sha1};
 
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::magnet::Magnet;
+use crate::metadata_fetch::{self, FetchError, FetchParams};
 use crate::metainfo::Metainfo;
 use crate::status::{DaemonStatus, TorrentStatus};
 use crate::storage::{OpenMode, Storage};
@@ -156,19 +159,39 @@ fn resolve_peers(peers: &[String]) -> Result<Vec<SocketAddr>, CommandError> {
 }
 
 /// `btd download`: fetches what is missing into `dir`, then exits (or seeds on with `seed`).
+/// `opts.torrent` is a `.torrent` file or a magnet link; for a magnet link the engine starts
+/// first (its port goes to peers and trackers), the metadata is fetched from peers and verified
+/// against the info hash (giving up after `metadata_timeout`), then the download goes on as for
+/// a `.torrent`.
 ///
 /// # Errors
-/// `BadInput` for an unreadable torrent or bad peer address; `Runtime` for storage or network
-/// failures.
+/// `BadInput` for an unreadable torrent, a malformed magnet link, fetched metadata that is not a
+/// usable torrent, or a bad peer address; `Runtime` for storage or network failures, and when no
+/// verified metadata arrived in time.
 pub fn download(
     opts: &TransferOptions,
     keep_seeding: bool,
+    metadata_timeout: Duration,
     signals: &Receiver<()>,
 ) -> Result<(), CommandError> {
-    let meta = load_torrent(&opts.torrent)?;
     let peers = resolve_peers(&opts.peers)?;
-    let storage = Storage::open(&opts.dir, &meta, OpenMode::Download)
-        .map_err(|e| CommandError::Runtime(e.to_string()))?;
+    let magnet = opts.torrent.to_str().filter(|t| Magnet::is_magnet(t));
+    let (meta, peers, engine) = match magnet {
+        None => (load_torrent(&opts.torrent)?, peers, None),
+        Some(uri) => match fetch_magnet(uri, opts, peers, metadata_timeout, signals)? {
+            Some((fetched, engine)) => (fetched.meta, fetched.peers, Some(engine)),
+            None => return Ok(()),
+        },
+    };
+    let storage = match Storage::open(&opts.dir, &meta, OpenMode::Download) {
+        Ok(storage) => storage,
+        Err(e) => {
+            if let Some(engine) = engine {
+                engine.shutdown();
+            }
+            return Err(CommandError::Runtime(e.to_string()));
+        }
+    };
     let started = Instant::now();
     let have = storage.verify(&meta.piece_hashes, opts.config.limits.disk_threads);
     info!(
@@ -178,8 +201,11 @@ pub fn download(
         meta.geometry.num_pieces,
         started.elapsed()
     );
-    let engine = Engine::start(opts.config.engine(opts.bind, opts.port))
-        .map_err(|e| CommandError::Runtime(format!("listen: {e}")))?;
+    let engine = match engine {
+        Some(engine) => engine,
+        None => Engine::start(opts.config.engine(opts.bind, opts.port))
+            .map_err(|e| CommandError::Runtime(format!("listen: {e}")))?,
+    };
     let handle = engine
         .add(Arc::clone(&meta), Arc::new(storage), have, peers, None)
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
@@ -199,6 +225,109 @@ pub fn download(
     engine.remove(handle);
     engine.shutdown();
     result
+}
+
+/// What a magnet link turned into: the torrent and the peers to dial (given and learned).
+struct FromMagnet {
+    meta: Arc<Metainfo>,
+    peers: Vec<SocketAddr>,
+}
+
+/// Starts the engine and fetches the magnet link's metadata; `None` when a signal came first.
+/// The engine is returned listening (or shut down on any other outcome).
+fn fetch_magnet(
+    uri: &str,
+    opts: &TransferOptions,
+    peers: Vec<SocketAddr>,
+    timeout: Duration,
+    signals: &Receiver<()>,
+) -> Result<Option<(FromMagnet, Engine)>, CommandError> {
+    let magnet = Magnet::parse(uri).map_err(|e| CommandError::BadInput(format!("{uri}: {e}")))?;
+    let engine = Engine::start(opts.config.engine(opts.bind, opts.port))
+        .map_err(|e| CommandError::Runtime(format!("listen: {e}")))?;
+    match magnet_metainfo(&magnet, opts, peers, timeout, &engine, signals) {
+        Ok(Some(fetched)) => Ok(Some((fetched, engine))),
+        Ok(None) => {
+            engine.shutdown();
+            Ok(None)
+        }
+        Err(e) => {
+            engine.shutdown();
+            Err(e)
+        }
+    }
+}
+
+/// The metadata of `magnet`, fetched from its `x.pe` peers, `peers` and its trackers, checked
+/// against its info hash, as a torrent with the magnet's trackers (one tier each).
+fn magnet_metainfo(
+    magnet: &Magnet,
+    opts: &TransferOptions,
+    mut peers: Vec<SocketAddr>,
+    timeout: Duration,
+    engine: &Engine,
+    signals: &Receiver<()>,
+) -> Result<Option<FromMagnet>, CommandError> {
+    let listen = engine.listen_addr();
+    let hash = magnet.info_hash;
+    for addr in &magnet.peers {
+        if !peers.contains(addr) {
+            peers.push(*addr);
+        }
+    }
+    let limits = &opts.config.limits;
+    let params = FetchParams {
+        info_hash: hash,
+        name: magnet.name.clone(),
+        peer_id: engine.peer_id(),
+        listen_port: listen.port(),
+        // Dial from the listen address, as the engine's peers do.
+        bind: Some(listen.ip()),
+        peers,
+        trackers: magnet.trackers.clone(),
+        connect_timeout: limits.connect_timeout,
+        announce_timeout: limits.announce_timeout,
+        udp_retransmit_base: limits.udp_retransmit_base,
+        numwant: limits.numwant,
+        timeout,
+    };
+    let fetched = match metadata_fetch::fetch(&params, signals) {
+        Ok(fetched) => fetched,
+        Err(FetchError::Stopped) => {
+            info!("magnet {hash}: signal received; stopping");
+            return Ok(None);
+        }
+        Err(e) => return Err(CommandError::Runtime(format!("magnet {hash}: {e}"))),
+    };
+    // The fetch verified it; checked here too, so nothing is built from unverified bytes.
+    if Sha1::digest(&fetched.info).as_slice() != hash.0 {
+        return Err(CommandError::Runtime(format!(
+            "magnet {hash}: the fetched metadata does not hash to the info hash"
+        )));
+    }
+    let tiers: Vec<Vec<String>> = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
+    let meta = Metainfo::from_info_bytes(&fetched.info, &tiers).map_err(|e| {
+        CommandError::BadInput(format!(
+            "magnet {hash}: the metadata is not a usable torrent: {e}"
+        ))
+    })?;
+    if meta.info_hash != hash {
+        return Err(CommandError::Runtime(format!(
+            "magnet {hash}: the torrent built from the metadata has info hash {}",
+            meta.info_hash
+        )));
+    }
+    let sources: Vec<String> = fetched.sources.iter().map(ToString::to_string).collect();
+    info!(
+        "metadata received: {}, {} bytes, from {}",
+        meta.name,
+        fetched.info.len(),
+        sources.join(", ")
+    );
+    Ok(Some(FromMagnet {
+        meta: Arc::new(meta),
+        peers: fetched.peers,
+    }))
 }
 
 /// `btd seed`: verifies complete data in `dir`, then serves it until a signal.

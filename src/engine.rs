@@ -69,6 +69,11 @@ impl Engine {
         info!("listening on {}", self.listen_addr());
     }
 
+    /// Our peer id, the same for every torrent (and the metadata fetch) of this process.
+    pub fn peer_id(&self) -> [u8; 20] {
+        self.peer_id
+    }
+
     /// The bound listen address, with the port the kernel picked for port 0.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listener.local_addr()

@@ -9,6 +9,8 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod listener;
+pub mod magnet;
+pub mod metadata_fetch;
 pub mod metainfo;
 pub mod peer;
 pub mod pidfile;

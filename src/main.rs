@@ -43,6 +43,9 @@ enum Command {
     },
     /// Download a torrent into DIR/<name>, then exit (or keep seeding with --seed).
     Download {
+        /// A .torrent file, or a magnet link (quote it: `'magnet:?xt=urn:btih:...'`), whose
+        /// metadata is fetched from its peers (x.pe, --peer) and trackers (tr) first.
+        #[arg(value_name = "TORRENT|MAGNET")]
         torrent: PathBuf,
         #[arg(short = 'o', long = "output", value_name = "DIR")]
         dir: PathBuf,
@@ -51,6 +54,10 @@ enum Command {
         /// Keep seeding after the download completes, until SIGINT/SIGTERM.
         #[arg(long)]
         seed: bool,
+        /// Magnet links only: give up (exit 1) when no verified metadata has arrived after
+        /// SECS seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        metadata_timeout: u64,
     },
     /// Run as a service: many torrents, configured by --config, controlled by signals.
     Daemon,
@@ -204,10 +211,17 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             dir,
             net,
             seed,
+            metadata_timeout,
         } => {
             let config = load_config(cli.config.as_deref())?;
             let signals = signals()?;
-            commands::download(&transfer(torrent, dir, net, config), seed, &signals)
+            let metadata_timeout = std::time::Duration::from_secs(metadata_timeout);
+            commands::download(
+                &transfer(torrent, dir, net, config),
+                seed,
+                metadata_timeout,
+                &signals,
+            )
         }
         Command::Seed { torrent, dir, net } => {
             let config = load_config(cli.config.as_deref())?;

@@ -11,6 +11,7 @@ mod daemon_reload;
 mod extension;
 mod fake_peer;
 mod libtorrent;
+mod magnet;
 mod pex;
 mod swarm;
 mod tracker;

@@ -1077,6 +1077,21 @@ pub fn btd_download(
     btd(name, args, ip, peers)
 }
 
+/// `btd download TORRENT -o OUT EXTRA... --bind IP --port 0 [--peer ADDR]...` at debug level:
+/// [`btd_download`] with more options (`--metadata-timeout 3`). `torrent` may be a magnet link.
+pub fn btd_download_with(
+    name: &str,
+    torrent: &str,
+    out: &Path,
+    extra: &[&str],
+    ip: Ipv4Addr,
+    peers: &[SocketAddr],
+) -> Btd {
+    let mut args: Vec<OsString> = vec!["download".into(), torrent.into(), "-o".into(), out.into()];
+    args.extend(extra.iter().map(OsString::from));
+    btd(name, args, ip, peers)
+}
+
 /// `btd seed TORRENT -d DIR --bind IP --port 0 [--peer ADDR]...` at debug level.
 pub fn btd_seed(name: &str, torrent: &Path, dir: &Path, ip: Ipv4Addr, peers: &[SocketAddr]) -> Btd {
     let args = vec!["seed".into(), torrent.into(), "-d".into(), dir.into()];

@@ -1,0 +1,1524 @@
+//! Fetching a torrent's info dictionary from peers (BEP 9, `ut_metadata`), for a magnet link.
+//!
+//! [`fetch`] runs on its caller's thread, the *fetch loop*: it owns the `FetchState` (who is
+//! connected, which metadata piece is asked of whom, the pieces received, who is trusted) and a
+//! thread per peer connection, `metadata ADDR`, which owns its socket and does only I/O: the
+//! BitTorrent handshake with the BEP 10 bit, the extended handshake (we advertise `ut_metadata`
+//! under [`UT_METADATA_ID`] and read the peer's id and `metadata_size`), then the requests the
+//! loop orders and the data and rejects the peer sends back. A thread `metadata tracker` per
+//! `tr` announces once and hands the loop its peers; a tracker that fails is a warning.
+//!
+//! Peers with the same `metadata_size` share one assembly: its 16 KiB pieces are spread over
+//! them. The assembled bytes are used only if their SHA-1 is the info hash. When it is not, the
+//! whole assembly is discarded: a peer that sent every piece of it is banned; when several peers
+//! sent pieces, each is a suspect from then on and may only fill an assembly of its own (so a
+//! second failure names the liar and bans it, and an honest peer still gets to finish alone).
+//! `metadata_size` is checked (1 byte to [`MAX_METADATA_BYTES`]) before anything is allocated
+//! for it, and pieces are allocated only as they arrive, each checked against its length.
+//!
+//! Nothing here touches storage or the engine: the caller turns the verified bytes into a
+//! `Metainfo` and starts the download.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
+use log::{debug, info, warn};
+use sha1::{Digest, Sha1};
+
+use crate::bencode::skip_value;
+use crate::metainfo::InfoHash;
+use crate::tracker::udp::UdpClient;
+use crate::tracker::{AnnounceEvent, AnnounceRequest, http, udp};
+use crate::wire::extension::{EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID};
+use crate::wire::{ExtendedHandshake, Handshake, Message};
+
+/// The largest info dictionary we fetch; a larger `metadata_size` drops the peer unallocated.
+pub const MAX_METADATA_BYTES: u32 = 16 * 1024 * 1024;
+/// Metadata travels in pieces of 16 KiB (BEP 9); the last one is usually shorter.
+pub const METADATA_PIECE_LEN: u32 = 16 * 1024;
+/// The extended message id we want `ut_metadata` messages under (our `m`).
+pub const UT_METADATA_ID: u8 = 3;
+
+/// Peer connections open at once.
+const MAX_CONNECTIONS: usize = 16;
+/// Metadata requests outstanding with one peer (libtorrent keeps two, and rejects beyond a small
+/// queue).
+const REQUESTS_PER_PEER: usize = 2;
+/// A request unanswered this long drops the peer (it is tried again later) and frees the piece.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// For the BitTorrent handshake, and then again for the extended handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a peer thread's read blocks before it looks at its orders again.
+const READ_TICK: Duration = Duration::from_millis(100);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(90);
+/// A peer silent this long (not even keep-alives) is gone.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the fetch loop waits for an event before it looks at its timers.
+const LOOP_TICK: Duration = Duration::from_millis(250);
+/// A peer that failed harmlessly (refused, rejected, timed out) is dialled again after this,
+/// doubled per failure up to [`RETRY_MAX`].
+const RETRY_BASE: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long [`fetch`] waits for its peer threads to end before it returns without them (a thread
+/// still connecting ends on its own within the connect timeout).
+const JOIN_GRACE: Duration = Duration::from_secs(1);
+/// What we tell trackers we have left before we know the size: any non-zero value says we are
+/// not a seed (a tracker may send a seed no seeds).
+const UNKNOWN_LEFT: u64 = 16 * 1024;
+
+/// What [`fetch`] needs: whose metadata, who we are, where to look, and how long.
+#[derive(Clone, Debug)]
+pub struct FetchParams {
+    pub info_hash: InfoHash,
+    /// The magnet's `dn`, for the log until the metadata names the torrent.
+    pub name: Option<String>,
+    /// Our peer id in handshakes and announces.
+    pub peer_id: [u8; 20],
+    /// Our listen port, told to peers (`p`) and trackers.
+    pub listen_port: u16,
+    /// Source address of outgoing connections (unspecified or `None`: the kernel's choice).
+    pub bind: Option<IpAddr>,
+    /// Peers to dial (`x.pe`, `--peer`), in order.
+    pub peers: Vec<SocketAddr>,
+    /// Trackers to announce to once each (`tr`).
+    pub trackers: Vec<String>,
+    pub connect_timeout: Duration,
+    /// Bounds one announce (HTTP: connect, then the exchange; UDP: the whole exchange).
+    pub announce_timeout: Duration,
+    /// UDP trackers: the first retransmission wait (BEP 15).
+    pub udp_retransmit_base: Duration,
+    /// Peers asked of each tracker.
+    pub numwant: u32,
+    /// The whole fetch gives up after this.
+    pub timeout: Duration,
+}
+
+/// A verified info dictionary and where it came from.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    /// The raw bytes of the info dictionary; their SHA-1 is the info hash.
+    pub info: Vec<u8>,
+    /// The peers whose pieces make up `info`.
+    pub sources: Vec<SocketAddr>,
+    /// Every peer address learned (given, or from trackers) that did not misbehave: worth
+    /// dialling for the download.
+    pub peers: Vec<SocketAddr>,
+}
+
+/// Why [`fetch`] returned without metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No peer to ask: none given, no tracker answered with any, or all misbehaved.
+    #[error(
+        "no peers left to ask for the metadata ({tried} tried, {banned} dropped for bad metadata or protocol errors)"
+    )]
+    NoPeers {
+        /// Peer addresses dialled.
+        tried: usize,
+        /// Of those, the ones banned.
+        banned: usize,
+    },
+    /// The deadline passed first.
+    #[error(
+        "no verified metadata within {waited:?} ({tried} peers tried, {banned} dropped for bad metadata or protocol errors)"
+    )]
+    TimedOut {
+        waited: Duration,
+        tried: usize,
+        banned: usize,
+    },
+    /// The caller's stop channel fired.
+    #[error("stopped before the metadata arrived")]
+    Stopped,
+}
+
+/// Fetches and verifies the info dictionary of `params.info_hash`: dials the given peers and
+/// those the trackers name, collects the metadata pieces, and returns once their SHA-1 matches.
+/// A message on `stop` (or its disconnection) ends the fetch.
+///
+/// # Errors
+/// [`FetchError::Stopped`] on `stop`; [`FetchError::TimedOut`] after `params.timeout`;
+/// [`FetchError::NoPeers`] as soon as no peer is left to try and no announce is pending.
+pub fn fetch(params: &FetchParams, stop: &Receiver<()>) -> Result<Fetched, FetchError> {
+    let started = Instant::now();
+    let deadline = started + params.timeout;
+    let (events_tx, events) = crossbeam_channel::unbounded();
+    let setup = Arc::new(PeerSetup {
+        info_hash: params.info_hash,
+        peer_id: params.peer_id,
+        listen_port: params.listen_port,
+        bind: params.bind.filter(|ip| !ip.is_unspecified()),
+        connect_timeout: params.connect_timeout,
+    });
+    let mut state = FetchState::new(params.info_hash);
+    state.add_peers(&params.peers, started);
+    let mut announcing = spawn_announces(params, &events_tx);
+    info!(
+        "magnet {}{}: fetching metadata from {} peers and {announcing} trackers",
+        params.info_hash,
+        params
+            .name
+            .as_ref()
+            .map_or(String::new(), |n| format!(" ({n})")),
+        params.peers.len()
+    );
+    let mut orders: HashMap<Key, Sender<Order>> = HashMap::new();
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let result = loop {
+        let now = Instant::now();
+        if let Some(verified) = state.done.take() {
+            break Ok(verified);
+        }
+        if now >= deadline {
+            break Err(FetchError::TimedOut {
+                waited: params.timeout,
+                tried: state.tried(),
+                banned: state.banned(),
+            });
+        }
+        if announcing == 0 && state.exhausted() {
+            break Err(FetchError::NoPeers {
+                tried: state.tried(),
+                banned: state.banned(),
+            });
+        }
+        threads.retain(|t| !t.is_finished());
+        for (key, addr) in state.dial(now) {
+            let (tx, rx) = crossbeam_channel::bounded(64);
+            let events = events_tx.clone();
+            let setup = Arc::clone(&setup);
+            let spawned = std::thread::Builder::new()
+                .name(format!("metadata {addr}"))
+                .stack_size(crate::peer::PEER_STACK_BYTES)
+                .spawn(move || peer_thread(&setup, key, addr, &events, &rx));
+            match spawned {
+                Ok(handle) => {
+                    orders.insert(key, tx);
+                    threads.push(handle);
+                }
+                Err(e) => {
+                    warn!("metadata: cannot start a thread for peer {addr}: {e}");
+                    state.on_gone(key, false, now);
+                }
+            }
+        }
+        for action in state.take_actions() {
+            match action {
+                // A full or closed queue means the thread is ending; its `Gone` follows.
+                Action::Request { peer, piece } => {
+                    if let Some(tx) = orders.get(&peer) {
+                        let _ = tx.try_send(Order::Request(piece));
+                    }
+                }
+                // Dropping the sender is the order: the thread sees it within `READ_TICK`.
+                Action::Stop { peer } => {
+                    orders.remove(&peer);
+                }
+            }
+        }
+        let wait = LOOP_TICK.min(deadline.saturating_duration_since(now));
+        select! {
+            recv(events) -> event => {
+                // The loop holds a sender, so the channel never disconnects.
+                if let Ok(event) = event {
+                    handle_event(&mut state, event, &mut announcing, &mut orders);
+                }
+            }
+            recv(stop) -> _ => break Err(FetchError::Stopped),
+            default(wait) => {}
+        }
+        state.tick(Instant::now());
+    };
+    drop(orders);
+    join_bounded(threads);
+    result.map(|verified| Fetched {
+        info: verified.info,
+        sources: verified.sources,
+        peers: state.known_peers(),
+    })
+}
+
+fn handle_event(
+    state: &mut FetchState,
+    event: Event,
+    announcing: &mut usize,
+    orders: &mut HashMap<Key, Sender<Order>>,
+) {
+    let now = Instant::now();
+    match event {
+        Event::Ready { peer, size } => state.on_ready(peer, size),
+        Event::Piece {
+            peer,
+            piece,
+            total_size,
+            data,
+        } => state.on_piece(peer, piece, total_size, data),
+        Event::Rejected { peer, piece } => state.on_rejected(peer, piece),
+        Event::Gone { peer, addr, end } => {
+            debug!("metadata: peer {addr}: {end}");
+            orders.remove(&peer);
+            state.on_gone(peer, end.is_misbehaviour(), now);
+        }
+        Event::TrackerPeers { url, peers } => {
+            debug!("metadata: tracker {url}: {} peers", peers.len());
+            state.add_peers(&peers, now);
+        }
+        Event::AnnounceDone => *announcing = announcing.saturating_sub(1),
+    }
+}
+
+/// Waits up to [`JOIN_GRACE`] for the peer threads; any still running (connecting) are left to
+/// end on their own: their events go to a closed channel.
+fn join_bounded(threads: Vec<JoinHandle<()>>) {
+    let deadline = Instant::now() + JOIN_GRACE;
+    while Instant::now() < deadline && !threads.iter().all(JoinHandle::is_finished) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut left = 0;
+    for handle in threads {
+        if handle.is_finished() {
+            let _ = handle.join();
+        } else {
+            left += 1;
+        }
+    }
+    if left > 0 {
+        debug!("metadata: {left} peer threads still connecting; they end on their own");
+    }
+}
+
+/// Starts one `metadata tracker` thread per usable tracker; returns how many.
+fn spawn_announces(params: &FetchParams, events: &Sender<Event>) -> usize {
+    let request = AnnounceRequest {
+        info_hash: params.info_hash.0,
+        peer_id: params.peer_id,
+        port: params.listen_port,
+        uploaded: 0,
+        downloaded: 0,
+        left: UNKNOWN_LEFT,
+        event: Some(AnnounceEvent::Started),
+        numwant: params.numwant,
+        tracker_id: None,
+        key: rand::random(),
+    };
+    let mut started = 0;
+    for url in &params.trackers {
+        if !http::is_supported(url) && !udp::is_supported(url) {
+            warn!("tracker {url}: unsupported scheme; skipped");
+            continue;
+        }
+        let (request, events) = (request.clone(), events.clone());
+        let (timeout, base) = (params.announce_timeout, params.udp_retransmit_base);
+        let url = url.clone();
+        let thread_url = url.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metadata tracker".into())
+            .spawn(move || {
+                let url = thread_url;
+                let reply = if udp::is_supported(&url) {
+                    UdpClient::new(base).announce(&url, &request, Instant::now() + timeout)
+                } else {
+                    http::announce(&url, &request, timeout)
+                };
+                match reply {
+                    Ok(reply) => {
+                        let _ = events.send(Event::TrackerPeers {
+                            url,
+                            peers: reply.peers,
+                        });
+                    }
+                    Err(e) => warn!("{e}; the metadata must come from other peers"),
+                }
+                let _ = events.send(Event::AnnounceDone);
+            });
+        match spawned {
+            Ok(_) => started += 1,
+            Err(e) => warn!("tracker {url}: cannot start an announce thread: {e}"),
+        }
+    }
+    started
+}
+
+// ---- the state of a fetch (pure: no sockets, no threads, time passed in) ----------------------
+
+/// A process-local number for one connection attempt.
+type Key = u64;
+
+/// What the fetch loop must do for the state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Action {
+    /// Ask this peer for this metadata piece.
+    Request { peer: Key, piece: u32 },
+    /// End this peer's connection.
+    Stop { peer: Key },
+}
+
+/// How far we trust an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Standing {
+    /// May fill a shared assembly.
+    Trusted,
+    /// Sent a piece of a shared assembly that failed the hash: may only fill its own.
+    Suspect,
+    /// Sent bad metadata alone, or broke the protocol: never dialled again.
+    Banned,
+}
+
+/// One address we know of.
+#[derive(Debug)]
+struct Entry {
+    standing: Standing,
+    /// A connection to it is open or being opened.
+    connected: bool,
+    failures: u32,
+    not_before: Instant,
+}
+
+/// One connection, from dialling until its thread is gone.
+#[derive(Debug)]
+struct Link {
+    addr: SocketAddr,
+    /// The peer's `metadata_size`, once its extended handshake came.
+    size: Option<u32>,
+    /// Pieces asked of it and when.
+    outstanding: Vec<(u32, Instant)>,
+    /// We told it to stop; its `Gone` is on the way.
+    stopping: bool,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Missing,
+    Requested(Key),
+    Received { from: Key, data: Vec<u8> },
+}
+
+/// The pieces of one candidate info dictionary of `size` bytes.
+#[derive(Debug)]
+struct Assembly {
+    size: u32,
+    /// Only this (suspect) peer may fill it; `None`: every trusted peer with this size.
+    solo: Option<Key>,
+    slots: Vec<Slot>,
+}
+
+impl Assembly {
+    fn new(size: u32, solo: Option<Key>) -> Self {
+        let pieces = size.div_ceil(METADATA_PIECE_LEN);
+        Self {
+            size,
+            solo,
+            slots: (0..pieces).map(|_| Slot::Missing).collect(),
+        }
+    }
+
+    /// Length of piece `piece`, `None` past the end.
+    fn piece_len(&self, piece: u32) -> Option<u32> {
+        let start = piece.checked_mul(METADATA_PIECE_LEN)?;
+        (start < self.size).then(|| (self.size - start).min(METADATA_PIECE_LEN))
+    }
+}
+
+/// Metadata whose SHA-1 matched.
+#[derive(Debug)]
+struct Verified {
+    info: Vec<u8>,
+    sources: Vec<SocketAddr>,
+}
+
+/// The fetch's bookkeeping; the fetch loop feeds it events and carries out its actions.
+struct FetchState {
+    info_hash: InfoHash,
+    /// Every address known, in the order learned.
+    order: Vec<SocketAddr>,
+    book: HashMap<SocketAddr, Entry>,
+    links: BTreeMap<Key, Link>,
+    /// The address of every key ever used (pieces outlive their sender's connection).
+    addr_of: HashMap<Key, SocketAddr>,
+    assemblies: Vec<Assembly>,
+    actions: Vec<Action>,
+    next_key: Key,
+    done: Option<Verified>,
+}
+
+impl FetchState {
+    fn new(info_hash: InfoHash) -> Self {
+        Self {
+            info_hash,
+            order: Vec::new(),
+            book: HashMap::new(),
+            links: BTreeMap::new(),
+            addr_of: HashMap::new(),
+            assemblies: Vec::new(),
+            actions: Vec::new(),
+            next_key: 0,
+            done: None,
+        }
+    }
+
+    fn add_peers(&mut self, addrs: &[SocketAddr], now: Instant) {
+        for &addr in addrs {
+            if addr.port() == 0 || addr.ip().is_unspecified() || self.book.contains_key(&addr) {
+                continue;
+            }
+            self.order.push(addr);
+            self.book.insert(
+                addr,
+                Entry {
+                    standing: Standing::Trusted,
+                    connected: false,
+                    failures: 0,
+                    not_before: now,
+                },
+            );
+        }
+    }
+
+    /// Addresses to dial now, each with its new key, up to [`MAX_CONNECTIONS`] open at once.
+    fn dial(&mut self, now: Instant) -> Vec<(Key, SocketAddr)> {
+        let mut out = Vec::new();
+        for addr in &self.order {
+            if self.links.len() >= MAX_CONNECTIONS {
+                break;
+            }
+            let entry = self
+                .book
+                .get_mut(addr)
+                .expect("every ordered address is in the book");
+            if entry.connected || entry.standing == Standing::Banned || entry.not_before > now {
+                continue;
+            }
+            entry.connected = true;
+            let key = self.next_key;
+            self.next_key += 1;
+            self.links.insert(
+                key,
+                Link {
+                    addr: *addr,
+                    size: None,
+                    outstanding: Vec::new(),
+                    stopping: false,
+                },
+            );
+            self.addr_of.insert(key, *addr);
+            out.push((key, *addr));
+        }
+        out
+    }
+
+    fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// The peer's extended handshake came with a `metadata_size` already bounded.
+    fn on_ready(&mut self, peer: Key, size: u32) {
+        if let Some(link) = self.links.get_mut(&peer) {
+            link.size = Some(size);
+        }
+    }
+
+    fn on_piece(&mut self, peer: Key, piece: u32, total_size: Option<u64>, data: Vec<u8>) {
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        let Some(at) = link.outstanding.iter().position(|(p, _)| *p == piece) else {
+            debug!(
+                "metadata: peer {}: piece {piece} we did not ask for; ignored",
+                link.addr
+            );
+            return;
+        };
+        link.outstanding.remove(at);
+        let Some(index) = self.assembly_of(peer) else {
+            return;
+        };
+        let assembly = &mut self.assemblies[index];
+        let want = assembly.piece_len(piece);
+        if total_size.is_some_and(|t| t != u64::from(assembly.size)) {
+            let size = assembly.size;
+            self.ban(
+                peer,
+                &format!("total_size {total_size:?} after metadata_size {size}"),
+            );
+            return;
+        }
+        if want.and_then(|w| usize::try_from(w).ok()) != Some(data.len()) {
+            let len = data.len();
+            self.ban(
+                peer,
+                &format!("piece {piece} of {len} bytes, want {want:?}"),
+            );
+            return;
+        }
+        let slot = &mut assembly.slots[usize::try_from(piece).expect("within the slots")];
+        if matches!(slot, Slot::Received { .. }) {
+            return;
+        }
+        *slot = Slot::Received { from: peer, data };
+        if assembly
+            .slots
+            .iter()
+            .all(|s| matches!(s, Slot::Received { .. }))
+        {
+            self.verify(index);
+        }
+    }
+
+    fn on_rejected(&mut self, peer: Key, piece: u32) {
+        let Some(link) = self.links.get_mut(&peer) else {
+            return;
+        };
+        link.outstanding.retain(|(p, _)| *p != piece);
+        debug!(
+            "metadata: peer {}: rejected piece {piece}; asking others",
+            link.addr
+        );
+        self.stop(peer);
+    }
+
+    /// The peer's thread ended; `misbehaved` bans its address, anything else delays its retry.
+    fn on_gone(&mut self, peer: Key, misbehaved: bool, now: Instant) {
+        let Some(link) = self.links.remove(&peer) else {
+            return;
+        };
+        self.release(peer);
+        let entry = self
+            .book
+            .get_mut(&link.addr)
+            .expect("linked addresses are known");
+        entry.connected = false;
+        if misbehaved {
+            entry.standing = Standing::Banned;
+        } else {
+            let wait = RETRY_BASE.saturating_mul(1 << entry.failures.min(5));
+            entry.failures += 1;
+            entry.not_before = now + wait.min(RETRY_MAX);
+        }
+    }
+
+    /// Drops peers whose requests timed out, then hands out requests.
+    fn tick(&mut self, now: Instant) {
+        let late: Vec<Key> = self
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                !l.stopping
+                    && l.outstanding
+                        .iter()
+                        .any(|(_, at)| now.saturating_duration_since(*at) >= REQUEST_TIMEOUT)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for peer in late {
+            debug!(
+                "metadata: peer {}: no answer within {REQUEST_TIMEOUT:?}",
+                self.links[&peer].addr
+            );
+            self.stop(peer);
+        }
+        self.schedule(now);
+    }
+
+    /// In rounds of one request per peer, so the pieces spread over the peers.
+    fn schedule(&mut self, now: Instant) {
+        if self.done.is_some() {
+            return;
+        }
+        for _ in 0..REQUESTS_PER_PEER {
+            let ready: Vec<Key> = self
+                .links
+                .iter()
+                .filter(|(_, l)| {
+                    !l.stopping && l.size.is_some() && l.outstanding.len() < REQUESTS_PER_PEER
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for peer in ready {
+                let Some(index) = self.assembly_of(peer) else {
+                    continue;
+                };
+                let slots = &mut self.assemblies[index].slots;
+                let Some(free) = slots.iter().position(|s| matches!(s, Slot::Missing)) else {
+                    continue;
+                };
+                slots[free] = Slot::Requested(peer);
+                let piece = u32::try_from(free).expect("at most 1024 pieces");
+                let link = self.links.get_mut(&peer).expect("listed above");
+                link.outstanding.push((piece, now));
+                self.actions.push(Action::Request { peer, piece });
+            }
+        }
+    }
+
+    /// The assembly `peer` fills, made when it has none yet.
+    fn assembly_of(&mut self, peer: Key) -> Option<usize> {
+        let link = self.links.get(&peer)?;
+        let size = link.size?;
+        let solo = match self.book[&link.addr].standing {
+            Standing::Trusted => None,
+            Standing::Suspect => Some(peer),
+            Standing::Banned => return None,
+        };
+        let found = self
+            .assemblies
+            .iter()
+            .position(|a| a.solo == solo && (solo.is_some() || a.size == size));
+        Some(found.unwrap_or_else(|| {
+            self.assemblies.push(Assembly::new(size, solo));
+            self.assemblies.len() - 1
+        }))
+    }
+
+    fn verify(&mut self, index: usize) {
+        let assembly = self.assemblies.remove(index);
+        let mut info = Vec::with_capacity(usize::try_from(assembly.size).unwrap_or(0));
+        let mut senders: Vec<Key> = Vec::new();
+        for slot in assembly.slots {
+            if let Slot::Received { from, data } = slot {
+                info.extend_from_slice(&data);
+                if !senders.contains(&from) {
+                    senders.push(from);
+                }
+            }
+        }
+        let addrs: Vec<SocketAddr> = senders.iter().map(|k| self.addr_of[k]).collect();
+        if Sha1::digest(&info).as_slice() == self.info_hash.0 {
+            self.done = Some(Verified {
+                info,
+                sources: addrs,
+            });
+            return;
+        }
+        let shown = join_addrs(&addrs);
+        if let [liar] = senders[..] {
+            self.ban(
+                liar,
+                &format!(
+                    "its {} bytes of metadata fail the info hash check",
+                    assembly.size
+                ),
+            );
+            return;
+        }
+        warn!(
+            "metadata: {} bytes from {shown} fail the info hash check; discarded, and each of \
+             those peers may now only send a whole copy alone",
+            assembly.size
+        );
+        for peer in senders {
+            let entry = self
+                .book
+                .get_mut(&self.addr_of[&peer])
+                .expect("known address");
+            if entry.standing == Standing::Trusted {
+                entry.standing = Standing::Suspect;
+            }
+            // Requests of theirs still outstanding were for other assemblies' pieces; none
+            // are, since this one was complete, but a suspect starts its own from scratch.
+            if let Some(link) = self.links.get_mut(&peer) {
+                link.outstanding.clear();
+            }
+        }
+    }
+
+    /// Bans `peer`'s address for good, ends its connection and throws away the pieces it sent.
+    fn ban(&mut self, peer: Key, why: &str) {
+        let addr = self.addr_of[&peer];
+        warn!("metadata: peer {addr}: {why}; dropped for good");
+        self.book.get_mut(&addr).expect("known address").standing = Standing::Banned;
+        self.stop(peer);
+        for assembly in &mut self.assemblies {
+            for slot in &mut assembly.slots {
+                if matches!(slot, Slot::Received { from, .. } if *from == peer) {
+                    *slot = Slot::Missing;
+                }
+            }
+        }
+    }
+
+    /// Ends `peer`'s connection; its pieces in flight go back to be asked of others.
+    fn stop(&mut self, peer: Key) {
+        if let Some(link) = self.links.get_mut(&peer)
+            && !link.stopping
+        {
+            link.stopping = true;
+            link.outstanding.clear();
+            self.actions.push(Action::Stop { peer });
+        }
+        self.release(peer);
+    }
+
+    /// Frees the slots `peer` was asked for and drops its solo assembly.
+    fn release(&mut self, peer: Key) {
+        self.assemblies.retain(|a| a.solo != Some(peer));
+        for assembly in &mut self.assemblies {
+            for slot in &mut assembly.slots {
+                if matches!(slot, Slot::Requested(k) if *k == peer) {
+                    *slot = Slot::Missing;
+                }
+            }
+        }
+    }
+
+    /// True when nothing is connected and every known address (if any) is banned.
+    fn exhausted(&self) -> bool {
+        self.links.is_empty() && self.book.values().all(|e| e.standing == Standing::Banned)
+    }
+
+    fn tried(&self) -> usize {
+        self.addr_of
+            .values()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
+    fn banned(&self) -> usize {
+        self.book
+            .values()
+            .filter(|e| e.standing == Standing::Banned)
+            .count()
+    }
+
+    /// Every address that was not banned, in the order learned.
+    fn known_peers(&self) -> Vec<SocketAddr> {
+        self.order
+            .iter()
+            .filter(|a| self.book[a].standing != Standing::Banned)
+            .copied()
+            .collect()
+    }
+}
+
+fn join_addrs(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---- ut_metadata messages (pure) -----------------------------------------------------------
+
+/// A `ut_metadata` message: a bencoded dictionary (`msg_type`, `piece`, for data `total_size`),
+/// for data followed by the piece's raw bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum MetadataMessage<'a> {
+    /// `msg_type` 0: send me this piece.
+    Request(u32),
+    /// `msg_type` 1: a piece.
+    Data {
+        piece: u32,
+        total_size: Option<u64>,
+        data: &'a [u8],
+    },
+    /// `msg_type` 2: the sender will not send this piece.
+    Reject(u32),
+    /// Another `msg_type`: ignored, as BEP 9 asks.
+    Other(i64),
+}
+
+impl<'a> MetadataMessage<'a> {
+    /// Decodes the payload after the extended message id. Keys may come in any order; unknown
+    /// keys are skipped.
+    ///
+    /// # Errors
+    /// A reason when the payload does not open with a well-formed dictionary holding integer
+    /// `msg_type` and `piece` (a `piece` outside `u32`), or when a data message carries more
+    /// than [`METADATA_PIECE_LEN`] bytes.
+    fn decode(payload: &'a [u8]) -> Result<Self, String> {
+        if payload.first() != Some(&b'd') {
+            return Err("ut_metadata message is not a dictionary".into());
+        }
+        let end = skip_value(payload, 0, 0).ok_or("ut_metadata dictionary is malformed")?;
+        let (mut msg_type, mut piece, mut total_size) = (None, None, None);
+        let mut pos = 1;
+        while payload[pos] != b'e' {
+            let key_end = skip_value(payload, pos, 1).ok_or("malformed key")?;
+            let key = string_value(&payload[pos..key_end]).ok_or("a key is not a string")?;
+            let value_end = skip_value(payload, key_end, 1).ok_or("malformed value")?;
+            let value = int_value(&payload[key_end..value_end]);
+            match key {
+                b"msg_type" => msg_type = value,
+                b"piece" => piece = value,
+                b"total_size" => total_size = value,
+                _ => {}
+            }
+            pos = value_end;
+        }
+        let msg_type = msg_type.ok_or("no integer msg_type")?;
+        let piece = piece.ok_or("no integer piece")?;
+        let piece = u32::try_from(piece).map_err(|_| format!("piece {piece} out of range"))?;
+        let data = &payload[end..];
+        Ok(match msg_type {
+            0 => Self::Request(piece),
+            1 => {
+                if u32::try_from(data.len()).map_or(true, |n| n > METADATA_PIECE_LEN) {
+                    return Err(format!("metadata piece of {} bytes", data.len()));
+                }
+                let total_size = total_size
+                    .map(|t| u64::try_from(t).map_err(|_| format!("total_size {t}")))
+                    .transpose()?;
+                Self::Data {
+                    piece,
+                    total_size,
+                    data,
+                }
+            }
+            2 => Self::Reject(piece),
+            other => Self::Other(other),
+        })
+    }
+}
+
+/// The bytes of a bencoded string (`4:spam` -> `spam`), `None` for any other value.
+fn string_value(value: &[u8]) -> Option<&[u8]> {
+    let colon = value.iter().position(|&b| b == b':')?;
+    value[..colon]
+        .iter()
+        .all(u8::is_ascii_digit)
+        .then(|| &value[colon + 1..])
+}
+
+/// A bencoded integer (`i42e` -> 42), `None` for any other value or one outside `i64`.
+fn int_value(value: &[u8]) -> Option<i64> {
+    let text = value.strip_prefix(b"i")?.strip_suffix(b"e")?;
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// The payload of an extended message carrying `ut_metadata` `msg_type` for `piece`, under the
+/// peer's id for it.
+fn metadata_payload(their_id: u8, msg_type: u8, piece: u32) -> Vec<u8> {
+    let mut payload = vec![their_id];
+    payload.extend_from_slice(format!("d8:msg_typei{msg_type}e5:piecei{piece}ee").as_bytes());
+    payload
+}
+
+// ---- one peer connection, on its own thread ------------------------------------------------
+
+/// What every `metadata ADDR` thread needs, shared.
+struct PeerSetup {
+    info_hash: InfoHash,
+    peer_id: [u8; 20],
+    listen_port: u16,
+    bind: Option<IpAddr>,
+    connect_timeout: Duration,
+}
+
+/// Facts a peer thread reports to the fetch loop, in the past tense.
+#[derive(Debug)]
+enum Event {
+    /// The extended handshake came, with a bounded `metadata_size`.
+    Ready { peer: Key, size: u32 },
+    /// A data message for a piece.
+    Piece {
+        peer: Key,
+        piece: u32,
+        total_size: Option<u64>,
+        data: Vec<u8>,
+    },
+    /// A reject for a piece.
+    Rejected { peer: Key, piece: u32 },
+    /// The thread is ending; sent exactly once per thread, also on a panic.
+    Gone {
+        peer: Key,
+        addr: SocketAddr,
+        end: PeerEnd,
+    },
+    /// A tracker's reply.
+    TrackerPeers { url: String, peers: Vec<SocketAddr> },
+    /// One announce thread finished, however it went.
+    AnnounceDone,
+}
+
+/// Orders from the fetch loop to one peer thread, in the imperative. Closing the channel is the
+/// order to stop.
+#[derive(Debug)]
+enum Order {
+    Request(u32),
+}
+
+/// Why a peer thread ended.
+#[derive(Debug, thiserror::Error)]
+enum PeerEnd {
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error("does not speak the extension protocol (BEP 10)")]
+    NoExtensions,
+    #[error("does not offer ut_metadata")]
+    NoUtMetadata,
+    #[error("has no metadata to share (no metadata_size)")]
+    NoMetadataSize,
+    #[error("metadata_size {0} is outside 1..={MAX_METADATA_BYTES}")]
+    BadMetadataSize(u64),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("read failed: {0}")]
+    Read(std::io::Error),
+    #[error("write failed: {0}")]
+    Write(std::io::Error),
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("silent for {0:?}")]
+    Idle(Duration),
+    #[error("stopped")]
+    Stopped,
+    #[error("peer thread panicked")]
+    Panicked,
+}
+
+impl PeerEnd {
+    /// The peer broke the rules: never dial it again.
+    fn is_misbehaviour(&self) -> bool {
+        matches!(self, Self::BadMetadataSize(_) | Self::Protocol(_))
+    }
+}
+
+/// Sends `Gone` exactly once when the thread ends, however it ends.
+struct GoneGuard<'a> {
+    events: &'a Sender<Event>,
+    peer: Key,
+    addr: SocketAddr,
+    end: Option<PeerEnd>,
+}
+
+impl Drop for GoneGuard<'_> {
+    fn drop(&mut self) {
+        let end = self.end.take().unwrap_or(PeerEnd::Panicked);
+        let _ = self.events.send(Event::Gone {
+            peer: self.peer,
+            addr: self.addr,
+            end,
+        });
+    }
+}
+
+fn peer_thread(
+    setup: &PeerSetup,
+    peer: Key,
+    addr: SocketAddr,
+    events: &Sender<Event>,
+    orders: &Receiver<Order>,
+) {
+    let mut guard = GoneGuard {
+        events,
+        peer,
+        addr,
+        end: None,
+    };
+    let end = match run_peer(setup, peer, addr, events, orders) {
+        Ok(()) => PeerEnd::Stopped,
+        Err(end) => end,
+    };
+    guard.end = Some(end);
+}
+
+fn connect(
+    addr: SocketAddr,
+    bind: Option<IpAddr>,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if let Some(ip) = bind.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
+}
+
+/// A socket with its read buffer: whole messages out, bounded by `Message::decode`.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    last_received: Instant,
+    last_sent: Instant,
+}
+
+impl Conn {
+    fn send(&mut self, msg: &Message) -> Result<(), PeerEnd> {
+        let mut out = Vec::new();
+        msg.encode(&mut out);
+        self.stream.write_all(&out).map_err(PeerEnd::Write)?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    fn send_extended(&mut self, payload: Vec<u8>) -> Result<(), PeerEnd> {
+        self.send(&Message::Unknown {
+            id: EXTENDED_ID,
+            payload,
+        })
+    }
+
+    /// The next whole message already buffered.
+    fn take(&mut self) -> Result<Option<Message>, PeerEnd> {
+        match Message::decode(&self.buf) {
+            Ok(Some((msg, used))) => {
+                self.buf.drain(..used);
+                Ok(Some(msg))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(PeerEnd::Protocol(e.to_string())),
+        }
+    }
+
+    /// One read, blocking up to the socket's read timeout; false when nothing came.
+    fn fill(&mut self) -> Result<bool, PeerEnd> {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Err(PeerEnd::Closed),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                self.last_received = Instant::now();
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(PeerEnd::Read(e)),
+        }
+    }
+}
+
+fn run_peer(
+    setup: &PeerSetup,
+    peer: Key,
+    addr: SocketAddr,
+    events: &Sender<Event>,
+    orders: &Receiver<Order>,
+) -> Result<(), PeerEnd> {
+    let stream = connect(addr, setup.bind, setup.connect_timeout).map_err(PeerEnd::Connect)?;
+    stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(PeerEnd::Connect)?;
+    stream
+        .set_write_timeout(Some(WRITE_TIMEOUT))
+        .map_err(PeerEnd::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let now = Instant::now();
+    let mut conn = Conn {
+        stream,
+        buf: Vec::new(),
+        last_received: now,
+        last_sent: now,
+    };
+    let mut ours = Handshake::new(setup.info_hash.0, setup.peer_id);
+    ours.reserved[5] |= EXTENSION_BIT;
+    conn.stream
+        .write_all(&ours.encode())
+        .map_err(PeerEnd::Write)?;
+    let theirs = crate::peer::read_handshake(&mut conn.stream)
+        .map_err(|e| PeerEnd::Handshake(e.to_string()))?;
+    if theirs.info_hash != setup.info_hash.0 {
+        return Err(PeerEnd::Handshake("wrong info hash".into()));
+    }
+    if theirs.peer_id == setup.peer_id {
+        return Err(PeerEnd::Handshake("connected to ourselves".into()));
+    }
+    if !theirs.supports_extension_protocol() {
+        return Err(PeerEnd::NoExtensions);
+    }
+    let hello = ExtendedHandshake {
+        m: [("ut_metadata".to_owned(), UT_METADATA_ID)].into(),
+        p: Some(setup.listen_port).filter(|p| *p != 0),
+        v: Some(format!("btd {}", env!("CARGO_PKG_VERSION"))),
+        yourip: Some(addr.ip()),
+        ..ExtendedHandshake::default()
+    };
+    conn.send_extended(hello.encode())?;
+
+    // From here reads block briefly, so a closed order channel is noticed.
+    conn.stream
+        .set_read_timeout(Some(READ_TICK))
+        .map_err(PeerEnd::Connect)?;
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let theirs = 'wait: loop {
+        while let Some(msg) = conn.take()? {
+            if let Message::Unknown {
+                id: EXTENDED_ID,
+                payload,
+            } = msg
+                && payload.first() == Some(&HANDSHAKE_EXT_ID)
+            {
+                break 'wait ExtendedHandshake::decode(&payload[1..]).map_err(PeerEnd::Protocol)?;
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(PeerEnd::Handshake(format!(
+                "no extended handshake within {HANDSHAKE_TIMEOUT:?}"
+            )));
+        }
+        if matches!(orders.try_recv(), Err(TryRecvError::Disconnected)) {
+            return Ok(());
+        }
+        conn.fill()?;
+    };
+    let their_id = match theirs.m.get("ut_metadata") {
+        Some(&id) if id != 0 => id,
+        _ => return Err(PeerEnd::NoUtMetadata),
+    };
+    let size = match theirs.metadata_size {
+        None => return Err(PeerEnd::NoMetadataSize),
+        Some(size) => u32::try_from(size)
+            .ok()
+            .filter(|s| (1..=MAX_METADATA_BYTES).contains(s))
+            .ok_or(PeerEnd::BadMetadataSize(size))?,
+    };
+    debug!(
+        "metadata: peer {addr}: {} offers {size} bytes of metadata",
+        theirs.v.as_deref().unwrap_or("a client")
+    );
+    if events.send(Event::Ready { peer, size }).is_err() {
+        return Ok(());
+    }
+    loop {
+        loop {
+            match orders.try_recv() {
+                Ok(Order::Request(piece)) => {
+                    conn.send_extended(metadata_payload(their_id, 0, piece))?;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Ok(()),
+            }
+        }
+        conn.fill()?;
+        while let Some(msg) = conn.take()? {
+            let Message::Unknown {
+                id: EXTENDED_ID,
+                payload,
+            } = msg
+            else {
+                continue;
+            };
+            if payload.first() != Some(&UT_METADATA_ID) {
+                continue;
+            }
+            let event = match MetadataMessage::decode(&payload[1..]).map_err(PeerEnd::Protocol)? {
+                MetadataMessage::Data {
+                    piece,
+                    total_size,
+                    data,
+                } => Event::Piece {
+                    peer,
+                    piece,
+                    total_size,
+                    data: data.to_vec(),
+                },
+                MetadataMessage::Reject(piece) => Event::Rejected { peer, piece },
+                MetadataMessage::Request(piece) => {
+                    // We have no metadata to give (we did not send a metadata_size).
+                    conn.send_extended(metadata_payload(their_id, 2, piece))?;
+                    continue;
+                }
+                MetadataMessage::Other(_) => continue,
+            };
+            if events.send(event).is_err() {
+                return Ok(());
+            }
+        }
+        let now = Instant::now();
+        if now.saturating_duration_since(conn.last_received) >= IDLE_TIMEOUT {
+            return Err(PeerEnd::Idle(IDLE_TIMEOUT));
+        }
+        if now.saturating_duration_since(conn.last_sent) >= KEEPALIVE_INTERVAL {
+            conn.send(&Message::KeepAlive)?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, n], 6881))
+    }
+
+    /// Metadata of `len` bytes (not a real info dictionary: only its hash matters here).
+    fn metadata(len: usize) -> (Vec<u8>, InfoHash) {
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| u8::try_from(i * 7 % 251).unwrap())
+            .collect();
+        let hash = InfoHash(Sha1::digest(&bytes).into());
+        (bytes, hash)
+    }
+
+    const PIECE: usize = 16 * 1024;
+
+    fn piece_of(bytes: &[u8], piece: u32) -> Vec<u8> {
+        let start = usize::try_from(piece).unwrap() * PIECE;
+        bytes[start..bytes.len().min(start + PIECE)].to_vec()
+    }
+
+    fn len32(bytes: &[u8]) -> u32 {
+        u32::try_from(bytes.len()).unwrap()
+    }
+
+    /// A state with `n` connected, ready peers (keys 0..n) offering `size` bytes.
+    fn ready_state(hash: InfoHash, n: u8, size: u32, now: Instant) -> FetchState {
+        let mut s = FetchState::new(hash);
+        let addrs: Vec<SocketAddr> = (1..=n).map(addr).collect();
+        s.add_peers(&addrs, now);
+        let dialled = s.dial(now);
+        assert_eq!(dialled.len(), usize::from(n));
+        for (key, _) in dialled {
+            s.on_ready(key, size);
+        }
+        s
+    }
+
+    fn requests(actions: &[Action]) -> Vec<(Key, u32)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Request { peer, piece } => Some((*peer, *piece)),
+                Action::Stop { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Answers every outstanding request: `liar` sends zeros, the others the real bytes.
+    fn answer_all(s: &mut FetchState, bytes: &[u8], liar: Option<Key>, now: Instant) {
+        for (peer, piece) in requests(&s.take_actions()) {
+            let mut data = piece_of(bytes, piece);
+            if Some(peer) == liar {
+                data.fill(0);
+            }
+            s.on_piece(peer, piece, Some(u64::from(len32(bytes))), data);
+        }
+        s.tick(now);
+    }
+
+    #[test]
+    fn decodes_data_reject_and_request_messages_typed_by_hand() {
+        let wire = b"d8:msg_typei1e5:piecei2e10:total_sizei34256eeABCDEF";
+        assert_eq!(
+            MetadataMessage::decode(wire),
+            Ok(MetadataMessage::Data {
+                piece: 2,
+                total_size: Some(34256),
+                data: b"ABCDEF",
+            })
+        );
+        assert_eq!(
+            MetadataMessage::decode(b"d8:msg_typei2e5:piecei0ee"),
+            Ok(MetadataMessage::Reject(0))
+        );
+        // Keys out of order and an unknown key are accepted.
+        assert_eq!(
+            MetadataMessage::decode(b"d5:piecei7e1:xli1ee8:msg_typei0ee"),
+            Ok(MetadataMessage::Request(7))
+        );
+        assert_eq!(
+            MetadataMessage::decode(b"d8:msg_typei9e5:piecei0ee"),
+            Ok(MetadataMessage::Other(9))
+        );
+        assert_eq!(
+            metadata_payload(4, 0, 12),
+            b"\x04d8:msg_typei0e5:piecei12ee".to_vec()
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_metadata_messages() {
+        let too_long: Vec<u8> = b"d8:msg_typei1e5:piecei0ee"
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0, PIECE + 1))
+            .collect();
+        for bad in [
+            &b""[..],
+            b"le",
+            b"d8:msg_typei1e",
+            b"d5:piecei0ee",
+            b"d8:msg_typei1e5:piecei-1ee",
+            b"d8:msg_typei1e5:piece1:xe",
+            b"di1ei2ee",
+            b"d8:msg_typei1e5:piecei0e10:total_sizei-5ee",
+            &too_long,
+        ] {
+            assert!(
+                MetadataMessage::decode(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn spreads_pieces_over_peers_and_verifies_the_whole() {
+        let now = Instant::now();
+        let (bytes, hash) = metadata(3 * 16384 + 100);
+        let size = len32(&bytes);
+        let mut s = ready_state(hash, 2, size, now);
+        s.tick(now);
+        let asked = requests(&s.take_actions());
+        assert_eq!(asked, vec![(0, 0), (1, 1), (0, 2), (1, 3)]);
+        for (peer, piece) in asked {
+            assert!(s.done.is_none());
+            s.on_piece(peer, piece, Some(u64::from(size)), piece_of(&bytes, piece));
+        }
+        let done = s.done.take().expect("verified");
+        assert_eq!(done.info, bytes);
+        assert_eq!(done.sources, vec![addr(1), addr(2)]);
+    }
+
+    #[test]
+    fn a_lone_liar_is_banned_and_an_honest_peer_finishes() {
+        let now = Instant::now();
+        let (bytes, hash) = metadata(1000);
+        let mut s = ready_state(hash, 2, 1000, now);
+        s.tick(now);
+        // One piece: peer 0 gets it and lies.
+        assert_eq!(requests(&s.take_actions()), vec![(0, 0)]);
+        s.on_piece(0, 0, Some(1000), vec![0; 1000]);
+        assert!(s.done.is_none());
+        assert_eq!(s.book[&addr(1)].standing, Standing::Banned);
+        assert_eq!(s.take_actions(), vec![Action::Stop { peer: 0 }]);
+        s.on_gone(0, false, now);
+        s.tick(now);
+        assert_eq!(requests(&s.take_actions()), vec![(1, 0)]);
+        s.on_piece(1, 0, None, bytes.clone());
+        assert_eq!(s.done.take().unwrap().sources, vec![addr(2)]);
+        assert_eq!(s.known_peers(), vec![addr(2)]);
+    }
+
+    #[test]
+    fn a_mixed_failure_makes_suspects_that_must_send_a_whole_copy_alone() {
+        let now = Instant::now();
+        let (bytes, hash) = metadata(2 * 16384 + 5);
+        let mut s = ready_state(hash, 2, len32(&bytes), now);
+        s.tick(now);
+        // Peer 0 lies in every piece it sends; peer 1 is honest.
+        answer_all(&mut s, &bytes, Some(0), now);
+        assert!(s.done.is_none());
+        assert_eq!(s.book[&addr(1)].standing, Standing::Suspect);
+        assert_eq!(s.book[&addr(2)].standing, Standing::Suspect);
+        // Each now fills its own copy: the liar's fails and bans it, the honest one verifies.
+        for _ in 0..3 {
+            answer_all(&mut s, &bytes, Some(0), now);
+        }
+        assert_eq!(s.book[&addr(1)].standing, Standing::Banned);
+        let done = s.done.take().expect("the honest copy verifies");
+        assert_eq!(done.info, bytes);
+        assert_eq!(done.sources, vec![addr(2)]);
+    }
+
+    #[test]
+    fn peers_that_disagree_on_the_size_fill_separate_assemblies() {
+        let now = Instant::now();
+        let (bytes, hash) = metadata(20_000);
+        let mut s = FetchState::new(hash);
+        s.add_peers(&[addr(1), addr(2)], now);
+        let keys: Vec<Key> = s.dial(now).into_iter().map(|(k, _)| k).collect();
+        s.on_ready(keys[0], 5_000_000);
+        s.on_ready(keys[1], 20_000);
+        s.tick(now);
+        let asked = requests(&s.take_actions());
+        assert_eq!(asked, vec![(0, 0), (1, 0), (0, 1), (1, 1)]);
+        // The liar stalls; the honest peer alone completes its assembly.
+        s.on_piece(1, 0, Some(20_000), piece_of(&bytes, 0));
+        s.on_piece(1, 1, Some(20_000), piece_of(&bytes, 1));
+        assert_eq!(s.done.take().unwrap().info, bytes);
+    }
+
+    #[test]
+    fn wrong_lengths_and_sizes_ban_the_sender() {
+        let now = Instant::now();
+        let (_, hash) = metadata(20_000);
+        let mut s = ready_state(hash, 2, 20_000, now);
+        s.tick(now);
+        s.take_actions();
+        s.on_piece(0, 0, Some(20_000), vec![1; 100]);
+        s.on_piece(1, 1, Some(19_999), vec![1; 20_000 - 16384]);
+        assert_eq!(s.banned(), 2);
+        assert_eq!(
+            s.take_actions(),
+            vec![Action::Stop { peer: 0 }, Action::Stop { peer: 1 }]
+        );
+        s.on_gone(0, false, now);
+        s.on_gone(1, false, now);
+        assert!(s.exhausted());
+    }
+
+    #[test]
+    fn a_banned_peer_takes_its_pieces_with_it() {
+        let now = Instant::now();
+        let (bytes, hash) = metadata(20_000);
+        let mut s = ready_state(hash, 2, 20_000, now);
+        s.tick(now);
+        assert_eq!(requests(&s.take_actions()), vec![(0, 0), (1, 1)]);
+        // Peer 0 sends piece 0, then breaks the rules with an extra request answered wrong.
+        s.on_piece(0, 0, Some(20_000), piece_of(&bytes, 0));
+        s.tick(now);
+        assert_eq!(requests(&s.take_actions()), vec![]);
+        s.links.get_mut(&0).unwrap().outstanding.push((1, now));
+        s.on_piece(0, 1, Some(20_000), vec![0; 3]);
+        assert_eq!(s.book[&addr(1)].standing, Standing::Banned);
+        // Piece 0 is asked again, of peer 1, and the copy verifies without peer 0's bytes.
+        s.on_piece(1, 1, Some(20_000), piece_of(&bytes, 1));
+        s.tick(now);
+        let asked = requests(&s.take_actions());
+        assert_eq!(asked, vec![(1, 0)]);
+        s.on_piece(1, 0, None, piece_of(&bytes, 0));
+        let done = s.done.take().expect("verified");
+        assert_eq!(done.sources, vec![addr(2)]);
+    }
+
+    #[test]
+    fn a_reject_or_a_silent_peer_frees_the_piece_for_another() {
+        let now = Instant::now();
+        let (_, hash) = metadata(100);
+        let mut s = ready_state(hash, 2, 100, now);
+        s.tick(now);
+        assert_eq!(requests(&s.take_actions()), vec![(0, 0)]);
+        s.on_rejected(0, 0);
+        s.tick(now);
+        assert_eq!(
+            s.take_actions(),
+            vec![
+                Action::Stop { peer: 0 },
+                Action::Request { peer: 1, piece: 0 }
+            ]
+        );
+        // Peer 1 never answers: after the timeout it is stopped, and peer 0 (gone, retried
+        // after its back-off) is dialled again.
+        s.on_gone(0, false, now);
+        let later = now + REQUEST_TIMEOUT;
+        s.tick(later);
+        assert_eq!(s.take_actions(), vec![Action::Stop { peer: 1 }]);
+        assert_eq!(s.book[&addr(1)].standing, Standing::Trusted);
+        assert_eq!(s.dial(later), vec![(2, addr(1))]);
+        assert!(!s.exhausted());
+    }
+
+    #[test]
+    fn a_misbehaving_peer_is_never_dialled_again() {
+        let now = Instant::now();
+        let (_, hash) = metadata(100);
+        let mut s = FetchState::new(hash);
+        s.add_peers(&[addr(1), addr(1), addr(2)], now);
+        assert_eq!(s.dial(now), vec![(0, addr(1)), (1, addr(2))]);
+        s.on_gone(0, true, now);
+        s.on_gone(1, false, now);
+        let later = now + RETRY_MAX;
+        assert_eq!(s.dial(later), vec![(2, addr(2))]);
+        s.on_gone(2, true, later);
+        assert!(s.dial(later + RETRY_MAX).is_empty());
+        assert!(s.exhausted());
+        assert_eq!((s.tried(), s.banned()), (2, 2));
+    }
+}
