@@ -304,8 +304,10 @@ impl<'a> Session<'a> {
         match self.commands.recv_timeout(Duration::from_secs(30)) {
             Ok(PeerCommand::Start(pieces)) => {
                 if self.fast && pieces.is_full() {
+                    debug!("peer {}: -> have all", self.addr);
                     Message::HaveAll.encode(&mut self.write_buf);
                 } else if self.fast && pieces.count_ones() == 0 {
+                    debug!("peer {}: -> have none", self.addr);
                     Message::HaveNone.encode(&mut self.write_buf);
                 } else if pieces.count_ones() > 0 {
                     Message::Bitfield(pieces.as_bytes().to_vec()).encode(&mut self.write_buf);
@@ -620,10 +622,12 @@ impl<'a> Session<'a> {
                 payload,
             } if self.extended => self.on_extended(&payload)?,
             Message::HaveAll if self.fast => {
+                debug!("peer {}: <- have all", self.addr);
                 let pieces = Bitfield::full(self.ctx.geometry.num_pieces);
                 self.report(PeerEvent::Bitfield { peer, pieces })?;
             }
             Message::HaveNone if self.fast => {
+                debug!("peer {}: <- have none", self.addr);
                 let pieces = Bitfield::new(self.ctx.geometry.num_pieces);
                 self.report(PeerEvent::Bitfield { peer, pieces })?;
             }

@@ -108,3 +108,75 @@ fn libtorrent_downloads_from_a_btd_seeder_with_a_btd_torrent() {
     assert_same_files(&seed_dir.join("lt-payload"), &out.join("lt-payload"));
     btd.terminate_and_assert_ok(SHORT);
 }
+
+/// The fast extension (BEP 6) with libtorrent: each side sends `have all` or `have none` in
+/// place of a bitfield, as btd's wire log shows.
+#[test]
+fn btd_and_libtorrent_exchange_have_all_and_have_none() {
+    let tmp = TempDir::new("lt-fast");
+    let mut rng = Rng::new(test_seed("btd_and_libtorrent_exchange_have_all"));
+    let seed_dir = tmp.subdir("seed");
+    write_payload(&seed_dir, &[("fast.bin", 2 * MIB)], &mut rng);
+    let torrent = tmp.path().join("fast.torrent");
+    mktorrent(&seed_dir.join("fast.bin"), &torrent, 15, &[]);
+    let mut lt = LtClient::seed(
+        "libtorrent seeder",
+        &PeerSpec {
+            torrent: &torrent,
+            dir: &seed_dir,
+            ip: next_ip(),
+            peers: vec![],
+            announce: false,
+        },
+    );
+    let lt_addr = lt.wait_listening();
+    lt.wait_seeding();
+    let out = tmp.subdir("out");
+    let mut cmd = Btd::command([
+        OsString::from("download"),
+        torrent.clone().into(),
+        "-o".into(),
+        out.clone().into(),
+        "--bind".into(),
+        next_ip().to_string().into(),
+        "--port".into(),
+        "0".into(),
+        "--peer".into(),
+        lt_addr.to_string().into(),
+        "--seed".into(),
+    ]);
+    cmd.env("RUST_LOG", "info,btd::peer=debug");
+    let mut btd = Btd::spawn("btd leecher", cmd);
+    let btd_addr = btd.wait_listening();
+    btd.proc
+        .wait_for_line(SHORT, "have all from libtorrent", |l| {
+            (l.contains(&lt_addr.to_string()) && l.contains("<- have all")).then_some(())
+        });
+    btd.proc
+        .wait_for_line(SHORT, "have none to libtorrent", |l| {
+            (l.contains(&lt_addr.to_string()) && l.contains("-> have none")).then_some(())
+        });
+    btd.proc
+        .wait_for_line(TRANSFER, "the download complete", |l| {
+            l.contains("download complete").then_some(())
+        });
+    assert_same_files(&seed_dir.join("fast.bin"), &out.join("fast.bin"));
+    // Now a libtorrent leecher meets btd as a seeder: btd sends have all.
+    let mut leecher = LtClient::leech(
+        "libtorrent leecher",
+        &PeerSpec {
+            torrent: &torrent,
+            dir: &tmp.subdir("lt-out"),
+            ip: next_ip(),
+            peers: vec![btd_addr],
+            announce: false,
+        },
+    );
+    btd.proc
+        .wait_for_line(SHORT, "have all to the libtorrent leecher", |l| {
+            l.contains("-> have all").then_some(())
+        });
+    leecher.wait_complete(TRANSFER);
+    btd.terminate_and_assert_ok(SHORT);
+    lt.terminate_and_assert_ok(SHORT);
+}
