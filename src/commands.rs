@@ -535,29 +535,48 @@ pub fn status(config: &Config) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// `btd add`: puts a torrent in the daemon's watch directory, sends SIGHUP, and waits until the
+/// `btd add`: puts a torrent (a copy of the `.torrent` file, or the magnet link as
+/// `<infohash>.magnet`) in the daemon's watch directory, sends SIGHUP, and waits until the
 /// daemon accepted (`*.added`) or refused (`*.invalid`) it.
 ///
 /// # Errors
-/// `BadInput` for an unreadable torrent (or a magnet link, not supported yet); `Runtime` when no
-/// daemon runs, the config has no watch directory, or the daemon refused the torrent.
+/// `BadInput` for an unreadable torrent or a malformed magnet link; `Runtime` when no daemon
+/// runs, the config has no watch directory, or the daemon refused the torrent.
 pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
-    if torrent.starts_with("magnet:") {
-        return Err(CommandError::BadInput(
-            "magnet links are not supported yet: pass a .torrent file".into(),
-        ));
-    }
-    let meta = load_torrent(Path::new(torrent))?;
+    // The watch file's content and name, and how the torrent is shown.
+    let (bytes, file_name, shown) = if Magnet::is_magnet(torrent) {
+        let magnet = Magnet::parse(torrent)
+            .map_err(|e| CommandError::BadInput(format!("{torrent}: {e}")))?;
+        let hash = magnet.info_hash;
+        let name = magnet.name.unwrap_or_else(|| hash.to_hex());
+        let line = format!("{}\n", torrent.trim());
+        (
+            line.into_bytes(),
+            format!("{hash}.magnet"),
+            format!("{name} ({hash})"),
+        )
+    } else {
+        let meta = load_torrent(Path::new(torrent))?;
+        let bytes = std::fs::read(torrent)
+            .map_err(|e| CommandError::BadInput(format!("{torrent}: {e}")))?;
+        let hash = meta.info_hash;
+        (
+            bytes,
+            format!("{hash}.torrent"),
+            format!("{} ({hash})", meta.name),
+        )
+    };
     let pid = running_daemon(config)?;
     let Some(watch_dir) = &config.watch_dir else {
         return Err(CommandError::Runtime(
             "the config has no [watch] dir: add the torrent as a [[torrent]] entry instead".into(),
         ));
     };
-    let target = watch_dir.join(format!("{}.torrent", meta.info_hash));
-    let temp = watch_dir.join(format!(".{}.partial", meta.info_hash));
-    std::fs::copy(torrent, &temp)
-        .and_then(|_| std::fs::rename(&temp, &target))
+    let target = watch_dir.join(&file_name);
+    // Not ending in .torrent or .magnet: the daemon takes the file only once it is whole.
+    let temp = watch_dir.join(format!(".{file_name}.partial"));
+    std::fs::write(&temp, &bytes)
+        .and_then(|()| std::fs::rename(&temp, &target))
         .map_err(|e| CommandError::Runtime(format!("{}: {e}", target.display())))?;
     send_hangup(pid)?;
     let added = PathBuf::from(format!("{}.added", target.display()));
@@ -565,7 +584,7 @@ pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
     let deadline = Instant::now() + DAEMON_REPLY_TIMEOUT;
     while Instant::now() < deadline {
         if added.exists() {
-            println!("added {} ({})", meta.name, meta.info_hash);
+            println!("added {shown}");
             return Ok(());
         }
         if invalid.exists() {

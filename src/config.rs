@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::engine::EngineConfig;
+use crate::magnet::Magnet;
 use crate::torrent::TorrentLimits;
 
 /// A config file that cannot be used. Fatal at start.
@@ -199,7 +200,8 @@ impl Default for Announce {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TorrentEntryFile {
-    path: PathBuf,
+    path: Option<PathBuf>,
+    magnet: Option<String>,
     #[serde(default)]
     download_dir: PathBuf,
     #[serde(default)]
@@ -208,10 +210,19 @@ struct TorrentEntryFile {
     peers: Vec<String>,
 }
 
+/// Which torrent a `[[torrent]]` entry means: exactly one of its `path` and `magnet` keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TorrentRef {
+    /// `path`: a `.torrent` file, resolved.
+    File(PathBuf),
+    /// `magnet`: a magnet link, parsed.
+    Magnet(Magnet),
+}
+
 /// One `[[torrent]]` entry, paths resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TorrentEntry {
-    pub path: PathBuf,
+    pub torrent: TorrentRef,
     pub download_dir: PathBuf,
     pub paused: bool,
     pub peers: Vec<SocketAddr>,
@@ -363,8 +374,26 @@ impl Config {
                     .map_err(|e| err(&key("peers"), format!("{peer:?}: {e}")))?;
                 peers.extend(addrs);
             }
+            let torrent = match (&entry.path, &entry.magnet) {
+                (Some(path), None) => TorrentRef::File(non_empty(&key("path"), path)?),
+                (None, Some(uri)) => TorrentRef::Magnet(
+                    Magnet::parse(uri).map_err(|e| err(&key("magnet"), e.to_string()))?,
+                ),
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        &key("magnet"),
+                        "`path` is set too: give `path` or `magnet`, not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(err(
+                        &key("path"),
+                        "missing: give `path` (a .torrent file) or `magnet` (a magnet link)".into(),
+                    ));
+                }
+            };
             torrents.push(TorrentEntry {
-                path: non_empty(&key("path"), &entry.path)?,
+                torrent,
                 download_dir: if entry.download_dir.as_os_str().is_empty() {
                     download_dir.clone()
                 } else {
@@ -465,7 +494,10 @@ mod tests {
     fn relative_paths_resolve_against_the_config_directory() {
         let c = parse("[paths]\nstate_dir = \"st\"\n[[torrent]]\npath = \"a.torrent\"\npeers = [\"127.0.0.1:7000\"]\n").unwrap();
         assert_eq!(c.state_dir, Path::new("/etc/btd/st"));
-        assert_eq!(c.torrents[0].path, Path::new("/etc/btd/a.torrent"));
+        assert_eq!(
+            c.torrents[0].torrent,
+            TorrentRef::File("/etc/btd/a.torrent".into())
+        );
         assert_eq!(c.torrents[0].download_dir, Path::new("/etc/btd/downloads"));
         assert_eq!(
             c.torrents[0].peers,
@@ -483,6 +515,31 @@ mod tests {
         assert_eq!(e.key, "log.level");
         let e = parse("[seeding]\nratio_limit = -1.0\n").unwrap_err();
         assert_eq!(e.key, "seeding.ratio_limit");
+    }
+
+    #[test]
+    fn a_torrent_entry_is_a_path_or_a_magnet_link_never_both_nor_neither() {
+        let hash = "c12fe1c06bba254a9dc9f519b335aa7c1367a88a";
+        let c = parse(&format!(
+            "[[torrent]]\nmagnet = \"magnet:?xt=urn:btih:{hash}&dn=x\"\n"
+        ))
+        .unwrap();
+        let TorrentRef::Magnet(m) = &c.torrents[0].torrent else {
+            panic!("not a magnet: {:?}", c.torrents[0]);
+        };
+        assert_eq!(
+            (m.info_hash.to_hex().as_str(), m.name.as_deref()),
+            (hash, Some("x"))
+        );
+        let both = format!("[[torrent]]\npath = \"a\"\nmagnet = \"magnet:?xt=urn:btih:{hash}\"\n");
+        let e = parse(&both).unwrap_err();
+        assert_eq!(e.key, "torrent[0].magnet");
+        assert!(e.reason.contains("not both"), "{e}");
+        let e = parse("[[torrent]]\npaused = true\n").unwrap_err();
+        assert_eq!(e.key, "torrent[0].path");
+        let e = parse("[[torrent]]\nmagnet = \"magnet:?xt=urn:btih:zzz\"\n").unwrap_err();
+        assert_eq!(e.key, "torrent[0].magnet");
+        assert!(e.reason.contains("40 hex or 32 base32"), "{e}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The daemon: `btd daemon --config FILE`. Runs on the main thread and owns the set of
-//! torrents: where each came from (a `[[torrent]]` entry or a watch-directory file), its state
-//! (queued, checking, running, paused, finished, error), the queue limits, the seeding limits,
-//! the status file, the pid file and the reaction to signals. It never touches a socket or a
-//! piece: each running torrent is a coordinator thread behind a `TorrentHandle`, and checking
-//! data at start (resume data or a full re-hash) runs on a `check NAME` thread.
+//! torrents: where each came from (a `[[torrent]]` entry or a watch-directory file, naming a
+//! `.torrent` or a magnet link), its state (metadata, queued, checking, running, paused,
+//! finished, error), the queue limits, the seeding limits, the status file, the pid file and
+//! the reaction to signals. It never touches a socket or a piece: each running torrent is a
+//! coordinator thread behind a `TorrentHandle`, checking data at start (resume data or a full
+//! re-hash) runs on a `check NAME` thread, and fetching a magnet link's metadata on a
+//! `metadata NAME` thread.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -11,14 +13,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
 use log::{error, info, warn};
 use parking_lot::Mutex;
 
-use crate::config::{Config, TorrentEntry};
+use crate::config::{Config, TorrentEntry, TorrentRef};
 use crate::engine::Engine;
+use crate::magnet::Magnet;
+use crate::metadata_fetch::{self, FetchError, FetchParams};
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::pidfile::PidFile;
 use crate::resume::ResumeData;
@@ -61,6 +66,11 @@ pub enum Signal {
 
 const WATCH_ADDED: &str = ".added";
 const WATCH_INVALID: &str = ".invalid";
+/// One metadata fetch gives up after this; the next starts after a back-off.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The wait after a failed metadata fetch, doubled per failure up to [`METADATA_RETRY_MAX`].
+const METADATA_RETRY_BASE: Duration = Duration::from_secs(15);
+const METADATA_RETRY_MAX: Duration = Duration::from_secs(10 * 60);
 const LOOP_WAKE: Duration = Duration::from_millis(250);
 /// The whole graceful stop must fit in 5 s; coordinators get this long to finish.
 const STOP_BUDGET: Duration = Duration::from_millis(4500);
@@ -68,8 +78,8 @@ const STOP_BUDGET: Duration = Duration::from_millis(4500);
 /// Where a torrent came from, which also decides how it is removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Source {
-    /// A `[[torrent]]` entry with this `.torrent` path.
-    Config(PathBuf),
+    /// A `[[torrent]]` entry.
+    Config(EntryKey),
     /// A watch-directory file, already renamed `*.added`; deleting it removes the torrent.
     Watch(PathBuf),
 }
@@ -83,7 +93,49 @@ impl Source {
     }
 }
 
+/// What identifies a `[[torrent]]` entry across reloads: its `.torrent` path, or its magnet
+/// link's info hash (so editing the link's trackers or peers does not restart the torrent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum EntryKey {
+    Path(PathBuf),
+    Magnet(InfoHash),
+}
+
+impl EntryKey {
+    fn of(entry: &TorrentEntry) -> Self {
+        match &entry.torrent {
+            TorrentRef::File(path) => EntryKey::Path(path.clone()),
+            TorrentRef::Magnet(magnet) => EntryKey::Magnet(magnet.info_hash),
+        }
+    }
+}
+
+/// What a torrent is added from.
+enum Origin {
+    Meta(Metainfo),
+    /// A magnet link: its metadata comes from the state directory or from peers.
+    Magnet(Magnet),
+}
+
+impl Origin {
+    fn info_hash(&self) -> InfoHash {
+        match self {
+            Origin::Meta(meta) => meta.info_hash,
+            Origin::Magnet(magnet) => magnet.info_hash,
+        }
+    }
+}
+
+/// A running `metadata NAME` thread.
+struct Fetching {
+    /// Never sent on: dropping it (with the state) ends the fetch.
+    _stop: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
 enum State {
+    /// A magnet link's metadata is being fetched.
+    Metadata(Fetching),
     Queued,
     Checking,
     Running(TorrentHandle),
@@ -96,6 +148,7 @@ enum State {
 impl State {
     fn name(&self, complete: bool) -> &'static str {
         match self {
+            State::Metadata(_) => "metadata",
             State::Queued => "queued",
             State::Checking => "checking",
             State::Running(_) if complete => "seeding",
@@ -108,7 +161,14 @@ impl State {
 }
 
 struct Managed {
-    meta: Arc<Metainfo>,
+    info_hash: InfoHash,
+    /// The torrent's name; until a magnet link's metadata arrives, its `dn` or the info hash.
+    name: String,
+    /// `None` while a magnet link's metadata is unknown (state metadata, paused or error).
+    /// Queued, checking, running and finished torrents always have it.
+    meta: Option<Arc<Metainfo>>,
+    /// The magnet link it was added from (its trackers and peers serve the metadata fetch).
+    magnet: Option<Magnet>,
     source: Source,
     download_dir: PathBuf,
     peers: Vec<SocketAddr>,
@@ -125,11 +185,16 @@ struct Managed {
 
 impl Managed {
     fn name(&self) -> &str {
-        &self.meta.name
+        &self.name
     }
 
     fn resume_path(&self, state_dir: &Path) -> PathBuf {
-        ResumeData::path_in(state_dir, &self.meta.info_hash)
+        ResumeData::path_in(state_dir, &self.info_hash)
+    }
+
+    /// The torrent's size, 0 while its metadata is unknown.
+    fn size(&self) -> u64 {
+        self.meta.as_ref().map_or(0, |m| m.geometry.total_len)
     }
 
     fn totals(&self) -> (u64, u64) {
@@ -143,15 +208,21 @@ impl Managed {
     }
 
     fn ratio(&self) -> f64 {
-        let size = self.meta.geometry.total_len.max(1);
-        self.totals().0 as f64 / size as f64
+        self.totals().0 as f64 / self.size().max(1) as f64
     }
 }
 
 /// The outcome of checking a torrent's data before it starts.
 struct Checked {
-    info_hash: InfoHash,
+    meta: Arc<Metainfo>,
     result: Result<(Storage, Bitfield), String>,
+}
+
+/// What a `metadata NAME` thread ends with: the torrent, verified and saved, or why the
+/// verified metadata is no usable torrent (fetching it again would not help).
+struct MetadataFetched {
+    info_hash: InfoHash,
+    result: Result<Metainfo, String>,
 }
 
 /// A log file that SIGHUP can reopen (for logrotate): env_logger writes through it.
@@ -243,6 +314,8 @@ pub struct Daemon {
     torrents: Vec<Managed>,
     checked_tx: Sender<Checked>,
     checked_rx: Receiver<Checked>,
+    fetched_tx: Sender<MetadataFetched>,
+    fetched_rx: Receiver<MetadataFetched>,
     pid_file: Option<PidFile>,
     log_file: Option<LogFile>,
     /// Set when RUST_LOG decides the log level, so a reload leaves it alone.
@@ -273,6 +346,7 @@ impl Daemon {
                 source,
             })?;
         let (checked_tx, checked_rx) = crossbeam_channel::unbounded();
+        let (fetched_tx, fetched_rx) = crossbeam_channel::unbounded();
         let mut daemon = Self {
             config,
             config_path: config_path.to_owned(),
@@ -280,6 +354,8 @@ impl Daemon {
             torrents: Vec::new(),
             checked_tx,
             checked_rx,
+            fetched_tx,
+            fetched_rx,
             pid_file: Some(pid_file),
             log_file,
             level_from_env: std::env::var_os("RUST_LOG").is_some(),
@@ -309,6 +385,7 @@ impl Daemon {
                 next_status = Instant::now() + self.config.status_interval;
             }
             let checked_rx = self.checked_rx.clone();
+            let fetched_rx = self.fetched_rx.clone();
             select! {
                 recv(signals) -> signal => match signal {
                     Ok(Signal::Stop) | Err(_) => break,
@@ -326,6 +403,11 @@ impl Daemon {
                         self.on_checked(checked);
                     }
                 }
+                recv(fetched_rx) -> fetched => {
+                    if let Ok(fetched) = fetched {
+                        self.on_metadata(fetched);
+                    }
+                }
                 default(LOOP_WAKE) => {}
             }
             if Instant::now() >= next_scan {
@@ -339,30 +421,37 @@ impl Daemon {
     // ---- adding and removing -------------------------------------------------------------
 
     fn add_entry(&mut self, entry: &TorrentEntry) {
-        match Metainfo::from_file(&entry.path) {
-            Ok(meta) => {
-                self.add(
-                    meta,
-                    Source::Config(entry.path.clone()),
-                    entry.download_dir.clone(),
-                    entry.peers.clone(),
-                    entry.paused,
-                );
-            }
-            Err(e) => error!("config {}: [[torrent]] {e}", self.config_path.display()),
-        }
+        let origin = match &entry.torrent {
+            TorrentRef::File(path) => match Metainfo::from_file(path) {
+                Ok(meta) => Origin::Meta(meta),
+                Err(e) => {
+                    error!("config {}: [[torrent]] {e}", self.config_path.display());
+                    return;
+                }
+            },
+            TorrentRef::Magnet(magnet) => Origin::Magnet(magnet.clone()),
+        };
+        self.add(
+            origin,
+            Source::Config(EntryKey::of(entry)),
+            entry.download_dir.clone(),
+            entry.peers.clone(),
+            entry.paused,
+        );
     }
 
-    /// Adds a torrent (queued, or paused). Returns false for a duplicate info hash.
+    /// Adds a torrent: queued, or paused, or (a magnet link whose metadata is not saved in the
+    /// state directory) fetching its metadata. Returns false for a duplicate info hash.
     fn add(
         &mut self,
-        meta: Metainfo,
+        origin: Origin,
         source: Source,
         download_dir: PathBuf,
-        peers: Vec<SocketAddr>,
+        mut peers: Vec<SocketAddr>,
         paused: bool,
     ) -> bool {
-        if let Some(other) = self.find(&meta.info_hash) {
+        let info_hash = origin.info_hash();
+        if let Some(other) = self.find(&info_hash) {
             warn!(
                 "torrent {}: already present (from {}); ignoring {}",
                 other.name(),
@@ -371,41 +460,166 @@ impl Daemon {
             );
             return false;
         }
-        let resume = ResumeData::load(&ResumeData::path_in(
-            &self.config.state_dir,
-            &meta.info_hash,
-        ))
-        .ok()
-        .flatten();
-        info!("torrent {}: added from {}", meta.name, source.describe());
-        let verified_bytes = 0;
+        let (meta, magnet) = match origin {
+            Origin::Meta(meta) => (Some(meta), None),
+            Origin::Magnet(magnet) => {
+                merge_peers(&mut peers, &magnet.peers);
+                (self.saved_metadata(&magnet), Some(magnet))
+            }
+        };
+        let name = match (&meta, &magnet) {
+            (Some(meta), _) => meta.name.clone(),
+            (None, Some(magnet)) => display_name(magnet),
+            (None, None) => info_hash.to_hex(), // not reached: `Origin::Meta` has the metadata
+        };
+        let resume = ResumeData::load(&ResumeData::path_in(&self.config.state_dir, &info_hash))
+            .ok()
+            .flatten();
+        info!("torrent {name}: added from {}", source.describe());
         self.torrents.push(Managed {
+            info_hash,
+            name,
+            meta: meta.map(Arc::new),
+            magnet,
             complete: resume.as_ref().is_some_and(|r| r.completed_unix.is_some()),
             uploaded_before: resume.as_ref().map_or(0, |r| r.uploaded),
             downloaded_before: resume.as_ref().map_or(0, |r| r.downloaded),
             completed_unix: resume.as_ref().and_then(|r| r.completed_unix),
-            meta: Arc::new(meta),
             source,
             download_dir,
             peers,
             paused,
-            state: if paused { State::Paused } else { State::Queued },
-            verified_bytes,
+            state: State::Paused,
+            verified_bytes: 0,
             seeding_since: None,
         });
+        if !paused {
+            self.unpause(self.torrents.len() - 1);
+        }
         true
     }
 
+    /// The metadata of a magnet link saved by an earlier fetch
+    /// (`<state_dir>/torrents/<infohash>.torrent`), when it is a usable torrent with the link's
+    /// info hash.
+    fn saved_metadata(&self, magnet: &Magnet) -> Option<Metainfo> {
+        let path = saved_torrent_path(&self.config.state_dir, &magnet.info_hash);
+        if !path.exists() {
+            return None;
+        }
+        match Metainfo::from_file(&path) {
+            Ok(meta) if meta.info_hash == magnet.info_hash => {
+                info!("torrent {}: metadata from {}", meta.name, path.display());
+                Some(meta)
+            }
+            Ok(meta) => {
+                warn!(
+                    "{}: info hash {}, not the magnet link's; fetching the metadata again",
+                    path.display(),
+                    meta.info_hash
+                );
+                None
+            }
+            Err(e) => {
+                warn!("{e}; fetching the metadata again");
+                None
+            }
+        }
+    }
+
+    /// Moves a torrent on from paused (or just added): queued when its metadata is known,
+    /// else fetching it.
+    fn unpause(&mut self, index: usize) {
+        if self.torrents[index].meta.is_some() {
+            self.torrents[index].state = State::Queued;
+        } else {
+            self.start_fetching(index);
+        }
+    }
+
+    /// Starts a `metadata NAME` thread for a magnet link: it asks the torrent's peers (its own
+    /// and the link's `x.pe`) and the link's trackers, with our peer id and listen address, and
+    /// tries again after each failure until the metadata arrives or the torrent leaves state
+    /// metadata (which drops its `stop`).
+    fn start_fetching(&mut self, index: usize) {
+        let listen = self.engine.listen_addr();
+        let limits = &self.config.limits;
+        let t = &mut self.torrents[index];
+        let saved = saved_torrent_path(&self.config.state_dir, &t.info_hash);
+        let params = FetchParams {
+            info_hash: t.info_hash,
+            name: t.magnet.as_ref().and_then(|m| m.name.clone()),
+            peer_id: self.engine.peer_id(),
+            listen_port: listen.port(),
+            // Dial from the listen address, as the engine's peers do.
+            bind: Some(listen.ip()),
+            peers: t.peers.clone(),
+            trackers: t
+                .magnet
+                .as_ref()
+                .map(|m| m.trackers.clone())
+                .unwrap_or_default(),
+            connect_timeout: limits.connect_timeout,
+            announce_timeout: limits.announce_timeout,
+            udp_retransmit_base: limits.udp_retransmit_base,
+            numwant: limits.numwant,
+            timeout: METADATA_TIMEOUT,
+        };
+        let (stop, stop_rx) = crossbeam_channel::bounded(1);
+        let done = self.fetched_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("metadata {}", t.name))
+            .spawn(move || {
+                if let Some(result) = fetch_metadata(&params, &saved, &stop_rx) {
+                    let _ = done.send(MetadataFetched {
+                        info_hash: params.info_hash,
+                        result,
+                    });
+                }
+            });
+        t.state = match spawned {
+            Ok(thread) => State::Metadata(Fetching {
+                _stop: stop,
+                thread,
+            }),
+            Err(e) => State::Error(format!("cannot spawn metadata thread: {e}")),
+        };
+    }
+
+    /// A `metadata NAME` thread is done: the torrent goes on to the queue (unless it was paused
+    /// meanwhile), or into error when the metadata is no usable torrent.
+    fn on_metadata(&mut self, fetched: MetadataFetched) {
+        let Some(index) = self.index_of(&fetched.info_hash) else {
+            return; // removed meanwhile
+        };
+        let t = &mut self.torrents[index];
+        if t.meta.is_some() {
+            return; // from an earlier fetch, stopped too late
+        }
+        let fetching = matches!(t.state, State::Metadata(_));
+        match fetched.result {
+            Ok(meta) => {
+                t.name.clone_from(&meta.name);
+                t.meta = Some(Arc::new(meta));
+                if fetching {
+                    t.state = State::Queued;
+                }
+            }
+            Err(reason) => {
+                error!("torrent {}: {reason}", t.name);
+                if fetching {
+                    t.state = State::Error(reason);
+                }
+            }
+        }
+    }
+
     fn find(&self, info_hash: &InfoHash) -> Option<&Managed> {
-        self.torrents
-            .iter()
-            .find(|t| t.meta.info_hash == *info_hash)
+        self.torrents.iter().find(|t| t.info_hash == *info_hash)
     }
 
     fn index_of(&self, info_hash: &InfoHash) -> Option<usize> {
-        self.torrents
-            .iter()
-            .position(|t| t.meta.info_hash == *info_hash)
+        self.torrents.iter().position(|t| t.info_hash == *info_hash)
     }
 
     /// Stops (if running) and forgets a torrent. Its data stays on disk.
@@ -420,12 +634,12 @@ impl Daemon {
     }
 
     /// Stops a running torrent (announce `stopped`, flush, resume data saved by its coordinator)
-    /// and leaves it in `next`.
+    /// or its metadata fetch (the thread sees its `stop` dropped), and leaves it in `next`.
     fn stop_torrent(&mut self, index: usize, next: State) {
         let t = &mut self.torrents[index];
         let previous = std::mem::replace(&mut t.state, next);
         if let State::Running(handle) = previous {
-            self.engine.unregister(&t.meta.info_hash);
+            self.engine.unregister(&t.info_hash);
             t.uploaded_before += handle.stats.uploaded.load(Ordering::Relaxed);
             t.downloaded_before += handle.stats.downloaded.load(Ordering::Relaxed);
             t.verified_bytes = handle.stats.verified_bytes.load(Ordering::Relaxed);
@@ -435,9 +649,9 @@ impl Daemon {
 
     // ---- the watch directory -------------------------------------------------------------
 
-    /// Adds new `*.torrent` files (renamed `*.added`, or `*.invalid` with the reason logged),
-    /// loads `*.added` files we do not know yet (after a restart), and removes torrents whose
-    /// `*.added` file is gone.
+    /// Adds new `*.torrent` and `*.magnet` files (renamed `*.added`, or `*.invalid` with the
+    /// reason logged), loads `*.added` files we do not know yet (after a restart), and removes
+    /// torrents whose `*.added` file is gone.
     fn scan_watch_dir(&mut self) {
         let Some(dir) = self.config.watch_dir.clone() else {
             return;
@@ -461,9 +675,11 @@ impl Daemon {
             .collect();
         for path in names {
             let name = path.to_string_lossy();
-            if name.ends_with(".torrent") {
+            if name.ends_with(".torrent") || name.ends_with(".magnet") {
                 self.add_watch_file(&path, &with_suffix(&path, WATCH_ADDED));
-            } else if name.ends_with(".torrent.added") && !known.contains(&path) {
+            } else if (name.ends_with(".torrent.added") || name.ends_with(".magnet.added"))
+                && !known.contains(&path)
+            {
                 self.add_watch_file(&path, &path);
             }
         }
@@ -471,7 +687,7 @@ impl Daemon {
             .torrents
             .iter()
             .filter(|t| matches!(&t.source, Source::Watch(file) if !file.exists()))
-            .map(|t| t.meta.info_hash)
+            .map(|t| t.info_hash)
             .collect();
         for info_hash in gone {
             if let Some(index) = self.index_of(&info_hash) {
@@ -480,7 +696,7 @@ impl Daemon {
         }
     }
 
-    /// Reads a watch-dir torrent at `path`; on success it ends up at `added`.
+    /// Reads a watch-dir torrent or magnet link at `path`; on success it ends up at `added`.
     fn add_watch_file(&mut self, path: &Path, added: &Path) {
         let invalid = |reason: String| {
             let target = with_suffix(path, WATCH_INVALID);
@@ -493,11 +709,11 @@ impl Daemon {
                 error!("watch dir: rename {}: {e}", path.display());
             }
         };
-        let meta = match Metainfo::from_file(path) {
-            Ok(meta) => meta,
-            Err(e) => return invalid(e.to_string()),
+        let origin = match read_watch_file(path) {
+            Ok(origin) => origin,
+            Err(reason) => return invalid(reason),
         };
-        if let Some(other) = self.find(&meta.info_hash) {
+        if let Some(other) = self.find(&origin.info_hash()) {
             return invalid(format!("duplicate of torrent {}", other.name()));
         }
         if path != added
@@ -508,7 +724,7 @@ impl Daemon {
         }
         let download_dir = self.config.download_dir.clone();
         self.add(
-            meta,
+            origin,
             Source::Watch(added.to_owned()),
             download_dir,
             Vec::new(),
@@ -601,11 +817,15 @@ impl Daemon {
     /// Opens the torrent's files and checks its data on a `check NAME` thread: resume data
     /// when it still matches the files, a full re-hash otherwise.
     fn start_checking(&mut self, index: usize) {
+        let Some(meta) = self.torrents[index].meta.clone() else {
+            // Not queued without metadata (`unpause` fetches it first); should it happen, fetch.
+            self.start_fetching(index);
+            return;
+        };
         let state_dir = self.config.state_dir.clone();
         let threads = self.config.limits.disk_threads;
         let t = &mut self.torrents[index];
         t.state = State::Checking;
-        let meta = Arc::clone(&t.meta);
         let root = t.download_dir.clone();
         let resume_path = t.resume_path(&state_dir);
         let tx = self.checked_tx.clone();
@@ -613,10 +833,7 @@ impl Daemon {
             .name(format!("check {}", meta.name))
             .spawn(move || {
                 let result = check_data(&meta, &root, &resume_path, threads);
-                let _ = tx.send(Checked {
-                    info_hash: meta.info_hash,
-                    result,
-                });
+                let _ = tx.send(Checked { meta, result });
             });
         if let Err(e) = spawned {
             t.state = State::Error(format!("cannot spawn check thread: {e}"));
@@ -624,7 +841,8 @@ impl Daemon {
     }
 
     fn on_checked(&mut self, checked: Checked) {
-        let Some(index) = self.index_of(&checked.info_hash) else {
+        let meta = checked.meta;
+        let Some(index) = self.index_of(&meta.info_hash) else {
             return;
         };
         let state_dir = self.config.state_dir.clone();
@@ -643,7 +861,7 @@ impl Daemon {
         t.complete = have.is_full();
         t.verified_bytes = have
             .iter_ones()
-            .map(|p| u64::from(t.meta.geometry.piece_len(p)))
+            .map(|p| u64::from(meta.geometry.piece_len(p)))
             .sum();
         if t.complete {
             t.seeding_since.get_or_insert_with(Instant::now);
@@ -655,13 +873,10 @@ impl Daemon {
             downloaded_before: t.downloaded_before,
             completed_unix: t.completed_unix,
         };
-        match self.engine.add(
-            Arc::clone(&t.meta),
-            Arc::new(storage),
-            have,
-            t.peers.clone(),
-            Some(resume),
-        ) {
+        match self
+            .engine
+            .add(meta, Arc::new(storage), have, t.peers.clone(), Some(resume))
+        {
             Ok(handle) => t.state = State::Running(handle),
             Err(e) => {
                 error!("torrent {}: cannot start: {e}", t.name());
@@ -717,22 +932,23 @@ impl Daemon {
     /// Brings the `[[torrent]]`-sourced torrents in line with the (new) config entries.
     fn apply_entries(&mut self, old: &[TorrentEntry]) {
         let new = self.config.torrents.clone();
+        let keys: Vec<EntryKey> = new.iter().map(EntryKey::of).collect();
         let removed: Vec<InfoHash> = self
             .torrents
             .iter()
-            .filter(|t| matches!(&t.source, Source::Config(p) if !new.iter().any(|e| &e.path == p)))
-            .map(|t| t.meta.info_hash)
+            .filter(|t| matches!(&t.source, Source::Config(key) if !keys.contains(key)))
+            .map(|t| t.info_hash)
             .collect();
         for info_hash in removed {
             if let Some(index) = self.index_of(&info_hash) {
                 self.remove(index);
             }
         }
-        for entry in &new {
+        for (entry, key) in new.iter().zip(keys) {
             let existing = self
                 .torrents
                 .iter()
-                .position(|t| t.source == Source::Config(entry.path.clone()));
+                .position(|t| t.source == Source::Config(key.clone()));
             let Some(index) = existing else {
                 self.add_entry(entry);
                 continue;
@@ -742,11 +958,16 @@ impl Daemon {
             }
             let t = &mut self.torrents[index];
             t.download_dir.clone_from(&entry.download_dir);
-            if entry.peers != t.peers {
-                t.peers.clone_from(&entry.peers);
+            let mut peers = entry.peers.clone();
+            if let TorrentRef::Magnet(magnet) = &entry.torrent {
+                merge_peers(&mut peers, &magnet.peers);
+                t.magnet = Some(magnet.clone());
+            }
+            if peers != t.peers {
                 if let State::Running(handle) = &t.state {
-                    handle.send(Control::AddPeers(entry.peers.clone()));
+                    handle.send(Control::AddPeers(peers.clone()));
                 }
+                t.peers = peers;
             }
             if entry.paused != t.paused {
                 t.paused = entry.paused;
@@ -755,8 +976,11 @@ impl Daemon {
                     self.stop_torrent(index, State::Paused);
                 } else if matches!(t.state, State::Paused) {
                     info!("torrent {}: resumed", t.name());
-                    t.state = State::Queued;
+                    self.unpause(index);
                 }
+            } else if matches!(t.state, State::Metadata(_)) {
+                // Ask the entry's new peers and trackers.
+                self.start_fetching(index);
             }
         }
     }
@@ -768,7 +992,7 @@ impl Daemon {
             .torrents
             .iter()
             .map(|t| {
-                let size = t.meta.geometry.total_len;
+                let size = t.size();
                 let (uploaded, downloaded) = t.totals();
                 let (down_rate, up_rate, peers) = match &t.state {
                     State::Running(h) => (
@@ -779,10 +1003,12 @@ impl Daemon {
                     _ => (0, 0, 0),
                 };
                 TorrentStatus {
-                    name: t.meta.name.clone(),
-                    info_hash: t.meta.info_hash.to_hex(),
+                    name: t.name.clone(),
+                    info_hash: t.info_hash.to_hex(),
                     state: t.state.name(t.complete).into(),
-                    progress: if t.complete {
+                    progress: if t.meta.is_none() {
+                        0.0
+                    } else if t.complete {
                         1.0
                     } else {
                         t.verified_bytes as f64 / size.max(1) as f64
@@ -834,11 +1060,17 @@ impl Daemon {
     fn shutdown(mut self) {
         info!("daemon stopping");
         let deadline = Instant::now() + STOP_BUDGET;
-        // Ask every coordinator at once, so their `stopped` announces overlap.
-        for t in &self.torrents {
+        // Ask every coordinator at once, so their `stopped` announces overlap; end every
+        // metadata fetch (dropping its `stop`) meanwhile.
+        let mut fetches = Vec::new();
+        for t in &mut self.torrents {
             if let State::Running(handle) = &t.state {
-                self.engine.unregister(&t.meta.info_hash);
+                self.engine.unregister(&t.info_hash);
                 handle.send(Control::Stop);
+            } else if matches!(t.state, State::Metadata(_))
+                && let State::Metadata(fetching) = std::mem::replace(&mut t.state, State::Queued)
+            {
+                fetches.push(fetching.thread);
             }
         }
         for index in 0..self.torrents.len() {
@@ -849,6 +1081,14 @@ impl Daemon {
                 break;
             }
             self.stop_torrent(index, State::Queued);
+        }
+        for thread in fetches {
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
         }
         self.write_status();
         let Self {
@@ -864,6 +1104,129 @@ impl Daemon {
 
 fn is_active(t: &Managed) -> bool {
     matches!(t.state, State::Checking | State::Running(_))
+}
+
+/// A watch-directory file: a `.torrent`, or a `.magnet` holding one magnet URI (either one
+/// possibly renamed `*.added` already).
+fn read_watch_file(path: &Path) -> Result<Origin, String> {
+    let name = path.to_string_lossy();
+    if name.ends_with(".magnet") || name.ends_with(".magnet.added") {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+        Magnet::parse(text.trim())
+            .map(Origin::Magnet)
+            .map_err(|e| e.to_string())
+    } else {
+        Metainfo::from_file(path)
+            .map(Origin::Meta)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Appends the addresses of `more` that `peers` lacks.
+fn merge_peers(peers: &mut Vec<SocketAddr>, more: &[SocketAddr]) {
+    for addr in more {
+        if !peers.contains(addr) {
+            peers.push(*addr);
+        }
+    }
+}
+
+/// A magnet link's name until its metadata arrives: its `dn` without control characters (it
+/// names a thread, and goes into the log), else the info hash.
+fn display_name(magnet: &Magnet) -> String {
+    let dn: String = magnet
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    if dn.trim().is_empty() {
+        magnet.info_hash.to_hex()
+    } else {
+        dn
+    }
+}
+
+/// Where a magnet link's fetched metadata is kept: `<state_dir>/torrents/<infohash>.torrent`.
+fn saved_torrent_path(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
+    state_dir
+        .join("torrents")
+        .join(format!("{}.torrent", info_hash.to_hex()))
+}
+
+/// Fetches a magnet link's metadata (see [`metadata_fetch::fetch`]), again after each failure
+/// (waiting [`METADATA_RETRY_BASE`], doubled per failure up to [`METADATA_RETRY_MAX`]), makes it
+/// a torrent with the link's trackers and saves it as `saved`. `None` when `stop` fired (or was
+/// dropped) first. Runs on a `metadata NAME` thread.
+fn fetch_metadata(
+    params: &FetchParams,
+    saved: &Path,
+    stop: &Receiver<()>,
+) -> Option<Result<Metainfo, String>> {
+    let mut wait = METADATA_RETRY_BASE;
+    loop {
+        match metadata_fetch::fetch(params, stop) {
+            Ok(fetched) => return Some(torrent_from_metadata(params, &fetched, saved)),
+            Err(FetchError::Stopped) => return None,
+            Err(e) => warn!("magnet {}: {e}; trying again in {wait:?}", params.info_hash),
+        }
+        if !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout)) {
+            return None;
+        }
+        wait = (wait * 2).min(METADATA_RETRY_MAX);
+    }
+}
+
+/// The torrent of verified metadata, with the magnet link's trackers (one tier each), saved
+/// as `saved` (a failed save is logged: the next start fetches it again).
+fn torrent_from_metadata(
+    params: &FetchParams,
+    fetched: &metadata_fetch::Fetched,
+    saved: &Path,
+) -> Result<Metainfo, String> {
+    let tiers: Vec<Vec<String>> = params.trackers.iter().map(|t| vec![t.clone()]).collect();
+    let meta = Metainfo::from_info_bytes(&fetched.info, &tiers)
+        .map_err(|e| format!("the metadata is not a usable torrent: {e}"))?;
+    // `fetch` verified the bytes; checked again on what the torrent is built from.
+    if meta.info_hash != params.info_hash {
+        return Err(format!(
+            "the metadata hashes to {}, not to the magnet link's info hash {}",
+            meta.info_hash, params.info_hash
+        ));
+    }
+    let sources: Vec<String> = fetched.sources.iter().map(ToString::to_string).collect();
+    info!(
+        "torrent {}: metadata received, {} bytes from {}",
+        meta.name,
+        fetched.info.len(),
+        sources.join(", ")
+    );
+    match write_atomically(saved, &meta.to_torrent_bytes()) {
+        Ok(()) => info!(
+            "torrent {}: metadata saved to {}",
+            meta.name,
+            saved.display()
+        ),
+        Err(e) => warn!(
+            "torrent {}: cannot save the metadata to {}: {e}; the next start fetches it again",
+            meta.name,
+            saved.display()
+        ),
+    }
+    Ok(meta)
+}
+
+/// Writes `bytes` to `<path>.tmp` (synced) and renames it over `path`, creating the directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = with_suffix(path, ".tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {

@@ -7,6 +7,7 @@ mod support;
 
 mod create;
 mod daemon;
+mod daemon_magnet;
 mod daemon_reload;
 mod extension;
 mod fake_peer;

@@ -25,10 +25,12 @@ pub const STOP_LIMIT: Duration = Duration::from_secs(5);
 /// The header of the status table (`btd status`, SIGUSR1), word by word.
 pub const TABLE_HEADER: [&str; 7] = ["NAME", "STATE", "PROGRESS", "DOWN", "UP", "PEERS", "RATIO"];
 
-/// One `[[torrent]]` entry of a daemon's config.
+/// One `[[torrent]]` entry of a daemon's config: a `.torrent` path, or (with an empty `path`) a
+/// magnet link.
 #[derive(Clone, Debug)]
 pub struct TorrentEntry {
     pub path: PathBuf,
+    pub magnet: Option<String>,
     /// `None`: the daemon's `paths.download_dir`.
     pub download_dir: Option<PathBuf>,
     pub paused: bool,
@@ -39,9 +41,18 @@ impl TorrentEntry {
     pub fn new(path: &Path) -> TorrentEntry {
         TorrentEntry {
             path: path.to_owned(),
+            magnet: None,
             download_dir: None,
             paused: false,
             peers: Vec::new(),
+        }
+    }
+
+    /// An entry `magnet = "URI"` (no `path`).
+    pub fn magnet(uri: &str) -> TorrentEntry {
+        TorrentEntry {
+            magnet: Some(uri.to_owned()),
+            ..TorrentEntry::new(Path::new(""))
         }
     }
 
@@ -57,7 +68,12 @@ impl TorrentEntry {
 
     fn to_toml(&self) -> toml::Value {
         let mut t = toml::Table::new();
-        t.insert("path".into(), path_value(&self.path));
+        if !self.path.as_os_str().is_empty() {
+            t.insert("path".into(), path_value(&self.path));
+        }
+        if let Some(uri) = &self.magnet {
+            t.insert("magnet".into(), uri.clone().into());
+        }
         if let Some(dir) = &self.download_dir {
             t.insert("download_dir".into(), path_value(dir));
         }
@@ -144,6 +160,13 @@ timeout_secs = 5
 
     pub fn status_file(&self) -> PathBuf {
         self.state_dir().join("status.json")
+    }
+
+    /// Where the daemon saves a magnet link's metadata.
+    pub fn saved_torrent(&self, info_hash: &str) -> PathBuf {
+        self.state_dir()
+            .join("torrents")
+            .join(format!("{info_hash}.torrent"))
     }
 
     pub fn resume_file(&self, info_hash: &str) -> PathBuf {
