@@ -20,4 +20,5 @@ pub mod status;
 pub mod storage;
 pub mod torrent;
 pub mod tracker;
+pub mod tracker_server;
 pub mod wire;

@@ -1,7 +1,7 @@
 //! btd's command line: parses arguments (clap), sets up logging (env_logger) and signals
 //! (ctrlc), runs the command and maps its error kind to the exit status. No logic of its own.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use btd::commands::{self, CommandError, CreateOptions, TransferOptions};
 use btd::config::Config;
 use btd::daemon::{self, Daemon, LogFile};
+use btd::tracker_server::{self, TrackerOptions};
 
 #[derive(Parser)]
 #[command(name = "btd", version, about = "A BitTorrent client and daemon")]
@@ -63,7 +64,7 @@ enum Command {
     Daemon,
     /// Show the running daemon's torrents.
     Status,
-    /// Hand a .torrent to the running daemon (through its watch directory).
+    /// Hand a .torrent or a magnet link to the running daemon (through its watch directory).
     Add {
         #[arg(value_name = "TORRENT|MAGNET")]
         torrent: String,
@@ -80,6 +81,24 @@ enum Command {
         dir: PathBuf,
         #[command(flatten)]
         net: NetArgs,
+    },
+    /// Run a BitTorrent tracker (HTTP and UDP on one port) until SIGINT/SIGTERM.
+    Tracker {
+        /// Address for HTTP and UDP; port 0 picks a number free for both.
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Seconds between a client's announces [default: 1800].
+        #[arg(long, value_name = "SECS")]
+        interval: Option<u64>,
+        /// Seconds a client waits at least between announces [default: half the interval].
+        #[arg(long, value_name = "SECS")]
+        min_interval: Option<u64>,
+        /// Peers listed per torrent [default: 1000].
+        #[arg(long, value_name = "N")]
+        max_peers_per_torrent: Option<usize>,
+        /// Torrents tracked at once [default: 1000].
+        #[arg(long, value_name = "N")]
+        max_torrents: Option<usize>,
     },
 }
 
@@ -227,6 +246,26 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             let config = load_config(cli.config.as_deref())?;
             let signals = signals()?;
             commands::seed(&transfer(torrent, dir, net, config), &signals)
+        }
+        Command::Tracker {
+            listen,
+            interval,
+            min_interval,
+            max_peers_per_torrent,
+            max_torrents,
+        } => {
+            let options = TrackerOptions {
+                listen,
+                interval_secs: interval,
+                min_interval_secs: min_interval,
+                max_peers_per_torrent,
+                max_torrents,
+            };
+            let signals = signals()?;
+            tracker_server::run_until(&options, &signals).map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidInput => CommandError::BadInput(e.to_string()),
+                _ => CommandError::Runtime(e.to_string()),
+            })
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod btd_tracker;
 mod create;
 mod daemon;
 mod daemon_magnet;
