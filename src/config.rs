@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::engine::EngineConfig;
 use crate::magnet::Magnet;
 use crate::torrent::TorrentLimits;
+use crate::tracker_server::TrackerConfig;
 
 /// A config file that cannot be used. Fatal at start.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,7 @@ struct ConfigFile {
     status: Status,
     disk: Disk,
     announce: Announce,
+    tracker: Tracker,
     torrent: Vec<TorrentEntryFile>,
 }
 
@@ -198,6 +200,31 @@ impl Default for Announce {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Tracker {
+    enabled: bool,
+    listen: String,
+    interval_secs: u64,
+    min_interval_secs: u64,
+    max_peers_per_torrent: usize,
+    max_torrents: usize,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        let d = TrackerConfig::default();
+        Self {
+            enabled: false,
+            listen: d.listen.to_string(),
+            interval_secs: d.interval.as_secs(),
+            min_interval_secs: 0,
+            max_peers_per_torrent: d.max_peers_per_torrent,
+            max_torrents: d.max_torrents,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TorrentEntryFile {
     path: Option<PathBuf>,
@@ -255,6 +282,8 @@ pub struct Config {
     pub max_active_seeds: usize,
     pub status_interval: Duration,
     pub limits: TorrentLimits,
+    /// The embedded tracker (`[tracker]`), when enabled.
+    pub tracker: Option<TrackerConfig>,
     pub torrents: Vec<TorrentEntry>,
 }
 
@@ -365,6 +394,7 @@ impl Config {
                 .ok_or_else(|| err(key, "too large".into()))
         };
         let download_dir = non_empty("paths.download_dir", &file.paths.download_dir)?;
+        let tracker = tracker_config(&file.tracker).map_err(|(key, reason)| err(key, reason))?;
         let mut torrents = Vec::new();
         for (i, entry) in file.torrent.into_iter().enumerate() {
             let key = |k: &str| format!("torrent[{i}].{k}");
@@ -434,6 +464,7 @@ impl Config {
                 stop_timeout: Duration::from_secs(file.announce.stop_timeout_secs),
                 udp_retransmit_base: Duration::from_millis(file.announce.udp_retransmit_base_ms),
             },
+            tracker,
             torrents,
         })
     }
@@ -451,6 +482,46 @@ impl Config {
             max_peers: self.max_peers_global,
         }
     }
+}
+
+/// The embedded tracker's config from `[tracker]`: None when it is disabled (its other keys are
+/// still checked, so a mistake shows before it is turned on). Errors are (key, reason).
+fn tracker_config(file: &Tracker) -> Result<Option<TrackerConfig>, (&'static str, String)> {
+    let listen: SocketAddr = file.listen.parse().map_err(|e| {
+        (
+            "tracker.listen",
+            format!(
+                "{:?}: {e} (want IP:PORT, e.g. \"0.0.0.0:6969\" or \"[::]:6969\")",
+                file.listen
+            ),
+        )
+    })?;
+    if file.interval_secs == 0 || file.interval_secs > u64::from(u32::MAX) {
+        return Err((
+            "tracker.interval_secs",
+            format!("must be 1 to {}", u32::MAX),
+        ));
+    }
+    let mut config = TrackerConfig::with_interval(listen, Duration::from_secs(file.interval_secs));
+    if file.min_interval_secs > file.interval_secs {
+        return Err((
+            "tracker.min_interval_secs",
+            format!("must not exceed interval_secs ({})", file.interval_secs),
+        ));
+    }
+    if file.min_interval_secs > 0 {
+        config.min_interval = Duration::from_secs(file.min_interval_secs);
+    }
+    if file.max_peers_per_torrent == 0 {
+        return Err(("tracker.max_peers_per_torrent", "must be at least 1".into()));
+    }
+    if file.max_torrents == 0 {
+        return Err(("tracker.max_torrents", "must be at least 1".into()));
+    }
+    config.max_peers_per_torrent = file.max_peers_per_torrent;
+    config.max_torrents = file.max_torrents;
+    config.validate().map_err(|e| ("tracker", e.to_string()))?;
+    Ok(file.enabled.then_some(config))
 }
 
 /// "line N" plus the text of that line, for errors toml reports by byte span.
@@ -540,6 +611,31 @@ mod tests {
         let e = parse("[[torrent]]\nmagnet = \"magnet:?xt=urn:btih:zzz\"\n").unwrap_err();
         assert_eq!(e.key, "torrent[0].magnet");
         assert!(e.reason.contains("40 hex or 32 base32"), "{e}");
+    }
+
+    #[test]
+    fn the_embedded_tracker_is_off_unless_enabled_and_its_keys_are_checked() {
+        assert_eq!(parse("").unwrap().tracker, None);
+        let c =
+            parse("[tracker]\nenabled = true\nlisten = \"127.0.0.1:7000\"\ninterval_secs = 60\n")
+                .unwrap();
+        let t = c.tracker.unwrap();
+        assert_eq!(t.listen, "127.0.0.1:7000".parse::<SocketAddr>().unwrap());
+        assert_eq!((t.interval.as_secs(), t.min_interval.as_secs()), (60, 30));
+        for (text, key) in [
+            ("listen = \"6969\"", "tracker.listen"),
+            ("interval_secs = 0", "tracker.interval_secs"),
+            (
+                "interval_secs = 10\nmin_interval_secs = 11",
+                "tracker.min_interval_secs",
+            ),
+            ("max_torrents = 0", "tracker.max_torrents"),
+            ("max_peers_per_torrent = 0", "tracker.max_peers_per_torrent"),
+        ] {
+            // Checked even while disabled.
+            let e = parse(&format!("[tracker]\n{text}\n")).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
     }
 
     #[test]

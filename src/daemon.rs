@@ -5,7 +5,8 @@
 //! the reaction to signals. It never touches a socket or a piece: each running torrent is a
 //! coordinator thread behind a `TorrentHandle`, checking data at start (resume data or a full
 //! re-hash) runs on a `check NAME` thread, and fetching a magnet link's metadata on a
-//! `metadata NAME` thread.
+//! `metadata NAME` thread. With `[tracker] enabled`, it also owns the embedded tracker
+//! (`tracker_server`), started and stopped with it and reconfigured on SIGHUP.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -27,9 +28,10 @@ use crate::metadata_fetch::{self, FetchError, FetchParams};
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::pidfile::PidFile;
 use crate::resume::ResumeData;
-use crate::status::{DaemonStatus, SwarmCounts, TorrentStatus};
+use crate::status::{DaemonStatus, SwarmCounts, TorrentStatus, TrackerStatus};
 use crate::storage::{OpenMode, Storage};
 use crate::torrent::{Control, ResumeTarget, TorrentEvent, TorrentHandle};
+use crate::tracker_server::{TrackerConfig, TrackerServer};
 use crate::wire::Bitfield;
 
 /// Why the daemon could not start (it never stops for anything else).
@@ -51,6 +53,8 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(String),
+    #[error("embedded tracker: {0}")]
+    Tracker(std::io::Error),
 }
 
 /// What the signal threads tell the main loop.
@@ -318,6 +322,8 @@ pub struct Daemon {
     fetched_rx: Receiver<MetadataFetched>,
     pid_file: Option<PidFile>,
     log_file: Option<LogFile>,
+    /// The embedded tracker, while `[tracker] enabled`.
+    tracker: Option<TrackerServer>,
     /// Set when RUST_LOG decides the log level, so a reload leaves it alone.
     level_from_env: bool,
 }
@@ -327,7 +333,7 @@ impl Daemon {
     ///
     /// # Errors
     /// A second daemon on the same state directory, an unusable state directory, or a listen
-    /// address that cannot be bound.
+    /// address (of the peer listener or the embedded tracker) that cannot be bound.
     pub fn start(
         config: Config,
         config_path: &Path,
@@ -345,6 +351,11 @@ impl Daemon {
                 addr: engine_config.listen,
                 source,
             })?;
+        let tracker = config
+            .tracker
+            .map(TrackerServer::start)
+            .transpose()
+            .map_err(DaemonError::Tracker)?;
         let (checked_tx, checked_rx) = crossbeam_channel::unbounded();
         let (fetched_tx, fetched_rx) = crossbeam_channel::unbounded();
         let mut daemon = Self {
@@ -358,6 +369,7 @@ impl Daemon {
             fetched_rx,
             pid_file: Some(pid_file),
             log_file,
+            tracker,
             level_from_env: std::env::var_os("RUST_LOG").is_some(),
         };
         info!(
@@ -914,6 +926,7 @@ impl Daemon {
                 handle.send(Control::SetLimits(new.limits.clone()));
             }
         }
+        self.reload_tracker(new.tracker);
         if !self.level_from_env {
             log::set_max_level(new.log_level);
         }
@@ -927,6 +940,39 @@ impl Daemon {
         self.apply_entries(&old_entries);
         info!("config reloaded from {}", self.config_path.display());
         self.scan_watch_dir();
+    }
+
+    /// Brings the embedded tracker in line with `[tracker]`: started, stopped, reconfigured in
+    /// place (peers kept), or restarted on a new address. A tracker that cannot start is
+    /// logged; the daemon carries on without it.
+    fn reload_tracker(&mut self, wanted: Option<TrackerConfig>) {
+        match (&self.tracker, wanted) {
+            (None, None) => {}
+            (Some(_), None) => {
+                info!("config reload: [tracker] disabled");
+                if let Some(tracker) = self.tracker.take() {
+                    tracker.stop();
+                }
+            }
+            (Some(tracker), Some(config)) if tracker.config().listen == config.listen => {
+                if let Err(e) = tracker.set_config(config) {
+                    error!("config reload: {e}; the tracker keeps its settings");
+                }
+            }
+            (running, Some(config)) => {
+                if running.is_some() {
+                    info!("config reload: the tracker moves to {}", config.listen);
+                }
+                // Free the old address first: the new one may share its port.
+                if let Some(tracker) = self.tracker.take() {
+                    tracker.stop();
+                }
+                match TrackerServer::start(config) {
+                    Ok(tracker) => self.tracker = Some(tracker),
+                    Err(e) => error!("config reload: embedded tracker: {e}; running without it"),
+                }
+            }
+        }
     }
 
     /// Brings the `[[torrent]]`-sourced torrents in line with the (new) config entries.
@@ -1045,6 +1091,14 @@ impl Daemon {
                 .map_or(0, |d| d.as_secs()),
             listen: self.engine.listen_addr().to_string(),
             torrents,
+            tracker: self.tracker.as_ref().map(|tracker| {
+                let stats = tracker.stats();
+                TrackerStatus {
+                    listen: tracker.local_addr().to_string(),
+                    torrents: stats.torrents,
+                    peers: stats.peers,
+                }
+            }),
         }
     }
 
@@ -1092,8 +1146,14 @@ impl Daemon {
         }
         self.write_status();
         let Self {
-            engine, pid_file, ..
+            engine,
+            pid_file,
+            tracker,
+            ..
         } = self;
+        if let Some(tracker) = tracker {
+            tracker.stop();
+        }
         engine.shutdown();
         if let Some(pid_file) = pid_file {
             pid_file.release();

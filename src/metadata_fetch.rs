@@ -315,6 +315,7 @@ fn spawn_announces(params: &FetchParams, events: &Sender<Event>) -> usize {
         }
         let (request, events) = (request.clone(), events.clone());
         let (timeout, base) = (params.announce_timeout, params.udp_retransmit_base);
+        let bind = params.bind;
         let url = url.clone();
         let thread_url = url.clone();
         let spawned = std::thread::Builder::new()
@@ -322,7 +323,11 @@ fn spawn_announces(params: &FetchParams, events: &Sender<Event>) -> usize {
             .spawn(move || {
                 let url = thread_url;
                 let reply = if udp::is_supported(&url) {
-                    UdpClient::new(base).announce(&url, &request, Instant::now() + timeout)
+                    UdpClient::new(base).bound_to(bind).announce(
+                        &url,
+                        &request,
+                        Instant::now() + timeout,
+                    )
                 } else {
                     http::announce(&url, &request, timeout)
                 };

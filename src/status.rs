@@ -21,6 +21,20 @@ pub struct DaemonStatus {
     /// The address peers connect to.
     pub listen: String,
     pub torrents: Vec<TorrentStatus>,
+    /// The embedded tracker, when `[tracker] enabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracker: Option<TrackerStatus>,
+}
+
+/// The embedded tracker in a [`DaemonStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TrackerStatus {
+    /// Where it answers HTTP and UDP.
+    pub listen: String,
+    /// Torrents with at least one peer.
+    pub torrents: usize,
+    /// Peers over all its torrents.
+    pub peers: usize,
 }
 
 /// One torrent in a [`DaemonStatus`].
@@ -236,6 +250,12 @@ impl DaemonStatus {
             }
         }
         out.push_str(&line(totals));
+        if let Some(tracker) = &self.tracker {
+            out.push_str(&format!(
+                "tracker on {}: {} torrents, {} peers\n",
+                tracker.listen, tracker.torrents, tracker.peers
+            ));
+        }
         out
     }
 }
@@ -385,6 +405,7 @@ mod tests {
             updated_unix: 1_700_000_000,
             listen: "0.0.0.0:6881".to_owned(),
             torrents,
+            tracker: None,
         }
     }
 

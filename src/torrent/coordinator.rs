@@ -229,6 +229,7 @@ impl Coordinator {
                 info_hash: meta.info_hash.0,
                 peer_id: params.peer_id,
                 port: params.listen_port,
+                bind: params.bind,
                 numwant: params.limits.numwant,
                 timeout: params.limits.announce_timeout,
                 stop_timeout: params.limits.stop_timeout,

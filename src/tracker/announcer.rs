@@ -9,7 +9,7 @@
 //! panic the thread.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -68,6 +68,9 @@ pub struct AnnouncerConfig {
     pub peer_id: [u8; 20],
     /// The port we accept peers on.
     pub port: u16,
+    /// Our listen address when it is a specific one: UDP announces are sent from it (the
+    /// tracker lists the datagram's source). HTTP announces go from wherever the OS picks.
+    pub bind: Option<IpAddr>,
     /// Peers to ask for in each announce (`stopped` asks for none).
     pub numwant: u32,
     /// Bound on each regular announce and each scrape (HTTP: connect, and the exchange after
@@ -256,7 +259,7 @@ pub fn spawn(
     let announcer = Announcer {
         schedule: Schedule::new(Instant::now()),
         tiers,
-        udp: UdpClient::new(config.udp_retransmit_base),
+        udp: UdpClient::new(config.udp_retransmit_base).bound_to(config.bind),
         key: rand::random(),
         config,
         stats,
@@ -739,6 +742,7 @@ mod tests {
             info_hash: [0x5A; 20],
             peer_id: *b"-BT0001-announcertst",
             port: 6881,
+            bind: None,
             numwant: 50,
             timeout: Duration::from_secs(5),
             stop_timeout: Duration::from_secs(5),

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
 use log::debug;
@@ -56,6 +56,9 @@ struct Connection {
 /// the retransmission base.
 pub struct UdpClient {
     retransmit_base: Duration,
+    /// The local address to send from (our listen address), so the tracker, which takes our
+    /// address from the datagram, lists the address peers can reach us on.
+    bind: Option<IpAddr>,
     connections: HashMap<String, Connection>,
 }
 
@@ -74,8 +77,16 @@ impl UdpClient {
     pub fn new(retransmit_base: Duration) -> Self {
         UdpClient {
             retransmit_base: retransmit_base.max(Duration::from_millis(1)),
+            bind: None,
             connections: HashMap::new(),
         }
+    }
+
+    /// Sends from `ip` to trackers of its family (others, and an unspecified `ip`, from any).
+    #[must_use]
+    pub fn bound_to(mut self, ip: Option<IpAddr>) -> Self {
+        self.bind = ip.filter(|ip| !ip.is_unspecified());
+        self
     }
 
     /// Announces `req` to the UDP tracker at `url` and returns its reply, by `deadline`.
@@ -211,7 +222,7 @@ impl UdpClient {
             let now = Instant::now();
             if !self.has_connection(url, now) {
                 self.connections.remove(url);
-                let (socket, family) = open(url).map_err(request_error)?;
+                let (socket, family) = open(url, self.bind).map_err(request_error)?;
                 let id = self.connect(url, &socket, &mut buf, &mut n, deadline)?;
                 self.connections.insert(
                     url.to_owned(),
@@ -323,24 +334,23 @@ impl UdpClient {
 }
 
 /// Resolves the URL's host and opens a socket on an ephemeral port of the family of the first
-/// address we can reach, connected to it (so the kernel drops datagrams from anyone else).
-fn open(url: &str) -> Result<(UdpSocket, CompactFamily), String> {
+/// address we can reach, connected to it (so the kernel drops datagrams from anyone else); from
+/// `bind` when that is of the address's family.
+fn open(url: &str, bind: Option<IpAddr>) -> Result<(UdpSocket, CompactFamily), String> {
     let (host, port) = host_port(url)?;
     let addrs = (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("resolving {host}: {e}"))?;
     let mut last_error = format!("{host} has no address");
     for addr in addrs {
-        let (local, family) = match addr {
-            SocketAddr::V4(_) => (
-                SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-                CompactFamily::V4,
-            ),
-            SocketAddr::V6(_) => (
-                SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
-                CompactFamily::V6,
-            ),
+        let (any, family): (IpAddr, _) = match addr {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED.into(), CompactFamily::V4),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED.into(), CompactFamily::V6),
         };
+        let ip = bind
+            .filter(|ip| ip.is_ipv4() == addr.is_ipv4())
+            .unwrap_or(any);
+        let local = SocketAddr::new(ip, 0);
         match UdpSocket::bind(local).and_then(|socket| socket.connect(addr).map(|()| socket)) {
             Ok(socket) => return Ok((socket, family)),
             Err(e) => last_error = format!("{addr}: {e}"),
@@ -770,6 +780,30 @@ mod tests {
         let connects = tracker.received();
         assert_eq!(connects.len(), 4, "{connects:?}");
         assert!(!client.has_connection(&tracker.url, Instant::now()));
+    }
+
+    #[test]
+    fn a_bound_client_sends_from_its_listen_address() {
+        let tracker = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tracker
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let url = format!("udp://{}", tracker.local_addr().unwrap());
+        let ip: IpAddr = "127.0.0.7".parse().unwrap();
+        let client = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_millis(300);
+            UdpClient::new(Duration::from_secs(5))
+                .bound_to(Some(ip))
+                .announce(&url, &request(), deadline)
+        });
+        let mut buf = [0; 64];
+        let (_, from) = tracker.recv_from(&mut buf).unwrap();
+        assert_eq!(from.ip(), ip);
+        assert!(client.join().unwrap().is_err(), "nobody answered");
+        // An unspecified address binds nothing in particular.
+        let any =
+            UdpClient::new(Duration::from_secs(1)).bound_to(Some(Ipv4Addr::UNSPECIFIED.into()));
+        assert_eq!(any.bind, None);
     }
 
     #[test]

@@ -265,7 +265,8 @@ pub struct TrackerServer {
 
 impl TrackerServer {
     /// Binds HTTP and UDP on `config.listen` (port 0: a number free for both), starts the
-    /// threads and logs `tracker listening on ADDR`.
+    /// threads and logs `tracker serving HTTP and UDP on ADDR` (not "listening on", which names
+    /// the peer port in every log).
     ///
     /// # Errors
     /// `InvalidInput` for a config that fails [`TrackerConfig::validate`]; the bind error (naming
@@ -290,7 +291,7 @@ impl TrackerServer {
             server.shutdown();
             return Err(e);
         }
-        log::info!("tracker listening on {local_addr} (HTTP and UDP)");
+        log::info!("tracker serving HTTP and UDP on {local_addr}");
         Ok(server)
     }
 

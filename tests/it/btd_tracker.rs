@@ -76,7 +76,7 @@ impl TrackerProc {
         while Instant::now() < deadline {
             match self.lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => {
-                    if let Some(rest) = line.split("tracker listening on ").nth(1) {
+                    if let Some(rest) = line.split("tracker serving HTTP and UDP on ").nth(1) {
                         let token = rest.split_whitespace().next().unwrap_or("");
                         return token.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
                     }
@@ -85,7 +85,7 @@ impl TrackerProc {
             }
         }
         panic!(
-            "no 'tracker listening on' line within {SHORT:?}:\n{}",
+            "no 'tracker serving HTTP and UDP on' line within {SHORT:?}:\n{}",
             self.log()
         );
     }

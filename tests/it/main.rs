@@ -10,6 +10,7 @@ mod create;
 mod daemon;
 mod daemon_magnet;
 mod daemon_reload;
+mod daemon_tracker;
 mod extension;
 mod fake_peer;
 mod libtorrent;
