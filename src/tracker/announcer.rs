@@ -535,8 +535,25 @@ impl Announcer {
         if !self.schedule.has_announced() {
             return;
         }
+        let deadline = Instant::now() + self.config.stop_timeout;
+        // Finished just before the stop (a one-shot download that exits when done): the tracker
+        // counts downloads by `completed`, so send it first, within the same budget.
+        if self.schedule.event() == Some(AnnounceEvent::Completed) {
+            let req = self.request(&url, Some(AnnounceEvent::Completed));
+            match self.announce_to(&url, &req, self.config.stop_timeout) {
+                Ok(_) => debug!("tracker {url}: completed (before stopping)"),
+                Err(err) => warn!("{err} (sending completed before stopped)"),
+            }
+        }
+        let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+        else {
+            warn!("tracker {url}: no time left to send stopped");
+            return;
+        };
         let req = self.request(&url, Some(AnnounceEvent::Stopped));
-        match self.announce_to(&url, &req, self.config.stop_timeout) {
+        match self.announce_to(&url, &req, left) {
             Ok(_) => debug!("tracker {url}: stopped"),
             // Many trackers answer `stopped` with an empty or partial body; the request got there.
             Err(err @ TrackerError::Malformed { .. }) => debug!("{err} (after stopped)"),
@@ -847,6 +864,38 @@ mod tests {
         join_within(handle, PATIENCE);
         tracker.join();
         assert!(peers_rx.try_recv().is_err(), "an empty peer list was sent");
+    }
+
+    #[test]
+    fn completed_then_stop_at_once_sends_completed_before_stopped() {
+        let tracker = FakeTracker::serve(vec![
+            ok(&compact_reply(&[127, 0, 0, 3, 0x1A, 0xE1])),
+            ok(&compact_reply(&[])),
+            ok(b""),
+        ]);
+        let tiers = Tiers::new(Some(&tracker.url), None);
+        let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
+        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+        let handle = spawn(
+            tiers,
+            config(),
+            stats(),
+            Arc::default(),
+            peers_tx,
+            commands_rx,
+        )
+        .unwrap();
+        assert_eq!(event_of(&tracker.next_request()), Some("started"));
+        peers_rx.recv_timeout(PATIENCE).unwrap();
+        // Both queued before the announcer looks: it sees them in one drain.
+        commands_tx.send(AnnouncerCommand::Completed).unwrap();
+        commands_tx.send(AnnouncerCommand::Stop).unwrap();
+        let completed = tracker.next_request();
+        assert_eq!(event_of(&completed), Some("completed"), "{completed}");
+        let stopped = tracker.next_request();
+        assert_eq!(event_of(&stopped), Some("stopped"), "{stopped}");
+        join_within(handle, PATIENCE);
+        tracker.join();
     }
 
     #[test]
