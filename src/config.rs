@@ -95,6 +95,7 @@ struct Network {
     listen_address: String,
     listen_port: u16,
     connect_timeout_secs: u64,
+    write_timeout_secs: u64,
 }
 
 impl Default for Network {
@@ -103,6 +104,7 @@ impl Default for Network {
             listen_address: "0.0.0.0".into(),
             listen_port: 6881,
             connect_timeout_secs: 10,
+            write_timeout_secs: 60,
         }
     }
 }
@@ -112,6 +114,7 @@ impl Default for Network {
 struct Peers {
     max_per_torrent: usize,
     max_global: usize,
+    max_per_ip: usize,
     upload_slots: usize,
 }
 
@@ -120,6 +123,7 @@ impl Default for Peers {
         Self {
             max_per_torrent: 50,
             max_global: 500,
+            max_per_ip: 8,
             upload_slots: 8,
         }
     }
@@ -270,6 +274,8 @@ pub struct Config {
     pub listen_address: IpAddr,
     pub listen_port: u16,
     pub max_peers_global: usize,
+    /// Incoming connections at once from one IP address.
+    pub max_peers_per_ip: usize,
     /// Bytes per second, 0 = unlimited.
     pub download_rate: u64,
     /// Bytes per second, 0 = unlimited.
@@ -364,6 +370,11 @@ impl Config {
         )?;
         positive("peers.max_per_torrent", file.peers.max_per_torrent as u64)?;
         positive("peers.max_global", file.peers.max_global as u64)?;
+        positive("peers.max_per_ip", file.peers.max_per_ip as u64)?;
+        positive(
+            "network.write_timeout_secs",
+            file.network.write_timeout_secs,
+        )?;
         positive("disk.hash_threads", file.disk.hash_threads as u64)?;
         positive("announce.timeout_secs", file.announce.timeout_secs)?;
         positive(
@@ -444,6 +455,7 @@ impl Config {
             listen_address,
             listen_port: file.network.listen_port,
             max_peers_global: file.peers.max_global,
+            max_peers_per_ip: file.peers.max_per_ip,
             download_rate: rate(
                 "rates.download_kib_per_sec",
                 file.rates.download_kib_per_sec,
@@ -458,6 +470,7 @@ impl Config {
                 max_peers: file.peers.max_per_torrent,
                 upload_slots: file.peers.upload_slots,
                 connect_timeout: Duration::from_secs(file.network.connect_timeout_secs),
+                write_timeout: Duration::from_secs(file.network.write_timeout_secs),
                 disk_threads: file.disk.hash_threads,
                 numwant: file.announce.numwant,
                 announce_timeout: Duration::from_secs(file.announce.timeout_secs),
@@ -480,6 +493,7 @@ impl Config {
             download_rate: self.download_rate,
             upload_rate: self.upload_rate,
             max_peers: self.max_peers_global,
+            max_peers_per_ip: self.max_peers_per_ip,
         }
     }
 }

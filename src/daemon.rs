@@ -920,6 +920,7 @@ impl Daemon {
             new.download_rate,
             new.upload_rate,
             new.max_peers_global,
+            new.max_peers_per_ip,
         );
         for t in &self.torrents {
             if let State::Running(handle) = &t.state {

@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub upload_rate: u64,
     /// Peer connections across all torrents.
     pub max_peers: usize,
+    /// Incoming connections at once from one IP address.
+    pub max_peers_per_ip: usize,
 }
 
 /// See the module documentation.
@@ -48,12 +50,13 @@ impl Engine {
     /// When the listen address cannot be bound.
     pub fn start(config: EngineConfig) -> std::io::Result<Self> {
         let registry: Registry = Arc::new(RwLock::new(HashMap::new()));
-        let listener = Listener::bind(config.listen, Arc::clone(&registry))?;
         let global = Arc::new(Limits::new(
             config.download_rate,
             config.upload_rate,
             config.max_peers,
         ));
+        global.peers.set_max_per_ip(config.max_peers_per_ip);
+        let listener = Listener::bind(config.listen, Arc::clone(&registry), Arc::clone(&global))?;
         Ok(Self {
             peer_id: new_peer_id(),
             registry,
@@ -112,7 +115,7 @@ impl Engine {
         Ok(handle)
     }
 
-    /// Applies new global rates and peer budget at once, and per-torrent limits to torrents
+    /// Applies new global rates and peer budget (per IP too) at once, and per-torrent limits to torrents
     /// added from now on (running ones get `Control::SetLimits` from their owner).
     pub fn reconfigure(
         &mut self,
@@ -120,14 +123,17 @@ impl Engine {
         download_rate: u64,
         upload_rate: u64,
         max_peers: usize,
+        max_peers_per_ip: usize,
     ) {
         self.global.download.set_rate(download_rate);
         self.global.upload.set_rate(upload_rate);
         self.global.peers.set_max(max_peers);
+        self.global.peers.set_max_per_ip(max_peers_per_ip);
         self.config.limits = limits;
         self.config.download_rate = download_rate;
         self.config.upload_rate = upload_rate;
         self.config.max_peers = max_peers;
+        self.config.max_peers_per_ip = max_peers_per_ip;
     }
 
     /// Peer connections open across all torrents.

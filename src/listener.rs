@@ -1,25 +1,33 @@
 //! The listener: thread "listener" accepts incoming TCP connections and hands each to a new
 //! peer thread, which reads the peer's handshake and finds the torrent by its info hash in the
 //! registry. The listener itself never reads from a socket, so a slow peer cannot stall it.
+//!
+//! Connection floods are refused at `accept`, before a thread is spawned: when every slot of the
+//! global peer budget is taken, when [`MAX_HANDSHAKING`] connections are still in their
+//! handshake, or when the remote IP already holds `peers.max_per_ip` incoming connections.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use log::{debug, warn};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::metainfo::InfoHash;
 use crate::peer::{self, TorrentContext};
+use crate::ratelimit::Limits;
 
 /// Torrents that accept incoming peers, by info hash. Written when torrents start and stop,
 /// read once per incoming connection.
 pub type Registry = Arc<RwLock<HashMap<InfoHash, Arc<TorrentContext>>>>;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most incoming connections waiting for their handshake at once. Each holds a thread for up to
+/// [`HANDSHAKE_TIMEOUT`], so silent connections must not spawn threads without end.
+pub const MAX_HANDSHAKING: usize = 64;
 
 /// A running listener thread.
 pub struct Listener {
@@ -33,7 +41,11 @@ impl Listener {
     ///
     /// # Errors
     /// When the address cannot be bound or the thread cannot be spawned.
-    pub fn bind(addr: SocketAddr, registry: Registry) -> std::io::Result<Self> {
+    pub fn bind(
+        addr: SocketAddr,
+        registry: Registry,
+        limits: Arc<Limits>,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let local_addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -41,7 +53,7 @@ impl Listener {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("listener".into())
-                .spawn(move || accept_loop(&listener, &registry, &stop))?
+                .spawn(move || accept_loop(&listener, &registry, &limits, &stop))?
         };
         Ok(Self {
             local_addr,
@@ -85,7 +97,74 @@ impl Drop for Listener {
     }
 }
 
-fn accept_loop(listener: &TcpListener, registry: &Registry, stop: &AtomicBool) {
+/// Incoming connections open now: per remote IP (from accept until their thread ends), and how
+/// many of them are still in their handshake.
+#[derive(Default)]
+struct OpenConnections {
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    handshaking: AtomicUsize,
+}
+
+impl OpenConnections {
+    /// Counts a new connection from `ip`, or says why it is refused.
+    fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        limits: &Limits,
+        max_handshaking: usize,
+    ) -> Result<Slot, String> {
+        if limits.peers.is_full() {
+            return Err("global peer limit reached".into());
+        }
+        let mut per_ip = self.per_ip.lock();
+        let n = per_ip.get(&ip).copied().unwrap_or(0);
+        if n >= limits.peers.max_per_ip() {
+            return Err(format!("{n} connections from this address already"));
+        }
+        self.handshaking
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                (h < max_handshaking).then_some(h + 1)
+            })
+            .map_err(|h| format!("{h} connections in their handshake already"))?;
+        per_ip.insert(ip, n + 1);
+        Ok(Slot {
+            open: Arc::clone(self),
+            ip,
+            handshaking: true,
+        })
+    }
+}
+
+/// One counted incoming connection; uncounted on `Drop`.
+struct Slot {
+    open: Arc<OpenConnections>,
+    ip: IpAddr,
+    handshaking: bool,
+}
+
+impl Slot {
+    fn handshake_done(&mut self) {
+        if std::mem::take(&mut self.handshaking) {
+            self.open.handshaking.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.handshake_done();
+        let mut per_ip = self.open.per_ip.lock();
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, registry: &Registry, limits: &Limits, stop: &AtomicBool) {
+    let open = Arc::new(OpenConnections::default());
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
@@ -101,11 +180,18 @@ fn accept_loop(listener: &TcpListener, registry: &Registry, stop: &AtomicBool) {
         let Ok(addr) = stream.peer_addr() else {
             continue;
         };
+        let slot = match open.admit(addr.ip().to_canonical(), limits, MAX_HANDSHAKING) {
+            Ok(slot) => slot,
+            Err(why) => {
+                debug!("peer {addr}: refused: {why}");
+                continue; // dropping the stream closes it
+            }
+        };
         let registry = Arc::clone(registry);
         let spawned = std::thread::Builder::new()
             .name(format!("peer {addr}"))
             .stack_size(peer::PEER_STACK_BYTES)
-            .spawn(move || route(stream, addr, &registry));
+            .spawn(move || route(stream, addr, &registry, slot));
         if let Err(e) = spawned {
             warn!("listener: cannot spawn a thread for {addr}: {e}");
         }
@@ -113,7 +199,8 @@ fn accept_loop(listener: &TcpListener, registry: &Registry, stop: &AtomicBool) {
 }
 
 /// Reads the handshake of an accepted connection and runs it as a peer of the torrent it names.
-fn route(mut stream: TcpStream, addr: SocketAddr, registry: &Registry) {
+/// `slot` counts the connection until the session ends.
+fn route(mut stream: TcpStream, addr: SocketAddr, registry: &Registry, mut slot: Slot) {
     if stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
         return;
     }
@@ -124,6 +211,7 @@ fn route(mut stream: TcpStream, addr: SocketAddr, registry: &Registry) {
             return;
         }
     };
+    slot.handshake_done();
     let ctx = registry.read().get(&InfoHash(theirs.info_hash)).cloned();
     match ctx {
         Some(ctx) => peer::run_incoming(&ctx, stream, addr, theirs),
@@ -131,5 +219,49 @@ fn route(mut stream: TcpStream, addr: SocketAddr, registry: &Registry) {
             "peer {addr}: handshake for unknown torrent {}",
             InfoHash(theirs.info_hash)
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+
+    #[test]
+    fn refuses_a_connection_over_the_per_ip_limit_until_one_ends() {
+        let limits = Limits::new(0, 0, 100);
+        limits.peers.set_max_per_ip(2);
+        let open = Arc::new(OpenConnections::default());
+        let mut a = open.admit(V4, &limits, 10).unwrap();
+        let _b = open.admit(V4, &limits, 10).unwrap();
+        assert!(open.admit(V4, &limits, 10).is_err());
+        let _other = open.admit(OTHER, &limits, 10).unwrap();
+        a.handshake_done();
+        assert!(
+            open.admit(V4, &limits, 10).is_err(),
+            "a session still counts"
+        );
+        drop(a);
+        assert!(open.admit(V4, &limits, 10).is_ok());
+    }
+
+    #[test]
+    fn refuses_past_the_handshaking_cap_and_a_full_peer_budget() {
+        let limits = Limits::new(0, 0, 100);
+        let open = Arc::new(OpenConnections::default());
+        let mut first = open.admit(V4, &limits, 2).unwrap();
+        let _second = open.admit(OTHER, &limits, 2).unwrap();
+        assert!(open.admit(OTHER, &limits, 2).is_err());
+        first.handshake_done();
+        let _third = open.admit(OTHER, &limits, 2).unwrap();
+        assert_eq!(open.per_ip.lock().get(&OTHER), Some(&2));
+        limits.peers.set_max(1);
+        assert!(limits.peers.try_acquire());
+        assert!(
+            open.admit(IpAddr::V4(Ipv4Addr::LOCALHOST), &limits, 100)
+                .is_err()
+        );
     }
 }

@@ -110,24 +110,42 @@ fn refill(bucket: &mut Bucket, rate: u64, now: Instant) {
     }
 }
 
-/// The process-wide budget of peer connections.
+/// The process-wide budget of peer connections, and how many incoming ones one IP address may
+/// hold (the listener counts those).
 pub struct PeerBudget {
     max: AtomicUsize,
     used: AtomicUsize,
+    max_per_ip: AtomicUsize,
 }
 
 impl PeerBudget {
-    /// A budget of `max` connections.
+    /// A budget of `max` connections, any number of them from one IP.
     pub fn new(max: usize) -> Self {
         Self {
             max: AtomicUsize::new(max),
             used: AtomicUsize::new(0),
+            max_per_ip: AtomicUsize::new(usize::MAX),
         }
     }
 
     /// Changes the maximum; connections over a lowered limit stay until they end.
     pub fn set_max(&self, max: usize) {
         self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Changes how many incoming connections one IP may hold; those over it stay.
+    pub fn set_max_per_ip(&self, max: usize) {
+        self.max_per_ip.store(max, Ordering::Relaxed);
+    }
+
+    /// Incoming connections one IP may hold at once.
+    pub fn max_per_ip(&self) -> usize {
+        self.max_per_ip.load(Ordering::Relaxed)
+    }
+
+    /// True when every connection slot is taken.
+    pub fn is_full(&self) -> bool {
+        self.used() >= self.max.load(Ordering::Relaxed)
     }
 
     /// Takes one connection slot if there is one.
@@ -163,7 +181,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Unlimited rates and the given peer budget.
+    /// The given rates (0 = unlimited) and peer budget.
     pub fn new(download_rate: u64, upload_rate: u64, max_peers: usize) -> Self {
         Self {
             download: RateLimiter::new(download_rate),

@@ -161,6 +161,10 @@ pub enum PeerError {
     CoordinatorGone,
     #[error("peer thread panicked")]
     Panicked,
+    /// We could not read a piece we announced (a file deleted, truncated or unreadable): the
+    /// peer is dropped before any of it is sent, and the torrent rechecks its data.
+    #[error("cannot serve piece {piece}: {error}")]
+    ServeFailed { piece: u32, error: String },
 }
 
 /// What every peer thread of one torrent shares.
@@ -178,6 +182,22 @@ pub struct TorrentContext {
     pub info_bytes: Arc<[u8]>,
     /// A private torrent (BEP 27): no peer exchange.
     pub private: bool,
+    /// Milliseconds a socket write may make no progress before the peer is dropped (it stopped
+    /// reading). Atomic so a config reload reaches sessions started afterwards.
+    pub write_timeout_ms: AtomicU64,
+}
+
+impl TorrentContext {
+    /// How long a peer socket write may make no progress.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms.load(Ordering::Relaxed).max(1))
+    }
+
+    /// Sets [`TorrentContext::write_timeout`] for sessions started from now on.
+    pub fn set_write_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.write_timeout_ms.store(ms, Ordering::Relaxed);
+    }
 }
 
 /// Process-wide peer numbering, so keys from the listener and from the coordinator never clash.

@@ -35,8 +35,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(120);
 /// A peer silent this long (not even keep-alives) is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(240);
-/// A write that makes no progress this long means the peer stopped reading.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a read may block while either side is interested: bounds the delay before a
 /// command from the coordinator goes out.
 const ACTIVE_READ_TIMEOUT: Duration = Duration::from_millis(5);
@@ -300,7 +298,11 @@ impl<'a> Session<'a> {
 
     /// Waits for the coordinator's `Start` (our bitfield), which must be our first message.
     fn start(&mut self) -> Result<(), PeerError> {
-        let _ = self.stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        // A write that makes no progress this long means the peer stopped reading: without it
+        // a peer that never reads would hold this thread in `write` forever.
+        let _ = self
+            .stream
+            .set_write_timeout(Some(self.ctx.write_timeout()));
         match self.commands.recv_timeout(Duration::from_secs(30)) {
             Ok(PeerCommand::Start(pieces)) => {
                 if self.fast && pieces.is_full() {
@@ -451,13 +453,12 @@ impl<'a> Session<'a> {
                     .read(block.piece, block.offset, &mut self.write_buf[data_start..])
             {
                 // Nothing wrong goes to the peer: drop the half-built message and the peer.
+                // The coordinator logs it and rechecks the torrent's data.
                 self.write_buf.truncate(start);
-                log::error!(
-                    "peer {}: cannot serve piece {}: {e}",
-                    self.addr,
-                    block.piece
-                );
-                return Err(PeerError::Protocol(format!("storage: {e}")));
+                return Err(PeerError::ServeFailed {
+                    piece: block.piece,
+                    error: e.to_string(),
+                });
             }
             self.stats.add_uploaded(block.len as usize);
         }

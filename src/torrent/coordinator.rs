@@ -76,7 +76,9 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
         listen_port: params.listen_port,
         info_bytes: Arc::clone(&meta.info_bytes),
         private: meta.private,
+        write_timeout_ms: Default::default(),
     });
+    context.set_write_timeout(params.limits.write_timeout);
     let stats = Arc::new(TorrentStats::default());
     stats
         .total_bytes
@@ -349,6 +351,7 @@ impl Coordinator {
                     }
                     Ok(Control::SetLimits(limits)) => {
                         info!("torrent {}: limits changed", self.name());
+                        self.context.set_write_timeout(limits.write_timeout);
                         self.limits = limits;
                     }
                     Ok(Control::Stop) | Err(_) => break,

@@ -73,6 +73,8 @@ pub struct TorrentLimits {
     pub max_peers: usize,
     pub upload_slots: usize,
     pub connect_timeout: Duration,
+    /// A peer socket write that makes no progress this long drops the peer (it stopped reading).
+    pub write_timeout: Duration,
     pub disk_threads: usize,
     pub numwant: u32,
     pub announce_timeout: Duration,

@@ -654,6 +654,12 @@ impl FakePeer {
         self.send_raw(&format!("cancel {b}"), &frame(8, &block_payload(b)));
     }
 
+    /// Ends our half of the connection (a FIN): btd reads end of stream, and can still write.
+    pub fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.note("-> end of stream (shutdown write)".into());
+    }
+
     // ---- receiving ----
 
     /// Reads more bytes into the buffer, waiting at most until `deadline`. False when nothing

@@ -1,0 +1,775 @@
+//! Hostile and buggy peers against real btd processes that are serving (or using) an honest
+//! peer at the same time: scripted peers (`support::fake_peer`, every byte written by hand)
+//! send absurd lengths, truncated and malformed messages, bad bitfields and haves, bad and
+//! flooding requests, never read, send data that fails its hash or was never asked for, stall
+//! mid-piece, lie in their handshake, or open too many connections. Each test asserts what btd
+//! does about it (the connection closes within a bound, nothing is served, the address is
+//! banned, a slow peer's blocks go to others) and that the honest peer ends with the right bytes.
+//!
+//! Scenarios are grouped so one btd process serves many offenders in turn, each offender on a
+//! fresh connection from its own loopback address.
+
+use crate::support::fake_peer::{
+    BLOCK, Block, FakeListener, FakePeer, Fixture, Msg, Recv, TorrentMeta, frame, handshake_bytes,
+};
+use crate::support::{Btd, SHORT, TRANSFER, assert_same_files, next_ip};
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+/// Two blocks per piece.
+const PIECE_LEN: u32 = 32 * 1024;
+/// How long btd gets to react to something on one connection (a close, an unchoke, a piece).
+const REACT: Duration = Duration::from_secs(5);
+/// How long a test watches for something btd must not do.
+const QUIET: Duration = Duration::from_millis(500);
+
+fn within(d: Duration) -> Instant {
+    Instant::now() + d
+}
+
+/// Writes `text` as a btd config file next to the fixture and returns its path.
+fn write_config(fx: &Fixture, label: &str, text: &str) -> PathBuf {
+    let path = fx.tmp.path().join(format!("{label}.toml"));
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
+}
+
+/// `btd ARGS... --config CONFIG --bind IP --port 0 [--peer ADDR]...` at debug level (the log
+/// is what some assertions read).
+fn btd(name: &str, args: &[&OsString], config: &Path, ip: Ipv4Addr, peers: &[SocketAddr]) -> Btd {
+    let mut all: Vec<OsString> = args.iter().map(|a| (*a).clone()).collect();
+    all.extend([
+        "--config".into(),
+        config.into(),
+        "--bind".into(),
+        ip.to_string().into(),
+        "--port".into(),
+        "0".into(),
+    ]);
+    for p in peers {
+        all.extend(["--peer".into(), p.to_string().into()]);
+    }
+    let mut cmd = Btd::command(all);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "btd=debug");
+    }
+    Btd::spawn(name, cmd)
+}
+
+fn seed(name: &str, fx: &Fixture, config: &Path, ip: Ipv4Addr, peers: &[SocketAddr]) -> Btd {
+    let args = [
+        "seed".into(),
+        fx.torrent.clone().into(),
+        "-d".into(),
+        fx.seed_dir.clone().into(),
+    ];
+    btd(name, &args.iter().collect::<Vec<_>>(), config, ip, peers)
+}
+
+fn download(
+    name: &str,
+    fx: &Fixture,
+    out: &Path,
+    config: &Path,
+    ip: Ipv4Addr,
+    peers: &[SocketAddr],
+) -> Btd {
+    let args: [OsString; 4] = [
+        "download".into(),
+        fx.torrent.clone().into(),
+        "-o".into(),
+        out.into(),
+    ];
+    btd(name, &args.iter().collect::<Vec<_>>(), config, ip, peers)
+}
+
+/// A fresh connection to a btd seeder, handshakes exchanged and its bitfield (every piece) read.
+fn connected(name: &str, to: SocketAddr, meta: &TorrentMeta) -> FakePeer {
+    let mut fake = FakePeer::connect(name, next_ip(), to);
+    fake.send_handshake(&meta.info_hash);
+    fake.expect_handshake(&meta.info_hash, within(SHORT));
+    match fake.next_message(within(SHORT)) {
+        Msg::Bitfield(bits) => assert_eq!(bits, meta.full_bitfield(), "{name}: btd's bitfield"),
+        other => panic!("{name}: btd seeder's first message is {other:?}, not a bitfield"),
+    }
+    fake
+}
+
+/// [`connected`], then interested and btd's unchoke.
+fn unchoked(name: &str, to: SocketAddr, meta: &TorrentMeta) -> FakePeer {
+    let mut fake = connected(name, to, meta);
+    fake.send_interested();
+    fake.wait_for(within(REACT), "unchoke after interested", |m| {
+        *m == Msg::Unchoke
+    });
+    fake
+}
+
+/// btd closes the connection within [`REACT`] and sends nothing before (keep-alives aside).
+fn assert_dropped_silently(fake: &mut FakePeer, what: &str) {
+    let got = fake.expect_closed(within(REACT));
+    assert!(
+        got.is_empty(),
+        "btd answered {what} with {got:?}\n{}",
+        fake.transcript()
+    );
+}
+
+/// The next message other than a keep-alive is a piece message with exactly the payload's bytes
+/// of block `b`.
+fn expect_piece(fake: &mut FakePeer, fx: &Fixture, b: Block) {
+    match fake.next_message(within(REACT)) {
+        Msg::Piece {
+            piece,
+            offset,
+            data,
+        } => {
+            let len = u32::try_from(data.len()).expect("a block");
+            assert_eq!(
+                Block::new(piece, offset, len),
+                b,
+                "{}: btd sent a different block than the valid request\n{}",
+                fake.name(),
+                fake.transcript()
+            );
+            assert!(
+                data == fx.block_data(b),
+                "{}: wrong bytes for {b}",
+                fake.name()
+            );
+        }
+        other => panic!(
+            "{}: want piece {b}, got {other:?}\n{}",
+            fake.name(),
+            fake.transcript()
+        ),
+    }
+}
+
+/// A config whose leecher downloads at `kib_per_sec`, so the download overlaps what a test does
+/// to the seeder meanwhile.
+fn slow_leecher_config(kib_per_sec: u64) -> String {
+    format!("[rates]\ndownload_kib_per_sec = {kib_per_sec}\n")
+}
+
+#[test]
+fn seeder_drops_peers_that_break_the_wire_protocol_or_handshake_and_serves_an_honest_leecher() {
+    let fx = Fixture::new("hostile-wire", 4 * MIB + 3333, PIECE_LEN);
+    let meta = fx.meta.clone();
+    let n = meta.bitfield_len();
+    assert_ne!(meta.num_pieces % 8, 0, "want spare bits in the bitfield");
+    let seeder_config = write_config(&fx, "seeder", "");
+    let mut seeder = seed("btd seeder", &fx, &seeder_config, next_ip(), &[]);
+    let addr = seeder.wait_listening();
+    // btd logs `listening on` before the torrent is registered: the first connection retries.
+    let mut first = FakePeer::connect_when_ready(
+        "first fake",
+        next_ip(),
+        addr,
+        &meta.info_hash,
+        within(SHORT),
+    );
+    first.next_message(within(SHORT));
+    let out = fx.out_dir("honest");
+    let leecher_config = write_config(&fx, "leecher", &slow_leecher_config(1024));
+    let mut honest = download(
+        "honest btd leecher",
+        &fx,
+        &out,
+        &leecher_config,
+        next_ip(),
+        &[addr],
+    );
+
+    // Each offender: a fresh connection that gets btd's bitfield, sends its bytes, and must be
+    // closed with nothing sent back.
+    let absurd = |len: u32, id: u8| {
+        let mut b = len.to_be_bytes().to_vec();
+        b.push(id);
+        b.extend_from_slice(&[0xab; 64]);
+        b
+    };
+    let mut spare_bit_set = meta.full_bitfield();
+    *spare_bit_set.last_mut().expect("a byte") |= 1;
+    let mut second_bad = frame(5, &meta.full_bitfield());
+    second_bad.extend(frame(5, &vec![0xff; n + 3]));
+    let offenders: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "a 4 GiB piece message (length 0xFFFFFFFF)",
+            absurd(u32::MAX, 7),
+        ),
+        ("a 4 GiB bitfield", absurd(u32::MAX, 5)),
+        ("a 2 GiB extended message", absurd(1 << 31, 20)),
+        ("a 4 GiB message of unknown id 99", absurd(u32::MAX, 99)),
+        ("a 16 MiB + 1 have", absurd((16 << 20) + 1, 4)),
+        ("a have with a 2-byte payload", frame(4, &[0, 1])),
+        ("a request with an 8-byte payload", frame(6, &[0; 8])),
+        ("a piece message shorter than its header", frame(7, &[0; 5])),
+        ("a choke with a payload", frame(0, &[1])),
+        ("a bitfield one byte too long", frame(5, &vec![0xff; n + 1])),
+        (
+            "a bitfield one byte too short",
+            frame(5, &vec![0xff; n - 1]),
+        ),
+        ("an empty bitfield", frame(5, &[])),
+        ("a bitfield with a spare bit set", frame(5, &spare_bit_set)),
+        ("a good bitfield, then one of the wrong length", second_bad),
+        (
+            "have for the piece past the last",
+            frame(4, &meta.num_pieces.to_be_bytes()),
+        ),
+        ("have for piece 2^32-1", frame(4, &u32::MAX.to_be_bytes())),
+        (
+            "fast-extension have-all without the fast bit",
+            frame(14, &[]),
+        ),
+    ];
+    let count = offenders.len();
+    for (what, bytes) in offenders {
+        let mut fake = connected(&format!("fake sending {what}"), addr, &meta);
+        fake.send_raw(what, &bytes);
+        assert_dropped_silently(&mut fake, what);
+    }
+
+    // A message cut off by the end of the stream: btd sees the end and closes too, serving
+    // nothing of it.
+    let mut truncated = unchoked("fake truncating a request", addr, &meta);
+    let request = frame(6, &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x40, 0]);
+    truncated.send_raw("the first 9 of 17 bytes of a request", &request[..9]);
+    truncated.shutdown_write();
+    assert_dropped_silently(&mut truncated, "a truncated request");
+
+    // Handshakes: a wrong info hash gets no handshake; nor does one that is not BitTorrent; our
+    // own peer id gets nothing after the handshake.
+    let mut wrong = FakePeer::connect("fake with a wrong info hash", next_ip(), addr);
+    let other_hash = [0x5a; 20];
+    wrong.send_handshake(&other_hash);
+    assert!(
+        wrong
+            .handshake_or_closed(&other_hash, within(REACT))
+            .is_none(),
+        "btd answered a handshake for a torrent it does not have"
+    );
+    let mut garbage = FakePeer::connect("fake with a garbage handshake", next_ip(), addr);
+    garbage.send_raw(
+        "68 bytes of HTTP",
+        &[b"GET / HTTP/1.1\r\n".repeat(4), vec![b'\n'; 4]].concat(),
+    );
+    assert_dropped_silently(&mut garbage, "a garbage handshake");
+    let mut me = FakePeer::connect("fake with btd's own peer id", next_ip(), addr);
+    let btd_id = {
+        let mut probe = FakePeer::connect("peer id probe", next_ip(), addr);
+        probe.send_handshake(&meta.info_hash);
+        probe.expect_handshake(&meta.info_hash, within(SHORT))
+    };
+    me.send_raw(
+        "handshake with btd's peer id",
+        &handshake_bytes(&meta.info_hash, &btd_id),
+    );
+    let _ = me.handshake_or_closed(&meta.info_hash, within(REACT));
+    assert_dropped_silently(&mut me, "a handshake with btd's own peer id");
+
+    // Tolerated, not dropped: a message of an unknown id, and a second bitfield of the right
+    // length (aria2 sends one); the peer is still served afterwards.
+    let mut odd = connected(
+        "fake sending an unknown id and a second bitfield",
+        addr,
+        &meta,
+    );
+    odd.send_raw("unknown id 99 (10 bytes)", &frame(99, &[7; 10]));
+    odd.send_bitfield(&vec![0; n]);
+    odd.send_bitfield(&vec![0; n]);
+    odd.send_keep_alive();
+    odd.send_interested();
+    odd.wait_for(within(REACT), "unchoke after interested", |m| {
+        *m == Msg::Unchoke
+    });
+    let b = Block::new(meta.num_pieces / 2, BLOCK, BLOCK);
+    odd.send_request(b);
+    expect_piece(&mut odd, &fx, b);
+
+    eprintln!(
+        "{} offenders dropped; the honest leecher {} still downloading",
+        count + 4,
+        if honest.has_exited() {
+            "was not"
+        } else {
+            "was"
+        }
+    );
+    seeder.assert_running();
+    honest.assert_exits_ok(TRANSFER);
+    assert_same_files(&fx.payload(), &out.join(&fx.name));
+    seeder.terminate_and_assert_ok(SHORT);
+}
+
+#[test]
+fn seeder_refuses_bad_requests_drops_floods_and_slow_readers_and_serves_an_honest_leecher() {
+    let fx = Fixture::new("hostile-requests", 4 * MIB + 5555, PIECE_LEN);
+    let meta = fx.meta.clone();
+    let last = meta.num_pieces - 1;
+    let last_size = meta.piece_size(last);
+    assert!(last_size < PIECE_LEN, "want a short last piece");
+    // A write that makes no progress for 3 s drops the peer (60 s by default).
+    let seeder_config = write_config(&fx, "seeder", "[network]\nwrite_timeout_secs = 3\n");
+    let mut seeder = seed("btd seeder", &fx, &seeder_config, next_ip(), &[]);
+    let addr = seeder.wait_listening();
+    let mut first = FakePeer::connect_when_ready(
+        "first fake",
+        next_ip(),
+        addr,
+        &meta.info_hash,
+        within(SHORT),
+    );
+    first.next_message(within(SHORT));
+    drop(first);
+    let out = fx.out_dir("honest");
+    let leecher_config = write_config(&fx, "leecher", &slow_leecher_config(1024));
+    let mut honest = download(
+        "honest btd leecher",
+        &fx,
+        &out,
+        &leecher_config,
+        next_ip(),
+        &[addr],
+    );
+
+    // Requests outside the torrent are not served and do not end the connection: the next piece
+    // message answers the valid request after them.
+    let mut fake = unchoked("fake requesting out of range", addr, &meta);
+    let bad = [
+        Block::new(meta.num_pieces, 0, BLOCK),
+        Block::new(u32::MAX, 0, BLOCK),
+        Block::new(0, PIECE_LEN, BLOCK),
+        Block::new(0, PIECE_LEN - 8192, BLOCK),
+        Block::new(last, last_size - 100, 200),
+        Block::new(last, u32::MAX - 10, 100),
+        Block::new(1, 0, 0),
+    ];
+    for b in bad {
+        fake.send_request(b);
+    }
+    let good = Block::new(2, BLOCK, BLOCK);
+    fake.send_request(good);
+    expect_piece(&mut fake, &fx, good);
+    let (got, closed) = fake.collect_until(within(QUIET));
+    assert!(
+        closed.is_none() && got.iter().all(|m| !matches!(m, Msg::Piece { .. })),
+        "after out-of-range requests btd sent {got:?}, closed: {closed:?}"
+    );
+
+    // More than 16 KiB in one request: dropped, nothing served.
+    for len in [BLOCK + 1, 1 << 31] {
+        let mut fake = unchoked(&format!("fake requesting {len} bytes"), addr, &meta);
+        fake.send_request(Block::new(0, 0, len));
+        assert_dropped_silently(&mut fake, &format!("a request of {len} bytes"));
+    }
+
+    // Requests while choked are void: not served then, nor once unchoked.
+    let mut choked = connected("fake requesting while choked", addr, &meta);
+    for p in 0..8 {
+        choked.send_request(Block::new(p, 0, BLOCK));
+    }
+    let (got, closed) = choked.collect_until(within(QUIET));
+    assert!(
+        closed.is_none() && got.is_empty(),
+        "btd answered requests while choking with {got:?}, closed: {closed:?}"
+    );
+    choked.send_interested();
+    choked.wait_for(within(REACT), "unchoke", |m| *m == Msg::Unchoke);
+    let good = Block::new(9, 0, BLOCK);
+    choked.send_request(good);
+    expect_piece(&mut choked, &fx, good);
+
+    // A flood: 6000 requests in one write, more than btd queues for one peer (4096).
+    let mut flood = unchoked("fake flooding requests", addr, &meta);
+    let blocks = meta.all_blocks();
+    let bytes: Vec<u8> = (0..6000)
+        .flat_map(|i| {
+            let b = blocks[i % blocks.len()];
+            frame(
+                6,
+                &[b.piece, b.offset, b.len].map(u32::to_be_bytes).concat(),
+            )
+        })
+        .collect();
+    flood.send_raw("6000 requests", &bytes);
+    let got = flood.expect_closed(within(REACT));
+    let served = got
+        .iter()
+        .filter(|m| matches!(m, Msg::Piece { .. }))
+        .count();
+    assert!(served < 4096, "btd served {served} blocks of a flood");
+    seeder.wait_for_line(REACT, "the flood named in the log", |l| {
+        l.contains(&format!(
+            "{}: disconnected: protocol violation: request flood",
+            flood.local_addr()
+        ))
+        .then_some(())
+    });
+
+    // A peer that asks for 2000 blocks (32 MiB) and never reads: btd's write stops making
+    // progress and times out; the thread does not block forever.
+    let mut sloth = unchoked("fake that never reads", addr, &meta);
+    let bytes: Vec<u8> = (0..2000)
+        .flat_map(|i| {
+            let b = blocks[i % blocks.len()];
+            frame(
+                6,
+                &[b.piece, b.offset, b.len].map(u32::to_be_bytes).concat(),
+            )
+        })
+        .collect();
+    sloth.send_raw("2000 requests", &bytes);
+    let since = Instant::now();
+    let line = format!("peer {}: disconnected: write failed", sloth.local_addr());
+    seeder.wait_for_line(
+        Duration::from_secs(3) + REACT + REACT,
+        "the slow reader's write timeout",
+        |l| l.contains(&line).then_some(()),
+    );
+    let waited = since.elapsed();
+    eprintln!("btd dropped the slow reader {waited:?} after its requests");
+    // What was in flight drains, then the end of the stream (or a reset).
+    let (_, closed) = sloth.collect_until(within(REACT));
+    assert!(
+        closed.is_some(),
+        "the slow reader's connection is still open"
+    );
+
+    seeder.assert_running();
+    honest.assert_exits_ok(TRANSFER);
+    assert_same_files(&fx.payload(), &out.join(&fx.name));
+    seeder.terminate_and_assert_ok(SHORT);
+}
+
+/// Dials `to` from `from` and sends a handshake: `Some(fake)` when btd answers with its
+/// handshake and bitfield (a peer it took), `None` when it closes the connection first.
+fn try_join(name: &str, from: Ipv4Addr, to: SocketAddr, meta: &TorrentMeta) -> Option<FakePeer> {
+    let mut fake = FakePeer::connect(name, from, to);
+    // The write fails when btd has already closed the connection.
+    let _ = fake.try_send_raw(
+        "handshake",
+        &handshake_bytes(&meta.info_hash, &fake.peer_id()),
+    );
+    fake.handshake_or_closed(&meta.info_hash, within(REACT))?;
+    match fake.recv(within(REACT)) {
+        Recv::Msg(Msg::Bitfield(_)) => Some(fake),
+        Recv::Closed(_) => None,
+        other => panic!("{name}: want btd's bitfield or a close, got {other:?}"),
+    }
+}
+
+#[test]
+fn listener_limits_connections_per_ip_and_globally_and_an_honest_leecher_completes() {
+    let fx = Fixture::new("hostile-floods", 4 * MIB + 777, PIECE_LEN);
+    let meta = fx.meta.clone();
+    let seeder_config = write_config(&fx, "seeder", "[peers]\nmax_per_ip = 2\nmax_global = 5\n");
+    let mut seeder = seed("btd seeder", &fx, &seeder_config, next_ip(), &[]);
+    let addr = seeder.wait_listening();
+    let probe =
+        FakePeer::connect_when_ready("probe", next_ip(), addr, &meta.info_hash, within(SHORT));
+    drop(probe);
+    // The honest leecher takes one of the 5 slots for the whole test (about 16 s at 256 KiB/s).
+    let out = fx.out_dir("honest");
+    let leecher_config = write_config(&fx, "leecher", &slow_leecher_config(256));
+    let honest_ip = next_ip();
+    let mut honest = download(
+        "honest btd leecher",
+        &fx,
+        &out,
+        &leecher_config,
+        honest_ip,
+        &[addr],
+    );
+    let honest_in = format!(" {honest_ip}:");
+    seeder.wait_for_line(SHORT, "the honest leecher connected", |l| {
+        (l.contains(&honest_in) && l.contains("connected (in)")).then_some(())
+    });
+
+    // Per IP: of 5 connections from one address, btd takes 2.
+    let crowd_ip = next_ip();
+    let mut taken: Vec<FakePeer> = (0..5)
+        .filter_map(|i| try_join(&format!("crowd {i}"), crowd_ip, addr, &meta))
+        .collect();
+    assert_eq!(
+        taken.len(),
+        2,
+        "btd took {} connections from one IP (max_per_ip 2)",
+        taken.len()
+    );
+    // A slot freed is a slot again: after one closes, the address gets one more (once btd has
+    // seen the close).
+    drop(taken.pop());
+    let deadline = within(REACT);
+    loop {
+        if let Some(fake) = try_join("crowd, again", crowd_ip, addr, &meta) {
+            taken.push(fake);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "btd never took a connection from the crowd's IP again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Globally: 5 slots, 3 taken (honest + 2 from the crowd): of 6 newcomers from 6 addresses
+    // btd takes 2.
+    let newcomers: Vec<FakePeer> = (0..6)
+        .filter_map(|i| try_join(&format!("newcomer {i}"), next_ip(), addr, &meta))
+        .collect();
+    assert_eq!(
+        newcomers.len(),
+        2,
+        "btd took {} newcomers into 2 free slots",
+        newcomers.len()
+    );
+    let gone: Vec<SocketAddr> = taken
+        .iter()
+        .chain(&newcomers)
+        .map(FakePeer::local_addr)
+        .collect();
+    drop(newcomers);
+    drop(taken);
+    for a in gone {
+        let line = format!("{a} (in): disconnected");
+        seeder.wait_for_line(REACT, "btd seeing a fake leave", |l| {
+            l.contains(&line).then_some(())
+        });
+    }
+
+    // Silent connections (no handshake) hold a thread each for up to 10 s: btd takes at most 64
+    // at once, from 70 addresses, and refuses the rest at once.
+    let silent: Vec<FakePeer> = (0..70)
+        .map(|i| FakePeer::connect(&format!("silent {i}"), next_ip(), addr))
+        .collect();
+    let started = Instant::now();
+    let mut refused = 0;
+    let mut waiting = 0;
+    for mut s in silent {
+        let left = Duration::from_secs(2).saturating_sub(started.elapsed());
+        match s.recv(within(left.max(Duration::from_millis(10)))) {
+            Recv::Closed(_) => refused += 1,
+            Recv::Timeout => waiting += 1,
+            Recv::Msg(m) => panic!("btd sent {m:?} to a silent connection"),
+        }
+    }
+    assert_eq!(
+        (waiting, refused),
+        (64, 6),
+        "of 70 silent connections btd kept (waiting, refused) at once; want 64 kept"
+    );
+
+    assert!(
+        !honest.has_exited(),
+        "the honest leecher finished before the floods did: the slot counts above assumed it \
+         connected"
+    );
+    honest.assert_exits_ok(TRANSFER);
+    assert_same_files(&fx.payload(), &out.join(&fx.name));
+    seeder.assert_running();
+    seeder.terminate_and_assert_ok(SHORT);
+}
+
+#[test]
+fn leecher_bans_a_peer_whose_pieces_fail_their_hash_and_completes_from_an_honest_seeder() {
+    let fx = Fixture::new("hostile-liar", 2 * MIB + 4321, PIECE_LEN);
+    let meta = fx.meta.clone();
+    let liar_ip = next_ip();
+    let listener = FakeListener::bind("lying seeder", liar_ip);
+    // The honest seeder uploads slowly (about 8 s for the payload), so the liar, which answers
+    // at once, delivers many pieces, alone or mixed with honest blocks.
+    let seeder_config = write_config(&fx, "seeder", "[rates]\nupload_kib_per_sec = 256\n");
+    let mut honest = seed("honest btd seeder", &fx, &seeder_config, next_ip(), &[]);
+    let honest_addr = honest.wait_listening();
+    FakePeer::connect_when_ready(
+        "probe",
+        next_ip(),
+        honest_addr,
+        &meta.info_hash,
+        within(SHORT),
+    );
+    let out = fx.out_dir("leecher");
+    let leecher_config = write_config(&fx, "leecher", "");
+    let mut leecher = download(
+        "btd leecher",
+        &fx,
+        &out,
+        &leecher_config,
+        next_ip(),
+        &[listener.addr(), honest_addr],
+    );
+    let leecher_addr = leecher.wait_listening();
+
+    let mut liar = listener.accept(within(SHORT));
+    liar.expect_handshake(&meta.info_hash, within(SHORT));
+    liar.send_handshake(&meta.info_hash);
+    liar.send_bitfield(&meta.full_bitfield());
+    liar.wait_for(within(SHORT), "interested", |m| *m == Msg::Interested);
+    liar.send_unchoke();
+    // Every request answered at once with wrong bytes, until btd hangs up.
+    let mut lies = 0;
+    let deadline = within(SHORT);
+    loop {
+        match liar.recv(deadline) {
+            Recv::Msg(Msg::Request(b)) => {
+                let junk: Vec<u8> = fx.block_data(b).iter().map(|x| x ^ 0x5a).collect();
+                if liar.try_send_piece(b.piece, b.offset, &junk).is_err() {
+                    break;
+                }
+                lies += 1;
+            }
+            Recv::Msg(_) => {}
+            Recv::Closed(_) => break,
+            Recv::Timeout => panic!("btd neither stopped asking the liar nor dropped it"),
+        }
+    }
+    eprintln!("the liar sent {lies} bad blocks before btd dropped it");
+    let ban = format!("{}: banned after", listener.addr());
+    leecher.wait_for_line(REACT, "the liar's ban", |l| l.contains(&ban).then_some(()));
+
+    // Banned: a connection from the liar's address gets nothing and is closed.
+    let mut again = FakePeer::connect("liar dialling in", liar_ip, leecher_addr);
+    let _ = again.try_send_raw(
+        "handshake",
+        &handshake_bytes(&meta.info_hash, &again.peer_id()),
+    );
+    let _ = again.try_send_raw("bitfield", &frame(5, &meta.full_bitfield()));
+    let _ = again.handshake_or_closed(&meta.info_hash, within(REACT));
+    assert_dropped_silently(&mut again, "a banned peer dialling in");
+
+    leecher.assert_exits_ok(TRANSFER);
+    assert_same_files(&fx.payload(), &out.join(&fx.name));
+    // Only the liar was blamed: the honest seeder, whose blocks shared pieces with the liar's,
+    // never got a strike.
+    let log = leecher.output();
+    let honest_struck: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&honest_addr.to_string()) && l.contains("bad data"))
+        .collect();
+    assert!(
+        honest_struck.is_empty(),
+        "btd blamed the honest seeder: {honest_struck:?}"
+    );
+    honest.terminate_and_assert_ok(SHORT);
+}
+
+#[test]
+fn leecher_ignores_unrequested_blocks_refuses_requests_for_missing_pieces_and_reassigns_a_stalled_peers_blocks()
+ {
+    let fx = Fixture::new("hostile-stall", 2 * MIB + 999, PIECE_LEN);
+    let meta = fx.meta.clone();
+    let staller_listener = FakeListener::bind("stalling seeder", next_ip());
+    let out = fx.out_dir("leecher");
+    let leecher_config = write_config(&fx, "leecher", "");
+    let mut leecher = download(
+        "btd leecher",
+        &fx,
+        &out,
+        &leecher_config,
+        next_ip(),
+        &[staller_listener.addr()],
+    );
+    let leecher_addr = leecher.wait_listening();
+
+    // The staller has everything, is asked for a pipeline of blocks, delivers one and stalls.
+    let mut staller = staller_listener.accept(within(SHORT));
+    staller.expect_handshake(&meta.info_hash, within(SHORT));
+    staller.send_handshake(&meta.info_hash);
+    staller.send_bitfield(&meta.full_bitfield());
+    staller.wait_for(within(SHORT), "interested", |m| *m == Msg::Interested);
+    staller.send_unchoke();
+    let mut owed: BTreeSet<Block> = BTreeSet::new();
+    let first = match staller.next_message(within(REACT)) {
+        Msg::Request(b) => b,
+        other => panic!("the staller wants a request, got {other:?}"),
+    };
+    let (more, _) = staller.collect_until(within(QUIET));
+    owed.extend(more.iter().filter_map(|m| match m {
+        Msg::Request(b) => Some(*b),
+        _ => None,
+    }));
+    staller.send_piece(first.piece, first.offset, fx.block_data(first));
+    let stalled_at = Instant::now();
+    assert!(!owed.is_empty(), "btd asked the staller for one block only");
+
+    // Meanwhile a peer that btd never asked for anything sends it junk for every block: none of
+    // it may reach a piece. It also asks btd for pieces btd does not have.
+    let mut pest = FakePeer::connect("unsolicited peer", next_ip(), leecher_addr);
+    pest.send_handshake(&meta.info_hash);
+    pest.expect_handshake(&meta.info_hash, within(SHORT));
+    pest.send_bitfield(&vec![0; meta.bitfield_len()]);
+    for b in meta.all_blocks() {
+        let junk: Vec<u8> = fx.block_data(b).iter().map(|x| !x).collect();
+        pest.send_piece(b.piece, b.offset, &junk);
+    }
+    pest.send_interested();
+    pest.wait_for(within(REACT), "unchoke after interested", |m| {
+        *m == Msg::Unchoke
+    });
+    let missing: Vec<u32> = (0..meta.num_pieces)
+        .filter(|p| *p != first.piece)
+        .take(4)
+        .collect();
+    for p in &missing {
+        pest.send_request(Block::new(*p, 0, BLOCK));
+    }
+    let (got, closed) = pest.collect_until(within(QUIET));
+    assert!(
+        closed.is_none() && got.iter().all(|m| !matches!(m, Msg::Piece { .. })),
+        "btd served pieces it does not have: {got:?}, closed: {closed:?}\n{}",
+        pest.transcript()
+    );
+
+    // btd gives up on the staller's blocks after its request timeout (20 s) and cancels them.
+    let mut cancelled: BTreeSet<Block> = BTreeSet::new();
+    let deadline = within(Duration::from_secs(20) + SHORT);
+    while !owed.is_subset(&cancelled) {
+        match staller.recv(deadline) {
+            Recv::Msg(Msg::Cancel(b)) => {
+                cancelled.insert(b);
+            }
+            Recv::Msg(Msg::Request(_) | Msg::KeepAlive | Msg::Have(_)) => {}
+            other => panic!(
+                "the staller wants cancels for {} blocks, got {other:?} after {:?}\n{}",
+                owed.difference(&cancelled).count(),
+                stalled_at.elapsed(),
+                staller.transcript()
+            ),
+        }
+    }
+    let after = stalled_at.elapsed();
+    assert!(
+        after >= Duration::from_secs(15),
+        "btd cancelled after only {after:?}"
+    );
+    eprintln!(
+        "btd cancelled the staller's {} blocks {after:?} after its last block",
+        owed.len()
+    );
+
+    // An honest seeder turns up (it dials the leecher) and the blocks go to it.
+    let seeder_config = write_config(&fx, "seeder", "");
+    let mut honest = seed(
+        "honest btd seeder",
+        &fx,
+        &seeder_config,
+        next_ip(),
+        &[leecher_addr],
+    );
+    leecher.assert_exits_ok(TRANSFER);
+    assert_same_files(&fx.payload(), &out.join(&fx.name));
+    let log = leecher.output();
+    assert!(
+        !log.contains("failed its hash check"),
+        "an unrequested junk block reached a piece:\n{log}"
+    );
+    honest.terminate_and_assert_ok(SHORT);
+    drop(pest);
+}
