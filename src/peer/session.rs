@@ -56,13 +56,35 @@ fn our_handshake(ctx: &TorrentContext) -> Handshake {
     ours
 }
 
-/// Reads a 68-byte handshake.
+/// Reads a 68-byte handshake. The stream's read timeout bounds the whole handshake, not each
+/// read: a peer that trickles a byte at a time must not hold the thread (and one of the
+/// listener's handshake slots) for minutes. The timeout is left as it was.
 ///
 /// # Errors
 /// `Read` on socket errors and timeouts, `Handshake` when the bytes are not a handshake.
 pub fn read_handshake(stream: &mut TcpStream) -> Result<Handshake, PeerError> {
+    let budget = stream.read_timeout().map_err(PeerError::Read)?;
+    let deadline = budget.map(|b| Instant::now() + b);
     let mut buf = [0u8; HANDSHAKE_LEN];
-    stream.read_exact(&mut buf).map_err(PeerError::Read)?;
+    let mut got = 0;
+    while got < HANDSHAKE_LEN {
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(PeerError::Read(ErrorKind::TimedOut.into()));
+            }
+            stream
+                .set_read_timeout(Some(left))
+                .map_err(PeerError::Read)?;
+        }
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => return Err(PeerError::Read(ErrorKind::UnexpectedEof.into())),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(PeerError::Read(e)),
+        }
+    }
+    stream.set_read_timeout(budget).map_err(PeerError::Read)?;
     Handshake::decode(&buf).map_err(|e| PeerError::Handshake(e.to_string()))
 }
 
@@ -773,5 +795,41 @@ impl<'a> Session<'a> {
             Message::KeepAlive.encode(&mut self.write_buf);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn a_handshake_trickled_a_byte_at_a_time_times_out_as_a_whole() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let trickler = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            // Each byte well within the per-read timeout; all 68 would take 3.4 s.
+            for _ in 0..HANDSHAKE_LEN {
+                if s.write_all(&[19]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+        let started = Instant::now();
+        let result = read_handshake(&mut stream);
+        let took = started.elapsed();
+        assert!(
+            matches!(&result, Err(PeerError::Read(e)) if e.kind() == ErrorKind::TimedOut),
+            "{result:?}"
+        );
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+        drop(stream);
+        trickler.join().unwrap();
     }
 }

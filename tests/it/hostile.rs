@@ -175,6 +175,27 @@ fn seeder_drops_peers_that_break_the_wire_protocol_or_handshake_and_serves_an_ho
         within(SHORT),
     );
     first.next_message(within(SHORT));
+    // Meanwhile, a handshake trickled a byte every 500 ms (each read of btd's well within its
+    // timeout): btd's 10 s are for the whole handshake, so it hangs up long before the 68th byte.
+    let trickler = {
+        let mut fake = FakePeer::connect("fake trickling its handshake", next_ip(), addr);
+        let bytes = handshake_bytes(&meta.info_hash, &fake.peer_id());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            for (i, byte) in bytes.iter().enumerate() {
+                if fake
+                    .try_send_raw("a byte of the handshake", &[*byte])
+                    .is_err()
+                {
+                    return (i, started.elapsed(), fake);
+                }
+                if let Recv::Closed(_) = fake.recv(within(Duration::from_millis(500))) {
+                    return (i + 1, started.elapsed(), fake);
+                }
+            }
+            (bytes.len(), started.elapsed(), fake)
+        })
+    };
     let out = fx.out_dir("honest");
     let leecher_config = write_config(&fx, "leecher", &slow_leecher_config(1024));
     let mut honest = download(
@@ -293,9 +314,16 @@ fn seeder_drops_peers_that_break_the_wire_protocol_or_handshake_and_serves_an_ho
     odd.send_request(b);
     expect_piece(&mut odd, &fx, b);
 
+    let (sent, after, trickled) = trickler.join().expect("the trickler thread");
+    eprintln!("btd hung up on the trickler after {sent} bytes, {after:?}");
+    assert!(
+        trickled.is_closed() && sent < 68 && after < Duration::from_secs(10) + REACT,
+        "btd was still reading a trickled handshake after {sent} bytes and {after:?}\n{}",
+        trickled.transcript()
+    );
     eprintln!(
         "{} offenders dropped; the honest leecher {} still downloading",
-        count + 4,
+        count + 5,
         if honest.has_exited() {
             "was not"
         } else {
