@@ -33,7 +33,7 @@ const TICK: Duration = Duration::from_millis(500);
 /// Peer events handled per wake-up before the other channels get a look.
 const EVENT_BATCH: usize = 256;
 /// Capacity of the peer -> coordinator channel: a slow coordinator pushes back on peers' reads.
-const EVENTS_CAPACITY: usize = 4096;
+const EVENTS_CAPACITY: usize = 1024;
 /// Most requests we keep outstanding with a peer whose queue limit (`reqq`) we do not know.
 const MAX_PIPELINE: usize = 250;
 /// Most requests we keep outstanding with any peer, whatever `reqq` it advertises.

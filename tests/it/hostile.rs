@@ -801,3 +801,108 @@ fn leecher_ignores_unrequested_blocks_refuses_requests_for_missing_pieces_and_re
     honest.terminate_and_assert_ok(SHORT);
     drop(pest);
 }
+
+#[test]
+fn leecher_bans_a_liar_that_hangs_up_after_each_bad_piece_and_dials_back() {
+    let fx = Fixture::new("hostile-hit-and-run", MIB + 1234, PIECE_LEN);
+    let meta = fx.meta.clone();
+    let liar_ip = next_ip();
+    let listener = FakeListener::bind("hit-and-run liar", liar_ip);
+    let out = fx.out_dir("leecher");
+    let leecher_config = write_config(&fx, "leecher", "");
+    let mut leecher = download(
+        "btd leecher",
+        &fx,
+        &out,
+        &leecher_config,
+        next_ip(),
+        &[listener.addr()],
+    );
+    let leecher_addr = leecher.wait_listening();
+    let ban = format!("{}: banned after", listener.addr());
+    let banned = |leecher: &Btd| leecher.output().contains(&ban);
+
+    // Each connection: one whole piece of wrong bytes, then hang up before btd has hashed it.
+    // btd dials the address again a couple of seconds later; strikes must follow the address,
+    // not the connection.
+    let mut connections = 0;
+    while !banned(&leecher) {
+        assert!(
+            connections < 4,
+            "btd took {connections} bad pieces from one address, each on a new connection, and \
+             did not ban it\n{}",
+            leecher.output()
+        );
+        let Some(mut liar) = listener.try_accept(within(SHORT)) else {
+            break;
+        };
+        connections += 1;
+        if liar
+            .handshake_or_closed(&meta.info_hash, within(SHORT))
+            .is_none()
+        {
+            continue;
+        }
+        liar.send_handshake(&meta.info_hash);
+        liar.send_bitfield(&meta.full_bitfield());
+        liar.wait_for(within(SHORT), "interested", |m| *m == Msg::Interested);
+        liar.send_unchoke();
+        let mut asked: Vec<Block> = Vec::new();
+        let piece = loop {
+            if let Some(p) = asked
+                .iter()
+                .map(|b| b.piece)
+                .find(|p| meta.blocks_of(*p).iter().all(|b| asked.contains(b)))
+            {
+                break p;
+            }
+            if let Msg::Request(b) = liar.next_message(within(REACT)) {
+                asked.push(b);
+            }
+        };
+        for b in meta.blocks_of(piece) {
+            let junk: Vec<u8> = fx.block_data(b).iter().map(|x| x ^ 0xff).collect();
+            liar.send_piece(b.piece, b.offset, &junk);
+        }
+        drop(liar);
+        // Let btd hash the piece before the next connection (it logs the failure).
+        let failed = format!("piece {piece} failed its hash check");
+        leecher.wait_for_line(REACT, "the hash failure", |l| {
+            l.contains(&failed).then_some(())
+        });
+    }
+    eprintln!("btd banned the liar after {connections} connections");
+    assert!(
+        banned(&leecher),
+        "btd stopped dialling the liar without banning it"
+    );
+    // Banned: no more dials, and a connection from its address is closed with nothing sent.
+    if let Some(mut again) = listener.try_accept(within(Duration::from_secs(3))) {
+        let _ = again.handshake_or_closed(&meta.info_hash, within(REACT));
+        let _ = again.try_send_raw(
+            "handshake",
+            &handshake_bytes(&meta.info_hash, &again.peer_id()),
+        );
+        assert_dropped_silently(&mut again, "a banned address dialled again");
+    }
+    let mut incoming = FakePeer::connect("liar dialling in", liar_ip, leecher_addr);
+    let _ = incoming.try_send_raw(
+        "handshake",
+        &handshake_bytes(&meta.info_hash, &incoming.peer_id()),
+    );
+    let _ = incoming.handshake_or_closed(&meta.info_hash, within(REACT));
+    assert_dropped_silently(&mut incoming, "a banned peer dialling in");
+
+    // An honest seeder dials the leecher, which completes with the right bytes.
+    let seeder_config = write_config(&fx, "seeder", "");
+    let mut honest = seed(
+        "honest btd seeder",
+        &fx,
+        &seeder_config,
+        next_ip(),
+        &[leecher_addr],
+    );
+    leecher.assert_exits_ok(TRANSFER);
+    assert_same_files(&fx.payload(), &out.join(&fx.name));
+    honest.terminate_and_assert_ok(SHORT);
+}
