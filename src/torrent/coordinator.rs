@@ -3,7 +3,7 @@
 //! tracker peer lists, control messages and a timer; it never blocks on a socket or a disk
 //! (it only `try_send`s to peers and hands pieces to the disk threads).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -46,8 +46,11 @@ const PIPELINE_SECONDS: u64 = 1;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bytes of verified-pending pieces we let queue for the disk threads before pausing requests.
 const MAX_DISK_BACKLOG_BYTES: usize = 64 * 1024 * 1024;
-/// Hash failures attributed to one peer before we ban its address.
+/// Hash failures attributed to one address before we ban it.
 const BAN_AFTER_STRIKES: u32 = 2;
+/// Peers that left whose addresses we remember, so a hash failure found after its sender hung
+/// up still counts against the sender's address.
+const MAX_DEPARTED: usize = 4096;
 /// Below this many connected peers a leeching torrent asks the tracker for more.
 const STARVED_PEERS: usize = 5;
 const RETRY_BASE: Duration = Duration::from_secs(2);
@@ -176,7 +179,10 @@ struct Coordinator {
     peers: HashMap<PeerKey, Peer>,
     addrs: HashMap<SocketAddr, AddrInfo>,
     banned: HashSet<IpAddr>,
-    strikes: HashMap<PeerKey, u32>,
+    /// Strikes by address, not by connection: a liar that reconnects keeps its strikes.
+    strikes: HashMap<IpAddr, u32>,
+    /// Addresses of the last [`MAX_DEPARTED`] peers that disconnected, oldest first.
+    departed: VecDeque<(PeerKey, SocketAddr)>,
     /// Pieces that failed with several contributors: the bad copy, kept to compare.
     suspects: HashMap<u32, CompletePiece>,
     /// Who sent the blocks of each piece now with the disk threads.
@@ -275,6 +281,7 @@ impl Coordinator {
             addrs: HashMap::new(),
             banned: HashSet::new(),
             strikes: HashMap::new(),
+            departed: VecDeque::new(),
             suspects: HashMap::new(),
             pending_senders: HashMap::new(),
             disk_backlog_bytes: 0,
@@ -641,6 +648,10 @@ impl Coordinator {
         let Some(peer) = self.peers.remove(&key) else {
             return;
         };
+        if self.departed.len() >= MAX_DEPARTED {
+            self.departed.pop_front();
+        }
+        self.departed.push_back((key, peer.addr));
         self.global.peers.release();
         debug!(
             "torrent {}: {} ({}): disconnected: {reason}",
@@ -952,24 +963,31 @@ impl Coordinator {
         }
     }
 
+    /// Counts a bad piece against the address of peer `key` (connected or departed); bans the
+    /// address and drops its connections at [`BAN_AFTER_STRIKES`].
     fn strike(&mut self, key: PeerKey, piece: u32) {
-        let strikes = self.strikes.entry(key).or_insert(0);
+        let addr = match self.peers.get(&key) {
+            Some(peer) => peer.addr,
+            None => match self.departed.iter().rev().find(|(k, _)| *k == key) {
+                Some((_, addr)) => *addr,
+                None => return,
+            },
+        };
+        let strikes = self.strikes.entry(addr.ip()).or_insert(0);
         *strikes += 1;
         let strikes = *strikes;
-        let Some(peer) = self.peers.get(&key) else {
-            return;
-        };
         warn!(
-            "torrent {}: {}: sent bad data for piece {piece} (strike {strikes})",
-            self.meta.name, peer.addr
+            "torrent {}: {addr}: sent bad data for piece {piece} (strike {strikes})",
+            self.meta.name
         );
-        if strikes >= BAN_AFTER_STRIKES {
+        if strikes >= BAN_AFTER_STRIKES && self.banned.insert(addr.ip()) {
             warn!(
-                "torrent {}: {}: banned after {strikes} bad pieces",
-                self.meta.name, peer.addr
+                "torrent {}: {addr}: banned after {strikes} bad pieces",
+                self.meta.name
             );
-            self.banned.insert(peer.addr.ip());
-            let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+            for peer in self.peers.values().filter(|p| p.addr.ip() == addr.ip()) {
+                let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+            }
         }
     }
 
