@@ -411,6 +411,10 @@ fn wait(
                     progress.finish();
                     return Outcome::Failed(e);
                 }
+                Ok(TorrentEvent::RecheckNeeded(e)) => {
+                    progress.finish();
+                    return Outcome::Failed(format!("{e}; run again to check the data"));
+                }
                 Err(_) => return Outcome::Failed(format!("torrent {}: coordinator stopped", meta.name)),
             },
             recv(ticker) -> _ => progress.update(),

@@ -76,6 +76,10 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const METADATA_RETRY_BASE: Duration = Duration::from_secs(15);
 const METADATA_RETRY_MAX: Duration = Duration::from_secs(10 * 60);
 const LOOP_WAKE: Duration = Duration::from_millis(250);
+/// A torrent stopped by a storage error (disk full, unwritable directory) is retried after this
+/// wait, doubled per failure up to [`STORAGE_RETRY_MAX`]; SIGHUP retries it at once.
+const STORAGE_RETRY_BASE: Duration = Duration::from_secs(60);
+const STORAGE_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 /// The whole graceful stop must fit in 5 s; coordinators get this long to finish.
 const STOP_BUDGET: Duration = Duration::from_millis(4500);
 
@@ -185,6 +189,12 @@ struct Managed {
     downloaded_before: u64,
     completed_unix: Option<u64>,
     seeding_since: Option<Instant>,
+    /// In state error from a storage error: when it is retried by itself (SIGHUP retries now).
+    retry_at: Option<Instant>,
+    /// Storage errors in a row (the retry back-off doubles with each); reset on completion.
+    storage_failures: u32,
+    /// The next check ignores resume data and hashes everything (data changed under us).
+    force_check: bool,
 }
 
 impl Managed {
@@ -213,6 +223,19 @@ impl Managed {
 
     fn ratio(&self) -> f64 {
         self.totals().0 as f64 / self.size().max(1) as f64
+    }
+
+    /// The wait before the next retry after `storage_failures` storage errors in a row.
+    fn retry_after(&self) -> Duration {
+        STORAGE_RETRY_BASE
+            .saturating_mul(1 << self.storage_failures.saturating_sub(1).min(5))
+            .min(STORAGE_RETRY_MAX)
+    }
+
+    /// Counts a storage error and schedules the retry.
+    fn set_retry(&mut self) {
+        self.storage_failures = self.storage_failures.saturating_add(1);
+        self.retry_at = Some(Instant::now() + self.retry_after());
     }
 }
 
@@ -504,6 +527,9 @@ impl Daemon {
             state: State::Paused,
             verified_bytes: 0,
             seeding_since: None,
+            retry_at: None,
+            storage_failures: 0,
+            force_check: false,
         });
         if !paused {
             self.unpause(self.torrents.len() - 1);
@@ -752,6 +778,12 @@ impl Daemon {
         for index in 0..self.torrents.len() {
             self.poll_running(index);
         }
+        let now = Instant::now();
+        for index in 0..self.torrents.len() {
+            if self.torrents[index].retry_at.is_some_and(|at| at <= now) {
+                self.retry(index);
+            }
+        }
         let downloading = self
             .torrents
             .iter()
@@ -794,11 +826,26 @@ impl Daemon {
                 TorrentEvent::Completed => {
                     t.complete = true;
                     t.seeding_since = Some(Instant::now());
+                    t.storage_failures = 0;
                 }
                 TorrentEvent::Failed(reason) => next = Some(State::Error(reason)),
+                TorrentEvent::RecheckNeeded(_) => {
+                    // The coordinator logged why. Stop it and hash the data again.
+                    t.force_check = true;
+                    next = Some(State::Queued);
+                }
             }
         }
-        if next.is_none() && t.complete {
+        if matches!(next, Some(State::Error(_))) {
+            t.set_retry();
+            // The coordinator logged the error itself.
+            info!(
+                "torrent {}: stopped by the storage error; retry in {}s or on SIGHUP",
+                t.name(),
+                t.retry_after().as_secs()
+            );
+        }
+        if next.is_none() && t.complete && !t.force_check {
             let ratio_hit = self.config.ratio_limit > 0.0 && t.ratio() >= self.config.ratio_limit;
             let time_hit = !self.config.seed_time_limit.is_zero()
                 && t.seeding_since.get_or_insert_with(Instant::now).elapsed()
@@ -826,6 +873,16 @@ impl Daemon {
         }
     }
 
+    /// Queues a torrent that a storage error stopped, to check its data and run again.
+    fn retry(&mut self, index: usize) {
+        let t = &mut self.torrents[index];
+        t.retry_at = None;
+        if matches!(t.state, State::Error(_)) && !t.paused && t.meta.is_some() {
+            info!("torrent {}: retrying after the storage error", t.name());
+            t.state = State::Queued;
+        }
+    }
+
     /// Opens the torrent's files and checks its data on a `check NAME` thread: resume data
     /// when it still matches the files, a full re-hash otherwise.
     fn start_checking(&mut self, index: usize) {
@@ -840,11 +897,12 @@ impl Daemon {
         t.state = State::Checking;
         let root = t.download_dir.clone();
         let resume_path = t.resume_path(&state_dir);
+        let force = std::mem::take(&mut t.force_check);
         let tx = self.checked_tx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("check {}", meta.name))
             .spawn(move || {
-                let result = check_data(&meta, &root, &resume_path, threads);
+                let result = check_data(&meta, &root, &resume_path, threads, force);
                 let _ = tx.send(Checked { meta, result });
             });
         if let Err(e) = spawned {
@@ -865,7 +923,12 @@ impl Daemon {
         let (storage, have) = match checked.result {
             Ok(ok) => ok,
             Err(reason) => {
-                error!("torrent {}: {reason}", t.name());
+                t.set_retry();
+                error!(
+                    "torrent {}: {reason}; retry in {}s or on SIGHUP",
+                    t.name(),
+                    t.retry_after().as_secs()
+                );
                 t.state = State::Error(reason);
                 return;
             }
@@ -939,6 +1002,11 @@ impl Daemon {
         let state_dir = self.config.state_dir.clone();
         self.config = Config { state_dir, ..new };
         self.apply_entries(&old_entries);
+        for index in 0..self.torrents.len() {
+            if self.torrents[index].retry_at.is_some() {
+                self.retry(index);
+            }
+        }
         info!("config reloaded from {}", self.config_path.display());
         self.scan_watch_dir();
     }
@@ -1303,7 +1371,17 @@ fn check_data(
     root: &Path,
     resume_path: &Path,
     threads: usize,
+    force: bool,
 ) -> Result<(Storage, Bitfield), String> {
+    if force {
+        // The data changed under a running torrent: the resume data may list pieces that are
+        // gone. Remove it first, so a crash during the check cannot bring it back.
+        if let Err(e) = std::fs::remove_file(resume_path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(format!("{}: cannot remove: {e}", resume_path.display()));
+        }
+    }
     let storage = Storage::open(root, meta, OpenMode::Download).map_err(|e| e.to_string())?;
     let resume = match ResumeData::load(resume_path) {
         Ok(resume) => resume,

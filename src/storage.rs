@@ -30,6 +30,10 @@ pub enum StorageError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The file under the path is not the one we opened, or is shorter than the torrent says:
+    /// deleted, replaced or truncated behind our back.
+    #[error("{path}: {what}")]
+    Changed { path: PathBuf, what: String },
 }
 
 /// Whether we may create and write files, or only read what is there.
@@ -182,6 +186,45 @@ impl Storage {
                     path: file.abs_path.clone(),
                     source,
                 })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every file we opened is still at its path (same device and inode) and still
+    /// as long as the torrent says. Stats only, no data is read: cheap enough to run every few
+    /// seconds. A deleted file stays readable through our handle, so reads alone never notice.
+    ///
+    /// # Errors
+    /// `Changed` naming the first file that was deleted, replaced or truncated; `Read` when our
+    /// own handle cannot be examined.
+    pub fn check_files(&self) -> Result<(), StorageError> {
+        use std::os::unix::fs::MetadataExt;
+        for file in &self.files {
+            let Some(handle) = &file.handle else {
+                continue;
+            };
+            let changed = |what: String| StorageError::Changed {
+                path: file.abs_path.clone(),
+                what,
+            };
+            let ours = handle.metadata().map_err(|source| StorageError::Read {
+                path: file.abs_path.clone(),
+                source,
+            })?;
+            let on_disk = match std::fs::metadata(&file.abs_path) {
+                Ok(m) => m,
+                Err(e) => return Err(changed(format!("deleted ({e})"))),
+            };
+            if (on_disk.dev(), on_disk.ino()) != (ours.dev(), ours.ino()) {
+                return Err(changed("replaced by another file".into()));
+            }
+            if ours.len() < file.entry.len {
+                return Err(changed(format!(
+                    "truncated to {} bytes, the torrent has {}",
+                    ours.len(),
+                    file.entry.len
+                )));
             }
         }
         Ok(())
@@ -353,6 +396,69 @@ mod tests {
         drop(storage);
         let reopened = Storage::open(&dir, &meta, OpenMode::Seed).unwrap();
         assert!(reopened.verify(&hashes, 2).is_full());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn check_files_notices_a_deleted_a_replaced_and_a_truncated_file() {
+        let dir = std::env::temp_dir().join(format!("btd-storage-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let files = entries(&[20_000, 0, 30_000]);
+        let meta = Metainfo {
+            info_hash: crate::metainfo::InfoHash([0; 20]),
+            name: "c".into(),
+            geometry: Geometry::new(50_000, 16384),
+            files,
+            piece_hashes: vec![[0; 20]; 4],
+            announce: None,
+            announce_list: None,
+            private: false,
+            info_bytes: std::sync::Arc::from(&b""[..]),
+        };
+        let reason = |storage: &Storage| match storage.check_files() {
+            Err(StorageError::Changed { path, what }) => {
+                format!("{}: {what}", path.file_name().unwrap().to_string_lossy())
+            }
+            other => format!("{other:?}"),
+        };
+        let storage = Storage::open(&dir, &meta, OpenMode::Download).unwrap();
+        storage.check_files().unwrap();
+
+        std::fs::remove_file(dir.join("f2")).unwrap();
+        assert!(
+            reason(&storage).starts_with("f2: deleted"),
+            "{}",
+            reason(&storage)
+        );
+        drop(storage);
+
+        let storage = Storage::open(&dir, &meta, OpenMode::Download).unwrap();
+        storage.check_files().unwrap();
+        std::fs::rename(dir.join("f2"), dir.join("old")).unwrap();
+        std::fs::write(dir.join("f2"), vec![0u8; 30_000]).unwrap();
+        assert_eq!(reason(&storage), "f2: replaced by another file");
+        drop(storage);
+
+        let storage = Storage::open(&dir, &meta, OpenMode::Download).unwrap();
+        storage.check_files().unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("f0"))
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        assert_eq!(
+            reason(&storage),
+            "f0: truncated to 100 bytes, the torrent has 20000"
+        );
+        let mut block = vec![0u8; 1000];
+        assert!(
+            matches!(
+                storage.read(0, 5000, &mut block),
+                Err(StorageError::Read { .. })
+            ),
+            "a read past the truncated end must fail, not return short data"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

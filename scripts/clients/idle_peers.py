@@ -2,12 +2,14 @@
 """Hold many idle BitTorrent peer connections open against one client, for memory benchmarks.
 
     idle_peers.py --to IP:PORT --info-hash HEX --count N [--from-net 127.9] [--timeout S]
+                  [--ignore-stdin]
 
 Opens N TCP connections to IP:PORT, each from its own loopback source address (127.9.x.y, so
 per-IP connection limits do not apply), sends a BitTorrent handshake for the info hash and reads
 the peer's, then sends nothing more: a peer that has nothing and wants nothing. It prints `CONNECTED n` once n connections have completed their handshake
 (n <= N: the other side may refuse some), then keeps them open, answering nothing and sending a
 keep-alive every 60 s, until stdin closes, SIGTERM/SIGINT, or --timeout seconds pass.
+With --ignore-stdin, stdin is not watched (for a background run with stdin at /dev/null).
 Exit 1 if not one connection completed its handshake.
 """
 
@@ -53,6 +55,7 @@ def main():
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--from-net", default="127.9", help="first two octets of the source addresses")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds to hold them at most")
+    ap.add_argument("--ignore-stdin", action="store_true", help="do not stop when stdin closes")
     args = ap.parse_args()
     host, port = args.to.rsplit(":", 1)
     to = (host, int(port))
@@ -81,7 +84,7 @@ def main():
     next_keepalive = time.monotonic() + 60
     stdin = sys.stdin.fileno()
     while not stop and time.monotonic() < end:
-        readable, _, _ = select.select([stdin], [], [], 1.0)
+        readable, _, _ = select.select([] if args.ignore_stdin else [stdin], [], [], 1.0)
         if readable and not os.read(stdin, 4096):
             break
         # Drain whatever the client sends (bitfield, keep-alives) so its writes never block.

@@ -3,6 +3,7 @@
 
     lt_client.py {seed|leech} --torrent FILE [--torrent FILE]... --dir DIR --bind IP [--port N]
                  [--peer HOST:PORT]... [--timeout SECONDS] [--announce] [--upload-limit BYTES]
+                 [--seed-mode]
 
 Output on stdout, one line each, flushed:
     LISTENING <port>                    once the TCP listen socket is open
@@ -13,6 +14,9 @@ With several --torrent, all of them run in the one session and share DIR: PROGRE
 (the fraction is of all their bytes), SEEDING and COMPLETE wait for every torrent.
 --upload-limit caps each torrent's upload rate (bytes per second; 0, the default, is no cap); it
 applies to loopback peers too, which libtorrent otherwise exempts from the session's limits.
+--seed-mode (seed only) adds the torrents with libtorrent's torrent_flags.seed_mode: the data in DIR
+is trusted without the check at start, so SEEDING comes at once; libtorrent instead hashes each
+piece the first time a peer requests it (and leaves seed mode to check everything if one fails).
 Errors go to stderr and exit 1 (timeout, incomplete data in seed mode, listen failure).
 A seeder runs until SIGTERM or SIGINT and then exits 0.
 
@@ -96,7 +100,15 @@ def parse_args(argv):
         metavar="BYTES",
         help="upload at most BYTES per second per torrent (0: no limit)",
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        "--seed-mode",
+        action="store_true",
+        help="seed: trust the data without checking it at start (libtorrent's seed_mode)",
+    )
+    args = p.parse_args(argv)
+    if args.seed_mode and args.mode != "seed":
+        p.error("--seed-mode is for seed only")
+    return args
 
 
 def session_settings(bind_ip, port):
@@ -173,6 +185,8 @@ def main(argv):
         # Not auto-managed, so libtorrent's queueing never holds the torrent back; paused until
         # the trackers are settled, so nothing is announced to a tracker we were told not to use.
         atp.flags = (atp.flags & ~lt.torrent_flags.auto_managed) | lt.torrent_flags.paused
+        if args.seed_mode:
+            atp.flags |= lt.torrent_flags.seed_mode
         handle = ses.add_torrent(atp)
         if not args.announce:
             handle.replace_trackers([])

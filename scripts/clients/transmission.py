@@ -2,7 +2,7 @@
 """A transmission-daemon peer for btd's tests, driven from the command line.
 
     transmission.py {seed|leech} --torrent FILE --dir DIR --bind IP [--port N]
-                    [--timeout SECONDS] [--config-dir DIR]
+                    [--timeout SECONDS] [--config-dir DIR] [--poll SECONDS] [--rusage]
 
 Starts transmission-daemon in the foreground with a config dir of its own (a fresh temporary one
 unless --config-dir is given): DHT, LPD, PEX, uTP, port mapping and blocklists off, peers on
@@ -14,6 +14,12 @@ line each, flushed, in the same words as lt_client.py:
     SEEDING                             (seed) the data in DIR verified complete
     COMPLETE <seconds since start>      (leech) every piece verified and the daemon stopped
                                         cleanly (its cache flushed); then exits 0
+    RUSAGE <user_s> <sys_s> <maxrss_kib> (leech, with --rusage) just before COMPLETE: the CPU
+                                        time and peak RSS of transmission-daemon itself (all its
+                                        threads, from its start to its exit; getrusage of the
+                                        reaped child, so exact, not sampled)
+The daemon's state is polled over RPC every --poll seconds (default 0.2), which bounds how late
+COMPLETE can come.
 Errors go to stderr and exit 1 (timeout, incomplete data in seed mode, daemon died).
 A seeder runs until SIGTERM or SIGINT, stops the daemon and exits 0.
 
@@ -156,10 +162,27 @@ def on_signal(_signum, _frame):
     Stop.requested = True
 
 
-def stop_daemon(daemon):
+def stop_daemon(daemon, rusage=None):
+    """SIGTERM the daemon and wait for it; returns its exit status. With a list as rusage, the
+    daemon is reaped with wait4 and its resource usage appended to the list."""
     if daemon.poll() is not None:
         return daemon.returncode
     daemon.send_signal(signal.SIGTERM)
+    if rusage is not None:
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while True:
+            pid, status, usage = os.wait4(daemon.pid, os.WNOHANG)
+            if pid == daemon.pid:
+                daemon.returncode = os.waitstatus_to_exitcode(status)
+                rusage.append(usage)
+                return daemon.returncode
+            if time.monotonic() > deadline:
+                daemon.kill()
+                daemon.wait()
+                raise Failure(
+                    "transmission-daemon did not stop within %.0f s of SIGTERM" % STOP_TIMEOUT_S
+                )
+            time.sleep(0.01)
     try:
         return daemon.wait(STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -289,13 +312,19 @@ def drive(args, daemon, rpc, peer_port, start, check_deadline):
                     % (args.dir, t["haveValid"], t["sizeWhenDone"])
                 )
         if args.mode == "leech" and done and not checking:
-            code = stop_daemon(daemon)
+            usage = []
+            code = stop_daemon(daemon, usage)
             if code != 0:
                 raise Failure("transmission-daemon exited with status %d after completing" % code)
+            if args.rusage:
+                if not usage:
+                    raise Failure("transmission-daemon exited on its own: no resource usage")
+                ru = usage[0]
+                say("RUSAGE %.3f %.3f %d" % (ru.ru_utime, ru.ru_stime, ru.ru_maxrss))
             say("COMPLETE %.3f" % (time.monotonic() - start))
             return 0
         check_deadline("(%s, progress %.4f)" % (args.mode, t["percentDone"]))
-        time.sleep(0.2)
+        time.sleep(args.poll)
     stop_daemon(daemon)
     return 0
 
@@ -311,6 +340,10 @@ def main(argv):
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--timeout", type=float, default=None)
     p.add_argument("--config-dir", default=None)
+    p.add_argument("--poll", type=float, default=0.2, help="seconds between RPC status polls")
+    p.add_argument(
+        "--rusage", action="store_true", help="leech: print the daemon's RUSAGE before COMPLETE"
+    )
     args = p.parse_args(argv)
     start = time.monotonic()
     signal.signal(signal.SIGTERM, on_signal)

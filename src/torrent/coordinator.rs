@@ -45,7 +45,7 @@ const PIPELINE_SECONDS: u64 = 1;
 /// A peer that sends no requested block for this long has its requests given to others.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bytes of verified-pending pieces we let queue for the disk threads before pausing requests.
-const MAX_DISK_BACKLOG_BYTES: usize = 64 * 1024 * 1024;
+const MAX_DISK_BACKLOG_BYTES: usize = 16 * 1024 * 1024;
 /// Hash failures attributed to one address before we ban it.
 const BAN_AFTER_STRIKES: u32 = 2;
 /// Peers that left whose addresses we remember, so a hash failure found after its sender hung
@@ -63,6 +63,9 @@ const MAX_PEX_PEERS: usize = 50;
 const MAX_KNOWN_ADDRS: usize = 2000;
 /// Resume data is saved at most this often while pieces complete (and at completion and stop).
 const RESUME_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a disk thread checks that our files are still there and whole (a deleted file
+/// stays readable through our handles, so reads alone would not notice).
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
     let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_CAPACITY);
@@ -203,6 +206,11 @@ struct Coordinator {
     complete_announced: bool,
     syncing: bool,
     failed: bool,
+    /// Our data changed on disk: the engine is told to recheck; we serve and save nothing.
+    rechecking: bool,
+    /// A `CheckFiles` job is with the disk threads.
+    checking_files: bool,
+    last_file_check: Instant,
     rng: rand::rngs::StdRng,
 }
 
@@ -274,8 +282,11 @@ impl Coordinator {
             global: params.global,
             dialing: HashSet::new(),
             resume: params.resume,
-            resume_dirty: false,
-            last_resume_save: now,
+            // Record what the start-up check found at the first tick: after a check that
+            // hashed (no or stale resume data), a crash before the next save would otherwise
+            // mean hashing everything again, at every start until a clean stop.
+            resume_dirty: true,
+            last_resume_save: now.checked_sub(RESUME_SAVE_INTERVAL).unwrap_or(now),
             have,
             peers: HashMap::new(),
             addrs: HashMap::new(),
@@ -300,6 +311,9 @@ impl Coordinator {
             complete_announced: false,
             syncing: false,
             failed: false,
+            rechecking: false,
+            checking_files: false,
+            last_file_check: now,
             rng: rand::make_rng(),
         };
         c.add_addrs(params.peers);
@@ -560,6 +574,8 @@ impl Coordinator {
         let budgeted = self.dialing.remove(&key) || self.global.peers.try_acquire();
         let refuse = if !budgeted {
             Some("global peer limit reached")
+        } else if self.rechecking {
+            Some("rechecking our data")
         } else if self.banned.contains(&addr.ip()) {
             Some("banned")
         } else if self.peers.values().any(|p| p.peer_id == peer_id) {
@@ -645,6 +661,9 @@ impl Coordinator {
     }
 
     fn on_disconnected(&mut self, key: PeerKey, reason: &PeerError) {
+        if let PeerError::ServeFailed { .. } = reason {
+            self.recheck(format!("{reason}"));
+        }
         let Some(peer) = self.peers.remove(&key) else {
             return;
         };
@@ -758,7 +777,7 @@ impl Coordinator {
 
     /// Tops up the peer's request pipeline when it ran a quarter low.
     fn fill_pipeline(&mut self, key: PeerKey) {
-        if self.failed || self.disk_backlog_bytes > MAX_DISK_BACKLOG_BYTES {
+        if self.failed || self.rechecking || self.disk_backlog_bytes > MAX_DISK_BACKLOG_BYTES {
             return;
         }
         let Some(peer) = self.peers.get_mut(&key) else {
@@ -886,6 +905,12 @@ impl Coordinator {
             DiskResult::Synced(Err(error)) => {
                 self.fail(format!("storage: {error}; torrent paused"));
             }
+            DiskResult::FilesChecked(result) => {
+                self.checking_files = false;
+                if let Err(error) = result {
+                    self.recheck(format!("storage: {error}"));
+                }
+            }
             DiskResult::ResumeSaved(Err(error)) => {
                 warn!("torrent {}: {error}", self.name());
             }
@@ -906,6 +931,23 @@ impl Coordinator {
             self.update_interest(key);
         }
         let _ = self.torrent_events.send(TorrentEvent::Failed(message));
+    }
+
+    /// Our data changed under us: from now on nothing is served or requested and no resume
+    /// data is saved (it would list pieces that may be gone); the engine stops the torrent and
+    /// hashes its data again.
+    fn recheck(&mut self, why: String) {
+        if self.rechecking {
+            return;
+        }
+        error!("torrent {}: {why}; rechecking its data", self.name());
+        self.rechecking = true;
+        // Peers would ask for pieces we may no longer have: drop them all now.
+        for peer in self.peers.values() {
+            let _ = peer.commands.try_send(PeerCommand::Shutdown);
+            let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+        }
+        let _ = self.torrent_events.send(TorrentEvent::RecheckNeeded(why));
     }
 
     fn on_piece_written(&mut self, piece: u32, data: &[u8]) {
@@ -1092,6 +1134,14 @@ impl Coordinator {
         if self.resume_dirty && now.duration_since(self.last_resume_save) >= RESUME_SAVE_INTERVAL {
             self.save_resume_later();
         }
+        if !self.checking_files
+            && !self.rechecking
+            && now.duration_since(self.last_file_check) >= FILE_CHECK_INTERVAL
+            && let Some(jobs) = &self.disk_jobs
+        {
+            self.checking_files = jobs.send(DiskJob::CheckFiles).is_ok();
+            self.last_file_check = now;
+        }
         self.connect_more();
         self.fill_all();
     }
@@ -1159,6 +1209,9 @@ impl Coordinator {
 
     /// Queues a resume-data snapshot on a disk thread (after the writes already queued).
     fn save_resume_later(&mut self) {
+        if self.rechecking {
+            return;
+        }
         let Some(target) = self.resume.clone() else {
             return;
         };
@@ -1257,7 +1310,12 @@ impl Coordinator {
         if let Err(e) = self.storage.sync_all() {
             error!("torrent {}: {e}", self.name());
         }
-        if let Some(target) = &self.resume {
+        if self.rechecking {
+            info!(
+                "torrent {}: resume data not saved: the data is to be checked again",
+                self.name()
+            );
+        } else if let Some(target) = &self.resume {
             let (uploaded, downloaded) = self.transfer_totals();
             let saved = disk::save_resume(
                 &self.meta,

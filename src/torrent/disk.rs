@@ -24,6 +24,8 @@ pub enum DiskJob {
     },
     /// Flush every file to stable storage.
     Sync,
+    /// Check that every file is still where and as long as we left it (stats only).
+    CheckFiles,
     /// Snapshot the files' sizes and mtimes with the pieces we have, and save it atomically.
     SaveResume {
         meta: Arc<Metainfo>,
@@ -53,6 +55,7 @@ pub enum DiskResult {
         error: StorageError,
     },
     Synced(Result<(), StorageError>),
+    FilesChecked(Result<(), StorageError>),
     ResumeSaved(Result<(), ResumeError>),
 }
 
@@ -101,6 +104,7 @@ fn run(storage: &Storage, job: DiskJob) -> DiskResult {
             }
         }
         DiskJob::Sync => DiskResult::Synced(storage.sync_all()),
+        DiskJob::CheckFiles => DiskResult::FilesChecked(storage.check_files()),
         DiskJob::SaveResume {
             meta,
             target,

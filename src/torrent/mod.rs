@@ -41,6 +41,10 @@ pub enum TorrentEvent {
     Completed,
     /// The torrent stopped transferring because of a storage error (named in the message).
     Failed(String),
+    /// Data we had verified is gone or changed on disk (a file deleted, replaced or truncated,
+    /// or a read failed): stop this torrent and hash its data again. Until it stops it serves
+    /// nothing and saves no resume data.
+    RecheckNeeded(String),
 }
 
 /// Counters the coordinator publishes for progress displays and the announcer.
