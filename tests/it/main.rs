@@ -13,6 +13,7 @@ mod daemon_reload;
 mod daemon_tracker;
 mod extension;
 mod fake_peer;
+mod faults;
 mod hostile;
 mod libtorrent;
 mod magnet;
