@@ -1,7 +1,7 @@
 //! Configuration: the TOML file (`config/btd.toml` documents every key) read into
 //! `ConfigFile` with serde defaults, then checked into `Config`. Every key has a default,
 //! so an empty file is valid; an unknown key, a wrong type or an impossible value is a
-//! `ConfigError` naming the file, the key and the reason.
+//! `ConfigError` naming the file, the line, the key and the reason.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -16,11 +16,19 @@ use crate::tracker_server::TrackerConfig;
 
 /// A config file that cannot be used. Fatal at start.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {key}: {reason}")]
+#[error("{path}: {}{key}: {reason}", line_prefix(*.line))]
 pub struct ConfigError {
     pub path: PathBuf,
+    /// The line the error is on (1-based), when the file says where.
+    pub line: Option<usize>,
+    /// The key (`disk.hash_threads`, `torrent[0].path`), or the text of the line for a TOML
+    /// syntax or type error.
     pub key: String,
     pub reason: String,
+}
+
+fn line_prefix(line: Option<usize>) -> String {
+    line.map_or_else(String::new, |n| format!("line {n}: "))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -307,6 +315,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             path: path.to_owned(),
+            line: None,
             key: "-".into(),
             reason: format!("cannot read: {e}"),
         })?;
@@ -316,22 +325,34 @@ impl Config {
     /// Parses and validates config text that came from `path`.
     ///
     /// # Errors
-    /// A `ConfigError` naming `path`, the key (or the TOML position) and the reason.
+    /// A `ConfigError` naming `path`, the line, the key (or the line's text) and the reason.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError {
-            path: path.to_owned(),
-            key: e
-                .span()
-                .map_or("-".into(), |span| describe_span(text, span)),
-            reason: e.message().trim().to_owned(),
+        let file: ConfigFile = toml::from_str(text).map_err(|e| {
+            let (line, key) = match e.span() {
+                Some(span) => {
+                    let (line, line_text) = line_at(text, span.start);
+                    (Some(line), format!("`{line_text}`"))
+                }
+                None => (None, "-".into()),
+            };
+            ConfigError {
+                path: path.to_owned(),
+                line,
+                key,
+                reason: e.message().trim().to_owned(),
+            }
         })?;
-        Self::from_file(file, Some(path))
+        Self::from_file(file, Some(path)).map_err(|mut e| {
+            e.line = key_line(text, &e.key);
+            e
+        })
     }
 
     fn from_file(file: ConfigFile, path: Option<&Path>) -> Result<Self, ConfigError> {
         let shown = path.unwrap_or(Path::new("<defaults>"));
         let err = |key: &str, reason: String| ConfigError {
             path: shown.to_owned(),
+            line: None,
             key: key.into(),
             reason,
         };
@@ -538,11 +559,43 @@ fn tracker_config(file: &Tracker) -> Result<Option<TrackerConfig>, (&'static str
     Ok(file.enabled.then_some(config))
 }
 
-/// "line N" plus the text of that line, for errors toml reports by byte span.
-fn describe_span(text: &str, span: std::ops::Range<usize>) -> String {
-    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-    format!("line {line_no} `{line}`")
+/// The line number (1-based) and trimmed text of the line holding byte `offset`.
+fn line_at(text: &str, offset: usize) -> (usize, &str) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
+    (line_no, text.lines().nth(line_no - 1).unwrap_or("").trim())
+}
+
+/// The line where `key` (`disk.hash_threads`, `torrent[1].peers`) is written in `text`: its own
+/// line when present, else that of the deepest table on the way (a `[[torrent]]` header for a
+/// missing `path`); `None` when the document has none of it (a default was refused).
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut found = None;
+    for segment in key.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, rest.strip_suffix(']')?.parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let Some((k, v)) = table.get_key_value(name) else {
+            break;
+        };
+        found = Some(k.span().start);
+        let mut value = v;
+        if let Some(i) = index {
+            let Some(item) = value.get_ref().as_array().and_then(|a| a.get(i)) else {
+                break;
+            };
+            found = Some(item.span().start);
+            value = item;
+        }
+        match value.get_ref().as_table() {
+            Some(t) => table = t,
+            None => break,
+        }
+    }
+    found.map(|offset| line_at(text, offset).0)
 }
 
 #[cfg(test)]
@@ -563,16 +616,47 @@ mod tests {
     #[test]
     fn unknown_key_is_an_error_naming_its_line() {
         let e = parse("[network]\nlisten_prot = 5\n").unwrap_err();
-        assert!(e.key.contains("line 2"), "{e}");
+        assert_eq!(e.line, Some(2), "{e}");
         assert!(e.reason.contains("listen_prot"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/etc/btd/t.toml: line 2: `listen_prot = 5`: unknown field"),
+            "{e}"
+        );
     }
 
     #[test]
-    fn impossible_value_names_the_key() {
-        let e = parse("[disk]\nhash_threads = 0\n").unwrap_err();
-        assert_eq!(e.key, "disk.hash_threads");
-        let e = parse("[network]\nlisten_address = \"nope\"\n").unwrap_err();
-        assert_eq!(e.key, "network.listen_address");
+    fn impossible_value_names_the_file_line_and_key() {
+        let e = parse("# threads\n[disk]\nhash_threads = 0\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(3), "disk.hash_threads"));
+        assert_eq!(
+            e.to_string(),
+            "/etc/btd/t.toml: line 3: disk.hash_threads: must be at least 1"
+        );
+        let e = parse("[network]\nlisten_port = 1\nlisten_address = \"nope\"\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(3), "network.listen_address")
+        );
+        let e = parse("disk = { hash_threads = 0 }\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(1), "disk.hash_threads"));
+    }
+
+    #[test]
+    fn a_torrent_entry_error_names_the_line_of_its_key_or_its_header() {
+        let text = "[[torrent]]\npath = \"a\"\n\n[[torrent]]\npath = \"b\"\npeers = [\n  \"nowhere\",\n]\n\n[[torrent]]\npaused = true\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(6), "torrent[1].peers"),
+            "{e}"
+        );
+        let e = parse(&text.replace("nowhere", "127.0.0.1:1")).unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(10), "torrent[2].path"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -593,7 +677,7 @@ mod tests {
     #[test]
     fn wrong_type_and_bad_torrent_entry_name_their_keys() {
         let e = parse("[peers]\nmax_global = \"many\"\n").unwrap_err();
-        assert!(e.key.contains("line 2"), "{e}");
+        assert_eq!(e.line, Some(2), "{e}");
         let e = parse("[[torrent]]\npath = \"a\"\npeers = [\"nowhere\"]\n").unwrap_err();
         assert_eq!(e.key, "torrent[0].peers");
         let e = parse("[log]\nlevel = \"loud\"\n").unwrap_err();

@@ -32,6 +32,12 @@ fn a_bad_config_is_refused_with_exit_2_naming_the_file_and_the_key() {
         h.config_text()
     };
     let good = DaemonHome::new("daemon-bad-config-text").config_text();
+    let no_threads = with("disk", "hash_threads", 0.into());
+    let threads_line = 1 + no_threads
+        .lines()
+        .position(|l| l.starts_with("hash_threads"))
+        .expect("the config sets hash_threads");
+    let threads_at = format!("line {threads_line}: disk.hash_threads: must be at least 1");
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         (
             "an unknown key",
@@ -53,11 +59,7 @@ fn a_bad_config_is_refused_with_exit_2_naming_the_file_and_the_key() {
             with("network", "listen_port", 70_000.into()),
             vec!["listen_port"],
         ),
-        (
-            "no hash threads",
-            with("disk", "hash_threads", 0.into()),
-            vec!["disk.hash_threads"],
-        ),
+        ("no hash threads", no_threads, vec![&threads_at]),
         (
             "a listen address that is none",
             with("network", "listen_address", "x".into()),
