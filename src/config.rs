@@ -737,6 +737,20 @@ mod tests {
     }
 
     #[test]
+    fn per_ip_limit_and_write_timeout_have_defaults_and_must_be_positive() {
+        let c = parse("").unwrap();
+        assert_eq!(c.max_peers_per_ip, 8);
+        assert_eq!(c.limits.write_timeout, Duration::from_secs(60));
+        let c = parse("[peers]\nmax_per_ip = 2\n[network]\nwrite_timeout_secs = 3\n").unwrap();
+        assert_eq!(c.engine(None, None).max_peers_per_ip, 2);
+        assert_eq!(c.limits.write_timeout, Duration::from_secs(3));
+        let e = parse("[peers]\nmax_per_ip = 0\n").unwrap_err();
+        assert_eq!(e.key, "peers.max_per_ip");
+        let e = parse("[network]\nwrite_timeout_secs = 0\n").unwrap_err();
+        assert_eq!(e.key, "network.write_timeout_secs");
+    }
+
+    #[test]
     fn rates_are_kibibytes_per_second() {
         let c = parse("[rates]\ndownload_kib_per_sec = 100\n").unwrap();
         assert_eq!((c.download_rate, c.upload_rate), (102_400, 0));
