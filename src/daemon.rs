@@ -227,9 +227,7 @@ impl Managed {
 
     /// The wait before the next retry after `storage_failures` storage errors in a row.
     fn retry_after(&self) -> Duration {
-        STORAGE_RETRY_BASE
-            .saturating_mul(1 << self.storage_failures.saturating_sub(1).min(5))
-            .min(STORAGE_RETRY_MAX)
+        storage_retry_after(self.storage_failures)
     }
 
     /// Counts a storage error and schedules the retry.
@@ -1358,6 +1356,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// The wait before retrying a torrent after `failures` storage errors in a row: 60 s, doubling,
+/// at most 30 min.
+fn storage_retry_after(failures: u32) -> Duration {
+    STORAGE_RETRY_BASE
+        .saturating_mul(1 << failures.saturating_sub(1).min(5))
+        .min(STORAGE_RETRY_MAX)
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
@@ -1410,4 +1416,18 @@ fn check_data(
         started.elapsed()
     );
     Ok((storage, have))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_retries_wait_a_minute_then_double_up_to_half_an_hour() {
+        let minutes: Vec<u64> = (1..=8)
+            .map(|n| storage_retry_after(n).as_secs() / 60)
+            .collect();
+        assert_eq!(minutes, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(storage_retry_after(u32::MAX), STORAGE_RETRY_MAX);
+    }
 }
