@@ -224,6 +224,7 @@ pub fn download(
     };
     engine.remove(handle);
     engine.shutdown();
+    crate::profile::log_report();
     result
 }
 
@@ -369,6 +370,7 @@ pub fn seed(opts: &TransferOptions, signals: &Receiver<()>) -> Result<(), Comman
     let outcome = wait(&meta, &handle, signals, false);
     engine.remove(handle);
     engine.shutdown();
+    crate::profile::log_report();
     match outcome {
         Outcome::Failed(e) => Err(CommandError::Runtime(e)),
         _ => Ok(()),

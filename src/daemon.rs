@@ -1222,6 +1222,7 @@ impl Daemon {
             tracker.stop();
         }
         engine.shutdown();
+        crate::profile::log_report();
         if let Some(pid_file) = pid_file {
             pid_file.release();
         }

@@ -14,6 +14,7 @@ pub mod metadata_fetch;
 pub mod metainfo;
 pub mod peer;
 pub mod pidfile;
+pub mod profile;
 pub mod ratelimit;
 pub mod resume;
 pub mod status;

@@ -18,6 +18,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::metainfo::InfoHash;
 use crate::peer::{self, TorrentContext};
+use crate::profile::{self, Role};
 use crate::ratelimit::Limits;
 
 /// Torrents that accept incoming peers, by info hash. Written when torrents start and stop,
@@ -53,7 +54,11 @@ impl Listener {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("listener".into())
-                .spawn(move || accept_loop(&listener, &registry, &limits, &stop))?
+                .spawn(move || {
+                    profile::run_as(Role::Listener, || {
+                        accept_loop(&listener, &registry, &limits, &stop);
+                    });
+                })?
         };
         Ok(Self {
             local_addr,
@@ -191,7 +196,7 @@ fn accept_loop(listener: &TcpListener, registry: &Registry, limits: &Limits, sto
         let spawned = std::thread::Builder::new()
             .name(format!("peer {addr}"))
             .stack_size(peer::PEER_STACK_BYTES)
-            .spawn(move || route(stream, addr, &registry, slot));
+            .spawn(move || profile::run_as(Role::Peer, || route(stream, addr, &registry, slot)));
         if let Err(e) = spawned {
             warn!("listener: cannot spawn a thread for {addr}: {e}");
         }

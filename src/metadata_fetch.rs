@@ -196,7 +196,11 @@ pub fn fetch(params: &FetchParams, stop: &Receiver<()>) -> Result<Fetched, Fetch
             let spawned = std::thread::Builder::new()
                 .name(format!("metadata {addr}"))
                 .stack_size(crate::peer::PEER_STACK_BYTES)
-                .spawn(move || peer_thread(&setup, key, addr, &events, &rx));
+                .spawn(move || {
+                    crate::profile::run_as(crate::profile::Role::Metadata, || {
+                        peer_thread(&setup, key, addr, &events, &rx);
+                    });
+                });
             match spawned {
                 Ok(handle) => {
                     orders.insert(key, tx);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use crate::metainfo::{Geometry, InfoHash};
+use crate::profile::{self, Role};
 use crate::ratelimit::Limits;
 use crate::storage::Storage;
 use crate::torrent::picker::PeerKey;
@@ -223,6 +224,10 @@ pub fn spawn_outgoing(
     std::thread::Builder::new()
         .name(format!("peer {addr}"))
         .stack_size(session::PEER_STACK_BYTES)
-        .spawn(move || session::run_outgoing(&ctx, peer, addr, bind, connect_timeout))
+        .spawn(move || {
+            profile::run_as(Role::Peer, || {
+                session::run_outgoing(&ctx, peer, addr, bind, connect_timeout);
+            });
+        })
         .map(drop)
 }

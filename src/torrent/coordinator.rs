@@ -22,6 +22,7 @@ use super::piece_buffer::{
 use super::{Control, ResumeTarget, TorrentEvent, TorrentHandle, TorrentParams, TorrentStats};
 use crate::metainfo::Metainfo;
 use crate::peer::{self, PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
+use crate::profile::{self, LoopStats, Role};
 use crate::ratelimit::Limits;
 use crate::storage::Storage;
 use crate::tracker::Tiers;
@@ -96,17 +97,19 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
         std::thread::Builder::new()
             .name(format!("torrent {name}"))
             .spawn(move || {
-                match Coordinator::new(
-                    params,
-                    context,
-                    stats,
-                    events_rx,
-                    control_rx,
-                    torrent_events_tx,
-                ) {
-                    Ok(mut c) => c.run(),
-                    Err(e) => error!("torrent {name}: cannot start: {e}"),
-                }
+                profile::run_as(Role::Coordinator, || {
+                    match Coordinator::new(
+                        params,
+                        context,
+                        stats,
+                        events_rx,
+                        control_rx,
+                        torrent_events_tx,
+                    ) {
+                        Ok(mut c) => c.run(),
+                        Err(e) => error!("torrent {name}: cannot start: {e}"),
+                    }
+                });
             })?
     };
     Ok(TorrentHandle {
@@ -338,17 +341,24 @@ impl Coordinator {
         );
         self.connect_more();
         let mut next_tick = Instant::now() + TICK;
+        let mut profile = LoopStats::default();
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             select! {
                 recv(self.events) -> event => {
                     if let Ok(event) = event {
+                        let started = Instant::now();
+                        profile.max_queue = profile.max_queue.max(self.events.len() + 1);
                         self.on_peer_event(event);
+                        let mut handled = 1;
                         // Take what else is queued before paying for another select.
                         for _ in 0..EVENT_BATCH {
                             let Ok(event) = self.events.try_recv() else { break };
                             self.on_peer_event(event);
+                            handled += 1;
                         }
+                        profile.events += handled;
+                        profile.busy += started.elapsed();
                     }
                 }
                 recv(self.disk_results) -> result => {
@@ -379,12 +389,14 @@ impl Coordinator {
                 },
                 default(timeout) => {}
             }
+            profile.wakeups += 1;
             let now = Instant::now();
             if now >= next_tick {
                 self.on_tick();
                 next_tick = now + TICK;
             }
         }
+        profile.log(self.name(), EVENTS_CAPACITY);
         self.shutdown();
     }
 

@@ -10,6 +10,7 @@ use sha1::{Digest, Sha1};
 
 use super::ResumeTarget;
 use crate::metainfo::Metainfo;
+use crate::profile::{self, Role};
 use crate::resume::{ResumeData, ResumeError};
 use crate::storage::{Storage, StorageError};
 use crate::wire::Bitfield;
@@ -78,11 +79,13 @@ pub fn spawn(
             std::thread::Builder::new()
                 .name(format!("disk {i} {name}"))
                 .spawn(move || {
-                    for job in jobs {
-                        if results.send(run(&storage, job)).is_err() {
-                            break;
+                    profile::run_as(Role::Disk, || {
+                        for job in jobs {
+                            if results.send(run(&storage, job)).is_err() {
+                                break;
+                            }
                         }
-                    }
+                    });
                 })
         })
         .collect()

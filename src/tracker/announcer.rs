@@ -274,7 +274,7 @@ pub fn spawn(
     };
     thread::Builder::new()
         .name(format!("announcer {}", announcer.prefix))
-        .spawn(move || announcer.run())
+        .spawn(move || crate::profile::run_as(crate::profile::Role::Announcer, || announcer.run()))
 }
 
 /// What the thread does after handling something.

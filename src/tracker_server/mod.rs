@@ -30,6 +30,7 @@ use parking_lot::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::profile::{Role, run_as};
 use swarm::{Announce, AnnounceOutcome, Limits, Refusal, ScrapeEntry, Swarms};
 
 /// Threads serving HTTP connections: at most this many requests are in service at once.
@@ -302,7 +303,7 @@ impl TrackerServer {
             self.threads.push(
                 std::thread::Builder::new()
                     .name(format!("tracker http {n}"))
-                    .spawn(move || http::worker(&jobs, &shared))?,
+                    .spawn(move || run_as(Role::Tracker, || http::worker(&jobs, &shared)))?,
             );
         }
         drop(jobs_rx);
@@ -310,14 +311,18 @@ impl TrackerServer {
         self.threads.push(
             std::thread::Builder::new()
                 .name("tracker accept".into())
-                .spawn(move || http::accept_loop(&listener, &jobs_tx, &shared))?,
+                .spawn(move || {
+                    run_as(Role::Tracker, || {
+                        http::accept_loop(&listener, &jobs_tx, &shared)
+                    });
+                })?,
         );
         let shared = Arc::clone(&self.shared);
         let ids = udp::ConnectionIds::new(rand::random(), Instant::now());
         self.threads.push(
             std::thread::Builder::new()
                 .name("tracker udp".into())
-                .spawn(move || udp::serve(&socket, &shared, &ids))?,
+                .spawn(move || run_as(Role::Tracker, || udp::serve(&socket, &shared, &ids)))?,
         );
         Ok(())
     }
