@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::magnet::Magnet;
 use crate::metadata_fetch::{self, FetchError, FetchParams};
-use crate::metainfo::Metainfo;
+use crate::metainfo::{MAX_PIECE_LEN, Metainfo};
 use crate::status::{DaemonStatus, TorrentStatus};
 use crate::storage::{OpenMode, Storage};
 use crate::torrent::{TorrentEvent, TorrentHandle, TorrentStats};
@@ -87,10 +87,10 @@ pub fn create(opts: &CreateOptions) -> Result<(), CommandError> {
     let total = total_size(&opts.path)
         .map_err(|e| CommandError::BadInput(format!("{}: {e}", opts.path.display())))?;
     let piece_length = match opts.piece_length {
-        Some(len) if len.is_power_of_two() && len >= 16 * 1024 => len,
+        Some(len) if len.is_power_of_two() && (16 * 1024..=MAX_PIECE_LEN).contains(&len) => len,
         Some(len) => {
             return Err(CommandError::BadInput(format!(
-                "--piece-length {len}: must be a power of two of at least 16384"
+                "--piece-length {len}: must be a power of two from 16384 to {MAX_PIECE_LEN}"
             )));
         }
         None => default_piece_length(total),

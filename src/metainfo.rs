@@ -48,6 +48,13 @@ pub enum MetainfoError {
     Invalid { path: PathBuf, reason: String },
 }
 
+/// The largest piece length we accept: 64 MiB, four times the most any common client makes by
+/// default, and the most the disk queue holds. One piece is assembled in memory.
+pub const MAX_PIECE_LEN: u32 = 64 * 1024 * 1024;
+/// The most pieces we accept (libtorrent's default limit, 2^21): with 64 MiB pieces, 128 TiB.
+/// The picker, the bitfields and the piece hashes all grow with it.
+pub const MAX_PIECES: u64 = 1 << 21;
+
 /// How the torrent's bytes divide into pieces and blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
@@ -161,16 +168,14 @@ impl Metainfo {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
         let info = raw_info_span(bytes).ok_or("no well-formed `info` dictionary")?;
         let info_hash = InfoHash(Sha1::digest(info).into());
-        let torrent = Torrent::read_from_bytes(bytes).map_err(|e| e.to_string())?;
+        // Our checks first, on the dictionary as it is, so their reasons are the ones reported.
         let info_dict = parse_info(info)?;
+        check_raw_info(&info_dict)?;
         let private = matches!(info_dict.get("private"), Some(BencodeElem::Integer(1)));
-        check_raw_paths(&info_dict)?;
+        let torrent = Torrent::read_from_bytes(bytes).map_err(|e| e.to_string())?;
 
         check_component(&torrent.name).map_err(|e| format!("name {:?}: {e}", torrent.name))?;
-        let piece_len = u32::try_from(torrent.piece_length)
-            .ok()
-            .filter(|&len| len > 0)
-            .ok_or_else(|| format!("piece length {} out of range", torrent.piece_length))?;
+        let piece_len = check_piece_len(torrent.piece_length)?;
         let mut files = Vec::new();
         let mut offset = 0u64;
         let listed: Vec<(PathBuf, i64)> = match &torrent.files {
@@ -184,24 +189,16 @@ impl Metainfo {
             check_relative(&path)?;
             let len =
                 u64::try_from(len).map_err(|_| format!("{}: negative length", path.display()))?;
-            if files.iter().any(|f: &FileEntry| f.path == path) {
-                return Err(format!("{}: listed twice", path.display()));
-            }
             files.push(FileEntry { path, len, offset });
             offset = offset
                 .checked_add(len)
                 .ok_or("total length overflows 64 bits")?;
         }
+        check_distinct(&files)?;
         if offset == 0 {
             return Err("the torrent holds no data".into());
         }
-        let expected_pieces = offset.div_ceil(u64::from(piece_len));
-        if u64::try_from(torrent.pieces.len()).ok() != Some(expected_pieces) {
-            return Err(format!(
-                "{} piece hashes for {offset} bytes in pieces of {piece_len} (expected {expected_pieces})",
-                torrent.pieces.len()
-            ));
-        }
+        check_piece_count(offset, piece_len, torrent.pieces.len())?;
         let piece_hashes = torrent
             .pieces
             .iter()
@@ -285,14 +282,94 @@ impl Metainfo {
     }
 }
 
+/// A piece length we can work with: a multiple of the 16 KiB block (BEP 3 allows any length,
+/// but every client makes powers of two of at least 16 KiB, and a piece that ends mid-block
+/// is a sign of a broken or hostile file), at most [`MAX_PIECE_LEN`].
+fn check_piece_len(len: i64) -> Result<u32, String> {
+    let bad = |why: String| Err(format!("piece length {len}: {why}"));
+    match u32::try_from(len) {
+        Ok(0) => bad("must be positive".into()),
+        Ok(n) if n > MAX_PIECE_LEN => bad(format!("over the limit of {MAX_PIECE_LEN} (64 MiB)")),
+        Ok(n) if !n.is_multiple_of(BLOCK_LEN) => {
+            bad(format!("not a multiple of 16 KiB ({BLOCK_LEN})"))
+        }
+        Ok(n) => Ok(n),
+        Err(_) if len < 0 => bad("must be positive".into()),
+        Err(_) => bad(format!("over the limit of {MAX_PIECE_LEN} (64 MiB)")),
+    }
+}
+
+/// No two files at the same path, and no file where another needs a directory.
+fn check_distinct(files: &[FileEntry]) -> Result<(), String> {
+    let mut paths = std::collections::HashSet::with_capacity(files.len());
+    for file in files {
+        if !paths.insert(file.path.as_path()) {
+            return Err(format!("{}: listed twice", file.path.display()));
+        }
+    }
+    for file in files {
+        if let Some(dir) = file.path.ancestors().skip(1).find(|a| paths.contains(a)) {
+            return Err(format!(
+                "{}: a file, and also the directory of {}",
+                dir.display(),
+                file.path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The torrent's length as the file gives it (`length`, or the sum of the `files`), when every
+/// length is a non-negative integer and the sum fits.
+fn raw_total_len(info: &HashMap<String, BencodeElem>) -> Option<u64> {
+    let len = |elem: Option<&BencodeElem>| match elem {
+        Some(BencodeElem::Integer(n)) => u64::try_from(*n).ok(),
+        _ => None,
+    };
+    if info.contains_key("length") {
+        return len(info.get("length"));
+    }
+    let Some(BencodeElem::List(files)) = info.get("files") else {
+        return None;
+    };
+    files.iter().try_fold(0u64, |sum, file| match file {
+        BencodeElem::Dictionary(d) => sum.checked_add(len(d.get("length"))?),
+        _ => None,
+    })
+}
+
+/// `hashes` piece hashes must be exactly what `total` bytes in pieces of `piece_len` need, and
+/// that at most [`MAX_PIECES`].
+fn check_piece_count(total: u64, piece_len: u32, hashes: usize) -> Result<(), String> {
+    let expected = total.div_ceil(u64::from(piece_len));
+    if expected > MAX_PIECES {
+        return Err(format!(
+            "{total} bytes in pieces of {piece_len} make {expected} pieces, over the limit of \
+             {MAX_PIECES}"
+        ));
+    }
+    if u64::try_from(hashes).ok() != Some(expected) {
+        return Err(format!(
+            "{hashes} piece hashes for {total} bytes in pieces of {piece_len} (expected {expected})"
+        ));
+    }
+    Ok(())
+}
+
 /// One path component from a stranger: no separators, no NUL, not `.`/`..`, not empty.
 fn check_component(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         Err("empty path component")
-    } else if name == "." || name == ".." {
-        Err("path component `.` or `..`")
-    } else if name.contains(['/', '\\', '\0']) {
-        Err("path component contains a separator or NUL")
+    } else if name == ".." {
+        Err("path traversal (`..`)")
+    } else if name == "." {
+        Err("path component `.`")
+    } else if name.starts_with(['/', '\\']) {
+        Err("absolute path")
+    } else if name.contains(['/', '\\']) {
+        Err("path component contains a separator")
+    } else if name.contains('\0') {
+        Err("path component contains NUL")
     } else {
         Ok(())
     }
@@ -323,9 +400,32 @@ fn parse_info(info: &[u8]) -> Result<HashMap<String, BencodeElem>, String> {
     }
 }
 
-/// lava_torrent joins path components into a `PathBuf`, which hides empty components and
-/// components holding a `/`; check the lists as they are in the file.
-fn check_raw_paths(info: &HashMap<String, BencodeElem>) -> Result<(), String> {
+/// Checks the name, the piece length, that there are pieces and every file path, as they are in
+/// the file. lava_torrent joins path components into a `PathBuf`, which hides empty components
+/// and components holding a `/`, and its own refusals are vaguer than ours.
+fn check_raw_info(info: &HashMap<String, BencodeElem>) -> Result<(), String> {
+    if let Some(BencodeElem::String(name)) = info.get("name") {
+        check_component(name).map_err(|e| format!("name {name:?}: {e}"))?;
+    }
+    if let Some(BencodeElem::Integer(len)) = info.get("piece length") {
+        check_piece_len(*len)?;
+    }
+    let pieces_len = match info.get("pieces") {
+        Some(BencodeElem::Bytes(b)) => Some(b.len()),
+        Some(BencodeElem::String(s)) => Some(s.len()),
+        _ => None,
+    };
+    if pieces_len == Some(0) {
+        return Err("no pieces: `pieces` is empty".into());
+    }
+    if let Some(n) = pieces_len.filter(|n| n % 20 != 0) {
+        return Err(format!("`pieces` is {n} bytes, not a multiple of 20"));
+    }
+    if let (Some(total), Some(BencodeElem::Integer(piece_len)), Some(n)) =
+        (raw_total_len(info), info.get("piece length"), pieces_len)
+    {
+        check_piece_count(total, check_piece_len(*piece_len)?, n / 20)?;
+    }
     let Some(BencodeElem::List(files)) = info.get("files") else {
         return Ok(());
     };
@@ -336,9 +436,18 @@ fn check_raw_paths(info: &HashMap<String, BencodeElem>) -> Result<(), String> {
         let Some(BencodeElem::List(path)) = file.get("path") else {
             continue;
         };
+        let shown = || {
+            path.iter()
+                .map(|c| match c {
+                    BencodeElem::String(name) => name.as_str(),
+                    _ => "?",
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        };
         for component in path {
             if let BencodeElem::String(name) = component {
-                check_component(name).map_err(|e| format!("file path {name:?}: {e}"))?;
+                check_component(name).map_err(|e| format!("file {:?}: {e}", shown()))?;
             }
         }
     }
@@ -472,18 +581,100 @@ mod tests {
         assert_eq!(meta.geometry.piece_len(1), 20003 - 16384);
     }
 
+    /// The reason a multi-file torrent with these `files` entries and `n` piece hashes is refused.
+    fn refusal(files: &str, piece_len: i64, n: usize) -> String {
+        let info = format!("d5:filesl{files}e4:name1:d12:piece lengthi{piece_len}e#Pe");
+        Metainfo::from_bytes(&torrent_bytes(&info, n)).unwrap_err()
+    }
+
+    fn file(len: u64, path: &str) -> String {
+        format!("d6:lengthi{len}e4:path{path}e")
+    }
+
     #[test]
     fn rejects_path_traversal_and_absolute_paths() {
-        for path in ["l2:..1:xe", "l4:/etce", "l0:e", "l3:a/be"] {
-            let info =
-                format!("d5:filesld6:lengthi3e4:path{path}ee4:name1:d12:piece lengthi16384e#Pe");
-            assert!(
-                Metainfo::from_bytes(&torrent_bytes(&info, 1)).is_err(),
-                "{path}"
-            );
+        for (path, want) in [
+            ("l2:..1:xe", "file \"../x\": path traversal (`..`)"),
+            ("l1:a2:..2:..1:xe", "file \"a/../../x\": path traversal"),
+            ("l4:/etc6:passwde", "file \"/etc/passwd\": absolute path"),
+            ("l2:\\ae", "absolute path"),
+            ("l0:e", "empty path component"),
+            ("l3:a/be", "separator"),
+            ("l1:.e", "`.`"),
+            ("l3:a\0be", "NUL"),
+        ] {
+            let err = refusal(&file(3, path), 16384, 1);
+            assert!(err.contains(want), "{path}: {err}");
         }
         let bytes = torrent_bytes("d6:lengthi5e4:name2:..12:piece lengthi16384e#Pe", 1);
-        assert!(Metainfo::from_bytes(&bytes).is_err());
+        let err = Metainfo::from_bytes(&bytes).unwrap_err();
+        assert!(err.contains("name \"..\": path traversal"), "{err}");
+        let bytes = torrent_bytes("d6:lengthi5e4:name4:/etc12:piece lengthi16384e#Pe", 1);
+        let err = Metainfo::from_bytes(&bytes).unwrap_err();
+        assert!(err.contains("absolute path"), "{err}");
+    }
+
+    #[test]
+    fn rejects_duplicate_files_and_a_file_that_is_also_a_directory() {
+        let twice = format!("{}{}", file(3, "l1:xe"), file(4, "l1:xe"));
+        assert_eq!(refusal(&twice, 16384, 1), "d/x: listed twice");
+        let nested = format!("{}{}", file(3, "l1:a1:be"), file(4, "l1:a1:b1:ce"));
+        assert_eq!(
+            refusal(&nested, 16384, 1),
+            "d/a/b: a file, and also the directory of d/a/b/c"
+        );
+        let nested_first = format!("{}{}", file(4, "l1:a1:b1:ce"), file(3, "l1:ae"));
+        assert!(refusal(&nested_first, 16384, 1).starts_with("d/a: a file, and also"));
+        // Siblings with a common prefix of their names are fine.
+        let siblings = format!("{}{}", file(3, "l1:ae"), file(4, "l2:abe"));
+        let info = format!("d5:filesl{siblings}e4:name1:d12:piece lengthi16384e#Pe");
+        assert!(Metainfo::from_bytes(&torrent_bytes(&info, 1)).is_ok());
+    }
+
+    #[test]
+    fn rejects_piece_lengths_that_are_not_multiples_of_16_kib_or_absurd() {
+        let one = file(20_000, "l1:xe");
+        for (piece_len, want) in [
+            (0, "piece length 0: must be positive"),
+            (-16384, "piece length -16384: must be positive"),
+            (1000, "piece length 1000: not a multiple of 16 KiB (16384)"),
+            (16384 + 1, "not a multiple of 16 KiB"),
+            (3 * 16384 / 2, "not a multiple of 16 KiB"),
+            (128 << 20, "over the limit of 67108864 (64 MiB)"),
+            (1 << 40, "over the limit"),
+        ] {
+            let err = refusal(&one, piece_len, 1);
+            assert!(err.contains(want), "{piece_len}: {err}");
+        }
+        // Any multiple of 16 KiB will do, not only powers of two.
+        let info = format!("d5:filesl{one}e4:name1:d12:piece lengthi49152e#Pe");
+        assert!(Metainfo::from_bytes(&torrent_bytes(&info, 1)).is_ok());
+    }
+
+    #[test]
+    fn rejects_zero_pieces_huge_piece_counts_and_hashes_that_do_not_add_up() {
+        let err = refusal(&file(20_000, "l1:xe"), 16384, 0);
+        assert!(err.contains("no pieces"), "{err}");
+        let err = refusal(&file(0, "l1:xe"), 16384, 0);
+        assert!(err.contains("no pieces"), "{err}");
+        // 1 PiB in 16 KiB pieces: 2^36 pieces, whatever `pieces` says.
+        let err = refusal(&file(1 << 50, "l1:xe"), 16384, 1);
+        assert!(
+            err.contains("68719476736 pieces, over the limit of 2097152"),
+            "{err}"
+        );
+        let max = i64::MAX.unsigned_abs();
+        let huge = format!("{}{}", file(max, "l1:xe"), file(max, "l1:ye"));
+        assert!(refusal(&huge, 16384, 1).contains("over the limit"));
+        let overflow = format!("{huge}{}", file(max, "l1:ze"));
+        let err = refusal(&overflow, 16384, 1);
+        assert!(err.contains("overflow"), "{err}");
+        let err = refusal(&file(20_000, "l1:xe"), 16384, 5);
+        assert!(err.contains("5 piece hashes for 20000 bytes"), "{err}");
+        let ragged =
+            b"d4:infod6:lengthi5e4:name1:a12:piece lengthi16384e6:pieces19:0123456789012345678ee";
+        let err = Metainfo::from_bytes(ragged).unwrap_err();
+        assert_eq!(err, "`pieces` is 19 bytes, not a multiple of 20");
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod faults;
 mod hostile;
 mod libtorrent;
 mod magnet;
+mod malformed;
 mod pex;
 mod swarm;
 mod tracker;
