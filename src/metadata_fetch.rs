@@ -817,7 +817,7 @@ fn join_addrs(addrs: &[SocketAddr]) -> String {
 /// A `ut_metadata` message: a bencoded dictionary (`msg_type`, `piece`, for data `total_size`),
 /// for data followed by the piece's raw bytes.
 #[derive(Debug, PartialEq, Eq)]
-enum MetadataMessage<'a> {
+pub enum MetadataMessage<'a> {
     /// `msg_type` 0: send me this piece.
     Request(u32),
     /// `msg_type` 1: a piece.
@@ -840,7 +840,7 @@ impl<'a> MetadataMessage<'a> {
     /// A reason when the payload does not open with a well-formed dictionary holding integer
     /// `msg_type` and `piece` (a `piece` outside `u32`), or when a data message carries more
     /// than [`METADATA_PIECE_LEN`] bytes.
-    fn decode(payload: &'a [u8]) -> Result<Self, String> {
+    pub fn decode(payload: &'a [u8]) -> Result<Self, String> {
         if payload.first() != Some(&b'd') {
             return Err("ut_metadata message is not a dictionary".into());
         }

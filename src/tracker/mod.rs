@@ -348,7 +348,7 @@ fn check_nesting(body: &[u8]) -> Result<(), String> {
 
 /// Which compact format a peer string holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CompactFamily {
+pub enum CompactFamily {
     /// `peers`: 4-byte IPv4 address, 2-byte port.
     V4,
     /// `peers6`: 16-byte IPv6 address, 2-byte port.

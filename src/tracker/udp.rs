@@ -63,7 +63,8 @@ pub struct UdpClient {
 }
 
 /// What one wait for a reply ended with.
-enum Received {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
     /// The reply's bytes after the action and transaction id.
     Reply(Vec<u8>),
     /// An error reply's message.
@@ -131,20 +132,7 @@ impl UdpClient {
         body.extend_from_slice(&req.port.to_be_bytes());
 
         let (reply, family) = self.exchange(url, ACTION_ANNOUNCE, &body, 12, deadline)?;
-        let word =
-            |i: usize| u32::from_be_bytes([reply[i], reply[i + 1], reply[i + 2], reply[i + 3]]);
-        let mut peers = Vec::new();
-        compact_peers(&reply[12..], family, &mut peers);
-        retain_dialable(&mut peers);
-        Ok(AnnounceResponse {
-            interval: Duration::from_secs(u64::from(word(0))),
-            min_interval: None,
-            tracker_id: None,
-            complete: Some(word(8)),
-            incomplete: Some(word(4)),
-            warning: None,
-            peers,
-        })
+        Ok(parse_announce_reply(&reply, family).expect("exchange returns at least 12 bytes"))
     }
 
     /// Scrapes the UDP tracker at `url` for one torrent, by `deadline`.
@@ -158,13 +146,7 @@ impl UdpClient {
         deadline: Instant,
     ) -> Result<ScrapeCounts, TrackerError> {
         let (reply, _) = self.exchange(url, ACTION_SCRAPE, info_hash, 12, deadline)?;
-        let word =
-            |i: usize| u32::from_be_bytes([reply[i], reply[i + 1], reply[i + 2], reply[i + 3]]);
-        Ok(ScrapeCounts {
-            seeders: word(0),
-            completed: Some(word(4)),
-            leechers: word(8),
-        })
+        Ok(parse_scrape_reply(&reply).expect("exchange returns at least 12 bytes"))
     }
 
     /// Whether a connection id for `url` is cached and still within its minute at `now`.
@@ -418,27 +400,74 @@ fn wait(
             }
             Err(e) => return Err(e),
         };
-        let Some((header, payload)) = buf[..len].split_first_chunk::<8>() else {
-            continue;
-        };
-        let got_action = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-        let got_tid = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-        if got_tid != tid {
-            continue;
-        }
-        if got_action == action && payload.len() >= min_reply {
-            return Ok(Received::Reply(payload.to_vec()));
-        }
-        if got_action == ACTION_ERROR {
-            let message = String::from_utf8_lossy(payload);
-            let message = message.trim_end_matches(['\0', ' ', '\n', '\r']);
-            return Ok(Received::Error(if message.is_empty() {
-                "error reply without a message".to_owned()
-            } else {
-                message.to_owned()
-            }));
+        if let Some(received) = parse_datagram(&buf[..len], action, tid, min_reply) {
+            return Ok(received);
         }
     }
+}
+
+/// What a datagram from the tracker says to our request with `action` and `tid`: a reply (at
+/// least `min_reply` bytes after the 8-byte header) or an error reply, or `None` when it is to be
+/// ignored (too short, another transaction, another action). Pure.
+pub fn parse_datagram(
+    datagram: &[u8],
+    action: u32,
+    tid: u32,
+    min_reply: usize,
+) -> Option<Received> {
+    let (header, payload) = datagram.split_first_chunk::<8>()?;
+    let got_action = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    let got_tid = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    if got_tid != tid {
+        return None;
+    }
+    if got_action == action && payload.len() >= min_reply {
+        return Some(Received::Reply(payload.to_vec()));
+    }
+    if got_action == ACTION_ERROR {
+        let message = String::from_utf8_lossy(payload);
+        let message = message.trim_end_matches(['\0', ' ', '\n', '\r']);
+        return Some(Received::Error(if message.is_empty() {
+            "error reply without a message".to_owned()
+        } else {
+            message.to_owned()
+        }));
+    }
+    None
+}
+
+/// An announce reply after its action and transaction id: interval, leechers, seeders, then
+/// compact peers of `family` (a trailing partial entry and undialable peers are skipped). `None`
+/// when shorter than the 12 bytes of counts. Pure.
+pub fn parse_announce_reply(payload: &[u8], family: CompactFamily) -> Option<AnnounceResponse> {
+    let (counts, rest) = payload.split_first_chunk::<12>()?;
+    let word =
+        |i: usize| u32::from_be_bytes([counts[i], counts[i + 1], counts[i + 2], counts[i + 3]]);
+    let mut peers = Vec::new();
+    compact_peers(rest, family, &mut peers);
+    retain_dialable(&mut peers);
+    Some(AnnounceResponse {
+        interval: Duration::from_secs(u64::from(word(0))),
+        min_interval: None,
+        tracker_id: None,
+        complete: Some(word(8)),
+        incomplete: Some(word(4)),
+        warning: None,
+        peers,
+    })
+}
+
+/// A scrape reply for one torrent after its action and transaction id: seeders, completed,
+/// leechers. `None` when shorter than 12 bytes. Pure.
+pub fn parse_scrape_reply(payload: &[u8]) -> Option<ScrapeCounts> {
+    let (counts, _) = payload.split_first_chunk::<12>()?;
+    let word =
+        |i: usize| u32::from_be_bytes([counts[i], counts[i + 1], counts[i + 2], counts[i + 3]]);
+    Some(ScrapeCounts {
+        seeders: word(0),
+        completed: Some(word(4)),
+        leechers: word(8),
+    })
 }
 
 /// A scripted UDP tracker on loopback for the tests of this module and of the announcer.
@@ -1060,5 +1089,45 @@ mod tests {
         assert_eq!(host_port("udp://[2001:db8::1]:80"), Ok(("2001:db8::1", 80)));
         assert_eq!(host_port("udp://user@10.0.0.1:1?x=/y"), Ok(("10.0.0.1", 1)));
         assert!(host_port("udp://t.example").is_err());
+    }
+
+    #[test]
+    fn reads_datagrams_without_io_and_never_trusts_their_length() {
+        let tid = 0x0102_0304;
+        let datagram = |action: u32, tid: u32, payload: &[u8]| {
+            let mut d = action.to_be_bytes().to_vec();
+            d.extend_from_slice(&u32::to_be_bytes(tid));
+            d.extend_from_slice(payload);
+            d
+        };
+        let mut reply = [0, 0, 7, 8, 0, 0, 0, 2, 0, 0, 0, 9].to_vec();
+        reply.extend_from_slice(&[10, 0, 0, 1, 0x1a, 0xe1, 10, 0, 0]);
+        let got = parse_datagram(&datagram(1, tid, &reply), 1, tid, 12);
+        assert_eq!(got, Some(Received::Reply(reply.clone())));
+        let announce = parse_announce_reply(&reply, CompactFamily::V4).unwrap();
+        assert_eq!(announce.interval, Duration::from_secs(0x708));
+        assert_eq!((announce.incomplete, announce.complete), (Some(2), Some(9)));
+        assert_eq!(announce.peers, vec![addr("10.0.0.1:6881")]);
+        for cut in 0..12 {
+            assert_eq!(parse_announce_reply(&reply[..cut], CompactFamily::V6), None);
+            assert_eq!(parse_scrape_reply(&reply[..cut]), None);
+            assert_eq!(
+                parse_datagram(&datagram(1, tid, &reply[..cut]), 1, tid, 12),
+                None
+            );
+        }
+        assert_eq!(
+            parse_datagram(&datagram(1, tid, &reply)[..7], 1, tid, 0),
+            None
+        );
+        assert_eq!(
+            parse_datagram(&datagram(1, tid + 1, &reply), 1, tid, 12),
+            None
+        );
+        assert_eq!(parse_datagram(&datagram(2, tid, &reply), 1, tid, 12), None);
+        assert_eq!(
+            parse_datagram(&datagram(3, tid, b"\0\0"), 1, tid, 12),
+            Some(Received::Error("error reply without a message".into()))
+        );
     }
 }
