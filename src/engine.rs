@@ -14,6 +14,7 @@ use crate::listener::{Listener, Registry};
 use crate::metainfo::Metainfo;
 use crate::ratelimit::Limits;
 use crate::storage::Storage;
+use crate::torrent::disk::DiskPool;
 use crate::torrent::{ResumeTarget, TorrentHandle, TorrentLimits, TorrentParams};
 use crate::wire::Bitfield;
 
@@ -41,13 +42,15 @@ pub struct Engine {
     listener: Listener,
     config: EngineConfig,
     global: Arc<Limits>,
+    /// The disk threads every torrent shares (`limits.disk_threads` of them).
+    disk: DiskPool,
 }
 
 impl Engine {
-    /// Binds the listening socket and starts the listener thread.
+    /// Binds the listening socket and starts the listener thread and the disk threads.
     ///
     /// # Errors
-    /// When the listen address cannot be bound.
+    /// When the listen address cannot be bound or a thread cannot be started.
     pub fn start(config: EngineConfig) -> std::io::Result<Self> {
         let registry: Registry = Arc::new(RwLock::new(HashMap::new()));
         let global = Arc::new(Limits::new(
@@ -57,12 +60,14 @@ impl Engine {
         ));
         global.peers.set_max_per_ip(config.max_peers_per_ip);
         let listener = Listener::bind(config.listen, Arc::clone(&registry), Arc::clone(&global))?;
+        let disk = DiskPool::start(config.limits.disk_threads)?;
         Ok(Self {
             peer_id: new_peer_id(),
             registry,
             listener,
             config,
             global,
+            disk,
         })
     }
 
@@ -108,6 +113,7 @@ impl Engine {
             limits: self.config.limits.clone(),
             global: Arc::clone(&self.global),
             resume,
+            disk: self.disk.handle(),
         })?;
         self.registry
             .write()
@@ -152,9 +158,10 @@ impl Engine {
         handle.stop();
     }
 
-    /// Stops accepting peers.
-    pub fn shutdown(self) {
+    /// Stops accepting peers, then lets the disk threads finish what is queued.
+    pub fn shutdown(mut self) {
         self.listener.stop();
+        self.disk.stop();
     }
 }
 

@@ -1,11 +1,13 @@
-//! Disk workers: threads "disk N" of one torrent that hash completed pieces and write the good
-//! ones, so neither SHA-1 nor `pwrite` ever runs on the coordinator's event loop. A piece is
+//! Disk workers: the process's pool of threads "disk N", shared by all torrents, that hash
+//! completed pieces and write the good ones, so neither SHA-1 nor `pwrite` ever runs on a
+//! coordinator's event loop. A piece is
 //! written only after its hash matched; the coordinator announces it only after the write.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, select};
 use sha1::{Digest, Sha1};
 
 use super::ResumeTarget;
@@ -60,35 +62,147 @@ pub enum DiskResult {
     ResumeSaved(Result<(), ResumeError>),
 }
 
-/// Spawns `threads` disk threads sharing one job queue. They exit when `jobs` disconnects.
-///
-/// # Errors
-/// When a thread cannot be spawned.
-pub fn spawn(
-    storage: &Arc<Storage>,
-    threads: usize,
-    name: &str,
-    jobs: &Receiver<DiskJob>,
-    results: &Sender<DiskResult>,
-) -> std::io::Result<Vec<JoinHandle<()>>> {
-    (0..threads.max(1))
-        .map(|i| {
-            let storage = Arc::clone(storage);
-            let jobs = jobs.clone();
-            let results = results.clone();
-            std::thread::Builder::new()
-                .name(format!("disk {i} {name}"))
-                .spawn(move || {
-                    profile::run_as(Role::Disk, || {
-                        for job in jobs {
-                            if results.send(run(&storage, job)).is_err() {
-                                break;
-                            }
-                        }
-                    });
+/// A job in the pool's queue: the work, the torrent's storage, and where its result goes.
+struct PoolJob {
+    storage: Arc<Storage>,
+    job: DiskJob,
+    results: Sender<DiskResult>,
+}
+
+/// The process's disk threads ("disk N"), shared by every torrent through one FIFO queue, so a
+/// daemon with 500 torrents has `threads` disk threads, not two per torrent. Owned by the engine;
+/// torrents hold [`DiskQueue`]s.
+pub struct DiskPool {
+    jobs: Sender<PoolJob>,
+    /// Dropped to stop the threads: torrents' queues hold senders of `jobs` too, so its
+    /// disconnection cannot be the signal.
+    stop: Option<Sender<()>>,
+    stopped: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl DiskPool {
+    /// Starts `threads` (at least one) disk threads.
+    ///
+    /// # Errors
+    /// When a thread cannot be spawned (those already started are stopped).
+    pub fn start(threads: usize) -> std::io::Result<DiskPool> {
+        let (tx, rx) = crossbeam_channel::unbounded::<PoolJob>();
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let mut pool = DiskPool {
+            jobs: tx,
+            stop: Some(stop_tx),
+            stopped: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
+        for i in 0..threads.max(1) {
+            let (jobs, stop) = (rx.clone(), stop_rx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("disk {i}"))
+                .spawn(move || profile::run_as(Role::Disk, || work(&jobs, &stop)));
+            match spawned {
+                Ok(thread) => pool.threads.push(thread),
+                Err(e) => {
+                    pool.stop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    /// A handle torrents take their [`DiskQueue`]s from.
+    pub fn handle(&self) -> DiskPoolHandle {
+        DiskPoolHandle {
+            jobs: self.jobs.clone(),
+            stopped: Arc::clone(&self.stopped),
+        }
+    }
+
+    /// Refuses new jobs, lets the queued ones finish, then joins the threads.
+    pub fn stop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        drop(self.stop.take());
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for DiskPool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A way into the [`DiskPool`], cloned into each torrent's parameters.
+#[derive(Clone)]
+pub struct DiskPoolHandle {
+    jobs: Sender<PoolJob>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl DiskPoolHandle {
+    /// A queue for one torrent: its jobs run against `storage` and their results come back on
+    /// `results`.
+    pub fn queue(&self, storage: Arc<Storage>, results: Sender<DiskResult>) -> DiskQueue {
+        DiskQueue {
+            jobs: self.jobs.clone(),
+            stopped: Arc::clone(&self.stopped),
+            storage,
+            results,
+        }
+    }
+}
+
+/// One torrent's way into the [`DiskPool`].
+pub struct DiskQueue {
+    jobs: Sender<PoolJob>,
+    stopped: Arc<AtomicBool>,
+    storage: Arc<Storage>,
+    results: Sender<DiskResult>,
+}
+
+impl DiskQueue {
+    /// Queues `job`; false if the pool has stopped (the process is going down).
+    pub fn send(&self, job: DiskJob) -> bool {
+        !self.stopped.load(Ordering::SeqCst)
+            && self
+                .jobs
+                .send(PoolJob {
+                    storage: Arc::clone(&self.storage),
+                    job,
+                    results: self.results.clone(),
                 })
-        })
-        .collect()
+                .is_ok()
+    }
+}
+
+/// A disk thread: runs jobs until `stop` disconnects, then the jobs already queued.
+fn work(jobs: &Receiver<PoolJob>, stop: &Receiver<()>) {
+    // A torrent that stopped waiting dropped its receiver: the work is done all the same (a
+    // verified piece written is never wrong).
+    let run_one = |PoolJob {
+                       storage,
+                       job,
+                       results,
+                   }| {
+        let _ = results.send(run(&storage, job));
+    };
+    loop {
+        select! {
+            recv(jobs) -> job => match job {
+                Ok(job) => run_one(job),
+                Err(_) => return,
+            },
+            recv(stop) -> _ => {
+                while let Ok(job) = jobs.try_recv() {
+                    run_one(job);
+                }
+                return;
+            }
+        }
+    }
 }
 
 fn run(storage: &Storage, job: DiskJob) -> DiskResult {
@@ -148,4 +262,96 @@ pub fn save_resume(
         completed_unix,
     )
     .save(&target.path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::metainfo::{FileEntry, Geometry, InfoHash};
+    use crate::storage::OpenMode;
+
+    /// A one-file torrent `name` of `data` in 16 KiB pieces, opened for download under `dir`.
+    fn storage(dir: &Path, name: &str, data: &[u8]) -> (Arc<Storage>, Vec<[u8; 20]>) {
+        let hashes: Vec<[u8; 20]> = data.chunks(16384).map(|c| Sha1::digest(c).into()).collect();
+        let meta = Metainfo {
+            info_hash: InfoHash([0; 20]),
+            name: name.into(),
+            geometry: Geometry::new(data.len() as u64, 16384),
+            files: vec![FileEntry {
+                path: PathBuf::from(name),
+                len: data.len() as u64,
+                offset: 0,
+            }],
+            piece_hashes: hashes.clone(),
+            announce: None,
+            announce_list: None,
+            private: false,
+            info_bytes: Arc::from(&b""[..]),
+        };
+        let storage = Storage::open(dir, &meta, OpenMode::Download).unwrap();
+        (Arc::new(storage), hashes)
+    }
+
+    #[test]
+    fn one_pool_serves_two_torrents_and_routes_each_result_home() {
+        let dir = std::env::temp_dir().join(format!("btd-disk-pool-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a_data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let b_data: Vec<u8> = (0..20_000u32).map(|i| (i % 13) as u8).collect();
+        let (a, a_hashes) = storage(&dir, "a", &a_data);
+        let (b, b_hashes) = storage(&dir, "b", &b_data);
+        let mut pool = DiskPool::start(1).unwrap();
+        let (a_tx, a_rx) = crossbeam_channel::unbounded();
+        let (b_tx, b_rx) = crossbeam_channel::unbounded();
+        let a_queue = pool.handle().queue(Arc::clone(&a), a_tx);
+        let b_queue = pool.handle().queue(Arc::clone(&b), b_tx);
+        for (piece, chunk) in a_data.chunks(16384).enumerate() {
+            let piece = u32::try_from(piece).unwrap();
+            let expected = a_hashes[piece as usize];
+            assert!(a_queue.send(DiskJob::VerifyAndWrite {
+                piece,
+                data: chunk.to_vec(),
+                expected,
+            }));
+        }
+        // A piece of b with a's hash: refused, nothing written.
+        assert!(b_queue.send(DiskJob::VerifyAndWrite {
+            piece: 0,
+            data: b_data[..16384].to_vec(),
+            expected: a_hashes[0],
+        }));
+        assert!(b_queue.send(DiskJob::VerifyAndWrite {
+            piece: 1,
+            data: b_data[16384..].to_vec(),
+            expected: b_hashes[1],
+        }));
+        let wait = Duration::from_secs(10);
+        let mut written: Vec<u32> = (0..3)
+            .map(|_| match a_rx.recv_timeout(wait).unwrap() {
+                DiskResult::Written { piece, .. } => piece,
+                _ => panic!("a's piece was not written"),
+            })
+            .collect();
+        written.sort_unstable();
+        assert_eq!(written, [0, 1, 2]);
+        assert!(matches!(
+            b_rx.recv_timeout(wait).unwrap(),
+            DiskResult::HashFailed { piece: 0, .. }
+        ));
+        assert!(matches!(
+            b_rx.recv_timeout(wait).unwrap(),
+            DiskResult::Written { piece: 1, .. }
+        ));
+        assert!(a_rx.try_recv().is_err() && b_rx.try_recv().is_err());
+        let mut block = vec![0; 100];
+        a.read(2, 0, &mut block).unwrap();
+        assert_eq!(block, a_data[32768..32868]);
+        // Stopped: queues refuse work instead of losing it silently.
+        pool.stop();
+        assert!(!a_queue.send(DiskJob::Sync));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -104,6 +104,8 @@ pub struct TorrentParams {
     pub global: Arc<Limits>,
     /// Where to keep resume data (the daemon); None for one-shot commands.
     pub resume: Option<ResumeTarget>,
+    /// The process's disk threads.
+    pub disk: disk::DiskPoolHandle,
 }
 
 /// Where and how a torrent saves its resume data.
