@@ -736,11 +736,7 @@ impl Daemon {
     fn add_watch_file(&mut self, path: &Path, added: &Path) {
         let invalid = |reason: String| {
             let target = with_suffix(path, WATCH_INVALID);
-            warn!(
-                "watch dir: {}: {reason}; renamed to {}",
-                path.display(),
-                target.display()
-            );
+            warn!("watch dir: {reason}; renamed to {}", target.display());
             if let Err(e) = std::fs::rename(path, &target) {
                 error!("watch dir: rename {}: {e}", path.display());
             }
@@ -750,7 +746,11 @@ impl Daemon {
             Err(reason) => return invalid(reason),
         };
         if let Some(other) = self.find(&origin.info_hash()) {
-            return invalid(format!("duplicate of torrent {}", other.name()));
+            return invalid(format!(
+                "{}: duplicate of torrent {}",
+                path.display(),
+                other.name()
+            ));
         }
         if path != added
             && let Err(e) = std::fs::rename(path, added)
@@ -1239,11 +1239,13 @@ fn is_active(t: &Managed) -> bool {
 fn read_watch_file(path: &Path) -> Result<Origin, String> {
     let name = path.to_string_lossy();
     if name.ends_with(".magnet") || name.ends_with(".magnet.added") {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         Magnet::parse(text.trim())
             .map(Origin::Magnet)
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("{}: {e}", path.display()))
     } else {
+        // Its errors name the file.
         Metainfo::from_file(path)
             .map(Origin::Meta)
             .map_err(|e| e.to_string())
