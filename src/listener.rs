@@ -27,7 +27,7 @@ pub type Registry = Arc<RwLock<HashMap<InfoHash, Arc<TorrentContext>>>>;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most incoming connections waiting for their handshake at once. Each holds a thread for up to
-/// [`HANDSHAKE_TIMEOUT`], so silent connections must not spawn threads without end.
+/// `HANDSHAKE_TIMEOUT` (10 s), so silent connections must not spawn threads without end.
 pub const MAX_HANDSHAKING: usize = 64;
 
 /// A running listener thread.
