@@ -13,6 +13,7 @@ pub mod magnet;
 pub mod metadata_fetch;
 pub mod metainfo;
 pub mod peer;
+pub mod percent;
 pub mod pidfile;
 pub mod profile;
 pub mod ratelimit;

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use log::warn;
 
 use crate::metainfo::InfoHash;
+use crate::percent;
 
 /// What a magnet URI says about a torrent. Everything but the info hash is a hint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,21 +173,12 @@ fn parse_xt(value: &str) -> Result<Option<InfoHash>, MagnetError> {
     bytes.map(|b| Some(InfoHash(b))).ok_or_else(bad)
 }
 
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// 40 hex digits, either case.
 fn decode_hex(text: &str) -> Option<[u8; 20]> {
     let digits = text.as_bytes();
     let mut out = [0u8; 20];
     for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+        *byte = percent::hex_digit(pair[0])? << 4 | percent::hex_digit(pair[1])?;
     }
     (digits.len() == 40).then_some(out)
 }
@@ -223,32 +215,9 @@ fn decode_base32(text: &str) -> Option<[u8; 20]> {
 
 /// `%XX` escapes decoded, and `+` as a space when `plus_is_space`.
 fn percent_decode(param: &str, raw: &str, plus_is_space: bool) -> Result<Vec<u8>, MagnetError> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'%' => {
-                let digit = |j: usize| bytes.get(j).copied().and_then(hex_digit);
-                let (Some(hi), Some(lo)) = (digit(i + 1), digit(i + 2)) else {
-                    return Err(MagnetError::BadEscape {
-                        param: param.to_owned(),
-                    });
-                };
-                out.push(hi << 4 | lo);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    Ok(out)
+    percent::decode(raw.as_bytes(), plus_is_space).ok_or_else(|| MagnetError::BadEscape {
+        param: param.to_owned(),
+    })
 }
 
 fn decode_text(param: &str, raw: &str, plus_is_space: bool) -> Result<String, MagnetError> {

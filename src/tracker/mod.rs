@@ -21,6 +21,8 @@ use lava_torrent::bencode::BencodeElem;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
+use crate::percent;
+
 /// The `event` of an announce (BEP 3). Regular re-announces carry none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AnnounceEvent {
@@ -422,18 +424,6 @@ fn dict_peer(elem: &BencodeElem) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Appends `bytes` percent-encoded byte by byte: RFC 3986 unreserved characters stay as they are,
-/// every other byte becomes `%XX`.
-fn percent_encode_into(out: &mut String, bytes: &[u8]) {
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            write!(out, "%{b:02X}").expect("writing to a String cannot fail");
-        }
-    }
-}
-
 /// The announce URL: `base` with the announce query appended.
 ///
 /// The query is `info_hash` and `peer_id` (percent-encoded byte by byte), `port`, `uploaded`,
@@ -450,9 +440,9 @@ pub fn announce_url(base: &str, req: &AnnounceRequest) -> String {
         url.push('&');
     }
     url.push_str("info_hash=");
-    percent_encode_into(&mut url, &req.info_hash);
+    percent::encode_into(&mut url, &req.info_hash);
     url.push_str("&peer_id=");
-    percent_encode_into(&mut url, &req.peer_id);
+    percent::encode_into(&mut url, &req.peer_id);
     write!(
         url,
         "&port={}&uploaded={}&downloaded={}&left={}&compact=1&numwant={}",
@@ -465,7 +455,7 @@ pub fn announce_url(base: &str, req: &AnnounceRequest) -> String {
     }
     if let Some(id) = &req.tracker_id {
         url.push_str("&trackerid=");
-        percent_encode_into(&mut url, id);
+        percent::encode_into(&mut url, id);
     }
     url
 }
@@ -553,7 +543,7 @@ pub fn scrape_url(base: &str, info_hash: &[u8; 20]) -> Option<String> {
         }
     }
     url.push_str("info_hash=");
-    percent_encode_into(&mut url, info_hash);
+    percent::encode_into(&mut url, info_hash);
     Some(url)
 }
 
@@ -982,7 +972,7 @@ mod tests {
     fn announce_url_escapes_all_256_byte_values() {
         let mut encoded = String::new();
         let all: Vec<u8> = (0..=255).collect();
-        percent_encode_into(&mut encoded, &all);
+        percent::encode_into(&mut encoded, &all);
         let mut expected = String::new();
         for b in 0u16..=255 {
             let c = char::from(u8::try_from(b).unwrap());

@@ -21,6 +21,7 @@ use lava_torrent::bencode::BencodeElem;
 
 use super::swarm::{Announce, AnnounceOutcome, InfoHash, PeerId, ScrapeEntry};
 use super::{DEFAULT_NUMWANT, Intervals, MAX_NUMWANT, Shared, push_compact};
+use crate::percent;
 use crate::tracker::AnnounceEvent;
 
 /// A request head (request line and headers) longer than this is refused with 431.
@@ -97,34 +98,6 @@ fn failure(reason: impl Into<String>) -> HttpError {
     HttpError::Failure(reason.into())
 }
 
-/// Decodes `%XX` escapes; every other byte stands for itself. `None` for a `%` not followed by
-/// two hex digits.
-pub fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%' {
-            let hi = hex_digit(*input.get(i + 1)?)?;
-            let lo = hex_digit(*input.get(i + 2)?)?;
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(input[i]);
-            i += 1;
-        }
-    }
-    Some(out)
-}
-
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// A query's `key=value` pairs, percent-decoded, in order (keys may repeat).
 type Params = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -138,7 +111,7 @@ fn parse_query(query: &[u8]) -> Result<Params, HttpError> {
                 Some(at) => (&pair[..at], &pair[at + 1..]),
                 None => (pair, &[][..]),
             };
-            match (percent_decode(key), percent_decode(value)) {
+            match (percent::decode(key, false), percent::decode(value, false)) {
                 (Some(k), Some(v)) => Ok((k, v)),
                 _ => Err(failure("malformed percent-encoding in the query")),
             }
@@ -587,30 +560,6 @@ mod tests {
         match parse_head(&head(target)) {
             Err(HttpError::Failure(reason)) => reason,
             other => panic!("{target}: want a failure reason, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn percent_decoding_covers_every_byte_value() {
-        for b in 0..=255u8 {
-            assert_eq!(
-                percent_decode(format!("%{b:02X}").as_bytes()),
-                Some(vec![b])
-            );
-            assert_eq!(
-                percent_decode(format!("%{b:02x}").as_bytes()),
-                Some(vec![b])
-            );
-        }
-        let all: String = (0..=255u8).map(|b| format!("%{b:02x}")).collect();
-        assert_eq!(percent_decode(all.as_bytes()), Some((0..=255u8).collect()));
-        // Unreserved characters stand for themselves, and `+` is a plus.
-        assert_eq!(
-            percent_decode(b"aZ09-._~+%20"),
-            Some(b"aZ09-._~+ ".to_vec())
-        );
-        for bad in ["%", "%4", "%G0", "%0g", "%%41", "abc%"] {
-            assert_eq!(percent_decode(bad.as_bytes()), None, "{bad}");
         }
     }
 
