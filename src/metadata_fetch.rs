@@ -30,11 +30,10 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
 use log::{debug, info, warn};
 use sha1::{Digest, Sha1};
 
-use crate::bencode::skip_value;
 use crate::metainfo::InfoHash;
 use crate::tracker::udp::UdpClient;
 use crate::tracker::{AnnounceEvent, AnnounceRequest, http, udp};
-use crate::wire::extension::{EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID};
+use crate::wire::extension::{EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID, MetadataMessage};
 use crate::wire::{ExtendedHandshake, Handshake, Message};
 
 /// The largest info dictionary we fetch; a larger `metadata_size` drops the peer unallocated.
@@ -812,99 +811,10 @@ fn join_addrs(addrs: &[SocketAddr]) -> String {
         .join(", ")
 }
 
-// ---- ut_metadata messages (pure) -----------------------------------------------------------
-
-/// A `ut_metadata` message: a bencoded dictionary (`msg_type`, `piece`, for data `total_size`),
-/// for data followed by the piece's raw bytes.
-#[derive(Debug, PartialEq, Eq)]
-pub enum MetadataMessage<'a> {
-    /// `msg_type` 0: send me this piece.
-    Request(u32),
-    /// `msg_type` 1: a piece.
-    Data {
-        piece: u32,
-        total_size: Option<u64>,
-        data: &'a [u8],
-    },
-    /// `msg_type` 2: the sender will not send this piece.
-    Reject(u32),
-    /// Another `msg_type`: ignored, as BEP 9 asks.
-    Other(i64),
-}
-
-impl<'a> MetadataMessage<'a> {
-    /// Decodes the payload after the extended message id. Keys may come in any order; unknown
-    /// keys are skipped.
-    ///
-    /// # Errors
-    /// A reason when the payload does not open with a well-formed dictionary holding integer
-    /// `msg_type` and `piece` (a `piece` outside `u32`), or when a data message carries more
-    /// than [`METADATA_PIECE_LEN`] bytes.
-    pub fn decode(payload: &'a [u8]) -> Result<Self, String> {
-        if payload.first() != Some(&b'd') {
-            return Err("ut_metadata message is not a dictionary".into());
-        }
-        let end = skip_value(payload, 0, 0).ok_or("ut_metadata dictionary is malformed")?;
-        let (mut msg_type, mut piece, mut total_size) = (None, None, None);
-        let mut pos = 1;
-        while payload[pos] != b'e' {
-            let key_end = skip_value(payload, pos, 1).ok_or("malformed key")?;
-            let key = string_value(&payload[pos..key_end]).ok_or("a key is not a string")?;
-            let value_end = skip_value(payload, key_end, 1).ok_or("malformed value")?;
-            let value = int_value(&payload[key_end..value_end]);
-            match key {
-                b"msg_type" => msg_type = value,
-                b"piece" => piece = value,
-                b"total_size" => total_size = value,
-                _ => {}
-            }
-            pos = value_end;
-        }
-        let msg_type = msg_type.ok_or("no integer msg_type")?;
-        let piece = piece.ok_or("no integer piece")?;
-        let piece = u32::try_from(piece).map_err(|_| format!("piece {piece} out of range"))?;
-        let data = &payload[end..];
-        Ok(match msg_type {
-            0 => Self::Request(piece),
-            1 => {
-                if u32::try_from(data.len()).map_or(true, |n| n > METADATA_PIECE_LEN) {
-                    return Err(format!("metadata piece of {} bytes", data.len()));
-                }
-                let total_size = total_size
-                    .map(|t| u64::try_from(t).map_err(|_| format!("total_size {t}")))
-                    .transpose()?;
-                Self::Data {
-                    piece,
-                    total_size,
-                    data,
-                }
-            }
-            2 => Self::Reject(piece),
-            other => Self::Other(other),
-        })
-    }
-}
-
-/// The bytes of a bencoded string (`4:spam` -> `spam`), `None` for any other value.
-fn string_value(value: &[u8]) -> Option<&[u8]> {
-    let colon = value.iter().position(|&b| b == b':')?;
-    value[..colon]
-        .iter()
-        .all(u8::is_ascii_digit)
-        .then(|| &value[colon + 1..])
-}
-
-/// A bencoded integer (`i42e` -> 42), `None` for any other value or one outside `i64`.
-fn int_value(value: &[u8]) -> Option<i64> {
-    let text = value.strip_prefix(b"i")?.strip_suffix(b"e")?;
-    std::str::from_utf8(text).ok()?.parse().ok()
-}
-
-/// The payload of an extended message carrying `ut_metadata` `msg_type` for `piece`, under the
-/// peer's id for it.
-fn metadata_payload(their_id: u8, msg_type: u8, piece: u32) -> Vec<u8> {
+/// The payload of an extended message carrying `msg` under the peer's id for `ut_metadata`.
+fn metadata_payload(their_id: u8, msg: &MetadataMessage) -> Vec<u8> {
     let mut payload = vec![their_id];
-    payload.extend_from_slice(format!("d8:msg_typei{msg_type}e5:piecei{piece}ee").as_bytes());
+    payload.extend(msg.encode());
     payload
 }
 
@@ -1197,7 +1107,10 @@ fn run_peer(
         loop {
             match orders.try_recv() {
                 Ok(Order::Request(piece)) => {
-                    conn.send_extended(metadata_payload(their_id, 0, piece))?;
+                    conn.send_extended(metadata_payload(
+                        their_id,
+                        &MetadataMessage::Request { piece },
+                    ))?;
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return Ok(()),
@@ -1226,13 +1139,16 @@ fn run_peer(
                     total_size,
                     data: data.to_vec(),
                 },
-                MetadataMessage::Reject(piece) => Event::Rejected { peer, piece },
-                MetadataMessage::Request(piece) => {
+                MetadataMessage::Reject { piece } => Event::Rejected { peer, piece },
+                MetadataMessage::Request { piece } => {
                     // We have no metadata to give (we did not send a metadata_size).
-                    conn.send_extended(metadata_payload(their_id, 2, piece))?;
+                    conn.send_extended(metadata_payload(
+                        their_id,
+                        &MetadataMessage::Reject { piece },
+                    ))?;
                     continue;
                 }
-                MetadataMessage::Other(_) => continue,
+                MetadataMessage::Other { .. } => continue,
             };
             if events.send(event).is_err() {
                 return Ok(());
@@ -1312,59 +1228,11 @@ mod tests {
     }
 
     #[test]
-    fn decodes_data_reject_and_request_messages_typed_by_hand() {
-        let wire = b"d8:msg_typei1e5:piecei2e10:total_sizei34256eeABCDEF";
+    fn metadata_payloads_go_under_the_peers_id() {
         assert_eq!(
-            MetadataMessage::decode(wire),
-            Ok(MetadataMessage::Data {
-                piece: 2,
-                total_size: Some(34256),
-                data: b"ABCDEF",
-            })
-        );
-        assert_eq!(
-            MetadataMessage::decode(b"d8:msg_typei2e5:piecei0ee"),
-            Ok(MetadataMessage::Reject(0))
-        );
-        // Keys out of order and an unknown key are accepted.
-        assert_eq!(
-            MetadataMessage::decode(b"d5:piecei7e1:xli1ee8:msg_typei0ee"),
-            Ok(MetadataMessage::Request(7))
-        );
-        assert_eq!(
-            MetadataMessage::decode(b"d8:msg_typei9e5:piecei0ee"),
-            Ok(MetadataMessage::Other(9))
-        );
-        assert_eq!(
-            metadata_payload(4, 0, 12),
+            metadata_payload(4, &MetadataMessage::Request { piece: 12 }),
             b"\x04d8:msg_typei0e5:piecei12ee".to_vec()
         );
-    }
-
-    #[test]
-    fn refuses_malformed_metadata_messages() {
-        let too_long: Vec<u8> = b"d8:msg_typei1e5:piecei0ee"
-            .iter()
-            .copied()
-            .chain(std::iter::repeat_n(0, PIECE + 1))
-            .collect();
-        for bad in [
-            &b""[..],
-            b"le",
-            b"d8:msg_typei1e",
-            b"d5:piecei0ee",
-            b"d8:msg_typei1e5:piecei-1ee",
-            b"d8:msg_typei1e5:piece1:xe",
-            b"di1ei2ee",
-            b"d8:msg_typei1e5:piecei0e10:total_sizei-5ee",
-            &too_long,
-        ] {
-            assert!(
-                MetadataMessage::decode(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
     }
 
     #[test]

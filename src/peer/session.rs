@@ -736,8 +736,8 @@ impl<'a> Session<'a> {
             let end = (start + METADATA_PIECE_LEN).min(info.len());
             MetadataMessage::Data {
                 piece,
-                total_size: info.len() as u64,
-                data: info[start..end].to_vec(),
+                total_size: Some(info.len() as u64),
+                data: &info[start..end],
             }
         } else {
             MetadataMessage::Reject { piece }

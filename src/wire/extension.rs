@@ -8,6 +8,8 @@ use std::net::IpAddr;
 
 use lava_torrent::bencode::BencodeElem;
 
+use crate::bencode::skip_value;
+
 /// Peer-wire message id of every extended message.
 pub const EXTENDED_ID: u8 = 20;
 /// Extended message id of the handshake.
@@ -123,77 +125,114 @@ pub const OUR_UT_METADATA_ID: u8 = 1;
 /// Metadata travels in pieces of this size (the last one shorter).
 pub const METADATA_PIECE_LEN: usize = 16 * 1024;
 
-/// A `ut_metadata` message (BEP 9), the bytes after the extended id.
+/// A `ut_metadata` message (BEP 9), the bytes after the extended id: a bencoded dictionary
+/// (`msg_type`, `piece`, for data `total_size`), for data followed by the piece's raw bytes.
+/// The one codec of both sides: the peer session serving our metadata and the metadata fetch.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MetadataMessage {
-    Request {
-        piece: u32,
-    },
-    /// A piece of the info dictionary; `total_size` is the whole dictionary's length.
+pub enum MetadataMessage<'a> {
+    /// `msg_type` 0: send me this piece.
+    Request { piece: u32 },
+    /// `msg_type` 1: a piece of the info dictionary, whose whole length is `total_size`.
     Data {
         piece: u32,
-        total_size: u64,
-        data: Vec<u8>,
+        total_size: Option<u64>,
+        data: &'a [u8],
     },
-    Reject {
-        piece: u32,
-    },
+    /// `msg_type` 2: the sender will not send this piece.
+    Reject { piece: u32 },
+    /// Another `msg_type`: ignored, as BEP 9 asks.
+    Other { msg_type: i64 },
 }
 
-impl MetadataMessage {
-    /// The bencoded dictionary, followed by the raw piece for `Data`.
+impl<'a> MetadataMessage<'a> {
+    /// The bencoded dictionary (keys in order), followed by the raw piece for `Data`.
     pub fn encode(&self) -> Vec<u8> {
-        let (msg_type, piece) = match self {
+        let (msg_type, piece) = match *self {
             Self::Request { piece } => (0, piece),
             Self::Data { piece, .. } => (1, piece),
             Self::Reject { piece } => (2, piece),
+            Self::Other { msg_type } => (msg_type, 0),
         };
-        let mut dict: HashMap<String, BencodeElem> = HashMap::new();
-        dict.insert("msg_type".into(), BencodeElem::Integer(msg_type));
-        dict.insert("piece".into(), BencodeElem::Integer(i64::from(*piece)));
-        if let Self::Data { total_size, .. } = self {
-            let total = i64::try_from(*total_size).unwrap_or(i64::MAX);
-            dict.insert("total_size".into(), BencodeElem::Integer(total));
+        let mut out = format!("d8:msg_typei{msg_type}e5:piecei{piece}e").into_bytes();
+        if let Self::Data {
+            total_size: Some(total),
+            ..
+        } = self
+        {
+            out.extend_from_slice(format!("10:total_sizei{total}e").as_bytes());
         }
-        let mut out = BencodeElem::Dictionary(dict).encode();
+        out.push(b'e');
         if let Self::Data { data, .. } = self {
             out.extend_from_slice(data);
         }
         out
     }
 
-    /// Decodes the bytes after the extended id. A `Data` message's raw bytes are whatever
-    /// follows the dictionary; unknown message types are an error.
+    /// Decodes the bytes after the extended id, without copying the piece. Keys may come in any
+    /// order; unknown keys are skipped.
     ///
     /// # Errors
-    /// A reason when the dictionary is malformed or lacks `msg_type`/`piece`.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let end =
-            crate::bencode::skip_value(bytes, 0, 0).ok_or("malformed ut_metadata dictionary")?;
-        let mut elems = BencodeElem::from_bytes(&bytes[..end]).map_err(|e| e.to_string())?;
-        let Some(BencodeElem::Dictionary(d)) = elems.pop() else {
+    /// A reason when the payload does not open with a well-formed dictionary holding integer
+    /// `msg_type` and `piece` (a `piece` outside `u32`, a negative `total_size`), or when a data
+    /// message carries more than [`METADATA_PIECE_LEN`] bytes.
+    pub fn decode(payload: &'a [u8]) -> Result<Self, String> {
+        if payload.first() != Some(&b'd') {
             return Err("ut_metadata message is not a dictionary".into());
-        };
-        let int = |key: &str| match d.get(key) {
-            Some(BencodeElem::Integer(i)) => Some(*i),
-            _ => None,
-        };
-        let piece = int("piece")
-            .and_then(|p| u32::try_from(p).ok())
-            .ok_or("ut_metadata message without a valid piece")?;
-        match int("msg_type") {
-            Some(0) => Ok(Self::Request { piece }),
-            Some(1) => Ok(Self::Data {
-                piece,
-                total_size: int("total_size")
-                    .and_then(|t| u64::try_from(t).ok())
-                    .ok_or("ut_metadata data without total_size")?,
-                data: bytes[end..].to_vec(),
-            }),
-            Some(2) => Ok(Self::Reject { piece }),
-            other => Err(format!("unknown ut_metadata msg_type {other:?}")),
         }
+        let end = skip_value(payload, 0, 0).ok_or("ut_metadata dictionary is malformed")?;
+        let (mut msg_type, mut piece, mut total_size) = (None, None, None);
+        let mut pos = 1;
+        while payload[pos] != b'e' {
+            let key_end = skip_value(payload, pos, 1).ok_or("malformed key")?;
+            let key = string_value(&payload[pos..key_end]).ok_or("a key is not a string")?;
+            let value_end = skip_value(payload, key_end, 1).ok_or("malformed value")?;
+            let value = int_value(&payload[key_end..value_end]);
+            match key {
+                b"msg_type" => msg_type = value,
+                b"piece" => piece = value,
+                b"total_size" => total_size = value,
+                _ => {}
+            }
+            pos = value_end;
+        }
+        let msg_type = msg_type.ok_or("no integer msg_type")?;
+        let piece = piece.ok_or("no integer piece")?;
+        let piece = u32::try_from(piece).map_err(|_| format!("piece {piece} out of range"))?;
+        let data = &payload[end..];
+        Ok(match msg_type {
+            0 => Self::Request { piece },
+            1 => {
+                if data.len() > METADATA_PIECE_LEN {
+                    return Err(format!("metadata piece of {} bytes", data.len()));
+                }
+                let total_size = total_size
+                    .map(|t| u64::try_from(t).map_err(|_| format!("total_size {t}")))
+                    .transpose()?;
+                Self::Data {
+                    piece,
+                    total_size,
+                    data,
+                }
+            }
+            2 => Self::Reject { piece },
+            msg_type => Self::Other { msg_type },
+        })
     }
+}
+
+/// The bytes of a bencoded string (`4:spam` -> `spam`), `None` for any other value.
+fn string_value(value: &[u8]) -> Option<&[u8]> {
+    let colon = value.iter().position(|&b| b == b':')?;
+    value[..colon]
+        .iter()
+        .all(u8::is_ascii_digit)
+        .then(|| &value[colon + 1..])
+}
+
+/// A bencoded integer (`i42e` -> 42), `None` for any other value or one outside `i64`.
+fn int_value(value: &[u8]) -> Option<i64> {
+    let text = value.strip_prefix(b"i")?.strip_suffix(b"e")?;
+    std::str::from_utf8(text).ok()?.parse().ok()
 }
 
 /// The name of peer exchange (BEP 11) in `m`.
@@ -333,22 +372,43 @@ mod tests {
             msg,
             MetadataMessage::Data {
                 piece: 2,
-                total_size: 34256,
-                data: b"RAW".to_vec()
+                total_size: Some(34256),
+                data: b"RAW"
             }
         );
         assert_eq!(msg.encode(), wire.to_vec());
-        let req = b"d8:msg_typei0e5:piecei0ee";
+        // Keys in any order, unknown ones skipped.
         assert_eq!(
-            MetadataMessage::decode(req).unwrap(),
-            MetadataMessage::Request { piece: 0 }
+            MetadataMessage::decode(b"d5:piecei7e1:xli1ee8:msg_typei0ee"),
+            Ok(MetadataMessage::Request { piece: 7 })
         );
         assert_eq!(
             MetadataMessage::Reject { piece: 7 }.encode(),
             b"d8:msg_typei2e5:piecei7ee".to_vec()
         );
-        assert!(MetadataMessage::decode(b"d8:msg_typei9e5:piecei0ee").is_err());
-        assert!(MetadataMessage::decode(b"d5:piecei-1e8:msg_typei0ee").is_err());
+        // Unknown types are ignored, not errors (BEP 9).
+        assert_eq!(
+            MetadataMessage::decode(b"d8:msg_typei9e5:piecei0ee"),
+            Ok(MetadataMessage::Other { msg_type: 9 })
+        );
+        for bad in [
+            &b""[..],
+            b"le",
+            b"d8:msg_typei1e",
+            b"d8:msg_typei1e5:piece1:xe",
+            b"di1ei2ee",
+            b"d5:piecei-1e8:msg_typei0ee",
+            b"d8:msg_typei1e5:piecei0e10:total_sizei-5ee",
+            b"d8:msg_typei0ee",
+            b"d5:piecei0ee",
+            b"li1ee",
+            b"d8:msg_typei0e5:piecei0e",
+        ] {
+            assert!(MetadataMessage::decode(bad).is_err(), "{bad:?}");
+        }
+        let mut oversized = b"d8:msg_typei1e5:piecei0ee".to_vec();
+        oversized.resize(oversized.len() + METADATA_PIECE_LEN + 1, 0);
+        assert!(MetadataMessage::decode(&oversized).is_err());
     }
 
     #[test]

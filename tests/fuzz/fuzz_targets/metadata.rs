@@ -1,9 +1,9 @@
-//! Magnet metadata (BEP 9): a `ut_metadata` message as the metadata fetch decodes it, and fetched
+//! Magnet metadata (BEP 9): a `ut_metadata` message (the codec the metadata fetch uses), and fetched
 //! info dictionary bytes turned into a torrent (a stranger can make bytes that hash to a magnet
 //! link of its own).
 #![no_main]
 
-use btd::metadata_fetch::MetadataMessage;
+use btd::wire::extension::MetadataMessage;
 use btd::metainfo::Metainfo;
 use libfuzzer_sys::fuzz_target;
 
