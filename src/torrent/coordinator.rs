@@ -69,6 +69,9 @@ const RESUME_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 /// How often a disk thread checks that our files are still there and whole (a deleted file
 /// stays readable through our handles, so reads alone would not notice).
 const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Blocks in a row we never asked for before we drop the peer. After a cancel or a choke an
+/// honest peer may still send what it had queued, at most a full pipeline.
+const MAX_UNREQUESTED_STREAK: usize = MAX_PIPELINE_KNOWN_REQQ + 64;
 /// At stop, how long we wait for our pieces still with the disk pool.
 const DISK_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -159,6 +162,9 @@ struct Peer {
     peer_choking: bool,
     peer_interested: bool,
     outstanding: HashSet<BlockRef>,
+    /// Blocks in a row that we did not ask for (or no longer wanted); see
+    /// [`MAX_UNREQUESTED_STREAK`].
+    unrequested_streak: usize,
     pipeline: usize,
     /// The most requests the peer queues: its `reqq`, or a safe default without one.
     max_pipeline: usize,
@@ -637,6 +643,7 @@ impl Coordinator {
             peer_choking: true,
             peer_interested: false,
             outstanding: HashSet::new(),
+            unrequested_streak: 0,
             pipeline: INITIAL_PIPELINE,
             max_pipeline: MAX_PIPELINE,
             last_block_at: now,
@@ -848,8 +855,19 @@ impl Coordinator {
                 "torrent {}: {}: unrequested block {block:?}",
                 self.meta.name, peer.addr
             );
+            peer.unrequested_streak += 1;
+            if peer.unrequested_streak == MAX_UNREQUESTED_STREAK {
+                warn!(
+                    "torrent {}: {}: {MAX_UNREQUESTED_STREAK} blocks in a row we never asked \
+                     for; dropping it",
+                    self.meta.name, peer.addr
+                );
+                let _ = peer.commands.try_send(PeerCommand::Shutdown);
+                let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+            }
             return;
         }
+        peer.unrequested_streak = 0;
         peer.last_block_at = Instant::now();
         match self.picker.on_block_received(&block) {
             Received::Unwanted => {}

@@ -689,7 +689,7 @@ fn leecher_bans_a_peer_whose_pieces_fail_their_hash_and_completes_from_an_honest
 }
 
 #[test]
-fn leecher_ignores_unrequested_blocks_refuses_requests_for_missing_pieces_and_reassigns_a_stalled_peers_blocks()
+fn leecher_ignores_unrequested_blocks_drops_a_firehose_refuses_requests_for_missing_pieces_and_reassigns_a_stalled_peers_blocks()
  {
     let fx = Fixture::new("hostile-stall", 2 * MIB + 999, PIECE_LEN);
     let meta = fx.meta.clone();
@@ -753,6 +753,28 @@ fn leecher_ignores_unrequested_blocks_refuses_requests_for_missing_pieces_and_re
         closed.is_none() && got.iter().all(|m| !matches!(m, Msg::Piece { .. })),
         "btd served pieces it does not have: {got:?}, closed: {closed:?}\n{}",
         pest.transcript()
+    );
+
+    // A firehose of blocks btd never asked for, more than any honest peer could still have
+    // queued after a cancel (a full pipeline of 1,000 plus 64): btd hangs up on it.
+    let mut firehose = FakePeer::connect("firehose", next_ip(), leecher_addr);
+    firehose.send_handshake(&meta.info_hash);
+    firehose.expect_handshake(&meta.info_hash, within(SHORT));
+    firehose.send_bitfield(&vec![0; meta.bitfield_len()]);
+    let junk = vec![0u8; BLOCK as usize];
+    let mut sent = 0;
+    while sent < 1100 && firehose.try_send_piece(0, 0, &junk).is_ok() {
+        sent += 1;
+    }
+    let closed_after = Instant::now();
+    firehose.expect_closed(within(REACT));
+    eprintln!(
+        "btd dropped the firehose after {sent} unrequested blocks ({:?} after the last)",
+        closed_after.elapsed()
+    );
+    assert!(
+        sent > 1000,
+        "btd dropped the firehose after only {sent} blocks"
     );
 
     // btd gives up on the staller's blocks after its request timeout (20 s) and cancels them.
