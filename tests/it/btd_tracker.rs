@@ -288,18 +288,8 @@ fn payload_and_torrent(
 /// and its address.
 macro_rules! lt_seeder_on {
     ($tracker:expr, $torrent:expr, $seed_dir:expr, $info_hash:expr) => {{
-        let mut lt = LtClient::seed(
-            "libtorrent seeder",
-            &PeerSpec {
-                torrent: $torrent,
-                dir: $seed_dir,
-                ip: next_ip(),
-                peers: vec![],
-                announce: true,
-            },
-        );
-        let lt_addr = lt.wait_listening();
-        lt.wait_seeding();
+        let (lt, lt_addr) =
+            LtClient::ready_seeder("libtorrent seeder", $torrent, $seed_dir, next_ip(), true);
         wait_until(
             Instant::now() + SHORT,
             "btd tracker to count the libtorrent seeder",

@@ -26,18 +26,8 @@ fn btd_downloads_from_a_libtorrent_seeder_with_a_mktorrent_torrent() {
     let torrent = tmp.path().join("lt.torrent");
     mktorrent(&seed_dir.join("lt-payload"), &torrent, 15, &[]);
 
-    let mut lt = LtClient::seed(
-        "libtorrent seeder",
-        &PeerSpec {
-            torrent: &torrent,
-            dir: &seed_dir,
-            ip: next_ip(),
-            peers: vec![],
-            announce: false,
-        },
-    );
-    let lt_addr = lt.wait_listening();
-    lt.wait_seeding();
+    let (mut lt, lt_addr) =
+        LtClient::ready_seeder("libtorrent seeder", &torrent, &seed_dir, next_ip(), false);
 
     let out = tmp.subdir("out");
     let mut btd = Btd::download("btd leecher", &torrent, &out, next_ip(), &[lt_addr], false);
@@ -55,18 +45,8 @@ fn btd_downloads_a_single_file_torrent_from_a_libtorrent_seeder() {
     let torrent = tmp.path().join("single.torrent");
     mktorrent(&seed_dir.join("single.iso"), &torrent, 16, &[]);
 
-    let mut lt = LtClient::seed(
-        "libtorrent seeder",
-        &PeerSpec {
-            torrent: &torrent,
-            dir: &seed_dir,
-            ip: next_ip(),
-            peers: vec![],
-            announce: false,
-        },
-    );
-    let lt_addr = lt.wait_listening();
-    lt.wait_seeding();
+    let (mut lt, lt_addr) =
+        LtClient::ready_seeder("libtorrent seeder", &torrent, &seed_dir, next_ip(), false);
 
     let out = tmp.subdir("out");
     let mut btd = Btd::download("btd leecher", &torrent, &out, next_ip(), &[lt_addr], false);
@@ -119,18 +99,8 @@ fn btd_and_libtorrent_exchange_have_all_and_have_none() {
     write_payload(&seed_dir, &[("fast.bin", 2 * MIB)], &mut rng);
     let torrent = tmp.path().join("fast.torrent");
     mktorrent(&seed_dir.join("fast.bin"), &torrent, 15, &[]);
-    let mut lt = LtClient::seed(
-        "libtorrent seeder",
-        &PeerSpec {
-            torrent: &torrent,
-            dir: &seed_dir,
-            ip: next_ip(),
-            peers: vec![],
-            announce: false,
-        },
-    );
-    let lt_addr = lt.wait_listening();
-    lt.wait_seeding();
+    let (mut lt, lt_addr) =
+        LtClient::ready_seeder("libtorrent seeder", &torrent, &seed_dir, next_ip(), false);
     let out = tmp.subdir("out");
     let mut cmd = Btd::command([
         OsString::from("download"),

@@ -295,18 +295,8 @@ fn btd_downloads_a_hex_magnet_from_a_libtorrent_seeder_in_two_metadata_pieces() 
         metadata.len() > 16 * 1024,
         "the metadata must span two pieces"
     );
-    let mut lt = LtClient::seed(
-        "libtorrent seeder",
-        &PeerSpec {
-            torrent: &torrent,
-            dir: &seed_dir,
-            ip: next_ip(),
-            peers: vec![],
-            announce: false,
-        },
-    );
-    let lt_addr = lt.wait_listening();
-    lt.wait_seeding();
+    let (mut lt, lt_addr) =
+        LtClient::ready_seeder("libtorrent seeder", &torrent, &seed_dir, next_ip(), false);
 
     let uri = format!(
         "magnet:?xt=urn:btih:{}&dn=mag+payload%21&x.pe={lt_addr}",
@@ -336,18 +326,8 @@ fn btd_downloads_a_base32_magnet_from_a_libtorrent_seeder_despite_a_dead_tracker
     let torrent = tmp.path().join("b32.torrent");
     mktorrent(&seed_dir.join("b32.iso"), &torrent, 16, &[]);
     let info = TorrentInfo::read(&torrent);
-    let mut lt = LtClient::seed(
-        "libtorrent seeder",
-        &PeerSpec {
-            torrent: &torrent,
-            dir: &seed_dir,
-            ip: next_ip(),
-            peers: vec![],
-            announce: false,
-        },
-    );
-    let lt_addr = lt.wait_listening();
-    lt.wait_seeding();
+    let (mut lt, lt_addr) =
+        LtClient::ready_seeder("libtorrent seeder", &torrent, &seed_dir, next_ip(), false);
 
     // Lower-case base32, and a tracker nobody listens on: its failure is only a warning.
     let b32 = base32(&hash_bytes(&info.info_hash)).to_lowercase();
@@ -428,18 +408,8 @@ fn btd_finds_the_metadata_through_the_magnets_tracker() {
     );
     let info = TorrentInfo::read(&torrent);
     let tracker = OpenTracker::start(port, &[&info.info_hash]);
-    let mut lt = LtClient::seed(
-        "libtorrent seeder",
-        &PeerSpec {
-            torrent: &torrent,
-            dir: &seed_dir,
-            ip: next_ip(),
-            peers: vec![],
-            announce: true,
-        },
-    );
-    lt.wait_listening();
-    lt.wait_seeding();
+    let (mut lt, _) =
+        LtClient::ready_seeder("libtorrent seeder", &torrent, &seed_dir, next_ip(), true);
     // btd announces once for the metadata: the seeder must be registered before.
     wait_until(
         Instant::now() + SHORT,
@@ -475,18 +445,13 @@ struct HonestBehindGate {
 fn honest_behind_gate(test: &str) -> HonestBehindGate {
     let fx = Fixture::new(test, 2 * MIB + 3, 32 * 1024);
     let info = info_dict(&fx.torrent, &hex(&fx.meta.info_hash));
-    let mut lt = LtClient::seed(
+    let (lt, lt_addr) = LtClient::ready_seeder(
         "libtorrent seeder",
-        &PeerSpec {
-            torrent: &fx.torrent,
-            dir: &fx.seed_dir,
-            ip: next_ip(),
-            peers: vec![],
-            announce: false,
-        },
+        &fx.torrent,
+        &fx.seed_dir,
+        next_ip(),
+        false,
     );
-    let lt_addr = lt.wait_listening();
-    lt.wait_seeding();
     let relay = GatedRelay::new(next_ip(), lt_addr);
     HonestBehindGate {
         fx,

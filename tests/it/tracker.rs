@@ -2,7 +2,7 @@
 //! a torrent whose tracker is down or answers garbage still downloads from a `--peer`.
 
 use crate::support::{
-    Btd, FakeTracker, LtClient, OpenTracker, PeerSpec, Rng, SHORT, TRANSFER, TempDir, TorrentInfo,
+    Btd, FakeTracker, LtClient, OpenTracker, Rng, SHORT, TRANSFER, TempDir, TorrentInfo,
     assert_same_files, closed_port, free_port, mktorrent, next_ip, test_seed, wait_until,
     write_payload,
 };
@@ -41,18 +41,8 @@ fn btd_and_a_libtorrent_seeder_find_each_other_through_opentracker() {
     let info = TorrentInfo::read(&torrent);
     let tracker = OpenTracker::start(port, &[&info.info_hash]);
 
-    let mut lt = LtClient::seed(
-        "libtorrent seeder",
-        &PeerSpec {
-            torrent: &torrent,
-            dir: &seed_dir,
-            ip: next_ip(),
-            peers: vec![],
-            announce: true,
-        },
-    );
-    lt.wait_listening();
-    lt.wait_seeding();
+    let (mut lt, _) =
+        LtClient::ready_seeder("libtorrent seeder", &torrent, &seed_dir, next_ip(), true);
     // opentracker's announce interval is 30 minutes: btd must find the seeder on its first
     // announce, so the seeder has to be registered before btd starts.
     wait_until(

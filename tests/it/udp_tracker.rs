@@ -4,8 +4,8 @@
 //! from a `--peer`.
 
 use crate::support::{
-    Btd, LtClient, PeerSpec, Rng, SHORT, TRANSFER, TempDir, TorrentInfo, assert_same_files,
-    free_port, mktorrent, next_ip, require_program, test_seed, wait_until, write_payload,
+    Btd, LtClient, Rng, SHORT, TRANSFER, TempDir, TorrentInfo, assert_same_files, free_port,
+    mktorrent, next_ip, require_program, test_seed, wait_until, write_payload,
 };
 use btd::tracker::udp::UdpClient;
 use btd::tracker::{AnnounceEvent, AnnounceRequest, ScrapeCounts, http};
@@ -235,18 +235,8 @@ fn btd_and_a_libtorrent_seeder_find_each_other_through_opentracker_over_udp() {
     let tracker = OpenTrackerUdp::start(port, &[&info.info_hash]);
     let hash = hash_bytes(&info.info_hash);
 
-    let mut lt = LtClient::seed(
-        "libtorrent seeder",
-        &PeerSpec {
-            torrent: &torrent,
-            dir: &seed_dir,
-            ip: next_ip(),
-            peers: vec![],
-            announce: true,
-        },
-    );
-    lt.wait_listening();
-    lt.wait_seeding();
+    let (mut lt, _) =
+        LtClient::ready_seeder("libtorrent seeder", &torrent, &seed_dir, next_ip(), true);
     // opentracker's announce interval is 30 minutes: btd must find the seeder on its first
     // announce, so the seeder has to be registered before btd starts.
     wait_until(

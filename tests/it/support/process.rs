@@ -577,6 +577,30 @@ impl LtClient {
         super::require_libtorrent();
         ScriptClient::spawn(name, "lt_client.py", "leech", spec, TRANSFER)
     }
+
+    /// A seeder of `torrent` (data in `dir`) on `ip` that dials nobody, once it listens and has
+    /// checked its data; with its address. `announce`: use the torrent's trackers.
+    pub fn ready_seeder(
+        name: &str,
+        torrent: &Path,
+        dir: &Path,
+        ip: Ipv4Addr,
+        announce: bool,
+    ) -> (ScriptClient, SocketAddr) {
+        let mut seeder = Self::seed(
+            name,
+            &PeerSpec {
+                torrent,
+                dir,
+                ip,
+                peers: vec![],
+                announce,
+            },
+        );
+        let addr = seeder.wait_listening();
+        seeder.wait_seeding();
+        (seeder, addr)
+    }
 }
 
 /// transmission-daemon through `scripts/clients/transmission.py`.
