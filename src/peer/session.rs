@@ -81,6 +81,10 @@ pub fn read_handshake(stream: &mut TcpStream) -> Result<Handshake, PeerError> {
             Ok(0) => return Err(PeerError::Read(ErrorKind::UnexpectedEof.into())),
             Ok(n) => got += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // A read that timed out says WouldBlock on Unix: the handshake timed out either way.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(PeerError::Read(ErrorKind::TimedOut.into()));
+            }
             Err(e) => return Err(PeerError::Read(e)),
         }
     }
