@@ -819,6 +819,23 @@ mod tests {
         format!("udp://127.0.0.1:{port}/announce")
     }
 
+    /// Spawns an announcer over `tiers` with the test's `stats()`; gives its thread, the peers it
+    /// delivers and its command sender.
+    fn start_announcer(
+        tiers: Tiers,
+        config: AnnouncerConfig,
+        swarm: Arc<SwarmStats>,
+    ) -> (
+        JoinHandle<()>,
+        Receiver<Vec<SocketAddr>>,
+        Sender<AnnouncerCommand>,
+    ) {
+        let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
+        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
+        let handle = spawn(tiers, config, stats(), swarm, peers_tx, commands_rx).unwrap();
+        (handle, peers_rx, commands_tx)
+    }
+
     #[test]
     fn announcer_sends_started_completed_and_stopped_and_delivers_peers() {
         let tracker = FakeTracker::serve(vec![
@@ -826,18 +843,8 @@ mod tests {
             ok(b"d8:intervali1800e5:peers0:10:tracker id3:xyze"),
             ok(b""),
         ]);
-        let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
-        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
         let tiers = Tiers::new(Some(&tracker.url), None);
-        let handle = spawn(
-            tiers,
-            config(),
-            stats(),
-            Arc::default(),
-            peers_tx,
-            commands_rx,
-        )
-        .unwrap();
+        let (handle, peers_rx, commands_tx) = start_announcer(tiers, config(), Arc::default());
 
         let started = tracker.next_request();
         assert_eq!(event_of(&started), Some("started"), "{started}");
@@ -874,17 +881,7 @@ mod tests {
             ok(b""),
         ]);
         let tiers = Tiers::new(Some(&tracker.url), None);
-        let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
-        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-        let handle = spawn(
-            tiers,
-            config(),
-            stats(),
-            Arc::default(),
-            peers_tx,
-            commands_rx,
-        )
-        .unwrap();
+        let (handle, peers_rx, commands_tx) = start_announcer(tiers, config(), Arc::default());
         assert_eq!(event_of(&tracker.next_request()), Some("started"));
         peers_rx.recv_timeout(PATIENCE).unwrap();
         // Both queued before the announcer looks: it sees them in one drain.
@@ -909,17 +906,7 @@ mod tests {
                 vec!["wss://tracker.example/".to_owned(), tracker.url.clone()],
             ]),
         );
-        let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
-        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-        let handle = spawn(
-            tiers,
-            config(),
-            stats(),
-            Arc::default(),
-            peers_tx,
-            commands_rx,
-        )
-        .unwrap();
+        let (handle, peers_rx, commands_tx) = start_announcer(tiers, config(), Arc::default());
         assert_eq!(
             peers_rx.recv_timeout(PATIENCE).unwrap(),
             vec!["10.0.0.1:80".parse::<SocketAddr>().unwrap()]
@@ -938,18 +925,8 @@ mod tests {
     #[test]
     fn announcer_survives_a_garbage_reply_and_stops_promptly_without_stopped() {
         let tracker = FakeTracker::serve(vec![ok(b"\xff\xfe garbage"), ok(b"")]);
-        let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
-        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
         let tiers = Tiers::new(Some(&tracker.url), None);
-        let handle = spawn(
-            tiers,
-            config(),
-            stats(),
-            Arc::default(),
-            peers_tx,
-            commands_rx,
-        )
-        .unwrap();
+        let (handle, peers_rx, commands_tx) = start_announcer(tiers, config(), Arc::default());
         assert_eq!(event_of(&tracker.next_request()), Some("started"));
         // Now backing off for 15 s; Stop must not wait for that.
         commands_tx.send(AnnouncerCommand::Stop).unwrap();
@@ -1002,18 +979,8 @@ mod tests {
         config.timeout = Duration::from_millis(400);
         config.scrape_interval = Some(SCRAPE_INTERVAL);
         let swarm = Arc::new(SwarmStats::default());
-        let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
-        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
         let start = Instant::now();
-        let handle = spawn(
-            tiers,
-            config,
-            stats(),
-            Arc::clone(&swarm),
-            peers_tx,
-            commands_rx,
-        )
-        .unwrap();
+        let (handle, peers_rx, commands_tx) = start_announcer(tiers, config, Arc::clone(&swarm));
         assert_eq!(
             peers_rx.recv_timeout(PATIENCE).unwrap(),
             vec!["127.0.0.9:6881".parse::<SocketAddr>().unwrap()]
@@ -1059,18 +1026,8 @@ mod tests {
         config.info_hash = *b"ZZZZZZZZZZZZZZZZZZZZ";
         config.scrape_interval = Some(SCRAPE_INTERVAL);
         let swarm = Arc::new(SwarmStats::default());
-        let (peers_tx, _peers_rx) = crossbeam_channel::unbounded();
-        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
         let tiers = Tiers::new(Some(&tracker.url), None);
-        let handle = spawn(
-            tiers,
-            config,
-            stats(),
-            Arc::clone(&swarm),
-            peers_tx,
-            commands_rx,
-        )
-        .unwrap();
+        let (handle, _peers_rx, commands_tx) = start_announcer(tiers, config, Arc::clone(&swarm));
         assert_eq!(event_of(&tracker.next_request()), Some("started"));
         assert_eq!(
             tracker.next_request(),
@@ -1121,17 +1078,8 @@ mod tests {
 
     #[test]
     fn announcer_without_trackers_waits_for_stop() {
-        let (peers_tx, _peers_rx) = crossbeam_channel::unbounded();
-        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-        let handle = spawn(
-            Tiers::new(None, None),
-            config(),
-            stats(),
-            Arc::default(),
-            peers_tx,
-            commands_rx,
-        )
-        .unwrap();
+        let (handle, _peers_rx, commands_tx) =
+            start_announcer(Tiers::new(None, None), config(), Arc::default());
         commands_tx.send(AnnouncerCommand::NeedPeers).unwrap();
         commands_tx.send(AnnouncerCommand::Stop).unwrap();
         join_within(handle, Duration::from_secs(3));
