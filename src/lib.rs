@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod hex;
 pub mod listener;
 pub mod magnet;
 pub mod metadata_fetch;

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use log::warn;
 
 use crate::metainfo::InfoHash;
-use crate::percent;
+use crate::{hex, percent};
 
 /// What a magnet URI says about a torrent. Everything but the info hash is a hint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,12 +175,7 @@ fn parse_xt(value: &str) -> Result<Option<InfoHash>, MagnetError> {
 
 /// 40 hex digits, either case.
 fn decode_hex(text: &str) -> Option<[u8; 20]> {
-    let digits = text.as_bytes();
-    let mut out = [0u8; 20];
-    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        *byte = percent::hex_digit(pair[0])? << 4 | percent::hex_digit(pair[1])?;
-    }
-    (digits.len() == 40).then_some(out)
+    hex::decode(text)?.try_into().ok()
 }
 
 /// 32 characters of RFC 4648 base32 (`A`-`Z`, `2`-`7`, either case, no padding): exactly 160

@@ -20,7 +20,7 @@ pub struct InfoHash(pub [u8; 20]);
 impl InfoHash {
     /// Lower-case hex, as trackers and other clients print it.
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::encode(&self.0)
     }
 }
 

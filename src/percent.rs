@@ -4,6 +4,8 @@
 
 use std::fmt::Write;
 
+use crate::hex;
+
 /// Appends `bytes` percent-encoded byte by byte: RFC 3986 unreserved characters stay as they are,
 /// every other byte becomes `%XX`.
 pub fn encode_into(out: &mut String, bytes: &[u8]) {
@@ -24,8 +26,8 @@ pub fn decode(input: &[u8], plus_is_space: bool) -> Option<Vec<u8>> {
     while let Some(&b) = input.get(i) {
         match b {
             b'%' => {
-                let hi = hex_digit(*input.get(i + 1)?)?;
-                let lo = hex_digit(*input.get(i + 2)?)?;
+                let hi = hex::digit(*input.get(i + 1)?)?;
+                let lo = hex::digit(*input.get(i + 2)?)?;
                 out.push(hi << 4 | lo);
                 i += 3;
             }
@@ -40,16 +42,6 @@ pub fn decode(input: &[u8], plus_is_space: bool) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-/// The value of one hex digit, either case.
-pub fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::hex;
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::wire::Bitfield;
 
@@ -137,7 +138,7 @@ impl ResumeData {
             version: RESUME_VERSION,
             info_hash: meta.info_hash.to_hex(),
             num_pieces: have.len(),
-            pieces: to_hex(have.as_bytes()),
+            pieces: hex::encode(have.as_bytes()),
             files,
             uploaded,
             downloaded,
@@ -224,7 +225,7 @@ impl ResumeData {
                 data.version
             )));
         }
-        if data.info_hash.len() != 40 || from_hex(&data.info_hash).is_none() {
+        if data.info_hash.len() != 40 || hex::decode(&data.info_hash).is_none() {
             return Err(invalid(format!(
                 "info hash {:?} is not 40 hex digits",
                 data.info_hash
@@ -293,7 +294,7 @@ impl ResumeData {
     }
 
     fn bitfield(&self) -> Option<Bitfield> {
-        Bitfield::from_wire(&from_hex(&self.pieces)?, self.num_pieces).ok()
+        Bitfield::from_wire(&hex::decode(&self.pieces)?, self.num_pieces).ok()
     }
 }
 
@@ -332,31 +333,6 @@ fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".tmp");
     PathBuf::from(name)
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    out
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    let digit = |c: u8| {
-        char::from(c)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    };
-    let text = text.as_bytes();
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    text.chunks_exact(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
 }
 
 #[cfg(test)]
@@ -632,16 +608,5 @@ mod tests {
         second.save(&path).unwrap();
         assert_eq!(ResumeData::load(&path).unwrap(), Some(second));
         assert!(!tmp_path(&path).exists());
-    }
-
-    #[test]
-    fn hex_round_trips_and_refuses_odd_or_non_hex_text() {
-        let bytes = [0x00, 0x7f, 0x80, 0xff, 0x12];
-        assert_eq!(to_hex(&bytes), "007f80ff12");
-        assert_eq!(from_hex("007F80ff12").unwrap(), bytes);
-        assert_eq!(from_hex(""), Some(vec![]));
-        assert_eq!(from_hex("abc"), None);
-        assert_eq!(from_hex("0g"), None);
-        assert_eq!(from_hex("+1"), None);
     }
 }

@@ -8,7 +8,6 @@
 //! `warn!` and retried after a back-off, scrape errors with `debug!`; nothing a tracker sends can
 //! panic the thread.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -252,10 +251,7 @@ pub fn spawn(
     peers_tx: Sender<Vec<SocketAddr>>,
     commands: Receiver<AnnouncerCommand>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let mut prefix = String::new();
-    for b in &config.info_hash[..4] {
-        write!(prefix, "{b:02x}").expect("writing to a String cannot fail");
-    }
+    let prefix = crate::hex::encode(&config.info_hash[..4]);
     let announcer = Announcer {
         schedule: Schedule::new(Instant::now()),
         tiers,

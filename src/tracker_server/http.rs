@@ -21,8 +21,8 @@ use lava_torrent::bencode::BencodeElem;
 
 use super::swarm::{Announce, AnnounceOutcome, InfoHash, PeerId, ScrapeEntry};
 use super::{DEFAULT_NUMWANT, Intervals, MAX_NUMWANT, Shared, push_compact};
-use crate::percent;
 use crate::tracker::AnnounceEvent;
+use crate::{hex, percent};
 
 /// A request head (request line and headers) longer than this is refused with 431.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -360,7 +360,7 @@ fn answer(request: Request, source: SocketAddr, shared: &Shared, now: Instant) -
                         "tracker: {} announced {:?} for {}; peers given: {}",
                         announce.addr,
                         announce.event,
-                        hex(&announce.info_hash),
+                        hex::encode(&announce.info_hash),
                         outcome.peers.len()
                     );
                     announce_body(&outcome, &query, intervals)
@@ -373,10 +373,6 @@ fn answer(request: Request, source: SocketAddr, shared: &Shared, now: Instant) -
         }
         Request::Scrape(hashes) => scrape_body(&shared.scrape(&hashes, now)),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Accepts connections until the server stops, queueing them for the workers; when the queue
