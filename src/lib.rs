@@ -21,6 +21,8 @@ pub mod ratelimit;
 pub mod resume;
 pub mod status;
 pub mod storage;
+#[cfg(test)]
+mod test_dir;
 pub mod torrent;
 pub mod tracker;
 pub mod tracker_server;

@@ -358,8 +358,8 @@ mod tests {
 
     #[test]
     fn writes_and_reads_pieces_across_file_boundaries() {
-        let dir = std::env::temp_dir().join(format!("btd-storage-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = crate::test_dir::TempDir::new("storage");
+        let dir = tmp.0.clone();
         let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
         let mut files = entries(&[7, 0, 20_000, 29_993]);
         for f in &mut files {
@@ -396,13 +396,12 @@ mod tests {
         drop(storage);
         let reopened = Storage::open(&dir, &meta, OpenMode::Seed).unwrap();
         assert!(reopened.verify(&hashes, 2).is_full());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn check_files_notices_a_deleted_a_replaced_and_a_truncated_file() {
-        let dir = std::env::temp_dir().join(format!("btd-storage-check-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = crate::test_dir::TempDir::new("storage-check");
+        let dir = tmp.0.clone();
         let files = entries(&[20_000, 0, 30_000]);
         let meta = Metainfo {
             info_hash: crate::metainfo::InfoHash([0; 20]),
@@ -459,6 +458,5 @@ mod tests {
             ),
             "a read past the truncated end must fail, not return short data"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

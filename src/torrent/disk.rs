@@ -297,8 +297,8 @@ mod tests {
 
     #[test]
     fn one_pool_serves_two_torrents_and_routes_each_result_home() {
-        let dir = std::env::temp_dir().join(format!("btd-disk-pool-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = crate::test_dir::TempDir::new("disk-pool");
+        let dir = tmp.0.clone();
         let a_data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
         let b_data: Vec<u8> = (0..20_000u32).map(|i| (i % 13) as u8).collect();
         let (a, a_hashes) = storage(&dir, "a", &a_data);
@@ -352,6 +352,5 @@ mod tests {
         // Stopped: queues refuse work instead of losing it silently.
         pool.stop();
         assert!(!a_queue.send(DiskJob::Sync));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
