@@ -2,13 +2,12 @@
 //! a torrent whose tracker is down or answers garbage still downloads from a `--peer`.
 
 use crate::support::{
-    Btd, FakeTracker, LtClient, OpenTracker, Rng, SHORT, TRANSFER, TempDir, TorrentInfo,
-    assert_same_files, closed_port, free_port, mktorrent, next_ip, test_seed, wait_until,
-    write_payload,
+    Btd, FakeTracker, LtClient, OpenTracker, SHORT, TRANSFER, TempDir, TorrentInfo,
+    assert_same_files, closed_port, free_port, mktorrent, next_ip, seed_payload, wait_until,
 };
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 const MIB: u64 = 1024 * 1024;
@@ -19,17 +18,10 @@ const FILES: &[(&str, u64)] = &[
     ("tracked/z/w.bin", MIB + 99),
 ];
 
-fn payload(tmp: &TempDir, test: &str) -> PathBuf {
-    let mut rng = Rng::new(test_seed(test));
-    let seed_dir = tmp.subdir("seed");
-    write_payload(&seed_dir, FILES, &mut rng);
-    seed_dir
-}
-
 #[test]
 fn btd_and_a_libtorrent_seeder_find_each_other_through_opentracker() {
     let tmp = TempDir::new("opentracker");
-    let seed_dir = payload(&tmp, "find_each_other_through_opentracker");
+    let seed_dir = seed_payload(&tmp, "find_each_other_through_opentracker", FILES);
     let port = free_port(Ipv4Addr::LOCALHOST);
     let torrent = tmp.path().join("tracked.torrent");
     mktorrent(
@@ -90,7 +82,7 @@ fn download_with_tracker(tmp: &TempDir, seed_dir: &Path, url: &str) {
 #[test]
 fn download_completes_from_a_peer_when_the_tracker_port_is_closed() {
     let tmp = TempDir::new("dead-tracker");
-    let seed_dir = payload(&tmp, "tracker_port_is_closed");
+    let seed_dir = seed_payload(&tmp, "tracker_port_is_closed", FILES);
     let url = format!("http://127.0.0.1:{}/announce", closed_port());
     download_with_tracker(&tmp, &seed_dir, &url);
 }
@@ -98,7 +90,7 @@ fn download_completes_from_a_peer_when_the_tracker_port_is_closed() {
 #[test]
 fn download_completes_from_a_peer_when_the_tracker_answers_garbage() {
     let tmp = TempDir::new("garbage-tracker");
-    let seed_dir = payload(&tmp, "tracker_answers_garbage");
+    let seed_dir = seed_payload(&tmp, "tracker_answers_garbage", FILES);
     let fake = FakeTracker::garbage();
     download_with_tracker(&tmp, &seed_dir, &fake.announce_url());
     assert!(

@@ -5,13 +5,13 @@
 
 use crate::support::{
     Btd, LtClient, Rng, SHORT, TRANSFER, TempDir, TorrentInfo, assert_same_files, free_port,
-    mktorrent, next_ip, require_program, test_seed, wait_until, write_payload,
+    mktorrent, next_ip, require_program, seed_payload, test_seed, wait_until,
 };
 use btd::tracker::udp::UdpClient;
 use btd::tracker::{AnnounceEvent, AnnounceRequest, ScrapeCounts, http};
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,13 +25,6 @@ const FILES: &[(&str, u64)] = &[
     ("udp/b.bin", 4321),
     ("udp/c/d.bin", MIB + 5),
 ];
-
-fn payload(tmp: &TempDir, test: &str) -> PathBuf {
-    let mut rng = Rng::new(test_seed(test));
-    let seed_dir = tmp.subdir("seed");
-    write_payload(&seed_dir, FILES, &mut rng);
-    seed_dir
-}
 
 /// opentracker on 127.0.0.1 with the same port number for HTTP (TCP) and UDP, accepting the
 /// listed info hashes (Debian builds it with a whitelist, read relative to its chroot directory,
@@ -221,7 +214,7 @@ fn btd_announces_to_and_scrapes_opentracker_over_http_and_udp() {
 #[test]
 fn btd_and_a_libtorrent_seeder_find_each_other_through_opentracker_over_udp() {
     let tmp = TempDir::new("udp-opentracker");
-    let seed_dir = payload(&tmp, "find_each_other_over_udp");
+    let seed_dir = seed_payload(&tmp, "find_each_other_over_udp", FILES);
     let port = free_port(Ipv4Addr::LOCALHOST);
     let torrent = tmp.path().join("udp.torrent");
     mktorrent(
@@ -325,7 +318,7 @@ fn create_torrent(seed_dir: &Path, torrent: &Path, url: &str) {
 #[test]
 fn download_completes_from_a_peer_when_the_udp_tracker_never_answers() {
     let tmp = TempDir::new("udp-black-hole");
-    let seed_dir = payload(&tmp, "udp_tracker_never_answers");
+    let seed_dir = seed_payload(&tmp, "udp_tracker_never_answers", FILES);
     let hole = BlackHole::bind();
     let torrent = tmp.path().join("udp.torrent");
     create_torrent(

@@ -166,6 +166,15 @@ pub fn write_random_file(path: &Path, len: u64, rng: &mut Rng) {
     }
 }
 
+/// `tmp/seed/` holding `files`, their bytes from the seed of `test` (printed, so a failure can
+/// be repeated).
+pub fn seed_payload(tmp: &TempDir, test: &str, files: &[(&str, u64)]) -> PathBuf {
+    let mut rng = Rng::new(test_seed(test));
+    let seed_dir = tmp.subdir("seed");
+    write_payload(&seed_dir, files, &mut rng);
+    seed_dir
+}
+
 /// Writes each `(relative path, length)` under `root` and returns the total length.
 pub fn write_payload(root: &Path, files: &[(&str, u64)], rng: &mut Rng) -> u64 {
     for (rel, len) in files {
