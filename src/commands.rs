@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
@@ -193,7 +193,11 @@ pub fn download(
         }
     };
     let started = Instant::now();
-    let have = storage.verify(&meta.piece_hashes, opts.config.limits.disk_threads);
+    let have = storage.verify(
+        &meta.piece_hashes,
+        opts.config.limits.disk_threads,
+        &AtomicU32::new(0),
+    );
     info!(
         "torrent {}: {}/{} pieces already on disk (checked in {:.1?})",
         meta.name,
@@ -207,7 +211,14 @@ pub fn download(
             .map_err(|e| CommandError::Runtime(format!("listen: {e}")))?,
     };
     let handle = engine
-        .add(Arc::clone(&meta), Arc::new(storage), have, peers, None)
+        .add(
+            Arc::clone(&meta),
+            Arc::new(storage),
+            have,
+            peers,
+            None,
+            None,
+        )
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
     engine.log_listening();
     let outcome = wait(&meta, &handle, signals, !keep_seeding);
@@ -341,7 +352,11 @@ pub fn seed(opts: &TransferOptions, signals: &Receiver<()>) -> Result<(), Comman
     let peers = resolve_peers(&opts.peers)?;
     let storage = Storage::open(&opts.dir, &meta, OpenMode::Seed)
         .map_err(|e| CommandError::Runtime(format!("torrent {}: {e}", meta.name)))?;
-    let have = storage.verify(&meta.piece_hashes, opts.config.limits.disk_threads);
+    let have = storage.verify(
+        &meta.piece_hashes,
+        opts.config.limits.disk_threads,
+        &AtomicU32::new(0),
+    );
     if !have.is_full() {
         let failed = meta.geometry.num_pieces - have.count_ones();
         let files =
@@ -364,7 +379,14 @@ pub fn seed(opts: &TransferOptions, signals: &Receiver<()>) -> Result<(), Comman
     let engine = Engine::start(opts.config.engine(opts.bind, opts.port))
         .map_err(|e| CommandError::Runtime(format!("listen: {e}")))?;
     let handle = engine
-        .add(Arc::clone(&meta), Arc::new(storage), have, peers, None)
+        .add(
+            Arc::clone(&meta),
+            Arc::new(storage),
+            have,
+            peers,
+            None,
+            None,
+        )
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
     engine.log_listening();
     let outcome = wait(&meta, &handle, signals, false);

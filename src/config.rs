@@ -191,6 +191,10 @@ impl Default for Disk {
     }
 }
 
+/// The most `announce.stop_timeout_secs` may be: the whole stop, `stopped` announces included,
+/// fits in the 5 s a service manager gives (`TimeoutStopSec`).
+pub const MAX_STOP_TIMEOUT_SECS: u64 = 4;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Announce {
@@ -262,7 +266,8 @@ pub enum TorrentRef {
 #[derive(Clone, Debug, PartialEq)]
 pub struct TorrentEntry {
     pub torrent: TorrentRef,
-    pub download_dir: PathBuf,
+    /// The entry's own `download_dir`; `None`: `[paths] download_dir` when it is first added.
+    pub download_dir: Option<PathBuf>,
     pub paused: bool,
     pub peers: Vec<SocketAddr>,
 }
@@ -402,6 +407,16 @@ impl Config {
             "announce.udp_retransmit_base_ms",
             file.announce.udp_retransmit_base_ms,
         )?;
+        if file.announce.stop_timeout_secs > MAX_STOP_TIMEOUT_SECS {
+            return Err(err(
+                "announce.stop_timeout_secs",
+                format!(
+                    "{} does not fit: a stop (SIGTERM) takes at most 5 s in all, so the `stopped` \
+                     announces get at most {MAX_STOP_TIMEOUT_SECS}",
+                    file.announce.stop_timeout_secs
+                ),
+            ));
+        }
         positive("watch.scan_interval_secs", file.watch.scan_interval_secs)?;
         positive("status.interval_secs", file.status.interval_secs)?;
         positive(
@@ -456,11 +471,8 @@ impl Config {
             };
             torrents.push(TorrentEntry {
                 torrent,
-                download_dir: if entry.download_dir.as_os_str().is_empty() {
-                    download_dir.clone()
-                } else {
-                    resolve(&entry.download_dir)
-                },
+                download_dir: (!entry.download_dir.as_os_str().is_empty())
+                    .then(|| resolve(&entry.download_dir)),
                 paused: entry.paused,
                 peers,
             });
@@ -667,7 +679,8 @@ mod tests {
             c.torrents[0].torrent,
             TorrentRef::File("/etc/btd/a.torrent".into())
         );
-        assert_eq!(c.torrents[0].download_dir, Path::new("/etc/btd/downloads"));
+        assert_eq!(c.download_dir, Path::new("/etc/btd/downloads"));
+        assert_eq!(c.torrents[0].download_dir, None);
         assert_eq!(
             c.torrents[0].peers,
             vec!["127.0.0.1:7000".parse::<SocketAddr>().unwrap()]

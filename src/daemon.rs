@@ -13,7 +13,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,10 +27,11 @@ use crate::magnet::Magnet;
 use crate::metadata_fetch::{self, FetchError, FetchParams};
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::pidfile::PidFile;
+use crate::record::{TorrentRecord, unix_now};
 use crate::resume::ResumeData;
 use crate::status::{DaemonStatus, SwarmCounts, TorrentStatus, TrackerStatus};
 use crate::storage::{OpenMode, Storage};
-use crate::torrent::{Control, ResumeTarget, TorrentEvent, TorrentHandle};
+use crate::torrent::{Control, ResumeTarget, Stopping, TorrentEvent, TorrentHandle, TorrentStats};
 use crate::tracker_server::{TrackerConfig, TrackerServer};
 use crate::wire::Bitfield;
 
@@ -82,6 +83,9 @@ const STORAGE_RETRY_BASE: Duration = Duration::from_secs(60);
 const STORAGE_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 /// The whole graceful stop must fit in 5 s; coordinators get this long to finish.
 const STOP_BUDGET: Duration = Duration::from_millis(4500);
+/// Torrent records are saved at least this often while their totals or seeding time move
+/// (and at once when a torrent is added, completes or stops).
+const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Where a torrent came from, which also decides how it is removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,12 +148,16 @@ struct Fetching {
 enum State {
     /// A magnet link's metadata is being fetched.
     Metadata(Fetching),
+    /// Waiting for a download slot, or (complete) for a seed slot.
     Queued,
-    Checking,
+    /// Its data is being checked; the counter is the pieces checked so far.
+    Checking(Arc<AtomicU32>),
     Running(TorrentHandle),
     Paused,
     /// Seeding limit reached; data kept, not uploading.
     Finished,
+    /// The daemon stopped cleanly (what the last status file says).
+    Stopped,
     Error(String),
 }
 
@@ -157,18 +165,89 @@ impl State {
     fn name(&self, complete: bool) -> &'static str {
         match self {
             State::Metadata(_) => "metadata",
+            State::Queued if complete => "queued_seed",
             State::Queued => "queued",
-            State::Checking => "checking",
+            State::Checking(_) => "checking",
             State::Running(_) if complete => "seeding",
             State::Running(_) => "downloading",
             State::Paused => "paused",
             State::Finished => "finished",
+            State::Stopped => "stopped",
             State::Error(_) => "error",
         }
     }
 }
 
+/// The seeding limits of `[seeding]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SeedLimits {
+    /// Uploaded / size; 0: none.
+    ratio: f64,
+    /// 0: none.
+    time: Duration,
+}
+
+/// Which seeding limit a complete torrent has reached, with its figures for the log.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum LimitReached {
+    Ratio { ratio: f64, limit: f64 },
+    Time { seeded_secs: u64, limit_secs: u64 },
+}
+
+impl std::fmt::Display for LimitReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitReached::Ratio { ratio, limit } => {
+                write!(f, "ratio limit reached (ratio {ratio:.3}, limit {limit})")
+            }
+            LimitReached::Time {
+                seeded_secs,
+                limit_secs,
+            } => write!(
+                f,
+                "seeding time limit reached (seeded {seeded_secs} s, limit {limit_secs} s)"
+            ),
+        }
+    }
+}
+
+impl SeedLimits {
+    /// The upload total at which the ratio limit is reached: `ratio * size`, rounded up.
+    fn upload_target(&self, size: u64) -> Option<u64> {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        (self.ratio > 0.0).then(|| (self.ratio * size as f64).ceil() as u64)
+    }
+
+    /// The limit a complete torrent of `size` bytes that uploaded `uploaded` bytes and seeded
+    /// `seeded_secs` has reached, if any (the ratio first).
+    fn reached(&self, size: u64, uploaded: u64, seeded_secs: u64) -> Option<LimitReached> {
+        if let Some(target) = self.upload_target(size)
+            && uploaded >= target
+        {
+            return Some(LimitReached::Ratio {
+                ratio: uploaded as f64 / size.max(1) as f64,
+                limit: self.ratio,
+            });
+        }
+        let limit_secs = self.time.as_secs();
+        (limit_secs > 0 && seeded_secs >= limit_secs).then_some(LimitReached::Time {
+            seeded_secs,
+            limit_secs,
+        })
+    }
+
+    /// How many more payload bytes a run may upload: up to the ratio target plus one block, so
+    /// a block that starts below the target is still served whole (the total stops within a
+    /// block of it). `None` without a ratio limit.
+    fn upload_allowance(&self, size: u64, uploaded: u64) -> Option<u64> {
+        self.upload_target(size)
+            .map(|target| (target + u64::from(crate::wire::BLOCK_LEN)).saturating_sub(uploaded))
+    }
+}
+
 struct Managed {
+    /// A small number naming it during this daemon run (status file, table).
+    id: u32,
     info_hash: InfoHash,
     /// The torrent's name; until a magnet link's metadata arrives, its `dn` or the info hash.
     name: String,
@@ -178,16 +257,21 @@ struct Managed {
     /// The magnet link it was added from (its trackers and peers serve the metadata fetch).
     magnet: Option<Magnet>,
     source: Source,
-    download_dir: PathBuf,
+    /// Its lifetime facts (data location, totals, seeding time) up to the end of its last run;
+    /// see [`Managed::record_now`] for them including the current run.
+    record: TorrentRecord,
+    /// What was last saved of the record (nothing is written while it is unchanged).
+    saved: Option<TorrentRecord>,
     peers: Vec<SocketAddr>,
     paused: bool,
     state: State,
     /// Every piece verified, as last known.
     complete: bool,
     verified_bytes: u64,
-    uploaded_before: u64,
-    downloaded_before: u64,
-    completed_unix: Option<u64>,
+    /// The counters of its current run: while its coordinator runs, and while it stops (see
+    /// `Daemon::stopping`). Folded into `record` once that run has ended.
+    run: Option<Arc<TorrentStats>>,
+    /// Since when it seeds in this run (folded into `record.seeding_secs` when it stops).
     seeding_since: Option<Instant>,
     /// In state error from a storage error: when it is retried by itself (SIGHUP retries now).
     retry_at: Option<Instant>,
@@ -211,18 +295,85 @@ impl Managed {
         self.meta.as_ref().map_or(0, |m| m.geometry.total_len)
     }
 
+    fn download_dir(&self) -> &Path {
+        &self.record.download_dir
+    }
+
+    /// Lifetime payload totals, (uploaded, downloaded), the current run included.
     fn totals(&self) -> (u64, u64) {
-        match &self.state {
-            State::Running(h) => (
-                self.uploaded_before + h.stats.uploaded.load(Ordering::Relaxed),
-                self.downloaded_before + h.stats.downloaded.load(Ordering::Relaxed),
-            ),
-            _ => (self.uploaded_before, self.downloaded_before),
-        }
+        let (up, down) = self.run.as_ref().map_or((0, 0), |run| {
+            (
+                run.uploaded.load(Ordering::Relaxed),
+                run.downloaded.load(Ordering::Relaxed),
+            )
+        });
+        (self.record.uploaded + up, self.record.downloaded + down)
+    }
+
+    /// Lifetime seconds of seeding, the current run included.
+    fn seeding_secs(&self) -> u64 {
+        self.record.seeding_secs
+            + self
+                .seeding_since
+                .map_or(0, |since| since.elapsed().as_secs())
     }
 
     fn ratio(&self) -> f64 {
         self.totals().0 as f64 / self.size().max(1) as f64
+    }
+
+    /// The record with the current run's totals and seeding time in it: what is saved.
+    fn record_now(&self) -> TorrentRecord {
+        let (uploaded, downloaded) = self.totals();
+        TorrentRecord {
+            uploaded,
+            downloaded,
+            seeding_secs: self.seeding_secs(),
+            ..self.record.clone()
+        }
+    }
+
+    /// It starts seeding now (complete and running).
+    fn start_seeding_clock(&mut self) {
+        self.seeding_since.get_or_insert_with(Instant::now);
+    }
+
+    /// It stops seeding: the time so far goes into the record.
+    fn stop_seeding_clock(&mut self) {
+        if let Some(since) = self.seeding_since.take() {
+            self.record.seeding_secs += since.elapsed().as_secs();
+        }
+    }
+
+    /// Its run with counters `run` has ended: they go into the record.
+    fn end_run(&mut self, run: &Arc<TorrentStats>) {
+        if self.run.as_ref().is_some_and(|r| Arc::ptr_eq(r, run)) {
+            self.record.uploaded += run.uploaded.load(Ordering::Relaxed);
+            self.record.downloaded += run.downloaded.load(Ordering::Relaxed);
+            self.run = None;
+        }
+    }
+
+    /// A torrent known by its info hash (not a `[[torrent]]` whose file could not be read):
+    /// the only kind with a record on disk.
+    fn has_record(&self) -> bool {
+        self.meta.is_some() || self.magnet.is_some()
+    }
+
+    /// Saves the record if it changed since the last save; a failure is logged (the next
+    /// save tries again).
+    fn save_record(&mut self, state_dir: &Path) {
+        if !self.has_record() {
+            return;
+        }
+        let now = self.record_now();
+        if self.saved.as_ref() == Some(&now) {
+            return;
+        }
+        match now.save(&TorrentRecord::path_in(state_dir, &self.info_hash)) {
+            Ok(()) => self.saved = Some(now),
+            Err(e) => warn!("torrent {}: {e}", self.name),
+        }
     }
 
     /// The wait before the next retry after `storage_failures` storage errors in a row.
@@ -347,6 +498,12 @@ pub struct Daemon {
     tracker: Option<TrackerServer>,
     /// Set when RUST_LOG decides the log level, so a reload leaves it alone.
     level_from_env: bool,
+    /// Torrents told to stop whose coordinators have not ended yet (by info hash). Nothing
+    /// waits for them but the final shutdown; a torrent does not start again until its last
+    /// run has ended.
+    stopping: Vec<(InfoHash, Stopping)>,
+    /// The id the next added torrent gets.
+    next_id: u32,
 }
 
 impl Daemon {
@@ -392,6 +549,8 @@ impl Daemon {
             log_file,
             tracker,
             level_from_env: std::env::var_os("RUST_LOG").is_some(),
+            stopping: Vec::new(),
+            next_id: 1,
         };
         info!(
             "daemon started (pid {}), config {}, state {}",
@@ -411,8 +570,14 @@ impl Daemon {
     pub fn run(mut self, signals: &Receiver<Signal>) {
         let mut next_scan = Instant::now() + self.config.watch_interval;
         let mut next_status = Instant::now();
+        let mut next_record_save = Instant::now() + RECORD_SAVE_INTERVAL;
         loop {
+            self.reap_stopped();
             self.schedule();
+            if Instant::now() >= next_record_save {
+                self.save_records();
+                next_record_save = Instant::now() + RECORD_SAVE_INTERVAL;
+            }
             if Instant::now() >= next_status {
                 self.write_status();
                 next_status = Instant::now() + self.config.status_interval;
@@ -459,6 +624,7 @@ impl Daemon {
                 Ok(meta) => Origin::Meta(meta),
                 Err(e) => {
                     error!("config {}: [[torrent]] {e}", self.config_path.display());
+                    self.add_unreadable(entry, path, e.to_string());
                     return;
                 }
             },
@@ -473,13 +639,52 @@ impl Daemon {
         );
     }
 
+    /// Shows a `[[torrent]]` entry whose `.torrent` cannot be read in state error with the
+    /// reason (instead of leaving it out); SIGHUP tries the file again.
+    fn add_unreadable(&mut self, entry: &TorrentEntry, path: &Path, reason: String) {
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let download_dir = entry
+            .download_dir
+            .clone()
+            .unwrap_or_else(|| self.config.download_dir.clone());
+        let id = self.next_id;
+        self.next_id += 1;
+        self.torrents.push(Managed {
+            id,
+            // Not a torrent's: no record is kept, and nothing else has this key.
+            info_hash: placeholder_hash(path),
+            name,
+            meta: None,
+            magnet: None,
+            source: Source::Config(EntryKey::of(entry)),
+            record: TorrentRecord::new(&placeholder_hash(path), &download_dir),
+            saved: None,
+            peers: Vec::new(),
+            paused: entry.paused,
+            state: State::Error(reason),
+            complete: false,
+            verified_bytes: 0,
+            run: None,
+            seeding_since: None,
+            retry_at: None,
+            storage_failures: 0,
+            force_check: false,
+        });
+    }
+
     /// Adds a torrent: queued, or paused, or (a magnet link whose metadata is not saved in the
     /// state directory) fetching its metadata. Returns false for a duplicate info hash.
+    /// Its record in the state directory, when there is one, says where its data is;
+    /// `download_dir` (an entry's own) overrides that, and otherwise applies to a new torrent,
+    /// as `[paths] download_dir` does.
     fn add(
         &mut self,
         origin: Origin,
         source: Source,
-        download_dir: PathBuf,
+        download_dir: Option<PathBuf>,
         mut peers: Vec<SocketAddr>,
         paused: bool,
     ) -> bool {
@@ -505,30 +710,62 @@ impl Daemon {
             (None, Some(magnet)) => display_name(magnet),
             (None, None) => info_hash.to_hex(), // not reached: `Origin::Meta` has the metadata
         };
-        let resume = ResumeData::load(&ResumeData::path_in(&self.config.state_dir, &info_hash))
-            .ok()
-            .flatten();
-        info!("torrent {name}: added from {}", source.describe());
-        self.torrents.push(Managed {
+        let record_path = TorrentRecord::path_in(&self.config.state_dir, &info_hash);
+        let record = match TorrentRecord::load(&record_path, &info_hash) {
+            Ok(record) => record,
+            Err(e) => {
+                warn!("torrent {name}: {e}; starting a new record");
+                None
+            }
+        };
+        let on_disk = record.clone();
+        let record = match (record, download_dir) {
+            (Some(mut record), Some(dir)) if record.download_dir != dir => {
+                warn!(
+                    "torrent {name}: its [[torrent]] entry names download_dir {}, it was in {}; \
+                     using {} (data is not moved)",
+                    dir.display(),
+                    record.download_dir.display(),
+                    dir.display()
+                );
+                record.download_dir = dir;
+                record
+            }
+            (Some(record), _) => record,
+            (None, dir) => TorrentRecord::new(
+                &info_hash,
+                &dir.unwrap_or_else(|| self.config.download_dir.clone()),
+            ),
+        };
+        info!(
+            "torrent {name}: added from {}, data in {}",
+            source.describe(),
+            record.download_dir.display()
+        );
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut t = Managed {
+            id,
             info_hash,
             name,
             meta: meta.map(Arc::new),
             magnet,
-            complete: resume.as_ref().is_some_and(|r| r.completed_unix.is_some()),
-            uploaded_before: resume.as_ref().map_or(0, |r| r.uploaded),
-            downloaded_before: resume.as_ref().map_or(0, |r| r.downloaded),
-            completed_unix: resume.as_ref().and_then(|r| r.completed_unix),
+            complete: record.completed_unix.is_some(),
+            record,
+            saved: on_disk,
             source,
-            download_dir,
             peers,
             paused,
             state: State::Paused,
             verified_bytes: 0,
+            run: None,
             seeding_since: None,
             retry_at: None,
             storage_failures: 0,
             force_check: false,
-        });
+        };
+        t.save_record(&self.config.state_dir);
+        self.torrents.push(t);
         if !paused {
             self.unpause(self.torrents.len() - 1);
         }
@@ -659,27 +896,67 @@ impl Daemon {
     }
 
     /// Stops (if running) and forgets a torrent. Its data stays on disk.
+    /// Stops (if running) and forgets a torrent, its record included (as transmission forgets
+    /// a removed torrent's resume file). Its data and resume data stay on disk.
     fn remove(&mut self, index: usize) {
         self.stop_torrent(index, State::Paused);
         let t = self.torrents.remove(index);
+        if t.has_record() {
+            let path = TorrentRecord::path_in(&self.config.state_dir, &t.info_hash);
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!(
+                    "torrent {}: {}: cannot remove: {e}",
+                    t.name(),
+                    path.display()
+                );
+            }
+        }
         info!(
             "torrent {}: removed (data kept in {})",
             t.name(),
-            t.download_dir.display()
+            t.download_dir().display()
         );
     }
 
-    /// Stops a running torrent (announce `stopped`, flush, resume data saved by its coordinator)
-    /// or its metadata fetch (the thread sees its `stop` dropped), and leaves it in `next`.
+    /// Leaves a torrent in `next` at once. A running one is told to stop (announce `stopped`,
+    /// flush, save resume data) and joins [`Daemon::stopping`]: nothing here waits for it. A
+    /// metadata fetch ends by itself when its `stop` is dropped with the old state.
     fn stop_torrent(&mut self, index: usize, next: State) {
         let t = &mut self.torrents[index];
         let previous = std::mem::replace(&mut t.state, next);
+        t.stop_seeding_clock();
         if let State::Running(handle) = previous {
             self.engine.unregister(&t.info_hash);
-            t.uploaded_before += handle.stats.uploaded.load(Ordering::Relaxed);
-            t.downloaded_before += handle.stats.downloaded.load(Ordering::Relaxed);
             t.verified_bytes = handle.stats.verified_bytes.load(Ordering::Relaxed);
-            handle.stop();
+            self.stopping.push((t.info_hash, handle.begin_stop()));
+        }
+        t.save_record(&self.config.state_dir);
+    }
+
+    /// Takes in the runs that have ended since the last call: their totals go into their
+    /// torrents' records.
+    fn reap_stopped(&mut self) {
+        let mut index = 0;
+        while index < self.stopping.len() {
+            if !self.stopping[index].1.is_done() {
+                index += 1;
+                continue;
+            }
+            let (info_hash, stopping) = self.stopping.swap_remove(index);
+            if let Some(i) = self.index_of(&info_hash) {
+                let t = &mut self.torrents[i];
+                t.end_run(&stopping.stats);
+                t.save_record(&self.config.state_dir);
+            }
+        }
+    }
+
+    /// Saves every record that changed (totals, seeding time) since its last save.
+    fn save_records(&mut self) {
+        for t in &mut self.torrents {
+            t.save_record(&self.config.state_dir);
         }
     }
 
@@ -758,11 +1035,10 @@ impl Daemon {
             error!("watch dir: rename {}: {e}", path.display());
             return;
         }
-        let download_dir = self.config.download_dir.clone();
         self.add(
             origin,
             Source::Watch(added.to_owned()),
-            download_dir,
+            None,
             Vec::new(),
             false,
         );
@@ -796,11 +1072,23 @@ impl Daemon {
             self.config.max_active_downloads.saturating_sub(downloading),
             self.config.max_active_seeds.saturating_sub(seeding),
         );
+        let limits = self.seed_limits();
         for index in 0..self.torrents.len() {
-            if !matches!(self.torrents[index].state, State::Queued) {
+            let t = &mut self.torrents[index];
+            // A torrent starts again only once its last run has ended.
+            let still_stopping = self.stopping.iter().any(|(h, _)| *h == t.info_hash);
+            if !matches!(t.state, State::Queued) || still_stopping {
                 continue;
             }
-            let slot = if self.torrents[index].complete {
+            if t.complete
+                && !t.force_check
+                && let Some(reached) = limits.reached(t.size(), t.totals().0, t.seeding_secs())
+            {
+                info!("torrent {}: {reached}; not started, data kept", t.name());
+                t.state = State::Finished;
+                continue;
+            }
+            let slot = if t.complete {
                 &mut free_seed
             } else {
                 &mut free_down
@@ -818,13 +1106,16 @@ impl Daemon {
             return;
         };
         t.verified_bytes = handle.stats.verified_bytes.load(Ordering::Relaxed);
+        let events: Vec<TorrentEvent> = handle.events.try_iter().collect();
         let mut next = None;
-        while let Ok(event) = handle.events.try_recv() {
+        for event in events {
             match event {
                 TorrentEvent::Completed => {
                     t.complete = true;
-                    t.seeding_since = Some(Instant::now());
+                    t.record.completed_unix.get_or_insert_with(unix_now);
+                    t.start_seeding_clock();
                     t.storage_failures = 0;
+                    t.save_record(&self.config.state_dir);
                 }
                 TorrentEvent::Failed(reason) => next = Some(State::Error(reason)),
                 TorrentEvent::RecheckNeeded(_) => {
@@ -844,16 +1135,10 @@ impl Daemon {
             );
         }
         if next.is_none() && t.complete && !t.force_check {
-            let ratio_hit = self.config.ratio_limit > 0.0 && t.ratio() >= self.config.ratio_limit;
-            let time_hit = !self.config.seed_time_limit.is_zero()
-                && t.seeding_since.get_or_insert_with(Instant::now).elapsed()
-                    >= self.config.seed_time_limit;
-            if ratio_hit || time_hit {
-                info!(
-                    "torrent {}: seeding limit reached (ratio {:.2}); stopped, data kept",
-                    t.name(),
-                    t.ratio()
-                );
+            let limits = self.seed_limits();
+            let t = &self.torrents[index];
+            if let Some(reached) = limits.reached(t.size(), t.totals().0, t.seeding_secs()) {
+                info!("torrent {}: {reached}; stopped, data kept", t.name());
                 next = Some(State::Finished);
             } else {
                 let seeding = self
@@ -862,12 +1147,25 @@ impl Daemon {
                     .filter(|t| is_active(t) && t.complete)
                     .count();
                 if seeding > self.config.max_active_seeds {
+                    info!(
+                        "torrent {}: back in the queue: {seeding} torrents seed, \
+                         queue.max_active_seeds is {}",
+                        t.name(),
+                        self.config.max_active_seeds
+                    );
                     next = Some(State::Queued);
                 }
             }
         }
         if let Some(state) = next {
             self.stop_torrent(index, state);
+        }
+    }
+
+    fn seed_limits(&self) -> SeedLimits {
+        SeedLimits {
+            ratio: self.config.ratio_limit,
+            time: self.config.seed_time_limit,
         }
     }
 
@@ -892,15 +1190,16 @@ impl Daemon {
         let state_dir = self.config.state_dir.clone();
         let threads = self.config.limits.disk_threads;
         let t = &mut self.torrents[index];
-        t.state = State::Checking;
-        let root = t.download_dir.clone();
+        let progress = Arc::new(AtomicU32::new(0));
+        t.state = State::Checking(Arc::clone(&progress));
+        let root = t.download_dir().to_owned();
         let resume_path = t.resume_path(&state_dir);
         let force = std::mem::take(&mut t.force_check);
         let tx = self.checked_tx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("check {}", meta.name))
             .spawn(move || {
-                let result = check_data(&meta, &root, &resume_path, threads, force);
+                let result = check_data(&meta, &root, &resume_path, threads, force, &progress);
                 let _ = tx.send(Checked { meta, result });
             });
         if let Err(e) = spawned {
@@ -914,8 +1213,9 @@ impl Daemon {
             return;
         };
         let state_dir = self.config.state_dir.clone();
+        let limits = self.seed_limits();
         let t = &mut self.torrents[index];
-        if !matches!(t.state, State::Checking) {
+        if !matches!(t.state, State::Checking(_)) {
             return; // removed or paused meanwhile
         }
         let (storage, have) = match checked.result {
@@ -937,20 +1237,29 @@ impl Daemon {
             .map(|p| u64::from(meta.geometry.piece_len(p)))
             .sum();
         if t.complete {
-            t.seeding_since.get_or_insert_with(Instant::now);
+            t.record.completed_unix.get_or_insert_with(unix_now);
         }
         let resume = ResumeTarget {
             path: t.resume_path(&state_dir),
-            root: t.download_dir.clone(),
-            uploaded_before: t.uploaded_before,
-            downloaded_before: t.downloaded_before,
-            completed_unix: t.completed_unix,
+            root: t.download_dir().to_owned(),
         };
-        match self
-            .engine
-            .add(meta, Arc::new(storage), have, t.peers.clone(), Some(resume))
-        {
-            Ok(handle) => t.state = State::Running(handle),
+        let allowance = limits.upload_allowance(t.size(), t.record.uploaded);
+        match self.engine.add(
+            meta,
+            Arc::new(storage),
+            have,
+            t.peers.clone(),
+            Some(resume),
+            allowance,
+        ) {
+            Ok(handle) => {
+                if t.complete {
+                    t.start_seeding_clock();
+                }
+                t.run = Some(Arc::clone(&handle.stats));
+                t.state = State::Running(handle);
+                t.save_record(&state_dir);
+            }
             Err(e) => {
                 error!("torrent {}: cannot start: {e}", t.name());
                 t.state = State::Error(e.to_string());
@@ -976,6 +1285,13 @@ impl Daemon {
         if new.state_dir != self.config.state_dir {
             warn!("config reload: a new state_dir takes effect at the next start");
         }
+        if new.download_dir != self.config.download_dir {
+            info!(
+                "config reload: paths.download_dir is now {}: torrents added from now on go \
+                 there; those already added keep their data where it is",
+                new.download_dir.display()
+            );
+        }
         self.engine.reconfigure(
             new.limits.clone(),
             new.download_rate,
@@ -983,9 +1299,11 @@ impl Daemon {
             new.max_peers_global,
             new.max_peers_per_ip,
         );
-        for t in &self.torrents {
-            if let State::Running(handle) = &t.state {
-                handle.send(Control::SetLimits(new.limits.clone()));
+        if new.limits != self.config.limits {
+            for t in &self.torrents {
+                if let State::Running(handle) = &t.state {
+                    handle.send(Control::SetLimits(new.limits.clone()));
+                }
             }
         }
         self.reload_tracker(new.tracker);
@@ -998,7 +1316,11 @@ impl Daemon {
         let old_entries = std::mem::take(&mut self.config.torrents);
         // The state directory holds our pid file: it changes only with a restart.
         let state_dir = self.config.state_dir.clone();
+        let old_limits = self.seed_limits();
         self.config = Config { state_dir, ..new };
+        if self.seed_limits() != old_limits {
+            self.apply_seed_limits();
+        }
         self.apply_entries(&old_entries);
         for index in 0..self.torrents.len() {
             if self.torrents[index].retry_at.is_some() {
@@ -1007,6 +1329,33 @@ impl Daemon {
         }
         info!("config reloaded from {}", self.config_path.display());
         self.scan_watch_dir();
+    }
+
+    /// New seeding limits: running torrents get their new upload allowance, and finished ones
+    /// that are under the limits now go back to the queue to seed.
+    fn apply_seed_limits(&mut self) {
+        let limits = self.seed_limits();
+        for t in &mut self.torrents {
+            match &t.state {
+                State::Running(handle) => handle
+                    .stats
+                    .set_upload_allowance(limits.upload_allowance(t.size(), t.totals().0)),
+                State::Finished
+                    if limits
+                        .reached(t.size(), t.totals().0, t.seeding_secs())
+                        .is_none() =>
+                {
+                    info!(
+                        "torrent {}: under its seeding limits again (ratio {:.3}, seeded {} s); queued",
+                        t.name(),
+                        t.ratio(),
+                        t.seeding_secs()
+                    );
+                    t.state = State::Queued;
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Brings the embedded tracker in line with `[tracker]`: started, stopped, reconfigured in
@@ -1066,11 +1415,29 @@ impl Daemon {
                 self.add_entry(entry);
                 continue;
             };
+            if !self.torrents[index].has_record() {
+                // Its .torrent could not be read: try again.
+                self.torrents.remove(index);
+                self.add_entry(entry);
+                continue;
+            }
             if old.iter().any(|o| o == entry) {
                 continue;
             }
             let t = &mut self.torrents[index];
-            t.download_dir.clone_from(&entry.download_dir);
+            if let Some(dir) = &entry.download_dir
+                && *dir != t.record.download_dir
+            {
+                info!(
+                    "torrent {}: download_dir is now {} (was {}); data is not moved, the next \
+                     start uses it",
+                    t.name(),
+                    dir.display(),
+                    t.record.download_dir.display()
+                );
+                t.record.download_dir.clone_from(dir);
+                t.save_record(&self.config.state_dir);
+            }
             let mut peers = entry.peers.clone();
             if let TorrentRef::Magnet(magnet) = &entry.torrent {
                 merge_peers(&mut peers, &magnet.peers);
@@ -1115,18 +1482,36 @@ impl Daemon {
                     ),
                     _ => (0, 0, 0),
                 };
+                let have_bytes = if t.complete { size } else { t.verified_bytes };
+                let downloading = matches!(t.state, State::Running(_)) && !t.complete;
                 TorrentStatus {
+                    id: t.id,
                     name: t.name.clone(),
-                    info_hash: t.info_hash.to_hex(),
+                    info_hash: if t.has_record() {
+                        t.info_hash.to_hex()
+                    } else {
+                        String::new()
+                    },
                     state: t.state.name(t.complete).into(),
                     progress: if t.meta.is_none() {
                         0.0
-                    } else if t.complete {
-                        1.0
                     } else {
-                        t.verified_bytes as f64 / size.max(1) as f64
+                        have_bytes as f64 / size.max(1) as f64
+                    },
+                    check_progress: match (&t.state, &t.meta) {
+                        (State::Checking(done), Some(meta)) => Some(
+                            f64::from(done.load(Ordering::Relaxed))
+                                / f64::from(meta.geometry.num_pieces.max(1)),
+                        ),
+                        _ => None,
                     },
                     size_bytes: size,
+                    have_bytes,
+                    eta_secs: (downloading && down_rate > 0)
+                        .then(|| size.saturating_sub(have_bytes) / down_rate),
+                    download_dir: t.download_dir().display().to_string(),
+                    added_unix: t.record.added_unix,
+                    seeding_secs: t.seeding_secs(),
                     downloaded_bytes: downloaded,
                     uploaded_bytes: uploaded,
                     download_rate: down_rate,
@@ -1184,25 +1569,29 @@ impl Daemon {
         // Ask every coordinator at once, so their `stopped` announces overlap; end every
         // metadata fetch (dropping its `stop`) meanwhile.
         let mut fetches = Vec::new();
-        for t in &mut self.torrents {
-            if let State::Running(handle) = &t.state {
-                self.engine.unregister(&t.info_hash);
-                handle.send(Control::Stop);
-            } else if matches!(t.state, State::Metadata(_))
-                && let State::Metadata(fetching) = std::mem::replace(&mut t.state, State::Queued)
+        for index in 0..self.torrents.len() {
+            let t = &mut self.torrents[index];
+            if matches!(t.state, State::Metadata(_))
+                && let State::Metadata(fetching) = std::mem::replace(&mut t.state, State::Stopped)
             {
                 fetches.push(fetching.thread);
             }
+            self.stop_torrent(index, State::Stopped);
         }
-        for index in 0..self.torrents.len() {
-            if Instant::now() >= deadline {
-                warn!(
-                    "daemon: stop budget spent; leaving the remaining torrents to exit with the process"
-                );
-                break;
+        // Every run stops in parallel; wait for them on their channels, within the budget.
+        let mut left = 0;
+        for (_, stopping) in &mut self.stopping {
+            if !stopping.wait_until(deadline) {
+                left += 1;
             }
-            self.stop_torrent(index, State::Queued);
         }
+        if left > 0 {
+            warn!(
+                "daemon: stop budget spent; {left} torrents still stopping are left to end with \
+                 the process (their resume data from the last save stands)"
+            );
+        }
+        self.reap_stopped();
         for thread in fetches {
             while !thread.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -1211,6 +1600,7 @@ impl Daemon {
                 let _ = thread.join();
             }
         }
+        self.save_records();
         self.write_status();
         let Self {
             engine,
@@ -1231,7 +1621,14 @@ impl Daemon {
 }
 
 fn is_active(t: &Managed) -> bool {
-    matches!(t.state, State::Checking | State::Running(_))
+    matches!(t.state, State::Checking(_) | State::Running(_))
+}
+
+/// The key of a `[[torrent]]` entry whose file could not be read: the SHA-1 of its path, so it
+/// never clashes with a real torrent's info hash.
+fn placeholder_hash(path: &Path) -> InfoHash {
+    use sha1::{Digest, Sha1};
+    InfoHash(Sha1::digest(path.as_os_str().as_encoded_bytes()).into())
 }
 
 /// A watch-directory file: a `.torrent`, or a `.magnet` holding one magnet URI (either one
@@ -1381,6 +1778,7 @@ fn check_data(
     resume_path: &Path,
     threads: usize,
     force: bool,
+    progress: &AtomicU32,
 ) -> Result<(Storage, Bitfield), String> {
     if force {
         // The data changed under a running torrent: the resume data may list pieces that are
@@ -1392,25 +1790,26 @@ fn check_data(
         }
     }
     let storage = Storage::open(root, meta, OpenMode::Download).map_err(|e| e.to_string())?;
-    let resume = match ResumeData::load(resume_path) {
-        Ok(resume) => resume,
-        Err(e) => {
-            warn!("torrent {}: {e}; checking data", meta.name);
-            None
-        }
+    let why = match ResumeData::load(resume_path) {
+        Ok(Some(resume)) => match resume.check(meta, root) {
+            Ok(have) => {
+                info!(
+                    "torrent {}: resume data matches, {}/{} pieces",
+                    meta.name,
+                    have.count_ones(),
+                    meta.geometry.num_pieces
+                );
+                return Ok((storage, have));
+            }
+            Err(stale) => format!("resume data not used: {stale}"),
+        },
+        Ok(None) if force => "its data changed while it ran".to_owned(),
+        Ok(None) => "no resume data".to_owned(),
+        Err(e) => format!("resume data not used: {e}"),
     };
-    if let Some(have) = resume.and_then(|r| r.validate(meta, root)) {
-        info!(
-            "torrent {}: resume data matches, {}/{} pieces",
-            meta.name,
-            have.count_ones(),
-            meta.geometry.num_pieces
-        );
-        return Ok((storage, have));
-    }
-    info!("torrent {}: checking data", meta.name);
+    info!("torrent {}: {why}; checking data", meta.name);
     let started = Instant::now();
-    let have = storage.verify(&meta.piece_hashes, threads);
+    let have = storage.verify(&meta.piece_hashes, threads, progress);
     info!(
         "torrent {}: {}/{} pieces verified in {:.1?}",
         meta.name,

@@ -99,6 +99,7 @@ impl Engine {
         have: Bitfield,
         peers: Vec<SocketAddr>,
         resume: Option<ResumeTarget>,
+        upload_allowance: Option<u64>,
     ) -> std::io::Result<TorrentHandle> {
         let info_hash = meta.info_hash;
         let bind = Some(self.config.listen.ip()).filter(|ip: &IpAddr| !ip.is_unspecified());
@@ -113,6 +114,7 @@ impl Engine {
             limits: self.config.limits.clone(),
             global: Arc::clone(&self.global),
             resume,
+            upload_allowance,
             disk: self.disk.handle(),
         })?;
         self.registry

@@ -3,6 +3,7 @@
 //! The library holds the engine; `src/main.rs` is only the command line around it.
 //! See DESIGN.md for which thread owns what and what crosses each channel.
 
+pub mod atomic_file;
 pub mod bencode;
 pub mod commands;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod percent;
 pub mod pidfile;
 pub mod profile;
 pub mod ratelimit;
+pub mod record;
 pub mod resume;
 pub mod status;
 pub mod storage;

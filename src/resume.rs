@@ -10,11 +10,12 @@
 //! and mtime (`touch -r`, or a write within the file system's timestamp granularity of the
 //! capture) goes unnoticed; that is the price of not reading the data.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::atomic_file::{self, AtomicFileError};
 use crate::hex;
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::wire::Bitfield;
@@ -35,10 +36,6 @@ pub struct ResumeData {
     pub pieces: String,
     /// One stamp per file of the torrent, in metainfo order.
     pub files: Vec<FileStamp>,
-    pub uploaded: u64,
-    pub downloaded: u64,
-    /// When the torrent completed (seconds since the Unix epoch), if it has.
-    pub completed_unix: Option<u64>,
 }
 
 /// A file's size and modification time when its pieces were recorded.
@@ -54,25 +51,8 @@ pub struct FileStamp {
 /// A resume file that could not be written or read, naming the file and the operation.
 #[derive(Debug, thiserror::Error)]
 pub enum ResumeError {
-    #[error("{path}: cannot create the resume directory: {source}")]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error("{path}: cannot encode resume data: {source}")]
-    Encode {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("{path}: cannot write resume data: {source}")]
-    Write { path: PathBuf, source: io::Error },
-    #[error("{path}: cannot sync resume data: {source}")]
-    Sync { path: PathBuf, source: io::Error },
-    #[error("{from}: cannot rename to {to}: {source}")]
-    Rename {
-        from: PathBuf,
-        to: PathBuf,
-        source: io::Error,
-    },
-    #[error("{path}: cannot sync the directory: {source}")]
-    SyncDir { path: PathBuf, source: io::Error },
+    #[error("resume data: {0}")]
+    Save(#[from] AtomicFileError),
     #[error("{path}: cannot read resume data: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("{path}: not valid resume data: {source}")]
@@ -113,14 +93,7 @@ impl ResumeData {
     /// `have` must have one bit per piece of `meta` (checked in debug builds); otherwise the
     /// snapshot is recorded as is and rejected by `validate`.
     #[must_use]
-    pub fn capture(
-        meta: &Metainfo,
-        root: &Path,
-        have: &Bitfield,
-        uploaded: u64,
-        downloaded: u64,
-        completed_unix: Option<u64>,
-    ) -> Self {
+    pub fn capture(meta: &Metainfo, root: &Path, have: &Bitfield) -> Self {
         debug_assert_eq!(have.len(), meta.geometry.num_pieces, "bitfield size");
         let files = meta
             .files
@@ -140,9 +113,6 @@ impl ResumeData {
             num_pieces: have.len(),
             pieces: hex::encode(have.as_bytes()),
             files,
-            uploaded,
-            downloaded,
-            completed_unix,
         }
     }
 
@@ -163,35 +133,7 @@ impl ResumeData {
     /// The [`ResumeError`] variant naming the step that failed and its file; the old file, if
     /// any, is then still in place.
     pub fn save(&self, path: &Path) -> Result<(), ResumeError> {
-        let dir = parent_dir(path);
-        fs::create_dir_all(dir).map_err(|source| ResumeError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let mut json = serde_json::to_vec_pretty(self).map_err(|source| ResumeError::Encode {
-            path: path.to_owned(),
-            source,
-        })?;
-        json.push(b'\n');
-        let tmp = tmp_path(path);
-        let written = write_synced(&tmp, &json).and_then(|()| {
-            fs::rename(&tmp, path).map_err(|source| ResumeError::Rename {
-                from: tmp.clone(),
-                to: path.to_owned(),
-                source,
-            })
-        });
-        if written.is_err() {
-            // Best effort: the error that matters is already in hand.
-            let _ = fs::remove_file(&tmp);
-        }
-        written?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| ResumeError::SyncDir {
-                path: dir.to_owned(),
-                source,
-            })
+        Ok(atomic_file::write_json(path, self)?)
     }
 
     /// Reads a resume file. Checks its form (version, hex fields, bitfield size), not whether it
@@ -306,38 +248,10 @@ fn stat(path: &Path) -> Option<(u64, i128)> {
     Some((meta.len(), mtime_ns))
 }
 
-/// Creates (truncating any leftover) and writes `path`, then syncs it.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ResumeError> {
-    let write_err = |source| ResumeError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = File::create(path).map_err(write_err)?;
-    file.write_all(bytes).map_err(write_err)?;
-    file.sync_all().map_err(|source| ResumeError::Sync {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// The directory holding `path`; `.` for a bare file name.
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
-}
-
-/// `<path>.tmp`, in the same directory so the rename is atomic.
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
-    PathBuf::from(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::atomic_file::tmp_path;
     use std::time::{Duration, SystemTime};
 
     use crate::test_dir::TempDir;
@@ -387,7 +301,7 @@ mod tests {
         let meta = torrent("t");
         let root = dir.0.join("downloads");
         write_files(&meta, &root);
-        let data = ResumeData::capture(&meta, &root, &have(&[1], 2), 300, 20005, Some(1_700_000));
+        let data = ResumeData::capture(&meta, &root, &have(&[1], 2));
         assert_eq!(data.pieces, "40");
         assert_eq!(
             data.files
@@ -423,7 +337,7 @@ mod tests {
         write_files(&meta, &dir.0);
         let pieces = have(&[0], 2);
         let path = dir.0.join("r.json");
-        ResumeData::capture(&meta, &dir.0, &pieces, 0, 0, None)
+        ResumeData::capture(&meta, &dir.0, &pieces)
             .save(&path)
             .unwrap();
         let loaded = ResumeData::load(&path).unwrap().unwrap();
@@ -436,7 +350,7 @@ mod tests {
         let dir = TempDir::new("mtime");
         let meta = torrent("t");
         write_files(&meta, &dir.0);
-        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), 0, 0, None);
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2));
         let b = dir.0.join("t/b");
         set_mtime(&b, mtime(&b) + Duration::from_secs(1));
         assert_eq!(
@@ -451,7 +365,7 @@ mod tests {
         let dir = TempDir::new("size");
         let meta = torrent("t");
         write_files(&meta, &dir.0);
-        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), 0, 0, None);
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2));
         let a = dir.0.join("t/a");
         let before = mtime(&a);
         let file = fs::OpenOptions::new().write(true).open(&a).unwrap();
@@ -470,7 +384,7 @@ mod tests {
         let dir = TempDir::new("gone");
         let meta = torrent("t");
         write_files(&meta, &dir.0);
-        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), 0, 0, None);
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2));
         let a = dir.0.join("t/a");
         fs::remove_file(&a).unwrap();
         assert_eq!(
@@ -483,7 +397,7 @@ mod tests {
     fn a_file_missing_at_capture_is_never_trusted() {
         let dir = TempDir::new("missing-at-capture");
         let meta = torrent("t");
-        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::new(2), 0, 0, None);
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::new(2));
         assert_eq!((data.files[0].len, data.files[0].mtime_ns), (0, 0));
         assert_eq!(
             data.check(&meta, &dir.0),
@@ -504,7 +418,7 @@ mod tests {
         let dir = TempDir::new("other");
         let meta = torrent("t");
         write_files(&meta, &dir.0);
-        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), 0, 0, None);
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2));
 
         let other = torrent("u");
         assert_ne!(other.info_hash, meta.info_hash);
@@ -541,7 +455,7 @@ mod tests {
         let meta = torrent("t");
         write_files(&meta, &dir.0);
         let path = dir.0.join("r.json");
-        ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), 0, 0, None)
+        ResumeData::capture(&meta, &dir.0, &Bitfield::full(2))
             .save(&path)
             .unwrap();
         let good = fs::read_to_string(&path).unwrap();
@@ -577,14 +491,14 @@ mod tests {
         let meta = torrent("t");
         write_files(&meta, &dir.0);
         let path = dir.0.join("resume/r.json");
-        let first = ResumeData::capture(&meta, &dir.0, &have(&[0], 2), 1, 2, None);
+        let first = ResumeData::capture(&meta, &dir.0, &have(&[0], 2));
         first.save(&path).unwrap();
 
         // A crash between writing the temporary file and the rename leaves it behind.
         fs::write(tmp_path(&path), "{\"version\": 1, \"info_ha").unwrap();
         assert_eq!(ResumeData::load(&path).unwrap().as_ref(), Some(&first));
 
-        let second = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), 3, 4, Some(5));
+        let second = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2));
         second.save(&path).unwrap();
         assert_eq!(ResumeData::load(&path).unwrap(), Some(second));
         assert!(!tmp_path(&path).exists());

@@ -40,15 +40,40 @@ pub struct TrackerStatus {
 /// One torrent in a [`DaemonStatus`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TorrentStatus {
+    /// A small number naming the torrent while this daemon runs.
+    #[serde(default)]
+    pub id: u32,
     pub name: String,
-    /// Lower-case hex.
+    /// Lower-case hex; empty for a `[[torrent]]` whose file could not be read.
     pub info_hash: String,
-    /// `checking`, `downloading`, `seeding`, `queued`, `paused`, `finished` or `error`.
+    /// `metadata`, `queued` (for a download slot), `queued_seed` (complete, for a seed slot),
+    /// `checking`, `downloading`, `seeding`, `paused`, `finished` (a seeding limit stopped it),
+    /// `stopped` (the daemon stopped cleanly) or `error`.
     pub state: String,
     /// Verified fraction of the data, 0 to 1.
     pub progress: f64,
+    /// While `checking`: the fraction of pieces checked so far, 0 to 1.
+    #[serde(default)]
+    pub check_progress: Option<f64>,
     pub size_bytes: u64,
+    /// Verified bytes.
+    #[serde(default)]
+    pub have_bytes: u64,
+    /// Seconds left at the current rate, while downloading with a rate.
+    #[serde(default)]
+    pub eta_secs: Option<u64>,
+    /// Where its files are (`download_dir/<name>`).
+    #[serde(default)]
+    pub download_dir: String,
+    /// When it was first added, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub added_unix: u64,
+    /// Seconds spent seeding over its whole life.
+    #[serde(default)]
+    pub seeding_secs: u64,
+    /// Payload bytes received over its whole life (across restarts).
     pub downloaded_bytes: u64,
+    /// Payload bytes sent over its whole life (across restarts).
     pub uploaded_bytes: u64,
     /// Bytes per second.
     pub download_rate: u64,
@@ -151,41 +176,54 @@ impl DaemonStatus {
         })
     }
 
-    /// The table `btd status` prints and SIGUSR1 logs: a header `NAME STATE PROGRESS DOWN UP
-    /// PEERS RATIO`, one row per torrent, then, for each torrent with an error, a line
-    /// `error: NAME: message`, and last a totals row (torrent count, summed rates and peers)
-    /// aligned under the columns. Progress is a percent with one decimal, rounded down (100.0%
-    /// only when complete); rates are human-readable (`1.2 MB/s`, decimal units); ratio has two
+    /// The table `btd status` prints and SIGUSR1 logs: a header `ID NAME STATE SIZE HAVE
+    /// PROGRESS DOWN UP ETA PEERS RATIO` (and `SWARM` when a tracker counted one), one row per
+    /// torrent, then, for each torrent with an error, a line `error: NAME: message`, and last a
+    /// totals row (torrent count, summed sizes, rates and peers) aligned under the columns.
+    /// Progress is a percent with one decimal, rounded down (100.0% only when complete); a
+    /// checking torrent's state shows how far the check is (`checking 37.5%`); sizes and rates
+    /// are in binary units like the rate limits (`8.0 MiB`, `1.2 MiB/s`); ratio has two
     /// decimals. Column widths come from the content; names wider than 40 columns are cut with
     /// an ellipsis. Control and bidirectional-override characters in names (which come from
     /// strangers' torrents) are shown as `?`. Every line ends in `\n`; none has trailing spaces.
     #[must_use]
     pub fn table(&self) -> String {
-        const HEADER: [&str; 8] = [
-            "NAME", "STATE", "PROGRESS", "DOWN", "UP", "PEERS", "RATIO", "SWARM",
+        const HEADER: [&str; 12] = [
+            "ID", "NAME", "STATE", "SIZE", "HAVE", "PROGRESS", "DOWN", "UP", "ETA", "PEERS",
+            "RATIO", "SWARM",
         ];
         // Every column but NAME and STATE holds numbers, aligned on the right.
-        const RIGHT: [bool; 8] = [false, false, true, true, true, true, true, true];
+        const RIGHT: [bool; 12] = [
+            true, false, false, true, true, true, true, true, true, true, true, true,
+        ];
         // SWARM (seeders/leechers/completed from the tracker) only when a tracker told us.
         let columns = if self.torrents.iter().any(|t| t.swarm.is_some()) {
-            8
+            12
         } else {
-            7
+            11
         };
 
         let mut rows: Vec<Vec<String>> =
             vec![HEADER[..columns].iter().map(|h| (*h).to_owned()).collect()];
         for t in &self.torrents {
+            let state = match t.check_progress {
+                Some(done) => format!("{} {}", printable(&t.state), percent(done)),
+                None => printable(&t.state),
+            };
             let mut row = vec![
+                t.id.to_string(),
                 printable(&t.name),
-                printable(&t.state),
+                state,
+                bytes(t.size_bytes),
+                bytes(t.have_bytes),
                 percent(t.progress),
                 rate(t.download_rate),
                 rate(t.upload_rate),
+                t.eta_secs.map_or_else(|| "-".to_owned(), eta),
                 t.peers.to_string(),
                 ratio(t.ratio),
             ];
-            if columns == 8 {
+            if columns == 12 {
                 row.push(t.swarm.map_or_else(
                     || "-".to_owned(),
                     |s| format!("{}/{}/{}", s.seeders, s.leechers, s.completed),
@@ -197,12 +235,17 @@ impl DaemonStatus {
         let sum = |f: fn(&TorrentStatus) -> u64| {
             self.torrents.iter().map(f).fold(0u64, u64::saturating_add)
         };
+        // The count goes in the (left-aligned) NAME column, the sums under theirs.
         let mut totals = vec![
+            String::new(),
             format!("{count} torrent{}", if count == 1 { "" } else { "s" }),
             String::new(),
+            bytes(sum(|t| t.size_bytes)),
+            bytes(sum(|t| t.have_bytes)),
             String::new(),
             rate(sum(|t| t.download_rate)),
             rate(sum(|t| t.upload_rate)),
+            String::new(),
             sum(|t| u64::from(t.peers)).to_string(),
             String::new(),
         ];
@@ -215,7 +258,7 @@ impl DaemonStatus {
                 *width = (*width).max(display_width(cell));
             }
         }
-        widths[0] = widths[0].min(NAME_WIDTH_MAX);
+        widths[1] = widths[1].min(NAME_WIDTH_MAX);
 
         let line = |row: &Vec<String>| {
             let mut out = String::new();
@@ -260,21 +303,37 @@ impl DaemonStatus {
     }
 }
 
-/// `n` bytes per second, in decimal units with one decimal above 999 B/s.
-fn rate(bytes_per_sec: u64) -> String {
-    const UNITS: [&str; 6] = ["kB", "MB", "GB", "TB", "PB", "EB"];
-    if bytes_per_sec < 1000 {
-        return format!("{bytes_per_sec} B/s");
+/// `n` bytes in binary units (the unit family of the rate limits, KiB), with one decimal from
+/// 1 KiB on: `0 B`, `1023 B`, `1.0 KiB`, `8.0 MiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
     }
     // Precision loss is fine: one decimal is shown.
-    let mut value = bytes_per_sec as f64 / 1000.0;
+    let mut value = n as f64 / 1024.0;
     let mut unit = 0;
-    // 999.95 would print as "1000.0": move up a unit first.
-    while value >= 999.95 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
+    // 1023.95 would print as "1024.0": move up a unit first.
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
         unit += 1;
     }
-    format!("{value:.1} {}/s", UNITS[unit])
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `n` bytes per second, in the units of [`bytes`]: `1.2 MiB/s`.
+fn rate(bytes_per_sec: u64) -> String {
+    format!("{}/s", bytes(bytes_per_sec))
+}
+
+/// A time left: `42s`, `3m05s`, `2h07m`, `3d04h`.
+fn eta(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86_400 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{:02}h", secs / 86_400, secs % 86_400 / 3600),
+    }
 }
 
 /// A fraction as a percent with one decimal, rounded down so only 1 shows as 100.0%.
@@ -382,11 +441,19 @@ mod tests {
 
     fn torrent(name: &str, state: &str, progress: f64, down: u64, up: u64) -> TorrentStatus {
         TorrentStatus {
+            id: 7,
             name: name.to_owned(),
             info_hash: "ab".repeat(20),
             state: state.to_owned(),
             progress,
+            check_progress: None,
             size_bytes: 1 << 30,
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            have_bytes: (progress * f64::from(1u32 << 30)) as u64,
+            eta_secs: None,
+            download_dir: "/srv/downloads".to_owned(),
+            added_unix: 1_700_000_000,
+            seeding_secs: 0,
             downloaded_bytes: 1 << 29,
             uploaded_bytes: 1 << 28,
             download_rate: down,
@@ -494,8 +561,8 @@ mod tests {
         assert_eq!(
             status(vec![]).table(),
             "\
-NAME        STATE  PROGRESS   DOWN     UP  PEERS  RATIO
-0 torrents                   0 B/s  0 B/s      0
+ID  NAME        STATE  SIZE  HAVE  PROGRESS   DOWN     UP  ETA  PEERS  RATIO
+    0 torrents          0 B   0 B            0 B/s  0 B/s           0
 "
         );
     }
@@ -510,14 +577,20 @@ NAME        STATE  PROGRESS   DOWN     UP  PEERS  RATIO
         ]);
         table.torrents[1].peers = 12;
         table.torrents[2].ratio = 12.3;
+        table.torrents[0].eta_secs = Some(3725);
+        table.torrents[2].check_progress = Some(0.375);
+        for (i, t) in table.torrents.iter_mut().enumerate() {
+            t.id = u32::try_from(i).unwrap() + 1;
+        }
         // Written by hand: the CJK name is 16 columns, the combining accent takes none and the
-        // emoji two, the long name is cut to 39 columns plus the ellipsis.
+        // emoji two, the long name is cut to 39 columns plus the ellipsis. 0.42 GiB is 430.1 MiB,
+        // 1,234,567 B/s 1.2 MiB/s, 56,000 B/s 54.7 KiB/s; 1000 B/s is under a KiB.
         let expected = "\
-NAME                                      STATE        PROGRESS      DOWN         UP  PEERS  RATIO
-A.Very.Long.Torrent.Name.That.Goes.On.A…  downloading     42.0%  1.2 MB/s      0 B/s      3   0.50
-日本語のファイル                          seeding        100.0%     0 B/s  56.0 kB/s     12   0.50
-Caf\u{e9}\u{301} \u{1f3b5}                                   checking        99.9%   999 B/s   1.0 kB/s      3  12.30
-3 torrents                                                       1.2 MB/s  57.0 kB/s     18
+ID  NAME                                      STATE              SIZE       HAVE  PROGRESS       DOWN          UP    ETA  PEERS  RATIO
+ 1  A.Very.Long.Torrent.Name.That.Goes.On.A…  downloading     1.0 GiB  430.1 MiB     42.0%  1.2 MiB/s       0 B/s  1h02m      3   0.50
+ 2  日本語のファイル                          seeding         1.0 GiB    1.0 GiB    100.0%      0 B/s  54.7 KiB/s      -     12   0.50
+ 3  Caf\u{e9}\u{301} \u{1f3b5}                                   checking 37.5%  1.0 GiB    1.0 GiB     99.9%    999 B/s    1000 B/s      -      3  12.30
+    3 torrents                                                3.0 GiB    2.4 GiB            1.2 MiB/s  55.7 KiB/s            18
 ";
         assert_eq!(table.table(), expected);
     }
@@ -528,7 +601,7 @@ Caf\u{e9}\u{301} \u{1f3b5}                                   checking        99.
         let table = status(vec![torrent(&wide, "seeding", 1.0, 0, 0)]).table();
         let row = table.lines().nth(1).unwrap();
         // 19 wide characters (38 columns) and the ellipsis fit in 40; a 20th would not.
-        let expected_name = format!("{}… ", "漢".repeat(19));
+        let expected_name = format!(" 7  {}… ", "漢".repeat(19));
         assert!(row.starts_with(&expected_name), "{row}");
         let header = table.lines().next().unwrap();
         assert_eq!(display_width(row), display_width(header));
@@ -550,7 +623,7 @@ Caf\u{e9}\u{301} \u{1f3b5}                                   checking        99.
 
     #[test]
     fn rates_progress_and_ratio_format() {
-        let rates: Vec<_> = [0, 999, 1000, 1_234_567, 999_949, 999_999, u64::MAX]
+        let rates: Vec<_> = [0, 1023, 1024, 1_234_567, 1_048_523, 1_048_525, u64::MAX]
             .into_iter()
             .map(rate)
             .collect();
@@ -558,13 +631,21 @@ Caf\u{e9}\u{301} \u{1f3b5}                                   checking        99.
             rates,
             [
                 "0 B/s",
-                "999 B/s",
-                "1.0 kB/s",
-                "1.2 MB/s",
-                "999.9 kB/s",
-                "1.0 MB/s",
-                "18.4 EB/s"
+                "1023 B/s",
+                "1.0 KiB/s",
+                "1.2 MiB/s",
+                "1023.9 KiB/s",
+                "1.0 MiB/s",
+                "16.0 EiB/s"
             ]
+        );
+        let etas: Vec<_> = [0, 59, 60, 3599, 3600, 86_399, 86_400 * 3 + 3600 * 4]
+            .into_iter()
+            .map(eta)
+            .collect();
+        assert_eq!(
+            etas,
+            ["0s", "59s", "1m00s", "59m59s", "1h00m", "23h59m", "3d04h"]
         );
         let percents: Vec<_> = [0.0, 0.0004, 0.5, 0.99999, 1.0, 1.5, -1.0, f64::NAN]
             .into_iter()

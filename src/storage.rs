@@ -232,8 +232,13 @@ impl Storage {
 
     /// Hashes every piece that could hold data, on `threads` threads, and returns the pieces
     /// whose hash matches. Pieces touching a file we just created are skipped: they cannot be
-    /// there yet.
-    pub fn verify(&self, hashes: &[[u8; 20]], threads: usize) -> Bitfield {
+    /// there yet. `progress` counts the pieces checked (a display reads it as they go).
+    pub fn verify(
+        &self,
+        hashes: &[[u8; 20]],
+        threads: usize,
+        progress: &std::sync::atomic::AtomicU32,
+    ) -> Bitfield {
         let num_pieces = self.geometry.num_pieces;
         let next = std::sync::atomic::AtomicU32::new(0);
         let good = parking_lot::Mutex::new(Bitfield::new(num_pieces));
@@ -249,6 +254,7 @@ impl Storage {
                         if self.piece_matches(piece, &hashes[piece as usize], &mut buf) {
                             good.lock().set(piece);
                         }
+                        progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 });
             }
@@ -383,7 +389,10 @@ mod tests {
             info_bytes: std::sync::Arc::from(&b""[..]),
         };
         let storage = Storage::open(&dir, &meta, OpenMode::Download).unwrap();
-        assert_eq!(storage.verify(&hashes, 2).count_ones(), 0);
+        assert_eq!(
+            storage.verify(&hashes, 2, &Default::default()).count_ones(),
+            0
+        );
         for (i, chunk) in data.chunks(piece_len as usize).enumerate() {
             storage
                 .write_piece(u32::try_from(i).unwrap(), chunk)
@@ -395,7 +404,7 @@ mod tests {
         assert_eq!(&block[..], &data[16384 + 16000..16384 + 16100]);
         drop(storage);
         let reopened = Storage::open(&dir, &meta, OpenMode::Seed).unwrap();
-        assert!(reopened.verify(&hashes, 2).is_full());
+        assert!(reopened.verify(&hashes, 2, &Default::default()).is_full());
     }
 
     #[test]

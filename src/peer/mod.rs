@@ -17,6 +17,7 @@ use crate::metainfo::{Geometry, InfoHash};
 use crate::profile::{self, Role};
 use crate::ratelimit::Limits;
 use crate::storage::Storage;
+use crate::torrent::TorrentStats;
 use crate::torrent::picker::PeerKey;
 use crate::wire::extension::PexMessage;
 use crate::wire::{Bitfield, BlockRef, WireError};
@@ -119,21 +120,23 @@ pub enum PeerCommand {
     Shutdown,
 }
 
-/// Byte counters a peer thread updates and the coordinator samples for rates.
+/// Byte counters of one connection, which its thread updates and the coordinator samples for
+/// rates. The torrent's totals are counted separately, at the same moments, in
+/// [`TorrentContext::stats`], so they stay whole after the peer leaves.
 #[derive(Debug, Default)]
 pub struct PeerStats {
     /// Payload bytes received in piece messages.
     pub downloaded: AtomicU64,
-    /// Payload bytes sent in piece messages.
+    /// Payload bytes of piece messages written to the socket.
     pub uploaded: AtomicU64,
 }
 
 impl PeerStats {
-    pub(crate) fn add_downloaded(&self, n: usize) {
-        self.downloaded.fetch_add(n as u64, Ordering::Relaxed);
+    pub(crate) fn add_downloaded(&self, n: u64) {
+        self.downloaded.fetch_add(n, Ordering::Relaxed);
     }
-    pub(crate) fn add_uploaded(&self, n: usize) {
-        self.uploaded.fetch_add(n as u64, Ordering::Relaxed);
+    pub(crate) fn add_uploaded(&self, n: u64) {
+        self.uploaded.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -183,6 +186,9 @@ pub struct TorrentContext {
     pub info_bytes: Arc<[u8]>,
     /// A private torrent (BEP 27): no peer exchange.
     pub private: bool,
+    /// The torrent's counters: peer threads add every payload byte they move and reserve
+    /// uploads from its allowance.
+    pub stats: Arc<TorrentStats>,
     /// Milliseconds a socket write may make no progress before the peer is dropped (it stopped
     /// reading). Atomic so a config reload reaches sessions started afterwards.
     pub write_timeout_ms: AtomicU64,

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
@@ -235,6 +236,8 @@ fn run_connected(
     session.extended = theirs.supports_extension_protocol();
     session.fast = theirs.supports_fast();
     let reason = session.run();
+    // Blocks read for the peer but never written: not sent, so not counted.
+    session.release_unflushed();
     debug!("peer {addr}: disconnected: {reason}");
     let _ = session.stream.shutdown(Shutdown::Both);
     guard.reason = Some(reason);
@@ -251,6 +254,9 @@ struct Session<'a> {
     read_start: usize,
     read_end: usize,
     write_buf: Vec<u8>,
+    /// Payload bytes of the `piece` messages in `write_buf`: counted as uploaded once written,
+    /// returned to the torrent's upload allowance if they never are.
+    unflushed_payload: u64,
     /// Pieces we announced (bitfield + have): the only ones we serve.
     our_pieces: Bitfield,
     am_choking: bool,
@@ -294,6 +300,7 @@ impl<'a> Session<'a> {
             read_start: 0,
             read_end: 0,
             write_buf: Vec::with_capacity(UPLOAD_BATCH_BYTES + 64 * 1024),
+            unflushed_payload: 0,
             our_pieces: Bitfield::new(ctx.geometry.num_pieces),
             am_choking: true,
             am_interested: false,
@@ -468,6 +475,12 @@ impl<'a> Session<'a> {
                 self.upload_throttled = true;
                 break;
             }
+            if !self.ctx.stats.reserve_upload(u64::from(block.len)) {
+                // The torrent's seeding limit is reached: the daemon stops it shortly.
+                self.ctx.limits.upload.give_back(block.len as usize);
+                self.upload_throttled = true;
+                break;
+            }
             self.upload_queue.pop_front();
             let start = self.write_buf.len();
             encode_piece_header(block.piece, block.offset, block.len, &mut self.write_buf);
@@ -481,14 +494,24 @@ impl<'a> Session<'a> {
                 // Nothing wrong goes to the peer: drop the half-built message and the peer.
                 // The coordinator logs it and rechecks the torrent's data.
                 self.write_buf.truncate(start);
+                self.ctx.stats.release_upload(u64::from(block.len));
                 return Err(PeerError::ServeFailed {
                     piece: block.piece,
                     error: e.to_string(),
                 });
             }
-            self.stats.add_uploaded(block.len as usize);
+            self.unflushed_payload += u64::from(block.len);
         }
         Ok(())
+    }
+
+    /// Gives the payload still in the send buffer back to the upload allowance (the session
+    /// ended before writing it).
+    fn release_unflushed(&mut self) {
+        let payload = std::mem::take(&mut self.unflushed_payload);
+        if payload > 0 {
+            self.ctx.stats.release_upload(payload);
+        }
     }
 
     fn flush(&mut self) -> Result<(), PeerError> {
@@ -499,6 +522,14 @@ impl<'a> Session<'a> {
             .write_all(&self.write_buf)
             .map_err(PeerError::Write)?;
         self.write_buf.clear();
+        let payload = std::mem::take(&mut self.unflushed_payload);
+        if payload > 0 {
+            self.stats.add_uploaded(payload);
+            self.ctx
+                .stats
+                .uploaded
+                .fetch_add(payload, Ordering::Relaxed);
+        }
         self.last_sent = Instant::now();
         Ok(())
     }
@@ -638,7 +669,11 @@ impl<'a> Session<'a> {
                 data,
             } => {
                 let len = u32::try_from(data.len()).expect("decoder bounds piece messages");
-                self.stats.add_downloaded(data.len());
+                self.stats.add_downloaded(data.len() as u64);
+                self.ctx
+                    .stats
+                    .downloaded
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 trace!("peer {}: <- piece {piece}+{offset} ({len} B)", self.addr);
                 let block = BlockRef::new(piece, offset, len);
                 self.report(PeerEvent::BlockReceived { peer, block, data })?;

@@ -80,6 +80,11 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
     let (control_tx, control_rx) = crossbeam_channel::bounded(64);
     let (torrent_events_tx, torrent_events_rx) = crossbeam_channel::unbounded();
     let meta = Arc::clone(&params.meta);
+    let stats = Arc::new(TorrentStats::default());
+    stats
+        .total_bytes
+        .store(meta.geometry.total_len, Ordering::Relaxed);
+    stats.set_upload_allowance(params.upload_allowance);
     let context = Arc::new(TorrentContext {
         info_hash: meta.info_hash,
         our_id: params.peer_id,
@@ -90,20 +95,20 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
         listen_port: params.listen_port,
         info_bytes: Arc::clone(&meta.info_bytes),
         private: meta.private,
+        stats: Arc::clone(&stats),
         write_timeout_ms: Default::default(),
     });
     context.set_write_timeout(params.limits.write_timeout);
-    let stats = Arc::new(TorrentStats::default());
-    stats
-        .total_bytes
-        .store(meta.geometry.total_len, Ordering::Relaxed);
     let name = meta.name.clone();
+    let (alive, ended) = crossbeam_channel::bounded::<()>(0);
     let thread = {
         let context = Arc::clone(&context);
         let stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name(format!("torrent {name}"))
             .spawn(move || {
+                // Dropped when this thread ends, however it ends: `TorrentHandle::ended`.
+                let _alive = alive;
                 profile::run_as(Role::Coordinator, || {
                     match Coordinator::new(
                         params,
@@ -124,7 +129,8 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
         stats,
         events: torrent_events_rx,
         control: control_tx,
-        thread: Some(thread),
+        thread,
+        ended,
     })
 }
 
@@ -249,6 +255,7 @@ impl Coordinator {
             let (tx, rx) = crossbeam_channel::unbounded();
             let stats_for_tracker = Arc::clone(&stats);
             let config = AnnouncerConfig {
+                name: meta.name.clone(),
                 info_hash: meta.info_hash.0,
                 peer_id: params.peer_id,
                 port: params.listen_port,
@@ -325,9 +332,10 @@ impl Coordinator {
         };
         c.add_addrs(params.peers);
         if c.picker.is_complete() {
+            // Complete before this run: `started` says so with left=0. `completed` is only for
+            // a download that finishes while we run (trackers count it as a snatch).
             c.complete_announced = true;
             c.stats.complete.store(true, Ordering::Relaxed);
-            c.announce(AnnouncerCommand::Completed);
         }
         Ok(c)
     }
@@ -385,7 +393,9 @@ impl Coordinator {
                         self.connect_more();
                     }
                     Ok(Control::SetLimits(limits)) => {
-                        info!("torrent {}: limits changed", self.name());
+                        if limits != self.limits {
+                            info!("torrent {}: limits changed", self.name());
+                        }
                         self.context.set_write_timeout(limits.write_timeout);
                         self.limits = limits;
                     }
@@ -1081,9 +1091,6 @@ impl Coordinator {
             self.meta.geometry.num_pieces
         );
         self.announce(AnnouncerCommand::Completed);
-        if let Some(target) = &mut self.resume {
-            target.completed_unix.get_or_insert_with(unix_now);
-        }
         self.save_resume_later();
         let _ = self.torrent_events.send(TorrentEvent::Completed);
         for peer in self.peers.values() {
@@ -1146,12 +1153,6 @@ impl Coordinator {
         }
         self.stats.download_rate.store(down, Ordering::Relaxed);
         self.stats.upload_rate.store(up, Ordering::Relaxed);
-        let (d, u) = self
-            .peers
-            .values()
-            .fold((0, 0), |acc, p| (acc.0 + p.last_down, acc.1 + p.last_up));
-        self.stats.downloaded.fetch_max(d, Ordering::Relaxed);
-        self.stats.uploaded.fetch_max(u, Ordering::Relaxed);
 
         if now.duration_since(self.last_choke) >= CHOKE_INTERVAL {
             let rotate = now.duration_since(self.last_optimistic) >= OPTIMISTIC_INTERVAL;
@@ -1228,18 +1229,6 @@ impl Coordinator {
         }
     }
 
-    /// Totals across runs: (uploaded, downloaded) payload bytes.
-    fn transfer_totals(&self) -> (u64, u64) {
-        let (up, down) = self
-            .resume
-            .as_ref()
-            .map_or((0, 0), |t| (t.uploaded_before, t.downloaded_before));
-        (
-            up + self.stats.uploaded.load(Ordering::Relaxed),
-            down + self.stats.downloaded.load(Ordering::Relaxed),
-        )
-    }
-
     /// Queues a resume-data snapshot on a disk thread (after the writes already queued).
     fn save_resume_later(&mut self) {
         if self.rechecking {
@@ -1248,14 +1237,10 @@ impl Coordinator {
         let Some(target) = self.resume.clone() else {
             return;
         };
-        let (uploaded, downloaded) = self.transfer_totals();
         self.disk_send(DiskJob::SaveResume {
             meta: Arc::clone(&self.meta),
-            completed_unix: target.completed_unix,
             target,
             have: self.have.clone(),
-            uploaded,
-            downloaded,
         });
         self.resume_dirty = false;
         self.last_resume_save = Instant::now();
@@ -1355,15 +1340,7 @@ impl Coordinator {
                 self.name()
             );
         } else if let Some(target) = &self.resume {
-            let (uploaded, downloaded) = self.transfer_totals();
-            let saved = disk::save_resume(
-                &self.meta,
-                target,
-                &self.have,
-                uploaded,
-                downloaded,
-                target.completed_unix,
-            );
+            let saved = disk::save_resume(&self.meta, target, &self.have);
             if let Err(e) = saved {
                 error!("torrent {}: {e}", self.name());
             }
@@ -1384,10 +1361,4 @@ impl Coordinator {
 
 fn saturating_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -34,9 +34,6 @@ pub enum DiskJob {
         meta: Arc<Metainfo>,
         target: ResumeTarget,
         have: Bitfield,
-        uploaded: u64,
-        downloaded: u64,
-        completed_unix: Option<u64>,
     },
 }
 
@@ -222,21 +219,9 @@ fn run(storage: &Storage, job: DiskJob) -> DiskResult {
         }
         DiskJob::Sync => DiskResult::Synced(storage.sync_all()),
         DiskJob::CheckFiles => DiskResult::FilesChecked(storage.check_files()),
-        DiskJob::SaveResume {
-            meta,
-            target,
-            have,
-            uploaded,
-            downloaded,
-            completed_unix,
-        } => DiskResult::ResumeSaved(save_resume(
-            &meta,
-            &target,
-            &have,
-            uploaded,
-            downloaded,
-            completed_unix,
-        )),
+        DiskJob::SaveResume { meta, target, have } => {
+            DiskResult::ResumeSaved(save_resume(&meta, &target, &have))
+        }
     }
 }
 
@@ -249,19 +234,8 @@ pub fn save_resume(
     meta: &Metainfo,
     target: &ResumeTarget,
     have: &Bitfield,
-    uploaded: u64,
-    downloaded: u64,
-    completed_unix: Option<u64>,
 ) -> Result<(), ResumeError> {
-    ResumeData::capture(
-        meta,
-        &target.root,
-        have,
-        uploaded,
-        downloaded,
-        completed_unix,
-    )
-    .save(&target.path)
+    ResumeData::capture(meta, &target.root, have).save(&target.path)
 }
 
 #[cfg(test)]

@@ -47,14 +47,21 @@ pub enum TorrentEvent {
     RecheckNeeded(String),
 }
 
-/// Counters the coordinator publishes for progress displays and the announcer.
-#[derive(Debug, Default)]
+/// Counters of one run of a torrent (from its coordinator's start to its end), for progress
+/// displays, the announcer and the daemon's lifetime totals. The byte counts are exact: every
+/// peer thread adds what it moves as it moves it, so a peer that left still counts.
+#[derive(Debug)]
 pub struct TorrentStats {
     pub total_bytes: AtomicU64,
     pub verified_bytes: AtomicU64,
-    /// Payload bytes received from peers (including waste).
+    /// Payload bytes received in `piece` messages this run, by every peer (including waste).
     pub downloaded: AtomicU64,
+    /// Payload bytes of `piece` messages written to sockets this run, by every peer.
     pub uploaded: AtomicU64,
+    /// Payload bytes this run may still serve ([`u64::MAX`]: no limit). Peer threads reserve
+    /// each block from it before reading it for a peer, so a ratio limit stops uploads exactly;
+    /// see [`TorrentStats::reserve_upload`].
+    upload_allowance: AtomicU64,
     pub download_rate: AtomicU64,
     pub upload_rate: AtomicU64,
     pub peers: AtomicU32,
@@ -64,10 +71,61 @@ pub struct TorrentStats {
     pub swarm: Arc<crate::tracker::SwarmStats>,
 }
 
+impl Default for TorrentStats {
+    fn default() -> Self {
+        Self {
+            total_bytes: AtomicU64::new(0),
+            verified_bytes: AtomicU64::new(0),
+            downloaded: AtomicU64::new(0),
+            uploaded: AtomicU64::new(0),
+            upload_allowance: AtomicU64::new(u64::MAX),
+            download_rate: AtomicU64::new(0),
+            upload_rate: AtomicU64::new(0),
+            peers: AtomicU32::new(0),
+            complete: AtomicBool::new(false),
+            swarm: Arc::default(),
+        }
+    }
+}
+
 impl TorrentStats {
     /// Bytes still missing.
     pub fn left(&self) -> u64 {
         self.total_bytes.load(Ordering::Relaxed) - self.verified_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Sets how many more payload bytes this run may upload (`None`: no limit). Bytes already
+    /// reserved by peer threads are not taken back.
+    pub fn set_upload_allowance(&self, bytes: Option<u64>) {
+        self.upload_allowance
+            .store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// What is left of the upload allowance, `None` without a limit.
+    pub fn upload_allowance(&self) -> Option<u64> {
+        Some(self.upload_allowance.load(Ordering::Relaxed)).filter(|&b| b != u64::MAX)
+    }
+
+    /// Takes `bytes` from the upload allowance; false (and nothing taken) when less is left.
+    pub fn reserve_upload(&self, bytes: u64) -> bool {
+        self.upload_allowance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                if left == u64::MAX {
+                    Some(left)
+                } else {
+                    left.checked_sub(bytes)
+                }
+            })
+            .is_ok()
+    }
+
+    /// Returns a reservation that was not sent (the connection failed first).
+    pub fn release_upload(&self, bytes: u64) {
+        let _ = self
+            .upload_allowance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                (left != u64::MAX).then(|| left.saturating_add(bytes).min(u64::MAX - 1))
+            });
     }
 }
 
@@ -104,6 +162,8 @@ pub struct TorrentParams {
     pub global: Arc<Limits>,
     /// Where to keep resume data (the daemon); None for one-shot commands.
     pub resume: Option<ResumeTarget>,
+    /// Payload bytes this run may upload before a seeding limit is reached (`None`: no limit).
+    pub upload_allowance: Option<u64>,
     /// The process's disk threads.
     pub disk: disk::DiskPoolHandle,
 }
@@ -114,11 +174,6 @@ pub struct ResumeTarget {
     pub path: PathBuf,
     /// The download directory (files are under `root/<name>`).
     pub root: PathBuf,
-    /// Payload bytes moved in earlier runs, carried into the saved totals.
-    pub uploaded_before: u64,
-    pub downloaded_before: u64,
-    /// When the torrent first completed, if it did in an earlier run.
-    pub completed_unix: Option<u64>,
 }
 
 /// The engine's grip on a running torrent.
@@ -127,7 +182,45 @@ pub struct TorrentHandle {
     pub stats: Arc<TorrentStats>,
     pub events: Receiver<TorrentEvent>,
     control: Sender<Control>,
+    thread: JoinHandle<()>,
+    /// Disconnected when the coordinator thread ends (it holds the only sender).
+    ended: Receiver<()>,
+}
+
+/// A torrent told to stop whose coordinator may still be at it (announcing `stopped`,
+/// finishing disk writes). Nothing waits for it unless asked to, and then only until a
+/// deadline: the coordinator's end is a channel disconnecting, not a poll.
+pub struct Stopping {
+    pub stats: Arc<TorrentStats>,
     thread: Option<JoinHandle<()>>,
+    ended: Receiver<()>,
+}
+
+impl Stopping {
+    /// True once the coordinator has ended (its thread is then joined).
+    pub fn is_done(&mut self) -> bool {
+        let ended = matches!(
+            self.ended.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        );
+        ended && self.join()
+    }
+
+    /// Waits for the coordinator's end until `deadline`; true if it ended.
+    pub fn wait_until(&mut self, deadline: std::time::Instant) -> bool {
+        let ended = matches!(
+            self.ended.recv_deadline(deadline),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        );
+        ended && self.join()
+    }
+
+    fn join(&mut self) -> bool {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        true
+    }
 }
 
 impl TorrentHandle {
@@ -144,11 +237,19 @@ impl TorrentHandle {
         let _ = self.control.send(control);
     }
 
-    /// Stops the torrent gracefully and waits for its coordinator to finish.
-    pub fn stop(mut self) {
+    /// Tells the coordinator to stop gracefully and returns at once; see [`Stopping`].
+    pub fn begin_stop(self) -> Stopping {
         self.send(Control::Stop);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        Stopping {
+            stats: self.stats,
+            thread: Some(self.thread),
+            ended: self.ended,
         }
+    }
+
+    /// Stops the torrent gracefully and waits for its coordinator to finish.
+    pub fn stop(self) {
+        let mut stopping = self.begin_stop();
+        while !stopping.wait_until(std::time::Instant::now() + Duration::from_secs(3600)) {}
     }
 }

@@ -61,6 +61,8 @@ pub enum AnnouncerCommand {
 /// The announcer's fixed settings.
 #[derive(Clone, Debug)]
 pub struct AnnouncerConfig {
+    /// The torrent's name, for the log (a tracker's warnings and errors name their torrent).
+    pub name: String,
     /// The torrent's info hash.
     pub info_hash: [u8; 20],
     /// Our peer id.
@@ -461,9 +463,13 @@ impl Announcer {
             ),
             Some((last, earlier)) => {
                 for err in earlier {
-                    warn!("{err}");
+                    warn!("torrent {}: {err}", self.config.name);
                 }
-                warn!("{last}; retry in {}s", backoff.as_secs());
+                warn!(
+                    "torrent {}: {last}; retry in {}s",
+                    self.config.name,
+                    backoff.as_secs()
+                );
             }
         }
         Flow::Continue
@@ -484,7 +490,10 @@ impl Announcer {
             self.tracker_id = reply.tracker_id;
         }
         if let Some(warning) = &reply.warning {
-            warn!("tracker {url}: warning: {warning}");
+            warn!(
+                "torrent {}: tracker {url}: warning: {warning}",
+                self.config.name
+            );
         }
         let now = Instant::now();
         self.schedule
@@ -538,14 +547,20 @@ impl Announcer {
             let req = self.request(&url, Some(AnnounceEvent::Completed));
             match self.announce_to(&url, &req, self.config.stop_timeout) {
                 Ok(_) => debug!("tracker {url}: completed (before stopping)"),
-                Err(err) => warn!("{err} (sending completed before stopped)"),
+                Err(err) => warn!(
+                    "torrent {}: {err} (sending completed before stopped)",
+                    self.config.name
+                ),
             }
         }
         let Some(left) = deadline
             .checked_duration_since(Instant::now())
             .filter(|left| !left.is_zero())
         else {
-            warn!("tracker {url}: no time left to send stopped");
+            warn!(
+                "torrent {}: tracker {url}: no time left to send stopped",
+                self.config.name
+            );
             return;
         };
         let req = self.request(&url, Some(AnnounceEvent::Stopped));
@@ -553,7 +568,7 @@ impl Announcer {
             Ok(_) => debug!("tracker {url}: stopped"),
             // Many trackers answer `stopped` with an empty or partial body; the request got there.
             Err(err @ TrackerError::Malformed { .. }) => debug!("{err} (after stopped)"),
-            Err(err) => warn!("{err} (sending stopped)"),
+            Err(err) => warn!("torrent {}: {err} (sending stopped)", self.config.name),
         }
     }
 }
@@ -752,6 +767,7 @@ mod tests {
 
     fn config() -> AnnouncerConfig {
         AnnouncerConfig {
+            name: "test torrent".into(),
             info_hash: [0x5A; 20],
             peer_id: *b"-BT0001-announcertst",
             port: 6881,

@@ -416,7 +416,7 @@ fn btd_status_prints_the_table_of_a_running_daemon_and_fails_when_none_runs() {
     assert!(
         lines[header + 1..].iter().any(|l| {
             let words: Vec<&str> = l.split_whitespace().collect();
-            words.first() == Some(&"status-shown") && words.contains(&"seeding")
+            words.get(1) == Some(&"status-shown") && words.contains(&"seeding")
         }),
         "no row for the torrent: {}",
         out.description
@@ -514,7 +514,7 @@ fn a_seed_stops_uploading_at_its_ratio_limit_and_keeps_its_data() {
             .torrent(&p.info_hash)
             .is_some_and(|t| t.state == "finished")
     });
-    d.wait_log_contains(0, SHORT, "torrent ratio-capped: seeding limit reached");
+    d.wait_log_contains(0, SHORT, "torrent ratio-capped: ratio limit reached");
     let uploaded = s
         .status
         .torrent(&p.info_hash)
@@ -664,7 +664,12 @@ fn a_restart_after_the_data_changed_checks_it_again_and_repairs_it() {
     fs::write(&file, &bytes).expect("damage the downloaded file");
 
     let mut d = home.start("btd daemon (second run)");
-    d.wait_log_contains(0, SHORT, "torrent changed: checking data");
+    // The log names the file and why its resume data was not trusted.
+    let line = d.wait_log_contains(0, SHORT, "torrent changed: resume data not used: ");
+    assert!(
+        line.contains("changed/data.bin: size or modification time changed; checking data"),
+        "{line}"
+    );
     d.wait_seeding(&p.info_hash, TRANSFER);
     assert!(
         !d.log_contains("torrent changed: resume data matches"),

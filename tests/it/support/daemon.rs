@@ -23,7 +23,9 @@ use std::time::{Duration, Instant, SystemTime};
 pub const STOP_LIMIT: Duration = Duration::from_secs(5);
 
 /// The header of the status table (`btd status`, SIGUSR1), word by word.
-pub const TABLE_HEADER: [&str; 7] = ["NAME", "STATE", "PROGRESS", "DOWN", "UP", "PEERS", "RATIO"];
+pub const TABLE_HEADER: [&str; 11] = [
+    "ID", "NAME", "STATE", "SIZE", "HAVE", "PROGRESS", "DOWN", "UP", "ETA", "PEERS", "RATIO",
+];
 
 /// One `[[torrent]]` entry of a daemon's config: a `.torrent` path, or (with an empty `path`) a
 /// magnet link.

@@ -1,0 +1,180 @@
+//! Torrent records: what the daemon keeps about one torrent beyond its pieces, in the state
+//! directory as `<state_dir>/torrents/<hex info hash>.json` (beside a magnet link's fetched
+//! `.torrent`). A record belongs to the torrent, not to the config: its data location, when it
+//! was added and completed, its lifetime upload and download totals and seeding time survive
+//! restarts and changes of `[paths] download_dir`. The daemon's main thread is the only reader
+//! and writer; resume data (`resume.rs`) keeps the pieces, which a recheck may throw away, and a
+//! record is never thrown away with them.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::atomic_file::{self, AtomicFileError};
+use crate::metainfo::InfoHash;
+
+/// The format version this build writes and reads.
+pub const RECORD_VERSION: u32 = 1;
+
+/// One torrent's lifetime facts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TorrentRecord {
+    /// [`RECORD_VERSION`].
+    pub version: u32,
+    /// Lower-case hex.
+    pub info_hash: String,
+    /// Where its files are (`download_dir/<name>`), fixed when it was first added.
+    pub download_dir: PathBuf,
+    /// When it was first added, in seconds since the Unix epoch.
+    pub added_unix: u64,
+    /// When a download of it first completed (or it was first found complete).
+    pub completed_unix: Option<u64>,
+    /// Payload bytes sent to peers, over every run.
+    pub uploaded: u64,
+    /// Payload bytes received from peers, over every run (waste included).
+    pub downloaded: u64,
+    /// Seconds spent seeding (running with every piece), over every run.
+    pub seeding_secs: u64,
+}
+
+/// A record that could not be read or written, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("torrent record: {0}")]
+    Save(#[from] AtomicFileError),
+    #[error("{path}: cannot read the torrent record: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path}: not a valid torrent record: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl TorrentRecord {
+    /// A new torrent's record: added now, into `download_dir`, nothing moved yet.
+    #[must_use]
+    pub fn new(info_hash: &InfoHash, download_dir: &Path) -> Self {
+        Self {
+            version: RECORD_VERSION,
+            info_hash: info_hash.to_hex(),
+            download_dir: download_dir.to_owned(),
+            added_unix: unix_now(),
+            completed_unix: None,
+            uploaded: 0,
+            downloaded: 0,
+            seeding_secs: 0,
+        }
+    }
+
+    /// `<state_dir>/torrents/<hex info hash>.json`.
+    #[must_use]
+    pub fn path_in(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
+        state_dir
+            .join("torrents")
+            .join(format!("{}.json", info_hash.to_hex()))
+    }
+
+    /// Reads the record at `path`; `Ok(None)` when there is none.
+    ///
+    /// # Errors
+    /// `Read` when it exists but cannot be read; `Invalid` when it is not a record of this
+    /// version for `info_hash`.
+    pub fn load(path: &Path, info_hash: &InfoHash) -> Result<Option<Self>, RecordError> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(RecordError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let invalid = |reason: String| RecordError::Invalid {
+            path: path.to_owned(),
+            reason,
+        };
+        let record: Self = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+        if record.version != RECORD_VERSION {
+            return Err(invalid(format!(
+                "format version {}, this btd reads {RECORD_VERSION}",
+                record.version
+            )));
+        }
+        if !record.info_hash.eq_ignore_ascii_case(&info_hash.to_hex()) {
+            return Err(invalid(format!(
+                "recorded for torrent {}, not {info_hash}",
+                record.info_hash
+            )));
+        }
+        Ok(Some(record))
+    }
+
+    /// Replaces the file at `path` atomically (see `atomic_file`).
+    ///
+    /// # Errors
+    /// The step that failed, naming the file; the old record is then still in place.
+    pub fn save(&self, path: &Path) -> Result<(), RecordError> {
+        Ok(atomic_file::write_json(path, self)?)
+    }
+}
+
+/// Seconds since the Unix epoch.
+#[must_use]
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_dir::TempDir;
+
+    fn hash(byte: u8) -> InfoHash {
+        InfoHash([byte; 20])
+    }
+
+    #[test]
+    fn a_record_round_trips_and_a_missing_one_is_none() {
+        let dir = TempDir::new("record");
+        let path = TorrentRecord::path_in(&dir.0, &hash(7));
+        assert!(path.ends_with(format!("torrents/{}.json", hash(7).to_hex())));
+        assert!(TorrentRecord::load(&path, &hash(7)).unwrap().is_none());
+        let mut record = TorrentRecord::new(&hash(7), Path::new("/srv/data"));
+        record.uploaded = 3 << 30;
+        record.downloaded = 1 << 30;
+        record.seeding_secs = 86_400;
+        record.completed_unix = Some(1_700_000_000);
+        record.save(&path).unwrap();
+        assert_eq!(TorrentRecord::load(&path, &hash(7)).unwrap(), Some(record));
+    }
+
+    #[test]
+    fn a_record_of_another_torrent_or_version_or_garbage_is_refused_naming_the_file() {
+        let dir = TempDir::new("record-bad");
+        let path = dir.0.join("r.json");
+        TorrentRecord::new(&hash(1), Path::new("d"))
+            .save(&path)
+            .unwrap();
+        let err = TorrentRecord::load(&path, &hash(2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("r.json") && err.contains("recorded for torrent"),
+            "{err}"
+        );
+
+        let mut old = TorrentRecord::new(&hash(1), Path::new("d"));
+        old.version = 99;
+        old.save(&path).unwrap();
+        let err = TorrentRecord::load(&path, &hash(1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("format version 99"), "{err}");
+
+        std::fs::write(&path, "{\"version\": 1, \"info_ha").unwrap();
+        let err = TorrentRecord::load(&path, &hash(1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a valid torrent record"), "{err}");
+    }
+}
