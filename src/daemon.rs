@@ -1576,7 +1576,13 @@ impl Daemon {
             {
                 fetches.push(fetching.thread);
             }
-            self.stop_torrent(index, State::Stopped);
+            // Paused, finished and errored torrents say so in the last status file.
+            if matches!(
+                self.torrents[index].state,
+                State::Queued | State::Checking(_) | State::Running(_) | State::Stopped
+            ) {
+                self.stop_torrent(index, State::Stopped);
+            }
         }
         // Every run stops in parallel; wait for them on their channels, within the budget.
         let mut left = 0;
@@ -1823,6 +1829,78 @@ fn check_data(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const BLOCK: u64 = crate::wire::BLOCK_LEN as u64;
+
+    fn limits(ratio: f64, time_secs: u64) -> SeedLimits {
+        SeedLimits {
+            ratio,
+            time: Duration::from_secs(time_secs),
+        }
+    }
+
+    #[test]
+    fn no_seeding_limit_is_ever_reached_and_allows_any_upload() {
+        let none = limits(0.0, 0);
+        assert_eq!(none.reached(8 * MIB, u64::MAX, u64::MAX), None);
+        assert_eq!(none.upload_allowance(8 * MIB, 100 * MIB), None);
+    }
+
+    #[test]
+    fn the_ratio_limit_is_reached_at_ratio_times_size_rounded_up() {
+        let l = limits(1.5, 0);
+        assert_eq!(l.reached(8 * MIB, 12 * MIB - 1, 0), None);
+        assert_eq!(
+            l.reached(8 * MIB, 12 * MIB, 0),
+            Some(LimitReached::Ratio {
+                ratio: 1.5,
+                limit: 1.5
+            })
+        );
+        // 1/3 of 10 bytes is 3.33: 4 bytes reach it, 3 do not.
+        let third = limits(1.0 / 3.0, 0);
+        assert_eq!(third.reached(10, 3, 0), None);
+        assert!(third.reached(10, 4, 0).is_some());
+    }
+
+    #[test]
+    fn the_upload_allowance_ends_within_one_block_past_the_ratio_target() {
+        let l = limits(1.5, 0);
+        // A fresh torrent may send its target and one block more (a block that starts below
+        // the target is served whole).
+        assert_eq!(l.upload_allowance(8 * MIB, 0), Some(12 * MIB + BLOCK));
+        // Eight MiB already sent in earlier runs count.
+        assert_eq!(l.upload_allowance(8 * MIB, 8 * MIB), Some(4 * MIB + BLOCK));
+        // At or past the target, less than a block is left: nothing more is served.
+        assert!(l.upload_allowance(8 * MIB, 12 * MIB).unwrap() <= BLOCK);
+        assert_eq!(l.upload_allowance(8 * MIB, 20 * MIB), Some(0));
+    }
+
+    #[test]
+    fn the_time_limit_counts_lifetime_seconds_and_the_ratio_is_named_first() {
+        let l = limits(2.0, 3600);
+        assert_eq!(l.reached(MIB, 0, 3599), None);
+        assert_eq!(
+            l.reached(MIB, 0, 3600),
+            Some(LimitReached::Time {
+                seeded_secs: 3600,
+                limit_secs: 3600
+            })
+        );
+        assert!(matches!(
+            l.reached(MIB, 2 * MIB, 7200),
+            Some(LimitReached::Ratio { .. })
+        ));
+        assert_eq!(
+            l.reached(MIB, 0, 4000).unwrap().to_string(),
+            "seeding time limit reached (seeded 4000 s, limit 3600 s)"
+        );
+        assert_eq!(
+            l.reached(MIB, 2 * MIB, 0).unwrap().to_string(),
+            "ratio limit reached (ratio 2.000, limit 2)"
+        );
+    }
 
     #[test]
     fn storage_retries_wait_a_minute_then_double_up_to_half_an_hour() {

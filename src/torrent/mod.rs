@@ -253,3 +253,38 @@ impl TorrentHandle {
         while !stopping.wait_until(std::time::Instant::now() + Duration::from_secs(3600)) {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_reservations_never_pass_the_allowance_and_failed_ones_come_back() {
+        let stats = TorrentStats::default();
+        assert_eq!(stats.upload_allowance(), None);
+        assert!(
+            stats.reserve_upload(u64::MAX / 2),
+            "no limit: anything goes"
+        );
+        stats.release_upload(5);
+        assert_eq!(
+            stats.upload_allowance(),
+            None,
+            "a release keeps it unlimited"
+        );
+
+        stats.set_upload_allowance(Some(40_000));
+        assert!(stats.reserve_upload(16_384));
+        assert!(stats.reserve_upload(16_384));
+        assert!(
+            !stats.reserve_upload(16_384),
+            "7,232 bytes left: a block does not fit"
+        );
+        assert_eq!(stats.upload_allowance(), Some(7_232));
+        assert!(stats.reserve_upload(7_232), "the short last block does");
+        stats.release_upload(16_384);
+        assert_eq!(stats.upload_allowance(), Some(16_384));
+        stats.set_upload_allowance(None);
+        assert_eq!(stats.upload_allowance(), None);
+    }
+}
