@@ -12,12 +12,12 @@ use crate::support::daemon::{
     measure_download_rate, payload, watch_renamed, within,
 };
 use crate::support::{
-    LtClient, OpenTracker, PeerSpec, SHORT, TRANSFER, TempDir, assert_same_files, free_port,
-    next_ip, tree_digest, wait_until,
+    LtClient, OpenTracker, PeerSpec, SHORT, SilentTracker, TRANSFER, TempDir, assert_same_files,
+    free_port, next_ip, tree_digest, wait_until,
 };
 use std::ffi::OsString;
 use std::fs;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 const KIB: u64 = 1024;
@@ -242,11 +242,8 @@ fn term_exits_0_within_5_s_with_resume_data_for_every_torrent_and_no_pid_file() 
     let work = TempDir::new("daemon-term");
     // A tracker that accepts connections and never answers: the `stopped` announce must not hold
     // the daemon up past its stop timeout.
-    let silent = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a silent tracker");
-    let silent_url = format!(
-        "http://{}/announce",
-        silent.local_addr().expect("local addr")
-    );
+    let silent = SilentTracker::start();
+    let silent_url = silent.announce_url();
     let seeding = payload(&work, "seed", "term-seeding", MIB + 3, 16 * KIB, &[]);
     let leeching = payload(
         &work,
@@ -684,11 +681,8 @@ fn a_second_sigterm_during_a_slow_stop_exits_at_once() {
     let work = TempDir::new("daemon-term-twice");
     // A tracker that never answers: the graceful stop waits for the `stopped` announce, up to
     // announce.stop_timeout_secs (3 s by default).
-    let silent = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a silent tracker");
-    let url = format!(
-        "http://{}/announce",
-        silent.local_addr().expect("local addr")
-    );
+    let silent = SilentTracker::start();
+    let url = silent.announce_url();
     let p = payload(&work, "seed", "term-twice", MIB, 16 * KIB, &[url]);
     let mut home = DaemonHome::new("daemon-term-twice");
     home.add_torrent(TorrentEntry::new(&p.torrent))

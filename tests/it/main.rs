@@ -8,6 +8,7 @@ mod support;
 mod btd_tracker;
 mod create;
 mod daemon;
+mod daemon_accounting;
 mod daemon_magnet;
 mod daemon_reload;
 mod daemon_tracker;

@@ -300,6 +300,23 @@ pub struct TorrentStatus {
     /// Seeders, leechers and completed downloads from the tracker, when it counted them.
     #[serde(default)]
     pub swarm: Option<SwarmCounts>,
+    /// The torrent's number in this run of the daemon.
+    #[serde(default)]
+    pub id: Option<u32>,
+    /// Where the torrent's data is (its own, kept across restarts and config changes).
+    #[serde(default)]
+    pub download_dir: Option<String>,
+    /// Seconds spent seeding over the torrent's life (across restarts).
+    #[serde(default)]
+    pub seeding_secs: Option<u64>,
+    /// 0 to 1 while the state is `checking`.
+    #[serde(default)]
+    pub check_progress: Option<f64>,
+    /// Verified bytes.
+    #[serde(default)]
+    pub have_bytes: Option<u64>,
+    #[serde(default)]
+    pub eta_secs: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Shared machinery of the integration tests: temporary directories, deterministic payloads,
 //! file comparison by hash, bounded waits, and wrappers around the processes a test runs
-//! (btd itself, libtorrent and transmission through `scripts/clients/`, opentracker, a fake
-//! tracker). Every process is killed and every directory removed on `Drop`, also on panic; on
+//! (btd itself, libtorrent and transmission through `scripts/clients/`, opentracker, fake
+//! trackers: one answering garbage, one recording every announce, one that never answers). Every process is killed and every directory removed on `Drop`, also on panic; on
 //! panic each process's log is printed so the failure message says what the peers saw.
 
 #![allow(dead_code)] // each test file uses a different part of this module
@@ -12,9 +12,12 @@ mod process;
 mod torrent;
 mod tracker;
 
-pub use process::{Btd, LtClient, PeerSpec, Transmission, run_to_end};
+pub use process::{Btd, LtClient, PeerSpec, ScriptClient, Transmission, run_to_end};
 pub use torrent::{TorrentInfo, mktorrent};
-pub use tracker::{FakeTracker, OpenTracker, closed_port, free_port};
+pub use tracker::{
+    Announce, FakeTracker, OpenTracker, RecordingTracker, SilentTracker, TrackerReply, closed_port,
+    describe_announces, free_port,
+};
 
 use sha1::{Digest as _, Sha1};
 use std::collections::BTreeMap;
