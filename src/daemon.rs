@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
@@ -33,6 +32,7 @@ use crate::status::{DaemonStatus, SwarmCounts, TorrentStatus, TrackerStatus};
 use crate::storage::{OpenMode, Storage};
 use crate::torrent::{Control, ResumeTarget, Stopping, TorrentEvent, TorrentHandle, TorrentStats};
 use crate::tracker_server::{TrackerConfig, TrackerServer};
+use crate::watched::{self, Watched};
 use crate::wire::Bitfield;
 
 /// Why the daemon could not start (it never stops for anything else).
@@ -81,8 +81,9 @@ const LOOP_WAKE: Duration = Duration::from_millis(250);
 /// wait, doubled per failure up to [`STORAGE_RETRY_MAX`]; SIGHUP retries it at once.
 const STORAGE_RETRY_BASE: Duration = Duration::from_secs(60);
 const STORAGE_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
-/// The whole graceful stop must fit in 5 s; coordinators get this long to finish.
-const STOP_BUDGET: Duration = Duration::from_millis(4500);
+/// The whole graceful stop must fit in 5 s; coordinators get this long to finish (the rest is
+/// for records, the status file, the listener and the disk pool).
+const STOP_BUDGET: Duration = Duration::from_millis(4000);
 /// Torrent records are saved at least this often while their totals or seeding time move
 /// (and at once when a torrent is added, completes or stops).
 const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(60);
@@ -142,7 +143,7 @@ impl Origin {
 struct Fetching {
     /// Never sent on: dropping it (with the state) ends the fetch.
     _stop: Sender<()>,
-    thread: JoinHandle<()>,
+    thread: Watched<()>,
 }
 
 enum State {
@@ -840,16 +841,17 @@ impl Daemon {
         };
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let done = self.fetched_tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("metadata {}", t.name))
-            .spawn(move || {
+        let spawned = watched::spawn(
+            std::thread::Builder::new().name(format!("metadata {}", t.name)),
+            move || {
                 if let Some(result) = fetch_metadata(&params, &saved, &stop_rx) {
                     let _ = done.send(MetadataFetched {
                         info_hash: params.info_hash,
                         result,
                     });
                 }
-            });
+            },
+        );
         t.state = match spawned {
             Ok(thread) => State::Metadata(Fetching {
                 _stop: stop,
@@ -940,7 +942,7 @@ impl Daemon {
     fn reap_stopped(&mut self) {
         let mut index = 0;
         while index < self.stopping.len() {
-            if !self.stopping[index].1.is_done() {
+            if !self.stopping[index].1.thread.is_done() {
                 index += 1;
                 continue;
             }
@@ -1587,7 +1589,7 @@ impl Daemon {
         // Every run stops in parallel; wait for them on their channels, within the budget.
         let mut left = 0;
         for (_, stopping) in &mut self.stopping {
-            if !stopping.wait_until(deadline) {
+            if !stopping.thread.wait_until(deadline) {
                 left += 1;
             }
         }
@@ -1598,13 +1600,8 @@ impl Daemon {
             );
         }
         self.reap_stopped();
-        for thread in fetches {
-            while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if thread.is_finished() {
-                let _ = thread.join();
-            }
+        for mut thread in fetches {
+            thread.wait_until(deadline);
         }
         self.save_records();
         self.write_status();

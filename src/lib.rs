@@ -28,4 +28,5 @@ mod test_dir;
 pub mod torrent;
 pub mod tracker;
 pub mod tracker_server;
+pub mod watched;
 pub mod wire;

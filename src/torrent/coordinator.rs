@@ -7,7 +7,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, select};
@@ -27,6 +26,7 @@ use crate::ratelimit::Limits;
 use crate::storage::Storage;
 use crate::tracker::Tiers;
 use crate::tracker::announcer::{self, AnnounceStats, AnnouncerCommand, AnnouncerConfig};
+use crate::watched::{self, Watched};
 use crate::wire::extension::PexMessage;
 use crate::wire::{BLOCK_LEN, Bitfield, BlockRef};
 
@@ -100,15 +100,12 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
     });
     context.set_write_timeout(params.limits.write_timeout);
     let name = meta.name.clone();
-    let (alive, ended) = crossbeam_channel::bounded::<()>(0);
     let thread = {
         let context = Arc::clone(&context);
         let stats = Arc::clone(&stats);
-        std::thread::Builder::new()
-            .name(format!("torrent {name}"))
-            .spawn(move || {
-                // Dropped when this thread ends, however it ends: `TorrentHandle::ended`.
-                let _alive = alive;
+        watched::spawn(
+            std::thread::Builder::new().name(format!("torrent {name}")),
+            move || {
                 profile::run_as(Role::Coordinator, || {
                     match Coordinator::new(
                         params,
@@ -122,7 +119,8 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
                         Err(e) => error!("torrent {name}: cannot start: {e}"),
                     }
                 });
-            })?
+            },
+        )?
     };
     Ok(TorrentHandle {
         context,
@@ -130,7 +128,6 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
         events: torrent_events_rx,
         control: control_tx,
         thread,
-        ended,
     })
 }
 
@@ -215,7 +212,7 @@ struct Coordinator {
     disk_results: Receiver<DiskResult>,
     /// Jobs queued whose result has not come back.
     disk_in_flight: usize,
-    announcer: Option<(Sender<AnnouncerCommand>, JoinHandle<()>)>,
+    announcer: Option<(Sender<AnnouncerCommand>, Watched<()>)>,
     tracker_peers: Receiver<Vec<SocketAddr>>,
     events: Receiver<PeerEvent>,
     control: Receiver<Control>,
@@ -1345,15 +1342,9 @@ impl Coordinator {
                 error!("torrent {}: {e}", self.name());
             }
         }
-        if let Some((_, handle)) = announcer {
+        if let Some((_, mut handle)) = announcer {
             // The announcer has `stop_timeout` for its `stopped` announce; don't wait longer.
-            let deadline = Instant::now() + self.limits.stop_timeout + Duration::from_secs(1);
-            while !handle.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if handle.is_finished() {
-                let _ = handle.join();
-            }
+            handle.wait_until(Instant::now() + self.limits.stop_timeout + Duration::from_secs(1));
         }
         info!("torrent {}: stopped", self.name());
     }

@@ -12,7 +12,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -21,6 +20,7 @@ use crate::metainfo::Metainfo;
 use crate::peer::TorrentContext;
 use crate::ratelimit::Limits;
 use crate::storage::Storage;
+use crate::watched::Watched;
 use crate::wire::Bitfield;
 
 /// Orders from the engine to a coordinator.
@@ -182,45 +182,15 @@ pub struct TorrentHandle {
     pub stats: Arc<TorrentStats>,
     pub events: Receiver<TorrentEvent>,
     control: Sender<Control>,
-    thread: JoinHandle<()>,
-    /// Disconnected when the coordinator thread ends (it holds the only sender).
-    ended: Receiver<()>,
+    thread: Watched<()>,
 }
 
 /// A torrent told to stop whose coordinator may still be at it (announcing `stopped`,
 /// finishing disk writes). Nothing waits for it unless asked to, and then only until a
-/// deadline: the coordinator's end is a channel disconnecting, not a poll.
+/// deadline (see [`Watched`]).
 pub struct Stopping {
     pub stats: Arc<TorrentStats>,
-    thread: Option<JoinHandle<()>>,
-    ended: Receiver<()>,
-}
-
-impl Stopping {
-    /// True once the coordinator has ended (its thread is then joined).
-    pub fn is_done(&mut self) -> bool {
-        let ended = matches!(
-            self.ended.try_recv(),
-            Err(crossbeam_channel::TryRecvError::Disconnected)
-        );
-        ended && self.join()
-    }
-
-    /// Waits for the coordinator's end until `deadline`; true if it ended.
-    pub fn wait_until(&mut self, deadline: std::time::Instant) -> bool {
-        let ended = matches!(
-            self.ended.recv_deadline(deadline),
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
-        );
-        ended && self.join()
-    }
-
-    fn join(&mut self) -> bool {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        true
-    }
+    pub thread: Watched<()>,
 }
 
 impl TorrentHandle {
@@ -242,15 +212,17 @@ impl TorrentHandle {
         self.send(Control::Stop);
         Stopping {
             stats: self.stats,
-            thread: Some(self.thread),
-            ended: self.ended,
+            thread: self.thread,
         }
     }
 
     /// Stops the torrent gracefully and waits for its coordinator to finish.
     pub fn stop(self) {
         let mut stopping = self.begin_stop();
-        while !stopping.wait_until(std::time::Instant::now() + Duration::from_secs(3600)) {}
+        while !stopping
+            .thread
+            .wait_until(std::time::Instant::now() + Duration::from_secs(3600))
+        {}
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
@@ -20,6 +20,7 @@ use super::udp::UdpClient;
 use super::{
     AnnounceEvent, AnnounceRequest, AnnounceResponse, SwarmStats, Tiers, TrackerError, http, udp,
 };
+use crate::watched::{self, Watched};
 
 /// The first wait after a round in which no tracker answered; it doubles with each failed round.
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(15);
@@ -252,7 +253,7 @@ pub fn spawn(
     swarm: Arc<SwarmStats>,
     peers_tx: Sender<Vec<SocketAddr>>,
     commands: Receiver<AnnouncerCommand>,
-) -> std::io::Result<JoinHandle<()>> {
+) -> std::io::Result<Watched<()>> {
     let prefix = crate::hex::encode(&config.info_hash[..4]);
     let announcer = Announcer {
         schedule: Schedule::new(Instant::now()),
@@ -270,9 +271,10 @@ pub fn spawn(
         last_scrape: None,
         prefix,
     };
-    thread::Builder::new()
-        .name(format!("announcer {}", announcer.prefix))
-        .spawn(move || crate::profile::run_as(crate::profile::Role::Announcer, || announcer.run()))
+    watched::spawn(
+        thread::Builder::new().name(format!("announcer {}", announcer.prefix)),
+        move || crate::profile::run_as(crate::profile::Role::Announcer, || announcer.run()),
+    )
 }
 
 /// What the thread does after handling something.
@@ -788,16 +790,12 @@ mod tests {
         })
     }
 
-    fn join_within(handle: JoinHandle<()>, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !handle.is_finished() {
-            assert!(
-                Instant::now() < deadline,
-                "announcer still running after {limit:?}"
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
-        handle.join().expect("announcer panicked");
+    fn join_within(mut handle: Watched<()>, limit: Duration) {
+        assert!(
+            handle.wait_until(Instant::now() + limit),
+            "announcer still running after {limit:?}"
+        );
+        assert!(!handle.panicked(), "announcer panicked");
     }
 
     fn compact_reply(peers: &[u8]) -> Vec<u8> {
@@ -838,7 +836,7 @@ mod tests {
         config: AnnouncerConfig,
         swarm: Arc<SwarmStats>,
     ) -> (
-        JoinHandle<()>,
+        Watched<()>,
         Receiver<Vec<SocketAddr>>,
         Sender<AnnouncerCommand>,
     ) {
@@ -969,7 +967,7 @@ mod tests {
             commands_rx,
         )
         .unwrap();
-        assert_eq!(handle.thread().name(), Some("announcer 5a5a5a5a"));
+        assert_eq!(handle.name(), Some("announcer 5a5a5a5a"));
         join_within(handle, PATIENCE);
         tracker.join();
     }
