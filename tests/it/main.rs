@@ -23,3 +23,4 @@ mod swarm;
 mod tracker;
 mod transmission;
 mod udp_tracker;
+mod watch;
