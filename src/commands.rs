@@ -1,7 +1,8 @@
-//! The one-shot commands (`create`, `download`, `seed`) on top of the engine. Runs on the main
-//! thread: it starts the engine, waits for completion, a failure or a signal, shows progress,
-//! and stops everything in order. Errors are typed by exit status: bad input (2) or a runtime
-//! failure (1).
+//! The one-shot commands (`create`, `download`, `seed`) on top of the engine, and the clients of
+//! a running daemon (`status`, `add`, `remove`: its pid file, status file, watch directory and
+//! SIGHUP). Runs on the main thread: a transfer starts the engine, waits for completion, a
+//! failure or a signal, shows progress, and stops everything in order. Errors are typed by exit
+//! status: bad input (2) or a runtime failure (1).
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -21,7 +22,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::magnet::Magnet;
 use crate::metadata_fetch::{self, FetchError, FetchParams};
-use crate::metainfo::{MAX_PIECE_LEN, Metainfo};
+use crate::metainfo::{InfoHash, MAX_PIECE_LEN, Metainfo};
 use crate::status::{DaemonStatus, TorrentStatus};
 use crate::storage::{OpenMode, Storage};
 use crate::torrent::{TorrentEvent, TorrentHandle, TorrentStats};
@@ -541,16 +542,19 @@ pub fn status(config: &Config) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// `btd add`: puts a torrent (a copy of the `.torrent` file, or the magnet link as
-/// `<infohash>.magnet`) in the daemon's watch directory, sends SIGHUP, and waits until the
-/// daemon accepted (`*.added`) or refused (`*.invalid`) it.
+/// `btd add`: puts a torrent (a copy of the `.torrent` file, or the magnet link in a `.magnet`
+/// file) in the daemon's watch directory under a name of its own (info hash, pid, time), sends
+/// SIGHUP, and reports the daemon's answer to this request: that file renamed `*.added`, or
+/// `*.invalid`. Files left by earlier requests never count. A torrent the daemon already has is
+/// refused before anything is written, and named (from the status file); so is one the daemon
+/// refused because it got the same torrent meanwhile.
 ///
 /// # Errors
 /// `BadInput` for an unreadable torrent or a malformed magnet link; `Runtime` when no daemon
-/// runs, the config has no watch directory, or the daemon refused the torrent.
+/// runs, the config has no watch directory, the daemon has the torrent already or refused it.
 pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
-    // The watch file's content and name, and how the torrent is shown.
-    let (bytes, file_name, shown) = if Magnet::is_magnet(torrent) {
+    // The watch file's content and extension, the info hash, and how the torrent is shown.
+    let (bytes, extension, hash, shown) = if Magnet::is_magnet(torrent) {
         let magnet = Magnet::parse(torrent)
             .map_err(|e| CommandError::BadInput(format!("{torrent}: {e}")))?;
         let hash = magnet.info_hash;
@@ -558,7 +562,8 @@ pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
         let line = format!("{}\n", torrent.trim());
         (
             line.into_bytes(),
-            format!("{hash}.magnet"),
+            "magnet",
+            hash,
             format!("{name} ({hash})"),
         )
     } else {
@@ -566,11 +571,7 @@ pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
         let bytes = std::fs::read(torrent)
             .map_err(|e| CommandError::BadInput(format!("{torrent}: {e}")))?;
         let hash = meta.info_hash;
-        (
-            bytes,
-            format!("{hash}.torrent"),
-            format!("{} ({hash})", meta.name),
-        )
+        (bytes, "torrent", hash, format!("{} ({hash})", meta.name))
     };
     let pid = running_daemon(config)?;
     let Some(watch_dir) = &config.watch_dir else {
@@ -578,6 +579,15 @@ pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
             "the config has no [watch] dir: add the torrent as a [[torrent]] entry instead".into(),
         ));
     };
+    let already =
+        |name: &str| CommandError::Runtime(format!("{shown}: already in the daemon as {name}"));
+    if let Some(name) = name_in_daemon(config, &hash) {
+        return Err(already(&name));
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let file_name = format!("{hash}-{}-{nanos}.{extension}", std::process::id());
     let target = watch_dir.join(&file_name);
     // Not ending in .torrent or .magnet: the daemon takes the file only once it is whole.
     let temp = watch_dir.join(format!(".{file_name}.partial"));
@@ -594,8 +604,22 @@ pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
             return Ok(());
         }
         if invalid.exists() {
+            // A duplicate that arrived meanwhile shows in the status file the daemon writes
+            // after the scan (at once after a SIGHUP, else within its interval).
+            let until = Instant::now() + config.status_interval + Duration::from_secs(1);
+            while Instant::now() < until {
+                if let Some(name) = name_in_daemon(config, &hash) {
+                    return Err(already(&name));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let log = config
+                .log_file
+                .as_ref()
+                .map_or_else(String::new, |f| format!(" ({})", f.display()));
             return Err(CommandError::Runtime(format!(
-                "the daemon refused {torrent} (renamed {}); its log says why",
+                "the daemon refused {shown}, renaming {} to {}; its log{log} says why",
+                target.display(),
                 invalid.display()
             )));
         }
@@ -605,6 +629,18 @@ pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
         "the daemon (pid {pid}) did not pick up {} within {DAEMON_REPLY_TIMEOUT:?}",
         target.display()
     )))
+}
+
+/// The name of the daemon's torrent with `info_hash`, per its status file; `None` when it has
+/// none (or the file cannot be read yet).
+fn name_in_daemon(config: &Config, info_hash: &InfoHash) -> Option<String> {
+    let hex = info_hash.to_hex();
+    load_status(config)
+        .ok()?
+        .torrents
+        .into_iter()
+        .find(|t| t.info_hash.eq_ignore_ascii_case(&hex))
+        .map(|t| t.name)
 }
 
 /// `btd remove`: stops and forgets a torrent added through the watch directory (its data
