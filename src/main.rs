@@ -1,5 +1,6 @@
 //! btd's command line: parses arguments (clap), sets up logging (env_logger) and signals
-//! (ctrlc), runs the command and maps its error kind to the exit status. No logic of its own.
+//! (ctrlc), runs the command, and prints its error as `btd: error: ...` on stderr with the exit
+//! status of its kind. No logic of its own.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -124,7 +125,7 @@ fn main() {
     let code = match run(cli) {
         Ok(()) => 0,
         Err(e) => {
-            log::error!("{e}");
+            eprintln!("btd: error: {e}");
             e.exit_code()
         }
     };
@@ -156,13 +157,13 @@ fn signals() -> Result<crossbeam_channel::Receiver<()>, CommandError> {
 }
 
 /// `btd daemon`: the config decides the log level and target, so it is read before logging
-/// starts; errors before that go to stderr.
+/// starts. Errors go to stderr as `btd: error: ...`, and also to the log when it is a file.
 fn run_daemon(config_path: Option<&Path>) -> i32 {
     let path = config_path.unwrap_or(Path::new("config/btd.toml"));
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("btd: {e}");
+            eprintln!("btd: error: {e}");
             return 2;
         }
     };
@@ -178,29 +179,31 @@ fn run_daemon(config_path: Option<&Path>) -> i32 {
                 Some(log)
             }
             Err(e) => {
-                eprintln!("btd: {}: log.file: {e}", file.display());
+                eprintln!("btd: error: {}: log.file: {e}", file.display());
                 return 2;
             }
         },
         None => None,
     };
     builder.init();
+    let to_file = log_file.is_some();
+    let fail = |e: &dyn std::fmt::Display| {
+        if to_file {
+            log::error!("{e}");
+        }
+        eprintln!("btd: error: {e}");
+        1
+    };
     let signals = match daemon::signals() {
         Ok(signals) => signals,
-        Err(e) => {
-            log::error!("{e}");
-            return 1;
-        }
+        Err(e) => return fail(&e),
     };
     match Daemon::start(config, path, log_file) {
         Ok(daemon) => {
             daemon.run(&signals);
             0
         }
-        Err(e) => {
-            log::error!("{e}");
-            1
-        }
+        Err(e) => fail(&e),
     }
 }
 

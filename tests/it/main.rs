@@ -6,6 +6,7 @@
 mod support;
 
 mod btd_tracker;
+mod cli;
 mod create;
 mod daemon;
 mod daemon_magnet;

@@ -1,0 +1,96 @@
+//! What the admin sees at the command line: errors read `btd: error: ...` on stderr (no log
+//! timestamps or levels) with the exit status of their kind.
+
+use crate::support::daemon::DaemonHome;
+use crate::support::{Btd, SHORT, TempDir, next_ip};
+use std::ffi::OsString;
+use std::fs;
+use std::path::Path;
+
+/// Asserts that `stderr` holds exactly one line, `btd: error: ...` containing `needle`.
+fn assert_cli_error(stderr: &str, needle: &str, what: &str) {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        matches!(lines.as_slice(), [line] if line.starts_with("btd: error: ") && line.contains(needle)),
+        "{what}: want one line `btd: error: ...{needle}...` on stderr, got:\n{stderr}"
+    );
+}
+
+#[test]
+fn cli_errors_read_btd_error_on_stderr_without_log_timestamps_and_keep_their_exit_status() {
+    let tmp = TempDir::new("cli-errors");
+    let missing = tmp.path().join("no-such.torrent");
+    let garbage = tmp.path().join("garbage.torrent");
+    fs::write(&garbage, b"not a torrent").expect("write garbage");
+    let out_dir = tmp.subdir("out");
+    let home = DaemonHome::new("cli-errors");
+    let config = home.config_path();
+    let arg = |p: &Path| OsString::from(p);
+    let cases: Vec<(&str, Vec<OsString>, i32, String)> = vec![
+        (
+            "btd download of a missing torrent",
+            vec![
+                "download".into(),
+                arg(&missing),
+                "-o".into(),
+                arg(&out_dir),
+                "--bind".into(),
+                next_ip().to_string().into(),
+                "--port".into(),
+                "0".into(),
+            ],
+            2,
+            missing.display().to_string(),
+        ),
+        (
+            "btd create of a missing path",
+            vec![
+                "create".into(),
+                arg(&missing),
+                "-o".into(),
+                arg(&tmp.path().join("x.torrent")),
+            ],
+            2,
+            missing.display().to_string(),
+        ),
+        (
+            "btd status with no daemon",
+            vec!["status".into(), "--config".into(), arg(&config)],
+            1,
+            "no btd daemon is running".into(),
+        ),
+        (
+            "btd add of garbage",
+            vec!["add".into(), arg(&garbage), "--config".into(), arg(&config)],
+            2,
+            garbage.display().to_string(),
+        ),
+        (
+            "btd daemon with a missing config",
+            vec![
+                "daemon".into(),
+                "--config".into(),
+                arg(&tmp.path().join("nowhere.toml")),
+            ],
+            2,
+            "nowhere.toml".into(),
+        ),
+    ];
+    for (what, args, code, needle) in cases {
+        let out = Btd::run(args);
+        assert_eq!(out.status.code(), Some(code), "{what}: {}", out.description);
+        assert_cli_error(&out.stderr, &needle, what);
+    }
+
+    // A config with a wrong type: the daemon refuses it in the same form.
+    let mut bad = DaemonHome::new("cli-errors-bad-config");
+    bad.set("network", "listen_port", "6881").write_config();
+    let mut d = bad.spawn("btd daemon with listen_port = \"6881\"");
+    let status = d.proc.wait_exit(SHORT);
+    assert_eq!(status.code(), Some(2), "{}", d.proc.output());
+    assert_cli_error(
+        &d.proc.output(),
+        "network.listen_port: expected an integer from 0 to 65535, got the string \"6881\"",
+        "btd daemon with a wrong type",
+    );
+}
