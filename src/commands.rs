@@ -494,13 +494,11 @@ impl<'a> Progress<'a> {
     }
 }
 
-/// The pid of the daemon running for `config`, or a `Runtime` error saying none runs.
-fn running_daemon(config: &Config) -> Result<u32, CommandError> {
-    let pid_path = config.state_dir.join("btd.pid");
-    let shown = config
-        .source
-        .as_deref()
-        .map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+/// The pid of the daemon running on `state_dir` (of the config file `source`, `None` for the
+/// built-in defaults), or a `Runtime` error saying none runs.
+fn running_daemon(state_dir: &Path, source: Option<&Path>) -> Result<u32, CommandError> {
+    let pid_path = state_dir.join("btd.pid");
+    let shown = source.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
     match crate::pidfile::running_pid(&pid_path) {
         Ok(Some(pid)) => Ok(pid),
         Ok(None) => Err(CommandError::Runtime(format!(
@@ -514,8 +512,8 @@ fn running_daemon(config: &Config) -> Result<u32, CommandError> {
     }
 }
 
-fn load_status(config: &Config) -> Result<DaemonStatus, CommandError> {
-    let path = DaemonStatus::path_in(&config.state_dir);
+fn load_status(state_dir: &Path) -> Result<DaemonStatus, CommandError> {
+    let path = DaemonStatus::path_in(state_dir);
     DaemonStatus::load(&path).map_err(|e| CommandError::Runtime(e.to_string()))
 }
 
@@ -531,13 +529,15 @@ fn send_hangup(pid: u32) -> Result<(), CommandError> {
 /// How long `add` and `remove` wait for the daemon to act on their SIGHUP.
 const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// `btd status`: prints the running daemon's torrents from its status file.
+/// `btd status`: prints the torrents of the daemon running on `state_dir` (of the config file
+/// `source`, `None` for the built-in defaults) from its status file. It needs no more of the
+/// config, so it works while the rest of the file is broken.
 ///
 /// # Errors
 /// `Runtime` when no daemon runs for this config or its status file cannot be read.
-pub fn status(config: &Config) -> Result<(), CommandError> {
-    running_daemon(config)?;
-    let status = load_status(config)?;
+pub fn status(state_dir: &Path, source: Option<&Path>) -> Result<(), CommandError> {
+    running_daemon(state_dir, source)?;
+    let status = load_status(state_dir)?;
     print!("{}", status.table());
     Ok(())
 }
@@ -573,7 +573,7 @@ pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
         let hash = meta.info_hash;
         (bytes, "torrent", hash, format!("{} ({hash})", meta.name))
     };
-    let pid = running_daemon(config)?;
+    let pid = running_daemon(&config.state_dir, config.source.as_deref())?;
     let Some(watch_dir) = &config.watch_dir else {
         return Err(CommandError::Runtime(
             "the config has no [watch] dir: add the torrent as a [[torrent]] entry instead".into(),
@@ -635,7 +635,7 @@ pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
 /// none (or the file cannot be read yet).
 fn name_in_daemon(config: &Config, info_hash: &InfoHash) -> Option<String> {
     let hex = info_hash.to_hex();
-    load_status(config)
+    load_status(&config.state_dir)
         .ok()?
         .torrents
         .into_iter()
@@ -649,8 +649,8 @@ fn name_in_daemon(config: &Config, info_hash: &InfoHash) -> Option<String> {
 /// # Errors
 /// `Runtime` when no daemon runs, no torrent matches, or it came from a `[[torrent]]` entry.
 pub fn remove(config: &Config, what: &str) -> Result<(), CommandError> {
-    let pid = running_daemon(config)?;
-    let status = load_status(config)?;
+    let pid = running_daemon(&config.state_dir, config.source.as_deref())?;
+    let status = load_status(&config.state_dir)?;
     let matches: Vec<&TorrentStatus> = status
         .torrents
         .iter()
@@ -680,7 +680,7 @@ pub fn remove(config: &Config, what: &str) -> Result<(), CommandError> {
     send_hangup(pid)?;
     let deadline = Instant::now() + DAEMON_REPLY_TIMEOUT;
     while Instant::now() < deadline {
-        let gone = load_status(config)
+        let gone = load_status(&config.state_dir)
             .map(|s| !s.torrents.iter().any(|t| t.info_hash == torrent.info_hash))
             .unwrap_or(false);
         if gone {

@@ -564,6 +564,17 @@ impl Config {
         Self::parse(&text, path)
     }
 
+    /// Only `[paths] state_dir` of the config file at `path`, read leniently and resolved as
+    /// [`load`](Self::load) resolves it: for `btd status` while the rest of the file is broken
+    /// (a wrong value, a TOML syntax error elsewhere), which is when the admin is fixing it.
+    /// `None` when the file cannot tell: unreadable, a `state_dir` that is not a non-empty string
+    /// or has a syntax error on its lines, or none set while the file has syntax errors (which
+    /// may hide it).
+    #[must_use]
+    pub fn state_dir_only(path: &Path) -> Option<PathBuf> {
+        state_dir_in(&std::fs::read_to_string(path).ok()?, path)
+    }
+
     /// Parses and validates config text that came from `path`.
     ///
     /// # Errors
@@ -584,16 +595,7 @@ impl Config {
             key: key.into(),
             reason,
         };
-        let base = path
-            .and_then(Path::parent)
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_owned()
-            } else {
-                base.join(p)
-            }
-        };
+        let resolve = |p: &Path| resolve_in(path, p);
         let non_empty = |key: &str, p: &Path| {
             if p.as_os_str().is_empty() {
                 Err(err(key, "must not be empty".into()))
@@ -745,6 +747,46 @@ impl Config {
             max_peers_per_ip: self.max_peers_per_ip,
         }
     }
+}
+
+/// `p` as a config file at `config` means it: relative paths are relative to the file's
+/// directory (to the working directory for the built-in defaults).
+fn resolve_in(config: Option<&Path>, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_owned();
+    }
+    config
+        .and_then(Path::parent)
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        .join(p)
+}
+
+/// See [`Config::state_dir_only`]; `text` is the file at `path`.
+fn state_dir_in(text: &str, path: &Path) -> Option<PathBuf> {
+    let (root, errors) = toml::de::DeTable::parse_recoverable(text);
+    let paths = root.get_ref().get("paths").map(toml::Spanned::get_ref);
+    let entry = paths
+        .and_then(toml::de::DeValue::as_table)
+        .and_then(|t| t.get_key_value("state_dir"));
+    let state_dir = match entry {
+        None if errors.is_empty() && paths.is_none_or(toml::de::DeValue::is_table) => {
+            Paths::default().state_dir
+        }
+        None => return None,
+        Some((key, value)) => {
+            let dir = value.get_ref().as_str().filter(|d| !d.is_empty())?;
+            let lines = line_at(text, key.span().start).0..=line_at(text, value.span().end).0;
+            let broken = errors.iter().any(|e| {
+                e.span()
+                    .is_some_and(|at| lines.contains(&line_at(text, at.start).0))
+            });
+            if broken {
+                return None;
+            }
+            PathBuf::from(dir)
+        }
+    };
+    Some(resolve_in(Some(path), &state_dir))
 }
 
 /// The embedded tracker's config from `[tracker]`: None when it is disabled (its other keys are
@@ -1032,6 +1074,43 @@ mod tests {
                 (Some(line), key, reason),
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn the_state_dir_is_read_from_a_broken_config_when_the_file_can_tell_it() {
+        let dir = |text: &str| state_dir_in(text, Path::new("/etc/btd/t.toml"));
+        let st = Some(PathBuf::from("/etc/btd/st"));
+        assert_eq!(
+            dir("[paths]\nstate_dir = \"st\"\n[network]\nlisten_port = \"6881\"\n"),
+            st
+        );
+        assert_eq!(
+            dir("[network]\nlisten_port = \"6881\"\n[paths]\nstate_dir = \"st\"\n[rates\nx = 1\n"),
+            st,
+            "a syntax error elsewhere"
+        );
+        assert_eq!(
+            dir("[paths]\nstate_dir = \"/var/lib/btd\"\n[disk]\nhash_threads = 0\n"),
+            Some(PathBuf::from("/var/lib/btd"))
+        );
+        assert_eq!(
+            dir("[network]\nlisten_port = \"6881\"\n"),
+            Some(PathBuf::from("/etc/btd/state")),
+            "not set: the default"
+        );
+        for (text, why) in [
+            ("[paths]\nstate_dir = 5\n", "a wrong type"),
+            ("[paths]\nstate_dir = \"\"\n", "empty"),
+            ("[paths]\nstate_dir = \"st\n", "a syntax error on its line"),
+            (
+                "[paths\nstate_dir = \"st\"\n",
+                "a syntax error in its header",
+            ),
+            ("[rates\nx = 1\n", "not set, and a syntax error may hide it"),
+            ("paths = 5\n", "[paths] is not a table"),
+        ] {
+            assert_eq!(dir(text), None, "{why}: {text}");
         }
     }
 

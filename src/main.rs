@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use clap::{Parser, Subcommand};
 
 use btd::commands::{self, CommandError, CreateOptions, TransferOptions};
-use btd::config::Config;
+use btd::config::{Config, ConfigError};
 use btd::daemon::{self, Daemon, LogFile};
 use btd::tracker_server::{self, TrackerOptions};
 
@@ -132,14 +132,46 @@ fn main() {
     std::process::exit(code);
 }
 
-fn load_config(path: Option<&Path>) -> Result<Config, CommandError> {
-    let default = Path::new("config/btd.toml");
-    match path {
-        Some(path) => Config::load(path),
-        None if default.exists() => Config::load(default),
-        None => Ok(Config::default()),
-    }
-    .map_err(|e| CommandError::BadInput(e.to_string()))
+/// The config file read when `--config` is not given, if it exists.
+const DEFAULT_CONFIG: &str = "config/btd.toml";
+
+/// The config file of every command: `--config FILE`, else [`DEFAULT_CONFIG`] when it exists;
+/// `None` means the built-in defaults.
+fn config_file(given: Option<&Path>) -> Option<PathBuf> {
+    given.map(Path::to_path_buf).or_else(|| {
+        Path::new(DEFAULT_CONFIG)
+            .exists()
+            .then(|| DEFAULT_CONFIG.into())
+    })
+}
+
+fn read_config(file: Option<&Path>) -> Result<Config, ConfigError> {
+    file.map_or_else(|| Ok(Config::default()), Config::load)
+}
+
+fn load_config(given: Option<&Path>) -> Result<Config, CommandError> {
+    read_config(config_file(given).as_deref()).map_err(|e| CommandError::BadInput(e.to_string()))
+}
+
+/// `btd status`, also while the config file is broken (that is when the admin is fixing it):
+/// then only its `[paths] state_dir` is read, after a warning naming the config error.
+fn status(given: Option<&Path>) -> Result<(), CommandError> {
+    let file = config_file(given);
+    let state_dir = match read_config(file.as_deref()) {
+        Ok(config) => config.state_dir,
+        Err(e) => {
+            let Some(state_dir) = file.as_deref().and_then(Config::state_dir_only) else {
+                return Err(CommandError::BadInput(e.to_string()));
+            };
+            let error = e.to_string().replace('\n', " ");
+            eprintln!(
+                "btd: warning: {error}; showing the status from {}",
+                state_dir.display()
+            );
+            state_dir
+        }
+    };
+    commands::status(&state_dir, file.as_deref())
 }
 
 /// SIGINT/SIGTERM arrive on the returned channel; a second one exits at once.
@@ -159,7 +191,7 @@ fn signals() -> Result<crossbeam_channel::Receiver<()>, CommandError> {
 /// `btd daemon`: the config decides the log level and target, so it is read before logging
 /// starts. Errors go to stderr as `btd: error: ...`, and also to the log when it is a file.
 fn run_daemon(config_path: Option<&Path>) -> i32 {
-    let path = config_path.unwrap_or(Path::new("config/btd.toml"));
+    let path = config_path.unwrap_or(Path::new(DEFAULT_CONFIG));
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(e) => {
@@ -210,7 +242,7 @@ fn run_daemon(config_path: Option<&Path>) -> i32 {
 fn run(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
         Command::Daemon => unreachable!("handled before logging starts"),
-        Command::Status => commands::status(&load_config(cli.config.as_deref())?),
+        Command::Status => status(cli.config.as_deref()),
         Command::Add { torrent } => commands::add(&load_config(cli.config.as_deref())?, &torrent),
         Command::Remove { what } => commands::remove(&load_config(cli.config.as_deref())?, &what),
         Command::Create {

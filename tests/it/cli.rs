@@ -1,11 +1,14 @@
 //! What the admin sees at the command line: errors read `btd: error: ...` on stderr (no log
-//! timestamps or levels) with the exit status of their kind.
+//! timestamps or levels) with the exit status of their kind; `btd status` still works while the
+//! config file is broken (it warns and reads only `[paths] state_dir`).
 
-use crate::support::daemon::DaemonHome;
+use crate::support::daemon::{DaemonHome, TorrentEntry, is_table_header, payload};
 use crate::support::{Btd, SHORT, TempDir, next_ip};
 use std::ffi::OsString;
 use std::fs;
 use std::path::Path;
+
+const KIB: u64 = 1024;
 
 /// Asserts that `stderr` holds exactly one line, `btd: error: ...` containing `needle`.
 fn assert_cli_error(stderr: &str, needle: &str, what: &str) {
@@ -93,4 +96,68 @@ fn cli_errors_read_btd_error_on_stderr_without_log_timestamps_and_keep_their_exi
         "network.listen_port: expected an integer from 0 to 65535, got the string \"6881\"",
         "btd daemon with a wrong type",
     );
+}
+
+#[test]
+fn btd_status_works_while_the_config_file_is_broken() {
+    let work = TempDir::new("cli-status-broken");
+    let p = payload(&work, "seed", "status-broken", 100 * KIB, 16 * KIB, &[]);
+    let mut home = DaemonHome::new("cli-status-broken");
+    home.add_torrent(TorrentEntry::new(&p.torrent).download_dir(&p.dir))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    d.wait_seeding(&p.info_hash, SHORT);
+    let good = home.config_text();
+
+    // The admin is editing the config: a wrong type, then a TOML syntax error elsewhere.
+    for (what, text, needle) in [
+        (
+            "a wrong type",
+            good.replace("listen_port = 0", "listen_port = \"6881\""),
+            "network.listen_port: expected an integer",
+        ),
+        (
+            "a syntax error",
+            format!("{good}\n[rates\ndownload_kib_per_sec = 1\n"),
+            "line ",
+        ),
+    ] {
+        assert_ne!(text, good, "{what}: the edit changed nothing");
+        home.write_config_text(&text);
+        let out = home.cli(&["status".into()]);
+        out.assert_success();
+        let warnings: Vec<&str> = out.stderr.lines().collect();
+        let path = home.config_path().display().to_string();
+        assert!(
+            matches!(warnings.as_slice(), [w] if w.starts_with("btd: warning: ")
+                && w.contains(&path) && w.contains(needle)),
+            "{what}: want one warning naming the config error: {}",
+            out.description
+        );
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        let header = lines
+            .iter()
+            .position(|l| is_table_header(l))
+            .unwrap_or_else(|| panic!("{what}: no table: {}", out.description));
+        assert!(
+            lines[header + 1..]
+                .iter()
+                .any(|l| l.split_whitespace().next() == Some("status-broken")),
+            "{what}: no row for the torrent: {}",
+            out.description
+        );
+    }
+
+    // When even the state directory cannot be read, the config error stands.
+    home.write_config_text(&good.replace("state_dir = \"state\"", "state_dir = 5"));
+    let out = home.cli(&["status".into()]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.description);
+    assert_cli_error(
+        &out.stderr,
+        "paths.state_dir: expected a string (a path), got the integer 5",
+        "btd status with state_dir = 5",
+    );
+
+    home.write_config_text(&good);
+    d.stop("TERM");
 }
