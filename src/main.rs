@@ -1,6 +1,6 @@
-//! btd's command line: parses arguments (clap), sets up logging (env_logger) and signals
-//! (ctrlc), runs the command, and prints its error as `btd: error: ...` on stderr with the exit
-//! status of its kind. No logic of its own.
+//! btd's command line: parses arguments (clap), picks the config file, sets up logging
+//! (env_logger) and signals (ctrlc), runs the command, and prints its error as `btd: error: ...`
+//! on stderr with the exit status of its kind. No logic of its own.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,8 @@ use btd::tracker_server::{self, TrackerOptions};
 #[derive(Parser)]
 #[command(name = "btd", version, about = "A BitTorrent client and daemon")]
 struct Cli {
-    /// Config file (default: config/btd.toml when it exists, else built-in defaults).
+    /// Config file [default: config/btd.toml when it exists, else the built-in defaults, whose
+    /// paths are relative to the working directory: ./state, ./downloads].
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -61,7 +62,7 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 300)]
         metadata_timeout: u64,
     },
-    /// Run as a service: many torrents, configured by --config, controlled by signals.
+    /// Run as a service: many torrents, configured by the config file, controlled by signals.
     Daemon,
     /// Show the running daemon's torrents.
     Status,
@@ -191,8 +192,8 @@ fn signals() -> Result<crossbeam_channel::Receiver<()>, CommandError> {
 /// `btd daemon`: the config decides the log level and target, so it is read before logging
 /// starts. Errors go to stderr as `btd: error: ...`, and also to the log when it is a file.
 fn run_daemon(config_path: Option<&Path>) -> i32 {
-    let path = config_path.unwrap_or(Path::new(DEFAULT_CONFIG));
-    let config = match Config::load(path) {
+    let file = config_file(config_path);
+    let config = match read_config(file.as_deref()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("btd: error: {e}");
@@ -230,7 +231,16 @@ fn run_daemon(config_path: Option<&Path>) -> i32 {
         Ok(signals) => signals,
         Err(e) => return fail(&e),
     };
-    match Daemon::start(config, path, log_file) {
+    if file.is_none() {
+        log::info!(
+            "no --config and no {DEFAULT_CONFIG}: running on the built-in defaults (state {}, \
+             downloads {}); SIGHUP reads {DEFAULT_CONFIG} once it exists",
+            config.state_dir.display(),
+            config.download_dir.display()
+        );
+    }
+    let path = file.unwrap_or_else(|| DEFAULT_CONFIG.into());
+    match Daemon::start(config, &path, log_file) {
         Ok(daemon) => {
             daemon.run(&signals);
             0

@@ -1,11 +1,13 @@
 //! What the admin sees at the command line: errors read `btd: error: ...` on stderr (no log
 //! timestamps or levels) with the exit status of their kind; `btd status` still works while the
-//! config file is broken (it warns and reads only `[paths] state_dir`).
+//! config file is broken (it warns and reads only `[paths] state_dir`); `btd daemon` without
+//! `--config` does what its help says (config/btd.toml when it exists, else built-in defaults).
 
-use crate::support::daemon::{DaemonHome, TorrentEntry, is_table_header, payload};
-use crate::support::{Btd, SHORT, TempDir, next_ip};
+use crate::support::daemon::{DaemonHome, TorrentEntry, is_table_header, payload, within};
+use crate::support::{Btd, SHORT, TempDir, next_ip, run_to_end, wait_until};
 use std::ffi::OsString;
 use std::fs;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 
 const KIB: u64 = 1024;
@@ -160,4 +162,70 @@ fn btd_status_works_while_the_config_file_is_broken() {
 
     home.write_config_text(&good);
     d.stop("TERM");
+}
+
+#[test]
+fn btd_daemon_without_config_uses_config_btd_toml_when_it_exists_else_built_in_defaults() {
+    // No config at all: built-in defaults, relative to the working directory (./state); the
+    // default port is 6881, which something else may hold on a shared machine.
+    let bare = TempDir::new("cli-daemon-defaults");
+    let port_free = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 6881)).is_ok();
+    let mut cmd = Btd::command(["daemon"]);
+    cmd.current_dir(bare.path());
+    let mut d = Btd::spawn("btd daemon (no config)", cmd);
+    if port_free {
+        let addr = d.wait_listening();
+        assert_eq!(addr.port(), 6881, "{}", d.output());
+        assert!(
+            d.output().contains("built-in defaults"),
+            "the log does not say the built-in defaults are used:\n{}",
+            d.output()
+        );
+        let pid = fs::read_to_string(bare.path().join("state/btd.pid"))
+            .unwrap_or_else(|e| panic!("no ./state/btd.pid ({e}):\n{}", d.output()));
+        assert_eq!(pid.trim(), d.pid().to_string());
+        // `btd status` without --config, from the same directory, finds it.
+        let status_file = bare.path().join("state/status.json");
+        wait_until(within(SHORT), "./state/status.json", || {
+            status_file.exists()
+        });
+        let mut status = Btd::command(["status"]);
+        status.current_dir(bare.path());
+        let out = run_to_end("btd status (no config)", status, SHORT);
+        out.assert_success();
+        d.stop_and_assert_ok("TERM", SHORT);
+    } else {
+        let status = d.wait_exit(SHORT);
+        let out = d.output();
+        assert_eq!(status.code(), Some(1), "{out}");
+        assert_cli_error(&out, "0.0.0.0:6881", "btd daemon (no config), 6881 taken");
+    }
+
+    // config/btd.toml in the working directory is the default config.
+    let with_file = TempDir::new("cli-daemon-default-file");
+    let ip = next_ip();
+    let config_dir = with_file.subdir("config");
+    fs::write(
+        config_dir.join("btd.toml"),
+        format!(
+            "[paths]\nstate_dir = \"st\"\n[network]\nlisten_address = \"{ip}\"\nlisten_port = 0\n\
+             [status]\ninterval_secs = 1\n"
+        ),
+    )
+    .expect("write config/btd.toml");
+    let mut cmd = Btd::command(["daemon"]);
+    cmd.current_dir(with_file.path());
+    let mut d = Btd::spawn("btd daemon (config/btd.toml)", cmd);
+    let addr = d.wait_listening();
+    assert_eq!(addr.ip(), ip, "{}", d.output());
+    assert!(config_dir.join("st/btd.pid").exists(), "{}", d.output());
+    let status_file = config_dir.join("st/status.json");
+    wait_until(within(SHORT), "config/st/status.json", || {
+        status_file.exists()
+    });
+    let mut status = Btd::command(["status"]);
+    status.current_dir(with_file.path());
+    let out = run_to_end("btd status (config/btd.toml)", status, SHORT);
+    out.assert_success();
+    d.stop_and_assert_ok("TERM", SHORT);
 }
