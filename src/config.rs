@@ -324,7 +324,7 @@ fn integer<'de, D: Deserializer<'de>, T: Integer>(d: D) -> Result<T, D::Error> {
 fn number<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     match toml::Value::deserialize(d)? {
         toml::Value::Float(f) => Ok(f),
-        #[allow(clippy::cast_precision_loss)] // a ratio: precision beyond 2^53 does not matter
+        // A ratio: precision beyond 2^53 does not matter.
         toml::Value::Integer(i) => Ok(i as f64),
         _ => Err(expected("a number")),
     }
