@@ -1,7 +1,8 @@
-//! The one-shot commands (`create`, `download`, `seed`) on top of the engine. Runs on the main
-//! thread: it starts the engine, waits for completion, a failure or a signal, shows progress,
-//! and stops everything in order. Errors are typed by exit status: bad input (2) or a runtime
-//! failure (1).
+//! The one-shot commands (`create`, `download`, `seed`) on top of the engine, and the clients of
+//! a running daemon (`status`, `add`, `remove`: its pid file, status file, watch directory and
+//! SIGHUP). Runs on the main thread: a transfer starts the engine, waits for completion, a
+//! failure or a signal, shows progress, and stops everything in order. Errors are typed by exit
+//! status: bad input (2) or a runtime failure (1).
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -21,7 +22,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::magnet::Magnet;
 use crate::metadata_fetch::{self, FetchError, FetchParams};
-use crate::metainfo::{MAX_PIECE_LEN, Metainfo};
+use crate::metainfo::{InfoHash, MAX_PIECE_LEN, Metainfo};
 use crate::status::{DaemonStatus, TorrentStatus};
 use crate::storage::{OpenMode, Storage};
 use crate::torrent::{TorrentEvent, TorrentHandle, TorrentStats};
@@ -515,13 +516,11 @@ impl<'a> Progress<'a> {
     }
 }
 
-/// The pid of the daemon running for `config`, or a `Runtime` error saying none runs.
-fn running_daemon(config: &Config) -> Result<u32, CommandError> {
-    let pid_path = config.state_dir.join("btd.pid");
-    let shown = config
-        .source
-        .as_deref()
-        .map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+/// The pid of the daemon running on `state_dir` (of the config file `source`, `None` for the
+/// built-in defaults), or a `Runtime` error saying none runs.
+fn running_daemon(state_dir: &Path, source: Option<&Path>) -> Result<u32, CommandError> {
+    let pid_path = state_dir.join("btd.pid");
+    let shown = source.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
     match crate::pidfile::running_pid(&pid_path) {
         Ok(Some(pid)) => Ok(pid),
         Ok(None) => Err(CommandError::Runtime(format!(
@@ -535,8 +534,8 @@ fn running_daemon(config: &Config) -> Result<u32, CommandError> {
     }
 }
 
-fn load_status(config: &Config) -> Result<DaemonStatus, CommandError> {
-    let path = DaemonStatus::path_in(&config.state_dir);
+fn load_status(state_dir: &Path) -> Result<DaemonStatus, CommandError> {
+    let path = DaemonStatus::path_in(state_dir);
     DaemonStatus::load(&path).map_err(|e| CommandError::Runtime(e.to_string()))
 }
 
@@ -552,27 +551,32 @@ fn send_hangup(pid: u32) -> Result<(), CommandError> {
 /// How long `add` and `remove` wait for the daemon to act on their SIGHUP.
 const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// `btd status`: prints the running daemon's torrents from its status file.
+/// `btd status`: prints the torrents of the daemon running on `state_dir` (of the config file
+/// `source`, `None` for the built-in defaults) from its status file. It needs no more of the
+/// config, so it works while the rest of the file is broken.
 ///
 /// # Errors
 /// `Runtime` when no daemon runs for this config or its status file cannot be read.
-pub fn status(config: &Config) -> Result<(), CommandError> {
-    running_daemon(config)?;
-    let status = load_status(config)?;
+pub fn status(state_dir: &Path, source: Option<&Path>) -> Result<(), CommandError> {
+    running_daemon(state_dir, source)?;
+    let status = load_status(state_dir)?;
     print!("{}", status.table());
     Ok(())
 }
 
-/// `btd add`: puts a torrent (a copy of the `.torrent` file, or the magnet link as
-/// `<infohash>.magnet`) in the daemon's watch directory, sends SIGHUP, and waits until the
-/// daemon accepted (`*.added`) or refused (`*.invalid`) it.
+/// `btd add`: puts a torrent (a copy of the `.torrent` file, or the magnet link in a `.magnet`
+/// file) in the daemon's watch directory under a name of its own (info hash, pid, time), sends
+/// SIGHUP, and reports the daemon's answer to this request: that file renamed `*.added`, or
+/// `*.invalid`. Files left by earlier requests never count. A torrent the daemon already has is
+/// refused before anything is written, and named (from the status file); so is one the daemon
+/// refused because it got the same torrent meanwhile.
 ///
 /// # Errors
 /// `BadInput` for an unreadable torrent or a malformed magnet link; `Runtime` when no daemon
-/// runs, the config has no watch directory, or the daemon refused the torrent.
+/// runs, the config has no watch directory, the daemon has the torrent already or refused it.
 pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
-    // The watch file's content and name, and how the torrent is shown.
-    let (bytes, file_name, shown) = if Magnet::is_magnet(torrent) {
+    // The watch file's content and extension, the info hash, and how the torrent is shown.
+    let (bytes, extension, hash, shown) = if Magnet::is_magnet(torrent) {
         let magnet = Magnet::parse(torrent)
             .map_err(|e| CommandError::BadInput(format!("{torrent}: {e}")))?;
         let hash = magnet.info_hash;
@@ -580,7 +584,8 @@ pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
         let line = format!("{}\n", torrent.trim());
         (
             line.into_bytes(),
-            format!("{hash}.magnet"),
+            "magnet",
+            hash,
             format!("{name} ({hash})"),
         )
     } else {
@@ -588,18 +593,23 @@ pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
         let bytes = std::fs::read(torrent)
             .map_err(|e| CommandError::BadInput(format!("{torrent}: {e}")))?;
         let hash = meta.info_hash;
-        (
-            bytes,
-            format!("{hash}.torrent"),
-            format!("{} ({hash})", meta.name),
-        )
+        (bytes, "torrent", hash, format!("{} ({hash})", meta.name))
     };
-    let pid = running_daemon(config)?;
+    let pid = running_daemon(&config.state_dir, config.source.as_deref())?;
     let Some(watch_dir) = &config.watch_dir else {
         return Err(CommandError::Runtime(
             "the config has no [watch] dir: add the torrent as a [[torrent]] entry instead".into(),
         ));
     };
+    let already =
+        |name: &str| CommandError::Runtime(format!("{shown}: already in the daemon as {name}"));
+    if let Some(name) = name_in_daemon(config, &hash) {
+        return Err(already(&name));
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let file_name = format!("{hash}-{}-{nanos}.{extension}", std::process::id());
     let target = watch_dir.join(&file_name);
     // Not ending in .torrent or .magnet: the daemon takes the file only once it is whole.
     let temp = watch_dir.join(format!(".{file_name}.partial"));
@@ -616,8 +626,22 @@ pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
             return Ok(());
         }
         if invalid.exists() {
+            // A duplicate that arrived meanwhile shows in the status file the daemon writes
+            // after the scan (at once after a SIGHUP, else within its interval).
+            let until = Instant::now() + config.status_interval + Duration::from_secs(1);
+            while Instant::now() < until {
+                if let Some(name) = name_in_daemon(config, &hash) {
+                    return Err(already(&name));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let log = config
+                .log_file
+                .as_ref()
+                .map_or_else(String::new, |f| format!(" ({})", f.display()));
             return Err(CommandError::Runtime(format!(
-                "the daemon refused {torrent} (renamed {}); its log says why",
+                "the daemon refused {shown}, renaming {} to {}; its log{log} says why",
+                target.display(),
                 invalid.display()
             )));
         }
@@ -629,14 +653,26 @@ pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
     )))
 }
 
+/// The name of the daemon's torrent with `info_hash`, per its status file; `None` when it has
+/// none (or the file cannot be read yet).
+fn name_in_daemon(config: &Config, info_hash: &InfoHash) -> Option<String> {
+    let hex = info_hash.to_hex();
+    load_status(&config.state_dir)
+        .ok()?
+        .torrents
+        .into_iter()
+        .find(|t| t.info_hash.eq_ignore_ascii_case(&hex))
+        .map(|t| t.name)
+}
+
 /// `btd remove`: stops and forgets a torrent added through the watch directory (its data
 /// stays), by name or info hash.
 ///
 /// # Errors
 /// `Runtime` when no daemon runs, no torrent matches, or it came from a `[[torrent]]` entry.
 pub fn remove(config: &Config, what: &str) -> Result<(), CommandError> {
-    let pid = running_daemon(config)?;
-    let status = load_status(config)?;
+    let pid = running_daemon(&config.state_dir, config.source.as_deref())?;
+    let status = load_status(&config.state_dir)?;
     let matches: Vec<&TorrentStatus> = status
         .torrents
         .iter()
@@ -666,7 +702,7 @@ pub fn remove(config: &Config, what: &str) -> Result<(), CommandError> {
     send_hangup(pid)?;
     let deadline = Instant::now() + DAEMON_REPLY_TIMEOUT;
     while Instant::now() < deadline {
-        let gone = load_status(config)
+        let gone = load_status(&config.state_dir)
             .map(|s| !s.torrents.iter().any(|t| t.info_hash == torrent.info_hash))
             .unwrap_or(false);
         if gone {

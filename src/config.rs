@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::engine::EngineConfig;
 use crate::magnet::Magnet;
@@ -22,7 +22,7 @@ pub struct ConfigError {
     /// The line the error is on (1-based), when the file says where.
     pub line: Option<usize>,
     /// The key (`disk.hash_threads`, `torrent[0].path`), or the text of the line for a TOML
-    /// syntax or type error.
+    /// syntax error or an unknown key.
     pub key: String,
     pub reason: String,
 }
@@ -52,7 +52,9 @@ struct ConfigFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Paths {
+    #[serde(deserialize_with = "path")]
     state_dir: PathBuf,
+    #[serde(deserialize_with = "path")]
     download_dir: PathBuf,
 }
 
@@ -68,7 +70,9 @@ impl Default for Paths {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Watch {
+    #[serde(deserialize_with = "path")]
     dir: PathBuf,
+    #[serde(deserialize_with = "integer")]
     scan_interval_secs: u64,
 }
 
@@ -84,7 +88,9 @@ impl Default for Watch {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Log {
+    #[serde(deserialize_with = "string")]
     level: String,
+    #[serde(deserialize_with = "path")]
     file: PathBuf,
 }
 
@@ -100,9 +106,13 @@ impl Default for Log {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Network {
+    #[serde(deserialize_with = "string")]
     listen_address: String,
+    #[serde(deserialize_with = "integer")]
     listen_port: u16,
+    #[serde(deserialize_with = "integer")]
     connect_timeout_secs: u64,
+    #[serde(deserialize_with = "integer")]
     write_timeout_secs: u64,
 }
 
@@ -120,9 +130,13 @@ impl Default for Network {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Peers {
+    #[serde(deserialize_with = "integer")]
     max_per_torrent: usize,
+    #[serde(deserialize_with = "integer")]
     max_global: usize,
+    #[serde(deserialize_with = "integer")]
     max_per_ip: usize,
+    #[serde(deserialize_with = "integer")]
     upload_slots: usize,
 }
 
@@ -140,21 +154,27 @@ impl Default for Peers {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct Rates {
+    #[serde(deserialize_with = "integer")]
     download_kib_per_sec: u64,
+    #[serde(deserialize_with = "integer")]
     upload_kib_per_sec: u64,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct Seeding {
+    #[serde(deserialize_with = "number")]
     ratio_limit: f64,
+    #[serde(deserialize_with = "integer")]
     time_limit_mins: u64,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Queue {
+    #[serde(deserialize_with = "integer")]
     max_active_downloads: usize,
+    #[serde(deserialize_with = "integer")]
     max_active_seeds: usize,
 }
 
@@ -170,6 +190,7 @@ impl Default for Queue {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Status {
+    #[serde(deserialize_with = "integer")]
     interval_secs: u64,
 }
 
@@ -182,6 +203,7 @@ impl Default for Status {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Disk {
+    #[serde(deserialize_with = "integer")]
     hash_threads: usize,
 }
 
@@ -198,9 +220,13 @@ pub const MAX_STOP_TIMEOUT_SECS: u64 = 4;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Announce {
+    #[serde(deserialize_with = "integer")]
     numwant: u32,
+    #[serde(deserialize_with = "integer")]
     timeout_secs: u64,
+    #[serde(deserialize_with = "integer")]
     stop_timeout_secs: u64,
+    #[serde(deserialize_with = "integer")]
     udp_retransmit_base_ms: u64,
 }
 
@@ -218,11 +244,17 @@ impl Default for Announce {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Tracker {
+    #[serde(deserialize_with = "boolean")]
     enabled: bool,
+    #[serde(deserialize_with = "string")]
     listen: String,
+    #[serde(deserialize_with = "integer")]
     interval_secs: u64,
+    #[serde(deserialize_with = "integer")]
     min_interval_secs: u64,
+    #[serde(deserialize_with = "integer")]
     max_peers_per_torrent: usize,
+    #[serde(deserialize_with = "integer")]
     max_torrents: usize,
 }
 
@@ -243,14 +275,224 @@ impl Default for Tracker {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TorrentEntryFile {
+    #[serde(default, deserialize_with = "some_path")]
     path: Option<PathBuf>,
+    #[serde(default, deserialize_with = "some_string")]
     magnet: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "path")]
     download_dir: PathBuf,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "boolean")]
     paused: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strings")]
     peers: Vec<String>,
+}
+
+// ---- type checks in words -------------------------------------------------------------------
+// Each key's `deserialize_with` function takes the TOML value and fails with what the key takes
+// ("expected an integer from 0 to 65535"); `toml_error` adds the dotted key, the line and what
+// the file has instead. So no Rust or serde type name reaches the admin.
+
+/// An integer type of the config and its range in words (TOML integers are i64).
+trait Integer: TryFrom<i64> {
+    const RANGE: &'static str;
+}
+
+impl Integer for u16 {
+    const RANGE: &'static str = "an integer from 0 to 65535";
+}
+
+impl Integer for u32 {
+    const RANGE: &'static str = "an integer from 0 to 4294967295";
+}
+
+impl Integer for u64 {
+    const RANGE: &'static str = "an integer >= 0";
+}
+
+impl Integer for usize {
+    const RANGE: &'static str = "an integer >= 0";
+}
+
+fn expected<E: serde::de::Error>(what: &str) -> E {
+    E::custom(format!("expected {what}"))
+}
+
+fn integer<'de, D: Deserializer<'de>, T: Integer>(d: D) -> Result<T, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::Integer(i) => T::try_from(i).map_err(|_| expected(T::RANGE)),
+        _ => Err(expected(T::RANGE)),
+    }
+}
+
+/// A float; an integer is taken as one.
+fn number<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::Float(f) => Ok(f),
+        // A ratio: precision beyond 2^53 does not matter.
+        toml::Value::Integer(i) => Ok(i as f64),
+        _ => Err(expected("a number")),
+    }
+}
+
+fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::Boolean(b) => Ok(b),
+        _ => Err(expected("true or false")),
+    }
+}
+
+fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => Ok(s),
+        _ => Err(expected("a string")),
+    }
+}
+
+fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => Ok(s.into()),
+        _ => Err(expected("a string (a path)")),
+    }
+}
+
+fn some_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    string(d).map(Some)
+}
+
+fn some_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    path(d).map(Some)
+}
+
+fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let items = match toml::Value::deserialize(d)? {
+        toml::Value::Array(items) => items,
+        _ => return Err(expected("an array of strings")),
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            toml::Value::String(s) => Ok(s),
+            _ => Err(expected("an array of strings")),
+        })
+        .collect()
+}
+
+/// A `toml::from_str` error as a `ConfigError`. A wrong value is named by its dotted key, with
+/// what the key takes and what the file has (`network.listen_port: expected an integer from 0 to
+/// 65535, got the string "6881"`); anything else (a syntax error, an unknown key) by the text of
+/// its line, with the parser's message.
+fn toml_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+    let Some(span) = e.span() else {
+        return ConfigError {
+            path: path.to_owned(),
+            line: None,
+            key: "-".into(),
+            reason: e.message().trim().to_owned(),
+        };
+    };
+    let (line, line_text) = line_at(text, span.start);
+    let root = toml::de::DeTable::parse(text).ok();
+    let Some((key, value)) = root.as_ref().and_then(|r| value_at(r.get_ref(), &span, "")) else {
+        return ConfigError {
+            path: path.to_owned(),
+            line: Some(line),
+            key: format!("`{line_text}`"),
+            reason: e.message().trim().to_owned(),
+        };
+    };
+    let reason = wrong_shape(&key, value).unwrap_or_else(|| e.message().trim().to_owned());
+    ConfigError {
+        path: path.to_owned(),
+        line: Some(line),
+        reason: format!("{reason}, got {}", describe(value)),
+        key,
+    }
+}
+
+/// What a section (a top-level key), `torrent` or a `[[torrent]]` entry must be, when `value`
+/// at `key` is not that; `None` for other keys, whose functions above say what they take.
+fn wrong_shape(key: &str, value: &toml::de::DeValue<'_>) -> Option<String> {
+    let entry = key
+        .strip_prefix("torrent[")
+        .is_some_and(|rest| !rest.contains('.'));
+    if key == "torrent" {
+        let tables = matches!(value, toml::de::DeValue::Array(items)
+            if items.iter().all(|i| i.get_ref().is_table()));
+        (!tables).then(|| "expected an array of tables ([[torrent]] entries)".into())
+    } else if entry {
+        (!value.is_table()).then(|| "expected a table (a [[torrent]] entry)".into())
+    } else if !key.contains(['.', '[']) {
+        (!value.is_table()).then(|| format!("expected a table ([{key}])"))
+    } else {
+        None
+    }
+}
+
+/// The dotted key (`network.listen_port`, `torrent[0].peers[1]`) and the value whose span is
+/// `span`, under `table` at `prefix`.
+fn value_at<'a, 'i>(
+    table: &'a toml::de::DeTable<'i>,
+    span: &std::ops::Range<usize>,
+    prefix: &str,
+) -> Option<(String, &'a toml::de::DeValue<'i>)> {
+    table.iter().find_map(|(k, v)| {
+        let key = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
+        within(v, span, key)
+    })
+}
+
+fn within<'a, 'i>(
+    value: &'a toml::Spanned<toml::de::DeValue<'i>>,
+    span: &std::ops::Range<usize>,
+    key: String,
+) -> Option<(String, &'a toml::de::DeValue<'i>)> {
+    if value.span() == *span {
+        return Some((key, value.get_ref()));
+    }
+    match value.get_ref() {
+        toml::de::DeValue::Table(t) => value_at(t, span, &key),
+        toml::de::DeValue::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| within(item, span, format!("{key}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// A TOML value in words: `the string "6881"`, `the integer 70000`, `an array of tables`.
+fn describe(value: &toml::de::DeValue<'_>) -> String {
+    use toml::de::DeValue;
+    match value {
+        DeValue::String(s) => format!("the string {s:?}"),
+        DeValue::Integer(i) => format!("the integer {}", i.as_str()),
+        DeValue::Float(f) => format!("the float {}", f.as_str()),
+        DeValue::Boolean(b) => format!("the boolean {b}"),
+        DeValue::Datetime(d) => format!("the date-time {d}"),
+        DeValue::Array(items) if items.is_empty() => "an empty array".into(),
+        DeValue::Array(items) => {
+            let mut kinds: Vec<&str> = Vec::new();
+            for item in items.iter() {
+                let kind = match item.get_ref() {
+                    DeValue::String(_) => "strings",
+                    DeValue::Integer(_) => "integers",
+                    DeValue::Float(_) => "floats",
+                    DeValue::Boolean(_) => "booleans",
+                    DeValue::Datetime(_) => "date-times",
+                    DeValue::Array(_) => "arrays",
+                    DeValue::Table(_) => "tables",
+                };
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+            format!("an array of {}", kinds.join(" and "))
+        }
+        DeValue::Table(_) => "a table".into(),
+    }
 }
 
 /// Which torrent a `[[torrent]]` entry means: exactly one of its `path` and `magnet` keys.
@@ -327,26 +569,23 @@ impl Config {
         Self::parse(&text, path)
     }
 
+    /// Only `[paths] state_dir` of the config file at `path`, read leniently and resolved as
+    /// [`load`](Self::load) resolves it: for `btd status` while the rest of the file is broken
+    /// (a wrong value, a TOML syntax error elsewhere), which is when the admin is fixing it.
+    /// `None` when the file cannot tell: unreadable, a `state_dir` that is not a non-empty string
+    /// or has a syntax error on its lines, or none set while the file has syntax errors (which
+    /// may hide it).
+    #[must_use]
+    pub fn state_dir_only(path: &Path) -> Option<PathBuf> {
+        state_dir_in(&std::fs::read_to_string(path).ok()?, path)
+    }
+
     /// Parses and validates config text that came from `path`.
     ///
     /// # Errors
     /// A `ConfigError` naming `path`, the line, the key (or the line's text) and the reason.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|e| {
-            let (line, key) = match e.span() {
-                Some(span) => {
-                    let (line, line_text) = line_at(text, span.start);
-                    (Some(line), format!("`{line_text}`"))
-                }
-                None => (None, "-".into()),
-            };
-            ConfigError {
-                path: path.to_owned(),
-                line,
-                key,
-                reason: e.message().trim().to_owned(),
-            }
-        })?;
+        let file: ConfigFile = toml::from_str(text).map_err(|e| toml_error(text, path, &e))?;
         Self::from_file(file, Some(path)).map_err(|mut e| {
             e.line = key_line(text, &e.key);
             e
@@ -361,16 +600,7 @@ impl Config {
             key: key.into(),
             reason,
         };
-        let base = path
-            .and_then(Path::parent)
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_owned()
-            } else {
-                base.join(p)
-            }
-        };
+        let resolve = |p: &Path| resolve_in(path, p);
         let non_empty = |key: &str, p: &Path| {
             if p.as_os_str().is_empty() {
                 Err(err(key, "must not be empty".into()))
@@ -529,6 +759,46 @@ impl Config {
             max_peers_per_ip: self.max_peers_per_ip,
         }
     }
+}
+
+/// `p` as a config file at `config` means it: relative paths are relative to the file's
+/// directory (to the working directory for the built-in defaults).
+fn resolve_in(config: Option<&Path>, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_owned();
+    }
+    config
+        .and_then(Path::parent)
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        .join(p)
+}
+
+/// See [`Config::state_dir_only`]; `text` is the file at `path`.
+fn state_dir_in(text: &str, path: &Path) -> Option<PathBuf> {
+    let (root, errors) = toml::de::DeTable::parse_recoverable(text);
+    let paths = root.get_ref().get("paths").map(toml::Spanned::get_ref);
+    let entry = paths
+        .and_then(toml::de::DeValue::as_table)
+        .and_then(|t| t.get_key_value("state_dir"));
+    let state_dir = match entry {
+        None if errors.is_empty() && paths.is_none_or(toml::de::DeValue::is_table) => {
+            Paths::default().state_dir
+        }
+        None => return None,
+        Some((key, value)) => {
+            let dir = value.get_ref().as_str().filter(|d| !d.is_empty())?;
+            let lines = line_at(text, key.span().start).0..=line_at(text, value.span().end).0;
+            let broken = errors.iter().any(|e| {
+                e.span()
+                    .is_some_and(|at| lines.contains(&line_at(text, at.start).0))
+            });
+            if broken {
+                return None;
+            }
+            PathBuf::from(dir)
+        }
+    };
+    Some(resolve_in(Some(path), &state_dir))
 }
 
 /// The embedded tracker's config from `[tracker]`: None when it is disabled (its other keys are
@@ -697,6 +967,213 @@ mod tests {
         assert_eq!(e.key, "log.level");
         let e = parse("[seeding]\nratio_limit = -1.0\n").unwrap_err();
         assert_eq!(e.key, "seeding.ratio_limit");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_dotted_key_what_it_takes_and_what_the_file_has() {
+        let e = parse("[network]\nlisten_port = \"6881\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/btd/t.toml: line 2: network.listen_port: expected an integer from 0 to 65535, \
+             got the string \"6881\""
+        );
+        for (text, line, key, reason) in [
+            (
+                "[network]\nlisten_port = 70000\n",
+                2,
+                "network.listen_port",
+                "expected an integer from 0 to 65535, got the integer 70000",
+            ),
+            (
+                "# comment\n[disk]\nhash_threads = -1\n",
+                3,
+                "disk.hash_threads",
+                "expected an integer >= 0, got the integer -1",
+            ),
+            (
+                "[announce]\nnumwant = 1.5\n",
+                2,
+                "announce.numwant",
+                "expected an integer from 0 to 4294967295, got the float 1.5",
+            ),
+            (
+                "[status]\ninterval_secs = 1979-05-27\n",
+                2,
+                "status.interval_secs",
+                "expected an integer >= 0, got the date-time 1979-05-27",
+            ),
+            (
+                "[tracker]\nenabled = \"yes\"\n",
+                2,
+                "tracker.enabled",
+                "expected true or false, got the string \"yes\"",
+            ),
+            (
+                "[seeding]\nratio_limit = \"1.5\"\n",
+                2,
+                "seeding.ratio_limit",
+                "expected a number, got the string \"1.5\"",
+            ),
+            (
+                "[log]\nlevel = 3\n",
+                2,
+                "log.level",
+                "expected a string, got the integer 3",
+            ),
+            (
+                "[paths]\nstate_dir = [\"a\"]\n",
+                2,
+                "paths.state_dir",
+                "expected a string (a path), got an array of strings",
+            ),
+            (
+                "[network]\nlisten_address = { ip = \"::\" }\n",
+                2,
+                "network.listen_address",
+                "expected a string, got a table",
+            ),
+            (
+                "[[torrent]]\npath = \"a\"\npeers = \"192.0.2.1:6881\"\n",
+                3,
+                "torrent[0].peers",
+                "expected an array of strings, got the string \"192.0.2.1:6881\"",
+            ),
+            (
+                "[[torrent]]\npath = \"a\"\npeers = [\n  \"192.0.2.1:6881\",\n  6881,\n]\n",
+                3,
+                "torrent[0].peers",
+                "expected an array of strings, got an array of strings and integers",
+            ),
+            (
+                "[[torrent]]\npath = \"a\"\n[[torrent]]\npath = \"b\"\npaused = 1\n",
+                5,
+                "torrent[1].paused",
+                "expected true or false, got the integer 1",
+            ),
+            (
+                "[[torrent]]\npath = 1\n",
+                2,
+                "torrent[0].path",
+                "expected a string (a path), got the integer 1",
+            ),
+            (
+                "network = 5\n",
+                1,
+                "network",
+                "expected a table ([network]), got the integer 5",
+            ),
+            (
+                "[[network]]\nlisten_port = 1\n",
+                1,
+                "network",
+                "expected a table ([network]), got an array of tables",
+            ),
+            (
+                "torrent = \"a.torrent\"\n",
+                1,
+                "torrent",
+                "expected an array of tables ([[torrent]] entries), got the string \"a.torrent\"",
+            ),
+            (
+                "torrent = [\"a.torrent\"]\n",
+                1,
+                "torrent[0]",
+                "expected a table (a [[torrent]] entry), got the string \"a.torrent\"",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(
+                (e.line, e.key.as_str(), e.reason.as_str()),
+                (Some(line), key, reason),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_state_dir_is_read_from_a_broken_config_when_the_file_can_tell_it() {
+        let dir = |text: &str| state_dir_in(text, Path::new("/etc/btd/t.toml"));
+        let st = Some(PathBuf::from("/etc/btd/st"));
+        assert_eq!(
+            dir("[paths]\nstate_dir = \"st\"\n[network]\nlisten_port = \"6881\"\n"),
+            st
+        );
+        assert_eq!(
+            dir("[network]\nlisten_port = \"6881\"\n[paths]\nstate_dir = \"st\"\n[rates\nx = 1\n"),
+            st,
+            "a syntax error elsewhere"
+        );
+        assert_eq!(
+            dir("[paths]\nstate_dir = \"/var/lib/btd\"\n[disk]\nhash_threads = 0\n"),
+            Some(PathBuf::from("/var/lib/btd"))
+        );
+        assert_eq!(
+            dir("[network]\nlisten_port = \"6881\"\n"),
+            Some(PathBuf::from("/etc/btd/state")),
+            "not set: the default"
+        );
+        for (text, why) in [
+            ("[paths]\nstate_dir = 5\n", "a wrong type"),
+            ("[paths]\nstate_dir = \"\"\n", "empty"),
+            ("[paths]\nstate_dir = \"st\n", "a syntax error on its line"),
+            (
+                "[paths\nstate_dir = \"st\"\n",
+                "a syntax error in its header",
+            ),
+            ("[rates\nx = 1\n", "not set, and a syntax error may hide it"),
+            ("paths = 5\n", "[paths] is not a table"),
+        ] {
+            assert_eq!(dir(text), None, "{why}: {text}");
+        }
+    }
+
+    #[test]
+    fn every_key_of_the_shipped_config_reports_a_wrong_type_in_words() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/btd.toml");
+        let shipped: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap())
+            .expect("the shipped config is TOML");
+        let mut keys: Vec<String> = shipped
+            .iter()
+            .flat_map(|(section, table)| {
+                let table = table.as_table().expect("every section is a table");
+                table.keys().map(move |k| format!("{section}.{k}"))
+            })
+            .collect();
+        assert!(keys.len() > 30, "{keys:?}");
+        // The [[torrent]] keys, commented out there.
+        keys.extend(
+            ["path", "magnet", "download_dir", "paused", "peers"].map(|k| format!("torrent.{k}")),
+        );
+        let rust_words = [
+            "u16",
+            "u32",
+            "u64",
+            "usize",
+            "f64",
+            "struct",
+            "sequence",
+            "map",
+            "invalid type",
+        ];
+        for key in keys {
+            let (section, name) = key.split_once('.').unwrap();
+            // An inline table is the wrong type for every key.
+            let text = if section == "torrent" {
+                format!("[[torrent]]\n{name} = {{ x = 1 }}\n")
+            } else {
+                format!("[{section}]\n{name} = {{ x = 1 }}\n")
+            };
+            let e = parse(&text).unwrap_err();
+            let want = key.replace("torrent.", "torrent[0].");
+            assert_eq!((e.line, e.key.as_str()), (Some(2), want.as_str()), "{e}");
+            assert!(
+                e.reason.starts_with("expected ") && e.reason.ends_with(", got a table"),
+                "{e}"
+            );
+            for word in rust_words {
+                assert!(!e.reason.contains(word), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -505,6 +505,8 @@ pub struct Daemon {
     stopping: Vec<(InfoHash, Stopping)>,
     /// The id the next added torrent gets.
     next_id: u32,
+    /// Watch-dir files that did not parse yet (uploads in progress, or broken files settling).
+    watch_pending: WatchPending,
 }
 
 impl Daemon {
@@ -552,6 +554,7 @@ impl Daemon {
             level_from_env: std::env::var_os("RUST_LOG").is_some(),
             stopping: Vec::new(),
             next_id: 1,
+            watch_pending: WatchPending::default(),
         };
         info!(
             "daemon started (pid {}), config {}, state {}",
@@ -964,9 +967,10 @@ impl Daemon {
 
     // ---- the watch directory -------------------------------------------------------------
 
-    /// Adds new `*.torrent` and `*.magnet` files (renamed `*.added`, or `*.invalid` with the
-    /// reason logged), loads `*.added` files we do not know yet (after a restart), and removes
-    /// torrents whose `*.added` file is gone.
+    /// Adds new `*.torrent` and `*.magnet` files (renamed `*.added`; one that does not parse is
+    /// tried again at each scan until it has not changed for [`WATCH_SETTLE`], then renamed
+    /// `*.invalid` with the reason logged), loads `*.added` files we do not know yet (after a
+    /// restart), and removes torrents whose `*.added` file is gone.
     fn scan_watch_dir(&mut self) {
         let Some(dir) = self.config.watch_dir.clone() else {
             return;
@@ -980,6 +984,8 @@ impl Daemon {
         };
         let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
         names.sort();
+        self.watch_pending
+            .retain(|path| names.binary_search_by(|n| n.as_path().cmp(path)).is_ok());
         let known: HashSet<PathBuf> = self
             .torrents
             .iter()
@@ -1011,7 +1017,10 @@ impl Daemon {
         }
     }
 
-    /// Reads a watch-dir torrent or magnet link at `path`; on success it ends up at `added`.
+    /// Reads a watch-dir torrent or magnet link at `path`; on success it ends up at `added`. A
+    /// new file (`path` is not `added`) that does not parse waits for the next scan until it has
+    /// settled (see [`WatchPending`]); an `*.added` file, which the daemon itself renamed whole,
+    /// does not wait.
     fn add_watch_file(&mut self, path: &Path, added: &Path) {
         let invalid = |reason: String| {
             let target = with_suffix(path, WATCH_INVALID);
@@ -1022,8 +1031,13 @@ impl Daemon {
         };
         let origin = match read_watch_file(path) {
             Ok(origin) => origin,
-            Err(reason) => return invalid(reason),
+            Err(reason) if path != added && !self.watch_file_settled(path, &reason) => return,
+            Err(reason) => {
+                self.watch_pending.forget(path);
+                return invalid(reason);
+            }
         };
+        self.watch_pending.forget(path);
         if let Some(other) = self.find(&origin.info_hash()) {
             return invalid(format!(
                 "{}: duplicate of torrent {}",
@@ -1044,6 +1058,34 @@ impl Daemon {
             Vec::new(),
             false,
         );
+    }
+
+    /// Whether `path`, a new watch-dir file that did not parse (`reason`), has kept its size and
+    /// mtime for [`WATCH_SETTLE`], so that it is refused now; false while it may still be being
+    /// written, or when it is gone. The first time a file waits, the log says so.
+    fn watch_file_settled(&mut self, path: &Path, reason: &str) -> bool {
+        // A dangling symlink is judged by the link itself.
+        let meta = std::fs::metadata(path).or_else(|_| std::fs::symlink_metadata(path));
+        let Ok(meta) = meta else {
+            // Gone since the scan listed it.
+            self.watch_pending.forget(path);
+            return false;
+        };
+        let seen = FileLook {
+            len: meta.len(),
+            mtime: meta.modified().ok(),
+        };
+        match self.watch_pending.observe(path, seen, Instant::now()) {
+            Settling::FirstSeen => {
+                info!(
+                    "watch dir: {reason}; trying again until the file has not changed for {}s",
+                    WATCH_SETTLE.as_secs()
+                );
+                false
+            }
+            Settling::Waiting => false,
+            Settling::Settled => true,
+        }
     }
 
     // ---- scheduling ----------------------------------------------------------------------
@@ -1652,6 +1694,62 @@ fn read_watch_file(path: &Path) -> Result<Origin, String> {
     }
 }
 
+/// How long a new watch-dir file that does not parse must keep its size and mtime before it is
+/// refused: an upload in progress (SFTP, a web form) writes it in parts, seconds apart.
+const WATCH_SETTLE: Duration = Duration::from_secs(5);
+
+/// A file's size and mtime, as one scan of the watch directory saw them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileLook {
+    len: u64,
+    mtime: Option<std::time::SystemTime>,
+}
+
+/// Where a watch-dir file that does not parse stands.
+#[derive(Debug, PartialEq, Eq)]
+enum Settling {
+    /// Seen for the first time: it waits.
+    FirstSeen,
+    /// Changed since, or unchanged for less than [`WATCH_SETTLE`]: it waits.
+    Waiting,
+    /// Unchanged for [`WATCH_SETTLE`]: refuse it.
+    Settled,
+}
+
+/// The watch-dir files that did not parse yet: path -> how each looked and since when it has
+/// looked so. Only the main thread's scans use it; time is passed in.
+#[derive(Debug, Default)]
+struct WatchPending(std::collections::HashMap<PathBuf, (FileLook, Instant)>);
+
+impl WatchPending {
+    /// `path` did not parse and looks like `look` at `now`.
+    fn observe(&mut self, path: &Path, look: FileLook, now: Instant) -> Settling {
+        match self.0.get_mut(path) {
+            None => {
+                self.0.insert(path.to_owned(), (look, now));
+                Settling::FirstSeen
+            }
+            Some((before, since)) if *before != look => {
+                *before = look;
+                *since = now;
+                Settling::Waiting
+            }
+            Some((_, since)) if now.duration_since(*since) >= WATCH_SETTLE => Settling::Settled,
+            Some(_) => Settling::Waiting,
+        }
+    }
+
+    /// Done with `path`: added, refused, or gone.
+    fn forget(&mut self, path: &Path) {
+        self.0.remove(path);
+    }
+
+    /// Keeps the files for which `present` holds (those still in the watch directory).
+    fn retain(&mut self, present: impl Fn(&Path) -> bool) {
+        self.0.retain(|path, _| present(path));
+    }
+}
+
 /// Appends the addresses of `more` that `peers` lacks.
 fn merge_peers(peers: &mut Vec<SocketAddr>, more: &[SocketAddr]) {
     for addr in more {
@@ -1906,5 +2004,46 @@ mod tests {
             .collect();
         assert_eq!(minutes, [1, 2, 4, 8, 16, 30, 30, 30]);
         assert_eq!(storage_retry_after(u32::MAX), STORAGE_RETRY_MAX);
+    }
+
+    #[test]
+    fn a_watch_file_that_does_not_parse_is_refused_only_once_unchanged_for_the_settle_time() {
+        let path = Path::new("/watch/slow.torrent");
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let look = |len: u64| FileLook { len, mtime: None };
+        let mut pending = WatchPending::default();
+        assert_eq!(pending.observe(path, look(100), t0), Settling::FirstSeen);
+        assert_eq!(pending.observe(path, look(100), at(4)), Settling::Waiting);
+        // The upload goes on: the wait starts again.
+        assert_eq!(pending.observe(path, look(300), at(4)), Settling::Waiting);
+        assert_eq!(pending.observe(path, look(300), at(8)), Settling::Waiting);
+        assert_eq!(pending.observe(path, look(300), at(9)), Settling::Settled);
+        // A new mtime alone is a change too.
+        let touched = FileLook {
+            len: 300,
+            mtime: Some(std::time::SystemTime::UNIX_EPOCH),
+        };
+        assert_eq!(pending.observe(path, touched, at(9)), Settling::Waiting);
+        assert_eq!(pending.observe(path, touched, at(14)), Settling::Settled);
+    }
+
+    #[test]
+    fn pending_watch_files_are_forgotten_once_gone() {
+        let (a, b) = (Path::new("/watch/a.torrent"), Path::new("/watch/b.magnet"));
+        let t0 = Instant::now();
+        let look = FileLook {
+            len: 0,
+            mtime: None,
+        };
+        let mut pending = WatchPending::default();
+        pending.observe(a, look, t0);
+        pending.observe(b, look, t0);
+        pending.retain(|p| p == b);
+        pending.forget(b);
+        // Both start over: a file written again under the same name gets the whole wait.
+        let later = t0 + WATCH_SETTLE;
+        assert_eq!(pending.observe(a, look, later), Settling::FirstSeen);
+        assert_eq!(pending.observe(b, look, later), Settling::FirstSeen);
     }
 }

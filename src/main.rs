@@ -1,5 +1,6 @@
-//! btd's command line: parses arguments (clap), sets up logging (env_logger) and signals
-//! (ctrlc), runs the command and maps its error kind to the exit status. No logic of its own.
+//! btd's command line: parses arguments (clap), picks the config file, sets up logging
+//! (env_logger) and signals (ctrlc), runs the command, and prints its error as `btd: error: ...`
+//! on stderr with the exit status of its kind. No logic of its own.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -8,14 +9,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use clap::{Parser, Subcommand};
 
 use btd::commands::{self, CommandError, CreateOptions, TransferOptions};
-use btd::config::Config;
+use btd::config::{Config, ConfigError};
 use btd::daemon::{self, Daemon, LogFile};
 use btd::tracker_server::{self, TrackerOptions};
 
 #[derive(Parser)]
 #[command(name = "btd", version, about = "A BitTorrent client and daemon")]
 struct Cli {
-    /// Config file (default: config/btd.toml when it exists, else built-in defaults).
+    /// Config file [default: config/btd.toml when it exists, else the built-in defaults, whose
+    /// paths are relative to the working directory: ./state, ./downloads].
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -60,7 +62,7 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 300)]
         metadata_timeout: u64,
     },
-    /// Run as a service: many torrents, configured by --config, controlled by signals.
+    /// Run as a service: many torrents, configured by the config file, controlled by signals.
     Daemon,
     /// Show the running daemon's torrents.
     Status,
@@ -124,21 +126,53 @@ fn main() {
     let code = match run(cli) {
         Ok(()) => 0,
         Err(e) => {
-            log::error!("{e}");
+            eprintln!("btd: error: {e}");
             e.exit_code()
         }
     };
     std::process::exit(code);
 }
 
-fn load_config(path: Option<&Path>) -> Result<Config, CommandError> {
-    let default = Path::new("config/btd.toml");
-    match path {
-        Some(path) => Config::load(path),
-        None if default.exists() => Config::load(default),
-        None => Ok(Config::default()),
-    }
-    .map_err(|e| CommandError::BadInput(e.to_string()))
+/// The config file read when `--config` is not given, if it exists.
+const DEFAULT_CONFIG: &str = "config/btd.toml";
+
+/// The config file of every command: `--config FILE`, else [`DEFAULT_CONFIG`] when it exists;
+/// `None` means the built-in defaults.
+fn config_file(given: Option<&Path>) -> Option<PathBuf> {
+    given.map(Path::to_path_buf).or_else(|| {
+        Path::new(DEFAULT_CONFIG)
+            .exists()
+            .then(|| DEFAULT_CONFIG.into())
+    })
+}
+
+fn read_config(file: Option<&Path>) -> Result<Config, ConfigError> {
+    file.map_or_else(|| Ok(Config::default()), Config::load)
+}
+
+fn load_config(given: Option<&Path>) -> Result<Config, CommandError> {
+    read_config(config_file(given).as_deref()).map_err(|e| CommandError::BadInput(e.to_string()))
+}
+
+/// `btd status`, also while the config file is broken (that is when the admin is fixing it):
+/// then only its `[paths] state_dir` is read, after a warning naming the config error.
+fn status(given: Option<&Path>) -> Result<(), CommandError> {
+    let file = config_file(given);
+    let state_dir = match read_config(file.as_deref()) {
+        Ok(config) => config.state_dir,
+        Err(e) => {
+            let Some(state_dir) = file.as_deref().and_then(Config::state_dir_only) else {
+                return Err(CommandError::BadInput(e.to_string()));
+            };
+            let error = e.to_string().replace('\n', " ");
+            eprintln!(
+                "btd: warning: {error}; showing the status from {}",
+                state_dir.display()
+            );
+            state_dir
+        }
+    };
+    commands::status(&state_dir, file.as_deref())
 }
 
 /// SIGINT/SIGTERM arrive on the returned channel; a second one exits at once.
@@ -156,13 +190,13 @@ fn signals() -> Result<crossbeam_channel::Receiver<()>, CommandError> {
 }
 
 /// `btd daemon`: the config decides the log level and target, so it is read before logging
-/// starts; errors before that go to stderr.
+/// starts. Errors go to stderr as `btd: error: ...`, and also to the log when it is a file.
 fn run_daemon(config_path: Option<&Path>) -> i32 {
-    let path = config_path.unwrap_or(Path::new("config/btd.toml"));
-    let config = match Config::load(path) {
+    let file = config_file(config_path);
+    let config = match read_config(file.as_deref()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("btd: {e}");
+            eprintln!("btd: error: {e}");
             return 2;
         }
     };
@@ -178,36 +212,47 @@ fn run_daemon(config_path: Option<&Path>) -> i32 {
                 Some(log)
             }
             Err(e) => {
-                eprintln!("btd: {}: log.file: {e}", file.display());
+                eprintln!("btd: error: {}: log.file: {e}", file.display());
                 return 2;
             }
         },
         None => None,
     };
     builder.init();
+    let to_file = log_file.is_some();
+    let fail = |e: &dyn std::fmt::Display| {
+        if to_file {
+            log::error!("{e}");
+        }
+        eprintln!("btd: error: {e}");
+        1
+    };
     let signals = match daemon::signals() {
         Ok(signals) => signals,
-        Err(e) => {
-            log::error!("{e}");
-            return 1;
-        }
+        Err(e) => return fail(&e),
     };
-    match Daemon::start(config, path, log_file) {
+    if file.is_none() {
+        log::info!(
+            "no --config and no {DEFAULT_CONFIG}: running on the built-in defaults (state {}, \
+             downloads {}); SIGHUP reads {DEFAULT_CONFIG} once it exists",
+            config.state_dir.display(),
+            config.download_dir.display()
+        );
+    }
+    let path = file.unwrap_or_else(|| DEFAULT_CONFIG.into());
+    match Daemon::start(config, &path, log_file) {
         Ok(daemon) => {
             daemon.run(&signals);
             0
         }
-        Err(e) => {
-            log::error!("{e}");
-            1
-        }
+        Err(e) => fail(&e),
     }
 }
 
 fn run(cli: Cli) -> Result<(), CommandError> {
     match cli.command {
         Command::Daemon => unreachable!("handled before logging starts"),
-        Command::Status => commands::status(&load_config(cli.config.as_deref())?),
+        Command::Status => status(cli.config.as_deref()),
         Command::Add { torrent } => commands::add(&load_config(cli.config.as_deref())?, &torrent),
         Command::Remove { what } => commands::remove(&load_config(cli.config.as_deref())?, &what),
         Command::Create {

@@ -105,9 +105,15 @@ fn btd_add_magnet_hands_it_to_the_daemon_which_downloads_it_and_a_bad_one_exits_
         "`btd add` did not say {want:?}: {}",
         out.description
     );
-    let added = home
-        .watch_dir()
-        .join(format!("{}.magnet.added", p.info_hash));
+    // The request's own file: `<infohash>-<pid>-<time>.magnet`, renamed by the daemon.
+    let added: Vec<String> = files_in(&home.watch_dir())
+        .into_iter()
+        .filter(|f| f.starts_with(&p.info_hash) && f.ends_with(".magnet.added"))
+        .collect();
+    let [added] = added.as_slice() else {
+        panic!("watch dir: {:?}", files_in(&home.watch_dir()));
+    };
+    let added = home.watch_dir().join(added);
     let text = fs::read_to_string(&added).unwrap_or_else(|e| {
         panic!(
             "{}: {e}; watch dir: {:?}",

@@ -6,6 +6,7 @@
 mod support;
 
 mod btd_tracker;
+mod cli;
 mod create;
 mod daemon;
 mod daemon_accounting;
@@ -24,3 +25,4 @@ mod swarm;
 mod tracker;
 mod transmission;
 mod udp_tracker;
+mod watch;

@@ -147,9 +147,14 @@ fn the_daemon_renames_malformed_torrents_in_its_watch_dir_invalid_and_says_why()
     let home = DaemonHome::new("malformed-watch");
     let mut d = home.start("btd daemon");
     let mark = d.log_mark();
-    for (name, src, reason) in write_cases(tmp.path()) {
-        let dropped = drop_into(&home.watch_dir(), name, &src);
-        let invalid = watch_renamed(&dropped, "invalid");
+    // All at once: each is refused only after it has not changed for the daemon's settle time.
+    let cases = write_cases(tmp.path());
+    let dropped: Vec<_> = cases
+        .iter()
+        .map(|(name, src, _)| drop_into(&home.watch_dir(), name, src))
+        .collect();
+    for ((name, _, reason), dropped) in cases.iter().zip(&dropped) {
+        let invalid = watch_renamed(dropped, "invalid");
         wait_until(within(SHORT), &format!("{name} renamed *.invalid"), || {
             invalid.exists() && !dropped.exists()
         });
