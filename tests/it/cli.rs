@@ -144,7 +144,7 @@ fn btd_status_works_while_the_config_file_is_broken() {
         assert!(
             lines[header + 1..]
                 .iter()
-                .any(|l| l.split_whitespace().next() == Some("status-broken")),
+                .any(|l| l.split_whitespace().nth(1) == Some("status-broken")),
             "{what}: no row for the torrent: {}",
             out.description
         );
