@@ -1830,31 +1830,18 @@ fn torrent_from_metadata(
         fetched.info.len(),
         sources.join(", ")
     );
-    match write_atomically(saved, &meta.to_torrent_bytes()) {
+    match crate::atomic_file::write(saved, &meta.to_torrent_bytes()) {
         Ok(()) => info!(
             "torrent {}: metadata saved to {}",
             meta.name,
             saved.display()
         ),
         Err(e) => warn!(
-            "torrent {}: cannot save the metadata to {}: {e}; the next start fetches it again",
-            meta.name,
-            saved.display()
+            "torrent {}: cannot save the metadata: {e}; the next start fetches it again",
+            meta.name
         ),
     }
     Ok(meta)
-}
-
-/// Writes `bytes` to `<path>.tmp` (synced) and renames it over `path`, creating the directory.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = with_suffix(path, ".tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The wait before retrying a torrent after `failures` storage errors in a row: 60 s, doubling,
