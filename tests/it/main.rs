@@ -11,6 +11,7 @@ mod daemon;
 mod daemon_accounting;
 mod daemon_magnet;
 mod daemon_reload;
+mod daemon_state;
 mod daemon_tracker;
 mod extension;
 mod fake_peer;
