@@ -453,7 +453,8 @@ fn a_touched_file_is_named_when_resume_data_is_not_used() {
 }
 
 #[test]
-fn the_status_shows_an_id_and_the_bytes_had_of_each_torrent() {
+fn the_status_shows_an_id_and_the_bytes_had_of_each_torrent_and_no_check_progress_when_not_checking()
+ {
     let work = TempDir::new("state-fields");
     let mut home = DaemonHome::new("state-fields");
     let a = complete_payload(&home.download_dir(), &work, "fields-one", 100 * KIB);
@@ -475,6 +476,7 @@ fn the_status_shows_an_id_and_the_bytes_had_of_each_torrent() {
             "a complete torrent: {}",
             s.text
         );
+        assert_eq!(t.check_progress, None, "not checking: {}", s.text);
     }
     d.stop("TERM");
 }

@@ -312,8 +312,9 @@ impl TrackerReply {
 
 /// An HTTP tracker on 127.0.0.1 (a free port) that answers every `GET /announce` with a valid
 /// bencoded reply ([`TrackerReply`]: interval 1800, no peers, unless told otherwise) and records
-/// every announce's decoded query, in the order they came. Other paths get 404. Stopped and
-/// joined on `Drop`.
+/// every announce's decoded query, in the order they came. Other paths get 404. After
+/// [`go_silent`](Self::go_silent) it still records announces but answers none (each connection
+/// is held open). One connection at a time, each read within 2 s. Stopped and joined on `Drop`.
 pub struct RecordingTracker {
     pub port: u16,
     record: Arc<Mutex<Record>>,
