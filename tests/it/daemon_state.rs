@@ -395,6 +395,11 @@ fn checking_shows_its_progress_in_the_status() {
             seen.push((t.state.clone(), t.check_progress));
         }
         assert!(
+            t.state != "checking" || t.check_progress.is_some(),
+            "state checking without check_progress: {}",
+            s.text
+        );
+        assert!(
             matches!(t.state.as_str(), "queued" | "checking"),
             "the check ended with no status showing 0 < check_progress < 1; states and \
              check_progress seen: {seen:?}; status: {}",
