@@ -49,6 +49,7 @@ fn term_exits_in_time(d: &mut Daemon, what: &str) {
     d.proc.signal("TERM");
     let status = d.proc.wait_exit(STOP_LIMIT + Duration::from_secs(40));
     let took = t0.elapsed();
+    eprintln!("{what}: exited {took:?} after SIGTERM");
     assert!(
         status.success(),
         "{what}: exited with {status} after SIGTERM"
