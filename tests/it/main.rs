@@ -12,6 +12,8 @@ mod daemon;
 mod daemon_accounting;
 mod daemon_magnet;
 mod daemon_reload;
+mod daemon_state;
+mod daemon_stop;
 mod daemon_tracker;
 mod extension;
 mod fake_peer;

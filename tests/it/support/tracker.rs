@@ -312,12 +312,15 @@ impl TrackerReply {
 
 /// An HTTP tracker on 127.0.0.1 (a free port) that answers every `GET /announce` with a valid
 /// bencoded reply ([`TrackerReply`]: interval 1800, no peers, unless told otherwise) and records
-/// every announce's decoded query, in the order they came. Other paths get 404. Stopped and
-/// joined on `Drop`.
+/// every announce's decoded query, in the order they came. Other paths get 404. After
+/// [`go_silent`](Self::go_silent) it still records announces but answers none (each connection
+/// is held open). One connection at a time, each read within 2 s. Stopped and joined on `Drop`.
 pub struct RecordingTracker {
     pub port: u16,
     record: Arc<Mutex<Record>>,
     reply: Arc<Mutex<TrackerReply>>,
+    /// Set: announces are read and recorded, then held open without an answer.
+    silent: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -334,14 +337,25 @@ impl RecordingTracker {
         listener.set_nonblocking(true).expect("nonblocking");
         let record = Arc::new(Mutex::new(Record::default()));
         let reply = Arc::new(Mutex::new(reply));
+        let silent = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (a, r, s) = (Arc::clone(&record), Arc::clone(&reply), Arc::clone(&stop));
+        let (a, r, q, s) = (
+            Arc::clone(&record),
+            Arc::clone(&reply),
+            Arc::clone(&silent),
+            Arc::clone(&stop),
+        );
         let thread = std::thread::Builder::new()
             .name("recording tracker".into())
             .spawn(move || {
+                let mut held = Vec::new();
                 while !s.load(Ordering::Relaxed) {
                     match listener.accept() {
-                        Ok((conn, _)) => answer_announce(conn, &a, &r),
+                        Ok((conn, _)) => {
+                            if let Some(conn) = answer_announce(conn, &a, &r, &q) {
+                                held.push(conn);
+                            }
+                        }
                         Err(_) => std::thread::sleep(Duration::from_millis(10)),
                     }
                 }
@@ -351,6 +365,7 @@ impl RecordingTracker {
             port,
             record,
             reply,
+            silent,
             stop,
             thread: Some(thread),
         }
@@ -358,6 +373,12 @@ impl RecordingTracker {
 
     pub fn announce_url(&self) -> String {
         format!("http://127.0.0.1:{}/announce", self.port)
+    }
+
+    /// From now on, announces are still recorded but never answered: each connection is held
+    /// open until `Drop`.
+    pub fn go_silent(&self) {
+        self.silent.store(true, Ordering::Relaxed);
     }
 
     /// Changes what later announces are answered with.
@@ -473,17 +494,21 @@ fn read_target(conn: &mut TcpStream) -> Option<String> {
     words.next().map(str::to_owned)
 }
 
-fn answer_announce(mut conn: TcpStream, record: &Mutex<Record>, reply: &Mutex<TrackerReply>) {
-    let Some(target) = read_target(&mut conn) else {
-        return;
-    };
+/// Records and answers one request; returns the connection instead of answering when `silent`.
+fn answer_announce(
+    mut conn: TcpStream,
+    record: &Mutex<Record>,
+    reply: &Mutex<TrackerReply>,
+    silent: &AtomicBool,
+) -> Option<TcpStream> {
+    let target = read_target(&mut conn)?;
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     if path != "/announce" {
         let _ = write!(
             conn,
             "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
-        return;
+        return None;
     }
     let body = reply.lock().unwrap().bencode();
     // Recorded before the reply goes out: whoever got the reply finds the announce recorded.
@@ -491,12 +516,16 @@ fn answer_announce(mut conn: TcpStream, record: &Mutex<Record>, reply: &Mutex<Tr
         Ok(announce) => record.lock().unwrap().announces.push(announce),
         Err(e) => record.lock().unwrap().malformed.push(e),
     }
+    if silent.load(Ordering::Relaxed) {
+        return Some(conn);
+    }
     let _ = write!(
         conn,
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let _ = conn.write_all(&body);
+    None
 }
 
 /// Decodes an announce query; `Err` names a field that is missing or not a number.
