@@ -1,0 +1,381 @@
+//! The daemon: `btd daemon --config FILE`. Runs on the main thread and owns the set of
+//! torrents: where each came from (a `[[torrent]]` entry or a watch-directory file, naming a
+//! `.torrent` or a magnet link), its state (metadata, queued, checking, running, paused,
+//! finished, error), the queue limits, the seeding limits, the status file, the pid file and
+//! the reaction to signals. It never touches a socket or a piece: each running torrent is a
+//! coordinator thread behind a `TorrentHandle`, checking data at start (resume data or a full
+//! re-hash) runs on a `check NAME` thread, and fetching a magnet link's metadata on a
+//! `metadata NAME` thread. With `[tracker] enabled`, it also owns the embedded tracker
+//! (`tracker_server`), started and stopped with it and reconfigured on SIGHUP.
+//!
+//! This module holds the `Daemon` (its start, main loop, status and shutdown); its other jobs
+//! are in `sources` (entries, watch files and magnets coming and going), `watch` (the watch
+//! directory), `queue` (slots, seeding limits, checks, runs stopping), `reload` (SIGHUP),
+//! `torrent` (one torrent's state and record) and `signals`.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
+use log::{error, info, warn};
+use parking_lot::Mutex;
+
+use crate::config::{Config, TorrentEntry, TorrentRef};
+use crate::engine::Engine;
+use crate::magnet::Magnet;
+use crate::metadata_fetch::{self, FetchError, FetchParams};
+use crate::metainfo::{InfoHash, Metainfo};
+use crate::pidfile::PidFile;
+use crate::record::{TorrentRecord, unix_now};
+use crate::resume::ResumeData;
+use crate::status::{DaemonStatus, SwarmCounts, TorrentStatus, TrackerStatus};
+use crate::storage::{OpenMode, Storage};
+use crate::torrent::{Control, ResumeTarget, Stopping, TorrentEvent, TorrentHandle, TorrentStats};
+use crate::tracker_server::{TrackerConfig, TrackerServer};
+use crate::watched::{self, Watched};
+use crate::wire::Bitfield;
+
+mod queue;
+mod reload;
+mod signals;
+mod sources;
+mod torrent;
+mod watch;
+
+use queue::*;
+pub use signals::{LogFile, Signal, signals};
+use sources::*;
+use torrent::*;
+use watch::*;
+
+/// Why the daemon could not start (it never stops for anything else).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    PidFile(#[from] crate::pidfile::PidFileError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(String),
+    #[error("embedded tracker: {0}")]
+    Tracker(std::io::Error),
+}
+
+const LOOP_WAKE: Duration = Duration::from_millis(250);
+
+/// The whole graceful stop must fit in 5 s; coordinators get this long to finish (the rest is
+/// for records, the status file, the listener and the disk pool).
+const STOP_BUDGET: Duration = Duration::from_millis(4000);
+/// Torrent records are saved at least this often while their totals or seeding time move
+/// (and at once when a torrent is added, completes or stops).
+const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// See the module documentation.
+pub struct Daemon {
+    config: Config,
+    config_path: PathBuf,
+    engine: Engine,
+    torrents: Vec<Managed>,
+    checked_tx: Sender<Checked>,
+    checked_rx: Receiver<Checked>,
+    fetched_tx: Sender<MetadataFetched>,
+    fetched_rx: Receiver<MetadataFetched>,
+    pid_file: Option<PidFile>,
+    log_file: Option<LogFile>,
+    /// The embedded tracker, while `[tracker] enabled`.
+    tracker: Option<TrackerServer>,
+    /// Set when RUST_LOG decides the log level, so a reload leaves it alone.
+    level_from_env: bool,
+    /// Torrents told to stop whose coordinators have not ended yet (by info hash). Nothing
+    /// waits for them but the final shutdown; a torrent does not start again until its last
+    /// run has ended.
+    stopping: Vec<(InfoHash, Stopping)>,
+    /// The id the next added torrent gets.
+    next_id: u32,
+    /// Watch-dir files that did not parse yet (uploads in progress, or broken files settling).
+    watch_pending: WatchPending,
+}
+
+impl Daemon {
+    /// Takes the pid file, binds the listener and loads the configured and watched torrents.
+    ///
+    /// # Errors
+    /// A second daemon on the same state directory, an unusable state directory, or a listen
+    /// address (of the peer listener or the embedded tracker) that cannot be bound.
+    pub fn start(
+        config: Config,
+        config_path: &Path,
+        log_file: Option<LogFile>,
+    ) -> Result<Self, DaemonError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| DaemonError::Io { path, source }
+        };
+        std::fs::create_dir_all(&config.state_dir).map_err(io(&config.state_dir))?;
+        let pid_file = PidFile::acquire(&config.state_dir.join("btd.pid"))?;
+        let engine_config = config.engine(None, None);
+        let engine =
+            Engine::start(engine_config.clone()).map_err(|source| DaemonError::Listen {
+                addr: engine_config.listen,
+                source,
+            })?;
+        let tracker = config
+            .tracker
+            .map(TrackerServer::start)
+            .transpose()
+            .map_err(DaemonError::Tracker)?;
+        let (checked_tx, checked_rx) = crossbeam_channel::unbounded();
+        let (fetched_tx, fetched_rx) = crossbeam_channel::unbounded();
+        let mut daemon = Self {
+            config,
+            config_path: config_path.to_owned(),
+            engine,
+            torrents: Vec::new(),
+            checked_tx,
+            checked_rx,
+            fetched_tx,
+            fetched_rx,
+            pid_file: Some(pid_file),
+            log_file,
+            tracker,
+            level_from_env: std::env::var_os("RUST_LOG").is_some(),
+            stopping: Vec::new(),
+            next_id: 1,
+            watch_pending: WatchPending::default(),
+        };
+        info!(
+            "daemon started (pid {}), config {}, state {}",
+            std::process::id(),
+            daemon.config_path.display(),
+            daemon.config.state_dir.display()
+        );
+        for entry in daemon.config.torrents.clone() {
+            daemon.add_entry(&entry);
+        }
+        daemon.scan_watch_dir();
+        daemon.engine.log_listening();
+        Ok(daemon)
+    }
+
+    /// The main loop: until SIGINT/SIGTERM, then a graceful stop.
+    pub fn run(mut self, signals: &Receiver<Signal>) {
+        let mut next_scan = Instant::now() + self.config.watch_interval;
+        let mut next_status = Instant::now();
+        let mut next_record_save = Instant::now() + RECORD_SAVE_INTERVAL;
+        loop {
+            self.reap_stopped();
+            self.schedule();
+            if Instant::now() >= next_record_save {
+                self.save_records();
+                next_record_save = Instant::now() + RECORD_SAVE_INTERVAL;
+            }
+            if Instant::now() >= next_status {
+                self.write_status();
+                next_status = Instant::now() + self.config.status_interval;
+            }
+            let checked_rx = self.checked_rx.clone();
+            let fetched_rx = self.fetched_rx.clone();
+            select! {
+                recv(signals) -> signal => match signal {
+                    Ok(Signal::Stop) | Err(_) => break,
+                    Ok(Signal::Reload) => {
+                        self.reload();
+                        self.schedule();
+                        self.write_status();
+                        next_scan = Instant::now() + self.config.watch_interval;
+                        next_status = Instant::now() + self.config.status_interval;
+                    }
+                    Ok(Signal::Status) => info!("status:\n{}", self.status().table()),
+                },
+                recv(checked_rx) -> checked => {
+                    if let Ok(checked) = checked {
+                        self.on_checked(checked);
+                    }
+                }
+                recv(fetched_rx) -> fetched => {
+                    if let Ok(fetched) = fetched {
+                        self.on_metadata(fetched);
+                    }
+                }
+                default(LOOP_WAKE) => {}
+            }
+            if Instant::now() >= next_scan {
+                self.scan_watch_dir();
+                next_scan = Instant::now() + self.config.watch_interval;
+            }
+        }
+        self.shutdown();
+    }
+}
+
+impl Daemon {
+    // ---- status --------------------------------------------------------------------------
+
+    fn status(&self) -> DaemonStatus {
+        let torrents = self
+            .torrents
+            .iter()
+            .map(|t| {
+                let size = t.size();
+                let (uploaded, downloaded) = t.totals();
+                let (down_rate, up_rate, peers) = match &t.state {
+                    State::Running(h) => (
+                        h.stats.download_rate.load(Ordering::Relaxed),
+                        h.stats.upload_rate.load(Ordering::Relaxed),
+                        h.stats.peers.load(Ordering::Relaxed),
+                    ),
+                    _ => (0, 0, 0),
+                };
+                let have_bytes = if t.complete { size } else { t.verified_bytes };
+                let downloading = matches!(t.state, State::Running(_)) && !t.complete;
+                TorrentStatus {
+                    id: t.id,
+                    name: t.name.clone(),
+                    info_hash: if t.has_record() {
+                        t.info_hash.to_hex()
+                    } else {
+                        String::new()
+                    },
+                    state: t.state.name(t.complete).into(),
+                    progress: if t.meta.is_none() {
+                        0.0
+                    } else {
+                        have_bytes as f64 / size.max(1) as f64
+                    },
+                    check_progress: match (&t.state, &t.meta) {
+                        (State::Checking(done), Some(meta)) => Some(
+                            f64::from(done.load(Ordering::Relaxed))
+                                / f64::from(meta.geometry.num_pieces.max(1)),
+                        ),
+                        _ => None,
+                    },
+                    size_bytes: size,
+                    have_bytes,
+                    eta_secs: (downloading && down_rate > 0)
+                        .then(|| size.saturating_sub(have_bytes) / down_rate),
+                    download_dir: t.download_dir().display().to_string(),
+                    added_unix: t.record.added_unix,
+                    seeding_secs: t.seeding_secs(),
+                    downloaded_bytes: downloaded,
+                    uploaded_bytes: uploaded,
+                    download_rate: down_rate,
+                    upload_rate: up_rate,
+                    peers,
+                    ratio: t.ratio(),
+                    error: match &t.state {
+                        State::Error(e) => Some(e.clone()),
+                        _ => None,
+                    },
+                    source: t.source.describe(),
+                    swarm: match &t.state {
+                        State::Running(h) if h.stats.swarm.known.load(Ordering::Acquire) => {
+                            Some(SwarmCounts {
+                                seeders: h.stats.swarm.seeders.load(Ordering::Relaxed),
+                                leechers: h.stats.swarm.leechers.load(Ordering::Relaxed),
+                                completed: h.stats.swarm.completed.load(Ordering::Relaxed),
+                            })
+                        }
+                        _ => None,
+                    },
+                }
+            })
+            .collect();
+        DaemonStatus {
+            pid: std::process::id(),
+            updated_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            listen: self.engine.listen_addr().to_string(),
+            torrents,
+            tracker: self.tracker.as_ref().map(|tracker| {
+                let stats = tracker.stats();
+                TrackerStatus {
+                    listen: tracker.local_addr().to_string(),
+                    torrents: stats.torrents,
+                    peers: stats.peers,
+                }
+            }),
+        }
+    }
+
+    fn write_status(&self) {
+        let path = DaemonStatus::path_in(&self.config.state_dir);
+        if let Err(e) = self.status().save(&path) {
+            warn!("status file: {e}");
+        }
+    }
+
+    // ---- stop ----------------------------------------------------------------------------
+
+    fn shutdown(mut self) {
+        info!("daemon stopping");
+        let deadline = Instant::now() + STOP_BUDGET;
+        // Ask every coordinator at once, so their `stopped` announces overlap; end every
+        // metadata fetch (dropping its `stop`) meanwhile.
+        let mut fetches = Vec::new();
+        for index in 0..self.torrents.len() {
+            let t = &mut self.torrents[index];
+            if matches!(t.state, State::Metadata(_))
+                && let State::Metadata(fetching) = std::mem::replace(&mut t.state, State::Stopped)
+            {
+                fetches.push(fetching.thread);
+            }
+            // Paused, finished and errored torrents say so in the last status file.
+            if matches!(
+                self.torrents[index].state,
+                State::Queued | State::Checking(_) | State::Running(_) | State::Stopped
+            ) {
+                self.stop_torrent(index, State::Stopped);
+            }
+        }
+        // Every run stops in parallel; wait for them on their channels, within the budget.
+        let mut left = 0;
+        for (_, stopping) in &mut self.stopping {
+            if !stopping.thread.wait_until(deadline) {
+                left += 1;
+            }
+        }
+        if left > 0 {
+            warn!(
+                "daemon: stop budget spent; {left} torrents still stopping are left to end with \
+                 the process (their resume data from the last save stands)"
+            );
+        }
+        self.reap_stopped();
+        for mut thread in fetches {
+            thread.wait_until(deadline);
+        }
+        self.save_records();
+        self.write_status();
+        let Self {
+            engine,
+            pid_file,
+            tracker,
+            ..
+        } = self;
+        if let Some(tracker) = tracker {
+            tracker.stop();
+        }
+        engine.shutdown();
+        crate::profile::log_report();
+        if let Some(pid_file) = pid_file {
+            pid_file.release();
+        }
+        info!("daemon stopped");
+    }
+}

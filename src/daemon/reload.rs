@@ -1,0 +1,204 @@
+//! SIGHUP: reading the config again and applying what changed (rates, limits, seeding limits,
+//! entries, the embedded tracker, the log file) without dropping peers.
+
+use super::*;
+
+impl Daemon {
+    // ---- reload --------------------------------------------------------------------------
+
+    pub(super) fn reload(&mut self) {
+        let new = match Config::load(&self.config_path) {
+            Ok(new) => new,
+            Err(e) => {
+                error!("config reload failed: {e}; keeping the running configuration");
+                return;
+            }
+        };
+        if new.listen_address != self.config.listen_address
+            || new.listen_port != self.config.listen_port
+        {
+            warn!("config reload: a new listen address takes effect at the next start");
+        }
+        if new.state_dir != self.config.state_dir {
+            warn!("config reload: a new state_dir takes effect at the next start");
+        }
+        if new.download_dir != self.config.download_dir {
+            info!(
+                "config reload: paths.download_dir is now {}: torrents added from now on go \
+                 there; those already added keep their data where it is",
+                new.download_dir.display()
+            );
+        }
+        self.engine.reconfigure(
+            new.limits.clone(),
+            new.download_rate,
+            new.upload_rate,
+            new.max_peers_global,
+            new.max_peers_per_ip,
+        );
+        if new.limits != self.config.limits {
+            for t in &self.torrents {
+                if let State::Running(handle) = &t.state {
+                    handle.send(Control::SetLimits(new.limits.clone()));
+                }
+            }
+        }
+        self.reload_tracker(new.tracker);
+        if !self.level_from_env {
+            log::set_max_level(new.log_level);
+        }
+        if let Some(log_file) = &self.log_file {
+            log_file.reopen();
+        }
+        let old_entries = std::mem::take(&mut self.config.torrents);
+        // The state directory holds our pid file: it changes only with a restart.
+        let state_dir = self.config.state_dir.clone();
+        let old_limits = self.seed_limits();
+        self.config = Config { state_dir, ..new };
+        if self.seed_limits() != old_limits {
+            self.apply_seed_limits();
+        }
+        self.apply_entries(&old_entries);
+        for index in 0..self.torrents.len() {
+            if self.torrents[index].retry_at.is_some() {
+                self.retry(index);
+            }
+        }
+        info!("config reloaded from {}", self.config_path.display());
+        self.scan_watch_dir();
+    }
+
+    /// New seeding limits: running torrents get their new upload allowance, and finished ones
+    /// that are under the limits now go back to the queue to seed.
+    pub(super) fn apply_seed_limits(&mut self) {
+        let limits = self.seed_limits();
+        for t in &mut self.torrents {
+            match &t.state {
+                State::Running(handle) => handle
+                    .stats
+                    .set_upload_allowance(limits.upload_allowance(t.size(), t.totals().0)),
+                State::Finished
+                    if limits
+                        .reached(t.size(), t.totals().0, t.seeding_secs())
+                        .is_none() =>
+                {
+                    info!(
+                        "torrent {}: under its seeding limits again (ratio {:.3}, seeded {} s); queued",
+                        t.name(),
+                        t.ratio(),
+                        t.seeding_secs()
+                    );
+                    t.state = State::Queued;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Brings the embedded tracker in line with `[tracker]`: started, stopped, reconfigured in
+    /// place (peers kept), or restarted on a new address. A tracker that cannot start is
+    /// logged; the daemon carries on without it.
+    pub(super) fn reload_tracker(&mut self, wanted: Option<TrackerConfig>) {
+        match (&self.tracker, wanted) {
+            (None, None) => {}
+            (Some(_), None) => {
+                info!("config reload: [tracker] disabled");
+                if let Some(tracker) = self.tracker.take() {
+                    tracker.stop();
+                }
+            }
+            (Some(tracker), Some(config)) if tracker.config().listen == config.listen => {
+                if let Err(e) = tracker.set_config(config) {
+                    error!("config reload: {e}; the tracker keeps its settings");
+                }
+            }
+            (running, Some(config)) => {
+                if running.is_some() {
+                    info!("config reload: the tracker moves to {}", config.listen);
+                }
+                // Free the old address first: the new one may share its port.
+                if let Some(tracker) = self.tracker.take() {
+                    tracker.stop();
+                }
+                match TrackerServer::start(config) {
+                    Ok(tracker) => self.tracker = Some(tracker),
+                    Err(e) => error!("config reload: embedded tracker: {e}; running without it"),
+                }
+            }
+        }
+    }
+
+    /// Brings the `[[torrent]]`-sourced torrents in line with the (new) config entries.
+    pub(super) fn apply_entries(&mut self, old: &[TorrentEntry]) {
+        let new = self.config.torrents.clone();
+        let keys: Vec<EntryKey> = new.iter().map(EntryKey::of).collect();
+        let removed: Vec<InfoHash> = self
+            .torrents
+            .iter()
+            .filter(|t| matches!(&t.source, Source::Config(key) if !keys.contains(key)))
+            .map(|t| t.info_hash)
+            .collect();
+        for info_hash in removed {
+            if let Some(index) = self.index_of(&info_hash) {
+                self.remove(index);
+            }
+        }
+        for (entry, key) in new.iter().zip(keys) {
+            let existing = self
+                .torrents
+                .iter()
+                .position(|t| t.source == Source::Config(key.clone()));
+            let Some(index) = existing else {
+                self.add_entry(entry);
+                continue;
+            };
+            if !self.torrents[index].has_record() {
+                // Its .torrent could not be read: try again.
+                self.torrents.remove(index);
+                self.add_entry(entry);
+                continue;
+            }
+            if old.iter().any(|o| o == entry) {
+                continue;
+            }
+            let t = &mut self.torrents[index];
+            if let Some(dir) = &entry.download_dir
+                && *dir != t.record.download_dir
+            {
+                info!(
+                    "torrent {}: download_dir is now {} (was {}); data is not moved, the next \
+                     start uses it",
+                    t.name(),
+                    dir.display(),
+                    t.record.download_dir.display()
+                );
+                t.record.download_dir.clone_from(dir);
+                t.save_record(&self.config.state_dir);
+            }
+            let mut peers = entry.peers.clone();
+            if let TorrentRef::Magnet(magnet) = &entry.torrent {
+                merge_peers(&mut peers, &magnet.peers);
+                t.magnet = Some(magnet.clone());
+            }
+            if peers != t.peers {
+                if let State::Running(handle) = &t.state {
+                    handle.send(Control::AddPeers(peers.clone()));
+                }
+                t.peers = peers;
+            }
+            if entry.paused != t.paused {
+                t.paused = entry.paused;
+                if entry.paused {
+                    info!("torrent {}: paused", t.name());
+                    self.stop_torrent(index, State::Paused);
+                } else if matches!(t.state, State::Paused) {
+                    info!("torrent {}: resumed", t.name());
+                    self.unpause(index);
+                }
+            } else if matches!(t.state, State::Metadata(_)) {
+                // Ask the entry's new peers and trackers.
+                self.start_fetching(index);
+            }
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! Where torrents come from and go: `[[torrent]]` entries, watch-directory files and magnet
+//! links (their metadata fetched on `metadata NAME` threads), adding, removing and the records
+//! that go with them.
+
+use super::*;
+
+/// One metadata fetch gives up after this; the next starts after a back-off.
+pub(super) const METADATA_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The wait after a failed metadata fetch, doubled per failure up to [`METADATA_RETRY_MAX`].
+pub(super) const METADATA_RETRY_BASE: Duration = Duration::from_secs(15);
+pub(super) const METADATA_RETRY_MAX: Duration = Duration::from_secs(10 * 60);
+
+/// What a `metadata NAME` thread ends with: the torrent, verified and saved, or why the
+/// verified metadata is no usable torrent (fetching it again would not help).
+pub(super) struct MetadataFetched {
+    pub(super) info_hash: InfoHash,
+    pub(super) result: Result<Metainfo, String>,
+}
+
+impl Daemon {
+    // ---- adding and removing -------------------------------------------------------------
+
+    pub(super) fn add_entry(&mut self, entry: &TorrentEntry) {
+        let origin = match &entry.torrent {
+            TorrentRef::File(path) => match Metainfo::from_file(path) {
+                Ok(meta) => Origin::Meta(meta),
+                Err(e) => {
+                    error!("config {}: [[torrent]] {e}", self.config_path.display());
+                    self.add_unreadable(entry, path, e.to_string());
+                    return;
+                }
+            },
+            TorrentRef::Magnet(magnet) => Origin::Magnet(magnet.clone()),
+        };
+        self.add(
+            origin,
+            Source::Config(EntryKey::of(entry)),
+            entry.download_dir.clone(),
+            entry.peers.clone(),
+            entry.paused,
+        );
+    }
+
+    /// Shows a `[[torrent]]` entry whose `.torrent` cannot be read in state error with the
+    /// reason (instead of leaving it out); SIGHUP tries the file again.
+    pub(super) fn add_unreadable(&mut self, entry: &TorrentEntry, path: &Path, reason: String) {
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let download_dir = entry
+            .download_dir
+            .clone()
+            .unwrap_or_else(|| self.config.download_dir.clone());
+        let id = self.next_id;
+        self.next_id += 1;
+        self.torrents.push(Managed {
+            id,
+            // Not a torrent's: no record is kept, and nothing else has this key.
+            info_hash: placeholder_hash(path),
+            name,
+            meta: None,
+            magnet: None,
+            source: Source::Config(EntryKey::of(entry)),
+            record: TorrentRecord::new(&placeholder_hash(path), &download_dir),
+            saved: None,
+            peers: Vec::new(),
+            paused: entry.paused,
+            state: State::Error(reason),
+            complete: false,
+            verified_bytes: 0,
+            run: None,
+            seeding_since: None,
+            retry_at: None,
+            storage_failures: 0,
+            force_check: false,
+        });
+    }
+
+    /// Adds a torrent: queued, or paused, or (a magnet link whose metadata is not saved in the
+    /// state directory) fetching its metadata. Returns false for a duplicate info hash.
+    /// Its record in the state directory, when there is one, says where its data is;
+    /// `download_dir` (an entry's own) overrides that, and otherwise applies to a new torrent,
+    /// as `[paths] download_dir` does.
+    pub(super) fn add(
+        &mut self,
+        origin: Origin,
+        source: Source,
+        download_dir: Option<PathBuf>,
+        mut peers: Vec<SocketAddr>,
+        paused: bool,
+    ) -> bool {
+        let info_hash = origin.info_hash();
+        if let Some(other) = self.find(&info_hash) {
+            warn!(
+                "torrent {}: already present (from {}); ignoring {}",
+                other.name(),
+                other.source.describe(),
+                source.describe()
+            );
+            return false;
+        }
+        let (meta, magnet) = match origin {
+            Origin::Meta(meta) => (Some(meta), None),
+            Origin::Magnet(magnet) => {
+                merge_peers(&mut peers, &magnet.peers);
+                (self.saved_metadata(&magnet), Some(magnet))
+            }
+        };
+        let name = match (&meta, &magnet) {
+            (Some(meta), _) => meta.name.clone(),
+            (None, Some(magnet)) => display_name(magnet),
+            (None, None) => info_hash.to_hex(), // not reached: `Origin::Meta` has the metadata
+        };
+        let record_path = TorrentRecord::path_in(&self.config.state_dir, &info_hash);
+        let record = match TorrentRecord::load(&record_path, &info_hash) {
+            Ok(record) => record,
+            Err(e) => {
+                warn!("torrent {name}: {e}; starting a new record");
+                None
+            }
+        };
+        let on_disk = record.clone();
+        let record = match (record, download_dir) {
+            (Some(mut record), Some(dir)) if record.download_dir != dir => {
+                warn!(
+                    "torrent {name}: its [[torrent]] entry names download_dir {}, it was in {}; \
+                     using {} (data is not moved)",
+                    dir.display(),
+                    record.download_dir.display(),
+                    dir.display()
+                );
+                record.download_dir = dir;
+                record
+            }
+            (Some(record), _) => record,
+            (None, dir) => TorrentRecord::new(
+                &info_hash,
+                &dir.unwrap_or_else(|| self.config.download_dir.clone()),
+            ),
+        };
+        info!(
+            "torrent {name}: added from {}, data in {}",
+            source.describe(),
+            record.download_dir.display()
+        );
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut t = Managed {
+            id,
+            info_hash,
+            name,
+            meta: meta.map(Arc::new),
+            magnet,
+            complete: record.completed_unix.is_some(),
+            record,
+            saved: on_disk,
+            source,
+            peers,
+            paused,
+            state: State::Paused,
+            verified_bytes: 0,
+            run: None,
+            seeding_since: None,
+            retry_at: None,
+            storage_failures: 0,
+            force_check: false,
+        };
+        t.save_record(&self.config.state_dir);
+        self.torrents.push(t);
+        if !paused {
+            self.unpause(self.torrents.len() - 1);
+        }
+        true
+    }
+
+    /// The metadata of a magnet link saved by an earlier fetch
+    /// (`<state_dir>/torrents/<infohash>.torrent`), when it is a usable torrent with the link's
+    /// info hash.
+    pub(super) fn saved_metadata(&self, magnet: &Magnet) -> Option<Metainfo> {
+        let path = saved_torrent_path(&self.config.state_dir, &magnet.info_hash);
+        if !path.exists() {
+            return None;
+        }
+        match Metainfo::from_file(&path) {
+            Ok(meta) if meta.info_hash == magnet.info_hash => {
+                info!("torrent {}: metadata from {}", meta.name, path.display());
+                Some(meta)
+            }
+            Ok(meta) => {
+                warn!(
+                    "{}: info hash {}, not the magnet link's; fetching the metadata again",
+                    path.display(),
+                    meta.info_hash
+                );
+                None
+            }
+            Err(e) => {
+                warn!("{e}; fetching the metadata again");
+                None
+            }
+        }
+    }
+
+    /// Moves a torrent on from paused (or just added): queued when its metadata is known,
+    /// else fetching it.
+    pub(super) fn unpause(&mut self, index: usize) {
+        if self.torrents[index].meta.is_some() {
+            self.torrents[index].state = State::Queued;
+        } else {
+            self.start_fetching(index);
+        }
+    }
+
+    /// Starts a `metadata NAME` thread for a magnet link: it asks the torrent's peers (its own
+    /// and the link's `x.pe`) and the link's trackers, with our peer id and listen address, and
+    /// tries again after each failure until the metadata arrives or the torrent leaves state
+    /// metadata (which drops its `stop`).
+    pub(super) fn start_fetching(&mut self, index: usize) {
+        let listen = self.engine.listen_addr();
+        let limits = &self.config.limits;
+        let t = &mut self.torrents[index];
+        let saved = saved_torrent_path(&self.config.state_dir, &t.info_hash);
+        let params = FetchParams {
+            info_hash: t.info_hash,
+            name: t.magnet.as_ref().and_then(|m| m.name.clone()),
+            peer_id: self.engine.peer_id(),
+            listen_port: listen.port(),
+            // Dial from the listen address, as the engine's peers do.
+            bind: Some(listen.ip()),
+            peers: t.peers.clone(),
+            trackers: t
+                .magnet
+                .as_ref()
+                .map(|m| m.trackers.clone())
+                .unwrap_or_default(),
+            connect_timeout: limits.connect_timeout,
+            announce_timeout: limits.announce_timeout,
+            udp_retransmit_base: limits.udp_retransmit_base,
+            numwant: limits.numwant,
+            timeout: METADATA_TIMEOUT,
+        };
+        let (stop, stop_rx) = crossbeam_channel::bounded(1);
+        let done = self.fetched_tx.clone();
+        let spawned = watched::spawn(
+            std::thread::Builder::new().name(format!("metadata {}", t.name)),
+            move || {
+                if let Some(result) = fetch_metadata(&params, &saved, &stop_rx) {
+                    let _ = done.send(MetadataFetched {
+                        info_hash: params.info_hash,
+                        result,
+                    });
+                }
+            },
+        );
+        t.state = match spawned {
+            Ok(thread) => State::Metadata(Fetching {
+                _stop: stop,
+                thread,
+            }),
+            Err(e) => State::Error(format!("cannot spawn metadata thread: {e}")),
+        };
+    }
+
+    /// A `metadata NAME` thread is done: the torrent goes on to the queue (unless it was paused
+    /// meanwhile), or into error when the metadata is no usable torrent.
+    pub(super) fn on_metadata(&mut self, fetched: MetadataFetched) {
+        let Some(index) = self.index_of(&fetched.info_hash) else {
+            return; // removed meanwhile
+        };
+        let t = &mut self.torrents[index];
+        if t.meta.is_some() {
+            return; // from an earlier fetch, stopped too late
+        }
+        let fetching = matches!(t.state, State::Metadata(_));
+        match fetched.result {
+            Ok(meta) => {
+                t.name.clone_from(&meta.name);
+                t.meta = Some(Arc::new(meta));
+                if fetching {
+                    t.state = State::Queued;
+                }
+            }
+            Err(reason) => {
+                error!("torrent {}: {reason}", t.name);
+                if fetching {
+                    t.state = State::Error(reason);
+                }
+            }
+        }
+    }
+
+    pub(super) fn find(&self, info_hash: &InfoHash) -> Option<&Managed> {
+        self.torrents.iter().find(|t| t.info_hash == *info_hash)
+    }
+
+    pub(super) fn index_of(&self, info_hash: &InfoHash) -> Option<usize> {
+        self.torrents.iter().position(|t| t.info_hash == *info_hash)
+    }
+
+    /// Stops (if running) and forgets a torrent. Its data stays on disk.
+    /// Stops (if running) and forgets a torrent, its record included (as transmission forgets
+    /// a removed torrent's resume file). Its data and resume data stay on disk.
+    pub(super) fn remove(&mut self, index: usize) {
+        self.stop_torrent(index, State::Paused);
+        let t = self.torrents.remove(index);
+        if t.has_record() {
+            let path = TorrentRecord::path_in(&self.config.state_dir, &t.info_hash);
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!(
+                    "torrent {}: {}: cannot remove: {e}",
+                    t.name(),
+                    path.display()
+                );
+            }
+        }
+        info!(
+            "torrent {}: removed (data kept in {})",
+            t.name(),
+            t.download_dir().display()
+        );
+    }
+
+    /// Leaves a torrent in `next` at once. A running one is told to stop (announce `stopped`,
+    /// flush, save resume data) and joins [`Daemon::stopping`]: nothing here waits for it. A
+    /// metadata fetch ends by itself when its `stop` is dropped with the old state.
+    pub(super) fn stop_torrent(&mut self, index: usize, next: State) {
+        let t = &mut self.torrents[index];
+        let previous = std::mem::replace(&mut t.state, next);
+        t.stop_seeding_clock();
+        if let State::Running(handle) = previous {
+            self.engine.unregister(&t.info_hash);
+            t.verified_bytes = handle.stats.verified_bytes.load(Ordering::Relaxed);
+            self.stopping.push((t.info_hash, handle.begin_stop()));
+        }
+        t.save_record(&self.config.state_dir);
+    }
+
+    /// Takes in the runs that have ended since the last call: their totals go into their
+    /// torrents' records.
+    pub(super) fn reap_stopped(&mut self) {
+        let mut index = 0;
+        while index < self.stopping.len() {
+            if !self.stopping[index].1.thread.is_done() {
+                index += 1;
+                continue;
+            }
+            let (info_hash, stopping) = self.stopping.swap_remove(index);
+            if let Some(i) = self.index_of(&info_hash) {
+                let t = &mut self.torrents[i];
+                t.end_run(&stopping.stats);
+                t.save_record(&self.config.state_dir);
+            }
+        }
+    }
+
+    /// Saves every record that changed (totals, seeding time) since its last save.
+    pub(super) fn save_records(&mut self) {
+        for t in &mut self.torrents {
+            t.save_record(&self.config.state_dir);
+        }
+    }
+}
+
+/// The key of a `[[torrent]]` entry whose file could not be read: the SHA-1 of its path, so it
+/// never clashes with a real torrent's info hash.
+pub(super) fn placeholder_hash(path: &Path) -> InfoHash {
+    use sha1::{Digest, Sha1};
+    InfoHash(Sha1::digest(path.as_os_str().as_encoded_bytes()).into())
+}
+
+/// Appends the addresses of `more` that `peers` lacks.
+pub(super) fn merge_peers(peers: &mut Vec<SocketAddr>, more: &[SocketAddr]) {
+    for addr in more {
+        if !peers.contains(addr) {
+            peers.push(*addr);
+        }
+    }
+}
+
+/// A magnet link's name until its metadata arrives: its `dn` without control characters (it
+/// names a thread, and goes into the log), else the info hash.
+pub(super) fn display_name(magnet: &Magnet) -> String {
+    let dn: String = magnet
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    if dn.trim().is_empty() {
+        magnet.info_hash.to_hex()
+    } else {
+        dn
+    }
+}
+
+/// Where a magnet link's fetched metadata is kept: `<state_dir>/torrents/<infohash>.torrent`.
+pub(super) fn saved_torrent_path(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
+    state_dir
+        .join("torrents")
+        .join(format!("{}.torrent", info_hash.to_hex()))
+}
+
+/// Fetches a magnet link's metadata (see [`metadata_fetch::fetch`]), again after each failure
+/// (waiting [`METADATA_RETRY_BASE`], doubled per failure up to [`METADATA_RETRY_MAX`]), makes it
+/// a torrent with the link's trackers and saves it as `saved`. `None` when `stop` fired (or was
+/// dropped) first. Runs on a `metadata NAME` thread.
+pub(super) fn fetch_metadata(
+    params: &FetchParams,
+    saved: &Path,
+    stop: &Receiver<()>,
+) -> Option<Result<Metainfo, String>> {
+    let mut wait = METADATA_RETRY_BASE;
+    loop {
+        match metadata_fetch::fetch(params, stop) {
+            Ok(fetched) => return Some(torrent_from_metadata(params, &fetched, saved)),
+            Err(FetchError::Stopped) => return None,
+            Err(e) => warn!("magnet {}: {e}; trying again in {wait:?}", params.info_hash),
+        }
+        if !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout)) {
+            return None;
+        }
+        wait = (wait * 2).min(METADATA_RETRY_MAX);
+    }
+}
+
+/// The torrent of verified metadata, with the magnet link's trackers (one tier each), saved
+/// as `saved` (a failed save is logged: the next start fetches it again).
+pub(super) fn torrent_from_metadata(
+    params: &FetchParams,
+    fetched: &metadata_fetch::Fetched,
+    saved: &Path,
+) -> Result<Metainfo, String> {
+    let tiers: Vec<Vec<String>> = params.trackers.iter().map(|t| vec![t.clone()]).collect();
+    let meta = Metainfo::from_info_bytes(&fetched.info, &tiers)
+        .map_err(|e| format!("the metadata is not a usable torrent: {e}"))?;
+    // `fetch` verified the bytes; checked again on what the torrent is built from.
+    if meta.info_hash != params.info_hash {
+        return Err(format!(
+            "the metadata hashes to {}, not to the magnet link's info hash {}",
+            meta.info_hash, params.info_hash
+        ));
+    }
+    let sources: Vec<String> = fetched.sources.iter().map(ToString::to_string).collect();
+    info!(
+        "torrent {}: metadata received, {} bytes from {}",
+        meta.name,
+        fetched.info.len(),
+        sources.join(", ")
+    );
+    match crate::atomic_file::write(saved, &meta.to_torrent_bytes()) {
+        Ok(()) => info!(
+            "torrent {}: metadata saved to {}",
+            meta.name,
+            saved.display()
+        ),
+        Err(e) => warn!(
+            "torrent {}: cannot save the metadata: {e}; the next start fetches it again",
+            meta.name
+        ),
+    }
+    Ok(meta)
+}
