@@ -280,6 +280,7 @@ impl Coordinator {
         stats
             .verified_bytes
             .store(verified_bytes, Ordering::Relaxed);
+        stats.have.lock().clone_from(&have);
         let now = Instant::now();
         let mut c = Self {
             picker: Picker::new(meta.geometry, &have),
@@ -1002,6 +1003,7 @@ impl Coordinator {
         }
         self.picker.on_piece_verified(piece);
         self.have.set(piece);
+        self.stats.have.lock().set(piece);
         self.resume_dirty = true;
         self.stats.verified_bytes.fetch_add(
             u64::from(self.meta.geometry.piece_len(piece)),
@@ -1149,6 +1151,17 @@ impl Coordinator {
             self.void_requests(key, true);
         }
         self.stats.download_rate.store(down, Ordering::Relaxed);
+        self.stats
+            .peers
+            .store(saturating_u32(self.peers.len()), Ordering::Relaxed);
+        let sending = self.peers.values().filter(|p| p.rate_down > 0).count();
+        let getting = self.peers.values().filter(|p| p.rate_up > 0).count();
+        self.stats
+            .peers_sending_to_us
+            .store(saturating_u32(sending), Ordering::Relaxed);
+        self.stats
+            .peers_getting_from_us
+            .store(saturating_u32(getting), Ordering::Relaxed);
         self.stats.upload_rate.store(up, Ordering::Relaxed);
 
         if now.duration_since(self.last_choke) >= CHOKE_INTERVAL {

@@ -64,7 +64,14 @@ pub struct TorrentStats {
     upload_allowance: AtomicU64,
     pub download_rate: AtomicU64,
     pub upload_rate: AtomicU64,
+    /// Peers connected (the coordinator's tick writes it, as the next two).
     pub peers: AtomicU32,
+    /// Connected peers that sent us payload lately.
+    pub peers_sending_to_us: AtomicU32,
+    /// Connected peers we sent payload to lately.
+    pub peers_getting_from_us: AtomicU32,
+    /// The verified pieces (for per-file progress displays).
+    pub have: parking_lot::Mutex<Bitfield>,
     pub complete: AtomicBool,
     /// Seeders, leechers and completed downloads as the trackers report them (the announcer
     /// writes them).
@@ -82,6 +89,9 @@ impl Default for TorrentStats {
             download_rate: AtomicU64::new(0),
             upload_rate: AtomicU64::new(0),
             peers: AtomicU32::new(0),
+            peers_sending_to_us: AtomicU32::new(0),
+            peers_getting_from_us: AtomicU32::new(0),
+            have: parking_lot::Mutex::new(Bitfield::new(0)),
             complete: AtomicBool::new(false),
             swarm: Arc::default(),
         }
