@@ -5,14 +5,19 @@
 //! Threads: `NAME accept` accepts connections and hands them to a bounded queue
 //! ([`ServerConfig::queue`]; beyond it connections are closed unanswered); [`ServerConfig::workers`]
 //! `NAME http N` threads each serve one connection at a time: one request, one reply, then close
-//! (`Connection: close`, so a client that keeps its connection open holds no worker).
+//! (`Connection: close`, so a client that keeps its connection open holds no worker);
+//! `NAME refuse` answers the peers the handler refuses by address.
 //!
 //! It answers strangers, so everything is bounded: the head (request line and headers,
 //! [`ServerConfig::max_head_bytes`], 431 beyond) and the time to send it
-//! ([`ServerConfig::head_timeout`]); the body, read only by `Content-Length`
+//! ([`ServerConfig::head_timeout`], counted from accept, waiting in the queue included); the body, read only by `Content-Length`
 //! ([`ServerConfig::max_body_bytes`], 413 beyond; `Transfer-Encoding` gets 411) and only after the
 //! handler's [`Handler::check_head`] let it through, within [`ServerConfig::body_timeout`]; the
-//! connections in service (the workers) and waiting (the queue). A request line that is not
+//! connections in service (the workers) and waiting (the queue). A handler may refuse peers by
+//! address at accept ([`Handler::check_peer`]): those go to one `NAME refuse` thread with its
+//! own queue (the same size; beyond it they are closed), which answers each within
+//! [`REFUSE_WAIT`] twice, so strangers can neither hold the workers nor fill their queue. A
+//! request line that is not
 //! HTTP/1.x gets 400. Replies that refuse a request before its body was read shut the write side
 //! and drain what the client still sends for a moment, so the client reads the reply instead of
 //! a reset.
@@ -27,12 +32,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::profile::{Role, run_as};
 
 /// Reads wake up this often to notice that the server is stopping.
 pub const STOP_POLL: Duration = Duration::from_millis(200);
+/// A peer that [`Handler::check_peer`] refuses gets this long to send its head (so that its
+/// client reads the refusal rather than a reset) and this long again to read the reply.
+pub const REFUSE_WAIT: Duration = Duration::from_millis(200);
+/// After a refusal, what the client still sends is drained for at most this long.
+const DRAIN_TIME: Duration = Duration::from_millis(500);
 
 /// The bounds and names of one server.
 #[derive(Clone, Copy, Debug)]
@@ -53,6 +63,9 @@ pub struct ServerConfig {
     pub head_timeout: Duration,
     /// A client has this long, from the end of its head, to send its body.
     pub body_timeout: Duration,
+    /// Whether the handler refuses peers by address ([`Handler::check_peer`]): only then is
+    /// there a `NAME refuse` thread.
+    pub refuses_peers: bool,
 }
 
 /// One request: what the head says, the body, and who sent it.
@@ -184,6 +197,14 @@ impl HeadError {
 
 /// What a server does with requests. Runs on the worker threads, several at once.
 pub trait Handler: Send + Sync + 'static {
+    /// Called by the accept thread for each connection: `Some` refuses the peer with that reply,
+    /// which the `NAME refuse` thread sends (after waiting at most [`REFUSE_WAIT`] for the head);
+    /// the workers never see it. Must be quick.
+    fn check_peer(&self, peer: SocketAddr) -> Option<Response> {
+        let _ = peer;
+        None
+    }
+
     /// Called when the head is in, before any of the body is read: `Some` answers at once (a
     /// refusal that costs no body), `None` lets the server read the body and call
     /// [`handle`](Self::handle). `request.body` is empty here.
@@ -320,6 +341,17 @@ impl HttpServer {
         handler: Arc<dyn Handler>,
     ) -> io::Result<()> {
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue);
+        let (refuse_tx, refuse_rx) = crossbeam_channel::bounded(config.queue);
+        if config.refuses_peers {
+            let stop = Arc::clone(&self.stop);
+            self.threads.push(
+                std::thread::Builder::new()
+                    .name(format!("{} refuse", config.name))
+                    .spawn(move || run_as(config.role, || refuser(&refuse_rx, &stop, &config)))?,
+            );
+        } else {
+            drop(refuse_rx);
+        }
         for n in 0..config.workers {
             let (jobs, stop, handler) = (
                 jobs_rx.clone(),
@@ -336,12 +368,16 @@ impl HttpServer {
         }
         drop(jobs_rx);
         let stop = Arc::clone(&self.stop);
+        let queues = Queues {
+            jobs: jobs_tx,
+            refusals: refuse_tx,
+        };
         self.threads.push(
             std::thread::Builder::new()
                 .name(format!("{} accept", config.name))
                 .spawn(move || {
                     run_as(config.role, || {
-                        accept_loop(&listener, &jobs_tx, &stop, config.name);
+                        accept_loop(&listener, &queues, &stop, &*handler, &config);
                     });
                 })?,
         );
@@ -399,22 +435,48 @@ pub fn wake_addrs(local: SocketAddr) -> Vec<SocketAddr> {
     }
 }
 
-/// Accepts connections until the server stops, queueing them for the workers; when the queue
-/// is full the connection is closed unanswered.
-fn accept_loop(listener: &TcpListener, jobs: &Sender<TcpStream>, stop: &AtomicBool, name: &str) {
+/// Where the accept thread puts connections.
+struct Queues {
+    /// For the workers.
+    jobs: Sender<(TcpStream, Instant)>,
+    /// Refused peers and their reply, for the `NAME refuse` thread.
+    refusals: Sender<(TcpStream, Response)>,
+}
+
+/// Accepts connections until the server stops, queueing them for the workers (or, for peers the
+/// handler refuses, the refuser); when the queue is full the connection is closed unanswered.
+fn accept_loop(
+    listener: &TcpListener,
+    queues: &Queues,
+    stop: &AtomicBool,
+    handler: &dyn Handler,
+    c: &ServerConfig,
+) {
+    let name = c.name;
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
             return;
         }
         match accepted {
-            Ok((stream, addr)) => match jobs.try_send(stream) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    log::debug!("{name}: {addr}: every HTTP worker busy; connection closed");
+            Ok((stream, addr)) => {
+                let refusal = c.refuses_peers.then(|| handler.check_peer(addr)).flatten();
+                let queued = match refusal {
+                    None => queues
+                        .jobs
+                        .try_send((stream, Instant::now()))
+                        .map_err(|e| e.is_full()),
+                    Some(reply) => queues
+                        .refusals
+                        .try_send((stream, reply))
+                        .map_err(|e| e.is_full()),
+                };
+                match queued {
+                    Ok(()) => {}
+                    Err(true) => log::debug!("{name}: {addr}: queue full; connection closed"),
+                    Err(false) => return,
                 }
-                Err(TrySendError::Disconnected(_)) => return,
-            },
+            }
             Err(e) => {
                 // Out of file descriptors and the like: wait for it to pass, do not spin.
                 log::debug!("{name}: accept: {e}");
@@ -424,13 +486,41 @@ fn accept_loop(listener: &TcpListener, jobs: &Sender<TcpStream>, stop: &AtomicBo
     }
 }
 
-/// Serves queued connections one at a time until the acceptor is gone.
-fn worker(jobs: &Receiver<TcpStream>, stop: &AtomicBool, handler: &dyn Handler, c: &ServerConfig) {
-    while let Ok(stream) = jobs.recv() {
+/// Answers refused peers, one at a time: waits at most [`REFUSE_WAIT`] for the head (so the
+/// client reads the reply rather than a reset), writes the reply, drains for as long again.
+fn refuser(refusals: &Receiver<(TcpStream, Response)>, stop: &AtomicBool, c: &ServerConfig) {
+    while let Ok((mut stream, reply)) = refusals.recv() {
         if stop.load(Ordering::SeqCst) {
             continue;
         }
-        serve(stream, stop, handler, c);
+        let mut buf = Vec::new();
+        let deadline = Instant::now() + REFUSE_WAIT;
+        let _ = read_until(
+            &mut stream,
+            &mut buf,
+            c.max_head_bytes + 1,
+            deadline,
+            stop,
+            |b| head_end(b).is_some(),
+        );
+        write_response(&mut stream, &reply, c);
+        let _ = stream.shutdown(Shutdown::Write);
+        drain(&mut stream, REFUSE_WAIT);
+    }
+}
+
+/// Serves queued connections one at a time until the acceptor is gone.
+fn worker(
+    jobs: &Receiver<(TcpStream, Instant)>,
+    stop: &AtomicBool,
+    handler: &dyn Handler,
+    c: &ServerConfig,
+) {
+    while let Ok((stream, accepted)) = jobs.recv() {
+        if stop.load(Ordering::SeqCst) {
+            continue;
+        }
+        serve(stream, accepted, stop, handler, c);
     }
 }
 
@@ -457,15 +547,16 @@ fn read_until(
         if buf.len() >= limit {
             return Err(ReadError::TooLarge);
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(ReadError::TimedOut);
-        }
         if stop.load(Ordering::SeqCst) {
             return Err(ReadError::Stopping);
         }
+        // Past the deadline, what has already arrived is still read (a request that waited in
+        // the queue), but nothing is waited for.
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), STOP_POLL);
         stream
-            .set_read_timeout(Some((deadline - now).min(STOP_POLL)))
+            .set_read_timeout(Some(wait))
             .map_err(|_| ReadError::Closed)?;
         let want = chunk.len().min(limit - buf.len());
         match stream.read(&mut chunk[..want]) {
@@ -477,25 +568,41 @@ fn read_until(
                     io::ErrorKind::WouldBlock
                         | io::ErrorKind::TimedOut
                         | io::ErrorKind::Interrupted
-                ) => {}
+                ) =>
+            {
+                if Instant::now() >= deadline {
+                    return Err(ReadError::TimedOut);
+                }
+            }
             Err(_) => return Err(ReadError::Closed),
         }
     }
     Ok(())
 }
 
-fn serve(mut stream: TcpStream, stop: &AtomicBool, handler: &dyn Handler, c: &ServerConfig) {
+/// Serves one connection. The head's deadline counts from `accepted`, so connections that sat
+/// idle in the queue while the workers were busy are dropped at once instead of each holding a
+/// worker for the whole head timeout: a flood of idle connections delays others by about one
+/// head timeout, not one per queued connection.
+fn serve(
+    mut stream: TcpStream,
+    accepted: Instant,
+    stop: &AtomicBool,
+    handler: &dyn Handler,
+    c: &ServerConfig,
+) {
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
     let name = c.name;
     let mut buf = Vec::with_capacity(1024);
+
     // One byte over the limit tells a head that is too long from one that just fits.
     let read = read_until(
         &mut stream,
         &mut buf,
         c.max_head_bytes + 1,
-        Instant::now() + c.head_timeout,
+        accepted + c.head_timeout,
         stop,
         |b| head_end(b).is_some(),
     );
@@ -579,7 +686,7 @@ fn serve(mut stream: TcpStream, stop: &AtomicBool, handler: &dyn Handler, c: &Se
 fn refuse_early(stream: &mut TcpStream, response: &Response, c: &ServerConfig) {
     write_response(stream, response, c);
     let _ = stream.shutdown(Shutdown::Write);
-    drain(stream);
+    drain(stream, DRAIN_TIME);
 }
 
 fn write_response(stream: &mut TcpStream, response: &Response, c: &ServerConfig) {
@@ -601,9 +708,9 @@ fn write_response(stream: &mut TcpStream, response: &Response, c: &ServerConfig)
     let _ = stream.write_all(&reply);
 }
 
-/// Reads and discards what the client still sends, briefly and boundedly.
-fn drain(stream: &mut TcpStream) {
-    let deadline = Instant::now() + Duration::from_millis(500);
+/// Reads and discards what the client still sends, for at most `time` and 1 MiB.
+fn drain(stream: &mut TcpStream, time: Duration) {
+    let deadline = Instant::now() + time;
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let mut buf = [0u8; 4096];
     let mut total = 0usize;
@@ -629,6 +736,7 @@ mod tests {
             max_body_bytes: 100,
             head_timeout: Duration::from_secs(2),
             body_timeout: Duration::from_secs(2),
+            refuses_peers: false,
         }
     }
 
@@ -803,27 +911,66 @@ mod tests {
     }
 
     #[test]
-    fn five_hundred_connections_at_once_leave_it_serving_and_stop_is_quick() {
+    fn five_hundred_idle_connections_delay_a_request_by_about_one_head_timeout() {
         let server = start();
         let addr = server.local_addr();
+        // Silent and held open: the workers each take one, the queue fills, the rest are closed
+        // at accept.
         let held: Vec<TcpStream> = (0..500)
             .filter_map(|_| TcpStream::connect(addr).ok())
             .collect();
         assert!(held.len() > 400, "{} connected", held.len());
-        drop(held);
-        // The queue drains as the workers find the closed connections.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let started = Instant::now();
+        let mut tries = 0;
         loop {
+            tries += 1;
             let reply = exchange(addr, b"GET /after HTTP/1.1\r\n\r\n");
             if reply.ends_with("GET /after None ") {
                 break;
             }
-            assert!(Instant::now() < deadline, "{reply:?}");
+            assert!(started.elapsed() < Duration::from_secs(10), "{reply:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The queued idle connections' head time ran out while they waited, so once the
+        // workers' first ones time out, the queue empties at once.
+        let waited = started.elapsed();
+        eprintln!("500 idle connections: answered after {waited:?}, {tries} tries");
+        assert!(waited < config().head_timeout * 2, "{waited:?}");
+        drop(held);
         let started = Instant::now();
         server.stop();
         assert!(started.elapsed() < Duration::from_secs(1));
         assert!(TcpListener::bind(addr).is_ok(), "the port is free again");
+    }
+
+    #[test]
+    fn a_request_that_waited_in_the_queue_past_its_head_time_is_still_served() {
+        let server = start();
+        let addr = server.local_addr();
+        // Both workers busy: heads sent just before their 2 s run out, then bodies that never
+        // come (2 s more) ...
+        let mut busy: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(100));
+        // ... while a whole request waits behind them in the queue, past its own 2 s.
+        let mut queued = TcpStream::connect(addr).unwrap();
+        queued.write_all(b"GET /queued HTTP/1.1\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(1600));
+        for s in &mut busy {
+            s.write_all(b"POST /slow HTTP/1.1\r\nContent-Length: 10\r\n\r\n")
+                .unwrap();
+        }
+        let started = Instant::now();
+        queued
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reply = String::new();
+        queued.read_to_string(&mut reply).unwrap();
+        assert!(
+            started.elapsed() > Duration::from_secs(1),
+            "the workers were busy"
+        );
+        assert!(reply.ends_with("GET /queued None "), "{reply:?}");
+        drop(busy);
+        server.stop();
     }
 }

@@ -315,6 +315,7 @@ impl TrackerServer {
                 max_body_bytes: http::MAX_HEAD_BYTES,
                 head_timeout: http::REQUEST_TIMEOUT,
                 body_timeout: http::REQUEST_TIMEOUT,
+                refuses_peers: false,
             },
             Arc::new(front),
         )?);
