@@ -22,6 +22,7 @@ pub mod profile;
 pub mod ratelimit;
 pub mod record;
 pub mod resume;
+pub mod rpc;
 pub mod status;
 pub mod storage;
 #[cfg(test)]
