@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::engine::EngineConfig;
 use crate::magnet::Magnet;
+use crate::rpc::{IpRange, RpcConfig, Secret};
 use crate::torrent::TorrentLimits;
 use crate::tracker_server::TrackerConfig;
 
@@ -46,6 +47,7 @@ struct ConfigFile {
     disk: Disk,
     announce: Announce,
     tracker: Tracker,
+    rpc: Rpc,
     torrent: Vec<TorrentEntryFile>,
 }
 
@@ -268,6 +270,43 @@ impl Default for Tracker {
             min_interval_secs: 0,
             max_peers_per_torrent: d.max_peers_per_torrent,
             max_torrents: d.max_torrents,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Rpc {
+    #[serde(deserialize_with = "boolean")]
+    enabled: bool,
+    #[serde(deserialize_with = "string")]
+    listen: String,
+    #[serde(deserialize_with = "string")]
+    username: String,
+    #[serde(deserialize_with = "string")]
+    password: String,
+    #[serde(deserialize_with = "path")]
+    password_file: PathBuf,
+    #[serde(deserialize_with = "strings")]
+    allowed_ips: Vec<String>,
+    #[serde(deserialize_with = "strings")]
+    allowed_hosts: Vec<String>,
+    #[serde(deserialize_with = "path")]
+    web_dir: PathBuf,
+}
+
+impl Default for Rpc {
+    fn default() -> Self {
+        let d = RpcConfig::default();
+        Self {
+            enabled: d.enabled,
+            listen: d.listen.to_string(),
+            username: String::new(),
+            password: String::new(),
+            password_file: PathBuf::new(),
+            allowed_ips: vec!["127.0.0.1".into(), "::1".into()],
+            allowed_hosts: Vec::new(),
+            web_dir: PathBuf::new(),
         }
     }
 }
@@ -545,6 +584,8 @@ pub struct Config {
     pub limits: TorrentLimits,
     /// The embedded tracker (`[tracker]`), when enabled.
     pub tracker: Option<TrackerConfig>,
+    /// The Transmission RPC (`[rpc]`), checked even when disabled.
+    pub rpc: RpcConfig,
     pub torrents: Vec<TorrentEntry>,
 }
 
@@ -672,6 +713,7 @@ impl Config {
         };
         let download_dir = non_empty("paths.download_dir", &file.paths.download_dir)?;
         let tracker = tracker_config(&file.tracker).map_err(|(key, reason)| err(key, reason))?;
+        let rpc = rpc_config(&file.rpc, &resolve).map_err(|(key, reason)| err(key, reason))?;
         let mut torrents = Vec::new();
         for (i, entry) in file.torrent.into_iter().enumerate() {
             let key = |k: &str| format!("torrent[{i}].{k}");
@@ -741,6 +783,7 @@ impl Config {
                 udp_retransmit_base: Duration::from_millis(file.announce.udp_retransmit_base_ms),
             },
             tracker,
+            rpc,
             torrents,
         })
     }
@@ -839,6 +882,117 @@ fn tracker_config(file: &Tracker) -> Result<Option<TrackerConfig>, (&'static str
     config.max_torrents = file.max_torrents;
     config.validate().map_err(|e| ("tracker", e.to_string()))?;
     Ok(file.enabled.then_some(config))
+}
+
+/// The RPC's config from `[rpc]`, relative paths resolved by `resolve`; checked whether or not
+/// it is enabled. Errors are (key, reason); the password is never in a reason.
+fn rpc_config(
+    file: &Rpc,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<RpcConfig, (&'static str, String)> {
+    let listen: SocketAddr = file.listen.parse().map_err(|e| {
+        (
+            "rpc.listen",
+            format!(
+                "{:?}: {e} (want IP:PORT, e.g. \"127.0.0.1:9091\" or \"[::]:9091\")",
+                file.listen
+            ),
+        )
+    })?;
+    let password = if file.password_file.as_os_str().is_empty() {
+        file.password.clone()
+    } else {
+        if !file.password.is_empty() {
+            return Err((
+                "rpc.password_file",
+                "`password` is set too: give `password` or `password_file`, not both".into(),
+            ));
+        }
+        let path = resolve(&file.password_file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| ("rpc.password_file", format!("{}: {e}", path.display())))?;
+        let password = text.trim_end_matches(['\n', '\r']).to_owned();
+        if password.is_empty() {
+            return Err((
+                "rpc.password_file",
+                format!("{}: the file is empty", path.display()),
+            ));
+        }
+        password
+    };
+    if file.username.contains(':') {
+        return Err((
+            "rpc.username",
+            "must not contain `:` (HTTP Basic auth cannot carry it)".into(),
+        ));
+    }
+    match (file.username.is_empty(), password.is_empty()) {
+        (false, true) => {
+            return Err((
+                "rpc.password",
+                "`username` is set: give `password` or `password_file` too (both set require \
+                 HTTP Basic auth; neither, none)"
+                    .into(),
+            ));
+        }
+        (true, false) => {
+            return Err((
+                "rpc.username",
+                "a password is set: give `username` too (both set require HTTP Basic auth; \
+                 neither, none)"
+                    .into(),
+            ));
+        }
+        _ => {}
+    }
+    if file.allowed_ips.is_empty() {
+        return Err((
+            "rpc.allowed_ips",
+            "must not be empty (to allow every address: [\"0.0.0.0/0\", \"::/0\"])".into(),
+        ));
+    }
+    let allowed_ips = file
+        .allowed_ips
+        .iter()
+        .map(|entry| IpRange::parse(entry))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ("rpc.allowed_ips", e))?;
+    let mut allowed_hosts = Vec::new();
+    for host in &file.allowed_hosts {
+        let name = host.strip_prefix("*.").unwrap_or(host);
+        let plain = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !plain {
+            return Err((
+                "rpc.allowed_hosts",
+                format!(
+                    "{host:?} is not a host name (letters, digits, `-` and `.`, optionally \
+                     starting with `*.`; no port)"
+                ),
+            ));
+        }
+        allowed_hosts.push(host.to_ascii_lowercase());
+    }
+    let web_dir = if file.web_dir.as_os_str().is_empty() {
+        None
+    } else {
+        let dir = resolve(&file.web_dir);
+        if !dir.is_dir() {
+            return Err(("rpc.web_dir", format!("{}: not a directory", dir.display())));
+        }
+        Some(dir)
+    };
+    Ok(RpcConfig {
+        enabled: file.enabled,
+        listen,
+        username: file.username.clone(),
+        password: Secret::new(password),
+        allowed_ips,
+        allowed_hosts,
+        web_dir,
+    })
 }
 
 /// The line number (1-based) and trimmed text of the line holding byte `offset`.
@@ -1224,6 +1378,116 @@ mod tests {
             let e = parse(&format!("[tracker]\n{text}\n")).unwrap_err();
             assert_eq!(e.key, key, "{e}");
         }
+    }
+
+    #[test]
+    fn the_rpc_defaults_to_loopback_port_9091_without_auth() {
+        let rpc = parse("").unwrap().rpc;
+        assert_eq!(rpc, RpcConfig::default());
+        assert!(rpc.enabled && !rpc.auth_required());
+        assert_eq!(rpc.listen, "127.0.0.1:9091".parse::<SocketAddr>().unwrap());
+        assert!(
+            rpc.allowed_ips
+                .iter()
+                .any(|r| r.contains("::1".parse().unwrap()))
+        );
+        let rpc = parse(
+            "[rpc]\nenabled = false\nlisten = \"[::]:0\"\nusername = \"u\"\npassword = \"pw\"\n\
+             allowed_ips = [\"10.0.0.0/8\", \"192.168.*.*\"]\nallowed_hosts = [\"Box.lan\", \"*.example.org\"]\n",
+        )
+        .unwrap()
+        .rpc;
+        assert!(!rpc.enabled && rpc.auth_required());
+        assert_eq!(rpc.listen.port(), 0);
+        assert_eq!(rpc.password.expose(), "pw");
+        assert_eq!(rpc.allowed_ips.len(), 2);
+        assert_eq!(rpc.allowed_hosts, vec!["box.lan", "*.example.org"]);
+    }
+
+    #[test]
+    fn rpc_mistakes_name_their_key_and_line_and_never_the_password() {
+        for (text, key, line, reason) in [
+            ("listen = \"9091\"", "rpc.listen", 2, "want IP:PORT"),
+            ("username = \"u\"", "rpc.password", 2, "give `password`"),
+            (
+                "password = \"hunter2\"",
+                "rpc.username",
+                3,
+                "give `username` too",
+            ),
+            (
+                "username = \"u\"\npassword = \"hunter2\"\npassword_file = \"pw\"",
+                "rpc.password_file",
+                4,
+                "not both",
+            ),
+            (
+                "username = \"u\"\npassword_file = \"/nonexistent/pw\"",
+                "rpc.password_file",
+                3,
+                "/nonexistent/pw",
+            ),
+            (
+                "username = \"a:b\"\npassword = \"hunter2\"",
+                "rpc.username",
+                2,
+                "`:`",
+            ),
+            ("allowed_ips = []", "rpc.allowed_ips", 2, "0.0.0.0/0"),
+            (
+                "allowed_ips = [\"127.0.0.1\", \"lan\"]",
+                "rpc.allowed_ips",
+                2,
+                "\"lan\" is not an IP address",
+            ),
+            (
+                "allowed_ips = [\"10.0.0.0/40\"]",
+                "rpc.allowed_ips",
+                2,
+                "0 to 32",
+            ),
+            (
+                "allowed_hosts = [\"box.lan:9091\"]",
+                "rpc.allowed_hosts",
+                2,
+                "not a host name",
+            ),
+            (
+                "web_dir = \"/nonexistent/web\"",
+                "rpc.web_dir",
+                2,
+                "not a directory",
+            ),
+        ] {
+            let e = parse(&format!("[rpc]\n{text}\n")).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(e.reason.contains(reason), "{text}: {e}");
+            assert!(e.line.is_some_and(|l| l <= line), "{text}: {e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        let c = parse("[rpc]\nusername = \"u\"\npassword = \"hunter2\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_rpc_password_file_is_read_relative_to_the_config() {
+        let dir = crate::test_dir::TempDir::new("config-rpc");
+        std::fs::write(dir.0.join("pw"), "correct horse\n").unwrap();
+        std::fs::create_dir(dir.0.join("web")).unwrap();
+        let c = Config::parse(
+            "[rpc]\nusername = \"u\"\npassword_file = \"pw\"\nweb_dir = \"web\"\n",
+            &dir.0.join("btd.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.rpc.password.expose(), "correct horse");
+        assert_eq!(c.rpc.web_dir, Some(dir.0.join("web")));
+        std::fs::write(dir.0.join("pw"), "\n").unwrap();
+        let e = Config::parse(
+            "[rpc]\nusername = \"u\"\npassword_file = \"pw\"\n",
+            &dir.0.join("btd.toml"),
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("empty"), "{e}");
     }
 
     #[test]

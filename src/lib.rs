@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod hex;
+pub mod http_server;
 pub mod listener;
 pub mod magnet;
 pub mod metadata_fetch;
@@ -21,6 +22,7 @@ pub mod profile;
 pub mod ratelimit;
 pub mod record;
 pub mod resume;
+pub mod rpc;
 pub mod status;
 pub mod storage;
 #[cfg(test)]

@@ -22,9 +22,10 @@ pub enum Role {
     Announcer,
     Metadata,
     Tracker,
+    Rpc,
 }
 
-const ROLES: [Role; 7] = [
+const ROLES: [Role; 8] = [
     Role::Peer,
     Role::Coordinator,
     Role::Disk,
@@ -32,6 +33,7 @@ const ROLES: [Role; 7] = [
     Role::Announcer,
     Role::Metadata,
     Role::Tracker,
+    Role::Rpc,
 ];
 
 impl Role {
@@ -48,6 +50,7 @@ impl Role {
             Role::Announcer => "announcer",
             Role::Metadata => "metadata",
             Role::Tracker => "tracker",
+            Role::Rpc => "rpc",
         }
     }
 }

@@ -1,26 +1,27 @@
 //! The tracker's HTTP front end: `GET /announce?...` and `GET /scrape?...`, one request per
 //! connection, bencoded replies (lava_torrent's writer).
 //!
-//! Runs on `tracker accept` (which only accepts and queues) and the `tracker http N` workers.
-//! Parsing is pure and hand-written: the request line, the query string and percent-decoding
-//! (`info_hash` and `peer_id` are raw bytes, one `%XX` per byte or the unreserved character
-//! itself; `+` is a plus, not a space). Headers are read, bounded, and ignored: the peer's IP is
-//! the connection's source address, whatever an `ip` parameter or a proxy header says.
+//! [`Front`] is the tracker's handler on the process's HTTP server (`http_server`), which reads
+//! the bounded request on the `tracker http N` workers. Parsing the tracker request is pure and
+//! hand-written: the query string and percent-decoding (`info_hash` and `peer_id` are raw bytes,
+//! one `%XX` per byte or the unreserved character itself; `+` is a plus, not a space). Headers
+//! are ignored: the peer's IP is the connection's source address, whatever an `ip` parameter or
+//! a proxy header says.
 //!
 //! Tracker-level errors (a bad `info_hash`, a missing `port`, a full tracker) are `200 OK` with a
 //! `failure reason`, which is what clients show to their users; requests that are not tracker
 //! requests at all get 400, 404, 405 or 431.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use lava_torrent::bencode::BencodeElem;
 
 use super::swarm::{Announce, AnnounceOutcome, InfoHash, PeerId, ScrapeEntry};
 use super::{DEFAULT_NUMWANT, Intervals, MAX_NUMWANT, Shared, push_compact};
+use crate::http_server::{self, Handler, HeadError, Response};
 use crate::tracker::AnnounceEvent;
 use crate::{hex, percent};
 
@@ -28,8 +29,6 @@ use crate::{hex, percent};
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// A client has this long to send its request head, and the reply this long to be written.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Reads wake up this often to notice that the server is stopping.
-const STOP_POLL: Duration = Duration::from_millis(200);
 
 /// A tracker request, parsed from its request line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,19 +76,15 @@ pub enum HttpError {
     /// Not an HTTP/1.x request line: 400.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    /// A head over [`MAX_HEAD_BYTES`]: 431.
-    #[error("request head over {MAX_HEAD_BYTES} bytes")]
-    HeadTooLarge,
 }
 
 impl HttpError {
-    fn status(&self) -> &'static str {
+    fn status(&self) -> u16 {
         match self {
-            HttpError::Failure(_) => "200 OK",
-            HttpError::NotFound => "404 Not Found",
-            HttpError::MethodNotAllowed => "405 Method Not Allowed",
-            HttpError::BadRequest(_) => "400 Bad Request",
-            HttpError::HeadTooLarge => "431 Request Header Fields Too Large",
+            HttpError::Failure(_) => 200,
+            HttpError::NotFound => 404,
+            HttpError::MethodNotAllowed => 405,
+            HttpError::BadRequest(_) => 400,
         }
     }
 }
@@ -119,26 +114,13 @@ fn parse_query(query: &[u8]) -> Result<Params, HttpError> {
         .collect()
 }
 
-/// Parses a request head: its request line decides everything; headers are ignored.
+/// Parses a request from its method and target (the HTTP server parsed the request line).
 ///
 /// # Errors
-/// See [`HttpError`]: a bad request line, another method or path, or a tracker request whose
-/// parameters are missing or malformed.
-pub fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
-    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
-    let line = head[..line_end]
-        .strip_suffix(b"\r")
-        .unwrap_or(&head[..line_end]);
-    let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HttpError::BadRequest("not an HTTP request line"));
-    };
-    if !version.starts_with(b"HTTP/1.") {
-        return Err(HttpError::BadRequest("not HTTP/1.x"));
-    }
-    if method != b"GET" {
+/// See [`HttpError`]: another method or path, or a tracker request whose parameters are missing
+/// or malformed.
+pub fn parse_request(method: &str, target: &[u8]) -> Result<Request, HttpError> {
+    if method != "GET" {
         return Err(HttpError::MethodNotAllowed);
     }
     let target = strip_scheme_and_authority(target);
@@ -375,161 +357,44 @@ fn answer(request: Request, source: SocketAddr, shared: &Shared, now: Instant) -
     }
 }
 
-/// Accepts connections until the server stops, queueing them for the workers; when the queue
-/// is full the connection is closed unanswered.
-pub(super) fn accept_loop(listener: &TcpListener, jobs: &Sender<TcpStream>, shared: &Shared) {
-    loop {
-        let accepted = listener.accept();
-        if shared.stopping() {
-            return;
-        }
-        match accepted {
-            Ok((stream, addr)) => match jobs.try_send(stream) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    log::debug!("tracker: {addr}: every HTTP worker busy; connection closed");
-                }
-                Err(TrySendError::Disconnected(_)) => return,
-            },
+/// The tracker's handler on the HTTP server: tracker requests get `200 OK` with a bencoded
+/// body (a `failure reason` when refused); anything else 400, 404, 405 or 431.
+pub(super) struct Front {
+    shared: Arc<Shared>,
+}
+
+impl Front {
+    pub(super) fn new(shared: Arc<Shared>) -> Front {
+        Front { shared }
+    }
+}
+
+impl Handler for Front {
+    fn handle(&self, request: http_server::Request) -> Response {
+        let peer = request.peer;
+        match parse_request(&request.method, &request.target) {
+            Ok(parsed) => {
+                let body = answer(parsed, peer, &self.shared, Instant::now());
+                Response::text(200, body)
+            }
             Err(e) => {
-                // Out of file descriptors and the like: wait for it to pass, do not spin.
-                log::debug!("tracker: accept: {e}");
-                std::thread::sleep(Duration::from_millis(50));
+                log::debug!("tracker: {peer}: {e}");
+                let body = match &e {
+                    HttpError::Failure(reason) => failure_body(reason),
+                    other => format!("{other}\n").into_bytes(),
+                };
+                Response::text(e.status(), body)
             }
         }
     }
-}
 
-/// Serves queued connections one at a time until the acceptor is gone.
-pub(super) fn worker(jobs: &Receiver<TcpStream>, shared: &Shared) {
-    while let Ok(stream) = jobs.recv() {
-        if shared.stopping() {
-            continue;
-        }
-        serve(stream, shared);
-    }
-}
-
-#[derive(Debug)]
-enum ReadError {
-    TooLarge,
-    Closed,
-    TimedOut,
-    Stopping,
-}
-
-/// Reads up to the blank line that ends a request head, at most [`MAX_HEAD_BYTES`] and
-/// [`REQUEST_TIMEOUT`].
-fn read_head(stream: &mut TcpStream, shared: &Shared) -> Result<Vec<u8>, ReadError> {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 2048];
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(ReadError::TimedOut);
-        }
-        if shared.stopping() {
-            return Err(ReadError::Stopping);
-        }
-        stream
-            .set_read_timeout(Some((deadline - now).min(STOP_POLL)))
-            .map_err(|_| ReadError::Closed)?;
-        let want = buf.len().min(MAX_HEAD_BYTES + 1 - head.len());
-        match stream.read(&mut buf[..want]) {
-            Ok(0) => return Err(ReadError::Closed),
-            Ok(n) => {
-                let from = head.len().saturating_sub(3);
-                head.extend_from_slice(&buf[..n]);
-                let tail = &head[from..];
-                if tail.windows(4).any(|w| w == b"\r\n\r\n")
-                    || tail.windows(2).any(|w| w == b"\n\n")
-                {
-                    return Ok(head);
-                }
-                if head.len() > MAX_HEAD_BYTES {
-                    return Err(ReadError::TooLarge);
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => return Err(ReadError::Closed),
-        }
-    }
-}
-
-fn serve(mut stream: TcpStream, shared: &Shared) {
-    let Ok(peer) = stream.peer_addr() else {
-        return;
-    };
-    let head = match read_head(&mut stream, shared) {
-        Ok(head) => head,
-        Err(ReadError::TooLarge) => {
-            log::debug!("tracker: {peer}: request head over {MAX_HEAD_BYTES} bytes");
-            respond(
-                &mut stream,
-                &HttpError::HeadTooLarge,
-                &failure_body("request head too large"),
-            );
-            // Let the client read the answer: closing with unread input would reset it.
-            let _ = stream.shutdown(Shutdown::Write);
-            drain(&mut stream);
-            return;
-        }
-        Err(e) => {
-            log::debug!("tracker: {peer}: no request: {e:?}");
-            return;
-        }
-    };
-    let now = Instant::now();
-    match parse_head(&head) {
-        Ok(request) => {
-            let body = answer(request, peer, shared, now);
-            write_reply(&mut stream, "200 OK", &body);
-        }
-        Err(e) => {
-            log::debug!("tracker: {peer}: {e}");
-            let body = match &e {
-                HttpError::Failure(reason) => failure_body(reason),
-                other => format!("{other}\n").into_bytes(),
-            };
-            respond(&mut stream, &e, &body);
-        }
-    }
-}
-
-fn respond(stream: &mut TcpStream, error: &HttpError, body: &[u8]) {
-    write_reply(stream, error.status(), body);
-}
-
-fn write_reply(stream: &mut TcpStream, status: &str, body: &[u8]) {
-    let mut reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    reply.extend_from_slice(body);
-    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
-    let _ = stream.write_all(&reply);
-}
-
-/// Reads and discards what the client still sends, briefly and boundedly.
-fn drain(stream: &mut TcpStream) {
-    let deadline = Instant::now() + Duration::from_millis(500);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-    let mut buf = [0u8; 4096];
-    let mut total = 0usize;
-    while Instant::now() < deadline && total < 1 << 20 {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => total += n,
-        }
+    fn refused(&self, error: &HeadError) -> Response {
+        let body = match error {
+            HeadError::HeadTooLarge(_) => failure_body("request head too large"),
+            HeadError::BadRequest(why) => format!("{}\n", HttpError::BadRequest(why)).into_bytes(),
+            other => format!("{other}\n").into_bytes(),
+        };
+        Response::text(error.status(), body)
     }
 }
 
@@ -537,7 +402,17 @@ fn drain(stream: &mut TcpStream) {
 mod tests {
     use super::super::{HTTP_WORKERS, TrackerConfig, TrackerServer};
     use super::*;
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream};
+
+    /// A request head as the HTTP server and then the tracker parse it.
+    fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
+        match http_server::parse_head(head) {
+            Ok((method, target, _)) => parse_request(&method, &target),
+            Err(HeadError::BadRequest(why)) => Err(HttpError::BadRequest(why)),
+            Err(other) => panic!("{other}"),
+        }
+    }
 
     const HASH: &str = "%aa%bb%CC%dd%ee%ff%00%01%02%03%04%05%06%07%08%09%10%11%12%13";
     const HASH_BYTES: [u8; 20] = [

@@ -2,18 +2,19 @@
 //! (BEP 15) on one port number, peers kept in memory (`swarm.rs`) and expiring when they stop
 //! announcing. `btd tracker` runs it in the foreground; a daemon can run it inside itself.
 //!
-//! Threads: `tracker accept` accepts TCP connections and hands them to a bounded queue;
-//! [`HTTP_WORKERS`] `tracker http N` threads each serve one connection at a time (one request,
-//! then close); `tracker udp` answers datagrams. They share one [`Mutex`] over the swarms and the
-//! config, held only while the swarm logic runs, never across socket I/O.
+//! Threads: the process's HTTP server (`http_server`) runs the HTTP front end: `tracker accept`
+//! accepts TCP connections and hands them to a bounded queue; [`HTTP_WORKERS`] `tracker http N`
+//! threads each serve one connection at a time (one request, then close); `tracker udp` answers
+//! datagrams. They share one [`Mutex`] over the swarms and the config, held only while the swarm
+//! logic runs, never across socket I/O.
 //!
 //! It answers strangers, so everything is bounded: request heads (8 KiB) and the time to send
 //! them, connections in service (the workers) and waiting (the queue; beyond it connections are
 //! closed unanswered), peers per torrent, torrents in total and peers per reply. Malformed
 //! requests get a `failure reason` (HTTP) or an error packet (UDP), never a panic.
 //!
-//! [`TrackerServer::stop`] wakes the blocked threads the way tiny-http does: a connection to the
-//! listener and a datagram to the UDP socket, after raising the stop flag.
+//! [`TrackerServer::stop`] stops the HTTP server (which wakes its accept with a connection) and
+//! wakes `tracker udp` with a datagram, after raising the stop flag.
 
 mod http;
 mod swarm;
@@ -22,7 +23,7 @@ mod udp;
 pub use swarm::{InfoHash, PeerId, SwarmStats};
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -30,6 +31,7 @@ use parking_lot::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::http_server::{HttpServer, ServerConfig, wake_addrs};
 use crate::profile::{Role, run_as};
 use swarm::{Announce, AnnounceOutcome, Limits, Refusal, ScrapeEntry, Swarms};
 
@@ -261,6 +263,7 @@ impl Shared {
 pub struct TrackerServer {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
+    http: Option<HttpServer>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -286,6 +289,7 @@ impl TrackerServer {
         let mut server = TrackerServer {
             local_addr,
             shared: Arc::new(Shared::new(config)),
+            http: None,
             threads: Vec::new(),
         };
         if let Err(e) = server.spawn_threads(listener, socket) {
@@ -297,26 +301,24 @@ impl TrackerServer {
     }
 
     fn spawn_threads(&mut self, listener: TcpListener, socket: UdpSocket) -> io::Result<()> {
-        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(HTTP_QUEUE);
-        for n in 0..HTTP_WORKERS {
-            let (jobs, shared) = (jobs_rx.clone(), Arc::clone(&self.shared));
-            self.threads.push(
-                std::thread::Builder::new()
-                    .name(format!("tracker http {n}"))
-                    .spawn(move || run_as(Role::Tracker, || http::worker(&jobs, &shared)))?,
-            );
-        }
-        drop(jobs_rx);
-        let shared = Arc::clone(&self.shared);
-        self.threads.push(
-            std::thread::Builder::new()
-                .name("tracker accept".into())
-                .spawn(move || {
-                    run_as(Role::Tracker, || {
-                        http::accept_loop(&listener, &jobs_tx, &shared)
-                    });
-                })?,
-        );
+        let front = http::Front::new(Arc::clone(&self.shared));
+        self.http = Some(HttpServer::start(
+            listener,
+            ServerConfig {
+                name: "tracker",
+                role: Role::Tracker,
+                workers: HTTP_WORKERS,
+                queue: HTTP_QUEUE,
+                max_head_bytes: http::MAX_HEAD_BYTES,
+                // Tracker requests have no body; one sent anyway is read (so closing does not
+                // reset the connection under the reply) and ignored.
+                max_body_bytes: http::MAX_HEAD_BYTES,
+                head_timeout: http::REQUEST_TIMEOUT,
+                body_timeout: http::REQUEST_TIMEOUT,
+                refuses_peers: false,
+            },
+            Arc::new(front),
+        )?);
         let shared = Arc::clone(&self.shared);
         let ids = udp::ConnectionIds::new(rand::random(), Instant::now());
         self.threads.push(
@@ -365,21 +367,23 @@ impl TrackerServer {
     }
 
     fn shutdown(&mut self) {
-        if self.threads.is_empty() {
+        if self.threads.is_empty() && self.http.is_none() {
             return;
         }
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake `accept()` with a connection and `recv_from()` with an empty datagram.
+        if let Some(http) = self.http.take() {
+            http.stop();
+        }
+        // Wake `recv_from()` with an empty datagram.
         for wake in wake_addrs(self.local_addr) {
-            let connected = TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok();
             let any: SocketAddr = match wake.ip() {
                 IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
                 IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
             };
-            let sent = UdpSocket::bind(any)
+            if UdpSocket::bind(any)
                 .and_then(|s| s.send_to(&[], wake))
-                .is_ok();
-            if connected && sent {
+                .is_ok()
+            {
                 break;
             }
         }
@@ -404,23 +408,6 @@ fn push_compact(addr: SocketAddr, out: &mut Vec<u8>) {
         IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
     }
     out.extend_from_slice(&addr.port().to_be_bytes());
-}
-
-/// Where to reach our own sockets: their address, or loopback when they listen on every address
-/// (for `[::]`, which also takes IPv4 unless the system says otherwise, `[::1]` then
-/// `127.0.0.1`, in case the host has no IPv6 loopback).
-fn wake_addrs(local: SocketAddr) -> Vec<SocketAddr> {
-    let port = local.port();
-    match local.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            vec![SocketAddr::from((Ipv4Addr::LOCALHOST, port))]
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => vec![
-            SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
-            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        ],
-        _ => vec![local],
-    }
 }
 
 /// A TCP listener and a UDP socket on the same address and port. For port 0 the kernel picks a

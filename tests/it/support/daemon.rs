@@ -94,7 +94,8 @@ fn path_value(p: &Path) -> toml::Value {
 
 /// The directory of one daemon instance: `btd.toml` with relative paths `state/`, `downloads/`
 /// and `watch/` beside it (scanned every second), listening on its own loopback address at port
-/// 0, status file rewritten every second. Tests change keys with [`set`](Self::set) and the
+/// 0 (and `[rpc] listen` says the same, so daemons serving the RPC never fight over 9091),
+/// status file rewritten every second. Tests change keys with [`set`](Self::set) and the
 /// torrent list with [`add_torrent`](Self::add_torrent), then [`write_config`](Self::write_config).
 pub struct DaemonHome {
     dir: TempDir,
@@ -122,6 +123,9 @@ connect_timeout_secs = 5
 interval_secs = 1
 [announce]
 timeout_secs = 5
+[rpc]
+listen = "{ip}:0"
+allowed_ips = ["127.0.0.0/8"]
 "#
         ))
         .expect("the base config is TOML");

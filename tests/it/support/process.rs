@@ -465,9 +465,20 @@ fn net_args(ip: Ipv4Addr, peers: &[SocketAddr]) -> Vec<OsString> {
     args
 }
 
-/// The address in a line containing `listening on IP:PORT`.
+/// The address in a line containing `listening on IP:PORT` (the peer port).
 pub fn parse_listening(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    addr_after(line, "listening on ")
+}
+
+/// The address in a line containing `rpc serving HTTP on IP:PORT` (the RPC's port; port 0 in
+/// the config picks a free one). Worded apart from `listening on`, which names the peer port.
+pub fn parse_rpc_serving(line: &str) -> Option<SocketAddr> {
+    addr_after(line, "rpc serving HTTP on ")
+}
+
+/// The `IP:PORT` right after `marker` in `line`.
+fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(marker)? + marker.len()..];
     let token: String = rest
         .chars()
         .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
@@ -625,7 +636,7 @@ impl Transmission {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_listening;
+    use super::{parse_listening, parse_rpc_serving};
 
     #[test]
     fn listening_line_parses_with_and_without_trailing_text() {
@@ -639,5 +650,16 @@ mod tests {
             want
         );
         assert_eq!(parse_listening("nothing here"), None);
+    }
+
+    #[test]
+    fn the_rpc_line_is_not_taken_for_the_peer_port() {
+        let line = "[x INFO btd::rpc] rpc serving HTTP on 127.0.0.2:40123";
+        assert_eq!(parse_listening(line), None);
+        assert_eq!(parse_rpc_serving(line), "127.0.0.2:40123".parse().ok());
+        assert_eq!(
+            parse_rpc_serving("INFO btd: listening on 127.0.0.2:4567"),
+            None
+        );
     }
 }
