@@ -22,6 +22,14 @@ impl InfoHash {
     pub fn to_hex(&self) -> String {
         crate::hex::encode(&self.0)
     }
+
+    /// From 40 hex digits (either case); `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 40 {
+            return None;
+        }
+        crate::hex::decode(text)?.try_into().ok().map(InfoHash)
+    }
 }
 
 impl fmt::Debug for InfoHash {

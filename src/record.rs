@@ -34,6 +34,17 @@ pub struct TorrentRecord {
     pub downloaded: u64,
     /// Seconds spent seeding (running with every piece), over every run.
     pub seeding_secs: u64,
+    /// Added over the RPC: the daemon adds it again at every start, from the `.torrent` saved
+    /// beside this record or from `magnet`.
+    #[serde(default)]
+    pub added_over_rpc: bool,
+    /// The magnet link it was added from over the RPC, until its metadata is saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub magnet: Option<String>,
+    /// Paused or started over the RPC: this wins over its `[[torrent]]` entry's `paused` until
+    /// that entry changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
 }
 
 /// A record that could not be read or written, naming the file.
@@ -60,6 +71,9 @@ impl TorrentRecord {
             uploaded: 0,
             downloaded: 0,
             seeding_secs: 0,
+            added_over_rpc: false,
+            magnet: None,
+            paused: None,
         }
     }
 

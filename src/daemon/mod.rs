@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use parking_lot::Mutex;
 
 use crate::config::{Config, TorrentEntry, TorrentRef};
@@ -33,6 +33,7 @@ use crate::metainfo::{InfoHash, Metainfo};
 use crate::pidfile::PidFile;
 use crate::record::{TorrentRecord, unix_now};
 use crate::resume::ResumeData;
+use crate::rpc::{RpcCall, RpcServer};
 use crate::status::{DaemonStatus, SwarmCounts, TorrentStatus, TrackerStatus};
 use crate::storage::{OpenMode, Storage};
 use crate::torrent::{Control, ResumeTarget, Stopping, TorrentEvent, TorrentHandle, TorrentStats};
@@ -42,6 +43,7 @@ use crate::wire::Bitfield;
 
 mod queue;
 mod reload;
+mod rpc;
 mod signals;
 mod sources;
 mod torrent;
@@ -99,6 +101,12 @@ pub struct Daemon {
     log_file: Option<LogFile>,
     /// The embedded tracker, while `[tracker] enabled`.
     tracker: Option<TrackerServer>,
+    /// The Transmission RPC, while `[rpc] enabled`; its calls arrive on `rpc_calls`.
+    rpc: Option<RpcServer>,
+    rpc_tx: Sender<RpcCall>,
+    rpc_calls: Receiver<RpcCall>,
+    /// An RPC `session-close` asked the daemon to stop.
+    close_requested: bool,
     /// Set when RUST_LOG decides the log level, so a reload leaves it alone.
     level_from_env: bool,
     /// Torrents told to stop whose coordinators have not ended yet (by info hash). Nothing
@@ -107,6 +115,10 @@ pub struct Daemon {
     stopping: Vec<(InfoHash, Stopping)>,
     /// The id the next added torrent gets.
     next_id: u32,
+    /// When this daemon started (the RPC's `secondsActive`).
+    started: Instant,
+    /// Ids of torrents removed while it runs (the RPC's `recently-active` lists them).
+    removed_ids: Vec<u32>,
     /// Watch-dir files that did not parse yet (uploads in progress, or broken files settling).
     watch_pending: WatchPending,
 }
@@ -139,6 +151,23 @@ impl Daemon {
             .map(TrackerServer::start)
             .transpose()
             .map_err(DaemonError::Tracker)?;
+        let (rpc_tx, rpc_calls) = crate::rpc::channel();
+        // As transmission-daemon does, the torrents run without the RPC when its address is
+        // taken; SIGHUP tries again.
+        let rpc = if config.rpc.enabled {
+            match RpcServer::start(config.rpc.clone(), rpc_tx.clone()) {
+                Ok(rpc) => Some(rpc),
+                Err(e) => {
+                    error!(
+                        "rpc.listen {}: {e}; running without the RPC (SIGHUP tries again)",
+                        config.rpc.listen
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (checked_tx, checked_rx) = crossbeam_channel::unbounded();
         let (fetched_tx, fetched_rx) = crossbeam_channel::unbounded();
         let mut daemon = Self {
@@ -153,9 +182,15 @@ impl Daemon {
             pid_file: Some(pid_file),
             log_file,
             tracker,
+            rpc,
+            rpc_tx,
+            rpc_calls,
+            close_requested: false,
             level_from_env: std::env::var_os("RUST_LOG").is_some(),
             stopping: Vec::new(),
             next_id: 1,
+            started: Instant::now(),
+            removed_ids: Vec::new(),
             watch_pending: WatchPending::default(),
         };
         info!(
@@ -168,6 +203,7 @@ impl Daemon {
             daemon.add_entry(&entry);
         }
         daemon.scan_watch_dir();
+        daemon.add_rpc_torrents();
         daemon.engine.log_listening();
         Ok(daemon)
     }
@@ -189,6 +225,7 @@ impl Daemon {
                 next_status = Instant::now() + self.config.status_interval;
             }
             let checked_rx = self.checked_rx.clone();
+            let rpc_calls = self.rpc_calls.clone();
             let fetched_rx = self.fetched_rx.clone();
             select! {
                 recv(signals) -> signal => match signal {
@@ -212,7 +249,16 @@ impl Daemon {
                         self.on_metadata(fetched);
                     }
                 }
+                recv(rpc_calls) -> call => {
+                    if let Ok(call) = call {
+                        self.on_rpc(call);
+                    }
+                }
                 default(LOOP_WAKE) => {}
+            }
+            if self.close_requested {
+                info!("daemon: stopping at the RPC's session-close");
+                break;
             }
             if Instant::now() >= next_scan {
                 self.scan_watch_dir();
@@ -325,6 +371,12 @@ impl Daemon {
     fn shutdown(mut self) {
         info!("daemon stopping");
         let deadline = Instant::now() + STOP_BUDGET;
+        // No more calls: dropping the receiver frees every RPC worker waiting for an answer
+        // (its call, and the reply sender in it, are dropped), so the server stops at once.
+        self.rpc_calls = crossbeam_channel::never();
+        if let Some(rpc) = self.rpc.take() {
+            rpc.stop();
+        }
         // Ask every coordinator at once, so their `stopped` announces overlap; end every
         // metadata fetch (dropping its `stop`) meanwhile.
         let mut fetches = Vec::new();

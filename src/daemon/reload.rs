@@ -44,6 +44,7 @@ impl Daemon {
             }
         }
         self.reload_tracker(new.tracker);
+        self.reload_rpc(new.rpc.clone());
         if !self.level_from_env {
             log::set_max_level(new.log_level);
         }
@@ -92,6 +93,29 @@ impl Daemon {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Brings the RPC in line with `[rpc]`: started, stopped, or reconfigured in place (a new
+    /// address is bound before the old one is let go). A failure is logged; the old RPC stays.
+    pub(super) fn reload_rpc(&mut self, wanted: crate::rpc::RpcConfig) {
+        match (&mut self.rpc, wanted.enabled) {
+            (None, false) => {}
+            (Some(_), false) => {
+                info!("config reload: [rpc] disabled");
+                if let Some(rpc) = self.rpc.take() {
+                    rpc.stop();
+                }
+            }
+            (Some(rpc), true) => {
+                if let Err(e) = rpc.set_config(wanted) {
+                    error!("config reload: rpc.listen: {e}; the RPC keeps its settings");
+                }
+            }
+            (None, true) => match RpcServer::start(wanted, self.rpc_tx.clone()) {
+                Ok(rpc) => self.rpc = Some(rpc),
+                Err(e) => error!("config reload: rpc.listen: {e}; running without the RPC"),
+            },
         }
     }
 

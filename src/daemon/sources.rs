@@ -32,7 +32,7 @@ impl Daemon {
             },
             TorrentRef::Magnet(magnet) => Origin::Magnet(magnet.clone()),
         };
-        self.add(
+        let _ = self.add(
             origin,
             Source::Config(EntryKey::of(entry)),
             entry.download_dir.clone(),
@@ -54,31 +54,25 @@ impl Daemon {
             .unwrap_or_else(|| self.config.download_dir.clone());
         let id = self.next_id;
         self.next_id += 1;
-        self.torrents.push(Managed {
+        // Not a torrent's: no record is kept, and nothing else has this key.
+        let info_hash = placeholder_hash(path);
+        let record = TorrentRecord::new(&info_hash, &download_dir);
+        let mut t = Managed::new(
             id,
-            // Not a torrent's: no record is kept, and nothing else has this key.
-            info_hash: placeholder_hash(path),
+            info_hash,
             name,
-            meta: None,
-            magnet: None,
-            source: Source::Config(EntryKey::of(entry)),
-            record: TorrentRecord::new(&placeholder_hash(path), &download_dir),
-            saved: None,
-            peers: Vec::new(),
-            paused: entry.paused,
-            state: State::Error(reason),
-            complete: false,
-            verified_bytes: 0,
-            run: None,
-            seeding_since: None,
-            retry_at: None,
-            storage_failures: 0,
-            force_check: false,
-        });
+            Source::Config(EntryKey::of(entry)),
+            record,
+        );
+        t.paused = entry.paused;
+        t.state = State::Error(reason);
+        self.torrents.push(t);
     }
 
     /// Adds a torrent: queued, or paused, or (a magnet link whose metadata is not saved in the
-    /// state directory) fetching its metadata. Returns false for a duplicate info hash.
+    /// state directory) fetching its metadata. Returns its index, or for a duplicate info hash
+    /// the index of the torrent already there. A pause or start over the RPC (in the record)
+    /// wins over `paused`.
     /// Its record in the state directory, when there is one, says where its data is;
     /// `download_dir` (an entry's own) overrides that, and otherwise applies to a new torrent,
     /// as `[paths] download_dir` does.
@@ -89,16 +83,17 @@ impl Daemon {
         download_dir: Option<PathBuf>,
         mut peers: Vec<SocketAddr>,
         paused: bool,
-    ) -> bool {
+    ) -> Result<usize, usize> {
         let info_hash = origin.info_hash();
-        if let Some(other) = self.find(&info_hash) {
+        if let Some(index) = self.index_of(&info_hash) {
+            let other = &self.torrents[index];
             warn!(
                 "torrent {}: already present (from {}); ignoring {}",
                 other.name(),
                 other.source.describe(),
                 source.describe()
             );
-            return false;
+            return Err(index);
         }
         let (meta, magnet) = match origin {
             Origin::Meta(meta) => (Some(meta), None),
@@ -124,8 +119,8 @@ impl Daemon {
         let record = match (record, download_dir) {
             (Some(mut record), Some(dir)) if record.download_dir != dir => {
                 warn!(
-                    "torrent {name}: its [[torrent]] entry names download_dir {}, it was in {}; \
-                     using {} (data is not moved)",
+                    "torrent {name}: download_dir {} asked for, it was in {}; using {} (data \
+                     is not moved)",
                     dir.display(),
                     record.download_dir.display(),
                     dir.display()
@@ -146,32 +141,73 @@ impl Daemon {
         );
         let id = self.next_id;
         self.next_id += 1;
-        let mut t = Managed {
-            id,
-            info_hash,
-            name,
-            meta: meta.map(Arc::new),
-            magnet,
-            complete: record.completed_unix.is_some(),
-            record,
-            saved: on_disk,
-            source,
-            peers,
-            paused,
-            state: State::Paused,
-            verified_bytes: 0,
-            run: None,
-            seeding_since: None,
-            retry_at: None,
-            storage_failures: 0,
-            force_check: false,
-        };
+        let paused = record.paused.unwrap_or(paused);
+        let mut t = Managed::new(id, info_hash, name, source, record);
+        t.meta = meta.map(Arc::new);
+        t.magnet = magnet;
+        t.complete = t.record.completed_unix.is_some();
+        t.saved = on_disk;
+        t.peers = peers;
+        t.paused = paused;
         t.save_record(&self.config.state_dir);
         self.torrents.push(t);
+        let index = self.torrents.len() - 1;
         if !paused {
-            self.unpause(self.torrents.len() - 1);
+            self.unpause(index);
         }
-        true
+        Ok(index)
+    }
+
+    /// Adds again, at start, the torrents added over the RPC (their records say so), oldest
+    /// first: from the `.torrent` saved beside the record, or from the magnet link.
+    pub(super) fn add_rpc_torrents(&mut self) {
+        let dir = self.config.state_dir.join("torrents");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut found: Vec<(u64, Origin)> = Vec::new();
+        for path in entries.flatten().map(|e| e.path()) {
+            let Some(hash) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(InfoHash::from_hex)
+            else {
+                continue;
+            };
+            let record = match TorrentRecord::load(&path, &hash) {
+                Ok(Some(record)) if record.added_over_rpc => record,
+                Ok(_) => continue,
+                Err(e) => {
+                    warn!("{e}");
+                    continue;
+                }
+            };
+            let saved = saved_torrent_path(&self.config.state_dir, &hash);
+            let origin = if saved.exists() {
+                Metainfo::from_file(&saved)
+                    .map(Origin::Meta)
+                    .map_err(|e| e.to_string())
+            } else if let Some(uri) = &record.magnet {
+                Magnet::parse(uri)
+                    .map(Origin::Magnet)
+                    .map_err(|e| e.to_string())
+            } else {
+                Err(format!("{}: missing", saved.display()))
+            };
+            match origin {
+                Ok(origin) if origin.info_hash() == hash => found.push((record.added_unix, origin)),
+                Ok(_) => warn!(
+                    "{}: not the torrent of its record; skipped",
+                    saved.display()
+                ),
+                Err(e) => error!("torrent {hash} (added over the RPC): {e}; skipped"),
+            }
+        }
+        found.sort_by_key(|(added, _)| *added);
+        for (_, origin) in found {
+            let _ = self.add(origin, Source::Rpc, None, Vec::new(), false);
+        }
     }
 
     /// The metadata of a magnet link saved by an earlier fetch
@@ -304,8 +340,14 @@ impl Daemon {
     pub(super) fn remove(&mut self, index: usize) {
         self.stop_torrent(index, State::Paused);
         let t = self.torrents.remove(index);
+        let mut forget = Vec::new();
         if t.has_record() {
-            let path = TorrentRecord::path_in(&self.config.state_dir, &t.info_hash);
+            forget.push(TorrentRecord::path_in(&self.config.state_dir, &t.info_hash));
+        }
+        if t.source == Source::Rpc {
+            forget.push(saved_torrent_path(&self.config.state_dir, &t.info_hash));
+        }
+        for path in forget {
             if let Err(e) = std::fs::remove_file(&path)
                 && e.kind() != std::io::ErrorKind::NotFound
             {

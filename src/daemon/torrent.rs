@@ -16,6 +16,8 @@ pub(super) enum Source {
     Config(EntryKey),
     /// A watch-directory file, already renamed `*.added`; deleting it removes the torrent.
     Watch(PathBuf),
+    /// The RPC (`torrent-add`); its record says so, and an RPC `torrent-remove` removes it.
+    Rpc,
 }
 
 impl Source {
@@ -23,6 +25,7 @@ impl Source {
         match self {
             Source::Config(_) => "config".into(),
             Source::Watch(file) => file.display().to_string(),
+            Source::Rpc => "rpc".into(),
         }
     }
 }
@@ -209,6 +212,36 @@ pub(super) struct Managed {
 }
 
 impl Managed {
+    /// A torrent just added: paused, metadata and run unknown; the caller fills in the rest.
+    pub(super) fn new(
+        id: u32,
+        info_hash: InfoHash,
+        name: String,
+        source: Source,
+        record: TorrentRecord,
+    ) -> Self {
+        Self {
+            id,
+            info_hash,
+            name,
+            meta: None,
+            magnet: None,
+            source,
+            record,
+            saved: None,
+            peers: Vec::new(),
+            paused: false,
+            state: State::Paused,
+            complete: false,
+            verified_bytes: 0,
+            run: None,
+            seeding_since: None,
+            retry_at: None,
+            storage_failures: 0,
+            force_check: false,
+        }
+    }
+
     pub(super) fn name(&self) -> &str {
         &self.name
     }

@@ -34,7 +34,7 @@ impl Daemon {
             .iter()
             .filter_map(|t| match &t.source {
                 Source::Watch(file) => Some(file.clone()),
-                Source::Config(_) => None,
+                Source::Config(_) | Source::Rpc => None,
             })
             .collect();
         for path in names {
@@ -94,7 +94,7 @@ impl Daemon {
             error!("watch dir: rename {}: {e}", path.display());
             return;
         }
-        self.add(
+        let _ = self.add(
             origin,
             Source::Watch(added.to_owned()),
             None,

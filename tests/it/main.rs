@@ -23,6 +23,7 @@ mod libtorrent;
 mod magnet;
 mod malformed;
 mod pex;
+mod rpc;
 mod swarm;
 mod tracker;
 mod transmission;

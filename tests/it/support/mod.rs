@@ -12,7 +12,9 @@ mod process;
 mod torrent;
 mod tracker;
 
-pub use process::{Btd, LtClient, PeerSpec, ScriptClient, Transmission, run_to_end};
+pub use process::{
+    Btd, LtClient, PeerSpec, ScriptClient, Transmission, parse_rpc_serving, run_to_end,
+};
 pub use torrent::{TorrentInfo, mktorrent};
 pub use tracker::{
     Announce, FakeTracker, OpenTracker, RecordingTracker, SilentTracker, TrackerReply, closed_port,

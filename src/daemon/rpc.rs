@@ -1,0 +1,817 @@
+//! The daemon's side of the Transmission RPC (rpc-version 17): each method, with its
+//! `arguments`, translated onto the torrent set, on the main thread. The transport (HTTP,
+//! session id, auth) is elsewhere; this answers `Ok(arguments)` or `Err(result string)`, and a
+//! method btd does not do (yet) gets a result string saying so, never a silent success.
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+use super::*;
+
+/// A method's `arguments`, and what it answers.
+pub(super) type Args = Map<String, Value>;
+
+/// The version string clients read: automation (Sonarr, Radarr) takes its first dotted number
+/// and wants at least 2.40 (4.0 for labels), so it leads with the Transmission release whose
+/// RPC btd speaks, then names btd.
+pub(super) const RPC_VERSION_STRING: &str = concat!("4.0.6 (btd ", env!("CARGO_PKG_VERSION"), ")");
+
+/// Transmission's torrent status numbers.
+mod status {
+    pub const STOPPED: u8 = 0;
+    pub const CHECK_WAIT: u8 = 1;
+    pub const CHECK: u8 = 2;
+    pub const DOWNLOAD_WAIT: u8 = 3;
+    pub const DOWNLOAD: u8 = 4;
+    pub const SEED_WAIT: u8 = 5;
+    pub const SEED: u8 = 6;
+}
+
+/// `eta` when there is none to give (Transmission's `TR_ETA_NOT_AVAIL`).
+const ETA_NOT_AVAILABLE: i64 = -1;
+
+impl Daemon {
+    /// Answers one call from the RPC's workers.
+    pub(super) fn on_rpc(&mut self, call: RpcCall) {
+        debug!("rpc {}: {}", call.peer, call.method);
+        let result = self.rpc(&call.method, &call.arguments);
+        if let Err(reason) = &result {
+            info!("rpc {}: {}: {reason}", call.peer, call.method);
+        }
+        call.answer(result);
+    }
+
+    /// Carries out one RPC call.
+    pub(super) fn rpc(&mut self, method: &str, args: &Args) -> Result<Args, String> {
+        match method {
+            "session-get" => Ok(self.rpc_session_get(args)),
+            "session-stats" => Ok(self.rpc_session_stats()),
+            "torrent-get" => self.rpc_torrent_get(args),
+            "torrent-add" => self.rpc_torrent_add(args),
+            "torrent-start" | "torrent-start-now" => self.rpc_start_stop(args, false),
+            "torrent-stop" => self.rpc_start_stop(args, true),
+            "torrent-verify" => self.rpc_verify(args),
+            "torrent-remove" => self.rpc_remove(args),
+            "free-space" => rpc_free_space(args),
+            "session-close" => {
+                self.close_requested = true;
+                Ok(Map::new())
+            }
+            "session-set" => Err(
+                "session-set is not supported by btd yet: edit the config file and send SIGHUP"
+                    .into(),
+            ),
+            other => Err(format!("method not supported by btd (yet): {other}")),
+        }
+    }
+
+    // ---- session -------------------------------------------------------------------------
+
+    fn rpc_session_get(&self, args: &Args) -> Args {
+        let c = &self.config;
+        let kib = |bytes: u64| bytes / 1024;
+        let all = json!({
+            "rpc-version": 17,
+            "rpc-version-minimum": 14,
+            "rpc-version-semver": "5.3.0",
+            "version": RPC_VERSION_STRING,
+            "session-id": self.rpc.as_ref().map_or("", |r| r.session_id()),
+            "config-dir": c.state_dir.display().to_string(),
+            "download-dir": c.download_dir.display().to_string(),
+            "download-dir-free-space": free_bytes(&c.download_dir).unwrap_or(-1),
+            "incomplete-dir": c.download_dir.display().to_string(),
+            "incomplete-dir-enabled": false,
+            "start-added-torrents": true,
+            "rename-partial-files": false,
+            "speed-limit-down": kib(c.download_rate),
+            "speed-limit-down-enabled": c.download_rate > 0,
+            "speed-limit-up": kib(c.upload_rate),
+            "speed-limit-up-enabled": c.upload_rate > 0,
+        });
+        let more = json!({
+            "alt-speed-enabled": false,
+            "alt-speed-down": 0,
+            "alt-speed-up": 0,
+            "alt-speed-time-enabled": false,
+            "seedRatioLimit": c.ratio_limit,
+            "seedRatioLimited": c.ratio_limit > 0.0,
+            "idle-seeding-limit": c.seed_time_limit.as_secs() / 60,
+            "idle-seeding-limit-enabled": false,
+            "peer-limit-global": c.max_peers_global,
+            "peer-limit-per-torrent": c.limits.max_peers,
+            "peer-port": self.engine.listen_addr().port(),
+            "peer-port-random-on-start": false,
+            "port-forwarding-enabled": false,
+            "dht-enabled": false,
+            "lpd-enabled": false,
+            "pex-enabled": true,
+            "utp-enabled": false,
+            "encryption": "tolerated",
+            "blocklist-enabled": false,
+            "blocklist-size": 0,
+            "blocklist-url": "",
+            "download-queue-enabled": true,
+            "download-queue-size": c.max_active_downloads,
+            "seed-queue-enabled": true,
+            "seed-queue-size": c.max_active_seeds,
+            "queue-stalled-enabled": false,
+            "queue-stalled-minutes": 30,
+            "cache-size-mb": 0,
+            "script-torrent-done-enabled": false,
+            "script-torrent-done-filename": "",
+            "trash-original-torrent-files": false,
+            "units": {
+                "speed-units": ["kB/s", "MB/s", "GB/s", "TB/s"],
+                "speed-bytes": 1000,
+                "size-units": ["kB", "MB", "GB", "TB"],
+                "size-bytes": 1000,
+                "memory-units": ["KiB", "MiB", "GiB", "TiB"],
+                "memory-bytes": 1024
+            }
+        });
+        let (Value::Object(mut all), Value::Object(more)) = (all, more) else {
+            unreachable!("JSON object literals")
+        };
+        all.extend(more);
+        match args.get("fields").and_then(Value::as_array) {
+            Some(fields) => fields
+                .iter()
+                .filter_map(Value::as_str)
+                .filter_map(|f| all.get(f).map(|v| (f.to_owned(), v.clone())))
+                .collect(),
+            None => all,
+        }
+    }
+
+    fn rpc_session_stats(&self) -> Args {
+        let active = self
+            .torrents
+            .iter()
+            .filter(|t| matches!(t.state, State::Running(_)))
+            .count();
+        let (mut down, mut up, mut uploaded, mut downloaded) = (0u64, 0u64, 0u64, 0u64);
+        for t in &self.torrents {
+            if let State::Running(h) = &t.state {
+                down += h.stats.download_rate.load(Ordering::Relaxed);
+                up += h.stats.upload_rate.load(Ordering::Relaxed);
+            }
+            let (u, d) = t.totals();
+            uploaded += u;
+            downloaded += d;
+        }
+        let totals = json!({
+            "uploadedBytes": uploaded,
+            "downloadedBytes": downloaded,
+            "filesAdded": self.torrents.len(),
+            "sessionCount": 1,
+            "secondsActive": self.started.elapsed().as_secs(),
+        });
+        let Value::Object(stats) = json!({
+            "activeTorrentCount": active,
+            "pausedTorrentCount": self.torrents.len() - active,
+            "torrentCount": self.torrents.len(),
+            "downloadSpeed": down,
+            "uploadSpeed": up,
+            "cumulative-stats": totals,
+            "current-stats": totals,
+        }) else {
+            unreachable!("a JSON object literal")
+        };
+        stats
+    }
+
+    // ---- torrents ------------------------------------------------------------------------
+
+    /// The torrents `ids` names: all without it; a number (our id), a hash string, or a list
+    /// of either; `recently-active`: those running now.
+    fn rpc_select(&self, args: &Args) -> Result<Vec<usize>, String> {
+        let one = |v: &Value| -> Result<Option<usize>, String> {
+            if let Some(id) = v.as_u64() {
+                return Ok(self.torrents.iter().position(|t| u64::from(t.id) == id));
+            }
+            let Some(text) = v.as_str() else {
+                return Err(format!(
+                    "ids: {v} is neither a torrent id nor a hash string"
+                ));
+            };
+            let hash = InfoHash::from_hex(text).ok_or_else(|| {
+                format!("ids: {text:?} is neither a torrent id nor a hash string")
+            })?;
+            Ok(self
+                .index_of(&hash)
+                .filter(|&i| self.torrents[i].has_record()))
+        };
+        match args.get("ids") {
+            None => Ok((0..self.torrents.len()).collect()),
+            Some(Value::String(s)) if s == "recently-active" => Ok((0..self.torrents.len())
+                .filter(|&i| matches!(self.torrents[i].state, State::Running(_)))
+                .collect()),
+            Some(Value::Array(list)) => {
+                let mut out = Vec::new();
+                for v in list {
+                    if let Some(i) = one(v)?
+                        && !out.contains(&i)
+                    {
+                        out.push(i);
+                    }
+                }
+                Ok(out)
+            }
+            Some(v) => Ok(one(v)?.into_iter().collect()),
+        }
+    }
+
+    fn rpc_torrent_get(&self, args: &Args) -> Result<Args, String> {
+        let fields: Vec<&str> = args
+            .get("fields")
+            .and_then(Value::as_array)
+            .ok_or("torrent-get needs `fields`, a list of field names")?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let selected = self.rpc_select(args)?;
+        let table = args.get("format").and_then(Value::as_str) == Some("table");
+        let mut out = Map::new();
+        if table {
+            let mut rows = vec![Value::from(fields.clone())];
+            for i in selected {
+                let all = self.rpc_torrent_fields(&self.torrents[i], &fields);
+                rows.push(Value::from(
+                    fields
+                        .iter()
+                        .map(|f| all.get(*f).cloned().unwrap_or(Value::Null))
+                        .collect::<Vec<_>>(),
+                ));
+            }
+            out.insert("torrents".into(), Value::from(rows));
+        } else {
+            let torrents: Vec<Value> = selected
+                .into_iter()
+                .map(|i| Value::Object(self.rpc_torrent_fields(&self.torrents[i], &fields)))
+                .collect();
+            out.insert("torrents".into(), Value::from(torrents));
+        }
+        if args.get("ids").and_then(Value::as_str) == Some("recently-active") {
+            out.insert("removed".into(), Value::from(self.removed_ids.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The fields of one torrent that `fields` names (unknown names are left out, as
+    /// Transmission does).
+    fn rpc_torrent_fields(&self, t: &Managed, fields: &[&str]) -> Args {
+        let size = t.size();
+        let have = if t.complete { size } else { t.verified_bytes };
+        let (uploaded, downloaded) = t.totals();
+        let run = match &t.state {
+            State::Running(h) => Some(&h.stats),
+            _ => None,
+        };
+        let load = |f: fn(&TorrentStats) -> u64| run.map_or(0, |s| f(s));
+        let rate_down = load(|s| s.download_rate.load(Ordering::Relaxed));
+        let rate_up = load(|s| s.upload_rate.load(Ordering::Relaxed));
+        let status = match &t.state {
+            State::Metadata(_) => status::DOWNLOAD,
+            State::Queued if t.force_check => status::CHECK_WAIT,
+            State::Queued if t.complete => status::SEED_WAIT,
+            State::Queued => status::DOWNLOAD_WAIT,
+            State::Checking(_) => status::CHECK,
+            State::Running(_) if t.complete => status::SEED,
+            State::Running(_) => status::DOWNLOAD,
+            State::Paused | State::Finished | State::Stopped | State::Error(_) => status::STOPPED,
+        };
+        let error = match &t.state {
+            State::Error(e) => (3, e.clone()),
+            _ => (0, String::new()),
+        };
+        let eta = if status == status::DOWNLOAD && rate_down > 0 {
+            i64::try_from(size.saturating_sub(have) / rate_down).unwrap_or(i64::MAX)
+        } else {
+            ETA_NOT_AVAILABLE
+        };
+        let limits = self.seed_limits();
+        let mut out = Map::new();
+        for &field in fields {
+            let value = match field {
+                "id" => json!(t.id),
+                "hashString" if t.has_record() => json!(t.info_hash.to_hex()),
+                "name" => json!(t.name),
+                "status" => json!(status),
+                "error" => json!(error.0),
+                "errorString" => json!(error.1),
+                "totalSize" | "sizeWhenDone" => json!(size),
+                "leftUntilDone" => json!(size.saturating_sub(have)),
+                "haveValid" => json!(have),
+                "haveUnchecked" | "corruptEver" => json!(0),
+                "desiredAvailable" => json!(0),
+                "percentDone" | "percentComplete" => json!(fraction(have, size)),
+                "metadataPercentComplete" => json!(if t.meta.is_some() { 1.0 } else { 0.0 }),
+                "recheckProgress" => json!(match (&t.state, &t.meta) {
+                    (State::Checking(done), Some(meta)) => fraction(
+                        u64::from(done.load(Ordering::Relaxed)),
+                        u64::from(meta.geometry.num_pieces)
+                    ),
+                    _ => 0.0,
+                }),
+                "rateDownload" => json!(rate_down),
+                "rateUpload" => json!(rate_up),
+                "uploadedEver" => json!(uploaded),
+                "downloadedEver" => json!(downloaded),
+                "uploadRatio" => json!(if size == 0 {
+                    -1.0
+                } else {
+                    uploaded as f64 / size as f64
+                }),
+                "eta" | "etaIdle" => json!(eta),
+                "isFinished" => json!(matches!(t.state, State::Finished)),
+                "isStalled" => json!(false),
+                "isPrivate" => json!(t.meta.as_ref().is_some_and(|m| m.private)),
+                "downloadDir" => json!(t.download_dir().display().to_string()),
+                "addedDate" => json!(t.record.added_unix),
+                "doneDate" => json!(t.record.completed_unix.unwrap_or(0)),
+                "activityDate" | "startDate" => json!(if run.is_some() { unix_now() } else { 0 }),
+                "secondsSeeding" => json!(t.seeding_secs()),
+                "secondsDownloading" => json!(0),
+                "peersConnected" => json!(load(|s| u64::from(s.peers.load(Ordering::Relaxed)))),
+                "peersSendingToUs" => json!(load(|s| u64::from(
+                    s.peers_sending_to_us.load(Ordering::Relaxed)
+                ))),
+                "peersGettingFromUs" => json!(load(|s| u64::from(
+                    s.peers_getting_from_us.load(Ordering::Relaxed)
+                ))),
+                "peers" | "webseeds" | "labels" => json!([]),
+                "pieceCount" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.num_pieces)),
+                "pieceSize" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.piece_len)),
+                "queuePosition" => json!(
+                    self.torrents
+                        .iter()
+                        .position(|o| o.info_hash == t.info_hash)
+                        .unwrap_or(0)
+                ),
+                "magnetLink" => json!(magnet_link(t)),
+                "files" => json!(file_list(t, run)),
+                "fileStats" => json!(file_stats(t, run)),
+                "fileCount" => json!(t.meta.as_ref().map_or(0, |m| m.files.len())),
+                "wanted" => json!(vec![1; t.meta.as_ref().map_or(0, |m| m.files.len())]),
+                "priorities" => json!(vec![0; t.meta.as_ref().map_or(0, |m| m.files.len())]),
+                "trackers" => json!(trackers(t)),
+                "trackerStats" => json!(tracker_stats(t, run)),
+                "seedRatioLimit" => json!(limits.ratio),
+                "seedRatioMode" | "seedIdleMode" => json!(0),
+                "seedIdleLimit" => json!(limits.time.as_secs() / 60),
+                "downloadLimit" | "uploadLimit" => json!(0),
+                "downloadLimited" | "uploadLimited" => json!(false),
+                "honorsSessionLimits" => json!(true),
+                "bandwidthPriority" => json!(0),
+                "peer-limit" => json!(self.config.limits.max_peers),
+                _ => continue,
+            };
+            out.insert(field.to_owned(), value);
+        }
+        out
+    }
+
+    /// `torrent-add`: `metainfo` (base64 of a .torrent) or `filename` (a local .torrent path
+    /// or a magnet link), with `paused` and `download-dir`. Kept across restarts: the record
+    /// says it came over the RPC, the .torrent is saved beside it.
+    fn rpc_torrent_add(&mut self, args: &Args) -> Result<Args, String> {
+        let (origin, bytes) = if let Some(b64) = args.get("metainfo").and_then(Value::as_str) {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| format!("metainfo: not base64: {e}"))?;
+            let meta = Metainfo::from_bytes(&bytes)
+                .map_err(|reason| format!("metainfo: not a valid torrent: {reason}"))?;
+            (Origin::Meta(meta), Some(bytes))
+        } else if let Some(name) = args.get("filename").and_then(Value::as_str) {
+            if Magnet::is_magnet(name) {
+                let magnet = Magnet::parse(name).map_err(|e| format!("filename: {e}"))?;
+                (Origin::Magnet(magnet), None)
+            } else if name.starts_with("http://") || name.starts_with("https://") {
+                return Err(
+                    "filename: btd does not fetch .torrent files from URLs (yet); \
+                            send the file as `metainfo`"
+                        .into(),
+                );
+            } else {
+                let bytes = std::fs::read(name).map_err(|e| format!("filename: {name}: {e}"))?;
+                let meta = Metainfo::from_bytes(&bytes)
+                    .map_err(|reason| format!("filename: {name}: not a valid torrent: {reason}"))?;
+                (Origin::Meta(meta), Some(bytes))
+            }
+        } else {
+            return Err("torrent-add needs `metainfo` or `filename`".into());
+        };
+        let paused = args.get("paused").and_then(Value::as_bool).unwrap_or(false);
+        let dir = args
+            .get("download-dir")
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        if dir.as_ref().is_some_and(|d| d.is_relative()) {
+            return Err("download-dir: give an absolute path".into());
+        }
+        let hash = origin.info_hash();
+        let magnet_uri = args
+            .get("filename")
+            .and_then(Value::as_str)
+            .filter(|f| Magnet::is_magnet(f))
+            .map(str::to_owned);
+        if let Some(i) = self
+            .index_of(&hash)
+            .filter(|&i| self.torrents[i].has_record())
+        {
+            return Ok(added("torrent-duplicate", &self.torrents[i]));
+        }
+        if let Some(bytes) = &bytes {
+            let path = saved_torrent_path(&self.config.state_dir, &hash);
+            crate::atomic_file::write(&path, bytes).map_err(|e| e.to_string())?;
+        }
+        match self.add(origin, Source::Rpc, dir, Vec::new(), paused) {
+            Ok(i) => {
+                let t = &mut self.torrents[i];
+                t.record.added_over_rpc = true;
+                t.record.magnet = magnet_uri;
+                t.record.paused = Some(paused);
+                t.save_record(&self.config.state_dir);
+                Ok(added("torrent-added", t))
+            }
+            Err(i) => Ok(added("torrent-duplicate", &self.torrents[i])),
+        }
+    }
+
+    /// `torrent-stop` (pause) and `torrent-start`: kept across restarts in the record.
+    fn rpc_start_stop(&mut self, args: &Args, pause: bool) -> Result<Args, String> {
+        for index in self.rpc_select(args)? {
+            let t = &mut self.torrents[index];
+            if !t.has_record() {
+                continue;
+            }
+            t.paused = pause;
+            t.record.paused = Some(pause);
+            if pause {
+                if !matches!(t.state, State::Paused) {
+                    info!("torrent {}: paused over the RPC", t.name());
+                    self.stop_torrent(index, State::Paused);
+                }
+            } else if matches!(
+                t.state,
+                State::Paused | State::Finished | State::Stopped | State::Error(_)
+            ) {
+                info!("torrent {}: started over the RPC", t.name());
+                t.retry_at = None;
+                self.unpause(index);
+            }
+            self.torrents[index].save_record(&self.config.state_dir);
+        }
+        Ok(Map::new())
+    }
+
+    /// `torrent-verify`: the data is hashed again, resume data ignored; a running torrent
+    /// stops for it and runs again after.
+    fn rpc_verify(&mut self, args: &Args) -> Result<Args, String> {
+        for index in self.rpc_select(args)? {
+            let t = &mut self.torrents[index];
+            if t.meta.is_none() {
+                continue;
+            }
+            info!("torrent {}: verifying over the RPC", t.name());
+            t.force_check = true;
+            match t.state {
+                State::Running(_) => self.stop_torrent(index, State::Queued),
+                State::Checking(_) => {}
+                _ => t.state = State::Queued,
+            }
+        }
+        Ok(Map::new())
+    }
+
+    /// `torrent-remove`, with `delete-local-data` removing the torrent's own files. A torrent
+    /// of a `[[torrent]]` entry is not removed (the next SIGHUP would add it again).
+    fn rpc_remove(&mut self, args: &Args) -> Result<Args, String> {
+        let delete = args
+            .get("delete-local-data")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut refused = Vec::new();
+        let mut selected = self.rpc_select(args)?;
+        // Highest index first, so the others stay valid.
+        selected.sort_unstable_by(|a, b| b.cmp(a));
+        for index in selected {
+            let t = &self.torrents[index];
+            if let Source::Config(_) = t.source {
+                refused.push(t.name().to_owned());
+                continue;
+            }
+            if let Source::Watch(file) = &t.source
+                && let Err(e) = std::fs::remove_file(file)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(format!("{}: cannot remove: {e}", file.display()));
+            }
+            let files: Vec<PathBuf> = t
+                .meta
+                .as_ref()
+                .map(|m| {
+                    m.files
+                        .iter()
+                        .map(|f| t.download_dir().join(&f.path))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let top = t.meta.as_ref().map(|m| t.download_dir().join(&m.name));
+            let root = t.download_dir().to_owned();
+            let resume = t.resume_path(&self.config.state_dir);
+            self.removed_ids.push(t.id);
+            self.remove(index);
+            if delete {
+                delete_torrent_files(&files, top.as_deref(), &root);
+                let _ = std::fs::remove_file(resume);
+            }
+        }
+        if refused.is_empty() {
+            Ok(Map::new())
+        } else {
+            Err(format!(
+                "not removed: {} (from [[torrent]] entries of {}: remove the entries and send \
+                 SIGHUP)",
+                refused.join(", "),
+                self.config_path.display()
+            ))
+        }
+    }
+}
+
+/// `torrent-added` or `torrent-duplicate` with the torrent's id, name and hash.
+fn added(key: &str, t: &Managed) -> Args {
+    let mut out = Map::new();
+    out.insert(
+        key.to_owned(),
+        json!({"id": t.id, "name": t.name, "hashString": t.info_hash.to_hex()}),
+    );
+    out
+}
+
+fn fraction(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// A magnet link for the torrent: its hash, name and trackers.
+fn magnet_link(t: &Managed) -> String {
+    let mut uri = format!("magnet:?xt=urn:btih:{}", t.info_hash.to_hex());
+    uri.push_str("&dn=");
+    crate::percent::encode_into(&mut uri, t.name.as_bytes());
+    for tracker in tracker_urls(t) {
+        uri.push_str("&tr=");
+        crate::percent::encode_into(&mut uri, tracker.as_bytes());
+    }
+    uri
+}
+
+/// The torrent's trackers by tier, from its metainfo or its magnet link.
+fn tracker_tiers(t: &Managed) -> Vec<Vec<String>> {
+    match (&t.meta, &t.magnet) {
+        (Some(meta), _) => match (&meta.announce_list, &meta.announce) {
+            (Some(list), _) if !list.is_empty() => list.clone(),
+            (_, Some(one)) => vec![vec![one.clone()]],
+            _ => Vec::new(),
+        },
+        (None, Some(magnet)) => magnet.trackers.iter().map(|t| vec![t.clone()]).collect(),
+        (None, None) => Vec::new(),
+    }
+}
+
+fn tracker_urls(t: &Managed) -> Vec<String> {
+    tracker_tiers(t).into_iter().flatten().collect()
+}
+
+fn trackers(t: &Managed) -> Vec<Value> {
+    let mut id = 0;
+    let mut out = Vec::new();
+    for (tier, urls) in tracker_tiers(t).into_iter().enumerate() {
+        for url in urls {
+            out.push(json!({
+                "id": id,
+                "tier": tier,
+                "announce": url,
+                "scrape": scrape_url(&url),
+                "sitename": host_of(&url),
+            }));
+            id += 1;
+        }
+    }
+    out
+}
+
+/// Per-tracker state: btd keeps the swarm counts of the torrent, not of each tracker, so each
+/// tracker shows them (or -1, unknown, as Transmission does before an answer).
+fn tracker_stats(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
+    let swarm = run.filter(|s| s.swarm.known.load(Ordering::Acquire));
+    let count =
+        |f: fn(&crate::tracker::SwarmStats) -> u32| swarm.map_or(-1, |s| i64::from(f(&s.swarm)));
+    trackers(t)
+        .into_iter()
+        .map(|mut v| {
+            let extra = json!({
+                "host": v["sitename"].clone(),
+                "seederCount": count(|s| s.seeders.load(Ordering::Relaxed)),
+                "leecherCount": count(|s| s.leechers.load(Ordering::Relaxed)),
+                "downloadCount": count(|s| s.completed.load(Ordering::Relaxed)),
+                "hasAnnounced": swarm.is_some(),
+                "lastAnnounceSucceeded": swarm.is_some(),
+                "lastAnnounceResult": "",
+                "isBackup": false,
+            });
+            if let (Value::Object(v), Value::Object(extra)) = (&mut v, extra) {
+                v.extend(extra);
+            }
+            v
+        })
+        .collect()
+}
+
+fn scrape_url(announce: &str) -> String {
+    match announce.rfind("/announce") {
+        Some(at) => format!("{}/scrape{}", &announce[..at], &announce[at + 9..]),
+        None => String::new(),
+    }
+}
+
+fn host_of(url: &str) -> String {
+    url.split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', ':']).next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Bytes of each file that lie in verified pieces: the running torrent's pieces, else all of
+/// them when complete, else none known.
+fn file_done(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<u64> {
+    let Some(meta) = &t.meta else {
+        return Vec::new();
+    };
+    if t.complete {
+        return meta.files.iter().map(|f| f.len).collect();
+    }
+    let Some(run) = run else {
+        return vec![0; meta.files.len()];
+    };
+    let have = run.have.lock();
+    let g = meta.geometry;
+    meta.files
+        .iter()
+        .map(|f| {
+            if f.len == 0 {
+                return 0;
+            }
+            let first = f.offset / u64::from(g.piece_len);
+            let last = (f.offset + f.len - 1) / u64::from(g.piece_len);
+            (first..=last)
+                .filter(|&p| u32::try_from(p).is_ok_and(|p| p < have.len() && have.get(p)))
+                .map(|p| {
+                    let start = p * u64::from(g.piece_len);
+                    let end = start + u64::from(g.piece_len);
+                    end.min(f.offset + f.len) - start.max(f.offset)
+                })
+                .sum()
+        })
+        .collect()
+}
+
+fn file_list(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
+    let Some(meta) = &t.meta else {
+        return Vec::new();
+    };
+    meta.files
+        .iter()
+        .zip(file_done(t, run))
+        .map(|(f, done)| {
+            json!({
+                "name": f.path.to_string_lossy(),
+                "length": f.len,
+                "bytesCompleted": done,
+                "begin_piece": f.offset / u64::from(meta.geometry.piece_len),
+                "end_piece": (f.offset + f.len).div_ceil(u64::from(meta.geometry.piece_len)),
+            })
+        })
+        .collect()
+}
+
+fn file_stats(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
+    file_done(t, run)
+        .into_iter()
+        .map(|done| json!({"bytesCompleted": done, "wanted": true, "priority": 0}))
+        .collect()
+}
+
+/// Deletes a removed torrent's own files, then the directories of its top directory that are
+/// left empty (never `root` itself, never a file the torrent does not name).
+fn delete_torrent_files(files: &[PathBuf], top: Option<&Path>, root: &Path) {
+    for file in files {
+        if let Err(e) = std::fs::remove_file(file)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!("{}: cannot delete: {e}", file.display());
+        }
+    }
+    let Some(top) = top.filter(|top| *top != root && top.starts_with(root)) else {
+        return;
+    };
+    let mut dirs: Vec<PathBuf> = files
+        .iter()
+        .flat_map(|f| {
+            f.ancestors()
+                .skip(1)
+                .map(Path::to_path_buf)
+                .collect::<Vec<_>>()
+        })
+        .filter(|d| d.starts_with(top))
+        .collect();
+    // Deepest first; a directory that is not empty stays.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    dirs.dedup();
+    for dir in dirs {
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+/// `free-space`: the bytes free (and in all) where `path` is.
+fn rpc_free_space(args: &Args) -> Result<Args, String> {
+    let path = args
+        .get("path")
+        .and_then(Value::as_str)
+        .ok_or("free-space needs `path`")?;
+    let stat = nix::sys::statvfs::statvfs(path).map_err(|e| format!("{path}: {e}"))?;
+    let block = stat.fragment_size();
+    let Value::Object(out) = json!({
+        "path": path,
+        "size-bytes": stat.blocks_available() * block,
+        "total_size": stat.blocks() * block,
+    }) else {
+        unreachable!("a JSON object literal")
+    };
+    Ok(out)
+}
+
+/// Free bytes where `path` is, if it can be told.
+fn free_bytes(path: &Path) -> Option<i64> {
+    let stat = nix::sys::statvfs::statvfs(path).ok()?;
+    i64::try_from(stat.blocks_available() * stat.fragment_size()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_dir::TempDir;
+
+    #[test]
+    fn scrape_urls_and_hosts_of_announce_urls() {
+        assert_eq!(
+            scrape_url("http://t.example:6969/announce?passkey=x"),
+            "http://t.example:6969/scrape?passkey=x"
+        );
+        assert_eq!(
+            scrape_url("udp://t.example:1337/announce"),
+            "udp://t.example:1337/scrape"
+        );
+        assert_eq!(scrape_url("http://t.example/a"), "");
+        assert_eq!(host_of("http://t.example:6969/announce"), "t.example");
+        assert_eq!(host_of("udp://10.0.0.1/announce"), "10.0.0.1");
+        assert_eq!(host_of("garbage"), "");
+    }
+
+    #[test]
+    fn deleting_a_torrents_data_removes_its_files_and_emptied_dirs_only() {
+        let dir = TempDir::new("rpc-delete");
+        let root = dir.0.join("downloads");
+        let top = root.join("t");
+        let files = [top.join("a.bin"), top.join("sub/b.bin")];
+        std::fs::create_dir_all(top.join("sub")).unwrap();
+        for f in &files {
+            std::fs::write(f, "x").unwrap();
+        }
+        let stranger = top.join("mine.txt");
+        std::fs::write(&stranger, "not the torrent's").unwrap();
+        let neighbour = root.join("other.bin");
+        std::fs::write(&neighbour, "another torrent's").unwrap();
+
+        delete_torrent_files(&files, Some(&top), &root);
+        assert!(files.iter().all(|f| !f.exists()));
+        assert!(!top.join("sub").exists(), "its emptied directory stays");
+        assert!(
+            stranger.exists() && top.exists(),
+            "a file it does not name went"
+        );
+        assert!(neighbour.exists());
+
+        // A single-file torrent: its file, never the download directory.
+        let single = root.join("single.iso");
+        std::fs::write(&single, "x").unwrap();
+        delete_torrent_files(std::slice::from_ref(&single), Some(&single), &root);
+        assert!(!single.exists() && root.exists());
+    }
+}

@@ -1,0 +1,170 @@
+//! The daemon's Transmission RPC driven by a real client, `transmission-remote` (Debian
+//! `transmission-cli`): each operation checked against btd's own status file, its state after
+//! a restart and its data on disk.
+
+use crate::support::daemon::{Daemon, DaemonHome, Payload, TorrentEntry, payload, within};
+use crate::support::{SHORT, TempDir, parse_rpc_serving, require_program, run_to_end};
+use std::net::SocketAddr;
+use std::process::Command;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// A daemon with its RPC (the test homes serve it on their own loopback address, a free
+/// port), optionally with credentials.
+fn rpc_home(label: &str, auth: Option<(&str, &str)>) -> DaemonHome {
+    let mut home = DaemonHome::new(label);
+    if let Some((user, pass)) = auth {
+        home.set("rpc", "username", user)
+            .set("rpc", "password", pass);
+    }
+    home
+}
+
+/// Where the daemon's RPC answers, from its `rpc serving HTTP on ADDR` line.
+fn rpc_addr(d: &mut Daemon) -> SocketAddr {
+    d.wait_log_after(0, SHORT, "the RPC's address", parse_rpc_serving)
+}
+
+/// Runs `transmission-remote ADDR ARGS...`; returns (success, stdout + stderr).
+fn remote(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+    require_program("transmission-remote", "transmission-cli");
+    let mut cmd = Command::new("transmission-remote");
+    cmd.arg(addr.to_string()).args(args);
+    let out = run_to_end("transmission-remote", cmd, SHORT);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    (out.status.success() && !text.contains("Error"), text)
+}
+
+fn ok(addr: SocketAddr, args: &[&str]) -> String {
+    let (success, text) = remote(addr, args);
+    assert!(success, "transmission-remote {args:?} failed: {text}");
+    text
+}
+
+fn state(d: &Daemon, hash: &str) -> Option<String> {
+    d.snapshot()
+        .and_then(|s| s.status.torrent(hash).map(|t| t.state.clone()))
+}
+
+fn wait_state(d: &mut Daemon, hash: &str, want: &str) {
+    let deadline = within(SHORT);
+    while state(d, hash).as_deref() != Some(want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "torrent {hash} not {want} within {SHORT:?}: {:?}",
+            state(d, hash)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn seed_payload(work: &TempDir, name: &str) -> Payload {
+    payload(work, "data", name, MIB, 32 * KIB, &[])
+}
+
+#[test]
+fn transmission_remote_adds_lists_pauses_across_a_restart_resumes_and_removes() {
+    let work = TempDir::new("rpc-remote");
+    let p = seed_payload(&work, "rpc-remote");
+    let home = rpc_home("rpc-remote", None);
+    home.write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+
+    // Added from a file, into the directory that holds its data: it checks and seeds.
+    let dir = p.dir.display().to_string();
+    let torrent = p.torrent.display().to_string();
+    ok(addr, &["-a", &torrent, "-w", &dir]);
+    wait_state(&mut d, &p.info_hash, "seeding");
+    let list = ok(addr, &["-l"]);
+    let row = list
+        .lines()
+        .find(|l| l.contains("rpc-remote"))
+        .unwrap_or_else(|| panic!("no row for the torrent: {list}"));
+    assert!(row.contains("100%"), "{list}");
+    let info = ok(addr, &["-t", "1", "-i"]);
+    assert!(info.contains(&p.info_hash), "{info}");
+    let session = ok(addr, &["-si"]);
+    assert!(session.contains("btd"), "{session}");
+
+    // Paused over the RPC, it stays paused across a restart, and is still there.
+    ok(addr, &["-t", "1", "-S"]);
+    wait_state(&mut d, &p.info_hash, "paused");
+    d.stop("TERM");
+    drop(d);
+    let mut d = home.start("btd daemon (restarted)");
+    let addr = rpc_addr(&mut d);
+    wait_state(&mut d, &p.info_hash, "paused");
+    let list = ok(addr, &["-l"]);
+    assert!(
+        list.lines()
+            .any(|l| l.contains("rpc-remote") && l.contains("Stopped")),
+        "{list}"
+    );
+    ok(addr, &["-t", &p.info_hash, "-s"]);
+    wait_state(&mut d, &p.info_hash, "seeding");
+
+    // Removed: gone from the daemon, data kept.
+    ok(addr, &["-t", &p.info_hash, "-r"]);
+    let deadline = within(SHORT);
+    while state(&d, &p.info_hash).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still listed after -r"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(p.data().join("data.bin").exists(), "-r deleted the data");
+
+    // Added again and removed with its data: its files and directory go, nothing else.
+    let neighbour = p.dir.join("keep.txt");
+    std::fs::write(&neighbour, "not the torrent's").expect("write a neighbour file");
+    ok(addr, &["-a", &torrent, "-w", &dir]);
+    wait_state(&mut d, &p.info_hash, "seeding");
+    ok(addr, &["-t", &p.info_hash, "--remove-and-delete"]);
+    let deadline = within(SHORT);
+    while p.data().exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "--remove-and-delete left {}",
+            p.data().display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        neighbour.exists(),
+        "a file that is not the torrent's was deleted"
+    );
+    d.stop("TERM");
+}
+
+#[test]
+fn the_rpc_asks_for_credentials_when_they_are_set_and_refuses_wrong_ones() {
+    let work = TempDir::new("rpc-auth");
+    let p = seed_payload(&work, "rpc-auth");
+    let mut home = rpc_home("rpc-auth", Some(("admin", "s3cret")));
+    home.add_torrent(TorrentEntry::new(&p.torrent).download_dir(&p.dir))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    d.wait_seeding(&p.info_hash, SHORT);
+
+    let (success, text) = remote(addr, &["-l"]);
+    assert!(!success, "listed without credentials: {text}");
+    let (success, text) = remote(addr, &["--auth", "admin:wrong", "-l"]);
+    assert!(!success, "listed with a wrong password: {text}");
+    let list = ok(addr, &["--auth", "admin:s3cret", "-l"]);
+    assert!(list.contains("rpc-auth"), "{list}");
+    assert!(
+        !d.log_lines().iter().any(|l| l.contains("s3cret")),
+        "the password went into the log"
+    );
+
+    // A torrent of a [[torrent]] entry is not removed over the RPC: the answer says why.
+    let (success, text) = remote(addr, &["--auth", "admin:s3cret", "-t", "1", "-r"]);
+    assert!(!success, "a config torrent was removed: {text}");
+    assert!(text.contains("[[torrent]]"), "{text}");
+    assert!(state(&d, &p.info_hash).is_some(), "it went anyway");
+    d.stop("TERM");
+}
