@@ -550,8 +550,8 @@ fn read_until(
         if stop.load(Ordering::SeqCst) {
             return Err(ReadError::Stopping);
         }
-        // Past the deadline, what has already arrived is still read (a request that waited in
-        // the queue), but nothing is waited for.
+        // Past the deadline, what has already arrived in bulk is still read (a request that
+        // waited in the queue), but nothing is waited for and a trickle ends it.
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .clamp(Duration::from_millis(1), STOP_POLL);
@@ -561,7 +561,12 @@ fn read_until(
         let want = chunk.len().min(limit - buf.len());
         match stream.read(&mut chunk[..want]) {
             Ok(0) => return Err(ReadError::Closed),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if n < want && !done(buf) && Instant::now() >= deadline {
+                    return Err(ReadError::TimedOut);
+                }
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -887,6 +892,29 @@ mod tests {
         let mut reply = String::new();
         s.read_to_string(&mut reply).unwrap();
         assert!(reply.ends_with("POST /c None abc"), "{reply}");
+        server.stop();
+    }
+
+    #[test]
+    fn a_head_sent_a_byte_at_a_time_is_cut_off_at_the_head_timeout() {
+        let server = start();
+        let mut s = TcpStream::connect(server.local_addr()).unwrap();
+        let started = Instant::now();
+        // 2 s head timeout; a byte every 5 ms takes over 3 s for the whole head (under the
+        // 1 KiB head limit).
+        let head = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(600));
+        for b in head.bytes() {
+            if s.write_all(&[b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        let ended = started.elapsed();
+        assert!(reply.is_empty(), "{:?}", String::from_utf8_lossy(&reply));
+        assert!(ended < Duration::from_secs(8), "{ended:?}");
         server.stop();
     }
 

@@ -1,8 +1,8 @@
 //! The RPC's handler on the HTTP server: the checks, in transmission's order, then the web
 //! client's files or the call to the daemon. Runs on the `rpc http N` workers.
 //!
-//! Order: the client's IP (403, for every path; checked as soon as a worker takes the
-//! connection, so strangers cost next to nothing), Basic auth when required (401 with
+//! Order: the client's IP (403, for every path; decided at accept, where `rpc refuse` answers
+//! strangers without a worker, and again here in case a SIGHUP changed the whitelist since), Basic auth when required (401 with
 //! `WWW-Authenticate`), redirects to the web client (301) and its files, then for the RPC the
 //! Host check (421; skipped while auth is required, as in transmission), the path (404), the
 //! session id (409 carrying the current id) and the method (405). All of that is decided from

@@ -21,7 +21,7 @@ fn loopback_config() -> RpcConfig {
 }
 
 /// A daemon that answers `session-get` like transmission's (a few keys), echoes the arguments
-/// of `echo`, never answers `hang`, and says `method name not recognized` to the rest. Ends
+/// of `echo`, adds any `torrent-add` (noting its metainfo's length), never answers `hang`, and says `method name not recognized` to the rest. Ends
 /// when the server (the only sender) is gone.
 fn fake_daemon(calls: Receiver<RpcCall>) -> JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
@@ -53,6 +53,18 @@ fn fake_daemon(calls: Receiver<RpcCall>) -> JoinHandle<Vec<String>> {
                 }
                 "echo" => {
                     let args = call.arguments.clone();
+                    call.answer(Ok(args));
+                }
+                "torrent-add" => {
+                    // Notes how much metainfo came.
+                    let size = call.arguments["metainfo"].as_str().map_or(0, str::len);
+                    *seen.last_mut().expect("just pushed") = format!("torrent-add {size}");
+                    let Value::Object(args) = json!({
+                        "torrent-added": {"id": 1, "name": format!("{size} base64 bytes"),
+                                          "hashString": "00".repeat(20)}
+                    }) else {
+                        unreachable!()
+                    };
                     call.answer(Ok(args));
                 }
                 "hang" => hanging.push(call),
@@ -712,5 +724,24 @@ fn transmission_remote_does_the_handshake_and_reads_session_get_with_and_without
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("method name not recognized"), "{text}");
-    assert_eq!(rig.stop(), vec!["session-get", "session-stats"]);
+    // A 10 MiB torrent file: curl sends it with `Expect: 100-continue`.
+    let dir = TempDir::new("rpc-remote");
+    let torrent = dir.0.join("big.torrent");
+    std::fs::write(&torrent, vec![b'd'; 10 << 20]).unwrap();
+    let out = transmission_remote(
+        rig.addr(),
+        &["--auth", "admin:hunter2", "-a", torrent.to_str().unwrap()],
+    )
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        rig.stop(),
+        vec!["session-get", "session-stats", "torrent-add 13981016"],
+        "{text}"
+    );
 }

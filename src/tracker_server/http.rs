@@ -10,7 +10,8 @@
 //!
 //! Tracker-level errors (a bad `info_hash`, a missing `port`, a full tracker) are `200 OK` with a
 //! `failure reason`, which is what clients show to their users; requests that are not tracker
-//! requests at all get 400, 404, 405 or 431.
+//! requests at all get 400, 404, 405 or 431 (and, from the HTTP server, 411 or 413 for a body
+//! sent chunked or over 8 KiB).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -358,7 +359,7 @@ fn answer(request: Request, source: SocketAddr, shared: &Shared, now: Instant) -
 }
 
 /// The tracker's handler on the HTTP server: tracker requests get `200 OK` with a bencoded
-/// body (a `failure reason` when refused); anything else 400, 404, 405 or 431.
+/// body (a `failure reason` when refused); anything else 400, 404, 405, 411, 413 or 431.
 pub(super) struct Front {
     shared: Arc<Shared>,
 }
