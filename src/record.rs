@@ -16,7 +16,7 @@ use crate::metainfo::InfoHash;
 pub const RECORD_VERSION: u32 = 1;
 
 /// One torrent's lifetime facts.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TorrentRecord {
     /// [`RECORD_VERSION`].
     pub version: u32,
@@ -45,6 +45,35 @@ pub struct TorrentRecord {
     /// that entry changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
+    /// Its own ratio limit (the RPC's `seedRatioMode` 1 and `seedRatioLimit`, or 2: none)
+    /// instead of `[seeding] ratio_limit`.
+    #[serde(default, skip_serializing_if = "RatioLimit::is_global")]
+    pub ratio_limit: RatioLimit,
+    /// Labels given over the RPC (Sonarr and Radarr tag their torrents with them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// Its own peer limit (the RPC's `peer-limit`) instead of `[peers] max_per_torrent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_limit: Option<usize>,
+}
+
+/// Which ratio limit a torrent follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RatioLimit {
+    /// `[seeding] ratio_limit`.
+    #[default]
+    Global,
+    /// Its own.
+    Own(f64),
+    /// None: it seeds whatever its ratio.
+    Unlimited,
+}
+
+impl RatioLimit {
+    fn is_global(&self) -> bool {
+        *self == RatioLimit::Global
+    }
 }
 
 /// A record that could not be read or written, naming the file.
@@ -74,6 +103,9 @@ impl TorrentRecord {
             added_over_rpc: false,
             magnet: None,
             paused: None,
+            ratio_limit: RatioLimit::Global,
+            labels: Vec::new(),
+            peer_limit: None,
         }
     }
 

@@ -31,12 +31,14 @@ use crate::magnet::Magnet;
 use crate::metadata_fetch::{self, FetchError, FetchParams};
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::pidfile::PidFile;
-use crate::record::{TorrentRecord, unix_now};
+use crate::record::{RatioLimit, TorrentRecord, unix_now};
 use crate::resume::ResumeData;
 use crate::rpc::{RpcCall, RpcServer};
 use crate::status::{DaemonStatus, SwarmCounts, TorrentStatus, TrackerStatus};
 use crate::storage::{OpenMode, Storage};
-use crate::torrent::{Control, ResumeTarget, Stopping, TorrentEvent, TorrentHandle, TorrentStats};
+use crate::torrent::{
+    Control, ResumeTarget, Stopping, TorrentEvent, TorrentHandle, TorrentLimits, TorrentStats,
+};
 use crate::tracker_server::{TrackerConfig, TrackerServer};
 use crate::watched::{self, Watched};
 use crate::wire::Bitfield;

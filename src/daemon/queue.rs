@@ -49,7 +49,10 @@ impl Daemon {
             }
             if t.complete
                 && !t.force_check
-                && let Some(reached) = limits.reached(t.size(), t.totals().0, t.seeding_secs())
+                && let Some(reached) =
+                    limits
+                        .for_torrent(&t.record)
+                        .reached(t.size(), t.totals().0, t.seeding_secs())
             {
                 info!("torrent {}: {reached}; not started, data kept", t.name());
                 t.state = State::Finished;
@@ -102,8 +105,8 @@ impl Daemon {
             );
         }
         if next.is_none() && t.complete && !t.force_check {
-            let limits = self.seed_limits();
             let t = &self.torrents[index];
+            let limits = self.seed_limits().for_torrent(&t.record);
             if let Some(reached) = limits.reached(t.size(), t.totals().0, t.seeding_secs()) {
                 info!("torrent {}: {reached}; stopped, data kept", t.name());
                 next = Some(State::Finished);
@@ -129,9 +132,18 @@ impl Daemon {
         }
     }
 
+    /// The per-torrent limits `t` runs with: the config's, with its own peer limit.
+    pub(super) fn torrent_limits(&self, t: &Managed) -> TorrentLimits {
+        let mut limits = self.config.limits.clone();
+        if let Some(peers) = t.record.peer_limit {
+            limits.max_peers = peers;
+        }
+        limits
+    }
+
     pub(super) fn seed_limits(&self) -> SeedLimits {
         SeedLimits {
-            ratio: self.config.ratio_limit,
+            ratio: Some(self.config.ratio_limit).filter(|r| *r > 0.0),
             time: self.config.seed_time_limit,
         }
     }
@@ -181,6 +193,7 @@ impl Daemon {
         };
         let state_dir = self.config.state_dir.clone();
         let limits = self.seed_limits();
+        let own_limits = self.torrent_limits(&self.torrents[index]);
         let t = &mut self.torrents[index];
         if !matches!(t.state, State::Checking(_)) {
             return; // removed or paused meanwhile
@@ -210,7 +223,9 @@ impl Daemon {
             path: t.resume_path(&state_dir),
             root: t.download_dir().to_owned(),
         };
-        let allowance = limits.upload_allowance(t.size(), t.record.uploaded);
+        let allowance = limits
+            .for_torrent(&t.record)
+            .upload_allowance(t.size(), t.record.uploaded);
         match self.engine.add(
             meta,
             Arc::new(storage),
@@ -220,6 +235,9 @@ impl Daemon {
             allowance,
         ) {
             Ok(handle) => {
+                if t.record.peer_limit.is_some() {
+                    handle.send(Control::SetLimits(own_limits));
+                }
                 if t.complete {
                     t.start_seeding_clock();
                 }

@@ -39,7 +39,11 @@ impl Daemon {
         if new.limits != self.config.limits {
             for t in &self.torrents {
                 if let State::Running(handle) = &t.state {
-                    handle.send(Control::SetLimits(new.limits.clone()));
+                    let mut limits = new.limits.clone();
+                    if let Some(peers) = t.record.peer_limit {
+                        limits.max_peers = peers;
+                    }
+                    handle.send(Control::SetLimits(limits));
                 }
             }
         }
@@ -72,8 +76,9 @@ impl Daemon {
     /// New seeding limits: running torrents get their new upload allowance, and finished ones
     /// that are under the limits now go back to the queue to seed.
     pub(super) fn apply_seed_limits(&mut self) {
-        let limits = self.seed_limits();
+        let global = self.seed_limits();
         for t in &mut self.torrents {
+            let limits = global.for_torrent(&t.record);
             match &t.state {
                 State::Running(handle) => handle
                     .stats

@@ -57,6 +57,11 @@ impl Daemon {
                 self.close_requested = true;
                 Ok(Map::new())
             }
+            "torrent-set" => self.rpc_torrent_set(args),
+            "queue-move-top" => self.rpc_queue_move(args, QueueMove::Top),
+            "queue-move-up" => self.rpc_queue_move(args, QueueMove::Up),
+            "queue-move-down" => self.rpc_queue_move(args, QueueMove::Down),
+            "queue-move-bottom" => self.rpc_queue_move(args, QueueMove::Bottom),
             "session-set" => Err(
                 "session-set is not supported by btd yet: edit the config file and send SIGHUP"
                     .into(),
@@ -289,7 +294,7 @@ impl Daemon {
         } else {
             ETA_NOT_AVAILABLE
         };
-        let limits = self.seed_limits();
+        let limits = self.seed_limits().for_torrent(&t.record);
         let mut out = Map::new();
         for &field in fields {
             let value = match field {
@@ -339,7 +344,8 @@ impl Daemon {
                 "peersGettingFromUs" => json!(load(|s| u64::from(
                     s.peers_getting_from_us.load(Ordering::Relaxed)
                 ))),
-                "peers" | "webseeds" | "labels" => json!([]),
+                "peers" | "webseeds" => json!([]),
+                "labels" => json!(t.record.labels),
                 "pieceCount" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.num_pieces)),
                 "pieceSize" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.piece_len)),
                 "queuePosition" => json!(
@@ -356,14 +362,22 @@ impl Daemon {
                 "priorities" => json!(vec![0; t.meta.as_ref().map_or(0, |m| m.files.len())]),
                 "trackers" => json!(trackers(t)),
                 "trackerStats" => json!(tracker_stats(t, run)),
-                "seedRatioLimit" => json!(limits.ratio),
-                "seedRatioMode" | "seedIdleMode" => json!(0),
+                "seedRatioLimit" => json!(match t.record.ratio_limit {
+                    RatioLimit::Own(ratio) => ratio,
+                    _ => self.config.ratio_limit,
+                }),
+                "seedRatioMode" => json!(match t.record.ratio_limit {
+                    RatioLimit::Global => 0,
+                    RatioLimit::Own(_) => 1,
+                    RatioLimit::Unlimited => 2,
+                }),
+                "seedIdleMode" => json!(0),
                 "seedIdleLimit" => json!(limits.time.as_secs() / 60),
                 "downloadLimit" | "uploadLimit" => json!(0),
                 "downloadLimited" | "uploadLimited" => json!(false),
                 "honorsSessionLimits" => json!(true),
                 "bandwidthPriority" => json!(0),
-                "peer-limit" => json!(self.config.limits.max_peers),
+                "peer-limit" => json!(self.torrent_limits(t).max_peers),
                 _ => continue,
             };
             out.insert(field.to_owned(), value);
@@ -437,6 +451,130 @@ impl Daemon {
             }
             Err(i) => Ok(added("torrent-duplicate", &self.torrents[i])),
         }
+    }
+
+    /// `torrent-set`: labels, the ratio limit (`seedRatioMode` 0 global, 1 its own
+    /// `seedRatioLimit`, 2 none) and `peer-limit` are kept in each torrent's record and apply at
+    /// once; `queuePosition` moves it. Anything else it is asked to set is named in the result
+    /// (after the rest is applied): btd does not do it (yet).
+    fn rpc_torrent_set(&mut self, args: &Args) -> Result<Args, String> {
+        let selected = self.rpc_select(args)?;
+        let mut unsupported = Vec::new();
+        let ratio_limit = args.get("seedRatioLimit").and_then(Value::as_f64);
+        if ratio_limit.is_some_and(|r| !r.is_finite() || r < 0.0) {
+            return Err("seedRatioLimit: must be a number >= 0".into());
+        }
+        let ratio_mode = match args.get("seedRatioMode") {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(m @ 0..=2) => Some(m),
+                _ => return Err(format!("seedRatioMode: {v} is not 0, 1 or 2")),
+            },
+        };
+        let labels = match args.get("labels") {
+            None => None,
+            Some(Value::Array(list)) => Some(
+                list.iter()
+                    .map(|l| {
+                        l.as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| format!("labels: {l} is not a string"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(v) => return Err(format!("labels: {v} is not a list of strings")),
+        };
+        let peer_limit = match args.get("peer-limit") {
+            None => None,
+            Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                Some(n) if n > 0 => Some(n),
+                _ => return Err(format!("peer-limit: {v} is not a number of peers > 0")),
+            },
+        };
+        for (key, value) in args {
+            let honest_no_op = match key.as_str() {
+                "ids" | "seedRatioLimit" | "seedRatioMode" | "labels" | "peer-limit"
+                | "queuePosition" => true,
+                // btd has no idle limit: "follow the session" (which has none) is true.
+                "seedIdleMode" => value.as_u64() == Some(0),
+                "downloadLimited" | "uploadLimited" => value.as_bool() == Some(false),
+                "honorsSessionLimits" => value.as_bool() == Some(true),
+                "bandwidthPriority" => value.as_i64() == Some(0),
+                // Only meaningful with a mode that uses it.
+                "seedIdleLimit" | "downloadLimit" | "uploadLimit" => true,
+                _ => false,
+            };
+            if !honest_no_op {
+                unsupported.push(key.clone());
+            }
+        }
+        for &index in &selected {
+            let t = &mut self.torrents[index];
+            if !t.has_record() {
+                continue;
+            }
+            if let Some(labels) = &labels {
+                t.record.labels.clone_from(labels);
+            }
+            match (ratio_mode, ratio_limit) {
+                (Some(0), _) => t.record.ratio_limit = RatioLimit::Global,
+                (Some(1), Some(r)) => t.record.ratio_limit = RatioLimit::Own(r),
+                (Some(1), None) => {
+                    t.record.ratio_limit = RatioLimit::Own(match t.record.ratio_limit {
+                        RatioLimit::Own(r) => r,
+                        _ => self.config.ratio_limit,
+                    });
+                }
+                (Some(_), _) => t.record.ratio_limit = RatioLimit::Unlimited,
+                (None, Some(r)) => {
+                    if let RatioLimit::Own(_) = t.record.ratio_limit {
+                        t.record.ratio_limit = RatioLimit::Own(r);
+                    }
+                }
+                (None, None) => {}
+            }
+            if peer_limit.is_some() {
+                t.record.peer_limit = peer_limit;
+                let limits = self.torrent_limits(&self.torrents[index]);
+                if let State::Running(handle) = &self.torrents[index].state {
+                    handle.send(Control::SetLimits(limits));
+                }
+            }
+            self.torrents[index].save_record(&self.config.state_dir);
+        }
+        self.apply_seed_limits();
+        if let Some(position) = args.get("queuePosition").and_then(Value::as_u64) {
+            let mut sorted = selected;
+            sorted.sort_unstable();
+            let mut taken: Vec<Managed> = sorted
+                .iter()
+                .rev()
+                .map(|&index| self.torrents.remove(index))
+                .collect();
+            taken.reverse();
+            let at = usize::try_from(position)
+                .unwrap_or(usize::MAX)
+                .min(self.torrents.len());
+            self.torrents.splice(at..at, taken);
+        }
+        if unsupported.is_empty() {
+            Ok(Map::new())
+        } else {
+            unsupported.sort();
+            Err(format!(
+                "btd does not support these torrent-set arguments (yet): {}; the others were \
+                 applied",
+                unsupported.join(", ")
+            ))
+        }
+    }
+
+    /// `queue-move-top`, `-up`, `-down`, `-bottom`: the order queued torrents start in.
+    fn rpc_queue_move(&mut self, args: &Args, how: QueueMove) -> Result<Args, String> {
+        let selected = self.rpc_select(args)?;
+        let torrents = std::mem::take(&mut self.torrents);
+        self.torrents = moved(torrents, &selected, how);
+        Ok(Map::new())
     }
 
     /// `torrent-stop` (pause) and `torrent-start`: kept across restarts in the record.
@@ -539,6 +677,55 @@ impl Daemon {
             ))
         }
     }
+}
+
+/// Where `queue-move-*` puts the torrents it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum QueueMove {
+    Top,
+    Up,
+    Down,
+    Bottom,
+}
+
+/// The queue after moving the torrents at `selected` (indices into `order`), keeping their
+/// order among themselves: to the top or bottom, or one place up or down. Pure.
+pub(super) fn moved<T>(order: Vec<T>, selected: &[usize], how: QueueMove) -> Vec<T> {
+    let len = order.len();
+    let chosen: Vec<bool> = (0..len).map(|i| selected.contains(&i)).collect();
+    let mut slots: Vec<Option<T>> = order.into_iter().map(Some).collect();
+    let mut positions: Vec<usize> = (0..len).collect();
+    match how {
+        QueueMove::Top | QueueMove::Bottom => {
+            let (mut first, mut rest): (Vec<usize>, Vec<usize>) =
+                positions.iter().partition(|&&i| chosen[i]);
+            positions = if how == QueueMove::Top {
+                first.append(&mut rest);
+                first
+            } else {
+                rest.append(&mut first);
+                rest
+            };
+        }
+        QueueMove::Up => {
+            for i in 1..len {
+                if chosen[positions[i]] && !chosen[positions[i - 1]] {
+                    positions.swap(i, i - 1);
+                }
+            }
+        }
+        QueueMove::Down => {
+            for i in (0..len.saturating_sub(1)).rev() {
+                if chosen[positions[i]] && !chosen[positions[i + 1]] {
+                    positions.swap(i, i + 1);
+                }
+            }
+        }
+    }
+    positions
+        .into_iter()
+        .map(|i| slots[i].take().expect("each position once"))
+        .collect()
 }
 
 /// `torrent-added` or `torrent-duplicate` with the torrent's id, name and hash.
@@ -767,6 +954,20 @@ fn free_bytes(path: &Path) -> Option<i64> {
 mod tests {
     use super::*;
     use crate::test_dir::TempDir;
+
+    #[test]
+    fn queue_moves_keep_the_moved_torrents_in_their_order() {
+        let q = || vec!['a', 'b', 'c', 'd', 'e'];
+        let s = |v: Vec<char>| v.into_iter().collect::<String>();
+        assert_eq!(s(moved(q(), &[3, 1], QueueMove::Top)), "bdace");
+        assert_eq!(s(moved(q(), &[3, 1], QueueMove::Bottom)), "acebd");
+        assert_eq!(s(moved(q(), &[3, 1], QueueMove::Up)), "badce");
+        assert_eq!(s(moved(q(), &[3, 1], QueueMove::Down)), "acbed");
+        // At the edge already, or next to each other: nothing jumps over a moved one.
+        assert_eq!(s(moved(q(), &[0, 1], QueueMove::Up)), "abcde");
+        assert_eq!(s(moved(q(), &[3, 4], QueueMove::Down)), "abcde");
+        assert_eq!(s(moved(q(), &[], QueueMove::Top)), "abcde");
+    }
 
     #[test]
     fn scrape_urls_and_hosts_of_announce_urls() {

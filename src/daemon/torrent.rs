@@ -107,7 +107,8 @@ impl State {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct SeedLimits {
     /// Uploaded / size; 0: none.
-    pub(super) ratio: f64,
+    /// Uploaded / size at which seeding stops; `None`: no ratio limit (the config's 0).
+    pub(super) ratio: Option<f64>,
     /// 0: none.
     pub(super) time: Duration,
 }
@@ -137,10 +138,21 @@ impl std::fmt::Display for LimitReached {
 }
 
 impl SeedLimits {
+    /// These limits as one torrent follows them: its own ratio limit, or none, instead of the
+    /// global one when its record says so.
+    pub(super) fn for_torrent(self, record: &TorrentRecord) -> SeedLimits {
+        let ratio = match record.ratio_limit {
+            RatioLimit::Global => self.ratio,
+            RatioLimit::Own(ratio) => Some(ratio),
+            RatioLimit::Unlimited => None,
+        };
+        SeedLimits { ratio, ..self }
+    }
+
     /// The upload total at which the ratio limit is reached: `ratio * size`, rounded up.
     pub(super) fn upload_target(&self, size: u64) -> Option<u64> {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        (self.ratio > 0.0).then(|| (self.ratio * size as f64).ceil() as u64)
+        self.ratio.map(|ratio| (ratio * size as f64).ceil() as u64)
     }
 
     /// The limit a complete torrent of `size` bytes that uploaded `uploaded` bytes and seeded
@@ -156,7 +168,7 @@ impl SeedLimits {
         {
             return Some(LimitReached::Ratio {
                 ratio: uploaded as f64 / size.max(1) as f64,
-                limit: self.ratio,
+                limit: self.ratio.unwrap_or_default(),
             });
         }
         let limit_secs = self.time.as_secs();
@@ -365,7 +377,7 @@ mod tests {
 
     fn limits(ratio: f64, time_secs: u64) -> SeedLimits {
         SeedLimits {
-            ratio,
+            ratio: Some(ratio).filter(|r| *r > 0.0),
             time: Duration::from_secs(time_secs),
         }
     }
@@ -405,6 +417,34 @@ mod tests {
         // At or past the target, less than a block is left: nothing more is served.
         assert!(l.upload_allowance(8 * MIB, 12 * MIB).unwrap() <= BLOCK);
         assert_eq!(l.upload_allowance(8 * MIB, 20 * MIB), Some(0));
+    }
+
+    #[test]
+    fn a_torrents_own_ratio_limit_or_none_replaces_the_global_one() {
+        let global = limits(2.0, 3600);
+        let mut record = TorrentRecord::new(&InfoHash([1; 20]), Path::new("d"));
+        assert_eq!(global.for_torrent(&record), global);
+        record.ratio_limit = RatioLimit::Unlimited;
+        assert_eq!(global.for_torrent(&record).reached(MIB, 100 * MIB, 0), None);
+        assert_eq!(global.for_torrent(&record).upload_allowance(MIB, 0), None);
+        // Its own limit of 0 (as Transmission means it): done seeding at once.
+        record.ratio_limit = RatioLimit::Own(0.0);
+        assert!(matches!(
+            global.for_torrent(&record).reached(MIB, 0, 0),
+            Some(LimitReached::Ratio { .. })
+        ));
+        record.ratio_limit = RatioLimit::Own(0.5);
+        assert_eq!(
+            global.for_torrent(&record).reached(MIB, MIB / 2 - 1, 0),
+            None
+        );
+        assert!(
+            global
+                .for_torrent(&record)
+                .reached(MIB, MIB / 2, 0)
+                .is_some()
+        );
+        assert_eq!(global.for_torrent(&record).time, global.time);
     }
 
     #[test]

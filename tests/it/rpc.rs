@@ -168,3 +168,40 @@ fn the_rpc_asks_for_credentials_when_they_are_set_and_refuses_wrong_ones() {
     assert!(state(&d, &p.info_hash).is_some(), "it went anyway");
     d.stop("TERM");
 }
+
+#[test]
+fn a_torrents_own_ratio_limit_set_over_the_rpc_finishes_it_and_unlimited_seeds_it_again() {
+    let work = TempDir::new("rpc-set");
+    let p = seed_payload(&work, "rpc-set");
+    let mut home = rpc_home("rpc-set", None);
+    home.add_torrent(TorrentEntry::new(&p.torrent).download_dir(&p.dir))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    d.wait_seeding(&p.info_hash, SHORT);
+
+    // Its own limit of 0: done at once (as Transmission means it), with the limit in the log.
+    ok(addr, &["-t", "1", "-sr", "0"]);
+    wait_state(&mut d, &p.info_hash, "finished");
+    d.wait_log_contains(0, SHORT, "torrent rpc-set: ratio limit reached");
+    let info = ok(addr, &["-t", "1", "-i"]);
+    assert!(info.contains("Ratio Limit: 0.0\n"), "{info}");
+
+    // No limit for it: it seeds again, and stays so across a restart.
+    ok(addr, &["-t", "1", "-SR", "-pr", "7"]);
+    wait_state(&mut d, &p.info_hash, "seeding");
+    d.stop("TERM");
+    drop(d);
+    let mut d = home.start("btd daemon (restarted)");
+    let addr = rpc_addr(&mut d);
+    d.wait_seeding(&p.info_hash, SHORT);
+    let info = ok(addr, &["-t", "1", "-i"]);
+    assert!(info.contains("Ratio Limit: Unlimited"), "{info}");
+    assert!(info.contains("Peer limit: 7"), "{info}");
+
+    // Back to the session's limit (none here): still seeding.
+    ok(addr, &["-t", "1", "-srd"]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(state(&d, &p.info_hash).as_deref(), Some("seeding"));
+    d.stop("TERM");
+}
