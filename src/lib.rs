@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod record;
 pub mod resume;
 pub mod rpc;
+pub mod session_settings;
 pub mod status;
 pub mod storage;
 #[cfg(test)]

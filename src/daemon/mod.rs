@@ -34,6 +34,7 @@ use crate::pidfile::PidFile;
 use crate::record::{RatioLimit, TorrentRecord, unix_now};
 use crate::resume::ResumeData;
 use crate::rpc::{RpcCall, RpcServer};
+use crate::session_settings::SessionSettings;
 use crate::status::{DaemonStatus, SwarmCounts, TorrentStatus, TrackerStatus};
 use crate::storage::{OpenMode, Storage};
 use crate::torrent::{
@@ -91,7 +92,12 @@ const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// See the module documentation.
 pub struct Daemon {
+    /// The config in force: the file's, with the RPC's session settings applied.
     config: Config,
+    /// The config file as last read.
+    file_config: Config,
+    /// What `session-set` changed (kept in the state directory).
+    session: SessionSettings,
     config_path: PathBuf,
     engine: Engine,
     torrents: Vec<Managed>,
@@ -142,6 +148,25 @@ impl Daemon {
         };
         std::fs::create_dir_all(&config.state_dir).map_err(io(&config.state_dir))?;
         let pid_file = PidFile::acquire(&config.state_dir.join("btd.pid"))?;
+        // What `session-set` changed, unless the file changed that setting since.
+        let file_config = config;
+        let session_path = SessionSettings::path_in(&file_config.state_dir);
+        let mut session = SessionSettings::load(&session_path).unwrap_or_else(|e| {
+            warn!("{e}; going on without the settings changed over the RPC");
+            SessionSettings::default()
+        });
+        let dropped = session.drop_changed_in(&file_config);
+        if !dropped.is_empty() {
+            info!(
+                "config: {} changed in {}; the value set over the RPC is dropped",
+                dropped.join(", "),
+                config_path.display()
+            );
+            if let Err(e) = session.save(&session_path) {
+                warn!("session settings: {e}");
+            }
+        }
+        let config = session.apply_to(&file_config);
         let engine_config = config.engine(None, None);
         let engine =
             Engine::start(engine_config.clone()).map_err(|source| DaemonError::Listen {
@@ -174,6 +199,8 @@ impl Daemon {
         let (fetched_tx, fetched_rx) = crossbeam_channel::unbounded();
         let mut daemon = Self {
             config,
+            file_config,
+            session,
             config_path: config_path.to_owned(),
             engine,
             torrents: Vec::new(),

@@ -7,13 +7,51 @@ impl Daemon {
     // ---- reload --------------------------------------------------------------------------
 
     pub(super) fn reload(&mut self) {
-        let new = match Config::load(&self.config_path) {
-            Ok(new) => new,
+        let file = match Config::load(&self.config_path) {
+            Ok(file) => file,
             Err(e) => {
                 error!("config reload failed: {e}; keeping the running configuration");
                 return;
             }
         };
+        self.drop_session_settings_changed_in(&file);
+        let new = self.session.apply_to(&file);
+        self.file_config = file;
+        if !self.level_from_env {
+            log::set_max_level(new.log_level);
+        }
+        if let Some(log_file) = &self.log_file {
+            log_file.reopen();
+        }
+        self.apply_config(new);
+        info!("config reloaded from {}", self.config_path.display());
+        self.scan_watch_dir();
+    }
+
+    /// Forgets the RPC's session settings whose value in the config file changed (the file's
+    /// new value wins), saying so.
+    pub(super) fn drop_session_settings_changed_in(&mut self, file: &Config) {
+        let dropped = self.session.drop_changed_in(file);
+        if !dropped.is_empty() {
+            info!(
+                "config: {} changed in {}; the value set over the RPC is dropped",
+                dropped.join(", "),
+                self.config_path.display()
+            );
+            self.save_session_settings();
+        }
+    }
+
+    pub(super) fn save_session_settings(&self) {
+        let path = SessionSettings::path_in(&self.config.state_dir);
+        if let Err(e) = self.session.save(&path) {
+            warn!("session settings: {e}");
+        }
+    }
+
+    /// Puts `new` (the config file's, with the RPC's session settings) in force: rates, limits,
+    /// seeding limits, entries, the embedded tracker and the RPC, without dropping peers.
+    pub(super) fn apply_config(&mut self, new: Config) {
         if new.listen_address != self.config.listen_address
             || new.listen_port != self.config.listen_port
         {
@@ -49,12 +87,6 @@ impl Daemon {
         }
         self.reload_tracker(new.tracker);
         self.reload_rpc(new.rpc.clone());
-        if !self.level_from_env {
-            log::set_max_level(new.log_level);
-        }
-        if let Some(log_file) = &self.log_file {
-            log_file.reopen();
-        }
         let old_entries = std::mem::take(&mut self.config.torrents);
         // The state directory holds our pid file: it changes only with a restart.
         let state_dir = self.config.state_dir.clone();
@@ -69,8 +101,6 @@ impl Daemon {
                 self.retry(index);
             }
         }
-        info!("config reloaded from {}", self.config_path.display());
-        self.scan_watch_dir();
     }
 
     /// New seeding limits: running torrents get their new upload allowance, and finished ones

@@ -62,10 +62,7 @@ impl Daemon {
             "queue-move-up" => self.rpc_queue_move(args, QueueMove::Up),
             "queue-move-down" => self.rpc_queue_move(args, QueueMove::Down),
             "queue-move-bottom" => self.rpc_queue_move(args, QueueMove::Bottom),
-            "session-set" => Err(
-                "session-set is not supported by btd yet: edit the config file and send SIGHUP"
-                    .into(),
-            ),
+            "session-set" => self.rpc_session_set(args),
             other => Err(format!("method not supported by btd (yet): {other}")),
         }
     }
@@ -74,7 +71,7 @@ impl Daemon {
 
     fn rpc_session_get(&self, args: &Args) -> Args {
         let c = &self.config;
-        let kib = |bytes: u64| bytes / 1024;
+        let setting = |key: &str| crate::session_settings::get(c, key).unwrap_or(Value::Null);
         let all = json!({
             "rpc-version": 17,
             "rpc-version-minimum": 14,
@@ -88,20 +85,27 @@ impl Daemon {
             "incomplete-dir-enabled": false,
             "start-added-torrents": true,
             "rename-partial-files": false,
-            "speed-limit-down": kib(c.download_rate),
-            "speed-limit-down-enabled": c.download_rate > 0,
-            "speed-limit-up": kib(c.upload_rate),
-            "speed-limit-up-enabled": c.upload_rate > 0,
+            "speed-limit-down": setting("speed-limit-down"),
+            "speed-limit-down-enabled": setting("speed-limit-down-enabled"),
+            "speed-limit-up": setting("speed-limit-up"),
+            "speed-limit-up-enabled": setting("speed-limit-up-enabled"),
         });
         let more = json!({
             "alt-speed-enabled": false,
             "alt-speed-down": 0,
             "alt-speed-up": 0,
+            // btd has no alternative speeds: off, with Transmission's default schedule.
             "alt-speed-time-enabled": false,
+            "alt-speed-time-begin": 540,
+            "alt-speed-time-end": 1020,
+            "alt-speed-time-day": 127,
             "seedRatioLimit": c.ratio_limit,
             "seedRatioLimited": c.ratio_limit > 0.0,
-            "idle-seeding-limit": c.seed_time_limit.as_secs() / 60,
+            // btd has no idle limit ([seeding] time_limit_mins counts all seeding time).
+            "idle-seeding-limit": 30,
             "idle-seeding-limit-enabled": false,
+        });
+        let limits = json!({
             "peer-limit-global": c.max_peers_global,
             "peer-limit-per-torrent": c.limits.max_peers,
             "peer-port": self.engine.listen_addr().port(),
@@ -134,9 +138,12 @@ impl Daemon {
                 "memory-bytes": 1024
             }
         });
-        let (Value::Object(mut all), Value::Object(more)) = (all, more) else {
+        let (Value::Object(mut all), Value::Object(limits), Value::Object(more)) =
+            (all, limits, more)
+        else {
             unreachable!("JSON object literals")
         };
+        all.extend(limits);
         all.extend(more);
         match args.get("fields").and_then(Value::as_array) {
             Some(fields) => fields
@@ -145,6 +152,44 @@ impl Daemon {
                 .filter_map(|f| all.get(f).map(|v| (f.to_owned(), v.clone())))
                 .collect(),
             None => all,
+        }
+    }
+
+    /// `session-set`: the settings btd applies (speed limits, the ratio limit, queue sizes,
+    /// peer limits, the download directory) take effect at once and are kept in the state
+    /// directory (see `session_settings`); a value equal to what `session-get` shows is taken
+    /// for any other key; anything else is named in a non-success result.
+    fn rpc_session_set(&mut self, args: &Args) -> Result<Args, String> {
+        let shown = self.rpc_session_get(&Map::new());
+        let mut refused = Vec::new();
+        let mut changed = false;
+        // Each key is checked against the config with the keys before it applied.
+        let mut running = self.config.clone();
+        for (key, value) in args {
+            let current = crate::session_settings::get(&running, key);
+            if current.as_ref() == Some(value)
+                || (current.is_none() && shown.get(key) == Some(value))
+            {
+                continue;
+            }
+            match self.session.set(&running, &self.file_config, key, value) {
+                Ok(()) => {
+                    info!("session-set over the RPC: {key} = {value}");
+                    changed = true;
+                    running = self.session.apply_to(&self.file_config);
+                }
+                Err(reason) => refused.push(reason),
+            }
+        }
+        if changed {
+            self.save_session_settings();
+            let new = self.session.apply_to(&self.file_config);
+            self.apply_config(new);
+        }
+        if refused.is_empty() {
+            Ok(Map::new())
+        } else {
+            Err(format!("not applied: {}", refused.join("; ")))
         }
     }
 

@@ -205,3 +205,62 @@ fn a_torrents_own_ratio_limit_set_over_the_rpc_finishes_it_and_unlimited_seeds_i
     assert_eq!(state(&d, &p.info_hash).as_deref(), Some("seeding"));
     d.stop("TERM");
 }
+
+#[test]
+fn session_set_speed_limits_apply_survive_a_restart_and_yield_to_a_changed_config_file() {
+    let mut home = rpc_home("rpc-session", None);
+    home.write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    let limits = |addr| {
+        let si = ok(addr, &["-si"]);
+        let line = |what: &str| {
+            si.lines()
+                .find(|l| l.contains(what))
+                .unwrap_or_else(|| panic!("no {what:?} in {si}"))
+                .trim()
+                .to_owned()
+        };
+        (line("Download speed limit"), line("Upload speed limit"))
+    };
+    let (down, up) = limits(addr);
+    assert!(
+        down.contains("Unlimited") && up.contains("Unlimited"),
+        "{down} / {up}"
+    );
+
+    ok(addr, &["-d", "300", "-u", "40"]);
+    let (down, up) = limits(addr);
+    assert!(down.contains("300 kB/s"), "{down}");
+    assert!(up.contains("40 kB/s"), "{up}");
+    d.wait_log_contains(0, SHORT, "session-set over the RPC: speed-limit-down = 300");
+
+    // Kept across a restart; the config file was not rewritten.
+    let text = home.config_text();
+    d.stop("TERM");
+    drop(d);
+    assert_eq!(std::fs::read_to_string(home.config_path()).ok(), Some(text));
+    let mut d = home.start("btd daemon (restarted)");
+    let addr = rpc_addr(&mut d);
+    let (down, up) = limits(addr);
+    assert!(
+        down.contains("300 kB/s") && up.contains("40 kB/s"),
+        "{down} / {up}"
+    );
+
+    // The admin edits the file's download rate: the file wins; the upload limit stays.
+    home.set("rates", "download_kib_per_sec", 2000)
+        .write_config();
+    let mark = d.log_mark();
+    d.reload();
+    d.wait_log_contains(mark, SHORT, "speed-limit-down");
+    let (down, up) = limits(addr);
+    // 2048 KiB/s from the file, shown in Transmission's units.
+    assert!(down.contains("(Enabled limit: 2.05 MB/s"), "{down}");
+    assert!(up.contains("40 kB/s"), "{up}");
+
+    // What btd does not do is refused by name, not silently taken.
+    let (success, text) = remote(addr, &["--alt-speed"]);
+    assert!(!success && text.contains("alt-speed-enabled"), "{text}");
+    d.stop("TERM");
+}
