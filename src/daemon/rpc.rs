@@ -51,6 +51,14 @@ impl Daemon {
             "torrent-start" | "torrent-start-now" => self.rpc_start_stop(args, false),
             "torrent-stop" => self.rpc_start_stop(args, true),
             "torrent-verify" => self.rpc_verify(args),
+            "torrent-reannounce" => {
+                for index in self.rpc_select(args)? {
+                    if let State::Running(handle) = &self.torrents[index].state {
+                        handle.send(Control::Reannounce);
+                    }
+                }
+                Ok(Map::new())
+            }
             "torrent-remove" => self.rpc_remove(args),
             "free-space" => rpc_free_space(args),
             "session-close" => {

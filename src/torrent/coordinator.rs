@@ -397,6 +397,7 @@ impl Coordinator {
                         self.context.set_write_timeout(limits.write_timeout);
                         self.limits = limits;
                     }
+                    Ok(Control::Reannounce) => self.announce(AnnouncerCommand::NeedPeers),
                     Ok(Control::Stop) | Err(_) => break,
                 },
                 default(timeout) => {}

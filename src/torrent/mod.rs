@@ -32,6 +32,8 @@ pub enum Control {
     AddPeers(Vec<SocketAddr>),
     /// New per-torrent limits (config reload); peers stay connected.
     SetLimits(TorrentLimits),
+    /// Announce again as soon as the trackers' `min interval` allows (a user asked).
+    Reannounce,
 }
 
 /// What a torrent tells the engine, in the past tense.

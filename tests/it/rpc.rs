@@ -3,7 +3,9 @@
 //! a restart and its data on disk.
 
 use crate::support::daemon::{Daemon, DaemonHome, Payload, TorrentEntry, payload, within};
-use crate::support::{SHORT, TempDir, parse_rpc_serving, require_program, run_to_end};
+use crate::support::{
+    RecordingTracker, SHORT, TempDir, TrackerReply, parse_rpc_serving, require_program, run_to_end,
+};
 use std::net::SocketAddr;
 use std::process::Command;
 
@@ -262,5 +264,35 @@ fn session_set_speed_limits_apply_survive_a_restart_and_yield_to_a_changed_confi
     // What btd does not do is refused by name, not silently taken.
     let (success, text) = remote(addr, &["--alt-speed"]);
     assert!(!success && text.contains("alt-speed-enabled"), "{text}");
+    d.stop("TERM");
+}
+
+#[test]
+fn a_reannounce_over_the_rpc_announces_again_once_min_interval_allows() {
+    let work = TempDir::new("rpc-reannounce");
+    let tracker = RecordingTracker::with_reply(TrackerReply {
+        min_interval: Some(5),
+        ..TrackerReply::default()
+    });
+    let p = payload(
+        &work,
+        "data",
+        "rpc-reannounce",
+        MIB,
+        32 * KIB,
+        &[tracker.announce_url()],
+    );
+    let mut home = rpc_home("rpc-reannounce", None);
+    home.add_torrent(TorrentEntry::new(&p.torrent).download_dir(&p.dir))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    d.wait_seeding(&p.info_hash, SHORT);
+    tracker.wait_event(&p.info_hash, Some("started"), 1, SHORT);
+    // Without asking, the next announce is 30 minutes away.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_eq!(tracker.announces_for(&p.info_hash).len(), 1);
+    ok(addr, &["-t", "1", "--reannounce"]);
+    tracker.wait_event(&p.info_hash, None, 1, SHORT);
     d.stop("TERM");
 }

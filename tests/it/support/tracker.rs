@@ -272,6 +272,8 @@ struct Record {
 pub struct TrackerReply {
     /// `interval` in seconds.
     pub interval: u32,
+    /// `min interval` in seconds, when set.
+    pub min_interval: Option<u32>,
     /// `warning message`, when set.
     pub warning: Option<String>,
     /// The compact `peers` (IPv4 only).
@@ -282,6 +284,7 @@ impl Default for TrackerReply {
     fn default() -> Self {
         Self {
             interval: 1800,
+            min_interval: None,
             warning: None,
             peers: Vec::new(),
         }
@@ -299,8 +302,16 @@ impl TrackerReply {
             compact.extend_from_slice(&v4.ip().octets());
             compact.extend_from_slice(&v4.port().to_be_bytes());
         }
-        let mut out =
-            format!("d8:intervali{}e5:peers{}:", self.interval, compact.len()).into_bytes();
+        let min = self
+            .min_interval
+            .map(|m| format!("12:min intervali{m}e"))
+            .unwrap_or_default();
+        let mut out = format!(
+            "d8:intervali{}e{min}5:peers{}:",
+            self.interval,
+            compact.len()
+        )
+        .into_bytes();
         out.extend_from_slice(&compact);
         if let Some(w) = &self.warning {
             out.extend_from_slice(format!("15:warning message{}:{w}", w.len()).as_bytes());
@@ -679,6 +690,7 @@ mod tests {
         let peer: SocketAddr = "127.0.0.9:6881".parse().expect("an address");
         let tracker = RecordingTracker::with_reply(TrackerReply {
             interval: 60,
+            min_interval: Some(30),
             warning: Some("slow down".into()),
             peers: vec![peer],
         });
@@ -691,7 +703,8 @@ mod tests {
         assert_eq!(code, 200);
         assert_eq!(
             body,
-            b"d8:intervali60e5:peers6:\x7f\x00\x00\x09\x1a\xe115:warning message9:slow downe"
+            b"d8:intervali60e12:min intervali30e5:peers6:\x7f\x00\x00\x09\x1a\xe1\
+              15:warning message9:slow downe"
         );
         let (code, _) = http_get(addr, "/scrape?info_hash=x").expect("scrape");
         assert_eq!(code, 404);
