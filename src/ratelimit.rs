@@ -96,6 +96,47 @@ impl RateLimiter {
     }
 }
 
+/// Two buckets a transfer must pass both of: a torrent's own rate inside the process's. Tokens
+/// are taken from the inner one first; what the outer one refuses goes back to the inner.
+#[derive(Clone, Copy)]
+pub struct RateChain<'a> {
+    pub inner: &'a RateLimiter,
+    pub outer: &'a RateLimiter,
+}
+
+impl RateChain<'_> {
+    /// Takes up to `want` bytes' worth from both; returns how many it got.
+    pub fn take_up_to(&self, want: usize, now: Instant) -> usize {
+        let inner = self.inner.take_up_to(want, now);
+        let both = self.outer.take_up_to(inner, now);
+        self.inner.give_back(inner - both);
+        both
+    }
+
+    /// Takes exactly `n` from both, or nothing.
+    pub fn try_take(&self, n: usize, now: Instant) -> bool {
+        if !self.inner.try_take(n, now) {
+            return false;
+        }
+        if self.outer.try_take(n, now) {
+            return true;
+        }
+        self.inner.give_back(n);
+        false
+    }
+
+    /// Returns `n` unused tokens to both.
+    pub fn give_back(&self, n: usize) {
+        self.inner.give_back(n);
+        self.outer.give_back(n);
+    }
+
+    /// How long until `n` tokens could be in both.
+    pub fn wait_hint(&self, n: usize) -> Duration {
+        self.inner.wait_hint(n).max(self.outer.wait_hint(n))
+    }
+}
+
 fn capacity(rate: u64) -> u64 {
     (rate / 4).max(MIN_BURST_BYTES)
 }
@@ -200,6 +241,32 @@ mod tests {
         let l = RateLimiter::new(0);
         assert_eq!(l.take_up_to(1 << 20, Instant::now()), 1 << 20);
         assert!(l.try_take(1 << 30, Instant::now()));
+    }
+
+    #[test]
+    fn a_chain_gives_what_both_buckets_have_and_returns_the_rest_to_the_inner_one() {
+        let torrent = RateLimiter::new(1_000_000);
+        let process = RateLimiter::new(2_000_000);
+        let chain = RateChain {
+            inner: &torrent,
+            outer: &process,
+        };
+        let t0 = Instant::now();
+        chain.take_up_to(usize::MAX, t0);
+        let t1 = t0 + Duration::from_millis(100);
+        // The torrent's 100 kB bound it, though the process had 200 kB.
+        assert_eq!(chain.take_up_to(usize::MAX, t1), 100_000);
+        assert!(!chain.try_take(1, t1));
+        // (Give or take what each bucket refilled between its creation and t0.)
+        let rest = process.take_up_to(usize::MAX, t1);
+        assert!((100_000..101_000).contains(&rest), "the rest stayed: {rest}");
+
+        // The process's bucket empty: the torrent's tokens come back to it.
+        let t2 = t1 + Duration::from_millis(100);
+        assert!(process.take_up_to(usize::MAX, t2) >= 200_000);
+        assert_eq!(chain.take_up_to(50_000, t2), 0);
+        assert!(!chain.try_take(50_000, t2));
+        assert_eq!(torrent.take_up_to(usize::MAX, t2), 100_000);
     }
 
     #[test]

@@ -55,6 +55,45 @@ pub struct TorrentRecord {
     /// Its own peer limit (the RPC's `peer-limit`) instead of `[peers] max_per_torrent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_limit: Option<usize>,
+    /// Its own download and upload rates, inside the global ones (the RPC's `downloadLimit`
+    /// and `downloadLimited`, `uploadLimit` and `uploadLimited`).
+    #[serde(default, skip_serializing_if = "OwnRates::is_none")]
+    pub rates: OwnRates,
+}
+
+/// A torrent's own rate limits, in the RPC's kB/s (1000 bytes); each applies while it is on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OwnRates {
+    pub download_kbps: u64,
+    pub download_limited: bool,
+    pub upload_kbps: u64,
+    pub upload_limited: bool,
+}
+
+impl OwnRates {
+    fn is_none(&self) -> bool {
+        *self == OwnRates::default()
+    }
+
+    /// Download bytes per second, 0 for none.
+    #[must_use]
+    pub fn download_bytes(&self) -> u64 {
+        if self.download_limited {
+            self.download_kbps.saturating_mul(1000).max(1)
+        } else {
+            0
+        }
+    }
+
+    /// Upload bytes per second, 0 for none.
+    #[must_use]
+    pub fn upload_bytes(&self) -> u64 {
+        if self.upload_limited {
+            self.upload_kbps.saturating_mul(1000).max(1)
+        } else {
+            0
+        }
+    }
 }
 
 /// Which ratio limit a torrent follows.
@@ -106,6 +145,7 @@ impl TorrentRecord {
             ratio_limit: RatioLimit::Global,
             labels: Vec::new(),
             peer_limit: None,
+            rates: OwnRates::default(),
         }
     }
 

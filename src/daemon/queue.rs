@@ -133,6 +133,7 @@ impl Daemon {
     }
 
     /// The per-torrent limits `t` runs with: the config's, with its own peer limit.
+    /// (Its own rates are on its context: [`apply_own_rates`].)
     pub(super) fn torrent_limits(&self, t: &Managed) -> TorrentLimits {
         let mut limits = self.config.limits.clone();
         if let Some(peers) = t.record.peer_limit {
@@ -238,6 +239,7 @@ impl Daemon {
                 if t.record.peer_limit.is_some() {
                     handle.send(Control::SetLimits(own_limits));
                 }
+                apply_own_rates(&handle, &t.record);
                 if t.complete {
                     t.start_seeding_clock();
                 }
@@ -305,4 +307,16 @@ pub(super) fn check_data(
         started.elapsed()
     );
     Ok((storage, have))
+}
+
+/// Puts a torrent's own rate limits (its record's) on its running peer threads' context.
+pub(super) fn apply_own_rates(handle: &TorrentHandle, record: &TorrentRecord) {
+    handle
+        .context
+        .download_rate
+        .set_rate(record.rates.download_bytes());
+    handle
+        .context
+        .upload_rate
+        .set_rate(record.rates.upload_bytes());
 }

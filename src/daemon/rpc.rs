@@ -426,8 +426,10 @@ impl Daemon {
                 }),
                 "seedIdleMode" => json!(0),
                 "seedIdleLimit" => json!(limits.time.as_secs() / 60),
-                "downloadLimit" | "uploadLimit" => json!(0),
-                "downloadLimited" | "uploadLimited" => json!(false),
+                "downloadLimit" => json!(t.record.rates.download_kbps),
+                "uploadLimit" => json!(t.record.rates.upload_kbps),
+                "downloadLimited" => json!(t.record.rates.download_limited),
+                "uploadLimited" => json!(t.record.rates.upload_limited),
                 "honorsSessionLimits" => json!(true),
                 "bandwidthPriority" => json!(0),
                 "peer-limit" => json!(self.torrent_limits(t).max_peers),
@@ -550,11 +552,13 @@ impl Daemon {
                 | "queuePosition" => true,
                 // btd has no idle limit: "follow the session" (which has none) is true.
                 "seedIdleMode" => value.as_u64() == Some(0),
-                "downloadLimited" | "uploadLimited" => value.as_bool() == Some(false),
+
                 "honorsSessionLimits" => value.as_bool() == Some(true),
                 "bandwidthPriority" => value.as_i64() == Some(0),
                 // Only meaningful with a mode that uses it.
-                "seedIdleLimit" | "downloadLimit" | "uploadLimit" => true,
+                "seedIdleLimit" => true,
+                "downloadLimit" | "uploadLimit" => value.as_u64().is_some(),
+                "downloadLimited" | "uploadLimited" => value.as_bool().is_some(),
                 _ => false,
             };
             if !honest_no_op {
@@ -585,6 +589,19 @@ impl Daemon {
                     }
                 }
                 (None, None) => {}
+            }
+            let rates = &mut t.record.rates;
+            let before = *rates;
+            let number = |key: &str| args.get(key).and_then(Value::as_u64);
+            let flag = |key: &str| args.get(key).and_then(Value::as_bool);
+            rates.download_kbps = number("downloadLimit").unwrap_or(rates.download_kbps);
+            rates.upload_kbps = number("uploadLimit").unwrap_or(rates.upload_kbps);
+            rates.download_limited = flag("downloadLimited").unwrap_or(rates.download_limited);
+            rates.upload_limited = flag("uploadLimited").unwrap_or(rates.upload_limited);
+            if *rates != before
+                && let State::Running(handle) = &t.state
+            {
+                apply_own_rates(handle, &t.record);
             }
             if peer_limit.is_some() {
                 t.record.peer_limit = peer_limit;

@@ -15,7 +15,7 @@ use crossbeam_channel::Sender;
 
 use crate::metainfo::{Geometry, InfoHash};
 use crate::profile::{self, Role};
-use crate::ratelimit::Limits;
+use crate::ratelimit::{Limits, RateChain, RateLimiter};
 use crate::storage::Storage;
 use crate::torrent::TorrentStats;
 use crate::torrent::picker::PeerKey;
@@ -189,12 +189,31 @@ pub struct TorrentContext {
     /// The torrent's counters: peer threads add every payload byte they move and reserve
     /// uploads from its allowance.
     pub stats: Arc<TorrentStats>,
+    /// The torrent's own download and upload rates (0: none), inside the process's.
+    pub download_rate: RateLimiter,
+    pub upload_rate: RateLimiter,
     /// Milliseconds a socket write may make no progress before the peer is dropped (it stopped
     /// reading). Atomic so a config reload reaches sessions started afterwards.
     pub write_timeout_ms: AtomicU64,
 }
 
 impl TorrentContext {
+    /// The buckets a download must pass: the torrent's, then the process's.
+    pub fn download_limits(&self) -> RateChain<'_> {
+        RateChain {
+            inner: &self.download_rate,
+            outer: &self.limits.download,
+        }
+    }
+
+    /// The buckets an upload must pass: the torrent's, then the process's.
+    pub fn upload_limits(&self) -> RateChain<'_> {
+        RateChain {
+            inner: &self.upload_rate,
+            outer: &self.limits.upload,
+        }
+    }
+
     /// How long a peer socket write may make no progress.
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms.load(Ordering::Relaxed).max(1))

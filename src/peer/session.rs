@@ -471,13 +471,13 @@ impl<'a> Session<'a> {
             let Some(&block) = self.upload_queue.front() else {
                 break;
             };
-            if !self.ctx.limits.upload.try_take(block.len as usize, now) {
+            if !self.ctx.upload_limits().try_take(block.len as usize, now) {
                 self.upload_throttled = true;
                 break;
             }
             if !self.ctx.stats.reserve_upload(u64::from(block.len)) {
                 // The torrent's seeding limit is reached: the daemon stops it shortly.
-                self.ctx.limits.upload.give_back(block.len as usize);
+                self.ctx.upload_limits().give_back(block.len as usize);
                 self.upload_throttled = true;
                 break;
             }
@@ -571,14 +571,13 @@ impl<'a> Session<'a> {
             self.read_timeout = timeout;
         }
         let space = self.read_buf.len() - self.read_end;
-        let allowed = self.ctx.limits.download.take_up_to(space, Instant::now());
+        let allowed = self.ctx.download_limits().take_up_to(space, Instant::now());
         if allowed == 0 {
             // Over the download limit: leave the bytes in the kernel (TCP pushes back on the
             // sender) and look again shortly.
             std::thread::sleep(
                 self.ctx
-                    .limits
-                    .download
+                    .download_limits()
                     .wait_hint(BLOCK_LEN as usize)
                     .min(timeout.max(Duration::from_millis(1))),
             );
@@ -587,7 +586,7 @@ impl<'a> Session<'a> {
         let end = self.read_end + allowed;
         let result = self.stream.read(&mut self.read_buf[self.read_end..end]);
         let used = *result.as_ref().unwrap_or(&0);
-        self.ctx.limits.download.give_back(allowed - used);
+        self.ctx.download_limits().give_back(allowed - used);
         match result {
             Ok(0) => Err(PeerError::Closed),
             Ok(n) => {

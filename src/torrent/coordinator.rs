@@ -22,7 +22,7 @@ use super::{Control, ResumeTarget, TorrentEvent, TorrentHandle, TorrentParams, T
 use crate::metainfo::Metainfo;
 use crate::peer::{self, PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
 use crate::profile::{self, LoopStats, Role};
-use crate::ratelimit::Limits;
+use crate::ratelimit::{Limits, RateLimiter};
 use crate::storage::Storage;
 use crate::tracker::Tiers;
 use crate::tracker::announcer::{self, AnnounceStats, AnnouncerCommand, AnnouncerConfig};
@@ -96,6 +96,8 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
         info_bytes: Arc::clone(&meta.info_bytes),
         private: meta.private,
         stats: Arc::clone(&stats),
+        download_rate: RateLimiter::new(0),
+        upload_rate: RateLimiter::new(0),
         write_timeout_ms: Default::default(),
     });
     context.set_write_timeout(params.limits.write_timeout);

@@ -2,9 +2,12 @@
 //! `transmission-cli`): each operation checked against btd's own status file, its state after
 //! a restart and its data on disk.
 
-use crate::support::daemon::{Daemon, DaemonHome, Payload, TorrentEntry, payload, within};
+use crate::support::daemon::{
+    Daemon, DaemonHome, Payload, Snapshot, TorrentEntry, payload, within,
+};
 use crate::support::{
-    RecordingTracker, SHORT, TempDir, TrackerReply, parse_rpc_serving, require_program, run_to_end,
+    LtClient, PeerSpec, RecordingTracker, SHORT, TempDir, TrackerReply, next_ip, parse_rpc_serving,
+    require_libtorrent, require_program, run_to_end,
 };
 use std::net::SocketAddr;
 use std::process::Command;
@@ -294,5 +297,58 @@ fn a_reannounce_over_the_rpc_announces_again_once_min_interval_allows() {
     assert_eq!(tracker.announces_for(&p.info_hash).len(), 1);
     ok(addr, &["-t", "1", "--reannounce"]);
     tracker.wait_event(&p.info_hash, None, 1, SHORT);
+    d.stop("TERM");
+}
+
+#[test]
+fn a_torrents_own_upload_limit_set_over_the_rpc_holds_its_uploads_to_it() {
+    require_libtorrent();
+    let work = TempDir::new("rpc-rate");
+    let p = payload(&work, "data", "rpc-rate", 8 * MIB, 64 * KIB, &[]);
+    let mut home = rpc_home("rpc-rate", None);
+    home.add_torrent(TorrentEntry::new(&p.torrent).download_dir(&p.dir))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    d.wait_seeding(&p.info_hash, SHORT);
+
+    // 200 kB/s for this torrent alone (the session has no limit).
+    ok(addr, &["-t", "1", "-u", "200"]);
+    let info = ok(addr, &["-t", "1", "-i"]);
+    assert!(info.contains("200 kB/s"), "{info}");
+    let out = work.subdir("leecher");
+    let _lt = LtClient::leech(
+        "libtorrent leecher",
+        &PeerSpec {
+            torrent: &p.torrent,
+            dir: &out,
+            ip: next_ip(),
+            peers: vec![d.addr()],
+            announce: false,
+        },
+    );
+    let uploaded = |s: &Snapshot| {
+        s.status
+            .torrent(&p.info_hash)
+            .map_or(0, |t| t.uploaded_bytes)
+    };
+    let first = d.wait_snapshot(SHORT, "uploads under way", |s| uploaded(s) > 0);
+    let mut last = first.clone();
+    for _ in 0..4 {
+        last = d.next_snapshot(&last, SHORT);
+    }
+    let secs = last
+        .written
+        .duration_since(first.written)
+        .expect("snapshots in order")
+        .as_secs_f64();
+    let rate = (uploaded(&last) - uploaded(&first)) as f64 / secs;
+    // The limit, with room for one burst of the bucket; unlimited, loopback moves the whole
+    // 8 MiB in well under a second.
+    assert!(
+        rate < 300_000.0,
+        "{rate:.0} B/s over {secs:.1} s with a 200 kB/s limit"
+    );
+    assert!(uploaded(&last) < 8 * MIB, "the whole torrent went up");
     d.stop("TERM");
 }
