@@ -21,6 +21,7 @@ pub mod pidfile;
 pub mod profile;
 pub mod ratelimit;
 pub mod record;
+pub mod relocate;
 pub mod resume;
 pub mod rpc;
 pub mod session_settings;

@@ -105,6 +105,8 @@ pub struct Daemon {
     checked_rx: Receiver<Checked>,
     fetched_tx: Sender<MetadataFetched>,
     fetched_rx: Receiver<MetadataFetched>,
+    moved_tx: Sender<Moved>,
+    moved_rx: Receiver<Moved>,
     pid_file: Option<PidFile>,
     log_file: Option<LogFile>,
     /// The embedded tracker, while `[tracker] enabled`.
@@ -197,6 +199,7 @@ impl Daemon {
         };
         let (checked_tx, checked_rx) = crossbeam_channel::unbounded();
         let (fetched_tx, fetched_rx) = crossbeam_channel::unbounded();
+        let (moved_tx, moved_rx) = crossbeam_channel::unbounded();
         let mut daemon = Self {
             config,
             file_config,
@@ -208,6 +211,8 @@ impl Daemon {
             checked_rx,
             fetched_tx,
             fetched_rx,
+            moved_tx,
+            moved_rx,
             pid_file: Some(pid_file),
             log_file,
             tracker,
@@ -244,6 +249,7 @@ impl Daemon {
         let mut next_record_save = Instant::now() + RECORD_SAVE_INTERVAL;
         loop {
             self.reap_stopped();
+            self.start_moves();
             self.schedule();
             if Instant::now() >= next_record_save {
                 self.save_records();
@@ -256,6 +262,7 @@ impl Daemon {
             let checked_rx = self.checked_rx.clone();
             let rpc_calls = self.rpc_calls.clone();
             let fetched_rx = self.fetched_rx.clone();
+            let moved_rx = self.moved_rx.clone();
             select! {
                 recv(signals) -> signal => match signal {
                     Ok(Signal::Stop) | Err(_) => break,
@@ -276,6 +283,11 @@ impl Daemon {
                 recv(fetched_rx) -> fetched => {
                     if let Ok(fetched) = fetched {
                         self.on_metadata(fetched);
+                    }
+                }
+                recv(moved_rx) -> moved => {
+                    if let Ok(moved) = moved {
+                        self.on_moved(moved);
                     }
                 }
                 recv(rpc_calls) -> call => {

@@ -4,6 +4,13 @@
 
 use super::*;
 
+/// What a `move NAME` thread ends with.
+pub(super) struct Moved {
+    pub(super) info_hash: InfoHash,
+    pub(super) to: PathBuf,
+    pub(super) result: Result<(), String>,
+}
+
 /// The outcome of checking a torrent's data before it starts.
 pub(super) struct Checked {
     pub(super) meta: Arc<Metainfo>,
@@ -130,6 +137,70 @@ impl Daemon {
         if let Some(state) = next {
             self.stop_torrent(index, state);
         }
+    }
+
+    /// Starts the moves whose torrents' last runs have ended: a `move NAME` thread each.
+    pub(super) fn start_moves(&mut self) {
+        for index in 0..self.torrents.len() {
+            let t = &self.torrents[index];
+            let State::Moving { to, started: false } = &t.state else {
+                continue;
+            };
+            if self.stopping.iter().any(|(h, _)| *h == t.info_hash) {
+                continue;
+            }
+            let Some(meta) = t.meta.clone() else {
+                continue;
+            };
+            let (from, to) = (t.download_dir().to_owned(), to.clone());
+            let files: Vec<PathBuf> = meta.files.iter().map(|f| f.path.clone()).collect();
+            let done = self.moved_tx.clone();
+            let info_hash = t.info_hash;
+            let target = to.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("move {}", meta.name))
+                .spawn(move || {
+                    let result = crate::relocate::move_files(&files, &from, &target);
+                    let _ = done.send(Moved {
+                        info_hash,
+                        to: target,
+                        result,
+                    });
+                });
+            self.torrents[index].state = match spawned {
+                Ok(_) => State::Moving { to, started: true },
+                Err(e) => State::Error(format!("cannot spawn the move thread: {e}")),
+            };
+        }
+    }
+
+    /// A `move NAME` thread is done: the torrent runs from its new directory (its resume data
+    /// still matches: the files kept their times), or shows why not in state error.
+    pub(super) fn on_moved(&mut self, moved: Moved) {
+        let Some(index) = self.index_of(&moved.info_hash) else {
+            return;
+        };
+        let t = &mut self.torrents[index];
+        match moved.result {
+            Ok(()) => {
+                info!("torrent {}: data moved to {}", t.name(), moved.to.display());
+                t.record.download_dir = moved.to;
+                t.state = if t.paused {
+                    State::Paused
+                } else {
+                    State::Queued
+                };
+            }
+            Err(reason) => {
+                error!("torrent {}: moving its data: {reason}", t.name());
+                // The files moved so far are at the target: it is checked where it was told
+                // to be, so nothing moved is fetched again.
+                t.record.download_dir = moved.to;
+                t.force_check = true;
+                t.state = State::Error(format!("moving its data: {reason}"));
+            }
+        }
+        t.save_record(&self.config.state_dir);
     }
 
     /// The per-torrent limits `t` runs with: the config's, with its own peer limit.

@@ -51,6 +51,7 @@ impl Daemon {
             "torrent-start" | "torrent-start-now" => self.rpc_start_stop(args, false),
             "torrent-stop" => self.rpc_start_stop(args, true),
             "torrent-verify" => self.rpc_verify(args),
+            "torrent-set-location" => self.rpc_set_location(args),
             "torrent-reannounce" => {
                 for index in self.rpc_select(args)? {
                     if let State::Running(handle) = &self.torrents[index].state {
@@ -336,7 +337,11 @@ impl Daemon {
             State::Checking(_) => status::CHECK,
             State::Running(_) if t.complete => status::SEED,
             State::Running(_) => status::DOWNLOAD,
-            State::Paused | State::Finished | State::Stopped | State::Error(_) => status::STOPPED,
+            State::Paused
+            | State::Finished
+            | State::Stopped
+            | State::Error(_)
+            | State::Moving { .. } => status::STOPPED,
         };
         let error = match &t.state {
             State::Error(e) => (3, e.clone()),
@@ -644,6 +649,59 @@ impl Daemon {
         let selected = self.rpc_select(args)?;
         let torrents = std::mem::take(&mut self.torrents);
         self.torrents = moved(torrents, &selected, how);
+        Ok(Map::new())
+    }
+
+    /// `torrent-set-location`: with `move`, its files move to `location` (a `move NAME`
+    /// thread, once its run has ended) and it runs from there; without, it is looked for
+    /// there (checked again).
+    fn rpc_set_location(&mut self, args: &Args) -> Result<Args, String> {
+        let to = args
+            .get("location")
+            .and_then(Value::as_str)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .ok_or("torrent-set-location needs `location`, an absolute path")?;
+        let with_data = args.get("move").and_then(Value::as_bool).unwrap_or(false);
+        for index in self.rpc_select(args)? {
+            let t = &mut self.torrents[index];
+            if t.meta.is_none() || *t.download_dir() == to {
+                continue;
+            }
+            if matches!(t.state, State::Checking(_) | State::Moving { .. }) {
+                return Err(format!(
+                    "torrent {}: busy {}; try again",
+                    t.name(),
+                    t.state.name(t.complete)
+                ));
+            }
+            if with_data {
+                info!(
+                    "torrent {}: moving its data to {} over the RPC",
+                    t.name(),
+                    to.display()
+                );
+                let next = State::Moving {
+                    to: to.clone(),
+                    started: false,
+                };
+                self.stop_torrent(index, next);
+            } else {
+                info!(
+                    "torrent {}: its data is now looked for in {} (set over the RPC)",
+                    t.name(),
+                    to.display()
+                );
+                t.record.download_dir.clone_from(&to);
+                t.force_check = true;
+                let paused = t.paused;
+                if paused {
+                    self.stop_torrent(index, State::Paused);
+                } else {
+                    self.stop_torrent(index, State::Queued);
+                }
+            }
+        }
         Ok(Map::new())
     }
 

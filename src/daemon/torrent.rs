@@ -83,6 +83,12 @@ pub(super) enum State {
     Finished,
     /// The daemon stopped cleanly (what the last status file says).
     Stopped,
+    /// Its files are moving to `to` (once its last run has ended, on a `move NAME` thread);
+    /// then it goes back to the queue, or to paused.
+    Moving {
+        to: PathBuf,
+        started: bool,
+    },
     Error(String),
 }
 
@@ -98,6 +104,7 @@ impl State {
             State::Paused => "paused",
             State::Finished => "finished",
             State::Stopped => "stopped",
+            State::Moving { .. } => "moving",
             State::Error(_) => "error",
         }
     }

@@ -7,7 +7,7 @@ use crate::support::daemon::{
 };
 use crate::support::{
     LtClient, PeerSpec, RecordingTracker, SHORT, TempDir, TrackerReply, next_ip, parse_rpc_serving,
-    require_libtorrent, require_program, run_to_end,
+    require_libtorrent, require_program, run_to_end, tree_digest,
 };
 use std::net::SocketAddr;
 use std::process::Command;
@@ -350,5 +350,60 @@ fn a_torrents_own_upload_limit_set_over_the_rpc_holds_its_uploads_to_it() {
         "{rate:.0} B/s over {secs:.1} s with a 200 kB/s limit"
     );
     assert!(uploaded(&last) < 8 * MIB, "the whole torrent went up");
+    d.stop("TERM");
+}
+
+#[test]
+fn set_location_with_move_moves_the_data_and_seeds_from_there_without_hashing_again() {
+    let work = TempDir::new("rpc-move");
+    let p = seed_payload(&work, "rpc-move");
+    let digest = tree_digest(&p.data());
+    let mut home = rpc_home("rpc-move", None);
+    home.add_torrent(TorrentEntry::new(&p.torrent).download_dir(&p.dir))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    d.wait_seeding(&p.info_hash, SHORT);
+
+    let new_dir = work.subdir("moved-here");
+    let mark = d.log_mark();
+    ok(addr, &["-t", "1", "--move", &new_dir.display().to_string()]);
+    d.wait_log_contains(mark, SHORT, "torrent rpc-move: data moved to");
+    let moved_to = new_dir.to_str().expect("UTF-8").to_owned();
+    d.wait_snapshot(SHORT, "seeding from the new directory", |s| {
+        s.status.torrent(&p.info_hash).is_some_and(|t| {
+            t.state == "seeding" && t.download_dir.as_deref() == Some(moved_to.as_str())
+        })
+    });
+    assert_eq!(
+        tree_digest(&new_dir.join("rpc-move")),
+        digest,
+        "moved data differs"
+    );
+    assert!(!p.data().exists(), "the old copy is still there");
+    let line = d.wait_log_contains(mark, SHORT, "torrent rpc-move: resume data");
+    assert!(
+        line.contains("matches"),
+        "hashed again after the move: {line}"
+    );
+
+    // --find: only where to look; it is checked there and found complete.
+    let mark = d.log_mark();
+    ok(addr, &["-t", "1", "--find", &p.dir.display().to_string()]);
+    d.wait_log_contains(mark, SHORT, "checking data");
+    let deadline = within(SHORT);
+    loop {
+        let s = d.snapshot().expect("a status file");
+        let t = s.status.torrent(&p.info_hash).expect("the torrent");
+        if t.state == "downloading" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not downloading: {}",
+            s.text
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     d.stop("TERM");
 }
