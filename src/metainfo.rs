@@ -137,6 +137,17 @@ pub struct FileEntry {
     pub offset: u64,
 }
 
+/// What a torrent file says about itself outside `info`: shown to RPC clients, never trusted.
+#[derive(Clone, Debug, Default)]
+pub struct About {
+    /// `comment`, empty when absent or not a string.
+    pub comment: String,
+    /// `created by`, empty when absent or not a string.
+    pub created_by: String,
+    /// `creation date` (Unix seconds), 0 when absent.
+    pub creation_date: i64,
+}
+
 /// A parsed, validated v1 torrent.
 #[derive(Clone, Debug)]
 pub struct Metainfo {
@@ -148,6 +159,8 @@ pub struct Metainfo {
     pub announce: Option<String>,
     pub announce_list: Option<Vec<Vec<String>>>,
     pub private: bool,
+    /// Comment, creator and creation date.
+    pub about: About,
     /// The info dictionary exactly as in the file: what we serve to peers (BEP 9).
     pub info_bytes: Arc<[u8]>,
 }
@@ -181,6 +194,19 @@ impl Metainfo {
         check_raw_info(&info_dict)?;
         let private = matches!(info_dict.get("private"), Some(BencodeElem::Integer(1)));
         let torrent = Torrent::read_from_bytes(bytes).map_err(|e| e.to_string())?;
+        let extra = |key: &str| torrent.extra_fields.as_ref().and_then(|f| f.get(key));
+        let text = |key: &str| match extra(key) {
+            Some(BencodeElem::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let about = About {
+            comment: text("comment"),
+            created_by: text("created by"),
+            creation_date: match extra("creation date") {
+                Some(BencodeElem::Integer(t)) => *t,
+                _ => 0,
+            },
+        };
 
         check_component(&torrent.name).map_err(|e| format!("name {:?}: {e}", torrent.name))?;
         let piece_len = check_piece_len(torrent.piece_length)?;
@@ -222,6 +248,7 @@ impl Metainfo {
             announce: torrent.announce,
             announce_list: torrent.announce_list,
             private,
+            about,
         })
     }
 }
