@@ -87,12 +87,17 @@ impl Daemon {
             "speed-limit-down-enabled": c.download_rate > 0,
             "speed-limit-up": kib(c.upload_rate),
             "speed-limit-up-enabled": c.upload_rate > 0,
-        });
-        let more = json!({
             "alt-speed-enabled": false,
             "alt-speed-down": 0,
             "alt-speed-up": 0,
             "alt-speed-time-enabled": false,
+            // btd has no alternative speeds (they stay off): Transmission's defaults, 9:00 to
+            // 17:00 on every day.
+            "alt-speed-time-begin": 540,
+            "alt-speed-time-end": 1020,
+            "alt-speed-time-day": 127,
+        });
+        let more = json!({
             "seedRatioLimit": c.ratio_limit,
             "seedRatioLimited": c.ratio_limit > 0.0,
             "idle-seeding-limit": c.seed_time_limit.as_secs() / 60,
@@ -326,6 +331,9 @@ impl Daemon {
                 "isFinished" => json!(matches!(t.state, State::Finished)),
                 "isStalled" => json!(false),
                 "isPrivate" => json!(t.meta.as_ref().is_some_and(|m| m.private)),
+                "comment" => json!(t.meta.as_ref().map_or("", |m| &m.about.comment)),
+                "creator" => json!(t.meta.as_ref().map_or("", |m| &m.about.created_by)),
+                "dateCreated" => json!(t.meta.as_ref().map_or(0, |m| m.about.creation_date)),
                 "downloadDir" => json!(t.download_dir().display().to_string()),
                 "addedDate" => json!(t.record.added_unix),
                 "doneDate" => json!(t.record.completed_unix.unwrap_or(0)),
@@ -340,6 +348,8 @@ impl Daemon {
                     s.peers_getting_from_us.load(Ordering::Relaxed)
                 ))),
                 "peers" | "webseeds" | "labels" => json!([]),
+                // btd does not use web seeds.
+                "webseedsSendingToUs" => json!(0),
                 "pieceCount" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.num_pieces)),
                 "pieceSize" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.piece_len)),
                 "queuePosition" => json!(
@@ -606,12 +616,24 @@ fn trackers(t: &Managed) -> Vec<Value> {
     out
 }
 
+/// Transmission's `announceState` and `scrapeState` (`tr_tracker_state`).
+const TRACKER_INACTIVE: u8 = 0;
+const TRACKER_WAITING: u8 = 1;
+
 /// Per-tracker state: btd keeps the swarm counts of the torrent, not of each tracker, so each
-/// tracker shows them (or -1, unknown, as Transmission does before an answer).
+/// tracker shows them (or -1, unknown, as Transmission does before an answer). The announcer
+/// does not publish its times, results or scrapes per tracker: those fields carry
+/// Transmission's values for "never" (0, false, ""), and a running torrent's trackers are
+/// "waiting" (between announces), a stopped one's "inactive".
 fn tracker_stats(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
     let swarm = run.filter(|s| s.swarm.known.load(Ordering::Acquire));
     let count =
         |f: fn(&crate::tracker::SwarmStats) -> u32| swarm.map_or(-1, |s| i64::from(f(&s.swarm)));
+    let state = if run.is_some() {
+        TRACKER_WAITING
+    } else {
+        TRACKER_INACTIVE
+    };
     trackers(t)
         .into_iter()
         .map(|mut v| {
@@ -625,8 +647,27 @@ fn tracker_stats(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
                 "lastAnnounceResult": "",
                 "isBackup": false,
             });
-            if let (Value::Object(v), Value::Object(extra)) = (&mut v, extra) {
-                v.extend(extra);
+            // Two literals: one would pass `json!`'s recursion limit.
+            let never = json!({
+                "announceState": state,
+                "scrapeState": TRACKER_INACTIVE,
+                "hasScraped": false,
+                "lastAnnouncePeerCount": 0,
+                "lastAnnounceStartTime": 0,
+                "lastAnnounceTime": 0,
+                "lastAnnounceTimedOut": false,
+                "nextAnnounceTime": 0,
+                "lastScrapeResult": "",
+                "lastScrapeStartTime": 0,
+                "lastScrapeSucceeded": false,
+                "lastScrapeTime": 0,
+                "lastScrapeTimedOut": false,
+                "nextScrapeTime": 0,
+            });
+            for more in [extra, never] {
+                if let (Value::Object(v), Value::Object(more)) = (&mut v, more) {
+                    v.extend(more);
+                }
             }
             v
         })

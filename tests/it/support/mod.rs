@@ -9,6 +9,7 @@
 pub mod daemon;
 pub mod fake_peer;
 mod process;
+pub mod rpc_client;
 mod torrent;
 mod tracker;
 
