@@ -24,6 +24,7 @@ mod magnet;
 mod malformed;
 mod pex;
 mod rpc;
+mod rpc_clients;
 mod rpc_diff;
 mod swarm;
 mod tracker;

@@ -29,11 +29,15 @@ impl RpcClient {
         self
     }
 
-    /// Sends `{"method", "arguments", "tag"}` and returns the whole reply object (`result`,
-    /// `arguments`, `tag`). Panics on a transport error, a status other than 200 once the session
-    /// id is known, or a body that is not a JSON object.
+    /// Sends `{"method", "arguments", "tag"}` (no `arguments` when they are `null`, as some
+    /// clients send `session-get`) and returns the whole reply object (`result`, `arguments`,
+    /// `tag`). Panics on a transport error, a status other than 200 once the session id is
+    /// known, or a body that is not a JSON object.
     pub fn call(&mut self, method: &str, arguments: Value) -> Value {
-        let body = json!({"method": method, "arguments": arguments, "tag": 7});
+        let mut body = json!({"method": method, "tag": 7});
+        if !arguments.is_null() {
+            body["arguments"] = arguments;
+        }
         let body = serde_json::to_vec(&body).expect("encode the request");
         for _ in 0..3 {
             let mut req = attohttpc::post(&self.url)
