@@ -361,7 +361,32 @@ impl Daemon {
                 "magnetLink" => json!(magnet_link(t)),
                 "files" => json!(file_list(t, run)),
                 "fileStats" => json!(file_stats(t, run)),
-                "fileCount" => json!(t.meta.as_ref().map_or(0, |m| m.files.len())),
+                // `file-count` is Transmission 4's name; Sonarr asks for `fileCount` too.
+                "fileCount" | "file-count" => {
+                    json!(t.meta.as_ref().map_or(0, |m| m.files.len()))
+                }
+                // Transmission's own answer when it cannot tell the type of the data.
+                "primary-mime-type" => json!("application/octet-stream"),
+                "pieces" => json!(pieces_base64(t, run)),
+                "torrentFile" => {
+                    json!(
+                        torrent_file(t, &self.config.state_dir)
+                            .display()
+                            .to_string()
+                    )
+                }
+                "trackerList" => json!(tracker_list(t)),
+                // btd does not count where its peers came from: all zero.
+                "peersFrom" => json!({
+                    "fromCache": 0, "fromDht": 0, "fromIncoming": 0, "fromLpd": 0,
+                    "fromLtep": 0, "fromPex": 0, "fromTracker": 0
+                }),
+                // btd has no manual reannounce (yet): Transmission's -1, none allowed.
+                "manualAnnounceTime" => json!(-1),
+                "maxConnectedPeers" => json!(self.config.limits.max_peers),
+                // No bandwidth groups; no edits (torrent-set) to date.
+                "group" => json!(""),
+                "editDate" => json!(0),
                 "wanted" => json!(vec![1; t.meta.as_ref().map_or(0, |m| m.files.len())]),
                 "priorities" => json!(vec![0; t.meta.as_ref().map_or(0, |m| m.files.len())]),
                 "trackers" => json!(trackers(t)),
@@ -549,6 +574,40 @@ impl Daemon {
             ))
         }
     }
+}
+
+/// The `.torrent` file a torrent was read from or saved to (empty: none yet, a magnet link
+/// still fetching its metadata).
+fn torrent_file(t: &Managed, state_dir: &Path) -> PathBuf {
+    match &t.source {
+        Source::Config(EntryKey::Path(path)) | Source::Watch(path) => path.clone(),
+        _ if t.meta.is_some() => saved_torrent_path(state_dir, &t.info_hash),
+        _ => PathBuf::new(),
+    }
+}
+
+/// The verified pieces as a BitTorrent bitfield in base64 (Transmission's `pieces`): a
+/// running torrent's, all when complete; a stopped incomplete torrent's are not kept in
+/// memory, so none.
+fn pieces_base64(t: &Managed, run: Option<&Arc<TorrentStats>>) -> String {
+    let Some(meta) = &t.meta else {
+        return String::new();
+    };
+    let have = match run {
+        _ if t.complete => Bitfield::full(meta.geometry.num_pieces),
+        Some(run) => run.have.lock().clone(),
+        None => Bitfield::new(meta.geometry.num_pieces),
+    };
+    base64::engine::general_purpose::STANDARD.encode(have.as_bytes())
+}
+
+/// Transmission 4's `trackerList`: the announce URLs one a line, a blank line between tiers.
+fn tracker_list(t: &Managed) -> String {
+    tracker_tiers(t)
+        .iter()
+        .map(|tier| tier.join("\n"))
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// `torrent-added` or `torrent-duplicate` with the torrent's id, name and hash.

@@ -81,17 +81,41 @@ const TORRENT_FIELDS: &[&str] = &[
     "dateCreated",
     "webseeds",
     "webseedsSendingToUs",
+    "etaIdle",
+    "percentComplete",
+    "manualAnnounceTime",
+    "maxConnectedPeers",
+    "peersFrom",
+    "pieces",
+    "torrentFile",
+    "editDate",
+    "group",
+    "primary-mime-type",
+    "file-count",
+    "trackerList",
 ];
 
-/// Keys Transmission 4 (rpc-version 17) added that 3.00 does not answer: btd, which says it
-/// speaks 17, may give them. `path` is where the key sits (`torrent`, `files[]`, ...).
+/// Keys Transmission 4 (rpc-version 17) added inside objects, which 3.00 does not answer: btd,
+/// which says it speaks 17, may give them. `path` is where the key sits (`files[]`, ...).
 const RPC17_ADDITIONS: &[(&str, &str)] = &[
-    ("torrent", "fileCount"),
     ("files[]", "begin_piece"),
     ("files[]", "end_piece"),
     ("trackers[]", "sitename"),
     ("trackerStats[]", "sitename"),
     ("session", "rpc-version-semver"),
+];
+
+/// `torrent-get` fields that Transmission 4 (rpc-version 17) added, with their type in its
+/// spec: 3.00 answers a field name it does not know with the number 0, so these are checked
+/// against the spec instead.
+const RPC17_FIELDS: &[(&str, &str)] = &[
+    ("fileCount", "number"),
+    ("file-count", "number"),
+    ("percentComplete", "number"),
+    ("editDate", "number"),
+    ("group", "string"),
+    ("primary-mime-type", "string"),
+    ("trackerList", "string"),
 ];
 
 fn kind(v: &Value) -> &'static str {
@@ -221,6 +245,16 @@ fn session_and_torrent_fields_have_transmissions_keys_and_types() {
         Value::Object(tr_torrents[0].clone()),
         Value::Object(btd_torrents[0].clone()),
     );
+    let (mut tr_t, mut btd_t) = (tr_t, btd_t);
+    for (field, want) in RPC17_FIELDS {
+        tr_t.as_object_mut().expect("an object").remove(*field);
+        match btd_t.as_object_mut().expect("an object").remove(*field) {
+            Some(v) if kind(&v) == *want => {}
+            other => diffs.push(format!(
+                "torrent.{field}: want a {want}, btd gives {other:?}"
+            )),
+        }
+    }
     shape_diffs("torrent", &tr_t, &btd_t, &mut diffs);
     same_values(
         &tr_t,
@@ -238,6 +272,7 @@ fn session_and_torrent_fields_have_transmissions_keys_and_types() {
             "isPrivate",
             "pieceCount",
             "pieceSize",
+            "pieces",
             "fileStats",
             "wanted",
             "priorities",
