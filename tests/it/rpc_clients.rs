@@ -6,10 +6,11 @@
 use crate::support::daemon::{Daemon, DaemonHome, Payload, payload, within};
 use crate::support::parse_rpc_serving;
 use crate::support::rpc_client::RpcClient;
-use crate::support::{SHORT, TempDir};
+use crate::support::{SHORT, TempDir, client_script, require_transmission_rpc, run_to_end};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const KIB: u64 = 1024;
@@ -229,5 +230,135 @@ fn sonarrs_requests_get_answers_of_the_shapes_it_reads() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    d.stop("TERM");
+}
+
+/// Runs `trpc_client.py --host IP --port N ARGS...` with the venv's Python; returns its JSON.
+fn trpc(addr: SocketAddr, args: &[&str]) -> Value {
+    let python = require_transmission_rpc();
+    let mut cmd = Command::new(python);
+    cmd.arg(client_script("trpc_client.py"))
+        .arg("--host")
+        .arg(addr.ip().to_string())
+        .arg("--port")
+        .arg(addr.port().to_string())
+        .args(args);
+    let out = run_to_end("trpc_client.py", cmd, SHORT);
+    assert!(
+        out.status.success(),
+        "trpc_client.py {args:?} failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("trpc_client.py {args:?}: not JSON ({e}): {}", out.stdout))
+}
+
+/// The torrent's state in btd's status file, once it is `want`.
+fn wait_state(d: &mut Daemon, hash: &str, want: &str) {
+    let deadline = within(SHORT);
+    loop {
+        let state = d
+            .snapshot()
+            .and_then(|s| s.status.torrent(hash).map(|t| t.state.clone()));
+        if state.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "torrent {hash} not {want} within {SHORT:?}: {state:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_python_transmission_rpc_library_adds_lists_reads_starts_stops_and_removes() {
+    let work = TempDir::new("rpc-trpc");
+    let p = seed_payload(&work, "rpc-trpc");
+    let (_home, mut d, addr) = rpc_daemon("rpc-trpc");
+
+    // The library reads the session (it does at connect) and every property of it.
+    let session = trpc(addr, &["session"]);
+    assert_eq!(session["rpc_version"], 17, "{session}");
+    assert!(
+        session["version"]
+            .as_str()
+            .is_some_and(|v| v.contains("btd")),
+        "{session}"
+    );
+    assert_eq!(session["unreadable"], json!({}), "{session}");
+
+    // Added paused, into the directory that holds its data: btd has it, paused.
+    let torrent = p.torrent.display().to_string();
+    let dir = p.dir.display().to_string();
+    let added = trpc(addr, &["add", &torrent, "--dir", &dir, "--paused"]);
+    assert_eq!(added["hash"], p.info_hash.as_str(), "{added}");
+    assert_eq!(added["name"], "rpc-trpc", "{added}");
+    wait_state(&mut d, &p.info_hash, "paused");
+    let list = trpc(addr, &["list"]);
+    let row = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["hash"] == p.info_hash.as_str())
+        .unwrap_or_else(|| panic!("not listed: {list}"));
+    assert_eq!(row["status"], "stopped", "{list}");
+
+    // Started: btd checks the data and seeds; the library reads every field of it.
+    trpc(addr, &["start", &p.info_hash]);
+    wait_state(&mut d, &p.info_hash, "seeding");
+    let t = trpc(addr, &["get", &p.info_hash]);
+    assert_eq!(t["unreadable"], json!({}), "{t}");
+    assert_eq!(t["status"], "seeding", "{t}");
+    assert_eq!(t["percent_done"], 1.0, "{t}");
+    assert_eq!(t["left_until_done"], 0, "{t}");
+    assert_eq!(t["total_size"], MIB + 1000, "{t}");
+    assert_eq!(t["download_dir"], dir.as_str(), "{t}");
+    assert_eq!(t["file_count"], 2, "{t}");
+    let files: Vec<(&str, u64, u64)> = t["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().expect("a name"),
+                f["size"].as_u64().expect("a size"),
+                f["completed"].as_u64().expect("completed"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        files,
+        [
+            ("rpc-trpc/data.bin", MIB, MIB),
+            ("rpc-trpc/notes/readme.txt", 1000, 1000)
+        ],
+        "{t}"
+    );
+
+    // Stopped: paused in btd.
+    trpc(addr, &["stop", &p.info_hash]);
+    wait_state(&mut d, &p.info_hash, "paused");
+    let t = trpc(addr, &["get", &p.info_hash]);
+    assert_eq!(t["status"], "stopped", "{t}");
+
+    // Removed with its data: gone from btd and from the disk.
+    trpc(addr, &["remove", &p.info_hash, "--delete"]);
+    let deadline = within(SHORT);
+    while d
+        .snapshot()
+        .is_none_or(|s| s.status.torrent(&p.info_hash).is_some())
+        || p.data().exists()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "after remove --delete: in the status file or data left in {}",
+            p.data().display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let list = trpc(addr, &["list"]);
+    assert_eq!(list, json!([]), "{list}");
     d.stop("TERM");
 }
