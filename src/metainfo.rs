@@ -584,6 +584,27 @@ mod tests {
     }
 
     #[test]
+    fn reads_comment_creator_and_creation_date_outside_info() {
+        let plain = torrent_bytes("d6:lengthi5e4:name1:a12:piece lengthi16384e#Pe", 1);
+        let about = Metainfo::from_bytes(&plain).unwrap().about;
+        assert_eq!(
+            (about.comment.as_str(), about.created_by.as_str()),
+            ("", "")
+        );
+        assert_eq!(about.creation_date, 0);
+
+        let head = b"d8:announce14:http://t/a/ann";
+        let fields = b"7:comment5:hello10:created by7:btd/0.113:creation datei1700000000e";
+        let mut bytes = head.to_vec();
+        bytes.extend_from_slice(fields);
+        bytes.extend_from_slice(&plain[head.len()..]);
+        let about = Metainfo::from_bytes(&bytes).unwrap().about;
+        assert_eq!(about.comment, "hello");
+        assert_eq!(about.created_by, "btd/0.1");
+        assert_eq!(about.creation_date, 1_700_000_000);
+    }
+
+    #[test]
     fn reads_the_private_flag() {
         let bytes = torrent_bytes(
             "d6:lengthi5e4:name1:a12:piece lengthi16384e#P7:privatei1ee",
