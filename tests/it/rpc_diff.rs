@@ -1,16 +1,19 @@
 //! btd's Transmission RPC beside the real thing: the same `session-get`, `session-stats` and
-//! `torrent-get` requests to transmission-daemon 3.00 (through `scripts/clients/transmission.py`:
-//! port mapping, DHT, LPD, PEX and uTP off, its own config dir, RPC on 127.0.0.1) and to btd, both
+//! `torrent-get` requests (objects, `table`, `recently-active`; the torrent seeding, then
+//! stopped) to transmission-daemon 3.00 (through `scripts/clients/transmission.py`: port
+//! mapping, DHT, LPD, PEX and uTP off, its own config dir, RPC on 127.0.0.1) and to btd, both
 //! seeding the same torrent from the same files. Every key transmission answers must be in btd's
 //! answer with the same JSON type (number, string, bool, array, object, null), inside the
 //! objects of `files`, `fileStats`, `trackers` and `trackerStats` too; btd may add only the keys
 //! Transmission 4 (rpc-version 17, which btd speaks) added. All differences are reported at once.
 
-use crate::support::daemon::{DaemonHome, TorrentEntry, payload};
-use crate::support::parse_rpc_serving;
+use crate::support::daemon::{DaemonHome, TorrentEntry, payload, within};
 use crate::support::rpc_client::RpcClient;
-use crate::support::{PeerSpec, SHORT, TempDir, Transmission, closed_port, next_ip};
+use crate::support::{
+    PeerSpec, SHORT, TempDir, Transmission, closed_port, next_ip, parse_rpc_serving,
+};
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -187,10 +190,93 @@ fn same(a: &Value, b: &Value) -> bool {
 }
 
 /// The fields both must give the same value for, seeding the same files.
-fn same_values(tr: &Value, btd: &Value, fields: &[&str], out: &mut Vec<String>) {
+fn same_values(state: &str, tr: &Value, btd: &Value, fields: &[&str], out: &mut Vec<String>) {
     for f in fields {
         if !same(&tr[f], &btd[f]) {
-            out.push(format!("{f}: transmission {}, btd {}", tr[f], btd[f]));
+            out.push(format!(
+                "{state}: {f}: transmission {}, btd {}",
+                tr[f], btd[f]
+            ));
+        }
+    }
+}
+
+/// Sends both the same `torrent-get` of [`TORRENT_FIELDS`] for `hash` (both in `state`) and
+/// appends to `diffs` how btd's answer differs: shapes, and the values both must share.
+fn compare_torrent(
+    trc: &mut RpcClient,
+    btc: &mut RpcClient,
+    hash: &str,
+    state: &str,
+    diffs: &mut Vec<String>,
+) {
+    let ids = json!([hash]);
+    let tr_torrents = trc.torrents(ids.clone(), TORRENT_FIELDS);
+    let btd_torrents = btc.torrents(ids, TORRENT_FIELDS);
+    assert_eq!(tr_torrents.len(), 1, "transmission: {tr_torrents:?}");
+    assert_eq!(btd_torrents.len(), 1, "btd: {btd_torrents:?}");
+    let mut tr_t = Value::Object(tr_torrents[0].clone());
+    let mut btd_t = Value::Object(btd_torrents[0].clone());
+    for (field, want) in RPC17_FIELDS {
+        tr_t.as_object_mut().expect("an object").remove(*field);
+        match btd_t.as_object_mut().expect("an object").remove(*field) {
+            Some(v) if kind(&v) == *want => {}
+            other => diffs.push(format!(
+                "{state}.torrent.{field}: want a {want}, btd gives {other:?}"
+            )),
+        }
+    }
+    shape_diffs(&format!("{state}.torrent"), &tr_t, &btd_t, diffs);
+    same_values(
+        state,
+        &tr_t,
+        &btd_t,
+        &[
+            "hashString",
+            "name",
+            "status",
+            "percentDone",
+            "sizeWhenDone",
+            "leftUntilDone",
+            "totalSize",
+            "haveValid",
+            "isFinished",
+            "isPrivate",
+            "pieceCount",
+            "pieceSize",
+            "pieces",
+            "fileStats",
+            "wanted",
+            "priorities",
+            "metadataPercentComplete",
+            "comment",
+            "creator",
+            "dateCreated",
+        ],
+        diffs,
+    );
+    for (i, (tf, bf)) in tr_t["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(btd_t["files"].as_array().into_iter().flatten())
+        .enumerate()
+    {
+        for key in ["name", "length", "bytesCompleted"] {
+            if !same(&tf[key], &bf[key]) {
+                diffs.push(format!(
+                    "{state}: files[{i}].{key}: transmission {}, btd {}",
+                    tf[key], bf[key]
+                ));
+            }
+        }
+    }
+    for key in ["announce", "tier", "scrape"] {
+        if !same(&tr_t["trackers"][0][key], &btd_t["trackers"][0][key]) {
+            diffs.push(format!(
+                "{state}: trackers[0].{key}: transmission {}, btd {}",
+                tr_t["trackers"][0][key], btd_t["trackers"][0][key]
+            ));
         }
     }
 }
@@ -236,77 +322,7 @@ fn session_and_torrent_fields_have_transmissions_keys_and_types() {
     let btd_stats = Value::Object(btc.ok("session-stats", json!({})));
     shape_diffs("stats", &tr_stats, &btd_stats, &mut diffs);
 
-    let ids = json!([p.info_hash]);
-    let tr_torrents = trc.torrents(ids.clone(), TORRENT_FIELDS);
-    let btd_torrents = btc.torrents(ids, TORRENT_FIELDS);
-    assert_eq!(tr_torrents.len(), 1, "transmission: {tr_torrents:?}");
-    assert_eq!(btd_torrents.len(), 1, "btd: {btd_torrents:?}");
-    let (tr_t, btd_t) = (
-        Value::Object(tr_torrents[0].clone()),
-        Value::Object(btd_torrents[0].clone()),
-    );
-    let (mut tr_t, mut btd_t) = (tr_t, btd_t);
-    for (field, want) in RPC17_FIELDS {
-        tr_t.as_object_mut().expect("an object").remove(*field);
-        match btd_t.as_object_mut().expect("an object").remove(*field) {
-            Some(v) if kind(&v) == *want => {}
-            other => diffs.push(format!(
-                "torrent.{field}: want a {want}, btd gives {other:?}"
-            )),
-        }
-    }
-    shape_diffs("torrent", &tr_t, &btd_t, &mut diffs);
-    same_values(
-        &tr_t,
-        &btd_t,
-        &[
-            "hashString",
-            "name",
-            "status",
-            "percentDone",
-            "sizeWhenDone",
-            "leftUntilDone",
-            "totalSize",
-            "haveValid",
-            "isFinished",
-            "isPrivate",
-            "pieceCount",
-            "pieceSize",
-            "pieces",
-            "fileStats",
-            "wanted",
-            "priorities",
-            "metadataPercentComplete",
-            "comment",
-            "creator",
-            "dateCreated",
-        ],
-        &mut diffs,
-    );
-    for (i, (tf, bf)) in tr_t["files"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .zip(btd_t["files"].as_array().into_iter().flatten())
-        .enumerate()
-    {
-        for key in ["name", "length", "bytesCompleted"] {
-            if !same(&tf[key], &bf[key]) {
-                diffs.push(format!(
-                    "files[{i}].{key}: transmission {}, btd {}",
-                    tf[key], bf[key]
-                ));
-            }
-        }
-    }
-    for key in ["announce", "tier", "scrape"] {
-        if !same(&tr_t["trackers"][0][key], &btd_t["trackers"][0][key]) {
-            diffs.push(format!(
-                "trackers[0].{key}: transmission {}, btd {}",
-                tr_t["trackers"][0][key], btd_t["trackers"][0][key]
-            ));
-        }
-    }
+    compare_torrent(&mut trc, &mut btc, &p.info_hash, "seeding", &mut diffs);
 
     // The same `table` request: a header row, then one row per torrent.
     let table =
@@ -318,6 +334,27 @@ fn session_and_torrent_fields_have_transmissions_keys_and_types() {
         tr_table["torrents"][0], btd_table["torrents"][0],
         "the table's header rows differ"
     );
+
+    // `recently-active`: the torrents and the ids removed lately.
+    let recent = json!({"ids": "recently-active", "fields": ["id", "hashString"]});
+    let tr_recent = Value::Object(trc.ok("torrent-get", recent.clone()));
+    let btd_recent = Value::Object(btc.ok("torrent-get", recent));
+    shape_diffs("recently-active", &tr_recent, &btd_recent, &mut diffs);
+
+    // Both stopped: the same shapes again, status 0.
+    let ids = json!({ "ids": [p.info_hash] });
+    trc.ok("torrent-stop", ids.clone());
+    btc.ok("torrent-stop", ids);
+    // Transmission stops a torrent on its own loop, a moment after it answers.
+    let deadline = within(SHORT);
+    while trc.torrents(json!([p.info_hash]), &["status"])[0]["status"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "transmission did not stop the torrent"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    compare_torrent(&mut trc, &mut btc, &p.info_hash, "stopped", &mut diffs);
 
     assert!(
         diffs.is_empty(),
