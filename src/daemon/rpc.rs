@@ -329,6 +329,7 @@ impl Daemon {
                 }),
                 "eta" | "etaIdle" => json!(eta),
                 "isFinished" => json!(matches!(t.state, State::Finished)),
+                // btd has no stalled-queue rule (`queue-stalled-enabled` is false): never.
                 "isStalled" => json!(false),
                 "isPrivate" => json!(t.meta.as_ref().is_some_and(|m| m.private)),
                 "comment" => json!(t.meta.as_ref().map_or("", |m| &m.about.comment)),
@@ -337,8 +338,12 @@ impl Daemon {
                 "downloadDir" => json!(t.download_dir().display().to_string()),
                 "addedDate" => json!(t.record.added_unix),
                 "doneDate" => json!(t.record.completed_unix.unwrap_or(0)),
+                // Neither is recorded: a running torrent is active now, a stopped one shows
+                // Transmission's "never" (0).
                 "activityDate" | "startDate" => json!(if run.is_some() { unix_now() } else { 0 }),
                 "secondsSeeding" => json!(t.seeding_secs()),
+                // btd does not count time spent downloading (yet): Transmission's value for a
+                // torrent that never downloaded.
                 "secondsDownloading" => json!(0),
                 "peersConnected" => json!(load(|s| u64::from(s.peers.load(Ordering::Relaxed)))),
                 "peersSendingToUs" => json!(load(|s| u64::from(
