@@ -137,6 +137,17 @@ pub struct FileEntry {
     pub offset: u64,
 }
 
+/// What a torrent file says about itself outside `info`: shown to RPC clients, never trusted.
+#[derive(Clone, Debug, Default)]
+pub struct About {
+    /// `comment`, empty when absent or not a string.
+    pub comment: String,
+    /// `created by`, empty when absent or not a string.
+    pub created_by: String,
+    /// `creation date` (Unix seconds), 0 when absent.
+    pub creation_date: i64,
+}
+
 /// A parsed, validated v1 torrent.
 #[derive(Clone, Debug)]
 pub struct Metainfo {
@@ -148,6 +159,8 @@ pub struct Metainfo {
     pub announce: Option<String>,
     pub announce_list: Option<Vec<Vec<String>>>,
     pub private: bool,
+    /// Comment, creator and creation date.
+    pub about: About,
     /// The info dictionary exactly as in the file: what we serve to peers (BEP 9).
     pub info_bytes: Arc<[u8]>,
 }
@@ -181,6 +194,19 @@ impl Metainfo {
         check_raw_info(&info_dict)?;
         let private = matches!(info_dict.get("private"), Some(BencodeElem::Integer(1)));
         let torrent = Torrent::read_from_bytes(bytes).map_err(|e| e.to_string())?;
+        let extra = |key: &str| torrent.extra_fields.as_ref().and_then(|f| f.get(key));
+        let text = |key: &str| match extra(key) {
+            Some(BencodeElem::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let about = About {
+            comment: text("comment"),
+            created_by: text("created by"),
+            creation_date: match extra("creation date") {
+                Some(BencodeElem::Integer(t)) => *t,
+                _ => 0,
+            },
+        };
 
         check_component(&torrent.name).map_err(|e| format!("name {:?}: {e}", torrent.name))?;
         let piece_len = check_piece_len(torrent.piece_length)?;
@@ -222,6 +248,7 @@ impl Metainfo {
             announce: torrent.announce,
             announce_list: torrent.announce_list,
             private,
+            about,
         })
     }
 }
@@ -554,6 +581,27 @@ mod tests {
         bytes.extend_from_slice(b"1:z");
         bytes.extend(std::iter::repeat_n(b'l', 100_000));
         assert!(Metainfo::from_bytes(&bytes).is_err());
+    }
+
+    #[test]
+    fn reads_comment_creator_and_creation_date_outside_info() {
+        let plain = torrent_bytes("d6:lengthi5e4:name1:a12:piece lengthi16384e#Pe", 1);
+        let about = Metainfo::from_bytes(&plain).unwrap().about;
+        assert_eq!(
+            (about.comment.as_str(), about.created_by.as_str()),
+            ("", "")
+        );
+        assert_eq!(about.creation_date, 0);
+
+        let head = b"d8:announce14:http://t/a/ann";
+        let fields = b"7:comment5:hello10:created by7:btd/0.113:creation datei1700000000e";
+        let mut bytes = head.to_vec();
+        bytes.extend_from_slice(fields);
+        bytes.extend_from_slice(&plain[head.len()..]);
+        let about = Metainfo::from_bytes(&bytes).unwrap().about;
+        assert_eq!(about.comment, "hello");
+        assert_eq!(about.created_by, "btd/0.1");
+        assert_eq!(about.creation_date, 1_700_000_000);
     }
 
     #[test]

@@ -260,7 +260,11 @@ mod tests {
         // The torrent's 100 kB bound it, though the process had 200 kB.
         assert_eq!(chain.take_up_to(usize::MAX, t1), 100_000);
         assert!(!chain.try_take(1, t1));
-        assert_eq!(process.take_up_to(usize::MAX, t1), 100_000, "the rest stayed");
+        assert_eq!(
+            process.take_up_to(usize::MAX, t1),
+            100_000,
+            "the rest stayed"
+        );
 
         // The process's bucket empty: the torrent's tokens come back to it.
         let t2 = t1 + Duration::from_millis(100);

@@ -386,6 +386,7 @@ mod tests {
             announce: None,
             announce_list: None,
             private: false,
+            about: Default::default(),
             info_bytes: std::sync::Arc::from(&b""[..]),
         };
         let storage = Storage::open(&dir, &meta, OpenMode::Download).unwrap();
@@ -421,6 +422,7 @@ mod tests {
             announce: None,
             announce_list: None,
             private: false,
+            about: Default::default(),
             info_bytes: std::sync::Arc::from(&b""[..]),
         };
         let reason = |storage: &Storage| match storage.check_files() {

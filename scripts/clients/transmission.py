@@ -10,6 +10,8 @@ IP:PORT (PORT 0: a free one), RPC on 127.0.0.1 at a free port with no authentica
 torrent with transmission-remote, the data being DIR/<torrent name>, and reports on stdout, one
 line each, flushed, in the same words as lt_client.py:
     LISTENING <port>                    the daemon listens for peers on IP:<port>
+    RPC <port>                          right after LISTENING: its RPC answers on 127.0.0.1:<port>
+                                        (no authentication; for tests that ask it themselves)
     PROGRESS <fraction> <download_rate_Bps> <upload_rate_Bps> <num_peers>   every second
     SEEDING                             (seed) the data in DIR verified complete
     COMPLETE <seconds since start>      (leech) every piece verified and the daemon stopped
@@ -269,6 +271,7 @@ def drive(args, daemon, rpc, peer_port, start, check_deadline):
         check_deadline("waiting for transmission to listen on %s:%d" % (args.bind, peer_port))
         time.sleep(0.05)
     say("LISTENING %d" % peer_port)
+    say("RPC %d" % rpc.port)
 
     fields = [
         "percentDone",

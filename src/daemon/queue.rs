@@ -291,6 +291,18 @@ impl Daemon {
         if t.complete {
             t.record.completed_unix.get_or_insert_with(unix_now);
         }
+        if t.paused {
+            // Checked while paused (a verify asked over the RPC): it stays paused, with what
+            // the check found saved as its resume data.
+            info!("torrent {}: checked; stays paused", t.name());
+            let path = t.resume_path(&state_dir);
+            if let Err(e) = ResumeData::capture(&meta, t.download_dir(), &have).save(&path) {
+                warn!("torrent {}: {e}", t.name());
+            }
+            t.state = State::Paused;
+            t.save_record(&state_dir);
+            return;
+        }
         let resume = ResumeTarget {
             path: t.resume_path(&state_dir),
             root: t.download_dir().to_owned(),
@@ -363,7 +375,9 @@ pub(super) fn check_data(
             }
             Err(stale) => format!("resume data not used: {stale}"),
         },
-        Ok(None) if force => "its data changed while it ran".to_owned(),
+        Ok(None) if force => "resume data set aside (a check was asked for, or its data changed \
+                               while it ran)"
+            .to_owned(),
         Ok(None) => "no resume data".to_owned(),
         Err(e) => format!("resume data not used: {e}"),
     };

@@ -105,6 +105,7 @@ impl Daemon {
             "alt-speed-up": 0,
             // btd has no alternative speeds: off, with Transmission's default schedule.
             "alt-speed-time-enabled": false,
+            // Transmission's defaults, 9:00 to 17:00 on every day.
             "alt-speed-time-begin": 540,
             "alt-speed-time-end": 1020,
             "alt-speed-time-day": 127,
@@ -387,13 +388,21 @@ impl Daemon {
                 }),
                 "eta" | "etaIdle" => json!(eta),
                 "isFinished" => json!(matches!(t.state, State::Finished)),
+                // btd has no stalled-queue rule (`queue-stalled-enabled` is false): never.
                 "isStalled" => json!(false),
                 "isPrivate" => json!(t.meta.as_ref().is_some_and(|m| m.private)),
+                "comment" => json!(t.meta.as_ref().map_or("", |m| &m.about.comment)),
+                "creator" => json!(t.meta.as_ref().map_or("", |m| &m.about.created_by)),
+                "dateCreated" => json!(t.meta.as_ref().map_or(0, |m| m.about.creation_date)),
                 "downloadDir" => json!(t.download_dir().display().to_string()),
                 "addedDate" => json!(t.record.added_unix),
                 "doneDate" => json!(t.record.completed_unix.unwrap_or(0)),
+                // Neither is recorded: a running torrent is active now, a stopped one shows
+                // Transmission's "never" (0).
                 "activityDate" | "startDate" => json!(if run.is_some() { unix_now() } else { 0 }),
                 "secondsSeeding" => json!(t.seeding_secs()),
+                // btd does not count time spent downloading (yet): Transmission's value for a
+                // torrent that never downloaded.
                 "secondsDownloading" => json!(0),
                 "peersConnected" => json!(load(|s| u64::from(s.peers.load(Ordering::Relaxed)))),
                 "peersSendingToUs" => json!(load(|s| u64::from(
@@ -404,6 +413,8 @@ impl Daemon {
                 ))),
                 "peers" | "webseeds" => json!([]),
                 "labels" => json!(t.record.labels),
+                // btd does not use web seeds.
+                "webseedsSendingToUs" => json!(0),
                 "pieceCount" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.num_pieces)),
                 "pieceSize" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.piece_len)),
                 "queuePosition" => json!(
@@ -415,7 +426,32 @@ impl Daemon {
                 "magnetLink" => json!(magnet_link(t)),
                 "files" => json!(file_list(t, run)),
                 "fileStats" => json!(file_stats(t, run)),
-                "fileCount" => json!(t.meta.as_ref().map_or(0, |m| m.files.len())),
+                // `file-count` is Transmission 4's name; Sonarr asks for `fileCount` too.
+                "fileCount" | "file-count" => {
+                    json!(t.meta.as_ref().map_or(0, |m| m.files.len()))
+                }
+                // Transmission's own answer when it cannot tell the type of the data.
+                "primary-mime-type" => json!("application/octet-stream"),
+                "pieces" => json!(pieces_base64(t, run)),
+                "torrentFile" => {
+                    json!(
+                        torrent_file(t, &self.config.state_dir)
+                            .display()
+                            .to_string()
+                    )
+                }
+                "trackerList" => json!(tracker_list(t)),
+                // btd does not count where its peers came from: all zero.
+                "peersFrom" => json!({
+                    "fromCache": 0, "fromDht": 0, "fromIncoming": 0, "fromLpd": 0,
+                    "fromLtep": 0, "fromPex": 0, "fromTracker": 0
+                }),
+                // btd has no manual reannounce (yet): Transmission's -1, none allowed.
+                "manualAnnounceTime" => json!(-1),
+                "maxConnectedPeers" => json!(self.torrent_limits(t).max_peers),
+                // No bandwidth groups; no edits (torrent-set) to date.
+                "group" => json!(""),
+                "editDate" => json!(0),
                 "wanted" => json!(vec![1; t.meta.as_ref().map_or(0, |m| m.files.len())]),
                 "priorities" => json!(vec![0; t.meta.as_ref().map_or(0, |m| m.files.len())]),
                 "trackers" => json!(trackers(t)),
@@ -476,6 +512,36 @@ impl Daemon {
             return Err("torrent-add needs `metainfo` or `filename`".into());
         };
         let paused = args.get("paused").and_then(Value::as_bool).unwrap_or(false);
+        let labels: Vec<String> = match args.get("labels") {
+            None => Vec::new(),
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|l| l.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or("labels: not a list of strings")?,
+            Some(v) => return Err(format!("labels: {v} is not a list of strings")),
+        };
+        // File selection and priorities are not done yet: refused, never silently dropped.
+        for key in [
+            "files-wanted",
+            "files-unwanted",
+            "priority-high",
+            "priority-low",
+            "priority-normal",
+        ] {
+            let asks = match args.get(key) {
+                None => false,
+                Some(Value::Array(list)) => {
+                    !(list.is_empty() || key == "files-wanted" || key == "priority-normal")
+                }
+                Some(_) => true,
+            };
+            if asks {
+                return Err(format!(
+                    "{key}: btd does not select files or set priorities (yet); not added"
+                ));
+            }
+        }
         let dir = args
             .get("download-dir")
             .and_then(Value::as_str)
@@ -506,6 +572,7 @@ impl Daemon {
                 t.record.added_over_rpc = true;
                 t.record.magnet = magnet_uri;
                 t.record.paused = Some(paused);
+                t.record.labels = labels;
                 t.save_record(&self.config.state_dir);
                 Ok(added("torrent-added", t))
             }
@@ -856,6 +923,40 @@ pub(super) fn moved<T>(order: Vec<T>, selected: &[usize], how: QueueMove) -> Vec
         .collect()
 }
 
+/// The `.torrent` file a torrent was read from or saved to (empty: none yet, a magnet link
+/// still fetching its metadata).
+fn torrent_file(t: &Managed, state_dir: &Path) -> PathBuf {
+    match &t.source {
+        Source::Config(EntryKey::Path(path)) | Source::Watch(path) => path.clone(),
+        _ if t.meta.is_some() => saved_torrent_path(state_dir, &t.info_hash),
+        _ => PathBuf::new(),
+    }
+}
+
+/// The verified pieces as a BitTorrent bitfield in base64 (Transmission's `pieces`): a
+/// running torrent's, all when complete; a stopped incomplete torrent's are not kept in
+/// memory, so none.
+fn pieces_base64(t: &Managed, run: Option<&Arc<TorrentStats>>) -> String {
+    let Some(meta) = &t.meta else {
+        return String::new();
+    };
+    let have = match run {
+        _ if t.complete => Bitfield::full(meta.geometry.num_pieces),
+        Some(run) => run.have.lock().clone(),
+        None => Bitfield::new(meta.geometry.num_pieces),
+    };
+    base64::engine::general_purpose::STANDARD.encode(have.as_bytes())
+}
+
+/// Transmission 4's `trackerList`: the announce URLs one a line, a blank line between tiers.
+fn tracker_list(t: &Managed) -> String {
+    tracker_tiers(t)
+        .iter()
+        .map(|tier| tier.join("\n"))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 /// `torrent-added` or `torrent-duplicate` with the torrent's id, name and hash.
 fn added(key: &str, t: &Managed) -> Args {
     let mut out = Map::new();
@@ -921,12 +1022,24 @@ fn trackers(t: &Managed) -> Vec<Value> {
     out
 }
 
+/// Transmission's `announceState` and `scrapeState` (`tr_tracker_state`).
+const TRACKER_INACTIVE: u8 = 0;
+const TRACKER_WAITING: u8 = 1;
+
 /// Per-tracker state: btd keeps the swarm counts of the torrent, not of each tracker, so each
-/// tracker shows them (or -1, unknown, as Transmission does before an answer).
+/// tracker shows them (or -1, unknown, as Transmission does before an answer). The announcer
+/// does not publish its times, results or scrapes per tracker: those fields carry
+/// Transmission's values for "never" (0, false, ""), and a running torrent's trackers are
+/// "waiting" (between announces), a stopped one's "inactive".
 fn tracker_stats(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
     let swarm = run.filter(|s| s.swarm.known.load(Ordering::Acquire));
     let count =
         |f: fn(&crate::tracker::SwarmStats) -> u32| swarm.map_or(-1, |s| i64::from(f(&s.swarm)));
+    let state = if run.is_some() {
+        TRACKER_WAITING
+    } else {
+        TRACKER_INACTIVE
+    };
     trackers(t)
         .into_iter()
         .map(|mut v| {
@@ -940,8 +1053,27 @@ fn tracker_stats(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
                 "lastAnnounceResult": "",
                 "isBackup": false,
             });
-            if let (Value::Object(v), Value::Object(extra)) = (&mut v, extra) {
-                v.extend(extra);
+            // Two literals: one would pass `json!`'s recursion limit.
+            let never = json!({
+                "announceState": state,
+                "scrapeState": TRACKER_INACTIVE,
+                "hasScraped": false,
+                "lastAnnouncePeerCount": 0,
+                "lastAnnounceStartTime": 0,
+                "lastAnnounceTime": 0,
+                "lastAnnounceTimedOut": false,
+                "nextAnnounceTime": 0,
+                "lastScrapeResult": "",
+                "lastScrapeStartTime": 0,
+                "lastScrapeSucceeded": false,
+                "lastScrapeTime": 0,
+                "lastScrapeTimedOut": false,
+                "nextScrapeTime": 0,
+            });
+            for more in [extra, never] {
+                if let (Value::Object(v), Value::Object(more)) = (&mut v, more) {
+                    v.extend(more);
+                }
             }
             v
         })

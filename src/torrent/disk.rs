@@ -263,6 +263,7 @@ mod tests {
             announce: None,
             announce_list: None,
             private: false,
+            about: Default::default(),
             info_bytes: Arc::from(&b""[..]),
         };
         let storage = Storage::open(dir, &meta, OpenMode::Download).unwrap();

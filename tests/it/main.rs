@@ -24,6 +24,8 @@ mod magnet;
 mod malformed;
 mod pex;
 mod rpc;
+mod rpc_clients;
+mod rpc_diff;
 mod swarm;
 mod tracker;
 mod transmission;

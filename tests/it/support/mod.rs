@@ -9,6 +9,7 @@
 pub mod daemon;
 pub mod fake_peer;
 mod process;
+pub mod rpc_client;
 mod torrent;
 mod tracker;
 
@@ -307,6 +308,38 @@ pub fn require_libtorrent() {
         "{PYTHON} cannot import libtorrent (Debian package python3-libtorrent): run scripts/test, \
          which installs everything the integration tests need"
     );
+}
+
+/// The venv that `scripts/install-deps` makes for the Python clients that are not Debian
+/// packages (transmission-rpc): `$BTD_PY_VENV`, else `$XDG_CACHE_HOME/btd/py-venv`, else
+/// `$HOME/.cache/btd/py-venv`, as the script picks it.
+pub fn py_venv() -> PathBuf {
+    let nonempty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = nonempty("BTD_PY_VENV") {
+        return dir.into();
+    }
+    let cache = nonempty("XDG_CACHE_HOME").map_or_else(
+        || PathBuf::from(nonempty("HOME").unwrap_or_else(|| "/root".into())).join(".cache"),
+        PathBuf::from,
+    );
+    cache.join("btd/py-venv")
+}
+
+/// The venv's interpreter, after checking that it imports transmission_rpc; panics with a
+/// pointer to `scripts/test` otherwise.
+pub fn require_transmission_rpc() -> PathBuf {
+    let python = py_venv().join("bin/python");
+    let ok = Command::new(&python)
+        .args(["-c", "import transmission_rpc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{} cannot import transmission_rpc (PyPI transmission-rpc): run scripts/test, which \
+         installs everything the integration tests need",
+        python.display()
+    );
+    python
 }
 
 /// `scripts/clients/<name>` in this repository.

@@ -559,6 +559,15 @@ impl ScriptClient {
         SocketAddr::new(IpAddr::V4(self.ip), port)
     }
 
+    /// Waits for transmission.py's `RPC <port>` line and returns where its transmission-daemon
+    /// answers the RPC (127.0.0.1, no authentication).
+    pub fn wait_rpc(&mut self) -> SocketAddr {
+        let port = self.proc.wait_for_line(SHORT, "RPC <port>", |l| {
+            l.strip_prefix("RPC ")?.trim().parse::<u16>().ok()
+        });
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
     /// Waits until a seeder has checked its data and found it complete.
     pub fn wait_seeding(&mut self) {
         self.proc

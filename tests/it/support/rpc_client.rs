@@ -1,0 +1,110 @@
+//! A small Transmission RPC client for the tests: JSON over HTTP/1.1 with the
+//! `X-Transmission-Session-Id` handshake (a 409 carries the id; the call is sent again with it),
+//! through attohttpc. It talks to btd and to transmission-daemon alike, so a test can send both
+//! the same request.
+
+use super::SHORT;
+use serde_json::{Map, Value, json};
+use std::net::SocketAddr;
+
+/// One RPC endpoint (`http://ADDR/transmission/rpc`) and the session id it gave last.
+pub struct RpcClient {
+    url: String,
+    session_id: String,
+    auth: Option<(String, String)>,
+}
+
+impl RpcClient {
+    pub fn new(addr: SocketAddr) -> RpcClient {
+        RpcClient {
+            url: format!("http://{addr}/transmission/rpc"),
+            session_id: String::new(),
+            auth: None,
+        }
+    }
+
+    /// With HTTP Basic credentials.
+    pub fn with_auth(mut self, user: &str, password: &str) -> RpcClient {
+        self.auth = Some((user.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// Sends `{"method", "arguments", "tag"}` (no `arguments` when they are `null`, as some
+    /// clients send `session-get`) and returns the whole reply object (`result`, `arguments`,
+    /// `tag`). Panics on a transport error, a status other than 200 once the session id is
+    /// known, or a body that is not a JSON object.
+    pub fn call(&mut self, method: &str, arguments: Value) -> Value {
+        let mut body = json!({"method": method, "tag": 7});
+        if !arguments.is_null() {
+            body["arguments"] = arguments;
+        }
+        let body = serde_json::to_vec(&body).expect("encode the request");
+        for _ in 0..3 {
+            let mut req = attohttpc::post(&self.url)
+                .header("X-Transmission-Session-Id", self.session_id.as_str())
+                .header("Content-Type", "application/json")
+                .timeout(SHORT);
+            if let Some((user, password)) = &self.auth {
+                req = req.basic_auth(user, Some(password));
+            }
+            let resp = req
+                .bytes(body.clone())
+                .send()
+                .unwrap_or_else(|e| panic!("rpc {method} to {}: {e}", self.url));
+            let status = resp.status().as_u16();
+            if status == 409 {
+                self.session_id = resp
+                    .headers()
+                    .get("X-Transmission-Session-Id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_else(|| panic!("rpc {method}: a 409 without a session id"))
+                    .to_owned();
+                continue;
+            }
+            let text = resp
+                .text()
+                .unwrap_or_else(|e| panic!("rpc {method}: reading the reply: {e}"));
+            assert_eq!(status, 200, "rpc {method} to {}: {text}", self.url);
+            let reply: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("rpc {method}: the reply is not JSON ({e}): {text}"));
+            assert!(reply.is_object(), "rpc {method}: {text}");
+            return reply;
+        }
+        panic!("rpc {method} to {}: 409 three times", self.url)
+    }
+
+    /// The `result` string of a call.
+    pub fn result(&mut self, method: &str, arguments: Value) -> String {
+        let reply = self.call(method, arguments);
+        reply["result"]
+            .as_str()
+            .unwrap_or_else(|| panic!("rpc {method}: no result string: {reply}"))
+            .to_owned()
+    }
+
+    /// The `arguments` of a call that must succeed.
+    pub fn ok(&mut self, method: &str, arguments: Value) -> Map<String, Value> {
+        let reply = self.call(method, arguments);
+        assert_eq!(
+            reply["result"], "success",
+            "rpc {method} to {} failed: {reply}",
+            self.url
+        );
+        match &reply["arguments"] {
+            Value::Object(args) => args.clone(),
+            other => panic!("rpc {method}: arguments are not an object: {other}"),
+        }
+    }
+
+    /// `torrent-get` of `fields` for the torrents `ids` names: the list of torrent objects.
+    pub fn torrents(&mut self, ids: Value, fields: &[&str]) -> Vec<Map<String, Value>> {
+        let args = self.ok("torrent-get", json!({"ids": ids, "fields": fields}));
+        match &args["torrents"] {
+            Value::Array(list) => list
+                .iter()
+                .map(|t| t.as_object().cloned().expect("a torrent is an object"))
+                .collect(),
+            other => panic!("torrent-get: torrents is not a list: {other}"),
+        }
+    }
+}
