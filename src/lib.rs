@@ -21,6 +21,7 @@ pub mod pidfile;
 pub mod profile;
 pub mod ratelimit;
 pub mod record;
+pub mod remote;
 pub mod resume;
 pub mod rpc;
 pub mod status;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use btd::commands::{self, CommandError, CreateOptions, TransferOptions};
 use btd::config::{Config, ConfigError};
 use btd::daemon::{self, Daemon, LogFile};
+use btd::remote;
 use btd::tracker_server::{self, TrackerOptions};
 
 #[derive(Parser)]
@@ -20,6 +21,11 @@ struct Cli {
     /// paths are relative to the working directory: ./state, ./downloads].
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The daemon's RPC, e.g. http://127.0.0.1:9091, for list, info, add, pause, resume, verify
+    /// and remove [default: the config's [rpc] listen]. Credentials: BTD_RPC_AUTH=user:pass,
+    /// else the config's [rpc] username and password.
+    #[arg(long, global = true, value_name = "URL")]
+    rpc: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,15 +72,48 @@ enum Command {
     Daemon,
     /// Show the running daemon's torrents.
     Status,
-    /// Hand a .torrent or a magnet link to the running daemon (through its watch directory).
+    /// List the daemon's torrents (over its RPC).
+    List,
+    /// Show torrents in detail: state, progress, totals, trackers, files.
+    Info {
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+    /// Hand a .torrent or a magnet link to the running daemon: over its RPC, else through its
+    /// watch directory.
     Add {
         #[arg(value_name = "TORRENT|MAGNET")]
         torrent: String,
+        /// Add it paused (RPC only).
+        #[arg(long)]
+        paused: bool,
+        /// Where its data goes [default: the daemon's download_dir] (RPC only).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
-    /// Stop and forget a torrent the daemon got through its watch directory; data stays.
+    /// Pause torrents: their peers are dropped, their state kept across restarts.
+    Pause {
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+    /// Resume paused, finished or failed torrents.
+    Resume {
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+    /// Hash torrents' data again, ignoring resume data.
+    Verify {
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+    /// Stop and forget torrents; their data stays unless --delete-data. Without the RPC, one
+    /// added through the watch directory, by name or info hash.
     Remove {
-        #[arg(value_name = "NAME|INFOHASH")]
-        what: String,
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+        /// Delete the torrent's own files too (RPC only).
+        #[arg(long)]
+        delete_data: bool,
     },
     /// Verify complete data in DIR/<name> and seed it until SIGINT/SIGTERM.
     Seed {
@@ -250,11 +289,32 @@ fn run_daemon(config_path: Option<&Path>) -> i32 {
 }
 
 fn run(cli: Cli) -> Result<(), CommandError> {
+    let rpc = cli.rpc.as_deref();
+    let act = |method: &str, verb: &str, ids: &[String]| {
+        remote::act(&load_config(cli.config.as_deref())?, rpc, method, verb, ids)
+    };
     match cli.command {
         Command::Daemon => unreachable!("handled before logging starts"),
         Command::Status => status(cli.config.as_deref()),
-        Command::Add { torrent } => commands::add(&load_config(cli.config.as_deref())?, &torrent),
-        Command::Remove { what } => commands::remove(&load_config(cli.config.as_deref())?, &what),
+        Command::List => remote::list(&load_config(cli.config.as_deref())?, rpc),
+        Command::Info { ids } => remote::info(&load_config(cli.config.as_deref())?, rpc, &ids),
+        Command::Add {
+            torrent,
+            paused,
+            dir,
+        } => remote::add(
+            &load_config(cli.config.as_deref())?,
+            rpc,
+            &torrent,
+            paused,
+            dir.as_deref(),
+        ),
+        Command::Pause { ids } => act("torrent-stop", "paused", &ids),
+        Command::Resume { ids } => act("torrent-start", "resumed", &ids),
+        Command::Verify { ids } => act("torrent-verify", "verifying", &ids),
+        Command::Remove { ids, delete_data } => {
+            remote::remove(&load_config(cli.config.as_deref())?, rpc, &ids, delete_data)
+        }
         Command::Create {
             path,
             output,

@@ -312,7 +312,7 @@ pub fn torrent_table(torrents: &[TorrentStatus]) -> String {
 
 /// `n` bytes in binary units (the unit family of the rate limits, KiB), with one decimal from
 /// 1 KiB on: `0 B`, `1023 B`, `1.0 KiB`, `8.0 MiB`.
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if n < 1024 {
         return format!("{n} B");
@@ -329,12 +329,12 @@ fn bytes(n: u64) -> String {
 }
 
 /// `n` bytes per second, in the units of [`bytes`]: `1.2 MiB/s`.
-fn rate(bytes_per_sec: u64) -> String {
+pub(crate) fn rate(bytes_per_sec: u64) -> String {
     format!("{}/s", bytes(bytes_per_sec))
 }
 
 /// A time left: `42s`, `3m05s`, `2h07m`, `3d04h`.
-fn eta(secs: u64) -> String {
+pub(crate) fn eta(secs: u64) -> String {
     match secs {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
@@ -344,7 +344,7 @@ fn eta(secs: u64) -> String {
 }
 
 /// A fraction as a percent with one decimal, rounded down so only 1 shows as 100.0%.
-fn percent(progress: f64) -> String {
+pub(crate) fn percent(progress: f64) -> String {
     let clamped = if progress.is_nan() {
         0.0
     } else {
@@ -353,7 +353,7 @@ fn percent(progress: f64) -> String {
     format!("{:.1}%", (clamped * 1000.0).floor() / 10.0)
 }
 
-fn ratio(ratio: f64) -> String {
+pub(crate) fn ratio(ratio: f64) -> String {
     if ratio.is_finite() {
         format!("{ratio:.2}")
     } else if ratio.is_nan() {
@@ -365,7 +365,7 @@ fn ratio(ratio: f64) -> String {
 
 /// `text` with characters that would break the table or the terminal (control characters,
 /// bidirectional overrides) replaced by `?`.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') {
