@@ -1,5 +1,6 @@
 //! btd's CLI as a client of a running daemon's Transmission RPC (`rpc::client`): `list`,
-//! `info`, `pause`, `resume`, `verify`, `remove` and `add`. Owns finding the daemon (`--rpc
+//! `info`, `pause`, `resume`, `verify`, `reannounce`, `move`, `files`, `set`, `remove` and
+//! `add`. Owns finding the daemon (`--rpc
 //! URL`, else the config's `[rpc] listen`), its credentials (`BTD_RPC_AUTH`, else the config's
 //! `[rpc] username` and password), turning the IDs users type (a numeric id, a name, an
 //! info-hash prefix) into the daemon's ids, and printing the daemon's answers. `add` and
@@ -533,32 +534,277 @@ fn utc(secs: u64) -> String {
     )
 }
 
-/// `btd pause`, `resume` and `verify`: the method for the torrents `ids` name, then each one's
-/// state as the daemon tells it afterwards (`paused 3 NAME (HASH): paused`).
+/// A method called on torrents by `pause`, `resume`, `verify`, `reannounce`, `move`, `set` and
+/// `files` with changes: its arguments besides `ids`, and the word each answer line starts with.
+pub struct Action<'a> {
+    pub method: &'a str,
+    pub arguments: Map<String, Value>,
+    pub verb: &'a str,
+}
+
+impl<'a> Action<'a> {
+    /// `method` with no arguments but `ids`.
+    pub fn plain(method: &'a str, verb: &'a str) -> Action<'a> {
+        Action {
+            method,
+            arguments: Map::new(),
+            verb,
+        }
+    }
+}
+
+/// Calls `action` on the torrents `ids` name; then prints each one's state as the daemon tells
+/// it afterwards (`paused 3 NAME (HASH): paused`).
 ///
 /// # Errors
-/// `BadInput` for an ID naming no torrent or several; `Runtime` when the RPC fails or refuses.
+/// `BadInput` for an ID naming no torrent or several; `Runtime` when the RPC fails, or the
+/// daemon's refusal (a method it does not do yet, say), in its words.
 pub fn act(
     config: &Config,
     rpc_url: Option<&str>,
-    method: &str,
-    verb: &str,
+    action: Action<'_>,
     ids: &[String],
 ) -> Result<(), CommandError> {
     let mut client = client(config, rpc_url)?;
-    let chosen = named(&mut client, ids)?;
+    print!("{}", act_on(&mut client, action, ids)?);
+    Ok(())
+}
+
+/// [`act`] on a client; returns the lines to print.
+fn act_on(
+    client: &mut RpcClient,
+    action: Action<'_>,
+    ids: &[String],
+) -> Result<String, CommandError> {
+    let chosen = named(client, ids)?;
     let numbers: Vec<u64> = chosen.iter().map(|t| t.id).collect();
-    call(&mut client, method, json!({ "ids": numbers }))?;
+    let mut arguments = action.arguments;
+    arguments.insert("ids".into(), json!(numbers));
+    call(client, action.method, Value::Object(arguments))?;
     let mut fields = vec!["id", "name", "hashString"];
     fields.extend(STATE_FIELDS);
-    for t in torrents(&mut client, Some(&numbers), &fields)? {
-        println!(
-            "{verb} {}: {}",
+    let mut out = String::new();
+    for t in torrents(client, Some(&numbers), &fields)? {
+        out.push_str(&format!(
+            "{} {}: {}\n",
+            action.verb,
             Named::from_fields(&t).shown(),
             state_of(&t)
-        );
+        ));
     }
+    Ok(out)
+}
+
+/// `btd move ID DIR`: `torrent-set-location` with `move`, the data going along.
+///
+/// # Errors
+/// As [`act`]; `BadInput` when `dir` cannot be made absolute.
+pub fn move_to(
+    config: &Config,
+    rpc_url: Option<&str>,
+    id: &str,
+    dir: &Path,
+) -> Result<(), CommandError> {
+    let dir = absolute(dir, "DIR")?;
+    let mut arguments = Map::new();
+    arguments.insert("location".into(), json!(dir));
+    arguments.insert("move".into(), json!(true));
+    let verb = format!("moving to {dir}");
+    let action = Action {
+        method: "torrent-set-location",
+        arguments,
+        verb: &verb,
+    };
+    act(config, rpc_url, action, &[id.to_owned()])
+}
+
+/// What `btd set` changes; `None` leaves it.
+#[derive(Debug, Default)]
+pub struct Settings {
+    /// KiB/s; 0: no limit of its own.
+    pub down: Option<u64>,
+    pub up: Option<u64>,
+    /// Stop seeding at this ratio; 0: no limit of its own.
+    pub ratio: Option<f64>,
+    pub labels: Vec<String>,
+}
+
+impl Settings {
+    /// `torrent-set`'s arguments.
+    ///
+    /// # Errors
+    /// `BadInput` when nothing is to be set, or a ratio is negative or not a number.
+    pub fn arguments(&self) -> Result<Map<String, Value>, CommandError> {
+        let mut out = Map::new();
+        for (key, limit) in [("downloadLimit", self.down), ("uploadLimit", self.up)] {
+            if let Some(kib) = limit {
+                out.insert(key.into(), json!(kib));
+                out.insert(format!("{key}ed"), json!(kib > 0));
+            }
+        }
+        if let Some(ratio) = self.ratio {
+            if !(ratio >= 0.0 && ratio.is_finite()) {
+                return Err(CommandError::BadInput(format!(
+                    "--ratio {ratio}: give 0 (no limit) or more"
+                )));
+            }
+            out.insert("seedRatioLimit".into(), json!(ratio));
+            // Transmission's modes: 1 this torrent's own ratio, 2 unlimited.
+            out.insert(
+                "seedRatioMode".into(),
+                json!(if ratio > 0.0 { 1 } else { 2 }),
+            );
+        }
+        if !self.labels.is_empty() {
+            out.insert("labels".into(), json!(self.labels));
+        }
+        if out.is_empty() {
+            return Err(CommandError::BadInput(
+                "nothing to set: give --down, --up, --ratio or --label".into(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// A file selection of `btd files`: `all`, or indices and ranges as `btd files` numbers them
+/// (`0,2,5-7`).
+///
+/// # Errors
+/// `BadInput` naming what is not an index or range.
+pub fn file_list(text: &str) -> Result<Vec<u64>, CommandError> {
+    let bad = |part: &str| {
+        CommandError::BadInput(format!(
+            "{text:?}: {part:?} is not a file number or range (e.g. 0,2,5-7, or all)"
+        ))
+    };
+    if text.trim() == "all" {
+        // Transmission's "every file".
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        match part.split_once('-') {
+            Some((from, to)) => {
+                let (from, to): (u64, u64) = (
+                    from.parse().map_err(|_| bad(part))?,
+                    to.parse().map_err(|_| bad(part))?,
+                );
+                if from > to || to - from > 1_000_000 {
+                    return Err(bad(part));
+                }
+                out.extend(from..=to);
+            }
+            None => out.push(part.parse().map_err(|_| bad(part))?),
+        }
+    }
+    Ok(out)
+}
+
+/// What `btd files ID` changes: files to get, to skip, and priorities (`high`, `normal`, `low`
+/// with a list each).
+#[derive(Debug, Default)]
+pub struct FileChanges {
+    pub want: Option<String>,
+    pub skip: Option<String>,
+    /// `LEVEL LIST` pairs.
+    pub priorities: Vec<(String, String)>,
+}
+
+impl FileChanges {
+    /// `torrent-set`'s arguments; `None` when nothing changes (then the files are listed).
+    ///
+    /// # Errors
+    /// `BadInput` for a list that does not parse or a level that is none of the three.
+    pub fn arguments(&self) -> Result<Option<Map<String, Value>>, CommandError> {
+        let mut out = Map::new();
+        if let Some(want) = &self.want {
+            out.insert("files-wanted".into(), json!(file_list(want)?));
+        }
+        if let Some(skip) = &self.skip {
+            out.insert("files-unwanted".into(), json!(file_list(skip)?));
+        }
+        for (level, list) in &self.priorities {
+            let key = match level.as_str() {
+                "high" | "normal" | "low" => format!("priority-{level}"),
+                other => {
+                    return Err(CommandError::BadInput(format!(
+                        "--priority {other:?}: want high, normal or low"
+                    )));
+                }
+            };
+            out.insert(key, json!(file_list(list)?));
+        }
+        Ok((!out.is_empty()).then_some(out))
+    }
+}
+
+/// `btd files ID`: the torrent's files (number, progress, priority, wanted, size, path); with
+/// changes, `torrent-set` with them.
+///
+/// # Errors
+/// As [`act`].
+pub fn files(
+    config: &Config,
+    rpc_url: Option<&str>,
+    id: &str,
+    changes: &FileChanges,
+) -> Result<(), CommandError> {
+    let ids = [id.to_owned()];
+    if let Some(arguments) = changes.arguments()? {
+        let action = Action {
+            method: "torrent-set",
+            arguments,
+            verb: "changed files of",
+        };
+        return act(config, rpc_url, action, &ids);
+    }
+    let mut client = client(config, rpc_url)?;
+    let chosen: Vec<u64> = named(&mut client, &ids)?.iter().map(|t| t.id).collect();
+    let found = torrents(&mut client, Some(&chosen), &["files", "fileStats"])?;
+    let Some(t) = found.first() else {
+        return Err(CommandError::Runtime(format!("torrent {id} is gone")));
+    };
+    let empty = Vec::new();
+    let list = |key: &str| t.get(key).and_then(Value::as_array).unwrap_or(&empty);
+    let mut out = String::from("   #    DONE  PRIORITY  GET        SIZE  NAME\n");
+    for (i, f) in list("files").iter().enumerate() {
+        let stats = list("fileStats").get(i);
+        let len = f.get("length").and_then(Value::as_u64).unwrap_or(0);
+        let done = f.get("bytesCompleted").and_then(Value::as_u64).unwrap_or(0);
+        let fraction = if len == 0 {
+            1.0
+        } else {
+            done as f64 / len as f64
+        };
+        let priority = match stats
+            .and_then(|s| s.get("priority"))
+            .and_then(Value::as_i64)
+        {
+            Some(1) => "high",
+            Some(-1) => "low",
+            _ => "normal",
+        };
+        let wanted = stats.and_then(|s| s.get("wanted")).and_then(Value::as_bool) != Some(false);
+        out.push_str(&format!(
+            "{i:>4}  {:>6}  {priority:<8}  {:<3}  {:>10}  {}\n",
+            status::percent(fraction),
+            if wanted { "yes" } else { "no" },
+            status::bytes(len),
+            status::printable(f.get("name").and_then(Value::as_str).unwrap_or(""))
+        ));
+    }
+    print!("{out}");
     Ok(())
+}
+
+/// `dir` made absolute from the current directory (the daemon has its own), as text.
+fn absolute(dir: &Path, what: &str) -> Result<String, CommandError> {
+    let dir = std::path::absolute(dir)
+        .map_err(|e| CommandError::BadInput(format!("{what} {}: {e}", dir.display())))?;
+    dir.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| CommandError::BadInput(format!("{what} {}: not UTF-8", dir.display())))
 }
 
 /// `btd remove ID... [--delete-data]` over the RPC; without one (disabled, port 0, or nothing
@@ -665,9 +911,7 @@ pub fn add(
     };
     args["paused"] = json!(paused);
     if let Some(dir) = dir {
-        let dir = std::path::absolute(dir)
-            .map_err(|e| CommandError::BadInput(format!("--dir {}: {e}", dir.display())))?;
-        args["download-dir"] = json!(dir.display().to_string());
+        args["download-dir"] = json!(absolute(dir, "--dir")?);
     }
     let mut answer = match client.call("torrent-add", args) {
         Ok(answer) => answer,
@@ -763,6 +1007,117 @@ mod tests {
             err.to_string().starts_with("\"1\" names 2 torrents"),
             "{err}"
         );
+    }
+
+    /// A daemon of one seeding torrent (id 1, `a`): `torrent-stop` succeeds, any other method
+    /// but `torrent-get` is refused as btd refuses what it does not do yet.
+    fn one_torrent_daemon() -> (crate::rpc::RpcServer, RpcClient) {
+        use crate::rpc::{RpcConfig, RpcServer, channel};
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for call in rx {
+                let answer = match call.method.as_str() {
+                    "torrent-get" => {
+                        let Value::Object(m) = json!({"torrents": [{
+                            "id": 1, "name": "a", "hashString": "ab".repeat(20),
+                            "status": 6, "percentDone": 1.0, "metadataPercentComplete": 1.0,
+                        }]}) else {
+                            unreachable!()
+                        };
+                        Ok(m)
+                    }
+                    "torrent-stop" => Ok(Map::new()),
+                    other => Err(format!("method not supported by btd (yet): {other}")),
+                };
+                call.answer(answer);
+            }
+        });
+        let config = RpcConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..RpcConfig::default()
+        };
+        let server = RpcServer::start(config, tx).unwrap();
+        let client = RpcClient::new(Endpoint::of_listen(server.local_addr()), None);
+        (server, client)
+    }
+
+    #[test]
+    fn an_action_prints_the_state_after_or_the_daemons_refusal_exit_1() {
+        let (server, mut client) = one_torrent_daemon();
+        let out = act_on(
+            &mut client,
+            Action::plain("torrent-stop", "paused"),
+            &ids(&["a"]),
+        );
+        assert_eq!(
+            out.unwrap(),
+            format!("paused 1 a ({}): seeding\n", "ab".repeat(20))
+        );
+        let settings = Settings {
+            ratio: Some(2.0),
+            ..Settings::default()
+        };
+        let action = Action {
+            method: "torrent-set",
+            arguments: settings.arguments().unwrap(),
+            verb: "set",
+        };
+        let err = act_on(&mut client, action, &ids(&["abab"])).unwrap_err();
+        assert_eq!(err.exit_code(), 1);
+        assert_eq!(
+            err.to_string(),
+            "method not supported by btd (yet): torrent-set"
+        );
+        let err = act_on(
+            &mut client,
+            Action::plain("torrent-stop", "x"),
+            &ids(&["b"]),
+        );
+        assert_eq!(err.unwrap_err().exit_code(), 2);
+        server.stop();
+    }
+
+    #[test]
+    fn settings_and_file_lists_become_torrent_set_arguments() {
+        let s = Settings {
+            down: Some(0),
+            up: Some(50),
+            ratio: Some(0.0),
+            labels: vec!["tv".into()],
+        };
+        assert_eq!(
+            Value::Object(s.arguments().unwrap()),
+            json!({"downloadLimit": 0, "downloadLimited": false, "uploadLimit": 50,
+                   "uploadLimited": true, "seedRatioLimit": 0.0, "seedRatioMode": 2,
+                   "labels": ["tv"]})
+        );
+        assert_eq!(Settings::default().arguments().unwrap_err().exit_code(), 2);
+        let nan = Settings {
+            ratio: Some(f64::NAN),
+            ..Settings::default()
+        };
+        assert!(nan.arguments().is_err());
+
+        assert_eq!(file_list("0,2,5-7").unwrap(), [0, 2, 5, 6, 7]);
+        assert_eq!(file_list("all").unwrap(), Vec::<u64>::new());
+        for bad in ["", "x", "3-1", "1,,2", "-1"] {
+            assert_eq!(file_list(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+        let changes = FileChanges {
+            want: Some("0-1".into()),
+            skip: None,
+            priorities: vec![("high".into(), "1".into())],
+        };
+        assert_eq!(
+            Value::Object(changes.arguments().unwrap().unwrap()),
+            json!({"files-wanted": [0, 1], "priority-high": [1]})
+        );
+        assert!(FileChanges::default().arguments().unwrap().is_none());
+        let wrong = FileChanges {
+            priorities: vec![("urgent".into(), "1".into())],
+            ..FileChanges::default()
+        };
+        assert_eq!(wrong.arguments().unwrap_err().exit_code(), 2);
     }
 
     #[test]

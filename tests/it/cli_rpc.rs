@@ -241,6 +241,40 @@ fn btd_cli_adds_lists_shows_pauses_resumes_and_verifies_over_the_rpc() {
         (l.contains("torrent cli-rpc: ") && l.contains(" pieces verified in ")).then_some(())
     });
     wait_state(&home, &p.info_hash, "seeding");
+
+    // Its files, numbered, complete.
+    let files = ok(&home, &url, &["files", &p.name]);
+    let rows: Vec<&str> = files.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{files}");
+    assert!(
+        rows[0].trim_start().starts_with("0  100.0%  normal    yes"),
+        "{files}"
+    );
+    assert!(rows[0].ends_with("cli-rpc/data.bin"), "{files}");
+    assert!(rows[1].ends_with("cli-rpc/notes/readme.txt"), "{files}");
+
+    // Methods the daemon may not do yet: its answer, whichever it is, never a made-up success.
+    let elsewhere = work.subdir("elsewhere").display().to_string();
+    for (args, method) in [
+        (vec!["reannounce", "cli-rpc"], "torrent-reannounce"),
+        (vec!["set", "cli-rpc", "--ratio", "3"], "torrent-set"),
+        (vec!["files", "cli-rpc", "--skip", "1"], "torrent-set"),
+        (
+            vec!["move", "cli-rpc", elsewhere.as_str()],
+            "torrent-set-location",
+        ),
+    ] {
+        let out = btd(&home, Some(&url), None, &args);
+        match out.code {
+            Some(0) => assert!(out.stdout.contains("cli-rpc"), "{}", out.description),
+            Some(1) => assert!(
+                out.stderr.starts_with("btd: error: ") && out.stderr.contains(method),
+                "{args:?}: not the daemon's refusal: {}",
+                out.description
+            ),
+            _ => panic!("{args:?}: {}", out.description),
+        }
+    }
     d.stop("TERM");
 }
 
