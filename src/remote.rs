@@ -1,11 +1,10 @@
-//! btd's CLI as a client of a running daemon's Transmission RPC (`rpc::client`): `list`,
-//! `info`, `pause`, `resume`, `verify`, `reannounce`, `move`, `files`, `set`, `remove` and
-//! `add`. Owns finding the daemon (`--rpc
-//! URL`, else the config's `[rpc] listen`), its credentials (`BTD_RPC_AUTH`, else the config's
-//! `[rpc] username` and password), turning the IDs users type (a numeric id, a name, an
-//! info-hash prefix) into the daemon's ids, and printing the daemon's answers. `add` and
-//! `remove` fall back to the watch directory (`commands.rs`) when the daemon has no RPC.
-//! Runs on the main thread; one blocking call at a time.
+//! btd's CLI as a client of a running daemon's Transmission RPC (`rpc::client`): `list`, `info`,
+//! `pause`, `resume`, `verify`, `reannounce`, `move`, `files`, `set`, `remove` and `add`. Owns
+//! finding the daemon (`--rpc URL`, else the config's `[rpc] listen`), its credentials
+//! (`BTD_RPC_AUTH`, else the config's `[rpc] username` and password), turning the IDs users type (a
+//! numeric id, a name, an info-hash prefix) into the daemon's ids, and printing the daemon's
+//! answers. `add` and `remove` fall back to the watch directory (`commands.rs`) when the daemon has
+//! no RPC. Runs on the main thread; one blocking call at a time.
 //!
 //! Exit statuses: an ID that names no torrent or several is bad usage (2); a daemon that is not
 //! there or refuses is a failure (1), with its reason.
