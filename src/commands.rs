@@ -1,8 +1,9 @@
 //! The one-shot commands (`create`, `download`, `seed`) on top of the engine, and the clients of
-//! a running daemon (`status`, `add`, `remove`: its pid file, status file, watch directory and
-//! SIGHUP). Runs on the main thread: a transfer starts the engine, waits for completion, a
-//! failure or a signal, shows progress, and stops everything in order. Errors are typed by exit
-//! status: bad input (2) or a runtime failure (1).
+//! a running daemon that need no RPC (`status`, and `add`, `remove` when `remote.rs` finds no
+//! RPC: its pid file, status file, watch directory and SIGHUP). Runs on the main thread: a
+//! transfer starts the engine, waits for completion, a failure or a signal, shows progress, and
+//! stops everything in order. Errors are typed by exit status: bad input (2) or a runtime
+//! failure (1).
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -564,45 +565,80 @@ pub fn status(state_dir: &Path, source: Option<&Path>) -> Result<(), CommandErro
     Ok(())
 }
 
-/// `btd add`: puts a torrent (a copy of the `.torrent` file, or the magnet link in a `.magnet`
-/// file) in the daemon's watch directory under a name of its own (info hash, pid, time), sends
-/// SIGHUP, and reports the daemon's answer to this request: that file renamed `*.added`, or
-/// `*.invalid`. Files left by earlier requests never count. A torrent the daemon already has is
-/// refused before anything is written, and named (from the status file); so is one the daemon
-/// refused because it got the same torrent meanwhile.
+/// A torrent named on `btd add`'s command line, read and checked before the daemon is asked:
+/// the `.torrent` file's bytes or the magnet link, its info hash, and how it is shown
+/// (`NAME (HASH)`).
+pub struct ToAdd {
+    /// The `.torrent` file's bytes, or the magnet link and a newline.
+    pub bytes: Vec<u8>,
+    /// The magnet link, when it is one.
+    pub magnet: Option<String>,
+    pub info_hash: InfoHash,
+    /// `NAME (HASH)`: the torrent's name, a magnet's `dn`, or its info hash.
+    pub shown: String,
+}
+
+impl ToAdd {
+    /// Reads a `.torrent` file or parses a magnet link.
+    ///
+    /// # Errors
+    /// `BadInput` for an unreadable or invalid torrent or a malformed magnet link, naming it.
+    pub fn read(torrent: &str) -> Result<ToAdd, CommandError> {
+        if Magnet::is_magnet(torrent) {
+            let magnet = Magnet::parse(torrent)
+                .map_err(|e| CommandError::BadInput(format!("{torrent}: {e}")))?;
+            let hash = magnet.info_hash;
+            let name = magnet.name.unwrap_or_else(|| hash.to_hex());
+            let uri = torrent.trim().to_owned();
+            Ok(ToAdd {
+                bytes: format!("{uri}\n").into_bytes(),
+                magnet: Some(uri),
+                info_hash: hash,
+                shown: format!("{name} ({hash})"),
+            })
+        } else {
+            let meta = load_torrent(Path::new(torrent))?;
+            let bytes = std::fs::read(torrent)
+                .map_err(|e| CommandError::BadInput(format!("{torrent}: {e}")))?;
+            Ok(ToAdd {
+                bytes,
+                magnet: None,
+                info_hash: meta.info_hash,
+                shown: format!("{} ({})", meta.name, meta.info_hash),
+            })
+        }
+    }
+
+    /// The refusal of a torrent the daemon has already, as `name` (exit 1).
+    pub fn already(&self, name: &str) -> CommandError {
+        CommandError::Runtime(format!("{}: already in the daemon as {name}", self.shown))
+    }
+}
+
+/// `btd add` without the RPC: puts a torrent (a copy of the `.torrent` file, or the magnet
+/// link in a `.magnet` file) in the daemon's watch directory under a name of its own (info
+/// hash, pid, time), sends SIGHUP, and reports the daemon's answer to this request: that file
+/// renamed `*.added`, or `*.invalid`. Files left by earlier requests never count. A torrent the
+/// daemon already has is refused before anything is written, and named (from the status
+/// file); so is one the daemon refused because it got the same torrent meanwhile.
 ///
 /// # Errors
-/// `BadInput` for an unreadable torrent or a malformed magnet link; `Runtime` when no daemon
-/// runs, the config has no watch directory, the daemon has the torrent already or refused it.
-pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
-    // The watch file's content and extension, the info hash, and how the torrent is shown.
-    let (bytes, extension, hash, shown) = if Magnet::is_magnet(torrent) {
-        let magnet = Magnet::parse(torrent)
-            .map_err(|e| CommandError::BadInput(format!("{torrent}: {e}")))?;
-        let hash = magnet.info_hash;
-        let name = magnet.name.unwrap_or_else(|| hash.to_hex());
-        let line = format!("{}\n", torrent.trim());
-        (
-            line.into_bytes(),
-            "magnet",
-            hash,
-            format!("{name} ({hash})"),
-        )
+/// `Runtime` when no daemon runs, the config has no watch directory, the daemon has the
+/// torrent already or refused it.
+pub fn add(config: &Config, torrent: &ToAdd) -> Result<(), CommandError> {
+    let extension = if torrent.magnet.is_some() {
+        "magnet"
     } else {
-        let meta = load_torrent(Path::new(torrent))?;
-        let bytes = std::fs::read(torrent)
-            .map_err(|e| CommandError::BadInput(format!("{torrent}: {e}")))?;
-        let hash = meta.info_hash;
-        (bytes, "torrent", hash, format!("{} ({hash})", meta.name))
+        "torrent"
     };
+    let (bytes, hash, shown) = (&torrent.bytes, torrent.info_hash, &torrent.shown);
     let pid = running_daemon(&config.state_dir, config.source.as_deref())?;
     let Some(watch_dir) = &config.watch_dir else {
         return Err(CommandError::Runtime(
             "the config has no [watch] dir: add the torrent as a [[torrent]] entry instead".into(),
         ));
     };
-    let already =
-        |name: &str| CommandError::Runtime(format!("{shown}: already in the daemon as {name}"));
+    let already = |name: &str| torrent.already(name);
     if let Some(name) = name_in_daemon(config, &hash) {
         return Err(already(&name));
     }
@@ -613,7 +649,7 @@ pub fn add(config: &Config, torrent: &str) -> Result<(), CommandError> {
     let target = watch_dir.join(&file_name);
     // Not ending in .torrent or .magnet: the daemon takes the file only once it is whole.
     let temp = watch_dir.join(format!(".{file_name}.partial"));
-    std::fs::write(&temp, &bytes)
+    std::fs::write(&temp, bytes)
         .and_then(|()| std::fs::rename(&temp, &target))
         .map_err(|e| CommandError::Runtime(format!("{}: {e}", target.display())))?;
     send_hangup(pid)?;

@@ -22,6 +22,7 @@ pub mod profile;
 pub mod ratelimit;
 pub mod record;
 pub mod relocate;
+pub mod remote;
 pub mod resume;
 pub mod rpc;
 pub mod session_settings;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use btd::commands::{self, CommandError, CreateOptions, TransferOptions};
 use btd::config::{Config, ConfigError};
 use btd::daemon::{self, Daemon, LogFile};
+use btd::remote::{self, Action, FileChanges, Settings};
 use btd::tracker_server::{self, TrackerOptions};
 
 #[derive(Parser)]
@@ -20,6 +21,11 @@ struct Cli {
     /// paths are relative to the working directory: ./state, ./downloads].
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The daemon's RPC, e.g. http://127.0.0.1:9091, for list, info, add, pause, resume, verify,
+    /// reannounce, move, files, set and remove [default: the config's [rpc] listen].
+    /// Credentials: BTD_RPC_AUTH=user:pass, else the config's [rpc] username and password.
+    #[arg(long, global = true, value_name = "URL")]
+    rpc: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,15 +72,92 @@ enum Command {
     Daemon,
     /// Show the running daemon's torrents.
     Status,
-    /// Hand a .torrent or a magnet link to the running daemon (through its watch directory).
+    /// List the daemon's torrents (over its RPC).
+    List,
+    /// Show torrents in detail: state, progress, totals, trackers, files.
+    Info {
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+    /// Hand a .torrent or a magnet link to the running daemon: over its RPC, else through its
+    /// watch directory.
     Add {
         #[arg(value_name = "TORRENT|MAGNET")]
         torrent: String,
+        /// Add it paused (RPC only).
+        #[arg(long)]
+        paused: bool,
+        /// Where its data goes [default: the daemon's download_dir] (RPC only).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
-    /// Stop and forget a torrent the daemon got through its watch directory; data stays.
+    /// Pause torrents: their peers are dropped, their state kept across restarts.
+    Pause {
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+    /// Resume paused, finished or failed torrents.
+    Resume {
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+    /// Hash torrents' data again, ignoring resume data.
+    Verify {
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+    /// Announce torrents to their trackers now.
+    Reannounce {
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+    },
+    /// Move a torrent's data to DIR (relative to the current directory) and keep it there.
+    Move {
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// List a torrent's files, or choose which to get and their priorities (numbers as listed:
+    /// 0,2,5-7 or all).
+    Files {
+        #[arg(value_name = "ID")]
+        id: String,
+        /// Get these files.
+        #[arg(long, value_name = "LIST")]
+        want: Option<String>,
+        /// Do not get these files.
+        #[arg(long, value_name = "LIST")]
+        skip: Option<String>,
+        /// Give these files a priority: high, normal or low; repeatable.
+        #[arg(long, num_args = 2, value_names = ["LEVEL", "LIST"])]
+        priority: Vec<String>,
+    },
+    /// Change torrents' own limits and labels.
+    Set {
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+        /// Download limit in KiB/s (0: none of its own).
+        #[arg(long, value_name = "KIB")]
+        down: Option<u64>,
+        /// Upload limit in KiB/s (0: none of its own).
+        #[arg(long, value_name = "KIB")]
+        up: Option<u64>,
+        /// Stop seeding at this ratio (0: no limit of its own).
+        #[arg(long, value_name = "R")]
+        ratio: Option<f64>,
+        /// A label; repeat for several (they replace the torrent's labels).
+        #[arg(long = "label", value_name = "L")]
+        labels: Vec<String>,
+    },
+    /// Stop and forget torrents; their data stays unless --delete-data. Without the RPC, one
+    /// added through the watch directory, by name or info hash.
     Remove {
-        #[arg(value_name = "NAME|INFOHASH")]
-        what: String,
+        #[arg(value_name = "ID", required = true)]
+        ids: Vec<String>,
+        /// Delete the torrent's own files too (RPC only).
+        #[arg(long)]
+        delete_data: bool,
     },
     /// Verify complete data in DIR/<name> and seed it until SIGINT/SIGTERM.
     Seed {
@@ -250,11 +333,74 @@ fn run_daemon(config_path: Option<&Path>) -> i32 {
 }
 
 fn run(cli: Cli) -> Result<(), CommandError> {
+    let rpc = cli.rpc.as_deref();
+    let act = |action: Action<'_>, ids: &[String]| {
+        remote::act(&load_config(cli.config.as_deref())?, rpc, action, ids)
+    };
     match cli.command {
         Command::Daemon => unreachable!("handled before logging starts"),
         Command::Status => status(cli.config.as_deref()),
-        Command::Add { torrent } => commands::add(&load_config(cli.config.as_deref())?, &torrent),
-        Command::Remove { what } => commands::remove(&load_config(cli.config.as_deref())?, &what),
+        Command::List => remote::list(&load_config(cli.config.as_deref())?, rpc),
+        Command::Info { ids } => remote::info(&load_config(cli.config.as_deref())?, rpc, &ids),
+        Command::Add {
+            torrent,
+            paused,
+            dir,
+        } => remote::add(
+            &load_config(cli.config.as_deref())?,
+            rpc,
+            &torrent,
+            paused,
+            dir.as_deref(),
+        ),
+        Command::Pause { ids } => act(Action::plain("torrent-stop", "paused"), &ids),
+        Command::Resume { ids } => act(Action::plain("torrent-start", "resumed"), &ids),
+        Command::Verify { ids } => act(Action::plain("torrent-verify", "verifying"), &ids),
+        Command::Reannounce { ids } => {
+            act(Action::plain("torrent-reannounce", "reannouncing"), &ids)
+        }
+        Command::Move { id, dir } => {
+            remote::move_to(&load_config(cli.config.as_deref())?, rpc, &id, &dir)
+        }
+        Command::Files {
+            id,
+            want,
+            skip,
+            priority,
+        } => {
+            let changes = FileChanges {
+                want,
+                skip,
+                priorities: priority
+                    .chunks(2)
+                    .map(|pair| (pair[0].clone(), pair[1].clone()))
+                    .collect(),
+            };
+            remote::files(&load_config(cli.config.as_deref())?, rpc, &id, &changes)
+        }
+        Command::Set {
+            ids,
+            down,
+            up,
+            ratio,
+            labels,
+        } => {
+            let settings = Settings {
+                down,
+                up,
+                ratio,
+                labels,
+            };
+            let action = Action {
+                method: "torrent-set",
+                arguments: settings.arguments()?,
+                verb: "set",
+            };
+            act(action, &ids)
+        }
+        Command::Remove { ids, delete_data } => {
+            remote::remove(&load_config(cli.config.as_deref())?, rpc, &ids, delete_data)
+        }
         Command::Create {
             path,
             output,

@@ -1,7 +1,8 @@
 //! The status file: a snapshot of the daemon and its torrents that the daemon rewrites every
 //! `status.interval_secs` as `<state_dir>/status.json` and `btd status` reads. Owns that file's
-//! format, its atomic replacement, and the text table printed by `btd status` and logged on
-//! SIGUSR1. No threads, no sockets; the daemon's main thread writes, any process reads.
+//! format, its atomic replacement, and the text table printed by `btd status` (and by
+//! `btd list`, from the RPC's answer) and logged on SIGUSR1. No threads, no sockets; the
+//! daemon's main thread writes, any process reads.
 
 use std::fs;
 use std::io;
@@ -176,123 +177,11 @@ impl DaemonStatus {
         })
     }
 
-    /// The table `btd status` prints and SIGUSR1 logs: a header `ID NAME STATE SIZE HAVE
-    /// PROGRESS DOWN UP ETA PEERS RATIO` (and `SWARM` when a tracker counted one), one row per
-    /// torrent, then, for each torrent with an error, a line `error: NAME: message`, and last a
-    /// totals row (torrent count, summed sizes, rates and peers) aligned under the columns.
-    /// Progress is a percent with one decimal, rounded down (100.0% only when complete); a
-    /// checking torrent's state shows how far the check is (`checking 37.5%`); sizes and rates
-    /// are in binary units like the rate limits (`8.0 MiB`, `1.2 MiB/s`); ratio has two
-    /// decimals. Column widths come from the content; names wider than 40 columns are cut with
-    /// an ellipsis. Control and bidirectional-override characters in names (which come from
-    /// strangers' torrents) are shown as `?`. Every line ends in `\n`; none has trailing spaces.
+    /// The table `btd status` prints and SIGUSR1 logs: [`torrent_table`] of its torrents, then,
+    /// with the embedded tracker, a line `tracker on ADDR: N torrents, M peers`.
     #[must_use]
     pub fn table(&self) -> String {
-        const HEADER: [&str; 12] = [
-            "ID", "NAME", "STATE", "SIZE", "HAVE", "PROGRESS", "DOWN", "UP", "ETA", "PEERS",
-            "RATIO", "SWARM",
-        ];
-        // Every column but NAME and STATE holds numbers, aligned on the right.
-        const RIGHT: [bool; 12] = [
-            true, false, false, true, true, true, true, true, true, true, true, true,
-        ];
-        // SWARM (seeders/leechers/completed from the tracker) only when a tracker told us.
-        let columns = if self.torrents.iter().any(|t| t.swarm.is_some()) {
-            12
-        } else {
-            11
-        };
-
-        let mut rows: Vec<Vec<String>> =
-            vec![HEADER[..columns].iter().map(|h| (*h).to_owned()).collect()];
-        for t in &self.torrents {
-            let state = match t.check_progress {
-                Some(done) => format!("{} {}", printable(&t.state), percent(done)),
-                None => printable(&t.state),
-            };
-            let mut row = vec![
-                t.id.to_string(),
-                printable(&t.name),
-                state,
-                bytes(t.size_bytes),
-                bytes(t.have_bytes),
-                percent(t.progress),
-                rate(t.download_rate),
-                rate(t.upload_rate),
-                t.eta_secs.map_or_else(|| "-".to_owned(), eta),
-                t.peers.to_string(),
-                ratio(t.ratio),
-            ];
-            if columns == 12 {
-                row.push(t.swarm.map_or_else(
-                    || "-".to_owned(),
-                    |s| format!("{}/{}/{}", s.seeders, s.leechers, s.completed),
-                ));
-            }
-            rows.push(row);
-        }
-        let count = self.torrents.len();
-        let sum = |f: fn(&TorrentStatus) -> u64| {
-            self.torrents.iter().map(f).fold(0u64, u64::saturating_add)
-        };
-        // The count goes in the (left-aligned) NAME column, the sums under theirs.
-        let mut totals = vec![
-            String::new(),
-            format!("{count} torrent{}", if count == 1 { "" } else { "s" }),
-            String::new(),
-            bytes(sum(|t| t.size_bytes)),
-            bytes(sum(|t| t.have_bytes)),
-            String::new(),
-            rate(sum(|t| t.download_rate)),
-            rate(sum(|t| t.upload_rate)),
-            String::new(),
-            sum(|t| u64::from(t.peers)).to_string(),
-            String::new(),
-        ];
-        totals.resize(columns, String::new());
-        rows.push(totals);
-
-        let mut widths = vec![0usize; columns];
-        for row in &rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(display_width(cell));
-            }
-        }
-        widths[1] = widths[1].min(NAME_WIDTH_MAX);
-
-        let line = |row: &Vec<String>| {
-            let mut out = String::new();
-            for (i, cell) in row.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(GAP);
-                }
-                let cell = truncate(cell, widths[i]);
-                let pad = " ".repeat(widths[i] - display_width(&cell));
-                if RIGHT[i] {
-                    out.push_str(&pad);
-                    out.push_str(&cell);
-                } else {
-                    out.push_str(&cell);
-                    out.push_str(&pad);
-                }
-            }
-            let mut out = out.trim_end().to_owned();
-            out.push('\n');
-            out
-        };
-
-        let (totals, body) = rows.split_last().expect("header and totals rows");
-        let mut out: String = body.iter().map(line).collect();
-        for t in &self.torrents {
-            if let Some(error) = &t.error {
-                out.push_str(&format!(
-                    "error: {}: {}\n",
-                    printable(&t.name),
-                    printable(error)
-                ));
-            }
-        }
-        out.push_str(&line(totals));
+        let mut out = torrent_table(&self.torrents);
         if let Some(tracker) = &self.tracker {
             out.push_str(&format!(
                 "tracker on {}: {} torrents, {} peers\n",
@@ -303,9 +192,127 @@ impl DaemonStatus {
     }
 }
 
+/// The torrent table of `btd status`, SIGUSR1's log and `btd list`: a header `ID NAME STATE SIZE
+/// HAVE PROGRESS DOWN UP ETA PEERS RATIO` (and `SWARM` when a tracker counted one), one row per
+/// torrent, then, for each torrent with an error, a line `error: NAME: message`, and last a totals
+/// row (torrent count, summed sizes, rates and peers) aligned under the columns. Progress is a
+/// percent with one decimal, rounded down (100.0% only when complete); a checking torrent's state
+/// shows how far the check is (`checking 37.5%`); sizes and rates are in binary units like the rate
+/// limits (`8.0 MiB`, `1.2 MiB/s`); ratio has two decimals. Column widths come from the content;
+/// names wider than 40 columns are cut with an ellipsis. Control and bidirectional-override
+/// characters in names (which come from strangers' torrents) are shown as `?`. Every line ends in
+/// `\n`; none has trailing spaces.
+#[must_use]
+pub fn torrent_table(torrents: &[TorrentStatus]) -> String {
+    const HEADER: [&str; 12] = [
+        "ID", "NAME", "STATE", "SIZE", "HAVE", "PROGRESS", "DOWN", "UP", "ETA", "PEERS", "RATIO",
+        "SWARM",
+    ];
+    // Every column but NAME and STATE holds numbers, aligned on the right.
+    const RIGHT: [bool; 12] = [
+        true, false, false, true, true, true, true, true, true, true, true, true,
+    ];
+    // SWARM (seeders/leechers/completed from the tracker) only when a tracker told us.
+    let columns = if torrents.iter().any(|t| t.swarm.is_some()) {
+        12
+    } else {
+        11
+    };
+
+    let mut rows: Vec<Vec<String>> =
+        vec![HEADER[..columns].iter().map(|h| (*h).to_owned()).collect()];
+    for t in torrents {
+        let state = match t.check_progress {
+            Some(done) => format!("{} {}", printable(&t.state), percent(done)),
+            None => printable(&t.state),
+        };
+        let mut row = vec![
+            t.id.to_string(),
+            printable(&t.name),
+            state,
+            bytes(t.size_bytes),
+            bytes(t.have_bytes),
+            percent(t.progress),
+            rate(t.download_rate),
+            rate(t.upload_rate),
+            t.eta_secs.map_or_else(|| "-".to_owned(), eta),
+            t.peers.to_string(),
+            ratio(t.ratio),
+        ];
+        if columns == 12 {
+            row.push(t.swarm.map_or_else(
+                || "-".to_owned(),
+                |s| format!("{}/{}/{}", s.seeders, s.leechers, s.completed),
+            ));
+        }
+        rows.push(row);
+    }
+    let count = torrents.len();
+    let sum = |f: fn(&TorrentStatus) -> u64| torrents.iter().map(f).fold(0u64, u64::saturating_add);
+    // The count goes in the (left-aligned) NAME column, the sums under theirs.
+    let mut totals = vec![
+        String::new(),
+        format!("{count} torrent{}", if count == 1 { "" } else { "s" }),
+        String::new(),
+        bytes(sum(|t| t.size_bytes)),
+        bytes(sum(|t| t.have_bytes)),
+        String::new(),
+        rate(sum(|t| t.download_rate)),
+        rate(sum(|t| t.upload_rate)),
+        String::new(),
+        sum(|t| u64::from(t.peers)).to_string(),
+        String::new(),
+    ];
+    totals.resize(columns, String::new());
+    rows.push(totals);
+
+    let mut widths = vec![0usize; columns];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(display_width(cell));
+        }
+    }
+    widths[1] = widths[1].min(NAME_WIDTH_MAX);
+
+    let line = |row: &Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                out.push_str(GAP);
+            }
+            let cell = truncate(cell, widths[i]);
+            let pad = " ".repeat(widths[i] - display_width(&cell));
+            if RIGHT[i] {
+                out.push_str(&pad);
+                out.push_str(&cell);
+            } else {
+                out.push_str(&cell);
+                out.push_str(&pad);
+            }
+        }
+        let mut out = out.trim_end().to_owned();
+        out.push('\n');
+        out
+    };
+
+    let (totals, body) = rows.split_last().expect("header and totals rows");
+    let mut out: String = body.iter().map(line).collect();
+    for t in torrents {
+        if let Some(error) = &t.error {
+            out.push_str(&format!(
+                "error: {}: {}\n",
+                printable(&t.name),
+                printable(error)
+            ));
+        }
+    }
+    out.push_str(&line(totals));
+    out
+}
+
 /// `n` bytes in binary units (the unit family of the rate limits, KiB), with one decimal from
 /// 1 KiB on: `0 B`, `1023 B`, `1.0 KiB`, `8.0 MiB`.
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if n < 1024 {
         return format!("{n} B");
@@ -322,12 +329,12 @@ fn bytes(n: u64) -> String {
 }
 
 /// `n` bytes per second, in the units of [`bytes`]: `1.2 MiB/s`.
-fn rate(bytes_per_sec: u64) -> String {
+pub(crate) fn rate(bytes_per_sec: u64) -> String {
     format!("{}/s", bytes(bytes_per_sec))
 }
 
 /// A time left: `42s`, `3m05s`, `2h07m`, `3d04h`.
-fn eta(secs: u64) -> String {
+pub(crate) fn eta(secs: u64) -> String {
     match secs {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
@@ -337,7 +344,7 @@ fn eta(secs: u64) -> String {
 }
 
 /// A fraction as a percent with one decimal, rounded down so only 1 shows as 100.0%.
-fn percent(progress: f64) -> String {
+pub(crate) fn percent(progress: f64) -> String {
     let clamped = if progress.is_nan() {
         0.0
     } else {
@@ -346,7 +353,7 @@ fn percent(progress: f64) -> String {
     format!("{:.1}%", (clamped * 1000.0).floor() / 10.0)
 }
 
-fn ratio(ratio: f64) -> String {
+pub(crate) fn ratio(ratio: f64) -> String {
     if ratio.is_finite() {
         format!("{ratio:.2}")
     } else if ratio.is_nan() {
@@ -358,7 +365,7 @@ fn ratio(ratio: f64) -> String {
 
 /// `text` with characters that would break the table or the terminal (control characters,
 /// bidirectional overrides) replaced by `?`.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') {

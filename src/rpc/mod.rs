@@ -2,7 +2,8 @@
 //! serves it): `POST /transmission/rpc` on the process's HTTP server (`http_server`), with the
 //! IP whitelist (403), Basic auth (401), the Host check against DNS rebinding (421) and the
 //! `X-Transmission-Session-Id` handshake (409), bounded bodies (413), JSON in and out
-//! (`protocol.rs`), and a web client's static files at `/transmission/web/` (`web.rs`).
+//! (`protocol.rs`), and a web client's static files at `/transmission/web/` (`web.rs`); and
+//! the other end, the blocking client btd's own CLI calls a daemon with (`client.rs`).
 //!
 //! What a method does is not decided here: each request becomes an [`RpcCall`] sent to the
 //! channel made by [`channel`], whose receiver the daemon's main loop owns; the worker waits for
@@ -15,6 +16,7 @@
 //! web directory) sit behind one lock that a request holds only to clone an `Arc` of them, so
 //! [`RpcServer::set_config`] (SIGHUP) applies them to the next request.
 
+pub mod client;
 mod front;
 pub mod protocol;
 pub mod web;

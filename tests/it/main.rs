@@ -7,6 +7,7 @@ mod support;
 
 mod btd_tracker;
 mod cli;
+mod cli_rpc;
 mod create;
 mod daemon;
 mod daemon_accounting;
