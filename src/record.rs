@@ -34,6 +34,13 @@ pub struct TorrentRecord {
     pub downloaded: u64,
     /// Seconds spent seeding (running with every piece), over every run.
     pub seeding_secs: u64,
+    /// Seconds spent downloading (running without every piece), over every run.
+    #[serde(default)]
+    pub downloading_secs: u64,
+    /// When a payload byte last moved to or from a peer (seconds since the Unix epoch; 0:
+    /// never).
+    #[serde(default)]
+    pub activity_unix: u64,
     /// Added over the RPC: the daemon adds it again at every start, from the `.torrent` saved
     /// beside this record or from `magnet`.
     #[serde(default)]
@@ -139,6 +146,8 @@ impl TorrentRecord {
             uploaded: 0,
             downloaded: 0,
             seeding_secs: 0,
+            downloading_secs: 0,
+            activity_unix: 0,
             added_over_rpc: false,
             magnet: None,
             paused: None,

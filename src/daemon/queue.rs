@@ -84,13 +84,14 @@ impl Daemon {
         };
         t.verified_bytes = handle.stats.verified_bytes.load(Ordering::Relaxed);
         let events: Vec<TorrentEvent> = handle.events.try_iter().collect();
+        t.note_activity();
         let mut next = None;
         for event in events {
             match event {
                 TorrentEvent::Completed => {
                     t.complete = true;
                     t.record.completed_unix.get_or_insert_with(unix_now);
-                    t.start_seeding_clock();
+                    t.start_run_clock();
                     t.storage_failures = 0;
                     t.save_record(&self.config.state_dir);
                 }
@@ -323,9 +324,9 @@ impl Daemon {
                     handle.send(Control::SetLimits(own_limits));
                 }
                 apply_own_rates(&handle, &t.record);
-                if t.complete {
-                    t.start_seeding_clock();
-                }
+                t.start_run_clock();
+                t.run_started_unix = unix_now();
+                t.last_seen_totals = t.totals();
                 t.run = Some(Arc::clone(&handle.stats));
                 t.state = State::Running(handle);
                 t.save_record(&state_dir);

@@ -399,11 +399,12 @@ impl Daemon {
                 "doneDate" => json!(t.record.completed_unix.unwrap_or(0)),
                 // Neither is recorded: a running torrent is active now, a stopped one shows
                 // Transmission's "never" (0).
-                "activityDate" | "startDate" => json!(if run.is_some() { unix_now() } else { 0 }),
+                "activityDate" => json!(t.record.activity_unix),
+                "startDate" => json!(if run.is_some() { t.run_started_unix } else { 0 }),
                 "secondsSeeding" => json!(t.seeding_secs()),
                 // btd does not count time spent downloading (yet): Transmission's value for a
                 // torrent that never downloaded.
-                "secondsDownloading" => json!(0),
+                "secondsDownloading" => json!(t.downloading_secs()),
                 "peersConnected" => json!(load(|s| u64::from(s.peers.load(Ordering::Relaxed)))),
                 "peersSendingToUs" => json!(load(|s| u64::from(
                     s.peers_sending_to_us.load(Ordering::Relaxed)

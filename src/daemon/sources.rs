@@ -371,7 +371,7 @@ impl Daemon {
     pub(super) fn stop_torrent(&mut self, index: usize, next: State) {
         let t = &mut self.torrents[index];
         let previous = std::mem::replace(&mut t.state, next);
-        t.stop_seeding_clock();
+        t.stop_run_clock();
         if let State::Running(handle) = previous {
             self.engine.unregister(&t.info_hash);
             t.verified_bytes = handle.stats.verified_bytes.load(Ordering::Relaxed);

@@ -222,6 +222,12 @@ pub(super) struct Managed {
     pub(super) run: Option<Arc<TorrentStats>>,
     /// Since when it seeds in this run (folded into `record.seeding_secs` when it stops).
     pub(super) seeding_since: Option<Instant>,
+    /// Since when it downloads in this run (folded into `record.downloading_secs`).
+    pub(super) downloading_since: Option<Instant>,
+    /// The run's byte totals when the main loop last looked (to see activity).
+    pub(super) last_seen_totals: (u64, u64),
+    /// When the current run started (seconds since the Unix epoch).
+    pub(super) run_started_unix: u64,
     /// In state error from a storage error: when it is retried by itself (SIGHUP retries now).
     pub(super) retry_at: Option<Instant>,
     /// Storage errors in a row (the retry back-off doubles with each); reset on completion.
@@ -255,6 +261,9 @@ impl Managed {
             verified_bytes: 0,
             run: None,
             seeding_since: None,
+            downloading_since: None,
+            last_seen_totals: (0, 0),
+            run_started_unix: 0,
             retry_at: None,
             storage_failures: 0,
             force_check: false,
@@ -291,10 +300,21 @@ impl Managed {
 
     /// Lifetime seconds of seeding, the current run included.
     pub(super) fn seeding_secs(&self) -> u64 {
-        self.record.seeding_secs
-            + self
-                .seeding_since
-                .map_or(0, |since| since.elapsed().as_secs())
+        self.record.seeding_secs + secs_since(self.seeding_since)
+    }
+
+    /// Lifetime seconds of downloading, the current run included.
+    pub(super) fn downloading_secs(&self) -> u64 {
+        self.record.downloading_secs + secs_since(self.downloading_since)
+    }
+
+    /// Notes payload moving since the last look (the RPC's `activityDate`).
+    pub(super) fn note_activity(&mut self) {
+        let totals = self.totals();
+        if totals != self.last_seen_totals {
+            self.last_seen_totals = totals;
+            self.record.activity_unix = unix_now();
+        }
     }
 
     pub(super) fn ratio(&self) -> f64 {
@@ -308,20 +328,25 @@ impl Managed {
             uploaded,
             downloaded,
             seeding_secs: self.seeding_secs(),
+            downloading_secs: self.downloading_secs(),
             ..self.record.clone()
         }
     }
 
-    /// It starts seeding now (complete and running).
-    pub(super) fn start_seeding_clock(&mut self) {
-        self.seeding_since.get_or_insert_with(Instant::now);
+    /// It runs now: seeding when complete, else downloading (its clock for the other stops).
+    pub(super) fn start_run_clock(&mut self) {
+        self.stop_run_clock();
+        if self.complete {
+            self.seeding_since = Some(Instant::now());
+        } else {
+            self.downloading_since = Some(Instant::now());
+        }
     }
 
-    /// It stops seeding: the time so far goes into the record.
-    pub(super) fn stop_seeding_clock(&mut self) {
-        if let Some(since) = self.seeding_since.take() {
-            self.record.seeding_secs += since.elapsed().as_secs();
-        }
+    /// It stops running: the time so far goes into the record.
+    pub(super) fn stop_run_clock(&mut self) {
+        self.record.seeding_secs += secs_since(self.seeding_since.take());
+        self.record.downloading_secs += secs_since(self.downloading_since.take());
     }
 
     /// Its run with counters `run` has ended: they go into the record.
@@ -365,6 +390,11 @@ impl Managed {
         self.storage_failures = self.storage_failures.saturating_add(1);
         self.retry_at = Some(Instant::now() + self.retry_after());
     }
+}
+
+/// Whole seconds since `since`, 0 without one.
+fn secs_since(since: Option<Instant>) -> u64 {
+    since.map_or(0, |since| since.elapsed().as_secs())
 }
 
 /// The wait before retrying a torrent after `failures` storage errors in a row: 60 s, doubling,

@@ -5,6 +5,7 @@
 use crate::support::daemon::{
     Daemon, DaemonHome, Payload, Snapshot, TorrentEntry, payload, within,
 };
+use crate::support::rpc_client::RpcClient;
 use crate::support::{
     LtClient, PeerSpec, RecordingTracker, SHORT, TempDir, TrackerReply, next_ip, parse_rpc_serving,
     require_libtorrent, require_program, run_to_end, tree_digest,
@@ -350,6 +351,20 @@ fn a_torrents_own_upload_limit_set_over_the_rpc_holds_its_uploads_to_it() {
         "{rate:.0} B/s over {secs:.1} s with a 200 kB/s limit"
     );
     assert!(uploaded(&last) < 8 * MIB, "the whole torrent went up");
+
+    // The upload is activity: its time is recent, and the torrent never downloaded.
+    let mut rpc = RpcClient::new(addr);
+    let t = &rpc.torrents(
+        serde_json::json!([1]),
+        &["activityDate", "secondsDownloading"],
+    )[0];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let active = t["activityDate"].as_u64().expect("a number");
+    assert!(now - active < 10, "activityDate {active}, now {now}");
+    assert_eq!(t["secondsDownloading"], 0);
     d.stop("TERM");
 }
 
