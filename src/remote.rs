@@ -65,6 +65,19 @@ pub fn target(config: &Config, rpc_url: Option<&str>) -> Result<Target, CommandE
              for one that does"
         )));
     } else if config.rpc.listen.port() == 0 {
+        // Only the daemon knows the port it got; its status file says.
+        let running = crate::status::DaemonStatus::load(&crate::status::DaemonStatus::path_in(
+            &config.state_dir,
+        ))
+        .ok()
+        .and_then(|s| s.rpc)
+        .and_then(|addr| addr.parse::<std::net::SocketAddr>().ok());
+        if let Some(addr) = running {
+            return Ok(Target::Rpc {
+                client: RpcClient::new(Endpoint::of_listen(addr), credentials),
+                given: false,
+            });
+        }
         return Ok(Target::NoRpc(format!(
             "config {shown}: [rpc] listen = \"{}\" has port 0, which only the daemon knows (its \
              log says `rpc serving HTTP on ADDR`); give --rpc http://ADDR",

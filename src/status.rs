@@ -25,6 +25,9 @@ pub struct DaemonStatus {
     /// The embedded tracker, when `[tracker] enabled`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracker: Option<TrackerStatus>,
+    /// Where the RPC answers (the real port when `[rpc] listen` says 0), while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc: Option<String>,
 }
 
 /// The embedded tracker in a [`DaemonStatus`].
@@ -480,6 +483,7 @@ mod tests {
             listen: "0.0.0.0:6881".to_owned(),
             torrents,
             tracker: None,
+            rpc: None,
         }
     }
 

@@ -389,6 +389,7 @@ impl Daemon {
                 .map_or(0, |d| d.as_secs()),
             listen: self.engine.listen_addr().to_string(),
             torrents,
+            rpc: self.rpc.as_ref().map(|rpc| rpc.local_addr().to_string()),
             tracker: self.tracker.as_ref().map(|tracker| {
                 let stats = tracker.stats();
                 TrackerStatus {

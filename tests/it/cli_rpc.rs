@@ -462,3 +462,19 @@ fn btd_cli_without_a_daemon_or_its_rpc_says_so_and_exits_1() {
     );
     assert!(Path::new(&torrent).exists());
 }
+
+#[test]
+fn btd_cli_finds_a_running_daemons_rpc_on_port_0_through_its_status_file() {
+    let work = TempDir::new("cli-rpc-port0-run");
+    let p = seed_payload(&work, "data", "cli-port0");
+    let mut home = DaemonHome::new("cli-rpc-port0-run");
+    home.add_torrent(TorrentEntry::new(&p.torrent).download_dir(&p.dir))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    d.wait_seeding(&p.info_hash, SHORT);
+    // The test homes' [rpc] listen has port 0: no --rpc, the status file tells.
+    let out = btd(&home, None, None, &["list"]);
+    assert_eq!(out.code, Some(0), "{}", out.description);
+    assert!(out.stdout.contains("cli-port0"), "{}", out.description);
+    d.stop("TERM");
+}
