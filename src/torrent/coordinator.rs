@@ -247,6 +247,16 @@ impl Coordinator {
         let (results_tx, disk_results) = crossbeam_channel::unbounded();
         let disk = params.disk.queue(Arc::clone(&params.storage), results_tx);
         let (peers_tx, tracker_peers) = crossbeam_channel::unbounded();
+        // What we have, published before the announcer starts: its `started` reads `left`.
+        let have = params.have;
+        let verified_bytes: u64 = have
+            .iter_ones()
+            .map(|p| u64::from(meta.geometry.piece_len(p)))
+            .sum();
+        stats
+            .verified_bytes
+            .store(verified_bytes, Ordering::Relaxed);
+        stats.have.lock().clone_from(&have);
         let tiers = Tiers::new(meta.announce.as_deref(), meta.announce_list.as_deref());
         let announcer = if tiers.is_empty() {
             None
@@ -274,15 +284,6 @@ impl Coordinator {
             let handle = announcer::spawn(tiers, config, source, swarm, peers_tx, rx)?;
             Some((tx, handle))
         };
-        let have = params.have;
-        let verified_bytes: u64 = have
-            .iter_ones()
-            .map(|p| u64::from(meta.geometry.piece_len(p)))
-            .sum();
-        stats
-            .verified_bytes
-            .store(verified_bytes, Ordering::Relaxed);
-        stats.have.lock().clone_from(&have);
         let now = Instant::now();
         let mut c = Self {
             picker: Picker::new(meta.geometry, &have),

@@ -92,7 +92,10 @@ fn btd_add_magnet_hands_it_to_the_daemon_which_downloads_it_and_a_bad_one_exits_
     let work = TempDir::new("daemon-add-magnet");
     let p = payload(&work, "seed", "added-magnet", 2 * MIB + 3, 16 * KIB, &[]);
     let lt = LtSeeder::start("libtorrent seeder", &[&p.torrent], &p.dir, 0, false);
-    let home = DaemonHome::new("daemon-add-magnet");
+    let mut home = DaemonHome::new("daemon-add-magnet");
+    // Without an RPC, `btd add` goes through the watch directory (tests/it/cli_rpc.rs covers
+    // the RPC route).
+    home.set("rpc", "enabled", false).write_config();
     let mut d = home.start("btd daemon");
     d.wait_status(SHORT, "a status", |_| true);
 

@@ -162,7 +162,10 @@ fn hup_with_a_broken_config_keeps_the_daemon_running_on_the_old_one() {
 
 #[test]
 fn btd_add_and_btd_remove_go_through_the_watch_dir_and_keep_the_data() {
-    let home = DaemonHome::new("daemon-add");
+    let mut home = DaemonHome::new("daemon-add");
+    // Without an RPC, `btd add` and `btd remove` go through the watch directory
+    // (tests/it/cli_rpc.rs covers the RPC route).
+    home.set("rpc", "enabled", false).write_config();
     let work = TempDir::new("daemon-add-work");
     // The data is already in the daemon's download dir: the torrent seeds at once.
     let p = Payload::create(
