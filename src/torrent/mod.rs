@@ -120,6 +120,10 @@ impl TorrentStats {
 
     /// Takes `bytes` from the upload allowance; false (and nothing taken) when less is left.
     pub fn reserve_upload(&self, bytes: u64) -> bool {
+        // Without a limit (the usual case) a load, not a write every peer thread contends on.
+        if self.upload_allowance.load(Ordering::Relaxed) == u64::MAX {
+            return true;
+        }
         self.upload_allowance
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
                 if left == u64::MAX {
