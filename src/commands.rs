@@ -27,6 +27,7 @@ use crate::metainfo::{InfoHash, MAX_PIECE_LEN, Metainfo};
 use crate::status::{DaemonStatus, TorrentStatus};
 use crate::storage::{OpenMode, Storage};
 use crate::torrent::{TorrentEvent, TorrentHandle, TorrentStats};
+use crate::wire::Bitfield;
 
 /// Why a command failed; the kind picks the exit status.
 #[derive(Debug, thiserror::Error)]
@@ -212,17 +213,7 @@ pub fn download(
         None => Engine::start(opts.config.engine(opts.bind, opts.port))
             .map_err(|e| CommandError::Runtime(format!("listen: {e}")))?,
     };
-    let handle = engine
-        .add(
-            Arc::clone(&meta),
-            Arc::new(storage),
-            have,
-            peers,
-            None,
-            None,
-        )
-        .map_err(|e| CommandError::Runtime(e.to_string()))?;
-    engine.log_listening();
+    let handle = start_one(&engine, &meta, storage, have, peers)?;
     let outcome = wait(&meta, &handle, signals, !keep_seeding);
     let result = match outcome {
         Outcome::Completed if keep_seeding => {
@@ -380,17 +371,7 @@ pub fn seed(opts: &TransferOptions, signals: &Receiver<()>) -> Result<(), Comman
     );
     let engine = Engine::start(opts.config.engine(opts.bind, opts.port))
         .map_err(|e| CommandError::Runtime(format!("listen: {e}")))?;
-    let handle = engine
-        .add(
-            Arc::clone(&meta),
-            Arc::new(storage),
-            have,
-            peers,
-            None,
-            None,
-        )
-        .map_err(|e| CommandError::Runtime(e.to_string()))?;
-    engine.log_listening();
+    let handle = start_one(&engine, &meta, storage, have, peers)?;
     let outcome = wait(&meta, &handle, signals, false);
     engine.remove(handle);
     engine.shutdown();
@@ -551,6 +532,22 @@ fn send_hangup(pid: u32) -> Result<(), CommandError> {
 
 /// How long `add` and `remove` wait for the daemon to act on their SIGHUP.
 const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Starts a one-shot command's torrent (no resume data, no seeding limit) and logs
+/// `listening on`, which scripts take to mean a peer can connect.
+fn start_one(
+    engine: &Engine,
+    meta: &Arc<Metainfo>,
+    storage: Storage,
+    have: Bitfield,
+    peers: Vec<SocketAddr>,
+) -> Result<TorrentHandle, CommandError> {
+    let handle = engine
+        .add(Arc::clone(meta), Arc::new(storage), have, peers, None, None)
+        .map_err(|e| CommandError::Runtime(e.to_string()))?;
+    engine.log_listening();
+    Ok(handle)
+}
 
 /// `btd status`: prints the torrents of the daemon running on `state_dir` (of the config file
 /// `source`, `None` for the built-in defaults) from its status file. It needs no more of the

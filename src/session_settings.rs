@@ -21,22 +21,6 @@ const VERSION: u32 = 1;
 /// Bytes in the RPC's speed unit (kB/s).
 const SPEED_UNIT: u64 = 1000;
 
-/// The `session-set` keys btd applies.
-pub const KEYS: [&str; 12] = [
-    "speed-limit-down",
-    "speed-limit-down-enabled",
-    "speed-limit-up",
-    "speed-limit-up-enabled",
-    "seedRatioLimit",
-    "seedRatioLimited",
-    "download-queue-size",
-    "seed-queue-size",
-    "peer-limit-global",
-    "peer-limit-per-torrent",
-    "download-dir",
-    "start-added-torrents",
-];
-
 /// One setting changed over the RPC.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Setting {

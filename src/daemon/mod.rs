@@ -152,22 +152,12 @@ impl Daemon {
         let pid_file = PidFile::acquire(&config.state_dir.join("btd.pid"))?;
         // What `session-set` changed, unless the file changed that setting since.
         let file_config = config;
-        let session_path = SessionSettings::path_in(&file_config.state_dir);
-        let mut session = SessionSettings::load(&session_path).unwrap_or_else(|e| {
-            warn!("{e}; going on without the settings changed over the RPC");
-            SessionSettings::default()
-        });
-        let dropped = session.drop_changed_in(&file_config);
-        if !dropped.is_empty() {
-            info!(
-                "config: {} changed in {}; the value set over the RPC is dropped",
-                dropped.join(", "),
-                config_path.display()
-            );
-            if let Err(e) = session.save(&session_path) {
-                warn!("session settings: {e}");
-            }
-        }
+        let mut session = SessionSettings::load(&SessionSettings::path_in(&file_config.state_dir))
+            .unwrap_or_else(|e| {
+                warn!("{e}; going on without the settings changed over the RPC");
+                SessionSettings::default()
+            });
+        reload::drop_settings_changed_in(&mut session, &file_config, config_path);
         let config = session.apply_to(&file_config);
         let engine_config = config.engine(None, None);
         let engine =
@@ -320,16 +310,14 @@ impl Daemon {
             .map(|t| {
                 let size = t.size();
                 let (uploaded, downloaded) = t.totals();
-                let (down_rate, up_rate, peers) = match &t.state {
-                    State::Running(h) => (
-                        h.stats.download_rate.load(Ordering::Relaxed),
-                        h.stats.upload_rate.load(Ordering::Relaxed),
-                        h.stats.peers.load(Ordering::Relaxed),
-                    ),
-                    _ => (0, 0, 0),
-                };
-                let have_bytes = if t.complete { size } else { t.verified_bytes };
-                let downloading = matches!(t.state, State::Running(_)) && !t.complete;
+                let (down_rate, up_rate, peers) = t.running().map_or((0, 0, 0), |s| {
+                    (
+                        s.download_rate.load(Ordering::Relaxed),
+                        s.upload_rate.load(Ordering::Relaxed),
+                        s.peers.load(Ordering::Relaxed),
+                    )
+                });
+                let have_bytes = t.have_bytes();
                 TorrentStatus {
                     id: t.id,
                     name: t.name.clone(),
@@ -344,17 +332,10 @@ impl Daemon {
                     } else {
                         have_bytes as f64 / size.max(1) as f64
                     },
-                    check_progress: match (&t.state, &t.meta) {
-                        (State::Checking(done), Some(meta)) => Some(
-                            f64::from(done.load(Ordering::Relaxed))
-                                / f64::from(meta.geometry.num_pieces.max(1)),
-                        ),
-                        _ => None,
-                    },
+                    check_progress: t.check_fraction(),
                     size_bytes: size,
                     have_bytes,
-                    eta_secs: (downloading && down_rate > 0)
-                        .then(|| size.saturating_sub(have_bytes) / down_rate),
+                    eta_secs: t.eta_secs(),
                     download_dir: t.download_dir().display().to_string(),
                     added_unix: t.record.added_unix,
                     seeding_secs: t.seeding_secs(),

@@ -50,8 +50,7 @@ impl Daemon {
         for index in 0..self.torrents.len() {
             let t = &mut self.torrents[index];
             // A torrent starts again only once its last run has ended.
-            let still_stopping = self.stopping.iter().any(|(h, _)| *h == t.info_hash);
-            if !matches!(t.state, State::Queued) || still_stopping {
+            if !matches!(t.state, State::Queued) || still_stopping(&self.stopping, &t.info_hash) {
                 continue;
             }
             if t.complete
@@ -147,7 +146,7 @@ impl Daemon {
             let State::Moving { to, started: false } = &t.state else {
                 continue;
             };
-            if self.stopping.iter().any(|(h, _)| *h == t.info_hash) {
+            if still_stopping(&self.stopping, &t.info_hash) {
                 continue;
             }
             let Some(meta) = t.meta.clone() else {
@@ -405,4 +404,9 @@ pub(super) fn apply_own_rates(handle: &TorrentHandle, record: &TorrentRecord) {
         .context
         .upload_rate
         .set_rate(record.rates.upload_bytes());
+}
+
+/// A run of this torrent is still stopping: it must end before the torrent starts or moves.
+fn still_stopping(stopping: &[(InfoHash, Stopping)], info_hash: &InfoHash) -> bool {
+    stopping.iter().any(|(hash, _)| hash == info_hash)
 }

@@ -31,22 +31,11 @@ impl Daemon {
     /// Forgets the RPC's session settings whose value in the config file changed (the file's
     /// new value wins), saying so.
     pub(super) fn drop_session_settings_changed_in(&mut self, file: &Config) {
-        let dropped = self.session.drop_changed_in(file);
-        if !dropped.is_empty() {
-            info!(
-                "config: {} changed in {}; the value set over the RPC is dropped",
-                dropped.join(", "),
-                self.config_path.display()
-            );
-            self.save_session_settings();
-        }
+        drop_settings_changed_in(&mut self.session, file, &self.config_path);
     }
 
     pub(super) fn save_session_settings(&self) {
-        let path = SessionSettings::path_in(&self.config.state_dir);
-        if let Err(e) = self.session.save(&path) {
-            warn!("session settings: {e}");
-        }
+        save_settings(&self.session, &self.config.state_dir);
     }
 
     /// Puts `new` (the config file's, with the RPC's session settings) in force: rates, limits,
@@ -74,17 +63,7 @@ impl Daemon {
             new.max_peers_global,
             new.max_peers_per_ip,
         );
-        if new.limits != self.config.limits {
-            for t in &self.torrents {
-                if let State::Running(handle) = &t.state {
-                    let mut limits = new.limits.clone();
-                    if let Some(peers) = t.record.peer_limit {
-                        limits.max_peers = peers;
-                    }
-                    handle.send(Control::SetLimits(limits));
-                }
-            }
-        }
+        let limits_changed = new.limits != self.config.limits;
         self.reload_tracker(new.tracker);
         self.reload_rpc(new.rpc.clone());
         let old_entries = std::mem::take(&mut self.config.torrents);
@@ -92,6 +71,13 @@ impl Daemon {
         let state_dir = self.config.state_dir.clone();
         let old_limits = self.seed_limits();
         self.config = Config { state_dir, ..new };
+        if limits_changed {
+            for t in &self.torrents {
+                if let State::Running(handle) = &t.state {
+                    handle.send(Control::SetLimits(self.torrent_limits(t)));
+                }
+            }
+        }
         if self.seed_limits() != old_limits {
             self.apply_seed_limits();
         }
@@ -259,5 +245,29 @@ impl Daemon {
                 self.start_fetching(index);
             }
         }
+    }
+}
+
+/// Forgets the settings of `session` whose value in `file` (read from `config_path`) changed
+/// since they were set over the RPC, saying so and saving the rest.
+pub(super) fn drop_settings_changed_in(
+    session: &mut SessionSettings,
+    file: &Config,
+    config_path: &Path,
+) {
+    let dropped = session.drop_changed_in(file);
+    if !dropped.is_empty() {
+        info!(
+            "config: {} changed in {}; the value set over the RPC is dropped",
+            dropped.join(", "),
+            config_path.display()
+        );
+        save_settings(session, &file.state_dir);
+    }
+}
+
+fn save_settings(session: &SessionSettings, state_dir: &Path) {
+    if let Err(e) = session.save(&SessionSettings::path_in(state_dir)) {
+        warn!("session settings: {e}");
     }
 }

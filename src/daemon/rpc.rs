@@ -148,13 +148,9 @@ impl Daemon {
                 "memory-bytes": 1024
             }
         });
-        let (Value::Object(mut all), Value::Object(limits), Value::Object(more)) =
-            (all, limits, more)
-        else {
-            unreachable!("JSON object literals")
-        };
-        all.extend(limits);
-        all.extend(more);
+        let mut all = object(all);
+        all.extend(object(limits));
+        all.extend(object(more));
         match args.get("fields").and_then(Value::as_array) {
             Some(fields) => fields
                 .iter()
@@ -226,7 +222,7 @@ impl Daemon {
             "sessionCount": 1,
             "secondsActive": self.started.elapsed().as_secs(),
         });
-        let Value::Object(stats) = json!({
+        object(json!({
             "activeTorrentCount": active,
             "pausedTorrentCount": self.torrents.len() - active,
             "torrentCount": self.torrents.len(),
@@ -234,10 +230,7 @@ impl Daemon {
             "uploadSpeed": up,
             "cumulative-stats": totals,
             "current-stats": totals,
-        }) else {
-            unreachable!("a JSON object literal")
-        };
-        stats
+        }))
     }
 
     // ---- torrents ------------------------------------------------------------------------
@@ -295,7 +288,7 @@ impl Daemon {
         if table {
             let mut rows = vec![Value::from(fields.clone())];
             for i in selected {
-                let all = self.rpc_torrent_fields(&self.torrents[i], &fields);
+                let all = self.rpc_torrent_fields(i, &fields);
                 rows.push(Value::from(
                     fields
                         .iter()
@@ -307,7 +300,7 @@ impl Daemon {
         } else {
             let torrents: Vec<Value> = selected
                 .into_iter()
-                .map(|i| Value::Object(self.rpc_torrent_fields(&self.torrents[i], &fields)))
+                .map(|i| Value::Object(self.rpc_torrent_fields(i, &fields)))
                 .collect();
             out.insert("torrents".into(), Value::from(torrents));
         }
@@ -319,14 +312,12 @@ impl Daemon {
 
     /// The fields of one torrent that `fields` names (unknown names are left out, as
     /// Transmission does).
-    fn rpc_torrent_fields(&self, t: &Managed, fields: &[&str]) -> Args {
+    fn rpc_torrent_fields(&self, index: usize, fields: &[&str]) -> Args {
+        let t = &self.torrents[index];
         let size = t.size();
-        let have = if t.complete { size } else { t.verified_bytes };
+        let have = t.have_bytes();
         let (uploaded, downloaded) = t.totals();
-        let run = match &t.state {
-            State::Running(h) => Some(&h.stats),
-            _ => None,
-        };
+        let run = t.running();
         let load = |f: fn(&TorrentStats) -> u64| run.map_or(0, |s| f(s));
         let rate_down = load(|s| s.download_rate.load(Ordering::Relaxed));
         let rate_up = load(|s| s.upload_rate.load(Ordering::Relaxed));
@@ -348,11 +339,9 @@ impl Daemon {
             State::Error(e) => (3, e.clone()),
             _ => (0, String::new()),
         };
-        let eta = if status == status::DOWNLOAD && rate_down > 0 {
-            i64::try_from(size.saturating_sub(have) / rate_down).unwrap_or(i64::MAX)
-        } else {
-            ETA_NOT_AVAILABLE
-        };
+        let eta = t.eta_secs().map_or(ETA_NOT_AVAILABLE, |secs| {
+            i64::try_from(secs).unwrap_or(i64::MAX)
+        });
         let limits = self.seed_limits().for_torrent(&t.record);
         let mut out = Map::new();
         for &field in fields {
@@ -370,13 +359,7 @@ impl Daemon {
                 "desiredAvailable" => json!(0),
                 "percentDone" | "percentComplete" => json!(fraction(have, size)),
                 "metadataPercentComplete" => json!(if t.meta.is_some() { 1.0 } else { 0.0 }),
-                "recheckProgress" => json!(match (&t.state, &t.meta) {
-                    (State::Checking(done), Some(meta)) => fraction(
-                        u64::from(done.load(Ordering::Relaxed)),
-                        u64::from(meta.geometry.num_pieces)
-                    ),
-                    _ => 0.0,
-                }),
+                "recheckProgress" => json!(t.check_fraction().unwrap_or(0.0)),
                 "rateDownload" => json!(rate_down),
                 "rateUpload" => json!(rate_up),
                 "uploadedEver" => json!(uploaded),
@@ -418,12 +401,7 @@ impl Daemon {
                 "webseedsSendingToUs" => json!(0),
                 "pieceCount" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.num_pieces)),
                 "pieceSize" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.piece_len)),
-                "queuePosition" => json!(
-                    self.torrents
-                        .iter()
-                        .position(|o| o.info_hash == t.info_hash)
-                        .unwrap_or(0)
-                ),
+                "queuePosition" => json!(index),
                 "magnetLink" => json!(magnet_link(t)),
                 "files" => json!(file_list(t, run)),
                 "fileStats" => json!(file_stats(t, run)),
@@ -513,15 +491,7 @@ impl Daemon {
             return Err("torrent-add needs `metainfo` or `filename`".into());
         };
         let paused = args.get("paused").and_then(Value::as_bool).unwrap_or(false);
-        let labels: Vec<String> = match args.get("labels") {
-            None => Vec::new(),
-            Some(Value::Array(list)) => list
-                .iter()
-                .map(|l| l.as_str().map(str::to_owned))
-                .collect::<Option<_>>()
-                .ok_or("labels: not a list of strings")?,
-            Some(v) => return Err(format!("labels: {v} is not a list of strings")),
-        };
+        let labels = labels_arg(args)?.unwrap_or_default();
         // File selection and priorities are not done yet: refused, never silently dropped.
         for key in [
             "files-wanted",
@@ -599,19 +569,7 @@ impl Daemon {
                 _ => return Err(format!("seedRatioMode: {v} is not 0, 1 or 2")),
             },
         };
-        let labels = match args.get("labels") {
-            None => None,
-            Some(Value::Array(list)) => Some(
-                list.iter()
-                    .map(|l| {
-                        l.as_str()
-                            .map(str::to_owned)
-                            .ok_or_else(|| format!("labels: {l} is not a string"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-            Some(v) => return Err(format!("labels: {v} is not a list of strings")),
-        };
+        let labels = labels_arg(args)?;
         let peer_limit = match args.get("peer-limit") {
             None => None,
             Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
@@ -1187,6 +1145,32 @@ fn delete_torrent_files(files: &[PathBuf], top: Option<&Path>, root: &Path) {
     }
 }
 
+/// The `labels` argument (a list of strings), if given.
+fn labels_arg(args: &Args) -> Result<Option<Vec<String>>, String> {
+    let Some(value) = args.get("labels") else {
+        return Ok(None);
+    };
+    let list = value
+        .as_array()
+        .ok_or_else(|| format!("labels: {value} is not a list of strings"))?;
+    list.iter()
+        .map(|l| {
+            l.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("labels: {l} is not a string"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The map of a `json!({...})` object literal.
+fn object(literal: Value) -> Args {
+    match literal {
+        Value::Object(map) => map,
+        _ => unreachable!("called with JSON object literals only"),
+    }
+}
+
 /// `free-space`: the bytes free (and in all) where `path` is.
 fn rpc_free_space(args: &Args) -> Result<Args, String> {
     let path = args
@@ -1195,14 +1179,11 @@ fn rpc_free_space(args: &Args) -> Result<Args, String> {
         .ok_or("free-space needs `path`")?;
     let stat = nix::sys::statvfs::statvfs(path).map_err(|e| format!("{path}: {e}"))?;
     let block = stat.fragment_size();
-    let Value::Object(out) = json!({
+    Ok(object(json!({
         "path": path,
         "size-bytes": stat.blocks_available() * block,
         "total_size": stat.blocks() * block,
-    }) else {
-        unreachable!("a JSON object literal")
-    };
-    Ok(out)
+    })))
 }
 
 /// Free bytes where `path` is, if it can be told.

@@ -41,6 +41,12 @@ impl Daemon {
         );
     }
 
+    /// The next torrent id of this daemon run.
+    fn new_id(&mut self) -> u32 {
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
     /// Shows a `[[torrent]]` entry whose `.torrent` cannot be read in state error with the
     /// reason (instead of leaving it out); SIGHUP tries the file again.
     pub(super) fn add_unreadable(&mut self, entry: &TorrentEntry, path: &Path, reason: String) {
@@ -52,8 +58,7 @@ impl Daemon {
             .download_dir
             .clone()
             .unwrap_or_else(|| self.config.download_dir.clone());
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.new_id();
         // Not a torrent's: no record is kept, and nothing else has this key.
         let info_hash = placeholder_hash(path);
         let record = TorrentRecord::new(&info_hash, &download_dir);
@@ -139,8 +144,7 @@ impl Daemon {
             source.describe(),
             record.download_dir.display()
         );
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.new_id();
         let paused = record.paused.unwrap_or(paused);
         let mut t = Managed::new(id, info_hash, name, source, record);
         t.meta = meta.map(Arc::new);

@@ -283,6 +283,43 @@ impl Managed {
         self.meta.as_ref().map_or(0, |m| m.geometry.total_len)
     }
 
+    /// The counters of the run in progress, while its coordinator runs.
+    pub(super) fn running(&self) -> Option<&Arc<TorrentStats>> {
+        match &self.state {
+            State::Running(handle) => Some(&handle.stats),
+            _ => None,
+        }
+    }
+
+    /// Verified bytes (all of them when complete).
+    pub(super) fn have_bytes(&self) -> u64 {
+        if self.complete {
+            self.size()
+        } else {
+            self.verified_bytes
+        }
+    }
+
+    /// While checking: the fraction of pieces checked so far.
+    pub(super) fn check_fraction(&self) -> Option<f64> {
+        match (&self.state, &self.meta) {
+            (State::Checking(done), Some(meta)) => Some(
+                f64::from(done.load(Ordering::Relaxed))
+                    / f64::from(meta.geometry.num_pieces.max(1)),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Seconds left at the current download rate, while downloading with one.
+    pub(super) fn eta_secs(&self) -> Option<u64> {
+        let rate = self
+            .running()
+            .filter(|_| !self.complete)
+            .map_or(0, |s| s.download_rate.load(Ordering::Relaxed));
+        (rate > 0).then(|| self.size().saturating_sub(self.have_bytes()) / rate)
+    }
+
     pub(super) fn download_dir(&self) -> &Path {
         &self.record.download_dir
     }
