@@ -12,8 +12,8 @@ use crate::support::daemon::{
     measure_download_rate, payload, watch_renamed, within,
 };
 use crate::support::{
-    LtClient, OpenTracker, PeerSpec, SHORT, SilentTracker, TRANSFER, TempDir, assert_same_files,
-    free_port, next_ip, tree_digest, wait_until,
+    LtClient, OpenTracker, SHORT, SilentTracker, TRANSFER, TempDir, assert_same_files, free_port,
+    tree_digest, wait_until,
 };
 use std::ffi::OsString;
 use std::fs;
@@ -496,16 +496,7 @@ fn a_seed_stops_uploading_at_its_ratio_limit_and_keeps_its_data() {
     let digest = tree_digest(&p.data());
 
     let out = work.subdir("leecher");
-    let _lt = LtClient::leech(
-        "libtorrent leecher",
-        &PeerSpec {
-            torrent: &p.torrent,
-            dir: &out,
-            ip: next_ip(),
-            peers: vec![d.addr()],
-            announce: false,
-        },
-    );
+    let _lt = LtClient::leech_from("libtorrent leecher", &p.torrent, &out, d.addr());
     let s = d.wait_snapshot(TRANSFER, "the seeding limit reached", |s| {
         s.status
             .torrent(&p.info_hash)

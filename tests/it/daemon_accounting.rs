@@ -13,9 +13,8 @@ use crate::support::daemon::{
     Daemon, DaemonHome, LtSeeder, Payload, Snapshot, TorrentEntry, TorrentStatus, within,
 };
 use crate::support::{
-    Announce, Btd, LtClient, PeerSpec, RecordingTracker, SHORT, ScriptClient, TRANSFER, TempDir,
-    TorrentInfo, TrackerReply, assert_same_files, describe_announces, next_ip, test_seed,
-    write_payload,
+    Announce, Btd, LtClient, RecordingTracker, SHORT, ScriptClient, TRANSFER, TempDir, TorrentInfo,
+    TrackerReply, assert_same_files, describe_announces, test_seed, write_payload,
 };
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -80,16 +79,7 @@ fn private_seed_in_home(home: &DaemonHome, work: &TempDir, name: &str, size: u64
 /// A libtorrent leecher of `p` that dials only `seed`, downloading into `work/<label>`.
 fn leecher(label: &str, p: &Payload, seed: SocketAddr, work: &TempDir) -> ScriptClient {
     let out = work.subdir(label);
-    LtClient::leech(
-        label,
-        &PeerSpec {
-            torrent: &p.torrent,
-            dir: &out,
-            ip: next_ip(),
-            peers: vec![seed],
-            announce: false,
-        },
-    )
+    LtClient::leech_from(label, &p.torrent, &out, seed)
 }
 
 /// Runs a libtorrent leecher of `p` from `seed` to its end and checks what it got.

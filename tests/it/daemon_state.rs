@@ -9,9 +9,7 @@
 use crate::support::daemon::{
     DaemonHome, Payload, Snapshot, Status, TorrentEntry, drop_into, files_in, watch_renamed, within,
 };
-use crate::support::{
-    LtClient, PeerSpec, SHORT, TRANSFER, TempDir, next_ip, test_seed, wait_until,
-};
+use crate::support::{LtClient, SHORT, TRANSFER, TempDir, test_seed, wait_until};
 use sha1::{Digest as _, Sha1};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -207,16 +205,7 @@ fn a_hup_raising_the_ratio_limit_lets_a_finished_torrent_seed_again() {
     let mut d = home.start("btd daemon");
     d.wait_seeding(&p.info_hash, SHORT);
     let out = work.subdir("leecher");
-    let lt = LtClient::leech(
-        "libtorrent leecher",
-        &PeerSpec {
-            torrent: &p.torrent,
-            dir: &out,
-            ip: next_ip(),
-            peers: vec![d.addr()],
-            announce: false,
-        },
-    );
+    let lt = LtClient::leech_from("libtorrent leecher", &p.torrent, &out, d.addr());
     d.wait_status(TRANSFER, "the ratio limit reached", |s| {
         state_of(s, &p).as_deref() == Some("finished")
     });

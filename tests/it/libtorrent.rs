@@ -3,8 +3,8 @@
 //! libtorrent leecher downloads from a btd seeder with a torrent made by `btd create`.
 
 use crate::support::{
-    Btd, LtClient, PeerSpec, Rng, SHORT, TRANSFER, TempDir, assert_same_files, mktorrent, next_ip,
-    test_seed, write_payload,
+    Btd, LtClient, Rng, SHORT, TRANSFER, TempDir, assert_same_files, mktorrent, next_ip, test_seed,
+    write_payload,
 };
 use std::ffi::OsString;
 
@@ -74,16 +74,7 @@ fn libtorrent_downloads_from_a_btd_seeder_with_a_btd_torrent() {
     let btd_addr = btd.wait_listening();
 
     let out = tmp.subdir("out");
-    let mut lt = LtClient::leech(
-        "libtorrent leecher",
-        &PeerSpec {
-            torrent: &torrent,
-            dir: &out,
-            ip: next_ip(),
-            peers: vec![btd_addr],
-            announce: false,
-        },
-    );
+    let mut lt = LtClient::leech_from("libtorrent leecher", &torrent, &out, btd_addr);
     lt.wait_complete(TRANSFER);
     assert_same_files(&seed_dir.join("lt-payload"), &out.join("lt-payload"));
     btd.terminate_and_assert_ok(SHORT);
@@ -132,15 +123,11 @@ fn btd_and_libtorrent_exchange_have_all_and_have_none() {
         });
     assert_same_files(&seed_dir.join("fast.bin"), &out.join("fast.bin"));
     // Now a libtorrent leecher meets btd as a seeder: btd sends have all.
-    let mut leecher = LtClient::leech(
+    let mut leecher = LtClient::leech_from(
         "libtorrent leecher",
-        &PeerSpec {
-            torrent: &torrent,
-            dir: &tmp.subdir("lt-out"),
-            ip: next_ip(),
-            peers: vec![btd_addr],
-            announce: false,
-        },
+        &torrent,
+        &tmp.subdir("lt-out"),
+        btd_addr,
     );
     btd.proc
         .wait_for_line(SHORT, "have all to the libtorrent leecher", |l| {

@@ -96,15 +96,11 @@ fn btd_hears_of_a_libtorrent_leecher_through_libtorrents_pex_and_connects_to_it(
         1_000_000,
         false,
     );
-    let mut leecher = LtClient::leech(
+    let mut leecher = LtClient::leech_from(
         "libtorrent leecher",
-        &PeerSpec {
-            torrent: &torrent,
-            dir: &tmp.subdir("lt"),
-            ip: next_ip(),
-            peers: vec![seeder.addr],
-            announce: false,
-        },
+        &torrent,
+        &tmp.subdir("lt"),
+        seeder.addr,
     );
     let lt_addr = leecher.wait_listening();
     let out_dir = tmp.subdir("btd");

@@ -7,7 +7,7 @@ use crate::support::daemon::{
 };
 use crate::support::rpc_client::RpcClient;
 use crate::support::{
-    LtClient, PeerSpec, RecordingTracker, SHORT, TempDir, TrackerReply, next_ip, parse_rpc_serving,
+    LtClient, RecordingTracker, SHORT, TempDir, TrackerReply, parse_rpc_serving,
     require_libtorrent, require_program, run_to_end, tree_digest,
 };
 use std::net::SocketAddr;
@@ -318,16 +318,7 @@ fn a_torrents_own_upload_limit_set_over_the_rpc_holds_its_uploads_to_it() {
     let info = ok(addr, &["-t", "1", "-i"]);
     assert!(info.contains("200 kB/s"), "{info}");
     let out = work.subdir("leecher");
-    let _lt = LtClient::leech(
-        "libtorrent leecher",
-        &PeerSpec {
-            torrent: &p.torrent,
-            dir: &out,
-            ip: next_ip(),
-            peers: vec![d.addr()],
-            announce: false,
-        },
-    );
+    let _lt = LtClient::leech_from("libtorrent leecher", &p.torrent, &out, d.addr());
     let uploaded = |s: &Snapshot| {
         s.status
             .torrent(&p.info_hash)

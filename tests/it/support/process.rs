@@ -598,6 +598,21 @@ impl LtClient {
         ScriptClient::spawn(name, "lt_client.py", "leech", spec, TRANSFER)
     }
 
+    /// A leecher of `torrent` into `dir`, on a loopback address of its own, that gets the
+    /// data from `seed` alone (no trackers).
+    pub fn leech_from(name: &str, torrent: &Path, dir: &Path, seed: SocketAddr) -> ScriptClient {
+        Self::leech(
+            name,
+            &PeerSpec {
+                torrent,
+                dir,
+                ip: super::next_ip(),
+                peers: vec![seed],
+                announce: false,
+            },
+        )
+    }
+
     /// A seeder of `torrent` (data in `dir`) on `ip` that dials nobody, once it listens and has
     /// checked its data; with its address. `announce`: use the torrent's trackers.
     pub fn ready_seeder(
