@@ -61,6 +61,21 @@ fn term_exits_in_time(d: &mut Daemon, what: &str) {
 }
 
 /// Waits until every torrent of `ps` is seeding.
+/// A patient daemon seeding five torrents of `tracker_url` from `[[torrent]]` entries, all
+/// seeding; with the directory of their .torrent files.
+fn five_seeding(label: &str, tracker_url: &str) -> (TempDir, DaemonHome, Vec<Payload>, Daemon) {
+    let work = TempDir::new(label);
+    let mut home = patient_home(label);
+    let ps = five_torrents(&home, &work, tracker_url);
+    for p in &ps {
+        home.add_torrent(TorrentEntry::new(&p.torrent));
+    }
+    home.write_config();
+    let mut d = home.start("btd daemon");
+    wait_all_seeding(&mut d, &ps);
+    (work, home, ps, d)
+}
+
 fn wait_all_seeding(d: &mut Daemon, ps: &[Payload]) {
     for p in ps {
         d.wait_seeding(&p.info_hash, SHORT);
@@ -77,16 +92,8 @@ fn wait_removal_begun(d: &mut Daemon, mark: usize, ps: &[Payload]) {
 
 #[test]
 fn term_exits_within_5_s_while_five_torrents_wait_on_a_silent_tracker() {
-    let work = TempDir::new("stop-silent-term");
     let silent = SilentTracker::start();
-    let mut home = patient_home("stop-silent-term");
-    let ps = five_torrents(&home, &work, &silent.announce_url());
-    for p in &ps {
-        home.add_torrent(TorrentEntry::new(&p.torrent));
-    }
-    home.write_config();
-    let mut d = home.start("btd daemon");
-    wait_all_seeding(&mut d, &ps);
+    let (_work, _home, _ps, mut d) = five_seeding("stop-silent-term", &silent.announce_url());
     // Every torrent's `started` is waiting on the tracker.
     silent.wait_connections(5, SHORT);
     term_exits_in_time(&mut d, "five announces hanging");
@@ -94,16 +101,8 @@ fn term_exits_within_5_s_while_five_torrents_wait_on_a_silent_tracker() {
 
 #[test]
 fn term_exits_within_5_s_while_five_stopped_announces_get_no_answer() {
-    let work = TempDir::new("stop-silent-stopped");
     let tracker = RecordingTracker::start();
-    let mut home = patient_home("stop-silent-stopped");
-    let ps = five_torrents(&home, &work, &tracker.announce_url());
-    for p in &ps {
-        home.add_torrent(TorrentEntry::new(&p.torrent));
-    }
-    home.write_config();
-    let mut d = home.start("btd daemon");
-    wait_all_seeding(&mut d, &ps);
+    let (_work, _home, ps, mut d) = five_seeding("stop-silent-stopped", &tracker.announce_url());
     for p in &ps {
         tracker.wait_event(&p.info_hash, Some("started"), 1, SHORT);
     }
@@ -114,16 +113,8 @@ fn term_exits_within_5_s_while_five_stopped_announces_get_no_answer() {
 
 #[test]
 fn removing_five_torrents_by_a_reload_does_not_hold_up_a_term() {
-    let work = TempDir::new("stop-silent-remove");
     let silent = SilentTracker::start();
-    let mut home = patient_home("stop-silent-remove");
-    let ps = five_torrents(&home, &work, &silent.announce_url());
-    for p in &ps {
-        home.add_torrent(TorrentEntry::new(&p.torrent));
-    }
-    home.write_config();
-    let mut d = home.start("btd daemon");
-    wait_all_seeding(&mut d, &ps);
+    let (_work, mut home, ps, mut d) = five_seeding("stop-silent-remove", &silent.announce_url());
     silent.wait_connections(5, SHORT);
 
     for p in &ps {
