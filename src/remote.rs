@@ -650,7 +650,9 @@ impl Settings {
         let mut out = Map::new();
         for (key, limit) in [("downloadLimit", self.down), ("uploadLimit", self.up)] {
             if let Some(kib) = limit {
-                out.insert(key.into(), json!(kib));
+                // The RPC's unit is Transmission's kB/s of 1000 bytes; ours, as in the config,
+                // KiB/s (rounded up, so a limit is never below what was asked).
+                out.insert(key.into(), json!((kib * 1024).div_ceil(1000)));
                 out.insert(format!("{key}ed"), json!(kib > 0));
             }
         }
@@ -1099,7 +1101,8 @@ mod tests {
         };
         assert_eq!(
             Value::Object(s.arguments().unwrap()),
-            json!({"downloadLimit": 0, "downloadLimited": false, "uploadLimit": 50,
+            // 50 KiB/s is 51.2 kB/s: 52 in the RPC's whole kB/s.
+            json!({"downloadLimit": 0, "downloadLimited": false, "uploadLimit": 52,
                    "uploadLimited": true, "seedRatioLimit": 0.0, "seedRatioMode": 2,
                    "labels": ["tv"]})
         );
