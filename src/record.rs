@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::atomic_file::{self, AtomicFileError};
 use crate::metainfo::InfoHash;
+use crate::selection::Selection;
 
 /// The format version this build writes and reads.
 pub const RECORD_VERSION: u32 = 1;
@@ -66,6 +67,10 @@ pub struct TorrentRecord {
     /// and `downloadLimited`, `uploadLimit` and `uploadLimited`).
     #[serde(default, skip_serializing_if = "OwnRates::is_none")]
     pub rates: OwnRates,
+    /// Which files are wanted and how urgently (the RPC's `files-wanted`/`files-unwanted` and
+    /// `priority-*`); empty: every file, normal.
+    #[serde(default, skip_serializing_if = "Selection::is_all")]
+    pub files: Selection,
 }
 
 /// A torrent's own rate limits, in the RPC's kB/s (1000 bytes); each applies while it is on.
@@ -155,6 +160,7 @@ impl TorrentRecord {
             labels: Vec::new(),
             peer_limit: None,
             rates: OwnRates::default(),
+            files: Selection::all(),
         }
     }
 
@@ -164,6 +170,15 @@ impl TorrentRecord {
         state_dir
             .join("torrents")
             .join(format!("{}.json", info_hash.to_hex()))
+    }
+
+    /// `<state_dir>/torrents/<hex info hash>.parts`: the part file, which holds the bytes of
+    /// wanted pieces that lie in files nobody wants (see `storage.rs`).
+    #[must_use]
+    pub fn part_path_in(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
+        state_dir
+            .join("torrents")
+            .join(format!("{}.parts", info_hash.to_hex()))
     }
 
     /// Reads the record at `path`; `Ok(None)` when there is none.

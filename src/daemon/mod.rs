@@ -26,7 +26,7 @@ use log::{debug, error, info, warn};
 use parking_lot::Mutex;
 
 use crate::config::{Config, TorrentEntry, TorrentRef};
-use crate::engine::Engine;
+use crate::engine::{Engine, RunOptions};
 use crate::magnet::Magnet;
 use crate::metadata_fetch::{self, FetchError, FetchParams};
 use crate::metainfo::{InfoHash, Metainfo};
@@ -36,7 +36,7 @@ use crate::resume::ResumeData;
 use crate::rpc::{RpcCall, RpcServer};
 use crate::session_settings::SessionSettings;
 use crate::status::{DaemonStatus, SwarmCounts, TorrentStatus, TrackerStatus};
-use crate::storage::{OpenMode, Storage};
+use crate::storage::Storage;
 use crate::torrent::{
     Control, ResumeTarget, Stopping, TorrentEvent, TorrentHandle, TorrentLimits, TorrentStats,
 };

@@ -94,6 +94,11 @@ impl Daemon {
                     t.storage_failures = 0;
                     t.save_record(&self.config.state_dir);
                 }
+                TorrentEvent::Incomplete => {
+                    // A new file selection wants more: it downloads again.
+                    t.complete = false;
+                    t.start_run_clock();
+                }
                 TorrentEvent::Failed(reason) => next = Some(State::Error(reason)),
                 TorrentEvent::RecheckNeeded(_) => {
                     // The coordinator logged why. Stop it and hash the data again.
@@ -243,14 +248,18 @@ impl Daemon {
         let t = &mut self.torrents[index];
         let progress = Arc::new(AtomicU32::new(0));
         t.state = State::Checking(Arc::clone(&progress));
-        let root = t.download_dir().to_owned();
-        let resume_path = t.resume_path(&state_dir);
-        let force = std::mem::take(&mut t.force_check);
+        let plan = CheckPlan {
+            root: t.download_dir().to_owned(),
+            resume_path: t.resume_path(&state_dir),
+            part_path: TorrentRecord::part_path_in(&state_dir, &t.info_hash),
+            wanted: t.record.files.wanted(meta.files.len()),
+            force: std::mem::take(&mut t.force_check),
+        };
         let tx = self.checked_tx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("check {}", meta.name))
             .spawn(move || {
-                let result = check_data(&meta, &root, &resume_path, threads, force, &progress);
+                let result = check_data(&meta, &plan, threads, &progress);
                 let _ = tx.send(Checked { meta, result });
             });
         if let Err(e) = spawned {
@@ -283,7 +292,12 @@ impl Daemon {
                 return;
             }
         };
-        t.complete = have.is_full();
+        t.complete = t
+            .piece_levels()
+            .iter()
+            .zip(0u32..)
+            .all(|(level, piece)| *level == 0 || have.get(piece));
+        t.have = Some(have.clone());
         t.verified_bytes = have
             .iter_ones()
             .map(|p| u64::from(meta.geometry.piece_len(p)))
@@ -296,7 +310,8 @@ impl Daemon {
             // the check found saved as its resume data.
             info!("torrent {}: checked; stays paused", t.name());
             let path = t.resume_path(&state_dir);
-            if let Err(e) = ResumeData::capture(&meta, t.download_dir(), &have).save(&path) {
+            let capture = ResumeData::capture(&meta, t.download_dir(), &have, storage.part_path());
+            if let Err(e) = capture.save(&path) {
                 warn!("torrent {}: {e}", t.name());
             }
             t.state = State::Paused;
@@ -315,8 +330,11 @@ impl Daemon {
             Arc::new(storage),
             have,
             t.peers.clone(),
-            Some(resume),
-            allowance,
+            RunOptions {
+                resume: Some(resume),
+                upload_allowance: allowance,
+                selection: t.record.files.clone(),
+            },
         ) {
             Ok(handle) => {
                 if t.record.peer_limit.is_some() {
@@ -342,17 +360,28 @@ pub(super) fn is_active(t: &Managed) -> bool {
     matches!(t.state, State::Checking(_) | State::Running(_))
 }
 
+/// Where a torrent's data and state are, for a check.
+pub(super) struct CheckPlan {
+    /// The download directory.
+    pub(super) root: PathBuf,
+    pub(super) resume_path: PathBuf,
+    pub(super) part_path: PathBuf,
+    /// Which files are wanted (the others are not created).
+    pub(super) wanted: Vec<bool>,
+    /// Ignore resume data and hash everything.
+    pub(super) force: bool,
+}
+
 /// Opens the files and finds the verified pieces: from resume data when it still matches the
 /// files, else by hashing. Runs on a `check NAME` thread.
 pub(super) fn check_data(
     meta: &Metainfo,
-    root: &Path,
-    resume_path: &Path,
+    plan: &CheckPlan,
     threads: usize,
-    force: bool,
     progress: &AtomicU32,
 ) -> Result<(Storage, Bitfield), String> {
-    if force {
+    let (root, resume_path) = (plan.root.as_path(), plan.resume_path.as_path());
+    if plan.force {
         // The data changed under a running torrent: the resume data may list pieces that are
         // gone. Remove it first, so a crash during the check cannot bring it back.
         if let Err(e) = std::fs::remove_file(resume_path)
@@ -361,9 +390,10 @@ pub(super) fn check_data(
             return Err(format!("{}: cannot remove: {e}", resume_path.display()));
         }
     }
-    let storage = Storage::open(root, meta, OpenMode::Download).map_err(|e| e.to_string())?;
+    let storage = Storage::open_selected(root, meta, &plan.wanted, &plan.part_path)
+        .map_err(|e| e.to_string())?;
     let why = match ResumeData::load(resume_path) {
-        Ok(Some(resume)) => match resume.check(meta, root) {
+        Ok(Some(resume)) => match resume.check(meta, root, storage.part_path()) {
             Ok(have) => {
                 info!(
                     "torrent {}: resume data matches, {}/{} pieces",
@@ -375,9 +405,11 @@ pub(super) fn check_data(
             }
             Err(stale) => format!("resume data not used: {stale}"),
         },
-        Ok(None) if force => "resume data set aside (a check was asked for, or its data changed \
+        Ok(None) if plan.force => {
+            "resume data set aside (a check was asked for, or its data changed \
                                while it ran)"
-            .to_owned(),
+                .to_owned()
+        }
         Ok(None) => "no resume data".to_owned(),
         Err(e) => format!("resume data not used: {e}"),
     };

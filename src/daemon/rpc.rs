@@ -6,6 +6,8 @@
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
+use crate::selection::{Priority, Selection};
+
 use super::*;
 
 /// A method's `arguments`, and what it answers.
@@ -352,12 +354,17 @@ impl Daemon {
                 "status" => json!(status),
                 "error" => json!(error.0),
                 "errorString" => json!(error.1),
-                "totalSize" | "sizeWhenDone" => json!(size),
-                "leftUntilDone" => json!(size.saturating_sub(have)),
+                "totalSize" => json!(size),
+                "sizeWhenDone" => json!(t.wanted_size()),
+                "leftUntilDone" => json!(t.left_until_done()),
                 "haveValid" => json!(have),
                 "haveUnchecked" | "corruptEver" => json!(0),
                 "desiredAvailable" => json!(0),
-                "percentDone" | "percentComplete" => json!(fraction(have, size)),
+                "percentComplete" => json!(fraction(have, size)),
+                "percentDone" => json!(fraction(
+                    t.wanted_size() - t.left_until_done().min(t.wanted_size()),
+                    t.wanted_size()
+                )),
                 "metadataPercentComplete" => json!(if t.meta.is_some() { 1.0 } else { 0.0 }),
                 "recheckProgress" => json!(t.check_fraction().unwrap_or(0.0)),
                 "rateDownload" => json!(rate_down),
@@ -403,15 +410,15 @@ impl Daemon {
                 "pieceSize" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.piece_len)),
                 "queuePosition" => json!(index),
                 "magnetLink" => json!(magnet_link(t)),
-                "files" => json!(file_list(t, run)),
-                "fileStats" => json!(file_stats(t, run)),
+                "files" => json!(file_list(t)),
+                "fileStats" => json!(file_stats(t)),
                 // `file-count` is Transmission 4's name; Sonarr asks for `fileCount` too.
                 "fileCount" | "file-count" => {
                     json!(t.meta.as_ref().map_or(0, |m| m.files.len()))
                 }
                 // Transmission's own answer when it cannot tell the type of the data.
                 "primary-mime-type" => json!("application/octet-stream"),
-                "pieces" => json!(pieces_base64(t, run)),
+                "pieces" => json!(pieces_base64(t)),
                 "torrentFile" => {
                     json!(
                         torrent_file(t, &self.config.state_dir)
@@ -431,8 +438,16 @@ impl Daemon {
                 // No bandwidth groups; no edits (torrent-set) to date.
                 "group" => json!(""),
                 "editDate" => json!(0),
-                "wanted" => json!(vec![1; t.meta.as_ref().map_or(0, |m| m.files.len())]),
-                "priorities" => json!(vec![0; t.meta.as_ref().map_or(0, |m| m.files.len())]),
+                "wanted" => json!(
+                    (0..file_count(t))
+                        .map(|i| u8::from(t.record.files.get(i).is_wanted()))
+                        .collect::<Vec<_>>()
+                ),
+                "priorities" => json!(
+                    (0..file_count(t))
+                        .map(|i| t.record.files.get(i).transmission())
+                        .collect::<Vec<_>>()
+                ),
                 "trackers" => json!(trackers(t)),
                 "trackerStats" => json!(tracker_stats(t, run)),
                 "seedRatioLimit" => json!(match t.record.ratio_limit {
@@ -492,25 +507,24 @@ impl Daemon {
         };
         let paused = args.get("paused").and_then(Value::as_bool).unwrap_or(false);
         let labels = labels_arg(args)?.unwrap_or_default();
-        // File selection and priorities are not done yet: refused, never silently dropped.
-        for key in [
-            "files-wanted",
-            "files-unwanted",
-            "priority-high",
-            "priority-low",
-            "priority-normal",
-        ] {
-            let asks = match args.get(key) {
-                None => false,
-                Some(Value::Array(list)) => {
-                    !(list.is_empty() || key == "files-wanted" || key == "priority-normal")
+        let files = match &origin {
+            Origin::Meta(meta) => Some(meta.files.len()),
+            _ => None,
+        };
+        let mut selection = Selection::all();
+        match files {
+            Some(files) => apply_file_args(&mut selection, files, args, false)?,
+            None => {
+                if let Some(key) = FILE_ARGS.iter().find(|k| {
+                    args.get(**k)
+                        .and_then(Value::as_array)
+                        .is_some_and(|l| !l.is_empty())
+                }) {
+                    return Err(format!(
+                        "{key}: a magnet link's files are not known until its metadata \
+                         arrives; not added (add it, then choose files with torrent-set)"
+                    ));
                 }
-                Some(_) => true,
-            };
-            if asks {
-                return Err(format!(
-                    "{key}: btd does not select files or set priorities (yet); not added"
-                ));
             }
         }
         let dir = args
@@ -544,11 +558,35 @@ impl Daemon {
                 t.record.magnet = magnet_uri;
                 t.record.paused = Some(paused);
                 t.record.labels = labels;
+                t.record.files = selection;
                 t.save_record(&self.config.state_dir);
                 Ok(added("torrent-added", t))
             }
             Err(i) => Ok(added("torrent-duplicate", &self.torrents[i])),
         }
+    }
+
+    /// A torrent's new file selection: kept in its record, given to its run, and whether it
+    /// is complete follows (a seeding torrent that wants more downloads again).
+    fn select_files(&mut self, index: usize, selection: Selection) {
+        let t = &mut self.torrents[index];
+        if t.record.files == selection {
+            return;
+        }
+        t.record.files = selection;
+        if let State::Running(handle) = &t.state {
+            handle.send(Control::Select(t.record.files.clone()));
+            return; // the run says when it completes, or downloads again
+        }
+        let levels = t.piece_levels();
+        t.complete = match &t.have {
+            Some(have) => levels
+                .iter()
+                .zip(0u32..)
+                .all(|(level, piece)| *level == 0 || have.get(piece)),
+            // Not checked since the daemon started: the next start finds out.
+            None => false,
+        };
     }
 
     /// `torrent-set`: labels, the ratio limit (`seedRatioMode` 0 global, 1 its own
@@ -577,10 +615,28 @@ impl Daemon {
                 _ => return Err(format!("peer-limit: {v} is not a number of peers > 0")),
             },
         };
+        // Check every torrent's file arguments before changing anything.
+        let mut selections = Vec::new();
+        for &index in &selected {
+            let t = &self.torrents[index];
+            let mut selection = t.record.files.clone();
+            match &t.meta {
+                Some(meta) => apply_file_args(&mut selection, meta.files.len(), args, true)?,
+                None if FILE_ARGS.iter().any(|k| args.contains_key(*k)) => {
+                    return Err(format!(
+                        "{}: its files are not known until its metadata arrives",
+                        t.name()
+                    ));
+                }
+                None => {}
+            }
+            selections.push(selection);
+        }
         for (key, value) in args {
             let honest_no_op = match key.as_str() {
                 "ids" | "seedRatioLimit" | "seedRatioMode" | "labels" | "peer-limit"
-                | "queuePosition" => true,
+                | "queuePosition" | "files-wanted" | "files-unwanted" | "priority-high"
+                | "priority-low" | "priority-normal" => true,
                 // btd has no idle limit: "follow the session" (which has none) is true.
                 "seedIdleMode" => value.as_u64() == Some(0),
 
@@ -596,7 +652,8 @@ impl Daemon {
                 unsupported.push(key.clone());
             }
         }
-        for &index in &selected {
+        for (&index, selection) in selected.iter().zip(selections) {
+            self.select_files(index, selection);
             let t = &mut self.torrents[index];
             if !t.has_record() {
                 continue;
@@ -813,11 +870,13 @@ impl Daemon {
             let top = t.meta.as_ref().map(|m| t.download_dir().join(&m.name));
             let root = t.download_dir().to_owned();
             let resume = t.resume_path(&self.config.state_dir);
+            let part = TorrentRecord::part_path_in(&self.config.state_dir, &t.info_hash);
             self.removed_ids.push(t.id);
             self.remove(index);
             if delete {
                 delete_torrent_files(&files, top.as_deref(), &root);
                 let _ = std::fs::remove_file(resume);
+                let _ = std::fs::remove_file(part);
             }
         }
         if refused.is_empty() {
@@ -895,15 +954,13 @@ fn torrent_file(t: &Managed, state_dir: &Path) -> PathBuf {
 /// The verified pieces as a BitTorrent bitfield in base64 (Transmission's `pieces`): a
 /// running torrent's, all when complete; a stopped incomplete torrent's are not kept in
 /// memory, so none.
-fn pieces_base64(t: &Managed, run: Option<&Arc<TorrentStats>>) -> String {
+fn pieces_base64(t: &Managed) -> String {
     let Some(meta) = &t.meta else {
         return String::new();
     };
-    let have = match run {
-        _ if t.complete => Bitfield::full(meta.geometry.num_pieces),
-        Some(run) => run.have.lock().clone(),
-        None => Bitfield::new(meta.geometry.num_pieces),
-    };
+    let have = t
+        .have_pieces()
+        .unwrap_or_else(|| Bitfield::new(meta.geometry.num_pieces));
     base64::engine::general_purpose::STANDARD.encode(have.as_bytes())
 }
 
@@ -1056,17 +1113,13 @@ fn host_of(url: &str) -> String {
 
 /// Bytes of each file that lie in verified pieces: the running torrent's pieces, else all of
 /// them when complete, else none known.
-fn file_done(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<u64> {
+fn file_done(t: &Managed) -> Vec<u64> {
     let Some(meta) = &t.meta else {
         return Vec::new();
     };
-    if t.complete {
-        return meta.files.iter().map(|f| f.len).collect();
-    }
-    let Some(run) = run else {
+    let Some(have) = t.have_pieces() else {
         return vec![0; meta.files.len()];
     };
-    let have = run.have.lock();
     let g = meta.geometry;
     meta.files
         .iter()
@@ -1088,13 +1141,13 @@ fn file_done(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<u64> {
         .collect()
 }
 
-fn file_list(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
+fn file_list(t: &Managed) -> Vec<Value> {
     let Some(meta) = &t.meta else {
         return Vec::new();
     };
     meta.files
         .iter()
-        .zip(file_done(t, run))
+        .zip(file_done(t))
         .map(|(f, done)| {
             json!({
                 "name": f.path.to_string_lossy(),
@@ -1107,11 +1160,84 @@ fn file_list(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
         .collect()
 }
 
-fn file_stats(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
-    file_done(t, run)
+fn file_stats(t: &Managed) -> Vec<Value> {
+    file_done(t)
         .into_iter()
-        .map(|done| json!({"bytesCompleted": done, "wanted": true, "priority": 0}))
+        .enumerate()
+        .map(|(i, done)| {
+            let priority = t.record.files.get(i);
+            json!({
+                "bytesCompleted": done,
+                "wanted": priority.is_wanted(),
+                "priority": priority.transmission(),
+            })
+        })
         .collect()
+}
+
+fn file_count(t: &Managed) -> usize {
+    t.meta.as_ref().map_or(0, |m| m.files.len())
+}
+
+/// The RPC's file-selection arguments, in the order they apply.
+const FILE_ARGS: [&str; 5] = [
+    "priority-high",
+    "priority-normal",
+    "priority-low",
+    "files-wanted",
+    "files-unwanted",
+];
+
+/// Applies the file-selection arguments in `args` to `selection` of a torrent with `files`
+/// files: priorities first (a file that is not wanted stays so), then `files-wanted` (a file
+/// not wanted becomes wanted at normal priority) and `files-unwanted`. Each is a list of file
+/// indices; with `empty_is_all` (torrent-set, as Transmission) an empty list means every file.
+///
+/// # Errors
+/// An argument that is not a list of file indices of this torrent, named; nothing is changed.
+fn apply_file_args(
+    selection: &mut Selection,
+    files: usize,
+    args: &Args,
+    empty_is_all: bool,
+) -> Result<(), String> {
+    let mut out = selection.clone();
+    for key in FILE_ARGS {
+        let Some(value) = args.get(key) else {
+            continue;
+        };
+        let Some(list) = value.as_array() else {
+            return Err(format!("{key}: not a list of file indices"));
+        };
+        let mut indices = Vec::with_capacity(list.len());
+        for v in list {
+            match v.as_u64().and_then(|i| usize::try_from(i).ok()) {
+                Some(i) if i < files => indices.push(i),
+                _ => {
+                    return Err(format!(
+                        "{key}: {v} is not a file index of this torrent (it has {files} files)"
+                    ));
+                }
+            }
+        }
+        if indices.is_empty() && empty_is_all {
+            indices = (0..files).collect();
+        }
+        for i in indices {
+            let now = out.get(i);
+            let new = match key {
+                "priority-high" if now.is_wanted() => Priority::High,
+                "priority-normal" if now.is_wanted() => Priority::Normal,
+                "priority-low" if now.is_wanted() => Priority::Low,
+                "files-wanted" if !now.is_wanted() => Priority::Normal,
+                "files-unwanted" => Priority::Skip,
+                _ => now,
+            };
+            out.set(files, i, new);
+        }
+    }
+    *selection = out;
+    Ok(())
 }
 
 /// Deletes a removed torrent's own files, then the directories of its top directory that are

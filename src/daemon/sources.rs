@@ -338,7 +338,6 @@ impl Daemon {
         self.torrents.iter().position(|t| t.info_hash == *info_hash)
     }
 
-    /// Stops (if running) and forgets a torrent. Its data stays on disk.
     /// Stops (if running) and forgets a torrent, its record included (as transmission forgets
     /// a removed torrent's resume file). Its data and resume data stay on disk.
     pub(super) fn remove(&mut self, index: usize) {

@@ -217,6 +217,9 @@ pub(super) struct Managed {
     /// Every piece verified, as last known.
     pub(super) complete: bool,
     pub(super) verified_bytes: u64,
+    /// The verified pieces as last known: from its check, then from the end of each run
+    /// (while it runs, its run's own are current).
+    pub(super) have: Option<Bitfield>,
     /// The counters of its current run: while its coordinator runs, and while it stops (see
     /// `Daemon::stopping`). Folded into `record` once that run has ended.
     pub(super) run: Option<Arc<TorrentStats>>,
@@ -259,6 +262,7 @@ impl Managed {
             state: State::Paused,
             complete: false,
             verified_bytes: 0,
+            have: None,
             run: None,
             seeding_since: None,
             downloading_since: None,
@@ -291,12 +295,69 @@ impl Managed {
         }
     }
 
-    /// Verified bytes (all of them when complete).
+    /// Verified bytes (when complete and not checked since the daemon started: what its
+    /// wanted files hold).
     pub(super) fn have_bytes(&self) -> u64 {
-        if self.complete {
-            self.size()
+        if self.complete && self.have.is_none() && self.running().is_none() {
+            self.wanted_size()
         } else {
             self.verified_bytes
+        }
+    }
+
+    /// The verified pieces: its run's while it runs, else as last known; `None` when not
+    /// known (not checked since the daemon started) and not complete.
+    pub(super) fn have_pieces(&self) -> Option<Bitfield> {
+        let meta = self.meta.as_ref()?;
+        if let Some(run) = self.running() {
+            return Some(run.have.lock().clone());
+        }
+        match &self.have {
+            Some(have) => Some(have.clone()),
+            None if self.complete && self.record.files.is_all() => {
+                Some(Bitfield::full(meta.geometry.num_pieces))
+            }
+            None => None,
+        }
+    }
+
+    /// Each piece's priority level by its file selection (0: not wanted).
+    pub(super) fn piece_levels(&self) -> Vec<u8> {
+        self.meta.as_ref().map_or_else(Vec::new, |m| {
+            self.record.files.piece_levels(&m.geometry, &m.files)
+        })
+    }
+
+    /// Bytes of the pieces its file selection wants (Transmission's `sizeWhenDone`).
+    pub(super) fn wanted_size(&self) -> u64 {
+        match &self.meta {
+            Some(m) if !self.record.files.is_all() => {
+                crate::selection::wanted_bytes(&m.geometry, &self.piece_levels())
+            }
+            _ => self.size(),
+        }
+    }
+
+    /// Bytes of wanted pieces not verified (Transmission's `leftUntilDone`).
+    pub(super) fn left_until_done(&self) -> u64 {
+        if let Some(run) = self.running() {
+            return run.left();
+        }
+        if self.complete {
+            return 0;
+        }
+        let Some(meta) = &self.meta else {
+            return 0;
+        };
+        match &self.have {
+            Some(have) => self
+                .piece_levels()
+                .iter()
+                .zip(0u32..)
+                .filter(|(level, piece)| **level > 0 && !have.get(*piece))
+                .map(|(_, piece)| u64::from(meta.geometry.piece_len(piece)))
+                .sum(),
+            None => self.wanted_size().saturating_sub(self.verified_bytes),
         }
     }
 
@@ -317,7 +378,7 @@ impl Managed {
             .running()
             .filter(|_| !self.complete)
             .map_or(0, |s| s.download_rate.load(Ordering::Relaxed));
-        (rate > 0).then(|| self.size().saturating_sub(self.have_bytes()) / rate)
+        (rate > 0).then(|| self.left_until_done() / rate)
     }
 
     pub(super) fn download_dir(&self) -> &Path {
@@ -391,6 +452,8 @@ impl Managed {
         if self.run.as_ref().is_some_and(|r| Arc::ptr_eq(r, run)) {
             self.record.uploaded += run.uploaded.load(Ordering::Relaxed);
             self.record.downloaded += run.downloaded.load(Ordering::Relaxed);
+            self.verified_bytes = run.verified_bytes.load(Ordering::Relaxed);
+            self.have = Some(run.have.lock().clone());
             self.run = None;
         }
     }
