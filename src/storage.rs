@@ -89,8 +89,11 @@ pub struct Segment {
 pub struct Storage {
     files: Vec<StoredFile>,
     geometry: Geometry,
-    /// Present when some file may live in it (a selection was given).
+    /// Open when some file lives in it.
     part: Option<PartFile>,
+    /// Where the part file is (when a selection was given), open or not: resume data stamps
+    /// it whenever it exists.
+    part_path: Option<PathBuf>,
 }
 
 impl Storage {
@@ -193,12 +196,13 @@ impl Storage {
             files,
             geometry: meta.geometry,
             part,
+            part_path: selection.map(|(_, path)| path.to_owned()),
         })
     }
 
-    /// The part file's path, when this storage keeps some file's bytes in one.
+    /// Where this torrent's part file is (opened with a selection), whether or not it exists.
     pub fn part_path(&self) -> Option<&Path> {
-        self.part.as_ref().map(|p| p.path.as_path())
+        self.part_path.as_deref()
     }
 
     /// Files wanted now (one flag per file): each one kept in the part file so far is created

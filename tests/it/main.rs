@@ -19,6 +19,7 @@ mod daemon_tracker;
 mod extension;
 mod fake_peer;
 mod faults;
+mod files;
 mod hostile;
 mod libtorrent;
 mod magnet;
