@@ -330,7 +330,8 @@ impl Daemon {
                     progress: if t.meta.is_none() {
                         0.0
                     } else {
-                        have_bytes as f64 / size.max(1) as f64
+                        let wanted = t.wanted_size();
+                        wanted.saturating_sub(t.left_until_done()) as f64 / wanted.max(1) as f64
                     },
                     check_progress: t.check_fraction(),
                     size_bytes: size,
