@@ -349,6 +349,10 @@ impl Coordinator {
             rng: rand::make_rng(),
         };
         c.add_addrs(params.peers);
+        // The selection may have changed while the data was checked: the files it wants and
+        // the check kept out of the disk are created now (nothing to do otherwise).
+        let wanted = c.selection.wanted(c.meta.files.len());
+        c.disk_send(DiskJob::WantFiles(wanted));
         if c.picker.is_done() {
             // Complete before this run: `started` says so with left=0. `completed` is only for
             // a download that finishes while we run (trackers count it as a snatch).
