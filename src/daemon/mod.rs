@@ -9,9 +9,11 @@
 //! (`tracker_server`), started and stopped with it and reconfigured on SIGHUP.
 //!
 //! This module holds the `Daemon` (its start, main loop, status and shutdown); its other jobs
-//! are in `sources` (entries, watch files and magnets coming and going), `watch` (the watch
-//! directory), `queue` (slots, seeding limits, checks, runs stopping), `reload` (SIGHUP),
-//! `torrent` (one torrent's state and record) and `signals`.
+//! are in `lifecycle` (the pure core: every torrent's phase, events in, actions out, the
+//! queue's turns; the only writer of a phase), `sources` (entries, watch files and magnets
+//! coming and going), `watch` (the watch directory), `queue` (carrying out the core's actions:
+//! checks, runs, moves, runs stopping), `reload` (SIGHUP), `torrent` (one torrent's lifecycle,
+//! resources and record) and `signals`.
 
 use std::collections::HashSet;
 use std::io::Write;
