@@ -9,9 +9,11 @@
 //! (`tracker_server`), started and stopped with it and reconfigured on SIGHUP.
 //!
 //! This module holds the `Daemon` (its start, main loop, status and shutdown); its other jobs
-//! are in `sources` (entries, watch files and magnets coming and going), `watch` (the watch
-//! directory), `queue` (slots, seeding limits, checks, runs stopping), `reload` (SIGHUP),
-//! `torrent` (one torrent's state and record) and `signals`.
+//! are in `lifecycle` (the pure core: every torrent's phase, events in, actions out, the
+//! queue's turns; the only writer of a phase), `sources` (entries, watch files and magnets
+//! coming and going), `watch` (the watch directory), `queue` (carrying out the core's actions:
+//! checks, runs, moves, runs stopping), `reload` (SIGHUP), `torrent` (one torrent's lifecycle,
+//! resources and record) and `signals`.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -44,6 +46,7 @@ use crate::tracker_server::{TrackerConfig, TrackerServer};
 use crate::watched::{self, Watched};
 use crate::wire::Bitfield;
 
+mod lifecycle;
 mod queue;
 mod reload;
 mod rpc;
@@ -52,6 +55,9 @@ mod sources;
 mod torrent;
 mod watch;
 
+use lifecycle::{
+    Action, Lifecycle, MoveOutcome, Phase, QueueMove, Refused, Scheduled, Slots, moved,
+};
 use queue::*;
 pub use signals::{LogFile, Signal, signals};
 use sources::*;
@@ -131,6 +137,9 @@ pub struct Daemon {
     removed_ids: Vec<u32>,
     /// Watch-dir files that did not parse yet (uploads in progress, or broken files settling).
     watch_pending: WatchPending,
+    /// The queue order the records keep is restored (at the end of the start): torrents
+    /// added from now on join at the end.
+    queue_restored: bool,
 }
 
 impl Daemon {
@@ -216,6 +225,7 @@ impl Daemon {
             started: Instant::now(),
             removed_ids: Vec::new(),
             watch_pending: WatchPending::default(),
+            queue_restored: false,
         };
         info!(
             "daemon started (pid {}), config {}, state {}",
@@ -228,6 +238,7 @@ impl Daemon {
         }
         daemon.scan_watch_dir();
         daemon.add_rpc_torrents();
+        daemon.restore_queue_order();
         daemon.engine.log_listening();
         Ok(daemon)
     }
@@ -239,7 +250,6 @@ impl Daemon {
         let mut next_record_save = Instant::now() + RECORD_SAVE_INTERVAL;
         loop {
             self.reap_stopped();
-            self.start_moves();
             self.schedule();
             if Instant::now() >= next_record_save {
                 self.save_records();
@@ -326,7 +336,7 @@ impl Daemon {
                     } else {
                         String::new()
                     },
-                    state: t.state.name(t.complete).into(),
+                    state: t.life.name().into(),
                     progress: if t.meta.is_none() {
                         0.0
                     } else {
@@ -346,13 +356,13 @@ impl Daemon {
                     upload_rate: up_rate,
                     peers,
                     ratio: t.ratio(),
-                    error: match &t.state {
-                        State::Error(e) => Some(e.clone()),
+                    error: match t.life.phase() {
+                        Phase::Error(e) => Some(e.clone()),
                         _ => None,
                     },
                     source: t.source.describe(),
-                    swarm: match &t.state {
-                        State::Running(h) if h.stats.swarm.known.load(Ordering::Acquire) => {
+                    swarm: match &t.handle {
+                        Some(h) if h.stats.swarm.known.load(Ordering::Acquire) => {
                             Some(SwarmCounts {
                                 seeders: h.stats.swarm.seeders.load(Ordering::Relaxed),
                                 leechers: h.stats.swarm.leechers.load(Ordering::Relaxed),
@@ -405,19 +415,11 @@ impl Daemon {
         // metadata fetch (dropping its `stop`) meanwhile.
         let mut fetches = Vec::new();
         for index in 0..self.torrents.len() {
-            let t = &mut self.torrents[index];
-            if matches!(t.state, State::Metadata(_))
-                && let State::Metadata(fetching) = std::mem::replace(&mut t.state, State::Stopped)
-            {
+            if let Some(fetching) = self.torrents[index].fetching.take() {
                 fetches.push(fetching.thread);
             }
-            // Paused, finished and errored torrents say so in the last status file.
-            if matches!(
-                self.torrents[index].state,
-                State::Queued | State::Checking(_) | State::Running(_) | State::Stopped
-            ) {
-                self.stop_torrent(index, State::Stopped);
-            }
+            let actions = self.torrents[index].life.on_shutdown();
+            self.apply(index, actions);
         }
         // Every run stops in parallel; wait for them on their channels, within the budget.
         let mut left = 0;

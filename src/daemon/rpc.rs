@@ -56,7 +56,7 @@ impl Daemon {
             "torrent-set-location" => self.rpc_set_location(args),
             "torrent-reannounce" => {
                 for index in self.rpc_select(args)? {
-                    if let State::Running(handle) = &self.torrents[index].state {
+                    if let Some(handle) = &self.torrents[index].handle {
                         handle.send(Control::Reannounce);
                     }
                 }
@@ -202,14 +202,10 @@ impl Daemon {
     }
 
     fn rpc_session_stats(&self) -> Args {
-        let active = self
-            .torrents
-            .iter()
-            .filter(|t| matches!(t.state, State::Running(_)))
-            .count();
+        let active = self.torrents.iter().filter(|t| t.handle.is_some()).count();
         let (mut down, mut up, mut uploaded, mut downloaded) = (0u64, 0u64, 0u64, 0u64);
         for t in &self.torrents {
-            if let State::Running(h) = &t.state {
+            if let Some(h) = &t.handle {
                 down += h.stats.download_rate.load(Ordering::Relaxed);
                 up += h.stats.upload_rate.load(Ordering::Relaxed);
             }
@@ -259,7 +255,7 @@ impl Daemon {
         match args.get("ids") {
             None => Ok((0..self.torrents.len()).collect()),
             Some(Value::String(s)) if s == "recently-active" => Ok((0..self.torrents.len())
-                .filter(|&i| matches!(self.torrents[i].state, State::Running(_)))
+                .filter(|&i| self.torrents[i].handle.is_some())
                 .collect()),
             Some(Value::Array(list)) => {
                 let mut out = Vec::new();
@@ -323,22 +319,23 @@ impl Daemon {
         let load = |f: fn(&TorrentStats) -> u64| run.map_or(0, |s| f(s));
         let rate_down = load(|s| s.download_rate.load(Ordering::Relaxed));
         let rate_up = load(|s| s.upload_rate.load(Ordering::Relaxed));
-        let status = match &t.state {
-            State::Metadata(_) => status::DOWNLOAD,
-            State::Queued if t.force_check => status::CHECK_WAIT,
-            State::Queued if t.complete => status::SEED_WAIT,
-            State::Queued => status::DOWNLOAD_WAIT,
-            State::Checking(_) => status::CHECK,
-            State::Running(_) if t.complete => status::SEED,
-            State::Running(_) => status::DOWNLOAD,
-            State::Paused
-            | State::Finished
-            | State::Stopped
-            | State::Error(_)
-            | State::Moving { .. } => status::STOPPED,
+        let complete = t.life.complete();
+        let status = match t.life.phase() {
+            Phase::Metadata => status::DOWNLOAD,
+            Phase::Queued if t.life.force_check() => status::CHECK_WAIT,
+            Phase::Queued if complete => status::SEED_WAIT,
+            Phase::Queued => status::DOWNLOAD_WAIT,
+            Phase::Checking => status::CHECK,
+            Phase::Running if complete => status::SEED,
+            Phase::Running => status::DOWNLOAD,
+            Phase::Paused
+            | Phase::Finished
+            | Phase::Stopped
+            | Phase::Error(_)
+            | Phase::Moving { .. } => status::STOPPED,
         };
-        let error = match &t.state {
-            State::Error(e) => (3, e.clone()),
+        let error = match t.life.phase() {
+            Phase::Error(e) => (3, e.clone()),
             _ => (0, String::new()),
         };
         let eta = t.eta_secs().map_or(ETA_NOT_AVAILABLE, |secs| {
@@ -377,7 +374,7 @@ impl Daemon {
                     uploaded as f64 / size as f64
                 }),
                 "eta" | "etaIdle" => json!(eta),
-                "isFinished" => json!(matches!(t.state, State::Finished)),
+                "isFinished" => json!(*t.life.phase() == Phase::Finished),
                 // btd has no stalled-queue rule (`queue-stalled-enabled` is false): never.
                 "isStalled" => json!(false),
                 "isPrivate" => json!(t.meta.as_ref().is_some_and(|m| m.private)),
@@ -574,19 +571,17 @@ impl Daemon {
             return;
         }
         t.record.files = selection;
-        if let State::Running(handle) = &t.state {
+        if let Some(handle) = &t.handle {
+            // The run says when it completes, or downloads again.
             handle.send(Control::Select(t.record.files.clone()));
-            return; // the run says when it completes, or downloads again
         }
-        let levels = t.piece_levels();
-        t.complete = match &t.have {
-            Some(have) => levels
-                .iter()
-                .zip(0u32..)
-                .all(|(level, piece)| *level == 0 || have.get(piece)),
-            // Not checked since the daemon started: the next start finds out.
-            None => false,
-        };
+        // Not checked since the daemon started: the next start finds out.
+        let complete = t
+            .have
+            .as_ref()
+            .is_some_and(|have| covers_wanted(&t.piece_levels(), have));
+        let actions = t.life.on_selection_changed(complete);
+        self.apply(index, actions);
     }
 
     /// `torrent-set`: labels, the ratio limit (`seedRatioMode` 0 global, 1 its own
@@ -687,14 +682,14 @@ impl Daemon {
             rates.download_limited = flag("downloadLimited").unwrap_or(rates.download_limited);
             rates.upload_limited = flag("uploadLimited").unwrap_or(rates.upload_limited);
             if *rates != before
-                && let State::Running(handle) = &t.state
+                && let Some(handle) = &t.handle
             {
                 apply_own_rates(handle, &t.record);
             }
             if peer_limit.is_some() {
                 t.record.peer_limit = peer_limit;
                 let limits = self.torrent_limits(&self.torrents[index]);
-                if let State::Running(handle) = &self.torrents[index].state {
+                if let Some(handle) = &self.torrents[index].handle {
                     handle.send(Control::SetLimits(limits));
                 }
             }
@@ -702,18 +697,8 @@ impl Daemon {
         }
         self.apply_seed_limits();
         if let Some(position) = args.get("queuePosition").and_then(Value::as_u64) {
-            let mut sorted = selected;
-            sorted.sort_unstable();
-            let mut taken: Vec<Managed> = sorted
-                .iter()
-                .rev()
-                .map(|&index| self.torrents.remove(index))
-                .collect();
-            taken.reverse();
-            let at = usize::try_from(position)
-                .unwrap_or(usize::MAX)
-                .min(self.torrents.len());
-            self.torrents.splice(at..at, taken);
+            let at = usize::try_from(position).unwrap_or(usize::MAX);
+            self.reorder_queue(QueueMove::To(at), &selected);
         }
         if unsupported.is_empty() {
             Ok(Map::new())
@@ -730,8 +715,7 @@ impl Daemon {
     /// `queue-move-top`, `-up`, `-down`, `-bottom`: the order queued torrents start in.
     fn rpc_queue_move(&mut self, args: &Args, how: QueueMove) -> Result<Args, String> {
         let selected = self.rpc_select(args)?;
-        let torrents = std::mem::take(&mut self.torrents);
-        self.torrents = moved(torrents, &selected, how);
+        self.reorder_queue(how, &selected);
         Ok(Map::new())
     }
 
@@ -751,24 +735,20 @@ impl Daemon {
             if t.meta.is_none() || *t.download_dir() == to {
                 continue;
             }
-            if matches!(t.state, State::Checking(_) | State::Moving { .. }) {
-                return Err(format!(
-                    "torrent {}: busy {}; try again",
-                    t.name(),
-                    t.state.name(t.complete)
-                ));
-            }
+            let asked = if with_data {
+                t.life.on_move_requested(to.clone())
+            } else {
+                t.life.on_relocated()
+            };
+            let actions = asked.map_err(|Refused::Busy(what)| {
+                format!("torrent {}: busy {what}; try again", t.name())
+            })?;
             if with_data {
                 info!(
                     "torrent {}: moving its data to {} over the RPC",
                     t.name(),
                     to.display()
                 );
-                let next = State::Moving {
-                    to: to.clone(),
-                    started: false,
-                };
-                self.stop_torrent(index, next);
             } else {
                 info!(
                     "torrent {}: its data is now looked for in {} (set over the RPC)",
@@ -776,14 +756,8 @@ impl Daemon {
                     to.display()
                 );
                 t.record.download_dir.clone_from(&to);
-                t.force_check = true;
-                let paused = t.paused;
-                if paused {
-                    self.stop_torrent(index, State::Paused);
-                } else {
-                    self.stop_torrent(index, State::Queued);
-                }
             }
+            self.apply(index, actions);
         }
         Ok(Map::new())
     }
@@ -795,28 +769,27 @@ impl Daemon {
             if !t.has_record() {
                 continue;
             }
-            t.paused = pause;
             t.record.paused = Some(pause);
-            if pause {
-                if !matches!(t.state, State::Paused) {
+            let actions = if pause {
+                if *t.life.phase() != Phase::Paused {
                     info!("torrent {}: paused over the RPC", t.name());
-                    self.stop_torrent(index, State::Paused);
                 }
-            } else if matches!(
-                t.state,
-                State::Paused | State::Finished | State::Stopped | State::Error(_)
-            ) {
-                info!("torrent {}: started over the RPC", t.name());
-                t.retry_at = None;
-                self.unpause(index);
-            }
+                t.life.on_pause_requested()
+            } else {
+                let actions = t.life.on_resume_requested();
+                if !actions.is_empty() {
+                    info!("torrent {}: started over the RPC", t.name());
+                }
+                actions
+            };
+            self.apply(index, actions);
             self.torrents[index].save_record(&self.config.state_dir);
         }
         Ok(Map::new())
     }
 
     /// `torrent-verify`: the data is hashed again, resume data ignored; a running torrent
-    /// stops for it and runs again after.
+    /// stops for it and runs again after, a paused one stays paused.
     fn rpc_verify(&mut self, args: &Args) -> Result<Args, String> {
         for index in self.rpc_select(args)? {
             let t = &mut self.torrents[index];
@@ -824,12 +797,8 @@ impl Daemon {
                 continue;
             }
             info!("torrent {}: verifying over the RPC", t.name());
-            t.force_check = true;
-            match t.state {
-                State::Running(_) => self.stop_torrent(index, State::Queued),
-                State::Checking(_) => {}
-                _ => t.state = State::Queued,
-            }
+            let actions = t.life.on_verify_requested();
+            self.apply(index, actions);
         }
         Ok(Map::new())
     }
@@ -890,55 +859,6 @@ impl Daemon {
             ))
         }
     }
-}
-
-/// Where `queue-move-*` puts the torrents it names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum QueueMove {
-    Top,
-    Up,
-    Down,
-    Bottom,
-}
-
-/// The queue after moving the torrents at `selected` (indices into `order`), keeping their
-/// order among themselves: to the top or bottom, or one place up or down. Pure.
-pub(super) fn moved<T>(order: Vec<T>, selected: &[usize], how: QueueMove) -> Vec<T> {
-    let len = order.len();
-    let chosen: Vec<bool> = (0..len).map(|i| selected.contains(&i)).collect();
-    let mut slots: Vec<Option<T>> = order.into_iter().map(Some).collect();
-    let mut positions: Vec<usize> = (0..len).collect();
-    match how {
-        QueueMove::Top | QueueMove::Bottom => {
-            let (mut first, mut rest): (Vec<usize>, Vec<usize>) =
-                positions.iter().partition(|&&i| chosen[i]);
-            positions = if how == QueueMove::Top {
-                first.append(&mut rest);
-                first
-            } else {
-                rest.append(&mut first);
-                rest
-            };
-        }
-        QueueMove::Up => {
-            for i in 1..len {
-                if chosen[positions[i]] && !chosen[positions[i - 1]] {
-                    positions.swap(i, i - 1);
-                }
-            }
-        }
-        QueueMove::Down => {
-            for i in (0..len.saturating_sub(1)).rev() {
-                if chosen[positions[i]] && !chosen[positions[i + 1]] {
-                    positions.swap(i, i + 1);
-                }
-            }
-        }
-    }
-    positions
-        .into_iter()
-        .map(|i| slots[i].take().expect("each position once"))
-        .collect()
 }
 
 /// The `.torrent` file a torrent was read from or saved to (empty: none yet, a magnet link
@@ -1322,20 +1242,6 @@ fn free_bytes(path: &Path) -> Option<i64> {
 mod tests {
     use super::*;
     use crate::test_dir::TempDir;
-
-    #[test]
-    fn queue_moves_keep_the_moved_torrents_in_their_order() {
-        let q = || vec!['a', 'b', 'c', 'd', 'e'];
-        let s = |v: Vec<char>| v.into_iter().collect::<String>();
-        assert_eq!(s(moved(q(), &[3, 1], QueueMove::Top)), "bdace");
-        assert_eq!(s(moved(q(), &[3, 1], QueueMove::Bottom)), "acebd");
-        assert_eq!(s(moved(q(), &[3, 1], QueueMove::Up)), "badce");
-        assert_eq!(s(moved(q(), &[3, 1], QueueMove::Down)), "acbed");
-        // At the edge already, or next to each other: nothing jumps over a moved one.
-        assert_eq!(s(moved(q(), &[0, 1], QueueMove::Up)), "abcde");
-        assert_eq!(s(moved(q(), &[3, 4], QueueMove::Down)), "abcde");
-        assert_eq!(s(moved(q(), &[], QueueMove::Top)), "abcde");
-    }
 
     #[test]
     fn scrape_urls_and_hosts_of_announce_urls() {

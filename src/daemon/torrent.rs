@@ -1,13 +1,9 @@
-//! One torrent as the daemon sees it (`Managed`): where it came from, its state, its record
-//! and the counters of its current run; the seeding limits as pure functions; the storage
-//! retry back-off.
+//! One torrent as the daemon sees it (`Managed`): where it came from, its lifecycle (written
+//! only by `lifecycle.rs`), what goes with its phase (fetch thread, check progress, the running
+//! coordinator's handle), its record and the counters of its current run; the seeding limits as
+//! pure functions.
 
 use super::*;
-
-/// A torrent stopped by a storage error (disk full, unwritable directory) is retried after this
-/// wait, doubled per failure up to [`STORAGE_RETRY_MAX`]; SIGHUP retries it at once.
-pub(super) const STORAGE_RETRY_BASE: Duration = Duration::from_secs(60);
-pub(super) const STORAGE_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 
 /// Where a torrent came from, which also decides how it is removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,49 +61,9 @@ impl Origin {
 
 /// A running `metadata NAME` thread.
 pub(super) struct Fetching {
-    /// Never sent on: dropping it (with the state) ends the fetch.
+    /// Never sent on: dropping it (`Managed::fetching`) ends the fetch.
     pub(super) _stop: Sender<()>,
     pub(super) thread: Watched<()>,
-}
-
-pub(super) enum State {
-    /// A magnet link's metadata is being fetched.
-    Metadata(Fetching),
-    /// Waiting for a download slot, or (complete) for a seed slot.
-    Queued,
-    /// Its data is being checked; the counter is the pieces checked so far.
-    Checking(Arc<AtomicU32>),
-    Running(TorrentHandle),
-    Paused,
-    /// Seeding limit reached; data kept, not uploading.
-    Finished,
-    /// The daemon stopped cleanly (what the last status file says).
-    Stopped,
-    /// Its files are moving to `to` (once its last run has ended, on a `move NAME` thread);
-    /// then it goes back to the queue, or to paused.
-    Moving {
-        to: PathBuf,
-        started: bool,
-    },
-    Error(String),
-}
-
-impl State {
-    pub(super) fn name(&self, complete: bool) -> &'static str {
-        match self {
-            State::Metadata(_) => "metadata",
-            State::Queued if complete => "queued_seed",
-            State::Queued => "queued",
-            State::Checking(_) => "checking",
-            State::Running(_) if complete => "seeding",
-            State::Running(_) => "downloading",
-            State::Paused => "paused",
-            State::Finished => "finished",
-            State::Stopped => "stopped",
-            State::Moving { .. } => "moving",
-            State::Error(_) => "error",
-        }
-    }
 }
 
 /// The seeding limits of `[seeding]`.
@@ -212,10 +168,14 @@ pub(super) struct Managed {
     /// What was last saved of the record (nothing is written while it is unchanged).
     pub(super) saved: Option<TorrentRecord>,
     pub(super) peers: Vec<SocketAddr>,
-    pub(super) paused: bool,
-    pub(super) state: State,
-    /// Every piece verified, as last known.
-    pub(super) complete: bool,
+    /// Its phase and what drives it: read here, written only by `lifecycle.rs`.
+    pub(super) life: Lifecycle,
+    /// Its metadata fetch, while in phase metadata (dropping it ends the fetch).
+    pub(super) fetching: Option<Fetching>,
+    /// While checking: the pieces checked so far.
+    pub(super) check_progress: Arc<AtomicU32>,
+    /// Its coordinator, while in phase running.
+    pub(super) handle: Option<TorrentHandle>,
     pub(super) verified_bytes: u64,
     /// The verified pieces as last known: from its check, then from the end of each run
     /// (while it runs, its run's own are current).
@@ -231,22 +191,18 @@ pub(super) struct Managed {
     pub(super) last_seen_totals: (u64, u64),
     /// When the current run started (seconds since the Unix epoch).
     pub(super) run_started_unix: u64,
-    /// In state error from a storage error: when it is retried by itself (SIGHUP retries now).
-    pub(super) retry_at: Option<Instant>,
-    /// Storage errors in a row (the retry back-off doubles with each); reset on completion.
-    pub(super) storage_failures: u32,
-    /// The next check ignores resume data and hashes everything (data changed under us).
-    pub(super) force_check: bool,
 }
 
 impl Managed {
-    /// A torrent just added: paused, metadata and run unknown; the caller fills in the rest.
+    /// A torrent just added with its lifecycle; metadata and run unknown, the caller fills in
+    /// the rest.
     pub(super) fn new(
         id: u32,
         info_hash: InfoHash,
         name: String,
         source: Source,
         record: TorrentRecord,
+        life: Lifecycle,
     ) -> Self {
         Self {
             id,
@@ -258,9 +214,10 @@ impl Managed {
             record,
             saved: None,
             peers: Vec::new(),
-            paused: false,
-            state: State::Paused,
-            complete: false,
+            life,
+            fetching: None,
+            check_progress: Arc::new(AtomicU32::new(0)),
+            handle: None,
             verified_bytes: 0,
             have: None,
             run: None,
@@ -268,9 +225,6 @@ impl Managed {
             downloading_since: None,
             last_seen_totals: (0, 0),
             run_started_unix: 0,
-            retry_at: None,
-            storage_failures: 0,
-            force_check: false,
         }
     }
 
@@ -289,16 +243,13 @@ impl Managed {
 
     /// The counters of the run in progress, while its coordinator runs.
     pub(super) fn running(&self) -> Option<&Arc<TorrentStats>> {
-        match &self.state {
-            State::Running(handle) => Some(&handle.stats),
-            _ => None,
-        }
+        self.handle.as_ref().map(|handle| &handle.stats)
     }
 
     /// Verified bytes (when complete and not checked since the daemon started: what its
     /// wanted files hold).
     pub(super) fn have_bytes(&self) -> u64 {
-        if self.complete && self.have.is_none() && self.running().is_none() {
+        if self.life.complete() && self.have.is_none() && self.running().is_none() {
             self.wanted_size()
         } else {
             self.verified_bytes
@@ -314,7 +265,7 @@ impl Managed {
         }
         match &self.have {
             Some(have) => Some(have.clone()),
-            None if self.complete && self.record.files.is_all() => {
+            None if self.life.complete() && self.record.files.is_all() => {
                 Some(Bitfield::full(meta.geometry.num_pieces))
             }
             None => None,
@@ -343,7 +294,7 @@ impl Managed {
         if let Some(run) = self.running() {
             return run.left();
         }
-        if self.complete {
+        if self.life.complete() {
             return 0;
         }
         let Some(meta) = &self.meta else {
@@ -363,9 +314,9 @@ impl Managed {
 
     /// While checking: the fraction of pieces checked so far.
     pub(super) fn check_fraction(&self) -> Option<f64> {
-        match (&self.state, &self.meta) {
-            (State::Checking(done), Some(meta)) => Some(
-                f64::from(done.load(Ordering::Relaxed))
+        match (self.life.phase(), &self.meta) {
+            (Phase::Checking, Some(meta)) => Some(
+                f64::from(self.check_progress.load(Ordering::Relaxed))
                     / f64::from(meta.geometry.num_pieces.max(1)),
             ),
             _ => None,
@@ -376,7 +327,7 @@ impl Managed {
     pub(super) fn eta_secs(&self) -> Option<u64> {
         let rate = self
             .running()
-            .filter(|_| !self.complete)
+            .filter(|_| !self.life.complete())
             .map_or(0, |s| s.download_rate.load(Ordering::Relaxed));
         (rate > 0).then(|| self.left_until_done() / rate)
     }
@@ -434,7 +385,7 @@ impl Managed {
     /// It runs now: seeding when complete, else downloading (its clock for the other stops).
     pub(super) fn start_run_clock(&mut self) {
         self.stop_run_clock();
-        if self.complete {
+        if self.life.complete() {
             self.seeding_since = Some(Instant::now());
         } else {
             self.downloading_since = Some(Instant::now());
@@ -467,42 +418,33 @@ impl Managed {
     /// Saves the record if it changed since the last save; a failure is logged (the next
     /// save tries again).
     pub(super) fn save_record(&mut self, state_dir: &Path) {
-        if !self.has_record() {
+        if self.saved.as_ref() == Some(&self.record_now()) {
             return;
+        }
+        if let Err(e) = self.save_record_now(state_dir) {
+            warn!("torrent {}: {e}", self.name);
+        }
+    }
+
+    /// Saves the record (when it has one), saying whether that worked: for what must be on
+    /// disk before going on (a move's target).
+    pub(super) fn save_record_now(
+        &mut self,
+        state_dir: &Path,
+    ) -> Result<(), crate::record::RecordError> {
+        if !self.has_record() {
+            return Ok(());
         }
         let now = self.record_now();
-        if self.saved.as_ref() == Some(&now) {
-            return;
-        }
-        match now.save(&TorrentRecord::path_in(state_dir, &self.info_hash)) {
-            Ok(()) => self.saved = Some(now),
-            Err(e) => warn!("torrent {}: {e}", self.name),
-        }
-    }
-
-    /// The wait before the next retry after `storage_failures` storage errors in a row.
-    pub(super) fn retry_after(&self) -> Duration {
-        storage_retry_after(self.storage_failures)
-    }
-
-    /// Counts a storage error and schedules the retry.
-    pub(super) fn set_retry(&mut self) {
-        self.storage_failures = self.storage_failures.saturating_add(1);
-        self.retry_at = Some(Instant::now() + self.retry_after());
+        now.save(&TorrentRecord::path_in(state_dir, &self.info_hash))?;
+        self.saved = Some(now);
+        Ok(())
     }
 }
 
 /// Whole seconds since `since`, 0 without one.
 fn secs_since(since: Option<Instant>) -> u64 {
     since.map_or(0, |since| since.elapsed().as_secs())
-}
-
-/// The wait before retrying a torrent after `failures` storage errors in a row: 60 s, doubling,
-/// at most 30 min.
-pub(super) fn storage_retry_after(failures: u32) -> Duration {
-    STORAGE_RETRY_BASE
-        .saturating_mul(1 << failures.saturating_sub(1).min(5))
-        .min(STORAGE_RETRY_MAX)
 }
 
 #[cfg(test)]
@@ -607,14 +549,5 @@ mod tests {
             l.reached(MIB, 2 * MIB, 0).unwrap().to_string(),
             "ratio limit reached (ratio 2.000, limit 2)"
         );
-    }
-
-    #[test]
-    fn storage_retries_wait_a_minute_then_double_up_to_half_an_hour() {
-        let minutes: Vec<u64> = (1..=8)
-            .map(|n| storage_retry_after(n).as_secs() / 60)
-            .collect();
-        assert_eq!(minutes, [1, 2, 4, 8, 16, 30, 30, 30]);
-        assert_eq!(storage_retry_after(u32::MAX), STORAGE_RETRY_MAX);
     }
 }
