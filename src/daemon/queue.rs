@@ -25,6 +25,7 @@ impl Daemon {
     pub(super) fn schedule(&mut self) {
         for index in 0..self.torrents.len() {
             self.poll_running(index);
+            self.torrents[index].note_state();
         }
         let now = Instant::now();
         for index in 0..self.torrents.len() {

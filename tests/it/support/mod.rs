@@ -1,11 +1,13 @@
 //! Shared machinery of the integration tests: temporary directories, deterministic payloads,
 //! file comparison by hash, bounded waits, and wrappers around the processes a test runs
 //! (btd itself, libtorrent and transmission through `scripts/clients/`, opentracker, fake
-//! trackers: one answering garbage, one recording every announce, one that never answers). Every process is killed and every directory removed on `Drop`, also on panic; on
+//! trackers: one answering garbage, one recording every announce, one that never answers;
+//! headless Chromium through chromedriver). Every process is killed and every directory removed on `Drop`, also on panic; on
 //! panic each process's log is printed so the failure message says what the peers saw.
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod browser;
 pub mod daemon;
 pub mod fake_peer;
 mod process;
