@@ -28,6 +28,7 @@ mod pex;
 mod rpc;
 mod rpc_clients;
 mod rpc_diff;
+mod rpc_security;
 mod rpc_web;
 mod swarm;
 mod tracker;
