@@ -22,6 +22,24 @@ fn shown_percent(details: &str) -> Option<f64> {
     details[open + 1..close].trim().parse().ok()
 }
 
+/// A screenshot of the page into the test's directory (and into `$BTD_TEST_SCREENSHOTS`, when
+/// set, to look at after the test), with the page's text on stderr.
+fn screenshot(browser: &Browser, work: &TempDir, name: &str) {
+    let shot = work.path().join(name);
+    let bytes = browser.screenshot(&shot);
+    eprintln!(
+        "screenshot {} ({bytes} bytes); the page reads:\n{}",
+        shot.display(),
+        browser.page_text()
+    );
+    if let Some(dir) = std::env::var_os("BTD_TEST_SCREENSHOTS") {
+        let to = Path::new(&dir).join(name);
+        if let Err(e) = std::fs::copy(&shot, &to) {
+            eprintln!("copy to {}: {e}", to.display());
+        }
+    }
+}
+
 #[test]
 fn transmissions_web_client_in_chromium_lists_pauses_and_removes_a_downloading_torrent() {
     assert!(
@@ -97,16 +115,7 @@ fn transmissions_web_client_in_chromium_lists_pauses_and_removes_a_downloading_t
         .text_in(&row, ".torrent_peer_details")
         .unwrap_or_default();
     assert!(peers.starts_with("Downloading from"), "{peers:?}");
-    let shot = work.path().join("web-client.png");
-    let bytes = browser.screenshot(&shot);
-    eprintln!(
-        "screenshot of the web client: {} ({bytes} bytes); page text:\n{}",
-        shot.display(),
-        browser.page_text()
-    );
-    if let Some(dir) = std::env::var_os("BTD_TEST_SCREENSHOTS") {
-        let _ = std::fs::copy(&shot, Path::new(&dir).join("web-client.png"));
-    }
+    screenshot(&browser, &work, "web-client-downloading.png");
 
     // Pause: select the row, then the toolbar's pause button. btd stops the torrent; the page
     // shows it paused.
@@ -123,6 +132,7 @@ fn transmissions_web_client_in_chromium_lists_pauses_and_removes_a_downloading_t
         let details = b.text_in(&row, ".torrent_peer_details")?;
         (details == "Paused").then_some(())
     });
+    screenshot(&browser, &work, "web-client-paused.png");
 
     // Remove: the toolbar's remove button asks first; confirmed, the torrent is gone from btd
     // and from the page, and its data stays.
