@@ -362,7 +362,8 @@ fn five_hundred_idle_connections_and_five_hundred_requests_at_once_leave_the_dae
     assert!(held.len() > 400, "only {} connected", held.len());
     let waited = session_get_answered(addr, &id, SHORT);
     eprintln!("500 idle connections from a stranger: session-get answered after {waited:?}");
-    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    // Not a head timeout (5 s) per connection, nor one for them all.
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
     drop(held);
 
     // 500 real requests at once, each retried until answered (as clients retry a refused
