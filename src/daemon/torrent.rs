@@ -492,7 +492,7 @@ mod tests {
         // A minute later, paused and idle: not active.
         t.state_seen.1 -= 61;
         assert!(!t.recently_active(60));
-        // Resumed and paused again before the main loop looked: a change.
+        // Resumed (queued) and not yet looked at by the main loop: a change.
         t.state = State::Queued;
         assert!(t.recently_active(60));
         t.note_state();
