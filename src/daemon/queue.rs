@@ -65,6 +65,7 @@ impl Daemon {
     pub(super) fn schedule(&mut self) {
         for index in 0..self.torrents.len() {
             self.poll_running(index);
+            self.torrents[index].note_state();
         }
         let limits = self.seed_limits();
         let reached: Vec<Option<LimitReached>> = self

@@ -32,6 +32,9 @@ mod status {
 /// `eta` when there is none to give (Transmission's `TR_ETA_NOT_AVAIL`).
 const ETA_NOT_AVAILABLE: i64 = -1;
 
+/// `recently-active` means active within this many seconds, as in Transmission.
+const RECENTLY_ACTIVE_SECS: u64 = 60;
+
 impl Daemon {
     /// Answers one call from the RPC's workers.
     pub(super) fn on_rpc(&mut self, call: RpcCall) {
@@ -234,7 +237,8 @@ impl Daemon {
     // ---- torrents ------------------------------------------------------------------------
 
     /// The torrents `ids` names: all without it; a number (our id), a hash string, or a list
-    /// of either; `recently-active`: those running now.
+    /// of either; `recently-active`: those running now or active within the last minute
+    /// ([`RECENTLY_ACTIVE_SECS`]).
     fn rpc_select(&self, args: &Args) -> Result<Vec<usize>, String> {
         let one = |v: &Value| -> Result<Option<usize>, String> {
             if let Some(id) = v.as_u64() {
@@ -255,7 +259,7 @@ impl Daemon {
         match args.get("ids") {
             None => Ok((0..self.torrents.len()).collect()),
             Some(Value::String(s)) if s == "recently-active" => Ok((0..self.torrents.len())
-                .filter(|&i| self.torrents[i].handle.is_some())
+                .filter(|&i| self.torrents[i].recently_active(RECENTLY_ACTIVE_SECS))
                 .collect()),
             Some(Value::Array(list)) => {
                 let mut out = Vec::new();

@@ -191,6 +191,9 @@ pub(super) struct Managed {
     pub(super) last_seen_totals: (u64, u64),
     /// When the current run started (seconds since the Unix epoch).
     pub(super) run_started_unix: u64,
+    /// The state's name when the main loop last looked, and since when (seconds since the
+    /// Unix epoch): the RPC's `recently-active` lists torrents whose state changed lately.
+    pub(super) state_seen: (&'static str, u64),
 }
 
 impl Managed {
@@ -225,6 +228,8 @@ impl Managed {
             downloading_since: None,
             last_seen_totals: (0, 0),
             run_started_unix: 0,
+            // Not yet looked at: added just now counts as a change.
+            state_seen: ("", unix_now()),
         }
     }
 
@@ -366,6 +371,25 @@ impl Managed {
         }
     }
 
+    /// Notes a change of state since the last look (once per main-loop turn).
+    pub(super) fn note_state(&mut self) {
+        let name = self.life.name();
+        if name != self.state_seen.0 {
+            self.state_seen = (name, unix_now());
+        }
+    }
+
+    /// Whether it runs, or moved payload or changed state (added, paused, resumed, finished,
+    /// ...) within the last `secs` seconds: Transmission's `recently-active`, which its web
+    /// client polls, so that it sees a torrent it has just paused stop.
+    pub(super) fn recently_active(&self, secs: u64) -> bool {
+        let since = unix_now().saturating_sub(secs);
+        self.handle.is_some()
+            || self.life.name() != self.state_seen.0
+            || self.state_seen.1 >= since
+            || self.record.activity_unix >= since
+    }
+
     pub(super) fn ratio(&self) -> f64 {
         self.totals().0 as f64 / self.size().max(1) as f64
     }
@@ -459,6 +483,29 @@ mod tests {
             ratio: Some(ratio).filter(|r| *r > 0.0),
             time: Duration::from_secs(time_secs),
         }
+    }
+
+    #[test]
+    fn a_torrent_is_recently_active_for_a_minute_after_it_was_added_or_paused() {
+        let hash = InfoHash([2; 20]);
+        let record = TorrentRecord::new(&hash, Path::new("d"));
+        let mut t = Managed::new(1, hash, "t".into(), Source::Rpc, record);
+        // Added, not yet looked at by the main loop, then looked at: a change either way.
+        assert!(t.recently_active(60));
+        t.note_state();
+        assert!(t.recently_active(60));
+        // A minute later, paused and idle: not active.
+        t.state_seen.1 -= 61;
+        assert!(!t.recently_active(60));
+        // Resumed (queued) and not yet looked at by the main loop: a change.
+        t.state = State::Queued;
+        assert!(t.recently_active(60));
+        t.note_state();
+        t.state_seen.1 -= 61;
+        assert!(!t.recently_active(60));
+        // Payload moved lately.
+        t.record.activity_unix = unix_now();
+        assert!(t.recently_active(60));
     }
 
     #[test]
