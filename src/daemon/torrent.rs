@@ -489,7 +489,14 @@ mod tests {
     fn a_torrent_is_recently_active_for_a_minute_after_it_was_added_or_paused() {
         let hash = InfoHash([2; 20]);
         let record = TorrentRecord::new(&hash, Path::new("d"));
-        let mut t = Managed::new(1, hash, "t".into(), Source::Rpc, record);
+        let mut t = Managed::new(
+            1,
+            hash,
+            "t".into(),
+            Source::Rpc,
+            record,
+            Lifecycle::new(true, false),
+        );
         // Added, not yet looked at by the main loop, then looked at: a change either way.
         assert!(t.recently_active(60));
         t.note_state();
@@ -498,7 +505,9 @@ mod tests {
         t.state_seen.1 -= 61;
         assert!(!t.recently_active(60));
         // Resumed (queued) and not yet looked at by the main loop: a change.
-        t.state = State::Queued;
+        t.life.on_pause_requested();
+        t.life.on_resume_requested();
+        assert_eq!(t.life.name(), "queued");
         assert!(t.recently_active(60));
         t.note_state();
         t.state_seen.1 -= 61;
