@@ -139,6 +139,8 @@ struct Peers {
     #[serde(deserialize_with = "integer")]
     max_per_ip: usize,
     #[serde(deserialize_with = "integer")]
+    max_per_prefix: usize,
+    #[serde(deserialize_with = "integer")]
     upload_slots: usize,
 }
 
@@ -148,6 +150,7 @@ impl Default for Peers {
             max_per_torrent: 50,
             max_global: 500,
             max_per_ip: 8,
+            max_per_prefix: 32,
             upload_slots: 8,
         }
     }
@@ -668,6 +671,7 @@ impl Config {
         positive("peers.max_per_torrent", file.peers.max_per_torrent as u64)?;
         positive("peers.max_global", file.peers.max_global as u64)?;
         positive("peers.max_per_ip", file.peers.max_per_ip as u64)?;
+        positive("peers.max_per_prefix", file.peers.max_per_prefix as u64)?;
         positive(
             "network.write_timeout_secs",
             file.network.write_timeout_secs,
@@ -773,6 +777,7 @@ impl Config {
             status_interval: Duration::from_secs(file.status.interval_secs),
             limits: TorrentLimits {
                 max_peers: file.peers.max_per_torrent,
+                max_per_prefix: file.peers.max_per_prefix,
                 upload_slots: file.peers.upload_slots,
                 connect_timeout: Duration::from_secs(file.network.connect_timeout_secs),
                 write_timeout: Duration::from_secs(file.network.write_timeout_secs),

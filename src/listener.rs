@@ -2,9 +2,11 @@
 //! peer thread, which reads the peer's handshake and finds the torrent by its info hash in the
 //! registry. The listener itself never reads from a socket, so a slow peer cannot stall it.
 //!
-//! Connection floods are refused at `accept`, before a thread is spawned: when every slot of the
-//! global peer budget is taken, when [`MAX_HANDSHAKING`] connections are still in their
-//! handshake, or when the remote IP already holds `peers.max_per_ip` incoming connections.
+//! Connection floods are refused at `accept`, before a thread is spawned: when
+//! [`MAX_HANDSHAKING`] connections are still in their handshake, or when the remote IP already
+//! holds `peers.max_per_ip` incoming connections. A full peer budget does not refuse at accept:
+//! the torrent may make room for the newcomer by dropping a peer that does nothing useful
+//! (`torrent/admission.rs`), so the handshake goes on and the coordinator decides.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -118,9 +120,6 @@ impl OpenConnections {
         limits: &Limits,
         max_handshaking: usize,
     ) -> Result<Slot, String> {
-        if limits.peers.is_full() {
-            return Err("global peer limit reached".into());
-        }
         let mut per_ip = self.per_ip.lock();
         let n = per_ip.get(&ip).copied().unwrap_or(0);
         if n >= limits.peers.max_per_ip() {
@@ -253,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_past_the_handshaking_cap_and_a_full_peer_budget() {
+    fn refuses_past_the_handshaking_cap_but_not_for_a_full_peer_budget() {
         let limits = Limits::new(0, 0, 100);
         let open = Arc::new(OpenConnections::default());
         let mut first = open.admit(V4, &limits, 2).unwrap();
@@ -266,7 +265,8 @@ mod tests {
         assert!(limits.peers.try_acquire());
         assert!(
             open.admit(IpAddr::V4(Ipv4Addr::LOCALHOST), &limits, 100)
-                .is_err()
+                .is_ok(),
+            "a full budget is the torrent's to judge: it may make room"
         );
     }
 }

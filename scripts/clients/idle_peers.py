@@ -2,11 +2,12 @@
 """Hold many idle BitTorrent peer connections open against one client, for memory benchmarks.
 
     idle_peers.py --to IP:PORT --info-hash HEX --count N [--from-net 127.9] [--timeout S]
-                  [--ignore-stdin]
+                  [--ignore-stdin] [--spread]
 
 Opens N TCP connections to IP:PORT, each from its own loopback source address (127.9.x.y, so
 per-IP connection limits do not apply), sends a BitTorrent handshake for the info hash and reads
-the peer's, then sends nothing more: a peer that has nothing and wants nothing. It prints `CONNECTED n` once n connections have completed their handshake
+the peer's, then sends nothing more (with --spread each comes from a /24 network of its own,
+127.<20 + n / 250>.<1 + n % 250>.1, so per-network limits do not apply either): a peer that has nothing and wants nothing. It prints `CONNECTED n` once n connections have completed their handshake
 (n <= N: the other side may refuse some), then keeps them open, answering nothing and sending a
 keep-alive every 60 s, until stdin closes, SIGTERM/SIGINT, or --timeout seconds pass.
 With --ignore-stdin, stdin is not watched (for a background run with stdin at /dev/null).
@@ -56,6 +57,7 @@ def main():
     ap.add_argument("--from-net", default="127.9", help="first two octets of the source addresses")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds to hold them at most")
     ap.add_argument("--ignore-stdin", action="store_true", help="do not stop when stdin closes")
+    ap.add_argument("--spread", action="store_true", help="one /24 network per connection")
     args = ap.parse_args()
     host, port = args.to.rsplit(":", 1)
     to = (host, int(port))
@@ -67,7 +69,10 @@ def main():
     socks, errors = [], {}
     deadline = time.monotonic() + 60
     for i in range(args.count):
-        source = "%s.%d.%d" % (args.from_net, 1 + i // 250, 1 + i % 250)
+        if args.spread:
+            source = "127.%d.%d.1" % (20 + i // 250, 1 + i % 250)
+        else:
+            source = "%s.%d.%d" % (args.from_net, 1 + i // 250, 1 + i % 250)
         try:
             socks.append(connect(to, source, info_hash, i, deadline))
         except OSError as err:  # includes ConnectionError and timeouts

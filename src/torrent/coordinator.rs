@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 use log::{debug, error, info, warn};
 
+use super::admission;
 use super::choker::{self, CHOKE_INTERVAL, Candidate, OPTIMISTIC_INTERVAL};
 use super::disk::{self, DiskJob, DiskQueue, DiskResult};
 use super::picker::{PeerKey, Picker, Received, saturating_u32};
@@ -176,6 +177,16 @@ struct Peer {
     max_pipeline: usize,
     last_block_at: Instant,
     connected_at: Instant,
+    /// When payload last moved either way (none yet: `None`).
+    last_payload_at: Option<Instant>,
+    /// When either side was last interested (the connection's start until one is).
+    last_interest_at: Instant,
+    /// BEP 40 priority of this connection: the tie-break when room must be made.
+    priority: u32,
+    /// Dropped to make room: it no longer counts against the limits, and when
+    /// `slot_given_away` its global peer slot went to the newcomer that replaced it.
+    leaving: bool,
+    slot_given_away: bool,
     rate_down: u64,
     rate_up: u64,
     last_down: u64,
@@ -225,6 +236,8 @@ struct Coordinator {
     last_optimistic: Instant,
     last_tick: Instant,
     complete_announced: bool,
+    /// When an incoming peer was last refused (it waits for a slot).
+    last_refused: Option<Instant>,
     /// The trackers heard `completed` (once per run, and never for a run that started done).
     tracker_told_completed: bool,
     /// Which files are wanted (the picker's levels come from it).
@@ -341,6 +354,7 @@ impl Coordinator {
             last_tick: now,
             complete_announced: false,
             tracker_told_completed: false,
+            last_refused: None,
             syncing: false,
             failed: false,
             rechecking: false,
@@ -622,22 +636,44 @@ impl Coordinator {
         if let Some(info) = self.addrs.get_mut(&addr) {
             info.connecting = false;
         }
-        let budgeted = self.dialing.remove(&key) || self.global.peers.try_acquire();
-        let refuse = if !budgeted {
-            Some("global peer limit reached")
-        } else if self.rechecking {
+        let mut budgeted = self.dialing.remove(&key) || self.global.peers.try_acquire();
+        let network = admission::prefix(addr.ip());
+        let mut refuse = if self.rechecking {
             Some("rechecking our data")
         } else if self.banned.contains(&addr.ip()) {
             Some("banned")
-        } else if self.peers.values().any(|p| p.peer_id == peer_id) {
+        } else if self
+            .peers
+            .values()
+            .any(|p| !p.leaving && p.peer_id == peer_id)
+        {
             Some("already connected to this peer id")
-        } else if self.peers.len() >= self.limits.max_peers {
-            Some("peer limit reached")
+        } else if self
+            .peers
+            .values()
+            .filter(|p| !p.leaving && admission::prefix(p.addr.ip()) == network)
+            .count()
+            >= self.limits.max_per_prefix
+        {
+            Some("peers.max_per_prefix connections from its network already")
         } else {
             None
         };
+        let full = self.peers.values().filter(|p| !p.leaving).count() >= self.limits.max_peers;
+        if refuse.is_none() && (full || !budgeted) {
+            // Full: the least useful peer makes room, if one is less useful than a newcomer.
+            match admission::make_room(&self.peer_views(Instant::now())) {
+                Some(victim) => {
+                    self.drop_to_make_room(victim, addr, !budgeted);
+                    budgeted = true;
+                }
+                None if !budgeted => refuse = Some("global peer limit reached"),
+                None => refuse = Some("peer limit reached"),
+            }
+        }
         if let Some(why) = refuse {
             debug!("torrent {}: {addr}: refused: {why}", self.name());
+            self.last_refused = Some(Instant::now());
             if budgeted {
                 self.global.peers.release();
             }
@@ -659,6 +695,9 @@ impl Coordinator {
             if incoming { "in" } else { "out" }
         );
         let now = Instant::now();
+        let priority = socket
+            .local_addr()
+            .map_or(0, |ours| admission::canonical_priority(ours, addr));
         let peer = Peer {
             addr,
             peer_id,
@@ -683,6 +722,11 @@ impl Coordinator {
             max_pipeline: MAX_PIPELINE,
             last_block_at: now,
             connected_at: now,
+            last_payload_at: None,
+            last_interest_at: now,
+            priority,
+            leaving: false,
+            slot_given_away: false,
             rate_down: 0,
             rate_up: 0,
             last_down: 0,
@@ -723,7 +767,9 @@ impl Coordinator {
             self.departed.pop_front();
         }
         self.departed.push_back((key, peer.addr));
-        self.global.peers.release();
+        if !peer.slot_given_away {
+            self.global.peers.release();
+        }
         debug!(
             "torrent {}: {} ({}): disconnected: {reason}",
             self.name(),
@@ -748,6 +794,71 @@ impl Coordinator {
             .store(saturating_u32(self.peers.len()), Ordering::Relaxed);
         // Its requests are free again: let the others take them.
         self.fill_all();
+    }
+
+    /// What [`admission`] needs to know of the peers that are not leaving.
+    fn peer_views(&self, now: Instant) -> Vec<admission::PeerView> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| !p.leaving)
+            .map(|(&key, p)| admission::PeerView {
+                key,
+                connected_for: now.saturating_duration_since(p.connected_at),
+                since_payload: p
+                    .last_payload_at
+                    .map(|at| now.saturating_duration_since(at)),
+                interested: p.am_interested || p.peer_interested,
+                uninterested_for: now.saturating_duration_since(p.last_interest_at),
+                priority: p.priority,
+            })
+            .collect()
+    }
+
+    /// Drops peer `victim` so that the newcomer from `for_addr` gets its slot; with
+    /// `give_slot`, the newcomer takes over its global peer slot too. It leaves when its
+    /// thread ends; until then it counts against no limit.
+    fn drop_to_make_room(&mut self, victim: PeerKey, for_addr: SocketAddr, give_slot: bool) {
+        let name = self.meta.name.clone();
+        if let Some(peer) = self.peers.get_mut(&victim) {
+            debug!(
+                "torrent {name}: {}: dropped to make room for {for_addr}",
+                peer.addr
+            );
+            peer.leaving = true;
+            peer.slot_given_away = give_slot;
+            let _ = peer.commands.try_send(PeerCommand::Shutdown);
+            let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// While others wait for a slot (the torrent or the process is full and addresses wait
+    /// to be dialled, or an incoming peer was refused lately), lets go of the peers neither
+    /// side has been interested in for a while.
+    fn drop_idle_peers(&mut self, now: Instant) {
+        let full = self.peers.values().filter(|p| !p.leaving).count() >= self.limits.max_peers
+            || self.global.peers.is_full();
+        let dialable = self
+            .addrs
+            .values()
+            .any(|a| a.connected.is_none() && !a.connecting && a.retry_at <= now && !a.seed);
+        let refused_lately = self
+            .last_refused
+            .is_some_and(|at| now.duration_since(at) < admission::IDLE_UNINTERESTED);
+        let others_waiting = full && (dialable || refused_lately);
+        for key in admission::idle_to_drop(&self.peer_views(now), others_waiting) {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                debug!(
+                    "torrent {}: {}: neither side interested for {:?} while others wait; \
+                     dropped",
+                    self.meta.name,
+                    peer.addr,
+                    admission::IDLE_UNINTERESTED
+                );
+                peer.leaving = true;
+                let _ = peer.commands.try_send(PeerCommand::Shutdown);
+                let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+            }
+        }
     }
 
     /// Sends a command; a peer whose queue is full is not keeping up and is dropped.
@@ -1212,6 +1323,12 @@ impl Coordinator {
             let u = peer.stats.uploaded.load(Ordering::Relaxed);
             let rate_down = (d - peer.last_down) * 1000 / elapsed_ms;
             let rate_up = (u - peer.last_up) * 1000 / elapsed_ms;
+            if d != peer.last_down || u != peer.last_up {
+                peer.last_payload_at = Some(now);
+            }
+            if peer.am_interested || peer.peer_interested {
+                peer.last_interest_at = now;
+            }
             // Smooth over a few ticks so one quiet tick does not collapse the pipeline.
             peer.rate_down = (peer.rate_down + rate_down) / 2;
             peer.rate_up = (peer.rate_up + rate_up) / 2;
@@ -1268,6 +1385,7 @@ impl Coordinator {
             self.announce(AnnouncerCommand::NeedPeers);
         }
         self.exchange_peers(now);
+        self.drop_idle_peers(now);
         if self.resume_dirty && now.duration_since(self.last_resume_save) >= RESUME_SAVE_INTERVAL {
             self.save_resume_later();
         }

@@ -2,6 +2,7 @@
 //! the choker and the peer table), its disk threads and its announcer thread. This module holds
 //! the handle the engine keeps and the shared counters it reads.
 
+pub mod admission;
 pub mod choker;
 mod coordinator;
 pub mod disk;
@@ -162,6 +163,8 @@ impl TorrentStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TorrentLimits {
     pub max_peers: usize,
+    /// Most connections from one /24 (IPv4) or /48 (IPv6) network.
+    pub max_per_prefix: usize,
     pub upload_slots: usize,
     pub connect_timeout: Duration,
     /// A peer socket write that makes no progress this long drops the peer (it stopped reading).

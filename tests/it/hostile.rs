@@ -12,7 +12,10 @@
 use crate::support::fake_peer::{
     BLOCK, Block, FakeListener, FakePeer, Fixture, Msg, Recv, TorrentMeta, frame, handshake_bytes,
 };
-use crate::support::{Btd, SHORT, TRANSFER, assert_same_files, next_ip};
+use crate::support::{
+    Btd, LtClient, PYTHON, PeerSpec, Proc, SHORT, TRANSFER, assert_same_files, client_script, hex,
+    next_ip,
+};
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -927,4 +930,124 @@ fn leecher_bans_a_liar_that_hangs_up_after_each_bad_piece_and_dials_back() {
     leecher.assert_exits_ok(TRANSFER);
     assert_same_files(&fx.payload(), &out.join(&fx.name));
     honest.terminate_and_assert_ok(SHORT);
+}
+
+/// `idle_peers.py`: `count` connections to `to` that handshake for `meta`'s torrent and then
+/// say nothing, each from a /24 network of its own; returns once it reports them open.
+fn silent_crowd(to: SocketAddr, meta: &TorrentMeta, count: usize) -> (Proc, usize) {
+    let mut cmd = std::process::Command::new(PYTHON);
+    cmd.arg(client_script("idle_peers.py"))
+        .args(["--to", &to.to_string()])
+        .args(["--info-hash", &hex(&meta.info_hash)])
+        .args([
+            "--count",
+            &count.to_string(),
+            "--spread",
+            "--timeout",
+            "300",
+        ])
+        .arg("--ignore-stdin");
+    let mut crowd = Proc::spawn("silent crowd", cmd);
+    let held = crowd.wait_for_line(SHORT, "CONNECTED <n>", |l| {
+        l.strip_prefix("CONNECTED ")?.trim().parse::<usize>().ok()
+    });
+    (crowd, held)
+}
+
+/// Waits (within [`REACT`]) until the crowd reports fewer than `than` connections open (it
+/// looks once a second); false if it never does.
+fn crowd_shrinks(crowd: &Proc, than: usize) -> bool {
+    let deadline = within(REACT);
+    loop {
+        let held = crowd
+            .output()
+            .lines()
+            .filter_map(|l| l.strip_prefix("CONNECTED ")?.trim().parse::<usize>().ok())
+            .last()
+            .unwrap_or(0);
+        if held < than {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn silent_peers_in_every_slot_make_room_for_an_honest_libtorrent_leecher_and_seeder() {
+    let fx = Fixture::new("hostile-room", 2 * MIB + 99, PIECE_LEN);
+    let meta = fx.meta.clone();
+    // A seeder whose torrent is full of silent peers: a libtorrent leecher still gets in.
+    let config = write_config(&fx, "seeder", "[peers]\nmax_per_torrent = 6\n");
+    let mut seeder = seed("btd seeder", &fx, &config, next_ip(), &[]);
+    let addr = seeder.wait_listening();
+    let (crowd, held) = silent_crowd(addr, &meta, 6);
+    assert_eq!(
+        held, 6,
+        "the silent crowd should fill the torrent's 6 slots"
+    );
+    // Past their grace period, they are the least useful peers there are.
+    std::thread::sleep(Duration::from_secs(6));
+    let leech_dir = fx.out_dir("libtorrent");
+    let mut leecher = LtClient::leech_from("libtorrent leecher", &fx.torrent, &leech_dir, addr);
+    let secs = leecher.wait_complete(SHORT);
+    assert_same_files(&fx.payload(), &leech_dir.join(&fx.name));
+    assert!(
+        crowd_shrinks(&crowd, 6),
+        "no silent peer was dropped for the leecher"
+    );
+    eprintln!("honest leecher done in {secs:.1} s past 6 silent peers");
+    drop(crowd);
+    seeder.terminate_and_assert_ok(SHORT);
+
+    // A downloader whose whole peer budget is taken by silent peers: a libtorrent seeder that
+    // dials in still gets a slot, and the download completes.
+    let config = write_config(&fx, "leecher", "[peers]\nmax_global = 5\n");
+    let out = fx.out_dir("btd");
+    let mut leecher = download("btd leecher", &fx, &out, &config, next_ip(), &[]);
+    let addr = leecher.wait_listening();
+    let (crowd, held) = silent_crowd(addr, &meta, 5);
+    assert_eq!(
+        held, 5,
+        "the silent crowd should take the whole peer budget of 5"
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    let _seeder = LtClient::seed(
+        "libtorrent seeder",
+        &PeerSpec {
+            torrent: &fx.torrent,
+            dir: &fx.seed_dir,
+            ip: next_ip(),
+            peers: vec![addr],
+            announce: false,
+        },
+    );
+    leecher.assert_exits_ok(TRANSFER);
+    assert_same_files(&fx.payload(), &out.join(&fx.name));
+    assert!(
+        crowd_shrinks(&crowd, 5),
+        "no silent peer was dropped for the seeder"
+    );
+}
+
+#[test]
+fn one_network_holds_at_most_max_per_prefix_of_a_torrents_slots() {
+    let fx = Fixture::new("hostile-prefix", MIB, PIECE_LEN);
+    let meta = fx.meta.clone();
+    let config = write_config(&fx, "seeder", "[peers]\nmax_per_prefix = 4\n");
+    let mut seeder = seed("btd seeder", &fx, &config, next_ip(), &[]);
+    let addr = seeder.wait_listening();
+    // Six addresses of one /24 (the tests' own loopback network): four are taken.
+    let taken: Vec<FakePeer> = (0..6)
+        .filter_map(|i| try_join(&format!("same network {i}"), next_ip(), addr, &meta))
+        .collect();
+    assert_eq!(taken.len(), 4, "btd took {} peers of one /24", taken.len());
+    // Another network is not held back.
+    let (crowd, held) = silent_crowd(addr, &meta, 3);
+    assert_eq!(held, 3, "peers of other networks still get in");
+    drop(crowd);
+    drop(taken);
+    seeder.terminate_and_assert_ok(SHORT);
 }

@@ -16,7 +16,7 @@ mod torrent;
 mod tracker;
 
 pub use process::{
-    Btd, LtClient, PeerSpec, ScriptClient, Transmission, parse_rpc_serving, run_to_end,
+    Btd, LtClient, PeerSpec, Proc, ScriptClient, Transmission, parse_rpc_serving, run_to_end,
 };
 pub use torrent::{TorrentInfo, mktorrent};
 pub use tracker::{
