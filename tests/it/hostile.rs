@@ -962,8 +962,8 @@ fn crowd_shrinks(crowd: &Proc, than: usize) -> bool {
         let held = crowd
             .output()
             .lines()
-            .filter_map(|l| l.strip_prefix("CONNECTED ")?.trim().parse::<usize>().ok())
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("CONNECTED ")?.trim().parse::<usize>().ok())
             .unwrap_or(0);
         if held < than {
             return true;
