@@ -2,9 +2,9 @@
 //! directory as `<state_dir>/torrents/<hex info hash>.json` (beside a magnet link's fetched
 //! `.torrent`). A record belongs to the torrent, not to the config: its data location, when it
 //! was added and completed, its lifetime upload and download totals and seeding time survive
-//! restarts and changes of `[paths] download_dir`. The daemon's main thread is the only reader
-//! and writer; resume data (`resume.rs`) keeps the pieces, which a recheck may throw away, and a
-//! record is never thrown away with them.
+//! restarts and changes of `[paths] download_dir`, and so do the renames of its files. The
+//! daemon's main thread is the only reader and writer; resume data (`resume.rs`) keeps the
+//! pieces, which a recheck may throw away, and a record is never thrown away with them.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -66,6 +66,18 @@ pub struct TorrentRecord {
     /// and `downloadLimited`, `uploadLimit` and `uploadLimited`).
     #[serde(default, skip_serializing_if = "OwnRates::is_none")]
     pub rates: OwnRates,
+    /// Files and directories renamed over the RPC (`torrent-rename-path`), in the order they
+    /// were: applied again to the torrent's file list whenever it is loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub renames: Vec<PathRename>,
+}
+
+/// One `torrent-rename-path`: the path (as the file list spelt it then) and its new last
+/// component.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PathRename {
+    pub path: String,
+    pub name: String,
 }
 
 /// A torrent's own rate limits, in the RPC's kB/s (1000 bytes); each applies while it is on.
@@ -155,6 +167,7 @@ impl TorrentRecord {
             labels: Vec::new(),
             peer_limit: None,
             rates: OwnRates::default(),
+            renames: Vec::new(),
         }
     }
 
@@ -239,6 +252,19 @@ mod tests {
         record.downloaded = 1 << 30;
         record.seeding_secs = 86_400;
         record.completed_unix = Some(1_700_000_000);
+        record.save(&path).unwrap();
+        assert!(
+            !std::fs::read_to_string(&path).unwrap().contains("renames"),
+            "an older btd reads what this one writes without renames"
+        );
+        assert_eq!(
+            TorrentRecord::load(&path, &hash(7)).unwrap(),
+            Some(record.clone())
+        );
+        record.renames.push(PathRename {
+            path: "t/a".into(),
+            name: "b".into(),
+        });
         record.save(&path).unwrap();
         assert_eq!(TorrentRecord::load(&path, &hash(7)).unwrap(), Some(record));
     }

@@ -52,6 +52,7 @@ impl Daemon {
             "torrent-stop" => self.rpc_start_stop(args, true),
             "torrent-verify" => self.rpc_verify(args),
             "torrent-set-location" => self.rpc_set_location(args),
+            "torrent-rename-path" => self.rpc_rename_path(args),
             "torrent-reannounce" => {
                 for index in self.rpc_select(args)? {
                     if let State::Running(handle) = &self.torrents[index].state {
@@ -731,6 +732,152 @@ impl Daemon {
         Ok(Map::new())
     }
 
+    /// `torrent-rename-path`: `ids` names one torrent, `path` a file or directory of it as its
+    /// file list spells it, `name` the new last component. The file list (and the torrent's
+    /// name, for its top) changes at once; the files on disk are renamed once no run holds
+    /// them: at once when it is not running, else its run is stopped and it starts again
+    /// after the rename (its resume data follows the rename, so nothing is hashed again). The
+    /// record keeps each rename done on disk, so it survives restarts.
+    fn rpc_rename_path(&mut self, args: &Args) -> Result<Args, String> {
+        let selected = self.rpc_select(args)?;
+        let [index] = selected[..] else {
+            return Err(format!(
+                "torrent-rename-path needs `ids` naming exactly one torrent; it names {}",
+                selected.len()
+            ));
+        };
+        let text = |key: &str| {
+            args.get(key)
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("torrent-rename-path needs `{key}`, a string"))
+        };
+        let (path, name) = (text("path")?, text("name")?);
+        let t = &self.torrents[index];
+        let Some(meta) = &t.meta else {
+            return Err(format!(
+                "torrent {}: its metadata is not known yet; nothing to rename",
+                t.name()
+            ));
+        };
+        if matches!(t.state, State::Checking(_) | State::Moving { .. }) {
+            return Err(format!(
+                "torrent {}: busy {}; try again",
+                t.name(),
+                t.state.name(t.complete)
+            ));
+        }
+        let mut renamed = Metainfo::clone(meta);
+        let (old, new) = renamed
+            .rename_path(path, name)
+            .map_err(|e| format!("torrent {}: {e}; not renamed", t.name()))?;
+        let answer = object(json!({"path": path, "name": name, "id": t.id}));
+        if old == new {
+            return Ok(answer);
+        }
+        let target = t.download_dir().join(t.path_on_disk(&new));
+        if target.symlink_metadata().is_ok() {
+            return Err(format!(
+                "torrent {}: {} already exists on disk; not renamed",
+                t.name(),
+                target.display()
+            ));
+        }
+        let t = &mut self.torrents[index];
+        info!(
+            "torrent {}: renaming {path} to {name} over the RPC",
+            t.name()
+        );
+        t.pending_renames.push(PendingRename {
+            asked: PathRename {
+                path: path.to_owned(),
+                name: name.to_owned(),
+            },
+            old,
+            new,
+        });
+        t.name.clone_from(&renamed.name);
+        t.meta = Some(Arc::new(renamed));
+        if let State::Running(_) = t.state {
+            // Its coordinator holds the files open, checks their paths and saves resume data
+            // under them: the run ends first, and it runs again once they are renamed.
+            self.stop_torrent(index, State::Queued);
+        }
+        match self.apply_renames_of(index) {
+            Some(Err(reason)) => Err(reason),
+            _ => Ok(answer),
+        }
+    }
+
+    /// Does on disk the renames that wait for their torrents' runs to have ended.
+    pub(super) fn apply_renames(&mut self) {
+        for index in 0..self.torrents.len() {
+            let _ = self.apply_renames_of(index);
+        }
+    }
+
+    /// Does on disk the renames of the torrent at `index`, unless a run still holds its files
+    /// (`None`, as with none waiting). Each is a rename (nothing to do for a file not created
+    /// yet); its resume data follows, and the record keeps it. A rename that fails is undone
+    /// in the file list, with those after it, and the reason is logged and returned.
+    fn apply_renames_of(&mut self, index: usize) -> Option<Result<(), String>> {
+        let t = &mut self.torrents[index];
+        let busy = matches!(
+            t.state,
+            State::Running(_) | State::Checking(_) | State::Moving { started: true, .. }
+        ) || self.stopping.iter().any(|(hash, _)| *hash == t.info_hash);
+        if t.pending_renames.is_empty() || busy {
+            return None;
+        }
+        let pending = std::mem::take(&mut t.pending_renames);
+        let dir = t.download_dir().to_owned();
+        let resume_path = t.resume_path(&self.config.state_dir);
+        let mut resume = ResumeData::load(&resume_path).ok().flatten();
+        let mut result = Ok(());
+        for (done, rename) in pending.iter().enumerate() {
+            let (from, to) = (dir.join(&rename.old), dir.join(&rename.new));
+            let outcome = if to.symlink_metadata().is_ok() {
+                Err(format!("{} already exists", to.display()))
+            } else if from.symlink_metadata().is_err() {
+                Ok(()) // not created yet: the check creates it under its new name
+            } else {
+                std::fs::rename(&from, &to)
+                    .map_err(|e| format!("renaming {} to {}: {e}", from.display(), to.display()))
+            };
+            if let Err(reason) = outcome {
+                error!("torrent {}: {reason}; its old name stays", t.name());
+                if let Some(meta) = &t.meta {
+                    let mut meta = Metainfo::clone(meta);
+                    for undo in pending[done..].iter().rev() {
+                        let old_name = undo.old.file_name().unwrap_or_default();
+                        let _ = meta
+                            .rename_path(&undo.new.to_string_lossy(), &old_name.to_string_lossy());
+                    }
+                    t.name.clone_from(&meta.name);
+                    t.meta = Some(Arc::new(meta));
+                }
+                result = Err(format!("torrent {}: {reason}; not renamed", t.name()));
+                break;
+            }
+            if let Some(resume) = &mut resume {
+                resume.rename_path(&rename.old, &rename.new);
+            }
+            t.record.renames.push(rename.asked.clone());
+            info!(
+                "torrent {}: renamed {} to {}",
+                t.name(),
+                rename.old.display(),
+                rename.new.display()
+            );
+        }
+        if let Some(resume) = resume
+            && let Err(e) = resume.save(&resume_path)
+        {
+            warn!("torrent {}: {e}; its data will be checked again", t.name());
+        }
+        t.save_record(&self.config.state_dir);
+        Some(result)
+    }
+
     /// `torrent-stop` (pause) and `torrent-start`: kept across restarts in the record.
     fn rpc_start_stop(&mut self, args: &Args, pause: bool) -> Result<Args, String> {
         for index in self.rpc_select(args)? {
@@ -800,17 +947,21 @@ impl Daemon {
             {
                 return Err(format!("{}: cannot remove: {e}", file.display()));
             }
+            // Where they are on disk now (a rename may still wait for the run to end).
             let files: Vec<PathBuf> = t
                 .meta
                 .as_ref()
                 .map(|m| {
                     m.files
                         .iter()
-                        .map(|f| t.download_dir().join(&f.path))
+                        .map(|f| t.download_dir().join(t.path_on_disk(&f.path)))
                         .collect()
                 })
                 .unwrap_or_default();
-            let top = t.meta.as_ref().map(|m| t.download_dir().join(&m.name));
+            let top = t
+                .meta
+                .as_ref()
+                .map(|m| t.download_dir().join(t.path_on_disk(Path::new(&m.name))));
             let root = t.download_dir().to_owned();
             let resume = t.resume_path(&self.config.state_dir);
             self.removed_ids.push(t.id);

@@ -147,7 +147,9 @@ impl Daemon {
         let id = self.new_id();
         let paused = record.paused.unwrap_or(paused);
         let mut t = Managed::new(id, info_hash, name, source, record);
-        t.meta = meta.map(Arc::new);
+        if let Some(meta) = meta {
+            t.set_meta(meta);
+        }
         t.magnet = magnet;
         t.complete = t.record.completed_unix.is_some();
         t.saved = on_disk;
@@ -315,8 +317,7 @@ impl Daemon {
         let fetching = matches!(t.state, State::Metadata(_));
         match fetched.result {
             Ok(meta) => {
-                t.name.clone_from(&meta.name);
-                t.meta = Some(Arc::new(meta));
+                t.set_meta(meta);
                 if fetching {
                     t.state = State::Queued;
                 }

@@ -234,6 +234,19 @@ pub(super) struct Managed {
     pub(super) storage_failures: u32,
     /// The next check ignores resume data and hashes everything (data changed under us).
     pub(super) force_check: bool,
+    /// Renames already in `meta` but not yet done on disk nor in the record: they wait for
+    /// its run to end (`Daemon::apply_renames`).
+    pub(super) pending_renames: Vec<PendingRename>,
+}
+
+/// A `torrent-rename-path` waiting for the torrent's run to end.
+#[derive(Clone, Debug)]
+pub(super) struct PendingRename {
+    /// What the record keeps once it is done on disk.
+    pub(super) asked: PathRename,
+    /// The old and new path, relative to its download directory.
+    pub(super) old: PathBuf,
+    pub(super) new: PathBuf,
 }
 
 impl Managed {
@@ -267,7 +280,39 @@ impl Managed {
             retry_at: None,
             storage_failures: 0,
             force_check: false,
+            pending_renames: Vec::new(),
         }
+    }
+
+    /// Its metadata, with the renames its record holds applied (a rename that no longer
+    /// applies is logged and skipped); its name follows a renamed top.
+    pub(super) fn set_meta(&mut self, mut meta: Metainfo) {
+        for rename in &self.record.renames {
+            if let Err(e) = meta.rename_path(&rename.path, &rename.name) {
+                warn!(
+                    "torrent {}: recorded rename of {} to {}: {e}; skipped",
+                    self.name, rename.path, rename.name
+                );
+            }
+        }
+        self.name.clone_from(&meta.name);
+        self.meta = Some(Arc::new(meta));
+    }
+
+    /// Where a path of its file list is on disk now, relative to its directory: the same,
+    /// unless a rename of it waits for its run to end.
+    pub(super) fn path_on_disk(&self, path: &Path) -> PathBuf {
+        let mut path = path.to_owned();
+        for pending in self.pending_renames.iter().rev() {
+            if let Ok(rest) = path.strip_prefix(&pending.new) {
+                path = if rest.as_os_str().is_empty() {
+                    pending.old.clone()
+                } else {
+                    pending.old.join(rest)
+                };
+            }
+        }
+        path
     }
 
     pub(super) fn name(&self) -> &str {

@@ -413,3 +413,140 @@ fn set_location_with_move_moves_the_data_and_seeds_from_there_without_hashing_ag
     }
     d.stop("TERM");
 }
+
+#[test]
+fn rename_path_renames_on_disk_survives_a_restart_without_hashing_and_serves_peers() {
+    let work = TempDir::new("rpc-rename");
+    let p = seed_payload(&work, "rpc-rename");
+    let big = crate::support::sha1_file(&p.data().join("data.bin")).expect("hash data.bin");
+    let mut home = rpc_home("rpc-rename", None);
+    home.add_torrent(TorrentEntry::new(&p.torrent).download_dir(&p.dir))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    d.wait_seeding(&p.info_hash, SHORT);
+
+    // A file of the seeding torrent, with the Python library transmission-rpc
+    // (transmission-remote 3.00 has no --rename; 4.0 added it): its run stops, the file is
+    // renamed, and it seeds again from its resume data.
+    let mark = d.log_mark();
+    let renamed = crate::rpc_clients::trpc(
+        addr,
+        &["rename", &p.info_hash, "rpc-rename/data.bin", "movie.bin"],
+    );
+    assert_eq!(
+        renamed,
+        serde_json::json!({"path": "rpc-rename/data.bin", "name": "movie.bin"})
+    );
+    d.wait_log_contains(
+        mark,
+        SHORT,
+        "renamed rpc-rename/data.bin to rpc-rename/movie.bin",
+    );
+    let line = d.wait_log_contains(mark, SHORT, "torrent rpc-rename: resume data");
+    assert!(
+        line.contains("matches"),
+        "hashed again after the rename: {line}"
+    );
+    d.wait_seeding(&p.info_hash, SHORT);
+    let renamed_big = p.data().join("movie.bin");
+    assert_eq!(
+        crate::support::sha1_file(&renamed_big).ok(),
+        Some(big.clone())
+    );
+    assert!(
+        !p.data().join("data.bin").exists(),
+        "the old name is still there"
+    );
+
+    // The top, over the RPC itself: the torrent's name follows.
+    let mut rpc = RpcClient::new(addr);
+    let answer = rpc.ok(
+        "torrent-rename-path",
+        serde_json::json!({"ids": [1], "path": "rpc-rename", "name": "top"}),
+    );
+    assert_eq!(
+        serde_json::Value::Object(answer),
+        serde_json::json!({"path": "rpc-rename", "name": "top", "id": 1})
+    );
+    let top = p.dir.join("top");
+    let deadline = within(SHORT);
+    while !top.join("movie.bin").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "top not renamed on disk"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    d.wait_seeding(&p.info_hash, SHORT);
+    let files = ok(addr, &["-t", "1", "-f"]);
+    assert!(
+        files.contains("top/movie.bin") && files.contains("top/notes/readme.txt"),
+        "{files}"
+    );
+
+    // Refusals, each saying why; nothing changes.
+    std::fs::write(top.join("notes/stray.txt"), "not the torrent's").expect("a stray file");
+    for (path, name, says) in [
+        ("top/movie.bin", "a/b", "contains a separator"),
+        ("top/movie.bin", "..", "path traversal"),
+        ("top/movie.bin", ".", "path component `.`"),
+        ("top/movie.bin", "", "empty path component"),
+        ("top/nothing.bin", "x", "neither a file nor a directory"),
+        ("rpc-rename/data.bin", "x", "neither a file nor a directory"),
+        (
+            "top/movie.bin",
+            "notes",
+            "\"top/notes\" already exists in this torrent",
+        ),
+        (
+            "top/notes/readme.txt",
+            "stray.txt",
+            "already exists on disk",
+        ),
+    ] {
+        let result = rpc.result(
+            "torrent-rename-path",
+            serde_json::json!({"ids": [1], "path": path, "name": name}),
+        );
+        assert!(result.contains(says), "{path} -> {name:?}: {result}");
+    }
+    let result = rpc.result(
+        "torrent-rename-path",
+        serde_json::json!({"ids": [], "path": "top", "name": "x"}),
+    );
+    assert!(result.contains("exactly one torrent"), "{result}");
+    assert!(top.join("notes/readme.txt").exists() && top.join("notes/stray.txt").exists());
+
+    // A restart keeps the names, and the torrent seeds without hashing again.
+    d.stop("TERM");
+    drop(d);
+    let mut d = home.start("btd daemon (restarted)");
+    let addr = rpc_addr(&mut d);
+    let line = d.wait_log_contains(0, SHORT, "torrent top: resume data");
+    assert!(
+        line.contains("matches"),
+        "hashed again after the restart: {line}"
+    );
+    d.wait_seeding(&p.info_hash, SHORT);
+    let mut rpc = RpcClient::new(addr);
+    let t = &rpc.torrents(serde_json::json!([1]), &["name", "files"])[0];
+    assert_eq!(t["name"], "top");
+    let names: Vec<&str> = t["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(names, ["top/movie.bin", "top/notes/readme.txt"]);
+
+    // A leecher (which knows the torrent's own names) gets the data from the renamed files.
+    let out = work.subdir("leecher");
+    let mut lt = LtClient::leech_from("libtorrent leecher", &p.torrent, &out, d.addr());
+    lt.wait_complete(crate::support::TRANSFER);
+    assert_eq!(
+        crate::support::sha1_file(&out.join("rpc-rename/data.bin")).ok(),
+        Some(big)
+    );
+    d.stop("TERM");
+}

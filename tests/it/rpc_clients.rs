@@ -233,7 +233,7 @@ fn sonarrs_requests_get_answers_of_the_shapes_it_reads() {
 }
 
 /// Runs `trpc_client.py --host IP --port N ARGS...` with the venv's Python; returns its JSON.
-fn trpc(addr: SocketAddr, args: &[&str]) -> Value {
+pub(crate) fn trpc(addr: SocketAddr, args: &[&str]) -> Value {
     let python = require_transmission_rpc();
     let mut cmd = Command::new(python);
     cmd.arg(client_script("trpc_client.py"))
