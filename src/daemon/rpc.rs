@@ -396,7 +396,9 @@ impl Daemon {
                 "peersGettingFromUs" => json!(load(|s| u64::from(
                     s.peers_getting_from_us.load(Ordering::Relaxed)
                 ))),
-                "peers" | "webseeds" => json!([]),
+                "peers" => json!(peer_list(run)),
+                // btd does not use web seeds.
+                "webseeds" => json!([]),
                 "labels" => json!(t.record.labels),
                 // btd does not use web seeds.
                 "webseedsSendingToUs" => json!(0),
@@ -421,11 +423,17 @@ impl Daemon {
                     )
                 }
                 "trackerList" => json!(tracker_list(t)),
-                // btd does not count where its peers came from: all zero.
-                "peersFrom" => json!({
-                    "fromCache": 0, "fromDht": 0, "fromIncoming": 0, "fromLpd": 0,
-                    "fromLtep": 0, "fromPex": 0, "fromTracker": 0
-                }),
+                // btd knows which peers connected to it, not where it learnt of the ones it
+                // dialled (tracker, PEX or `--peer`): those are in no count.
+                "peersFrom" => {
+                    let incoming = run.map_or(0, |s| {
+                        s.peer_list.lock().iter().filter(|p| p.incoming).count()
+                    });
+                    json!({
+                        "fromCache": 0, "fromDht": 0, "fromIncoming": incoming, "fromLpd": 0,
+                        "fromLtep": 0, "fromPex": 0, "fromTracker": 0
+                    })
+                }
                 // btd has no manual reannounce (yet): Transmission's -1, none allowed.
                 "manualAnnounceTime" => json!(-1),
                 "maxConnectedPeers" => json!(self.torrent_limits(t).max_peers),
@@ -1056,6 +1064,38 @@ fn pieces_base64(t: &Managed, run: Option<&Arc<TorrentStats>>) -> String {
         None => Bitfield::new(meta.geometry.num_pieces),
     };
     base64::engine::general_purpose::STANDARD.encode(have.as_bytes())
+}
+
+/// Transmission's `peers`: the connected peers as the coordinator's last tick saw them. btd
+/// neither encrypts nor speaks uTP.
+fn peer_list(run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
+    let Some(run) = run else {
+        return Vec::new();
+    };
+    run.peer_list
+        .lock()
+        .iter()
+        .map(|p| {
+            json!({
+                "address": p.addr.ip().to_string(),
+                "port": p.addr.port(),
+                "clientName": p.client,
+                "clientIsChoked": p.peer_choking,
+                "clientIsInterested": p.am_interested,
+                "peerIsChoked": p.am_choking,
+                "peerIsInterested": p.peer_interested,
+                "flagStr": p.flags(),
+                "isDownloadingFrom": p.rate_down > 0 && !p.peer_choking,
+                "isUploadingTo": p.rate_up > 0 && !p.am_choking,
+                "isEncrypted": false,
+                "isIncoming": p.incoming,
+                "isUTP": false,
+                "progress": p.progress,
+                "rateToClient": p.rate_down,
+                "rateToPeer": p.rate_up,
+            })
+        })
+        .collect()
 }
 
 /// Transmission 4's `trackerList`: the announce URLs one a line, a blank line between tiers.

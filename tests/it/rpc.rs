@@ -550,3 +550,81 @@ fn rename_path_renames_on_disk_survives_a_restart_without_hashing_and_serves_pee
     );
     d.stop("TERM");
 }
+
+#[test]
+fn torrent_get_peers_shows_a_connected_libtorrent_leecher_as_transmission_remote_prints_it() {
+    require_libtorrent();
+    let work = TempDir::new("rpc-peers");
+    let p = payload(&work, "data", "rpc-peers", 4 * MIB, 64 * KIB, &[]);
+    let mut home = rpc_home("rpc-peers", None);
+    home.add_torrent(TorrentEntry::new(&p.torrent).download_dir(&p.dir))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    d.wait_seeding(&p.info_hash, SHORT);
+    let mut rpc = RpcClient::new(addr);
+    let peers = |rpc: &mut RpcClient| {
+        rpc.torrents(serde_json::json!([1]), &["peers", "peersFrom"])[0].clone()
+    };
+    assert_eq!(peers(&mut rpc)["peers"], serde_json::json!([]));
+
+    // 100 kB/s for this torrent: the 4 MiB take the leecher about 40 s, so it stays connected.
+    ok(addr, &["-t", "1", "-u", "100"]);
+    let ip = crate::support::next_ip();
+    let out = work.subdir("leecher");
+    let _lt = LtClient::leech(
+        "libtorrent leecher",
+        &crate::support::PeerSpec {
+            torrent: &p.torrent,
+            dir: &out,
+            ip,
+            peers: vec![d.addr()],
+            announce: false,
+        },
+    );
+    let deadline = within(SHORT);
+    let t = loop {
+        let t = peers(&mut rpc);
+        let uploading = t["peers"]
+            .as_array()
+            .and_then(|l| l.first())
+            .is_some_and(|p| p["progress"].as_f64() > Some(0.0) && p["rateToPeer"] != 0);
+        if uploading {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leecher in peers: {t:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let list = t["peers"].as_array().expect("a list");
+    assert_eq!(list.len(), 1, "{list:?}");
+    let peer = &list[0];
+    assert_eq!(peer["address"], ip.to_string());
+    assert!(peer["port"].as_u64().is_some_and(|port| port > 0), "{peer}");
+    let progress = peer["progress"].as_f64().expect("a number");
+    assert!(progress > 0.0 && progress < 1.0, "{peer}");
+    let client = peer["clientName"].as_str().expect("a string");
+    assert!(client.to_lowercase().contains("libtorrent"), "{peer}");
+    assert_eq!(peer["isIncoming"], true, "{peer}");
+    assert_eq!(peer["isUploadingTo"], true, "{peer}");
+    assert_eq!(peer["peerIsInterested"], true, "{peer}");
+    assert_eq!(peer["peerIsChoked"], false, "{peer}");
+    assert_eq!(peer["isDownloadingFrom"], false, "{peer}");
+    let flags = peer["flagStr"].as_str().expect("a string");
+    assert!(flags.contains('U') && flags.contains('I'), "{peer}");
+    assert_eq!(t["peersFrom"]["fromIncoming"], 1, "{t:?}");
+
+    // transmission-remote's peer table: its address, its progress, its client.
+    let table = ok(addr, &["-t", "1", "-pi"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&ip.to_string()))
+        .unwrap_or_else(|| panic!("no row for {ip}: {table}"));
+    assert!(
+        row.contains("UI") && row.to_lowercase().contains("libtorrent"),
+        "{row}"
+    );
+    d.stop("TERM");
+}
