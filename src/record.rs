@@ -37,6 +37,10 @@ pub struct TorrentRecord {
     /// Seconds spent downloading (running without every piece), over every run.
     #[serde(default)]
     pub downloading_secs: u64,
+    /// Seconds spent seeding since a payload byte last went to a peer, over every run (what
+    /// the idle limit counts).
+    #[serde(default)]
+    pub idle_secs: u64,
     /// When a payload byte last moved to or from a peer (seconds since the Unix epoch; 0:
     /// never).
     #[serde(default)]
@@ -56,6 +60,10 @@ pub struct TorrentRecord {
     /// instead of `[seeding] ratio_limit`.
     #[serde(default, skip_serializing_if = "RatioLimit::is_global")]
     pub ratio_limit: RatioLimit,
+    /// Its own idle limit (the RPC's `seedIdleMode` 1 and `seedIdleLimit`, or 2: none) instead
+    /// of `[seeding] idle_limit_mins`.
+    #[serde(default, skip_serializing_if = "IdleLimit::is_global")]
+    pub idle_limit: IdleLimit,
     /// Labels given over the RPC (Sonarr and Radarr tag their torrents with them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
@@ -134,6 +142,25 @@ impl RatioLimit {
     }
 }
 
+/// Which idle limit a torrent follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleLimit {
+    /// `[seeding] idle_limit_mins`.
+    #[default]
+    Global,
+    /// Its own, in minutes.
+    OwnMins(u64),
+    /// None: it seeds however long nobody downloads.
+    Unlimited,
+}
+
+impl IdleLimit {
+    fn is_global(&self) -> bool {
+        *self == IdleLimit::Global
+    }
+}
+
 /// A record that could not be read or written, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -159,11 +186,13 @@ impl TorrentRecord {
             downloaded: 0,
             seeding_secs: 0,
             downloading_secs: 0,
+            idle_secs: 0,
             activity_unix: 0,
             added_over_rpc: false,
             magnet: None,
             paused: None,
             ratio_limit: RatioLimit::Global,
+            idle_limit: IdleLimit::Global,
             labels: Vec::new(),
             peer_limit: None,
             rates: OwnRates::default(),

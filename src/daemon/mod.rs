@@ -31,7 +31,7 @@ use crate::magnet::Magnet;
 use crate::metadata_fetch::{self, FetchError, FetchParams};
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::pidfile::PidFile;
-use crate::record::{PathRename, RatioLimit, TorrentRecord, unix_now};
+use crate::record::{IdleLimit, PathRename, RatioLimit, TorrentRecord, unix_now};
 use crate::resume::ResumeData;
 use crate::rpc::{RpcCall, RpcServer};
 use crate::session_settings::SessionSettings;

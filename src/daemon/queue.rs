@@ -55,10 +55,7 @@ impl Daemon {
             }
             if t.complete
                 && !t.force_check
-                && let Some(reached) =
-                    limits
-                        .for_torrent(&t.record)
-                        .reached(t.size(), t.totals().0, t.seeding_secs())
+                && let Some(reached) = t.seed_limit_reached(limits)
             {
                 info!("torrent {}: {reached}; not started, data kept", t.name());
                 t.state = State::Finished;
@@ -113,8 +110,7 @@ impl Daemon {
         }
         if next.is_none() && t.complete && !t.force_check {
             let t = &self.torrents[index];
-            let limits = self.seed_limits().for_torrent(&t.record);
-            if let Some(reached) = limits.reached(t.size(), t.totals().0, t.seeding_secs()) {
+            if let Some(reached) = t.seed_limit_reached(self.seed_limits()) {
                 info!("torrent {}: {reached}; stopped, data kept", t.name());
                 next = Some(State::Finished);
             } else {
@@ -217,6 +213,7 @@ impl Daemon {
         SeedLimits {
             ratio: Some(self.config.ratio_limit).filter(|r| *r > 0.0),
             time: self.config.seed_time_limit,
+            idle: self.config.seed_idle_limit,
         }
     }
 

@@ -99,11 +99,7 @@ impl Daemon {
                 State::Running(handle) => handle
                     .stats
                     .set_upload_allowance(limits.upload_allowance(t.size(), t.totals().0)),
-                State::Finished
-                    if limits
-                        .reached(t.size(), t.totals().0, t.seeding_secs())
-                        .is_none() =>
-                {
+                State::Finished if t.seed_limit_reached(global).is_none() => {
                     info!(
                         "torrent {}: under its seeding limits again (ratio {:.3}, seeded {} s); queued",
                         t.name(),

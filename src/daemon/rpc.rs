@@ -112,9 +112,8 @@ impl Daemon {
             "alt-speed-time-day": 127,
             "seedRatioLimit": c.ratio_limit,
             "seedRatioLimited": c.ratio_limit > 0.0,
-            // btd has no idle limit ([seeding] time_limit_mins counts all seeding time).
-            "idle-seeding-limit": 30,
-            "idle-seeding-limit-enabled": false,
+            "idle-seeding-limit": setting("idle-seeding-limit"),
+            "idle-seeding-limit-enabled": setting("idle-seeding-limit-enabled"),
         });
         let limits = json!({
             "peer-limit-global": c.max_peers_global,
@@ -343,7 +342,6 @@ impl Daemon {
         let eta = t.eta_secs().map_or(ETA_NOT_AVAILABLE, |secs| {
             i64::try_from(secs).unwrap_or(i64::MAX)
         });
-        let limits = self.seed_limits().for_torrent(&t.record);
         let mut out = Map::new();
         for &field in fields {
             let value = match field {
@@ -453,8 +451,15 @@ impl Daemon {
                     RatioLimit::Own(_) => 1,
                     RatioLimit::Unlimited => 2,
                 }),
-                "seedIdleMode" => json!(0),
-                "seedIdleLimit" => json!(limits.time.as_secs() / 60),
+                "seedIdleMode" => json!(match t.record.idle_limit {
+                    IdleLimit::Global => 0,
+                    IdleLimit::OwnMins(_) => 1,
+                    IdleLimit::Unlimited => 2,
+                }),
+                "seedIdleLimit" => json!(match t.record.idle_limit {
+                    IdleLimit::OwnMins(mins) => mins,
+                    _ => crate::session_settings::idle_limit_mins(&self.config),
+                }),
                 "downloadLimit" => json!(t.record.rates.download_kbps),
                 "uploadLimit" => json!(t.record.rates.upload_kbps),
                 "downloadLimited" => json!(t.record.rates.download_limited),
@@ -578,6 +583,20 @@ impl Daemon {
                 _ => return Err(format!("seedRatioMode: {v} is not 0, 1 or 2")),
             },
         };
+        let idle_limit = match args.get("seedIdleLimit") {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(mins @ 1..) => Some(mins),
+                _ => return Err(format!("seedIdleLimit: {v} is not a number of minutes > 0")),
+            },
+        };
+        let idle_mode = match args.get("seedIdleMode") {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(m @ 0..=2) => Some(m),
+                _ => return Err(format!("seedIdleMode: {v} is not 0, 1 or 2")),
+            },
+        };
         let labels = labels_arg(args)?;
         let peer_limit = match args.get("peer-limit") {
             None => None,
@@ -588,15 +607,11 @@ impl Daemon {
         };
         for (key, value) in args {
             let honest_no_op = match key.as_str() {
-                "ids" | "seedRatioLimit" | "seedRatioMode" | "labels" | "peer-limit"
-                | "queuePosition" => true,
-                // btd has no idle limit: "follow the session" (which has none) is true.
-                "seedIdleMode" => value.as_u64() == Some(0),
+                "ids" | "seedRatioLimit" | "seedRatioMode" | "seedIdleLimit" | "seedIdleMode"
+                | "labels" | "peer-limit" | "queuePosition" => true,
 
                 "honorsSessionLimits" => value.as_bool() == Some(true),
                 "bandwidthPriority" => value.as_i64() == Some(0),
-                // Only meaningful with a mode that uses it.
-                "seedIdleLimit" => true,
                 "downloadLimit" | "uploadLimit" => value.as_u64().is_some(),
                 "downloadLimited" | "uploadLimited" => value.as_bool().is_some(),
                 _ => false,
@@ -630,6 +645,17 @@ impl Daemon {
                 }
                 (None, None) => {}
             }
+            let global_idle = crate::session_settings::idle_limit_mins(&self.config);
+            t.record.idle_limit = match (idle_mode, idle_limit, t.record.idle_limit) {
+                (Some(0), _, _) => IdleLimit::Global,
+                (Some(1), Some(mins), _) | (None, Some(mins), IdleLimit::OwnMins(_)) => {
+                    IdleLimit::OwnMins(mins)
+                }
+                (Some(1), None, IdleLimit::OwnMins(mins)) => IdleLimit::OwnMins(mins),
+                (Some(1), None, _) => IdleLimit::OwnMins(global_idle),
+                (Some(_), _, _) => IdleLimit::Unlimited,
+                (None, _, current) => current,
+            };
             let rates = &mut t.record.rates;
             let before = *rates;
             let number = |key: &str| args.get(key).and_then(Value::as_u64);
@@ -906,6 +932,9 @@ impl Daemon {
             ) {
                 info!("torrent {}: started over the RPC", t.name());
                 t.retry_at = None;
+                // A new idle count, as Transmission's starts one (else a torrent finished by
+                // its idle limit would finish again at once).
+                t.record.idle_secs = 0;
                 self.unpause(index);
             }
             self.torrents[index].save_record(&self.config.state_dir);

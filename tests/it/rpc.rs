@@ -628,3 +628,73 @@ fn torrent_get_peers_shows_a_connected_libtorrent_leecher_as_transmission_remote
     );
     d.stop("TERM");
 }
+
+/// The idle limit's unit over the RPC and in the config is the minute, so this test waits one
+/// (about 65 s in all): the shortest honest run of the real rule.
+#[test]
+fn an_idle_seeding_limit_finishes_a_torrent_nobody_downloads_and_unlimited_keeps_seeding() {
+    let work = TempDir::new("rpc-idle");
+    let idle = seed_payload(&work, "rpc-idle");
+    let busy = seed_payload(&work, "rpc-idle-unlimited");
+    let mut home = rpc_home("rpc-idle", None);
+    home.set("seeding", "idle_limit_mins", 1)
+        .add_torrent(TorrentEntry::new(&idle.torrent).download_dir(&idle.dir))
+        .add_torrent(TorrentEntry::new(&busy.torrent).download_dir(&busy.dir))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    d.wait_seeding(&idle.info_hash, SHORT);
+    let seeding_seen = std::time::Instant::now();
+    d.wait_seeding(&busy.info_hash, SHORT);
+    let mut rpc = RpcClient::new(addr);
+    let session = rpc.ok(
+        "session-get",
+        serde_json::json!({"fields": ["idle-seeding-limit", "idle-seeding-limit-enabled"]}),
+    );
+    assert_eq!(
+        serde_json::Value::Object(session),
+        serde_json::json!({"idle-seeding-limit": 1, "idle-seeding-limit-enabled": true})
+    );
+    rpc.ok(
+        "torrent-set",
+        serde_json::json!({"ids": [2], "seedIdleMode": 2, "seedIdleLimit": 5}),
+    );
+    let limits = rpc.torrents(
+        serde_json::json!([1, 2]),
+        &["id", "seedIdleMode", "seedIdleLimit"],
+    );
+    assert_eq!(
+        serde_json::Value::from(limits),
+        serde_json::json!([
+            {"id": 1, "seedIdleMode": 0, "seedIdleLimit": 1},
+            {"id": 2, "seedIdleMode": 2, "seedIdleLimit": 1}
+        ])
+    );
+
+    // A minute of seeding without an upload, counted from when it started seeding.
+    let deadline = within(std::time::Duration::from_secs(80));
+    while state(&d, &idle.info_hash).as_deref() != Some("finished") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not finished by its idle limit: {:?}",
+            state(&d, &idle.info_hash)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let waited = seeding_seen.elapsed().as_secs_f64();
+    assert!(
+        waited > 55.0,
+        "finished after {waited:.1} s, the limit is 60 s"
+    );
+    d.wait_log_contains(0, SHORT, "torrent rpc-idle: idle seeding limit reached");
+    assert_eq!(state(&d, &busy.info_hash).as_deref(), Some("seeding"));
+
+    // The idle time is in its record: after a restart it stays finished, the other seeds.
+    d.stop("TERM");
+    drop(d);
+    let mut d = home.start("btd daemon (restarted)");
+    d.wait_log_contains(0, SHORT, "torrent rpc-idle: idle seeding limit reached");
+    d.wait_seeding(&busy.info_hash, SHORT);
+    assert_eq!(state(&d, &idle.info_hash).as_deref(), Some("finished"));
+    d.stop("TERM");
+}
