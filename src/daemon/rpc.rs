@@ -73,6 +73,12 @@ impl Daemon {
             "queue-move-down" => self.rpc_queue_move(args, QueueMove::Down),
             "queue-move-bottom" => self.rpc_queue_move(args, QueueMove::Bottom),
             "session-set" => self.rpc_session_set(args),
+            "blocklist-update" => Err("blocklist-update: btd has no blocklist".into()),
+            "port-test" => Err(
+                "port-test: btd does not ask an outside service whether its peer port is \
+                 reachable, so it cannot say"
+                    .into(),
+            ),
             other => Err(format!("method not supported by btd (yet): {other}")),
         }
     }

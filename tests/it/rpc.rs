@@ -698,3 +698,68 @@ fn an_idle_seeding_limit_finishes_a_torrent_nobody_downloads_and_unlimited_keeps
     assert_eq!(state(&d, &idle.info_hash).as_deref(), Some("finished"));
     d.stop("TERM");
 }
+
+/// A daemon with its RPC and no torrents, and where the RPC answers.
+fn bare_rpc_daemon(label: &str) -> (DaemonHome, Daemon, SocketAddr) {
+    let home = rpc_home(label, None);
+    home.write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    (home, d, addr)
+}
+
+#[test]
+fn alternative_speeds_are_refused_saying_so_and_their_off_values_are_taken() {
+    let (_home, mut d, addr) = bare_rpc_daemon("rpc-alt-speed");
+    // Turtle mode with transmission-remote: the daemon's refusal is what it prints.
+    let (success, text) = remote(addr, &["--alt-speed"]);
+    assert!(
+        !success && text.contains("alt-speed-enabled: not supported"),
+        "{text}"
+    );
+    let (success, text) = remote(addr, &["--alt-speed-downlimit", "50"]);
+    assert!(
+        !success && text.contains("alt-speed-down: not supported"),
+        "{text}"
+    );
+    let mut rpc = RpcClient::new(addr);
+    let result = rpc.result(
+        "session-set",
+        serde_json::json!({"alt-speed-up": 20, "alt-speed-time-enabled": true}),
+    );
+    assert!(
+        result.contains("alt-speed-up: not supported")
+            && result.contains("alt-speed-time-enabled: not supported"),
+        "{result}"
+    );
+    // What session-get shows (off, nothing) is true, so setting it is no refusal.
+    ok(addr, &["--no-alt-speed"]);
+    let session = rpc.ok(
+        "session-get",
+        serde_json::json!({"fields": ["alt-speed-enabled", "alt-speed-down", "alt-speed-up"]}),
+    );
+    assert_eq!(
+        serde_json::Value::Object(session),
+        serde_json::json!({"alt-speed-enabled": false, "alt-speed-down": 0, "alt-speed-up": 0})
+    );
+    d.stop("TERM");
+}
+
+#[test]
+fn blocklist_update_is_refused_saying_btd_has_no_blocklist() {
+    let (_home, mut d, addr) = bare_rpc_daemon("rpc-blocklist");
+    let (success, text) = remote(addr, &["--blocklist-update"]);
+    assert!(!success && text.contains("btd has no blocklist"), "{text}");
+    d.stop("TERM");
+}
+
+#[test]
+fn port_test_is_refused_saying_btd_cannot_tell() {
+    let (_home, mut d, addr) = bare_rpc_daemon("rpc-port-test");
+    let (success, text) = remote(addr, &["--port-test"]);
+    assert!(
+        !success && text.contains("port-test: btd does not ask"),
+        "{text}"
+    );
+    d.stop("TERM");
+}
