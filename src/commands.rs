@@ -20,7 +20,7 @@ use log::info;
 use sha1::{Digest, Sha1};
 
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, RunOptions};
 use crate::magnet::Magnet;
 use crate::metadata_fetch::{self, FetchError, FetchParams};
 use crate::metainfo::{InfoHash, MAX_PIECE_LEN, Metainfo};
@@ -413,7 +413,7 @@ fn wait(
                     progress.finish();
                     return Outcome::Completed;
                 }
-                Ok(TorrentEvent::Completed) => {}
+                Ok(TorrentEvent::Completed | TorrentEvent::Incomplete) => {}
                 Ok(TorrentEvent::Failed(e)) => {
                     progress.finish();
                     return Outcome::Failed(e);
@@ -543,7 +543,13 @@ fn start_one(
     peers: Vec<SocketAddr>,
 ) -> Result<TorrentHandle, CommandError> {
     let handle = engine
-        .add(Arc::clone(meta), Arc::new(storage), have, peers, None, None)
+        .add(
+            Arc::clone(meta),
+            Arc::new(storage),
+            have,
+            peers,
+            RunOptions::default(),
+        )
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
     engine.log_listening();
     Ok(handle)

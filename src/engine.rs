@@ -13,6 +13,7 @@ use rand::RngExt;
 use crate::listener::{Listener, Registry};
 use crate::metainfo::Metainfo;
 use crate::ratelimit::Limits;
+use crate::selection::Selection;
 use crate::storage::Storage;
 use crate::torrent::disk::DiskPool;
 use crate::torrent::{ResumeTarget, TorrentHandle, TorrentLimits, TorrentParams};
@@ -44,6 +45,18 @@ pub struct Engine {
     global: Arc<Limits>,
     /// The disk threads every torrent shares (`limits.disk_threads` of them).
     disk: DiskPool,
+}
+
+/// What a run starts with besides its data and peers (the daemon sets them; one-shot commands
+/// take the defaults: no resume data, no upload limit, every file).
+#[derive(Default)]
+pub struct RunOptions {
+    /// Where to keep resume data.
+    pub resume: Option<ResumeTarget>,
+    /// Payload bytes this run may upload before a seeding limit is reached (`None`: no limit).
+    pub upload_allowance: Option<u64>,
+    /// Which files are wanted.
+    pub selection: Selection,
 }
 
 impl Engine {
@@ -98,9 +111,13 @@ impl Engine {
         storage: Arc<Storage>,
         have: Bitfield,
         peers: Vec<SocketAddr>,
-        resume: Option<ResumeTarget>,
-        upload_allowance: Option<u64>,
+        options: RunOptions,
     ) -> std::io::Result<TorrentHandle> {
+        let RunOptions {
+            resume,
+            upload_allowance,
+            selection,
+        } = options;
         let info_hash = meta.info_hash;
         let bind = Some(self.config.listen.ip()).filter(|ip: &IpAddr| !ip.is_unspecified());
         let handle = TorrentHandle::start(TorrentParams {
@@ -115,6 +132,7 @@ impl Engine {
             global: Arc::clone(&self.global),
             resume,
             upload_allowance,
+            selection,
             disk: self.disk.handle(),
         })?;
         self.registry

@@ -25,6 +25,7 @@ pub mod relocate;
 pub mod remote;
 pub mod resume;
 pub mod rpc;
+pub mod selection;
 pub mod session_settings;
 pub mod status;
 pub mod storage;

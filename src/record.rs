@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::atomic_file::{self, AtomicFileError};
 use crate::metainfo::InfoHash;
+use crate::selection::Selection;
 
 /// The format version this build writes and reads.
 pub const RECORD_VERSION: u32 = 1;
@@ -74,6 +75,21 @@ pub struct TorrentRecord {
     /// and `downloadLimited`, `uploadLimit` and `uploadLimited`).
     #[serde(default, skip_serializing_if = "OwnRates::is_none")]
     pub rates: OwnRates,
+    /// Which files are wanted and how urgently (the RPC's `files-wanted`/`files-unwanted` and
+    /// `priority-*`); empty: every file, normal.
+    #[serde(default, skip_serializing_if = "Selection::is_all")]
+    pub files: Selection,
+    /// Its place in the queue (0 first): the order queued torrents start in, kept across
+    /// restarts. Older records have none; they keep the order they are added in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
+    /// A move of its files to this directory has begun and not finished: saved before the
+    /// first file moves and cleared (with `download_dir` set to it) once the last has, or once
+    /// a failed move put every file back. While it is set, the files may be split between
+    /// `download_dir` and here, and the daemon finishes the move before it checks or runs
+    /// the torrent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_to: Option<PathBuf>,
     /// Files and directories renamed over the RPC (`torrent-rename-path`), in the order they
     /// were: applied again to the torrent's file list whenever it is loaded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -196,6 +212,9 @@ impl TorrentRecord {
             labels: Vec::new(),
             peer_limit: None,
             rates: OwnRates::default(),
+            files: Selection::all(),
+            queue_position: None,
+            moving_to: None,
             renames: Vec::new(),
         }
     }
@@ -206,6 +225,15 @@ impl TorrentRecord {
         state_dir
             .join("torrents")
             .join(format!("{}.json", info_hash.to_hex()))
+    }
+
+    /// `<state_dir>/torrents/<hex info hash>.parts`: the part file, which holds the bytes of
+    /// wanted pieces that lie in files nobody wants (see `storage.rs`).
+    #[must_use]
+    pub fn part_path_in(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
+        state_dir
+            .join("torrents")
+            .join(format!("{}.parts", info_hash.to_hex()))
     }
 
     /// Reads the record at `path`; `Ok(None)` when there is none.
@@ -296,6 +324,29 @@ mod tests {
         });
         record.save(&path).unwrap();
         assert_eq!(TorrentRecord::load(&path, &hash(7)).unwrap(), Some(record));
+    }
+
+    #[test]
+    fn a_record_without_the_later_fields_loads_with_their_defaults() {
+        let dir = TempDir::new("record-old");
+        let path = dir.0.join("old.json");
+        let old = format!(
+            r#"{{"version": 1, "info_hash": "{}", "download_dir": "/srv/data",
+                "added_unix": 5, "completed_unix": null, "uploaded": 1, "downloaded": 2,
+                "seeding_secs": 3}}"#,
+            hash(4).to_hex()
+        );
+        std::fs::write(&path, old).unwrap();
+        let record = TorrentRecord::load(&path, &hash(4)).unwrap().unwrap();
+        assert_eq!((record.queue_position, &record.moving_to), (None, &None));
+        assert_eq!(record.download_dir, Path::new("/srv/data"));
+        // Unset, they are not written either.
+        record.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("queue_position") && !text.contains("moving_to"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct ResumeData {
     pub pieces: String,
     /// One stamp per file of the torrent, in metainfo order.
     pub files: Vec<FileStamp>,
+    /// The part file's stamp, when the torrent had one (file selection: bytes of wanted pieces
+    /// that lie in files not created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<FileStamp>,
 }
 
 /// A file's size and modification time when its pieces were recorded.
@@ -86,14 +90,15 @@ pub enum Stale {
 
 impl ResumeData {
     /// Snapshot: the `have` pieces, and the current size and mtime of each file of `meta` under
-    /// `root` (a missing or unreadable file is recorded as `len` 0, `mtime_ns` 0, which
-    /// [`validate`](Self::validate) never accepts). Take it after the files were synced, so
-    /// nothing written before the snapshot changes their mtime afterwards.
+    /// `root` and of the part file `part` if any (a missing or unreadable file is recorded as
+    /// `len` 0, `mtime_ns` 0: a file nobody wanted, which must still be missing for
+    /// [`validate`](Self::validate) to accept the pieces). Take it after the files were synced,
+    /// so nothing written before the snapshot changes their mtime afterwards.
     ///
     /// `have` must have one bit per piece of `meta` (checked in debug builds); otherwise the
     /// snapshot is recorded as is and rejected by `validate`.
     #[must_use]
-    pub fn capture(meta: &Metainfo, root: &Path, have: &Bitfield) -> Self {
+    pub fn capture(meta: &Metainfo, root: &Path, have: &Bitfield, part: Option<&Path>) -> Self {
         debug_assert_eq!(have.len(), meta.geometry.num_pieces, "bitfield size");
         let files = meta
             .files
@@ -113,6 +118,14 @@ impl ResumeData {
             num_pieces: have.len(),
             pieces: hex::encode(have.as_bytes()),
             files,
+            part: part.map(|path| {
+                let (len, mtime_ns) = stat(path).unwrap_or((0, 0));
+                FileStamp {
+                    path: path.to_string_lossy().into_owned(),
+                    len,
+                    mtime_ns,
+                }
+            }),
         }
     }
 
@@ -199,19 +212,25 @@ impl ResumeData {
         Ok(Some(data))
     }
 
-    /// The verified pieces, if this resume data still describes the files under `root`: same
-    /// info hash, same piece count, and every file's current size and mtime equal to the
-    /// recorded ones. `None` means hash every piece again.
+    /// The verified pieces, if this resume data still describes the files under `root` (and
+    /// the part file `part`): same info hash, same piece count, and every file's current size
+    /// and mtime equal to the recorded ones (a file recorded missing is still missing). `None`
+    /// means hash every piece again.
     #[must_use]
-    pub fn validate(&self, meta: &Metainfo, root: &Path) -> Option<Bitfield> {
-        self.check(meta, root).ok()
+    pub fn validate(&self, meta: &Metainfo, root: &Path, part: Option<&Path>) -> Option<Bitfield> {
+        self.check(meta, root, part).ok()
     }
 
     /// [`validate`](Self::validate), saying why the data was not trusted.
     ///
     /// # Errors
     /// The first reason found for not trusting the recorded pieces.
-    pub fn check(&self, meta: &Metainfo, root: &Path) -> Result<Bitfield, Stale> {
+    pub fn check(
+        &self,
+        meta: &Metainfo,
+        root: &Path,
+        part: Option<&Path>,
+    ) -> Result<Bitfield, Stale> {
         if self.version != RESUME_VERSION {
             return Err(Stale::Version {
                 found: self.version,
@@ -240,13 +259,35 @@ impl ResumeData {
         {
             return Err(Stale::FileList);
         }
+        let never_created = |stamp: &FileStamp| (stamp.len, stamp.mtime_ns) == (0, 0);
         for (stamp, entry) in self.files.iter().zip(&meta.files) {
             let path = root.join(&entry.path);
-            let Some((len, mtime_ns)) = stat(&path) else {
-                return Err(Stale::FileMissing { path });
-            };
-            if (len, mtime_ns) != (stamp.len, stamp.mtime_ns) {
-                return Err(Stale::FileChanged { path });
+            match stat(&path) {
+                // Not created because nobody wanted it (its bytes of wanted pieces are in the
+                // part file, whose stamp is checked below), and still not there.
+                None if never_created(stamp) && entry.len > 0 && self.part.is_some() => {}
+                None => return Err(Stale::FileMissing { path }),
+                Some(now) if now != (stamp.len, stamp.mtime_ns) => {
+                    return Err(Stale::FileChanged { path });
+                }
+                Some(_) => {}
+            }
+        }
+        let recorded = self.part.as_ref().filter(|s| !never_created(s));
+        let now = part.and_then(stat);
+        match (recorded, now) {
+            (None, None) => {}
+            (Some(stamp), Some(now)) if now == (stamp.len, stamp.mtime_ns) => {}
+            (Some(stamp), _) => {
+                return Err(Stale::FileChanged {
+                    path: PathBuf::from(&stamp.path),
+                });
+            }
+            // A part file that appeared since may hold what the files recorded did not.
+            (None, Some(_)) => {
+                return Err(Stale::FileChanged {
+                    path: part.expect("stat found it").to_owned(),
+                });
             }
         }
         self.bitfield().ok_or(Stale::BadPieces)
@@ -318,7 +359,7 @@ mod tests {
         let meta = torrent("t");
         let root = dir.0.join("downloads");
         write_files(&meta, &root);
-        let data = ResumeData::capture(&meta, &root, &have(&[1], 2));
+        let data = ResumeData::capture(&meta, &root, &have(&[1], 2), None);
         assert_eq!(data.pieces, "40");
         assert_eq!(
             data.files
@@ -347,12 +388,12 @@ mod tests {
         let mut meta = torrent("t");
         let root = dir.0.join("downloads");
         write_files(&meta, &root);
-        let mut data = ResumeData::capture(&meta, &root, &have(&[0, 1], 2));
+        let mut data = ResumeData::capture(&meta, &root, &have(&[0, 1], 2), None);
         let (from, to) = meta.rename_path("t", "u").unwrap();
         fs::rename(root.join(&from), root.join(&to)).unwrap();
-        assert_eq!(data.check(&meta, &root), Err(Stale::FileList));
+        assert_eq!(data.check(&meta, &root, None), Err(Stale::FileList));
         data.rename_path(&from, &to);
-        assert_eq!(data.check(&meta, &root).unwrap().count_ones(), 2);
+        assert_eq!(data.check(&meta, &root, None).unwrap().count_ones(), 2);
         // A file's own rename; `u/b` is not a prefix of `u/bb` (whole components only).
         let (from, to) = meta.rename_path("u/b", "bb").unwrap();
         fs::rename(root.join(&from), root.join(&to)).unwrap();
@@ -376,12 +417,12 @@ mod tests {
         write_files(&meta, &dir.0);
         let pieces = have(&[0], 2);
         let path = dir.0.join("r.json");
-        ResumeData::capture(&meta, &dir.0, &pieces)
+        ResumeData::capture(&meta, &dir.0, &pieces, None)
             .save(&path)
             .unwrap();
         let loaded = ResumeData::load(&path).unwrap().unwrap();
-        assert_eq!(loaded.check(&meta, &dir.0), Ok(pieces.clone()));
-        assert_eq!(loaded.validate(&meta, &dir.0), Some(pieces));
+        assert_eq!(loaded.check(&meta, &dir.0, None), Ok(pieces.clone()));
+        assert_eq!(loaded.validate(&meta, &dir.0, None), Some(pieces));
     }
 
     #[test]
@@ -389,14 +430,14 @@ mod tests {
         let dir = TempDir::new("mtime");
         let meta = torrent("t");
         write_files(&meta, &dir.0);
-        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2));
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), None);
         let b = dir.0.join("t/b");
         set_mtime(&b, mtime(&b) + Duration::from_secs(1));
         assert_eq!(
-            data.check(&meta, &dir.0),
+            data.check(&meta, &dir.0, None),
             Err(Stale::FileChanged { path: b })
         );
-        assert_eq!(data.validate(&meta, &dir.0), None);
+        assert_eq!(data.validate(&meta, &dir.0, None), None);
     }
 
     #[test]
@@ -404,7 +445,7 @@ mod tests {
         let dir = TempDir::new("size");
         let meta = torrent("t");
         write_files(&meta, &dir.0);
-        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2));
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), None);
         let a = dir.0.join("t/a");
         let before = mtime(&a);
         let file = fs::OpenOptions::new().write(true).open(&a).unwrap();
@@ -413,7 +454,7 @@ mod tests {
         drop(file);
         assert_eq!(mtime(&a), before);
         assert_eq!(
-            data.check(&meta, &dir.0),
+            data.check(&meta, &dir.0, None),
             Err(Stale::FileChanged { path: a })
         );
     }
@@ -423,12 +464,41 @@ mod tests {
         let dir = TempDir::new("gone");
         let meta = torrent("t");
         write_files(&meta, &dir.0);
-        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2));
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), None);
         let a = dir.0.join("t/a");
         fs::remove_file(&a).unwrap();
         assert_eq!(
-            data.check(&meta, &dir.0),
+            data.check(&meta, &dir.0, None),
             Err(Stale::FileMissing { path: a })
+        );
+    }
+
+    #[test]
+    fn a_file_nobody_wanted_may_stay_missing_while_the_part_file_is_unchanged() {
+        let dir = TempDir::new("unwanted-missing");
+        let meta = torrent("t");
+        write_files(&meta, &dir.0);
+        fs::remove_file(dir.0.join("t/b")).unwrap();
+        let part = dir.0.join("t.parts");
+        fs::write(&part, b"boundary bytes").unwrap();
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), Some(&part));
+        assert_eq!(
+            data.check(&meta, &dir.0, Some(&part)),
+            Ok(Bitfield::full(2))
+        );
+        fs::write(&part, b"other bytes, other length").unwrap();
+        assert_eq!(
+            data.check(&meta, &dir.0, Some(&part)),
+            Err(Stale::FileChanged { path: part.clone() })
+        );
+        fs::remove_file(&part).unwrap();
+        assert!(
+            data.check(&meta, &dir.0, Some(&part)).is_err(),
+            "part file gone"
+        );
+        assert!(
+            data.check(&meta, &dir.0, None).is_err(),
+            "no part file where one was"
         );
     }
 
@@ -436,10 +506,10 @@ mod tests {
     fn a_file_missing_at_capture_is_never_trusted() {
         let dir = TempDir::new("missing-at-capture");
         let meta = torrent("t");
-        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::new(2));
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::new(2), None);
         assert_eq!((data.files[0].len, data.files[0].mtime_ns), (0, 0));
         assert_eq!(
-            data.check(&meta, &dir.0),
+            data.check(&meta, &dir.0, None),
             Err(Stale::FileMissing {
                 path: dir.0.join("t/a")
             })
@@ -447,7 +517,7 @@ mod tests {
         // Created later (as storage does), it still does not match the "missing" stamp.
         write_files(&meta, &dir.0);
         assert!(matches!(
-            data.check(&meta, &dir.0),
+            data.check(&meta, &dir.0, None),
             Err(Stale::FileChanged { .. })
         ));
     }
@@ -457,12 +527,12 @@ mod tests {
         let dir = TempDir::new("other");
         let meta = torrent("t");
         write_files(&meta, &dir.0);
-        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2));
+        let data = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), None);
 
         let other = torrent("u");
         assert_ne!(other.info_hash, meta.info_hash);
         assert_eq!(
-            data.check(&other, &dir.0),
+            data.check(&other, &dir.0, None),
             Err(Stale::OtherTorrent {
                 recorded: meta.info_hash.to_hex()
             })
@@ -472,7 +542,7 @@ mod tests {
         fewer.num_pieces = 1;
         fewer.pieces = "80".into();
         assert_eq!(
-            fewer.check(&meta, &dir.0),
+            fewer.check(&meta, &dir.0, None),
             Err(Stale::PieceCount {
                 recorded: 1,
                 expected: 2
@@ -481,11 +551,11 @@ mod tests {
 
         let mut renamed = data.clone();
         renamed.files[1].path = "t/c".into();
-        assert_eq!(renamed.check(&meta, &dir.0), Err(Stale::FileList));
+        assert_eq!(renamed.check(&meta, &dir.0, None), Err(Stale::FileList));
 
         let mut spare_bits = data;
         spare_bits.pieces = "ff".into();
-        assert_eq!(spare_bits.check(&meta, &dir.0), Err(Stale::BadPieces));
+        assert_eq!(spare_bits.check(&meta, &dir.0, None), Err(Stale::BadPieces));
     }
 
     #[test]
@@ -494,7 +564,7 @@ mod tests {
         let meta = torrent("t");
         write_files(&meta, &dir.0);
         let path = dir.0.join("r.json");
-        ResumeData::capture(&meta, &dir.0, &Bitfield::full(2))
+        ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), None)
             .save(&path)
             .unwrap();
         let good = fs::read_to_string(&path).unwrap();
@@ -530,14 +600,14 @@ mod tests {
         let meta = torrent("t");
         write_files(&meta, &dir.0);
         let path = dir.0.join("resume/r.json");
-        let first = ResumeData::capture(&meta, &dir.0, &have(&[0], 2));
+        let first = ResumeData::capture(&meta, &dir.0, &have(&[0], 2), None);
         first.save(&path).unwrap();
 
         // A crash between writing the temporary file and the rename leaves it behind.
         fs::write(tmp_path(&path), "{\"version\": 1, \"info_ha").unwrap();
         assert_eq!(ResumeData::load(&path).unwrap().as_ref(), Some(&first));
 
-        let second = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2));
+        let second = ResumeData::capture(&meta, &dir.0, &Bitfield::full(2), None);
         second.save(&path).unwrap();
         assert_eq!(ResumeData::load(&path).unwrap(), Some(second));
         assert!(!tmp_path(&path).exists());

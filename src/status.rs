@@ -54,7 +54,7 @@ pub struct TorrentStatus {
     /// `checking`, `downloading`, `seeding`, `paused`, `finished` (a seeding limit stopped it),
     /// `stopped` (the daemon stopped cleanly) or `error`.
     pub state: String,
-    /// Verified fraction of the data, 0 to 1.
+    /// Verified fraction of the wanted data (every file unless some are skipped), 0 to 1.
     pub progress: f64,
     /// While `checking`: the fraction of pieces checked so far, 0 to 1.
     #[serde(default)]

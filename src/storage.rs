@@ -1,7 +1,14 @@
 //! Storage: maps the torrent's concatenated byte range onto its files and does positioned reads
-//! and writes (`pread`/`pwrite`), so any thread may use one `Storage` at once without locks.
-//! Owns the open file handles. Knows nothing of peers or of which pieces are verified: callers
-//! write only verified pieces and read only pieces they have announced.
+//! and writes (`pread`/`pwrite`), so any thread may use one `Storage` at once. Owns the open
+//! file handles and the torrent's part file. Knows nothing of peers or of which pieces are
+//! verified: callers write only verified pieces and read only pieces they have announced.
+//!
+//! A file nobody wants (file selection) is not created. The bytes a wanted piece has in it go
+//! to the torrent's part file instead (in the state directory, at their offset in the torrent,
+//! so it is sparse and holds only those bytes), as libtorrent does. When such a file becomes
+//! wanted it is created and its bytes are copied out of the part file; a file that exists stays
+//! where it is whatever its selection. Each file's place sits behind a read-write lock taken
+//! for every read and write, so a change of place never races a write.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -48,10 +55,26 @@ pub enum OpenMode {
 struct StoredFile {
     entry: FileEntry,
     abs_path: PathBuf,
-    /// None for zero-length files, which hold no bytes to read or write.
-    handle: Option<File>,
-    /// True when the file held data before we opened it (so its pieces are worth hashing).
+    place: parking_lot::RwLock<Place>,
+    /// True when the file (or, for one in the part file, the part file) held data before we
+    /// opened it, so its pieces are worth hashing.
     had_data: bool,
+}
+
+/// Where one file's bytes are.
+enum Place {
+    /// A zero-length file: no bytes to read or write.
+    Empty,
+    /// In the file itself.
+    File(File),
+    /// Not created (nobody wants it): in the part file, at the torrent offset.
+    Part,
+}
+
+/// The part file: bytes of wanted pieces that lie in files not created.
+struct PartFile {
+    path: PathBuf,
+    handle: File,
 }
 
 /// One contiguous run of bytes inside one file.
@@ -66,6 +89,11 @@ pub struct Segment {
 pub struct Storage {
     files: Vec<StoredFile>,
     geometry: Geometry,
+    /// Open when some file lives in it.
+    part: Option<PartFile>,
+    /// Where the part file is (when a selection was given), open or not: resume data stamps
+    /// it whenever it exists.
+    part_path: Option<PathBuf>,
 }
 
 impl Storage {
@@ -74,55 +102,173 @@ impl Storage {
     /// # Errors
     /// `Open` naming the first file that could not be opened or created.
     pub fn open(root: &Path, meta: &Metainfo, mode: OpenMode) -> Result<Self, StorageError> {
+        Self::open_inner(root, meta, mode, None)
+    }
+
+    /// Opens for download with a file selection: `wanted[i]` says whether file `i` is wanted.
+    /// A file nobody wants is not created unless it exists; its bytes go to the part file at
+    /// `part` (opened, and created, only when some file is kept out).
+    ///
+    /// # Errors
+    /// `Open` naming the first file that could not be opened or created.
+    pub fn open_selected(
+        root: &Path,
+        meta: &Metainfo,
+        wanted: &[bool],
+        part: &Path,
+    ) -> Result<Self, StorageError> {
+        Self::open_inner(root, meta, OpenMode::Download, Some((wanted, part)))
+    }
+
+    fn open_inner(
+        root: &Path,
+        meta: &Metainfo,
+        mode: OpenMode,
+        selection: Option<(&[bool], &Path)>,
+    ) -> Result<Self, StorageError> {
+        let unwanted = |index: usize| {
+            selection.is_some_and(|(wanted, _)| !wanted.get(index).copied().unwrap_or(true))
+        };
+        let kept_out = |index: usize, abs_path: &Path| {
+            unwanted(index)
+                && meta.files[index].len > 0
+                && std::fs::symlink_metadata(abs_path).is_err()
+        };
+        let mut part = None;
+        if let Some((_, part_path)) = selection
+            && meta
+                .files
+                .iter()
+                .enumerate()
+                .any(|(i, e)| kept_out(i, &root.join(&e.path)))
+        {
+            part = Some(PartFile::open(part_path)?);
+        }
+        let part_had_data = part
+            .as_ref()
+            .is_some_and(|p| p.handle.metadata().is_ok_and(|m| m.len() > 0));
         let mut files = Vec::with_capacity(meta.files.len());
-        for entry in &meta.files {
+        for (index, entry) in meta.files.iter().enumerate() {
             let abs_path = root.join(&entry.path);
-            let open_err = |source| StorageError::Open {
-                path: abs_path.clone(),
-                source,
-            };
-            let (handle, had_data) = match mode {
-                OpenMode::Download => {
-                    if let Some(dir) = abs_path.parent() {
-                        std::fs::create_dir_all(dir).map_err(open_err)?;
-                    }
-                    let file = OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(false)
-                        .open(&abs_path)
-                        .map_err(open_err)?;
-                    let existing = file.metadata().map_err(open_err)?.len();
-                    if existing < entry.len {
-                        file.set_len(entry.len).map_err(open_err)?;
-                    }
-                    (Some(file), existing > 0)
+            let (place, had_data) = if entry.len == 0 && mode == OpenMode::Download {
+                if !unwanted(index) {
+                    create_file(&abs_path, 0)?;
                 }
-                OpenMode::Seed => {
-                    let file = File::open(&abs_path).map_err(open_err)?;
-                    let existing = file.metadata().map_err(open_err)?.len();
-                    if existing < entry.len {
-                        return Err(open_err(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            format!("{existing} bytes, expected {}", entry.len),
-                        )));
+                (Place::Empty, false)
+            } else if kept_out(index, &abs_path) {
+                (Place::Part, part_had_data)
+            } else {
+                match mode {
+                    OpenMode::Download => {
+                        let (file, existing) = create_file(&abs_path, entry.len)?;
+                        (Place::File(file), existing > 0)
                     }
-                    (Some(file), true)
+                    OpenMode::Seed => {
+                        let open_err = |source| StorageError::Open {
+                            path: abs_path.clone(),
+                            source,
+                        };
+                        let file = File::open(&abs_path).map_err(open_err)?;
+                        let existing = file.metadata().map_err(open_err)?.len();
+                        if existing < entry.len {
+                            return Err(open_err(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                format!("{existing} bytes, expected {}", entry.len),
+                            )));
+                        }
+                        let place = if entry.len == 0 {
+                            Place::Empty
+                        } else {
+                            Place::File(file)
+                        };
+                        (place, true)
+                    }
                 }
             };
-            let handle = if entry.len == 0 { None } else { handle };
             files.push(StoredFile {
                 entry: entry.clone(),
                 abs_path,
-                handle,
+                place: parking_lot::RwLock::new(place),
                 had_data,
             });
         }
         Ok(Self {
             files,
             geometry: meta.geometry,
+            part,
+            part_path: selection.map(|(_, path)| path.to_owned()),
         })
+    }
+
+    /// Where this torrent's part file is (opened with a selection), whether or not it exists.
+    pub fn part_path(&self) -> Option<&Path> {
+        self.part_path.as_deref()
+    }
+
+    /// Files wanted now (one flag per file): each one kept in the part file so far is created
+    /// and gets its bytes from the part file. Files already created stay as they are.
+    ///
+    /// # Errors
+    /// `Open` when a file cannot be created, `Read`/`Write` when the copy fails; the files
+    /// before it have moved, the rest have not.
+    pub fn want_files(&self, wanted: &[bool]) -> Result<(), StorageError> {
+        for (index, file) in self.files.iter().enumerate() {
+            if !wanted.get(index).copied().unwrap_or(true) {
+                continue;
+            }
+            let mut place = file.place.write();
+            if !matches!(*place, Place::Part) {
+                continue;
+            }
+            let part = self
+                .part
+                .as_ref()
+                .expect("a file in the part file means one is open");
+            let (created, _) = create_file(&file.abs_path, file.entry.len)?;
+            // Only the file's first and last pieces can hold bytes in the part file: a piece
+            // lying wholly in an unwanted file is never fetched.
+            let mut buf = Vec::new();
+            for (from, len) in self.edge_ranges(&file.entry) {
+                buf.resize(usize::try_from(len).expect("a piece fits in memory"), 0);
+                let read = read_up_to(&part.handle, &mut buf, file.entry.offset + from).map_err(
+                    |source| StorageError::Read {
+                        path: part.path.clone(),
+                        source,
+                    },
+                )?;
+                created
+                    .write_all_at(&buf[..read], from)
+                    .map_err(|source| StorageError::Write {
+                        path: file.abs_path.clone(),
+                        source,
+                    })?;
+            }
+            created.sync_data().map_err(|source| StorageError::Write {
+                path: file.abs_path.clone(),
+                source,
+            })?;
+            *place = Place::File(created);
+        }
+        Ok(())
+    }
+
+    /// The ranges (offset in the file, length) of a file's first and last pieces that lie in
+    /// the file, merged when they overlap.
+    fn edge_ranges(&self, entry: &FileEntry) -> Vec<(u64, u64)> {
+        let piece_len = u64::from(self.geometry.piece_len);
+        let first_end = ((entry.offset / piece_len + 1) * piece_len).min(entry.offset + entry.len);
+        let last_start = ((entry.offset + entry.len - 1) / piece_len * piece_len).max(entry.offset);
+        if last_start <= first_end {
+            vec![(0, entry.len)]
+        } else {
+            vec![
+                (0, first_end - entry.offset),
+                (
+                    last_start - entry.offset,
+                    entry.offset + entry.len - last_start,
+                ),
+            ]
+        }
     }
 
     /// The runs of bytes, file by file, that hold `len` bytes at torrent offset `offset`.
@@ -141,16 +287,37 @@ impl Storage {
         for seg in self.segments(start, buf.len() as u64) {
             let file = &self.files[seg.file];
             let len = usize::try_from(seg.len).expect("segment within buffer");
-            let handle = file.handle.as_ref().expect("non-empty file is open");
-            handle
-                .read_exact_at(&mut buf[done..done + len], seg.file_offset)
-                .map_err(|source| StorageError::Read {
-                    path: file.abs_path.clone(),
-                    source,
-                })?;
+            let out = &mut buf[done..done + len];
+            let result = match &*file.place.read() {
+                Place::File(handle) => handle.read_exact_at(out, seg.file_offset),
+                Place::Part => self
+                    .part()
+                    .read_exact_at(out, file.entry.offset + seg.file_offset),
+                Place::Empty => Ok(()),
+            };
+            result.map_err(|source| StorageError::Read {
+                path: self.path_of(file),
+                source,
+            })?;
             done += len;
         }
         Ok(())
+    }
+
+    fn part(&self) -> &File {
+        &self
+            .part
+            .as_ref()
+            .expect("a file in the part file means one is open")
+            .handle
+    }
+
+    /// Where a file's bytes are now: its own path, or the part file's.
+    fn path_of(&self, file: &StoredFile) -> PathBuf {
+        match (&*file.place.read(), &self.part) {
+            (Place::Part, Some(part)) => part.path.clone(),
+            _ => file.abs_path.clone(),
+        }
     }
 
     /// Writes a whole piece. Callers pass only data whose hash has been verified.
@@ -163,30 +330,43 @@ impl Storage {
         for seg in self.segments(start, data.len() as u64) {
             let file = &self.files[seg.file];
             let len = usize::try_from(seg.len).expect("segment within buffer");
-            let handle = file.handle.as_ref().expect("non-empty file is open");
-            handle
-                .write_all_at(&data[done..done + len], seg.file_offset)
-                .map_err(|source| StorageError::Write {
-                    path: file.abs_path.clone(),
-                    source,
-                })?;
+            let bytes = &data[done..done + len];
+            let result = match &*file.place.read() {
+                Place::File(handle) => handle.write_all_at(bytes, seg.file_offset),
+                Place::Part => self
+                    .part()
+                    .write_all_at(bytes, file.entry.offset + seg.file_offset),
+                Place::Empty => Ok(()),
+            };
+            result.map_err(|source| StorageError::Write {
+                path: self.path_of(file),
+                source,
+            })?;
             done += len;
         }
         Ok(())
     }
 
-    /// Flushes every file to disk.
+    /// Flushes every file (and the part file) to disk.
     ///
     /// # Errors
     /// `Write` naming the file that failed to sync.
     pub fn sync_all(&self) -> Result<(), StorageError> {
         for file in &self.files {
-            if let Some(handle) = &file.handle {
+            if let Place::File(handle) = &*file.place.read() {
                 handle.sync_data().map_err(|source| StorageError::Write {
                     path: file.abs_path.clone(),
                     source,
                 })?;
             }
+        }
+        if let Some(part) = &self.part {
+            part.handle
+                .sync_data()
+                .map_err(|source| StorageError::Write {
+                    path: part.path.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -201,7 +381,8 @@ impl Storage {
     pub fn check_files(&self) -> Result<(), StorageError> {
         use std::os::unix::fs::MetadataExt;
         for file in &self.files {
-            let Some(handle) = &file.handle else {
+            let place = file.place.read();
+            let Place::File(handle) = &*place else {
                 continue;
             };
             let changed = |what: String| StorageError::Changed {
@@ -293,6 +474,67 @@ impl Storage {
             .map(|(f, _)| f.entry.path.clone())
             .collect()
     }
+}
+
+impl PartFile {
+    fn open(path: &Path) -> Result<Self, StorageError> {
+        let open_err = |source| StorageError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(open_err)?;
+        }
+        let handle = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(open_err)?;
+        Ok(Self {
+            path: path.to_owned(),
+            handle,
+        })
+    }
+}
+
+/// Creates (with its directories) or opens a file for reading and writing, at least `len`
+/// bytes long (sparse); returns it and the length it had.
+fn create_file(path: &Path, len: u64) -> Result<(File, u64), StorageError> {
+    let open_err = |source| StorageError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(open_err)?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(open_err)?;
+    let existing = file.metadata().map_err(open_err)?.len();
+    if existing < len {
+        file.set_len(len).map_err(open_err)?;
+    }
+    Ok((file, existing))
+}
+
+/// Reads what there is of `buf.len()` bytes at `offset` (a sparse or short file ends early).
+fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// Pure mapping of a byte range onto files laid end to end (sorted by offset).
@@ -406,6 +648,78 @@ mod tests {
         drop(storage);
         let reopened = Storage::open(&dir, &meta, OpenMode::Seed).unwrap();
         assert!(reopened.verify(&hashes, 2, &Default::default()).is_full());
+    }
+
+    #[test]
+    fn an_unwanted_file_is_never_created_and_its_share_of_wanted_pieces_goes_to_the_part_file() {
+        let tmp = crate::test_dir::TempDir::new("storage-select");
+        let dir = tmp.0.clone();
+        // Pieces of 16 KiB; f1 (40,000 bytes) shares piece 0 with f0 and piece 3 with f2.
+        let data: Vec<u8> = (0..60_000u32).map(|i| (i % 249) as u8).collect();
+        let mut files = entries(&[10_000, 40_000, 10_000]);
+        for f in &mut files {
+            f.path = PathBuf::from("t").join(&f.path);
+        }
+        let piece_len = 16384u32;
+        let hashes = data
+            .chunks(piece_len as usize)
+            .map(|c| <[u8; 20]>::from(Sha1::digest(c)))
+            .collect::<Vec<_>>();
+        let meta = Metainfo {
+            info_hash: crate::metainfo::InfoHash([0; 20]),
+            name: "t".into(),
+            geometry: Geometry::new(60_000, piece_len),
+            files,
+            piece_hashes: hashes.clone(),
+            announce: None,
+            announce_list: None,
+            private: false,
+            about: Default::default(),
+            info_bytes: std::sync::Arc::from(&b""[..]),
+        };
+        let part = dir.join("state/t.parts");
+        let wanted = [true, false, true];
+        let storage = Storage::open_selected(&dir, &meta, &wanted, &part).unwrap();
+        assert!(!dir.join("t/f1").exists(), "not created");
+        assert_eq!(storage.part_path(), Some(part.as_path()));
+        // The wanted pieces: 0 (f0 + f1) and 3 (f1 + f2).
+        for piece in [0u32, 3] {
+            let at = piece as usize * piece_len as usize;
+            let end = (at + piece_len as usize).min(data.len());
+            storage.write_piece(piece, &data[at..end]).unwrap();
+        }
+        assert!(!dir.join("t/f1").exists(), "still not created");
+        let mut back = vec![0u8; 16384];
+        storage.read(0, 0, &mut back).unwrap();
+        assert_eq!(&back[..], &data[..16384], "read back through the part file");
+        let f0 = std::fs::read(dir.join("t/f0")).unwrap();
+        assert_eq!(&f0[..], &data[..10_000]);
+        assert!(
+            std::fs::metadata(&part).unwrap().len() <= 60_000,
+            "bytes at their torrent offsets"
+        );
+        drop(storage);
+        // Reopened with the same selection: the wanted pieces verify from the part file.
+        let storage = Storage::open_selected(&dir, &meta, &wanted, &part).unwrap();
+        let good = storage.verify(&hashes, 2, &Default::default());
+        assert_eq!(good.iter_ones().collect::<Vec<_>>(), vec![0, 3]);
+        // Wanted now: created, with its bytes of pieces 0 and 3 moved out of the part file.
+        storage.want_files(&[true, true, true]).unwrap();
+        let f1 = std::fs::read(dir.join("t/f1")).unwrap();
+        assert_eq!(f1.len(), 40_000);
+        assert_eq!(&f1[..16384 - 10_000], &data[10_000..16384]);
+        assert_eq!(&f1[49152 - 10_000..], &data[49152..50_000]);
+        for piece in [1u32, 2] {
+            let at = piece as usize * piece_len as usize;
+            storage
+                .write_piece(piece, &data[at..at + piece_len as usize])
+                .unwrap();
+        }
+        assert!(storage.verify(&hashes, 2, &Default::default()).is_full());
+        assert_eq!(
+            std::fs::read(dir.join("t/f1")).unwrap(),
+            &data[10_000..50_000]
+        );
     }
 
     #[test]

@@ -3,13 +3,14 @@
 
     lt_client.py {seed|leech} --torrent FILE [--torrent FILE]... --dir DIR --bind IP [--port N]
                  [--peer HOST:PORT]... [--timeout SECONDS] [--announce] [--upload-limit BYTES]
-                 [--seed-mode]
+                 [--seed-mode] [--log-uploads]
 
 Output on stdout, one line each, flushed:
     LISTENING <port>                    once the TCP listen socket is open
     PROGRESS <fraction> <download_rate_Bps> <upload_rate_Bps> <num_peers>   every second
     COMPLETE <seconds since start>      (leech) every piece verified; then exits 0
     SEEDING                             (seed) the data in DIR checked complete
+    UPLOADED <piece> <block>            (--log-uploads) a block was sent to a peer
 With several --torrent, all of them run in the one session and share DIR: PROGRESS sums them
 (the fraction is of all their bytes), SEEDING and COMPLETE wait for every torrent.
 --upload-limit caps each torrent's upload rate (bytes per second; 0, the default, is no cap); it
@@ -105,6 +106,11 @@ def parse_args(argv):
         action="store_true",
         help="seed: trust the data without checking it at start (libtorrent's seed_mode)",
     )
+    p.add_argument(
+        "--log-uploads",
+        action="store_true",
+        help="print UPLOADED <piece> <block> for every block sent to a peer",
+    )
     args = p.parse_args(argv)
     if args.seed_mode and args.mode != "seed":
         p.error("--seed-mode is for seed only")
@@ -175,7 +181,10 @@ def main(argv):
             fail("seed: data directory %s does not exist" % args.dir)
         os.makedirs(args.dir, exist_ok=True)
 
-    ses = lt.session(session_settings(args.bind, args.port))
+    settings = session_settings(args.bind, args.port)
+    if args.log_uploads:
+        settings["alert_mask"] |= int(lt.alert.category_t.upload_notification)
+    ses = lt.session(settings)
 
     handles = []
     for info in infos:
@@ -223,6 +232,8 @@ def main(argv):
                 fail("cannot listen on %s:%d: %s" % (args.bind, args.port, alert.message()))
             if isinstance(alert, (lt.torrent_error_alert, lt.file_error_alert)):
                 fail("torrent error: %s" % alert.message())
+            if isinstance(alert, lt.block_uploaded_alert):
+                say("UPLOADED %d %d" % (alert.piece_index, alert.block_index))
 
         if not listening and ses.is_listening() and ses.listen_port() != 0:
             listening = True

@@ -9,9 +9,11 @@
 //! (`tracker_server`), started and stopped with it and reconfigured on SIGHUP.
 //!
 //! This module holds the `Daemon` (its start, main loop, status and shutdown); its other jobs
-//! are in `sources` (entries, watch files and magnets coming and going), `watch` (the watch
-//! directory), `queue` (slots, seeding limits, checks, runs stopping), `reload` (SIGHUP),
-//! `torrent` (one torrent's state and record) and `signals`.
+//! are in `lifecycle` (the pure core: every torrent's phase, events in, actions out, the
+//! queue's turns; the only writer of a phase), `sources` (entries, watch files and magnets
+//! coming and going), `watch` (the watch directory), `queue` (carrying out the core's actions:
+//! checks, runs, moves, runs stopping), `reload` (SIGHUP), `torrent` (one torrent's lifecycle,
+//! resources and record) and `signals`.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -26,7 +28,7 @@ use log::{debug, error, info, warn};
 use parking_lot::Mutex;
 
 use crate::config::{Config, TorrentEntry, TorrentRef};
-use crate::engine::Engine;
+use crate::engine::{Engine, RunOptions};
 use crate::magnet::Magnet;
 use crate::metadata_fetch::{self, FetchError, FetchParams};
 use crate::metainfo::{InfoHash, Metainfo};
@@ -36,7 +38,7 @@ use crate::resume::ResumeData;
 use crate::rpc::{RpcCall, RpcServer};
 use crate::session_settings::SessionSettings;
 use crate::status::{DaemonStatus, SwarmCounts, TorrentStatus, TrackerStatus};
-use crate::storage::{OpenMode, Storage};
+use crate::storage::Storage;
 use crate::torrent::{
     Control, ResumeTarget, Stopping, TorrentEvent, TorrentHandle, TorrentLimits, TorrentStats,
 };
@@ -44,6 +46,7 @@ use crate::tracker_server::{TrackerConfig, TrackerServer};
 use crate::watched::{self, Watched};
 use crate::wire::Bitfield;
 
+mod lifecycle;
 mod queue;
 mod reload;
 mod rpc;
@@ -52,6 +55,9 @@ mod sources;
 mod torrent;
 mod watch;
 
+use lifecycle::{
+    Action, Lifecycle, MoveOutcome, Phase, QueueMove, Refused, Scheduled, Slots, moved,
+};
 use queue::*;
 pub use signals::{LogFile, Signal, signals};
 use sources::*;
@@ -131,6 +137,9 @@ pub struct Daemon {
     removed_ids: Vec<u32>,
     /// Watch-dir files that did not parse yet (uploads in progress, or broken files settling).
     watch_pending: WatchPending,
+    /// The queue order the records keep is restored (at the end of the start): torrents
+    /// added from now on join at the end.
+    queue_restored: bool,
 }
 
 impl Daemon {
@@ -216,6 +225,7 @@ impl Daemon {
             started: Instant::now(),
             removed_ids: Vec::new(),
             watch_pending: WatchPending::default(),
+            queue_restored: false,
         };
         info!(
             "daemon started (pid {}), config {}, state {}",
@@ -228,6 +238,7 @@ impl Daemon {
         }
         daemon.scan_watch_dir();
         daemon.add_rpc_torrents();
+        daemon.restore_queue_order();
         daemon.engine.log_listening();
         Ok(daemon)
     }
@@ -240,7 +251,6 @@ impl Daemon {
         loop {
             self.reap_stopped();
             self.apply_renames();
-            self.start_moves();
             self.schedule();
             if Instant::now() >= next_record_save {
                 self.save_records();
@@ -327,11 +337,12 @@ impl Daemon {
                     } else {
                         String::new()
                     },
-                    state: t.state.name(t.complete).into(),
+                    state: t.life.name().into(),
                     progress: if t.meta.is_none() {
                         0.0
                     } else {
-                        have_bytes as f64 / size.max(1) as f64
+                        let wanted = t.wanted_size();
+                        wanted.saturating_sub(t.left_until_done()) as f64 / wanted.max(1) as f64
                     },
                     check_progress: t.check_fraction(),
                     size_bytes: size,
@@ -346,13 +357,13 @@ impl Daemon {
                     upload_rate: up_rate,
                     peers,
                     ratio: t.ratio(),
-                    error: match &t.state {
-                        State::Error(e) => Some(e.clone()),
+                    error: match t.life.phase() {
+                        Phase::Error(e) => Some(e.clone()),
                         _ => None,
                     },
                     source: t.source.describe(),
-                    swarm: match &t.state {
-                        State::Running(h) if h.stats.swarm.known.load(Ordering::Acquire) => {
+                    swarm: match &t.handle {
+                        Some(h) if h.stats.swarm.known.load(Ordering::Acquire) => {
                             Some(SwarmCounts {
                                 seeders: h.stats.swarm.seeders.load(Ordering::Relaxed),
                                 leechers: h.stats.swarm.leechers.load(Ordering::Relaxed),
@@ -405,19 +416,11 @@ impl Daemon {
         // metadata fetch (dropping its `stop`) meanwhile.
         let mut fetches = Vec::new();
         for index in 0..self.torrents.len() {
-            let t = &mut self.torrents[index];
-            if matches!(t.state, State::Metadata(_))
-                && let State::Metadata(fetching) = std::mem::replace(&mut t.state, State::Stopped)
-            {
+            if let Some(fetching) = self.torrents[index].fetching.take() {
                 fetches.push(fetching.thread);
             }
-            // Paused, finished and errored torrents say so in the last status file.
-            if matches!(
-                self.torrents[index].state,
-                State::Queued | State::Checking(_) | State::Running(_) | State::Stopped
-            ) {
-                self.stop_torrent(index, State::Stopped);
-            }
+            let actions = self.torrents[index].life.on_shutdown();
+            self.apply(index, actions);
         }
         // Every run stops in parallel; wait for them on their channels, within the budget.
         let mut left = 0;

@@ -1,202 +1,263 @@
-//! Starting and stopping torrents: the queue (download and seed slots), taking in what running
-//! torrents report, seeding limits, storage-error retries, the `check NAME` threads that check
-//! data before a start, and the runs that are still stopping.
+//! The shell around the lifecycle core (`lifecycle.rs`): carrying out its actions (the
+//! `check NAME` threads that check data before a start, runs started on the engine and told to
+//! stop, `move NAME` threads), feeding it what running torrents report and what the threads
+//! end with, and each turn of the queue (slots, seeding limits, storage-error retries). It
+//! never decides a torrent's phase: it asks the core and does what the core answers.
 
 use super::*;
 
 /// What a `move NAME` thread ends with.
 pub(super) struct Moved {
     pub(super) info_hash: InfoHash,
+    pub(super) from: PathBuf,
     pub(super) to: PathBuf,
-    pub(super) result: Result<(), String>,
+    pub(super) result: Result<(), crate::relocate::MoveFailed>,
 }
 
 /// The outcome of checking a torrent's data before it starts.
 pub(super) struct Checked {
     pub(super) meta: Arc<Metainfo>,
+    /// The core's number of this check.
+    pub(super) check: u32,
     pub(super) result: Result<(Storage, Bitfield), String>,
 }
 
 impl Daemon {
-    // ---- scheduling ----------------------------------------------------------------------
+    // ---- carrying out the core's actions -------------------------------------------------
 
-    /// Takes in what running torrents reported, applies seeding limits, and starts queued
-    /// torrents while the queue limits allow.
-    pub(super) fn schedule(&mut self) {
-        for index in 0..self.torrents.len() {
-            self.poll_running(index);
-        }
-        let now = Instant::now();
-        for index in 0..self.torrents.len() {
-            if self.torrents[index].retry_at.is_some_and(|at| at <= now) {
-                self.retry(index);
-            }
-        }
-        let downloading = self
-            .torrents
-            .iter()
-            .filter(|t| is_active(t) && !t.complete)
-            .count();
-        let seeding = self
-            .torrents
-            .iter()
-            .filter(|t| is_active(t) && t.complete)
-            .count();
-        let (mut free_down, mut free_seed) = (
-            self.config.max_active_downloads.saturating_sub(downloading),
-            self.config.max_active_seeds.saturating_sub(seeding),
-        );
-        let limits = self.seed_limits();
-        for index in 0..self.torrents.len() {
-            let t = &mut self.torrents[index];
-            // A torrent starts again only once its last run has ended.
-            if !matches!(t.state, State::Queued) || still_stopping(&self.stopping, &t.info_hash) {
-                continue;
-            }
-            if t.complete
-                && !t.force_check
-                && let Some(reached) = t.seed_limit_reached(limits)
-            {
-                info!("torrent {}: {reached}; not started, data kept", t.name());
-                t.state = State::Finished;
-                continue;
-            }
-            let slot = if t.complete {
-                &mut free_seed
-            } else {
-                &mut free_down
-            };
-            if *slot > 0 {
-                *slot -= 1;
-                self.start_checking(index);
+    /// Carries out the core's `actions` for torrent `index`, in order.
+    ///
+    /// # Panics
+    /// On `StartRun` or `SaveResume`, which the core asks for only from a check's result and
+    /// which [`Daemon::on_checked`] carries out itself.
+    pub(super) fn apply(&mut self, index: usize, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::StartFetch => self.start_fetching(index),
+                Action::StopFetch => self.torrents[index].fetching = None,
+                Action::StartCheck { force, check } => self.start_checking(index, force, check),
+                Action::BeginStop => self.begin_stop(index),
+                Action::StartMove { to } => self.start_move(index, to),
+                Action::SaveRecord => self.torrents[index].save_record(&self.config.state_dir),
+                Action::StartRun | Action::SaveResume => {
+                    unreachable!("{action:?} comes only with a check's result")
+                }
             }
         }
     }
 
+    /// Tells a running torrent's coordinator to stop (announce `stopped`, flush, save resume
+    /// data) and keeps it in [`Daemon::stopping`]: nothing here waits for it.
+    pub(super) fn begin_stop(&mut self, index: usize) {
+        let t = &mut self.torrents[index];
+        t.stop_run_clock();
+        if let Some(handle) = t.handle.take() {
+            self.engine.unregister(&t.info_hash);
+            t.verified_bytes = handle.stats.verified_bytes.load(Ordering::Relaxed);
+            self.stopping.push((t.info_hash, handle.begin_stop()));
+        }
+    }
+
+    // ---- scheduling ----------------------------------------------------------------------
+
+    /// Takes in what running torrents reported, then one turn of the queue (`lifecycle::
+    /// schedule`): seeding limits, seed slots, storage-error retries, moves and starts.
+    pub(super) fn schedule(&mut self) {
+        for index in 0..self.torrents.len() {
+            self.poll_running(index);
+            self.torrents[index].note_state();
+        }
+        let limits = self.seed_limits();
+        let reached: Vec<Option<LimitReached>> = self
+            .torrents
+            .iter()
+            .map(|t| {
+                t.life
+                    .complete()
+                    .then(|| t.seed_limit_reached(limits))
+                    .flatten()
+            })
+            .collect();
+        let over: Vec<bool> = reached.iter().map(Option::is_some).collect();
+        let slots = Slots {
+            downloads: self.config.max_active_downloads,
+            seeds: self.config.max_active_seeds,
+        };
+        let mut lives: Vec<&mut Lifecycle> =
+            self.torrents.iter_mut().map(|t| &mut t.life).collect();
+        let turn = lifecycle::schedule(&mut lives, &over, slots, Instant::now());
+        for (index, why, actions) in turn {
+            let name = self.torrents[index].name();
+            match (why, reached[index]) {
+                (Scheduled::Finished, Some(reached)) if actions.contains(&Action::BeginStop) => {
+                    info!("torrent {name}: {reached}; stopped, data kept");
+                }
+                (Scheduled::Finished, Some(reached)) => {
+                    info!("torrent {name}: {reached}; not started, data kept");
+                }
+                (Scheduled::Requeued, _) => info!(
+                    "torrent {name}: back in the queue: more than queue.max_active_seeds ({}) \
+                     torrents seed",
+                    slots.seeds
+                ),
+                (Scheduled::Retried, _) => {
+                    info!("torrent {name}: retrying after the storage error");
+                }
+                _ => {}
+            }
+            self.apply(index, actions);
+        }
+    }
+
+    /// Feeds the core what a running torrent reported since the last look.
     pub(super) fn poll_running(&mut self, index: usize) {
         let t = &mut self.torrents[index];
-        let State::Running(handle) = &t.state else {
+        let Some(handle) = &t.handle else {
             return;
         };
         t.verified_bytes = handle.stats.verified_bytes.load(Ordering::Relaxed);
         let events: Vec<TorrentEvent> = handle.events.try_iter().collect();
         t.note_activity();
-        let mut next = None;
         for event in events {
-            match event {
+            let t = &mut self.torrents[index];
+            if *t.life.phase() != Phase::Running {
+                break; // an earlier event stopped it
+            }
+            let actions = match event {
                 TorrentEvent::Completed => {
-                    t.complete = true;
                     t.record.completed_unix.get_or_insert_with(unix_now);
+                    let actions = t.life.on_completed();
                     t.start_run_clock();
-                    t.storage_failures = 0;
-                    t.save_record(&self.config.state_dir);
+                    actions
                 }
-                TorrentEvent::Failed(reason) => next = Some(State::Error(reason)),
-                TorrentEvent::RecheckNeeded(_) => {
-                    // The coordinator logged why. Stop it and hash the data again.
-                    t.force_check = true;
-                    next = Some(State::Queued);
+                TorrentEvent::Incomplete => {
+                    // A new file selection wants more: it downloads again.
+                    let actions = t.life.on_incomplete();
+                    t.start_run_clock();
+                    actions
                 }
-            }
-        }
-        if matches!(next, Some(State::Error(_))) {
-            t.set_retry();
-            // The coordinator logged the error itself.
-            info!(
-                "torrent {}: stopped by the storage error; retry in {}s or on SIGHUP",
-                t.name(),
-                t.retry_after().as_secs()
-            );
-        }
-        if next.is_none() && t.complete && !t.force_check {
-            let t = &self.torrents[index];
-            if let Some(reached) = t.seed_limit_reached(self.seed_limits()) {
-                info!("torrent {}: {reached}; stopped, data kept", t.name());
-                next = Some(State::Finished);
-            } else {
-                let seeding = self
-                    .torrents
-                    .iter()
-                    .filter(|t| is_active(t) && t.complete)
-                    .count();
-                if seeding > self.config.max_active_seeds {
+                TorrentEvent::Failed(reason) => {
+                    let actions = t.life.on_failed(reason, Instant::now());
+                    // The coordinator logged the error itself.
                     info!(
-                        "torrent {}: back in the queue: {seeding} torrents seed, \
-                         queue.max_active_seeds is {}",
+                        "torrent {}: stopped by the storage error; retry in {}s or on SIGHUP",
                         t.name(),
-                        self.config.max_active_seeds
+                        t.life.retry_after().as_secs()
                     );
-                    next = Some(State::Queued);
+                    actions
                 }
-            }
-        }
-        if let Some(state) = next {
-            self.stop_torrent(index, state);
+                // The coordinator logged why. Stop it and hash the data again.
+                TorrentEvent::RecheckNeeded(_) => t.life.on_recheck_needed(),
+            };
+            self.apply(index, actions);
         }
     }
 
-    /// Starts the moves whose torrents' last runs have ended: a `move NAME` thread each.
-    pub(super) fn start_moves(&mut self) {
+    /// Retries now, as SIGHUP does, every torrent waiting out a storage-error back-off.
+    pub(super) fn retry_errors_now(&mut self) {
         for index in 0..self.torrents.len() {
-            let t = &self.torrents[index];
-            let State::Moving { to, started: false } = &t.state else {
-                continue;
-            };
-            if still_stopping(&self.stopping, &t.info_hash) {
+            let t = &mut self.torrents[index];
+            if t.life.retry_at().is_none() {
                 continue;
             }
-            let Some(meta) = t.meta.clone() else {
-                continue;
-            };
-            let (from, to) = (t.download_dir().to_owned(), to.clone());
-            let files: Vec<PathBuf> = meta.files.iter().map(|f| f.path.clone()).collect();
-            let done = self.moved_tx.clone();
-            let info_hash = t.info_hash;
-            let target = to.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("move {}", meta.name))
-                .spawn(move || {
-                    let result = crate::relocate::move_files(&files, &from, &target);
-                    let _ = done.send(Moved {
-                        info_hash,
-                        to: target,
-                        result,
-                    });
-                });
-            self.torrents[index].state = match spawned {
-                Ok(_) => State::Moving { to, started: true },
-                Err(e) => State::Error(format!("cannot spawn the move thread: {e}")),
-            };
+            let actions = t.life.on_retry_due();
+            if !matches!(t.life.phase(), Phase::Error(_)) {
+                info!("torrent {}: retrying after the storage error", t.name());
+            }
+            self.apply(index, actions);
         }
     }
 
-    /// A `move NAME` thread is done: the torrent runs from its new directory (its resume data
-    /// still matches: the files kept their times), or shows why not in state error.
+    // ---- moves ---------------------------------------------------------------------------
+
+    /// Moves a torrent's files to `to` on a `move NAME` thread, once the move's target is in
+    /// its record: a daemon killed during the move finishes it at its next start, so the
+    /// record never names a directory without the data and never forgets where it went.
+    pub(super) fn start_move(&mut self, index: usize, to: PathBuf) {
+        let state_dir = self.config.state_dir.clone();
+        let t = &mut self.torrents[index];
+        let Some(meta) = t.meta.clone() else {
+            let actions = t.life.on_failed_to_start("no metadata to move".into());
+            return self.apply(index, actions);
+        };
+        t.record.moving_to = Some(to.clone());
+        if let Err(e) = t.save_record_now(&state_dir) {
+            error!("torrent {}: {e}; not moved", t.name());
+            let actions = t
+                .life
+                .on_failed_to_start(format!("cannot record the move: {e}"));
+            return self.apply(index, actions);
+        }
+        info!(
+            "torrent {}: moving its data from {} to {}",
+            t.name(),
+            t.download_dir().display(),
+            to.display()
+        );
+        let from = t.download_dir().to_owned();
+        let files: Vec<PathBuf> = meta.files.iter().map(|f| f.path.clone()).collect();
+        let done = self.moved_tx.clone();
+        let info_hash = t.info_hash;
+        let spawned = std::thread::Builder::new()
+            .name(format!("move {}", meta.name))
+            .spawn(move || {
+                let result = crate::relocate::move_files(&files, &from, &to);
+                let _ = done.send(Moved {
+                    info_hash,
+                    from,
+                    to,
+                    result,
+                });
+            });
+        if let Err(e) = spawned {
+            let actions = t
+                .life
+                .on_failed_to_start(format!("cannot spawn the move thread: {e}"));
+            self.apply(index, actions);
+        }
+    }
+
+    /// A `move NAME` thread is done. Moved: the record names the new directory and it runs
+    /// from there (its resume data still matches: the files kept their times). Rolled back:
+    /// every file is where it was, and so is the record; it shows why in state error. Split
+    /// (a file could not go back either): the record keeps the move's target, and a resume or
+    /// the next start tries the move again.
     pub(super) fn on_moved(&mut self, moved: Moved) {
         let Some(index) = self.index_of(&moved.info_hash) else {
             return;
         };
         let t = &mut self.torrents[index];
-        match moved.result {
+        let (from, to) = (moved.from.display(), moved.to.display());
+        let outcome = match moved.result {
             Ok(()) => {
-                info!("torrent {}: data moved to {}", t.name(), moved.to.display());
-                t.record.download_dir = moved.to;
-                t.state = if t.paused {
-                    State::Paused
-                } else {
-                    State::Queued
-                };
+                info!("torrent {}: data moved to {to}", t.name());
+                t.record.download_dir.clone_from(&moved.to);
+                t.record.moving_to = None;
+                MoveOutcome::Moved
             }
-            Err(reason) => {
-                error!("torrent {}: moving its data: {reason}", t.name());
-                // The files moved so far are at the target: it is checked where it was told
-                // to be, so nothing moved is fetched again.
-                t.record.download_dir = moved.to;
-                t.force_check = true;
-                t.state = State::Error(format!("moving its data: {reason}"));
-            }
-        }
-        t.save_record(&self.config.state_dir);
+            Err(failed) => match failed.split {
+                None => {
+                    let why = format!(
+                        "moving its data to {to}: {}; its files are back in {from}",
+                        failed.reason
+                    );
+                    error!("torrent {}: {why}", t.name());
+                    t.record.moving_to = None;
+                    MoveOutcome::RolledBack(why)
+                }
+                Some(back) => {
+                    let why = format!(
+                        "moving its data to {to}: {}; moving the files back to {from}: {back}; \
+                         the move is tried again when it is started",
+                        failed.reason
+                    );
+                    error!("torrent {}: {why}", t.name());
+                    MoveOutcome::Split(why)
+                }
+            },
+        };
+        let actions = t.life.on_moved(outcome);
+        self.apply(index, actions);
     }
 
     /// The per-torrent limits `t` runs with: the config's, with its own peer limit.
@@ -217,89 +278,114 @@ impl Daemon {
         }
     }
 
-    /// Queues a torrent that a storage error stopped, to check its data and run again.
-    pub(super) fn retry(&mut self, index: usize) {
-        let t = &mut self.torrents[index];
-        t.retry_at = None;
-        if matches!(t.state, State::Error(_)) && !t.paused && t.meta.is_some() {
-            info!("torrent {}: retrying after the storage error", t.name());
-            t.state = State::Queued;
-        }
-    }
+    // ---- checks and runs -----------------------------------------------------------------
 
     /// Opens the torrent's files and checks its data on a `check NAME` thread: resume data
-    /// when it still matches the files, a full re-hash otherwise.
-    pub(super) fn start_checking(&mut self, index: usize) {
-        let Some(meta) = self.torrents[index].meta.clone() else {
-            // Not queued without metadata (`unpause` fetches it first); should it happen, fetch.
-            self.start_fetching(index);
-            return;
-        };
+    /// when it still matches the files (unless `force`), a full re-hash otherwise.
+    pub(super) fn start_checking(&mut self, index: usize, force: bool, check: u32) {
         let state_dir = self.config.state_dir.clone();
         let threads = self.config.limits.disk_threads;
         let t = &mut self.torrents[index];
+        let Some(meta) = t.meta.clone() else {
+            let actions = t.life.on_failed_to_start("no metadata to check".into());
+            return self.apply(index, actions);
+        };
         let progress = Arc::new(AtomicU32::new(0));
-        t.state = State::Checking(Arc::clone(&progress));
-        let root = t.download_dir().to_owned();
-        let resume_path = t.resume_path(&state_dir);
-        let force = std::mem::take(&mut t.force_check);
+        t.check_progress = Arc::clone(&progress);
+        let plan = CheckPlan {
+            root: t.download_dir().to_owned(),
+            resume_path: t.resume_path(&state_dir),
+            part_path: TorrentRecord::part_path_in(&state_dir, &t.info_hash),
+            wanted: t.record.files.wanted(meta.files.len()),
+            force,
+        };
         let tx = self.checked_tx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("check {}", meta.name))
             .spawn(move || {
-                let result = check_data(&meta, &root, &resume_path, threads, force, &progress);
-                let _ = tx.send(Checked { meta, result });
+                let result = check_data(&meta, &plan, threads, &progress);
+                let _ = tx.send(Checked {
+                    meta,
+                    check,
+                    result,
+                });
             });
         if let Err(e) = spawned {
-            t.state = State::Error(format!("cannot spawn check thread: {e}"));
+            let actions = t
+                .life
+                .on_failed_to_start(format!("cannot spawn check thread: {e}"));
+            self.apply(index, actions);
         }
     }
 
+    /// A `check NAME` thread is done: the core decides (run, stay paused, error, or nothing
+    /// when it no longer waits for this check); the run or the resume data come from here.
     pub(super) fn on_checked(&mut self, checked: Checked) {
         let meta = checked.meta;
         let Some(index) = self.index_of(&meta.info_hash) else {
             return;
         };
         let state_dir = self.config.state_dir.clone();
-        let limits = self.seed_limits();
-        let own_limits = self.torrent_limits(&self.torrents[index]);
         let t = &mut self.torrents[index];
-        if !matches!(t.state, State::Checking(_)) {
-            return; // removed or paused meanwhile
-        }
+        let was_checking = *t.life.phase() == Phase::Checking;
+        let found = match &checked.result {
+            Ok((_, have)) => Ok(covers_wanted(&t.piece_levels(), have)),
+            Err(reason) => Err(reason.clone()),
+        };
+        let actions = t.life.on_checked(checked.check, found, Instant::now());
         let (storage, have) = match checked.result {
-            Ok(ok) => ok,
+            Ok(ok) if !actions.is_empty() => ok,
+            Ok(_) => return, // removed, paused or checked again meanwhile
             Err(reason) => {
-                t.set_retry();
-                error!(
-                    "torrent {}: {reason}; retry in {}s or on SIGHUP",
-                    t.name(),
-                    t.retry_after().as_secs()
-                );
-                t.state = State::Error(reason);
-                return;
+                if was_checking && matches!(t.life.phase(), Phase::Error(_)) {
+                    error!(
+                        "torrent {}: {reason}; retry in {}s or on SIGHUP",
+                        t.name(),
+                        t.life.retry_after().as_secs()
+                    );
+                }
+                return self.apply(index, actions);
             }
         };
-        t.complete = have.is_full();
+        t.have = Some(have.clone());
         t.verified_bytes = have
             .iter_ones()
             .map(|p| u64::from(meta.geometry.piece_len(p)))
             .sum();
-        if t.complete {
+        if t.life.complete() {
             t.record.completed_unix.get_or_insert_with(unix_now);
         }
-        if t.paused {
-            // Checked while paused (a verify asked over the RPC): it stays paused, with what
-            // the check found saved as its resume data.
-            info!("torrent {}: checked; stays paused", t.name());
-            let path = t.resume_path(&state_dir);
-            if let Err(e) = ResumeData::capture(&meta, t.download_dir(), &have).save(&path) {
-                warn!("torrent {}: {e}", t.name());
+        let mut storage = Some(storage);
+        for action in actions {
+            match action {
+                Action::SaveResume => {
+                    // Checked while paused (a verify asked over the RPC): it stays paused, with
+                    // what the check found saved as its resume data.
+                    let t = &self.torrents[index];
+                    info!("torrent {}: checked; stays paused", t.name());
+                    let path = t.resume_path(&state_dir);
+                    let part = storage.as_ref().and_then(|s| s.part_path());
+                    let capture = ResumeData::capture(&meta, t.download_dir(), &have, part);
+                    if let Err(e) = capture.save(&path) {
+                        warn!("torrent {}: {e}", t.name());
+                    }
+                }
+                Action::StartRun => {
+                    if let Some(storage) = storage.take() {
+                        self.start_run(index, Arc::clone(&meta), storage, have.clone());
+                    }
+                }
+                other => self.apply(index, vec![other]),
             }
-            t.state = State::Paused;
-            t.save_record(&state_dir);
-            return;
         }
+    }
+
+    /// Starts a checked torrent's coordinator on the engine, with its own limits and rates.
+    fn start_run(&mut self, index: usize, meta: Arc<Metainfo>, storage: Storage, have: Bitfield) {
+        let state_dir = self.config.state_dir.clone();
+        let limits = self.seed_limits();
+        let own_limits = self.torrent_limits(&self.torrents[index]);
+        let t = &mut self.torrents[index];
         let resume = ResumeTarget {
             path: t.resume_path(&state_dir),
             root: t.download_dir().to_owned(),
@@ -312,8 +398,11 @@ impl Daemon {
             Arc::new(storage),
             have,
             t.peers.clone(),
-            Some(resume),
-            allowance,
+            RunOptions {
+                resume: Some(resume),
+                upload_allowance: allowance,
+                selection: t.record.files.clone(),
+            },
         ) {
             Ok(handle) => {
                 if t.record.peer_limit.is_some() {
@@ -324,32 +413,48 @@ impl Daemon {
                 t.run_started_unix = unix_now();
                 t.last_seen_totals = t.totals();
                 t.run = Some(Arc::clone(&handle.stats));
-                t.state = State::Running(handle);
+                t.handle = Some(handle);
                 t.save_record(&state_dir);
             }
             Err(e) => {
                 error!("torrent {}: cannot start: {e}", t.name());
-                t.state = State::Error(e.to_string());
+                let actions = t.life.on_failed_to_start(e.to_string());
+                self.apply(index, actions);
             }
         }
     }
 }
 
-pub(super) fn is_active(t: &Managed) -> bool {
-    matches!(t.state, State::Checking(_) | State::Running(_))
+/// True when the verified pieces `have` include every piece of a nonzero level.
+pub(super) fn covers_wanted(levels: &[u8], have: &Bitfield) -> bool {
+    levels
+        .iter()
+        .zip(0u32..)
+        .all(|(level, piece)| *level == 0 || have.get(piece))
+}
+
+/// Where a torrent's data and state are, for a check.
+pub(super) struct CheckPlan {
+    /// The download directory.
+    pub(super) root: PathBuf,
+    pub(super) resume_path: PathBuf,
+    pub(super) part_path: PathBuf,
+    /// Which files are wanted (the others are not created).
+    pub(super) wanted: Vec<bool>,
+    /// Ignore resume data and hash everything.
+    pub(super) force: bool,
 }
 
 /// Opens the files and finds the verified pieces: from resume data when it still matches the
 /// files, else by hashing. Runs on a `check NAME` thread.
 pub(super) fn check_data(
     meta: &Metainfo,
-    root: &Path,
-    resume_path: &Path,
+    plan: &CheckPlan,
     threads: usize,
-    force: bool,
     progress: &AtomicU32,
 ) -> Result<(Storage, Bitfield), String> {
-    if force {
+    let (root, resume_path) = (plan.root.as_path(), plan.resume_path.as_path());
+    if plan.force {
         // The data changed under a running torrent: the resume data may list pieces that are
         // gone. Remove it first, so a crash during the check cannot bring it back.
         if let Err(e) = std::fs::remove_file(resume_path)
@@ -358,9 +463,10 @@ pub(super) fn check_data(
             return Err(format!("{}: cannot remove: {e}", resume_path.display()));
         }
     }
-    let storage = Storage::open(root, meta, OpenMode::Download).map_err(|e| e.to_string())?;
+    let storage = Storage::open_selected(root, meta, &plan.wanted, &plan.part_path)
+        .map_err(|e| e.to_string())?;
     let why = match ResumeData::load(resume_path) {
-        Ok(Some(resume)) => match resume.check(meta, root) {
+        Ok(Some(resume)) => match resume.check(meta, root, storage.part_path()) {
             Ok(have) => {
                 info!(
                     "torrent {}: resume data matches, {}/{} pieces",
@@ -372,9 +478,11 @@ pub(super) fn check_data(
             }
             Err(stale) => format!("resume data not used: {stale}"),
         },
-        Ok(None) if force => "resume data set aside (a check was asked for, or its data changed \
+        Ok(None) if plan.force => {
+            "resume data set aside (a check was asked for, or its data changed \
                                while it ran)"
-            .to_owned(),
+                .to_owned()
+        }
         Ok(None) => "no resume data".to_owned(),
         Err(e) => format!("resume data not used: {e}"),
     };
@@ -401,9 +509,4 @@ pub(super) fn apply_own_rates(handle: &TorrentHandle, record: &TorrentRecord) {
         .context
         .upload_rate
         .set_rate(record.rates.upload_bytes());
-}
-
-/// A run of this torrent is still stopping: it must end before the torrent starts or moves.
-fn still_stopping(stopping: &[(InfoHash, Stopping)], info_hash: &InfoHash) -> bool {
-    stopping.iter().any(|(hash, _)| hash == info_hash)
 }

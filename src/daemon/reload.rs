@@ -73,7 +73,7 @@ impl Daemon {
         self.config = Config { state_dir, ..new };
         if limits_changed {
             for t in &self.torrents {
-                if let State::Running(handle) = &t.state {
+                if let Some(handle) = &t.handle {
                     handle.send(Control::SetLimits(self.torrent_limits(t)));
                 }
             }
@@ -82,11 +82,7 @@ impl Daemon {
             self.apply_seed_limits();
         }
         self.apply_entries(&old_entries);
-        for index in 0..self.torrents.len() {
-            if self.torrents[index].retry_at.is_some() {
-                self.retry(index);
-            }
-        }
+        self.retry_errors_now();
     }
 
     /// New seeding limits: running torrents get their new upload allowance, and finished ones
@@ -95,20 +91,25 @@ impl Daemon {
         let global = self.seed_limits();
         for t in &mut self.torrents {
             let limits = global.for_torrent(&t.record);
-            match &t.state {
-                State::Running(handle) => handle
+            if let Some(handle) = &t.handle {
+                handle
                     .stats
-                    .set_upload_allowance(limits.upload_allowance(t.size(), t.totals().0)),
-                State::Finished if t.seed_limit_reached(global).is_none() => {
-                    info!(
-                        "torrent {}: under its seeding limits again (ratio {:.3}, seeded {} s); queued",
-                        t.name(),
-                        t.ratio(),
-                        t.seeding_secs()
-                    );
-                    t.state = State::Queued;
-                }
-                _ => {}
+                    .set_upload_allowance(limits.upload_allowance(t.size(), t.totals().0));
+            }
+            if *t.life.phase() != Phase::Finished {
+                continue;
+            }
+            let reached = t.seed_limit_reached(global).is_some();
+            t.life.on_limits_changed(reached);
+            if *t.life.phase() != Phase::Finished {
+                info!(
+                    "torrent {}: under its seeding limits again (ratio {:.3}, seeded {} s, \
+                     idle {} s); queued",
+                    t.name(),
+                    t.ratio(),
+                    t.seeding_secs(),
+                    t.idle_secs()
+                );
             }
         }
     }
@@ -222,24 +223,24 @@ impl Daemon {
                 t.magnet = Some(magnet.clone());
             }
             if peers != t.peers {
-                if let State::Running(handle) = &t.state {
+                if let Some(handle) = &t.handle {
                     handle.send(Control::AddPeers(peers.clone()));
                 }
                 t.peers = peers;
             }
-            if entry.paused != t.paused {
-                t.paused = entry.paused;
+            let actions = if entry.paused != t.life.paused() {
                 if entry.paused {
                     info!("torrent {}: paused", t.name());
-                    self.stop_torrent(index, State::Paused);
-                } else if matches!(t.state, State::Paused) {
+                    t.life.on_pause_requested()
+                } else {
                     info!("torrent {}: resumed", t.name());
-                    self.unpause(index);
+                    t.life.on_resume_requested()
                 }
-            } else if matches!(t.state, State::Metadata(_)) {
-                // Ask the entry's new peers and trackers.
-                self.start_fetching(index);
-            }
+            } else {
+                // A fetch asks the entry's new peers and trackers.
+                t.life.on_peers_changed()
+            };
+            self.apply(index, actions);
         }
     }
 }

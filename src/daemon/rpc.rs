@@ -6,6 +6,8 @@
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
+use crate::selection::{Priority, Selection};
+
 use super::*;
 
 /// A method's `arguments`, and what it answers.
@@ -29,6 +31,9 @@ mod status {
 
 /// `eta` when there is none to give (Transmission's `TR_ETA_NOT_AVAIL`).
 const ETA_NOT_AVAILABLE: i64 = -1;
+
+/// `recently-active` means active within this many seconds, as in Transmission.
+const RECENTLY_ACTIVE_SECS: u64 = 60;
 
 impl Daemon {
     /// Answers one call from the RPC's workers.
@@ -55,7 +60,7 @@ impl Daemon {
             "torrent-rename-path" => self.rpc_rename_path(args),
             "torrent-reannounce" => {
                 for index in self.rpc_select(args)? {
-                    if let State::Running(handle) = &self.torrents[index].state {
+                    if let Some(handle) = &self.torrents[index].handle {
                         handle.send(Control::Reannounce);
                     }
                 }
@@ -206,14 +211,10 @@ impl Daemon {
     }
 
     fn rpc_session_stats(&self) -> Args {
-        let active = self
-            .torrents
-            .iter()
-            .filter(|t| matches!(t.state, State::Running(_)))
-            .count();
+        let active = self.torrents.iter().filter(|t| t.handle.is_some()).count();
         let (mut down, mut up, mut uploaded, mut downloaded) = (0u64, 0u64, 0u64, 0u64);
         for t in &self.torrents {
-            if let State::Running(h) = &t.state {
+            if let Some(h) = &t.handle {
                 down += h.stats.download_rate.load(Ordering::Relaxed);
                 up += h.stats.upload_rate.load(Ordering::Relaxed);
             }
@@ -242,7 +243,8 @@ impl Daemon {
     // ---- torrents ------------------------------------------------------------------------
 
     /// The torrents `ids` names: all without it; a number (our id), a hash string, or a list
-    /// of either; `recently-active`: those running now.
+    /// of either; `recently-active`: those running now or active within the last minute
+    /// ([`RECENTLY_ACTIVE_SECS`]).
     fn rpc_select(&self, args: &Args) -> Result<Vec<usize>, String> {
         let one = |v: &Value| -> Result<Option<usize>, String> {
             if let Some(id) = v.as_u64() {
@@ -263,7 +265,7 @@ impl Daemon {
         match args.get("ids") {
             None => Ok((0..self.torrents.len()).collect()),
             Some(Value::String(s)) if s == "recently-active" => Ok((0..self.torrents.len())
-                .filter(|&i| matches!(self.torrents[i].state, State::Running(_)))
+                .filter(|&i| self.torrents[i].recently_active(RECENTLY_ACTIVE_SECS))
                 .collect()),
             Some(Value::Array(list)) => {
                 let mut out = Vec::new();
@@ -327,22 +329,23 @@ impl Daemon {
         let load = |f: fn(&TorrentStats) -> u64| run.map_or(0, |s| f(s));
         let rate_down = load(|s| s.download_rate.load(Ordering::Relaxed));
         let rate_up = load(|s| s.upload_rate.load(Ordering::Relaxed));
-        let status = match &t.state {
-            State::Metadata(_) => status::DOWNLOAD,
-            State::Queued if t.force_check => status::CHECK_WAIT,
-            State::Queued if t.complete => status::SEED_WAIT,
-            State::Queued => status::DOWNLOAD_WAIT,
-            State::Checking(_) => status::CHECK,
-            State::Running(_) if t.complete => status::SEED,
-            State::Running(_) => status::DOWNLOAD,
-            State::Paused
-            | State::Finished
-            | State::Stopped
-            | State::Error(_)
-            | State::Moving { .. } => status::STOPPED,
+        let complete = t.life.complete();
+        let status = match t.life.phase() {
+            Phase::Metadata => status::DOWNLOAD,
+            Phase::Queued if t.life.force_check() => status::CHECK_WAIT,
+            Phase::Queued if complete => status::SEED_WAIT,
+            Phase::Queued => status::DOWNLOAD_WAIT,
+            Phase::Checking => status::CHECK,
+            Phase::Running if complete => status::SEED,
+            Phase::Running => status::DOWNLOAD,
+            Phase::Paused
+            | Phase::Finished
+            | Phase::Stopped
+            | Phase::Error(_)
+            | Phase::Moving { .. } => status::STOPPED,
         };
-        let error = match &t.state {
-            State::Error(e) => (3, e.clone()),
+        let error = match t.life.phase() {
+            Phase::Error(e) => (3, e.clone()),
             _ => (0, String::new()),
         };
         let eta = t.eta_secs().map_or(ETA_NOT_AVAILABLE, |secs| {
@@ -357,12 +360,17 @@ impl Daemon {
                 "status" => json!(status),
                 "error" => json!(error.0),
                 "errorString" => json!(error.1),
-                "totalSize" | "sizeWhenDone" => json!(size),
-                "leftUntilDone" => json!(size.saturating_sub(have)),
+                "totalSize" => json!(size),
+                "sizeWhenDone" => json!(t.wanted_size()),
+                "leftUntilDone" => json!(t.left_until_done()),
                 "haveValid" => json!(have),
                 "haveUnchecked" | "corruptEver" => json!(0),
                 "desiredAvailable" => json!(0),
-                "percentDone" | "percentComplete" => json!(fraction(have, size)),
+                "percentComplete" => json!(fraction(have, size)),
+                "percentDone" => json!(fraction(
+                    t.wanted_size() - t.left_until_done().min(t.wanted_size()),
+                    t.wanted_size()
+                )),
                 "metadataPercentComplete" => json!(if t.meta.is_some() { 1.0 } else { 0.0 }),
                 "recheckProgress" => json!(t.check_fraction().unwrap_or(0.0)),
                 "rateDownload" => json!(rate_down),
@@ -375,7 +383,7 @@ impl Daemon {
                     uploaded as f64 / size as f64
                 }),
                 "eta" | "etaIdle" => json!(eta),
-                "isFinished" => json!(matches!(t.state, State::Finished)),
+                "isFinished" => json!(*t.life.phase() == Phase::Finished),
                 // btd has no stalled-queue rule (`queue-stalled-enabled` is false): never.
                 "isStalled" => json!(false),
                 "isPrivate" => json!(t.meta.as_ref().is_some_and(|m| m.private)),
@@ -410,15 +418,15 @@ impl Daemon {
                 "pieceSize" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.piece_len)),
                 "queuePosition" => json!(index),
                 "magnetLink" => json!(magnet_link(t)),
-                "files" => json!(file_list(t, run)),
-                "fileStats" => json!(file_stats(t, run)),
+                "files" => json!(file_list(t)),
+                "fileStats" => json!(file_stats(t)),
                 // `file-count` is Transmission 4's name; Sonarr asks for `fileCount` too.
                 "fileCount" | "file-count" => {
                     json!(t.meta.as_ref().map_or(0, |m| m.files.len()))
                 }
                 // Transmission's own answer when it cannot tell the type of the data.
                 "primary-mime-type" => json!("application/octet-stream"),
-                "pieces" => json!(pieces_base64(t, run)),
+                "pieces" => json!(pieces_base64(t)),
                 "torrentFile" => {
                     json!(
                         torrent_file(t, &self.config.state_dir)
@@ -444,8 +452,16 @@ impl Daemon {
                 // No bandwidth groups; no edits (torrent-set) to date.
                 "group" => json!(""),
                 "editDate" => json!(0),
-                "wanted" => json!(vec![1; t.meta.as_ref().map_or(0, |m| m.files.len())]),
-                "priorities" => json!(vec![0; t.meta.as_ref().map_or(0, |m| m.files.len())]),
+                "wanted" => json!(
+                    (0..file_count(t))
+                        .map(|i| u8::from(t.record.files.get(i).is_wanted()))
+                        .collect::<Vec<_>>()
+                ),
+                "priorities" => json!(
+                    (0..file_count(t))
+                        .map(|i| t.record.files.get(i).transmission())
+                        .collect::<Vec<_>>()
+                ),
                 "trackers" => json!(trackers(t)),
                 "trackerStats" => json!(tracker_stats(t, run)),
                 "seedRatioLimit" => json!(match t.record.ratio_limit {
@@ -512,25 +528,24 @@ impl Daemon {
         };
         let paused = args.get("paused").and_then(Value::as_bool).unwrap_or(false);
         let labels = labels_arg(args)?.unwrap_or_default();
-        // File selection and priorities are not done yet: refused, never silently dropped.
-        for key in [
-            "files-wanted",
-            "files-unwanted",
-            "priority-high",
-            "priority-low",
-            "priority-normal",
-        ] {
-            let asks = match args.get(key) {
-                None => false,
-                Some(Value::Array(list)) => {
-                    !(list.is_empty() || key == "files-wanted" || key == "priority-normal")
+        let files = match &origin {
+            Origin::Meta(meta) => Some(meta.files.len()),
+            _ => None,
+        };
+        let mut selection = Selection::all();
+        match files {
+            Some(files) => apply_file_args(&mut selection, files, args, false)?,
+            None => {
+                if let Some(key) = FILE_ARGS.iter().find(|k| {
+                    args.get(**k)
+                        .and_then(Value::as_array)
+                        .is_some_and(|l| !l.is_empty())
+                }) {
+                    return Err(format!(
+                        "{key}: a magnet link's files are not known until its metadata \
+                         arrives; not added (add it, then choose files with torrent-set)"
+                    ));
                 }
-                Some(_) => true,
-            };
-            if asks {
-                return Err(format!(
-                    "{key}: btd does not select files or set priorities (yet); not added"
-                ));
             }
         }
         let dir = args
@@ -564,11 +579,33 @@ impl Daemon {
                 t.record.magnet = magnet_uri;
                 t.record.paused = Some(paused);
                 t.record.labels = labels;
+                t.record.files = selection;
                 t.save_record(&self.config.state_dir);
                 Ok(added("torrent-added", t))
             }
             Err(i) => Ok(added("torrent-duplicate", &self.torrents[i])),
         }
+    }
+
+    /// A torrent's new file selection: kept in its record, given to its run, and whether it
+    /// is complete follows (a seeding torrent that wants more downloads again).
+    fn select_files(&mut self, index: usize, selection: Selection) {
+        let t = &mut self.torrents[index];
+        if t.record.files == selection {
+            return;
+        }
+        t.record.files = selection;
+        if let Some(handle) = &t.handle {
+            // The run says when it completes, or downloads again.
+            handle.send(Control::Select(t.record.files.clone()));
+        }
+        // Not checked since the daemon started: the next start finds out.
+        let complete = t
+            .have
+            .as_ref()
+            .is_some_and(|have| covers_wanted(&t.piece_levels(), have));
+        let actions = t.life.on_selection_changed(complete);
+        self.apply(index, actions);
     }
 
     /// `torrent-set`: labels, the ratio limit (`seedRatioMode` 0 global, 1 its own
@@ -611,10 +648,28 @@ impl Daemon {
                 _ => return Err(format!("peer-limit: {v} is not a number of peers > 0")),
             },
         };
+        // Check every torrent's file arguments before changing anything.
+        let mut selections = Vec::new();
+        for &index in &selected {
+            let t = &self.torrents[index];
+            let mut selection = t.record.files.clone();
+            match &t.meta {
+                Some(meta) => apply_file_args(&mut selection, meta.files.len(), args, true)?,
+                None if FILE_ARGS.iter().any(|k| args.contains_key(*k)) => {
+                    return Err(format!(
+                        "{}: its files are not known until its metadata arrives",
+                        t.name()
+                    ));
+                }
+                None => {}
+            }
+            selections.push(selection);
+        }
         for (key, value) in args {
             let honest_no_op = match key.as_str() {
                 "ids" | "seedRatioLimit" | "seedRatioMode" | "seedIdleLimit" | "seedIdleMode"
-                | "labels" | "peer-limit" | "queuePosition" => true,
+                | "labels" | "peer-limit" | "queuePosition" | "files-wanted" | "files-unwanted"
+                | "priority-high" | "priority-low" | "priority-normal" => true,
 
                 "honorsSessionLimits" => value.as_bool() == Some(true),
                 "bandwidthPriority" => value.as_i64() == Some(0),
@@ -626,7 +681,8 @@ impl Daemon {
                 unsupported.push(key.clone());
             }
         }
-        for &index in &selected {
+        for (&index, selection) in selected.iter().zip(selections) {
+            self.select_files(index, selection);
             let t = &mut self.torrents[index];
             if !t.has_record() {
                 continue;
@@ -671,14 +727,14 @@ impl Daemon {
             rates.download_limited = flag("downloadLimited").unwrap_or(rates.download_limited);
             rates.upload_limited = flag("uploadLimited").unwrap_or(rates.upload_limited);
             if *rates != before
-                && let State::Running(handle) = &t.state
+                && let Some(handle) = &t.handle
             {
                 apply_own_rates(handle, &t.record);
             }
             if peer_limit.is_some() {
                 t.record.peer_limit = peer_limit;
                 let limits = self.torrent_limits(&self.torrents[index]);
-                if let State::Running(handle) = &self.torrents[index].state {
+                if let Some(handle) = &self.torrents[index].handle {
                     handle.send(Control::SetLimits(limits));
                 }
             }
@@ -686,18 +742,8 @@ impl Daemon {
         }
         self.apply_seed_limits();
         if let Some(position) = args.get("queuePosition").and_then(Value::as_u64) {
-            let mut sorted = selected;
-            sorted.sort_unstable();
-            let mut taken: Vec<Managed> = sorted
-                .iter()
-                .rev()
-                .map(|&index| self.torrents.remove(index))
-                .collect();
-            taken.reverse();
-            let at = usize::try_from(position)
-                .unwrap_or(usize::MAX)
-                .min(self.torrents.len());
-            self.torrents.splice(at..at, taken);
+            let at = usize::try_from(position).unwrap_or(usize::MAX);
+            self.reorder_queue(QueueMove::To(at), &selected);
         }
         if unsupported.is_empty() {
             Ok(Map::new())
@@ -714,8 +760,7 @@ impl Daemon {
     /// `queue-move-top`, `-up`, `-down`, `-bottom`: the order queued torrents start in.
     fn rpc_queue_move(&mut self, args: &Args, how: QueueMove) -> Result<Args, String> {
         let selected = self.rpc_select(args)?;
-        let torrents = std::mem::take(&mut self.torrents);
-        self.torrents = moved(torrents, &selected, how);
+        self.reorder_queue(how, &selected);
         Ok(Map::new())
     }
 
@@ -735,24 +780,20 @@ impl Daemon {
             if t.meta.is_none() || *t.download_dir() == to {
                 continue;
             }
-            if matches!(t.state, State::Checking(_) | State::Moving { .. }) {
-                return Err(format!(
-                    "torrent {}: busy {}; try again",
-                    t.name(),
-                    t.state.name(t.complete)
-                ));
-            }
+            let asked = if with_data {
+                t.life.on_move_requested(to.clone())
+            } else {
+                t.life.on_relocated()
+            };
+            let actions = asked.map_err(|Refused::Busy(what)| {
+                format!("torrent {}: busy {what}; try again", t.name())
+            })?;
             if with_data {
                 info!(
                     "torrent {}: moving its data to {} over the RPC",
                     t.name(),
                     to.display()
                 );
-                let next = State::Moving {
-                    to: to.clone(),
-                    started: false,
-                };
-                self.stop_torrent(index, next);
             } else {
                 info!(
                     "torrent {}: its data is now looked for in {} (set over the RPC)",
@@ -760,14 +801,8 @@ impl Daemon {
                     to.display()
                 );
                 t.record.download_dir.clone_from(&to);
-                t.force_check = true;
-                let paused = t.paused;
-                if paused {
-                    self.stop_torrent(index, State::Paused);
-                } else {
-                    self.stop_torrent(index, State::Queued);
-                }
             }
+            self.apply(index, actions);
         }
         Ok(Map::new())
     }
@@ -799,13 +834,6 @@ impl Daemon {
                 t.name()
             ));
         };
-        if matches!(t.state, State::Checking(_) | State::Moving { .. }) {
-            return Err(format!(
-                "torrent {}: busy {}; try again",
-                t.name(),
-                t.state.name(t.complete)
-            ));
-        }
         let mut renamed = Metainfo::clone(meta);
         let (old, new) = renamed
             .rename_path(path, name)
@@ -823,6 +851,15 @@ impl Daemon {
             ));
         }
         let t = &mut self.torrents[index];
+        // A running torrent's coordinator holds the files open, checks their paths and saves
+        // resume data under them: the core stops its run, and it runs again once they are
+        // renamed.
+        let actions = t
+            .life
+            .on_rename_requested()
+            .map_err(|Refused::Busy(what)| {
+                format!("torrent {}: busy {what}; try again", t.name())
+            })?;
         info!(
             "torrent {}: renaming {path} to {name} over the RPC",
             t.name()
@@ -837,11 +874,7 @@ impl Daemon {
         });
         t.name.clone_from(&renamed.name);
         t.meta = Some(Arc::new(renamed));
-        if let State::Running(_) = t.state {
-            // Its coordinator holds the files open, checks their paths and saves resume data
-            // under them: the run ends first, and it runs again once they are renamed.
-            self.stop_torrent(index, State::Queued);
-        }
+        self.apply(index, actions);
         match self.apply_renames_of(index) {
             Some(Err(reason)) => Err(reason),
             _ => Ok(answer),
@@ -861,11 +894,7 @@ impl Daemon {
     /// in the file list, with those after it, and the reason is logged and returned.
     fn apply_renames_of(&mut self, index: usize) -> Option<Result<(), String>> {
         let t = &mut self.torrents[index];
-        let busy = matches!(
-            t.state,
-            State::Running(_) | State::Checking(_) | State::Moving { started: true, .. }
-        ) || self.stopping.iter().any(|(hash, _)| *hash == t.info_hash);
-        if t.pending_renames.is_empty() || busy {
+        if t.pending_renames.is_empty() || t.life.files_in_use() {
             return None;
         }
         let pending = std::mem::take(&mut t.pending_renames);
@@ -925,31 +954,30 @@ impl Daemon {
             if !t.has_record() {
                 continue;
             }
-            t.paused = pause;
             t.record.paused = Some(pause);
-            if pause {
-                if !matches!(t.state, State::Paused) {
+            let actions = if pause {
+                if *t.life.phase() != Phase::Paused {
                     info!("torrent {}: paused over the RPC", t.name());
-                    self.stop_torrent(index, State::Paused);
                 }
-            } else if matches!(
-                t.state,
-                State::Paused | State::Finished | State::Stopped | State::Error(_)
-            ) {
-                info!("torrent {}: started over the RPC", t.name());
-                t.retry_at = None;
-                // A new idle count, as Transmission's starts one (else a torrent finished by
-                // its idle limit would finish again at once).
-                t.record.idle_secs = 0;
-                self.unpause(index);
-            }
+                t.life.on_pause_requested()
+            } else {
+                let actions = t.life.on_resume_requested();
+                if !actions.is_empty() {
+                    info!("torrent {}: started over the RPC", t.name());
+                    // A new idle count, as Transmission's starts one (else a torrent finished
+                    // by its idle limit would finish again at once).
+                    t.record.idle_secs = 0;
+                }
+                actions
+            };
+            self.apply(index, actions);
             self.torrents[index].save_record(&self.config.state_dir);
         }
         Ok(Map::new())
     }
 
     /// `torrent-verify`: the data is hashed again, resume data ignored; a running torrent
-    /// stops for it and runs again after.
+    /// stops for it and runs again after, a paused one stays paused.
     fn rpc_verify(&mut self, args: &Args) -> Result<Args, String> {
         for index in self.rpc_select(args)? {
             let t = &mut self.torrents[index];
@@ -957,12 +985,8 @@ impl Daemon {
                 continue;
             }
             info!("torrent {}: verifying over the RPC", t.name());
-            t.force_check = true;
-            match t.state {
-                State::Running(_) => self.stop_torrent(index, State::Queued),
-                State::Checking(_) => {}
-                _ => t.state = State::Queued,
-            }
+            let actions = t.life.on_verify_requested();
+            self.apply(index, actions);
         }
         Ok(Map::new())
     }
@@ -1007,11 +1031,13 @@ impl Daemon {
                 .map(|m| t.download_dir().join(t.path_on_disk(Path::new(&m.name))));
             let root = t.download_dir().to_owned();
             let resume = t.resume_path(&self.config.state_dir);
+            let part = TorrentRecord::part_path_in(&self.config.state_dir, &t.info_hash);
             self.removed_ids.push(t.id);
             self.remove(index);
             if delete {
                 delete_torrent_files(&files, top.as_deref(), &root);
                 let _ = std::fs::remove_file(resume);
+                let _ = std::fs::remove_file(part);
             }
         }
         if refused.is_empty() {
@@ -1027,55 +1053,6 @@ impl Daemon {
     }
 }
 
-/// Where `queue-move-*` puts the torrents it names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum QueueMove {
-    Top,
-    Up,
-    Down,
-    Bottom,
-}
-
-/// The queue after moving the torrents at `selected` (indices into `order`), keeping their
-/// order among themselves: to the top or bottom, or one place up or down. Pure.
-pub(super) fn moved<T>(order: Vec<T>, selected: &[usize], how: QueueMove) -> Vec<T> {
-    let len = order.len();
-    let chosen: Vec<bool> = (0..len).map(|i| selected.contains(&i)).collect();
-    let mut slots: Vec<Option<T>> = order.into_iter().map(Some).collect();
-    let mut positions: Vec<usize> = (0..len).collect();
-    match how {
-        QueueMove::Top | QueueMove::Bottom => {
-            let (mut first, mut rest): (Vec<usize>, Vec<usize>) =
-                positions.iter().partition(|&&i| chosen[i]);
-            positions = if how == QueueMove::Top {
-                first.append(&mut rest);
-                first
-            } else {
-                rest.append(&mut first);
-                rest
-            };
-        }
-        QueueMove::Up => {
-            for i in 1..len {
-                if chosen[positions[i]] && !chosen[positions[i - 1]] {
-                    positions.swap(i, i - 1);
-                }
-            }
-        }
-        QueueMove::Down => {
-            for i in (0..len.saturating_sub(1)).rev() {
-                if chosen[positions[i]] && !chosen[positions[i + 1]] {
-                    positions.swap(i, i + 1);
-                }
-            }
-        }
-    }
-    positions
-        .into_iter()
-        .map(|i| slots[i].take().expect("each position once"))
-        .collect()
-}
-
 /// The `.torrent` file a torrent was read from or saved to (empty: none yet, a magnet link
 /// still fetching its metadata).
 fn torrent_file(t: &Managed, state_dir: &Path) -> PathBuf {
@@ -1089,15 +1066,13 @@ fn torrent_file(t: &Managed, state_dir: &Path) -> PathBuf {
 /// The verified pieces as a BitTorrent bitfield in base64 (Transmission's `pieces`): a
 /// running torrent's, all when complete; a stopped incomplete torrent's are not kept in
 /// memory, so none.
-fn pieces_base64(t: &Managed, run: Option<&Arc<TorrentStats>>) -> String {
+fn pieces_base64(t: &Managed) -> String {
     let Some(meta) = &t.meta else {
         return String::new();
     };
-    let have = match run {
-        _ if t.complete => Bitfield::full(meta.geometry.num_pieces),
-        Some(run) => run.have.lock().clone(),
-        None => Bitfield::new(meta.geometry.num_pieces),
-    };
+    let have = t
+        .have_pieces()
+        .unwrap_or_else(|| Bitfield::new(meta.geometry.num_pieces));
     base64::engine::general_purpose::STANDARD.encode(have.as_bytes())
 }
 
@@ -1282,17 +1257,13 @@ fn host_of(url: &str) -> String {
 
 /// Bytes of each file that lie in verified pieces: the running torrent's pieces, else all of
 /// them when complete, else none known.
-fn file_done(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<u64> {
+fn file_done(t: &Managed) -> Vec<u64> {
     let Some(meta) = &t.meta else {
         return Vec::new();
     };
-    if t.complete {
-        return meta.files.iter().map(|f| f.len).collect();
-    }
-    let Some(run) = run else {
+    let Some(have) = t.have_pieces() else {
         return vec![0; meta.files.len()];
     };
-    let have = run.have.lock();
     let g = meta.geometry;
     meta.files
         .iter()
@@ -1314,13 +1285,13 @@ fn file_done(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<u64> {
         .collect()
 }
 
-fn file_list(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
+fn file_list(t: &Managed) -> Vec<Value> {
     let Some(meta) = &t.meta else {
         return Vec::new();
     };
     meta.files
         .iter()
-        .zip(file_done(t, run))
+        .zip(file_done(t))
         .map(|(f, done)| {
             json!({
                 "name": f.path.to_string_lossy(),
@@ -1333,11 +1304,84 @@ fn file_list(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
         .collect()
 }
 
-fn file_stats(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
-    file_done(t, run)
+fn file_stats(t: &Managed) -> Vec<Value> {
+    file_done(t)
         .into_iter()
-        .map(|done| json!({"bytesCompleted": done, "wanted": true, "priority": 0}))
+        .enumerate()
+        .map(|(i, done)| {
+            let priority = t.record.files.get(i);
+            json!({
+                "bytesCompleted": done,
+                "wanted": priority.is_wanted(),
+                "priority": priority.transmission(),
+            })
+        })
         .collect()
+}
+
+fn file_count(t: &Managed) -> usize {
+    t.meta.as_ref().map_or(0, |m| m.files.len())
+}
+
+/// The RPC's file-selection arguments, in the order they apply.
+const FILE_ARGS: [&str; 5] = [
+    "priority-high",
+    "priority-normal",
+    "priority-low",
+    "files-wanted",
+    "files-unwanted",
+];
+
+/// Applies the file-selection arguments in `args` to `selection` of a torrent with `files`
+/// files: priorities first (a file that is not wanted stays so), then `files-wanted` (a file
+/// not wanted becomes wanted at normal priority) and `files-unwanted`. Each is a list of file
+/// indices; with `empty_is_all` (torrent-set, as Transmission) an empty list means every file.
+///
+/// # Errors
+/// An argument that is not a list of file indices of this torrent, named; nothing is changed.
+fn apply_file_args(
+    selection: &mut Selection,
+    files: usize,
+    args: &Args,
+    empty_is_all: bool,
+) -> Result<(), String> {
+    let mut out = selection.clone();
+    for key in FILE_ARGS {
+        let Some(value) = args.get(key) else {
+            continue;
+        };
+        let Some(list) = value.as_array() else {
+            return Err(format!("{key}: not a list of file indices"));
+        };
+        let mut indices = Vec::with_capacity(list.len());
+        for v in list {
+            match v.as_u64().and_then(|i| usize::try_from(i).ok()) {
+                Some(i) if i < files => indices.push(i),
+                _ => {
+                    return Err(format!(
+                        "{key}: {v} is not a file index of this torrent (it has {files} files)"
+                    ));
+                }
+            }
+        }
+        if indices.is_empty() && empty_is_all {
+            indices = (0..files).collect();
+        }
+        for i in indices {
+            let now = out.get(i);
+            let new = match key {
+                "priority-high" if now.is_wanted() => Priority::High,
+                "priority-normal" if now.is_wanted() => Priority::Normal,
+                "priority-low" if now.is_wanted() => Priority::Low,
+                "files-wanted" if !now.is_wanted() => Priority::Normal,
+                "files-unwanted" => Priority::Skip,
+                _ => now,
+            };
+            out.set(files, i, new);
+        }
+    }
+    *selection = out;
+    Ok(())
 }
 
 /// Deletes a removed torrent's own files, then the directories of its top directory that are
@@ -1422,20 +1466,6 @@ fn free_bytes(path: &Path) -> Option<i64> {
 mod tests {
     use super::*;
     use crate::test_dir::TempDir;
-
-    #[test]
-    fn queue_moves_keep_the_moved_torrents_in_their_order() {
-        let q = || vec!['a', 'b', 'c', 'd', 'e'];
-        let s = |v: Vec<char>| v.into_iter().collect::<String>();
-        assert_eq!(s(moved(q(), &[3, 1], QueueMove::Top)), "bdace");
-        assert_eq!(s(moved(q(), &[3, 1], QueueMove::Bottom)), "acebd");
-        assert_eq!(s(moved(q(), &[3, 1], QueueMove::Up)), "badce");
-        assert_eq!(s(moved(q(), &[3, 1], QueueMove::Down)), "acbed");
-        // At the edge already, or next to each other: nothing jumps over a moved one.
-        assert_eq!(s(moved(q(), &[0, 1], QueueMove::Up)), "abcde");
-        assert_eq!(s(moved(q(), &[3, 4], QueueMove::Down)), "abcde");
-        assert_eq!(s(moved(q(), &[], QueueMove::Top)), "abcde");
-    }
 
     #[test]
     fn scrape_urls_and_hosts_of_announce_urls() {

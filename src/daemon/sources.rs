@@ -62,15 +62,14 @@ impl Daemon {
         // Not a torrent's: no record is kept, and nothing else has this key.
         let info_hash = placeholder_hash(path);
         let record = TorrentRecord::new(&info_hash, &download_dir);
-        let mut t = Managed::new(
+        let t = Managed::new(
             id,
             info_hash,
             name,
             Source::Config(EntryKey::of(entry)),
             record,
+            Lifecycle::unreadable(reason, entry.paused),
         );
-        t.paused = entry.paused;
-        t.state = State::Error(reason);
         self.torrents.push(t);
     }
 
@@ -146,21 +145,29 @@ impl Daemon {
         );
         let id = self.new_id();
         let paused = record.paused.unwrap_or(paused);
-        let mut t = Managed::new(id, info_hash, name, source, record);
+        let unfinished_move = record.moving_to.clone();
+        if let Some(to) = &unfinished_move {
+            warn!(
+                "torrent {name}: its move to {} did not finish; finishing it",
+                to.display()
+            );
+        }
+        let life = Lifecycle::new(meta.is_some(), record.completed_unix.is_some());
+        let mut t = Managed::new(id, info_hash, name, source, record, life);
         if let Some(meta) = meta {
             t.set_meta(meta);
         }
         t.magnet = magnet;
-        t.complete = t.record.completed_unix.is_some();
         t.saved = on_disk;
         t.peers = peers;
-        t.paused = paused;
+        if t.record.queue_position.is_none() && self.queue_restored {
+            t.record.queue_position = Some(self.next_queue_position());
+        }
         t.save_record(&self.config.state_dir);
         self.torrents.push(t);
         let index = self.torrents.len() - 1;
-        if !paused {
-            self.unpause(index);
-        }
+        let actions = self.torrents[index].life.on_added(paused, unfinished_move);
+        self.apply(index, actions);
         Ok(index)
     }
 
@@ -244,16 +251,6 @@ impl Daemon {
         }
     }
 
-    /// Moves a torrent on from paused (or just added): queued when its metadata is known,
-    /// else fetching it.
-    pub(super) fn unpause(&mut self, index: usize) {
-        if self.torrents[index].meta.is_some() {
-            self.torrents[index].state = State::Queued;
-        } else {
-            self.start_fetching(index);
-        }
-    }
-
     /// Starts a `metadata NAME` thread for a magnet link: it asks the torrent's peers (its own
     /// and the link's `x.pe`) and the link's trackers, with our peer id and listen address, and
     /// tries again after each failure until the metadata arrives or the torrent leaves state
@@ -295,13 +292,20 @@ impl Daemon {
                 }
             },
         );
-        t.state = match spawned {
-            Ok(thread) => State::Metadata(Fetching {
-                _stop: stop,
-                thread,
-            }),
-            Err(e) => State::Error(format!("cannot spawn metadata thread: {e}")),
-        };
+        match spawned {
+            Ok(thread) => {
+                t.fetching = Some(Fetching {
+                    _stop: stop,
+                    thread,
+                });
+            }
+            Err(e) => {
+                let actions = t
+                    .life
+                    .on_failed_to_start(format!("cannot spawn metadata thread: {e}"));
+                self.apply(index, actions);
+            }
+        }
     }
 
     /// A `metadata NAME` thread is done: the torrent goes on to the queue (unless it was paused
@@ -314,21 +318,19 @@ impl Daemon {
         if t.meta.is_some() {
             return; // from an earlier fetch, stopped too late
         }
-        let fetching = matches!(t.state, State::Metadata(_));
-        match fetched.result {
+        t.fetching = None;
+        let result = match fetched.result {
             Ok(meta) => {
                 t.set_meta(meta);
-                if fetching {
-                    t.state = State::Queued;
-                }
+                Ok(())
             }
             Err(reason) => {
                 error!("torrent {}: {reason}", t.name);
-                if fetching {
-                    t.state = State::Error(reason);
-                }
+                Err(reason)
             }
-        }
+        };
+        let actions = t.life.on_metadata(result);
+        self.apply(index, actions);
     }
 
     pub(super) fn find(&self, info_hash: &InfoHash) -> Option<&Managed> {
@@ -339,11 +341,11 @@ impl Daemon {
         self.torrents.iter().position(|t| t.info_hash == *info_hash)
     }
 
-    /// Stops (if running) and forgets a torrent. Its data stays on disk.
     /// Stops (if running) and forgets a torrent, its record included (as transmission forgets
     /// a removed torrent's resume file). Its data and resume data stay on disk.
     pub(super) fn remove(&mut self, index: usize) {
-        self.stop_torrent(index, State::Paused);
+        let actions = self.torrents[index].life.on_removed();
+        self.apply(index, actions);
         let t = self.torrents.remove(index);
         let mut forget = Vec::new();
         if t.has_record() {
@@ -370,21 +372,6 @@ impl Daemon {
         );
     }
 
-    /// Leaves a torrent in `next` at once. A running one is told to stop (announce `stopped`,
-    /// flush, save resume data) and joins [`Daemon::stopping`]: nothing here waits for it. A
-    /// metadata fetch ends by itself when its `stop` is dropped with the old state.
-    pub(super) fn stop_torrent(&mut self, index: usize, next: State) {
-        let t = &mut self.torrents[index];
-        let previous = std::mem::replace(&mut t.state, next);
-        t.stop_run_clock();
-        if let State::Running(handle) = previous {
-            self.engine.unregister(&t.info_hash);
-            t.verified_bytes = handle.stats.verified_bytes.load(Ordering::Relaxed);
-            self.stopping.push((t.info_hash, handle.begin_stop()));
-        }
-        t.save_record(&self.config.state_dir);
-    }
-
     /// Takes in the runs that have ended since the last call: their totals go into their
     /// torrents' records.
     pub(super) fn reap_stopped(&mut self) {
@@ -397,10 +384,46 @@ impl Daemon {
             let (info_hash, stopping) = self.stopping.swap_remove(index);
             if let Some(i) = self.index_of(&info_hash) {
                 let t = &mut self.torrents[i];
+                t.life.on_run_ended();
                 t.end_run(&stopping.stats);
                 t.save_record(&self.config.state_dir);
             }
         }
+    }
+
+    /// The queue position of a torrent added now: after every torrent there is.
+    pub(super) fn next_queue_position(&self) -> u64 {
+        self.torrents
+            .iter()
+            .filter_map(|t| t.record.queue_position)
+            .max()
+            .map_or(0, |p| p + 1)
+    }
+
+    /// Moves the torrents at `selected` as `how` says and keeps the new order in every
+    /// torrent's record, so the next start restores it.
+    pub(super) fn reorder_queue(&mut self, how: QueueMove, selected: &[usize]) {
+        let torrents = std::mem::take(&mut self.torrents);
+        self.torrents = moved(torrents, selected, how);
+        self.number_queue();
+    }
+
+    /// Keeps each torrent's place in the queue in its record.
+    fn number_queue(&mut self) {
+        for (position, t) in (0u64..).zip(&mut self.torrents) {
+            t.record.queue_position = Some(position);
+            t.save_record(&self.config.state_dir);
+        }
+    }
+
+    /// Restores the queue order the records keep, once every torrent is added at start: those
+    /// without a position (new, or from an older btd) come after the others, in the order
+    /// added. From then on an added torrent joins at the end.
+    pub(super) fn restore_queue_order(&mut self) {
+        self.torrents
+            .sort_by_key(|t| t.record.queue_position.unwrap_or(u64::MAX));
+        self.number_queue();
+        self.queue_restored = true;
     }
 
     /// Saves every record that changed (totals, seeding time) since its last save.

@@ -1,13 +1,9 @@
-//! One torrent as the daemon sees it (`Managed`): where it came from, its state, its record
-//! and the counters of its current run; the seeding limits as pure functions; the storage
-//! retry back-off.
+//! One torrent as the daemon sees it (`Managed`): where it came from, its lifecycle (written
+//! only by `lifecycle.rs`), what goes with its phase (fetch thread, check progress, the running
+//! coordinator's handle), its record and the counters of its current run; the seeding limits as
+//! pure functions.
 
 use super::*;
-
-/// A torrent stopped by a storage error (disk full, unwritable directory) is retried after this
-/// wait, doubled per failure up to [`STORAGE_RETRY_MAX`]; SIGHUP retries it at once.
-pub(super) const STORAGE_RETRY_BASE: Duration = Duration::from_secs(60);
-pub(super) const STORAGE_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
 
 /// Where a torrent came from, which also decides how it is removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,49 +61,9 @@ impl Origin {
 
 /// A running `metadata NAME` thread.
 pub(super) struct Fetching {
-    /// Never sent on: dropping it (with the state) ends the fetch.
+    /// Never sent on: dropping it (`Managed::fetching`) ends the fetch.
     pub(super) _stop: Sender<()>,
     pub(super) thread: Watched<()>,
-}
-
-pub(super) enum State {
-    /// A magnet link's metadata is being fetched.
-    Metadata(Fetching),
-    /// Waiting for a download slot, or (complete) for a seed slot.
-    Queued,
-    /// Its data is being checked; the counter is the pieces checked so far.
-    Checking(Arc<AtomicU32>),
-    Running(TorrentHandle),
-    Paused,
-    /// Seeding limit reached; data kept, not uploading.
-    Finished,
-    /// The daemon stopped cleanly (what the last status file says).
-    Stopped,
-    /// Its files are moving to `to` (once its last run has ended, on a `move NAME` thread);
-    /// then it goes back to the queue, or to paused.
-    Moving {
-        to: PathBuf,
-        started: bool,
-    },
-    Error(String),
-}
-
-impl State {
-    pub(super) fn name(&self, complete: bool) -> &'static str {
-        match self {
-            State::Metadata(_) => "metadata",
-            State::Queued if complete => "queued_seed",
-            State::Queued => "queued",
-            State::Checking(_) => "checking",
-            State::Running(_) if complete => "seeding",
-            State::Running(_) => "downloading",
-            State::Paused => "paused",
-            State::Finished => "finished",
-            State::Stopped => "stopped",
-            State::Moving { .. } => "moving",
-            State::Error(_) => "error",
-        }
-    }
 }
 
 /// The seeding limits of `[seeding]`.
@@ -241,11 +197,18 @@ pub(super) struct Managed {
     /// What was last saved of the record (nothing is written while it is unchanged).
     pub(super) saved: Option<TorrentRecord>,
     pub(super) peers: Vec<SocketAddr>,
-    pub(super) paused: bool,
-    pub(super) state: State,
-    /// Every piece verified, as last known.
-    pub(super) complete: bool,
+    /// Its phase and what drives it: read here, written only by `lifecycle.rs`.
+    pub(super) life: Lifecycle,
+    /// Its metadata fetch, while in phase metadata (dropping it ends the fetch).
+    pub(super) fetching: Option<Fetching>,
+    /// While checking: the pieces checked so far.
+    pub(super) check_progress: Arc<AtomicU32>,
+    /// Its coordinator, while in phase running.
+    pub(super) handle: Option<TorrentHandle>,
     pub(super) verified_bytes: u64,
+    /// The verified pieces as last known: from its check, then from the end of each run
+    /// (while it runs, its run's own are current).
+    pub(super) have: Option<Bitfield>,
     /// The counters of its current run: while its coordinator runs, and while it stops (see
     /// `Daemon::stopping`). Folded into `record` once that run has ended.
     pub(super) run: Option<Arc<TorrentStats>>,
@@ -260,12 +223,9 @@ pub(super) struct Managed {
     pub(super) last_seen_totals: (u64, u64),
     /// When the current run started (seconds since the Unix epoch).
     pub(super) run_started_unix: u64,
-    /// In state error from a storage error: when it is retried by itself (SIGHUP retries now).
-    pub(super) retry_at: Option<Instant>,
-    /// Storage errors in a row (the retry back-off doubles with each); reset on completion.
-    pub(super) storage_failures: u32,
-    /// The next check ignores resume data and hashes everything (data changed under us).
-    pub(super) force_check: bool,
+    /// The state's name when the main loop last looked, and since when (seconds since the
+    /// Unix epoch): the RPC's `recently-active` lists torrents whose state changed lately.
+    pub(super) state_seen: (&'static str, u64),
     /// Renames already in `meta` but not yet done on disk nor in the record: they wait for
     /// its run to end (`Daemon::apply_renames`).
     pub(super) pending_renames: Vec<PendingRename>,
@@ -282,13 +242,15 @@ pub(super) struct PendingRename {
 }
 
 impl Managed {
-    /// A torrent just added: paused, metadata and run unknown; the caller fills in the rest.
+    /// A torrent just added with its lifecycle; metadata and run unknown, the caller fills in
+    /// the rest.
     pub(super) fn new(
         id: u32,
         info_hash: InfoHash,
         name: String,
         source: Source,
         record: TorrentRecord,
+        life: Lifecycle,
     ) -> Self {
         Self {
             id,
@@ -300,19 +262,20 @@ impl Managed {
             record,
             saved: None,
             peers: Vec::new(),
-            paused: false,
-            state: State::Paused,
-            complete: false,
+            life,
+            fetching: None,
+            check_progress: Arc::new(AtomicU32::new(0)),
+            handle: None,
             verified_bytes: 0,
+            have: None,
             run: None,
             seeding_since: None,
             downloading_since: None,
             idle_since: None,
             last_seen_totals: (0, 0),
             run_started_unix: 0,
-            retry_at: None,
-            storage_failures: 0,
-            force_check: false,
+            // Not yet looked at: added just now counts as a change.
+            state_seen: ("", unix_now()),
             pending_renames: Vec::new(),
         }
     }
@@ -363,26 +326,80 @@ impl Managed {
 
     /// The counters of the run in progress, while its coordinator runs.
     pub(super) fn running(&self) -> Option<&Arc<TorrentStats>> {
-        match &self.state {
-            State::Running(handle) => Some(&handle.stats),
-            _ => None,
-        }
+        self.handle.as_ref().map(|handle| &handle.stats)
     }
 
-    /// Verified bytes (all of them when complete).
+    /// Verified bytes (when complete and not checked since the daemon started: what its
+    /// wanted files hold).
     pub(super) fn have_bytes(&self) -> u64 {
-        if self.complete {
-            self.size()
+        if self.life.complete() && self.have.is_none() && self.running().is_none() {
+            self.wanted_size()
         } else {
             self.verified_bytes
         }
     }
 
+    /// The verified pieces: its run's while it runs, else as last known; `None` when not
+    /// known (not checked since the daemon started) and not complete.
+    pub(super) fn have_pieces(&self) -> Option<Bitfield> {
+        let meta = self.meta.as_ref()?;
+        if let Some(run) = self.running() {
+            return Some(run.have.lock().clone());
+        }
+        match &self.have {
+            Some(have) => Some(have.clone()),
+            None if self.life.complete() && self.record.files.is_all() => {
+                Some(Bitfield::full(meta.geometry.num_pieces))
+            }
+            None => None,
+        }
+    }
+
+    /// Each piece's priority level by its file selection (0: not wanted).
+    pub(super) fn piece_levels(&self) -> Vec<u8> {
+        self.meta.as_ref().map_or_else(Vec::new, |m| {
+            self.record.files.piece_levels(&m.geometry, &m.files)
+        })
+    }
+
+    /// Bytes of the pieces its file selection wants (Transmission's `sizeWhenDone`).
+    pub(super) fn wanted_size(&self) -> u64 {
+        match &self.meta {
+            Some(m) if !self.record.files.is_all() => {
+                crate::selection::wanted_bytes(&m.geometry, &self.piece_levels())
+            }
+            _ => self.size(),
+        }
+    }
+
+    /// Bytes of wanted pieces not verified (Transmission's `leftUntilDone`).
+    pub(super) fn left_until_done(&self) -> u64 {
+        if let Some(run) = self.running() {
+            return run.left();
+        }
+        if self.life.complete() {
+            return 0;
+        }
+        let Some(meta) = &self.meta else {
+            return 0;
+        };
+        match &self.have {
+            Some(have) => self
+                .piece_levels()
+                .iter()
+                .zip(0u32..)
+                .filter(|(level, piece)| **level > 0 && !have.get(*piece))
+                .map(|(_, piece)| u64::from(meta.geometry.piece_len(piece)))
+                .sum(),
+            None => self.wanted_size().saturating_sub(self.verified_bytes),
+        }
+    }
+
     /// While checking: the fraction of pieces checked so far.
     pub(super) fn check_fraction(&self) -> Option<f64> {
-        match (&self.state, &self.meta) {
-            (State::Checking(done), Some(meta)) => Some(
-                f64::from(done.load(Ordering::Relaxed))
+        match (self.life.phase(), &self.meta) {
+            (Phase::Checking, Some(meta)) => Some(
+                f64::from(self.check_progress.load(Ordering::Relaxed))
                     / f64::from(meta.geometry.num_pieces.max(1)),
             ),
             _ => None,
@@ -393,9 +410,9 @@ impl Managed {
     pub(super) fn eta_secs(&self) -> Option<u64> {
         let rate = self
             .running()
-            .filter(|_| !self.complete)
+            .filter(|_| !self.life.complete())
             .map_or(0, |s| s.download_rate.load(Ordering::Relaxed));
-        (rate > 0).then(|| self.size().saturating_sub(self.have_bytes()) / rate)
+        (rate > 0).then(|| self.left_until_done() / rate)
     }
 
     pub(super) fn download_dir(&self) -> &Path {
@@ -454,6 +471,25 @@ impl Managed {
         }
     }
 
+    /// Notes a change of state since the last look (once per main-loop turn).
+    pub(super) fn note_state(&mut self) {
+        let name = self.life.name();
+        if name != self.state_seen.0 {
+            self.state_seen = (name, unix_now());
+        }
+    }
+
+    /// Whether it runs, or moved payload or changed state (added, paused, resumed, finished,
+    /// ...) within the last `secs` seconds: Transmission's `recently-active`, which its web
+    /// client polls, so that it sees a torrent it has just paused stop.
+    pub(super) fn recently_active(&self, secs: u64) -> bool {
+        let since = unix_now().saturating_sub(secs);
+        self.handle.is_some()
+            || self.life.name() != self.state_seen.0
+            || self.state_seen.1 >= since
+            || self.record.activity_unix >= since
+    }
+
     pub(super) fn ratio(&self) -> f64 {
         self.totals().0 as f64 / self.size().max(1) as f64
     }
@@ -474,7 +510,7 @@ impl Managed {
     /// It runs now: seeding when complete, else downloading (its clock for the other stops).
     pub(super) fn start_run_clock(&mut self) {
         self.stop_run_clock();
-        if self.complete {
+        if self.life.complete() {
             self.seeding_since = Some(Instant::now());
             self.idle_since = Some(Instant::now());
         } else {
@@ -494,6 +530,8 @@ impl Managed {
         if self.run.as_ref().is_some_and(|r| Arc::ptr_eq(r, run)) {
             self.record.uploaded += run.uploaded.load(Ordering::Relaxed);
             self.record.downloaded += run.downloaded.load(Ordering::Relaxed);
+            self.verified_bytes = run.verified_bytes.load(Ordering::Relaxed);
+            self.have = Some(run.have.lock().clone());
             self.run = None;
         }
     }
@@ -507,42 +545,33 @@ impl Managed {
     /// Saves the record if it changed since the last save; a failure is logged (the next
     /// save tries again).
     pub(super) fn save_record(&mut self, state_dir: &Path) {
-        if !self.has_record() {
+        if self.saved.as_ref() == Some(&self.record_now()) {
             return;
+        }
+        if let Err(e) = self.save_record_now(state_dir) {
+            warn!("torrent {}: {e}", self.name);
+        }
+    }
+
+    /// Saves the record (when it has one), saying whether that worked: for what must be on
+    /// disk before going on (a move's target).
+    pub(super) fn save_record_now(
+        &mut self,
+        state_dir: &Path,
+    ) -> Result<(), crate::record::RecordError> {
+        if !self.has_record() {
+            return Ok(());
         }
         let now = self.record_now();
-        if self.saved.as_ref() == Some(&now) {
-            return;
-        }
-        match now.save(&TorrentRecord::path_in(state_dir, &self.info_hash)) {
-            Ok(()) => self.saved = Some(now),
-            Err(e) => warn!("torrent {}: {e}", self.name),
-        }
-    }
-
-    /// The wait before the next retry after `storage_failures` storage errors in a row.
-    pub(super) fn retry_after(&self) -> Duration {
-        storage_retry_after(self.storage_failures)
-    }
-
-    /// Counts a storage error and schedules the retry.
-    pub(super) fn set_retry(&mut self) {
-        self.storage_failures = self.storage_failures.saturating_add(1);
-        self.retry_at = Some(Instant::now() + self.retry_after());
+        now.save(&TorrentRecord::path_in(state_dir, &self.info_hash))?;
+        self.saved = Some(now);
+        Ok(())
     }
 }
 
 /// Whole seconds since `since`, 0 without one.
 fn secs_since(since: Option<Instant>) -> u64 {
     since.map_or(0, |since| since.elapsed().as_secs())
-}
-
-/// The wait before retrying a torrent after `failures` storage errors in a row: 60 s, doubling,
-/// at most 30 min.
-pub(super) fn storage_retry_after(failures: u32) -> Duration {
-    STORAGE_RETRY_BASE
-        .saturating_mul(1 << failures.saturating_sub(1).min(5))
-        .min(STORAGE_RETRY_MAX)
 }
 
 #[cfg(test)]
@@ -558,6 +587,38 @@ mod tests {
             time: Duration::from_secs(time_secs),
             idle: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn a_torrent_is_recently_active_for_a_minute_after_it_was_added_or_paused() {
+        let hash = InfoHash([2; 20]);
+        let record = TorrentRecord::new(&hash, Path::new("d"));
+        let mut t = Managed::new(
+            1,
+            hash,
+            "t".into(),
+            Source::Rpc,
+            record,
+            Lifecycle::new(true, false),
+        );
+        // Added, not yet looked at by the main loop, then looked at: a change either way.
+        assert!(t.recently_active(60));
+        t.note_state();
+        assert!(t.recently_active(60));
+        // A minute later, paused and idle: not active.
+        t.state_seen.1 -= 61;
+        assert!(!t.recently_active(60));
+        // Resumed (queued) and not yet looked at by the main loop: a change.
+        t.life.on_pause_requested();
+        t.life.on_resume_requested();
+        assert_eq!(t.life.name(), "queued");
+        assert!(t.recently_active(60));
+        t.note_state();
+        t.state_seen.1 -= 61;
+        assert!(!t.recently_active(60));
+        // Payload moved lately.
+        t.record.activity_unix = unix_now();
+        assert!(t.recently_active(60));
     }
 
     #[test]
@@ -688,8 +749,14 @@ mod tests {
     #[test]
     fn an_upload_ends_the_idle_count_and_stopping_keeps_it_in_the_record() {
         let record = TorrentRecord::new(&InfoHash([1; 20]), Path::new("d"));
-        let mut t = Managed::new(1, InfoHash([1; 20]), "t".into(), Source::Rpc, record);
-        t.complete = true;
+        let mut t = Managed::new(
+            1,
+            InfoHash([1; 20]),
+            "t".into(),
+            Source::Rpc,
+            record,
+            Lifecycle::new(true, true),
+        );
         t.record.idle_secs = 500;
         let run = Arc::new(TorrentStats::default());
         t.run = Some(Arc::clone(&run));
@@ -700,22 +767,23 @@ mod tests {
         assert_eq!(t.idle_secs(), 600);
         t.note_activity();
         assert_eq!(t.idle_secs(), 600, "no upload, no reset");
+        // What the lifecycle core is told as "reached": the idle rule is part of it.
+        let ten_minutes = SeedLimits {
+            idle: Duration::from_secs(600),
+            ..limits(0.0, 0)
+        };
+        assert!(matches!(
+            t.seed_limit_reached(ten_minutes),
+            Some(LimitReached::Idle { idle_secs: 600, .. })
+        ));
         run.uploaded.fetch_add(16_384, Ordering::Relaxed);
         t.note_activity();
         assert_eq!(t.idle_secs(), 0);
+        assert_eq!(t.seed_limit_reached(ten_minutes), None);
         assert!(t.idle_since.is_some(), "still seeding: a new count runs");
         t.idle_since = Some(Instant::now() - Duration::from_secs(42));
         t.stop_run_clock();
         assert_eq!((t.record.idle_secs, t.idle_secs()), (42, 42));
         assert_eq!(t.record_now().idle_secs, 42);
-    }
-
-    #[test]
-    fn storage_retries_wait_a_minute_then_double_up_to_half_an_hour() {
-        let minutes: Vec<u64> = (1..=8)
-            .map(|n| storage_retry_after(n).as_secs() / 60)
-            .collect();
-        assert_eq!(minutes, [1, 2, 4, 8, 16, 30, 30, 30]);
-        assert_eq!(storage_retry_after(u32::MAX), STORAGE_RETRY_MAX);
     }
 }

@@ -14,7 +14,7 @@ use log::{debug, error, info, warn};
 
 use super::choker::{self, CHOKE_INTERVAL, Candidate, OPTIMISTIC_INTERVAL};
 use super::disk::{self, DiskJob, DiskQueue, DiskResult};
-use super::picker::{PeerKey, Picker, Received};
+use super::picker::{PeerKey, Picker, Received, saturating_u32};
 use super::piece_buffer::{
     Blame, CompletePiece, PieceBuffers, blame_after_refetch, blame_on_failure,
 };
@@ -25,6 +25,7 @@ use crate::metainfo::Metainfo;
 use crate::peer::{self, PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
 use crate::profile::{self, LoopStats, Role};
 use crate::ratelimit::{Limits, RateLimiter};
+use crate::selection::{self, Selection};
 use crate::storage::Storage;
 use crate::tracker::Tiers;
 use crate::tracker::announcer::{self, AnnounceStats, AnnouncerCommand, AnnouncerConfig};
@@ -228,6 +229,10 @@ struct Coordinator {
     last_optimistic: Instant,
     last_tick: Instant,
     complete_announced: bool,
+    /// The trackers heard `completed` (once per run, and never for a run that started done).
+    tracker_told_completed: bool,
+    /// Which files are wanted (the picker's levels come from it).
+    selection: Selection,
     syncing: bool,
     failed: bool,
     /// Our data changed on disk: the engine is told to recheck; we serve and save nothing.
@@ -261,6 +266,16 @@ impl Coordinator {
             .verified_bytes
             .store(verified_bytes, Ordering::Relaxed);
         stats.have.lock().clone_from(&have);
+        let mut picker = Picker::new(meta.geometry, &have);
+        let levels = params.selection.piece_levels(&meta.geometry, &meta.files);
+        stats.wanted_bytes.store(
+            selection::wanted_bytes(&meta.geometry, &levels),
+            Ordering::Relaxed,
+        );
+        picker.set_levels(levels);
+        stats
+            .left_bytes
+            .store(picker.left_bytes(), Ordering::Relaxed);
         let tiers = Tiers::new(meta.announce.as_deref(), meta.announce_list.as_deref());
         let announcer = if tiers.is_empty() {
             None
@@ -290,7 +305,8 @@ impl Coordinator {
         };
         let now = Instant::now();
         let mut c = Self {
-            picker: Picker::new(meta.geometry, &have),
+            picker,
+            selection: params.selection,
             buffers: PieceBuffers::new(meta.geometry),
             storage: params.storage,
             meta,
@@ -328,6 +344,7 @@ impl Coordinator {
             last_optimistic: now,
             last_tick: now,
             complete_announced: false,
+            tracker_told_completed: false,
             syncing: false,
             failed: false,
             rechecking: false,
@@ -336,10 +353,15 @@ impl Coordinator {
             rng: rand::make_rng(),
         };
         c.add_addrs(params.peers);
-        if c.picker.is_complete() {
+        // The selection may have changed while the data was checked: the files it wants and
+        // the check kept out of the disk are created now (nothing to do otherwise).
+        let wanted = c.selection.wanted(c.meta.files.len());
+        c.disk_send(DiskJob::WantFiles(wanted));
+        if c.picker.is_done() {
             // Complete before this run: `started` says so with left=0. `completed` is only for
             // a download that finishes while we run (trackers count it as a snatch).
             c.complete_announced = true;
+            c.tracker_told_completed = true;
             c.stats.complete.store(true, Ordering::Relaxed);
         }
         Ok(c)
@@ -405,6 +427,7 @@ impl Coordinator {
                         self.limits = limits;
                     }
                     Ok(Control::Reannounce) => self.announce(AnnouncerCommand::NeedPeers),
+                    Ok(Control::Select(selection)) => self.select(selection),
                     Ok(Control::Stop) | Err(_) => break,
                 },
                 default(timeout) => {}
@@ -443,7 +466,7 @@ impl Coordinator {
 
     fn connect_more(&mut self) {
         let now = Instant::now();
-        let complete = self.picker.is_complete();
+        let complete = self.picker.is_done();
         let mut active = self.peers.len() + self.addrs.values().filter(|a| a.connecting).count();
         let connected_addrs: HashSet<SocketAddr> = self.peers.values().map(|p| p.addr).collect();
         let mut to_dial = Vec::new();
@@ -757,7 +780,7 @@ impl Coordinator {
         };
         self.picker.on_peer_gone(&peer.pieces);
         self.picker.on_peer_pieces(&pieces);
-        peer.wanted = saturating_u32(pieces.iter_ones().filter(|&p| !self.have.get(p)).count());
+        peer.wanted = saturating_u32(pieces.iter_ones().filter(|&p| self.picker.wants(p)).count());
         peer.pieces = pieces;
         self.after_peer_pieces_changed(key);
     }
@@ -771,7 +794,7 @@ impl Coordinator {
         }
         peer.pieces.set(piece);
         self.picker.on_have(piece);
-        if !self.have.get(piece) {
+        if self.picker.wants(piece) {
             peer.wanted += 1;
         }
         self.after_peer_pieces_changed(key);
@@ -959,6 +982,10 @@ impl Coordinator {
             DiskResult::Synced(Err(error)) => {
                 self.fail(format!("storage: {error}; torrent paused"));
             }
+            DiskResult::FilesWanted(Err(error)) => {
+                self.fail(format!("storage: {error}; torrent paused"));
+            }
+            DiskResult::FilesWanted(Ok(())) => {}
             DiskResult::FilesChecked(result) => {
                 self.checking_files = false;
                 if let Err(error) = result {
@@ -1015,24 +1042,25 @@ impl Coordinator {
         self.have.set(piece);
         self.stats.have.lock().set(piece);
         self.resume_dirty = true;
-        self.stats.verified_bytes.fetch_add(
-            u64::from(self.meta.geometry.piece_len(piece)),
-            Ordering::Relaxed,
-        );
+        let len = u64::from(self.meta.geometry.piece_len(piece));
+        self.stats.verified_bytes.fetch_add(len, Ordering::Relaxed);
+        if self.picker.level(piece) > 0 {
+            self.stats.left_bytes.fetch_sub(len, Ordering::Relaxed);
+        }
         let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
         for key in keys {
             self.command(key, PeerCommand::Have(piece));
             let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
             };
-            if peer.pieces.get(piece) {
+            if peer.pieces.get(piece) && peer.wanted > 0 {
                 peer.wanted -= 1;
                 if peer.wanted == 0 {
                     self.update_interest(key);
                 }
             }
         }
-        if self.picker.is_complete() && !self.syncing && !self.complete_announced {
+        if self.picker.is_done() && !self.syncing && !self.complete_announced {
             self.syncing = true;
             self.disk_send(DiskJob::Sync);
         }
@@ -1091,15 +1119,30 @@ impl Coordinator {
         if self.complete_announced {
             return;
         }
+        if !self.picker.is_done() {
+            return; // a new selection wants more meanwhile
+        }
         self.complete_announced = true;
         self.buffers.clear_pool();
         self.stats.complete.store(true, Ordering::Relaxed);
-        info!(
-            "torrent {}: download complete, all {} pieces verified",
-            self.name(),
-            self.meta.geometry.num_pieces
-        );
-        self.announce(AnnouncerCommand::Completed);
+        if self.picker.is_complete() {
+            info!(
+                "torrent {}: download complete, all {} pieces verified",
+                self.name(),
+                self.meta.geometry.num_pieces
+            );
+        } else {
+            info!(
+                "torrent {}: download complete, the wanted files' {} of {} pieces verified",
+                self.name(),
+                self.picker.verified_count(),
+                self.meta.geometry.num_pieces
+            );
+        }
+        if !self.tracker_told_completed {
+            self.tracker_told_completed = true;
+            self.announce(AnnouncerCommand::Completed);
+        }
         self.save_resume_later();
         let _ = self.torrent_events.send(TorrentEvent::Completed);
         for peer in self.peers.values() {
@@ -1107,6 +1150,51 @@ impl Coordinator {
                 let _ = peer.socket.shutdown(std::net::Shutdown::Both);
             }
         }
+    }
+
+    /// A new file selection: the picker orders by it from now on, the disk pool creates the
+    /// files wanted now (moving their bytes out of the part file), and our interest in each
+    /// peer follows what we need from it.
+    fn select(&mut self, selection: Selection) {
+        if selection == self.selection {
+            return;
+        }
+        info!("torrent {}: file selection changed", self.name());
+        let wanted = selection.wanted(self.meta.files.len());
+        self.disk_send(DiskJob::WantFiles(wanted));
+        let levels = selection.piece_levels(&self.meta.geometry, &self.meta.files);
+        self.stats.wanted_bytes.store(
+            selection::wanted_bytes(&self.meta.geometry, &levels),
+            Ordering::Relaxed,
+        );
+        self.selection = selection;
+        self.picker.set_levels(levels);
+        self.stats
+            .left_bytes
+            .store(self.picker.left_bytes(), Ordering::Relaxed);
+        if !self.picker.is_done() && self.complete_announced {
+            info!("torrent {}: downloading again", self.name());
+            self.complete_announced = false;
+            self.stats.complete.store(false, Ordering::Relaxed);
+            let _ = self.torrent_events.send(TorrentEvent::Incomplete);
+        } else if self.picker.is_done() && !self.complete_announced && !self.syncing {
+            self.syncing = true;
+            self.disk_send(DiskJob::Sync);
+        }
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.wanted = saturating_u32(
+                    peer.pieces
+                        .iter_ones()
+                        .filter(|&p| self.picker.wants(p))
+                        .count(),
+                );
+            }
+            self.update_interest(key);
+        }
+        self.fill_all();
+        self.connect_more();
     }
 
     fn announce(&self, cmd: AnnouncerCommand) {
@@ -1183,7 +1271,7 @@ impl Coordinator {
             self.last_choke = now;
             self.rechoke(rotate);
         }
-        if !self.picker.is_complete() && self.peers.len() < STARVED_PEERS {
+        if !self.picker.is_done() && self.peers.len() < STARVED_PEERS {
             self.announce(AnnouncerCommand::NeedPeers);
         }
         self.exchange_peers(now);
@@ -1294,7 +1382,7 @@ impl Coordinator {
     }
 
     fn rechoke(&mut self, rotate: bool) {
-        let seeding = self.picker.is_complete();
+        let seeding = self.picker.is_done();
         let now = Instant::now();
         let candidates: Vec<Candidate> = self
             .peers
@@ -1387,7 +1475,7 @@ impl Coordinator {
                 self.name()
             );
         } else if let Some(target) = &self.resume {
-            let saved = disk::save_resume(&self.meta, target, &self.have);
+            let saved = disk::save_resume(&self.storage, &self.meta, target, &self.have);
             if let Err(e) = saved {
                 error!("torrent {}: {e}", self.name());
             }
@@ -1398,8 +1486,4 @@ impl Coordinator {
         }
         info!("torrent {}: stopped", self.name());
     }
-}
-
-fn saturating_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }

@@ -29,6 +29,9 @@ pub enum DiskJob {
     Sync,
     /// Check that every file is still where and as long as we left it (stats only).
     CheckFiles,
+    /// These files are wanted now: create those kept in the part file and move their bytes
+    /// out of it ([`Storage::want_files`]).
+    WantFiles(Vec<bool>),
     /// Snapshot the files' sizes and mtimes with the pieces we have, and save it atomically.
     SaveResume {
         meta: Arc<Metainfo>,
@@ -56,6 +59,7 @@ pub enum DiskResult {
     },
     Synced(Result<(), StorageError>),
     FilesChecked(Result<(), StorageError>),
+    FilesWanted(Result<(), StorageError>),
     ResumeSaved(Result<(), ResumeError>),
 }
 
@@ -219,8 +223,9 @@ fn run(storage: &Storage, job: DiskJob) -> DiskResult {
         }
         DiskJob::Sync => DiskResult::Synced(storage.sync_all()),
         DiskJob::CheckFiles => DiskResult::FilesChecked(storage.check_files()),
+        DiskJob::WantFiles(wanted) => DiskResult::FilesWanted(storage.want_files(&wanted)),
         DiskJob::SaveResume { meta, target, have } => {
-            DiskResult::ResumeSaved(save_resume(&meta, &target, &have))
+            DiskResult::ResumeSaved(save_resume(storage, &meta, &target, &have))
         }
     }
 }
@@ -231,11 +236,12 @@ fn run(storage: &Storage, job: DiskJob) -> DiskResult {
 /// # Errors
 /// When the resume file cannot be written.
 pub fn save_resume(
+    storage: &Storage,
     meta: &Metainfo,
     target: &ResumeTarget,
     have: &Bitfield,
 ) -> Result<(), ResumeError> {
-    ResumeData::capture(meta, &target.root, have).save(&target.path)
+    ResumeData::capture(meta, &target.root, have, storage.part_path()).save(&target.path)
 }
 
 #[cfg(test)]

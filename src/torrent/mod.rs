@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::metainfo::Metainfo;
 use crate::peer::TorrentContext;
 use crate::ratelimit::Limits;
+use crate::selection::Selection;
 use crate::storage::Storage;
 use crate::watched::Watched;
 use crate::wire::Bitfield;
@@ -34,13 +35,19 @@ pub enum Control {
     SetLimits(TorrentLimits),
     /// Announce again as soon as the trackers' `min interval` allows (a user asked).
     Reannounce,
+    /// A new file selection: pick by it, and create the files wanted now.
+    Select(Selection),
 }
 
 /// What a torrent tells the engine, in the past tense.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TorrentEvent {
-    /// Every piece is verified and flushed to disk.
+    /// Every wanted piece is verified and flushed to disk (every piece, unless a file
+    /// selection leaves some out).
     Completed,
+    /// After [`TorrentEvent::Completed`], a new file selection wants pieces we lack: the
+    /// torrent downloads again.
+    Incomplete,
     /// The torrent stopped transferring because of a storage error (named in the message).
     Failed(String),
     /// Data we had verified is gone or changed on disk (a file deleted, replaced or truncated,
@@ -56,6 +63,10 @@ pub enum TorrentEvent {
 pub struct TorrentStats {
     pub total_bytes: AtomicU64,
     pub verified_bytes: AtomicU64,
+    /// Bytes of the pieces the file selection wants (all of them without one).
+    pub wanted_bytes: AtomicU64,
+    /// Bytes of wanted pieces not verified yet: what the trackers hear as `left`.
+    pub left_bytes: AtomicU64,
     /// Payload bytes received in `piece` messages this run, by every peer (including waste).
     pub downloaded: AtomicU64,
     /// Payload bytes of `piece` messages written to sockets this run, by every peer.
@@ -194,6 +205,8 @@ impl Default for TorrentStats {
         Self {
             total_bytes: AtomicU64::new(0),
             verified_bytes: AtomicU64::new(0),
+            wanted_bytes: AtomicU64::new(0),
+            left_bytes: AtomicU64::new(0),
             downloaded: AtomicU64::new(0),
             uploaded: AtomicU64::new(0),
             upload_allowance: AtomicU64::new(u64::MAX),
@@ -211,9 +224,9 @@ impl Default for TorrentStats {
 }
 
 impl TorrentStats {
-    /// Bytes still missing.
+    /// Bytes of wanted pieces still missing.
     pub fn left(&self) -> u64 {
-        self.total_bytes.load(Ordering::Relaxed) - self.verified_bytes.load(Ordering::Relaxed)
+        self.left_bytes.load(Ordering::Relaxed)
     }
 
     /// Sets how many more payload bytes this run may upload (`None`: no limit). Bytes already
@@ -290,6 +303,8 @@ pub struct TorrentParams {
     pub resume: Option<ResumeTarget>,
     /// Payload bytes this run may upload before a seeding limit is reached (`None`: no limit).
     pub upload_allowance: Option<u64>,
+    /// Which files are wanted, and how urgently.
+    pub selection: Selection,
     /// The process's disk threads.
     pub disk: disk::DiskPoolHandle,
 }

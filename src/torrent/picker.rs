@@ -5,6 +5,10 @@
 //! we soon have something to trade); after that rarest first with a random tie-break; once every
 //! missing block is requested somewhere, endgame: request blocks again from other peers.
 //!
+//! Each piece has a priority level from the file selection (`selection.rs`): 0 is never
+//! started, and a new piece is chosen from the highest level the peer can give before rarity
+//! counts. A piece already in flight is finished whatever its level.
+//!
 //! Invariant: each piece is exactly one of missing, in flight (some blocks requested or
 //! received), awaiting hash, or verified.
 
@@ -72,6 +76,10 @@ pub struct Picker {
     /// Pieces in flight in the order they were started: older ones are finished first.
     in_flight_order: Vec<u32>,
     verified: u32,
+    /// Each piece's priority level (0: not wanted), from the file selection.
+    levels: Vec<u8>,
+    /// Pieces with a nonzero level that are not verified yet.
+    wanted_missing: u32,
     /// Pieces started at random before rarest first takes over.
     random_first: u32,
     rng: rand::rngs::SmallRng,
@@ -96,6 +104,8 @@ impl Picker {
             in_flight: HashMap::new(),
             in_flight_order: Vec::new(),
             verified: have.count_ones(),
+            levels: vec![2; geometry.num_pieces as usize],
+            wanted_missing: geometry.num_pieces - have.count_ones(),
             random_first: RANDOM_FIRST_PIECES,
             rng: rand::make_rng(),
         }
@@ -106,23 +116,65 @@ impl Picker {
         self.verified == self.geometry.num_pieces
     }
 
+    /// True once every wanted piece (nonzero level) is verified: the download is done, though
+    /// pieces of unwanted files may be missing.
+    pub fn is_done(&self) -> bool {
+        self.wanted_missing == 0
+    }
+
     /// Number of verified pieces.
     pub fn verified_count(&self) -> u32 {
         self.verified
     }
 
-    /// True when the peer has a piece we have not verified.
+    /// New priority levels, one per piece (from [`crate::selection::Selection::piece_levels`]).
+    /// Pieces in flight are finished whatever their new level.
+    pub fn set_levels(&mut self, levels: Vec<u8>) {
+        assert_eq!(levels.len(), self.state.len(), "one level per piece");
+        self.wanted_missing = saturating_u32(
+            levels
+                .iter()
+                .zip(&self.state)
+                .filter(|(level, state)| **level > 0 && **state != PieceState::Verified)
+                .count(),
+        );
+        self.levels = levels;
+    }
+
+    /// Piece `piece`'s priority level (0: not wanted).
+    pub fn level(&self, piece: u32) -> u8 {
+        self.levels[piece as usize]
+    }
+
+    /// Bytes of wanted pieces not verified yet.
+    pub fn left_bytes(&self) -> u64 {
+        self.levels
+            .iter()
+            .zip(&self.state)
+            .zip(0u32..)
+            .filter(|((level, state), _)| **level > 0 && **state != PieceState::Verified)
+            .map(|(_, piece)| u64::from(self.geometry.piece_len(piece)))
+            .sum()
+    }
+
+    /// True when we need piece `piece`: wanted and not verified, or already in flight.
+    fn needs(&self, piece: u32) -> bool {
+        let p = piece as usize;
+        match self.state[p] {
+            PieceState::Verified => false,
+            PieceState::InFlight | PieceState::AwaitingHash => true,
+            PieceState::Missing => self.levels[p] > 0,
+        }
+    }
+
+    /// True when the peer has a piece we need.
     pub fn is_interesting(&self, peer_has: &Bitfield) -> bool {
-        peer_has
-            .iter_ones()
-            .any(|p| self.state[p as usize] != PieceState::Verified)
+        peer_has.iter_ones().any(|p| self.needs(p))
     }
 
     /// True when we would want piece `piece` from a peer that just announced it.
     pub fn wants(&self, piece: u32) -> bool {
-        self.state
-            .get(piece as usize)
-            .is_some_and(|s| *s != PieceState::Verified)
+        piece < self.geometry.num_pieces && self.needs(piece)
     }
 
     /// A peer announced `piece` (a `have` message).
@@ -241,10 +293,12 @@ impl Picker {
         let random_phase =
             (self.verified as usize + self.in_flight.len()) < self.random_first as usize;
         let mut best: Option<u32> = None;
-        let mut best_avail = u16::MAX;
+        // Higher level first, then lower availability: the smallest key wins.
+        let mut best_key = (u8::MAX, u16::MAX);
         let mut ties = 0u32;
         for piece in peer_has.iter_ones() {
-            if self.state[piece as usize] != PieceState::Missing {
+            let level = self.levels[piece as usize];
+            if self.state[piece as usize] != PieceState::Missing || level == 0 {
                 continue;
             }
             let avail = if random_phase {
@@ -252,11 +306,12 @@ impl Picker {
             } else {
                 self.availability[piece as usize]
             };
-            if avail < best_avail {
+            let key = (u8::MAX - level, avail);
+            if key < best_key {
                 best = Some(piece);
-                best_avail = avail;
+                best_key = key;
                 ties = 1;
-            } else if avail == best_avail {
+            } else if key == best_key {
                 // Reservoir sampling: each tied piece ends up chosen with equal chance.
                 ties += 1;
                 if self.rng.random_range(0..ties) == 0 {
@@ -320,6 +375,9 @@ impl Picker {
         debug_assert_eq!(self.state[piece as usize], PieceState::AwaitingHash);
         self.state[piece as usize] = PieceState::Verified;
         self.verified += 1;
+        if self.levels[piece as usize] > 0 {
+            self.wanted_missing -= 1;
+        }
     }
 
     /// The piece's hash did not match: download it again. With `exclusive`, from one peer only.
@@ -356,6 +414,15 @@ impl Picker {
 
     #[cfg(debug_assertions)]
     fn check_invariants(&self) {
+        assert_eq!(
+            self.wanted_missing as usize,
+            self.levels
+                .iter()
+                .zip(&self.state)
+                .filter(|(l, s)| **l > 0 && **s != PieceState::Verified)
+                .count(),
+            "wanted_missing disagrees with the levels"
+        );
         for (piece, state) in self.state.iter().enumerate() {
             let piece = u32::try_from(piece).expect("piece index fits u32");
             assert_eq!(
@@ -366,6 +433,11 @@ impl Picker {
         }
         assert_eq!(self.in_flight.len(), self.in_flight_order.len());
     }
+}
+
+/// `n`, or `u32::MAX` when it does not fit.
+pub(super) fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -521,5 +593,54 @@ mod tests {
             picker.on_block_received(&BlockRef::new(9, 0, BLOCK_LEN)),
             Received::Unwanted
         );
+    }
+
+    #[test]
+    fn unwanted_pieces_are_never_started_and_urgent_ones_come_first() {
+        let mut picker = picker_from("1111", "....");
+        picker.set_levels(vec![2, 0, 3, 0]);
+        assert!(!picker.is_done());
+        let mut peer = Bitfield::new(4);
+        peer.set(1);
+        peer.set(3);
+        assert!(!picker.is_interesting(&peer), "it has only unwanted pieces");
+        assert!(!picker.wants(1));
+        assert!(picker.pick(1, &peer, 4, |_| false).is_empty());
+        let first = picker.pick(1, &all(4), 2, |_| false);
+        assert!(first.iter().all(|b| b.piece == 2), "high first: {first:?}");
+        let next = picker.pick(1, &all(4), 2, |_| false);
+        assert!(next.iter().all(|b| b.piece == 0), "{next:?}");
+        for b in first.iter().chain(&next) {
+            picker.on_block_received(b);
+        }
+        picker.on_piece_verified(2);
+        assert!(!picker.is_done());
+        picker.on_piece_verified(0);
+        assert!(picker.is_done(), "the wanted pieces are verified");
+        assert!(!picker.is_complete());
+        assert!(picker.pick(1, &all(4), 4, |_| false).is_empty());
+        picker.set_levels(vec![2, 1, 3, 0]);
+        assert!(!picker.is_done(), "piece 1 is wanted now");
+        assert!(
+            picker
+                .pick(1, &all(4), 4, |_| false)
+                .iter()
+                .all(|b| b.piece == 1)
+        );
+    }
+
+    #[test]
+    fn a_piece_in_flight_is_finished_after_its_file_is_unwanted() {
+        let mut picker = picker_from("1", ".");
+        let blocks = picker.pick(1, &all(1), 1, |_| false);
+        picker.set_levels(vec![0]);
+        assert!(picker.is_done());
+        assert!(
+            picker.is_interesting(&all(1)),
+            "its other block is still needed"
+        );
+        let rest = picker.pick(1, &all(1), 2, |_| false);
+        assert_eq!(rest.len(), 1);
+        assert_ne!(rest, blocks);
     }
 }

@@ -1,5 +1,6 @@
 //! btd's integration tests: the `btd` binary as separate processes on loopback, against itself
-//! and against real clients (libtorrent, transmission) and a real tracker (opentracker).
+//! and against real clients (libtorrent, transmission, transmission's web client in headless
+//! Chromium) and a real tracker (opentracker).
 //! The programs they need are Debian packages that `scripts/test` installs; a test whose program
 //! is missing fails and says so.
 
@@ -12,6 +13,7 @@ mod create;
 mod daemon;
 mod daemon_accounting;
 mod daemon_magnet;
+mod daemon_queue;
 mod daemon_reload;
 mod daemon_state;
 mod daemon_stop;
@@ -19,6 +21,7 @@ mod daemon_tracker;
 mod extension;
 mod fake_peer;
 mod faults;
+mod files;
 mod hostile;
 mod libtorrent;
 mod magnet;
@@ -27,6 +30,8 @@ mod pex;
 mod rpc;
 mod rpc_clients;
 mod rpc_diff;
+mod rpc_security;
+mod rpc_web;
 mod swarm;
 mod tracker;
 mod transmission;

@@ -482,19 +482,9 @@ impl FakePeer {
     /// # Panics
     /// When the connection cannot be made.
     pub fn connect(name: &str, from: Ipv4Addr, to: SocketAddr) -> FakePeer {
-        let socket = socket2::Socket::new(
-            socket2::Domain::IPV4,
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )
-        .unwrap_or_else(|e| panic!("{name}: socket: {e}"));
-        socket
-            .bind(&SocketAddr::from((from, 0)).into())
-            .unwrap_or_else(|e| panic!("{name}: bind {from}: {e}"));
-        socket
-            .connect_timeout(&to.into(), SHORT)
+        let stream = super::connect_from(from, to)
             .unwrap_or_else(|e| panic!("{name}: connect {from} -> {to}: {e}"));
-        FakePeer::new(name, socket.into())
+        FakePeer::new(name, stream)
     }
 
     /// Dials btd at `to` and exchanges handshakes (ours first), dialling again from a fresh

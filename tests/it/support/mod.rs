@@ -1,11 +1,13 @@
 //! Shared machinery of the integration tests: temporary directories, deterministic payloads,
 //! file comparison by hash, bounded waits, and wrappers around the processes a test runs
 //! (btd itself, libtorrent and transmission through `scripts/clients/`, opentracker, fake
-//! trackers: one answering garbage, one recording every announce, one that never answers). Every process is killed and every directory removed on `Drop`, also on panic; on
+//! trackers: one answering garbage, one recording every announce, one that never answers;
+//! headless Chromium through chromedriver). Every process is killed and every directory removed on `Drop`, also on panic; on
 //! panic each process's log is printed so the failure message says what the peers saw.
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod browser;
 pub mod daemon;
 pub mod fake_peer;
 mod process;
@@ -26,7 +28,7 @@ use sha1::{Digest as _, Sha1};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -61,6 +63,22 @@ pub fn next_ip() -> Ipv4Addr {
     assert!(n < 250 * 254, "ran out of loopback addresses");
     let [hi, lo] = [1 + n / 254, 1 + n % 254].map(|x| u8::try_from(x).expect("checked above"));
     Ipv4Addr::new(127, hi, 0, lo)
+}
+
+/// A TCP connection to `to` from the address `from` (port chosen by the kernel), made within
+/// [`SHORT`]: a client on a loopback address of its own.
+///
+/// # Errors
+/// The socket cannot be made or bound, or the connection fails.
+pub fn connect_from(from: Ipv4Addr, to: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.bind(&std::net::SocketAddr::from((from, 0)).into())?;
+    socket.connect_timeout(&to.into(), SHORT)?;
+    Ok(socket.into())
 }
 
 /// A directory under `std::env::temp_dir()` with a unique name, removed with everything in it on

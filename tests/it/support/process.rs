@@ -521,7 +521,14 @@ impl std::ops::DerefMut for ScriptClient {
 }
 
 impl ScriptClient {
-    fn spawn(name: &str, script: &str, mode: &str, spec: &PeerSpec, timeout: Duration) -> Self {
+    fn spawn(
+        name: &str,
+        script: &str,
+        mode: &str,
+        spec: &PeerSpec,
+        timeout: Duration,
+        extra: &[&str],
+    ) -> Self {
         let state = TempDir::new("client-state");
         let mut cmd = Command::new(PYTHON);
         cmd.arg(client_script(script))
@@ -544,6 +551,7 @@ impl ScriptClient {
         if spec.announce {
             cmd.arg("--announce");
         }
+        cmd.args(extra);
         ScriptClient {
             proc: Proc::spawn(name, cmd),
             ip: spec.ip,
@@ -574,6 +582,15 @@ impl ScriptClient {
             .wait_for_line(SHORT, "SEEDING", |l| (l.trim() == "SEEDING").then_some(()));
     }
 
+    /// The pieces of which a seeder started with `--log-uploads` sent blocks, so far.
+    pub fn uploaded_pieces(&self) -> std::collections::BTreeSet<u32> {
+        self.proc
+            .output()
+            .lines()
+            .filter_map(|l| l.strip_prefix("UPLOADED ")?.split(' ').next()?.parse().ok())
+            .collect()
+    }
+
     /// Waits for a leecher's `COMPLETE` line and its clean exit; returns the seconds it reported.
     pub fn wait_complete(&mut self, timeout: Duration) -> f64 {
         let secs = self.proc.wait_for_line(timeout, "COMPLETE <seconds>", |l| {
@@ -590,12 +607,26 @@ pub struct LtClient;
 impl LtClient {
     pub fn seed(name: &str, spec: &PeerSpec) -> ScriptClient {
         super::require_libtorrent();
-        ScriptClient::spawn(name, "lt_client.py", "seed", spec, TRANSFER * 3)
+        ScriptClient::spawn(name, "lt_client.py", "seed", spec, TRANSFER * 3, &[])
+    }
+
+    /// A seeder that prints `UPLOADED <piece> <block>` for every block it sends
+    /// ([`ScriptClient::uploaded_pieces`] reads them).
+    pub fn seed_logging_uploads(name: &str, spec: &PeerSpec) -> ScriptClient {
+        super::require_libtorrent();
+        ScriptClient::spawn(
+            name,
+            "lt_client.py",
+            "seed",
+            spec,
+            TRANSFER * 3,
+            &["--log-uploads"],
+        )
     }
 
     pub fn leech(name: &str, spec: &PeerSpec) -> ScriptClient {
         super::require_libtorrent();
-        ScriptClient::spawn(name, "lt_client.py", "leech", spec, TRANSFER)
+        ScriptClient::spawn(name, "lt_client.py", "leech", spec, TRANSFER, &[])
     }
 
     /// A leecher of `torrent` into `dir`, on a loopback address of its own, that gets the
@@ -649,12 +680,12 @@ impl Transmission {
 
     pub fn seed(name: &str, spec: &PeerSpec) -> ScriptClient {
         Self::require();
-        ScriptClient::spawn(name, "transmission.py", "seed", spec, TRANSFER * 3)
+        ScriptClient::spawn(name, "transmission.py", "seed", spec, TRANSFER * 3, &[])
     }
 
     pub fn leech(name: &str, spec: &PeerSpec) -> ScriptClient {
         Self::require();
-        ScriptClient::spawn(name, "transmission.py", "leech", spec, TRANSFER)
+        ScriptClient::spawn(name, "transmission.py", "leech", spec, TRANSFER, &[])
     }
 }
 

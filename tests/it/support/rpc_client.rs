@@ -1,11 +1,98 @@
 //! A small Transmission RPC client for the tests: JSON over HTTP/1.1 with the
 //! `X-Transmission-Session-Id` handshake (a 409 carries the id; the call is sent again with it),
 //! through attohttpc. It talks to btd and to transmission-daemon alike, so a test can send both
-//! the same request.
+//! the same request. [`exchange`] sends bytes as they are, for the requests no client would
+//! send (wrong credentials, foreign `Host`, no session id, huge or garbage bodies), from a
+//! chosen source address.
 
-use super::SHORT;
+use super::{SHORT, connect_from};
 use serde_json::{Map, Value, json};
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+
+/// An HTTP reply read whole: status, headers in order, body.
+#[derive(Clone, Debug)]
+pub struct RawReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawReply {
+    /// The first header named `name` (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON; panics when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("the reply is not JSON ({e}): {self:?}"))
+    }
+
+    /// Parses a whole reply (status line, headers, body); `None` when `bytes` hold none.
+    pub fn parse(bytes: &[u8]) -> Option<RawReply> {
+        let text = String::from_utf8_lossy(bytes);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let mut lines = head.split("\r\n");
+        let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        Some(RawReply {
+            status,
+            headers,
+            body: body.to_owned(),
+        })
+    }
+}
+
+/// Sends `request` as it is to `to` (from `from`, else the kernel's choice of address) and
+/// reads the reply until the server closes, each step within [`SHORT`]. `Err` when the
+/// connection fails or is closed without a reply (as a server closes what it has no room for).
+pub fn exchange(
+    from: Option<Ipv4Addr>,
+    to: SocketAddr,
+    request: &[u8],
+) -> Result<RawReply, String> {
+    let mut s = match from {
+        Some(ip) => connect_from(ip, to),
+        None => TcpStream::connect_timeout(&to, SHORT),
+    }
+    .map_err(|e| format!("connect to {to}: {e}"))?;
+    s.set_read_timeout(Some(SHORT)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(SHORT))
+        .map_err(|e| e.to_string())?;
+    // The server may answer and close before taking all of it.
+    let _ = s.write_all(request);
+    let mut reply = Vec::new();
+    let read = s.read_to_end(&mut reply);
+    RawReply::parse(&reply).ok_or_else(|| match read {
+        Ok(_) => format!("{to} closed the connection without a reply"),
+        Err(e) => format!("{to}: no reply: {e}"),
+    })
+}
+
+/// A `POST /transmission/rpc` request: `Host` naming `to`, `headers` (`Name: value`) and `body`.
+pub fn rpc_post(to: SocketAddr, headers: &[String], body: &[u8]) -> Vec<u8> {
+    let mut head = format!(
+        "POST /transmission/rpc HTTP/1.1\r\nHost: {to}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    request
+}
 
 /// One RPC endpoint (`http://ADDR/transmission/rpc`) and the session id it gave last.
 pub struct RpcClient {
