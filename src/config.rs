@@ -172,6 +172,8 @@ struct Seeding {
     ratio_limit: f64,
     #[serde(deserialize_with = "integer")]
     time_limit_mins: u64,
+    #[serde(deserialize_with = "integer")]
+    idle_limit_mins: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -581,6 +583,8 @@ pub struct Config {
     pub ratio_limit: f64,
     /// Zero = no limit.
     pub seed_time_limit: Duration,
+    /// Seeding this long without uploading finishes a torrent; zero = no limit.
+    pub seed_idle_limit: Duration,
     pub max_active_downloads: usize,
     pub max_active_seeds: usize,
     pub status_interval: Duration,
@@ -772,6 +776,7 @@ impl Config {
             upload_rate: rate("rates.upload_kib_per_sec", file.rates.upload_kib_per_sec)?,
             ratio_limit: file.seeding.ratio_limit,
             seed_time_limit: Duration::from_secs(file.seeding.time_limit_mins.saturating_mul(60)),
+            seed_idle_limit: Duration::from_secs(file.seeding.idle_limit_mins.saturating_mul(60)),
             max_active_downloads: file.queue.max_active_downloads,
             max_active_seeds: file.queue.max_active_seeds,
             status_interval: Duration::from_secs(file.status.interval_secs),

@@ -253,6 +253,71 @@ impl Metainfo {
     }
 }
 
+/// Why a path inside a torrent cannot be renamed (`torrent-rename-path`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenameError {
+    #[error("name {name:?}: {reason}")]
+    BadName { name: String, reason: &'static str },
+    #[error("path {0:?} is neither a file nor a directory of this torrent")]
+    NotInTorrent(String),
+    #[error("{0:?} already exists in this torrent")]
+    Exists(String),
+}
+
+impl Metainfo {
+    /// Renames the file or directory `path` of the torrent (spelt as [`FileEntry::path`] is:
+    /// `name`, `name/dir`, `name/dir/file`) to `new_name`, its new last component: every file
+    /// under it follows. Renaming the top (`name`) renames the torrent, as Transmission does.
+    /// The info dictionary (what peers see) is untouched. Returns the old and new relative
+    /// paths (equal when `new_name` is the current name). Pure: the disk is the caller's.
+    ///
+    /// # Errors
+    /// A `new_name` that is empty, `.`, `..` or holds a separator; a `path` that names
+    /// nothing of the torrent; a new path another file or directory of the torrent has.
+    pub fn rename_path(
+        &mut self,
+        path: &str,
+        new_name: &str,
+    ) -> Result<(PathBuf, PathBuf), RenameError> {
+        check_component(new_name).map_err(|reason| RenameError::BadName {
+            name: new_name.to_owned(),
+            reason,
+        })?;
+        let old = Path::new(path);
+        // Spelt exactly as the file list spells it: no `./`, `//` or trailing `/` either.
+        let plain = old.components().collect::<PathBuf>().as_os_str() == path;
+        let named = !path.is_empty()
+            && plain
+            && check_relative(old).is_ok()
+            && self.files.iter().any(|f| f.path.starts_with(old));
+        if !named {
+            return Err(RenameError::NotInTorrent(path.to_owned()));
+        }
+        let old = old.to_owned();
+        let new = old.with_file_name(new_name);
+        if new == old {
+            return Ok((old, new));
+        }
+        if self.files.iter().any(|f| f.path.starts_with(&new)) {
+            return Err(RenameError::Exists(new.display().to_string()));
+        }
+        for file in &mut self.files {
+            if let Ok(rest) = file.path.strip_prefix(&old) {
+                // `join("")` would add a trailing separator.
+                file.path = if rest.as_os_str().is_empty() {
+                    new.clone()
+                } else {
+                    new.join(rest)
+                };
+            }
+        }
+        if old.parent() == Some(Path::new("")) {
+            new_name.clone_into(&mut self.name);
+        }
+        Ok((old, new))
+    }
+}
+
 impl Metainfo {
     /// A torrent from an info dictionary fetched from peers (a magnet link) and tracker tiers.
     /// The caller has checked that the bytes hash to the info hash it wanted.
@@ -635,6 +700,76 @@ mod tests {
         );
         assert_eq!(meta.geometry.num_pieces, 2);
         assert_eq!(meta.geometry.piece_len(1), 20003 - 16384);
+    }
+
+    #[test]
+    fn renaming_a_path_moves_every_file_under_it_and_refuses_bad_names_and_paths() {
+        let bytes = torrent_bytes(
+            "d5:filesld6:lengthi3e4:pathl1:xeed6:lengthi0e4:pathl1:yeed6:lengthi20000e4:pathl3:sub1:zeee4:name1:d12:piece lengthi16384e#Pe",
+            2,
+        );
+        let original = Metainfo::from_bytes(&bytes).unwrap();
+        let paths = |m: &Metainfo| -> Vec<String> {
+            m.files
+                .iter()
+                .map(|f| f.path.display().to_string())
+                .collect()
+        };
+        let mut meta = original.clone();
+        assert_eq!(
+            meta.rename_path("d/sub", "deeper"),
+            Ok((PathBuf::from("d/sub"), PathBuf::from("d/deeper")))
+        );
+        assert_eq!(paths(&meta), ["d/x", "d/y", "d/deeper/z"]);
+        meta.rename_path("d/deeper/z", "z.bin").unwrap();
+        assert_eq!(paths(&meta), ["d/x", "d/y", "d/deeper/z.bin"]);
+        assert_eq!(meta.name, "d", "only the top renames the torrent");
+        meta.rename_path("d", "top").unwrap();
+        assert_eq!(paths(&meta), ["top/x", "top/y", "top/deeper/z.bin"]);
+        assert_eq!(meta.name, "top");
+        // Offsets, lengths and the info dictionary stay: peers see the same torrent.
+        assert_eq!(meta.info_bytes, original.info_bytes);
+        assert!(
+            meta.files
+                .iter()
+                .zip(&original.files)
+                .all(|(a, b)| (a.len, a.offset) == (b.len, b.offset))
+        );
+        // Its own name again: nothing changes.
+        assert_eq!(
+            meta.rename_path("top/x", "x"),
+            Ok((PathBuf::from("top/x"), PathBuf::from("top/x")))
+        );
+
+        let before = paths(&meta);
+        for (path, name, says) in [
+            ("top/x", "", "empty path component"),
+            ("top/x", ".", "path component `.`"),
+            ("top/x", "..", "path traversal"),
+            ("top/x", "a/b", "separator"),
+            ("top/x", "/abs", "absolute path"),
+            ("top/nothing", "n", "neither a file nor a directory"),
+            ("top/x/", "n", "neither"),
+            ("", "n", "neither"),
+            ("to", "n", "neither"),
+            ("top/../top/x", "n", "neither"),
+            ("/top/x", "n", "neither"),
+            ("top/x", "y", "\"top/y\" already exists"),
+            ("top/x", "deeper", "already exists"),
+        ] {
+            let err = meta.rename_path(path, name).unwrap_err().to_string();
+            assert!(err.contains(says), "{path} -> {name}: {err}");
+        }
+        assert_eq!(paths(&meta), before, "a refused rename changed nothing");
+
+        // A single-file torrent: its file is its top.
+        let single = torrent_bytes("d6:lengthi5e4:name5:a.iso12:piece lengthi16384e#Pe", 1);
+        let mut meta = Metainfo::from_bytes(&single).unwrap();
+        meta.rename_path("a.iso", "b.iso").unwrap();
+        assert_eq!(
+            (paths(&meta), meta.name.as_str()),
+            (vec!["b.iso".to_owned()], "b.iso")
+        );
     }
 
     /// The reason a multi-file torrent with these `files` entries and `n` piece hashes is refused.

@@ -2,9 +2,9 @@
 //! directory as `<state_dir>/torrents/<hex info hash>.json` (beside a magnet link's fetched
 //! `.torrent`). A record belongs to the torrent, not to the config: its data location, when it
 //! was added and completed, its lifetime upload and download totals and seeding time survive
-//! restarts and changes of `[paths] download_dir`. The daemon's main thread is the only reader
-//! and writer; resume data (`resume.rs`) keeps the pieces, which a recheck may throw away, and a
-//! record is never thrown away with them.
+//! restarts and changes of `[paths] download_dir`, and so do the renames of its files. The
+//! daemon's main thread is the only reader and writer; resume data (`resume.rs`) keeps the
+//! pieces, which a recheck may throw away, and a record is never thrown away with them.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,10 @@ pub struct TorrentRecord {
     /// Seconds spent downloading (running without every piece), over every run.
     #[serde(default)]
     pub downloading_secs: u64,
+    /// Seconds spent seeding since a payload byte last went to a peer, over every run (what
+    /// the idle limit counts).
+    #[serde(default)]
+    pub idle_secs: u64,
     /// When a payload byte last moved to or from a peer (seconds since the Unix epoch; 0:
     /// never).
     #[serde(default)]
@@ -57,6 +61,10 @@ pub struct TorrentRecord {
     /// instead of `[seeding] ratio_limit`.
     #[serde(default, skip_serializing_if = "RatioLimit::is_global")]
     pub ratio_limit: RatioLimit,
+    /// Its own idle limit (the RPC's `seedIdleMode` 1 and `seedIdleLimit`, or 2: none) instead
+    /// of `[seeding] idle_limit_mins`.
+    #[serde(default, skip_serializing_if = "IdleLimit::is_global")]
+    pub idle_limit: IdleLimit,
     /// Labels given over the RPC (Sonarr and Radarr tag their torrents with them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
@@ -82,6 +90,18 @@ pub struct TorrentRecord {
     /// the torrent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moving_to: Option<PathBuf>,
+    /// Files and directories renamed over the RPC (`torrent-rename-path`), in the order they
+    /// were: applied again to the torrent's file list whenever it is loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub renames: Vec<PathRename>,
+}
+
+/// One `torrent-rename-path`: the path (as the file list spelt it then) and its new last
+/// component.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PathRename {
+    pub path: String,
+    pub name: String,
 }
 
 /// A torrent's own rate limits, in the RPC's kB/s (1000 bytes); each applies while it is on.
@@ -138,6 +158,25 @@ impl RatioLimit {
     }
 }
 
+/// Which idle limit a torrent follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleLimit {
+    /// `[seeding] idle_limit_mins`.
+    #[default]
+    Global,
+    /// Its own, in minutes.
+    OwnMins(u64),
+    /// None: it seeds however long nobody downloads.
+    Unlimited,
+}
+
+impl IdleLimit {
+    fn is_global(&self) -> bool {
+        *self == IdleLimit::Global
+    }
+}
+
 /// A record that could not be read or written, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -163,17 +202,20 @@ impl TorrentRecord {
             downloaded: 0,
             seeding_secs: 0,
             downloading_secs: 0,
+            idle_secs: 0,
             activity_unix: 0,
             added_over_rpc: false,
             magnet: None,
             paused: None,
             ratio_limit: RatioLimit::Global,
+            idle_limit: IdleLimit::Global,
             labels: Vec::new(),
             peer_limit: None,
             rates: OwnRates::default(),
             files: Selection::all(),
             queue_position: None,
             moving_to: None,
+            renames: Vec::new(),
         }
     }
 
@@ -267,6 +309,19 @@ mod tests {
         record.downloaded = 1 << 30;
         record.seeding_secs = 86_400;
         record.completed_unix = Some(1_700_000_000);
+        record.save(&path).unwrap();
+        assert!(
+            !std::fs::read_to_string(&path).unwrap().contains("renames"),
+            "an older btd reads what this one writes without renames"
+        );
+        assert_eq!(
+            TorrentRecord::load(&path, &hash(7)).unwrap(),
+            Some(record.clone())
+        );
+        record.renames.push(PathRename {
+            path: "t/a".into(),
+            name: "b".into(),
+        });
         record.save(&path).unwrap();
         assert_eq!(TorrentRecord::load(&path, &hash(7)).unwrap(), Some(record));
     }

@@ -129,6 +129,23 @@ impl ResumeData {
         }
     }
 
+    /// The files under `from` (a file or directory of the torrent, relative to the download
+    /// directory) are now under `to`: a rename keeps sizes and modification times, so the
+    /// pieces recorded still hold once the paths say where the files are.
+    pub fn rename_path(&mut self, from: &Path, to: &Path) {
+        for stamp in &mut self.files {
+            let path = Path::new(&stamp.path);
+            if let Ok(rest) = path.strip_prefix(from) {
+                let renamed = if rest.as_os_str().is_empty() {
+                    to.to_owned()
+                } else {
+                    to.join(rest)
+                };
+                stamp.path = renamed.to_string_lossy().into_owned();
+            }
+        }
+    }
+
     /// Path of the resume file for a torrent: `<state_dir>/resume/<hex info hash>.json`.
     #[must_use]
     pub fn path_in(state_dir: &Path, info_hash: &InfoHash) -> PathBuf {
@@ -363,6 +380,28 @@ mod tests {
         data.save(&path).unwrap();
         assert_eq!(ResumeData::load(&path).unwrap(), Some(data));
         assert!(!tmp_path(&path).exists());
+    }
+
+    #[test]
+    fn renamed_files_keep_their_pieces_once_the_paths_are_renamed_too() {
+        let dir = TempDir::new("renamed");
+        let mut meta = torrent("t");
+        let root = dir.0.join("downloads");
+        write_files(&meta, &root);
+        let mut data = ResumeData::capture(&meta, &root, &have(&[0, 1], 2), None);
+        let (from, to) = meta.rename_path("t", "u").unwrap();
+        fs::rename(root.join(&from), root.join(&to)).unwrap();
+        assert_eq!(data.check(&meta, &root, None), Err(Stale::FileList));
+        data.rename_path(&from, &to);
+        assert_eq!(data.check(&meta, &root, None).unwrap().count_ones(), 2);
+        // A file's own rename; `u/b` is not a prefix of `u/bb` (whole components only).
+        let (from, to) = meta.rename_path("u/b", "bb").unwrap();
+        fs::rename(root.join(&from), root.join(&to)).unwrap();
+        data.rename_path(&from, &to);
+        data.rename_path(Path::new("u/b"), Path::new("u/c"));
+        data.rename_path(Path::new("u/a"), Path::new("u/zz"));
+        let paths: Vec<&str> = data.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["u/zz", "u/bb"]);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -20,6 +21,9 @@ const VERSION: u32 = 1;
 
 /// Bytes in the RPC's speed unit (kB/s).
 const SPEED_UNIT: u64 = 1000;
+
+/// Transmission's idle seeding limit when it is turned on without a value, in minutes.
+const DEFAULT_IDLE_MINS: u64 = 30;
 
 /// One setting changed over the RPC.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -146,6 +150,8 @@ pub fn get(config: &Config, key: &str) -> Option<Value> {
         "speed-limit-up-enabled" => Value::from(config.upload_rate > 0),
         "seedRatioLimit" => Value::from(config.ratio_limit),
         "seedRatioLimited" => Value::from(config.ratio_limit > 0.0),
+        "idle-seeding-limit" => Value::from(idle_limit_mins(config)),
+        "idle-seeding-limit-enabled" => Value::from(!config.seed_idle_limit.is_zero()),
         "download-queue-size" => Value::from(config.max_active_downloads),
         "seed-queue-size" => Value::from(config.max_active_seeds),
         "peer-limit-global" => Value::from(config.max_peers_global),
@@ -201,6 +207,19 @@ fn set(config: &mut Config, key: &str, value: &Value) -> Result<(), String> {
                 config.ratio_limit = 2.0;
             }
         }
+        "idle-seeding-limit" => {
+            let mins = u64::try_from(positive()?).unwrap_or(u64::MAX);
+            if !config.seed_idle_limit.is_zero() {
+                config.seed_idle_limit = Duration::from_secs(mins.saturating_mul(60));
+            }
+        }
+        "idle-seeding-limit-enabled" => {
+            if !flag()? {
+                config.seed_idle_limit = Duration::ZERO;
+            } else if config.seed_idle_limit.is_zero() {
+                config.seed_idle_limit = Duration::from_secs(DEFAULT_IDLE_MINS * 60);
+            }
+        }
         "download-queue-size" => config.max_active_downloads = positive()?,
         "seed-queue-size" => config.max_active_seeds = positive()?,
         "peer-limit-global" => config.max_peers_global = positive()?,
@@ -219,6 +238,16 @@ fn set(config: &mut Config, key: &str, value: &Value) -> Result<(), String> {
         _ => return Err(format!("{key}: not supported by btd (yet)")),
     }
     Ok(())
+}
+
+/// The idle seeding limit in the RPC's minutes; while there is none, Transmission's default,
+/// which turning it on gives.
+#[must_use]
+pub fn idle_limit_mins(config: &Config) -> u64 {
+    match config.seed_idle_limit.as_secs() / 60 {
+        0 => DEFAULT_IDLE_MINS,
+        mins => mins,
+    }
 }
 
 /// A rate turned on (at 100 kB/s when it had none, Transmission's default) or off.
@@ -255,6 +284,47 @@ mod tests {
             .unwrap();
         assert_eq!(s.apply_to(&file).download_rate, 0);
         assert_eq!(running.upload_rate, file.upload_rate, "untouched");
+    }
+
+    #[test]
+    fn the_idle_limit_is_in_minutes_and_enabled_turns_it_on_at_30_and_off() {
+        let file = config();
+        assert_eq!(get(&file, "idle-seeding-limit-enabled"), Some(json!(false)));
+        assert_eq!(get(&file, "idle-seeding-limit"), Some(json!(30)));
+        let mut s = SessionSettings::default();
+        s.set(&file, &file, "idle-seeding-limit", &json!(10))
+            .unwrap();
+        assert!(
+            s.apply_to(&file).seed_idle_limit.is_zero(),
+            "off: a value alone"
+        );
+        s.set(&file, &file, "idle-seeding-limit-enabled", &json!(true))
+            .unwrap();
+        let running = s.apply_to(&file);
+        assert_eq!(running.seed_idle_limit, Duration::from_secs(600));
+        assert_eq!(get(&running, "idle-seeding-limit"), Some(json!(10)));
+        assert_eq!(
+            get(&running, "idle-seeding-limit-enabled"),
+            Some(json!(true))
+        );
+        let mut on_only = SessionSettings::default();
+        on_only
+            .set(&file, &file, "idle-seeding-limit-enabled", &json!(true))
+            .unwrap();
+        assert_eq!(
+            on_only.apply_to(&file).seed_idle_limit,
+            Duration::from_secs(30 * 60)
+        );
+        s.set(&running, &file, "idle-seeding-limit-enabled", &json!(false))
+            .unwrap();
+        assert!(s.apply_to(&file).seed_idle_limit.is_zero());
+        let err = s
+            .set(&file, &file, "idle-seeding-limit", &json!(0))
+            .unwrap_err();
+        assert!(
+            err.contains("idle-seeding-limit: 0 is not a number > 0"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ btd's tests: one operation per run, its outcome as one line of JSON on stdout.
                                  `unreadable` as above for the Torrent's properties
     start HASH | stop HASH | verify HASH
     remove HASH [--delete]       torrent-remove, with delete-local-data when --delete
+    rename HASH PATH NAME        torrent-rename-path: {"path", "name"} as the library returns them
 
 Run it with the interpreter of the venv that scripts/install-deps makes (transmission-rpc is not
 a Debian package). Errors go to stderr and exit 1.
@@ -134,6 +135,9 @@ def run(args):
     elif args.command == "remove":
         c.remove_torrent(args.hash, delete_data=args.delete)
         out({"removed": args.hash})
+    elif args.command == "rename":
+        path, name = c.rename_torrent_path(args.hash, location=args.path, name=args.name)
+        out({"path": path, "name": name})
     return 0
 
 
@@ -156,6 +160,10 @@ def main(argv):
     remove = sub.add_parser("remove")
     remove.add_argument("hash")
     remove.add_argument("--delete", action="store_true")
+    rename = sub.add_parser("rename")
+    rename.add_argument("hash")
+    rename.add_argument("path")
+    rename.add_argument("name")
     args = p.parse_args(argv)
     try:
         return run(args)

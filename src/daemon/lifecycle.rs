@@ -163,6 +163,16 @@ impl Lifecycle {
         self.retry_at
     }
 
+    /// A check, a run (or one still stopping) or a move may have its files open: they must
+    /// not be renamed under it.
+    pub(super) fn files_in_use(&self) -> bool {
+        self.runs_stopping > 0
+            || matches!(
+                self.phase,
+                Phase::Checking | Phase::Running | Phase::Moving { started: true, .. }
+            )
+    }
+
     /// Checking or running: it holds a download or seed slot.
     pub(super) fn is_active(&self) -> bool {
         matches!(self.phase, Phase::Checking | Phase::Running)
@@ -273,6 +283,22 @@ impl Lifecycle {
     pub(super) fn on_move_requested(&mut self, to: PathBuf) -> Result<Vec<Action>, Refused> {
         self.refuse_if_busy()?;
         Ok(self.leave(Phase::Moving { to, started: false }))
+    }
+
+    /// Files of it are to be renamed (`torrent-rename-path`): a running torrent stops and goes
+    /// back to the queue, so its files are renamed once its run has ended
+    /// ([`Lifecycle::files_in_use`]) and it runs again after, from resume data that follows
+    /// the rename; in any other phase it stays as it is and they are renamed at once. Refused
+    /// while it checks or moves, or while a move it has not finished may have split its files.
+    pub(super) fn on_rename_requested(&mut self) -> Result<Vec<Action>, Refused> {
+        self.refuse_if_busy()?;
+        if self.unfinished_move.is_some() {
+            return Err(Refused::Busy("moving"));
+        }
+        Ok(match self.phase {
+            Phase::Running => self.leave(Phase::Queued),
+            _ => Vec::new(),
+        })
     }
 
     /// It is removed: it stops (the shell forgets it).
@@ -1106,6 +1132,59 @@ mod tests {
         );
         restarted[0].on_moved(MoveOutcome::Moved);
         assert_eq!(restarted[0].name(), "paused");
+    }
+
+    #[test]
+    fn a_rename_stops_a_run_and_its_files_are_free_once_the_run_ended_then_it_runs_again() {
+        let mut q = vec![added(true)];
+        turn(&mut q, TWO, t0());
+        assert!(q[0].files_in_use(), "checking");
+        check_done(&mut q[0], true);
+        assert!(q[0].files_in_use(), "running");
+        assert_eq!(
+            q[0].on_rename_requested(),
+            Ok(vec![Action::BeginStop, Action::SaveRecord])
+        );
+        assert_eq!(q[0].name(), "queued_seed");
+        assert!(q[0].files_in_use(), "its run has not ended");
+        assert_eq!(turn(&mut q, TWO, t0()), [], "nor does it start again");
+        // A second rename before the run ended: nothing more to stop.
+        assert_eq!(q[0].on_rename_requested(), Ok(vec![]));
+        q[0].on_run_ended();
+        assert!(!q[0].files_in_use());
+        // Resume data follows the rename: no full check is owed.
+        assert_eq!(turn(&mut q, TWO, t0()), [(0, start_check(2))]);
+        assert_eq!(check_done(&mut q[0], true), [Action::StartRun]);
+    }
+
+    #[test]
+    fn a_rename_leaves_a_torrent_that_does_not_run_as_it_is_and_waits_for_checks_and_moves() {
+        // Paused, queued or finished: renamed at once, phase unchanged.
+        let mut paused = Lifecycle::new(true, true);
+        paused.on_added(true, None);
+        assert_eq!(paused.on_rename_requested(), Ok(vec![]));
+        assert_eq!((paused.name(), paused.files_in_use()), ("paused", false));
+        let mut q = vec![added(true)];
+        assert_eq!(q[0].on_rename_requested(), Ok(vec![]));
+        turn_reached(&mut q, &[true], TWO, t0());
+        assert_eq!(q[0].name(), "finished");
+        assert_eq!(q[0].on_rename_requested(), Ok(vec![]));
+        assert_eq!(q[0].name(), "finished");
+        // Checking or moving: refused, phase unchanged.
+        let mut q = vec![added(false)];
+        turn(&mut q, TWO, t0());
+        assert_eq!(q[0].on_rename_requested(), Err(Refused::Busy("checking")));
+        assert_eq!(q[0].name(), "checking");
+        q[0].on_pause_requested();
+        q[0].on_move_requested("/new".into()).unwrap();
+        assert_eq!(q[0].on_rename_requested(), Err(Refused::Busy("moving")));
+        turn(&mut q, TWO, t0());
+        assert!(q[0].files_in_use(), "the move has started");
+        // A move split half way: its files are in two places until it is finished.
+        q[0].on_moved(MoveOutcome::Split("EIO".into()));
+        assert_eq!(q[0].name(), "error");
+        assert!(!q[0].files_in_use());
+        assert_eq!(q[0].on_rename_requested(), Err(Refused::Busy("moving")));
     }
 
     #[test]

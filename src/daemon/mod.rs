@@ -33,7 +33,7 @@ use crate::magnet::Magnet;
 use crate::metadata_fetch::{self, FetchError, FetchParams};
 use crate::metainfo::{InfoHash, Metainfo};
 use crate::pidfile::PidFile;
-use crate::record::{RatioLimit, TorrentRecord, unix_now};
+use crate::record::{IdleLimit, PathRename, RatioLimit, TorrentRecord, unix_now};
 use crate::resume::ResumeData;
 use crate::rpc::{RpcCall, RpcServer};
 use crate::session_settings::SessionSettings;
@@ -250,6 +250,7 @@ impl Daemon {
         let mut next_record_save = Instant::now() + RECORD_SAVE_INTERVAL;
         loop {
             self.reap_stopped();
+            self.apply_renames();
             self.schedule();
             if Instant::now() >= next_record_save {
                 self.save_records();

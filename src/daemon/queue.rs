@@ -74,13 +74,7 @@ impl Daemon {
             .map(|t| {
                 t.life
                     .complete()
-                    .then(|| {
-                        limits.for_torrent(&t.record).reached(
-                            t.size(),
-                            t.totals().0,
-                            t.seeding_secs(),
-                        )
-                    })
+                    .then(|| t.seed_limit_reached(limits))
                     .flatten()
             })
             .collect();
@@ -280,6 +274,7 @@ impl Daemon {
         SeedLimits {
             ratio: Some(self.config.ratio_limit).filter(|r| *r > 0.0),
             time: self.config.seed_time_limit,
+            idle: self.config.seed_idle_limit,
         }
     }
 

@@ -99,16 +99,16 @@ impl Daemon {
             if *t.life.phase() != Phase::Finished {
                 continue;
             }
-            let reached = limits
-                .reached(t.size(), t.totals().0, t.seeding_secs())
-                .is_some();
+            let reached = t.seed_limit_reached(global).is_some();
             t.life.on_limits_changed(reached);
             if *t.life.phase() != Phase::Finished {
                 info!(
-                    "torrent {}: under its seeding limits again (ratio {:.3}, seeded {} s); queued",
+                    "torrent {}: under its seeding limits again (ratio {:.3}, seeded {} s, \
+                     idle {} s); queued",
                     t.name(),
                     t.ratio(),
-                    t.seeding_secs()
+                    t.seeding_secs(),
+                    t.idle_secs()
                 );
             }
         }

@@ -57,6 +57,7 @@ impl Daemon {
             "torrent-stop" => self.rpc_start_stop(args, true),
             "torrent-verify" => self.rpc_verify(args),
             "torrent-set-location" => self.rpc_set_location(args),
+            "torrent-rename-path" => self.rpc_rename_path(args),
             "torrent-reannounce" => {
                 for index in self.rpc_select(args)? {
                     if let Some(handle) = &self.torrents[index].handle {
@@ -77,6 +78,12 @@ impl Daemon {
             "queue-move-down" => self.rpc_queue_move(args, QueueMove::Down),
             "queue-move-bottom" => self.rpc_queue_move(args, QueueMove::Bottom),
             "session-set" => self.rpc_session_set(args),
+            "blocklist-update" => Err("blocklist-update: btd has no blocklist".into()),
+            "port-test" => Err(
+                "port-test: btd does not ask an outside service whether its peer port is \
+                 reachable, so it cannot say"
+                    .into(),
+            ),
             other => Err(format!("method not supported by btd (yet): {other}")),
         }
     }
@@ -116,9 +123,8 @@ impl Daemon {
             "alt-speed-time-day": 127,
             "seedRatioLimit": c.ratio_limit,
             "seedRatioLimited": c.ratio_limit > 0.0,
-            // btd has no idle limit ([seeding] time_limit_mins counts all seeding time).
-            "idle-seeding-limit": 30,
-            "idle-seeding-limit-enabled": false,
+            "idle-seeding-limit": setting("idle-seeding-limit"),
+            "idle-seeding-limit-enabled": setting("idle-seeding-limit-enabled"),
         });
         let limits = json!({
             "peer-limit-global": c.max_peers_global,
@@ -345,7 +351,6 @@ impl Daemon {
         let eta = t.eta_secs().map_or(ETA_NOT_AVAILABLE, |secs| {
             i64::try_from(secs).unwrap_or(i64::MAX)
         });
-        let limits = self.seed_limits().for_torrent(&t.record);
         let mut out = Map::new();
         for &field in fields {
             let value = match field {
@@ -403,7 +408,9 @@ impl Daemon {
                 "peersGettingFromUs" => json!(load(|s| u64::from(
                     s.peers_getting_from_us.load(Ordering::Relaxed)
                 ))),
-                "peers" | "webseeds" => json!([]),
+                "peers" => json!(peer_list(run)),
+                // btd does not use web seeds.
+                "webseeds" => json!([]),
                 "labels" => json!(t.record.labels),
                 // btd does not use web seeds.
                 "webseedsSendingToUs" => json!(0),
@@ -428,11 +435,17 @@ impl Daemon {
                     )
                 }
                 "trackerList" => json!(tracker_list(t)),
-                // btd does not count where its peers came from: all zero.
-                "peersFrom" => json!({
-                    "fromCache": 0, "fromDht": 0, "fromIncoming": 0, "fromLpd": 0,
-                    "fromLtep": 0, "fromPex": 0, "fromTracker": 0
-                }),
+                // btd knows which peers connected to it, not where it learnt of the ones it
+                // dialled (tracker, PEX or `--peer`): those are in no count.
+                "peersFrom" => {
+                    let incoming = run.map_or(0, |s| {
+                        s.peer_list.lock().iter().filter(|p| p.incoming).count()
+                    });
+                    json!({
+                        "fromCache": 0, "fromDht": 0, "fromIncoming": incoming, "fromLpd": 0,
+                        "fromLtep": 0, "fromPex": 0, "fromTracker": 0
+                    })
+                }
                 // btd has no manual reannounce (yet): Transmission's -1, none allowed.
                 "manualAnnounceTime" => json!(-1),
                 "maxConnectedPeers" => json!(self.torrent_limits(t).max_peers),
@@ -460,8 +473,15 @@ impl Daemon {
                     RatioLimit::Own(_) => 1,
                     RatioLimit::Unlimited => 2,
                 }),
-                "seedIdleMode" => json!(0),
-                "seedIdleLimit" => json!(limits.time.as_secs() / 60),
+                "seedIdleMode" => json!(match t.record.idle_limit {
+                    IdleLimit::Global => 0,
+                    IdleLimit::OwnMins(_) => 1,
+                    IdleLimit::Unlimited => 2,
+                }),
+                "seedIdleLimit" => json!(match t.record.idle_limit {
+                    IdleLimit::OwnMins(mins) => mins,
+                    _ => crate::session_settings::idle_limit_mins(&self.config),
+                }),
                 "downloadLimit" => json!(t.record.rates.download_kbps),
                 "uploadLimit" => json!(t.record.rates.upload_kbps),
                 "downloadLimited" => json!(t.record.rates.download_limited),
@@ -606,6 +626,20 @@ impl Daemon {
                 _ => return Err(format!("seedRatioMode: {v} is not 0, 1 or 2")),
             },
         };
+        let idle_limit = match args.get("seedIdleLimit") {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(mins @ 1..) => Some(mins),
+                _ => return Err(format!("seedIdleLimit: {v} is not a number of minutes > 0")),
+            },
+        };
+        let idle_mode = match args.get("seedIdleMode") {
+            None => None,
+            Some(v) => match v.as_u64() {
+                Some(m @ 0..=2) => Some(m),
+                _ => return Err(format!("seedIdleMode: {v} is not 0, 1 or 2")),
+            },
+        };
         let labels = labels_arg(args)?;
         let peer_limit = match args.get("peer-limit") {
             None => None,
@@ -633,16 +667,12 @@ impl Daemon {
         }
         for (key, value) in args {
             let honest_no_op = match key.as_str() {
-                "ids" | "seedRatioLimit" | "seedRatioMode" | "labels" | "peer-limit"
-                | "queuePosition" | "files-wanted" | "files-unwanted" | "priority-high"
-                | "priority-low" | "priority-normal" => true,
-                // btd has no idle limit: "follow the session" (which has none) is true.
-                "seedIdleMode" => value.as_u64() == Some(0),
+                "ids" | "seedRatioLimit" | "seedRatioMode" | "seedIdleLimit" | "seedIdleMode"
+                | "labels" | "peer-limit" | "queuePosition" | "files-wanted" | "files-unwanted"
+                | "priority-high" | "priority-low" | "priority-normal" => true,
 
                 "honorsSessionLimits" => value.as_bool() == Some(true),
                 "bandwidthPriority" => value.as_i64() == Some(0),
-                // Only meaningful with a mode that uses it.
-                "seedIdleLimit" => true,
                 "downloadLimit" | "uploadLimit" => value.as_u64().is_some(),
                 "downloadLimited" | "uploadLimited" => value.as_bool().is_some(),
                 _ => false,
@@ -677,6 +707,17 @@ impl Daemon {
                 }
                 (None, None) => {}
             }
+            let global_idle = crate::session_settings::idle_limit_mins(&self.config);
+            t.record.idle_limit = match (idle_mode, idle_limit, t.record.idle_limit) {
+                (Some(0), _, _) => IdleLimit::Global,
+                (Some(1), Some(mins), _) | (None, Some(mins), IdleLimit::OwnMins(_)) => {
+                    IdleLimit::OwnMins(mins)
+                }
+                (Some(1), None, IdleLimit::OwnMins(mins)) => IdleLimit::OwnMins(mins),
+                (Some(1), None, _) => IdleLimit::OwnMins(global_idle),
+                (Some(_), _, _) => IdleLimit::Unlimited,
+                (None, _, current) => current,
+            };
             let rates = &mut t.record.rates;
             let before = *rates;
             let number = |key: &str| args.get(key).and_then(Value::as_u64);
@@ -766,6 +807,146 @@ impl Daemon {
         Ok(Map::new())
     }
 
+    /// `torrent-rename-path`: `ids` names one torrent, `path` a file or directory of it as its
+    /// file list spells it, `name` the new last component. The file list (and the torrent's
+    /// name, for its top) changes at once; the files on disk are renamed once no run holds
+    /// them: at once when it is not running, else its run is stopped and it starts again
+    /// after the rename (its resume data follows the rename, so nothing is hashed again). The
+    /// record keeps each rename done on disk, so it survives restarts.
+    fn rpc_rename_path(&mut self, args: &Args) -> Result<Args, String> {
+        let selected = self.rpc_select(args)?;
+        let [index] = selected[..] else {
+            return Err(format!(
+                "torrent-rename-path needs `ids` naming exactly one torrent; it names {}",
+                selected.len()
+            ));
+        };
+        let text = |key: &str| {
+            args.get(key)
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("torrent-rename-path needs `{key}`, a string"))
+        };
+        let (path, name) = (text("path")?, text("name")?);
+        let t = &self.torrents[index];
+        let Some(meta) = &t.meta else {
+            return Err(format!(
+                "torrent {}: its metadata is not known yet; nothing to rename",
+                t.name()
+            ));
+        };
+        let mut renamed = Metainfo::clone(meta);
+        let (old, new) = renamed
+            .rename_path(path, name)
+            .map_err(|e| format!("torrent {}: {e}; not renamed", t.name()))?;
+        let answer = object(json!({"path": path, "name": name, "id": t.id}));
+        if old == new {
+            return Ok(answer);
+        }
+        let target = t.download_dir().join(t.path_on_disk(&new));
+        if target.symlink_metadata().is_ok() {
+            return Err(format!(
+                "torrent {}: {} already exists on disk; not renamed",
+                t.name(),
+                target.display()
+            ));
+        }
+        let t = &mut self.torrents[index];
+        // A running torrent's coordinator holds the files open, checks their paths and saves
+        // resume data under them: the core stops its run, and it runs again once they are
+        // renamed.
+        let actions = t
+            .life
+            .on_rename_requested()
+            .map_err(|Refused::Busy(what)| {
+                format!("torrent {}: busy {what}; try again", t.name())
+            })?;
+        info!(
+            "torrent {}: renaming {path} to {name} over the RPC",
+            t.name()
+        );
+        t.pending_renames.push(PendingRename {
+            asked: PathRename {
+                path: path.to_owned(),
+                name: name.to_owned(),
+            },
+            old,
+            new,
+        });
+        t.name.clone_from(&renamed.name);
+        t.meta = Some(Arc::new(renamed));
+        self.apply(index, actions);
+        match self.apply_renames_of(index) {
+            Some(Err(reason)) => Err(reason),
+            _ => Ok(answer),
+        }
+    }
+
+    /// Does on disk the renames that wait for their torrents' runs to have ended.
+    pub(super) fn apply_renames(&mut self) {
+        for index in 0..self.torrents.len() {
+            let _ = self.apply_renames_of(index);
+        }
+    }
+
+    /// Does on disk the renames of the torrent at `index`, unless a run still holds its files
+    /// (`None`, as with none waiting). Each is a rename (nothing to do for a file not created
+    /// yet); its resume data follows, and the record keeps it. A rename that fails is undone
+    /// in the file list, with those after it, and the reason is logged and returned.
+    fn apply_renames_of(&mut self, index: usize) -> Option<Result<(), String>> {
+        let t = &mut self.torrents[index];
+        if t.pending_renames.is_empty() || t.life.files_in_use() {
+            return None;
+        }
+        let pending = std::mem::take(&mut t.pending_renames);
+        let dir = t.download_dir().to_owned();
+        let resume_path = t.resume_path(&self.config.state_dir);
+        let mut resume = ResumeData::load(&resume_path).ok().flatten();
+        let mut result = Ok(());
+        for (done, rename) in pending.iter().enumerate() {
+            let (from, to) = (dir.join(&rename.old), dir.join(&rename.new));
+            let outcome = if to.symlink_metadata().is_ok() {
+                Err(format!("{} already exists", to.display()))
+            } else if from.symlink_metadata().is_err() {
+                Ok(()) // not created yet: the check creates it under its new name
+            } else {
+                std::fs::rename(&from, &to)
+                    .map_err(|e| format!("renaming {} to {}: {e}", from.display(), to.display()))
+            };
+            if let Err(reason) = outcome {
+                error!("torrent {}: {reason}; its old name stays", t.name());
+                if let Some(meta) = &t.meta {
+                    let mut meta = Metainfo::clone(meta);
+                    for undo in pending[done..].iter().rev() {
+                        let old_name = undo.old.file_name().unwrap_or_default();
+                        let _ = meta
+                            .rename_path(&undo.new.to_string_lossy(), &old_name.to_string_lossy());
+                    }
+                    t.name.clone_from(&meta.name);
+                    t.meta = Some(Arc::new(meta));
+                }
+                result = Err(format!("torrent {}: {reason}; not renamed", t.name()));
+                break;
+            }
+            if let Some(resume) = &mut resume {
+                resume.rename_path(&rename.old, &rename.new);
+            }
+            t.record.renames.push(rename.asked.clone());
+            info!(
+                "torrent {}: renamed {} to {}",
+                t.name(),
+                rename.old.display(),
+                rename.new.display()
+            );
+        }
+        if let Some(resume) = resume
+            && let Err(e) = resume.save(&resume_path)
+        {
+            warn!("torrent {}: {e}; its data will be checked again", t.name());
+        }
+        t.save_record(&self.config.state_dir);
+        Some(result)
+    }
+
     /// `torrent-stop` (pause) and `torrent-start`: kept across restarts in the record.
     fn rpc_start_stop(&mut self, args: &Args, pause: bool) -> Result<Args, String> {
         for index in self.rpc_select(args)? {
@@ -783,6 +964,9 @@ impl Daemon {
                 let actions = t.life.on_resume_requested();
                 if !actions.is_empty() {
                     info!("torrent {}: started over the RPC", t.name());
+                    // A new idle count, as Transmission's starts one (else a torrent finished
+                    // by its idle limit would finish again at once).
+                    t.record.idle_secs = 0;
                 }
                 actions
             };
@@ -830,17 +1014,21 @@ impl Daemon {
             {
                 return Err(format!("{}: cannot remove: {e}", file.display()));
             }
+            // Where they are on disk now (a rename may still wait for the run to end).
             let files: Vec<PathBuf> = t
                 .meta
                 .as_ref()
                 .map(|m| {
                     m.files
                         .iter()
-                        .map(|f| t.download_dir().join(&f.path))
+                        .map(|f| t.download_dir().join(t.path_on_disk(&f.path)))
                         .collect()
                 })
                 .unwrap_or_default();
-            let top = t.meta.as_ref().map(|m| t.download_dir().join(&m.name));
+            let top = t
+                .meta
+                .as_ref()
+                .map(|m| t.download_dir().join(t.path_on_disk(Path::new(&m.name))));
             let root = t.download_dir().to_owned();
             let resume = t.resume_path(&self.config.state_dir);
             let part = TorrentRecord::part_path_in(&self.config.state_dir, &t.info_hash);
@@ -886,6 +1074,38 @@ fn pieces_base64(t: &Managed) -> String {
         .have_pieces()
         .unwrap_or_else(|| Bitfield::new(meta.geometry.num_pieces));
     base64::engine::general_purpose::STANDARD.encode(have.as_bytes())
+}
+
+/// Transmission's `peers`: the connected peers as the coordinator's last tick saw them. btd
+/// neither encrypts nor speaks uTP.
+fn peer_list(run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
+    let Some(run) = run else {
+        return Vec::new();
+    };
+    run.peer_list
+        .lock()
+        .iter()
+        .map(|p| {
+            json!({
+                "address": p.addr.ip().to_string(),
+                "port": p.addr.port(),
+                "clientName": p.client,
+                "clientIsChoked": p.peer_choking,
+                "clientIsInterested": p.am_interested,
+                "peerIsChoked": p.am_choking,
+                "peerIsInterested": p.peer_interested,
+                "flagStr": p.flags(),
+                "isDownloadingFrom": p.rate_down > 0 && !p.peer_choking,
+                "isUploadingTo": p.rate_up > 0 && !p.am_choking,
+                "isEncrypted": false,
+                "isIncoming": p.incoming,
+                "isUTP": false,
+                "progress": p.progress,
+                "rateToClient": p.rate_down,
+                "rateToPeer": p.rate_up,
+            })
+        })
+        .collect()
 }
 
 /// Transmission 4's `trackerList`: the announce URLs one a line, a blank line between tiers.

@@ -154,7 +154,9 @@ impl Daemon {
         }
         let life = Lifecycle::new(meta.is_some(), record.completed_unix.is_some());
         let mut t = Managed::new(id, info_hash, name, source, record, life);
-        t.meta = meta.map(Arc::new);
+        if let Some(meta) = meta {
+            t.set_meta(meta);
+        }
         t.magnet = magnet;
         t.saved = on_disk;
         t.peers = peers;
@@ -319,8 +321,7 @@ impl Daemon {
         t.fetching = None;
         let result = match fetched.result {
             Ok(meta) => {
-                t.name.clone_from(&meta.name);
-                t.meta = Some(Arc::new(meta));
+                t.set_meta(meta);
                 Ok(())
             }
             Err(reason) => {

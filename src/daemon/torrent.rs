@@ -74,6 +74,8 @@ pub(super) struct SeedLimits {
     pub(super) ratio: Option<f64>,
     /// 0: none.
     pub(super) time: Duration,
+    /// Seeding this long without uploading; 0: none.
+    pub(super) idle: Duration,
 }
 
 /// Which seeding limit a complete torrent has reached, with its figures for the log.
@@ -81,6 +83,7 @@ pub(super) struct SeedLimits {
 pub(super) enum LimitReached {
     Ratio { ratio: f64, limit: f64 },
     Time { seeded_secs: u64, limit_secs: u64 },
+    Idle { idle_secs: u64, limit_secs: u64 },
 }
 
 impl std::fmt::Display for LimitReached {
@@ -96,20 +99,37 @@ impl std::fmt::Display for LimitReached {
                 f,
                 "seeding time limit reached (seeded {seeded_secs} s, limit {limit_secs} s)"
             ),
+            LimitReached::Idle {
+                idle_secs,
+                limit_secs,
+            } => write!(
+                f,
+                "idle seeding limit reached (no upload for {idle_secs} s of seeding, limit \
+                 {limit_secs} s)"
+            ),
         }
     }
 }
 
 impl SeedLimits {
-    /// These limits as one torrent follows them: its own ratio limit, or none, instead of the
-    /// global one when its record says so.
+    /// These limits as one torrent follows them: its own ratio and idle limits, or none,
+    /// instead of the global ones when its record says so.
     pub(super) fn for_torrent(self, record: &TorrentRecord) -> SeedLimits {
         let ratio = match record.ratio_limit {
             RatioLimit::Global => self.ratio,
             RatioLimit::Own(ratio) => Some(ratio),
             RatioLimit::Unlimited => None,
         };
-        SeedLimits { ratio, ..self }
+        let idle = match record.idle_limit {
+            IdleLimit::Global => self.idle,
+            IdleLimit::OwnMins(mins) => Duration::from_secs(mins.saturating_mul(60)),
+            IdleLimit::Unlimited => Duration::ZERO,
+        };
+        SeedLimits {
+            ratio,
+            idle,
+            ..self
+        }
     }
 
     /// The upload total at which the ratio limit is reached: `ratio * size`, rounded up.
@@ -118,13 +138,15 @@ impl SeedLimits {
         self.ratio.map(|ratio| (ratio * size as f64).ceil() as u64)
     }
 
-    /// The limit a complete torrent of `size` bytes that uploaded `uploaded` bytes and seeded
-    /// `seeded_secs` has reached, if any (the ratio first).
+    /// The limit a complete torrent of `size` bytes that uploaded `uploaded` bytes, seeded
+    /// `seeded_secs` and seeded `idle_secs` of those since its last upload has reached, if any
+    /// (the ratio first, then the time, then the idle limit).
     pub(super) fn reached(
         &self,
         size: u64,
         uploaded: u64,
         seeded_secs: u64,
+        idle_secs: u64,
     ) -> Option<LimitReached> {
         if let Some(target) = self.upload_target(size)
             && uploaded >= target
@@ -135,8 +157,15 @@ impl SeedLimits {
             });
         }
         let limit_secs = self.time.as_secs();
-        (limit_secs > 0 && seeded_secs >= limit_secs).then_some(LimitReached::Time {
-            seeded_secs,
+        if limit_secs > 0 && seeded_secs >= limit_secs {
+            return Some(LimitReached::Time {
+                seeded_secs,
+                limit_secs,
+            });
+        }
+        let limit_secs = self.idle.as_secs();
+        (limit_secs > 0 && idle_secs >= limit_secs).then_some(LimitReached::Idle {
+            idle_secs,
             limit_secs,
         })
     }
@@ -187,6 +216,9 @@ pub(super) struct Managed {
     pub(super) seeding_since: Option<Instant>,
     /// Since when it downloads in this run (folded into `record.downloading_secs`).
     pub(super) downloading_since: Option<Instant>,
+    /// Since when it seeds in this run without uploading (folded into `record.idle_secs`;
+    /// an upload starts it again, from 0).
+    pub(super) idle_since: Option<Instant>,
     /// The run's byte totals when the main loop last looked (to see activity).
     pub(super) last_seen_totals: (u64, u64),
     /// When the current run started (seconds since the Unix epoch).
@@ -194,6 +226,19 @@ pub(super) struct Managed {
     /// The state's name when the main loop last looked, and since when (seconds since the
     /// Unix epoch): the RPC's `recently-active` lists torrents whose state changed lately.
     pub(super) state_seen: (&'static str, u64),
+    /// Renames already in `meta` but not yet done on disk nor in the record: they wait for
+    /// its run to end (`Daemon::apply_renames`).
+    pub(super) pending_renames: Vec<PendingRename>,
+}
+
+/// A `torrent-rename-path` waiting for the torrent's run to end.
+#[derive(Clone, Debug)]
+pub(super) struct PendingRename {
+    /// What the record keeps once it is done on disk.
+    pub(super) asked: PathRename,
+    /// The old and new path, relative to its download directory.
+    pub(super) old: PathBuf,
+    pub(super) new: PathBuf,
 }
 
 impl Managed {
@@ -226,11 +271,44 @@ impl Managed {
             run: None,
             seeding_since: None,
             downloading_since: None,
+            idle_since: None,
             last_seen_totals: (0, 0),
             run_started_unix: 0,
             // Not yet looked at: added just now counts as a change.
             state_seen: ("", unix_now()),
+            pending_renames: Vec::new(),
         }
+    }
+
+    /// Its metadata, with the renames its record holds applied (a rename that no longer
+    /// applies is logged and skipped); its name follows a renamed top.
+    pub(super) fn set_meta(&mut self, mut meta: Metainfo) {
+        for rename in &self.record.renames {
+            if let Err(e) = meta.rename_path(&rename.path, &rename.name) {
+                warn!(
+                    "torrent {}: recorded rename of {} to {}: {e}; skipped",
+                    self.name, rename.path, rename.name
+                );
+            }
+        }
+        self.name.clone_from(&meta.name);
+        self.meta = Some(Arc::new(meta));
+    }
+
+    /// Where a path of its file list is on disk now, relative to its directory: the same,
+    /// unless a rename of it waits for its run to end.
+    pub(super) fn path_on_disk(&self, path: &Path) -> PathBuf {
+        let mut path = path.to_owned();
+        for pending in self.pending_renames.iter().rev() {
+            if let Ok(rest) = path.strip_prefix(&pending.new) {
+                path = if rest.as_os_str().is_empty() {
+                    pending.old.clone()
+                } else {
+                    pending.old.join(rest)
+                };
+            }
+        }
+        path
     }
 
     pub(super) fn name(&self) -> &str {
@@ -362,9 +440,31 @@ impl Managed {
         self.record.downloading_secs + secs_since(self.downloading_since)
     }
 
-    /// Notes payload moving since the last look (the RPC's `activityDate`).
+    /// Lifetime seconds of seeding since its last upload, the current run included.
+    pub(super) fn idle_secs(&self) -> u64 {
+        self.record.idle_secs + secs_since(self.idle_since)
+    }
+
+    /// The seeding limit it has reached under `global` (as its record adapts them), if any.
+    pub(super) fn seed_limit_reached(&self, global: SeedLimits) -> Option<LimitReached> {
+        global.for_torrent(&self.record).reached(
+            self.size(),
+            self.totals().0,
+            self.seeding_secs(),
+            self.idle_secs(),
+        )
+    }
+
+    /// Notes payload moving since the last look (the RPC's `activityDate`); an upload ends
+    /// an idle stretch of seeding.
     pub(super) fn note_activity(&mut self) {
         let totals = self.totals();
+        if totals.0 != self.last_seen_totals.0 {
+            self.record.idle_secs = 0;
+            if self.idle_since.is_some() {
+                self.idle_since = Some(Instant::now());
+            }
+        }
         if totals != self.last_seen_totals {
             self.last_seen_totals = totals;
             self.record.activity_unix = unix_now();
@@ -402,6 +502,7 @@ impl Managed {
             downloaded,
             seeding_secs: self.seeding_secs(),
             downloading_secs: self.downloading_secs(),
+            idle_secs: self.idle_secs(),
             ..self.record.clone()
         }
     }
@@ -411,6 +512,7 @@ impl Managed {
         self.stop_run_clock();
         if self.life.complete() {
             self.seeding_since = Some(Instant::now());
+            self.idle_since = Some(Instant::now());
         } else {
             self.downloading_since = Some(Instant::now());
         }
@@ -420,6 +522,7 @@ impl Managed {
     pub(super) fn stop_run_clock(&mut self) {
         self.record.seeding_secs += secs_since(self.seeding_since.take());
         self.record.downloading_secs += secs_since(self.downloading_since.take());
+        self.record.idle_secs += secs_since(self.idle_since.take());
     }
 
     /// Its run with counters `run` has ended: they go into the record.
@@ -482,6 +585,7 @@ mod tests {
         SeedLimits {
             ratio: Some(ratio).filter(|r| *r > 0.0),
             time: Duration::from_secs(time_secs),
+            idle: Duration::ZERO,
         }
     }
 
@@ -520,16 +624,16 @@ mod tests {
     #[test]
     fn no_seeding_limit_is_ever_reached_and_allows_any_upload() {
         let none = limits(0.0, 0);
-        assert_eq!(none.reached(8 * MIB, u64::MAX, u64::MAX), None);
+        assert_eq!(none.reached(8 * MIB, u64::MAX, u64::MAX, 0), None);
         assert_eq!(none.upload_allowance(8 * MIB, 100 * MIB), None);
     }
 
     #[test]
     fn the_ratio_limit_is_reached_at_ratio_times_size_rounded_up() {
         let l = limits(1.5, 0);
-        assert_eq!(l.reached(8 * MIB, 12 * MIB - 1, 0), None);
+        assert_eq!(l.reached(8 * MIB, 12 * MIB - 1, 0, 0), None);
         assert_eq!(
-            l.reached(8 * MIB, 12 * MIB, 0),
+            l.reached(8 * MIB, 12 * MIB, 0, 0),
             Some(LimitReached::Ratio {
                 ratio: 1.5,
                 limit: 1.5
@@ -537,8 +641,8 @@ mod tests {
         );
         // 1/3 of 10 bytes is 3.33: 4 bytes reach it, 3 do not.
         let third = limits(1.0 / 3.0, 0);
-        assert_eq!(third.reached(10, 3, 0), None);
-        assert!(third.reached(10, 4, 0).is_some());
+        assert_eq!(third.reached(10, 3, 0, 0), None);
+        assert!(third.reached(10, 4, 0, 0).is_some());
     }
 
     #[test]
@@ -560,23 +664,26 @@ mod tests {
         let mut record = TorrentRecord::new(&InfoHash([1; 20]), Path::new("d"));
         assert_eq!(global.for_torrent(&record), global);
         record.ratio_limit = RatioLimit::Unlimited;
-        assert_eq!(global.for_torrent(&record).reached(MIB, 100 * MIB, 0), None);
+        assert_eq!(
+            global.for_torrent(&record).reached(MIB, 100 * MIB, 0, 0),
+            None
+        );
         assert_eq!(global.for_torrent(&record).upload_allowance(MIB, 0), None);
         // Its own limit of 0 (as Transmission means it): done seeding at once.
         record.ratio_limit = RatioLimit::Own(0.0);
         assert!(matches!(
-            global.for_torrent(&record).reached(MIB, 0, 0),
+            global.for_torrent(&record).reached(MIB, 0, 0, 0),
             Some(LimitReached::Ratio { .. })
         ));
         record.ratio_limit = RatioLimit::Own(0.5);
         assert_eq!(
-            global.for_torrent(&record).reached(MIB, MIB / 2 - 1, 0),
+            global.for_torrent(&record).reached(MIB, MIB / 2 - 1, 0, 0),
             None
         );
         assert!(
             global
                 .for_torrent(&record)
-                .reached(MIB, MIB / 2, 0)
+                .reached(MIB, MIB / 2, 0, 0)
                 .is_some()
         );
         assert_eq!(global.for_torrent(&record).time, global.time);
@@ -585,25 +692,98 @@ mod tests {
     #[test]
     fn the_time_limit_counts_lifetime_seconds_and_the_ratio_is_named_first() {
         let l = limits(2.0, 3600);
-        assert_eq!(l.reached(MIB, 0, 3599), None);
+        assert_eq!(l.reached(MIB, 0, 3599, 0), None);
         assert_eq!(
-            l.reached(MIB, 0, 3600),
+            l.reached(MIB, 0, 3600, 0),
             Some(LimitReached::Time {
                 seeded_secs: 3600,
                 limit_secs: 3600
             })
         );
         assert!(matches!(
-            l.reached(MIB, 2 * MIB, 7200),
+            l.reached(MIB, 2 * MIB, 7200, 0),
             Some(LimitReached::Ratio { .. })
         ));
         assert_eq!(
-            l.reached(MIB, 0, 4000).unwrap().to_string(),
+            l.reached(MIB, 0, 4000, 0).unwrap().to_string(),
             "seeding time limit reached (seeded 4000 s, limit 3600 s)"
         );
         assert_eq!(
-            l.reached(MIB, 2 * MIB, 0).unwrap().to_string(),
+            l.reached(MIB, 2 * MIB, 0, 0).unwrap().to_string(),
             "ratio limit reached (ratio 2.000, limit 2)"
         );
+    }
+
+    #[test]
+    fn the_idle_limit_counts_seeding_without_upload_and_comes_after_ratio_and_time() {
+        let l = SeedLimits {
+            idle: Duration::from_secs(600),
+            ..limits(2.0, 3600)
+        };
+        assert_eq!(l.reached(MIB, 0, 599, 599,), None);
+        assert_eq!(
+            l.reached(MIB, 0, 1000, 600),
+            Some(LimitReached::Idle {
+                idle_secs: 600,
+                limit_secs: 600
+            })
+        );
+        assert!(matches!(
+            l.reached(MIB, 0, 3600, 3600),
+            Some(LimitReached::Time { .. })
+        ));
+        assert_eq!(
+            l.reached(MIB, 0, 700, 700).unwrap().to_string(),
+            "idle seeding limit reached (no upload for 700 s of seeding, limit 600 s)"
+        );
+        // Its own limit, or none, instead of the global one.
+        let mut record = TorrentRecord::new(&InfoHash([1; 20]), Path::new("d"));
+        record.idle_limit = IdleLimit::OwnMins(1);
+        assert!(l.for_torrent(&record).reached(MIB, 0, 60, 60).is_some());
+        assert_eq!(l.for_torrent(&record).reached(MIB, 0, 59, 59), None);
+        record.idle_limit = IdleLimit::Unlimited;
+        assert_eq!(l.for_torrent(&record).reached(MIB, 0, 3000, 3000), None);
+        assert_eq!(limits(0.0, 0).reached(MIB, 0, u64::MAX, u64::MAX), None);
+    }
+
+    #[test]
+    fn an_upload_ends_the_idle_count_and_stopping_keeps_it_in_the_record() {
+        let record = TorrentRecord::new(&InfoHash([1; 20]), Path::new("d"));
+        let mut t = Managed::new(
+            1,
+            InfoHash([1; 20]),
+            "t".into(),
+            Source::Rpc,
+            record,
+            Lifecycle::new(true, true),
+        );
+        t.record.idle_secs = 500;
+        let run = Arc::new(TorrentStats::default());
+        t.run = Some(Arc::clone(&run));
+        t.start_run_clock();
+        t.last_seen_totals = t.totals();
+        // Idle seconds from earlier runs count on.
+        t.idle_since = Some(Instant::now() - Duration::from_secs(100));
+        assert_eq!(t.idle_secs(), 600);
+        t.note_activity();
+        assert_eq!(t.idle_secs(), 600, "no upload, no reset");
+        // What the lifecycle core is told as "reached": the idle rule is part of it.
+        let ten_minutes = SeedLimits {
+            idle: Duration::from_secs(600),
+            ..limits(0.0, 0)
+        };
+        assert!(matches!(
+            t.seed_limit_reached(ten_minutes),
+            Some(LimitReached::Idle { idle_secs: 600, .. })
+        ));
+        run.uploaded.fetch_add(16_384, Ordering::Relaxed);
+        t.note_activity();
+        assert_eq!(t.idle_secs(), 0);
+        assert_eq!(t.seed_limit_reached(ten_minutes), None);
+        assert!(t.idle_since.is_some(), "still seeding: a new count runs");
+        t.idle_since = Some(Instant::now() - Duration::from_secs(42));
+        t.stop_run_clock();
+        assert_eq!((t.record.idle_secs, t.idle_secs()), (42, 42));
+        assert_eq!(t.record_now().idle_secs, 42);
     }
 }

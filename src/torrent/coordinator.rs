@@ -19,7 +19,9 @@ use super::picker::{PeerKey, Picker, Received, saturating_u32};
 use super::piece_buffer::{
     Blame, CompletePiece, PieceBuffers, blame_after_refetch, blame_on_failure,
 };
-use super::{Control, ResumeTarget, TorrentEvent, TorrentHandle, TorrentParams, TorrentStats};
+use super::{
+    Control, PeerInfo, ResumeTarget, TorrentEvent, TorrentHandle, TorrentParams, TorrentStats,
+};
 use crate::metainfo::Metainfo;
 use crate::peer::{self, PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
 use crate::profile::{self, LoopStats, Role};
@@ -155,6 +157,8 @@ struct Peer {
     pex: bool,
     /// Its listen port, from its extended handshake (an incoming peer's source port is not it).
     listen_port: Option<u16>,
+    /// Its client's name, from its extended handshake's `v`.
+    client: Option<String>,
     /// The addresses our last PEX message to it described as connected.
     pex_sent: HashSet<SocketAddr>,
     last_pex: Option<Instant>,
@@ -565,6 +569,7 @@ impl Coordinator {
                         "torrent {}: {}: client {client:?}, reqq {reqq:?}, port {listen_port:?}",
                         self.meta.name, p.addr
                     );
+                    p.client = client.filter(|c| !c.trim().is_empty());
                     if let Some(reqq) = reqq {
                         p.max_pipeline = usize::try_from(reqq)
                             .unwrap_or(usize::MAX)
@@ -705,6 +710,7 @@ impl Coordinator {
             fast,
             pex: false,
             listen_port: None,
+            client: None,
             pex_sent: HashSet::new(),
             last_pex: None,
             commands,
@@ -1372,6 +1378,7 @@ impl Coordinator {
             .peers_getting_from_us
             .store(saturating_u32(getting), Ordering::Relaxed);
         self.stats.upload_rate.store(up, Ordering::Relaxed);
+        self.publish_peers();
 
         if now.duration_since(self.last_choke) >= CHOKE_INTERVAL {
             let rotate = now.duration_since(self.last_optimistic) >= OPTIMISTIC_INTERVAL;
@@ -1398,6 +1405,32 @@ impl Coordinator {
         }
         self.connect_more();
         self.fill_all();
+    }
+
+    /// The peer table as displays see it (`TorrentStats::peer_list`), once a tick.
+    fn publish_peers(&self) {
+        let pieces = f64::from(self.meta.geometry.num_pieces.max(1));
+        let list = self
+            .peers
+            .iter()
+            .map(|(key, p)| PeerInfo {
+                addr: p.addr,
+                client: p
+                    .client
+                    .clone()
+                    .unwrap_or_else(|| super::client_name(&p.peer_id)),
+                incoming: p.incoming,
+                am_choking: p.am_choking,
+                am_interested: p.am_interested,
+                peer_choking: p.peer_choking,
+                peer_interested: p.peer_interested,
+                optimistic: self.optimistic == Some(*key),
+                progress: f64::from(p.pieces.count_ones()) / pieces,
+                rate_down: p.rate_down,
+                rate_up: p.rate_up,
+            })
+            .collect();
+        *self.stats.peer_list.lock() = list;
     }
 
     /// Peer exchange (BEP 11): at most once a minute, tell each peer that takes it which of our

@@ -90,6 +90,115 @@ pub struct TorrentStats {
     /// Seeders, leechers and completed downloads as the trackers report them (the announcer
     /// writes them).
     pub swarm: Arc<crate::tracker::SwarmStats>,
+    /// The connected peers as the coordinator's last tick saw them (the RPC's `peers`).
+    pub peer_list: parking_lot::Mutex<Vec<PeerInfo>>,
+}
+
+/// One connected peer, as a snapshot for displays (the RPC's `peers`): written by the
+/// coordinator on its tick, read by the daemon.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+    /// The client's name: its extended handshake's `v`, else read from its peer id.
+    pub client: String,
+    pub incoming: bool,
+    pub am_choking: bool,
+    pub am_interested: bool,
+    pub peer_choking: bool,
+    pub peer_interested: bool,
+    /// Our optimistic unchoke.
+    pub optimistic: bool,
+    /// The fraction of the pieces it has.
+    pub progress: f64,
+    /// Payload bytes per second from it and to it.
+    pub rate_down: u64,
+    pub rate_up: u64,
+}
+
+impl PeerInfo {
+    /// Transmission's `flagStr`: `O` our optimistic unchoke; `D` downloading from it, `d` we
+    /// want to but it chokes us; `U` uploading to it, `u` it wants to but we choke it; `K` it
+    /// unchoked us but we are not interested; `?` we unchoked it but it is not interested;
+    /// `I` it connected to us.
+    #[must_use]
+    pub fn flags(&self) -> String {
+        let mut flags = String::new();
+        if self.optimistic {
+            flags.push('O');
+        }
+        if self.rate_down > 0 && !self.peer_choking {
+            flags.push('D');
+        } else if self.am_interested && self.peer_choking {
+            flags.push('d');
+        }
+        if self.rate_up > 0 && !self.am_choking {
+            flags.push('U');
+        } else if self.peer_interested && self.am_choking {
+            flags.push('u');
+        }
+        if !self.peer_choking && !self.am_interested {
+            flags.push('K');
+        }
+        if !self.am_choking && !self.peer_interested {
+            flags.push('?');
+        }
+        if self.incoming {
+            flags.push('I');
+        }
+        flags
+    }
+}
+
+/// A client's name from its peer id (Azureus style, `-XXabcd-`: two letters for the client,
+/// four version digits), or `unknown` with the id's first printable bytes. What its extended
+/// handshake's `v` says is better; this is for peers that send none.
+#[must_use]
+pub fn client_name(peer_id: &[u8; 20]) -> String {
+    let azureus = peer_id[0] == b'-'
+        && peer_id[7] == b'-'
+        && peer_id[1..3].iter().all(u8::is_ascii_alphabetic)
+        && peer_id[3..7].iter().all(u8::is_ascii_alphanumeric);
+    if !azureus {
+        let printable: String = peer_id
+            .iter()
+            .take(8)
+            .take_while(|b| b.is_ascii_graphic())
+            .map(|&b| char::from(b))
+            .collect();
+        return if printable.is_empty() {
+            "unknown".into()
+        } else {
+            format!("unknown ({printable})")
+        };
+    }
+    let code = std::str::from_utf8(&peer_id[1..3]).unwrap_or_default();
+    let digits: Vec<char> = peer_id[3..7].iter().map(|&b| char::from(b)).collect();
+    let name = match code {
+        "BD" => "btd",
+        "DE" => "Deluge",
+        "LT" => "libtorrent (Rasterbar)",
+        "lt" => "libTorrent (Rakshasa)",
+        "qB" => "qBittorrent",
+        "TR" => "Transmission",
+        "UT" => "\u{00b5}Torrent",
+        "AZ" => "Azureus",
+        "BT" => "BitTorrent",
+        "KT" => "KTorrent",
+        "RS" => "Rufus",
+        "AG" | "A~" => "Ares",
+        _ => return format!("{code} {}", digits.iter().collect::<String>()),
+    };
+    let version = if code == "TR" {
+        // Transmission: one digit, then two (`-TR3000-` is 3.00).
+        format!("{}.{}{}", digits[0], digits[1], digits[2])
+    } else {
+        let mut parts: Vec<String> = digits.iter().map(char::to_string).collect();
+        while parts.len() > 2 && parts.last().is_some_and(|d| d == "0") {
+            parts.pop();
+        }
+        parts.join(".")
+    };
+    format!("{name} {version}")
 }
 
 impl Default for TorrentStats {
@@ -110,6 +219,7 @@ impl Default for TorrentStats {
             have: parking_lot::Mutex::new(Bitfield::new(0)),
             complete: AtomicBool::new(false),
             swarm: Arc::default(),
+            peer_list: parking_lot::Mutex::new(Vec::new()),
         }
     }
 }
@@ -263,6 +373,71 @@ impl TorrentHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn id(prefix: &[u8]) -> [u8; 20] {
+        let mut id = [b'x'; 20];
+        id[..prefix.len()].copy_from_slice(prefix);
+        id
+    }
+
+    #[test]
+    fn client_names_come_from_azureus_style_peer_ids() {
+        assert_eq!(
+            client_name(&id(b"-LT2080-")),
+            "libtorrent (Rasterbar) 2.0.8"
+        );
+        assert_eq!(client_name(&id(b"-TR3000-")), "Transmission 3.00");
+        assert_eq!(client_name(&id(b"-qB4630-")), "qBittorrent 4.6.3");
+        assert_eq!(client_name(&id(b"-ZZ1234-")), "ZZ 1234");
+        assert_eq!(client_name(&id(b"M7-4-3--")), "unknown (M7-4-3--)");
+        assert_eq!(client_name(&[0; 20]), "unknown");
+    }
+
+    #[test]
+    fn flags_say_who_sends_to_whom_as_transmission_shows_them() {
+        let idle = PeerInfo {
+            addr: "10.0.0.1:6881".parse().unwrap(),
+            client: String::new(),
+            incoming: false,
+            am_choking: true,
+            am_interested: false,
+            peer_choking: true,
+            peer_interested: false,
+            optimistic: false,
+            progress: 0.0,
+            rate_down: 0,
+            rate_up: 0,
+        };
+        assert_eq!(idle.flags(), "");
+        let leecher = PeerInfo {
+            am_choking: false,
+            peer_interested: true,
+            rate_up: 1000,
+            incoming: true,
+            ..idle.clone()
+        };
+        assert_eq!(leecher.flags(), "UI");
+        let waiting = PeerInfo {
+            am_interested: true,
+            peer_interested: true,
+            ..idle.clone()
+        };
+        assert_eq!(waiting.flags(), "du");
+        let seeder = PeerInfo {
+            am_interested: true,
+            peer_choking: false,
+            rate_down: 5000,
+            optimistic: true,
+            am_choking: false,
+            ..idle.clone()
+        };
+        assert_eq!(seeder.flags(), "OD?");
+        let unchoked_not_wanted = PeerInfo {
+            peer_choking: false,
+            ..idle
+        };
+        assert_eq!(unchoked_not_wanted.flags(), "K");
+    }
 
     #[test]
     fn upload_reservations_never_pass_the_allowance_and_failed_ones_come_back() {

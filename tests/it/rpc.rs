@@ -413,3 +413,353 @@ fn set_location_with_move_moves_the_data_and_seeds_from_there_without_hashing_ag
     }
     d.stop("TERM");
 }
+
+#[test]
+fn rename_path_renames_on_disk_survives_a_restart_without_hashing_and_serves_peers() {
+    let work = TempDir::new("rpc-rename");
+    let p = seed_payload(&work, "rpc-rename");
+    let big = crate::support::sha1_file(&p.data().join("data.bin")).expect("hash data.bin");
+    let mut home = rpc_home("rpc-rename", None);
+    home.add_torrent(TorrentEntry::new(&p.torrent).download_dir(&p.dir))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    d.wait_seeding(&p.info_hash, SHORT);
+
+    // A file of the seeding torrent, with the Python library transmission-rpc
+    // (transmission-remote 3.00 has no --rename; 4.0 added it): its run stops, the file is
+    // renamed, and it seeds again from its resume data.
+    let mark = d.log_mark();
+    let renamed = crate::rpc_clients::trpc(
+        addr,
+        &["rename", &p.info_hash, "rpc-rename/data.bin", "movie.bin"],
+    );
+    assert_eq!(
+        renamed,
+        serde_json::json!({"path": "rpc-rename/data.bin", "name": "movie.bin"})
+    );
+    d.wait_log_contains(
+        mark,
+        SHORT,
+        "renamed rpc-rename/data.bin to rpc-rename/movie.bin",
+    );
+    let line = d.wait_log_contains(mark, SHORT, "torrent rpc-rename: resume data");
+    assert!(
+        line.contains("matches"),
+        "hashed again after the rename: {line}"
+    );
+    d.wait_seeding(&p.info_hash, SHORT);
+    let renamed_big = p.data().join("movie.bin");
+    assert_eq!(
+        crate::support::sha1_file(&renamed_big).ok(),
+        Some(big.clone())
+    );
+    assert!(
+        !p.data().join("data.bin").exists(),
+        "the old name is still there"
+    );
+
+    // The top, over the RPC itself: the torrent's name follows.
+    let mut rpc = RpcClient::new(addr);
+    let answer = rpc.ok(
+        "torrent-rename-path",
+        serde_json::json!({"ids": [1], "path": "rpc-rename", "name": "top"}),
+    );
+    assert_eq!(
+        serde_json::Value::Object(answer),
+        serde_json::json!({"path": "rpc-rename", "name": "top", "id": 1})
+    );
+    let top = p.dir.join("top");
+    let deadline = within(SHORT);
+    while !top.join("movie.bin").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "top not renamed on disk"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    d.wait_seeding(&p.info_hash, SHORT);
+    let files = ok(addr, &["-t", "1", "-f"]);
+    assert!(
+        files.contains("top/movie.bin") && files.contains("top/notes/readme.txt"),
+        "{files}"
+    );
+
+    // Refusals, each saying why; nothing changes.
+    std::fs::write(top.join("notes/stray.txt"), "not the torrent's").expect("a stray file");
+    for (path, name, says) in [
+        ("top/movie.bin", "a/b", "contains a separator"),
+        ("top/movie.bin", "..", "path traversal"),
+        ("top/movie.bin", ".", "path component `.`"),
+        ("top/movie.bin", "", "empty path component"),
+        ("top/nothing.bin", "x", "neither a file nor a directory"),
+        ("rpc-rename/data.bin", "x", "neither a file nor a directory"),
+        (
+            "top/movie.bin",
+            "notes",
+            "\"top/notes\" already exists in this torrent",
+        ),
+        (
+            "top/notes/readme.txt",
+            "stray.txt",
+            "already exists on disk",
+        ),
+    ] {
+        let result = rpc.result(
+            "torrent-rename-path",
+            serde_json::json!({"ids": [1], "path": path, "name": name}),
+        );
+        assert!(result.contains(says), "{path} -> {name:?}: {result}");
+    }
+    let result = rpc.result(
+        "torrent-rename-path",
+        serde_json::json!({"ids": [], "path": "top", "name": "x"}),
+    );
+    assert!(result.contains("exactly one torrent"), "{result}");
+    assert!(top.join("notes/readme.txt").exists() && top.join("notes/stray.txt").exists());
+
+    // A restart keeps the names, and the torrent seeds without hashing again.
+    d.stop("TERM");
+    drop(d);
+    let mut d = home.start("btd daemon (restarted)");
+    let addr = rpc_addr(&mut d);
+    let line = d.wait_log_contains(0, SHORT, "torrent top: resume data");
+    assert!(
+        line.contains("matches"),
+        "hashed again after the restart: {line}"
+    );
+    d.wait_seeding(&p.info_hash, SHORT);
+    let mut rpc = RpcClient::new(addr);
+    let t = &rpc.torrents(serde_json::json!([1]), &["name", "files"])[0];
+    assert_eq!(t["name"], "top");
+    let names: Vec<&str> = t["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(names, ["top/movie.bin", "top/notes/readme.txt"]);
+
+    // A leecher (which knows the torrent's own names) gets the data from the renamed files.
+    let out = work.subdir("leecher");
+    let mut lt = LtClient::leech_from("libtorrent leecher", &p.torrent, &out, d.addr());
+    lt.wait_complete(crate::support::TRANSFER);
+    assert_eq!(
+        crate::support::sha1_file(&out.join("rpc-rename/data.bin")).ok(),
+        Some(big)
+    );
+    d.stop("TERM");
+}
+
+#[test]
+fn torrent_get_peers_shows_a_connected_libtorrent_leecher_as_transmission_remote_prints_it() {
+    require_libtorrent();
+    let work = TempDir::new("rpc-peers");
+    let p = payload(&work, "data", "rpc-peers", 4 * MIB, 64 * KIB, &[]);
+    let mut home = rpc_home("rpc-peers", None);
+    home.add_torrent(TorrentEntry::new(&p.torrent).download_dir(&p.dir))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    d.wait_seeding(&p.info_hash, SHORT);
+    let mut rpc = RpcClient::new(addr);
+    let peers = |rpc: &mut RpcClient| {
+        rpc.torrents(serde_json::json!([1]), &["peers", "peersFrom"])[0].clone()
+    };
+    assert_eq!(peers(&mut rpc)["peers"], serde_json::json!([]));
+
+    // 100 kB/s for this torrent: the 4 MiB take the leecher about 40 s, so it stays connected.
+    ok(addr, &["-t", "1", "-u", "100"]);
+    let ip = crate::support::next_ip();
+    let out = work.subdir("leecher");
+    let _lt = LtClient::leech(
+        "libtorrent leecher",
+        &crate::support::PeerSpec {
+            torrent: &p.torrent,
+            dir: &out,
+            ip,
+            peers: vec![d.addr()],
+            announce: false,
+        },
+    );
+    let deadline = within(SHORT);
+    let t = loop {
+        let t = peers(&mut rpc);
+        let uploading = t["peers"]
+            .as_array()
+            .and_then(|l| l.first())
+            .is_some_and(|p| p["progress"].as_f64() > Some(0.0) && p["rateToPeer"] != 0);
+        if uploading {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leecher in peers: {t:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let list = t["peers"].as_array().expect("a list");
+    assert_eq!(list.len(), 1, "{list:?}");
+    let peer = &list[0];
+    assert_eq!(peer["address"], ip.to_string());
+    assert!(peer["port"].as_u64().is_some_and(|port| port > 0), "{peer}");
+    let progress = peer["progress"].as_f64().expect("a number");
+    assert!(progress > 0.0 && progress < 1.0, "{peer}");
+    let client = peer["clientName"].as_str().expect("a string");
+    assert!(client.to_lowercase().contains("libtorrent"), "{peer}");
+    assert_eq!(peer["isIncoming"], true, "{peer}");
+    assert_eq!(peer["isUploadingTo"], true, "{peer}");
+    assert_eq!(peer["peerIsInterested"], true, "{peer}");
+    assert_eq!(peer["peerIsChoked"], false, "{peer}");
+    assert_eq!(peer["isDownloadingFrom"], false, "{peer}");
+    let flags = peer["flagStr"].as_str().expect("a string");
+    assert!(flags.contains('U') && flags.contains('I'), "{peer}");
+    assert_eq!(t["peersFrom"]["fromIncoming"], 1, "{t:?}");
+
+    // transmission-remote's peer table: its address, its progress, its client.
+    let table = ok(addr, &["-t", "1", "-pi"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&ip.to_string()))
+        .unwrap_or_else(|| panic!("no row for {ip}: {table}"));
+    assert!(
+        row.contains("UI") && row.to_lowercase().contains("libtorrent"),
+        "{row}"
+    );
+    d.stop("TERM");
+}
+
+/// The idle limit's unit over the RPC and in the config is the minute, so this test waits one
+/// (about 65 s in all): the shortest honest run of the real rule.
+#[test]
+fn an_idle_seeding_limit_finishes_a_torrent_nobody_downloads_and_unlimited_keeps_seeding() {
+    let work = TempDir::new("rpc-idle");
+    let idle = seed_payload(&work, "rpc-idle");
+    let busy = seed_payload(&work, "rpc-idle-unlimited");
+    let mut home = rpc_home("rpc-idle", None);
+    home.set("seeding", "idle_limit_mins", 1)
+        .add_torrent(TorrentEntry::new(&idle.torrent).download_dir(&idle.dir))
+        .add_torrent(TorrentEntry::new(&busy.torrent).download_dir(&busy.dir))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    d.wait_seeding(&idle.info_hash, SHORT);
+    let seeding_seen = std::time::Instant::now();
+    d.wait_seeding(&busy.info_hash, SHORT);
+    let mut rpc = RpcClient::new(addr);
+    let session = rpc.ok(
+        "session-get",
+        serde_json::json!({"fields": ["idle-seeding-limit", "idle-seeding-limit-enabled"]}),
+    );
+    assert_eq!(
+        serde_json::Value::Object(session),
+        serde_json::json!({"idle-seeding-limit": 1, "idle-seeding-limit-enabled": true})
+    );
+    rpc.ok(
+        "torrent-set",
+        serde_json::json!({"ids": [2], "seedIdleMode": 2, "seedIdleLimit": 5}),
+    );
+    let limits = rpc.torrents(
+        serde_json::json!([1, 2]),
+        &["id", "seedIdleMode", "seedIdleLimit"],
+    );
+    assert_eq!(
+        serde_json::Value::from(limits),
+        serde_json::json!([
+            {"id": 1, "seedIdleMode": 0, "seedIdleLimit": 1},
+            {"id": 2, "seedIdleMode": 2, "seedIdleLimit": 1}
+        ])
+    );
+
+    // A minute of seeding without an upload, counted from when it started seeding.
+    let deadline = within(std::time::Duration::from_secs(80));
+    while state(&d, &idle.info_hash).as_deref() != Some("finished") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not finished by its idle limit: {:?}",
+            state(&d, &idle.info_hash)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let waited = seeding_seen.elapsed().as_secs_f64();
+    assert!(
+        waited > 55.0,
+        "finished after {waited:.1} s, the limit is 60 s"
+    );
+    d.wait_log_contains(0, SHORT, "torrent rpc-idle: idle seeding limit reached");
+    assert_eq!(state(&d, &busy.info_hash).as_deref(), Some("seeding"));
+
+    // The idle time is in its record: after a restart it stays finished, the other seeds.
+    d.stop("TERM");
+    drop(d);
+    let mut d = home.start("btd daemon (restarted)");
+    d.wait_log_contains(0, SHORT, "torrent rpc-idle: idle seeding limit reached");
+    d.wait_seeding(&busy.info_hash, SHORT);
+    assert_eq!(state(&d, &idle.info_hash).as_deref(), Some("finished"));
+    d.stop("TERM");
+}
+
+/// A daemon with its RPC and no torrents, and where the RPC answers.
+fn bare_rpc_daemon(label: &str) -> (DaemonHome, Daemon, SocketAddr) {
+    let home = rpc_home(label, None);
+    home.write_config();
+    let mut d = home.start("btd daemon");
+    let addr = rpc_addr(&mut d);
+    (home, d, addr)
+}
+
+#[test]
+fn alternative_speeds_are_refused_saying_so_and_their_off_values_are_taken() {
+    let (_home, mut d, addr) = bare_rpc_daemon("rpc-alt-speed");
+    // Turtle mode with transmission-remote: the daemon's refusal is what it prints.
+    let (success, text) = remote(addr, &["--alt-speed"]);
+    assert!(
+        !success && text.contains("alt-speed-enabled: not supported"),
+        "{text}"
+    );
+    let (success, text) = remote(addr, &["--alt-speed-downlimit", "50"]);
+    assert!(
+        !success && text.contains("alt-speed-down: not supported"),
+        "{text}"
+    );
+    let mut rpc = RpcClient::new(addr);
+    let result = rpc.result(
+        "session-set",
+        serde_json::json!({"alt-speed-up": 20, "alt-speed-time-enabled": true}),
+    );
+    assert!(
+        result.contains("alt-speed-up: not supported")
+            && result.contains("alt-speed-time-enabled: not supported"),
+        "{result}"
+    );
+    // What session-get shows (off, nothing) is true, so setting it is no refusal.
+    ok(addr, &["--no-alt-speed"]);
+    let session = rpc.ok(
+        "session-get",
+        serde_json::json!({"fields": ["alt-speed-enabled", "alt-speed-down", "alt-speed-up"]}),
+    );
+    assert_eq!(
+        serde_json::Value::Object(session),
+        serde_json::json!({"alt-speed-enabled": false, "alt-speed-down": 0, "alt-speed-up": 0})
+    );
+    d.stop("TERM");
+}
+
+#[test]
+fn blocklist_update_is_refused_saying_btd_has_no_blocklist() {
+    let (_home, mut d, addr) = bare_rpc_daemon("rpc-blocklist");
+    let (success, text) = remote(addr, &["--blocklist-update"]);
+    assert!(!success && text.contains("btd has no blocklist"), "{text}");
+    d.stop("TERM");
+}
+
+#[test]
+fn port_test_is_refused_saying_btd_cannot_tell() {
+    let (_home, mut d, addr) = bare_rpc_daemon("rpc-port-test");
+    let (success, text) = remote(addr, &["--port-test"]);
+    assert!(
+        !success && text.contains("port-test: btd does not ask"),
+        "{text}"
+    );
+    d.stop("TERM");
+}

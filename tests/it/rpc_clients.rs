@@ -185,25 +185,36 @@ fn sonarrs_requests_get_answers_of_the_shapes_it_reads() {
         Some(t["downloadDir"].as_str())
     );
 
-    // torrent-set as Sonarr sends it: its ratio limit applies; an idle limit btd does not have
-    // is named in a non-success result, never silently taken.
+    // torrent-set as Sonarr sends it: its ratio and idle limits apply.
     let hash = json!([p.info_hash]);
-    let result = rpc.result(
+    rpc.ok(
         "torrent-set",
         json!({"ids": hash, "seedRatioLimit": 2.0, "seedRatioMode": 1,
                "seedIdleLimit": 60, "seedIdleMode": 1}),
     );
-    assert!(result.contains("seedIdleMode"), "{result}");
     rpc.ok(
         "torrent-set",
         json!({"ids": hash, "labels": ["tv-sonarr-imported"]}),
     );
     rpc.ok("queue-move-top", json!({ "ids": hash }));
-    let t = &rpc.torrents(hash.clone(), &["labels", "seedRatioLimit", "seedRatioMode"])[0];
+    let t = &rpc.torrents(
+        hash.clone(),
+        &[
+            "labels",
+            "seedRatioLimit",
+            "seedRatioMode",
+            "seedIdleLimit",
+            "seedIdleMode",
+        ],
+    )[0];
     assert_eq!(t["labels"], json!(["tv-sonarr-imported"]), "{t:?}");
     assert_eq!(
         (t["seedRatioLimit"].as_f64(), t["seedRatioMode"].as_u64()),
         (Some(2.0), Some(1))
+    );
+    assert_eq!(
+        (&t["seedIdleLimit"], &t["seedIdleMode"]),
+        (&json!(60), &json!(1))
     );
 
     // torrent-remove with delete-local-data: gone from the daemon and from the disk.
@@ -233,7 +244,7 @@ fn sonarrs_requests_get_answers_of_the_shapes_it_reads() {
 }
 
 /// Runs `trpc_client.py --host IP --port N ARGS...` with the venv's Python; returns its JSON.
-fn trpc(addr: SocketAddr, args: &[&str]) -> Value {
+pub(crate) fn trpc(addr: SocketAddr, args: &[&str]) -> Value {
     let python = require_transmission_rpc();
     let mut cmd = Command::new(python);
     cmd.arg(client_script("trpc_client.py"))
