@@ -241,6 +241,18 @@ impl Metainfo {
     /// `Read` when the file cannot be read, `Invalid` (naming the file and the reason) when it is
     /// not a valid torrent, `Unsupported` when it is one btd cannot handle.
     pub fn from_file(path: &Path) -> Result<Self, MetainfoError> {
+        let meta = Self::load_file(path)?;
+        for warning in &meta.about.warnings {
+            log::warn!("{}: {warning}", path.display());
+        }
+        Ok(meta)
+    }
+
+    /// [`Metainfo::from_file`] without logging the warnings (`btd info` prints them).
+    ///
+    /// # Errors
+    /// As [`Metainfo::from_file`].
+    pub fn load_file(path: &Path) -> Result<Self, MetainfoError> {
         let bytes = std::fs::read(path).map_err(|source| MetainfoError::Read {
             path: path.to_owned(),
             source,
@@ -255,9 +267,6 @@ impl Metainfo {
                 reason,
             },
         })?;
-        for warning in &meta.about.warnings {
-            log::warn!("{}: {warning}", path.display());
-        }
         Ok(meta)
     }
 

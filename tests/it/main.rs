@@ -8,6 +8,7 @@ mod support;
 mod btd_tracker;
 mod cli;
 mod cli_rpc;
+mod corpora;
 mod create;
 mod daemon;
 mod daemon_accounting;

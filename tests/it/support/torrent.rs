@@ -54,6 +54,30 @@ impl TorrentInfo {
     }
 }
 
+/// Reads each of `torrents` with libtorrent in one process: libtorrent's listing, or its
+/// refusal.
+pub fn read_each(torrents: &[std::path::PathBuf]) -> Vec<Result<TorrentInfo, String>> {
+    require_libtorrent();
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(client_script("torrent_info.py"))
+        .arg("--each")
+        .args(torrents);
+    let out = run_to_end("torrent_info.py --each", cmd, SHORT);
+    out.assert_success();
+    let lines: Vec<_> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), torrents.len(), "{}", out.description);
+    lines
+        .iter()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            match value["error"].as_str() {
+                Some(error) => Err(error.to_owned()),
+                None => Ok(serde_json::from_value(value).expect("torrent_info.py's keys")),
+            }
+        })
+        .collect()
+}
+
 /// `mktorrent -l PIECE_LEN_LOG2 [-a URL]... -o OUT SRC`; panics when it fails.
 pub fn mktorrent(src: &Path, out: &Path, piece_len_log2: u32, announce: &[String]) {
     require_program("mktorrent", "mktorrent");
