@@ -596,6 +596,8 @@ fn list_files(
         path.extend(&kept);
         if file.get("symlink path").is_some() || attr.symlink.is_some() {
             attr.symlink = symlink_target(file, name, index, attr.symlink.is_some())?;
+            // A link's mode is its target's.
+            attr.executable &= attr.symlink.is_none();
         }
         out.push(Listed {
             path,
@@ -952,12 +954,6 @@ fn walk_tree(node: &Value<'_>, at: &mut Vec<String>, out: &mut Vec<(String, u64)
     };
     for (key, child) in entries {
         if key.is_empty() {
-            let Some(len) = child.get("length").and_then(Value::as_int) else {
-                return false;
-            };
-            let Ok(len) = u64::try_from(len) else {
-                return false;
-            };
             if child
                 .get("attr")
                 .and_then(Value::as_bytes)
@@ -965,6 +961,12 @@ fn walk_tree(node: &Value<'_>, at: &mut Vec<String>, out: &mut Vec<(String, u64)
             {
                 continue;
             }
+            let Some(len) = child.get("length").and_then(Value::as_int) else {
+                return false;
+            };
+            let Ok(len) = u64::try_from(len) else {
+                return false;
+            };
             out.push((at.join("/"), len));
             continue;
         }

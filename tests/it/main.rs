@@ -5,6 +5,7 @@
 
 mod support;
 
+mod bep47;
 mod btd_tracker;
 mod cli;
 mod cli_rpc;

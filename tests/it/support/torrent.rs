@@ -1,4 +1,5 @@
-//! Torrents made and read by programs that are not btd: mktorrent writes them, libtorrent (through
+//! Torrents made and read by programs that are not btd: mktorrent and libtorrent
+//! (`scripts/clients/lt_create.py`) write them, libtorrent (through
 //! `scripts/clients/torrent_info.py`) reads them back.
 
 use super::process::run_to_end;
@@ -76,6 +77,22 @@ pub fn read_each(torrents: &[std::path::PathBuf]) -> Vec<Result<TorrentInfo, Str
             }
         })
         .collect()
+}
+
+/// `lt_create.py DIR OUT --piece-length N [--symlinks]`: a torrent as libtorrent 2's
+/// `create_torrent` makes it by default (a hybrid with BEP 47 pad files); panics when it fails.
+pub fn lt_create(dir: &Path, out: &Path, piece_len: u32, symlinks: bool) {
+    require_libtorrent();
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(client_script("lt_create.py"))
+        .arg(dir)
+        .arg(out)
+        .arg("--piece-length")
+        .arg(piece_len.to_string());
+    if symlinks {
+        cmd.arg("--symlinks");
+    }
+    run_to_end("lt_create.py", cmd, SHORT).assert_success();
 }
 
 /// `mktorrent -l PIECE_LEN_LOG2 [-a URL]... -o OUT SRC`; panics when it fails.
