@@ -1,8 +1,10 @@
-//! Malformed torrents, typed by hand as bencode: path traversal, absolute paths, duplicate files
-//! (and a file that is also a directory), absurd piece counts, hashes that do not add up, no
-//! pieces, a piece length that is not a multiple of 16 KiB. `btd download` and `btd seed` exit 2
-//! naming the file and the reason, write nothing, and the daemon renames each one `*.invalid` in
-//! its watch directory with a log line saying why, and keeps going.
+//! Malformed torrents, typed by hand as bencode: a symlink leaving the torrent, a key twice, a
+//! v2-only torrent, a file that is also a directory, absurd piece counts, hashes that do not add
+//! up, no pieces, a piece length that is not a multiple of 16 KiB. `btd download` and `btd seed`
+//! exit 2 naming the file and the reason, write nothing, and the daemon renames each one
+//! `*.invalid` in its watch directory with a log line saying why, and keeps going. Path
+//! traversal, absolute paths and duplicate files load sanitised: every file lands inside the
+//! torrent's directory.
 
 use crate::support::daemon::{DaemonHome, drop_into, watch_renamed, within};
 use crate::support::{Btd, SHORT, TempDir, next_ip, wait_until};
@@ -137,6 +139,52 @@ fn download_and_seed_refuse_each_malformed_torrent_with_exit_2_naming_the_file_a
         0,
         "a refused torrent wrote into the download dir"
     );
+}
+
+#[test]
+fn traversal_absolute_and_duplicate_paths_are_created_inside_the_torrents_directory() {
+    let tmp = TempDir::new("malformed-sanitised");
+    let out = tmp.subdir("work/out");
+    let path = tmp.path().join("evil.torrent");
+    let list = [
+        (3, "l2:..4:evile"),
+        (3, "l4:/tmp4:evile"),
+        (3, "l1:a2:..2:..2:..4:evile"),
+        (3, "l12:../../x/../ye"),
+        (3, "l4:evile"),
+        (3, "l0:e"),
+    ];
+    fs::write(&path, torrent(&files(&list, 16384), 1)).expect("write torrent");
+    let mut btd = Btd::download("btd sanitised", &path, &out, next_ip(), &[], false);
+    let want = [
+        "d/evil",
+        "d/tmp/evil",
+        "d/a/evil",
+        "d/....x..y",
+        "d/evil.1",
+        "d/_",
+    ];
+    wait_until(within(SHORT), "the torrent's files created", || {
+        want.iter().all(|f| out.join(f).is_file())
+    });
+    btd.terminate_and_assert_ok(SHORT);
+    let mut created = Vec::new();
+    let mut stack = vec![tmp.join("work")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).expect("read dir") {
+            let p = entry.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                created.push(p.strip_prefix(&out).expect("inside out").to_owned());
+            }
+        }
+    }
+    created.sort();
+    let mut want: Vec<_> = want.iter().map(std::path::PathBuf::from).collect();
+    want.sort();
+    assert_eq!(created, want);
+    assert!(!tmp.join("evil").exists() && !tmp.join("x").exists());
 }
 
 #[test]
