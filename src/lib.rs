@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod engine;
 pub mod hex;
 pub mod http_server;
+pub mod inspect;
 pub mod listener;
 pub mod magnet;
 pub mod metadata_fetch;

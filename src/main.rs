@@ -75,9 +75,20 @@ enum Command {
     /// List the daemon's torrents (over its RPC).
     List,
     /// Show torrents in detail: state, progress, totals, trackers, files.
+    ///
+    /// An argument that is a `magnet:` link or the path of an existing file is read locally
+    /// (no daemon needed): name, info hashes, size, pieces, trackers, web seeds, the files with
+    /// the paths btd will write (beside the torrent's own when they differ; pad files hidden),
+    /// creator, comment, source and warnings; exit 0 when btd can load it, 2 with the reason
+    /// when not. Anything else is a torrent of the running daemon (number, name or hash prefix).
+    #[command(verbatim_doc_comment)]
     Info {
-        #[arg(value_name = "ID", required = true)]
+        #[arg(value_name = "ID|TORRENT|MAGNET", required = true)]
         ids: Vec<String>,
+        /// With a .torrent file or a magnet link: print one JSON object instead (keys in
+        /// README.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Hand a .torrent or a magnet link to the running daemon: over its RPC, else through its
     /// watch directory.
@@ -341,7 +352,13 @@ fn run(cli: Cli) -> Result<(), CommandError> {
         Command::Daemon => unreachable!("handled before logging starts"),
         Command::Status => status(cli.config.as_deref()),
         Command::List => remote::list(&load_config(cli.config.as_deref())?, rpc),
-        Command::Info { ids } => remote::info(&load_config(cli.config.as_deref())?, rpc, &ids),
+        Command::Info { ids, json } => match ids.as_slice() {
+            [one] if btd::inspect::is_local(one) => btd::inspect::run(one, json),
+            _ if json => Err(CommandError::BadInput(
+                "--json is for one .torrent file or magnet link".into(),
+            )),
+            _ => remote::info(&load_config(cli.config.as_deref())?, rpc, &ids),
+        },
         Command::Add {
             torrent,
             paused,

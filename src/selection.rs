@@ -166,6 +166,7 @@ mod tests {
                     path: PathBuf::from(format!("t/f{i}")),
                     len,
                     offset,
+                    attr: Default::default(),
                 };
                 offset += len;
                 entry

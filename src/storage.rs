@@ -9,6 +9,11 @@
 //! wanted it is created and its bytes are copied out of the part file; a file that exists stays
 //! where it is whatever its selection. Each file's place sits behind a read-write lock taken
 //! for every read and write, so a change of place never races a write.
+//!
+//! BEP 47: a pad file is never created, read or written (its bytes read as zeros, writes to it
+//! are dropped); a file with the `x` attribute is made executable when created; a symlink entry
+//! becomes a relative symbolic link to its target (inside the torrent's directory) once the
+//! files are created.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -69,6 +74,8 @@ enum Place {
     File(File),
     /// Not created (nobody wants it): in the part file, at the torrent offset.
     Part,
+    /// A BEP 47 pad file: zeros, never on disk.
+    Pad,
 }
 
 /// The part file: bytes of wanted pieces that lie in files not created.
@@ -132,6 +139,7 @@ impl Storage {
         let kept_out = |index: usize, abs_path: &Path| {
             unwanted(index)
                 && meta.files[index].len > 0
+                && meta.files[index].on_disk()
                 && std::fs::symlink_metadata(abs_path).is_err()
         };
         let mut part = None;
@@ -150,7 +158,11 @@ impl Storage {
         let mut files = Vec::with_capacity(meta.files.len());
         for (index, entry) in meta.files.iter().enumerate() {
             let abs_path = root.join(&entry.path);
-            let (place, had_data) = if entry.len == 0 && mode == OpenMode::Download {
+            let (place, had_data) = if entry.attr.pad {
+                (Place::Pad, true)
+            } else if entry.attr.symlink.is_some() {
+                (Place::Empty, false)
+            } else if entry.len == 0 && mode == OpenMode::Download {
                 if !unwanted(index) {
                     create_file(&abs_path, 0)?;
                 }
@@ -161,6 +173,9 @@ impl Storage {
                 match mode {
                     OpenMode::Download => {
                         let (file, existing) = create_file(&abs_path, entry.len)?;
+                        if entry.attr.executable {
+                            make_executable(&file, &abs_path)?;
+                        }
                         (Place::File(file), existing > 0)
                     }
                     OpenMode::Seed => {
@@ -191,6 +206,15 @@ impl Storage {
                 place: parking_lot::RwLock::new(place),
                 had_data,
             });
+        }
+        if mode == OpenMode::Download {
+            for (index, entry) in meta.files.iter().enumerate() {
+                if let Some(target) = &entry.attr.symlink
+                    && !unwanted(index)
+                {
+                    make_symlink(root, &entry.path, target)?;
+                }
+            }
         }
         Ok(Self {
             files,
@@ -294,6 +318,10 @@ impl Storage {
                     .part()
                     .read_exact_at(out, file.entry.offset + seg.file_offset),
                 Place::Empty => Ok(()),
+                Place::Pad => {
+                    out.fill(0);
+                    Ok(())
+                }
             };
             result.map_err(|source| StorageError::Read {
                 path: self.path_of(file),
@@ -336,7 +364,8 @@ impl Storage {
                 Place::Part => self
                     .part()
                     .write_all_at(bytes, file.entry.offset + seg.file_offset),
-                Place::Empty => Ok(()),
+                // Zeros by definition: nothing to keep.
+                Place::Empty | Place::Pad => Ok(()),
             };
             result.map_err(|source| StorageError::Write {
                 path: self.path_of(file),
@@ -470,7 +499,7 @@ impl Storage {
         self.files
             .iter()
             .zip(touched)
-            .filter(|(_, t)| *t)
+            .filter(|(f, t)| *t && f.entry.on_disk())
             .map(|(f, _)| f.entry.path.clone())
             .collect()
     }
@@ -523,6 +552,60 @@ fn create_file(path: &Path, len: u64) -> Result<(File, u64), StorageError> {
     Ok((file, existing))
 }
 
+/// Adds the executable bits where the file has read bits (BEP 47 `x`).
+fn make_executable(file: &File, path: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let open_err = |source| StorageError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut perms = file.metadata().map_err(open_err)?.permissions();
+    let mode = perms.mode();
+    perms.set_mode(mode | ((mode & 0o444) >> 2));
+    file.set_permissions(perms).map_err(open_err)
+}
+
+/// Makes `link` (relative to `root`) a symbolic link to `target` (relative to `root` too),
+/// written relative to the link's directory so the torrent's directory can move. A symlink
+/// already there is replaced; anything else there is an error.
+fn make_symlink(root: &Path, link: &Path, target: &Path) -> Result<(), StorageError> {
+    let abs = root.join(link);
+    let open_err = |source| StorageError::Open {
+        path: abs.clone(),
+        source,
+    };
+    let from: Vec<_> = link
+        .parent()
+        .map(|p| p.components().collect())
+        .unwrap_or_default();
+    let to: Vec<_> = target.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut relative = PathBuf::new();
+    for _ in common..from.len() {
+        relative.push("..");
+    }
+    relative.extend(&to[common..]);
+    if let Some(dir) = abs.parent() {
+        std::fs::create_dir_all(dir).map_err(open_err)?;
+    }
+    match std::fs::symlink_metadata(&abs) {
+        Ok(m) if m.file_type().is_symlink() => {
+            if std::fs::read_link(&abs).ok().as_deref() == Some(relative.as_path()) {
+                return Ok(());
+            }
+            std::fs::remove_file(&abs).map_err(open_err)?;
+        }
+        Ok(_) => {
+            return Err(open_err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the torrent has a symlink here, but something else is in its place",
+            )));
+        }
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(&relative, &abs).map_err(open_err)
+}
+
 /// Reads what there is of `buf.len()` bytes at `offset` (a sparse or short file ends early).
 fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut done = 0;
@@ -573,6 +656,7 @@ mod tests {
                     path: PathBuf::from(format!("f{i}")),
                     len,
                     offset,
+                    attr: Default::default(),
                 };
                 offset += len;
                 e
@@ -648,6 +732,68 @@ mod tests {
         drop(storage);
         let reopened = Storage::open(&dir, &meta, OpenMode::Seed).unwrap();
         assert!(reopened.verify(&hashes, 2, &Default::default()).is_full());
+    }
+
+    #[test]
+    fn pad_files_are_zeros_never_on_disk_executables_and_symlinks_are_made() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = crate::test_dir::TempDir::new("storage-bep47");
+        let dir = tmp.0.clone();
+        // a (10 bytes, executable), a pad to the piece boundary, b (5 bytes), a link to b.
+        let mut files = entries(&[10, 16374, 5, 0]);
+        let names = ["t/a", "t/.pad/16374", "t/sub/b", "t/link/to-b"];
+        for (f, name) in files.iter_mut().zip(names) {
+            f.path = PathBuf::from(name);
+        }
+        files[0].attr.executable = true;
+        files[1].attr.pad = true;
+        files[3].attr.symlink = Some(PathBuf::from("t/sub/b"));
+        let mut data = vec![0u8; 16384 + 5];
+        data[..10].copy_from_slice(b"0123456789");
+        data[16384..].copy_from_slice(b"hello");
+        let hashes: Vec<[u8; 20]> = data.chunks(16384).map(|c| Sha1::digest(c).into()).collect();
+        let meta = Metainfo {
+            info_hash: crate::metainfo::InfoHash([0; 20]),
+            name: "t".into(),
+            geometry: Geometry::new(data.len() as u64, 16384),
+            files,
+            piece_hashes: hashes.clone(),
+            announce: None,
+            announce_list: None,
+            private: false,
+            about: Default::default(),
+            info_bytes: std::sync::Arc::from(&b""[..]),
+        };
+        let storage = Storage::open(&dir, &meta, OpenMode::Download).unwrap();
+        // A peer's piece whose pad bytes are not zeros loses them: they are never stored.
+        let mut dirty = data[..16384].to_vec();
+        dirty[20] = 0xff;
+        storage.write_piece(0, &dirty).unwrap();
+        storage.write_piece(1, &data[16384..]).unwrap();
+        assert!(!dir.join("t/.pad").exists());
+        let mut back = vec![1u8; 16384];
+        storage.read(0, 0, &mut back).unwrap();
+        assert_eq!(back, data[..16384]);
+        let mode = std::fs::metadata(dir.join("t/a"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, (mode & 0o444) >> 2, "{mode:o}");
+        assert_ne!(mode & 0o100, 0);
+        assert_eq!(
+            std::fs::read_link(dir.join("t/link/to-b")).unwrap(),
+            PathBuf::from("../sub/b")
+        );
+        assert_eq!(std::fs::read(dir.join("t/link/to-b")).unwrap(), b"hello");
+        drop(storage);
+        // Seeding the data as another client leaves it: no pad files, no symlink needed.
+        std::fs::remove_file(dir.join("t/link/to-b")).unwrap();
+        let seed = Storage::open(&dir, &meta, OpenMode::Seed).unwrap();
+        assert!(seed.verify(&hashes, 1, &Default::default()).is_full());
+        assert_eq!(
+            seed.files_of_pieces(0..2),
+            vec![PathBuf::from("t/a"), PathBuf::from("t/sub/b")]
+        );
     }
 
     #[test]

@@ -2,12 +2,15 @@
 """Print what libtorrent reads from a .torrent file, as one JSON object on stdout.
 
     torrent_info.py FILE.torrent
+    torrent_info.py --each FILE.torrent...
+
 
 Keys: name, info_hash (v1, 40 hex digits), piece_length, num_pieces, total_size,
 files ([{path, size}], paths relative to the torrent's root, '/'-separated, the torrent name
 first for a multi-file torrent), trackers ([{url, tier}]), private, comment, creator.
 btd's tests use it to read back what `btd create` wrote with a reader that is not ours.
-Exit 1 with a message when libtorrent cannot read the file.
+Exit 1 with a message when libtorrent cannot read the file. With --each, one JSON object per
+line for each file in turn, {"file": FILE, "error": MESSAGE} for one libtorrent refuses, exit 0.
 """
 
 import json
@@ -20,17 +23,9 @@ except ImportError as err:  # pragma: no cover - depends on the machine
     sys.exit(1)
 
 
-def main(argv):
-    if len(argv) != 1:
-        sys.stderr.write("usage: torrent_info.py FILE.torrent\n")
-        return 2
-    try:
-        ti = lt.torrent_info(argv[0])
-    except RuntimeError as err:
-        sys.stderr.write("torrent_info: %s: %s\n" % (argv[0], err))
-        return 1
+def describe(ti):
     fs = ti.files()
-    out = {
+    return {
         "name": ti.name(),
         "info_hash": str(ti.info_hashes().v1),
         "piece_length": ti.piece_length(),
@@ -46,7 +41,28 @@ def main(argv):
         "comment": ti.comment(),
         "creator": ti.creator(),
     }
-    json.dump(out, sys.stdout)
+
+
+def main(argv):
+    if len(argv) >= 1 and argv[0] == "--each":
+        for path in argv[1:]:
+            try:
+                out = describe(lt.torrent_info(path))
+            except RuntimeError as err:
+                out = {"error": str(err)}
+            out["file"] = path
+            json.dump(out, sys.stdout)
+            sys.stdout.write("\n")
+        return 0
+    if len(argv) != 1:
+        sys.stderr.write("usage: torrent_info.py FILE.torrent | --each FILE.torrent...\n")
+        return 2
+    try:
+        ti = lt.torrent_info(argv[0])
+    except RuntimeError as err:
+        sys.stderr.write("torrent_info: %s: %s\n" % (argv[0], err))
+        return 1
+    json.dump(describe(ti), sys.stdout)
     sys.stdout.write("\n")
     return 0
 

@@ -264,6 +264,7 @@ mod tests {
                 path: PathBuf::from(name),
                 len: data.len() as u64,
                 offset: 0,
+                attr: Default::default(),
             }],
             piece_hashes: hashes.clone(),
             announce: None,

@@ -6,9 +6,11 @@
 
 mod support;
 
+mod bep47;
 mod btd_tracker;
 mod cli;
 mod cli_rpc;
+mod corpora;
 mod create;
 mod daemon;
 mod daemon_accounting;

@@ -1,8 +1,10 @@
-//! Malformed torrents, typed by hand as bencode: path traversal, absolute paths, duplicate files
-//! (and a file that is also a directory), absurd piece counts, hashes that do not add up, no
-//! pieces, a piece length that is not a multiple of 16 KiB. `btd download` and `btd seed` exit 2
-//! naming the file and the reason, write nothing, and the daemon renames each one `*.invalid` in
-//! its watch directory with a log line saying why, and keeps going.
+//! Malformed torrents, typed by hand as bencode: a symlink leaving the torrent, a key twice, a
+//! v2-only torrent, a file that is also a directory, absurd piece counts, hashes that do not add
+//! up, no pieces, a piece length that is not a multiple of 16 KiB. `btd download` and `btd seed`
+//! exit 2 naming the file and the reason, write nothing, and the daemon renames each one
+//! `*.invalid` in its watch directory with a log line saying why, and keeps going. Path
+//! traversal, absolute paths and duplicate files load sanitised: every file lands inside the
+//! torrent's directory.
 
 use crate::support::daemon::{DaemonHome, drop_into, watch_renamed, within};
 use crate::support::{Btd, SHORT, TempDir, next_ip, wait_until};
@@ -35,49 +37,47 @@ fn files(list: &[(u64, &str)], piece_len: u64) -> String {
 fn cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     vec![
         (
-            "traversal.torrent",
-            torrent(&files(&[(3, "l2:..4:evile")], 16384), 1),
-            "file \"../evil\": path traversal (`..`)",
+            "symlink-escape.torrent",
+            torrent(
+                "d5:filesld6:lengthi3e4:pathl1:xeed4:attr1:l4:pathl4:linke12:symlink pathl2:..2:..3:etceee4:name1:d12:piece lengthi16384e#Pe",
+                1,
+            ),
+            "not a valid torrent: file 1: symlink target \"../../etc\" leaves the torrent's directory",
         ),
         (
-            "absolute.torrent",
-            torrent(&files(&[(3, "l4:/tmp4:evile")], 16384), 1),
-            "file \"/tmp/evil\": absolute path",
+            "duplicate-key.torrent",
+            torrent("d6:lengthi3e4:name1:a4:name1:b12:piece lengthi16384e#Pe", 1),
+            "not a valid torrent: not a bencoded torrent: dictionary key \"name\" appears twice",
         ),
         (
-            "absolute-name.torrent",
-            torrent("d6:lengthi3e4:name8:/tmp/x.y12:piece lengthi16384e#Pe", 1),
-            "name \"/tmp/x.y\": absolute path",
-        ),
-        (
-            "duplicate.torrent",
-            torrent(&files(&[(3, "l1:xe"), (4, "l1:xe")], 16384), 1),
-            "d/x: listed twice",
+            "v2-only.torrent",
+            b"d4:infod9:file treed1:ad0:d6:lengthi5eeee12:meta versioni2e4:name1:a12:piece lengthi16384eee".to_vec(),
+            "unsupported torrent: a v2-only torrent (BEP 52, `meta version` 2): btd cannot handle this version yet",
         ),
         (
             "file-and-dir.torrent",
             torrent(&files(&[(3, "l1:ae"), (4, "l1:a1:be")], 16384), 1),
-            "d/a: a file, and also the directory of d/a/b",
+            "not a valid torrent: d/a: a file, and also the directory of d/a/b",
         ),
         (
             "huge.torrent",
             torrent(&files(&[(1 << 50, "l1:xe")], 16384), 1),
-            "1125899906842624 bytes in pieces of 16384 make 68719476736 pieces, over the limit of 2097152",
+            "unsupported torrent: 1125899906842624 bytes in pieces of 16384 make 68719476736 pieces, over btd's limit of 2097152",
         ),
         (
             "inconsistent.torrent",
             torrent(&files(&[(100_000, "l1:xe")], 16384), 2),
-            "2 piece hashes for 100000 bytes in pieces of 16384 (expected 7)",
+            "not a valid torrent: 2 piece hashes for 100000 bytes in pieces of 16384 (expected 7)",
         ),
         (
             "no-pieces.torrent",
             torrent(&files(&[(100_000, "l1:xe")], 16384), 0),
-            "no pieces: `pieces` is empty",
+            "not a valid torrent: no pieces: `pieces` is empty",
         ),
         (
             "odd-piece-length.torrent",
             torrent(&files(&[(100_000, "l1:xe")], 10_000), 10),
-            "piece length 10000: not a multiple of 16 KiB (16384)",
+            "not a valid torrent: piece length 10000: not a multiple of 16 KiB (16384)",
         ),
     ]
 }
@@ -117,7 +117,7 @@ fn download_and_seed_refuse_each_malformed_torrent_with_exit_2_naming_the_file_a
                 "btd {sub} {name}: {}",
                 out.description
             );
-            let want = format!("{}: not a valid torrent: {reason}", path.display());
+            let want = format!("{}: {reason}", path.display());
             assert!(
                 out.stderr.contains(&want),
                 "btd {sub} {name}: the error does not say {want:?}: {}",
@@ -142,6 +142,52 @@ fn download_and_seed_refuse_each_malformed_torrent_with_exit_2_naming_the_file_a
 }
 
 #[test]
+fn traversal_absolute_and_duplicate_paths_are_created_inside_the_torrents_directory() {
+    let tmp = TempDir::new("malformed-sanitised");
+    let out = tmp.subdir("work/out");
+    let path = tmp.path().join("evil.torrent");
+    let list = [
+        (3, "l2:..4:evile"),
+        (3, "l4:/tmp4:evile"),
+        (3, "l1:a2:..2:..2:..4:evile"),
+        (3, "l12:../../x/../ye"),
+        (3, "l4:evile"),
+        (3, "l0:e"),
+    ];
+    fs::write(&path, torrent(&files(&list, 16384), 1)).expect("write torrent");
+    let mut btd = Btd::download("btd sanitised", &path, &out, next_ip(), &[], false);
+    let want = [
+        "d/evil",
+        "d/tmp/evil",
+        "d/a/evil",
+        "d/....x..y",
+        "d/evil.1",
+        "d/_",
+    ];
+    wait_until(within(SHORT), "the torrent's files created", || {
+        want.iter().all(|f| out.join(f).is_file())
+    });
+    btd.terminate_and_assert_ok(SHORT);
+    let mut created = Vec::new();
+    let mut stack = vec![tmp.join("work")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).expect("read dir") {
+            let p = entry.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                created.push(p.strip_prefix(&out).expect("inside out").to_owned());
+            }
+        }
+    }
+    created.sort();
+    let mut want: Vec<_> = want.iter().map(std::path::PathBuf::from).collect();
+    want.sort();
+    assert_eq!(created, want);
+    assert!(!tmp.join("evil").exists() && !tmp.join("x").exists());
+}
+
+#[test]
 fn the_daemon_renames_malformed_torrents_in_its_watch_dir_invalid_and_says_why() {
     let tmp = TempDir::new("malformed-watch");
     let home = DaemonHome::new("malformed-watch");
@@ -158,7 +204,8 @@ fn the_daemon_renames_malformed_torrents_in_its_watch_dir_invalid_and_says_why()
         wait_until(within(SHORT), &format!("{name} renamed *.invalid"), || {
             invalid.exists() && !dropped.exists()
         });
-        let line = d.wait_log_contains(mark, SHORT, &format!("{name}: not a valid torrent"));
+        let kind = reason.split(':').next().unwrap_or_default();
+        let line = d.wait_log_contains(mark, SHORT, &format!("{name}: {kind}"));
         assert!(
             line.contains(reason),
             "{name}: the log line does not say {reason:?}: {line}"

@@ -18,7 +18,7 @@ mod tracker;
 pub use process::{
     Btd, LtClient, PeerSpec, Proc, ScriptClient, Transmission, parse_rpc_serving, run_to_end,
 };
-pub use torrent::{TorrentInfo, mktorrent};
+pub use torrent::{TorrentInfo, lt_create, mktorrent, read_each};
 pub use tracker::{
     Announce, FakeTracker, OpenTracker, RecordingTracker, SilentTracker, TrackerReply, closed_port,
     describe_announces, free_port,

@@ -1,4 +1,5 @@
-//! Torrents made and read by programs that are not btd: mktorrent writes them, libtorrent (through
+//! Torrents made and read by programs that are not btd: mktorrent and libtorrent
+//! (`scripts/clients/lt_create.py`) write them, libtorrent (through
 //! `scripts/clients/torrent_info.py`) reads them back.
 
 use super::process::run_to_end;
@@ -52,6 +53,46 @@ impl TorrentInfo {
             )
         })
     }
+}
+
+/// Reads each of `torrents` with libtorrent in one process: libtorrent's listing, or its
+/// refusal.
+pub fn read_each(torrents: &[std::path::PathBuf]) -> Vec<Result<TorrentInfo, String>> {
+    require_libtorrent();
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(client_script("torrent_info.py"))
+        .arg("--each")
+        .args(torrents);
+    let out = run_to_end("torrent_info.py --each", cmd, SHORT);
+    out.assert_success();
+    let lines: Vec<_> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), torrents.len(), "{}", out.description);
+    lines
+        .iter()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            match value["error"].as_str() {
+                Some(error) => Err(error.to_owned()),
+                None => Ok(serde_json::from_value(value).expect("torrent_info.py's keys")),
+            }
+        })
+        .collect()
+}
+
+/// `lt_create.py DIR OUT --piece-length N [--symlinks]`: a torrent as libtorrent 2's
+/// `create_torrent` makes it by default (a hybrid with BEP 47 pad files); panics when it fails.
+pub fn lt_create(dir: &Path, out: &Path, piece_len: u32, symlinks: bool) {
+    require_libtorrent();
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(client_script("lt_create.py"))
+        .arg(dir)
+        .arg(out)
+        .arg("--piece-length")
+        .arg(piece_len.to_string());
+    if symlinks {
+        cmd.arg("--symlinks");
+    }
+    run_to_end("lt_create.py", cmd, SHORT).assert_success();
 }
 
 /// `mktorrent -l PIECE_LEN_LOG2 [-a URL]... -o OUT SRC`; panics when it fails.
