@@ -382,6 +382,8 @@ fn check_component(name: &str) -> Result<(), &'static str> {
         Err("path traversal (`..`)")
     } else if name == "." {
         Err("path component `.`")
+    } else if name.starts_with(['/', '\\']) {
+        Err("absolute path")
     } else if name.contains(['/', '\\']) {
         Err("path component contains a separator")
     } else if name.contains('\0') {
