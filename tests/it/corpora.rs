@@ -55,14 +55,32 @@ struct Case {
     format: String,
 }
 
+/// `../shared/corpora` beside the project: `$BTD_CORPORA` when set, else the first
+/// `shared/corpora` in the checkout's parent or above it (a clone elsewhere, such as CI's, looks
+/// in this machine's `/work/shared/corpora` last). Missing corpora fail the test: it must not
+/// pass by checking nothing.
 fn corpora() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora");
-    assert!(
-        dir.join("README.md").is_file(),
-        "the corpora are not at {}: this test needs them",
-        dir.display()
-    );
-    dir
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let candidates: Vec<PathBuf> = std::env::var_os("BTD_CORPORA")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            manifest
+                .ancestors()
+                .skip(1)
+                .map(|a| a.join("shared/corpora")),
+        )
+        .chain([PathBuf::from("/work/shared/corpora")])
+        .collect();
+    candidates
+        .iter()
+        .find(|dir| dir.join("README.md").is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "the corpora are in none of {candidates:?}: this test needs them (set BTD_CORPORA)"
+            )
+        })
 }
 
 fn cases() -> Vec<Case> {
