@@ -507,20 +507,7 @@ impl Storage {
 
 impl PartFile {
     fn open(path: &Path) -> Result<Self, StorageError> {
-        let open_err = |source| StorageError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(open_err)?;
-        }
-        let handle = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(open_err)?;
+        let (handle, _) = create_file(path, 0)?;
         Ok(Self {
             path: path.to_owned(),
             handle,
