@@ -116,7 +116,8 @@ impl Selection {
     }
 
     /// Each piece's priority level (see [`Priority::level`]): the highest of the files it
-    /// overlaps. Zero-length files overlap nothing.
+    /// overlaps. Zero-length files overlap nothing, and BEP 47 pad files count for nothing (a
+    /// piece holding a skipped file's end and the pad after it is not wanted).
     #[must_use]
     pub fn piece_levels(&self, geometry: &Geometry, files: &[FileEntry]) -> Vec<u8> {
         let mut levels = vec![0u8; geometry.num_pieces as usize];
@@ -125,7 +126,7 @@ impl Selection {
         }
         let piece_len = u64::from(geometry.piece_len);
         for (index, file) in files.iter().enumerate() {
-            if file.len == 0 {
+            if file.len == 0 || !file.on_disk() {
                 continue;
             }
             let level = self.get(index).level();
@@ -195,6 +196,17 @@ mod tests {
             25
         );
         assert_eq!(sel.wanted(4), vec![true, false, true, true]);
+    }
+
+    #[test]
+    fn a_pad_file_wants_nothing_of_the_piece_it_ends() {
+        // f0 = 0..15, its pad 15..20 (pieces of 10), f2 = 20..30.
+        let mut files = files(&[15, 5, 10]);
+        files[1].attr.pad = true;
+        let geometry = Geometry::new(30, 10);
+        let mut sel = Selection::all();
+        sel.set(3, 0, Priority::Skip);
+        assert_eq!(sel.piece_levels(&geometry, &files), vec![0, 0, 2]);
     }
 
     #[test]
