@@ -147,6 +147,10 @@ pub enum PeerError {
     Connect(std::io::Error),
     #[error("handshake: {0}")]
     Handshake(String),
+    /// The handshake carried our own peer id: we dialled ourselves (an address of ours, or one
+    /// a tracker or peer handed back to us).
+    #[error("handshake: our own peer id")]
+    SelfConnection,
     #[error("read failed: {0}")]
     Read(std::io::Error),
     #[error("write failed: {0}")]

@@ -197,7 +197,7 @@ fn run_connected(
         let _ = ctx.events.send(PeerEvent::ConnectFailed {
             peer,
             addr,
-            reason: PeerError::Handshake("our own peer id".into()),
+            reason: PeerError::SelfConnection,
         });
         return;
     }

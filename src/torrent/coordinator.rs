@@ -548,10 +548,7 @@ impl Coordinator {
                     self.global.peers.release();
                 }
                 debug!("torrent {}: {addr}: {reason}", self.name());
-                self.on_addr_failed(
-                    addr,
-                    matches!(reason, PeerError::Handshake(ref r) if r.contains("own peer id")),
-                );
+                self.on_addr_failed(addr, matches!(reason, PeerError::SelfConnection));
             }
             PeerEvent::Bitfield { peer, pieces } => self.on_bitfield(peer, pieces),
             PeerEvent::Have { peer, piece } => self.on_have(peer, piece),
