@@ -21,6 +21,7 @@ use sha1::{Digest, Sha1};
 
 use crate::config::Config;
 use crate::engine::{Engine, RunOptions};
+use crate::listener::FetchInbox;
 use crate::magnet::Magnet;
 use crate::metadata_fetch::{self, FetchError, FetchParams};
 use crate::metainfo::{InfoHash, MAX_PIECE_LEN, Metainfo};
@@ -294,16 +295,20 @@ fn magnet_metainfo(
         announce_timeout: limits.announce_timeout,
         udp_retransmit_base: limits.udp_retransmit_base,
         numwant: limits.numwant,
+        stop_timeout: limits.stop_timeout,
         timeout,
     };
-    let fetched = match metadata_fetch::fetch(&params, signals) {
-        Ok(fetched) => fetched,
-        Err(FetchError::Stopped) => {
-            info!("magnet {hash}: signal received; stopping");
-            return Ok(None);
-        }
-        Err(e) => return Err(CommandError::Runtime(format!("magnet {hash}: {e}"))),
-    };
+    // Peers the trackers send us dial in: the listener hands them to the fetch.
+    let inbox = engine.fetch_inbox(hash);
+    let fetched =
+        match metadata_fetch::fetch(&params, signals, inbox.as_ref().map(FetchInbox::receiver)) {
+            Ok(fetched) => fetched,
+            Err(FetchError::Stopped) => {
+                info!("magnet {hash}: signal received; stopping");
+                return Ok(None);
+            }
+            Err(e) => return Err(CommandError::Runtime(format!("magnet {hash}: {e}"))),
+        };
     // The fetch verified it; checked here too, so nothing is built from unverified bytes.
     if Sha1::digest(&fetched.info).as_slice() != hash.0 {
         return Err(CommandError::Runtime(format!(

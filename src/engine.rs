@@ -10,7 +10,7 @@ use log::info;
 use parking_lot::RwLock;
 use rand::RngExt;
 
-use crate::listener::{Listener, Registry};
+use crate::listener::{FetchInbox, Listener, Registry, Route};
 use crate::metainfo::Metainfo;
 use crate::ratelimit::Limits;
 use crate::selection::Selection;
@@ -137,7 +137,7 @@ impl Engine {
         })?;
         self.registry
             .write()
-            .insert(info_hash, Arc::clone(&handle.context));
+            .insert(info_hash, Route::Torrent(Arc::clone(&handle.context)));
         Ok(handle)
     }
 
@@ -165,6 +165,12 @@ impl Engine {
     /// Peer connections open across all torrents.
     pub fn peers_in_use(&self) -> usize {
         self.global.peers.used()
+    }
+
+    /// Routes incoming connections for `info_hash` to a metadata fetch until the inbox is
+    /// dropped; `None` when the torrent is already running.
+    pub fn fetch_inbox(&self, info_hash: crate::metainfo::InfoHash) -> Option<FetchInbox> {
+        FetchInbox::open(&self.registry, info_hash)
     }
 
     /// Removes a torrent from the listener's registry, so no new peer reaches it.

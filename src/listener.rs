@@ -7,6 +7,11 @@
 //! holds `peers.max_per_ip` incoming connections. A full peer budget does not refuse at accept:
 //! the torrent may make room for the newcomer by dropping a peer that does nothing useful
 //! (`torrent/admission.rs`), so the handshake goes on and the coordinator decides.
+//!
+//! The registry routes an info hash either to a running torrent or, while a magnet link's
+//! metadata is being fetched, to that fetch's inbox ([`Route::Fetch`], opened with
+//! [`FetchInbox::open`]): the connection, its handshake and its [`Slot`] go to the fetch, which
+//! asks the peer for the metadata (`metadata_fetch.rs`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -15,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use log::{debug, warn};
 use parking_lot::{Mutex, RwLock};
 
@@ -22,10 +28,78 @@ use crate::metainfo::InfoHash;
 use crate::peer::{self, TorrentContext};
 use crate::profile::{self, Role};
 use crate::ratelimit::Limits;
+use crate::wire::Handshake;
 
-/// Torrents that accept incoming peers, by info hash. Written when torrents start and stop,
-/// read once per incoming connection.
-pub type Registry = Arc<RwLock<HashMap<InfoHash, Arc<TorrentContext>>>>;
+/// Torrents that accept incoming peers, by info hash. Written when torrents start and stop and
+/// when metadata fetches begin and end, read once per incoming connection.
+pub type Registry = Arc<RwLock<HashMap<InfoHash, Route>>>;
+
+/// Where an incoming connection for one info hash goes.
+pub enum Route {
+    /// A running torrent: the connection becomes one of its peers.
+    Torrent(Arc<TorrentContext>),
+    /// A magnet link whose metadata is being fetched: the connection is handed to the fetch.
+    Fetch(Sender<Incoming>),
+}
+
+/// An accepted connection whose handshake named a magnet link being fetched: the fetch answers
+/// the handshake and asks the peer for the metadata.
+pub struct Incoming {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    /// The peer's handshake, already read.
+    pub handshake: Handshake,
+    /// Counts the connection against the listener's per-IP limit until dropped: keep it as
+    /// long as the connection.
+    pub slot: Slot,
+}
+
+/// Connections handed over at once to a fetch that has not taken them yet; beyond, they are
+/// closed.
+const FETCH_INBOX: usize = 16;
+
+/// A fetch's entry in the registry: incoming connections for its info hash arrive on
+/// [`FetchInbox::receiver`] until it is dropped, which removes the entry (unless a running
+/// torrent has replaced it meanwhile).
+pub struct FetchInbox {
+    registry: Registry,
+    info_hash: InfoHash,
+    sender: Sender<Incoming>,
+    receiver: Receiver<Incoming>,
+}
+
+impl FetchInbox {
+    /// Routes `info_hash` to a new inbox, unless a running torrent already has it (`None`).
+    pub fn open(registry: &Registry, info_hash: InfoHash) -> Option<Self> {
+        let (sender, receiver) = crossbeam_channel::bounded(FETCH_INBOX);
+        let mut routes = registry.write();
+        if matches!(routes.get(&info_hash), Some(Route::Torrent(_))) {
+            return None;
+        }
+        routes.insert(info_hash, Route::Fetch(sender.clone()));
+        Some(Self {
+            registry: Arc::clone(registry),
+            info_hash,
+            sender,
+            receiver,
+        })
+    }
+
+    /// Where the connections arrive.
+    pub fn receiver(&self) -> &Receiver<Incoming> {
+        &self.receiver
+    }
+}
+
+impl Drop for FetchInbox {
+    fn drop(&mut self) {
+        let mut routes = self.registry.write();
+        if matches!(routes.get(&self.info_hash), Some(Route::Fetch(s)) if s.same_channel(&self.sender))
+        {
+            routes.remove(&self.info_hash);
+        }
+    }
+}
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most incoming connections waiting for their handshake at once. Each holds a thread for up to
@@ -140,7 +214,7 @@ impl OpenConnections {
 }
 
 /// One counted incoming connection; uncounted on `Drop`.
-struct Slot {
+pub struct Slot {
     open: Arc<OpenConnections>,
     ip: IpAddr,
     handshaking: bool,
@@ -216,13 +290,31 @@ fn route(mut stream: TcpStream, addr: SocketAddr, registry: &Registry, mut slot:
         }
     };
     slot.handshake_done();
-    let ctx = registry.read().get(&InfoHash(theirs.info_hash)).cloned();
-    match ctx {
-        Some(ctx) => peer::run_incoming(&ctx, stream, addr, theirs),
-        None => debug!(
-            "peer {addr}: handshake for unknown torrent {}",
-            InfoHash(theirs.info_hash)
-        ),
+    let info_hash = InfoHash(theirs.info_hash);
+    let route = registry.read().get(&info_hash).map(|route| match route {
+        Route::Torrent(ctx) => Route::Torrent(Arc::clone(ctx)),
+        Route::Fetch(inbox) => Route::Fetch(inbox.clone()),
+    });
+    match route {
+        Some(Route::Torrent(ctx)) => peer::run_incoming(&ctx, stream, addr, theirs),
+        Some(Route::Fetch(inbox)) => {
+            let handed = inbox.try_send(Incoming {
+                stream,
+                addr,
+                handshake: theirs,
+                slot,
+            });
+            match handed {
+                Ok(()) => debug!("peer {addr}: handed to the metadata fetch of {info_hash}"),
+                Err(TrySendError::Full(_)) => {
+                    debug!("peer {addr}: the metadata fetch of {info_hash} is busy; closed");
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    debug!("peer {addr}: the metadata fetch of {info_hash} ended; closed");
+                }
+            }
+        }
+        None => debug!("peer {addr}: handshake for unknown torrent {info_hash}"),
     }
 }
 
@@ -232,6 +324,49 @@ mod tests {
 
     const V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+
+    /// A loopback connection: our end, and theirs as the listener hands it over.
+    fn incoming(open: &Arc<OpenConnections>, limits: &Limits) -> (TcpStream, Incoming) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, addr) = listener.accept().unwrap();
+        let conn = Incoming {
+            stream,
+            addr,
+            handshake: Handshake::new([7; 20], [1; 20]),
+            slot: open.admit(addr.ip(), limits, 10).unwrap(),
+        };
+        (ours, conn)
+    }
+
+    #[test]
+    fn a_fetch_inbox_routes_its_info_hash_until_dropped_and_removes_only_its_own_route() {
+        let registry: Registry = Arc::new(RwLock::new(HashMap::new()));
+        let hash = InfoHash([7; 20]);
+        let first = FetchInbox::open(&registry, hash).expect("opened");
+        assert!(matches!(registry.read().get(&hash), Some(Route::Fetch(_))));
+        // A second fetch of the same hash (a retry racing the first's end) takes the route;
+        // the first one's end leaves it alone.
+        let second = FetchInbox::open(&registry, hash).expect("opened");
+        drop(first);
+        let routed = match registry.read().get(&hash) {
+            Some(Route::Fetch(inbox)) => inbox.clone(),
+            _ => panic!("the second fetch's route is gone"),
+        };
+        let limits = Limits::new(0, 0, 100);
+        let open = Arc::new(OpenConnections::default());
+        let (_ours, conn) = incoming(&open, &limits);
+        let addr = conn.addr;
+        assert!(routed.try_send(conn).is_ok());
+        assert_eq!(second.receiver().try_recv().unwrap().addr, addr);
+        drop(second);
+        assert!(registry.read().get(&hash).is_none());
+        let (_ours, conn) = incoming(&open, &limits);
+        assert!(
+            matches!(routed.try_send(conn), Err(TrySendError::Disconnected(_))),
+            "the inbox is closed"
+        );
+    }
 
     #[test]
     fn refuses_a_connection_over_the_per_ip_limit_until_one_ends() {

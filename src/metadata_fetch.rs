@@ -8,6 +8,15 @@
 //! loop orders and the data and rejects the peer sends back. A thread `metadata tracker` per
 //! `tr` announces once and hands the loop its peers; a tracker that fails is a warning.
 //!
+//! Peers also dial in: trackers that took our `started` announce hand our address out, and the
+//! listener routes a handshake for this info hash to the fetch's inbox (`listener::FetchInbox`)
+//! when the caller passes one. Such a connection runs the same `metadata ADDR` thread as a dialled
+//! one, minus the dial; its address is never dialled, but the listen port its extended
+//! handshake names is passed on with the peers worth dialling for the download. While trackers
+//! know our address, running out of peers to dial does not end the fetch: it waits for peers to
+//! dial in until its deadline. A fetch that ends without metadata tells those trackers
+//! `stopped`, within `stop_timeout`.
+//!
 //! Peers with the same `metadata_size` share one assembly: its 16 KiB pieces are spread over
 //! them. The assembled bytes are used only if their SHA-1 is the info hash. When it is not, the
 //! whole assembly is discarded: a peer that sent every piece of it is banned; when several peers
@@ -30,9 +39,10 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
 use log::{debug, info, warn};
 use sha1::{Digest, Sha1};
 
+use crate::listener::Incoming;
 use crate::metainfo::InfoHash;
 use crate::tracker::udp::UdpClient;
-use crate::tracker::{AnnounceEvent, AnnounceRequest, http, udp};
+use crate::tracker::{AnnounceEvent, AnnounceRequest, AnnounceResponse, TrackerError, http, udp};
 use crate::wire::extension::{EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID, MetadataMessage};
 use crate::wire::{ExtendedHandshake, Handshake, Message};
 
@@ -94,6 +104,8 @@ pub struct FetchParams {
     pub udp_retransmit_base: Duration,
     /// Peers asked of each tracker.
     pub numwant: u32,
+    /// Bounds the `stopped` announces of a fetch that ends without metadata.
+    pub stop_timeout: Duration,
     /// The whole fetch gives up after this.
     pub timeout: Duration,
 }
@@ -138,13 +150,19 @@ pub enum FetchError {
 }
 
 /// Fetches and verifies the info dictionary of `params.info_hash`: dials the given peers and
-/// those the trackers name, collects the metadata pieces, and returns once their SHA-1 matches.
-/// A message on `stop` (or its disconnection) ends the fetch.
+/// those the trackers name, takes the connections that arrive on `incoming` (the listener's
+/// inbox for this info hash, if any), collects the metadata pieces, and returns once their SHA-1
+/// matches. A message on `stop` (or its disconnection) ends the fetch.
 ///
 /// # Errors
 /// [`FetchError::Stopped`] on `stop`; [`FetchError::TimedOut`] after `params.timeout`;
-/// [`FetchError::NoPeers`] as soon as no peer is left to try and no announce is pending.
-pub fn fetch(params: &FetchParams, stop: &Receiver<()>) -> Result<Fetched, FetchError> {
+/// [`FetchError::NoPeers`] as soon as no peer is left to try, no announce is pending, and no
+/// peer can dial in (no `incoming`, or no tracker took our announce).
+pub fn fetch(
+    params: &FetchParams,
+    stop: &Receiver<()>,
+    incoming: Option<&Receiver<Incoming>>,
+) -> Result<Fetched, FetchError> {
     let started = Instant::now();
     let deadline = started + params.timeout;
     let (events_tx, events) = crossbeam_channel::unbounded();
@@ -157,7 +175,12 @@ pub fn fetch(params: &FetchParams, stop: &Receiver<()>) -> Result<Fetched, Fetch
     });
     let mut state = FetchState::new(params.info_hash);
     state.add_peers(&params.peers, started);
-    let mut announcing = spawn_announces(params, &events_tx);
+    let tracker_key: u32 = rand::random();
+    let mut announcing = spawn_announces(params, tracker_key, &events_tx);
+    // Trackers that took our `started`: they hand our address to peers, which may dial in.
+    let mut announced: Vec<String> = Vec::new();
+    let never = crossbeam_channel::never();
+    let inbox = incoming.unwrap_or(&never);
     info!(
         "magnet {}{}: fetching metadata from {} peers and {announcing} trackers",
         params.info_hash,
@@ -181,7 +204,8 @@ pub fn fetch(params: &FetchParams, stop: &Receiver<()>) -> Result<Fetched, Fetch
                 banned: state.banned(),
             });
         }
-        if announcing == 0 && state.exhausted() {
+        let reachable = incoming.is_some() && !announced.is_empty();
+        if announcing == 0 && state.exhausted() && !reachable {
             break Err(FetchError::NoPeers {
                 tried: state.tried(),
                 banned: state.banned(),
@@ -189,27 +213,15 @@ pub fn fetch(params: &FetchParams, stop: &Receiver<()>) -> Result<Fetched, Fetch
         }
         threads.retain(|t| !t.is_finished());
         for (key, addr) in state.dial(now) {
-            let (tx, rx) = crossbeam_channel::bounded(64);
-            let events = events_tx.clone();
-            let setup = Arc::clone(&setup);
-            let spawned = std::thread::Builder::new()
-                .name(format!("metadata {addr}"))
-                .stack_size(crate::peer::PEER_STACK_BYTES)
-                .spawn(move || {
-                    crate::profile::run_as(crate::profile::Role::Metadata, || {
-                        peer_thread(&setup, key, addr, &events, &rx);
-                    });
-                });
-            match spawned {
-                Ok(handle) => {
-                    orders.insert(key, tx);
-                    threads.push(handle);
-                }
-                Err(e) => {
-                    warn!("metadata: cannot start a thread for peer {addr}: {e}");
-                    state.on_gone(key, false, now);
-                }
-            }
+            spawn_peer(
+                &setup,
+                key,
+                addr,
+                None,
+                &events_tx,
+                &mut orders,
+                &mut threads,
+            );
         }
         for action in state.take_actions() {
             match action {
@@ -230,7 +242,13 @@ pub fn fetch(params: &FetchParams, stop: &Receiver<()>) -> Result<Fetched, Fetch
             recv(events) -> event => {
                 // The loop holds a sender, so the channel never disconnects.
                 if let Ok(event) = event {
-                    handle_event(&mut state, event, &mut announcing, &mut orders);
+                    handle_event(&mut state, event, &mut announcing, &mut announced, &mut orders);
+                }
+            }
+            recv(inbox) -> conn => {
+                // The caller holds the inbox's sender (the registry's route), so it stays open.
+                if let Ok(conn) = conn {
+                    take_incoming(&mut state, conn, &setup, &events_tx, &mut orders, &mut threads);
                 }
             }
             recv(stop) -> _ => break Err(FetchError::Stopped),
@@ -239,6 +257,9 @@ pub fn fetch(params: &FetchParams, stop: &Receiver<()>) -> Result<Fetched, Fetch
         state.tick(Instant::now());
     };
     drop(orders);
+    if result.is_err() {
+        announce_stopped(params, tracker_key, &announced);
+    }
     join_bounded(threads);
     result.map(|verified| Fetched {
         info: verified.info,
@@ -247,15 +268,82 @@ pub fn fetch(params: &FetchParams, stop: &Receiver<()>) -> Result<Fetched, Fetch
     })
 }
 
+/// A peer dialled in: its own `metadata ADDR` thread, if the state takes it (else it is closed).
+fn take_incoming(
+    state: &mut FetchState,
+    conn: Incoming,
+    setup: &Arc<PeerSetup>,
+    events: &Sender<Event>,
+    orders: &mut HashMap<Key, Sender<Order>>,
+    threads: &mut Vec<JoinHandle<()>>,
+) {
+    let addr = conn.addr;
+    match state.on_incoming(addr, Instant::now()) {
+        Some(key) => {
+            debug!("metadata: peer {addr} dialled in");
+            spawn_peer(setup, key, addr, Some(conn), events, orders, threads);
+        }
+        None => debug!("metadata: peer {addr} dialled in: not taken"),
+    }
+}
+
+/// Starts the `metadata ADDR` thread of connection `key`: it dials `addr`, or answers `accepted`.
+fn spawn_peer(
+    setup: &Arc<PeerSetup>,
+    key: Key,
+    addr: SocketAddr,
+    accepted: Option<Incoming>,
+    events: &Sender<Event>,
+    orders: &mut HashMap<Key, Sender<Order>>,
+    threads: &mut Vec<JoinHandle<()>>,
+) {
+    let (tx, rx) = crossbeam_channel::bounded(64);
+    let thread_events = events.clone();
+    let setup = Arc::clone(setup);
+    let spawned = std::thread::Builder::new()
+        .name(format!("metadata {addr}"))
+        .stack_size(crate::peer::PEER_STACK_BYTES)
+        .spawn(move || {
+            crate::profile::run_as(crate::profile::Role::Metadata, || {
+                peer_thread(&setup, key, addr, accepted, &thread_events, &rx);
+            });
+        });
+    match spawned {
+        Ok(handle) => {
+            orders.insert(key, tx);
+            threads.push(handle);
+        }
+        Err(e) => {
+            warn!("metadata: cannot start a thread for peer {addr}: {e}");
+            // Reported as gone, so the state frees the connection.
+            let _ = events.send(Event::Gone {
+                peer: key,
+                addr,
+                end: PeerEnd::Panicked,
+            });
+        }
+    }
+}
+
 fn handle_event(
     state: &mut FetchState,
     event: Event,
     announcing: &mut usize,
+    announced: &mut Vec<String>,
     orders: &mut HashMap<Key, Sender<Order>>,
 ) {
     let now = Instant::now();
     match event {
-        Event::Ready { peer, size } => state.on_ready(peer, size),
+        Event::Ready {
+            peer,
+            size,
+            listen_port,
+        } => {
+            state.on_ready(peer, size);
+            if let Some(port) = listen_port {
+                state.on_listen_port(peer, port);
+            }
+        }
         Event::Piece {
             peer,
             piece,
@@ -271,6 +359,7 @@ fn handle_event(
         Event::TrackerPeers { url, peers } => {
             debug!("metadata: tracker {url}: {} peers", peers.len());
             state.add_peers(&peers, now);
+            announced.push(url);
         }
         Event::AnnounceDone => *announcing = announcing.saturating_sub(1),
     }
@@ -296,20 +385,73 @@ fn join_bounded(threads: Vec<JoinHandle<()>>) {
     }
 }
 
-/// Starts one `metadata tracker` thread per usable tracker; returns how many.
-fn spawn_announces(params: &FetchParams, events: &Sender<Event>) -> usize {
-    let request = AnnounceRequest {
+/// Our announce of `event` for the fetch (`key` the same in every announce of one fetch).
+fn announce_request(params: &FetchParams, event: AnnounceEvent, key: u32) -> AnnounceRequest {
+    AnnounceRequest {
         info_hash: params.info_hash.0,
         peer_id: params.peer_id,
         port: params.listen_port,
         uploaded: 0,
         downloaded: 0,
         left: UNKNOWN_LEFT,
-        event: Some(AnnounceEvent::Started),
+        event: Some(event),
         numwant: params.numwant,
         tracker_id: None,
-        key: rand::random(),
-    };
+        key,
+    }
+}
+
+/// One announce to `url` (HTTP or UDP), bounded by `timeout`.
+fn announce_once(
+    url: &str,
+    request: &AnnounceRequest,
+    bind: Option<IpAddr>,
+    udp_retransmit_base: Duration,
+    timeout: Duration,
+) -> Result<AnnounceResponse, TrackerError> {
+    if udp::is_supported(url) {
+        UdpClient::new(udp_retransmit_base).bound_to(bind).announce(
+            url,
+            request,
+            Instant::now() + timeout,
+        )
+    } else {
+        http::announce(url, request, timeout)
+    }
+}
+
+/// Tells the trackers in `urls` we are gone (`stopped`), all at once, and waits for them at most
+/// `params.stop_timeout` (a thread still waiting then is left to its own timeout, the same).
+fn announce_stopped(params: &FetchParams, key: u32, urls: &[String]) {
+    if urls.is_empty() {
+        return;
+    }
+    let deadline = Instant::now() + params.stop_timeout;
+    let request = announce_request(params, AnnounceEvent::Stopped, key);
+    let mut threads = Vec::new();
+    for url in urls {
+        let (request, url) = (request.clone(), url.clone());
+        let (bind, base, timeout) = (params.bind, params.udp_retransmit_base, params.stop_timeout);
+        let spawned = crate::watched::spawn(
+            std::thread::Builder::new().name("metadata tracker".into()),
+            move || match announce_once(&url, &request, bind, base, timeout) {
+                Ok(_) => debug!("tracker {url}: stopped"),
+                Err(e) => debug!("{e} (announcing stopped)"),
+            },
+        );
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(e) => warn!("cannot start a thread to announce stopped: {e}"),
+        }
+    }
+    for mut thread in threads {
+        thread.wait_until(deadline);
+    }
+}
+
+/// Starts one `metadata tracker` thread per usable tracker; returns how many.
+fn spawn_announces(params: &FetchParams, key: u32, events: &Sender<Event>) -> usize {
+    let request = announce_request(params, AnnounceEvent::Started, key);
     let mut started = 0;
     for url in &params.trackers {
         if !http::is_supported(url) && !udp::is_supported(url) {
@@ -325,16 +467,7 @@ fn spawn_announces(params: &FetchParams, events: &Sender<Event>) -> usize {
             .name("metadata tracker".into())
             .spawn(move || {
                 let url = thread_url;
-                let reply = if udp::is_supported(&url) {
-                    UdpClient::new(base).bound_to(bind).announce(
-                        &url,
-                        &request,
-                        Instant::now() + timeout,
-                    )
-                } else {
-                    http::announce(&url, &request, timeout)
-                };
-                match reply {
+                match announce_once(&url, &request, bind, base, timeout) {
                     Ok(reply) => {
                         let _ = events.send(Event::TrackerPeers {
                             url,
@@ -398,6 +531,8 @@ struct Link {
     outstanding: Vec<(u32, Instant)>,
     /// We told it to stop; its `Gone` is on the way.
     stopping: bool,
+    /// It dialled us: its address is not one to dial.
+    incoming: bool,
 }
 
 #[derive(Debug)]
@@ -453,6 +588,8 @@ struct FetchState {
     actions: Vec<Action>,
     next_key: Key,
     done: Option<Verified>,
+    /// The listen addresses of peers that dialled in, from their extended handshakes, in order.
+    learned: Vec<SocketAddr>,
 }
 
 impl FetchState {
@@ -467,6 +604,7 @@ impl FetchState {
             actions: Vec::new(),
             next_key: 0,
             done: None,
+            learned: Vec::new(),
         }
     }
 
@@ -512,12 +650,67 @@ impl FetchState {
                     size: None,
                     outstanding: Vec::new(),
                     stopping: false,
+                    incoming: false,
                 },
             );
             self.addr_of.insert(key, *addr);
             out.push((key, *addr));
         }
         out
+    }
+
+    /// A peer dialled in from `addr`: its key, or `None` to close the connection (the metadata
+    /// is verified already, [`MAX_CONNECTIONS`] are open, it is connected already, or its IP
+    /// was banned: a peer that dials in again comes from another port).
+    fn on_incoming(&mut self, addr: SocketAddr, now: Instant) -> Option<Key> {
+        if self.done.is_some() || self.links.len() >= MAX_CONNECTIONS {
+            return None;
+        }
+        if self
+            .book
+            .iter()
+            .any(|(a, e)| a.ip() == addr.ip() && e.standing == Standing::Banned)
+        {
+            return None;
+        }
+        let entry = self.book.entry(addr).or_insert(Entry {
+            standing: Standing::Trusted,
+            connected: false,
+            failures: 0,
+            not_before: now,
+        });
+        if entry.connected {
+            return None;
+        }
+        entry.connected = true;
+        let key = self.next_key;
+        self.next_key += 1;
+        self.links.insert(
+            key,
+            Link {
+                addr,
+                size: None,
+                outstanding: Vec::new(),
+                stopping: false,
+                incoming: true,
+            },
+        );
+        self.addr_of.insert(key, addr);
+        Some(key)
+    }
+
+    /// The listen port a peer that dialled in named in its extended handshake: its address is
+    /// worth dialling for the download.
+    fn on_listen_port(&mut self, peer: Key, port: u16) {
+        if let Some(link) = self.links.get(&peer)
+            && link.incoming
+            && port != 0
+        {
+            let addr = SocketAddr::new(link.addr.ip(), port);
+            if !self.learned.contains(&addr) {
+                self.learned.push(addr);
+            }
+        }
     }
 
     fn take_actions(&mut self) -> Vec<Action> {
@@ -774,9 +967,13 @@ impl FetchState {
         }
     }
 
-    /// True when nothing is connected and every known address (if any) is banned.
+    /// True when nothing is connected and every address to dial (if any) is banned.
     fn exhausted(&self) -> bool {
-        self.links.is_empty() && self.book.values().all(|e| e.standing == Standing::Banned)
+        self.links.is_empty()
+            && self
+                .order
+                .iter()
+                .all(|a| self.book[a].standing == Standing::Banned)
     }
 
     fn tried(&self) -> usize {
@@ -793,13 +990,26 @@ impl FetchState {
             .count()
     }
 
-    /// Every address that was not banned, in the order learned.
+    /// Every address to dial that was not banned, in the order learned, then the listen
+    /// addresses of peers that dialled in (unless their IP was banned).
     fn known_peers(&self) -> Vec<SocketAddr> {
-        self.order
+        let banned = |ip: IpAddr| {
+            self.book
+                .iter()
+                .any(|(a, e)| a.ip() == ip && e.standing == Standing::Banned)
+        };
+        let mut peers: Vec<SocketAddr> = self
+            .order
             .iter()
             .filter(|a| self.book[a].standing != Standing::Banned)
             .copied()
-            .collect()
+            .collect();
+        for addr in &self.learned {
+            if !peers.contains(addr) && !banned(addr.ip()) {
+                peers.push(*addr);
+            }
+        }
+        peers
     }
 }
 
@@ -832,8 +1042,13 @@ struct PeerSetup {
 /// Facts a peer thread reports to the fetch loop, in the past tense.
 #[derive(Debug)]
 enum Event {
-    /// The extended handshake came, with a bounded `metadata_size`.
-    Ready { peer: Key, size: u32 },
+    /// The extended handshake came, with a bounded `metadata_size` and the peer's listen port
+    /// (`p`), if it said.
+    Ready {
+        peer: Key,
+        size: u32,
+        listen_port: Option<u16>,
+    },
     /// A data message for a piece.
     Piece {
         peer: Key,
@@ -923,6 +1138,7 @@ fn peer_thread(
     setup: &PeerSetup,
     peer: Key,
     addr: SocketAddr,
+    accepted: Option<Incoming>,
     events: &Sender<Event>,
     orders: &Receiver<Order>,
 ) {
@@ -932,7 +1148,7 @@ fn peer_thread(
         addr,
         end: None,
     };
-    let end = match run_peer(setup, peer, addr, events, orders) {
+    let end = match run_peer(setup, peer, addr, accepted, events, orders) {
         Ok(()) => PeerEnd::Stopped,
         Err(end) => end,
     };
@@ -1012,14 +1228,30 @@ impl Conn {
     }
 }
 
+/// One connection's life: dial `addr` (or answer `accepted`, whose handshake the listener read),
+/// handshakes, then the requests the loop orders.
 fn run_peer(
     setup: &PeerSetup,
     peer: Key,
     addr: SocketAddr,
+    accepted: Option<Incoming>,
     events: &Sender<Event>,
     orders: &Receiver<Order>,
 ) -> Result<(), PeerEnd> {
-    let stream = connect(addr, setup.bind, setup.connect_timeout).map_err(PeerEnd::Connect)?;
+    // An accepted connection's slot counts it at the listener until this returns.
+    let (stream, accepted, _slot) = match accepted {
+        Some(Incoming {
+            stream,
+            handshake,
+            slot,
+            ..
+        }) => (stream, Some(handshake), Some(slot)),
+        None => (
+            connect(addr, setup.bind, setup.connect_timeout).map_err(PeerEnd::Connect)?,
+            None,
+            None,
+        ),
+    };
     stream
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(PeerEnd::Connect)?;
@@ -1039,8 +1271,11 @@ fn run_peer(
     conn.stream
         .write_all(&ours.encode())
         .map_err(PeerEnd::Write)?;
-    let theirs = crate::peer::read_handshake(&mut conn.stream)
-        .map_err(|e| PeerEnd::Handshake(e.to_string()))?;
+    let theirs = match accepted {
+        Some(theirs) => theirs,
+        None => crate::peer::read_handshake(&mut conn.stream)
+            .map_err(|e| PeerEnd::Handshake(e.to_string()))?,
+    };
     if theirs.info_hash != setup.info_hash.0 {
         return Err(PeerEnd::Handshake("wrong info hash".into()));
     }
@@ -1100,7 +1335,12 @@ fn run_peer(
         "metadata: peer {addr}: {} offers {size} bytes of metadata",
         theirs.v.as_deref().unwrap_or("a client")
     );
-    if events.send(Event::Ready { peer, size }).is_err() {
+    let ready = Event::Ready {
+        peer,
+        size,
+        listen_port: theirs.p,
+    };
+    if events.send(ready).is_err() {
         return Ok(());
     }
     loop {
@@ -1380,6 +1620,69 @@ mod tests {
         assert_eq!(s.book[&addr(1)].standing, Standing::Trusted);
         assert_eq!(s.dial(later), vec![(2, addr(1))]);
         assert!(!s.exhausted());
+    }
+
+    #[test]
+    fn a_peer_that_dials_in_serves_metadata_and_its_listen_port_is_passed_on() {
+        let now = Instant::now();
+        let (bytes, hash) = metadata(1000);
+        let mut s = FetchState::new(hash);
+        assert!(s.exhausted(), "nothing to dial");
+        let from = SocketAddr::from(([127, 0, 0, 9], 50123));
+        let key = s.on_incoming(from, now).expect("taken");
+        assert_eq!(s.on_incoming(from, now), None, "connected already");
+        assert!(
+            s.dial(now).is_empty(),
+            "an incoming address is never dialled"
+        );
+        s.on_ready(key, 1000);
+        s.on_listen_port(key, 6881);
+        s.tick(now);
+        assert_eq!(requests(&s.take_actions()), vec![(key, 0)]);
+        s.on_piece(key, 0, Some(1000), bytes.clone());
+        let done = s.done.take().expect("verified");
+        assert_eq!((done.info, done.sources), (bytes, vec![from]));
+        assert_eq!(
+            s.known_peers(),
+            vec![SocketAddr::from(([127, 0, 0, 9], 6881))]
+        );
+        s.on_gone(key, false, now);
+        assert!(s.exhausted(), "an incoming address is not one to dial");
+    }
+
+    #[test]
+    fn an_incoming_liar_is_refused_from_any_port_and_not_passed_on() {
+        let now = Instant::now();
+        let (_, hash) = metadata(1000);
+        let mut s = FetchState::new(hash);
+        let liar = SocketAddr::from(([127, 0, 0, 9], 50123));
+        let key = s.on_incoming(liar, now).expect("taken");
+        s.on_ready(key, 1000);
+        s.on_listen_port(key, 6881);
+        s.tick(now);
+        assert_eq!(requests(&s.take_actions()), vec![(key, 0)]);
+        s.on_piece(key, 0, Some(1000), vec![0; 1000]);
+        s.on_gone(key, false, now);
+        let again = SocketAddr::from(([127, 0, 0, 9], 50124));
+        assert_eq!(s.on_incoming(again, now), None);
+        assert!(s.known_peers().is_empty());
+        let other = SocketAddr::from(([127, 0, 0, 10], 50124));
+        assert!(s.on_incoming(other, now).is_some());
+    }
+
+    #[test]
+    fn incoming_connections_beyond_the_limit_are_refused() {
+        let now = Instant::now();
+        let (_, hash) = metadata(1000);
+        let mut s = FetchState::new(hash);
+        let addrs: Vec<SocketAddr> = (1..=u8::try_from(MAX_CONNECTIONS).unwrap())
+            .map(addr)
+            .collect();
+        s.add_peers(&addrs, now);
+        assert_eq!(s.dial(now).len(), MAX_CONNECTIONS);
+        assert_eq!(s.on_incoming(addr(200), now), None);
+        s.on_gone(0, false, now);
+        assert!(s.on_incoming(addr(200), now).is_some());
     }
 
     #[test]

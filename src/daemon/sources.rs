@@ -3,6 +3,7 @@
 //! that go with them.
 
 use super::*;
+use crate::listener::{FetchInbox, Incoming};
 
 /// One metadata fetch gives up after this; the next starts after a back-off.
 pub(super) const METADATA_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -277,14 +278,19 @@ impl Daemon {
             announce_timeout: limits.announce_timeout,
             udp_retransmit_base: limits.udp_retransmit_base,
             numwant: limits.numwant,
+            stop_timeout: limits.stop_timeout,
             timeout: METADATA_TIMEOUT,
         };
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let done = self.fetched_tx.clone();
+        // Peers the trackers send us dial in: the listener hands them to the fetch until the
+        // thread ends.
+        let inbox = self.engine.fetch_inbox(t.info_hash);
         let spawned = watched::spawn(
             std::thread::Builder::new().name(format!("metadata {}", t.name)),
             move || {
-                if let Some(result) = fetch_metadata(&params, &saved, &stop_rx) {
+                let incoming = inbox.as_ref().map(FetchInbox::receiver);
+                if let Some(result) = fetch_metadata(&params, &saved, &stop_rx, incoming) {
                     let _ = done.send(MetadataFetched {
                         info_hash: params.info_hash,
                         result,
@@ -482,10 +488,11 @@ pub(super) fn fetch_metadata(
     params: &FetchParams,
     saved: &Path,
     stop: &Receiver<()>,
+    incoming: Option<&Receiver<Incoming>>,
 ) -> Option<Result<Metainfo, String>> {
     let mut wait = METADATA_RETRY_BASE;
     loop {
-        match metadata_fetch::fetch(params, stop) {
+        match metadata_fetch::fetch(params, stop, incoming) {
             Ok(fetched) => return Some(torrent_from_metadata(params, &fetched, saved)),
             Err(FetchError::Stopped) => return None,
             Err(e) => warn!("magnet {}: {e}; trying again in {wait:?}", params.info_hash),

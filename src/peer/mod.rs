@@ -147,6 +147,10 @@ pub enum PeerError {
     Connect(std::io::Error),
     #[error("handshake: {0}")]
     Handshake(String),
+    /// The handshake carried our own peer id: we dialled ourselves (an address of ours, or one
+    /// a tracker or peer handed back to us).
+    #[error("handshake: our own peer id")]
+    SelfConnection,
     #[error("read failed: {0}")]
     Read(std::io::Error),
     #[error("write failed: {0}")]
@@ -195,6 +199,11 @@ pub struct TorrentContext {
     /// Milliseconds a socket write may make no progress before the peer is dropped (it stopped
     /// reading). Atomic so a config reload reaches sessions started afterwards.
     pub write_timeout_ms: AtomicU64,
+    /// Every peer thread of the torrent holds a clone of this sender while it runs; the
+    /// coordinator holds the receiver and, at its stop, takes this one away and waits for the
+    /// channel to disconnect (the last peer thread ended), within its stop budget (as
+    /// `watched.rs` does for one thread). `None` once the torrent stops: no new peer thread.
+    pub peer_threads: parking_lot::Mutex<Option<Sender<()>>>,
 }
 
 impl TorrentContext {
@@ -212,6 +221,17 @@ impl TorrentContext {
             inner: &self.upload_rate,
             outer: &self.limits.upload,
         }
+    }
+
+    /// A token for a new peer thread to hold while it runs; `None` once the torrent stops.
+    pub fn peer_thread_token(&self) -> Option<Sender<()>> {
+        self.peer_threads.lock().clone()
+    }
+
+    /// No new peer thread from now on; the coordinator's receiver disconnects when the last
+    /// running one ends.
+    pub fn close_peer_threads(&self) {
+        self.peer_threads.lock().take();
     }
 
     /// How long a peer socket write may make no progress.
@@ -235,24 +255,31 @@ pub fn next_peer_key() -> PeerKey {
 }
 
 /// Spawns thread "peer ADDR" that connects to `addr` (from `bind` when given, within
-/// `connect_timeout`), handshakes and runs the session.
+/// `connect_timeout`), handshakes and runs the session. The socket is made here, on the
+/// caller's thread; the returned clone of it lets the caller abort the connect (`shutdown`).
 ///
 /// # Errors
-/// When the thread cannot be spawned.
+/// When the socket cannot be made, the torrent is stopping, or the thread cannot be spawned.
 pub fn spawn_outgoing(
     ctx: Arc<TorrentContext>,
     peer: PeerKey,
     addr: SocketAddr,
     bind: Option<IpAddr>,
     connect_timeout: Duration,
-) -> std::io::Result<()> {
+) -> std::io::Result<TcpStream> {
+    let alive = ctx
+        .peer_thread_token()
+        .ok_or_else(|| std::io::Error::other("the torrent is stopping"))?;
+    let socket = session::open_socket(addr, bind)?;
+    let handle = TcpStream::from(socket.try_clone()?);
     std::thread::Builder::new()
         .name(format!("peer {addr}"))
         .stack_size(session::PEER_STACK_BYTES)
         .spawn(move || {
+            let _alive = alive;
             profile::run_as(Role::Peer, || {
-                session::run_outgoing(&ctx, peer, addr, bind, connect_timeout);
+                session::run_outgoing(&ctx, peer, addr, socket, connect_timeout);
             });
-        })
-        .map(drop)
+        })?;
+    Ok(handle)
 }

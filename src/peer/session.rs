@@ -101,18 +101,17 @@ fn tune_socket(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
 }
 
-fn connect(
+/// A socket for dialling `addr`, bound to `bind` when given (nothing here blocks).
+pub(super) fn open_socket(
     addr: SocketAddr,
     bind: Option<IpAddr>,
-    timeout: Duration,
-) -> std::io::Result<TcpStream> {
+) -> std::io::Result<socket2::Socket> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     if let Some(ip) = bind.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4()) {
         socket.bind(&SocketAddr::new(ip, 0).into())?;
     }
-    socket.connect_timeout(&addr.into(), timeout)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// Body of an outgoing peer thread.
@@ -120,12 +119,16 @@ pub(super) fn run_outgoing(
     ctx: &Arc<TorrentContext>,
     peer: PeerKey,
     addr: SocketAddr,
-    bind: Option<IpAddr>,
+    socket: socket2::Socket,
     connect_timeout: Duration,
 ) {
     let ours = our_handshake(ctx);
     let attempt = || -> Result<(TcpStream, Handshake), PeerError> {
-        let mut stream = connect(addr, bind, connect_timeout).map_err(PeerError::Connect)?;
+        // A `shutdown` of the coordinator's clone ends a connect in progress at once.
+        socket
+            .connect_timeout(&addr.into(), connect_timeout)
+            .map_err(PeerError::Connect)?;
+        let mut stream = TcpStream::from(socket);
         stream
             .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
             .map_err(PeerError::Connect)?;
@@ -155,6 +158,10 @@ pub fn run_incoming(
     addr: SocketAddr,
     theirs: Handshake,
 ) {
+    let Some(_alive) = ctx.peer_thread_token() else {
+        debug!("peer {addr}: the torrent is stopping");
+        return;
+    };
     let ours = our_handshake(ctx);
     if let Err(e) = stream.write_all(&ours.encode()) {
         debug!("peer {addr}: write handshake: {e}");
@@ -197,7 +204,7 @@ fn run_connected(
         let _ = ctx.events.send(PeerEvent::ConnectFailed {
             peer,
             addr,
-            reason: PeerError::Handshake("our own peer id".into()),
+            reason: PeerError::SelfConnection,
         });
         return;
     }

@@ -93,6 +93,7 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
         .total_bytes
         .store(meta.geometry.total_len, Ordering::Relaxed);
     stats.set_upload_allowance(params.upload_allowance);
+    let (peer_alive, peer_threads_ended) = crossbeam_channel::bounded::<()>(0);
     let context = Arc::new(TorrentContext {
         info_hash: meta.info_hash,
         our_id: params.peer_id,
@@ -107,6 +108,7 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
         download_rate: RateLimiter::new(0),
         upload_rate: RateLimiter::new(0),
         write_timeout_ms: Default::default(),
+        peer_threads: parking_lot::Mutex::new(Some(peer_alive)),
     });
     context.set_write_timeout(params.limits.write_timeout);
     let name = meta.name.clone();
@@ -124,6 +126,7 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
                         events_rx,
                         control_rx,
                         torrent_events_tx,
+                        peer_threads_ended,
                     ) {
                         Ok(mut c) => c.run(),
                         Err(e) => error!("torrent {name}: cannot start: {e}"),
@@ -210,7 +213,11 @@ struct Coordinator {
     limits: super::TorrentLimits,
     global: Arc<Limits>,
     /// Outgoing connections being dialled; each holds a slot of the global peer budget.
-    dialing: HashSet<PeerKey>,
+    /// Outgoing connections not yet `Connected`, with a clone of each socket (a `shutdown`
+    /// aborts its connect).
+    dialing: HashMap<PeerKey, TcpStream>,
+    /// Disconnects when the last peer thread has ended (see `TorrentContext::peer_threads`).
+    peer_threads_ended: Receiver<()>,
     resume: Option<ResumeTarget>,
     resume_dirty: bool,
     last_resume_save: Instant,
@@ -268,6 +275,7 @@ impl Coordinator {
         events: Receiver<PeerEvent>,
         control: Receiver<Control>,
         torrent_events: Sender<TorrentEvent>,
+        peer_threads_ended: Receiver<()>,
     ) -> std::io::Result<Self> {
         let meta = params.meta;
         let (results_tx, disk_results) = crossbeam_channel::unbounded();
@@ -332,7 +340,8 @@ impl Coordinator {
             params_bind: params.bind,
             limits: params.limits,
             global: params.global,
-            dialing: HashSet::new(),
+            dialing: HashMap::new(),
+            peer_threads_ended,
             resume: params.resume,
             // Record what the start-up check found at the first tick: after a check that
             // hashed (no or stale resume data), a crash before the next save would otherwise
@@ -530,23 +539,27 @@ impl Coordinator {
                 continue;
             }
             let key = peer::next_peer_key();
-            self.dialing.insert(key);
             debug!("torrent {}: connecting to {addr}", self.meta.name);
-            if let Err(e) = peer::spawn_outgoing(
+            let spawned = peer::spawn_outgoing(
                 Arc::clone(&self.context),
                 key,
                 addr,
                 self.params_bind,
                 self.limits.connect_timeout,
-            ) {
-                warn!(
-                    "torrent {}: cannot spawn peer thread for {addr}: {e}",
-                    self.meta.name
-                );
-                self.dialing.remove(&key);
-                self.global.peers.release();
-                if let Some(info) = self.addrs.get_mut(&addr) {
-                    info.connecting = false;
+            );
+            match spawned {
+                Ok(socket) => {
+                    self.dialing.insert(key, socket);
+                }
+                Err(e) => {
+                    warn!(
+                        "torrent {}: cannot spawn peer thread for {addr}: {e}",
+                        self.meta.name
+                    );
+                    self.global.peers.release();
+                    if let Some(info) = self.addrs.get_mut(&addr) {
+                        info.connecting = false;
+                    }
                 }
             }
         }
@@ -565,14 +578,11 @@ impl Coordinator {
                 stats,
             } => self.on_connected(peer, addr, peer_id, incoming, fast, commands, socket, stats),
             PeerEvent::ConnectFailed { peer, addr, reason } => {
-                if self.dialing.remove(&peer) {
+                if self.dialing.remove(&peer).is_some() {
                     self.global.peers.release();
                 }
                 debug!("torrent {}: {addr}: {reason}", self.name());
-                self.on_addr_failed(
-                    addr,
-                    matches!(reason, PeerError::Handshake(ref r) if r.contains("own peer id")),
-                );
+                self.on_addr_failed(addr, matches!(reason, PeerError::SelfConnection));
             }
             PeerEvent::Bitfield { peer, pieces } => self.on_bitfield(peer, pieces),
             PeerEvent::Have { peer, piece } => self.on_have(peer, piece),
@@ -662,7 +672,7 @@ impl Coordinator {
         if let Some(info) = self.addrs.get_mut(&addr) {
             info.connecting = false;
         }
-        let mut budgeted = self.dialing.remove(&key) || self.global.peers.try_acquire();
+        let mut budgeted = self.dialing.remove(&key).is_some() || self.global.peers.try_acquire();
         let network = admission::prefix(addr.ip());
         let mut refuse = if self.rechecking {
             Some("rechecking our data")
@@ -1582,9 +1592,14 @@ impl Coordinator {
         if let Some((tx, _)) = &announcer {
             let _ = tx.send(AnnouncerCommand::Stop);
         }
+        let peers_deadline = Instant::now() + self.limits.stop_timeout;
+        self.context.close_peer_threads();
         for peer in self.peers.values() {
             let _ = peer.commands.try_send(PeerCommand::Shutdown);
             let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+        }
+        for socket in self.dialing.values() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
         }
         // Let our queued pieces finish hashing and writing (bounded), then flush.
         drop(self.disk.take());
@@ -1618,6 +1633,30 @@ impl Coordinator {
             if let Err(e) = saved {
                 error!("torrent {}: {e}", self.name());
             }
+        }
+        // Every peer thread holds a sender: the channel disconnects when the last one ended.
+        // Their events are taken meanwhile (and dropped), so none waits on a full channel.
+        let started = Instant::now();
+        let ended = loop {
+            let wait = peers_deadline.saturating_duration_since(Instant::now());
+            select! {
+                recv(self.peer_threads_ended) -> _ => break true,
+                recv(self.events) -> _ => {}
+                default(wait) => break false,
+            }
+        };
+        if ended {
+            debug!(
+                "torrent {}: every peer thread ended ({:?} after the disk)",
+                self.name(),
+                started.elapsed()
+            );
+        } else {
+            warn!(
+                "torrent {}: peer threads still running after the stop budget ({:?})",
+                self.name(),
+                self.limits.stop_timeout
+            );
         }
         if let Some((_, mut handle)) = announcer {
             // The announcer has `stop_timeout` for its `stopped` announce; don't wait longer.

@@ -3,12 +3,17 @@
 //! seeder, save it as `<state_dir>/torrents/<infohash>.torrent` and download; a restart uses the
 //! saved metadata without fetching. A magnet nobody serves waits in state `metadata`; bad magnet
 //! links are refused (config: exit 2 naming the key; watch dir: `*.invalid`; `btd add`: exit 2).
+//! While it fetches, a magnet takes peers that dial in (a libtorrent seeder nobody tells btd
+//! about), and a fetch that is abandoned (removed, daemon stopped) tells its tracker `stopped`.
 
 use crate::support::daemon::{
     DaemonHome, LtSeeder, Payload, TorrentEntry, drop_into, files_in, payload, watch_renamed,
     within,
 };
-use crate::support::{SHORT, TRANSFER, TempDir, TorrentInfo, assert_same_files, wait_until};
+use crate::support::{
+    LtClient, PeerSpec, RecordingTracker, SHORT, TRANSFER, TempDir, TorrentInfo, assert_same_files,
+    next_ip, wait_until,
+};
 use std::ffi::OsString;
 use std::fs;
 
@@ -262,4 +267,100 @@ fn a_torrent_entry_with_both_path_and_magnet_or_neither_or_a_bad_magnet_exits_2(
             "{what}: a refused start left a pid file"
         );
     }
+}
+
+#[test]
+fn a_magnet_being_fetched_takes_a_seeder_that_only_dials_in() {
+    let work = TempDir::new("daemon-magnet-dialled-in");
+    let p = payload(&work, "seed", "dialled-in", 2 * MIB + 5, 16 * KIB, &[]);
+    // It answers with no peers: the metadata can only come from a peer that dials in.
+    let tracker = RecordingTracker::start();
+    let home = DaemonHome::new("daemon-magnet-dialled-in");
+    let mut d = home.start("btd daemon");
+    let btd_addr = d.wait_listening();
+    let src = work.join("dialled-in.magnet");
+    fs::write(
+        &src,
+        format!(
+            "magnet:?xt=urn:btih:{}&dn={}&tr={}",
+            p.info_hash,
+            p.name,
+            tracker.announce_url()
+        ),
+    )
+    .expect("write the magnet");
+    drop_into(&home.watch_dir(), "dialled-in.magnet", &src);
+    let started = tracker.wait_event(&p.info_hash, Some("started"), 1, SHORT);
+    assert_eq!(
+        started.port,
+        btd_addr.port(),
+        "the fetch announces our port"
+    );
+    let lt_ip = next_ip();
+    let mut lt = LtClient::seed(
+        "libtorrent seeder (dials in)",
+        &PeerSpec {
+            torrent: &p.torrent,
+            dir: &p.dir,
+            ip: lt_ip,
+            peers: vec![btd_addr],
+            announce: false,
+        },
+    );
+    let t = d.wait_seeding(&p.info_hash, TRANSFER);
+    assert_eq!(t.name, p.name);
+    assert_same_files(&p.data(), &home.download_dir().join(&p.name));
+    d.wait_log_contains(0, SHORT, &format!("bytes from {lt_ip}:"));
+    d.stop("TERM");
+    lt.terminate_and_assert_ok(SHORT);
+}
+
+#[test]
+fn an_abandoned_metadata_fetch_tells_its_tracker_stopped() {
+    let work = TempDir::new("daemon-magnet-stopped");
+    let tracker = RecordingTracker::start();
+    let home = DaemonHome::new("daemon-magnet-stopped");
+    let mut d = home.start("btd daemon");
+    let removed = "1111111111111111111111111111111111111111";
+    let at_stop = "2222222222222222222222222222222222222222";
+    let mut files = Vec::new();
+    for hash in [removed, at_stop] {
+        let src = work.join(hash);
+        fs::write(
+            &src,
+            format!("magnet:?xt=urn:btih:{hash}&tr={}", tracker.announce_url()),
+        )
+        .expect("write the magnet");
+        files.push(drop_into(
+            &home.watch_dir(),
+            &format!("{hash}.magnet"),
+            &src,
+        ));
+    }
+    for hash in [removed, at_stop] {
+        tracker.wait_event(hash, Some("started"), 1, SHORT);
+    }
+    // Removed: deleting its `.magnet.added` file and SIGHUP.
+    fs::remove_file(watch_renamed(&files[0], "added")).expect("remove the .magnet.added file");
+    d.reload();
+    d.wait_status(SHORT, "the removed magnet gone", |s| {
+        s.torrent(removed).is_none() && s.torrent(at_stop).is_some()
+    });
+    let stopped = tracker.wait_event(removed, Some("stopped"), 1, SHORT);
+    let started = &tracker.announces_for(removed)[0];
+    assert_eq!(
+        (&stopped.peer_id, stopped.port),
+        (&started.peer_id, started.port)
+    );
+    assert!(
+        tracker
+            .announces_for(at_stop)
+            .iter()
+            .all(|a| !a.is(Some("stopped"))),
+        "the other fetch goes on"
+    );
+    // The daemon stops: the other fetch says `stopped` within the stop budget.
+    let took = d.stop("TERM");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    tracker.wait_event(at_stop, Some("stopped"), 1, SHORT);
 }

@@ -1051,3 +1051,39 @@ fn one_network_holds_at_most_max_per_prefix_of_a_torrents_slots() {
     drop(taken);
     seeder.terminate_and_assert_ok(SHORT);
 }
+
+#[test]
+fn a_stop_ends_the_thread_of_a_peer_that_never_reads_within_the_stop_budget() {
+    let fx = Fixture::new("hostile-stop-sloth", 4 * MIB, PIECE_LEN);
+    let meta = fx.meta.clone();
+    // The default write timeout (60 s) would hold the peer's thread long past the stop; the
+    // stop budget is `announce.stop_timeout_secs`, 3 s by default.
+    let config = write_config(&fx, "seeder", "");
+    let mut seeder = seed("btd seeder", &fx, &config, next_ip(), &[]);
+    let addr = seeder.wait_listening();
+    let mut sloth = unchoked("fake that never reads", addr, &meta);
+    let blocks = meta.all_blocks();
+    let bytes: Vec<u8> = blocks
+        .iter()
+        .flat_map(|b| {
+            frame(
+                6,
+                &[b.piece, b.offset, b.len].map(u32::to_be_bytes).concat(),
+            )
+        })
+        .collect();
+    sloth.send_raw("a request for every block", &bytes);
+    // 4 MiB asked, none read: the socket buffers fill and btd's write blocks.
+    std::thread::sleep(Duration::from_secs(1));
+    let since = Instant::now();
+    seeder.stop_and_assert_ok("INT", SHORT);
+    let took = since.elapsed();
+    eprintln!("btd stopped {took:?} after SIGINT with a peer that never reads");
+    let log = seeder.output();
+    assert!(
+        log.contains(&format!("torrent {}: every peer thread ended", fx.name)),
+        "{log}"
+    );
+    assert!(!log.contains("peer threads still running"), "{log}");
+    assert!(took < Duration::from_secs(3) + REACT, "{took:?}");
+}

@@ -6,14 +6,17 @@
 //!
 //! To make the order of events certain, the honest seeder sits behind a [`GatedRelay`] that
 //! lets connections through only once the scripted peer has had its say.
+//!
+//! A seeder nobody names may also dial btd while it fetches (its tracker hands out btd's
+//! address): btd takes the metadata from that incoming connection.
 
 use crate::support::fake_peer::{
     FakeListener, FakePeer, Fixture, Msg, Recv, btd_download_with, frame, handshake_bytes,
 };
 use crate::support::{
-    Btd, LtClient, OpenTracker, PeerSpec, Rng, SHORT, TRANSFER, TempDir, TorrentInfo, Transmission,
-    assert_same_files, closed_port, free_port, hex, mktorrent, next_ip, test_seed, wait_until,
-    write_payload,
+    Btd, LtClient, OpenTracker, PeerSpec, RecordingTracker, Rng, SHORT, TRANSFER, TempDir,
+    TorrentInfo, Transmission, assert_same_files, closed_port, free_port, hex, mktorrent, next_ip,
+    test_seed, wait_until, write_payload,
 };
 use sha1::{Digest as _, Sha1};
 use std::io::ErrorKind;
@@ -638,4 +641,46 @@ fn btd_gives_up_after_the_metadata_timeout_when_no_peer_answers() {
         btd.log_text()
     );
     assert!(std::fs::read_dir(&out).expect("out dir").next().is_none());
+}
+
+#[test]
+fn btd_fetches_the_metadata_from_a_seeder_that_dials_in() {
+    let tmp = TempDir::new("magnet-dialled-in");
+    let (seed_dir, torrent) = big_payload(&tmp, "magnet_from_a_seeder_that_dials_in");
+    let info = TorrentInfo::read(&torrent);
+    // It answers with no peers: btd knows no peer to dial.
+    let tracker = RecordingTracker::start();
+    let uri = format!(
+        "magnet:?xt=urn:btih:{}&tr={}",
+        info.info_hash,
+        tracker.announce_url()
+    );
+    let out = tmp.subdir("out");
+    let ip = next_ip();
+    let mut btd = btd_download_with(
+        "btd leecher",
+        &uri,
+        &out,
+        &["--metadata-timeout", "60"],
+        ip,
+        &[],
+    );
+    let started = tracker.wait_event(&info.info_hash, Some("started"), 1, SHORT);
+    let btd_addr = SocketAddr::from((ip, started.port));
+    let lt_ip = next_ip();
+    let mut lt = LtClient::seed(
+        "libtorrent seeder (dials in)",
+        &PeerSpec {
+            torrent: &torrent,
+            dir: &seed_dir,
+            ip: lt_ip,
+            peers: vec![btd_addr],
+            announce: false,
+        },
+    );
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(&seed_dir.join("mag-payload"), &out.join("mag-payload"));
+    let line = metadata_line(&btd);
+    assert!(line.contains(&format!("from {lt_ip}:")), "{line}");
+    lt.terminate_and_assert_ok(SHORT);
 }
