@@ -26,6 +26,7 @@ mod faults;
 mod files;
 mod hostile;
 mod libtorrent;
+mod low_space;
 mod magnet;
 mod malformed;
 mod pex;
