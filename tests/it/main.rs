@@ -37,6 +37,7 @@ mod rpc_security;
 mod rpc_web;
 mod swarm;
 mod tracker;
+mod tracker_refusal;
 mod transmission;
 mod udp_tracker;
 mod watch;
