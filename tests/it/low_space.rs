@@ -52,7 +52,7 @@ fn a_torrent_pauses_in_low_space_while_another_file_system_carries_on_and_resume
     // 18 MiB of ballast: free = 14 MiB - have, and it still needs 8 MiB - have, so free is
     // below 8 MiB + needed whatever it had by now.
     let ballast = d.ns_path(&tmpfs.join("ballast"));
-    fs::write(&ballast, vec![0xa5u8; (18 * MIB) as usize])
+    fs::write(&ballast, vec![0xa5u8; 18 << 20])
         .unwrap_or_else(|e| panic!("write {}: {e}", ballast.display()));
     let s = d.wait_status(SHORT, "the tmpfs torrent in low-space", |s| {
         of(&s.torrents, &small_fs.info_hash).state == "low-space"
