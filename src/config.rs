@@ -212,11 +212,16 @@ impl Default for Status {
 struct Disk {
     #[serde(deserialize_with = "integer")]
     hash_threads: usize,
+    #[serde(deserialize_with = "integer")]
+    min_free_mib: u64,
 }
 
 impl Default for Disk {
     fn default() -> Self {
-        Self { hash_threads: 2 }
+        Self {
+            hash_threads: 2,
+            min_free_mib: 1024,
+        }
     }
 }
 
@@ -588,6 +593,9 @@ pub struct Config {
     pub max_active_downloads: usize,
     pub max_active_seeds: usize,
     pub status_interval: Duration,
+    /// `disk.min_free_mib` in bytes: a downloading torrent pauses (`low-space`) before the
+    /// free space of its download directory's file system falls below it; 0 = off.
+    pub min_free_bytes: u64,
     pub limits: TorrentLimits,
     /// The embedded tracker (`[tracker]`), when enabled.
     pub tracker: Option<TrackerConfig>,
@@ -780,6 +788,11 @@ impl Config {
             max_active_downloads: file.queue.max_active_downloads,
             max_active_seeds: file.queue.max_active_seeds,
             status_interval: Duration::from_secs(file.status.interval_secs),
+            min_free_bytes: file
+                .disk
+                .min_free_mib
+                .checked_mul(1024 * 1024)
+                .ok_or_else(|| err("disk.min_free_mib", "too large".into()))?,
             limits: TorrentLimits {
                 max_peers: file.peers.max_per_torrent,
                 max_per_prefix: file.peers.max_per_prefix,
@@ -1086,6 +1099,19 @@ mod tests {
         );
         let e = parse("disk = { hash_threads = 0 }\n").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (Some(1), "disk.hash_threads"));
+    }
+
+    #[test]
+    fn min_free_mib_is_a_gibibyte_by_default_zero_turns_it_off_and_too_large_is_named() {
+        assert_eq!(Config::default().min_free_bytes, 1024 * 1024 * 1024);
+        let c = parse("[disk]\nmin_free_mib = 0\n").unwrap();
+        assert_eq!(c.min_free_bytes, 0);
+        let c = parse("[disk]\nmin_free_mib = 3\n").unwrap();
+        assert_eq!(c.min_free_bytes, 3 << 20);
+        let e = parse("[disk]\nmin_free_mib = 9223372036854775807\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(2), "disk.min_free_mib"));
+        let e = parse("[disk]\nmin_free_mib = -1\n").unwrap_err();
+        assert_eq!(e.key, "disk.min_free_mib");
     }
 
     #[test]

@@ -306,6 +306,8 @@ fn row_of(t: &Map<String, Value>) -> TorrentStatus {
     let state = state_of(t);
     let eta = t.get("eta").and_then(Value::as_i64);
     let error = str_field(t, "errorString");
+    // Transmission's 1 and 2 are a tracker's warning or refusal; the torrent runs on.
+    let from_tracker = matches!(t.get("error").and_then(Value::as_u64), Some(1 | 2));
     TorrentStatus {
         id: u32::try_from(u64_field(t, "id")).unwrap_or(u32::MAX),
         name: str_field(t, "name").to_owned(),
@@ -325,9 +327,12 @@ fn row_of(t: &Map<String, Value>) -> TorrentStatus {
         upload_rate: u64_field(t, "rateUpload"),
         peers: u32::try_from(u64_field(t, "peersConnected")).unwrap_or(u32::MAX),
         ratio: f64_field(t, "uploadRatio").max(0.0),
-        error: (!error.is_empty()).then(|| error.to_owned()),
+        error: (!error.is_empty() && !from_tracker).then(|| error.to_owned()),
         source: String::new(),
         swarm: swarm_of(t),
+        free_bytes: None,
+        needed_bytes: None,
+        tracker_error: (!error.is_empty() && from_tracker).then(|| error.to_owned()),
     }
 }
 

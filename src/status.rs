@@ -52,7 +52,8 @@ pub struct TorrentStatus {
     pub info_hash: String,
     /// `metadata`, `queued` (for a download slot), `queued_seed` (complete, for a seed slot),
     /// `checking`, `downloading`, `seeding`, `paused`, `finished` (a seeding limit stopped it),
-    /// `stopped` (the daemon stopped cleanly) or `error`.
+    /// `stopped` (the daemon stopped cleanly), `low-space` (not downloading while its file
+    /// system has too little free space: see `free_bytes`, `needed_bytes`) or `error`.
     pub state: String,
     /// Verified fraction of the wanted data (every file unless some are skipped), 0 to 1.
     pub progress: f64,
@@ -92,6 +93,16 @@ pub struct TorrentStatus {
     /// The swarm as its tracker last counted it (announce reply or scrape), when known.
     #[serde(default)]
     pub swarm: Option<SwarmCounts>,
+    /// While `low-space`: the bytes free on the file system of its data, at the last look.
+    #[serde(default)]
+    pub free_bytes: Option<u64>,
+    /// While `low-space`: the bytes it still has to write (what is left of its wanted files).
+    #[serde(default)]
+    pub needed_bytes: Option<u64>,
+    /// A tracker refused its announces (its `failure reason`): `URL: reason`, while that
+    /// tracker's last answer was the refusal. The torrent runs on with its other peer sources.
+    #[serde(default)]
+    pub tracker_error: Option<String>,
 }
 
 /// Seeders, leechers and completed downloads a tracker reports for a torrent.
@@ -197,7 +208,9 @@ impl DaemonStatus {
 
 /// The torrent table of `btd status`, SIGUSR1's log and `btd list`: a header `ID NAME STATE SIZE
 /// HAVE PROGRESS DOWN UP ETA PEERS RATIO` (and `SWARM` when a tracker counted one), one row per
-/// torrent, then, for each torrent with an error, a line `error: NAME: message`, and last a totals
+/// torrent, then, for each torrent with an error, a line `error: NAME: message` (`low-space: NAME:
+/// FREE free, NEEDED to write` while it waits for space, `tracker: NAME: URL: reason` while a
+/// tracker refuses it), and last a totals
 /// row (torrent count, summed sizes, rates and peers) aligned under the columns. Progress is a
 /// percent with one decimal, rounded down (100.0% only when complete); a checking torrent's state
 /// shows how far the check is (`checking 37.5%`); sizes and rates are in binary units like the rate
@@ -306,6 +319,21 @@ pub fn torrent_table(torrents: &[TorrentStatus]) -> String {
                 "error: {}: {}\n",
                 printable(&t.name),
                 printable(error)
+            ));
+        }
+        if let (Some(free), Some(needed)) = (t.free_bytes, t.needed_bytes) {
+            out.push_str(&format!(
+                "low-space: {}: {} free, {} to write\n",
+                printable(&t.name),
+                bytes(free),
+                bytes(needed)
+            ));
+        }
+        if let Some(refusal) = &t.tracker_error {
+            out.push_str(&format!(
+                "tracker: {}: {}\n",
+                printable(&t.name),
+                printable(refusal)
             ));
         }
     }
@@ -473,6 +501,9 @@ mod tests {
             error: None,
             source: "config".to_owned(),
             swarm: None,
+            free_bytes: None,
+            needed_bytes: None,
+            tracker_error: None,
         }
     }
 
@@ -523,6 +554,29 @@ mod tests {
             DaemonStatus::path_in(Path::new("/var/lib/btd")),
             Path::new("/var/lib/btd/status.json")
         );
+    }
+
+    #[test]
+    fn table_says_why_a_torrent_waits_for_space_and_which_tracker_refuses_it() {
+        let mut low = torrent("low", "low-space", 0.25, 0, 0);
+        low.free_bytes = Some(3 << 20);
+        low.needed_bytes = Some(6 << 20);
+        let mut refused = torrent("refused", "downloading", 0.5, 1024, 0);
+        refused.tracker_error = Some("http://t.example/announce: unregistered torrent".into());
+        let table = torrent_table(&[low.clone(), refused.clone()]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[1].contains("low-space"), "{table}");
+        assert_eq!(lines[3], "low-space: low: 3.0 MiB free, 6.0 MiB to write");
+        assert_eq!(
+            lines[4],
+            "tracker: refused: http://t.example/announce: unregistered torrent"
+        );
+        let file = TempFile::new("low-space");
+        let original = status(vec![low, refused]);
+        original.save(&file.0).unwrap();
+        assert_eq!(DaemonStatus::load(&file.0).unwrap(), original);
+        let text = fs::read_to_string(&file.0).unwrap();
+        assert!(text.contains("\"free_bytes\": 3145728"), "{text}");
     }
 
     #[test]

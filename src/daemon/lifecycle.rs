@@ -1,6 +1,6 @@
 //! The pure core of the daemon's torrent set: one torrent's lifecycle ([`Lifecycle`]: its
 //! phase, paused or not, complete or not, a check owed, the storage-error back-off, runs still
-//! stopping, an unfinished move), the queue's scheduling over all of them in queue order
+//! stopping, an unfinished move, low free space), the queue's scheduling over all of them in queue order
 //! ([`schedule`]) and the queue order's moves ([`moved`]).
 //!
 //! Events come in as methods named after them (`on_added`, `on_checked`, `on_failed`, ...),
@@ -19,6 +19,12 @@ use std::time::{Duration, Instant};
 /// wait, doubled per failure up to [`STORAGE_RETRY_MAX`]; SIGHUP retries it at once.
 pub(super) const STORAGE_RETRY_BASE: Duration = Duration::from_secs(60);
 pub(super) const STORAGE_RETRY_MAX: Duration = Duration::from_secs(30 * 60);
+
+/// What a downloading torrent may write between two looks at its free space, at most: a look
+/// each second, and up to 16 MiB of pieces queued for the disk that a run told to stop still
+/// writes. A torrent pauses once the free space is less than `disk.min_free_mib` plus this much
+/// (or plus what it still has to write, when that is less): see [`space_is_low`].
+pub(super) const LOW_SPACE_HEADROOM_BYTES: u64 = 64 << 20;
 
 /// Where a torrent is in its life. The shell holds what goes with a phase: the fetch thread of
 /// `Metadata`, the check's progress of `Checking`, the coordinator's handle of `Running`.
@@ -44,6 +50,13 @@ pub(super) enum Phase {
         started: bool,
     },
     Error(String),
+    /// Incomplete, and the file system of its data has too little free space
+    /// ([`space_is_low`]): not downloading, no slot held, back to the queue by itself when the
+    /// space returns. The figures of the last look.
+    LowSpace {
+        free_bytes: u64,
+        needed_bytes: u64,
+    },
 }
 
 /// What the shell must do for one torrent, in the imperative.
@@ -197,6 +210,7 @@ impl Lifecycle {
             Phase::Stopped => "stopped",
             Phase::Moving { .. } => "moving",
             Phase::Error(_) => "error",
+            Phase::LowSpace { .. } => "low-space",
         }
     }
 
@@ -343,6 +357,38 @@ impl Lifecycle {
             self.phase = Phase::Queued;
         }
         Vec::new()
+    }
+
+    /// The shell looked at the free space of its data's file system: `free_bytes` free, and
+    /// `needed_bytes` it still has to write (what is left of its wanted files), with
+    /// `min_free_bytes` to keep free (0: the guard is off). An incomplete torrent that is
+    /// queued or downloading pauses in phase low-space when [`space_is_low`] says so (a run
+    /// is told to stop; its slot is free for others); one in low-space goes back to the queue
+    /// once it no longer is. Complete torrents write nothing and are left alone, as are all
+    /// other phases (a check writes nothing: its run is looked at next time).
+    pub(super) fn on_space_measured(
+        &mut self,
+        free_bytes: u64,
+        needed_bytes: u64,
+        min_free_bytes: u64,
+    ) -> Vec<Action> {
+        let low = !self.complete && space_is_low(free_bytes, needed_bytes, min_free_bytes);
+        let figures = Phase::LowSpace {
+            free_bytes,
+            needed_bytes,
+        };
+        match self.phase {
+            Phase::LowSpace { .. } if low => {
+                self.phase = figures;
+                Vec::new()
+            }
+            Phase::LowSpace { .. } => {
+                self.phase = Phase::Queued;
+                Vec::new()
+            }
+            Phase::Queued | Phase::Running if low => self.leave(figures),
+            _ => Vec::new(),
+        }
     }
 
     // ---- events from its threads ---------------------------------------------------------
@@ -627,6 +673,17 @@ pub(super) fn schedule(
     out
 }
 
+/// Whether a torrent that still has to write `needed_bytes` must not download where
+/// `free_bytes` are free and `min_free_bytes` must stay free: when the free space is less than
+/// `min_free_bytes` plus what it may write before the next look (what it still needs, at most
+/// [`LOW_SPACE_HEADROOM_BYTES`]). Never with the guard off (`min_free_bytes` 0) or nothing to
+/// write. The same test pauses and resumes: what brings it back is space freed by others.
+pub(super) fn space_is_low(free_bytes: u64, needed_bytes: u64, min_free_bytes: u64) -> bool {
+    min_free_bytes > 0
+        && needed_bytes > 0
+        && free_bytes < min_free_bytes.saturating_add(needed_bytes.min(LOW_SPACE_HEADROOM_BYTES))
+}
+
 /// The wait before retrying a torrent after `failures` storage errors in a row: 60 s, doubling,
 /// at most 30 min.
 pub(super) fn storage_retry_after(failures: u32) -> Duration {
@@ -873,6 +930,109 @@ mod tests {
         assert_eq!(turn(&mut q, TWO, t0()), [], "its last run has not ended");
         q[0].on_run_ended();
         assert_eq!(turn(&mut q, TWO, t0()), [(0, start_check(2))]);
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn space_is_low_below_the_minimum_plus_what_it_still_writes_at_most_the_headroom() {
+        // 100 MiB to keep free, 10 MiB left to write: 110 MiB free is enough, one byte less is not.
+        assert!(!space_is_low(110 * MIB, 10 * MIB, 100 * MIB));
+        assert!(space_is_low(110 * MIB - 1, 10 * MIB, 100 * MIB));
+        // A big torrent needs only the headroom beyond the minimum, not all it still writes.
+        let headroom = LOW_SPACE_HEADROOM_BYTES;
+        assert!(!space_is_low(100 * MIB + headroom, 50_000 * MIB, 100 * MIB));
+        assert!(space_is_low(
+            100 * MIB + headroom - 1,
+            50_000 * MIB,
+            100 * MIB
+        ));
+        // Off, or nothing left to write: never low.
+        assert!(!space_is_low(0, 10 * MIB, 0));
+        assert!(!space_is_low(0, 0, 100 * MIB));
+    }
+
+    #[test]
+    fn low_space_stops_a_download_frees_its_slot_and_it_queues_again_when_space_returns() {
+        let mut q = vec![added(false), added(false), added(false)];
+        let one = Slots {
+            downloads: 1,
+            seeds: 1,
+        };
+        assert_eq!(turn(&mut q, one, t0()), [(0, start_check(1))]);
+        check_done(&mut q[0], false);
+        assert_eq!(names(&q), ["downloading", "queued", "queued"]);
+        // Enough space: nothing happens.
+        assert_eq!(q[0].on_space_measured(500 * MIB, 10 * MIB, 100 * MIB), []);
+        // Too little: the run stops, nothing is an error, and the next one takes the slot.
+        assert_eq!(
+            q[0].on_space_measured(105 * MIB, 10 * MIB, 100 * MIB),
+            [Action::BeginStop, Action::SaveRecord]
+        );
+        assert_eq!(
+            *q[0].phase(),
+            Phase::LowSpace {
+                free_bytes: 105 * MIB,
+                needed_bytes: 10 * MIB
+            }
+        );
+        assert_eq!(q[0].name(), "low-space");
+        assert!(!q[0].is_active());
+        q[0].on_run_ended();
+        // A queued torrent on the same file system pauses too, without starting.
+        assert_eq!(
+            q[1].on_space_measured(105 * MIB, 10 * MIB, 100 * MIB),
+            [Action::SaveRecord]
+        );
+        assert_eq!(turn(&mut q, one, t0()), [(2, start_check(1))]);
+        // Still low: the figures follow, it stays; resuming it asks nothing of a low-space one.
+        assert_eq!(q[0].on_space_measured(104 * MIB, 9 * MIB, 100 * MIB), []);
+        assert_eq!(
+            *q[0].phase(),
+            Phase::LowSpace {
+                free_bytes: 104 * MIB,
+                needed_bytes: 9 * MIB
+            }
+        );
+        assert_eq!(q[0].on_resume_requested(), []);
+        assert_eq!(q[0].name(), "low-space");
+        // Space back: queued again, and it starts once a slot is free.
+        assert_eq!(q[0].on_space_measured(300 * MIB, 9 * MIB, 100 * MIB), []);
+        assert_eq!(names(&q), ["queued", "low-space", "checking"]);
+        check_done(&mut q[2], true);
+        assert_eq!(turn(&mut q, one, t0()), [(0, start_check(2))]);
+        // The guard turned off (0) lets the other one go too.
+        assert_eq!(q[1].on_space_measured(0, 9 * MIB, 0), []);
+        assert_eq!(q[1].name(), "queued");
+    }
+
+    #[test]
+    fn low_space_leaves_seeds_paused_checking_and_errors_alone_and_a_pause_wins() {
+        let mut seed = added(true);
+        let mut q = vec![seed.clone()];
+        turn(&mut q, TWO, t0());
+        check_done(&mut q[0], true);
+        assert_eq!(q[0].on_space_measured(0, 0, 100 * MIB), []);
+        assert_eq!(q[0].name(), "seeding");
+        seed.on_pause_requested();
+        assert_eq!(seed.on_space_measured(0, 10 * MIB, 100 * MIB), []);
+        assert_eq!(seed.name(), "paused");
+        let mut q = vec![added(false)];
+        turn(&mut q, TWO, t0());
+        assert_eq!(q[0].on_space_measured(0, 10 * MIB, 100 * MIB), []);
+        assert_eq!(q[0].name(), "checking");
+        check_done(&mut q[0], false);
+        q[0].on_space_measured(0, 10 * MIB, 100 * MIB);
+        q[0].on_run_ended();
+        // Paused while low on space: paused, and space coming back does not start it.
+        assert_eq!(q[0].on_pause_requested(), [Action::SaveRecord]);
+        assert_eq!(q[0].on_space_measured(500 * MIB, 10 * MIB, 100 * MIB), []);
+        assert_eq!(q[0].name(), "paused");
+        // Shutdown leaves a low-space torrent saying so.
+        let mut low = added(false);
+        low.on_space_measured(0, 10 * MIB, 100 * MIB);
+        assert_eq!(low.on_shutdown(), []);
+        assert_eq!(low.name(), "low-space");
     }
 
     #[test]

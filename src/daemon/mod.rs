@@ -88,6 +88,9 @@ pub enum DaemonError {
 }
 
 const LOOP_WAKE: Duration = Duration::from_millis(250);
+/// How often the free space of downloading torrents' file systems is looked at
+/// (`disk.min_free_mib`; `lifecycle::LOW_SPACE_HEADROOM_BYTES` covers what they write between).
+const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The whole graceful stop must fit in 5 s; coordinators get this long to finish (the rest is
 /// for records, the status file, the listener and the disk pool).
@@ -248,9 +251,14 @@ impl Daemon {
         let mut next_scan = Instant::now() + self.config.watch_interval;
         let mut next_status = Instant::now();
         let mut next_record_save = Instant::now() + RECORD_SAVE_INTERVAL;
+        let mut next_space_check = Instant::now();
         loop {
             self.reap_stopped();
             self.apply_renames();
+            if Instant::now() >= next_space_check {
+                self.check_free_space();
+                next_space_check = Instant::now() + SPACE_CHECK_INTERVAL;
+            }
             self.schedule();
             if Instant::now() >= next_record_save {
                 self.save_records();
@@ -361,6 +369,18 @@ impl Daemon {
                         Phase::Error(e) => Some(e.clone()),
                         _ => None,
                     },
+                    free_bytes: match t.life.phase() {
+                        Phase::LowSpace { free_bytes, .. } => Some(*free_bytes),
+                        _ => None,
+                    },
+                    needed_bytes: match t.life.phase() {
+                        Phase::LowSpace { needed_bytes, .. } => Some(*needed_bytes),
+                        _ => None,
+                    },
+                    tracker_error: t
+                        .running()
+                        .and_then(|run| run.swarm.refusal())
+                        .map(|(url, reason)| format!("{url}: {reason}")),
                     source: t.source.describe(),
                     swarm: match &t.handle {
                         Some(h) if h.stats.swarm.known.load(Ordering::Acquire) => {

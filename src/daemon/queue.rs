@@ -109,6 +109,61 @@ impl Daemon {
         }
     }
 
+    /// Looks at the free space of the file system of each downloading, queued or low-space
+    /// torrent's data (one `statvfs` per download directory) and tells the core, which pauses
+    /// or resumes it (`Lifecycle::on_space_measured`). A directory whose free space cannot be
+    /// told (not there yet: its nearest existing ancestor is asked) leaves its torrents alone.
+    pub(super) fn check_free_space(&mut self) {
+        let min_free = self.config.min_free_bytes;
+        let mut free_in: Vec<(PathBuf, Option<u64>)> = Vec::new();
+        for index in 0..self.torrents.len() {
+            let t = &self.torrents[index];
+            let watched = matches!(
+                t.life.phase(),
+                Phase::Queued | Phase::Running | Phase::LowSpace { .. }
+            );
+            if !watched || t.life.complete() || t.meta.is_none() {
+                continue;
+            }
+            let dir = t.download_dir().to_owned();
+            let free = match free_in.iter().find(|(d, _)| *d == dir) {
+                Some((_, free)) => *free,
+                None => {
+                    let free = free_bytes_at(&dir);
+                    free_in.push((dir.clone(), free));
+                    free
+                }
+            };
+            let Some(free) = free else {
+                continue;
+            };
+            let needed = t.left_until_done();
+            let was_low = matches!(t.life.phase(), Phase::LowSpace { .. });
+            let t = &mut self.torrents[index];
+            let actions = t.life.on_space_measured(free, needed, min_free);
+            let is_low = matches!(t.life.phase(), Phase::LowSpace { .. });
+            if is_low && !was_low {
+                warn!(
+                    "torrent {}: low on space: {} free in {}, {} still to write, \
+                     disk.min_free_mib keeps {} free; downloads paused until there is room",
+                    t.name(),
+                    crate::status::bytes(free),
+                    dir.display(),
+                    crate::status::bytes(needed),
+                    crate::status::bytes(min_free)
+                );
+            } else if was_low && !is_low {
+                info!(
+                    "torrent {}: space is back ({} free in {}); queued again",
+                    t.name(),
+                    crate::status::bytes(free),
+                    dir.display()
+                );
+            }
+            self.apply(index, actions);
+        }
+    }
+
     /// Feeds the core what a running torrent reported since the last look.
     pub(super) fn poll_running(&mut self, index: usize) {
         let t = &mut self.torrents[index];
@@ -509,4 +564,13 @@ pub(super) fn apply_own_rates(handle: &TorrentHandle, record: &TorrentRecord) {
         .context
         .upload_rate
         .set_rate(record.rates.upload_bytes());
+}
+
+/// The bytes an unprivileged user may still write on the file system of `path` (or of its
+/// nearest existing ancestor, for a directory not created yet); `None` when none can be told.
+pub(super) fn free_bytes_at(path: &Path) -> Option<u64> {
+    path.ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .find_map(|p| nix::sys::statvfs::statvfs(p).ok())
+        .map(|stat| stat.blocks_available().saturating_mul(stat.fragment_size()))
 }

@@ -334,7 +334,9 @@ impl Daemon {
             Phase::Metadata => status::DOWNLOAD,
             Phase::Queued if t.life.force_check() => status::CHECK_WAIT,
             Phase::Queued if complete => status::SEED_WAIT,
-            Phase::Queued => status::DOWNLOAD_WAIT,
+            // Waiting for free space, by itself, like a download waiting for a slot; nothing
+            // went wrong, so no `error` (the web client would show it in red).
+            Phase::Queued | Phase::LowSpace { .. } => status::DOWNLOAD_WAIT,
             Phase::Checking => status::CHECK,
             Phase::Running if complete => status::SEED,
             Phase::Running => status::DOWNLOAD,
@@ -344,8 +346,11 @@ impl Daemon {
             | Phase::Error(_)
             | Phase::Moving { .. } => status::STOPPED,
         };
-        let error = match t.life.phase() {
-            Phase::Error(e) => (3, e.clone()),
+        // Transmission's codes: 3 a local error; 2 a tracker's refusal (its words, cleared
+        // when the tracker answers again), while the torrent runs on.
+        let error = match (t.life.phase(), run.and_then(|r| r.swarm.refusal())) {
+            (Phase::Error(e), _) => (3, e.clone()),
+            (_, Some((_, reason))) => (2, reason),
             _ => (0, String::new()),
         };
         let eta = t.eta_secs().map_or(ETA_NOT_AVAILABLE, |secs| {
@@ -1187,11 +1192,14 @@ const TRACKER_INACTIVE: u8 = 0;
 const TRACKER_WAITING: u8 = 1;
 
 /// Per-tracker state: btd keeps the swarm counts of the torrent, not of each tracker, so each
-/// tracker shows them (or -1, unknown, as Transmission does before an answer). The announcer
-/// does not publish its times, results or scrapes per tracker: those fields carry
-/// Transmission's values for "never" (0, false, ""), and a running torrent's trackers are
-/// "waiting" (between announces), a stopped one's "inactive".
+/// tracker shows them (or -1, unknown, as Transmission does before an answer). Each tracker's
+/// last announce (`SwarmStats::outcomes`) gives `hasAnnounced`, `lastAnnounceSucceeded`,
+/// `lastAnnounceResult` ("Success", or the refusal or error) and its time. The announcer does
+/// not publish its next announce or scrapes per tracker: those fields carry Transmission's
+/// values for "never" (0, false, ""), and a running torrent's trackers are "waiting" (between
+/// announces), a stopped one's "inactive".
 fn tracker_stats(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
+    let outcomes = run.map(|s| s.swarm.outcomes()).unwrap_or_default();
     let swarm = run.filter(|s| s.swarm.known.load(Ordering::Acquire));
     let count =
         |f: fn(&crate::tracker::SwarmStats) -> u32| swarm.map_or(-1, |s| i64::from(f(&s.swarm)));
@@ -1203,14 +1211,29 @@ fn tracker_stats(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
     trackers(t)
         .into_iter()
         .map(|mut v| {
+            // This tracker's last announce: Transmission says "Success" or what went wrong
+            // (a refusal in the tracker's words).
+            let last = outcomes
+                .iter()
+                .find(|o| v["announce"].as_str() == Some(o.url.as_str()));
+            let (announced, succeeded, result, at) = match last {
+                Some(o) => match &o.result {
+                    Ok(()) => (true, true, "Success".to_owned(), o.at_unix),
+                    Err(
+                        crate::tracker::AnnounceFailure::Refused(why)
+                        | crate::tracker::AnnounceFailure::Failed(why),
+                    ) => (true, false, why.clone(), o.at_unix),
+                },
+                None => (swarm.is_some(), swarm.is_some(), String::new(), 0),
+            };
             let extra = json!({
                 "host": v["sitename"].clone(),
                 "seederCount": count(|s| s.seeders.load(Ordering::Relaxed)),
                 "leecherCount": count(|s| s.leechers.load(Ordering::Relaxed)),
                 "downloadCount": count(|s| s.completed.load(Ordering::Relaxed)),
-                "hasAnnounced": swarm.is_some(),
-                "lastAnnounceSucceeded": swarm.is_some(),
-                "lastAnnounceResult": "",
+                "hasAnnounced": announced,
+                "lastAnnounceSucceeded": succeeded,
+                "lastAnnounceResult": result,
                 "isBackup": false,
             });
             // Two literals: one would pass `json!`'s recursion limit.
@@ -1219,8 +1242,8 @@ fn tracker_stats(t: &Managed, run: Option<&Arc<TorrentStats>>) -> Vec<Value> {
                 "scrapeState": TRACKER_INACTIVE,
                 "hasScraped": false,
                 "lastAnnouncePeerCount": 0,
-                "lastAnnounceStartTime": 0,
-                "lastAnnounceTime": 0,
+                "lastAnnounceStartTime": at,
+                "lastAnnounceTime": at,
                 "lastAnnounceTimedOut": false,
                 "nextAnnounceTime": 0,
                 "lastScrapeResult": "",
@@ -1458,8 +1481,7 @@ fn rpc_free_space(args: &Args) -> Result<Args, String> {
 
 /// Free bytes where `path` is, if it can be told.
 fn free_bytes(path: &Path) -> Option<i64> {
-    let stat = nix::sys::statvfs::statvfs(path).ok()?;
-    i64::try_from(stat.blocks_available() * stat.fragment_size()).ok()
+    i64::try_from(free_bytes_at(path)?).ok()
 }
 
 #[cfg(test)]

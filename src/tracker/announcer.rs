@@ -18,7 +18,8 @@ use log::{debug, warn};
 
 use super::udp::UdpClient;
 use super::{
-    AnnounceEvent, AnnounceRequest, AnnounceResponse, SwarmStats, Tiers, TrackerError, http, udp,
+    AnnounceEvent, AnnounceFailure, AnnounceRequest, AnnounceResponse, SwarmStats, Tiers,
+    TrackerError, http, udp,
 };
 use crate::watched::{self, Watched};
 
@@ -452,8 +453,17 @@ impl Announcer {
             }
             let req = self.request(url, event);
             match self.announce_to(url, &req, self.config.timeout) {
-                Ok(reply) => return self.on_reply(url, event, reply),
-                Err(err) => errors.push(err),
+                Ok(reply) => {
+                    self.swarm
+                        .on_outcome(url, crate::record::unix_now(), Ok(()));
+                    return self.on_reply(url, event, reply);
+                }
+                Err(err) => {
+                    let failure = AnnounceFailure::of(&err);
+                    self.swarm
+                        .on_outcome(url, crate::record::unix_now(), Err(failure));
+                    errors.push(err);
+                }
             }
         }
         let backoff = self.schedule.on_round_failed(Instant::now());

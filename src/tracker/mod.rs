@@ -1,7 +1,7 @@
 //! Tracker client: the types of an announce and a scrape, the pure parts (reply parsing, URL
 //! building, BEP 12 tiers), and below them the transports ([`http`] for BEP 3 / BEP 48, [`udp`]
-//! for BEP 15) and the announcer thread ([`announcer`]), which publishes the swarm's size in
-//! [`SwarmStats`].
+//! for BEP 15) and the announcer thread ([`announcer`]), which publishes the swarm's size and
+//! each tracker's last announce outcome in [`SwarmStats`].
 //!
 //! This module itself opens no sockets and starts no threads: everything here is a function of its
 //! arguments, so it is tested with hand-typed reply bodies. Tracker replies come from strangers:
@@ -471,8 +471,8 @@ pub struct ScrapeCounts {
     pub completed: Option<u32>,
 }
 
-/// The size of a torrent's swarm as its trackers last reported it, published by the announcer
-/// thread for status displays.
+/// The size of a torrent's swarm as its trackers last reported it, and how each tracker last
+/// answered an announce, published by the announcer thread for status displays.
 ///
 /// Read `known` first (`Acquire`): it is set (`Release`) after the counts it covers, and stays
 /// false until some tracker has reported any. Each count is written on its own (`Relaxed`), so a
@@ -487,6 +487,39 @@ pub struct SwarmStats {
     pub completed: AtomicU32,
     /// Whether any count above comes from a tracker.
     pub known: AtomicBool,
+    /// Each tracker's last announce outcome, in the order they were first tried. Held only to
+    /// replace one entry or to copy them, never across I/O.
+    pub outcomes: parking_lot::Mutex<Vec<AnnounceOutcome>>,
+}
+
+/// How one tracker last answered an announce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnounceOutcome {
+    /// The tracker's announce URL.
+    pub url: String,
+    /// When, in seconds since the Unix epoch.
+    pub at_unix: u64,
+    pub result: Result<(), AnnounceFailure>,
+}
+
+/// Why an announce got no usable answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnnounceFailure {
+    /// The tracker refused it with a `failure reason` (HTTP) or an error reply (UDP):
+    /// "unregistered torrent", "torrent not found". The tracker's words.
+    Refused(String),
+    /// No answer, an HTTP error status or a reply that is not one: the error.
+    Failed(String),
+}
+
+impl AnnounceFailure {
+    /// The failure of `err`: a refusal for [`TrackerError::Failure`], else what went wrong.
+    pub fn of(err: &TrackerError) -> Self {
+        match err {
+            TrackerError::Failure { reason, .. } => AnnounceFailure::Refused(reason.clone()),
+            other => AnnounceFailure::Failed(other.to_string()),
+        }
+    }
 }
 
 impl SwarmStats {
@@ -501,6 +534,34 @@ impl SwarmStats {
         if seeders.is_some() || leechers.is_some() {
             self.known.store(true, Ordering::Release);
         }
+    }
+
+    /// Stores how the tracker at `url` answered an announce at `at_unix`, in place of its
+    /// previous outcome.
+    pub fn on_outcome(&self, url: &str, at_unix: u64, result: Result<(), AnnounceFailure>) {
+        let outcome = AnnounceOutcome {
+            url: url.to_owned(),
+            at_unix,
+            result,
+        };
+        let mut outcomes = self.outcomes.lock();
+        match outcomes.iter_mut().find(|o| o.url == url) {
+            Some(old) => *old = outcome,
+            None => outcomes.push(outcome),
+        }
+    }
+
+    /// A copy of each tracker's last announce outcome.
+    pub fn outcomes(&self) -> Vec<AnnounceOutcome> {
+        self.outcomes.lock().clone()
+    }
+
+    /// The first tracker whose last answer was a refusal, and its words, if one was.
+    pub fn refusal(&self) -> Option<(String, String)> {
+        self.outcomes.lock().iter().find_map(|o| match &o.result {
+            Err(AnnounceFailure::Refused(reason)) => Some((o.url.clone(), reason.clone())),
+            _ => None,
+        })
     }
 
     /// Stores the counts of a scrape.
@@ -695,6 +756,31 @@ mod tests {
             }
             other => panic!("expected Malformed for {body:?}, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_refusal_is_kept_per_tracker_until_that_tracker_answers() {
+        let stats = SwarmStats::default();
+        assert_eq!(stats.refusal(), None);
+        let refused = TrackerError::Failure {
+            url: "http://a/announce".into(),
+            reason: "unregistered torrent".into(),
+        };
+        stats.on_outcome("http://a/announce", 10, Err(AnnounceFailure::of(&refused)));
+        stats.on_outcome(
+            "http://b/announce",
+            11,
+            Err(AnnounceFailure::Failed("no answer".into())),
+        );
+        assert_eq!(
+            stats.refusal(),
+            Some(("http://a/announce".into(), "unregistered torrent".into()))
+        );
+        stats.on_outcome("http://a/announce", 20, Ok(()));
+        assert_eq!(stats.refusal(), None);
+        let outcomes = stats.outcomes();
+        assert_eq!(outcomes.len(), 2);
+        assert_eq!((outcomes[0].at_unix, &outcomes[0].result), (20, &Ok(())));
     }
 
     #[test]

@@ -145,13 +145,15 @@ fn a_full_disk_stops_only_its_torrent_keeps_its_pieces_and_sighup_resumes_it_onc
     // 1 MiB/s per torrent: the other torrent is still downloading when the disk fills up.
     let lt = lt_seeder(&work, &[&full, &other], MIB);
     let mut home = DaemonHome::new("faults-full");
-    home.add_torrent(
-        TorrentEntry::new(&full.torrent)
-            .peers(&[lt.addr])
-            .download_dir(&small),
-    )
-    .add_torrent(TorrentEntry::new(&other.torrent).peers(&[lt.addr]))
-    .write_config();
+    // The free-space guard off: this is what a full disk does without it (`low_space` has it on).
+    home.set("disk", "min_free_mib", 0)
+        .add_torrent(
+            TorrentEntry::new(&full.torrent)
+                .peers(&[lt.addr])
+                .download_dir(&small),
+        )
+        .add_torrent(TorrentEntry::new(&other.torrent).peers(&[lt.addr]))
+        .write_config();
     let mut d = home.start("btd daemon");
 
     let s = d.wait_status(
@@ -226,12 +228,14 @@ fn a_read_only_download_dir_is_an_error_and_sighup_retries_it_once_writable() {
     let tmpfs = Tmpfs::mount(&mnt, 4 * MIB, true);
     let lt = lt_seeder(&work, &[&fix], 0);
     let mut home = DaemonHome::new("faults-readonly");
-    home.add_torrent(
-        TorrentEntry::new(&fix.torrent)
-            .peers(&[lt.addr])
-            .download_dir(&mnt.join("downloads")),
-    )
-    .write_config();
+    // The free-space guard off: a 4 MiB file system is far below its default 1 GiB.
+    home.set("disk", "min_free_mib", 0)
+        .add_torrent(
+            TorrentEntry::new(&fix.torrent)
+                .peers(&[lt.addr])
+                .download_dir(&mnt.join("downloads")),
+        )
+        .write_config();
     let mut d = home.start("btd daemon");
     let s = d.wait_status(SHORT, "the torrent in state error", |s| {
         s.torrent(&hash).is_some_and(|t| t.state == "error")

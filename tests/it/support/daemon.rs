@@ -235,6 +235,11 @@ allowed_ips = ["127.0.0.0/8"]
 
     /// Starts the daemon without waiting for anything.
     pub fn spawn(&self, name: &str) -> Daemon {
+        self.spawn_command(name, self.command())
+    }
+
+    /// Runs `cmd` (which runs `btd daemon` on this home) as this home's daemon.
+    fn spawn_command(&self, name: &str, cmd: Command) -> Daemon {
         let log_file = self
             .config
             .get("log")
@@ -243,7 +248,7 @@ allowed_ips = ["127.0.0.0/8"]
             .filter(|f| !f.is_empty())
             .map(|f| self.dir.path().join(f));
         Daemon {
-            proc: Proc::spawn(name, self.command()),
+            proc: Proc::spawn(name, cmd),
             status_file: self.status_file(),
             log_file,
             listen: None,
@@ -253,6 +258,32 @@ allowed_ips = ["127.0.0.0/8"]
     /// Starts the daemon and waits until it logs `listening on IP:PORT`.
     pub fn start(&self, name: &str) -> Daemon {
         let mut d = self.spawn(name);
+        d.wait_listening();
+        d
+    }
+
+    /// Starts the daemon in a mount namespace of its own (`unshare --mount --propagation
+    /// private`, which needs root) with a tmpfs of `size_mib` MiB mounted on `dir` there, and
+    /// waits until it listens. Nobody else sees the mount and it ends with the daemon (no
+    /// unmount to forget); the test reaches it through [`Daemon::ns_path`].
+    pub fn start_with_tmpfs(&self, name: &str, dir: &Path, size_mib: u64) -> Daemon {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let btd = self.command();
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs -o size={size_mib}m btd-test \"$0\" && exec \"$@\""
+            ))
+            .arg(dir)
+            .arg(btd.get_program())
+            .args(btd.get_args());
+        for (key, value) in btd.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        let mut d = self.spawn_command(name, cmd);
         d.wait_listening();
         d
     }
@@ -321,6 +352,14 @@ pub struct TorrentStatus {
     pub have_bytes: Option<u64>,
     #[serde(default)]
     pub eta_secs: Option<u64>,
+    /// While `low-space`: bytes free on its file system, and bytes it still has to write.
+    #[serde(default)]
+    pub free_bytes: Option<u64>,
+    #[serde(default)]
+    pub needed_bytes: Option<u64>,
+    /// A tracker's refusal, `URL: reason`.
+    #[serde(default)]
+    pub tracker_error: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -366,6 +405,13 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// `path` as the daemon sees it, through `/proc/PID/root` (its mount namespace: see
+    /// [`DaemonHome::start_with_tmpfs`]).
+    pub fn ns_path(&self, path: &Path) -> PathBuf {
+        let rel = path.strip_prefix("/").expect("an absolute path");
+        PathBuf::from(format!("/proc/{}/root", self.pid())).join(rel)
+    }
+
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }

@@ -250,6 +250,8 @@ pub struct Announce {
     pub numwant: Option<u32>,
     /// The request target as sent (path and query).
     pub target: String,
+    /// When the tracker read it.
+    pub at: Instant,
 }
 
 impl Announce {
@@ -278,6 +280,8 @@ pub struct TrackerReply {
     pub warning: Option<String>,
     /// The compact `peers` (IPv4 only).
     pub peers: Vec<SocketAddr>,
+    /// `failure reason`, when set: the whole reply is `d14:failure reason...e`, a refusal.
+    pub failure: Option<String>,
 }
 
 impl Default for TrackerReply {
@@ -287,6 +291,7 @@ impl Default for TrackerReply {
             min_interval: None,
             warning: None,
             peers: Vec::new(),
+            failure: None,
         }
     }
 }
@@ -294,6 +299,9 @@ impl Default for TrackerReply {
 impl TrackerReply {
     /// The bencoded reply (keys in order).
     fn bencode(&self) -> Vec<u8> {
+        if let Some(reason) = &self.failure {
+            return format!("d14:failure reason{}:{reason}e", reason.len()).into_bytes();
+        }
         let mut compact = Vec::new();
         for p in &self.peers {
             let SocketAddr::V4(v4) = p else {
@@ -571,6 +579,7 @@ fn parse_announce(target: &str, query: &str) -> Result<Announce, String> {
         port: u16::try_from(number("port")?).map_err(|_| format!("port out of range: {target}"))?,
         numwant: text("numwant").and_then(|v| v.parse().ok()),
         target: target.to_owned(),
+        at: Instant::now(),
     })
 }
 
@@ -693,6 +702,7 @@ mod tests {
             min_interval: Some(30),
             warning: Some("slow down".into()),
             peers: vec![peer],
+            failure: None,
         });
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, tracker.port));
         // `a` and `-` stand for themselves, the other bytes are escaped.
