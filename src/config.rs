@@ -183,6 +183,7 @@ struct Queue {
     max_active_downloads: usize,
     #[serde(deserialize_with = "integer")]
     max_active_seeds: usize,
+    start_added_torrents: bool,
 }
 
 impl Default for Queue {
@@ -190,6 +191,7 @@ impl Default for Queue {
         Self {
             max_active_downloads: 5,
             max_active_seeds: 20,
+            start_added_torrents: true,
         }
     }
 }
@@ -592,6 +594,9 @@ pub struct Config {
     pub seed_idle_limit: Duration,
     pub max_active_downloads: usize,
     pub max_active_seeds: usize,
+    /// Torrents added over the RPC without `paused` start at once (Transmission's
+    /// `start-added-torrents`); false: they are added paused.
+    pub start_added_torrents: bool,
     pub status_interval: Duration,
     /// `disk.min_free_mib` in bytes: a downloading torrent pauses (`low-space`) before the
     /// free space of its download directory's file system falls below it; 0 = off.
@@ -787,6 +792,7 @@ impl Config {
             seed_idle_limit: Duration::from_secs(file.seeding.idle_limit_mins.saturating_mul(60)),
             max_active_downloads: file.queue.max_active_downloads,
             max_active_seeds: file.queue.max_active_seeds,
+            start_added_torrents: file.queue.start_added_torrents,
             status_interval: Duration::from_secs(file.status.interval_secs),
             min_free_bytes: file
                 .disk

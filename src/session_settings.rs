@@ -157,7 +157,7 @@ pub fn get(config: &Config, key: &str) -> Option<Value> {
         "peer-limit-global" => Value::from(config.max_peers_global),
         "peer-limit-per-torrent" => Value::from(config.limits.max_peers),
         "download-dir" => Value::from(config.download_dir.display().to_string()),
-        "start-added-torrents" => Value::from(true),
+        "start-added-torrents" => Value::from(config.start_added_torrents),
         _ => return None,
     })
 }
@@ -231,10 +231,7 @@ fn set(config: &mut Config, key: &str, value: &Value) -> Result<(), String> {
                 .ok_or_else(|| format!("{key}: {value} is not an absolute path"))?;
             config.download_dir = PathBuf::from(dir);
         }
-        "start-added-torrents" if value.as_bool() == Some(true) => {}
-        "start-added-torrents" => {
-            return Err(format!("{key}: btd always starts added torrents"));
-        }
+        "start-added-torrents" => config.start_added_torrents = flag()?,
         _ => return Err(format!("{key}: not supported by btd (yet)")),
     }
     Ok(())
@@ -348,7 +345,11 @@ mod tests {
                 json!(true),
                 "alt-speed-enabled: not supported",
             ),
-            ("start-added-torrents", json!(false), "always starts"),
+            (
+                "start-added-torrents",
+                json!("no"),
+                "start-added-torrents: \"no\"",
+            ),
         ] {
             let err = s.set(&file, &file, key, &value).unwrap_err();
             assert!(err.contains(says), "{key}: {err}");

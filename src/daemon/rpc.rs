@@ -104,7 +104,7 @@ impl Daemon {
             "download-dir-free-space": free_bytes(&c.download_dir).unwrap_or(-1),
             "incomplete-dir": c.download_dir.display().to_string(),
             "incomplete-dir-enabled": false,
-            "start-added-torrents": true,
+            "start-added-torrents": setting("start-added-torrents"),
             "rename-partial-files": false,
             "speed-limit-down": setting("speed-limit-down"),
             "speed-limit-down-enabled": setting("speed-limit-down-enabled"),
@@ -531,7 +531,10 @@ impl Daemon {
         } else {
             return Err("torrent-add needs `metainfo` or `filename`".into());
         };
-        let paused = args.get("paused").and_then(Value::as_bool).unwrap_or(false);
+        let paused = args
+            .get("paused")
+            .and_then(Value::as_bool)
+            .unwrap_or(!self.config.start_added_torrents);
         let labels = labels_arg(args)?.unwrap_or_default();
         let files = match &origin {
             Origin::Meta(meta) => Some(meta.files.len()),

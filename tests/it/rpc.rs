@@ -763,3 +763,39 @@ fn port_test_is_refused_saying_btd_cannot_tell() {
     );
     d.stop("TERM");
 }
+
+#[test]
+fn start_paused_adds_torrents_paused_across_a_restart_until_turned_off() {
+    let work = TempDir::new("rpc-start-paused");
+    let first = seed_payload(&work, "rpc-start-paused-a");
+    let second = seed_payload(&work, "rpc-start-paused-b");
+    let (home, mut d, addr) = bare_rpc_daemon("rpc-start-paused");
+    // transmission-remote --start-paused is session-set start-added-torrents false.
+    ok(addr, &["--start-paused"]);
+    let dir = first.dir.display().to_string();
+    ok(
+        addr,
+        &["-a", &first.torrent.display().to_string(), "-w", &dir],
+    );
+    wait_state(&mut d, &first.info_hash, "paused");
+    // The setting is kept across a restart, and the torrent stays paused.
+    d.stop("TERM");
+    let mut d = home.start("btd daemon again");
+    let addr = rpc_addr(&mut d);
+    wait_state(&mut d, &first.info_hash, "paused");
+    let session = ok(addr, &["-si"]);
+    assert!(
+        std::fs::read_to_string(home.state_dir().join("session.json"))
+            .is_ok_and(|s| s.contains("start-added-torrents")),
+        "{session}"
+    );
+    // Turned off again: the next one starts at once.
+    ok(addr, &["--no-start-paused"]);
+    ok(
+        addr,
+        &["-a", &second.torrent.display().to_string(), "-w", &dir],
+    );
+    wait_state(&mut d, &second.info_hash, "seeding");
+    assert_eq!(state(&d, &first.info_hash).as_deref(), Some("paused"));
+    d.stop("TERM");
+}
