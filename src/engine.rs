@@ -1,5 +1,5 @@
 //! The engine: what one btd process shares across its torrents. It owns our peer id, the
-//! listener and the registry the listener routes by, and starts and stops torrents. The CLI's
+//! listener and the registry the listener routes by, the disk and announce threads, and starts and stops torrents. The CLI's
 //! one-shot commands and (later) the daemon drive it.
 
 use std::collections::HashMap;
@@ -17,6 +17,7 @@ use crate::selection::Selection;
 use crate::storage::Storage;
 use crate::torrent::disk::DiskPool;
 use crate::torrent::{ResumeTarget, TorrentHandle, TorrentLimits, TorrentParams};
+use crate::tracker::announcer::{ANNOUNCE_THREADS, AnnouncePool};
 use crate::wire::Bitfield;
 
 /// Our client prefix in peer ids (Azureus style): btd 0.1.
@@ -45,6 +46,8 @@ pub struct Engine {
     global: Arc<Limits>,
     /// The disk threads every torrent shares (`limits.disk_threads` of them).
     disk: DiskPool,
+    /// The announce threads every torrent shares ([`ANNOUNCE_THREADS`] of them).
+    announce: AnnouncePool,
 }
 
 /// What a run starts with besides its data and peers (the daemon sets them; one-shot commands
@@ -74,6 +77,7 @@ impl Engine {
         global.peers.set_max_per_ip(config.max_peers_per_ip);
         let listener = Listener::bind(config.listen, Arc::clone(&registry), Arc::clone(&global))?;
         let disk = DiskPool::start(config.limits.disk_threads)?;
+        let announce = AnnouncePool::start(ANNOUNCE_THREADS)?;
         Ok(Self {
             peer_id: new_peer_id(),
             registry,
@@ -81,6 +85,7 @@ impl Engine {
             config,
             global,
             disk,
+            announce,
         })
     }
 
@@ -134,6 +139,7 @@ impl Engine {
             upload_allowance,
             selection,
             disk: self.disk.handle(),
+            announce: self.announce.handle(),
         })?;
         self.registry
             .write()

@@ -30,7 +30,7 @@ use crate::selection::{self, Selection};
 use crate::storage::Storage;
 use crate::tracker::Tiers;
 use crate::tracker::announcer::{self, AnnounceStats, AnnouncerCommand, AnnouncerConfig};
-use crate::watched::{self, Watched};
+use crate::watched;
 use crate::wire::extension::PexMessage;
 use crate::wire::{BLOCK_LEN, Bitfield, BlockRef};
 
@@ -241,7 +241,7 @@ struct Coordinator {
     disk_results: Receiver<DiskResult>,
     /// Jobs queued whose result has not come back.
     disk_in_flight: usize,
-    announcer: Option<(Sender<AnnouncerCommand>, Watched<()>)>,
+    announcer: Option<announcer::Registration>,
     tracker_peers: Receiver<Vec<SocketAddr>>,
     events: Receiver<PeerEvent>,
     control: Receiver<Control>,
@@ -305,7 +305,6 @@ impl Coordinator {
         let announcer = if tiers.is_empty() {
             None
         } else {
-            let (tx, rx) = crossbeam_channel::unbounded();
             let stats_for_tracker = Arc::clone(&stats);
             let config = AnnouncerConfig {
                 name: meta.name.clone(),
@@ -325,8 +324,11 @@ impl Coordinator {
                 left: stats_for_tracker.left(),
             });
             let swarm = Arc::clone(&stats.swarm);
-            let handle = announcer::spawn(tiers, config, source, swarm, peers_tx, rx)?;
-            Some((tx, handle))
+            Some(
+                params
+                    .announce
+                    .register(tiers, config, source, swarm, peers_tx),
+            )
         };
         let now = Instant::now();
         let mut c = Self {
@@ -1340,8 +1342,8 @@ impl Coordinator {
     }
 
     fn announce(&self, cmd: AnnouncerCommand) {
-        if let Some((tx, _)) = &self.announcer {
-            let _ = tx.send(cmd);
+        if let Some(registration) = &self.announcer {
+            registration.send(cmd);
         }
     }
 
@@ -1589,8 +1591,8 @@ impl Coordinator {
     fn shutdown(&mut self) {
         info!("torrent {}: stopping", self.name());
         let announcer = self.announcer.take();
-        if let Some((tx, _)) = &announcer {
-            let _ = tx.send(AnnouncerCommand::Stop);
+        if let Some(registration) = &announcer {
+            registration.send(AnnouncerCommand::Stop);
         }
         let peers_deadline = Instant::now() + self.limits.stop_timeout;
         self.context.close_peer_threads();
@@ -1658,9 +1660,10 @@ impl Coordinator {
                 self.limits.stop_timeout
             );
         }
-        if let Some((_, mut handle)) = announcer {
+        if let Some(registration) = announcer {
             // The announcer has `stop_timeout` for its `stopped` announce; don't wait longer.
-            handle.wait_until(Instant::now() + self.limits.stop_timeout + Duration::from_secs(1));
+            registration
+                .wait_until(Instant::now() + self.limits.stop_timeout + Duration::from_secs(1));
         }
         info!("torrent {}: stopped", self.name());
     }

@@ -310,6 +310,8 @@ pub struct TorrentParams {
     pub selection: Selection,
     /// The process's disk threads.
     pub disk: disk::DiskPoolHandle,
+    /// The process's announce threads.
+    pub announce: crate::tracker::announcer::AnnouncePoolHandle,
 }
 
 /// Where and how a torrent saves its resume data.
