@@ -1,5 +1,5 @@
 //! The engine: what one btd process shares across its torrents. It owns our peer id, the
-//! listener and the registry the listener routes by, the disk and announce threads, and starts and stops torrents. The CLI's
+//! listener and the registry the listener routes by, the disk, announce and file-check threads, and starts and stops torrents. The CLI's
 //! one-shot commands and (later) the daemon drive it.
 
 use std::collections::HashMap;
@@ -16,6 +16,7 @@ use crate::ratelimit::Limits;
 use crate::selection::Selection;
 use crate::storage::Storage;
 use crate::torrent::disk::DiskPool;
+use crate::torrent::file_check::FileChecker;
 use crate::torrent::{ResumeTarget, TorrentHandle, TorrentLimits, TorrentParams};
 use crate::tracker::announcer::{ANNOUNCE_THREADS, AnnouncePool};
 use crate::wire::Bitfield;
@@ -48,6 +49,8 @@ pub struct Engine {
     disk: DiskPool,
     /// The announce threads every torrent shares ([`ANNOUNCE_THREADS`] of them).
     announce: AnnouncePool,
+    /// The thread that notices files deleted or truncated under running torrents.
+    file_check: FileChecker,
 }
 
 /// What a run starts with besides its data and peers (the daemon sets them; one-shot commands
@@ -78,6 +81,7 @@ impl Engine {
         let listener = Listener::bind(config.listen, Arc::clone(&registry), Arc::clone(&global))?;
         let disk = DiskPool::start(config.limits.disk_threads)?;
         let announce = AnnouncePool::start(ANNOUNCE_THREADS)?;
+        let file_check = FileChecker::start()?;
         Ok(Self {
             peer_id: new_peer_id(),
             registry,
@@ -86,6 +90,7 @@ impl Engine {
             global,
             disk,
             announce,
+            file_check,
         })
     }
 
@@ -140,6 +145,7 @@ impl Engine {
             selection,
             disk: self.disk.handle(),
             announce: self.announce.handle(),
+            file_check: self.file_check.handle(),
         })?;
         self.registry
             .write()

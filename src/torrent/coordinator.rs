@@ -15,6 +15,7 @@ use log::{debug, error, info, warn};
 use super::admission;
 use super::choker::{self, CHOKE_INTERVAL, Candidate, OPTIMISTIC_INTERVAL};
 use super::disk::{self, DiskJob, DiskQueue, DiskResult};
+use super::file_check::FileCheckRegistration;
 use super::picker::{PeerKey, Picker, Received, saturating_u32};
 use super::piece_buffer::{
     Blame, CompletePiece, PieceBuffers, blame_after_refetch, blame_on_failure,
@@ -38,7 +39,7 @@ const TICK: Duration = Duration::from_millis(500);
 /// The tick of a torrent with nothing going on (no peer, nothing being dialled, written or
 /// saved): it wakes this seldom, so thousands of idle torrents cost next to no CPU. Any event
 /// brings the next tick back within [`TICK`].
-const IDLE_TICK: Duration = FILE_CHECK_INTERVAL;
+const IDLE_TICK: Duration = Duration::from_secs(5);
 /// Peer events handled per wake-up before the other channels get a look.
 const EVENT_BATCH: usize = 256;
 /// Capacity of the peer -> coordinator channel: a slow coordinator pushes back on peers' reads.
@@ -74,9 +75,6 @@ const MAX_PEX_PEERS: usize = 50;
 const MAX_KNOWN_ADDRS: usize = 2000;
 /// Resume data is saved at most this often while pieces complete (and at completion and stop).
 const RESUME_SAVE_INTERVAL: Duration = Duration::from_secs(5);
-/// How often a disk thread checks that our files are still there and whole (a deleted file
-/// stays readable through our handles, so reads alone would not notice).
-const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Blocks in a row we never asked for before we drop the peer. After a cancel or a choke an
 /// honest peer may still send what it had queued, at most a full pipeline.
 const MAX_UNREQUESTED_STREAK: usize = MAX_PIPELINE_KNOWN_REQQ + 64;
@@ -261,9 +259,9 @@ struct Coordinator {
     failed: bool,
     /// Our data changed on disk: the engine is told to recheck; we serve and save nothing.
     rechecking: bool,
-    /// A `CheckFiles` job is with the disk threads.
-    checking_files: bool,
-    last_file_check: Instant,
+    /// Our files in the process's file checker, which reports a change as
+    /// `DiskResult::FileChanged`; dropped with the coordinator.
+    _file_check: FileCheckRegistration,
     rng: rand::rngs::StdRng,
 }
 
@@ -279,6 +277,9 @@ impl Coordinator {
     ) -> std::io::Result<Self> {
         let meta = params.meta;
         let (results_tx, disk_results) = crossbeam_channel::unbounded();
+        let file_check = params
+            .file_check
+            .register(Arc::clone(&params.storage), results_tx.clone());
         let disk = params.disk.queue(Arc::clone(&params.storage), results_tx);
         let (peers_tx, tracker_peers) = crossbeam_channel::unbounded();
         // What we have, published before the announcer starts: its `started` reads `left`.
@@ -377,8 +378,7 @@ impl Coordinator {
             syncing: false,
             failed: false,
             rechecking: false,
-            checking_files: false,
-            last_file_check: now,
+            _file_check: file_check,
             rng: rand::make_rng(),
         };
         c.add_addrs(params.peers);
@@ -1130,12 +1130,7 @@ impl Coordinator {
                 self.fail(format!("storage: {error}; torrent paused"));
             }
             DiskResult::FilesWanted(Ok(())) => {}
-            DiskResult::FilesChecked(result) => {
-                self.checking_files = false;
-                if let Err(error) = result {
-                    self.recheck(format!("storage: {error}"));
-                }
-            }
+            DiskResult::FileChanged(error) => self.recheck(format!("storage: {error}")),
             DiskResult::ResumeSaved(Err(error)) => {
                 warn!("torrent {}: {error}", self.name());
             }
@@ -1428,13 +1423,6 @@ impl Coordinator {
         self.drop_idle_peers(now);
         if self.resume_dirty && now.duration_since(self.last_resume_save) >= RESUME_SAVE_INTERVAL {
             self.save_resume_later();
-        }
-        if !self.checking_files
-            && !self.rechecking
-            && now.duration_since(self.last_file_check) >= FILE_CHECK_INTERVAL
-        {
-            self.checking_files = self.disk_send(DiskJob::CheckFiles);
-            self.last_file_check = now;
         }
         self.connect_more();
         self.fill_all();
