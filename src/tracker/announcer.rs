@@ -345,7 +345,17 @@ impl AnnouncePool {
     /// waited for up to 200 ms, then left to end when that exchange times out.
     /// Announcers still registered are dropped without `stopped` (their torrents stop first).
     pub fn stop(&mut self) {
-        lock(&self.shared).closed = true;
+        let mut state = lock(&self.shared);
+        state.closed = true;
+        // Idle announcers end now, so a registration still waiting sees `done` at once.
+        let idle: Vec<Slot> = state
+            .slots
+            .extract_if(|_, slot| slot.announcer.is_some())
+            .map(|(_, slot)| slot)
+            .collect();
+        state.queue.clear();
+        drop(state);
+        drop(idle);
         self.shared.changed.notify_all();
         if self.threads.is_empty() {
             return;
@@ -1320,6 +1330,30 @@ mod tests {
             assert!(registration.wait_until(Instant::now() + PATIENCE));
         }
         join_within(pool, PATIENCE);
+        tracker.join();
+    }
+
+    #[test]
+    fn a_registration_sees_its_announcer_end_when_the_pool_stops() {
+        let tracker = FakeTracker::serve(vec![ok(&compact_reply(&[10, 0, 0, 1, 0, 80]))]);
+        let (pool, peers_rx, registration) = start_announcer(
+            Tiers::new(Some(&tracker.url), None),
+            config(),
+            Arc::default(),
+        );
+        peers_rx.recv_timeout(PATIENCE).unwrap();
+        wait_for(
+            || {
+                lock(&pool.shared)
+                    .slots
+                    .values()
+                    .all(|s| s.announcer.is_some())
+            },
+            "the announcer back in the schedule",
+        );
+        assert!(!registration.wait_until(Instant::now() + Duration::from_millis(50)));
+        drop(pool);
+        assert!(registration.wait_until(Instant::now() + Duration::from_millis(50)));
         tracker.join();
     }
 
