@@ -1,5 +1,5 @@
 //! The engine: what one btd process shares across its torrents. It owns our peer id, the
-//! listener and the registry the listener routes by, and starts and stops torrents. The CLI's
+//! listener and the registry the listener routes by, the disk, announce and file-check threads, and starts and stops torrents. The CLI's
 //! one-shot commands and (later) the daemon drive it.
 
 use std::collections::HashMap;
@@ -16,7 +16,9 @@ use crate::ratelimit::Limits;
 use crate::selection::Selection;
 use crate::storage::Storage;
 use crate::torrent::disk::DiskPool;
+use crate::torrent::file_check::FileChecker;
 use crate::torrent::{ResumeTarget, TorrentHandle, TorrentLimits, TorrentParams};
+use crate::tracker::announcer::{ANNOUNCE_THREADS, AnnouncePool};
 use crate::wire::Bitfield;
 
 /// Our client prefix in peer ids (Azureus style): btd 0.1.
@@ -45,6 +47,10 @@ pub struct Engine {
     global: Arc<Limits>,
     /// The disk threads every torrent shares (`limits.disk_threads` of them).
     disk: DiskPool,
+    /// The announce threads every torrent shares ([`ANNOUNCE_THREADS`] of them).
+    announce: AnnouncePool,
+    /// The thread that notices files deleted or truncated under running torrents.
+    file_check: FileChecker,
 }
 
 /// What a run starts with besides its data and peers (the daemon sets them; one-shot commands
@@ -74,6 +80,8 @@ impl Engine {
         global.peers.set_max_per_ip(config.max_peers_per_ip);
         let listener = Listener::bind(config.listen, Arc::clone(&registry), Arc::clone(&global))?;
         let disk = DiskPool::start(config.limits.disk_threads)?;
+        let announce = AnnouncePool::start(ANNOUNCE_THREADS)?;
+        let file_check = FileChecker::start()?;
         Ok(Self {
             peer_id: new_peer_id(),
             registry,
@@ -81,6 +89,8 @@ impl Engine {
             config,
             global,
             disk,
+            announce,
+            file_check,
         })
     }
 
@@ -134,6 +144,8 @@ impl Engine {
             upload_allowance,
             selection,
             disk: self.disk.handle(),
+            announce: self.announce.handle(),
+            file_check: self.file_check.handle(),
         })?;
         self.registry
             .write()

@@ -401,41 +401,57 @@ impl Storage {
     }
 
     /// Checks that every file we opened is still at its path (same device and inode) and still
-    /// as long as the torrent says. Stats only, no data is read: cheap enough to run every few
-    /// seconds. A deleted file stays readable through our handle, so reads alone never notice.
+    /// as long as the torrent says ([`Storage::check_file`] for each).
     ///
     /// # Errors
-    /// `Changed` naming the first file that was deleted, replaced or truncated; `Read` when our
-    /// own handle cannot be examined.
+    /// As [`Storage::check_file`], for the first file that fails.
     pub fn check_files(&self) -> Result<(), StorageError> {
+        (0..self.files.len()).try_for_each(|index| self.check_file(index))
+    }
+
+    /// How many files [`Storage::check_file`] takes (the torrent's files, pad files included).
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Checks that file `index`, if we opened it, is still at its path (same device and inode)
+    /// and still as long as the torrent says. Stats only, no data is read: two system calls. A
+    /// deleted file stays readable through our handle, so reads alone never notice. An index
+    /// past the last file is `Ok`.
+    ///
+    /// # Errors
+    /// `Changed` when the file was deleted, replaced or truncated; `Read` when our own handle
+    /// cannot be examined.
+    pub fn check_file(&self, index: usize) -> Result<(), StorageError> {
         use std::os::unix::fs::MetadataExt;
-        for file in &self.files {
-            let place = file.place.read();
-            let Place::File(handle) = &*place else {
-                continue;
-            };
-            let changed = |what: String| StorageError::Changed {
-                path: file.abs_path.clone(),
-                what,
-            };
-            let ours = handle.metadata().map_err(|source| StorageError::Read {
-                path: file.abs_path.clone(),
-                source,
-            })?;
-            let on_disk = match std::fs::metadata(&file.abs_path) {
-                Ok(m) => m,
-                Err(e) => return Err(changed(format!("deleted ({e})"))),
-            };
-            if (on_disk.dev(), on_disk.ino()) != (ours.dev(), ours.ino()) {
-                return Err(changed("replaced by another file".into()));
-            }
-            if ours.len() < file.entry.len {
-                return Err(changed(format!(
-                    "truncated to {} bytes, the torrent has {}",
-                    ours.len(),
-                    file.entry.len
-                )));
-            }
+        let Some(file) = self.files.get(index) else {
+            return Ok(());
+        };
+        let place = file.place.read();
+        let Place::File(handle) = &*place else {
+            return Ok(());
+        };
+        let changed = |what: String| StorageError::Changed {
+            path: file.abs_path.clone(),
+            what,
+        };
+        let ours = handle.metadata().map_err(|source| StorageError::Read {
+            path: file.abs_path.clone(),
+            source,
+        })?;
+        let on_disk = match std::fs::metadata(&file.abs_path) {
+            Ok(m) => m,
+            Err(e) => return Err(changed(format!("deleted ({e})"))),
+        };
+        if (on_disk.dev(), on_disk.ino()) != (ours.dev(), ours.ino()) {
+            return Err(changed("replaced by another file".into()));
+        }
+        if ours.len() < file.entry.len {
+            return Err(changed(format!(
+                "truncated to {} bytes, the torrent has {}",
+                ours.len(),
+                file.entry.len
+            )));
         }
         Ok(())
     }

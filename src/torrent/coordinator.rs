@@ -15,6 +15,7 @@ use log::{debug, error, info, warn};
 use super::admission;
 use super::choker::{self, CHOKE_INTERVAL, Candidate, OPTIMISTIC_INTERVAL};
 use super::disk::{self, DiskJob, DiskQueue, DiskResult};
+use super::file_check::FileCheckRegistration;
 use super::picker::{PeerKey, Picker, Received, saturating_u32};
 use super::piece_buffer::{
     Blame, CompletePiece, PieceBuffers, blame_after_refetch, blame_on_failure,
@@ -30,7 +31,7 @@ use crate::selection::{self, Selection};
 use crate::storage::Storage;
 use crate::tracker::Tiers;
 use crate::tracker::announcer::{self, AnnounceStats, AnnouncerCommand, AnnouncerConfig};
-use crate::watched::{self, Watched};
+use crate::watched;
 use crate::wire::extension::PexMessage;
 use crate::wire::{BLOCK_LEN, Bitfield, BlockRef};
 
@@ -38,7 +39,7 @@ const TICK: Duration = Duration::from_millis(500);
 /// The tick of a torrent with nothing going on (no peer, nothing being dialled, written or
 /// saved): it wakes this seldom, so thousands of idle torrents cost next to no CPU. Any event
 /// brings the next tick back within [`TICK`].
-const IDLE_TICK: Duration = FILE_CHECK_INTERVAL;
+const IDLE_TICK: Duration = Duration::from_secs(5);
 /// Peer events handled per wake-up before the other channels get a look.
 const EVENT_BATCH: usize = 256;
 /// Capacity of the peer -> coordinator channel: a slow coordinator pushes back on peers' reads.
@@ -74,9 +75,6 @@ const MAX_PEX_PEERS: usize = 50;
 const MAX_KNOWN_ADDRS: usize = 2000;
 /// Resume data is saved at most this often while pieces complete (and at completion and stop).
 const RESUME_SAVE_INTERVAL: Duration = Duration::from_secs(5);
-/// How often a disk thread checks that our files are still there and whole (a deleted file
-/// stays readable through our handles, so reads alone would not notice).
-const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Blocks in a row we never asked for before we drop the peer. After a cancel or a choke an
 /// honest peer may still send what it had queued, at most a full pipeline.
 const MAX_UNREQUESTED_STREAK: usize = MAX_PIPELINE_KNOWN_REQQ + 64;
@@ -241,7 +239,7 @@ struct Coordinator {
     disk_results: Receiver<DiskResult>,
     /// Jobs queued whose result has not come back.
     disk_in_flight: usize,
-    announcer: Option<(Sender<AnnouncerCommand>, Watched<()>)>,
+    announcer: Option<announcer::Registration>,
     tracker_peers: Receiver<Vec<SocketAddr>>,
     events: Receiver<PeerEvent>,
     control: Receiver<Control>,
@@ -261,9 +259,9 @@ struct Coordinator {
     failed: bool,
     /// Our data changed on disk: the engine is told to recheck; we serve and save nothing.
     rechecking: bool,
-    /// A `CheckFiles` job is with the disk threads.
-    checking_files: bool,
-    last_file_check: Instant,
+    /// Our files in the process's file checker, which reports a change as
+    /// `DiskResult::FileChanged`; dropped with the coordinator.
+    _file_check: FileCheckRegistration,
     rng: rand::rngs::StdRng,
 }
 
@@ -279,6 +277,9 @@ impl Coordinator {
     ) -> std::io::Result<Self> {
         let meta = params.meta;
         let (results_tx, disk_results) = crossbeam_channel::unbounded();
+        let file_check = params
+            .file_check
+            .register(Arc::clone(&params.storage), results_tx.clone());
         let disk = params.disk.queue(Arc::clone(&params.storage), results_tx);
         let (peers_tx, tracker_peers) = crossbeam_channel::unbounded();
         // What we have, published before the announcer starts: its `started` reads `left`.
@@ -305,7 +306,6 @@ impl Coordinator {
         let announcer = if tiers.is_empty() {
             None
         } else {
-            let (tx, rx) = crossbeam_channel::unbounded();
             let stats_for_tracker = Arc::clone(&stats);
             let config = AnnouncerConfig {
                 name: meta.name.clone(),
@@ -325,8 +325,11 @@ impl Coordinator {
                 left: stats_for_tracker.left(),
             });
             let swarm = Arc::clone(&stats.swarm);
-            let handle = announcer::spawn(tiers, config, source, swarm, peers_tx, rx)?;
-            Some((tx, handle))
+            Some(
+                params
+                    .announce
+                    .register(tiers, config, source, swarm, peers_tx),
+            )
         };
         let now = Instant::now();
         let mut c = Self {
@@ -375,8 +378,7 @@ impl Coordinator {
             syncing: false,
             failed: false,
             rechecking: false,
-            checking_files: false,
-            last_file_check: now,
+            _file_check: file_check,
             rng: rand::make_rng(),
         };
         c.add_addrs(params.peers);
@@ -1128,12 +1130,7 @@ impl Coordinator {
                 self.fail(format!("storage: {error}; torrent paused"));
             }
             DiskResult::FilesWanted(Ok(())) => {}
-            DiskResult::FilesChecked(result) => {
-                self.checking_files = false;
-                if let Err(error) = result {
-                    self.recheck(format!("storage: {error}"));
-                }
-            }
+            DiskResult::FileChanged(error) => self.recheck(format!("storage: {error}")),
             DiskResult::ResumeSaved(Err(error)) => {
                 warn!("torrent {}: {error}", self.name());
             }
@@ -1340,8 +1337,8 @@ impl Coordinator {
     }
 
     fn announce(&self, cmd: AnnouncerCommand) {
-        if let Some((tx, _)) = &self.announcer {
-            let _ = tx.send(cmd);
+        if let Some(registration) = &self.announcer {
+            registration.send(cmd);
         }
     }
 
@@ -1426,13 +1423,6 @@ impl Coordinator {
         self.drop_idle_peers(now);
         if self.resume_dirty && now.duration_since(self.last_resume_save) >= RESUME_SAVE_INTERVAL {
             self.save_resume_later();
-        }
-        if !self.checking_files
-            && !self.rechecking
-            && now.duration_since(self.last_file_check) >= FILE_CHECK_INTERVAL
-        {
-            self.checking_files = self.disk_send(DiskJob::CheckFiles);
-            self.last_file_check = now;
         }
         self.connect_more();
         self.fill_all();
@@ -1589,8 +1579,8 @@ impl Coordinator {
     fn shutdown(&mut self) {
         info!("torrent {}: stopping", self.name());
         let announcer = self.announcer.take();
-        if let Some((tx, _)) = &announcer {
-            let _ = tx.send(AnnouncerCommand::Stop);
+        if let Some(registration) = &announcer {
+            registration.send(AnnouncerCommand::Stop);
         }
         let peers_deadline = Instant::now() + self.limits.stop_timeout;
         self.context.close_peer_threads();
@@ -1658,9 +1648,10 @@ impl Coordinator {
                 self.limits.stop_timeout
             );
         }
-        if let Some((_, mut handle)) = announcer {
+        if let Some(registration) = announcer {
             // The announcer has `stop_timeout` for its `stopped` announce; don't wait longer.
-            handle.wait_until(Instant::now() + self.limits.stop_timeout + Duration::from_secs(1));
+            registration
+                .wait_until(Instant::now() + self.limits.stop_timeout + Duration::from_secs(1));
         }
         info!("torrent {}: stopped", self.name());
     }

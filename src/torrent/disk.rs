@@ -27,8 +27,6 @@ pub enum DiskJob {
     },
     /// Flush every file to stable storage.
     Sync,
-    /// Check that every file is still where and as long as we left it (stats only).
-    CheckFiles,
     /// These files are wanted now: create those kept in the part file and move their bytes
     /// out of it ([`Storage::want_files`]).
     WantFiles(Vec<bool>),
@@ -58,7 +56,9 @@ pub enum DiskResult {
         error: StorageError,
     },
     Synced(Result<(), StorageError>),
-    FilesChecked(Result<(), StorageError>),
+    /// From the file checker ([`super::file_check`]), not a disk thread: one of our files was
+    /// deleted, replaced or truncated under us.
+    FileChanged(StorageError),
     FilesWanted(Result<(), StorageError>),
     ResumeSaved(Result<(), ResumeError>),
 }
@@ -222,7 +222,6 @@ fn run(storage: &Storage, job: DiskJob) -> DiskResult {
             }
         }
         DiskJob::Sync => DiskResult::Synced(storage.sync_all()),
-        DiskJob::CheckFiles => DiskResult::FilesChecked(storage.check_files()),
         DiskJob::WantFiles(wanted) => DiskResult::FilesWanted(storage.want_files(&wanted)),
         DiskJob::SaveResume { meta, target, have } => {
             DiskResult::ResumeSaved(save_resume(storage, &meta, &target, &have))

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod choker;
 mod coordinator;
 pub mod disk;
+pub mod file_check;
 pub mod picker;
 pub mod piece_buffer;
 
@@ -310,6 +311,10 @@ pub struct TorrentParams {
     pub selection: Selection,
     /// The process's disk threads.
     pub disk: disk::DiskPoolHandle,
+    /// The process's announce threads.
+    pub announce: crate::tracker::announcer::AnnouncePoolHandle,
+    /// The process's file checker.
+    pub file_check: file_check::FileCheckHandle,
 }
 
 /// Where and how a torrent saves its resume data.

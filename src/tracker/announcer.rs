@@ -1,16 +1,19 @@
-//! The announcer thread of one torrent: when to announce, with which event, to which tracker.
+//! Announcing for every torrent of the process: when to announce, with which event, to which
+//! tracker.
 //!
-//! [`Schedule`] makes every timing decision (next announce, event, back-off) as a pure function of
-//! `Instant` arguments; [`spawn`] runs it on a thread named `announcer {info hash prefix}` that
-//! blocks only in one HTTP or UDP announce or scrape at a time (each bounded by the configured
-//! timeout) and in `commands.recv_timeout`. It keeps the UDP trackers' connection ids across
-//! announces and publishes the swarm's size in a [`SwarmStats`]. Announce errors are logged with
-//! `warn!` and retried after a back-off, scrape errors with `debug!`; nothing a tracker sends can
-//! panic the thread.
+//! [`Schedule`] makes every timing decision of one torrent (next announce, event, back-off) as a
+//! pure function of `Instant` arguments. An `Announcer` holds one torrent's trackers, schedule,
+//! UDP connection ids and `tracker id`, and publishes the swarm's size in a [`SwarmStats`].
+//! [`AnnouncePool`] runs them all on [`ANNOUNCE_THREADS`] threads named `announce N`, which sleep
+//! until the earliest due announce or scrape of any torrent (or a command) and block only in one
+//! HTTP or UDP exchange at a time, each bounded by the configured timeout. Announce errors are
+//! logged with `warn!` and retried after a back-off, scrape errors with `debug!`; nothing a tracker
+//! sends can panic a thread.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::thread;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
@@ -21,7 +24,6 @@ use super::{
     AnnounceEvent, AnnounceFailure, AnnounceRequest, AnnounceResponse, SwarmStats, Tiers,
     TrackerError, http, udp,
 };
-use crate::watched::{self, Watched};
 
 /// The first wait after a round in which no tracker answered; it doubles with each failed round.
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(15);
@@ -49,7 +51,7 @@ pub struct AnnounceStats {
     pub left: u64,
 }
 
-/// Orders for the announcer thread.
+/// Orders for one torrent's announcer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AnnouncerCommand {
     /// We are short of peers: announce again as soon as `min interval` allows.
@@ -225,65 +227,374 @@ impl Schedule {
     }
 }
 
-/// Spawns the announcer thread of one torrent, named `announcer {first 4 bytes of the info hash in
-/// hex}`.
+/// How many announce threads the process runs ([`AnnouncePool`]): the most announces, scrapes and
+/// `stopped` announces in flight at once, for all torrents together.
+pub const ANNOUNCE_THREADS: usize = 8;
+
+/// The process's announce threads ("announce N") and the schedule of every registered torrent's
+/// next announce or scrape, ordered by time. Owned by the engine; torrents hold [`Registration`]s.
 ///
-/// It announces `started` at once, then again every `interval` of the last reply, earlier on
-/// [`AnnouncerCommand::NeedPeers`] but never before `min interval`, `completed` once on
-/// [`AnnouncerCommand::Completed`], and `stopped` (bounded by `stop_timeout`, to the tracker that
-/// last answered, if any did) on [`AnnouncerCommand::Stop`] or when `commands` disconnects; then
-/// it exits. Each round tries the trackers tier by tier, in order, until one answers (`http://`,
-/// `https://` and `udp://`; other schemes are skipped, and a tracker that fails or stays silent for
-/// `timeout` gives way to the next); that one moves to the front of its tier and only it gets our
-/// `trackerid` back. Every non-empty peer list goes to `peers_tx` with `try_send`: a full channel
-/// drops that list, a disconnected one means the torrent is gone and the thread exits without
-/// `stopped`.
-///
-/// The seeders and leechers of each reply go to `swarm`; after a successful announce, when
-/// `scrape_interval` allows, the tracker that answered is scraped for all three counts (a tracker
-/// without a scrape URL, or whose scrape fails, keeps the announce's counts). Commands are checked
-/// between the trackers of a round and before a scrape, so `Stop` waits for at most one announce or
-/// scrape in flight plus the `stopped` one.
-///
-/// # Errors
-/// The error of [`thread::Builder::spawn`].
-pub fn spawn(
-    tiers: Tiers,
-    config: AnnouncerConfig,
-    stats: Arc<dyn Fn() -> AnnounceStats + Send + Sync>,
-    swarm: Arc<SwarmStats>,
-    peers_tx: Sender<Vec<SocketAddr>>,
-    commands: Receiver<AnnouncerCommand>,
-) -> std::io::Result<Watched<()>> {
-    let prefix = crate::hex::encode(&config.info_hash[..4]);
-    let announcer = Announcer {
-        schedule: Schedule::new(Instant::now()),
-        tiers,
-        udp: UdpClient::new(config.udp_retransmit_base).bound_to(config.bind),
-        key: rand::random(),
-        config,
-        stats,
-        swarm,
-        peers_tx,
-        commands,
-        current: None,
-        tracker_id: None,
-        scrape_due: None,
-        last_scrape: None,
-        prefix,
-    };
-    watched::spawn(
-        thread::Builder::new().name(format!("announcer {}", announcer.prefix)),
-        move || crate::profile::run_as(crate::profile::Role::Announcer, || announcer.run()),
-    )
+/// An idle torrent costs no thread and no wake-up: a thread sleeps until the earliest time in the
+/// schedule (or a command), takes that torrent's announcer out, runs what is due (one announce
+/// round, or one scrape, or the commands queued), and puts it back at its next due time. So at most
+/// [`ANNOUNCE_THREADS`] exchanges with trackers are in flight, and nothing is polled.
+pub struct AnnouncePool {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    /// Every thread holds a sender: disconnects when the last one has ended.
+    ended: Receiver<()>,
 }
 
-/// What the thread does after handling something.
+/// How long [`AnnouncePool::stop`] waits for threads still in an exchange with a tracker.
+/// Their torrents have already waited their stop budget for them (`announce.stop_timeout_secs`),
+/// so a thread still busy then is left to end by itself, within its own timeout.
+const POOL_STOP_WAIT: Duration = Duration::from_millis(200);
+
+/// The schedule, shared by the pool's threads and the torrents' registrations.
+struct Shared {
+    state: Mutex<PoolState>,
+    /// Signalled when the schedule's first entry may have moved earlier, or at close.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    closed: bool,
+    next_id: u64,
+    /// `(due, id)` of every announcer not in a thread's hands, earliest first.
+    queue: BTreeSet<(Instant, u64)>,
+    slots: HashMap<u64, Slot>,
+}
+
+/// One registered torrent's announcer.
+struct Slot {
+    /// `None` while a pool thread works on it.
+    announcer: Option<Box<Announcer>>,
+    /// Its entry in `queue` while idle.
+    due: Option<Instant>,
+    /// A command arrived while a thread had it: look again at once.
+    woken: bool,
+}
+
+impl PoolState {
+    /// Moves an idle announcer's entry to `at` (earlier only); false if it is not idle.
+    fn bring_forward(&mut self, id: u64, at: Instant) -> bool {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return false;
+        };
+        match slot.due {
+            Some(due) if slot.announcer.is_some() => {
+                if at < due {
+                    self.queue.remove(&(due, id));
+                    self.queue.insert((at, id));
+                    slot.due = Some(at);
+                }
+                true
+            }
+            _ => {
+                slot.woken = true;
+                false
+            }
+        }
+    }
+}
+
+impl AnnouncePool {
+    /// Starts `threads` (at least one) announce threads.
+    ///
+    /// # Errors
+    /// When a thread cannot be spawned (those already started are stopped).
+    pub fn start(threads: usize) -> std::io::Result<AnnouncePool> {
+        let (ended_tx, ended) = crossbeam_channel::bounded::<()>(0);
+        let mut pool = AnnouncePool {
+            shared: Arc::new(Shared {
+                state: Mutex::new(PoolState::default()),
+                changed: Condvar::new(),
+            }),
+            threads: Vec::new(),
+            ended,
+        };
+        for i in 0..threads.max(1) {
+            let shared = Arc::clone(&pool.shared);
+            let ended_tx = ended_tx.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("announce {i}"))
+                .spawn(move || {
+                    crate::profile::run_as(crate::profile::Role::Announcer, || work(&shared));
+                    drop(ended_tx);
+                });
+            match spawned {
+                Ok(thread) => pool.threads.push(thread),
+                Err(e) => {
+                    pool.stop();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    /// A handle torrents register with.
+    pub fn handle(&self) -> AnnouncePoolHandle {
+        AnnouncePoolHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Stops the threads: idle ones at once, joined; one still in an exchange with a tracker is
+    /// waited for up to 200 ms, then left to end when that exchange times out.
+    /// Announcers still registered are dropped without `stopped` (their torrents stop first).
+    pub fn stop(&mut self) {
+        let mut state = lock(&self.shared);
+        state.closed = true;
+        // Idle announcers end now, so a registration still waiting sees `done` at once.
+        let idle: Vec<Slot> = state
+            .slots
+            .extract_if(|_, slot| slot.announcer.is_some())
+            .map(|(_, slot)| slot)
+            .collect();
+        state.queue.clear();
+        drop(state);
+        drop(idle);
+        self.shared.changed.notify_all();
+        if self.threads.is_empty() {
+            return;
+        }
+        let ended = matches!(
+            self.ended.recv_deadline(Instant::now() + POOL_STOP_WAIT),
+            Err(RecvTimeoutError::Disconnected)
+        );
+        if ended {
+            for thread in self.threads.drain(..) {
+                let _ = thread.join();
+            }
+        } else {
+            debug!("announce threads still in an exchange with a tracker at stop; not waited for");
+            self.threads.clear();
+        }
+    }
+}
+
+impl Drop for AnnouncePool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, PoolState> {
+    // A panicking announcer is caught in `work`; the lock is never held across one.
+    shared
+        .state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A way into the [`AnnouncePool`], cloned into each torrent's parameters.
+#[derive(Clone)]
+pub struct AnnouncePoolHandle {
+    shared: Arc<Shared>,
+}
+
+impl AnnouncePoolHandle {
+    /// Registers one torrent's trackers; its first announce (`started`) is due at once.
+    ///
+    /// It announces again every `interval` of the last reply, earlier on
+    /// [`AnnouncerCommand::NeedPeers`] but never before `min interval`, `completed` once on
+    /// [`AnnouncerCommand::Completed`], and `stopped` (bounded by `stop_timeout`, to the tracker
+    /// that last answered, if any did) on [`AnnouncerCommand::Stop`] or when the [`Registration`]
+    /// is dropped; then it is gone. Each round tries the trackers tier by tier, in order, until one
+    /// answers (`http://`, `https://` and `udp://`; other schemes are skipped, and a tracker that
+    /// fails or stays silent for `timeout` gives way to the next); that one moves to the front of
+    /// its tier and only it gets our `trackerid` back. Every non-empty peer list goes to `peers_tx`
+    /// with `try_send`: a full channel drops that list, a disconnected one means the torrent is
+    /// gone and its announcer ends without `stopped`.
+    ///
+    /// The seeders and leechers of each reply go to `swarm`; after a successful announce, when
+    /// `scrape_interval` allows, the tracker that answered is scraped for all three counts (a
+    /// tracker without a scrape URL, or whose scrape fails, keeps the announce's counts). Commands
+    /// are looked at between the trackers of a round and before a scrape, so `Stop` waits for at
+    /// most one announce or scrape in flight plus the `stopped` one (and for a free pool thread).
+    pub fn register(
+        &self,
+        tiers: Tiers,
+        config: AnnouncerConfig,
+        stats: Arc<dyn Fn() -> AnnounceStats + Send + Sync>,
+        swarm: Arc<SwarmStats>,
+        peers_tx: Sender<Vec<SocketAddr>>,
+    ) -> Registration {
+        let (commands_tx, commands) = crossbeam_channel::unbounded();
+        let (done_tx, done) = crossbeam_channel::bounded(0);
+        let prefix = crate::hex::encode(&config.info_hash[..4]);
+        let now = Instant::now();
+        let announcer = Announcer {
+            schedule: Schedule::new(now),
+            tiers,
+            udp: UdpClient::new(config.udp_retransmit_base).bound_to(config.bind),
+            key: rand::random(),
+            config,
+            stats,
+            swarm,
+            peers_tx,
+            commands,
+            current: None,
+            tracker_id: None,
+            scrape_due: None,
+            last_scrape: None,
+            prefix,
+            _done: done_tx,
+        };
+        let mut state = lock(&self.shared);
+        let id = state.next_id;
+        state.next_id += 1;
+        state.slots.insert(
+            id,
+            Slot {
+                announcer: Some(Box::new(announcer)),
+                due: Some(now),
+                woken: false,
+            },
+        );
+        state.queue.insert((now, id));
+        drop(state);
+        self.shared.changed.notify_one();
+        Registration {
+            id,
+            shared: Arc::clone(&self.shared),
+            commands: Some(commands_tx),
+            done,
+        }
+    }
+}
+
+/// One torrent's place in the [`AnnouncePool`]: its commands go in here, and
+/// [`Registration::wait_until`] waits for its announcer to finish. Dropping it means
+/// [`AnnouncerCommand::Stop`].
+pub struct Registration {
+    id: u64,
+    shared: Arc<Shared>,
+    commands: Option<Sender<AnnouncerCommand>>,
+    /// Disconnects when the announcer is dropped (finished, or the pool stopped).
+    done: Receiver<()>,
+}
+
+impl Registration {
+    /// Hands `command` to the announcer and wakes it.
+    pub fn send(&self, command: AnnouncerCommand) {
+        if let Some(tx) = &self.commands {
+            let _ = tx.send(command);
+        }
+        self.wake(command == AnnouncerCommand::Stop);
+    }
+
+    /// Makes the announcer look at its commands at once. A stop of an idle announcer that has
+    /// nothing to tell a tracker ends it here, without waiting for a pool thread.
+    fn wake(&self, stopping: bool) {
+        let mut state = lock(&self.shared);
+        if stopping
+            && let Some(slot) = state.slots.get(&self.id)
+            && slot.announcer.as_ref().is_some_and(|a| !a.owes_stopped())
+        {
+            let slot = state.slots.remove(&self.id).expect("looked up above");
+            if let Some(due) = slot.due {
+                state.queue.remove(&(due, self.id));
+            }
+            drop(state);
+            drop(slot);
+            return;
+        }
+        if state.bring_forward(self.id, Instant::now()) {
+            drop(state);
+            self.shared.changed.notify_one();
+        }
+    }
+
+    /// Waits until the announcer has finished (after `Stop`), or `deadline`; true if it has.
+    pub fn wait_until(&self, deadline: Instant) -> bool {
+        matches!(
+            self.done.recv_deadline(deadline),
+            Err(RecvTimeoutError::Disconnected)
+        )
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // A disconnected command channel is a stop.
+        drop(self.commands.take());
+        self.wake(true);
+    }
+}
+
+/// A pool thread: runs whatever announcer is due, sleeps until the next one is.
+fn work(shared: &Shared) {
+    let mut state = lock(shared);
+    loop {
+        if state.closed {
+            return;
+        }
+        let now = Instant::now();
+        match state.queue.first().copied() {
+            Some((due, id)) if due <= now => {
+                state.queue.remove(&(due, id));
+                let slot = state
+                    .slots
+                    .get_mut(&id)
+                    .expect("queued announcers have slots");
+                slot.due = None;
+                slot.woken = false;
+                let mut announcer = slot.announcer.take().expect("queued announcers are idle");
+                drop(state);
+                let next =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| announcer.step()));
+                let next = next.unwrap_or_else(|_| {
+                    warn!(
+                        "announcer {}: panicked; its torrent no longer announces",
+                        announcer.prefix
+                    );
+                    None
+                });
+                state = lock(shared);
+                match next {
+                    None => {
+                        state.slots.remove(&id);
+                        drop(announcer);
+                    }
+                    Some(at) => {
+                        let slot = state
+                            .slots
+                            .get_mut(&id)
+                            .expect("only threads remove busy slots");
+                        let at = if slot.woken { Instant::now() } else { at };
+                        slot.woken = false;
+                        slot.due = Some(at);
+                        slot.announcer = Some(announcer);
+                        state.queue.insert((at, id));
+                    }
+                }
+            }
+            Some((due, _)) => {
+                state = shared
+                    .changed
+                    .wait_timeout(state, due - now)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+            }
+            None => {
+                state = shared
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        }
+    }
+}
+
+/// What the announcer does after handling something.
 enum Flow {
     Continue,
-    /// Send `stopped`, then exit.
+    /// Send `stopped`, then end.
     Stop,
-    /// The torrent dropped its peer receiver: exit at once.
+    /// The torrent dropped its peer receiver: end at once.
     Gone,
 }
 
@@ -309,43 +620,48 @@ struct Announcer {
     last_scrape: Option<Instant>,
     /// Hex prefix of the info hash, for logs.
     prefix: String,
+    /// Dropped with the announcer: its [`Registration`] sees `done` disconnect.
+    _done: Sender<()>,
 }
 
 impl Announcer {
-    fn run(mut self) {
-        if self.tiers.is_empty() {
-            debug!("announcer {}: no trackers", self.prefix);
-        }
-        loop {
-            let now = Instant::now();
-            let due = self.schedule.due_at();
-            let scrape_due = self.scrape_due.filter(|&at| at < due);
-            let flow = if now >= due {
-                self.announce_round()
-            } else if scrape_due.is_some_and(|at| now >= at) {
-                match self.drain_commands() {
-                    Flow::Continue => self.scrape(),
-                    flow => flow,
-                }
-            } else {
-                match self.commands.recv_timeout(scrape_due.unwrap_or(due) - now) {
-                    Ok(command) => self.apply(command),
-                    Err(RecvTimeoutError::Timeout) => Flow::Continue,
-                    Err(RecvTimeoutError::Disconnected) => Flow::Stop,
-                }
-            };
-            match flow {
-                Flow::Continue => {}
-                Flow::Stop => {
-                    self.send_stopped();
-                    return;
-                }
-                Flow::Gone => {
-                    debug!("announcer {}: torrent gone; exiting", self.prefix);
-                    return;
+    /// Runs what is due: the queued commands, then an announce round or a scrape. Returns when
+    /// to look again, or `None` when the announcer is finished (after `stopped`, or when its
+    /// torrent is gone).
+    fn step(&mut self) -> Option<Instant> {
+        let flow = match self.drain_commands() {
+            Flow::Continue => {
+                let now = Instant::now();
+                let due = self.schedule.due_at();
+                if now >= due {
+                    self.announce_round()
+                } else if self.scrape_due.is_some_and(|at| at < due && now >= at) {
+                    self.scrape()
+                } else {
+                    Flow::Continue
                 }
             }
+            flow => flow,
+        };
+        match flow {
+            Flow::Continue => {
+                let due = self.schedule.due_at();
+                Some(self.scrape_due.map_or(due, |at| at.min(due)))
+            }
+            Flow::Stop => {
+                self.send_stopped();
+                None
+            }
+            Flow::Gone => {
+                debug!("announcer {}: torrent gone", self.prefix);
+                None
+            }
         }
+    }
+
+    /// Whether a stop has anything to tell a tracker: a tracker answered this session.
+    fn owes_stopped(&self) -> bool {
+        self.current.is_some() && self.schedule.has_announced()
     }
 
     fn apply(&mut self, command: AnnouncerCommand) -> Flow {
@@ -800,12 +1116,16 @@ mod tests {
         })
     }
 
-    fn join_within(mut handle: Watched<()>, limit: Duration) {
-        assert!(
-            handle.wait_until(Instant::now() + limit),
-            "announcer still running after {limit:?}"
-        );
-        assert!(!handle.panicked(), "announcer panicked");
+    /// Waits until the pool has no announcer left: every one has finished.
+    fn join_within(pool: AnnouncePool, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !lock(&pool.shared).slots.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "announcer still running after {limit:?}"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn compact_reply(peers: &[u8]) -> Vec<u8> {
@@ -839,21 +1159,19 @@ mod tests {
         format!("udp://127.0.0.1:{port}/announce")
     }
 
-    /// Spawns an announcer over `tiers` with the test's `stats()`; gives its thread, the peers it
-    /// delivers and its command sender.
+    /// Registers an announcer over `tiers` with the test's `stats()` in a pool of its own; gives
+    /// the pool, the peers it delivers and its registration.
     fn start_announcer(
         tiers: Tiers,
         config: AnnouncerConfig,
         swarm: Arc<SwarmStats>,
-    ) -> (
-        Watched<()>,
-        Receiver<Vec<SocketAddr>>,
-        Sender<AnnouncerCommand>,
-    ) {
+    ) -> (AnnouncePool, Receiver<Vec<SocketAddr>>, Registration) {
         let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
-        let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
-        let handle = spawn(tiers, config, stats(), swarm, peers_tx, commands_rx).unwrap();
-        (handle, peers_rx, commands_tx)
+        let pool = AnnouncePool::start(1).unwrap();
+        let registration = pool
+            .handle()
+            .register(tiers, config, stats(), swarm, peers_tx);
+        (pool, peers_rx, registration)
     }
 
     #[test]
@@ -878,12 +1196,12 @@ mod tests {
             vec!["127.0.0.3:6881".parse::<SocketAddr>().unwrap()]
         );
 
-        commands_tx.send(AnnouncerCommand::Completed).unwrap();
-        commands_tx.send(AnnouncerCommand::Completed).unwrap();
+        commands_tx.send(AnnouncerCommand::Completed);
+        commands_tx.send(AnnouncerCommand::Completed);
         let completed = tracker.next_request();
         assert_eq!(event_of(&completed), Some("completed"), "{completed}");
 
-        commands_tx.send(AnnouncerCommand::Stop).unwrap();
+        commands_tx.send(AnnouncerCommand::Stop);
         let stopped = tracker.next_request();
         assert_eq!(event_of(&stopped), Some("stopped"), "{stopped}");
         assert!(stopped.contains("&numwant=0"), "{stopped}");
@@ -905,8 +1223,8 @@ mod tests {
         assert_eq!(event_of(&tracker.next_request()), Some("started"));
         peers_rx.recv_timeout(PATIENCE).unwrap();
         // Both queued before the announcer looks: it sees them in one drain.
-        commands_tx.send(AnnouncerCommand::Completed).unwrap();
-        commands_tx.send(AnnouncerCommand::Stop).unwrap();
+        commands_tx.send(AnnouncerCommand::Completed);
+        commands_tx.send(AnnouncerCommand::Stop);
         let completed = tracker.next_request();
         assert_eq!(event_of(&completed), Some("completed"), "{completed}");
         let stopped = tracker.next_request();
@@ -949,7 +1267,7 @@ mod tests {
         let (handle, peers_rx, commands_tx) = start_announcer(tiers, config(), Arc::default());
         assert_eq!(event_of(&tracker.next_request()), Some("started"));
         // Now backing off for 15 s; Stop must not wait for that.
-        commands_tx.send(AnnouncerCommand::Stop).unwrap();
+        commands_tx.send(AnnouncerCommand::Stop);
         join_within(handle, Duration::from_secs(3));
         assert!(peers_rx.try_recv().is_err());
         assert!(
@@ -966,20 +1284,107 @@ mod tests {
         let tracker = FakeTracker::serve(vec![ok(&compact_reply(&[10, 0, 0, 1, 0, 80]))]);
         let (peers_tx, peers_rx) = crossbeam_channel::bounded(1);
         drop(peers_rx);
-        let (_commands_tx, commands_rx) = crossbeam_channel::unbounded();
         let tiers = Tiers::new(Some(&tracker.url), None);
-        let handle = spawn(
-            tiers,
+        let pool = AnnouncePool::start(1).unwrap();
+        let registration =
+            pool.handle()
+                .register(tiers, config(), stats(), Arc::default(), peers_tx);
+        assert!(registration.wait_until(Instant::now() + PATIENCE));
+        join_within(pool, PATIENCE);
+        tracker.join();
+    }
+
+    #[test]
+    fn one_pool_thread_serves_many_torrents_in_order_of_due_time() {
+        let tracker = FakeTracker::serve(
+            (0..6)
+                .map(|i| ok(&compact_reply(&[10, 0, 0, i, 0, 80])))
+                .collect(),
+        );
+        let pool = AnnouncePool::start(1).unwrap();
+        let mut torrents = Vec::new();
+        for i in 0..3u8 {
+            let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
+            let mut config = config();
+            config.info_hash = [i; 20];
+            let tiers = Tiers::new(Some(&tracker.url), None);
+            let registration =
+                pool.handle()
+                    .register(tiers, config, stats(), Arc::default(), peers_tx);
+            torrents.push((registration, peers_rx));
+        }
+        for (_, peers_rx) in &torrents {
+            assert_eq!(peers_rx.recv_timeout(PATIENCE).unwrap().len(), 1);
+        }
+        for _ in 0..3 {
+            assert_eq!(event_of(&tracker.next_request()), Some("started"));
+        }
+        // Each stop is sent by the one thread; the registrations see their announcers end.
+        for (registration, _) in &torrents {
+            registration.send(AnnouncerCommand::Stop);
+        }
+        for _ in 0..3 {
+            assert_eq!(event_of(&tracker.next_request()), Some("stopped"));
+        }
+        for (registration, _) in &torrents {
+            assert!(registration.wait_until(Instant::now() + PATIENCE));
+        }
+        join_within(pool, PATIENCE);
+        tracker.join();
+    }
+
+    #[test]
+    fn a_registration_sees_its_announcer_end_when_the_pool_stops() {
+        let tracker = FakeTracker::serve(vec![ok(&compact_reply(&[10, 0, 0, 1, 0, 80]))]);
+        let (pool, peers_rx, registration) = start_announcer(
+            Tiers::new(Some(&tracker.url), None),
             config(),
+            Arc::default(),
+        );
+        peers_rx.recv_timeout(PATIENCE).unwrap();
+        wait_for(
+            || {
+                lock(&pool.shared)
+                    .slots
+                    .values()
+                    .all(|s| s.announcer.is_some())
+            },
+            "the announcer back in the schedule",
+        );
+        assert!(!registration.wait_until(Instant::now() + Duration::from_millis(50)));
+        drop(pool);
+        assert!(registration.wait_until(Instant::now() + Duration::from_millis(50)));
+        tracker.join();
+    }
+
+    #[test]
+    fn stopping_an_announcer_that_never_got_an_answer_needs_no_pool_thread() {
+        // The pool's only thread is held by a tracker that never answers.
+        let silent = FakeUdpTracker::serve("127.0.0.1:0", Box::new(|_| vec![])).unwrap();
+        let pool = AnnouncePool::start(1).unwrap();
+        let mut config = config();
+        config.timeout = Duration::from_secs(3);
+        let (peers_tx, _peers_rx) = crossbeam_channel::unbounded();
+        let busy = pool.handle().register(
+            Tiers::new(Some(&silent.url), None),
+            config.clone(),
+            stats(),
+            Arc::default(),
+            peers_tx.clone(),
+        );
+        silent.next_datagram();
+        let waiting = pool.handle().register(
+            Tiers::new(Some(&closed_port_url()), None),
+            config,
             stats(),
             Arc::default(),
             peers_tx,
-            commands_rx,
-        )
-        .unwrap();
-        assert_eq!(handle.name(), Some("announcer 5a5a5a5a"));
-        join_within(handle, PATIENCE);
-        tracker.join();
+        );
+        let start = Instant::now();
+        waiting.send(AnnouncerCommand::Stop);
+        assert!(waiting.wait_until(Instant::now() + Duration::from_secs(1)));
+        assert!(start.elapsed() < Duration::from_secs(1));
+        busy.send(AnnouncerCommand::Stop);
     }
 
     fn udp_event(datagram: &[u8]) -> Option<u8> {
@@ -1025,7 +1430,7 @@ mod tests {
         assert_eq!(swarm.seeders.load(Ordering::Relaxed), 4);
         assert_eq!(swarm.leechers.load(Ordering::Relaxed), 2);
 
-        commands_tx.send(AnnouncerCommand::Stop).unwrap();
+        commands_tx.send(AnnouncerCommand::Stop);
         let stopped = good.next_datagram();
         assert_eq!(udp_event(&stopped), Some(3), "{stopped:?}");
         assert_eq!(stopped[92..96], [0; 4], "stopped asks for no peers");
@@ -1059,7 +1464,7 @@ mod tests {
         );
         assert_eq!(swarm.seeders.load(Ordering::Relaxed), 5);
         assert_eq!(swarm.leechers.load(Ordering::Relaxed), 2);
-        commands_tx.send(AnnouncerCommand::Stop).unwrap();
+        commands_tx.send(AnnouncerCommand::Stop);
         assert_eq!(event_of(&tracker.next_request()), Some("stopped"));
         join_within(handle, PATIENCE);
         tracker.join();
@@ -1100,8 +1505,8 @@ mod tests {
     fn announcer_without_trackers_waits_for_stop() {
         let (handle, _peers_rx, commands_tx) =
             start_announcer(Tiers::new(None, None), config(), Arc::default());
-        commands_tx.send(AnnouncerCommand::NeedPeers).unwrap();
-        commands_tx.send(AnnouncerCommand::Stop).unwrap();
+        commands_tx.send(AnnouncerCommand::NeedPeers);
+        commands_tx.send(AnnouncerCommand::Stop);
         join_within(handle, Duration::from_secs(3));
     }
 }

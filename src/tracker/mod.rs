@@ -1,6 +1,6 @@
 //! Tracker client: the types of an announce and a scrape, the pure parts (reply parsing, URL
 //! building, BEP 12 tiers), and below them the transports ([`http`] for BEP 3 / BEP 48, [`udp`]
-//! for BEP 15) and the announcer thread ([`announcer`]), which publishes the swarm's size and
+//! for BEP 15) and the announce pool ([`announcer`]), which publishes the swarm's size and
 //! each tracker's last announce outcome in [`SwarmStats`].
 //!
 //! This module itself opens no sockets and starts no threads: everything here is a function of its
@@ -472,7 +472,7 @@ pub struct ScrapeCounts {
 }
 
 /// The size of a torrent's swarm as its trackers last reported it, and how each tracker last
-/// answered an announce, published by the announcer thread for status displays.
+/// answered an announce, published by the announce pool for status displays.
 ///
 /// Read `known` first (`Acquire`): it is set (`Release`) after the counts it covers, and stays
 /// false until some tracker has reported any. Each count is written on its own (`Relaxed`), so a

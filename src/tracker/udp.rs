@@ -1,4 +1,4 @@
-//! The UDP tracker protocol (BEP 15): connect, announce and scrape, run on the announcer thread.
+//! The UDP tracker protocol (BEP 15): connect, announce and scrape, run on the announce pool's threads.
 //!
 //! A [`UdpClient`] keeps each tracker's connection id (with the socket it was obtained on) for its
 //! minute, so the announces and scrapes of that minute skip the connect. Every request carries a
