@@ -59,6 +59,8 @@ pub struct CreateOptions {
     pub piece_length: Option<u32>,
     pub private: bool,
     pub comment: Option<String>,
+    /// `url-list` (BEP 19) web seeds, in the order given.
+    pub web_seeds: Vec<String>,
 }
 
 /// Smallest power of two from 16 KiB to 16 MiB that cuts `total` bytes into at most 2,000
@@ -110,6 +112,23 @@ pub fn create(opts: &CreateOptions) -> Result<(), CommandError> {
     }
     if let Some(comment) = &opts.comment {
         builder = builder.add_extra_field("comment".into(), BencodeElem::String(comment.clone()));
+    }
+    if let Some(bad) = opts
+        .web_seeds
+        .iter()
+        .find(|url| !crate::tracker::http::is_supported(url))
+    {
+        return Err(CommandError::BadInput(format!(
+            "--web-seed {bad}: not an http:// or https:// URL"
+        )));
+    }
+    if !opts.web_seeds.is_empty() {
+        let urls = opts
+            .web_seeds
+            .iter()
+            .map(|url| BencodeElem::String(url.clone()))
+            .collect();
+        builder = builder.add_extra_field("url-list".into(), BencodeElem::List(urls));
     }
     builder = builder
         .add_extra_field(

@@ -41,3 +41,4 @@ mod tracker_refusal;
 mod transmission;
 mod udp_tracker;
 mod watch;
+mod web_seed;
