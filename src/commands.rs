@@ -314,6 +314,7 @@ fn magnet_metainfo(
         announce_timeout: limits.announce_timeout,
         udp_retransmit_base: limits.udp_retransmit_base,
         numwant: limits.numwant,
+        addrs: engine.our_addrs(),
         stop_timeout: limits.stop_timeout,
         timeout,
     };

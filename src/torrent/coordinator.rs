@@ -333,6 +333,7 @@ impl Coordinator {
                 stop_timeout: params.limits.stop_timeout,
                 udp_retransmit_base: params.limits.udp_retransmit_base,
                 scrape_interval: Some(announcer::SCRAPE_INTERVAL),
+                addrs: params.our_addrs,
             };
             let source = Arc::new(move || AnnounceStats {
                 uploaded: stats_for_tracker.uploaded.load(Ordering::Relaxed),

@@ -296,6 +296,8 @@ pub struct TorrentLimits {
 
 /// Everything a torrent needs to start.
 pub struct TorrentParams {
+    /// Our addresses told to HTTP trackers (BEP 7).
+    pub our_addrs: crate::tracker::OurAddrs,
     pub meta: Arc<Metainfo>,
     pub storage: Arc<Storage>,
     /// Pieces already verified on disk.

@@ -7,6 +7,7 @@
 mod support;
 
 mod bep47;
+mod bep7;
 mod btd_tracker;
 mod cli;
 mod cli_rpc;
