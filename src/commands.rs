@@ -489,11 +489,15 @@ impl<'a> Progress<'a> {
         let done = self.stats.verified_bytes.load(Ordering::Relaxed);
         let total = self.stats.total_bytes.load(Ordering::Relaxed);
         let peers = self.stats.peers.load(Ordering::Relaxed);
+        let web_seeds = match self.stats.web_seeds.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => format!(", {n} web seeds"),
+        };
         let down = self.stats.download_rate.load(Ordering::Relaxed);
         let up = self.stats.upload_rate.load(Ordering::Relaxed);
         if let Some(bar) = &self.bar {
             bar.set_position(done);
-            bar.set_message(format!("{} {peers} peers", self.name));
+            bar.set_message(format!("{} {peers} peers{web_seeds}", self.name));
         } else if self.last_line.elapsed() >= LOG_EVERY {
             self.last_line = Instant::now();
             let eta = if down > 0 && done < total {
@@ -502,7 +506,7 @@ impl<'a> Progress<'a> {
                 "-".into()
             };
             info!(
-                "torrent {}: {:.1}% ({done}/{total} bytes), down {:.1} MB/s, up {:.1} MB/s, {peers} peers, eta {eta}",
+                "torrent {}: {:.1}% ({done}/{total} bytes), down {:.1} MB/s, up {:.1} MB/s, {peers} peers{web_seeds}, eta {eta}",
                 self.name,
                 if total == 0 {
                     100.0
