@@ -699,7 +699,7 @@ impl Coordinator {
         } else if self
             .peers
             .values()
-            .any(|p| !p.leaving && p.peer_id == peer_id)
+            .any(|p| !p.leaving && p.web_seed.is_none() && p.peer_id == peer_id)
         {
             Some("already connected to this peer id")
         } else if self
