@@ -59,6 +59,8 @@ pub struct CreateOptions {
     pub piece_length: Option<u32>,
     pub private: bool,
     pub comment: Option<String>,
+    /// `url-list` (BEP 19) web seeds, in the order given.
+    pub web_seeds: Vec<String>,
 }
 
 /// Smallest power of two from 16 KiB to 16 MiB that cuts `total` bytes into at most 2,000
@@ -110,6 +112,23 @@ pub fn create(opts: &CreateOptions) -> Result<(), CommandError> {
     }
     if let Some(comment) = &opts.comment {
         builder = builder.add_extra_field("comment".into(), BencodeElem::String(comment.clone()));
+    }
+    if let Some(bad) = opts
+        .web_seeds
+        .iter()
+        .find(|url| !crate::tracker::http::is_supported(url))
+    {
+        return Err(CommandError::BadInput(format!(
+            "--web-seed {bad}: not an http:// or https:// URL"
+        )));
+    }
+    if !opts.web_seeds.is_empty() {
+        let urls = opts
+            .web_seeds
+            .iter()
+            .map(|url| BencodeElem::String(url.clone()))
+            .collect();
+        builder = builder.add_extra_field("url-list".into(), BencodeElem::List(urls));
     }
     builder = builder
         .add_extra_field(
@@ -295,6 +314,7 @@ fn magnet_metainfo(
         announce_timeout: limits.announce_timeout,
         udp_retransmit_base: limits.udp_retransmit_base,
         numwant: limits.numwant,
+        addrs: engine.our_addrs(),
         stop_timeout: limits.stop_timeout,
         timeout,
     };
@@ -469,11 +489,15 @@ impl<'a> Progress<'a> {
         let done = self.stats.verified_bytes.load(Ordering::Relaxed);
         let total = self.stats.total_bytes.load(Ordering::Relaxed);
         let peers = self.stats.peers.load(Ordering::Relaxed);
+        let web_seeds = match self.stats.web_seeds.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => format!(", {n} web seeds"),
+        };
         let down = self.stats.download_rate.load(Ordering::Relaxed);
         let up = self.stats.upload_rate.load(Ordering::Relaxed);
         if let Some(bar) = &self.bar {
             bar.set_position(done);
-            bar.set_message(format!("{} {peers} peers", self.name));
+            bar.set_message(format!("{} {peers} peers{web_seeds}", self.name));
         } else if self.last_line.elapsed() >= LOG_EVERY {
             self.last_line = Instant::now();
             let eta = if down > 0 && done < total {
@@ -482,7 +506,7 @@ impl<'a> Progress<'a> {
                 "-".into()
             };
             info!(
-                "torrent {}: {:.1}% ({done}/{total} bytes), down {:.1} MB/s, up {:.1} MB/s, {peers} peers, eta {eta}",
+                "torrent {}: {:.1}% ({done}/{total} bytes), down {:.1} MB/s, up {:.1} MB/s, {peers} peers{web_seeds}, eta {eta}",
                 self.name,
                 if total == 0 {
                     100.0

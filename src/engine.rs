@@ -3,7 +3,7 @@
 //! one-shot commands and (later) the daemon drive it.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use log::info;
@@ -18,6 +18,7 @@ use crate::storage::Storage;
 use crate::torrent::disk::DiskPool;
 use crate::torrent::file_check::FileChecker;
 use crate::torrent::{ResumeTarget, TorrentHandle, TorrentLimits, TorrentParams};
+use crate::tracker::OurAddrs;
 use crate::tracker::announcer::{ANNOUNCE_THREADS, AnnouncePool};
 use crate::wire::Bitfield;
 
@@ -105,6 +106,32 @@ impl Engine {
         self.peer_id
     }
 
+    /// Our addresses that HTTP announces tell the tracker (BEP 7): while we listen on both
+    /// families, the globally routable addresses the system sends from to each family's
+    /// internet, looked up now (they may change while we run). A UDP `connect` only consults
+    /// the routing table: nothing is sent.
+    pub fn our_addrs(&self) -> OurAddrs {
+        let listen = self.listen_addr().ip();
+        if listen != IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+            return OurAddrs::default();
+        }
+        let route_source = |from: SocketAddr, to: SocketAddr| {
+            let socket = std::net::UdpSocket::bind(from).ok()?;
+            socket.connect(to).ok()?;
+            socket.local_addr().ok().map(|a| a.ip())
+        };
+        // Documentation addresses (RFC 5737, RFC 3849): routed like any other, never reached.
+        let v4 = route_source(
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            SocketAddr::from((Ipv4Addr::new(198, 51, 100, 1), 6881)),
+        );
+        let v6 = route_source(
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            SocketAddr::from((Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 6881)),
+        );
+        OurAddrs::from_route_sources(listen, v4, v6)
+    }
+
     /// The bound listen address, with the port the kernel picked for port 0.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listener.local_addr()
@@ -131,6 +158,7 @@ impl Engine {
         let info_hash = meta.info_hash;
         let bind = Some(self.config.listen.ip()).filter(|ip: &IpAddr| !ip.is_unspecified());
         let handle = TorrentHandle::start(TorrentParams {
+            our_addrs: self.our_addrs(),
             meta,
             storage,
             have,

@@ -54,6 +54,13 @@ pub fn run(arg: &str, json: bool) -> Result<(), CommandError> {
 /// The JSON of a loaded torrent (keys documented in README.md, "btd info").
 pub fn torrent_json(meta: &Metainfo) -> Value {
     let about = &meta.about;
+    // Both kinds of web seed are shown: `url-list` (BEP 19) and `httpseeds` (BEP 17).
+    let mut web_seeds = about.web_seeds.clone();
+    for url in &about.http_seeds {
+        if !web_seeds.contains(url) {
+            web_seeds.push(url.clone());
+        }
+    }
     let files: Vec<Value> = meta
         .files
         .iter()
@@ -87,7 +94,7 @@ pub fn torrent_json(meta: &Metainfo) -> Value {
         "piece_count": meta.geometry.num_pieces,
         "private": meta.private,
         "trackers": tiers,
-        "web_seeds": about.web_seeds,
+        "web_seeds": web_seeds,
         "files": files,
         "pad_files": meta.files.iter().filter(|f| !f.on_disk()).count(),
         "creation_date": (about.creation_date != 0).then_some(about.creation_date),

@@ -123,7 +123,11 @@ impl Listener {
         registry: Registry,
         limits: Arc<Limits>,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr)?;
+        let listener = if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+            bind_both_families(addr)?
+        } else {
+            TcpListener::bind(addr)?
+        };
         let local_addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -239,6 +243,21 @@ impl Drop for Slot {
             }
         }
     }
+}
+
+/// The IPv6 wildcard `addr` listening on IPv4 too (`IPV6_V6ONLY` off, whatever the system's
+/// default), so `::` means both families, which HTTP announces then tell trackers (BEP 7).
+fn bind_both_families(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 fn accept_loop(listener: &TcpListener, registry: &Registry, limits: &Limits, stop: &AtomicBool) {

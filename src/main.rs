@@ -49,6 +49,10 @@ enum Command {
         private: bool,
         #[arg(long, value_name = "TEXT")]
         comment: Option<String>,
+        /// Web seed URL (BEP 19 `url-list`); repeat for several. For a directory, the URL
+        /// of the directory that holds the torrent's top directory.
+        #[arg(long = "web-seed", value_name = "URL")]
+        web_seeds: Vec<String>,
     },
     /// Download a torrent into DIR/<name>, then exit (or keep seeding with --seed).
     Download {
@@ -425,6 +429,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             piece_length,
             private,
             comment,
+            web_seeds,
         } => commands::create(&CreateOptions {
             path,
             output,
@@ -432,6 +437,7 @@ fn run(cli: Cli) -> Result<(), CommandError> {
             piece_length,
             private,
             comment,
+            web_seeds,
         }),
         Command::Download {
             torrent,

@@ -42,7 +42,9 @@ use sha1::{Digest, Sha1};
 use crate::listener::Incoming;
 use crate::metainfo::InfoHash;
 use crate::tracker::udp::UdpClient;
-use crate::tracker::{AnnounceEvent, AnnounceRequest, AnnounceResponse, TrackerError, http, udp};
+use crate::tracker::{
+    AnnounceEvent, AnnounceRequest, AnnounceResponse, OurAddrs, TrackerError, http, udp,
+};
 use crate::wire::extension::{EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID, MetadataMessage};
 use crate::wire::{ExtendedHandshake, Handshake, Message};
 
@@ -104,6 +106,8 @@ pub struct FetchParams {
     pub udp_retransmit_base: Duration,
     /// Peers asked of each tracker.
     pub numwant: u32,
+    /// Our addresses told to HTTP trackers (BEP 7).
+    pub addrs: OurAddrs,
     /// Bounds the `stopped` announces of a fetch that ends without metadata.
     pub stop_timeout: Duration,
     /// The whole fetch gives up after this.
@@ -398,6 +402,7 @@ fn announce_request(params: &FetchParams, event: AnnounceEvent, key: u32) -> Ann
         numwant: params.numwant,
         tracker_id: None,
         key,
+        addrs: params.addrs,
     }
 }
 

@@ -205,8 +205,10 @@ pub struct About {
     pub creation_date: i64,
     /// `source` in `info` (private trackers' tag), empty when absent.
     pub source: String,
-    /// `url-list` (BEP 19) and `httpseeds` (BEP 17).
+    /// `url-list` (BEP 19): the web seeds we download from.
     pub web_seeds: Vec<String>,
+    /// `httpseeds` (BEP 17, a different protocol we do not speak): only shown.
+    pub http_seeds: Vec<String>,
     /// The SHA-256 of `info` when the torrent is a hybrid (v1 and v2, BEP 52).
     pub info_hash_v2: Option<[u8; 32]>,
     /// Each file's path as the torrent gives it (`/`-joined, bad UTF-8 escaped), beside
@@ -1007,8 +1009,13 @@ fn about_of(top: &Value<'_>, about: &mut About) {
             {
                 Some(url) if url.is_empty() => {}
                 Some(url) => {
-                    if !about.web_seeds.contains(&url) {
-                        about.web_seeds.push(url);
+                    let seeds = if key == "url-list" {
+                        &mut about.web_seeds
+                    } else {
+                        &mut about.http_seeds
+                    };
+                    if !seeds.contains(&url) {
+                        seeds.push(url);
                     }
                 }
                 None => warnings.push(format!("`{key}` holds a non-string; dropped")),
@@ -1448,6 +1455,7 @@ mod tests {
         bytes.extend_from_slice(&plain[head.len()..]);
         let meta = Metainfo::from_bytes(&bytes).unwrap();
         assert_eq!(meta.about.web_seeds, vec!["u1", "v/w/"]);
+        assert_eq!(meta.about.http_seeds, vec!["u1"]);
     }
 
     #[test]

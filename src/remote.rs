@@ -326,6 +326,8 @@ fn row_of(t: &Map<String, Value>) -> TorrentStatus {
         download_rate: u64_field(t, "rateDownload"),
         upload_rate: u64_field(t, "rateUpload"),
         peers: u32::try_from(u64_field(t, "peersConnected")).unwrap_or(u32::MAX),
+        // Transmission tells the web seeds sending to us, not those merely running.
+        web_seeds: u32::try_from(u64_field(t, "webseedsSendingToUs")).unwrap_or(u32::MAX),
         ratio: f64_field(t, "uploadRatio").max(0.0),
         error: (!error.is_empty() && !from_tracker).then(|| error.to_owned()),
         source: String::new(),
@@ -337,7 +339,7 @@ fn row_of(t: &Map<String, Value>) -> TorrentStatus {
 }
 
 /// Every field [`row_of`] reads.
-const ROW_FIELDS: [&str; 21] = [
+const ROW_FIELDS: [&str; 22] = [
     "id",
     "name",
     "hashString",
@@ -354,6 +356,7 @@ const ROW_FIELDS: [&str; 21] = [
     "rateDownload",
     "rateUpload",
     "peersConnected",
+    "webseedsSendingToUs",
     "uploadRatio",
     "trackerStats",
     "downloadDir",

@@ -85,6 +85,9 @@ pub struct TorrentStatus {
     /// Bytes per second.
     pub upload_rate: u64,
     pub peers: u32,
+    /// Web seeds (BEP 19) running beside the peers.
+    #[serde(default)]
+    pub web_seeds: u32,
     pub ratio: f64,
     /// Why the torrent is in state `error`.
     pub error: Option<String>,
@@ -252,7 +255,11 @@ pub fn torrent_table(torrents: &[TorrentStatus]) -> String {
             rate(t.download_rate),
             rate(t.upload_rate),
             t.eta_secs.map_or_else(|| "-".to_owned(), eta),
-            t.peers.to_string(),
+            if t.web_seeds > 0 {
+                format!("{}+{}ws", t.peers, t.web_seeds)
+            } else {
+                t.peers.to_string()
+            },
             ratio(t.ratio),
         ];
         if columns == 12 {
@@ -497,6 +504,7 @@ mod tests {
             download_rate: down,
             upload_rate: up,
             peers: 3,
+            web_seeds: 0,
             ratio: 0.5,
             error: None,
             source: "config".to_owned(),

@@ -329,13 +329,15 @@ impl Daemon {
             .map(|t| {
                 let size = t.size();
                 let (uploaded, downloaded) = t.totals();
-                let (down_rate, up_rate, peers) = t.running().map_or((0, 0, 0), |s| {
-                    (
-                        s.download_rate.load(Ordering::Relaxed),
-                        s.upload_rate.load(Ordering::Relaxed),
-                        s.peers.load(Ordering::Relaxed),
-                    )
-                });
+                let (down_rate, up_rate, peers, web_seeds) =
+                    t.running().map_or((0, 0, 0, 0), |s| {
+                        (
+                            s.download_rate.load(Ordering::Relaxed),
+                            s.upload_rate.load(Ordering::Relaxed),
+                            s.peers.load(Ordering::Relaxed),
+                            s.web_seeds.load(Ordering::Relaxed),
+                        )
+                    });
                 let have_bytes = t.have_bytes();
                 TorrentStatus {
                     id: t.id,
@@ -364,6 +366,7 @@ impl Daemon {
                     download_rate: down_rate,
                     upload_rate: up_rate,
                     peers,
+                    web_seeds,
                     ratio: t.ratio(),
                     error: match t.life.phase() {
                         Phase::Error(e) => Some(e.clone()),

@@ -414,11 +414,12 @@ impl Daemon {
                     s.peers_getting_from_us.load(Ordering::Relaxed)
                 ))),
                 "peers" => json!(peer_list(run)),
-                // btd does not use web seeds.
-                "webseeds" => json!([]),
+                // The torrent's `url-list` (BEP 19), as Transmission lists them.
+                "webseeds" => json!(t.meta.as_ref().map_or(&[][..], |m| &m.about.web_seeds[..])),
                 "labels" => json!(t.record.labels),
-                // btd does not use web seeds.
-                "webseedsSendingToUs" => json!(0),
+                "webseedsSendingToUs" => json!(load(|s| u64::from(
+                    s.web_seeds_sending_to_us.load(Ordering::Relaxed)
+                ))),
                 "pieceCount" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.num_pieces)),
                 "pieceSize" => json!(t.meta.as_ref().map_or(0, |m| m.geometry.piece_len)),
                 "queuePosition" => json!(index),

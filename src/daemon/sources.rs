@@ -278,6 +278,7 @@ impl Daemon {
             announce_timeout: limits.announce_timeout,
             udp_retransmit_base: limits.udp_retransmit_base,
             numwant: limits.numwant,
+            addrs: self.engine.our_addrs(),
             stop_timeout: limits.stop_timeout,
             timeout: METADATA_TIMEOUT,
         };

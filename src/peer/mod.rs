@@ -5,6 +5,7 @@
 //! obeys orders ([`PeerCommand`]).
 
 mod session;
+pub mod web_seed;
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -118,6 +119,37 @@ pub enum PeerCommand {
     /// Send a peer-exchange message (if the peer takes them).
     Pex(PexMessage),
     Shutdown,
+}
+
+/// How the coordinator hangs up on a peer thread, which may be blocked in a read: a peer's TCP
+/// socket is shut down; a web seed (which has no socket of its own while idle, and whose HTTP
+/// connections live inside attohttpc) has a flag it looks at between requests and while idle.
+/// An enum rather than an `Option<TcpStream>`, so every hang-up is one call that cannot forget
+/// the web seed.
+#[derive(Debug)]
+pub enum PeerLink {
+    Tcp(TcpStream),
+    Web(Arc<std::sync::atomic::AtomicBool>),
+}
+
+impl PeerLink {
+    /// Makes the peer thread end soon: it sends `Disconnected` as it does.
+    pub fn close(&self) {
+        match self {
+            Self::Tcp(socket) => {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+            }
+            Self::Web(closed) => closed.store(true, Ordering::Relaxed),
+        }
+    }
+
+    /// Our end's address (a TCP connection's only).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(socket) => socket.local_addr().ok(),
+            Self::Web(_) => None,
+        }
+    }
 }
 
 /// Byte counters of one connection, which its thread updates and the coordinator samples for

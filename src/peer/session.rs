@@ -175,10 +175,10 @@ fn next_key() -> PeerKey {
 }
 
 /// Sends `Disconnected` exactly once when the session ends, however it ends (panics included).
-struct DisconnectGuard<'a> {
-    ctx: &'a TorrentContext,
-    peer: PeerKey,
-    reason: Option<PeerError>,
+pub(super) struct DisconnectGuard<'a> {
+    pub(super) ctx: &'a TorrentContext,
+    pub(super) peer: PeerKey,
+    pub(super) reason: Option<PeerError>,
 }
 
 impl Drop for DisconnectGuard<'_> {

@@ -24,7 +24,8 @@ use super::{
     Control, PeerInfo, ResumeTarget, TorrentEvent, TorrentHandle, TorrentParams, TorrentStats,
 };
 use crate::metainfo::Metainfo;
-use crate::peer::{self, PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
+use crate::peer::web_seed::{self, WEB_SEED_PIPELINE, WebSeedTimeouts};
+use crate::peer::{self, PeerCommand, PeerError, PeerEvent, PeerLink, PeerStats, TorrentContext};
 use crate::profile::{self, LoopStats, Role};
 use crate::ratelimit::{Limits, RateLimiter};
 use crate::selection::{self, Selection};
@@ -168,7 +169,10 @@ struct Peer {
     pex_sent: HashSet<SocketAddr>,
     last_pex: Option<Instant>,
     commands: Sender<PeerCommand>,
-    socket: TcpStream,
+    link: PeerLink,
+    /// A web seed's URL (BEP 19): a peer with every piece, no socket, no address (`addr` is
+    /// unspecified), kept out of admission, choking, PEX, the peer list and the peer budget.
+    web_seed: Option<Arc<str>>,
     stats: Arc<PeerStats>,
     pieces: Bitfield,
     /// Pieces the peer has that we have not verified: we are interested while this is positive.
@@ -202,6 +206,14 @@ struct Peer {
     last_up: u64,
 }
 
+/// One web seed of the torrent (its thread stands in `peers` while `running`).
+struct WebSeedState {
+    url: String,
+    running: bool,
+    /// Bad pieces it sent; dropped for good at [`BAN_AFTER_STRIKES`].
+    strikes: u32,
+}
+
 struct Coordinator {
     meta: Arc<Metainfo>,
     context: Arc<TorrentContext>,
@@ -225,6 +237,9 @@ struct Coordinator {
     peers: HashMap<PeerKey, Peer>,
     addrs: HashMap<SocketAddr, AddrInfo>,
     banned: HashSet<IpAddr>,
+    /// The web seeds (BEP 19) this run started, by peer key; kept after they end, so a bad
+    /// piece found later still counts against its URL.
+    web_seeds: HashMap<PeerKey, WebSeedState>,
     /// Strikes by address, not by connection: a liar that reconnects keeps its strikes.
     strikes: HashMap<IpAddr, u32>,
     /// Addresses of the last [`MAX_DEPARTED`] peers that disconnected, oldest first.
@@ -318,6 +333,7 @@ impl Coordinator {
                 stop_timeout: params.limits.stop_timeout,
                 udp_retransmit_base: params.limits.udp_retransmit_base,
                 scrape_interval: Some(announcer::SCRAPE_INTERVAL),
+                addrs: params.our_addrs,
             };
             let source = Arc::new(move || AnnounceStats {
                 uploaded: stats_for_tracker.uploaded.load(Ordering::Relaxed),
@@ -355,6 +371,7 @@ impl Coordinator {
             peers: HashMap::new(),
             addrs: HashMap::new(),
             banned: HashSet::new(),
+            web_seeds: HashMap::new(),
             strikes: HashMap::new(),
             departed: VecDeque::new(),
             suspects: HashMap::new(),
@@ -407,6 +424,7 @@ impl Coordinator {
             self.picker.verified_count(),
             self.meta.geometry.num_pieces
         );
+        self.start_web_seeds();
         self.connect_more();
         let mut next_tick = Instant::now() + TICK;
         let mut profile = LoopStats::default();
@@ -683,13 +701,15 @@ impl Coordinator {
         } else if self
             .peers
             .values()
-            .any(|p| !p.leaving && p.peer_id == peer_id)
+            .any(|p| !p.leaving && p.web_seed.is_none() && p.peer_id == peer_id)
         {
             Some("already connected to this peer id")
         } else if self
             .peers
             .values()
-            .filter(|p| !p.leaving && admission::prefix(p.addr.ip()) == network)
+            .filter(|p| {
+                !p.leaving && p.web_seed.is_none() && admission::prefix(p.addr.ip()) == network
+            })
             .count()
             >= self.limits.max_per_prefix
         {
@@ -697,7 +717,12 @@ impl Coordinator {
         } else {
             None
         };
-        let full = self.peers.values().filter(|p| !p.leaving).count() >= self.limits.max_peers;
+        let full = self
+            .peers
+            .values()
+            .filter(|p| !p.leaving && p.web_seed.is_none())
+            .count()
+            >= self.limits.max_peers;
         if refuse.is_none() && (full || !budgeted) {
             // Full: the least useful peer makes room, if one is less useful than a newcomer.
             match admission::make_room(&self.peer_views(Instant::now())) {
@@ -720,7 +745,7 @@ impl Coordinator {
                 info.retry_at = Instant::now() + RETRY_MAX;
             }
             let _ = commands.try_send(PeerCommand::Shutdown);
-            let _ = socket.shutdown(std::net::Shutdown::Both);
+            PeerLink::Tcp(socket).close();
             return;
         }
         if let Some(info) = self.addrs.get_mut(&addr) {
@@ -733,7 +758,8 @@ impl Coordinator {
             if incoming { "in" } else { "out" }
         );
         let now = Instant::now();
-        let priority = socket
+        let link = PeerLink::Tcp(socket);
+        let priority = link
             .local_addr()
             .map_or(0, |ours| admission::canonical_priority(ours, addr));
         let peer = Peer {
@@ -747,7 +773,8 @@ impl Coordinator {
             pex_sent: HashSet::new(),
             last_pex: None,
             commands,
-            socket,
+            link,
+            web_seed: None,
             stats,
             pieces: Bitfield::new(self.meta.geometry.num_pieces),
             wanted: 0,
@@ -773,9 +800,7 @@ impl Coordinator {
         };
         self.peers.insert(key, peer);
         self.command(key, PeerCommand::Start(self.have.clone()));
-        self.stats
-            .peers
-            .store(saturating_u32(self.peers.len()), Ordering::Relaxed);
+        self.publish_peer_count();
     }
 
     fn on_addr_failed(&mut self, addr: SocketAddr, is_self: bool) {
@@ -806,7 +831,9 @@ impl Coordinator {
             self.departed.pop_front();
         }
         self.departed.push_back((key, peer.addr));
-        if !peer.slot_given_away {
+        if let Some(seed) = self.web_seeds.get_mut(&key) {
+            seed.running = false;
+        } else if !peer.slot_given_away {
             self.global.peers.release();
         }
         debug!(
@@ -828,18 +855,126 @@ impl Coordinator {
             info.seed = peer.pieces.is_full();
             info.retry_at = Instant::now() + RETRY_BASE;
         }
-        self.stats
-            .peers
-            .store(saturating_u32(self.peers.len()), Ordering::Relaxed);
+        self.publish_peer_count();
         // Its requests are free again: let the others take them.
         self.fill_all();
+    }
+
+    /// Connected peers, web seeds not counted, published for displays.
+    fn peer_count(&self) -> usize {
+        self.peers.values().filter(|p| p.web_seed.is_none()).count()
+    }
+
+    fn publish_peer_count(&self) {
+        let peers = self.peer_count();
+        self.stats
+            .peers
+            .store(saturating_u32(peers), Ordering::Relaxed);
+        self.stats
+            .web_seeds
+            .store(saturating_u32(self.peers.len() - peers), Ordering::Relaxed);
+    }
+
+    /// Starts a thread for each `url-list` web seed (BEP 19) not running and not dropped for
+    /// bad data, while there is something to download. Each enters the peer table as a peer
+    /// with every piece that does not choke us.
+    fn start_web_seeds(&mut self) {
+        if self.picker.is_done() || self.failed || self.rechecking {
+            return;
+        }
+        let urls: Vec<String> = self
+            .meta
+            .about
+            .web_seeds
+            .iter()
+            .filter(|url| crate::tracker::http::is_supported(url))
+            .filter(|url| {
+                !self
+                    .web_seeds
+                    .values()
+                    .any(|s| &s.url == *url && (s.running || s.strikes >= BAN_AFTER_STRIKES))
+            })
+            .cloned()
+            .collect();
+        let timeouts = WebSeedTimeouts {
+            connect: self.limits.connect_timeout,
+            read: self.limits.write_timeout,
+        };
+        for url in urls {
+            let key = peer::next_peer_key();
+            let spawned = web_seed::spawn(
+                Arc::clone(&self.context),
+                Arc::clone(&self.meta),
+                key,
+                url.clone(),
+                timeouts,
+            );
+            let handle = match spawned {
+                Ok(handle) => handle,
+                Err(e) => {
+                    warn!("torrent {}: web seed {url}: {e}", self.meta.name);
+                    continue;
+                }
+            };
+            debug!("torrent {}: web seed {url} started", self.meta.name);
+            let now = Instant::now();
+            self.peers.insert(
+                key,
+                Peer {
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    peer_id: [0; 20],
+                    incoming: false,
+                    fast: false,
+                    pex: false,
+                    listen_port: None,
+                    client: None,
+                    pex_sent: HashSet::new(),
+                    last_pex: None,
+                    commands: handle.commands,
+                    link: PeerLink::Web(handle.closed),
+                    web_seed: Some(Arc::from(url.as_str())),
+                    stats: handle.stats,
+                    pieces: Bitfield::new(self.meta.geometry.num_pieces),
+                    wanted: 0,
+                    am_choking: true,
+                    am_interested: false,
+                    peer_choking: false,
+                    peer_interested: false,
+                    outstanding: HashSet::new(),
+                    unrequested_streak: 0,
+                    pipeline: INITIAL_PIPELINE,
+                    max_pipeline: WEB_SEED_PIPELINE,
+                    last_block_at: now,
+                    connected_at: now,
+                    last_payload_at: None,
+                    last_interest_at: now,
+                    priority: 0,
+                    leaving: false,
+                    slot_given_away: false,
+                    rate_down: 0,
+                    rate_up: 0,
+                    last_down: 0,
+                    last_up: 0,
+                },
+            );
+            self.web_seeds.insert(
+                key,
+                WebSeedState {
+                    url,
+                    running: true,
+                    strikes: 0,
+                },
+            );
+            self.on_bitfield(key, Bitfield::full(self.meta.geometry.num_pieces));
+        }
+        self.publish_peer_count();
     }
 
     /// What [`admission`] needs to know of the peers that are not leaving.
     fn peer_views(&self, now: Instant) -> Vec<admission::PeerView> {
         self.peers
             .iter()
-            .filter(|(_, p)| !p.leaving)
+            .filter(|(_, p)| !p.leaving && p.web_seed.is_none())
             .map(|(&key, p)| admission::PeerView {
                 key,
                 connected_for: now.saturating_duration_since(p.connected_at),
@@ -866,7 +1001,7 @@ impl Coordinator {
             peer.leaving = true;
             peer.slot_given_away = give_slot;
             let _ = peer.commands.try_send(PeerCommand::Shutdown);
-            let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+            peer.link.close();
         }
     }
 
@@ -874,7 +1009,12 @@ impl Coordinator {
     /// to be dialled, or an incoming peer was refused lately), lets go of the peers neither
     /// side has been interested in for a while.
     fn drop_idle_peers(&mut self, now: Instant) {
-        let full = self.peers.values().filter(|p| !p.leaving).count() >= self.limits.max_peers
+        let full = self
+            .peers
+            .values()
+            .filter(|p| !p.leaving && p.web_seed.is_none())
+            .count()
+            >= self.limits.max_peers
             || self.global.peers.is_full();
         let dialable = self
             .addrs
@@ -895,7 +1035,7 @@ impl Coordinator {
                 );
                 peer.leaving = true;
                 let _ = peer.commands.try_send(PeerCommand::Shutdown);
-                let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+                peer.link.close();
             }
         }
     }
@@ -912,7 +1052,7 @@ impl Coordinator {
                     "torrent {}: {}: command queue full; dropping peer",
                     self.meta.name, peer.addr
                 );
-                let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+                peer.link.close();
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
@@ -954,7 +1094,7 @@ impl Coordinator {
                 self.name(),
                 peer.addr
             );
-            let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+            peer.link.close();
             return;
         }
         self.update_interest(key);
@@ -1048,7 +1188,7 @@ impl Coordinator {
                     self.meta.name, peer.addr
                 );
                 let _ = peer.commands.try_send(PeerCommand::Shutdown);
-                let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+                peer.link.close();
             }
             return;
         }
@@ -1165,7 +1305,7 @@ impl Coordinator {
         // Peers would ask for pieces we may no longer have: drop them all now.
         for peer in self.peers.values() {
             let _ = peer.commands.try_send(PeerCommand::Shutdown);
-            let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+            peer.link.close();
         }
         let _ = self.torrent_events.send(TorrentEvent::RecheckNeeded(why));
     }
@@ -1228,6 +1368,25 @@ impl Coordinator {
     /// Counts a bad piece against the address of peer `key` (connected or departed); bans the
     /// address and drops its connections at [`BAN_AFTER_STRIKES`].
     fn strike(&mut self, key: PeerKey, piece: u32) {
+        if let Some(seed) = self.web_seeds.get_mut(&key) {
+            // A web seed has no address of its own to ban (it may share one with peers):
+            // its strikes are its URL's, and it is dropped for good at the same count.
+            seed.strikes += 1;
+            warn!(
+                "torrent {}: web seed {}: sent bad data for piece {piece} (strike {})",
+                self.meta.name, seed.url, seed.strikes
+            );
+            if seed.strikes >= BAN_AFTER_STRIKES {
+                warn!(
+                    "torrent {}: web seed {}: dropped after {} bad pieces",
+                    self.meta.name, seed.url, seed.strikes
+                );
+                if let Some(peer) = self.peers.get(&key) {
+                    peer.link.close();
+                }
+            }
+            return;
+        }
         let addr = match self.peers.get(&key) {
             Some(peer) => peer.addr,
             None => match self.departed.iter().rev().find(|(k, _)| *k == key) {
@@ -1248,7 +1407,7 @@ impl Coordinator {
                 self.meta.name
             );
             for peer in self.peers.values().filter(|p| p.addr.ip() == addr.ip()) {
-                let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+                peer.link.close();
             }
         }
     }
@@ -1286,7 +1445,7 @@ impl Coordinator {
         let _ = self.torrent_events.send(TorrentEvent::Completed);
         for peer in self.peers.values() {
             if peer.pieces.is_full() {
-                let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+                peer.link.close();
             }
         }
     }
@@ -1332,6 +1491,7 @@ impl Coordinator {
             }
             self.update_interest(key);
         }
+        self.start_web_seeds();
         self.fill_all();
         self.connect_more();
     }
@@ -1394,10 +1554,20 @@ impl Coordinator {
             self.void_requests(key, true);
         }
         self.stats.download_rate.store(down, Ordering::Relaxed);
-        self.stats
+        self.publish_peer_count();
+        let sending = self
             .peers
-            .store(saturating_u32(self.peers.len()), Ordering::Relaxed);
-        let sending = self.peers.values().filter(|p| p.rate_down > 0).count();
+            .values()
+            .filter(|p| p.web_seed.is_none() && p.rate_down > 0)
+            .count();
+        let seeds_sending = self
+            .peers
+            .values()
+            .filter(|p| p.web_seed.is_some() && p.rate_down > 0)
+            .count();
+        self.stats
+            .web_seeds_sending_to_us
+            .store(saturating_u32(seeds_sending), Ordering::Relaxed);
         let getting = self.peers.values().filter(|p| p.rate_up > 0).count();
         self.stats
             .peers_sending_to_us
@@ -1416,7 +1586,7 @@ impl Coordinator {
             self.last_choke = now;
             self.rechoke(rotate);
         }
-        if !self.picker.is_done() && self.peers.len() < STARVED_PEERS {
+        if !self.picker.is_done() && self.peer_count() < STARVED_PEERS {
             self.announce(AnnouncerCommand::NeedPeers);
         }
         self.exchange_peers(now);
@@ -1434,6 +1604,7 @@ impl Coordinator {
         let list = self
             .peers
             .iter()
+            .filter(|(_, p)| p.web_seed.is_none())
             .map(|(key, p)| PeerInfo {
                 addr: p.addr,
                 client: p
@@ -1463,6 +1634,7 @@ impl Coordinator {
         let dialable: Vec<(PeerKey, SocketAddr)> = self
             .peers
             .iter()
+            .filter(|(_, p)| p.web_seed.is_none())
             .filter_map(|(k, p)| {
                 let addr = if p.incoming {
                     SocketAddr::new(p.addr.ip(), p.listen_port?)
@@ -1526,6 +1698,7 @@ impl Coordinator {
         let candidates: Vec<Candidate> = self
             .peers
             .iter()
+            .filter(|(_, p)| p.web_seed.is_none())
             .map(|(k, p)| Candidate {
                 peer: *k,
                 interested: p.peer_interested,
@@ -1586,7 +1759,7 @@ impl Coordinator {
         self.context.close_peer_threads();
         for peer in self.peers.values() {
             let _ = peer.commands.try_send(PeerCommand::Shutdown);
-            let _ = peer.socket.shutdown(std::net::Shutdown::Both);
+            peer.link.close();
         }
         for socket in self.dialing.values() {
             let _ = socket.shutdown(std::net::Shutdown::Both);

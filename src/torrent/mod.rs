@@ -79,8 +79,13 @@ pub struct TorrentStats {
     upload_allowance: AtomicU64,
     pub download_rate: AtomicU64,
     pub upload_rate: AtomicU64,
-    /// Peers connected (the coordinator's tick writes it, as the next two).
+    /// Peers connected, web seeds not counted (the coordinator's tick writes it, as the next
+    /// four).
     pub peers: AtomicU32,
+    /// Web seeds (BEP 19) running.
+    pub web_seeds: AtomicU32,
+    /// Web seeds that sent us payload lately.
+    pub web_seeds_sending_to_us: AtomicU32,
     /// Connected peers that sent us payload lately.
     pub peers_sending_to_us: AtomicU32,
     /// Connected peers we sent payload to lately.
@@ -215,6 +220,8 @@ impl Default for TorrentStats {
             download_rate: AtomicU64::new(0),
             upload_rate: AtomicU64::new(0),
             peers: AtomicU32::new(0),
+            web_seeds: AtomicU32::new(0),
+            web_seeds_sending_to_us: AtomicU32::new(0),
             peers_sending_to_us: AtomicU32::new(0),
             peers_getting_from_us: AtomicU32::new(0),
             have: parking_lot::Mutex::new(Bitfield::new(0)),
@@ -290,6 +297,8 @@ pub struct TorrentLimits {
 
 /// Everything a torrent needs to start.
 pub struct TorrentParams {
+    /// Our addresses told to HTTP trackers (BEP 7).
+    pub our_addrs: crate::tracker::OurAddrs,
     pub meta: Arc<Metainfo>,
     pub storage: Arc<Storage>,
     /// Pieces already verified on disk.

@@ -21,7 +21,7 @@ use log::{debug, warn};
 
 use super::udp::UdpClient;
 use super::{
-    AnnounceEvent, AnnounceFailure, AnnounceRequest, AnnounceResponse, SwarmStats, Tiers,
+    AnnounceEvent, AnnounceFailure, AnnounceRequest, AnnounceResponse, OurAddrs, SwarmStats, Tiers,
     TrackerError, http, udp,
 };
 
@@ -87,6 +87,8 @@ pub struct AnnouncerConfig {
     pub udp_retransmit_base: Duration,
     /// The shortest time between scrapes ([`SCRAPE_INTERVAL`]); `None` never scrapes.
     pub scrape_interval: Option<Duration>,
+    /// Our addresses told to HTTP trackers (BEP 7).
+    pub addrs: OurAddrs,
 }
 
 /// Whether `completed` has been asked for and sent.
@@ -710,6 +712,7 @@ impl Announcer {
             },
             tracker_id,
             key: self.key,
+            addrs: self.config.addrs,
         }
     }
 
@@ -1105,6 +1108,7 @@ mod tests {
             stop_timeout: Duration::from_secs(5),
             udp_retransmit_base: Duration::from_millis(50),
             scrape_interval: None,
+            addrs: super::OurAddrs::default(),
         }
     }
 

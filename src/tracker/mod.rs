@@ -70,6 +70,56 @@ pub struct AnnounceRequest {
     /// from another client behind the same address (BEP 15 `key`). The HTTP query does not carry
     /// it.
     pub key: u32,
+    /// Our addresses of each family, told to HTTP trackers (BEP 7 `ipv4=`, `ipv6=`).
+    pub addrs: OurAddrs,
+}
+
+/// Our addresses of each family that an HTTP announce carries (BEP 7 `ipv4=` and `ipv6=`), so
+/// that a tracker reached over one family also lists us under the other. Set only while we
+/// listen on both families; UDP announces (BEP 15) do not carry them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OurAddrs {
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+impl OurAddrs {
+    /// From the address we listen on and the addresses the system would send from to the
+    /// internet (`v4`, `v6`, when it has a route): none unless `listen` is the IPv6 wildcard
+    /// (which listens on both families), and of those only globally routable ones: a loopback,
+    /// private, link-local or unique-local address means nothing to a tracker elsewhere.
+    pub fn from_route_sources(listen: IpAddr, v4: Option<IpAddr>, v6: Option<IpAddr>) -> Self {
+        if listen != IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+            return Self::default();
+        }
+        let ipv4 = match v4 {
+            Some(IpAddr::V4(ip))
+                if !(ip.is_loopback()
+                    || ip.is_private()
+                    || ip.is_link_local()
+                    || ip.is_unspecified()
+                    || ip.is_broadcast()
+                    || ip.is_multicast()) =>
+            {
+                Some(ip)
+            }
+            _ => None,
+        };
+        let ipv6 = match v6 {
+            Some(IpAddr::V6(ip))
+                if !(ip.is_loopback()
+                    || ip.is_unspecified()
+                    || ip.is_multicast()
+                    || ip.is_unicast_link_local()
+                    || ip.is_unique_local()
+                    || ip.to_ipv4_mapped().is_some()) =>
+            {
+                Some(ip)
+            }
+            _ => None,
+        };
+        Self { ipv4, ipv6 }
+    }
 }
 
 /// A tracker's successful reply, parsed.
@@ -456,6 +506,13 @@ pub fn announce_url(base: &str, req: &AnnounceRequest) -> String {
     if let Some(id) = &req.tracker_id {
         url.push_str("&trackerid=");
         percent::encode_into(&mut url, id);
+    }
+    if let Some(ip) = req.addrs.ipv4 {
+        write!(url, "&ipv4={ip}").expect("writing to a String cannot fail");
+    }
+    if let Some(ip) = req.addrs.ipv6 {
+        url.push_str("&ipv6=");
+        percent::encode_into(&mut url, ip.to_string().as_bytes());
     }
     url
 }
@@ -1040,6 +1097,73 @@ mod tests {
             numwant: 50,
             tracker_id: None,
             key: 7,
+            addrs: OurAddrs::default(),
+        }
+    }
+
+    #[test]
+    fn announce_url_tells_our_address_of_each_family() {
+        let mut req = request();
+        req.addrs = OurAddrs {
+            ipv4: Some(Ipv4Addr::new(203, 0, 113, 5)),
+            ipv6: Some("2001:db8:1::5".parse().unwrap()),
+        };
+        assert_eq!(
+            announce_url("http://t.example/announce", &req),
+            format!(
+                "http://t.example/announce?{QUERY}&event=started&ipv4=203.0.113.5\
+                 &ipv6=2001%3Adb8%3A1%3A%3A5"
+            )
+        );
+    }
+
+    #[test]
+    fn our_addresses_only_when_listening_on_both_families_and_only_global_ones() {
+        let v4 = |s: &str| Some(IpAddr::V4(s.parse().unwrap()));
+        let v6 = |s: &str| Some(IpAddr::V6(s.parse().unwrap()));
+        let both = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        assert_eq!(
+            OurAddrs::from_route_sources(both, v4("203.0.113.5"), v6("2001:db8::5")),
+            OurAddrs {
+                ipv4: Some(Ipv4Addr::new(203, 0, 113, 5)),
+                ipv6: Some("2001:db8::5".parse().unwrap()),
+            }
+        );
+        // One family only: the tracker sees that address itself.
+        for listen in ["0.0.0.0", "203.0.113.5", "2001:db8::5"] {
+            let listen: IpAddr = listen.parse().unwrap();
+            assert_eq!(
+                OurAddrs::from_route_sources(listen, v4("203.0.113.5"), v6("2001:db8::5")),
+                OurAddrs::default(),
+                "{listen}"
+            );
+        }
+        for local in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.2",
+            "169.254.0.1",
+            "0.0.0.0",
+        ] {
+            assert_eq!(
+                OurAddrs::from_route_sources(both, v4(local), None),
+                OurAddrs::default(),
+                "{local}"
+            );
+        }
+        for local in [
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::",
+            "::ffff:203.0.113.5",
+            "ff02::1",
+        ] {
+            assert_eq!(
+                OurAddrs::from_route_sources(both, None, v6(local)),
+                OurAddrs::default(),
+                "{local}"
+            );
         }
     }
 

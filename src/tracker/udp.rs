@@ -625,6 +625,7 @@ mod tests {
             numwant: 80,
             tracker_id: None,
             key: 0x1234_5678,
+            addrs: crate::tracker::OurAddrs::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 mod support;
 
 mod bep47;
+mod bep7;
 mod btd_tracker;
 mod cli;
 mod cli_rpc;
@@ -41,3 +42,4 @@ mod tracker_refusal;
 mod transmission;
 mod udp_tracker;
 mod watch;
+mod web_seed;

@@ -329,6 +329,9 @@ pub struct TorrentStatus {
     pub download_rate: f64,
     pub upload_rate: f64,
     pub peers: u64,
+    /// Web seeds running.
+    #[serde(default)]
+    pub web_seeds: u64,
     pub ratio: f64,
     pub error: Option<String>,
     pub source: String,

@@ -14,6 +14,7 @@ mod process;
 pub mod rpc_client;
 mod torrent;
 mod tracker;
+pub mod web_seed;
 
 pub use process::{
     Btd, LtClient, PeerSpec, Proc, ScriptClient, Transmission, parse_rpc_serving, run_to_end,

@@ -1,0 +1,217 @@
+//! A small HTTP/1.1 file server on 127.0.0.1 for web-seed tests (BEP 19): GET of files under a
+//! root directory, with single `Range: bytes=A-B` requests answered `206` (Python's
+//! `http.server` does not do ranges, and a server of our own can also serve corrupt bytes and
+//! count what it was asked). Keep-alive connections, one thread each, every read bounded by a
+//! timeout; the listener stops on `Drop`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// How long a connection may stay silent before its thread ends.
+const IDLE: Duration = Duration::from_secs(10);
+/// Longest request head we read.
+const MAX_HEAD: usize = 16 * 1024;
+
+pub struct WebSeedServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    /// Ranged GETs answered with data (206).
+    ranges_served: Arc<AtomicUsize>,
+    /// Every request path, as received.
+    paths: Arc<parking_lot::Mutex<Vec<String>>>,
+}
+
+impl WebSeedServer {
+    /// Serves the files under `root`; with `corrupt`, every byte served is inverted.
+    pub fn start(root: &Path, corrupt: bool) -> WebSeedServer {
+        Self::start_with_delay(root, corrupt, Duration::ZERO)
+    }
+
+    /// As [`WebSeedServer::start`], waiting `delay` before each reply (a slow server).
+    pub fn start_with_delay(root: &Path, corrupt: bool, delay: Duration) -> WebSeedServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the web seed server");
+        let addr = listener.local_addr().expect("local addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let ranges_served = Arc::new(AtomicUsize::new(0));
+        let paths = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let root = root.to_path_buf();
+        {
+            let (stop, ranges_served, paths) = (
+                Arc::clone(&stop),
+                Arc::clone(&ranges_served),
+                Arc::clone(&paths),
+            );
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (root, ranges_served, paths) =
+                        (root.clone(), Arc::clone(&ranges_served), Arc::clone(&paths));
+                    std::thread::spawn(move || {
+                        let _ = serve(conn, &root, corrupt, delay, &ranges_served, &paths);
+                    });
+                }
+            });
+        }
+        WebSeedServer {
+            addr,
+            stop,
+            ranges_served,
+            paths,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.addr)
+    }
+
+    pub fn ranges_served(&self) -> usize {
+        self.ranges_served.load(Ordering::Relaxed)
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.paths.lock().clone()
+    }
+}
+
+impl Drop for WebSeedServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+fn serve(
+    conn: TcpStream,
+    root: &Path,
+    corrupt: bool,
+    delay: Duration,
+    ranges_served: &AtomicUsize,
+    paths: &parking_lot::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(IDLE))?;
+    conn.set_write_timeout(Some(IDLE))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut out = conn;
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            let n = (&mut reader)
+                .take((MAX_HEAD - head.len()) as u64)
+                .read_until(b'\n', &mut line)?;
+            if n == 0 {
+                return Ok(()); // closed, or a head too long
+            }
+            head.extend_from_slice(&line);
+            if line == b"\r\n" || line == b"\n" {
+                break;
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = head.lines();
+        let request = lines.next().unwrap_or_default();
+        let mut parts = request.split(' ');
+        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let mut range = None;
+        let mut close = false;
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("range") {
+                range = Some(value.to_owned());
+            } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close")
+            {
+                close = true;
+            }
+        }
+        paths.lock().push(target.to_owned());
+        std::thread::sleep(delay);
+        if method != "GET" {
+            reply(&mut out, "405 Method Not Allowed", &[], b"")?;
+            return Ok(());
+        }
+        let Some(path) = local_path(root, target) else {
+            reply(&mut out, "404 Not Found", &[], b"")?;
+            continue;
+        };
+        let Ok(mut file) = File::open(&path) else {
+            reply(&mut out, "404 Not Found", &[], b"")?;
+            continue;
+        };
+        let len = file.metadata()?.len();
+        let (start, end, status) = match range.as_deref().map(|r| parse_range(r, len)) {
+            None => (0, len, "200 OK"),
+            Some(Some((a, b))) => (a, b, "206 Partial Content"),
+            Some(None) => {
+                let extra = [format!("Content-Range: bytes */{len}")];
+                reply(&mut out, "416 Range Not Satisfiable", &extra, b"")?;
+                continue;
+            }
+        };
+        let mut body = vec![0; usize::try_from(end - start).expect("test files are small")];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut body)?;
+        if corrupt {
+            body.iter_mut().for_each(|b| *b = !*b);
+        }
+        let mut extra = vec!["Accept-Ranges: bytes".to_owned()];
+        if range.is_some() {
+            extra.push(format!("Content-Range: bytes {start}-{}/{len}", end - 1));
+            ranges_served.fetch_add(1, Ordering::Relaxed);
+        }
+        reply(&mut out, status, &extra, &body)?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn reply(out: &mut TcpStream, status: &str, extra: &[String], body: &[u8]) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
+    for line in extra {
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    out.write_all(head.as_bytes())?;
+    out.write_all(body)
+}
+
+/// `bytes=A-B`, `bytes=A-` or `bytes=-N` inside a file of `len` bytes, as `A..B+1`.
+fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = value.strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => (len.checked_sub(n.parse().ok()?)?, len),
+        (a, "") => (a.parse().ok()?, len),
+        (a, b) => (
+            a.parse().ok()?,
+            b.parse::<u64>().ok()?.checked_add(1)?.min(len),
+        ),
+    };
+    (start < end && end <= len).then_some((start, end))
+}
+
+/// The file under `root` that request target `target` names (percent-decoded, no `..`).
+fn local_path(root: &Path, target: &str) -> Option<PathBuf> {
+    let path = target.split('?').next()?;
+    let decoded = btd::percent::decode(path.as_bytes(), false)?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let rel = Path::new(decoded.trim_start_matches('/'));
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return None;
+    }
+    Some(root.join(rel))
+}

@@ -1,0 +1,285 @@
+//! Web seeds (BEP 19): `btd create --web-seed` writes `url-list`; btd downloads single- and
+//! multi-file torrents from a range-capable HTTP server alone (`btd download` and the daemon,
+//! whose status file and RPC report the web seed), beside a libtorrent peer, and drops a web
+//! seed that serves corrupt bytes while a good one finishes the job. libtorrent downloads from
+//! the same server with the same torrent, so our URL rules are a real client's.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::daemon::{DaemonHome, TorrentEntry, within};
+use crate::support::rpc_client::RpcClient;
+use crate::support::web_seed::WebSeedServer;
+use crate::support::{
+    Btd, LtClient, PeerSpec, SHORT, TRANSFER, TempDir, assert_same_files, next_ip,
+    parse_rpc_serving, seed_payload, wait_until,
+};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+/// A multi-file payload whose paths need percent-encoding and whose pieces span files.
+const MULTI: &[(&str, u64)] = &[
+    ("ws multi/a file.bin", MIB + 7),
+    ("ws multi/dir ü/b.bin", 700 * KIB + 3),
+    ("ws multi/dir ü/tiny.txt", 100),
+    ("ws multi/z.bin", 300 * KIB),
+];
+
+/// `btd create SRC -o OUT --piece-length LEN --web-seed URL...`
+fn create(src: &Path, out: &Path, piece_length: u64, web_seeds: &[String]) {
+    let mut args: Vec<OsString> = vec![
+        "create".into(),
+        src.into(),
+        "-o".into(),
+        out.into(),
+        "--piece-length".into(),
+        piece_length.to_string().into(),
+    ];
+    for url in web_seeds {
+        args.push("--web-seed".into());
+        args.push(url.into());
+    }
+    Btd::run(args).assert_success();
+}
+
+#[test]
+fn btd_download_gets_a_single_file_torrent_from_a_web_seed_alone() {
+    let tmp = TempDir::new("ws-single");
+    let seed_dir = seed_payload(&tmp, "ws_single", &[("ws single.iso", 2 * MIB + 5)]);
+    let server = WebSeedServer::start(&seed_dir, false);
+    let torrent = tmp.join("single.torrent");
+    // A URL ending in `/` gets the file's name appended (BEP 19).
+    create(
+        &seed_dir.join("ws single.iso"),
+        &torrent,
+        32 * KIB,
+        &[server.url("")],
+    );
+
+    let out = tmp.subdir("out");
+    let mut btd = Btd::download("btd leecher", &torrent, &out, next_ip(), &[], false);
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(&seed_dir.join("ws single.iso"), &out.join("ws single.iso"));
+    assert!(server.ranges_served() > 0, "no range request was served");
+    assert!(
+        server.paths().iter().all(|p| p == "/ws%20single.iso"),
+        "requests for other paths than the file's: {:?}",
+        server.paths()
+    );
+    // Coalesced: far fewer requests than the 1024 blocks of 16 KiB.
+    assert!(
+        server.ranges_served() < 200,
+        "{} range requests for 2 MiB",
+        server.ranges_served()
+    );
+}
+
+#[test]
+fn daemon_downloads_a_multi_file_torrent_from_a_web_seed_alone_and_reports_it() {
+    let tmp = TempDir::new("ws-daemon");
+    let seed_dir = seed_payload(&tmp, "ws_daemon", MULTI);
+    let server = WebSeedServer::start(&seed_dir, false);
+    let torrent = tmp.join("multi.torrent");
+    // The URL of the directory holding the torrent's top directory, without a final `/`.
+    let url = server.url("").trim_end_matches('/').to_owned();
+    create(
+        &seed_dir.join("ws multi"),
+        &torrent,
+        16 * KIB,
+        std::slice::from_ref(&url),
+    );
+
+    let mut home = DaemonHome::new("ws-daemon");
+    // Slow enough (about 4 s) to see the web seed at work in the status file and the RPC.
+    home.set("rates", "download_kib_per_sec", 512)
+        .add_torrent(TorrentEntry::new(&torrent))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    let rpc_at = d.wait_log_after(0, SHORT, "the RPC's address", parse_rpc_serving);
+    let mut rpc = RpcClient::new(rpc_at);
+    let status = d.wait_status(SHORT, "one web seed running", |s| {
+        s.torrents
+            .first()
+            .is_some_and(|t| t.web_seeds == 1 && t.peers == 0)
+    });
+    let fields = ["webseeds", "webseedsSendingToUs", "peersConnected"];
+    let mut sending = Value::Null;
+    wait_until(within(SHORT), "webseedsSendingToUs 1", || {
+        let t = rpc.torrents(json!([1]), &fields).remove(0);
+        assert_eq!(t["webseeds"], json!([url]), "torrent-get: {t:?}");
+        assert_eq!(t["peersConnected"], json!(0), "torrent-get: {t:?}");
+        sending = t["webseedsSendingToUs"].clone();
+        sending == json!(1)
+    });
+    let info_hash = status.torrents[0].info_hash.clone();
+    d.wait_seeding(&info_hash, TRANSFER);
+    // A complete torrent lets its web seeds go.
+    d.wait_status(SHORT, "no web seed running", |s| {
+        s.torrent(&info_hash).is_some_and(|t| t.web_seeds == 0)
+    });
+    assert_same_files(
+        &seed_dir.join("ws multi"),
+        &home.download_dir().join("ws multi"),
+    );
+    let paths = server.paths();
+    assert!(
+        paths.contains(&"/ws%20multi/dir%20%C3%BC/b.bin".to_owned()),
+        "no request for the percent-encoded nested path: {paths:?}"
+    );
+    d.stop("TERM");
+}
+
+#[test]
+fn a_web_seed_serving_corrupt_data_is_dropped_and_the_good_one_finishes() {
+    let tmp = TempDir::new("ws-bad");
+    let seed_dir = seed_payload(&tmp, "ws_bad", MULTI);
+    let good = WebSeedServer::start(&seed_dir, false);
+    let bad = WebSeedServer::start(&seed_dir, true);
+    let torrent = tmp.join("multi.torrent");
+    create(
+        &seed_dir.join("ws multi"),
+        &torrent,
+        16 * KIB,
+        &[bad.url(""), good.url("")],
+    );
+
+    let out = tmp.subdir("out");
+    let mut btd = Btd::download("btd leecher", &torrent, &out, next_ip(), &[], false);
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(&seed_dir.join("ws multi"), &out.join("ws multi"));
+    assert!(bad.ranges_served() > 0, "the bad web seed was never asked");
+    let log = btd.log_text();
+    assert!(
+        log.contains(&format!(
+            "web seed {}: dropped after 2 bad pieces",
+            bad.url("")
+        )),
+        "the bad web seed was not dropped:\n{log}"
+    );
+    assert!(
+        !log.contains(&format!("web seed {}: sent bad data", good.url(""))),
+        "the good web seed was blamed:\n{log}"
+    );
+}
+
+#[test]
+fn btd_downloads_from_a_web_seed_and_a_libtorrent_peer_together() {
+    let tmp = TempDir::new("ws-lt-peer");
+    let seed_dir = seed_payload(&tmp, "ws_lt_peer", &[("ws both/data.bin", 6 * MIB + 1)]);
+    // Slow, so that the peer has time to unchoke us before the web seed has sent everything.
+    let server = WebSeedServer::start_with_delay(&seed_dir, false, Duration::from_millis(500));
+    let torrent = tmp.join("both.torrent");
+    create(
+        &seed_dir.join("ws both"),
+        &torrent,
+        32 * KIB,
+        &[server.url("")],
+    );
+    let mut lt = LtClient::seed_logging_uploads(
+        "libtorrent seeder",
+        &PeerSpec {
+            torrent: &torrent,
+            dir: &seed_dir,
+            ip: next_ip(),
+            peers: vec![],
+            announce: false,
+        },
+    );
+    let lt_addr = lt.wait_listening();
+    lt.wait_seeding();
+
+    let out = tmp.subdir("out");
+    let mut btd = Btd::download("btd leecher", &torrent, &out, next_ip(), &[lt_addr], false);
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(&seed_dir.join("ws both"), &out.join("ws both"));
+    assert!(server.ranges_served() > 0, "the web seed sent nothing");
+    assert!(
+        !lt.uploaded_pieces().is_empty(),
+        "the libtorrent peer sent nothing"
+    );
+    lt.terminate_and_assert_ok(SHORT);
+}
+
+#[test]
+fn libtorrent_downloads_a_btd_torrent_from_the_same_web_seed_server() {
+    let tmp = TempDir::new("ws-lt-interop");
+    let seed_dir = seed_payload(&tmp, "ws_lt_interop", MULTI);
+    let server = WebSeedServer::start(&seed_dir, false);
+    let torrent = tmp.join("multi.torrent");
+    create(
+        &seed_dir.join("ws multi"),
+        &torrent,
+        16 * KIB,
+        &[server.url("")],
+    );
+
+    let out = tmp.subdir("out");
+    let mut lt = LtClient::leech(
+        "libtorrent leecher",
+        &PeerSpec {
+            torrent: &torrent,
+            dir: &out,
+            ip: next_ip(),
+            peers: vec![],
+            announce: false,
+        },
+    );
+    lt.wait_complete(TRANSFER);
+    assert_same_files(&seed_dir.join("ws multi"), &out.join("ws multi"));
+    assert!(
+        server.ranges_served() > 0,
+        "libtorrent made no range request"
+    );
+}
+
+#[test]
+fn create_refuses_a_web_seed_that_is_not_http() {
+    let tmp = TempDir::new("ws-create-bad");
+    let seed_dir = seed_payload(&tmp, "ws_create_bad", &[("f.bin", 1000)]);
+    let out = Btd::run([
+        OsString::from("create"),
+        seed_dir.join("f.bin").into(),
+        "-o".into(),
+        tmp.join("f.torrent").into(),
+        "--web-seed".into(),
+        "ftp://example.invalid/f.bin".into(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.description);
+    assert!(
+        out.stderr
+            .contains("--web-seed ftp://example.invalid/f.bin: not an http"),
+        "{}",
+        out.description
+    );
+}
+
+#[test]
+fn a_web_seed_answering_404_backs_off_while_a_good_one_finishes() {
+    let tmp = TempDir::new("ws-404");
+    let seed_dir = seed_payload(&tmp, "ws_404", &[("ws 404.bin", MIB + 1)]);
+    let good = WebSeedServer::start(&seed_dir, false);
+    let empty = WebSeedServer::start(&tmp.subdir("empty"), false);
+    let torrent = tmp.join("f.torrent");
+    create(
+        &seed_dir.join("ws 404.bin"),
+        &torrent,
+        16 * KIB,
+        &[empty.url(""), good.url("")],
+    );
+
+    let out = tmp.subdir("out");
+    let mut btd = Btd::download("btd leecher", &torrent, &out, next_ip(), &[], false);
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(&seed_dir.join("ws 404.bin"), &out.join("ws 404.bin"));
+    let log = btd.log_text();
+    assert!(
+        log.contains("HTTP status 404 Not Found") && log.contains("trying again in 2s"),
+        "no back-off after the 404:\n{log}"
+    );
+    // One request, then the back-off: the missing file is not hammered.
+    assert_eq!(empty.paths().len(), 1, "{:?}", empty.paths());
+}
