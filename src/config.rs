@@ -183,6 +183,7 @@ struct Queue {
     max_active_downloads: usize,
     #[serde(deserialize_with = "integer")]
     max_active_seeds: usize,
+    #[serde(deserialize_with = "boolean")]
     start_added_torrents: bool,
 }
 
