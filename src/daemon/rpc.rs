@@ -1493,6 +1493,56 @@ mod tests {
     use super::*;
     use crate::test_dir::TempDir;
 
+    fn file_args(json: Value) -> Args {
+        match json {
+            Value::Object(args) => args,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn file_arguments_apply_priorities_then_wanted_and_an_empty_list_is_every_file_only_in_set() {
+        let mut sel = Selection::all();
+        let args =
+            file_args(json!({"files-unwanted": [1], "priority-high": [2], "priority-low": [0]}));
+        apply_file_args(&mut sel, 3, &args, false).unwrap();
+        assert_eq!(
+            (0..3).map(|i| sel.get(i)).collect::<Vec<_>>(),
+            [Priority::Low, Priority::Skip, Priority::High]
+        );
+        // A priority leaves a skipped file skipped; wanting it again makes it normal.
+        apply_file_args(&mut sel, 3, &file_args(json!({"priority-high": [1]})), true).unwrap();
+        assert_eq!(sel.get(1), Priority::Skip);
+        apply_file_args(&mut sel, 3, &file_args(json!({"files-wanted": [1]})), true).unwrap();
+        assert_eq!(sel.get(1), Priority::Normal);
+        // torrent-set: [] is every file; torrent-add: [] is none.
+        let none = file_args(json!({"files-unwanted": []}));
+        let mut added = Selection::all();
+        apply_file_args(&mut added, 3, &none, false).unwrap();
+        assert!(added.is_all());
+        apply_file_args(&mut sel, 3, &none, true).unwrap();
+        assert!((0..3).all(|i| sel.get(i) == Priority::Skip));
+    }
+
+    #[test]
+    fn bad_file_arguments_are_refused_naming_them_and_change_nothing() {
+        let mut sel = Selection::all();
+        for (args, says) in [
+            (
+                json!({"files-wanted": [3]}),
+                "files-wanted: 3 is not a file index",
+            ),
+            (json!({"priority-low": "all"}), "priority-low: not a list"),
+            (json!({"files-unwanted": [0, -1]}), "files-unwanted: -1"),
+        ] {
+            let err = apply_file_args(&mut sel, 3, &file_args(args), true).unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
+        let partly_bad = file_args(json!({"files-unwanted": [0], "files-wanted": [9]}));
+        assert!(apply_file_args(&mut sel, 3, &partly_bad, true).is_err());
+        assert!(sel.is_all(), "nothing applied");
+    }
+
     #[test]
     fn scrape_urls_and_hosts_of_announce_urls() {
         assert_eq!(
