@@ -634,10 +634,11 @@ impl FetchState {
     /// Addresses to dial now, each with its new key, up to [`MAX_CONNECTIONS`] open at once.
     fn dial(&mut self, now: Instant) -> Vec<(Key, SocketAddr)> {
         let mut out = Vec::new();
-        for addr in &self.order {
+        for i in 0..self.order.len() {
             if self.links.len() >= MAX_CONNECTIONS {
                 break;
             }
+            let addr = &self.order[i];
             let entry = self
                 .book
                 .get_mut(addr)
@@ -646,20 +647,8 @@ impl FetchState {
                 continue;
             }
             entry.connected = true;
-            let key = self.next_key;
-            self.next_key += 1;
-            self.links.insert(
-                key,
-                Link {
-                    addr: *addr,
-                    size: None,
-                    outstanding: Vec::new(),
-                    stopping: false,
-                    incoming: false,
-                },
-            );
-            self.addr_of.insert(key, *addr);
-            out.push((key, *addr));
+            let addr = *addr;
+            out.push((self.open_link(addr, false), addr));
         }
         out
     }
@@ -688,6 +677,11 @@ impl FetchState {
             return None;
         }
         entry.connected = true;
+        Some(self.open_link(addr, true))
+    }
+
+    /// A new link to `addr` (dialled, or `incoming`) under a fresh key.
+    fn open_link(&mut self, addr: SocketAddr, incoming: bool) -> Key {
         let key = self.next_key;
         self.next_key += 1;
         self.links.insert(
@@ -697,11 +691,11 @@ impl FetchState {
                 size: None,
                 outstanding: Vec::new(),
                 stopping: false,
-                incoming: true,
+                incoming,
             },
         );
         self.addr_of.insert(key, addr);
-        Some(key)
+        key
     }
 
     /// The listen port a peer that dialled in named in its extended handshake: its address is

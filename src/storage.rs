@@ -650,6 +650,26 @@ fn segments<'a>(files: impl Iterator<Item = &'a FileEntry>, offset: u64, len: u6
 mod tests {
     use super::*;
 
+    /// A torrent "t" of `files` for the tests of this module.
+    fn test_meta(
+        geometry: Geometry,
+        files: Vec<FileEntry>,
+        piece_hashes: Vec<[u8; 20]>,
+    ) -> Metainfo {
+        Metainfo {
+            info_hash: crate::metainfo::InfoHash([0; 20]),
+            name: "t".into(),
+            geometry,
+            files,
+            piece_hashes,
+            announce: None,
+            announce_list: None,
+            private: false,
+            about: Default::default(),
+            info_bytes: std::sync::Arc::from(&b""[..]),
+        }
+    }
+
     fn entries(lens: &[u64]) -> Vec<FileEntry> {
         let mut offset = 0;
         lens.iter()
@@ -706,18 +726,7 @@ mod tests {
             .chunks(piece_len as usize)
             .map(|c| <[u8; 20]>::from(Sha1::digest(c)))
             .collect::<Vec<_>>();
-        let meta = Metainfo {
-            info_hash: crate::metainfo::InfoHash([0; 20]),
-            name: "t".into(),
-            geometry,
-            files,
-            piece_hashes: hashes.clone(),
-            announce: None,
-            announce_list: None,
-            private: false,
-            about: Default::default(),
-            info_bytes: std::sync::Arc::from(&b""[..]),
-        };
+        let meta = test_meta(geometry, files, hashes.clone());
         let storage = Storage::open(&dir, &meta, OpenMode::Download).unwrap();
         assert_eq!(
             storage.verify(&hashes, 2, &Default::default()).count_ones(),
@@ -755,18 +764,11 @@ mod tests {
         data[..10].copy_from_slice(b"0123456789");
         data[16384..].copy_from_slice(b"hello");
         let hashes: Vec<[u8; 20]> = data.chunks(16384).map(|c| Sha1::digest(c).into()).collect();
-        let meta = Metainfo {
-            info_hash: crate::metainfo::InfoHash([0; 20]),
-            name: "t".into(),
-            geometry: Geometry::new(data.len() as u64, 16384),
+        let meta = test_meta(
+            Geometry::new(data.len() as u64, 16384),
             files,
-            piece_hashes: hashes.clone(),
-            announce: None,
-            announce_list: None,
-            private: false,
-            about: Default::default(),
-            info_bytes: std::sync::Arc::from(&b""[..]),
-        };
+            hashes.clone(),
+        );
         let storage = Storage::open(&dir, &meta, OpenMode::Download).unwrap();
         // A peer's piece whose pad bytes are not zeros loses them: they are never stored.
         let mut dirty = data[..16384].to_vec();
@@ -814,18 +816,7 @@ mod tests {
             .chunks(piece_len as usize)
             .map(|c| <[u8; 20]>::from(Sha1::digest(c)))
             .collect::<Vec<_>>();
-        let meta = Metainfo {
-            info_hash: crate::metainfo::InfoHash([0; 20]),
-            name: "t".into(),
-            geometry: Geometry::new(60_000, piece_len),
-            files,
-            piece_hashes: hashes.clone(),
-            announce: None,
-            announce_list: None,
-            private: false,
-            about: Default::default(),
-            info_bytes: std::sync::Arc::from(&b""[..]),
-        };
+        let meta = test_meta(Geometry::new(60_000, piece_len), files, hashes.clone());
         let part = dir.join("state/t.parts");
         let wanted = [true, false, true];
         let storage = Storage::open_selected(&dir, &meta, &wanted, &part).unwrap();
