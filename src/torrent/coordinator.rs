@@ -1016,6 +1016,9 @@ impl Coordinator {
             .count()
             >= self.limits.max_peers
             || self.global.peers.is_full();
+        if !full {
+            return;
+        }
         let dialable = self
             .addrs
             .values()
@@ -1023,8 +1026,10 @@ impl Coordinator {
         let refused_lately = self
             .last_refused
             .is_some_and(|at| now.duration_since(at) < admission::IDLE_UNINTERESTED);
-        let others_waiting = full && (dialable || refused_lately);
-        for key in admission::idle_to_drop(&self.peer_views(now), others_waiting) {
+        if !(dialable || refused_lately) {
+            return;
+        }
+        for key in admission::idle_to_drop(&self.peer_views(now), true) {
             if let Some(peer) = self.peers.get_mut(&key) {
                 debug!(
                     "torrent {}: {}: neither side interested for {:?} while others wait; \
