@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use btd::commands::{self, CommandError, CreateOptions, TransferOptions};
 use btd::config::{Config, ConfigError};
 use btd::daemon::{self, Daemon, LogFile};
+use btd::peer::mse::Encryption;
 use btd::remote::{self, Action, FileChanges, Settings};
 use btd::tracker_server::{self, TrackerOptions};
 
@@ -213,6 +214,10 @@ struct NetArgs {
     /// A peer to connect to; repeatable.
     #[arg(long = "peer", value_name = "HOST:PORT")]
     peers: Vec<String>,
+    /// Message stream encryption: tolerated (plaintext first), preferred (encrypted first) or
+    /// required (encrypted only). Overrides `[network] encryption`.
+    #[arg(long, value_name = "MODE")]
+    encryption: Option<Encryption>,
 }
 
 fn main() {
@@ -484,7 +489,10 @@ fn run(cli: Cli) -> Result<(), CommandError> {
     }
 }
 
-fn transfer(torrent: PathBuf, dir: PathBuf, net: NetArgs, config: Config) -> TransferOptions {
+fn transfer(torrent: PathBuf, dir: PathBuf, net: NetArgs, mut config: Config) -> TransferOptions {
+    if let Some(mode) = net.encryption {
+        config.encryption = mode;
+    }
     TransferOptions {
         torrent,
         dir,

@@ -451,7 +451,7 @@ impl Btd {
     }
 }
 
-fn net_args(ip: Ipv4Addr, peers: &[SocketAddr]) -> Vec<OsString> {
+pub fn net_args(ip: Ipv4Addr, peers: &[SocketAddr]) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--bind".into(),
         ip.to_string().into(),
@@ -629,6 +629,12 @@ impl LtClient {
         ScriptClient::spawn(name, "lt_client.py", "leech", spec, TRANSFER, &[])
     }
 
+    /// A seeder or leecher (`mode`) with more `lt_client.py` options (`--encryption forced`...).
+    pub fn with_options(name: &str, mode: &str, spec: &PeerSpec, options: &[&str]) -> ScriptClient {
+        super::require_libtorrent();
+        ScriptClient::spawn(name, "lt_client.py", mode, spec, TRANSFER * 3, options)
+    }
+
     /// A leecher of `torrent` into `dir`, on a loopback address of its own, that gets the
     /// data from `seed` alone (no trackers).
     pub fn leech_from(name: &str, torrent: &Path, dir: &Path, seed: SocketAddr) -> ScriptClient {
@@ -686,6 +692,13 @@ impl Transmission {
     pub fn leech(name: &str, spec: &PeerSpec) -> ScriptClient {
         Self::require();
         ScriptClient::spawn(name, "transmission.py", "leech", spec, TRANSFER, &[])
+    }
+
+    /// A seeder or leecher (`mode`) with more `transmission.py` options
+    /// (`--encryption required`...).
+    pub fn with_options(name: &str, mode: &str, spec: &PeerSpec, options: &[&str]) -> ScriptClient {
+        Self::require();
+        ScriptClient::spawn(name, "transmission.py", mode, spec, TRANSFER * 3, options)
     }
 }
 
