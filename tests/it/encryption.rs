@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::support::{
     Btd, LtClient, OpenTracker, PeerSpec, Proc, Rng, SHORT, ScriptClient, TRANSFER, TempDir,
     TorrentInfo, Transmission, assert_same_files, free_port, mktorrent, net_args, next_ip,
-    require_program, test_seed, write_payload,
+    require_program, test_seed, wait_until, write_payload,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -472,9 +472,16 @@ fn btd_and_aria2_with_encryption_required_both_ways() {
         &[OpenTracker::url_for(port)],
     );
     let info = TorrentInfo::read(&torrent);
-    let _tracker = OpenTracker::start(port, &[&info.info_hash]);
+    let tracker = OpenTracker::start(port, &[&info.info_hash]);
+    // btd announces from 127.0.0.1 (the tracker lists that, not its --bind address), so the
+    // side that announces second dials the first: aria2 first, then btd, each time.
 
-    // btd (required) seeds; aria2 (crypto required) downloads.
+    // aria2 (crypto required) waits as a leecher; btd (required) seeds and dials it.
+    let a2_out = tmp.subdir("out-aria2");
+    let mut leech = aria2("aria2 leecher (crypto required)", &torrent, &a2_out, false);
+    wait_until(within(SHORT), "aria2 announced as a leecher", || {
+        tracker.leechers(&info.info_hash) >= 1
+    });
     let (mut seed, _) = btd_seed(
         "btd seeder (required)",
         &torrent,
@@ -482,14 +489,15 @@ fn btd_and_aria2_with_encryption_required_both_ways() {
         &[],
         "required",
     );
-    let a2_out = tmp.subdir("out-aria2");
-    let mut leech = aria2("aria2 leecher (crypto required)", &torrent, &a2_out, false);
     leech.assert_exits_ok(TRANSFER);
     assert_same_files(&seed_dir.join("a2"), &a2_out.join("a2"));
     seed.terminate_and_assert_ok(SHORT);
 
-    // aria2 seeds; btd (required) downloads.
+    // aria2 seeds; btd (required) downloads, dialling it.
     let mut a2_seed = aria2("aria2 seeder (crypto required)", &torrent, &seed_dir, true);
+    wait_until(within(SHORT), "aria2 announced as a seeder", || {
+        tracker.seeders(&info.info_hash) >= 1
+    });
     let out = tmp.subdir("out-btd");
     let mut args: Vec<OsString> = vec![
         "download".into(),
@@ -503,4 +511,8 @@ fn btd_and_aria2_with_encryption_required_both_ways() {
     btd.assert_exits_ok(TRANSFER);
     assert_same_files(&seed_dir.join("a2"), &out.join("a2"));
     a2_seed.terminate_and_assert_ok(SHORT);
+}
+
+fn within(d: Duration) -> std::time::Instant {
+    std::time::Instant::now() + d
 }
