@@ -29,10 +29,11 @@ pub const CONNECTION_ID_LIFETIME: Duration = Duration::from_secs(60);
 /// The highest `n` in the retransmission wait `base * 2^n`: a request goes out at most 9 times.
 pub const MAX_RETRANSMIT_EXPONENT: u32 = 8;
 
-const ACTION_CONNECT: u32 = 0;
-const ACTION_ANNOUNCE: u32 = 1;
-const ACTION_SCRAPE: u32 = 2;
-const ACTION_ERROR: u32 = 3;
+/// The `action` field of every BEP 15 datagram, both ways (the embedded tracker's too).
+pub const ACTION_CONNECT: u32 = 0;
+pub const ACTION_ANNOUNCE: u32 = 1;
+pub const ACTION_SCRAPE: u32 = 2;
+pub const ACTION_ERROR: u32 = 3;
 
 /// The largest datagram we read; longer ones are truncated by the kernel (a reply with 200 IPv6
 /// peers is 3.6 KiB).

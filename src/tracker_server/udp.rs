@@ -21,9 +21,10 @@ use sha1::{Digest as _, Sha1};
 use super::swarm::{Announce, InfoHash};
 use super::{DEFAULT_NUMWANT, MAX_NUMWANT, Shared, push_compact};
 use crate::tracker::AnnounceEvent;
+use crate::tracker::udp::{
+    ACTION_ANNOUNCE, ACTION_CONNECT, ACTION_ERROR, ACTION_SCRAPE, PROTOCOL_ID,
+};
 
-/// The magic `protocol_id` of a connect request.
-pub const PROTOCOL_ID: u64 = 0x0417_2710_1980;
 /// Info hashes per scrape at most (BEP 15), so the reply fits one datagram.
 pub const MAX_SCRAPE_HASHES: usize = 74;
 /// IPv6 peers per announce reply at most: 20 + 79 * 18 = 1442 bytes, one 1500-byte datagram.
@@ -32,11 +33,6 @@ pub const MAX_PEERS_V6: usize = 79;
 const MAX_PACKET: usize = 2048;
 /// An announce without BEP 41 options.
 const ANNOUNCE_LEN: usize = 98;
-
-const ACTION_CONNECT: u32 = 0;
-const ACTION_ANNOUNCE: u32 = 1;
-const ACTION_SCRAPE: u32 = 2;
-const ACTION_ERROR: u32 = 3;
 
 /// Makes and checks connection ids without storing them.
 pub struct ConnectionIds {
