@@ -406,6 +406,7 @@ fn announce_request(params: &FetchParams, event: AnnounceEvent, key: u32) -> Ann
         tracker_id: None,
         key,
         addrs: params.addrs,
+        encryption: params.encryption,
     }
 }
 

@@ -343,6 +343,7 @@ impl Coordinator {
                 udp_retransmit_base: params.limits.udp_retransmit_base,
                 scrape_interval: Some(announcer::SCRAPE_INTERVAL),
                 addrs: params.our_addrs,
+                encryption: params.global.encryption.get(),
             };
             let source = Arc::new(move || AnnounceStats {
                 uploaded: stats_for_tracker.uploaded.load(Ordering::Relaxed),

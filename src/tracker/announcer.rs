@@ -10,6 +10,7 @@
 //! logged with `warn!` and retried after a back-off, scrape errors with `debug!`; nothing a tracker
 //! sends can panic a thread.
 
+use crate::peer::mse::Encryption;
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -85,6 +86,8 @@ pub struct AnnouncerConfig {
     pub stop_timeout: Duration,
     /// The UDP retransmission base: a request is sent again after `base * 2^n` (BEP 15 says 15 s).
     pub udp_retransmit_base: Duration,
+    /// Our encryption mode, for the announce's `supportcrypto`/`requirecrypto`.
+    pub encryption: Encryption,
     /// The shortest time between scrapes ([`SCRAPE_INTERVAL`]); `None` never scrapes.
     pub scrape_interval: Option<Duration>,
     /// Our addresses told to HTTP trackers (BEP 7).
@@ -713,6 +716,7 @@ impl Announcer {
             tracker_id,
             key: self.key,
             addrs: self.config.addrs,
+            encryption: self.config.encryption,
         }
     }
 
@@ -1109,6 +1113,7 @@ mod tests {
             udp_retransmit_base: Duration::from_millis(50),
             scrape_interval: None,
             addrs: super::OurAddrs::default(),
+            encryption: Encryption::Preferred,
         }
     }
 

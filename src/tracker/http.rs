@@ -266,6 +266,7 @@ pub(crate) mod fake {
 
 #[cfg(test)]
 mod tests {
+    use crate::peer::mse::Encryption;
     use std::net::{SocketAddr, TcpListener};
     use std::time::Instant;
 
@@ -286,6 +287,7 @@ mod tests {
             tracker_id: None,
             key: 0x1234_5678,
             addrs: crate::tracker::OurAddrs::default(),
+            encryption: Encryption::Preferred,
         }
     }
 
@@ -310,7 +312,7 @@ mod tests {
             tracker.next_request(),
             format!(
                 "/announce?info_hash={hash}&peer_id=-BT0001-012345678901&port=51413\
-                 &uploaded=10&downloaded=20&left=30&compact=1&numwant=80&event=started"
+                 &uploaded=10&downloaded=20&left=30&compact=1&numwant=80&supportcrypto=1&event=started"
             )
         );
         tracker.join();

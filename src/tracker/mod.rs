@@ -11,6 +11,7 @@ pub mod announcer;
 pub mod http;
 pub mod udp;
 
+use crate::peer::mse::Encryption;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -72,6 +73,10 @@ pub struct AnnounceRequest {
     pub key: u32,
     /// Our addresses of each family, told to HTTP trackers (BEP 7 `ipv4=`, `ipv6=`).
     pub addrs: OurAddrs,
+    /// Our encryption mode, told to HTTP trackers: `supportcrypto=1`, and `requirecrypto=1`
+    /// when we take encrypted peers only (trackers that know the keys then list us only to
+    /// peers that encrypt).
+    pub encryption: Encryption,
 }
 
 /// Our addresses of each family that an HTTP announce carries (BEP 7 `ipv4=` and `ipv6=`), so
@@ -477,8 +482,9 @@ fn dict_peer(elem: &BencodeElem) -> Option<SocketAddr> {
 /// The announce URL: `base` with the announce query appended.
 ///
 /// The query is `info_hash` and `peer_id` (percent-encoded byte by byte), `port`, `uploaded`,
-/// `downloaded`, `left`, `compact=1`, `numwant`, `event` (omitted when `None`) and `trackerid`
-/// (when known). It starts with `&` when `base` already has a query (a private tracker's passkey),
+/// `downloaded`, `left`, `compact=1`, `numwant`, `supportcrypto=1` (and `requirecrypto=1` in
+/// `required` mode), `event` (omitted when `None`), `trackerid` (when known) and BEP 7's
+/// `ipv4`/`ipv6`. It starts with `&` when `base` already has a query (a private tracker's passkey),
 /// with `?` otherwise; a `#fragment` on `base` is dropped.
 pub fn announce_url(base: &str, req: &AnnounceRequest) -> String {
     let base = base.split_once('#').map_or(base, |(before, _)| before);
@@ -499,6 +505,10 @@ pub fn announce_url(base: &str, req: &AnnounceRequest) -> String {
         req.port, req.uploaded, req.downloaded, req.left, req.numwant
     )
     .expect("writing to a String cannot fail");
+    url.push_str("&supportcrypto=1");
+    if req.encryption == Encryption::Required {
+        url.push_str("&requirecrypto=1");
+    }
     if let Some(event) = req.event {
         url.push_str("&event=");
         url.push_str(event.as_str());
@@ -1098,7 +1108,19 @@ mod tests {
             tracker_id: None,
             key: 7,
             addrs: OurAddrs::default(),
+            encryption: Encryption::Preferred,
         }
+    }
+
+    #[test]
+    fn announce_url_says_requirecrypto_only_in_required_mode() {
+        let mut req = request();
+        req.encryption = Encryption::Required;
+        assert!(
+            announce_url("http://t/a", &req).contains("&supportcrypto=1&requirecrypto=1&event=")
+        );
+        req.encryption = Encryption::Tolerated;
+        assert!(!announce_url("http://t/a", &req).contains("requirecrypto"));
     }
 
     #[test]
@@ -1168,7 +1190,7 @@ mod tests {
     }
 
     const QUERY: &str = "info_hash=%00%01%7F%80%FF%20-._~%25%26%3F%3D%2B%2FAz9%AB\
-        &peer_id=-BT0001-abcdefghijkl&port=6881&uploaded=1&downloaded=2&left=3&compact=1&numwant=50";
+        &peer_id=-BT0001-abcdefghijkl&port=6881&uploaded=1&downloaded=2&left=3&compact=1&numwant=50&supportcrypto=1";
 
     #[test]
     fn announce_url_escapes_every_kind_of_byte() {

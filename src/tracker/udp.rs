@@ -610,6 +610,7 @@ pub(crate) mod fake {
 mod tests {
     use super::fake::{FakeUdpTracker, PATIENCE, action, reply, well_behaved};
     use super::*;
+    use crate::peer::mse::Encryption;
 
     const CONNECT: [u8; 12] = [0, 0, 0x04, 0x17, 0x27, 0x10, 0x19, 0x80, 0, 0, 0, 0];
     const CONNECTION_ID: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
@@ -627,6 +628,7 @@ mod tests {
             tracker_id: None,
             key: 0x1234_5678,
             addrs: crate::tracker::OurAddrs::default(),
+            encryption: Encryption::Preferred,
         }
     }
 

@@ -136,6 +136,7 @@ fn request(info_hash: [u8; 20], peer_id: &[u8; 20], port: u16, left: u64) -> Ann
         tracker_id: None,
         key: 0x0bad_cafe,
         addrs: btd::tracker::OurAddrs::default(),
+        encryption: btd::peer::mse::Encryption::Preferred,
     }
 }
 
