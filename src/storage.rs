@@ -61,6 +61,10 @@ struct StoredFile {
     entry: FileEntry,
     abs_path: PathBuf,
     place: parking_lot::RwLock<Place>,
+    /// Held for each write into the file: one writer at a time, so disk threads writing
+    /// pieces of one file wait here, asleep, instead of spinning in the kernel on the
+    /// file's inode lock (their hashing still runs in parallel).
+    writer: parking_lot::Mutex<()>,
     /// True when the file (or, for one in the part file, the part file) held data before we
     /// opened it, so its pieces are worth hashing.
     had_data: bool,
@@ -82,6 +86,8 @@ enum Place {
 struct PartFile {
     path: PathBuf,
     handle: File,
+    /// One writer at a time, as [`StoredFile::writer`].
+    writer: parking_lot::Mutex<()>,
 }
 
 /// One contiguous run of bytes inside one file.
@@ -204,6 +210,7 @@ impl Storage {
                 entry: entry.clone(),
                 abs_path,
                 place: parking_lot::RwLock::new(place),
+                writer: parking_lot::Mutex::new(()),
                 had_data,
             });
         }
@@ -350,6 +357,11 @@ impl Storage {
 
     /// Writes a whole piece. Callers pass only data whose hash has been verified.
     ///
+    /// Each file's writes are serialized ([`StoredFile::writer`]), and write-back of the bytes
+    /// just written is started at once (`posix_fadvise(DONTNEED)` on the range: on dirty pages
+    /// the kernel only starts writing them out; nothing is dropped, nothing waited for), so
+    /// dirty pages go to disk during the download instead of piling up for the final sync.
+    ///
     /// # Errors
     /// `Write` naming the file.
     pub fn write_piece(&self, piece: u32, data: &[u8]) -> Result<(), StorageError> {
@@ -360,10 +372,23 @@ impl Storage {
             let len = usize::try_from(seg.len).expect("segment within buffer");
             let bytes = &data[done..done + len];
             let result = match &*file.place.read() {
-                Place::File(handle) => handle.write_all_at(bytes, seg.file_offset),
-                Place::Part => self
-                    .part()
-                    .write_all_at(bytes, file.entry.offset + seg.file_offset),
+                Place::File(handle) => {
+                    let _writer = file.writer.lock();
+                    handle
+                        .write_all_at(bytes, seg.file_offset)
+                        .map(|()| start_write_back(handle, seg.file_offset, seg.len))
+                }
+                Place::Part => {
+                    let part = self
+                        .part
+                        .as_ref()
+                        .expect("a file in the part file means one is open");
+                    let _writer = part.writer.lock();
+                    let at = file.entry.offset + seg.file_offset;
+                    part.handle
+                        .write_all_at(bytes, at)
+                        .map(|()| start_write_back(&part.handle, at, seg.len))
+                }
                 // Zeros by definition: nothing to keep.
                 Place::Empty | Place::Pad => Ok(()),
             };
@@ -527,8 +552,20 @@ impl PartFile {
         Ok(Self {
             path: path.to_owned(),
             handle,
+            writer: parking_lot::Mutex::new(()),
         })
     }
+}
+
+/// Starts write-back of `len` bytes at `offset` of `file`, without waiting: Linux's
+/// `POSIX_FADV_DONTNEED` starts writing dirty pages of the range and drops only clean ones (none,
+/// just after a write). Advice that fails changes nothing but timing, so its error is ignored.
+fn start_write_back(file: &File, offset: u64, len: u64) {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    let _ = posix_fadvise(file, offset, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
 }
 
 /// Creates (with its directories) or opens a file for reading and writing, at least `len`

@@ -30,7 +30,8 @@ pub enum DiskJob {
     /// These files are wanted now: create those kept in the part file and move their bytes
     /// out of it ([`Storage::want_files`]).
     WantFiles(Vec<bool>),
-    /// Snapshot the files' sizes and mtimes with the pieces we have, and save it atomically.
+    /// Flush every file, then snapshot the files' sizes and mtimes with the pieces we have and
+    /// save it atomically: resume data lists only pieces whose bytes are on stable storage.
     SaveResume {
         meta: Arc<Metainfo>,
         target: ResumeTarget,
@@ -223,9 +224,12 @@ fn run(storage: &Storage, job: DiskJob) -> DiskResult {
         }
         DiskJob::Sync => DiskResult::Synced(storage.sync_all()),
         DiskJob::WantFiles(wanted) => DiskResult::FilesWanted(storage.want_files(&wanted)),
-        DiskJob::SaveResume { meta, target, have } => {
-            DiskResult::ResumeSaved(save_resume(storage, &meta, &target, &have))
-        }
+        // `have` holds only pieces whose writes had finished when it was taken: syncing now
+        // puts all of them on disk before the resume data names them.
+        DiskJob::SaveResume { meta, target, have } => match storage.sync_all() {
+            Ok(()) => DiskResult::ResumeSaved(save_resume(storage, &meta, &target, &have)),
+            Err(error) => DiskResult::ResumeSaved(Err(error.into())),
+        },
     }
 }
 
