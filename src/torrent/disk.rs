@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use sha1::{Digest, Sha1};
 
 use super::ResumeTarget;
+use super::piece_buffer::PieceData;
 use crate::metainfo::Metainfo;
 use crate::profile::{self, Role};
 use crate::resume::{ResumeData, ResumeError};
@@ -22,7 +23,7 @@ pub enum DiskJob {
     /// Hash `data` against `expected`; if it matches, write it as piece `piece`.
     VerifyAndWrite {
         piece: u32,
-        data: Vec<u8>,
+        data: PieceData,
         expected: [u8; 20],
     },
     /// Flush every file to stable storage.
@@ -44,12 +45,12 @@ pub enum DiskResult {
     /// Hash matched and the piece is written. `data` comes back for reuse and comparisons.
     Written {
         piece: u32,
-        data: Vec<u8>,
+        data: PieceData,
     },
     /// Hash did not match; nothing was written.
     HashFailed {
         piece: u32,
-        data: Vec<u8>,
+        data: PieceData,
     },
     /// Hash matched but the write failed.
     WriteFailed {
@@ -214,7 +215,7 @@ fn run(storage: &Storage, job: DiskJob) -> DiskResult {
             data,
             expected,
         } => {
-            if Sha1::digest(&data).as_slice() != expected {
+            if Sha1::digest(&*data).as_slice() != expected {
                 return DiskResult::HashFailed { piece, data };
             }
             match storage.write_piece(piece, &data) {
@@ -298,19 +299,19 @@ mod tests {
             let expected = a_hashes[piece as usize];
             assert!(a_queue.send(DiskJob::VerifyAndWrite {
                 piece,
-                data: chunk.to_vec(),
+                data: PieceData::copy_of(chunk),
                 expected,
             }));
         }
         // A piece of b with a's hash: refused, nothing written.
         assert!(b_queue.send(DiskJob::VerifyAndWrite {
             piece: 0,
-            data: b_data[..16384].to_vec(),
+            data: PieceData::copy_of(&b_data[..16384]),
             expected: a_hashes[0],
         }));
         assert!(b_queue.send(DiskJob::VerifyAndWrite {
             piece: 1,
-            data: b_data[16384..].to_vec(),
+            data: PieceData::copy_of(&b_data[16384..]),
             expected: b_hashes[1],
         }));
         let wait = Duration::from_secs(10);
