@@ -187,6 +187,10 @@ pub struct Storage {
     /// Where the part file is (when a selection was given), open or not: resume data stamps
     /// it whenever it exists.
     part_path: Option<PathBuf>,
+    /// Set after each write of a piece, cleared as [`Storage::sync_all`] starts: a torrent that
+    /// wrote nothing since its last sync (a seed) syncs nothing, so saving the resume data of
+    /// thousands of seeding torrents costs no device flushes.
+    unsynced: std::sync::atomic::AtomicBool,
 }
 
 impl Storage {
@@ -308,6 +312,7 @@ impl Storage {
             geometry: meta.geometry,
             part,
             part_path: selection.map(|(_, path)| path.to_owned()),
+            unsynced: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -475,14 +480,31 @@ impl Storage {
             })?;
             done += len;
         }
+        // After the write: a sync that cleared the flag before this point finds the bytes
+        // written already, one after it finds the flag set.
+        self.unsynced
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
-    /// Flushes every file (and the part file) to disk.
+    /// Flushes every file (and the part file) to disk, if a piece was written since the last
+    /// sync (files moved out of the part file are synced by [`Storage::want_files`] itself).
     ///
     /// # Errors
-    /// `Write` naming the file that failed to sync.
+    /// `Write` naming the file that failed to sync (it stays to be synced next time).
     pub fn sync_all(&self) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        if !self.unsynced.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let result = self.sync_files();
+        if result.is_err() {
+            self.unsynced.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn sync_files(&self) -> Result<(), StorageError> {
         for file in &self.files {
             if let Place::File(handle) = &*file.place.read() {
                 handle.sync_data().map_err(|source| StorageError::Write {
