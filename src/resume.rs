@@ -57,6 +57,10 @@ pub struct FileStamp {
 pub enum ResumeError {
     #[error("resume data: {0}")]
     Save(#[from] AtomicFileError),
+    /// The torrent's files could not be synced, so no resume data was saved (it would name
+    /// pieces that may not be on disk).
+    #[error("resume data not saved: {0}")]
+    NotSynced(#[from] crate::storage::StorageError),
     #[error("{path}: cannot read resume data: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("{path}: not valid resume data: {source}")]

@@ -18,7 +18,7 @@ use super::disk::{self, DiskJob, DiskQueue, DiskResult};
 use super::file_check::FileCheckRegistration;
 use super::picker::{PeerKey, Picker, Received, saturating_u32};
 use super::piece_buffer::{
-    Blame, CompletePiece, PieceBuffers, blame_after_refetch, blame_on_failure,
+    Blame, CompletePiece, PieceBuffers, PieceData, blame_after_refetch, blame_on_failure,
 };
 use super::{
     Control, PeerInfo, ResumeTarget, TorrentEvent, TorrentHandle, TorrentParams, TorrentStats,
@@ -52,6 +52,10 @@ const MAX_PIPELINE: usize = 250;
 /// Most requests we keep outstanding with any peer, whatever `reqq` it advertises.
 const MAX_PIPELINE_KNOWN_REQQ: usize = 1000;
 const MIN_PIPELINE: usize = 16;
+/// Most requests outstanding with all of a torrent's peers together, in blocks (16 MiB): what
+/// is requested ends up in piece buffers, so this bounds the memory of a fast download from
+/// many peers. One peer alone still gets its whole pipeline ([`MAX_PIPELINE_KNOWN_REQQ`]).
+const MAX_REQUESTED_BLOCKS: usize = 1024;
 const INITIAL_PIPELINE: usize = 64;
 /// Seconds of a peer's rate we keep requested from it.
 const PIPELINE_SECONDS: u64 = 1;
@@ -1368,7 +1372,7 @@ impl Coordinator {
         }
     }
 
-    fn on_hash_failed(&mut self, piece: u32, data: Vec<u8>) {
+    fn on_hash_failed(&mut self, piece: u32, data: PieceData) {
         let senders = self.pending_senders.remove(&piece).unwrap_or_default();
         warn!(
             "torrent {}: piece {piece} failed its hash check",
@@ -1564,6 +1568,11 @@ impl Coordinator {
             {
                 timed_out.push(*key);
             }
+        }
+        let mut pipelines: Vec<usize> = self.peers.values().map(|p| p.pipeline).collect();
+        share_pipelines(&mut pipelines, MAX_REQUESTED_BLOCKS);
+        for (peer, pipeline) in self.peers.values_mut().zip(pipelines) {
+            peer.pipeline = pipeline;
         }
         for key in timed_out {
             if let Some(peer) = self.peers.get_mut(&key) {
@@ -1850,5 +1859,40 @@ impl Coordinator {
                 .wait_until(Instant::now() + self.limits.stop_timeout + Duration::from_secs(1));
         }
         info!("torrent {}: stopped", self.name());
+    }
+}
+
+/// Scales the peers' pipelines down, in proportion, until together they ask for at most
+/// `budget` blocks (each keeps at least [`MIN_PIPELINE`]); under the budget they stay as they are.
+fn share_pipelines(pipelines: &mut [usize], budget: usize) {
+    let total: usize = pipelines.iter().sum();
+    if total <= budget {
+        return;
+    }
+    for pipeline in pipelines {
+        *pipeline = (*pipeline * budget / total).max(MIN_PIPELINE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipelines_share_the_budget_in_proportion_and_keep_a_floor() {
+        let mut one = [MAX_PIPELINE_KNOWN_REQQ];
+        share_pipelines(&mut one, MAX_REQUESTED_BLOCKS);
+        assert_eq!(
+            one,
+            [MAX_PIPELINE_KNOWN_REQQ],
+            "one peer keeps its whole pipeline"
+        );
+        let mut three = [1000, 1000, 48];
+        share_pipelines(&mut three, 1024);
+        assert_eq!(three, [500, 500, 24]);
+        assert!(three.iter().sum::<usize>() <= 1024);
+        let mut many = [20; 100];
+        share_pipelines(&mut many, 1024);
+        assert_eq!(many, [MIN_PIPELINE; 100]);
     }
 }

@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use sha1::{Digest, Sha1};
 
 use super::ResumeTarget;
+use super::piece_buffer::PieceData;
 use crate::metainfo::Metainfo;
 use crate::profile::{self, Role};
 use crate::resume::{ResumeData, ResumeError};
@@ -22,7 +23,7 @@ pub enum DiskJob {
     /// Hash `data` against `expected`; if it matches, write it as piece `piece`.
     VerifyAndWrite {
         piece: u32,
-        data: Vec<u8>,
+        data: PieceData,
         expected: [u8; 20],
     },
     /// Flush every file to stable storage.
@@ -30,7 +31,8 @@ pub enum DiskJob {
     /// These files are wanted now: create those kept in the part file and move their bytes
     /// out of it ([`Storage::want_files`]).
     WantFiles(Vec<bool>),
-    /// Snapshot the files' sizes and mtimes with the pieces we have, and save it atomically.
+    /// Flush every file, then snapshot the files' sizes and mtimes with the pieces we have and
+    /// save it atomically: resume data lists only pieces whose bytes are on stable storage.
     SaveResume {
         meta: Arc<Metainfo>,
         target: ResumeTarget,
@@ -43,12 +45,12 @@ pub enum DiskResult {
     /// Hash matched and the piece is written. `data` comes back for reuse and comparisons.
     Written {
         piece: u32,
-        data: Vec<u8>,
+        data: PieceData,
     },
     /// Hash did not match; nothing was written.
     HashFailed {
         piece: u32,
-        data: Vec<u8>,
+        data: PieceData,
     },
     /// Hash matched but the write failed.
     WriteFailed {
@@ -213,7 +215,7 @@ fn run(storage: &Storage, job: DiskJob) -> DiskResult {
             data,
             expected,
         } => {
-            if Sha1::digest(&data).as_slice() != expected {
+            if Sha1::digest(&*data).as_slice() != expected {
                 return DiskResult::HashFailed { piece, data };
             }
             match storage.write_piece(piece, &data) {
@@ -223,9 +225,12 @@ fn run(storage: &Storage, job: DiskJob) -> DiskResult {
         }
         DiskJob::Sync => DiskResult::Synced(storage.sync_all()),
         DiskJob::WantFiles(wanted) => DiskResult::FilesWanted(storage.want_files(&wanted)),
-        DiskJob::SaveResume { meta, target, have } => {
-            DiskResult::ResumeSaved(save_resume(storage, &meta, &target, &have))
-        }
+        // `have` holds only pieces whose writes had finished when it was taken: syncing now
+        // puts all of them on disk before the resume data names them.
+        DiskJob::SaveResume { meta, target, have } => match storage.sync_all() {
+            Ok(()) => DiskResult::ResumeSaved(save_resume(storage, &meta, &target, &have)),
+            Err(error) => DiskResult::ResumeSaved(Err(error.into())),
+        },
     }
 }
 
@@ -294,19 +299,19 @@ mod tests {
             let expected = a_hashes[piece as usize];
             assert!(a_queue.send(DiskJob::VerifyAndWrite {
                 piece,
-                data: chunk.to_vec(),
+                data: PieceData::copy_of(chunk),
                 expected,
             }));
         }
         // A piece of b with a's hash: refused, nothing written.
         assert!(b_queue.send(DiskJob::VerifyAndWrite {
             piece: 0,
-            data: b_data[..16384].to_vec(),
+            data: PieceData::copy_of(&b_data[..16384]),
             expected: a_hashes[0],
         }));
         assert!(b_queue.send(DiskJob::VerifyAndWrite {
             piece: 1,
-            data: b_data[16384..].to_vec(),
+            data: PieceData::copy_of(&b_data[16384..]),
             expected: b_hashes[1],
         }));
         let wait = Duration::from_secs(10);

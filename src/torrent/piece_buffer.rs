@@ -1,8 +1,11 @@
 //! Piece buffers: the blocks of pieces in flight, assembled in memory until the piece is whole
 //! and goes to a disk thread for hashing. Owned by the coordinator. Remembers who sent each
 //! block so a piece that fails its hash names its culprit instead of every contributor.
+//! Pieces are assembled in [`PieceData`], whose bytes start on a 4 KiB boundary so the disk
+//! threads can write them with `O_DIRECT` ([`crate::storage`]).
 
 use std::collections::{HashMap, HashSet};
+use std::ops::{Deref, DerefMut};
 
 use crate::metainfo::Geometry;
 use crate::torrent::picker::PeerKey;
@@ -11,14 +14,69 @@ use crate::wire::{BLOCK_LEN, BlockRef};
 /// Spare piece buffers kept for reuse: enough for the pieces typically awaiting the disk threads.
 const POOL_BUFFERS: usize = 4;
 
+/// The alignment of [`PieceData`]'s bytes: the page size, which is also a multiple of every
+/// block device's logical block size, as `O_DIRECT` needs.
+pub const PIECE_ALIGN: usize = 4096;
+
+/// A piece's bytes, starting on a [`PIECE_ALIGN`] boundary (when the allocator allows; it does
+/// on Linux: the offset is found, not assumed, and a buffer that cannot be aligned still works,
+/// only without `O_DIRECT`). Reads as a `[u8]` of the piece's length.
+pub struct PieceData {
+    /// Never resized once made, so the aligned start stays where it is.
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl PieceData {
+    /// `len` zero bytes.
+    pub fn zeroed(len: usize) -> Self {
+        let buf = vec![0u8; len + PIECE_ALIGN - 1];
+        let start = buf.as_ptr().align_offset(PIECE_ALIGN);
+        let start = if start < PIECE_ALIGN { start } else { 0 };
+        Self { buf, start, len }
+    }
+
+    /// A copy of `bytes`.
+    pub fn copy_of(bytes: &[u8]) -> Self {
+        let mut data = Self::zeroed(bytes.len());
+        data.copy_from_slice(bytes);
+        data
+    }
+
+    /// This buffer made `len` bytes long for reuse, without clearing it (every byte of a piece
+    /// is written before the piece is complete); a new one when it is too small.
+    fn reuse(mut self, len: usize) -> Self {
+        if self.buf.len() - self.start >= len {
+            self.len = len;
+            self
+        } else {
+            Self::zeroed(len)
+        }
+    }
+}
+
+impl Deref for PieceData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl DerefMut for PieceData {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
 struct Assembly {
-    data: Vec<u8>,
+    data: PieceData,
     senders: Vec<Option<PeerKey>>,
 }
 
 /// A whole piece, ready for hashing, and who sent each block.
 pub struct CompletePiece {
-    pub data: Vec<u8>,
+    pub data: PieceData,
     pub senders: Vec<Option<PeerKey>>,
 }
 
@@ -36,7 +94,7 @@ pub struct PieceBuffers {
     geometry: Geometry,
     assemblies: HashMap<u32, Assembly>,
     /// Spare piece-sized buffers, so steady downloading allocates nothing per piece.
-    pool: Vec<Vec<u8>>,
+    pool: Vec<PieceData>,
 }
 
 impl PieceBuffers {
@@ -54,9 +112,11 @@ impl PieceBuffers {
         let geometry = self.geometry;
         let pool = &mut self.pool;
         let assembly = self.assemblies.entry(block.piece).or_insert_with(|| {
-            let mut data = pool.pop().unwrap_or_default();
-            data.clear();
-            data.resize(geometry.piece_len(block.piece) as usize, 0);
+            let len = geometry.piece_len(block.piece) as usize;
+            let data = match pool.pop() {
+                Some(spare) => spare.reuse(len),
+                None => PieceData::zeroed(len),
+            };
             Assembly {
                 data,
                 senders: vec![None; geometry.blocks_in_piece(block.piece) as usize],
@@ -90,7 +150,7 @@ impl PieceBuffers {
     }
 
     /// Returns a buffer to the pool.
-    pub fn recycle(&mut self, data: Vec<u8>) {
+    pub fn recycle(&mut self, data: PieceData) {
         if self.pool.len() < POOL_BUFFERS {
             self.pool.push(data);
         }
@@ -156,6 +216,20 @@ mod tests {
             9,
         );
         assert_eq!(buffers.take(1).data.len(), 40_000 - 32_768);
+    }
+
+    #[test]
+    fn piece_data_starts_aligned_and_a_reused_buffer_takes_the_new_length() {
+        let mut data = PieceData::zeroed(3 * 16384);
+        assert_eq!(data.as_ptr() as usize % PIECE_ALIGN, 0);
+        data[5] = 7;
+        let shorter = data.reuse(100);
+        assert_eq!((shorter.len(), shorter[5]), (100, 7));
+        assert_eq!(shorter.as_ptr() as usize % PIECE_ALIGN, 0);
+        let longer = shorter.reuse(4 * 16384);
+        assert_eq!(longer.len(), 4 * 16384);
+        assert_eq!(longer.as_ptr() as usize % PIECE_ALIGN, 0);
+        assert_eq!(&*PieceData::copy_of(b"abc"), b"abc");
     }
 
     #[test]
