@@ -317,6 +317,7 @@ fn magnet_metainfo(
         addrs: engine.our_addrs(),
         stop_timeout: limits.stop_timeout,
         timeout,
+        dht: engine.dht(),
     };
     // Peers the trackers send us dial in: the listener hands them to the fetch.
     let inbox = engine.fetch_inbox(hash);

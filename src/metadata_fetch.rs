@@ -112,6 +112,21 @@ pub struct FetchParams {
     pub stop_timeout: Duration,
     /// The whole fetch gives up after this.
     pub timeout: Duration,
+    /// The process's DHT, when it runs: it is asked for peers (and told about us) every
+    /// [`DHT_LOOKUP_EVERY`], and while it runs the fetch waits for peers until its deadline.
+    pub dht: Option<crate::dht::DhtHandle>,
+}
+
+/// How often a fetch asks the DHT again.
+const DHT_LOOKUP_EVERY: Duration = Duration::from_secs(60);
+
+/// Hands the DHT's peers to the fetch loop; gone once the loop is.
+struct DhtSink(Sender<Event>);
+
+impl crate::dht::PeerSink for DhtSink {
+    fn deliver(&mut self, peers: Vec<SocketAddr>) -> bool {
+        self.0.send(Event::DhtPeers(peers)).is_ok()
+    }
 }
 
 /// A verified info dictionary and where it came from.
@@ -196,8 +211,21 @@ pub fn fetch(
     );
     let mut orders: HashMap<Key, Sender<Order>> = HashMap::new();
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_dht_lookup = started;
     let result = loop {
         let now = Instant::now();
+        if let Some(dht) = &params.dht
+            && now >= next_dht_lookup
+        {
+            next_dht_lookup = now + DHT_LOOKUP_EVERY;
+            // Announced too when peers can dial in, so a seeder that finds us connects.
+            let port = incoming.is_some().then_some(params.listen_port);
+            dht.search_once(
+                &params.info_hash,
+                port,
+                Box::new(DhtSink(events_tx.clone())),
+            );
+        }
         if let Some(verified) = state.done.take() {
             break Ok(verified);
         }
@@ -208,7 +236,7 @@ pub fn fetch(
                 banned: state.banned(),
             });
         }
-        let reachable = incoming.is_some() && !announced.is_empty();
+        let reachable = (incoming.is_some() && !announced.is_empty()) || params.dht.is_some();
         if announcing == 0 && state.exhausted() && !reachable {
             break Err(FetchError::NoPeers {
                 tried: state.tried(),
@@ -364,6 +392,10 @@ fn handle_event(
             debug!("metadata: tracker {url}: {} peers", peers.len());
             state.add_peers(&peers, now);
             announced.push(url);
+        }
+        Event::DhtPeers(peers) => {
+            debug!("metadata: dht: {} peers", peers.len());
+            state.add_peers(&peers, now);
         }
         Event::AnnounceDone => *announcing = announcing.saturating_sub(1),
     }
@@ -1065,6 +1097,8 @@ enum Event {
     },
     /// A tracker's reply.
     TrackerPeers { url: String, peers: Vec<SocketAddr> },
+    /// Peers the DHT found.
+    DhtPeers(Vec<SocketAddr>),
     /// One announce thread finished, however it went.
     AnnounceDone,
 }

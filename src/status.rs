@@ -28,6 +28,18 @@ pub struct DaemonStatus {
     /// Where the RPC answers (the real port when `[rpc] listen` says 0), while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpc: Option<String>,
+    /// The DHT, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dht: Option<DhtStatus>,
+}
+
+/// The DHT in a [`DaemonStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DhtStatus {
+    /// Its UDP port.
+    pub port: u16,
+    /// Nodes in its routing tables (IPv4 and IPv6 together).
+    pub nodes: usize,
 }
 
 /// The embedded tracker in a [`DaemonStatus`].
@@ -203,6 +215,12 @@ impl DaemonStatus {
             out.push_str(&format!(
                 "tracker on {}: {} torrents, {} peers\n",
                 tracker.listen, tracker.torrents, tracker.peers
+            ));
+        }
+        if let Some(dht) = &self.dht {
+            out.push_str(&format!(
+                "dht on UDP port {}: {} nodes\n",
+                dht.port, dht.nodes
             ));
         }
         out
@@ -523,6 +541,7 @@ mod tests {
             torrents,
             tracker: None,
             rpc: None,
+            dht: None,
         }
     }
 

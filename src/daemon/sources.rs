@@ -281,6 +281,7 @@ impl Daemon {
             addrs: self.engine.our_addrs(),
             stop_timeout: limits.stop_timeout,
             timeout: METADATA_TIMEOUT,
+            dht: self.engine.dht(),
         };
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let done = self.fetched_tx.clone();

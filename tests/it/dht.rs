@@ -1,0 +1,217 @@
+//! The DHT (BEP 5) against libtorrent's on loopback: a bare libtorrent node is the only
+//! bootstrap node (`lt_client.py dht`), every libtorrent process runs its DHT bootstrapping from
+//! it alone (loopback allowed, `dht_restrict_*_ips` off), every process has its own 127.x
+//! address, and the magnet links carry only the info hash: no tracker, no `x.pe`, no `--peer`.
+//! The peers are found through the DHT or not at all.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+
+use crate::support::daemon::{DaemonHome, TorrentEntry};
+use crate::support::{
+    Btd, PYTHON, Proc, Rng, SHORT, TRANSFER, TempDir, TorrentInfo, assert_same_files,
+    client_script, mktorrent, next_ip, test_seed, write_payload,
+};
+
+const MIB: u64 = 1024 * 1024;
+
+/// A bare libtorrent DHT node on its own address: the swarm's only bootstrap node.
+fn lt_router() -> (Proc, SocketAddr) {
+    let ip = next_ip();
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(client_script("lt_client.py"))
+        .args(["dht", "--dir", "/nonexistent", "--bind", &ip.to_string()])
+        .env("DIE_WITH_PARENT", "1");
+    let mut proc = Proc::spawn("libtorrent dht node", cmd);
+    let port = proc.wait_for_line(SHORT, "LISTENING <port>", |l| {
+        l.strip_prefix("LISTENING ")?.trim().parse::<u16>().ok()
+    });
+    (proc, SocketAddr::new(IpAddr::V4(ip), port))
+}
+
+/// `lt_client.py MODE ... --dht-bootstrap ROUTER`, with `--torrent` or `--magnet`.
+fn lt_on_dht(
+    name: &str,
+    mode: &str,
+    what: &[OsString],
+    dir: &std::path::Path,
+    router: SocketAddr,
+) -> Proc {
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(client_script("lt_client.py"))
+        .arg(mode)
+        .args(what)
+        .arg("--dir")
+        .arg(dir)
+        .args(["--bind", &next_ip().to_string()])
+        .args(["--dht-bootstrap", &router.to_string()])
+        .args(["--timeout", &TRANSFER.as_secs().to_string()])
+        .env("DIE_WITH_PARENT", "1");
+    Proc::spawn(name, cmd)
+}
+
+/// A payload and its mktorrent torrent (no tracker).
+fn payload(tmp: &TempDir, test: &str) -> (std::path::PathBuf, std::path::PathBuf, TorrentInfo) {
+    let mut rng = Rng::new(test_seed(test));
+    let seed_dir = tmp.subdir("seed");
+    write_payload(
+        &seed_dir,
+        &[
+            ("dht-payload/a.bin", 2 * MIB + 77),
+            ("dht-payload/b.txt", 5000),
+        ],
+        &mut rng,
+    );
+    let torrent = tmp.path().join("dht.torrent");
+    mktorrent(&seed_dir.join("dht-payload"), &torrent, 15, &[]);
+    let info = TorrentInfo::read(&torrent);
+    (seed_dir, torrent, info)
+}
+
+/// `btd download MAGNET` with only the DHT to find peers.
+fn btd_download_magnet(name: &str, magnet: &str, out: &std::path::Path, router: SocketAddr) -> Btd {
+    let args: Vec<OsString> = vec![
+        "download".into(),
+        magnet.into(),
+        "-o".into(),
+        out.into(),
+        "--bind".into(),
+        next_ip().to_string().into(),
+        "--port".into(),
+        "0".into(),
+        "--dht-bootstrap".into(),
+        router.to_string().into(),
+    ];
+    Btd::spawn(name, Btd::command(args))
+}
+
+#[test]
+fn btd_downloads_a_magnet_with_only_the_info_hash_from_a_libtorrent_seeder_found_on_the_dht() {
+    let tmp = TempDir::new("dht-from-lt");
+    let (seed_dir, torrent, info) = payload(&tmp, "dht_from_lt");
+    let (mut router, router_addr) = lt_router();
+    let mut seeder = lt_on_dht(
+        "libtorrent seeder on the dht",
+        "seed",
+        &["--torrent".into(), torrent.clone().into()],
+        &seed_dir,
+        router_addr,
+    );
+    seeder.wait_for_line(SHORT, "SEEDING", |l| (l.trim() == "SEEDING").then_some(()));
+    let out = tmp.subdir("out");
+    let magnet = format!("magnet:?xt=urn:btih:{}", info.info_hash);
+    let mut btd = btd_download_magnet("btd leecher", &magnet, &out, router_addr);
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(&seed_dir.join("dht-payload"), &out.join("dht-payload"));
+    seeder.terminate_and_assert_ok(SHORT);
+    router.terminate_and_assert_ok(SHORT);
+}
+
+#[test]
+fn a_libtorrent_leecher_downloads_a_trackerless_magnet_from_btd_seed_found_on_the_dht() {
+    let tmp = TempDir::new("dht-to-lt");
+    let (seed_dir, torrent, info) = payload(&tmp, "dht_to_lt");
+    let (mut router, router_addr) = lt_router();
+    let args: Vec<OsString> = vec![
+        "seed".into(),
+        torrent.clone().into(),
+        "-d".into(),
+        seed_dir.clone().into(),
+        "--bind".into(),
+        next_ip().to_string().into(),
+        "--port".into(),
+        "0".into(),
+        "--dht-bootstrap".into(),
+        router_addr.to_string().into(),
+    ];
+    let mut seeder = Btd::spawn("btd seed on the dht", Btd::command(args));
+    seeder.wait_listening();
+    let out = tmp.subdir("out");
+    let magnet = format!("magnet:?xt=urn:btih:{}", info.info_hash);
+    let mut leech = lt_on_dht(
+        "libtorrent leecher on the dht",
+        "leech",
+        &["--magnet".into(), magnet.into()],
+        &out,
+        router_addr,
+    );
+    leech.wait_for_line(TRANSFER, "COMPLETE <seconds>", |l| {
+        l.strip_prefix("COMPLETE ").map(|_| ())
+    });
+    leech.assert_exits_ok(SHORT);
+    assert_same_files(&seed_dir.join("dht-payload"), &out.join("dht-payload"));
+    seeder.terminate_and_assert_ok(SHORT);
+    router.terminate_and_assert_ok(SHORT);
+}
+
+#[test]
+fn btd_downloads_a_trackerless_magnet_from_btd_seed_through_the_dht() {
+    let tmp = TempDir::new("dht-btd-btd");
+    let (seed_dir, torrent, info) = payload(&tmp, "dht_btd_btd");
+    let (mut router, router_addr) = lt_router();
+    let args: Vec<OsString> = vec![
+        "seed".into(),
+        torrent.clone().into(),
+        "-d".into(),
+        seed_dir.clone().into(),
+        "--bind".into(),
+        next_ip().to_string().into(),
+        "--port".into(),
+        "0".into(),
+        "--dht-bootstrap".into(),
+        router_addr.to_string().into(),
+    ];
+    let mut seeder = Btd::spawn("btd seed on the dht", Btd::command(args));
+    seeder.wait_listening();
+    let out = tmp.subdir("out");
+    let magnet = format!("magnet:?xt=urn:btih:{}", info.info_hash);
+    let mut btd = btd_download_magnet("btd leecher", &magnet, &out, router_addr);
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(&seed_dir.join("dht-payload"), &out.join("dht-payload"));
+    seeder.terminate_and_assert_ok(SHORT);
+    router.terminate_and_assert_ok(SHORT);
+}
+
+#[test]
+fn the_daemon_downloads_a_trackerless_magnet_through_the_dht_and_saves_its_routing_table() {
+    let tmp = TempDir::new("dht-daemon");
+    let (seed_dir, torrent, info) = payload(&tmp, "dht_daemon");
+    let (mut router, router_addr) = lt_router();
+    let mut seeder = lt_on_dht(
+        "libtorrent seeder on the dht",
+        "seed",
+        &["--torrent".into(), torrent.clone().into()],
+        &seed_dir,
+        router_addr,
+    );
+    seeder.wait_for_line(SHORT, "SEEDING", |l| (l.trim() == "SEEDING").then_some(()));
+    let mut home = DaemonHome::new("dht-daemon");
+    home.set("dht", "enabled", true)
+        .set(
+            "dht",
+            "bootstrap",
+            vec![toml::Value::from(router_addr.to_string())],
+        )
+        .add_torrent(TorrentEntry::magnet(&format!(
+            "magnet:?xt=urn:btih:{}",
+            info.info_hash
+        )));
+    home.write_config();
+    let mut d = home.spawn("btd daemon on the dht");
+    d.wait_seeding(&info.info_hash, TRANSFER);
+    assert_same_files(
+        &seed_dir.join("dht-payload"),
+        &home.path().join("downloads/dht-payload"),
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.status_file()).expect("status.json"))
+            .expect("status.json is JSON");
+    let nodes = status["dht"]["nodes"].as_u64().unwrap_or(0);
+    assert!(nodes >= 1, "status.json's dht: {}", status["dht"]);
+    d.stop("TERM");
+    let saved = std::fs::read(home.path().join("state/dht.dat")).expect("state/dht.dat");
+    assert!(saved.starts_with(b"d2:id20:"), "{saved:?}");
+    seeder.terminate_and_assert_ok(SHORT);
+    router.terminate_and_assert_ok(SHORT);
+}
