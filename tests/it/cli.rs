@@ -170,10 +170,17 @@ fn btd_daemon_without_config_uses_config_btd_toml_when_it_exists_else_built_in_d
     // the default port 6881.
     let bare = TempDir::new("cli-daemon-defaults");
     // The built-in defaults run the DHT with public bootstrap nodes: the daemon gets a network
-    // namespace of its own (`unshare -n` execs it, so the pid is the daemon's), where nothing
-    // it sends leaves the machine, and where port 6881 is always free.
+    // namespace of its own with only loopback up (`unshare` and `sh` exec, so the pid is the
+    // daemon's), where nothing it sends leaves the machine, and where port 6881 is free.
     let mut cmd = Command::new("unshare");
-    cmd.args(["-n", "--", Btd::BIN, "daemon"]);
+    cmd.args([
+        "-n",
+        "--",
+        "sh",
+        "-c",
+        "ip link set lo up && exec \"$0\" daemon",
+        Btd::BIN,
+    ]);
     if std::env::var_os("RUST_LOG").is_none() {
         cmd.env("RUST_LOG", "info");
     }
