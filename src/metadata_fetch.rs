@@ -112,12 +112,16 @@ pub struct FetchParams {
     pub stop_timeout: Duration,
     /// The whole fetch gives up after this.
     pub timeout: Duration,
-    /// The process's DHT, when it runs: it is asked for peers (and told about us) every
-    /// [`DHT_LOOKUP_EVERY`], and while it runs the fetch waits for peers until its deadline.
+    /// The process's DHT, when it runs: it is asked for peers (and told about us) at once, then
+    /// after [`DHT_LOOKUP_FIRST`], doubling up to every [`DHT_LOOKUP_EVERY`]; while it runs the
+    /// fetch waits for peers until its deadline.
     pub dht: Option<crate::dht::DhtHandle>,
 }
 
-/// How often a fetch asks the DHT again.
+/// How soon a fetch asks the DHT again the first time (a seeder may announce just after our
+/// first lookup); each wait doubles up to [`DHT_LOOKUP_EVERY`].
+const DHT_LOOKUP_FIRST: Duration = Duration::from_secs(5);
+/// How often a fetch asks the DHT again, at most.
 const DHT_LOOKUP_EVERY: Duration = Duration::from_secs(60);
 
 /// Hands the DHT's peers to the fetch loop; gone once the loop is.
@@ -212,12 +216,14 @@ pub fn fetch(
     let mut orders: HashMap<Key, Sender<Order>> = HashMap::new();
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let mut next_dht_lookup = started;
+    let mut dht_wait = DHT_LOOKUP_FIRST;
     let result = loop {
         let now = Instant::now();
         if let Some(dht) = &params.dht
             && now >= next_dht_lookup
         {
-            next_dht_lookup = now + DHT_LOOKUP_EVERY;
+            next_dht_lookup = now + dht_wait;
+            dht_wait = (dht_wait * 2).min(DHT_LOOKUP_EVERY);
             // Announced too when peers can dial in, so a seeder that finds us connects.
             let port = incoming.is_some().then_some(params.listen_port);
             dht.search_once(
