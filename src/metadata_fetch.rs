@@ -113,8 +113,8 @@ pub struct FetchParams {
     /// The whole fetch gives up after this.
     pub timeout: Duration,
     /// The process's DHT, when it runs: it is asked for peers (and told about us) at once, then
-    /// after [`DHT_LOOKUP_FIRST`], doubling up to every [`DHT_LOOKUP_EVERY`]; while it runs the
-    /// fetch waits for peers until its deadline.
+    /// after 5 s, doubling up to every minute; while it runs the fetch waits for peers until its
+    /// deadline.
     pub dht: Option<crate::dht::DhtHandle>,
 }
 

@@ -70,7 +70,7 @@ fn payload(tmp: &TempDir, test: &str) -> (std::path::PathBuf, std::path::PathBuf
 }
 
 /// `btd download MAGNET` with only the DHT to find peers.
-fn btd_download_magnet(name: &str, magnet: &str, out: &std::path::Path, router: SocketAddr) -> Btd {
+fn btd_download_magnet_command(magnet: &str, out: &std::path::Path, router: SocketAddr) -> Command {
     let args: Vec<OsString> = vec![
         "download".into(),
         magnet.into(),
@@ -83,7 +83,11 @@ fn btd_download_magnet(name: &str, magnet: &str, out: &std::path::Path, router: 
         "--dht-bootstrap".into(),
         router.to_string().into(),
     ];
-    Btd::spawn(name, Btd::command(args))
+    Btd::command(args)
+}
+
+fn btd_download_magnet(name: &str, magnet: &str, out: &std::path::Path, router: SocketAddr) -> Btd {
+    Btd::spawn(name, btd_download_magnet_command(magnet, out, router))
 }
 
 #[test]
@@ -101,9 +105,17 @@ fn btd_downloads_a_magnet_with_only_the_info_hash_from_a_libtorrent_seeder_found
     seeder.wait_for_line(SHORT, "SEEDING", |l| (l.trim() == "SEEDING").then_some(()));
     let out = tmp.subdir("out");
     let magnet = format!("magnet:?xt=urn:btih:{}", info.info_hash);
-    let mut btd = btd_download_magnet("btd leecher", &magnet, &out, router_addr);
+    let mut cmd = btd_download_magnet_command(&magnet, &out, router_addr);
+    cmd.env("RUST_LOG", "info,btd::peer::session=debug");
+    let mut btd = Btd::spawn("btd leecher", cmd);
     btd.assert_exits_ok(TRANSFER);
     assert_same_files(&seed_dir.join("dht-payload"), &out.join("dht-payload"));
+    // Both handshakes carried the DHT bit, so libtorrent told us its DHT port (BEP 5).
+    assert!(
+        btd.log_text().contains(": <- port "),
+        "no port message from libtorrent:\n{}",
+        btd.log_text()
+    );
     seeder.terminate_and_assert_ok(SHORT);
     router.terminate_and_assert_ok(SHORT);
 }
