@@ -154,7 +154,7 @@ def session_settings(bind_ip, port):
             "enable_incoming_tcp": True,
             "enable_outgoing_tcp": True,
             "allow_multiple_connections_per_ip": True,
-            "listen_interfaces": "%s:%d" % (bind_ip, port),
+            "listen_interfaces": ("[%s]:%d" if ":" in bind_ip else "%s:%d") % (bind_ip, port),
             "outgoing_interfaces": bind_ip,
             "listen_system_port_fallback": False,
             # Plaintext first: an encrypted attempt to a peer without MSE costs a reconnect.
