@@ -282,3 +282,106 @@ fn a_libtorrent_leecher_finds_btd_seed_on_the_ipv6_dht() {
     seeder.terminate_and_assert_ok(SHORT);
     router.terminate_and_assert_ok(SHORT);
 }
+
+/// What btd says about the DHT on a connection: the DHT bit of its handshake, and the port of
+/// the `port` message (BEP 5) among its first messages, if it sent one.
+fn dht_signals(
+    seed: SocketAddr,
+    info_hash: &[u8; 20],
+    from: std::net::Ipv4Addr,
+) -> (bool, Option<u16>) {
+    use std::io::{Read, Write};
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("a socket");
+    socket
+        .bind(&SocketAddr::new(IpAddr::V4(from), 0).into())
+        .expect("bind");
+    socket
+        .connect_timeout(&seed.into(), SHORT)
+        .expect("connect to btd");
+    let mut stream: std::net::TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .expect("timeout");
+    let mut hello = crate::support::fake_peer::handshake_bytes(info_hash, b"-XX0001-dhtdhtdhtdht");
+    hello[27] |= 0x01; // we run a DHT too
+    stream.write_all(&hello).expect("send handshake");
+    let mut theirs = [0u8; 68];
+    stream.read_exact(&mut theirs).expect("btd's handshake");
+    let dht_bit = theirs[27] & 0x01 != 0;
+    // Its first messages (bitfield or have all, port, extended handshake) come at once.
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    let mut port = None;
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 3 && bytes.get(at + 4) == Some(&9) && at + 7 <= bytes.len() {
+            port = Some(u16::from_be_bytes([bytes[at + 5], bytes[at + 6]]));
+        }
+        at += 4 + len;
+    }
+    (dht_bit, port)
+}
+
+/// BEP 27: a private torrent never touches the DHT, even in a process whose DHT runs: no DHT
+/// bit in its handshakes and no `port` message, where a public torrent has both.
+#[test]
+fn a_private_torrent_shows_no_dht_bit_and_sends_no_port_message() {
+    let tmp = TempDir::new("dht-private");
+    let (seed_dir, _, _) = payload(&tmp, "dht_private");
+    let (mut router, router_addr) = lt_router();
+    for private in [false, true] {
+        let torrent = tmp.path().join(format!("private-{private}.torrent"));
+        let mut create: Vec<OsString> = vec![
+            "create".into(),
+            seed_dir.join("dht-payload").into(),
+            "-o".into(),
+            torrent.clone().into(),
+        ];
+        if private {
+            create.push("--private".into());
+        }
+        Btd::run(create).assert_success();
+        let info = TorrentInfo::read(&torrent);
+        assert_eq!(info.private, private);
+        let hash: [u8; 20] = (0..20)
+            .map(|i| u8::from_str_radix(&info.info_hash[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect::<Vec<u8>>()
+            .try_into()
+            .expect("20 bytes");
+        let args: Vec<OsString> = vec![
+            "seed".into(),
+            torrent.clone().into(),
+            "-d".into(),
+            seed_dir.clone().into(),
+            "--bind".into(),
+            next_ip().to_string().into(),
+            "--port".into(),
+            "0".into(),
+            "--dht-bootstrap".into(),
+            router_addr.to_string().into(),
+        ];
+        let mut seeder = Btd::spawn("btd seed", Btd::command(args));
+        let addr = seeder.wait_listening();
+        let (bit, port) = dht_signals(addr, &hash, next_ip());
+        if private {
+            assert_eq!((bit, port), (false, None), "private: {}", seeder.log_text());
+        } else {
+            assert_eq!(
+                (bit, port),
+                (true, Some(addr.port())),
+                "public: {}",
+                seeder.log_text()
+            );
+        }
+        seeder.terminate_and_assert_ok(SHORT);
+    }
+    router.terminate_and_assert_ok(SHORT);
+}
