@@ -231,6 +231,25 @@ fn the_daemon_downloads_a_trackerless_magnet_through_the_dht_and_saves_its_routi
     d.stop("TERM");
     let saved = std::fs::read(home.path().join("state/dht.dat")).expect("state/dht.dat");
     assert!(saved.starts_with(b"d2:id20:"), "{saved:?}");
+    // The next start needs no bootstrap node: the saved nodes are pinged and answer.
+    home.set("dht", "bootstrap", Vec::<toml::Value>::new());
+    home.write_config();
+    let _ = std::fs::remove_file(home.status_file()); // the first run's figures
+    let mut d = home.spawn("btd daemon restarted on its saved routing table");
+    d.wait_listening();
+    let status_file = home.status_file();
+    crate::support::wait_until(
+        crate::support::daemon::within(SHORT),
+        "status.json's dht.nodes >= 1 with no bootstrap node",
+        || {
+            std::fs::read(&status_file)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["dht"]["nodes"].as_u64())
+                .is_some_and(|n| n >= 1)
+        },
+    );
+    d.stop("TERM");
     seeder.terminate_and_assert_ok(SHORT);
     router.terminate_and_assert_ok(SHORT);
 }
