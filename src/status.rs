@@ -634,6 +634,25 @@ mod tests {
     }
 
     #[test]
+    fn table_ends_with_the_dht_line_while_it_runs_and_json_keeps_it() {
+        let mut s = status(Vec::new());
+        assert!(!s.table().contains("dht"));
+        s.dht = Some(DhtStatus {
+            port: 6881,
+            nodes: 42,
+        });
+        assert!(
+            s.table().ends_with("dht on UDP port 6881: 42 nodes\n"),
+            "{}",
+            s.table()
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["dht"], serde_json::json!({"port": 6881, "nodes": 42}));
+        let back: DaemonStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
     fn table_shows_the_swarm_column_when_a_tracker_counted() {
         let mut t = torrent("x", "seeding", 1.0, 0, 0);
         t.swarm = Some(SwarmCounts {
