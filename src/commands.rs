@@ -318,6 +318,7 @@ fn magnet_metainfo(
         stop_timeout: limits.stop_timeout,
         timeout,
         encryption: engine.encryption(),
+        dht: engine.dht(),
     };
     // Peers the trackers send us dial in: the listener hands them to the fetch.
     let inbox = engine.fetch_inbox(hash);

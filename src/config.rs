@@ -49,7 +49,51 @@ struct ConfigFile {
     announce: Announce,
     tracker: Tracker,
     rpc: Rpc,
+    dht: Dht,
     torrent: Vec<TorrentEntryFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Dht {
+    #[serde(deserialize_with = "boolean")]
+    enabled: bool,
+    #[serde(deserialize_with = "integer")]
+    port: u16,
+    #[serde(deserialize_with = "strings")]
+    bootstrap: Vec<String>,
+}
+
+/// The bootstrap nodes of `[dht]` when the file names none.
+pub const DHT_BOOTSTRAP: [&str; 3] = [
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "router.utorrent.com:6881",
+];
+
+impl Default for Dht {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            port: 0,
+            bootstrap: DHT_BOOTSTRAP.iter().map(|s| (*s).to_string()).collect(),
+        }
+    }
+}
+
+/// Checks a DHT bootstrap node, `HOST:PORT` (the name is resolved when the DHT starts).
+///
+/// # Errors
+/// Why it is no `HOST:PORT`.
+pub fn check_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 && !host.is_empty() => Ok(()),
+        _ => Err(format!("{s:?} is not HOST:PORT (a port from 1 to 65535)")),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -613,6 +657,8 @@ pub struct Config {
     pub tracker: Option<TrackerConfig>,
     /// The Transmission RPC (`[rpc]`), checked even when disabled.
     pub rpc: RpcConfig,
+    /// The DHT (`[dht]`), when enabled; its `state_file` is the daemon's to set.
+    pub dht: Option<crate::dht::DhtConfig>,
     pub torrents: Vec<TorrentEntry>,
 }
 
@@ -747,6 +793,14 @@ impl Config {
         let download_dir = non_empty("paths.download_dir", &file.paths.download_dir)?;
         let tracker = tracker_config(&file.tracker).map_err(|(key, reason)| err(key, reason))?;
         let rpc = rpc_config(&file.rpc, &resolve).map_err(|(key, reason)| err(key, reason))?;
+        for (i, node) in file.dht.bootstrap.iter().enumerate() {
+            check_host_port(node).map_err(|reason| err(&format!("dht.bootstrap[{i}]"), reason))?;
+        }
+        let dht = file.dht.enabled.then(|| crate::dht::DhtConfig {
+            port: file.dht.port,
+            bootstrap: file.dht.bootstrap.clone(),
+            state_file: None,
+        });
         let mut torrents = Vec::new();
         for (i, entry) in file.torrent.into_iter().enumerate() {
             let key = |k: &str| format!("torrent[{i}].{k}");
@@ -826,6 +880,7 @@ impl Config {
             },
             tracker,
             rpc,
+            dht,
             torrents,
         })
     }
@@ -843,6 +898,7 @@ impl Config {
             max_peers: self.max_peers_global,
             max_peers_per_ip: self.max_peers_per_ip,
             encryption: self.encryption,
+            dht: self.dht.clone(),
         }
     }
 }

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use log::info;
+use log::{debug, info, warn};
 use parking_lot::RwLock;
 use rand::RngExt;
 
+use crate::dht::{Dht, DhtHandle, PeerSink};
 use crate::listener::{FetchInbox, Listener, Registry, Route};
 use crate::metainfo::Metainfo;
 use crate::peer::mse::Encryption;
@@ -18,7 +19,7 @@ use crate::selection::Selection;
 use crate::storage::Storage;
 use crate::torrent::disk::DiskPool;
 use crate::torrent::file_check::FileChecker;
-use crate::torrent::{ResumeTarget, TorrentHandle, TorrentLimits, TorrentParams};
+use crate::torrent::{Control, ResumeTarget, TorrentHandle, TorrentLimits, TorrentParams};
 use crate::tracker::OurAddrs;
 use crate::tracker::announcer::{ANNOUNCE_THREADS, AnnouncePool};
 use crate::wire::Bitfield;
@@ -40,6 +41,8 @@ pub struct EngineConfig {
     pub max_peers_per_ip: usize,
     /// Message stream encryption of peer connections.
     pub encryption: Encryption,
+    /// The DHT, when it is on.
+    pub dht: Option<crate::dht::DhtConfig>,
 }
 
 /// See the module documentation.
@@ -55,6 +58,8 @@ pub struct Engine {
     announce: AnnouncePool,
     /// The thread that notices files deleted or truncated under running torrents.
     file_check: FileChecker,
+    /// The process's DHT node, when it is on and its socket could be bound.
+    dht: Option<Dht>,
 }
 
 /// What a run starts with besides its data and peers (the daemon sets them; one-shot commands
@@ -87,6 +92,11 @@ impl Engine {
         let disk = DiskPool::start(config.limits.disk_threads)?;
         let announce = AnnouncePool::start(ANNOUNCE_THREADS)?;
         let file_check = FileChecker::start()?;
+        let dht = config.dht.as_ref().and_then(|dht| {
+            Dht::start(dht, listener.local_addr())
+                .map_err(|e| warn!("dht: cannot start: {e}; running without the DHT"))
+                .ok()
+        });
         Ok(Self {
             peer_id: new_peer_id(),
             registry,
@@ -96,7 +106,13 @@ impl Engine {
             disk,
             announce,
             file_check,
+            dht,
         })
+    }
+
+    /// The process's DHT, when it runs.
+    pub fn dht(&self) -> Option<DhtHandle> {
+        self.dht.as_ref().map(Dht::handle)
     }
 
     /// Logs `listening on ADDR`: call it once the torrents that should accept peers are added,
@@ -178,7 +194,21 @@ impl Engine {
             disk: self.disk.handle(),
             announce: self.announce.handle(),
             file_check: self.file_check.handle(),
+            dht: self.dht(),
         })?;
+        // BEP 27: a private torrent never touches the DHT.
+        if !handle.context.private
+            && let Some(dht) = self.dht()
+        {
+            dht.track(
+                &info_hash,
+                self.listen_addr().port(),
+                Box::new(TorrentSink {
+                    control: handle.control_sender(),
+                    stats: Arc::clone(&handle.stats),
+                }),
+            );
+        }
         self.registry
             .write()
             .insert(info_hash, Route::Torrent(Arc::clone(&handle.context)));
@@ -232,18 +262,54 @@ impl Engine {
     /// Removes a torrent from the listener's registry, so no new peer reaches it.
     pub fn unregister(&self, info_hash: &crate::metainfo::InfoHash) {
         self.registry.write().remove(info_hash);
+        if let Some(dht) = self.dht() {
+            dht.untrack(info_hash);
+        }
     }
 
     /// Stops a torrent gracefully (announce `stopped`, drop peers, flush).
     pub fn remove(&self, handle: TorrentHandle) {
-        self.registry.write().remove(&handle.context.info_hash);
+        self.unregister(&handle.context.info_hash);
         handle.stop();
     }
 
     /// Stops accepting peers, then lets the disk threads finish what is queued.
     pub fn shutdown(mut self) {
         self.listener.stop();
+        if let Some(dht) = self.dht.take() {
+            dht.stop();
+        }
         self.disk.stop();
+    }
+}
+
+/// Where the DHT's peers for a running torrent go: its coordinator, as `Control::AddPeers`
+/// (the path tracker and `--peer` peers take).
+struct TorrentSink {
+    control: crossbeam_channel::Sender<Control>,
+    stats: Arc<crate::torrent::TorrentStats>,
+}
+
+/// Below this many connected peers, a torrent still downloading looks again sooner.
+const FEW_PEERS: u32 = 5;
+
+impl PeerSink for TorrentSink {
+    fn deliver(&mut self, peers: Vec<SocketAddr>) -> bool {
+        debug!("dht: {} peers", peers.len());
+        // Never block the `dht` thread: a full control queue drops this batch (the next lookup
+        // brings them again).
+        !matches!(
+            self.control.try_send(Control::AddPeers(peers)),
+            Err(crossbeam_channel::TrySendError::Disconnected(_))
+        )
+    }
+
+    fn needs_peers(&self) -> bool {
+        !self
+            .stats
+            .complete
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && self.stats.peers.load(std::sync::atomic::Ordering::Relaxed) < FEW_PEERS
     }
 }
 

@@ -8,6 +8,7 @@ pub mod bencode;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod dht;
 pub mod engine;
 pub mod hex;
 pub mod http_server;

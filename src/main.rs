@@ -218,6 +218,16 @@ struct NetArgs {
     /// required (encrypted only). Overrides `[network] encryption`.
     #[arg(long, value_name = "MODE")]
     encryption: Option<Encryption>,
+    /// Run without the DHT (`[dht] enabled = false`).
+    #[arg(long)]
+    no_dht: bool,
+    /// A DHT bootstrap node; repeatable, replaces `[dht] bootstrap`.
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = host_port)]
+    dht_bootstrap: Vec<String>,
+}
+
+fn host_port(s: &str) -> Result<String, String> {
+    btd::config::check_host_port(s).map(|()| s.to_owned())
 }
 
 fn main() {
@@ -492,6 +502,13 @@ fn run(cli: Cli) -> Result<(), CommandError> {
 fn transfer(torrent: PathBuf, dir: PathBuf, net: NetArgs, mut config: Config) -> TransferOptions {
     if let Some(mode) = net.encryption {
         config.encryption = mode;
+    }
+    if net.no_dht {
+        config.dht = None;
+    } else if let Some(dht) = &mut config.dht
+        && !net.dht_bootstrap.is_empty()
+    {
+        dht.bootstrap = net.dht_bootstrap;
     }
     TransferOptions {
         torrent,

@@ -114,6 +114,25 @@ pub struct FetchParams {
     pub timeout: Duration,
     /// How connections are encrypted (`[network] encryption`).
     pub encryption: Encryption,
+    /// The process's DHT, when it runs: it is asked for peers (and told about us) at once, then
+    /// after 5 s, doubling up to every minute; while it runs the fetch waits for peers until its
+    /// deadline.
+    pub dht: Option<crate::dht::DhtHandle>,
+}
+
+/// How soon a fetch asks the DHT again the first time (a seeder may announce just after our
+/// first lookup); each wait doubles up to [`DHT_LOOKUP_EVERY`].
+const DHT_LOOKUP_FIRST: Duration = Duration::from_secs(5);
+/// How often a fetch asks the DHT again, at most.
+const DHT_LOOKUP_EVERY: Duration = Duration::from_secs(60);
+
+/// Hands the DHT's peers to the fetch loop; gone once the loop is.
+struct DhtSink(Sender<Event>);
+
+impl crate::dht::PeerSink for DhtSink {
+    fn deliver(&mut self, peers: Vec<SocketAddr>) -> bool {
+        self.0.send(Event::DhtPeers(peers)).is_ok()
+    }
 }
 
 /// A verified info dictionary and where it came from.
@@ -199,8 +218,23 @@ pub fn fetch(
     );
     let mut orders: HashMap<Key, Sender<Order>> = HashMap::new();
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_dht_lookup = started;
+    let mut dht_wait = DHT_LOOKUP_FIRST;
     let result = loop {
         let now = Instant::now();
+        if let Some(dht) = &params.dht
+            && now >= next_dht_lookup
+        {
+            next_dht_lookup = now + dht_wait;
+            dht_wait = (dht_wait * 2).min(DHT_LOOKUP_EVERY);
+            // Announced too when peers can dial in, so a seeder that finds us connects.
+            let port = incoming.is_some().then_some(params.listen_port);
+            dht.search_once(
+                &params.info_hash,
+                port,
+                Box::new(DhtSink(events_tx.clone())),
+            );
+        }
         if let Some(verified) = state.done.take() {
             break Ok(verified);
         }
@@ -211,7 +245,7 @@ pub fn fetch(
                 banned: state.banned(),
             });
         }
-        let reachable = incoming.is_some() && !announced.is_empty();
+        let reachable = (incoming.is_some() && !announced.is_empty()) || params.dht.is_some();
         if announcing == 0 && state.exhausted() && !reachable {
             break Err(FetchError::NoPeers {
                 tried: state.tried(),
@@ -367,6 +401,10 @@ fn handle_event(
             debug!("metadata: tracker {url}: {} peers", peers.len());
             state.add_peers(&peers, now);
             announced.push(url);
+        }
+        Event::DhtPeers(peers) => {
+            debug!("metadata: dht: {} peers", peers.len());
+            state.add_peers(&peers, now);
         }
         Event::AnnounceDone => *announcing = announcing.saturating_sub(1),
     }
@@ -1070,6 +1108,8 @@ enum Event {
     },
     /// A tracker's reply.
     TrackerPeers { url: String, peers: Vec<SocketAddr> },
+    /// Peers the DHT found.
+    DhtPeers(Vec<SocketAddr>),
     /// One announce thread finished, however it went.
     AnnounceDone,
 }

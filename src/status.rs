@@ -28,6 +28,18 @@ pub struct DaemonStatus {
     /// Where the RPC answers (the real port when `[rpc] listen` says 0), while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpc: Option<String>,
+    /// The DHT, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dht: Option<DhtStatus>,
+}
+
+/// The DHT in a [`DaemonStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DhtStatus {
+    /// Its UDP port.
+    pub port: u16,
+    /// Nodes in its routing tables (IPv4 and IPv6 together).
+    pub nodes: usize,
 }
 
 /// The embedded tracker in a [`DaemonStatus`].
@@ -203,6 +215,12 @@ impl DaemonStatus {
             out.push_str(&format!(
                 "tracker on {}: {} torrents, {} peers\n",
                 tracker.listen, tracker.torrents, tracker.peers
+            ));
+        }
+        if let Some(dht) = &self.dht {
+            out.push_str(&format!(
+                "dht on UDP port {}: {} nodes\n",
+                dht.port, dht.nodes
             ));
         }
         out
@@ -523,6 +541,7 @@ mod tests {
             torrents,
             tracker: None,
             rpc: None,
+            dht: None,
         }
     }
 
@@ -612,6 +631,25 @@ mod tests {
         let err = DaemonStatus::load(&file.0).unwrap_err();
         assert!(matches!(err, StatusError::Read { .. }), "{err:?}");
         assert!(err.to_string().starts_with(&file.0.display().to_string()));
+    }
+
+    #[test]
+    fn table_ends_with_the_dht_line_while_it_runs_and_json_keeps_it() {
+        let mut s = status(Vec::new());
+        assert!(!s.table().contains("dht"));
+        s.dht = Some(DhtStatus {
+            port: 6881,
+            nodes: 42,
+        });
+        assert!(
+            s.table().ends_with("dht on UDP port 6881: 42 nodes\n"),
+            "{}",
+            s.table()
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["dht"], serde_json::json!({"port": 6881, "nodes": 42}));
+        let back: DaemonStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

@@ -84,9 +84,15 @@ def parse_peer(text):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="lt_client.py", description=__doc__.split("\n")[0])
-    p.add_argument("mode", choices=["seed", "leech"])
+    p.add_argument("mode", choices=["seed", "leech", "dht"], help="dht: a bare DHT node")
+    p.add_argument("--torrent", action="append", default=[], help=".torrent file; repeatable")
+    p.add_argument("--magnet", default=None, help="leech: a magnet link instead of --torrent")
     p.add_argument(
-        "--torrent", required=True, action="append", help=".torrent file; repeat for several"
+        "--dht-bootstrap",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="run the DHT, bootstrapping only from these nodes (loopback ones in tests)",
     )
     p.add_argument("--dir", required=True, help="save path: the data is DIR/<torrent name>")
     p.add_argument("--bind", required=True, help="IP to listen on and to connect from")
@@ -131,9 +137,27 @@ def parse_args(argv):
         "its handshakes",
     )
     args = p.parse_args(argv)
+    if args.mode != "dht" and not args.torrent and not args.magnet:
+        p.error("--torrent or --magnet is required")
+    if args.magnet and args.mode != "leech":
+        p.error("--magnet is for leech only")
     if args.seed_mode and args.mode != "seed":
         p.error("--seed-mode is for seed only")
     return args
+
+
+def dht_settings(bootstrap):
+    """The DHT on, bootstrapping only from `bootstrap` (HOST:PORT strings), with loopback and
+    several nodes per IP allowed (libtorrent refuses both by default)."""
+    return {
+        "enable_dht": True,
+        "dht_bootstrap_nodes": ",".join(bootstrap),
+        "dht_restrict_routing_ips": False,
+        "dht_restrict_search_ips": False,
+        "dht_ignore_dark_internet": False,
+        "dht_prefer_verified_node_ids": False,
+        "dht_announce_interval": 10,
+    }
 
 
 def session_settings(bind_ip, port):
@@ -149,7 +173,7 @@ def session_settings(bind_ip, port):
             "enable_incoming_tcp": True,
             "enable_outgoing_tcp": True,
             "allow_multiple_connections_per_ip": True,
-            "listen_interfaces": "%s:%d" % (bind_ip, port),
+            "listen_interfaces": ("[%s]:%d" if ":" in bind_ip else "%s:%d") % (bind_ip, port),
             "outgoing_interfaces": bind_ip,
             "listen_system_port_fallback": False,
             # Plaintext first: an encrypted attempt to a peer without MSE costs a reconnect.
@@ -217,6 +241,8 @@ def main(argv):
             }[args.enc_level]
         )
         settings["prefer_rc4"] = args.enc_level != "plaintext"
+    if args.dht_bootstrap or args.mode == "dht":
+        settings.update(dht_settings(args.dht_bootstrap))
     if args.log_uploads:
         settings["alert_mask"] |= int(lt.alert.category_t.upload_notification)
     ses = lt.session(settings)
@@ -239,7 +265,28 @@ def main(argv):
             handle.set_upload_limit(args.upload_limit)
         handle.resume()
         handles.append(handle)
+    if args.magnet:
+        atp = lt.parse_magnet_uri(args.magnet)
+        atp.save_path = args.dir
+        atp.flags &= ~lt.torrent_flags.auto_managed
+        handle = ses.add_torrent(atp)
+        handle.resume()  # added paused by default, and not auto-managed
+        handles.append(handle)
     total_size = sum(info.total_size() for info in infos) or 1
+    if args.mode == "dht":
+        # A bare node: say where it listens, then answer the DHT until stopped.
+        while not Stop.requested:
+            for alert in ses.pop_alerts():
+                if isinstance(alert, lt.listen_failed_alert):
+                    fail("cannot listen on %s:%d: %s" % (args.bind, args.port, alert.message()))
+            if ses.is_listening() and ses.listen_port() != 0:
+                say("LISTENING %d" % ses.listen_port())
+                break
+            ses.wait_for_alert(100)
+        while not Stop.requested:
+            ses.pop_alerts()
+            ses.wait_for_alert(500)
+        return 0
 
     deadline = None if args.timeout is None else start + args.timeout
     listening = False

@@ -171,7 +171,11 @@ impl Daemon {
             });
         reload::drop_settings_changed_in(&mut session, &file_config, config_path);
         let config = session.apply_to(&file_config);
-        let engine_config = config.engine(None, None);
+        let mut engine_config = config.engine(None, None);
+        // The routing table outlives the run: saved at stop, pinged at the next start.
+        if let Some(dht) = &mut engine_config.dht {
+            dht.state_file = Some(config.state_dir.join(crate::dht::STATE_FILE));
+        }
         let engine =
             Engine::start(engine_config.clone()).map_err(|source| DaemonError::Listen {
                 addr: engine_config.listen,
@@ -406,6 +410,10 @@ impl Daemon {
             listen: self.engine.listen_addr().to_string(),
             torrents,
             rpc: self.rpc.as_ref().map(|rpc| rpc.local_addr().to_string()),
+            dht: self.engine.dht().map(|dht| crate::status::DhtStatus {
+                port: dht.port(),
+                nodes: dht.nodes(),
+            }),
             tracker: self.tracker.as_ref().map(|tracker| {
                 let stats = tracker.stats();
                 TrackerStatus {

@@ -46,6 +46,9 @@ impl Daemon {
         {
             warn!("config reload: a new listen address takes effect at the next start");
         }
+        if new.dht != self.config.dht {
+            warn!("config reload: [dht] changes take effect at the next start");
+        }
         if new.state_dir != self.config.state_dir {
             warn!("config reload: a new state_dir takes effect at the next start");
         }

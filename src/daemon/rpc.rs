@@ -132,7 +132,7 @@ impl Daemon {
             "peer-port": self.engine.listen_addr().port(),
             "peer-port-random-on-start": false,
             "port-forwarding-enabled": false,
-            "dht-enabled": false,
+            "dht-enabled": self.engine.dht().is_some(),
             "lpd-enabled": false,
             "pex-enabled": true,
             "utp-enabled": false,

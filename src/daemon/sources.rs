@@ -282,6 +282,7 @@ impl Daemon {
             stop_timeout: limits.stop_timeout,
             timeout: METADATA_TIMEOUT,
             encryption: self.engine.encryption(),
+            dht: self.engine.dht(),
         };
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let done = self.fetched_tx.clone();

@@ -253,6 +253,9 @@ pub struct TorrentContext {
     /// channel to disconnect (the last peer thread ended), within its stop budget (as
     /// `watched.rs` does for one thread). `None` once the torrent stops: no new peer thread.
     pub peer_threads: parking_lot::Mutex<Option<Sender<()>>>,
+    /// The process's DHT, for a public torrent: our handshakes set the DHT bit, peers that set
+    /// it get our `port` message, and theirs adds their node (BEP 5). `None` for a private one.
+    pub dht: Option<crate::dht::DhtHandle>,
 }
 
 impl TorrentContext {

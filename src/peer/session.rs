@@ -47,11 +47,18 @@ const SOCKET_BUF_BYTES: usize = 4 * 1024 * 1024;
 /// Set in `reserved[7]` by clients that speak the fast extension (BEP 6).
 const FAST_BIT: u8 = 0x04;
 
-/// Our handshake: with the extension-protocol bit (BEP 10) and the fast-extension bit (BEP 6).
+/// Set in `reserved[7]` by clients that run a DHT node (BEP 5).
+const DHT_BIT: u8 = 0x01;
+
+/// Our handshake: with the extension-protocol bit (BEP 10), the fast-extension bit (BEP 6) and,
+/// when our DHT runs and the torrent is public, the DHT bit (BEP 5).
 fn our_handshake(ctx: &TorrentContext) -> Handshake {
     let mut ours = Handshake::new(ctx.info_hash.0, ctx.our_id);
     ours.reserved[5] |= EXTENSION_BIT;
     ours.reserved[7] |= FAST_BIT;
+    if ctx.dht.is_some() {
+        ours.reserved[7] |= DHT_BIT;
+    }
     ours
 }
 
@@ -184,6 +191,7 @@ fn run_connected(
     let mut session = Session::new(ctx, peer, stream, addr, commands.1, stats);
     session.extended = theirs.supports_extension_protocol();
     session.fast = theirs.supports_fast();
+    session.dht = theirs.supports_dht() && ctx.dht.is_some();
     let reason = session.run();
     // Blocks read for the peer but never written: not sent, so not counted.
     session.release_unflushed();
@@ -216,6 +224,8 @@ struct Session<'a> {
     extended: bool,
     /// The peer set the BEP 6 bit: have all/none, and rejects instead of silence.
     fast: bool,
+    /// The peer set the DHT bit and our DHT runs: we send our `port`, and take theirs.
+    dht: bool,
     /// The id the peer wants `ut_metadata` messages under, once its extended handshake said.
     peer_ut_metadata: Option<u8>,
     /// Same for `ut_pex`.
@@ -257,6 +267,7 @@ impl<'a> Session<'a> {
             received_any: false,
             extended: false,
             fast: false,
+            dht: false,
             peer_ut_metadata: None,
             peer_ut_pex: None,
             upload_queue: VecDeque::new(),
@@ -300,6 +311,11 @@ impl<'a> Session<'a> {
                     Message::Bitfield(pieces.as_bytes().to_vec()).encode(&mut self.write_buf);
                 }
                 self.our_pieces = pieces;
+                if self.dht
+                    && let Some(dht) = &self.ctx.dht
+                {
+                    Message::Port(dht.port()).encode(&mut self.write_buf);
+                }
                 if self.extended {
                     let ours = ExtendedHandshake {
                         m: self.our_extensions(),
@@ -655,7 +671,16 @@ impl<'a> Session<'a> {
                 ));
             }
             Message::Suggest(_) | Message::AllowedFast(_) => {}
-            Message::Port(_) | Message::Unknown { .. } => {}
+            Message::Port(port) => {
+                if self.dht
+                    && port != 0
+                    && let Some(dht) = &self.ctx.dht
+                {
+                    debug!("peer {}: <- port {port}", self.addr);
+                    dht.add_node(SocketAddr::new(self.addr.ip(), port));
+                }
+            }
+            Message::Unknown { .. } => {}
         }
         Ok(())
     }

@@ -112,6 +112,7 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
         upload_rate: RateLimiter::new(0),
         write_timeout_ms: Default::default(),
         peer_threads: parking_lot::Mutex::new(Some(peer_alive)),
+        dht: params.dht.clone().filter(|_| !meta.private),
     });
     context.set_write_timeout(params.limits.write_timeout);
     let name = meta.name.clone();

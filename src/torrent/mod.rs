@@ -324,6 +324,8 @@ pub struct TorrentParams {
     pub announce: crate::tracker::announcer::AnnouncePoolHandle,
     /// The process's file checker.
     pub file_check: file_check::FileCheckHandle,
+    /// The process's DHT, when it runs (a private torrent ignores it).
+    pub dht: Option<crate::dht::DhtHandle>,
 }
 
 /// Where and how a torrent saves its resume data.
@@ -358,6 +360,12 @@ impl TorrentHandle {
     /// When a thread cannot be spawned.
     pub fn start(params: TorrentParams) -> std::io::Result<Self> {
         coordinator::start(params)
+    }
+
+    /// A sender of control messages, for sources that feed the torrent from their own thread
+    /// (the DHT's peers).
+    pub fn control_sender(&self) -> Sender<Control> {
+        self.control.clone()
     }
 
     /// Sends a control message; ignored if the coordinator already stopped.

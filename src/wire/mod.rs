@@ -1,13 +1,15 @@
 //! The peer wire protocol (BEP 3) as pure data: bytes in, typed values out, and back.
 //!
 //! This module owns the handshake ([`Handshake`]), the length-prefixed messages ([`Message`]) and
-//! the piece bit set peers exchange ([`Bitfield`]). It has no sockets, no threads and no clocks:
+//! the piece bit set peers exchange ([`Bitfield`]), and compact peer and node info
+//! ([`compact`], shared by the DHT). It has no sockets, no threads and no clocks:
 //! the peer thread reads bytes into a buffer, hands them to [`Message::decode`] and writes what
 //! [`Message::encode`] appends. Decoding bounds every length prefix by message id before it
 //! allocates anything, reports incomplete input as `Ok(None)`, and never panics on peer input.
 //! Every [`WireError`] means the peer broke the protocol: drop it.
 
 pub mod bitfield;
+pub mod compact;
 pub mod extension;
 pub mod handshake;
 pub mod message;

@@ -22,6 +22,7 @@ mod daemon_state;
 mod daemon_stop;
 mod daemon_tracker;
 mod encryption;
+mod dht;
 mod extension;
 mod fake_peer;
 mod faults;

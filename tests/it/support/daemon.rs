@@ -126,6 +126,8 @@ timeout_secs = 5
 [rpc]
 listen = "{ip}:0"
 allowed_ips = ["127.0.0.0/8"]
+[dht]
+enabled = false
 "#
         ))
         .expect("the base config is TOML");

@@ -391,8 +391,20 @@ impl Btd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let mut cmd = Command::new(Self::BIN);
-        cmd.args(args);
+        cmd.args(&args);
+        // The engine commands read config/btd.toml (DHT on, public bootstrap nodes): nothing a
+        // test starts may send beyond loopback, so they run without the DHT unless the test
+        // is about it (it passes `--dht-bootstrap` or `--no-dht` itself).
+        let engine = args.iter().any(|a| a == "download" || a == "seed");
+        let about_dht = args
+            .iter()
+            .any(|a| a == "--dht-bootstrap" || a == "--no-dht");
+        if engine && !about_dht {
+            cmd.arg("--no-dht");
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
