@@ -301,6 +301,9 @@ fn magnet_metainfo(
         }
     }
     let limits = &opts.config.limits;
+    // Peers on the local network that announce it (BEP 14), during the fetch.
+    let (found_tx, found_rx) = crossbeam_channel::unbounded();
+    let lsd = engine.lsd_register(hash, found_tx);
     let params = FetchParams {
         info_hash: hash,
         name: magnet.name.clone(),
@@ -317,6 +320,7 @@ fn magnet_metainfo(
         addrs: engine.our_addrs(),
         stop_timeout: limits.stop_timeout,
         timeout,
+        discovered: lsd.as_ref().map(|_| found_rx),
     };
     // Peers the trackers send us dial in: the listener hands them to the fetch.
     let inbox = engine.fetch_inbox(hash);

@@ -48,6 +48,7 @@ struct ConfigFile {
     announce: Announce,
     tracker: Tracker,
     rpc: Rpc,
+    lsd: Lsd,
     torrent: Vec<TorrentEntryFile>,
 }
 
@@ -284,6 +285,19 @@ impl Default for Tracker {
             max_peers_per_torrent: d.max_peers_per_torrent,
             max_torrents: d.max_torrents,
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Lsd {
+    #[serde(deserialize_with = "boolean")]
+    enabled: bool,
+}
+
+impl Default for Lsd {
+    fn default() -> Self {
+        Self { enabled: true }
     }
 }
 
@@ -607,6 +621,9 @@ pub struct Config {
     pub tracker: Option<TrackerConfig>,
     /// The Transmission RPC (`[rpc]`), checked even when disabled.
     pub rpc: RpcConfig,
+    /// Local service discovery (BEP 14, `[lsd] enabled`): announce public torrents on the
+    /// local network's multicast group and take the peers announced there.
+    pub lsd: bool,
     pub torrents: Vec<TorrentEntry>,
 }
 
@@ -814,6 +831,7 @@ impl Config {
             },
             tracker,
             rpc,
+            lsd: file.lsd.enabled,
             torrents,
         })
     }
@@ -830,6 +848,7 @@ impl Config {
             upload_rate: self.upload_rate,
             max_peers: self.max_peers_global,
             max_peers_per_ip: self.max_peers_per_ip,
+            lsd: self.lsd,
         }
     }
 }

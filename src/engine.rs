@@ -11,6 +11,7 @@ use parking_lot::RwLock;
 use rand::RngExt;
 
 use crate::listener::{FetchInbox, Listener, Registry, Route};
+use crate::lsd::{Lsd, LsdConfig, LsdRegistration};
 use crate::metainfo::Metainfo;
 use crate::ratelimit::Limits;
 use crate::selection::Selection;
@@ -37,6 +38,8 @@ pub struct EngineConfig {
     pub max_peers: usize,
     /// Incoming connections at once from one IP address.
     pub max_peers_per_ip: usize,
+    /// Run local service discovery (BEP 14) for public torrents.
+    pub lsd: bool,
 }
 
 /// See the module documentation.
@@ -52,6 +55,9 @@ pub struct Engine {
     announce: AnnouncePool,
     /// The thread that notices files deleted or truncated under running torrents.
     file_check: FileChecker,
+    /// Local service discovery (BEP 14), when on; its thread starts with the first public
+    /// torrent or magnet.
+    lsd: Option<Lsd>,
 }
 
 /// What a run starts with besides its data and peers (the daemon sets them; one-shot commands
@@ -83,6 +89,12 @@ impl Engine {
         let disk = DiskPool::start(config.limits.disk_threads)?;
         let announce = AnnouncePool::start(ANNOUNCE_THREADS)?;
         let file_check = FileChecker::start()?;
+        let lsd = config.lsd.then(|| {
+            Lsd::new(LsdConfig {
+                listen_port: listener.local_addr().port(),
+                bind: Some(config.listen.ip()),
+            })
+        });
         Ok(Self {
             peer_id: new_peer_id(),
             registry,
@@ -92,6 +104,7 @@ impl Engine {
             disk,
             announce,
             file_check,
+            lsd,
         })
     }
 
@@ -174,6 +187,7 @@ impl Engine {
             disk: self.disk.handle(),
             announce: self.announce.handle(),
             file_check: self.file_check.handle(),
+            lsd: self.lsd.as_ref().map(Lsd::handle),
         })?;
         self.registry
             .write()
@@ -213,6 +227,19 @@ impl Engine {
         FetchInbox::open(&self.registry, info_hash)
     }
 
+    /// Announces a magnet's info hash on the local network and sends the peers announced for
+    /// it to `peers` while the registration lives; `None` when LSD is off. (The metadata is
+    /// not known yet, so neither is whether the torrent is private.)
+    pub fn lsd_register(
+        &self,
+        info_hash: crate::metainfo::InfoHash,
+        peers: crossbeam_channel::Sender<crate::lsd::FoundPeers>,
+    ) -> Option<LsdRegistration> {
+        self.lsd
+            .as_ref()
+            .map(|lsd| lsd.handle().register(info_hash, peers))
+    }
+
     /// Removes a torrent from the listener's registry, so no new peer reaches it.
     pub fn unregister(&self, info_hash: &crate::metainfo::InfoHash) {
         self.registry.write().remove(info_hash);
@@ -227,6 +254,9 @@ impl Engine {
     /// Stops accepting peers, then lets the disk threads finish what is queued.
     pub fn shutdown(mut self) {
         self.listener.stop();
+        if let Some(lsd) = &self.lsd {
+            lsd.stop();
+        }
         self.disk.stop();
     }
 }

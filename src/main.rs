@@ -213,6 +213,9 @@ struct NetArgs {
     /// A peer to connect to; repeatable.
     #[arg(long = "peer", value_name = "HOST:PORT")]
     peers: Vec<String>,
+    /// No local service discovery (BEP 14), whatever the config file's `[lsd] enabled` says.
+    #[arg(long)]
+    no_lsd: bool,
 }
 
 fn main() {
@@ -484,7 +487,10 @@ fn run(cli: Cli) -> Result<(), CommandError> {
     }
 }
 
-fn transfer(torrent: PathBuf, dir: PathBuf, net: NetArgs, config: Config) -> TransferOptions {
+fn transfer(torrent: PathBuf, dir: PathBuf, net: NetArgs, mut config: Config) -> TransferOptions {
+    if net.no_lsd {
+        config.lsd = false;
+    }
     TransferOptions {
         torrent,
         dir,

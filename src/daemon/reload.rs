@@ -46,6 +46,9 @@ impl Daemon {
         {
             warn!("config reload: a new listen address takes effect at the next start");
         }
+        if new.lsd != self.config.lsd {
+            warn!("config reload: lsd.enabled takes effect at the next start");
+        }
         if new.state_dir != self.config.state_dir {
             warn!("config reload: a new state_dir takes effect at the next start");
         }
@@ -224,7 +227,10 @@ impl Daemon {
             }
             if peers != t.peers {
                 if let Some(handle) = &t.handle {
-                    handle.send(Control::AddPeers(peers.clone()));
+                    handle.send(Control::AddPeers(
+                        crate::torrent::PeerSource::Manual,
+                        peers.clone(),
+                    ));
                 }
                 t.peers = peers;
             }

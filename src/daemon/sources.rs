@@ -258,6 +258,11 @@ impl Daemon {
     /// metadata (which drops its `stop`).
     pub(super) fn start_fetching(&mut self, index: usize) {
         let listen = self.engine.listen_addr();
+        // Peers on the local network that announce it (BEP 14), while the thread runs.
+        let (found_tx, found_rx) = crossbeam_channel::unbounded();
+        let lsd = self
+            .engine
+            .lsd_register(self.torrents[index].info_hash, found_tx);
         let limits = &self.config.limits;
         let t = &mut self.torrents[index];
         let saved = saved_torrent_path(&self.config.state_dir, &t.info_hash);
@@ -281,6 +286,7 @@ impl Daemon {
             addrs: self.engine.our_addrs(),
             stop_timeout: limits.stop_timeout,
             timeout: METADATA_TIMEOUT,
+            discovered: lsd.as_ref().map(|_| found_rx),
         };
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let done = self.fetched_tx.clone();
@@ -290,6 +296,7 @@ impl Daemon {
         let spawned = watched::spawn(
             std::thread::Builder::new().name(format!("metadata {}", t.name)),
             move || {
+                let _lsd = lsd;
                 let incoming = inbox.as_ref().map(FetchInbox::receiver);
                 if let Some(result) = fetch_metadata(&params, &saved, &stop_rx, incoming) {
                     let _ = done.send(MetadataFetched {

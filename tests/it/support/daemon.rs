@@ -123,6 +123,8 @@ connect_timeout_secs = 5
 interval_secs = 1
 [announce]
 timeout_secs = 5
+[lsd]
+enabled = false
 [rpc]
 listen = "{ip}:0"
 allowed_ips = ["127.0.0.0/8"]

@@ -391,8 +391,14 @@ impl Btd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let args: Vec<S> = args.into_iter().collect();
         let mut cmd = Command::new(Self::BIN);
-        cmd.args(args);
+        cmd.args(&args);
+        // One-shot transfers read the repository's config/btd.toml (LSD on): tests about LSD
+        // build their command with `Command::new(Btd::BIN)`.
+        if matches!(subcommand(&args), Some("download" | "seed")) {
+            cmd.arg("--no-lsd");
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -689,6 +695,21 @@ impl Transmission {
     }
 }
 
+/// The subcommand in `btd` arguments: the first word that is not a global option or its value.
+fn subcommand<S: AsRef<OsStr>>(args: &[S]) -> Option<&str> {
+    let mut words = args.iter().map(|a| a.as_ref().to_str().unwrap_or(""));
+    while let Some(word) = words.next() {
+        match word {
+            "--config" | "--rpc" => {
+                words.next();
+            }
+            w if w.starts_with('-') => {}
+            w => return Some(w),
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::{parse_listening, parse_rpc_serving};
@@ -718,3 +739,4 @@ mod tests {
         );
     }
 }
+
