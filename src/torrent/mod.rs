@@ -202,7 +202,7 @@ impl PeerInfo {
     /// Transmission's `flagStr`: `O` our optimistic unchoke; `D` downloading from it, `d` we
     /// want to but it chokes us; `U` uploading to it, `u` it wants to but we choke it; `K` it
     /// unchoked us but we are not interested; `?` we unchoked it but it is not interested;
-    /// `I` it connected to us.
+    /// `H` found through the DHT, `X` through peer exchange; `I` it connected to us.
     #[must_use]
     pub fn flags(&self) -> String {
         let mut flags = String::new();
@@ -224,6 +224,11 @@ impl PeerInfo {
         }
         if !self.am_choking && !self.peer_interested {
             flags.push('?');
+        }
+        match self.source {
+            PeerSource::Dht => flags.push('H'),
+            PeerSource::Pex => flags.push('X'),
+            _ => {}
         }
         if self.incoming {
             flags.push('I');

@@ -28,6 +28,7 @@ mod files;
 mod hostile;
 mod libtorrent;
 mod low_space;
+mod lsd;
 mod magnet;
 mod malformed;
 mod pex;

@@ -635,6 +635,13 @@ impl LtClient {
         ScriptClient::spawn(name, "lt_client.py", "leech", spec, TRANSFER, &[])
     }
 
+    /// A seeder or leecher (`mode`) with local service discovery on (`--lsd`): only inside a
+    /// network namespace the test made.
+    pub fn with_lsd(name: &str, mode: &str, spec: &PeerSpec) -> ScriptClient {
+        super::require_libtorrent();
+        ScriptClient::spawn(name, "lt_client.py", mode, spec, TRANSFER * 3, &["--lsd"])
+    }
+
     /// A leecher of `torrent` into `dir`, on a loopback address of its own, that gets the
     /// data from `seed` alone (no trackers).
     pub fn leech_from(name: &str, torrent: &Path, dir: &Path, seed: SocketAddr) -> ScriptClient {
@@ -739,4 +746,3 @@ mod tests {
         );
     }
 }
-
