@@ -313,6 +313,7 @@ fn magnet_metainfo(
         bind: Some(listen.ip()),
         peers,
         trackers: magnet.trackers.clone(),
+        web_seeds: magnet.web_seeds.clone(),
         connect_timeout: limits.connect_timeout,
         announce_timeout: limits.announce_timeout,
         udp_retransmit_base: limits.udp_retransmit_base,
@@ -340,11 +341,12 @@ fn magnet_metainfo(
         )));
     }
     let tiers: Vec<Vec<String>> = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
-    let meta = Metainfo::from_info_bytes(&fetched.info, &tiers).map_err(|e| {
+    let mut meta = Metainfo::from_info_bytes(&fetched.info, &tiers).map_err(|e| {
         CommandError::BadInput(format!(
             "magnet {hash}: the metadata is not a usable torrent: {e}"
         ))
     })?;
+    meta.add_web_seeds(&magnet.web_seeds);
     if meta.info_hash != hash {
         return Err(CommandError::Runtime(format!(
             "magnet {hash}: the torrent built from the metadata has info hash {}",

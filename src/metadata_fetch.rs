@@ -99,6 +99,9 @@ pub struct FetchParams {
     pub peers: Vec<SocketAddr>,
     /// Trackers to announce to once each (`tr`).
     pub trackers: Vec<String>,
+    /// The magnet's web seeds (`ws`): not used to fetch the metadata (BEP 19 serves pieces,
+    /// not the info dictionary), only carried to the torrent built from it.
+    pub web_seeds: Vec<String>,
     pub connect_timeout: Duration,
     /// Bounds one announce (HTTP: connect, then the exchange; UDP: the whole exchange).
     pub announce_timeout: Duration,

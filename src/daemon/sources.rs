@@ -279,6 +279,11 @@ impl Daemon {
                 .as_ref()
                 .map(|m| m.trackers.clone())
                 .unwrap_or_default(),
+            web_seeds: t
+                .magnet
+                .as_ref()
+                .map(|m| m.web_seeds.clone())
+                .unwrap_or_default(),
             connect_timeout: limits.connect_timeout,
             announce_timeout: limits.announce_timeout,
             udp_retransmit_base: limits.udp_retransmit_base,
@@ -520,8 +525,9 @@ pub(super) fn torrent_from_metadata(
     saved: &Path,
 ) -> Result<Metainfo, String> {
     let tiers: Vec<Vec<String>> = params.trackers.iter().map(|t| vec![t.clone()]).collect();
-    let meta = Metainfo::from_info_bytes(&fetched.info, &tiers)
+    let mut meta = Metainfo::from_info_bytes(&fetched.info, &tiers)
         .map_err(|e| format!("the metadata is not a usable torrent: {e}"))?;
+    meta.add_web_seeds(&params.web_seeds);
     // `fetch` verified the bytes; checked again on what the torrent is built from.
     if meta.info_hash != params.info_hash {
         return Err(format!(
