@@ -42,7 +42,7 @@ fn btd_with_lsd(args: &[OsString]) -> Command {
     let mut cmd = Command::new(Btd::BIN);
     cmd.args(args).env(
         "RUST_LOG",
-        "info,btd::lsd=debug,btd::torrent::coordinator=debug",
+        "info,btd::lsd=debug,btd::torrent::coordinator=debug,btd::metadata_fetch=debug",
     );
     cmd
 }
@@ -103,6 +103,50 @@ fn btd_download_finds_a_libtorrent_seeder_through_lsd_alone() {
         assert!(
             output.contains(&format!("lsd gave [{lt_addr}]")),
             "btd did not learn {lt_addr} from LSD:\n{output}"
+        );
+        lt.terminate_and_assert_ok(SHORT);
+    });
+}
+
+#[test]
+fn btd_download_of_a_bare_magnet_gets_its_metadata_from_a_libtorrent_seeder_found_by_lsd() {
+    in_lsd_namespace(|| {
+        let tmp = TempDir::new("lsd-magnet");
+        let (seed_dir, torrent) = payload(&tmp, "lsd-m.bin", MIB + 3);
+        let info_hash = TorrentInfo::read(&torrent).info_hash;
+        let out = tmp.subdir("out");
+        // No tr, no x.pe, no --peer: only LSD can find the seeder.
+        let mut btd = Btd::spawn(
+            "btd download magnet (lsd)",
+            btd_with_lsd(&[
+                "download".into(),
+                format!("magnet:?xt=urn:btih:{info_hash}").into(),
+                "-o".into(),
+                out.clone().into(),
+                "--bind".into(),
+                next_ip().to_string().into(),
+                "--port".into(),
+                "0".into(),
+                "--metadata-timeout".into(),
+                "60".into(),
+            ]),
+        );
+        btd.proc.wait_for_line(SHORT, "lsd: announcing", |l| {
+            l.contains("lsd: announcing on 239.192.152.143:6771")
+                .then_some(())
+        });
+        let mut lt = LtClient::with_lsd(
+            "libtorrent seeder (lsd)",
+            "seed",
+            &lt_spec(&torrent, &seed_dir),
+        );
+        let lt_addr = lt.wait_listening();
+        btd.assert_exits_ok(TRANSFER);
+        assert_same_files(&seed_dir.join("lsd-m.bin"), &out.join("lsd-m.bin"));
+        let output = btd.proc.output();
+        assert!(
+            output.contains(&format!("metadata: lsd gave [{lt_addr}]")),
+            "the metadata fetch did not learn {lt_addr} from LSD:\n{output}"
         );
         lt.terminate_and_assert_ok(SHORT);
     });

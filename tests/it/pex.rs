@@ -143,7 +143,11 @@ fn btd_hears_of_a_libtorrent_leecher_through_libtorrents_pex_and_connects_to_it(
 #[test]
 fn a_daemon_counts_its_peers_by_source_tracker_and_pex() {
     use crate::support::daemon::{DaemonHome, TorrentEntry};
-    use crate::support::{RecordingTracker, TorrentInfo, TrackerReply, Transmission};
+    use crate::support::rpc_client::RpcClient;
+    use crate::support::{
+        RecordingTracker, TorrentInfo, TrackerReply, Transmission, parse_rpc_serving,
+    };
+    use serde_json::json;
     let tmp = TempDir::new("peer-sources");
     let mut rng = Rng::new(test_seed("a_daemon_counts_its_peers_by_source"));
     let seed_dir = tmp.subdir("seed");
@@ -218,6 +222,23 @@ fn a_daemon_counts_its_peers_by_source_tracker_and_pex() {
         ),
         (1, 1, 0),
         "{t:?}"
+    );
+    // The RPC's peersFrom says the same (Transmission's keys), and flagStr marks the PEX peer.
+    let rpc_at = daemon.wait_log_after(0, SHORT, "the RPC's address", parse_rpc_serving);
+    let mut rpc = RpcClient::new(rpc_at);
+    let t = rpc.torrents(json!([1]), &["peersFrom", "peers"]).remove(0);
+    assert_eq!(t["peersFrom"]["fromTracker"], json!(1), "{t:?}");
+    assert_eq!(t["peersFrom"]["fromPex"], json!(1), "{t:?}");
+    assert_eq!(t["peersFrom"]["fromLpd"], json!(0), "{t:?}");
+    let pex_peer = t["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == json!(transmission_addr.port()))
+        .unwrap_or_else(|| panic!("no peer {transmission_addr} in {t:?}"));
+    assert!(
+        pex_peer["flagStr"].as_str().unwrap().contains('X'),
+        "{pex_peer:?}"
     );
     daemon.wait_seeding(&info_hash, Duration::from_secs(120));
     daemon.stop("TERM");
