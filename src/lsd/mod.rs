@@ -78,7 +78,8 @@ pub struct Core {
     entries: HashMap<u64, (InfoHash, Instant)>,
     tokens: f64,
     refilled: Instant,
-    recent: HashMap<(SocketAddr, InfoHash), Instant>,
+    /// When each registration was last given each peer.
+    recent: HashMap<(u64, SocketAddr), Instant>,
     /// Datagrams dropped unparsed by the receive budget.
     pub dropped: u64,
 }
@@ -103,6 +104,7 @@ impl Core {
 
     pub fn on_unregistered(&mut self, id: u64) {
         self.entries.remove(&id);
+        self.recent.retain(|(of, _), _| *of != id);
     }
 
     /// The info hashes to announce at `now` (each once), scheduled again for
@@ -162,17 +164,16 @@ impl Core {
                 .filter(|(_, (h, _))| *h == hash)
                 .map(|(&id, _)| id)
                 .collect();
-            if ids.is_empty() {
-                continue;
+            for id in ids {
+                if let Some(at) = self.recent.get(&(id, peer))
+                    && now.saturating_duration_since(*at) < REPEAT_WINDOW
+                {
+                    continue;
+                }
+                self.recent.insert((id, peer), now);
+                debug!("lsd: {peer} announced {hash}");
+                actions.push(Action::Found { id, peer });
             }
-            if let Some(at) = self.recent.get(&(peer, hash))
-                && now.saturating_duration_since(*at) < REPEAT_WINDOW
-            {
-                continue;
-            }
-            self.recent.insert((peer, hash), now);
-            debug!("lsd: {peer} announced {hash}");
-            actions.extend(ids.into_iter().map(|id| Action::Found { id, peer }));
         }
         actions
     }
@@ -551,11 +552,18 @@ mod tests {
             core.on_datagram(from, &announce(51413, &[hash(1)], "other"), again)
                 .is_empty()
         );
+        // A registration that comes later (the torrent after its magnet's fetch) is told too.
+        core.on_unregistered(1);
+        core.on_registered(3, hash(1), again);
+        assert_eq!(
+            core.on_datagram(from, &announce(51413, &[hash(1)], "other"), again),
+            vec![Action::Found { id: 3, peer }]
+        );
         let later = t0 + REPEAT_WINDOW;
         assert_eq!(
             core.on_datagram(from, &announce(51413, &[hash(1)], "other"), later)
                 .len(),
-            2
+            1
         );
     }
 
