@@ -240,6 +240,15 @@ fn a_daemon_counts_its_peers_by_source_tracker_and_pex() {
         pex_peer["flagStr"].as_str().unwrap().contains('X'),
         "{pex_peer:?}"
     );
+    // `btd status` has a line of them under the table.
+    let out = home.cli(&["status".into()]);
+    out.assert_success();
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("peers: sources.bin: "))
+        .unwrap_or_else(|| panic!("no peers line: {}", out.description));
+    assert!(line.contains(" tracker") && line.contains(" pex"), "{line}");
     daemon.wait_seeding(&info_hash, Duration::from_secs(120));
     daemon.stop("TERM");
     seeder.terminate_and_assert_ok(SHORT);
