@@ -322,6 +322,7 @@ fn magnet_metainfo(
         stop_timeout: limits.stop_timeout,
         timeout,
         discovered: lsd.as_ref().map(|_| found_rx),
+        encryption: engine.encryption(),
     };
     // Peers the trackers send us dial in: the listener hands them to the fetch.
     let inbox = engine.fetch_inbox(hash);

@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::engine::EngineConfig;
 use crate::magnet::Magnet;
+use crate::peer::mse::Encryption;
 use crate::rpc::{IpRange, RpcConfig, Secret};
 use crate::torrent::TorrentLimits;
 use crate::tracker_server::TrackerConfig;
@@ -117,6 +118,8 @@ struct Network {
     connect_timeout_secs: u64,
     #[serde(deserialize_with = "integer")]
     write_timeout_secs: u64,
+    #[serde(deserialize_with = "string")]
+    encryption: String,
 }
 
 impl Default for Network {
@@ -126,6 +129,7 @@ impl Default for Network {
             listen_port: 6881,
             connect_timeout_secs: 10,
             write_timeout_secs: 60,
+            encryption: Encryption::default().as_str().into(),
         }
     }
 }
@@ -594,6 +598,8 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     pub listen_address: IpAddr,
     pub listen_port: u16,
+    /// Message stream encryption of peer connections (`[network] encryption`).
+    pub encryption: Encryption,
     pub max_peers_global: usize,
     /// Incoming connections at once from one IP address.
     pub max_peers_per_ip: usize,
@@ -746,6 +752,11 @@ impl Config {
                 ),
             )
         })?;
+        let encryption = file
+            .network
+            .encryption
+            .parse()
+            .map_err(|e| err("network.encryption", e))?;
         let rate = |key: &str, kib: u64| {
             kib.checked_mul(1024)
                 .ok_or_else(|| err(key, "too large".into()))
@@ -798,6 +809,7 @@ impl Config {
             log_file: (!file.log.file.as_os_str().is_empty()).then(|| resolve(&file.log.file)),
             listen_address,
             listen_port: file.network.listen_port,
+            encryption,
             max_peers_global: file.peers.max_global,
             max_peers_per_ip: file.peers.max_per_ip,
             download_rate: rate(
@@ -849,6 +861,7 @@ impl Config {
             max_peers: self.max_peers_global,
             max_peers_per_ip: self.max_peers_per_ip,
             lsd: self.lsd,
+            encryption: self.encryption,
         }
     }
 }

@@ -13,6 +13,7 @@ use rand::RngExt;
 use crate::listener::{FetchInbox, Listener, Registry, Route};
 use crate::lsd::{Lsd, LsdConfig, LsdRegistration};
 use crate::metainfo::Metainfo;
+use crate::peer::mse::Encryption;
 use crate::ratelimit::Limits;
 use crate::selection::Selection;
 use crate::storage::Storage;
@@ -40,6 +41,8 @@ pub struct EngineConfig {
     pub max_peers_per_ip: usize,
     /// Run local service discovery (BEP 14) for public torrents.
     pub lsd: bool,
+    /// Message stream encryption of peer connections.
+    pub encryption: Encryption,
 }
 
 /// See the module documentation.
@@ -85,6 +88,7 @@ impl Engine {
             config.max_peers,
         ));
         global.peers.set_max_per_ip(config.max_peers_per_ip);
+        global.encryption.set(config.encryption);
         let listener = Listener::bind(config.listen, Arc::clone(&registry), Arc::clone(&global))?;
         let disk = DiskPool::start(config.limits.disk_threads)?;
         let announce = AnnouncePool::start(ANNOUNCE_THREADS)?;
@@ -214,6 +218,18 @@ impl Engine {
         self.config.upload_rate = upload_rate;
         self.config.max_peers = max_peers;
         self.config.max_peers_per_ip = max_peers_per_ip;
+    }
+
+    /// How connections opened from now on are encrypted (a reload changes it; open
+    /// connections keep theirs).
+    pub fn set_encryption(&mut self, mode: Encryption) {
+        self.global.encryption.set(mode);
+        self.config.encryption = mode;
+    }
+
+    /// The encryption mode of new connections.
+    pub fn encryption(&self) -> Encryption {
+        self.global.encryption.get()
     }
 
     /// Peer connections open across all torrents.

@@ -25,6 +25,8 @@ use log::{debug, warn};
 use parking_lot::{Mutex, RwLock};
 
 use crate::metainfo::InfoHash;
+use crate::peer::conn::{self, PeerStream};
+use crate::peer::mse::{self, Encryption};
 use crate::peer::{self, TorrentContext};
 use crate::profile::{self, Role};
 use crate::ratelimit::Limits;
@@ -45,7 +47,7 @@ pub enum Route {
 /// An accepted connection whose handshake named a magnet link being fetched: the fetch answers
 /// the handshake and asks the peer for the metadata.
 pub struct Incoming {
-    pub stream: TcpStream,
+    pub stream: PeerStream,
     pub addr: SocketAddr,
     /// The peer's handshake, already read.
     pub handshake: Handshake,
@@ -101,9 +103,8 @@ impl Drop for FetchInbox {
     }
 }
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most incoming connections waiting for their handshake at once. Each holds a thread for up to
-/// `HANDSHAKE_TIMEOUT` (10 s), so silent connections must not spawn threads without end.
+/// [`conn::HANDSHAKE_TIMEOUT`] (10 s), so silent connections must not spawn threads without end.
 pub const MAX_HANDSHAKING: usize = 64;
 
 /// A running listener thread.
@@ -285,24 +286,40 @@ fn accept_loop(listener: &TcpListener, registry: &Registry, limits: &Limits, sto
             }
         };
         let registry = Arc::clone(registry);
+        let mode = limits.encryption.get();
         let spawned = std::thread::Builder::new()
             .name(format!("peer {addr}"))
             .stack_size(peer::PEER_STACK_BYTES)
-            .spawn(move || profile::run_as(Role::Peer, || route(stream, addr, &registry, slot)));
+            .spawn(move || {
+                profile::run_as(Role::Peer, || route(stream, addr, &registry, slot, mode));
+            });
         if let Err(e) = spawned {
             warn!("listener: cannot spawn a thread for {addr}: {e}");
         }
     }
 }
 
-/// Reads the handshake of an accepted connection and runs it as a peer of the torrent it names.
-/// `slot` counts the connection until the session ends.
-fn route(mut stream: TcpStream, addr: SocketAddr, registry: &Registry, mut slot: Slot) {
-    if stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
-        return;
-    }
-    let theirs = match peer::read_handshake(&mut stream) {
-        Ok(h) => h,
+/// Reads the handshakes of an accepted connection (encryption, as `mode` allows, then
+/// BitTorrent) and runs it as a peer of the torrent it names. `slot` counts the connection until
+/// the session ends.
+fn route(
+    stream: TcpStream,
+    addr: SocketAddr,
+    registry: &Registry,
+    mut slot: Slot,
+    mode: Encryption,
+) {
+    // An encrypting peer names its torrent by HASH("req2", info hash): one hash per torrent
+    // served, a few milliseconds for ten thousand.
+    let find_torrent = |req2: &[u8; 20]| {
+        registry
+            .read()
+            .keys()
+            .find(|ih| mse::obfuscated_hash(&ih.0) == *req2)
+            .map(|ih| ih.0)
+    };
+    let (stream, theirs) = match conn::accept(stream, mode, find_torrent) {
+        Ok(accepted) => accepted,
         Err(e) => {
             debug!("peer {addr}: incoming handshake: {e}");
             return;
@@ -350,7 +367,7 @@ mod tests {
         let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (stream, addr) = listener.accept().unwrap();
         let conn = Incoming {
-            stream,
+            stream: PeerStream::Plain(stream),
             addr,
             handshake: Handshake::new([7; 20], [1; 20]),
             slot: open.admit(addr.ip(), limits, 10).unwrap(),

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use btd::commands::{self, CommandError, CreateOptions, TransferOptions};
 use btd::config::{Config, ConfigError};
 use btd::daemon::{self, Daemon, LogFile};
+use btd::peer::mse::Encryption;
 use btd::remote::{self, Action, FileChanges, Settings};
 use btd::tracker_server::{self, TrackerOptions};
 
@@ -216,6 +217,10 @@ struct NetArgs {
     /// No local service discovery (BEP 14), whatever the config file's `[lsd] enabled` says.
     #[arg(long)]
     no_lsd: bool,
+    /// Message stream encryption: tolerated (plaintext first), preferred (encrypted first) or
+    /// required (encrypted only). Overrides `[network] encryption`.
+    #[arg(long, value_name = "MODE")]
+    encryption: Option<Encryption>,
 }
 
 fn main() {
@@ -490,6 +495,9 @@ fn run(cli: Cli) -> Result<(), CommandError> {
 fn transfer(torrent: PathBuf, dir: PathBuf, net: NetArgs, mut config: Config) -> TransferOptions {
     if net.no_lsd {
         config.lsd = false;
+    }
+    if let Some(mode) = net.encryption {
+        config.encryption = mode;
     }
     TransferOptions {
         torrent,

@@ -4,7 +4,7 @@
 //! connected, which metadata piece is asked of whom, the pieces received, who is trusted) and a
 //! thread per peer connection, `metadata ADDR`, which owns its socket and does only I/O: the
 //! BitTorrent handshake with the BEP 10 bit, the extended handshake (we advertise `ut_metadata`
-//! under [`UT_METADATA_ID`] and read the peer's id and `metadata_size`), then the requests the
+//! under [`OUR_UT_METADATA_ID`] and read the peer's id and `metadata_size`), then the requests the
 //! loop orders and the data and rejects the peer sends back. A thread `metadata tracker` per
 //! `tr` announces once and hands the loop its peers; a tracker that fails is a warning.
 //!
@@ -30,7 +30,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,19 +41,22 @@ use sha1::{Digest, Sha1};
 
 use crate::listener::Incoming;
 use crate::metainfo::InfoHash;
+use crate::peer::PeerError;
+use crate::peer::conn::{self, PeerStream};
+use crate::peer::conn::{IDLE_TIMEOUT, KEEPALIVE_INTERVAL};
+use crate::peer::mse::Encryption;
 use crate::tracker::udp::UdpClient;
 use crate::tracker::{
     AnnounceEvent, AnnounceRequest, AnnounceResponse, OurAddrs, TrackerError, http, udp,
 };
-use crate::wire::extension::{EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID, MetadataMessage};
+use crate::wire::extension::{
+    EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID, METADATA_PIECE_LEN, MetadataMessage,
+    OUR_UT_METADATA_ID,
+};
 use crate::wire::{ExtendedHandshake, Handshake, Message};
 
 /// The largest info dictionary we fetch; a larger `metadata_size` drops the peer unallocated.
 pub const MAX_METADATA_BYTES: u32 = 16 * 1024 * 1024;
-/// Metadata travels in pieces of 16 KiB (BEP 9); the last one is usually shorter.
-pub const METADATA_PIECE_LEN: u32 = 16 * 1024;
-/// The extended message id we want `ut_metadata` messages under (our `m`).
-pub const UT_METADATA_ID: u8 = 3;
 
 /// Peer connections open at once.
 const MAX_CONNECTIONS: usize = 16;
@@ -67,9 +70,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a peer thread's read blocks before it looks at its orders again.
 const READ_TICK: Duration = Duration::from_millis(100);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(90);
-/// A peer silent this long (not even keep-alives) is gone.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the fetch loop waits for an event before it looks at its timers.
 const LOOP_TICK: Duration = Duration::from_millis(250);
 /// A peer that failed harmlessly (refused, rejected, timed out) is dialled again after this,
@@ -119,6 +119,8 @@ pub struct FetchParams {
     /// the registration: with it, running out of peers does not end the fetch before its
     /// deadline.
     pub discovered: Option<Receiver<crate::lsd::FoundPeers>>,
+    /// How connections are encrypted (`[network] encryption`).
+    pub encryption: Encryption,
 }
 
 /// A verified info dictionary and where it came from.
@@ -183,6 +185,7 @@ pub fn fetch(
         listen_port: params.listen_port,
         bind: params.bind.filter(|ip| !ip.is_unspecified()),
         connect_timeout: params.connect_timeout,
+        encryption: params.encryption,
     });
     let mut state = FetchState::new(params.info_hash);
     state.add_peers(&params.peers, started);
@@ -1052,6 +1055,7 @@ struct PeerSetup {
     listen_port: u16,
     bind: Option<IpAddr>,
     connect_timeout: Duration,
+    encryption: Encryption,
 }
 
 /// Facts a peer thread reports to the fetch loop, in the past tense.
@@ -1124,6 +1128,14 @@ enum PeerEnd {
 }
 
 impl PeerEnd {
+    /// How a failed dial (connect, encryption, handshakes) ends the thread.
+    fn from_dial(e: PeerError) -> PeerEnd {
+        match e {
+            PeerError::Connect(e) => PeerEnd::Connect(e),
+            other => PeerEnd::Handshake(other.to_string()),
+        }
+    }
+
     /// The peer broke the rules: never dial it again.
     fn is_misbehaviour(&self) -> bool {
         matches!(self, Self::BadMetadataSize(_) | Self::Protocol(_))
@@ -1170,23 +1182,9 @@ fn peer_thread(
     guard.end = Some(end);
 }
 
-fn connect(
-    addr: SocketAddr,
-    bind: Option<IpAddr>,
-    timeout: Duration,
-) -> std::io::Result<TcpStream> {
-    let domain = socket2::Domain::for_address(addr);
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    if let Some(ip) = bind.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
-        socket.bind(&SocketAddr::new(ip, 0).into())?;
-    }
-    socket.connect_timeout(&addr.into(), timeout)?;
-    Ok(socket.into())
-}
-
 /// A socket with its read buffer: whole messages out, bounded by `Message::decode`.
 struct Conn {
-    stream: TcpStream,
+    stream: PeerStream,
     buf: Vec<u8>,
     last_received: Instant,
     last_sent: Instant,
@@ -1253,43 +1251,42 @@ fn run_peer(
     events: &Sender<Event>,
     orders: &Receiver<Order>,
 ) -> Result<(), PeerEnd> {
+    let mut ours = Handshake::new(setup.info_hash.0, setup.peer_id);
+    ours.reserved[5] |= EXTENSION_BIT;
     // An accepted connection's slot counts it at the listener until this returns.
-    let (stream, accepted, _slot) = match accepted {
+    let (stream, theirs, _slot) = match accepted {
         Some(Incoming {
-            stream,
+            mut stream,
             handshake,
             slot,
             ..
-        }) => (stream, Some(handshake), Some(slot)),
-        None => (
-            connect(addr, setup.bind, setup.connect_timeout).map_err(PeerEnd::Connect)?,
-            None,
-            None,
-        ),
+        }) => {
+            stream.write_all(&ours.encode()).map_err(PeerEnd::Write)?;
+            (stream, handshake, Some(slot))
+        }
+        None => {
+            let socket = conn::open_socket(addr, setup.bind).map_err(PeerEnd::Connect)?;
+            let dial = conn::Dial {
+                bind: setup.bind,
+                connect_timeout: setup.connect_timeout,
+                ours: &ours,
+                mode: setup.encryption,
+                stopping: &|| false,
+            };
+            let (stream, theirs) = conn::dial(socket, addr, &dial).map_err(PeerEnd::from_dial)?;
+            (stream, theirs, None)
+        }
     };
-    stream
-        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(PeerEnd::Connect)?;
     stream
         .set_write_timeout(Some(WRITE_TIMEOUT))
         .map_err(PeerEnd::Connect)?;
-    let _ = stream.set_nodelay(true);
+    let _ = stream.socket().set_nodelay(true);
     let now = Instant::now();
     let mut conn = Conn {
         stream,
         buf: Vec::new(),
         last_received: now,
         last_sent: now,
-    };
-    let mut ours = Handshake::new(setup.info_hash.0, setup.peer_id);
-    ours.reserved[5] |= EXTENSION_BIT;
-    conn.stream
-        .write_all(&ours.encode())
-        .map_err(PeerEnd::Write)?;
-    let theirs = match accepted {
-        Some(theirs) => theirs,
-        None => crate::peer::read_handshake(&mut conn.stream)
-            .map_err(|e| PeerEnd::Handshake(e.to_string()))?,
     };
     if theirs.info_hash != setup.info_hash.0 {
         return Err(PeerEnd::Handshake("wrong info hash".into()));
@@ -1301,7 +1298,7 @@ fn run_peer(
         return Err(PeerEnd::NoExtensions);
     }
     let hello = ExtendedHandshake {
-        m: [("ut_metadata".to_owned(), UT_METADATA_ID)].into(),
+        m: [("ut_metadata".to_owned(), OUR_UT_METADATA_ID)].into(),
         p: Some(setup.listen_port).filter(|p| *p != 0),
         v: Some(format!("btd {}", env!("CARGO_PKG_VERSION"))),
         yourip: Some(addr.ip()),
@@ -1380,7 +1377,7 @@ fn run_peer(
             else {
                 continue;
             };
-            if payload.first() != Some(&UT_METADATA_ID) {
+            if payload.first() != Some(&OUR_UT_METADATA_ID) {
                 continue;
             }
             let event = match MetadataMessage::decode(&payload[1..]).map_err(PeerEnd::Protocol)? {

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::peer::conn::EncryptionMode;
+
 /// The most a bucket lets accumulate: this much of its rate.
 const BURST: Duration = Duration::from_millis(250);
 /// Never less than a block and a bit, so a low limit still lets whole blocks through.
@@ -219,15 +221,19 @@ pub struct Limits {
     pub download: RateLimiter,
     pub upload: RateLimiter,
     pub peers: PeerBudget,
+    /// How connections are encrypted (`[network] encryption`), read by the listener and by
+    /// every dialling thread when a connection opens.
+    pub encryption: EncryptionMode,
 }
 
 impl Limits {
-    /// The given rates (0 = unlimited) and peer budget.
+    /// The given rates (0 = unlimited) and peer budget, encryption `preferred`.
     pub fn new(download_rate: u64, upload_rate: u64, max_peers: usize) -> Self {
         Self {
             download: RateLimiter::new(download_rate),
             upload: RateLimiter::new(upload_rate),
             peers: PeerBudget::new(max_peers),
+            encryption: EncryptionMode::default(),
         }
     }
 }

@@ -158,6 +158,7 @@ pub fn get(config: &Config, key: &str) -> Option<Value> {
         "peer-limit-per-torrent" => Value::from(config.limits.max_peers),
         "download-dir" => Value::from(config.download_dir.display().to_string()),
         "start-added-torrents" => Value::from(config.start_added_torrents),
+        "encryption" => Value::from(config.encryption.as_str()),
         _ => return None,
     })
 }
@@ -232,6 +233,13 @@ fn set(config: &mut Config, key: &str, value: &Value) -> Result<(), String> {
             config.download_dir = PathBuf::from(dir);
         }
         "start-added-torrents" => config.start_added_torrents = flag()?,
+        "encryption" => {
+            config.encryption = value
+                .as_str()
+                .ok_or_else(|| format!("{key}: {value} is not a string"))?
+                .parse()
+                .map_err(|e| format!("{key}: {e}"))?;
+        }
         _ => return Err(format!("{key}: not supported by btd (yet)")),
     }
     Ok(())
@@ -259,6 +267,7 @@ fn enabled_rate(current: u64, on: bool) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::mse::Encryption;
     use serde_json::json;
 
     fn config() -> Config {
@@ -281,6 +290,26 @@ mod tests {
             .unwrap();
         assert_eq!(s.apply_to(&file).download_rate, 0);
         assert_eq!(running.upload_rate, file.upload_rate, "untouched");
+    }
+
+    #[test]
+    fn encryption_takes_transmissions_three_words_and_nothing_else() {
+        let file = config();
+        assert_eq!(get(&file, "encryption"), Some(json!("preferred")));
+        let mut s = SessionSettings::default();
+        s.set(&file, &file, "encryption", &json!("required"))
+            .unwrap();
+        assert_eq!(s.apply_to(&file).encryption, Encryption::Required);
+        let e = s
+            .set(&file, &file, "encryption", &json!("forced"))
+            .unwrap_err();
+        assert!(e.starts_with("encryption: unknown encryption mode"), "{e}");
+        assert!(s.set(&file, &file, "encryption", &json!(2)).is_err());
+        assert_eq!(
+            s.apply_to(&file).encryption,
+            Encryption::Required,
+            "unchanged"
+        );
     }
 
     #[test]

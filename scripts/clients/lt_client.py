@@ -116,6 +116,25 @@ def parse_args(argv):
         action="store_true",
         help="print UPLOADED <piece> <block> for every block sent to a peer",
     )
+    p.add_argument(
+        "--encryption",
+        choices=["plaintext", "enabled", "forced"],
+        default=None,
+        help="libtorrent's in/out_enc_policy: pe_disabled, pe_enabled or pe_forced (default: "
+        "plaintext out, enabled in)",
+    )
+    p.add_argument(
+        "--enc-level",
+        choices=["rc4", "plaintext", "both"],
+        default="both",
+        help="allowed_enc_level: what an encrypted connection may carry after the handshake",
+    )
+    p.add_argument(
+        "--log-peers",
+        action="store_true",
+        help="print PEER <ip>:<port> rc4=<0|1> plaintext_header=<0|1> once per peer, after "
+        "its handshakes",
+    )
     args = p.parse_args(argv)
     if args.seed_mode and args.mode != "seed":
         p.error("--seed-mode is for seed only")
@@ -187,6 +206,22 @@ def main(argv):
         os.makedirs(args.dir, exist_ok=True)
 
     settings = session_settings(args.bind, args.port, args.lsd)
+    if args.encryption is not None:
+        policy = {
+            "plaintext": lt.enc_policy.pe_disabled,
+            "enabled": lt.enc_policy.pe_enabled,
+            "forced": lt.enc_policy.pe_forced,
+        }[args.encryption]
+        settings["out_enc_policy"] = int(policy)
+        settings["in_enc_policy"] = int(policy)
+        settings["allowed_enc_level"] = int(
+            {
+                "rc4": lt.enc_level.rc4,
+                "plaintext": lt.enc_level.plaintext,
+                "both": lt.enc_level.both,
+            }[args.enc_level]
+        )
+        settings["prefer_rc4"] = args.enc_level != "plaintext"
     if args.log_uploads:
         settings["alert_mask"] |= int(lt.alert.category_t.upload_notification)
     ses = lt.session(settings)
@@ -216,6 +251,7 @@ def main(argv):
     checked = False
     last_dial = 0.0
     last_progress = 0.0
+    logged_peers = set()
 
     while not Stop.requested:
         now = time.monotonic()
@@ -288,6 +324,25 @@ def main(argv):
                 for peer in args.peer:
                     if peer not in connected and peer[0] not in connected:
                         handle.connect_peer(peer)
+
+        if args.log_peers:
+            for handle in handles:
+                for peer in handle.get_peer_info():
+                    key = (peer.ip[0], peer.ip[1])
+                    in_handshake = peer.flags & (
+                        lt.peer_info.handshake | lt.peer_info.connecting
+                    )
+                    if key not in logged_peers and not in_handshake:
+                        logged_peers.add(key)
+                        say(
+                            "PEER %s:%d rc4=%d plaintext_header=%d"
+                            % (
+                                peer.ip[0],
+                                peer.ip[1],
+                                int(bool(peer.flags & lt.peer_info.rc4_encrypted)),
+                                int(bool(peer.flags & lt.peer_info.plaintext_encrypted)),
+                            )
+                        )
 
         if now - last_progress >= PROGRESS_INTERVAL_S:
             last_progress = now

@@ -128,7 +128,8 @@ def settings(args, peer_port, rpc_port):
         "pex-enabled": False,
         "utp-enabled": False,
         "blocklist-enabled": False,
-        "encryption": 0,
+        # 0: prefer plaintext (tolerated), 1: prefer encryption, 2: require it (--encryption).
+        "encryption": {"tolerated": 0, "preferred": 1, "required": 2}[args.encryption],
         "download-dir": os.path.abspath(args.dir),
         "incomplete-dir-enabled": False,
         "watch-dir-enabled": False,
@@ -346,6 +347,12 @@ def main(argv):
     p.add_argument("--poll", type=float, default=0.2, help="seconds between RPC status polls")
     p.add_argument(
         "--rusage", action="store_true", help="leech: print the daemon's RUSAGE before COMPLETE"
+    )
+    p.add_argument(
+        "--encryption",
+        choices=["tolerated", "preferred", "required"],
+        default="tolerated",
+        help="transmission's encryption setting (default: tolerated, plaintext preferred)",
     )
     args = p.parse_args(argv)
     start = time.monotonic()

@@ -66,6 +66,13 @@ impl Daemon {
             new.max_peers_global,
             new.max_peers_per_ip,
         );
+        if new.encryption != self.engine.encryption() {
+            info!(
+                "config reload: network.encryption is now {}, for connections opened from now on",
+                new.encryption
+            );
+            self.engine.set_encryption(new.encryption);
+        }
         let limits_changed = new.limits != self.config.limits;
         self.reload_tracker(new.tracker);
         self.reload_rpc(new.rpc.clone());

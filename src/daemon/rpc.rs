@@ -137,7 +137,7 @@ impl Daemon {
             "lpd-enabled": false,
             "pex-enabled": true,
             "utp-enabled": false,
-            "encryption": "tolerated",
+            "encryption": setting("encryption"),
             "blocklist-enabled": false,
             "blocklist-size": 0,
             "blocklist-url": "",

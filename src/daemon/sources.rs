@@ -292,6 +292,7 @@ impl Daemon {
             stop_timeout: limits.stop_timeout,
             timeout: METADATA_TIMEOUT,
             discovered: lsd.as_ref().map(|_| found_rx),
+            encryption: self.engine.encryption(),
         };
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let done = self.fetched_tx.clone();

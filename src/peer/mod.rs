@@ -4,6 +4,8 @@
 //! `session.rs`. A peer thread never touches picker state; it reports facts ([`PeerEvent`]) and
 //! obeys orders ([`PeerCommand`]).
 
+pub mod conn;
+pub mod mse;
 mod session;
 pub mod web_seed;
 
@@ -23,7 +25,7 @@ use crate::torrent::picker::PeerKey;
 use crate::wire::extension::PexMessage;
 use crate::wire::{Bitfield, BlockRef, WireError};
 
-pub use session::{MAX_UPLOAD_QUEUE, PEER_STACK_BYTES, read_handshake, run_incoming};
+pub use session::{MAX_UPLOAD_QUEUE, PEER_STACK_BYTES, run_incoming};
 
 /// Facts a peer thread reports, in the past tense. The coordinator decides what they mean.
 #[derive(Debug)]
@@ -72,6 +74,8 @@ pub enum PeerEvent {
         client: Option<String>,
         /// It takes peer exchange (BEP 11) messages.
         pex: bool,
+        /// It only uploads (BEP 21 `upload_only`).
+        upload_only: bool,
     },
     /// Peers the peer told us about (BEP 11 `added`).
     PexReceived {
@@ -106,8 +110,12 @@ pub enum PeerEvent {
 /// Orders for one peer thread, in the imperative.
 #[derive(Debug)]
 pub enum PeerCommand {
-    /// First command after `Connected`: send our bitfield (if not empty) and start.
-    Start(Bitfield),
+    /// First command after `Connected`: send our bitfield (if not empty) and start;
+    /// `upload_only`: we have every piece we want, and say so (BEP 21).
+    Start {
+        pieces: Bitfield,
+        upload_only: bool,
+    },
     Request(Vec<BlockRef>),
     Cancel(Vec<BlockRef>),
     /// Announce a piece we verified and wrote; from now on it may be served.
@@ -183,6 +191,15 @@ pub enum PeerError {
     /// a tracker or peer handed back to us).
     #[error("handshake: our own peer id")]
     SelfConnection,
+    /// The peer's handshake named another torrent than the one we dialled it for.
+    #[error("handshake: wrong info hash")]
+    WrongInfoHash,
+    /// The encryption handshake (MSE) failed.
+    #[error("encryption handshake: {0}")]
+    Encryption(#[from] mse::MseError),
+    /// A plaintext handshake while `[network] encryption` is `required`.
+    #[error("plaintext handshake refused: encryption is required")]
+    PlaintextRefused,
     #[error("read failed: {0}")]
     Read(std::io::Error),
     #[error("write failed: {0}")]
@@ -302,7 +319,7 @@ pub fn spawn_outgoing(
     let alive = ctx
         .peer_thread_token()
         .ok_or_else(|| std::io::Error::other("the torrent is stopping"))?;
-    let socket = session::open_socket(addr, bind)?;
+    let socket = conn::open_socket(addr, bind)?;
     let handle = TcpStream::from(socket.try_clone()?);
     std::thread::Builder::new()
         .name(format!("peer {addr}"))
@@ -310,7 +327,7 @@ pub fn spawn_outgoing(
         .spawn(move || {
             let _alive = alive;
             profile::run_as(Role::Peer, || {
-                session::run_outgoing(&ctx, peer, addr, socket, connect_timeout);
+                session::run_outgoing(&ctx, peer, addr, socket, bind, connect_timeout);
             });
         })?;
     Ok(handle)

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, TryRecvError};
 use log::{debug, trace};
 
+use super::conn::{self, IDLE_TIMEOUT, KEEPALIVE_INTERVAL, PeerStream};
+use super::mse::Encryption;
 use super::{PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
 use crate::torrent::picker::PeerKey;
 use crate::wire::extension::{
@@ -22,8 +24,8 @@ use crate::wire::extension::{
     OUR_UT_METADATA_ID, OUR_UT_PEX_ID, PexMessage, UT_METADATA, UT_PEX,
 };
 use crate::wire::{
-    BLOCK_LEN, Bitfield, BlockRef, ExtendedHandshake, HANDSHAKE_LEN, Handshake, Message,
-    PIECE_HEADER_LEN, encode_piece_header,
+    BLOCK_LEN, Bitfield, BlockRef, ExtendedHandshake, Handshake, Message, PIECE_HEADER_LEN,
+    encode_piece_header,
 };
 
 /// The request queue we advertise (`reqq`): deep, since transmission's download rate follows it.
@@ -32,10 +34,6 @@ pub const ADVERTISED_REQQ: u32 = 2048;
 pub const PEER_STACK_BYTES: usize = 256 * 1024;
 /// Requests we queue for one peer before we call it a flood and drop it.
 pub const MAX_UPLOAD_QUEUE: usize = 4096;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(120);
-/// A peer silent this long (not even keep-alives) is gone.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(240);
 /// How long a read may block while either side is interested: bounds the delay before a
 /// command from the coordinator goes out.
 const ACTIVE_READ_TIMEOUT: Duration = Duration::from_millis(5);
@@ -57,42 +55,6 @@ fn our_handshake(ctx: &TorrentContext) -> Handshake {
     ours
 }
 
-/// Reads a 68-byte handshake. The stream's read timeout bounds the whole handshake, not each
-/// read: a peer that trickles a byte at a time must not hold the thread (and one of the
-/// listener's handshake slots) for minutes. The timeout is left as it was.
-///
-/// # Errors
-/// `Read` on socket errors and timeouts, `Handshake` when the bytes are not a handshake.
-pub fn read_handshake(stream: &mut TcpStream) -> Result<Handshake, PeerError> {
-    let budget = stream.read_timeout().map_err(PeerError::Read)?;
-    let deadline = budget.map(|b| Instant::now() + b);
-    let mut buf = [0u8; HANDSHAKE_LEN];
-    let mut got = 0;
-    while got < HANDSHAKE_LEN {
-        if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(PeerError::Read(ErrorKind::TimedOut.into()));
-            }
-            stream
-                .set_read_timeout(Some(left))
-                .map_err(PeerError::Read)?;
-        }
-        match stream.read(&mut buf[got..]) {
-            Ok(0) => return Err(PeerError::Read(ErrorKind::UnexpectedEof.into())),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            // A read that timed out says WouldBlock on Unix: the handshake timed out either way.
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Err(PeerError::Read(ErrorKind::TimedOut.into()));
-            }
-            Err(e) => return Err(PeerError::Read(e)),
-        }
-    }
-    stream.set_read_timeout(budget).map_err(PeerError::Read)?;
-    Handshake::decode(&buf).map_err(|e| PeerError::Handshake(e.to_string()))
-}
-
 fn tune_socket(stream: &TcpStream) {
     let sock = socket2::SockRef::from(stream);
     // Best effort: the kernel caps these at its own limits.
@@ -101,45 +63,25 @@ fn tune_socket(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
 }
 
-/// A socket for dialling `addr`, bound to `bind` when given (nothing here blocks).
-pub(super) fn open_socket(
-    addr: SocketAddr,
-    bind: Option<IpAddr>,
-) -> std::io::Result<socket2::Socket> {
-    let domain = socket2::Domain::for_address(addr);
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    if let Some(ip) = bind.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4()) {
-        socket.bind(&SocketAddr::new(ip, 0).into())?;
-    }
-    Ok(socket)
-}
-
 /// Body of an outgoing peer thread.
 pub(super) fn run_outgoing(
     ctx: &Arc<TorrentContext>,
     peer: PeerKey,
     addr: SocketAddr,
     socket: socket2::Socket,
+    bind: Option<IpAddr>,
     connect_timeout: Duration,
 ) {
     let ours = our_handshake(ctx);
-    let attempt = || -> Result<(TcpStream, Handshake), PeerError> {
-        // A `shutdown` of the coordinator's clone ends a connect in progress at once.
-        socket
-            .connect_timeout(&addr.into(), connect_timeout)
-            .map_err(PeerError::Connect)?;
-        let mut stream = TcpStream::from(socket);
-        stream
-            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .map_err(PeerError::Connect)?;
-        stream.write_all(&ours.encode()).map_err(PeerError::Write)?;
-        let theirs = read_handshake(&mut stream)?;
-        if theirs.info_hash != ctx.info_hash.0 {
-            return Err(PeerError::Handshake("wrong info hash".into()));
-        }
-        Ok((stream, theirs))
+    let stopping = || ctx.peer_threads.lock().is_none();
+    let dial = conn::Dial {
+        bind,
+        connect_timeout,
+        ours: &ours,
+        mode: ctx.limits.encryption.get(),
+        stopping: &stopping,
     };
-    match attempt() {
+    match conn::dial(socket, addr, &dial) {
         Ok((stream, theirs)) => run_connected(ctx, peer, stream, addr, theirs, false),
         Err(reason) => {
             debug!("peer {addr}: {reason}");
@@ -154,7 +96,7 @@ pub(super) fn run_outgoing(
 /// our torrent by its info hash: answer with ours and run the session.
 pub fn run_incoming(
     ctx: &Arc<TorrentContext>,
-    mut stream: TcpStream,
+    mut stream: PeerStream,
     addr: SocketAddr,
     theirs: Handshake,
 ) {
@@ -194,7 +136,7 @@ impl Drop for DisconnectGuard<'_> {
 fn run_connected(
     ctx: &Arc<TorrentContext>,
     peer: PeerKey,
-    stream: TcpStream,
+    stream: PeerStream,
     addr: SocketAddr,
     theirs: Handshake,
     incoming: bool,
@@ -208,8 +150,8 @@ fn run_connected(
         });
         return;
     }
-    tune_socket(&stream);
-    let (socket, commands) = match stream.try_clone() {
+    tune_socket(stream.socket());
+    let (socket, commands) = match stream.socket().try_clone() {
         Ok(clone) => (clone, crossbeam_channel::bounded(1024)),
         Err(e) => {
             let _ = ctx.events.send(PeerEvent::ConnectFailed {
@@ -246,14 +188,14 @@ fn run_connected(
     // Blocks read for the peer but never written: not sent, so not counted.
     session.release_unflushed();
     debug!("peer {addr}: disconnected: {reason}");
-    let _ = session.stream.shutdown(Shutdown::Both);
+    session.stream.shutdown();
     guard.reason = Some(reason);
 }
 
 struct Session<'a> {
     ctx: &'a TorrentContext,
     peer: PeerKey,
-    stream: TcpStream,
+    stream: PeerStream,
     addr: SocketAddr,
     commands: Receiver<PeerCommand>,
     stats: Arc<PeerStats>,
@@ -290,7 +232,7 @@ impl<'a> Session<'a> {
     fn new(
         ctx: &'a TorrentContext,
         peer: PeerKey,
-        stream: TcpStream,
+        stream: PeerStream,
         addr: SocketAddr,
         commands: Receiver<PeerCommand>,
         stats: Arc<PeerStats>,
@@ -344,7 +286,10 @@ impl<'a> Session<'a> {
             .stream
             .set_write_timeout(Some(self.ctx.write_timeout()));
         match self.commands.recv_timeout(Duration::from_secs(30)) {
-            Ok(PeerCommand::Start(pieces)) => {
+            Ok(PeerCommand::Start {
+                pieces,
+                upload_only,
+            }) => {
                 if self.fast && pieces.is_full() {
                     debug!("peer {}: -> have all", self.addr);
                     Message::HaveAll.encode(&mut self.write_buf);
@@ -363,6 +308,8 @@ impl<'a> Session<'a> {
                         v: Some(format!("btd {}", env!("CARGO_PKG_VERSION"))),
                         reqq: Some(ADVERTISED_REQQ),
                         yourip: Some(self.addr.ip()),
+                        e: Some(self.ctx.limits.encryption.get() != Encryption::Tolerated),
+                        upload_only: Some(upload_only),
                     };
                     Message::Unknown {
                         id: EXTENDED_ID,
@@ -463,7 +410,7 @@ impl<'a> Session<'a> {
                 }
             }
             PeerCommand::Shutdown => return Err(PeerError::Dropped),
-            PeerCommand::Start(_) => {
+            PeerCommand::Start { .. } => {
                 return Err(PeerError::Protocol("coordinator sent Start twice".into()));
             }
         }
@@ -746,6 +693,7 @@ impl<'a> Session<'a> {
                     listen_port: h.p,
                     client: h.v,
                     pex: self.peer_ut_pex.is_some(),
+                    upload_only: h.upload_only == Some(true),
                 })
             }
             Err(e) => {
@@ -776,9 +724,9 @@ impl<'a> Session<'a> {
             return Ok(());
         };
         let info = &self.ctx.info_bytes;
-        let start = piece as usize * METADATA_PIECE_LEN;
+        let start = piece as usize * METADATA_PIECE_LEN as usize;
         let reply = if start < info.len() {
-            let end = (start + METADATA_PIECE_LEN).min(info.len());
+            let end = (start + METADATA_PIECE_LEN as usize).min(info.len());
             MetadataMessage::Data {
                 piece,
                 total_size: Some(info.len() as u64),
@@ -840,41 +788,5 @@ impl<'a> Session<'a> {
             Message::KeepAlive.encode(&mut self.write_buf);
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::TcpListener;
-
-    #[test]
-    fn a_handshake_trickled_a_byte_at_a_time_times_out_as_a_whole() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let trickler = std::thread::spawn(move || {
-            let mut s = TcpStream::connect(addr).unwrap();
-            // Each byte well within the per-read timeout; all 68 would take 3.4 s.
-            for _ in 0..HANDSHAKE_LEN {
-                if s.write_all(&[19]).is_err() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        let (mut stream, _) = listener.accept().unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_millis(400)))
-            .unwrap();
-        let started = Instant::now();
-        let result = read_handshake(&mut stream);
-        let took = started.elapsed();
-        assert!(
-            matches!(&result, Err(PeerError::Read(e)) if e.kind() == ErrorKind::TimedOut),
-            "{result:?}"
-        );
-        assert!(took < Duration::from_secs(1), "took {took:?}");
-        drop(stream);
-        trickler.join().unwrap();
     }
 }

@@ -279,7 +279,7 @@ impl WebSeed {
             PeerCommand::Cancel(blocks) => self.queue.retain(|b| !blocks.contains(b)),
             PeerCommand::Shutdown => return Err(PeerError::Dropped),
             // A web seed takes nothing from us and chokes nobody.
-            PeerCommand::Start(_)
+            PeerCommand::Start { .. }
             | PeerCommand::Have(_)
             | PeerCommand::Choke
             | PeerCommand::Unchoke

@@ -166,6 +166,8 @@ struct Peer {
     fast: bool,
     /// It takes peer exchange messages (BEP 11).
     pex: bool,
+    /// It said it only uploads (BEP 21 `upload_only`).
+    upload_only: bool,
     /// Its listen port, from its extended handshake (an incoming peer's source port is not it).
     listen_port: Option<u16>,
     /// Its client's name, from its extended handshake's `v`.
@@ -209,6 +211,13 @@ struct Peer {
     rate_up: u64,
     last_down: u64,
     last_up: u64,
+}
+
+impl Peer {
+    /// The peer takes nothing from us: it has every piece, or said it only uploads (BEP 21).
+    fn wants_nothing(&self) -> bool {
+        self.upload_only || self.pieces.is_full()
+    }
 }
 
 /// One web seed of the torrent (its thread stands in `peers` while `running`).
@@ -638,9 +647,11 @@ impl Coordinator {
                 listen_port,
                 client,
                 pex,
+                upload_only,
             } => {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.pex = pex;
+                    p.upload_only = upload_only;
                     p.listen_port = listen_port;
                     debug!(
                         "torrent {}: {}: client {client:?}, reqq {reqq:?}, port {listen_port:?}",
@@ -802,6 +813,7 @@ impl Coordinator {
             source,
             fast,
             pex: false,
+            upload_only: false,
             listen_port: None,
             client: None,
             pex_sent: HashSet::new(),
@@ -833,7 +845,11 @@ impl Coordinator {
             last_up: 0,
         };
         self.peers.insert(key, peer);
-        self.command(key, PeerCommand::Start(self.have.clone()));
+        let start = PeerCommand::Start {
+            pieces: self.have.clone(),
+            upload_only: self.picker.is_done(),
+        };
+        self.command(key, start);
         self.publish_peer_count();
     }
 
@@ -966,6 +982,7 @@ impl Coordinator {
                     source: PeerSource::WebSeed,
                     fast: false,
                     pex: false,
+                    upload_only: false,
                     listen_port: None,
                     client: None,
                     pex_sent: HashSet::new(),
@@ -1133,9 +1150,9 @@ impl Coordinator {
         let Some(peer) = self.peers.get(&key) else {
             return;
         };
-        if peer.pieces.is_full() && self.picker.is_complete() {
+        if peer.wants_nothing() && self.picker.is_done() {
             debug!(
-                "torrent {}: {}: both seeds; disconnecting",
+                "torrent {}: {}: both only upload; disconnecting",
                 self.name(),
                 peer.addr
             );
@@ -1489,7 +1506,7 @@ impl Coordinator {
         self.save_resume_later();
         let _ = self.torrent_events.send(TorrentEvent::Completed);
         for peer in self.peers.values() {
-            if peer.pieces.is_full() {
+            if peer.wants_nothing() {
                 peer.link.close();
             }
         }

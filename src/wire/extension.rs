@@ -32,6 +32,10 @@ pub struct ExtendedHandshake {
     pub yourip: Option<IpAddr>,
     /// Size of the info dictionary (BEP 9).
     pub metadata_size: Option<u64>,
+    /// The sender prefers encrypted connections (`e`, message stream encryption).
+    pub e: Option<bool>,
+    /// The sender only uploads: it is seeding, or has every piece it wants (BEP 21).
+    pub upload_only: Option<bool>,
 }
 
 impl ExtendedHandshake {
@@ -63,6 +67,15 @@ impl ExtendedHandshake {
         if let Some(size) = self.metadata_size {
             let size = i64::try_from(size).unwrap_or(i64::MAX);
             dict.insert("metadata_size".into(), BencodeElem::Integer(size));
+        }
+        if let Some(e) = self.e {
+            dict.insert("e".into(), BencodeElem::Integer(i64::from(e)));
+        }
+        if let Some(upload_only) = self.upload_only {
+            dict.insert(
+                "upload_only".into(),
+                BencodeElem::Integer(i64::from(upload_only)),
+            );
         }
         let mut out = vec![HANDSHAKE_EXT_ID];
         out.extend(BencodeElem::Dictionary(dict).encode());
@@ -114,6 +127,8 @@ impl ExtendedHandshake {
                 .filter(|r| *r > 0),
             yourip,
             metadata_size: int("metadata_size").and_then(|s| u64::try_from(s).ok()),
+            e: int("e").map(|e| e != 0),
+            upload_only: int("upload_only").map(|u| u != 0),
         })
     }
 }
@@ -123,7 +138,7 @@ pub const UT_METADATA: &str = "ut_metadata";
 /// The id under which we receive `ut_metadata` messages (what we put in our `m`).
 pub const OUR_UT_METADATA_ID: u8 = 1;
 /// Metadata travels in pieces of this size (the last one shorter).
-pub const METADATA_PIECE_LEN: usize = 16 * 1024;
+pub const METADATA_PIECE_LEN: u32 = 16 * 1024;
 
 /// A `ut_metadata` message (BEP 9), the bytes after the extended id: a bencoded dictionary
 /// (`msg_type`, `piece`, for data `total_size`), for data followed by the piece's raw bytes.
@@ -202,7 +217,7 @@ impl<'a> MetadataMessage<'a> {
         Ok(match msg_type {
             0 => Self::Request { piece },
             1 => {
-                if data.len() > METADATA_PIECE_LEN {
+                if data.len() > METADATA_PIECE_LEN as usize {
                     return Err(format!("metadata piece of {} bytes", data.len()));
                 }
                 let total_size = total_size
@@ -334,6 +349,21 @@ fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_encryption_and_upload_only_keys_round_trip() {
+        let ours = ExtendedHandshake {
+            e: Some(true),
+            upload_only: Some(true),
+            ..ExtendedHandshake::default()
+        };
+        let back = ExtendedHandshake::decode(&ours.encode()[1..]).unwrap();
+        assert_eq!((back.e, back.upload_only), (Some(true), Some(true)));
+        let absent = ExtendedHandshake::decode(b"d1:md11:ut_metadatai3eee").unwrap();
+        assert_eq!((absent.e, absent.upload_only), (None, None));
+        let zero = ExtendedHandshake::decode(b"d1:ei0e11:upload_onlyi0ee").unwrap();
+        assert_eq!((zero.e, zero.upload_only), (Some(false), Some(false)));
+    }
     use super::*;
 
     #[test]
@@ -358,6 +388,8 @@ mod tests {
             reqq: Some(2048),
             yourip: Some("::1".parse().unwrap()),
             metadata_size: None,
+            e: Some(true),
+            upload_only: Some(false),
         };
         let payload = ours.encode();
         assert_eq!(payload[0], HANDSHAKE_EXT_ID);
@@ -407,7 +439,7 @@ mod tests {
             assert!(MetadataMessage::decode(bad).is_err(), "{bad:?}");
         }
         let mut oversized = b"d8:msg_typei1e5:piecei0ee".to_vec();
-        oversized.resize(oversized.len() + METADATA_PIECE_LEN + 1, 0);
+        oversized.resize(oversized.len() + METADATA_PIECE_LEN as usize + 1, 0);
         assert!(MetadataMessage::decode(&oversized).is_err());
     }
 

@@ -21,6 +21,7 @@ mod daemon_reload;
 mod daemon_state;
 mod daemon_stop;
 mod daemon_tracker;
+mod encryption;
 mod extension;
 mod fake_peer;
 mod faults;

@@ -912,6 +912,28 @@ pub struct FakeListener {
     addr: SocketAddr,
 }
 
+/// Whether the first bytes on `stream` (peeked, not consumed) are the start of a plaintext
+/// handshake: its length byte and "BitTorrent protocol". False on anything else, on end of
+/// stream, and when fewer than 20 bytes came by `deadline`.
+fn starts_plaintext(stream: &TcpStream, deadline: Instant) -> bool {
+    const PSTR: &[u8; 20] = b"\x13BitTorrent protocol";
+    let mut buf = [0u8; 20];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match stream.peek(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) if n >= PSTR.len() => return buf == *PSTR,
+            Ok(n) if buf[..n] != PSTR[..n] => return false,
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
+
 impl FakeListener {
     /// Listens on `ip`, port chosen by the kernel.
     ///
@@ -935,7 +957,10 @@ impl FakeListener {
         self.addr
     }
 
-    /// The next incoming connection, or `None` at `deadline`. Polls every 10 ms.
+    /// The next incoming connection that starts with a plaintext BitTorrent handshake, or
+    /// `None` at `deadline`. Polls every 10 ms. Like a client without message stream
+    /// encryption, the fake closes a connection that starts otherwise (btd's encrypted first
+    /// attempt), and btd dials again in plaintext.
     pub fn try_accept(&self, deadline: Instant) -> Option<FakePeer> {
         loop {
             match self.listener.accept() {
@@ -943,7 +968,9 @@ impl FakeListener {
                     stream
                         .set_nonblocking(false)
                         .unwrap_or_else(|e| panic!("{}: blocking: {e}", self.name));
-                    return Some(FakePeer::new(&self.name, stream));
+                    if starts_plaintext(&stream, deadline) {
+                        return Some(FakePeer::new(&self.name, stream));
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     if Instant::now() >= deadline {

@@ -457,7 +457,7 @@ impl Btd {
     }
 }
 
-fn net_args(ip: Ipv4Addr, peers: &[SocketAddr]) -> Vec<OsString> {
+pub fn net_args(ip: Ipv4Addr, peers: &[SocketAddr]) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--bind".into(),
         ip.to_string().into(),
@@ -638,8 +638,13 @@ impl LtClient {
     /// A seeder or leecher (`mode`) with local service discovery on (`--lsd`): only inside a
     /// network namespace the test made.
     pub fn with_lsd(name: &str, mode: &str, spec: &PeerSpec) -> ScriptClient {
+        Self::with_options(name, mode, spec, &["--lsd"])
+    }
+
+    /// A seeder or leecher (`mode`) with more `lt_client.py` options (`--encryption forced`...).
+    pub fn with_options(name: &str, mode: &str, spec: &PeerSpec, options: &[&str]) -> ScriptClient {
         super::require_libtorrent();
-        ScriptClient::spawn(name, "lt_client.py", mode, spec, TRANSFER * 3, &["--lsd"])
+        ScriptClient::spawn(name, "lt_client.py", mode, spec, TRANSFER * 3, options)
     }
 
     /// A leecher of `torrent` into `dir`, on a loopback address of its own, that gets the
@@ -699,6 +704,13 @@ impl Transmission {
     pub fn leech(name: &str, spec: &PeerSpec) -> ScriptClient {
         Self::require();
         ScriptClient::spawn(name, "transmission.py", "leech", spec, TRANSFER, &[])
+    }
+
+    /// A seeder or leecher (`mode`) with more `transmission.py` options
+    /// (`--encryption required`...).
+    pub fn with_options(name: &str, mode: &str, spec: &PeerSpec, options: &[&str]) -> ScriptClient {
+        Self::require();
+        ScriptClient::spawn(name, "transmission.py", mode, spec, TRANSFER * 3, options)
     }
 }
 
