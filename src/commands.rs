@@ -301,6 +301,9 @@ fn magnet_metainfo(
         }
     }
     let limits = &opts.config.limits;
+    // Peers on the local network that announce it (BEP 14), during the fetch.
+    let (found_tx, found_rx) = crossbeam_channel::unbounded();
+    let lsd = engine.lsd_register(hash, found_tx);
     let params = FetchParams {
         info_hash: hash,
         name: magnet.name.clone(),
@@ -310,6 +313,7 @@ fn magnet_metainfo(
         bind: Some(listen.ip()),
         peers,
         trackers: magnet.trackers.clone(),
+        web_seeds: magnet.web_seeds.clone(),
         connect_timeout: limits.connect_timeout,
         announce_timeout: limits.announce_timeout,
         udp_retransmit_base: limits.udp_retransmit_base,
@@ -317,6 +321,7 @@ fn magnet_metainfo(
         addrs: engine.our_addrs(),
         stop_timeout: limits.stop_timeout,
         timeout,
+        discovered: lsd.as_ref().map(|_| found_rx),
         encryption: engine.encryption(),
         dht: engine.dht(),
     };
@@ -338,11 +343,12 @@ fn magnet_metainfo(
         )));
     }
     let tiers: Vec<Vec<String>> = magnet.trackers.iter().map(|t| vec![t.clone()]).collect();
-    let meta = Metainfo::from_info_bytes(&fetched.info, &tiers).map_err(|e| {
+    let mut meta = Metainfo::from_info_bytes(&fetched.info, &tiers).map_err(|e| {
         CommandError::BadInput(format!(
             "magnet {hash}: the metadata is not a usable torrent: {e}"
         ))
     })?;
+    meta.add_web_seeds(&magnet.web_seeds);
     if meta.info_hash != hash {
         return Err(CommandError::Runtime(format!(
             "magnet {hash}: the torrent built from the metadata has info hash {}",

@@ -50,6 +50,7 @@ struct ConfigFile {
     tracker: Tracker,
     rpc: Rpc,
     dht: Dht,
+    lsd: Lsd,
     torrent: Vec<TorrentEntryFile>,
 }
 
@@ -332,6 +333,19 @@ impl Default for Tracker {
             max_peers_per_torrent: d.max_peers_per_torrent,
             max_torrents: d.max_torrents,
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Lsd {
+    #[serde(deserialize_with = "boolean")]
+    enabled: bool,
+}
+
+impl Default for Lsd {
+    fn default() -> Self {
+        Self { enabled: true }
     }
 }
 
@@ -659,6 +673,9 @@ pub struct Config {
     pub rpc: RpcConfig,
     /// The DHT (`[dht]`), when enabled; its `state_file` is the daemon's to set.
     pub dht: Option<crate::dht::DhtConfig>,
+    /// Local service discovery (BEP 14, `[lsd] enabled`): announce public torrents on the
+    /// local network's multicast group and take the peers announced there.
+    pub lsd: bool,
     pub torrents: Vec<TorrentEntry>,
 }
 
@@ -881,6 +898,7 @@ impl Config {
             tracker,
             rpc,
             dht,
+            lsd: file.lsd.enabled,
             torrents,
         })
     }
@@ -897,6 +915,7 @@ impl Config {
             upload_rate: self.upload_rate,
             max_peers: self.max_peers_global,
             max_peers_per_ip: self.max_peers_per_ip,
+            lsd: self.lsd,
             encryption: self.encryption,
             dht: self.dht.clone(),
         }

@@ -12,6 +12,7 @@ use rand::RngExt;
 
 use crate::dht::{Dht, DhtHandle, PeerSink};
 use crate::listener::{FetchInbox, Listener, Registry, Route};
+use crate::lsd::{Lsd, LsdConfig, LsdRegistration};
 use crate::metainfo::Metainfo;
 use crate::peer::mse::Encryption;
 use crate::ratelimit::Limits;
@@ -19,7 +20,9 @@ use crate::selection::Selection;
 use crate::storage::Storage;
 use crate::torrent::disk::DiskPool;
 use crate::torrent::file_check::FileChecker;
-use crate::torrent::{Control, ResumeTarget, TorrentHandle, TorrentLimits, TorrentParams};
+use crate::torrent::{
+    Control, PeerSource, ResumeTarget, TorrentHandle, TorrentLimits, TorrentParams,
+};
 use crate::tracker::OurAddrs;
 use crate::tracker::announcer::{ANNOUNCE_THREADS, AnnouncePool};
 use crate::wire::Bitfield;
@@ -39,6 +42,8 @@ pub struct EngineConfig {
     pub max_peers: usize,
     /// Incoming connections at once from one IP address.
     pub max_peers_per_ip: usize,
+    /// Run local service discovery (BEP 14) for public torrents.
+    pub lsd: bool,
     /// Message stream encryption of peer connections.
     pub encryption: Encryption,
     /// The DHT, when it is on.
@@ -60,6 +65,9 @@ pub struct Engine {
     file_check: FileChecker,
     /// The process's DHT node, when it is on and its socket could be bound.
     dht: Option<Dht>,
+    /// Local service discovery (BEP 14), when on; its thread starts with the first public
+    /// torrent or magnet.
+    lsd: Option<Lsd>,
 }
 
 /// What a run starts with besides its data and peers (the daemon sets them; one-shot commands
@@ -97,6 +105,12 @@ impl Engine {
                 .map_err(|e| warn!("dht: cannot start: {e}; running without the DHT"))
                 .ok()
         });
+        let lsd = config.lsd.then(|| {
+            Lsd::new(LsdConfig {
+                listen_port: listener.local_addr().port(),
+                bind: Some(config.listen.ip()),
+            })
+        });
         Ok(Self {
             peer_id: new_peer_id(),
             registry,
@@ -107,6 +121,7 @@ impl Engine {
             announce,
             file_check,
             dht,
+            lsd,
         })
     }
 
@@ -195,6 +210,7 @@ impl Engine {
             announce: self.announce.handle(),
             file_check: self.file_check.handle(),
             dht: self.dht(),
+            lsd: self.lsd.as_ref().map(Lsd::handle),
         })?;
         // BEP 27: a private torrent never touches the DHT.
         if !handle.context.private
@@ -259,6 +275,19 @@ impl Engine {
         FetchInbox::open(&self.registry, info_hash)
     }
 
+    /// Announces a magnet's info hash on the local network and sends the peers announced for
+    /// it to `peers` while the registration lives; `None` when LSD is off. (The metadata is
+    /// not known yet, so neither is whether the torrent is private.)
+    pub fn lsd_register(
+        &self,
+        info_hash: crate::metainfo::InfoHash,
+        peers: crossbeam_channel::Sender<crate::lsd::FoundPeers>,
+    ) -> Option<LsdRegistration> {
+        self.lsd
+            .as_ref()
+            .map(|lsd| lsd.handle().register(info_hash, peers))
+    }
+
     /// Removes a torrent from the listener's registry, so no new peer reaches it.
     pub fn unregister(&self, info_hash: &crate::metainfo::InfoHash) {
         self.registry.write().remove(info_hash);
@@ -278,6 +307,9 @@ impl Engine {
         self.listener.stop();
         if let Some(dht) = self.dht.take() {
             dht.stop();
+        }
+        if let Some(lsd) = &self.lsd {
+            lsd.stop();
         }
         self.disk.stop();
     }
@@ -299,7 +331,8 @@ impl PeerSink for TorrentSink {
         // Never block the `dht` thread: a full control queue drops this batch (the next lookup
         // brings them again).
         !matches!(
-            self.control.try_send(Control::AddPeers(peers)),
+            self.control
+                .try_send(Control::AddPeers(PeerSource::Dht, peers)),
             Err(crossbeam_channel::TrySendError::Disconnected(_))
         )
     }

@@ -114,6 +114,7 @@ fn magnet_json(magnet: &Magnet) -> Value {
         "info_hash": magnet.info_hash.to_hex(),
         "trackers": magnet.trackers.iter().map(|t| vec![t]).collect::<Vec<_>>(),
         "peers": magnet.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "web_seeds": magnet.web_seeds,
         "warnings": Vec::<String>::new(),
     })
 }
@@ -245,6 +246,21 @@ mod tests {
         assert!(
             shown.contains("Warnings:\n  \"d/../a\" is written as \"d/a\"\n"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_magnets_web_seeds_are_listed() {
+        let m = Magnet::parse(
+            "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&ws=http%3A%2F%2Fw%2Fa%2F",
+        )
+        .unwrap();
+        let v = magnet_json(&m);
+        assert_eq!(v["web_seeds"], json!(["http://w/a/"]));
+        assert!(
+            text(&v).contains("Web seeds:\n  http://w/a/\n"),
+            "{}",
+            text(&v)
         );
     }
 }

@@ -14,6 +14,7 @@ pub mod hex;
 pub mod http_server;
 pub mod inspect;
 pub mod listener;
+pub mod lsd;
 pub mod magnet;
 pub mod metadata_fetch;
 pub mod metainfo;

@@ -1,6 +1,6 @@
-//! Magnet URIs (BEP 9): `magnet:?xt=urn:btih:HASH&dn=NAME&tr=URL&x.pe=HOST:PORT`. Turns the text
-//! a user pastes into a [`Magnet`]: the info hash (40 hex or 32 base32 characters), the display
-//! name, the trackers and the peer addresses. Pure: no sockets, no name resolution, no threads.
+//! Magnet URIs (BEP 9): `magnet:?xt=urn:btih:HASH&dn=NAME&tr=URL&x.pe=HOST:PORT&ws=URL`. Turns
+//! the text a user pastes into a [`Magnet`]: the info hash (40 hex or 32 base32 characters), the
+//! display name, the trackers, the peer addresses and the web seeds. Pure: no sockets, no name resolution, no threads.
 //!
 //! Only a missing or malformed `xt` is an error; parameters we do not know are ignored, and so is
 //! an `x.pe` that is not a literal `IP:PORT` (resolving a host name is not this module's job, and
@@ -24,6 +24,9 @@ pub struct Magnet {
     pub trackers: Vec<String>,
     /// `x.pe`: peers to dial, in the order given, without duplicates.
     pub peers: Vec<SocketAddr>,
+    /// `ws`: web seeds (BEP 19 URLs, as a torrent's `url-list`), in the order given, without
+    /// duplicates; used once the metadata is known.
+    pub web_seeds: Vec<String>,
 }
 
 /// Why a text is not a usable magnet URI.
@@ -94,6 +97,7 @@ impl Magnet {
             name: None,
             trackers: Vec::new(),
             peers: Vec::new(),
+            web_seeds: Vec::new(),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
@@ -124,6 +128,12 @@ impl Magnet {
                     let url = decode_text(key, raw, false)?;
                     if !url.is_empty() && !magnet.trackers.contains(&url) {
                         magnet.trackers.push(url);
+                    }
+                }
+                "ws" => {
+                    let url = decode_text(key, raw, false)?;
+                    if !url.is_empty() && !magnet.web_seeds.contains(&url) {
+                        magnet.web_seeds.push(url);
                     }
                 }
                 "x.pe" => {
@@ -260,6 +270,26 @@ mod tests {
             .map(|p| p.parse().unwrap())
             .collect();
         assert_eq!(m.peers, peers);
+    }
+
+    #[test]
+    fn web_seeds_come_from_repeated_percent_encoded_ws_without_duplicates() {
+        let uri = format!(
+            "magnet:?xt=urn:btih:{HEX}&ws=http%3A%2F%2Fmirror.example.org%2Fpub%2Fa%20b.iso\
+             &ws.1=https://cdn.example.net/files/&ws=http%3A%2F%2Fmirror.example.org%2Fpub%2Fa%20b.iso&ws="
+        );
+        let m = Magnet::parse(&uri).unwrap();
+        assert_eq!(
+            m.web_seeds,
+            [
+                "http://mirror.example.org/pub/a b.iso",
+                "https://cdn.example.net/files/"
+            ]
+        );
+        assert_eq!(
+            Magnet::parse(&format!("magnet:?xt=urn:btih:{HEX}&ws=http://x/%zz")),
+            Err(MagnetError::BadEscape { param: "ws".into() })
+        );
     }
 
     #[test]

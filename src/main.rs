@@ -214,6 +214,9 @@ struct NetArgs {
     /// A peer to connect to; repeatable.
     #[arg(long = "peer", value_name = "HOST:PORT")]
     peers: Vec<String>,
+    /// No local service discovery (BEP 14), whatever the config file's `[lsd] enabled` says.
+    #[arg(long)]
+    no_lsd: bool,
     /// Message stream encryption: tolerated (plaintext first), preferred (encrypted first) or
     /// required (encrypted only). Overrides `[network] encryption`.
     #[arg(long, value_name = "MODE")]
@@ -500,6 +503,9 @@ fn run(cli: Cli) -> Result<(), CommandError> {
 }
 
 fn transfer(torrent: PathBuf, dir: PathBuf, net: NetArgs, mut config: Config) -> TransferOptions {
+    if net.no_lsd {
+        config.lsd = false;
+    }
     if let Some(mode) = net.encryption {
         config.encryption = mode;
     }

@@ -99,6 +99,9 @@ pub struct FetchParams {
     pub peers: Vec<SocketAddr>,
     /// Trackers to announce to once each (`tr`).
     pub trackers: Vec<String>,
+    /// The magnet's web seeds (`ws`): not used to fetch the metadata (BEP 19 serves pieces,
+    /// not the info dictionary), only carried to the torrent built from it.
+    pub web_seeds: Vec<String>,
     pub connect_timeout: Duration,
     /// Bounds one announce (HTTP: connect, then the exchange; UDP: the whole exchange).
     pub announce_timeout: Duration,
@@ -112,6 +115,10 @@ pub struct FetchParams {
     pub stop_timeout: Duration,
     /// The whole fetch gives up after this.
     pub timeout: Duration,
+    /// Peers local service discovery (BEP 14) finds for this info hash, while the caller keeps
+    /// the registration: with it, running out of peers does not end the fetch before its
+    /// deadline.
+    pub discovered: Option<Receiver<crate::lsd::FoundPeers>>,
     /// How connections are encrypted (`[network] encryption`).
     pub encryption: Encryption,
     /// The process's DHT, when it runs: it is asked for peers (and told about us) at once, then
@@ -207,6 +214,8 @@ pub fn fetch(
     let mut announced: Vec<String> = Vec::new();
     let never = crossbeam_channel::never();
     let inbox = incoming.unwrap_or(&never);
+    let never_found = crossbeam_channel::never();
+    let discovered = params.discovered.as_ref().unwrap_or(&never_found);
     info!(
         "magnet {}{}: fetching metadata from {} peers and {announcing} trackers",
         params.info_hash,
@@ -245,7 +254,9 @@ pub fn fetch(
                 banned: state.banned(),
             });
         }
-        let reachable = (incoming.is_some() && !announced.is_empty()) || params.dht.is_some();
+        let reachable = (incoming.is_some() && !announced.is_empty())
+            || params.dht.is_some()
+            || params.discovered.is_some();
         if announcing == 0 && state.exhausted() && !reachable {
             break Err(FetchError::NoPeers {
                 tried: state.tried(),
@@ -290,6 +301,12 @@ pub fn fetch(
                 // The caller holds the inbox's sender (the registry's route), so it stays open.
                 if let Ok(conn) = conn {
                     take_incoming(&mut state, conn, &setup, &events_tx, &mut orders, &mut threads);
+                }
+            }
+            recv(discovered) -> found => {
+                if let Ok((source, peers)) = found {
+                    debug!("metadata: {} gave {peers:?}", source.name());
+                    state.add_peers(&peers, Instant::now());
                 }
             }
             recv(stop) -> _ => break Err(FetchError::Stopped),

@@ -456,8 +456,25 @@ impl Metainfo {
         }
         bytes.extend(b"4:info");
         bytes.extend_from_slice(&self.info_bytes);
+        if !self.about.web_seeds.is_empty() {
+            bytes.extend(b"8:url-list");
+            bytes.push(b'l');
+            for url in &self.about.web_seeds {
+                encode_str(&mut bytes, url);
+            }
+            bytes.push(b'e');
+        }
         bytes.push(b'e');
         bytes
+    }
+
+    /// Adds web seeds (a magnet link's `ws`) after those it has, skipping duplicates.
+    pub fn add_web_seeds(&mut self, urls: &[String]) {
+        for url in urls {
+            if !url.is_empty() && !self.about.web_seeds.contains(url) {
+                self.about.web_seeds.push(url.clone());
+            }
+        }
     }
 
     /// The v2 info hash (64 hex digits) of a hybrid torrent.
@@ -1179,6 +1196,15 @@ mod tests {
         assert_eq!(again.announce.as_deref(), Some("http://t/a/ann"));
         assert_eq!(again.announce_list.as_ref().map(Vec::len), Some(2));
         let file = Metainfo::from_bytes(&again.to_torrent_bytes()).unwrap();
+        assert_eq!(file.info_hash, meta.info_hash);
+        assert!(file.about.web_seeds.is_empty());
+        // A magnet's `ws` web seeds go into the saved torrent's `url-list`.
+        let mut with_seeds = again;
+        let seeds = vec!["http://w/a".to_string(), "https://x/b/".to_string()];
+        with_seeds.add_web_seeds(&seeds);
+        with_seeds.add_web_seeds(&seeds[..1]);
+        let file = Metainfo::from_bytes(&with_seeds.to_torrent_bytes()).unwrap();
+        assert_eq!(file.about.web_seeds, seeds);
         assert_eq!(file.info_hash, meta.info_hash);
         assert!(Metainfo::from_info_bytes(b"d4:name1:ae", &[]).is_err());
     }

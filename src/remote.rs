@@ -328,6 +328,7 @@ fn row_of(t: &Map<String, Value>) -> TorrentStatus {
         peers: u32::try_from(u64_field(t, "peersConnected")).unwrap_or(u32::MAX),
         // Transmission tells the web seeds sending to us, not those merely running.
         web_seeds: u32::try_from(u64_field(t, "webseedsSendingToUs")).unwrap_or(u32::MAX),
+        peers_by_source: peers_from(t),
         ratio: f64_field(t, "uploadRatio").max(0.0),
         error: (!error.is_empty() && !from_tracker).then(|| error.to_owned()),
         source: String::new(),
@@ -338,8 +339,27 @@ fn row_of(t: &Map<String, Value>) -> TorrentStatus {
     }
 }
 
+/// Transmission's `peersFrom` as btd's counts by source (those it has no key for stay 0).
+fn peers_from(t: &Map<String, Value>) -> crate::status::PeerSourceCounts {
+    let from = t.get("peersFrom").and_then(Value::as_object);
+    let count = |key: &str| {
+        from.and_then(|f| f.get(key))
+            .and_then(Value::as_u64)
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    crate::status::PeerSourceCounts {
+        tracker: count("fromTracker"),
+        dht: count("fromDht"),
+        pex: count("fromPex"),
+        lsd: count("fromLpd"),
+        incoming: count("fromIncoming"),
+        ..Default::default()
+    }
+}
+
 /// Every field [`row_of`] reads.
-const ROW_FIELDS: [&str; 22] = [
+const ROW_FIELDS: [&str; 23] = [
+    "peersFrom",
     "id",
     "name",
     "hashString",

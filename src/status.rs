@@ -100,6 +100,9 @@ pub struct TorrentStatus {
     /// Web seeds (BEP 19) running beside the peers.
     #[serde(default)]
     pub web_seeds: u32,
+    /// The connected peers (and web seeds) by where their address came from.
+    #[serde(default)]
+    pub peers_by_source: PeerSourceCounts,
     pub ratio: f64,
     /// Why the torrent is in state `error`.
     pub error: Option<String>,
@@ -118,6 +121,57 @@ pub struct TorrentStatus {
     /// tracker's last answer was the refusal. The torrent runs on with its other peer sources.
     #[serde(default)]
     pub tracker_error: Option<String>,
+}
+
+/// Connected peers of a torrent by source (`torrent::PeerSource`): a tracker, the DHT, peer
+/// exchange, local service discovery, peers that connected to us, web seeds, and addresses the
+/// user gave (`--peer`, `x.pe`, `[[torrent]] peers`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PeerSourceCounts {
+    pub tracker: u32,
+    pub dht: u32,
+    pub pex: u32,
+    pub lsd: u32,
+    pub incoming: u32,
+    pub web_seed: u32,
+    pub manual: u32,
+}
+
+impl From<crate::torrent::PeersBySource> for PeerSourceCounts {
+    fn from(by: crate::torrent::PeersBySource) -> Self {
+        use crate::torrent::PeerSource as S;
+        Self {
+            tracker: by.get(S::Tracker),
+            dht: by.get(S::Dht),
+            pex: by.get(S::Pex),
+            lsd: by.get(S::Lsd),
+            incoming: by.get(S::Incoming),
+            web_seed: by.get(S::WebSeed),
+            manual: by.get(S::Manual),
+        }
+    }
+}
+
+impl PeerSourceCounts {
+    /// `2 tracker, 1 pex`: the non-zero counts in a fixed order; empty when there are none.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        [
+            (self.tracker, "tracker"),
+            (self.dht, "dht"),
+            (self.pex, "pex"),
+            (self.lsd, "lsd"),
+            (self.incoming, "incoming"),
+            (self.web_seed, "web seed"),
+            (self.manual, "manual"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, name)| format!("{n} {name}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
 }
 
 /// Seeders, leechers and completed downloads a tracker reports for a torrent.
@@ -361,6 +415,10 @@ pub fn torrent_table(torrents: &[TorrentStatus]) -> String {
                 printable(refusal)
             ));
         }
+        let sources = t.peers_by_source.summary();
+        if !sources.is_empty() {
+            out.push_str(&format!("peers: {}: {sources}\n", printable(&t.name)));
+        }
     }
     out.push_str(&line(totals));
     out
@@ -523,6 +581,7 @@ mod tests {
             upload_rate: up,
             peers: 3,
             web_seeds: 0,
+            peers_by_source: PeerSourceCounts::default(),
             ratio: 0.5,
             error: None,
             source: "config".to_owned(),
@@ -581,6 +640,27 @@ mod tests {
             DaemonStatus::path_in(Path::new("/var/lib/btd")),
             Path::new("/var/lib/btd/status.json")
         );
+    }
+
+    #[test]
+    fn table_has_a_line_of_peers_by_source_for_each_torrent_with_peers() {
+        let mut busy = torrent("busy", "downloading", 0.5, 1024, 0);
+        busy.peers_by_source = PeerSourceCounts {
+            tracker: 2,
+            pex: 1,
+            lsd: 3,
+            web_seed: 1,
+            ..PeerSourceCounts::default()
+        };
+        let quiet = torrent("quiet", "seeding", 1.0, 0, 0);
+        let table = torrent_table(&[busy, quiet]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[3], "peers: busy: 2 tracker, 1 pex, 3 lsd, 1 web seed",
+            "{table}"
+        );
+        assert_eq!(lines.len(), 5, "{table}");
+        assert!(lines[4].contains("2 torrents"), "{table}");
     }
 
     #[test]

@@ -101,6 +101,11 @@ def parse_args(argv):
     p.add_argument("--timeout", type=float, default=None, help="give up (exit 1) after SECONDS")
     p.add_argument("--announce", action="store_true", help="use the torrent's trackers")
     p.add_argument(
+        "--lsd",
+        action="store_true",
+        help="local service discovery (BEP 14) on; only inside a network namespace of the test's own",
+    )
+    p.add_argument(
         "--upload-limit",
         type=int,
         default=0,
@@ -160,12 +165,12 @@ def dht_settings(bootstrap):
     }
 
 
-def session_settings(bind_ip, port):
+def session_settings(bind_ip, port, lsd=False):
     settings = dict(lt.high_performance_seed())
     settings.update(
         {
             "enable_dht": False,
-            "enable_lsd": False,
+            "enable_lsd": lsd,
             "enable_upnp": False,
             "enable_natpmp": False,
             "enable_incoming_utp": False,
@@ -224,7 +229,7 @@ def main(argv):
             fail("seed: data directory %s does not exist" % args.dir)
         os.makedirs(args.dir, exist_ok=True)
 
-    settings = session_settings(args.bind, args.port)
+    settings = session_settings(args.bind, args.port, args.lsd)
     if args.encryption is not None:
         policy = {
             "plaintext": lt.enc_policy.pe_disabled,

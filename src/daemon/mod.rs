@@ -342,6 +342,10 @@ impl Daemon {
                             s.web_seeds.load(Ordering::Relaxed),
                         )
                     });
+                let peers_by_source = t
+                    .running()
+                    .map(|s| (*s.peers_by_source.lock()).into())
+                    .unwrap_or_default();
                 let have_bytes = t.have_bytes();
                 TorrentStatus {
                     id: t.id,
@@ -371,6 +375,7 @@ impl Daemon {
                     upload_rate: up_rate,
                     peers,
                     web_seeds,
+                    peers_by_source,
                     ratio: t.ratio(),
                     error: match t.life.phase() {
                         Phase::Error(e) => Some(e.clone()),

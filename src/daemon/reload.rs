@@ -49,6 +49,9 @@ impl Daemon {
         if new.dht != self.config.dht {
             warn!("config reload: [dht] changes take effect at the next start");
         }
+        if new.lsd != self.config.lsd {
+            warn!("config reload: lsd.enabled takes effect at the next start");
+        }
         if new.state_dir != self.config.state_dir {
             warn!("config reload: a new state_dir takes effect at the next start");
         }
@@ -234,7 +237,10 @@ impl Daemon {
             }
             if peers != t.peers {
                 if let Some(handle) = &t.handle {
-                    handle.send(Control::AddPeers(peers.clone()));
+                    handle.send(Control::AddPeers(
+                        crate::torrent::PeerSource::Manual,
+                        peers.clone(),
+                    ));
                 }
                 t.peers = peers;
             }

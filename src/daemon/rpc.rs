@@ -7,6 +7,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use crate::selection::{Priority, Selection};
+use crate::torrent::{PeerSource, PeersBySource};
 
 use super::*;
 
@@ -441,15 +442,19 @@ impl Daemon {
                     )
                 }
                 "trackerList" => json!(tracker_list(t)),
-                // btd knows which peers connected to it, not where it learnt of the ones it
-                // dialled (tracker, PEX or `--peer`): those are in no count.
+                // Connected peers by where their address came from. Addresses the user gave
+                // (`--peer`, `x.pe`, `[[torrent]] peers`) and web seeds are in no count;
+                // btd keeps no peer cache and learns no peers from extended handshakes.
                 "peersFrom" => {
-                    let incoming = run.map_or(0, |s| {
-                        s.peer_list.lock().iter().filter(|p| p.incoming).count()
-                    });
+                    let by = run.map_or_else(PeersBySource::default, |s| *s.peers_by_source.lock());
                     json!({
-                        "fromCache": 0, "fromDht": 0, "fromIncoming": incoming, "fromLpd": 0,
-                        "fromLtep": 0, "fromPex": 0, "fromTracker": 0
+                        "fromCache": 0,
+                        "fromDht": by.get(PeerSource::Dht),
+                        "fromIncoming": by.get(PeerSource::Incoming),
+                        "fromLpd": by.get(PeerSource::Lsd),
+                        "fromLtep": 0,
+                        "fromPex": by.get(PeerSource::Pex),
+                        "fromTracker": by.get(PeerSource::Tracker),
                     })
                 }
                 // btd has no manual reannounce (yet): Transmission's -1, none allowed.

@@ -258,6 +258,11 @@ impl Daemon {
     /// metadata (which drops its `stop`).
     pub(super) fn start_fetching(&mut self, index: usize) {
         let listen = self.engine.listen_addr();
+        // Peers on the local network that announce it (BEP 14), while the thread runs.
+        let (found_tx, found_rx) = crossbeam_channel::unbounded();
+        let lsd = self
+            .engine
+            .lsd_register(self.torrents[index].info_hash, found_tx);
         let limits = &self.config.limits;
         let t = &mut self.torrents[index];
         let saved = saved_torrent_path(&self.config.state_dir, &t.info_hash);
@@ -274,6 +279,11 @@ impl Daemon {
                 .as_ref()
                 .map(|m| m.trackers.clone())
                 .unwrap_or_default(),
+            web_seeds: t
+                .magnet
+                .as_ref()
+                .map(|m| m.web_seeds.clone())
+                .unwrap_or_default(),
             connect_timeout: limits.connect_timeout,
             announce_timeout: limits.announce_timeout,
             udp_retransmit_base: limits.udp_retransmit_base,
@@ -281,6 +291,7 @@ impl Daemon {
             addrs: self.engine.our_addrs(),
             stop_timeout: limits.stop_timeout,
             timeout: METADATA_TIMEOUT,
+            discovered: lsd.as_ref().map(|_| found_rx),
             encryption: self.engine.encryption(),
             dht: self.engine.dht(),
         };
@@ -292,6 +303,7 @@ impl Daemon {
         let spawned = watched::spawn(
             std::thread::Builder::new().name(format!("metadata {}", t.name)),
             move || {
+                let _lsd = lsd;
                 let incoming = inbox.as_ref().map(FetchInbox::receiver);
                 if let Some(result) = fetch_metadata(&params, &saved, &stop_rx, incoming) {
                     let _ = done.send(MetadataFetched {
@@ -515,8 +527,9 @@ pub(super) fn torrent_from_metadata(
     saved: &Path,
 ) -> Result<Metainfo, String> {
     let tiers: Vec<Vec<String>> = params.trackers.iter().map(|t| vec![t.clone()]).collect();
-    let meta = Metainfo::from_info_bytes(&fetched.info, &tiers)
+    let mut meta = Metainfo::from_info_bytes(&fetched.info, &tiers)
         .map_err(|e| format!("the metadata is not a usable torrent: {e}"))?;
+    meta.add_web_seeds(&params.web_seeds);
     // `fetch` verified the bytes; checked again on what the torrent is built from.
     if meta.info_hash != params.info_hash {
         return Err(format!(

@@ -21,7 +21,8 @@ use super::piece_buffer::{
     Blame, CompletePiece, PieceBuffers, PieceData, blame_after_refetch, blame_on_failure,
 };
 use super::{
-    Control, PeerInfo, ResumeTarget, TorrentEvent, TorrentHandle, TorrentParams, TorrentStats,
+    Control, PeerInfo, PeerSource, PeersBySource, ResumeTarget, TorrentEvent, TorrentHandle,
+    TorrentParams, TorrentStats,
 };
 use crate::metainfo::Metainfo;
 use crate::peer::web_seed::{self, WEB_SEED_PIPELINE, WebSeedTimeouts};
@@ -156,12 +157,16 @@ struct AddrInfo {
     retry_at: Instant,
     /// Last seen with every piece: no use dialling it once we are complete too.
     seed: bool,
+    /// The first source that named it.
+    source: PeerSource,
 }
 
 struct Peer {
     addr: SocketAddr,
     peer_id: [u8; 20],
     incoming: bool,
+    /// Where its address came from.
+    source: PeerSource,
     /// BEP 6 on both sides: its choke leaves our requests to its rejects.
     fast: bool,
     /// It takes peer exchange messages (BEP 11).
@@ -270,6 +275,10 @@ struct Coordinator {
     disk_in_flight: usize,
     announcer: Option<announcer::Registration>,
     tracker_peers: Receiver<Vec<SocketAddr>>,
+    /// Peers other discovery found (LSD), with their source.
+    found_peers: Receiver<crate::lsd::FoundPeers>,
+    /// Our local service discovery registration (public torrents, LSD on).
+    _lsd: Option<crate::lsd::LsdRegistration>,
     events: Receiver<PeerEvent>,
     control: Receiver<Control>,
     torrent_events: Sender<TorrentEvent>,
@@ -362,6 +371,12 @@ impl Coordinator {
                     .register(tiers, config, source, swarm, peers_tx),
             )
         };
+        let (found_tx, found_peers) = crossbeam_channel::unbounded();
+        // BEP 27: a private torrent finds peers through its trackers only.
+        let lsd = params
+            .lsd
+            .filter(|_| !meta.private)
+            .map(|lsd| lsd.register(meta.info_hash, found_tx));
         let now = Instant::now();
         let mut c = Self {
             picker,
@@ -397,6 +412,8 @@ impl Coordinator {
             disk_in_flight: 0,
             announcer,
             tracker_peers,
+            found_peers,
+            _lsd: lsd,
             events,
             control,
             torrent_events,
@@ -413,7 +430,7 @@ impl Coordinator {
             _file_check: file_check,
             rng: rand::make_rng(),
         };
-        c.add_addrs(params.peers);
+        c.add_addrs(PeerSource::Manual, params.peers);
         // The selection may have changed while the data was checked: the files it wants and
         // the check kept out of the disk are created now (nothing to do otherwise).
         let wanted = c.selection.wanted(c.meta.files.len());
@@ -471,15 +488,23 @@ impl Coordinator {
                 recv(self.tracker_peers) -> peers => match peers {
                     Ok(peers) => {
                         debug!("torrent {}: tracker gave {} peers", self.name(), peers.len());
-                        self.add_addrs(peers);
+                        self.add_addrs(PeerSource::Tracker, peers);
                         self.connect_more();
                     }
                     // No announcer (or it ended): a disconnected channel would wake us forever.
                     Err(_) => self.tracker_peers = crossbeam_channel::never(),
                 },
+                recv(self.found_peers) -> found => match found {
+                    Ok((source, peers)) => {
+                        debug!("torrent {}: {} gave {peers:?}", self.name(), source.name());
+                        self.add_addrs(source, peers);
+                        self.connect_more();
+                    }
+                    Err(_) => self.found_peers = crossbeam_channel::never(),
+                },
                 recv(self.control) -> control => match control {
-                    Ok(Control::AddPeers(peers)) => {
-                        self.add_addrs(peers);
+                    Ok(Control::AddPeers(source, peers)) => {
+                        self.add_addrs(source, peers);
                         self.connect_more();
                     }
                     Ok(Control::SetLimits(limits)) => {
@@ -524,7 +549,7 @@ impl Coordinator {
 
     // ---- peers ------------------------------------------------------------------------------
 
-    fn add_addrs(&mut self, addrs: Vec<SocketAddr>) {
+    fn add_addrs(&mut self, source: PeerSource, addrs: Vec<SocketAddr>) {
         let now = Instant::now();
         for addr in addrs {
             if addr.port() == 0 || self.banned.contains(&addr.ip()) {
@@ -539,6 +564,7 @@ impl Coordinator {
                 failures: 0,
                 retry_at: now,
                 seed: false,
+                source,
             });
         }
     }
@@ -660,7 +686,7 @@ impl Coordinator {
             PeerEvent::PexReceived { peer, added } => {
                 let from = self.peers.get(&peer).map(|p| p.addr);
                 debug!("torrent {}: pex from {from:?}: {added:?}", self.meta.name);
-                self.add_addrs(added);
+                self.add_addrs(PeerSource::Pex, added);
                 self.connect_more();
             }
             PeerEvent::RequestRejected { peer, block } => {
@@ -779,10 +805,18 @@ impl Coordinator {
         let priority = link
             .local_addr()
             .map_or(0, |ours| admission::canonical_priority(ours, addr));
+        let source = if incoming {
+            PeerSource::Incoming
+        } else {
+            self.addrs
+                .get(&addr)
+                .map_or(PeerSource::Manual, |info| info.source)
+        };
         let peer = Peer {
             addr,
             peer_id,
             incoming,
+            source,
             fast,
             pex: false,
             upload_only: false,
@@ -895,6 +929,11 @@ impl Coordinator {
         self.stats
             .web_seeds
             .store(saturating_u32(self.peers.len() - peers), Ordering::Relaxed);
+        let mut by_source = PeersBySource::default();
+        for p in self.peers.values() {
+            by_source.add(p.source);
+        }
+        *self.stats.peers_by_source.lock() = by_source;
     }
 
     /// Starts a thread for each `url-list` web seed (BEP 19) not running and not dropped for
@@ -946,6 +985,7 @@ impl Coordinator {
                     addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                     peer_id: [0; 20],
                     incoming: false,
+                    source: PeerSource::WebSeed,
                     fast: false,
                     pex: false,
                     upload_only: false,
@@ -1645,6 +1685,7 @@ impl Coordinator {
                     .clone()
                     .unwrap_or_else(|| super::client_name(&p.peer_id)),
                 incoming: p.incoming,
+                source: p.source,
                 am_choking: p.am_choking,
                 am_interested: p.am_interested,
                 peer_choking: p.peer_choking,

@@ -26,13 +26,85 @@ use crate::storage::Storage;
 use crate::watched::Watched;
 use crate::wire::Bitfield;
 
+/// Where a peer's address came from (the first source that named it to this torrent), kept
+/// for each connected peer and counted for displays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerSource {
+    /// A tracker's announce reply.
+    Tracker,
+    /// The DHT (BEP 5).
+    Dht,
+    /// Peer exchange (BEP 11) from a connected peer.
+    Pex,
+    /// Local service discovery (BEP 14).
+    Lsd,
+    /// It connected to us.
+    Incoming,
+    /// A web seed (BEP 19): a URL, not an address.
+    WebSeed,
+    /// Given by the user: `--peer`, a magnet's `x.pe`, a `[[torrent]]` entry's `peers`, or the
+    /// peers a magnet's metadata fetch learned.
+    Manual,
+}
+
+impl PeerSource {
+    /// Every source, in display order.
+    pub const ALL: [PeerSource; 7] = [
+        PeerSource::Tracker,
+        PeerSource::Dht,
+        PeerSource::Pex,
+        PeerSource::Lsd,
+        PeerSource::Incoming,
+        PeerSource::WebSeed,
+        PeerSource::Manual,
+    ];
+
+    /// Its name in `status.json` and `btd status`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerSource::Tracker => "tracker",
+            PeerSource::Dht => "dht",
+            PeerSource::Pex => "pex",
+            PeerSource::Lsd => "lsd",
+            PeerSource::Incoming => "incoming",
+            PeerSource::WebSeed => "web_seed",
+            PeerSource::Manual => "manual",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Connected peers (web seeds included, under [`PeerSource::WebSeed`]) counted by source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeersBySource([u32; 7]);
+
+impl PeersBySource {
+    #[must_use]
+    pub fn get(&self, source: PeerSource) -> u32 {
+        self.0[source.index()]
+    }
+
+    pub fn add(&mut self, source: PeerSource) {
+        self.0[source.index()] = self.0[source.index()].saturating_add(1);
+    }
+
+    /// `(name, count)` for each source, in [`PeerSource::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u32)> + '_ {
+        PeerSource::ALL.iter().map(|&s| (s.name(), self.get(s)))
+    }
+}
+
 /// Orders from the engine to a coordinator.
 #[derive(Debug)]
 pub enum Control {
     /// Announce `stopped`, drop every peer, finish pending disk writes, flush, exit.
     Stop,
-    /// Connect to these peers (from the command line or another source).
-    AddPeers(Vec<SocketAddr>),
+    /// Connect to these peers, found by `source`.
+    AddPeers(PeerSource, Vec<SocketAddr>),
     /// New per-torrent limits (config reload); peers stay connected.
     SetLimits(TorrentLimits),
     /// Announce again as soon as the trackers' `min interval` allows (a user asked).
@@ -96,6 +168,9 @@ pub struct TorrentStats {
     /// Seeders, leechers and completed downloads as the trackers report them (the announcer
     /// writes them).
     pub swarm: Arc<crate::tracker::SwarmStats>,
+    /// Connected peers by where their address came from (the coordinator writes it with
+    /// `peers`).
+    pub peers_by_source: parking_lot::Mutex<PeersBySource>,
     /// The connected peers as the coordinator's last tick saw them (the RPC's `peers`).
     pub peer_list: parking_lot::Mutex<Vec<PeerInfo>>,
 }
@@ -108,6 +183,8 @@ pub struct PeerInfo {
     /// The client's name: its extended handshake's `v`, else read from its peer id.
     pub client: String,
     pub incoming: bool,
+    /// Where its address came from.
+    pub source: PeerSource,
     pub am_choking: bool,
     pub am_interested: bool,
     pub peer_choking: bool,
@@ -125,7 +202,7 @@ impl PeerInfo {
     /// Transmission's `flagStr`: `O` our optimistic unchoke; `D` downloading from it, `d` we
     /// want to but it chokes us; `U` uploading to it, `u` it wants to but we choke it; `K` it
     /// unchoked us but we are not interested; `?` we unchoked it but it is not interested;
-    /// `I` it connected to us.
+    /// `H` found through the DHT, `X` through peer exchange; `I` it connected to us.
     #[must_use]
     pub fn flags(&self) -> String {
         let mut flags = String::new();
@@ -147,6 +224,11 @@ impl PeerInfo {
         }
         if !self.am_choking && !self.peer_interested {
             flags.push('?');
+        }
+        match self.source {
+            PeerSource::Dht => flags.push('H'),
+            PeerSource::Pex => flags.push('X'),
+            _ => {}
         }
         if self.incoming {
             flags.push('I');
@@ -227,6 +309,7 @@ impl Default for TorrentStats {
             have: parking_lot::Mutex::new(Bitfield::new(0)),
             complete: AtomicBool::new(false),
             swarm: Arc::default(),
+            peers_by_source: parking_lot::Mutex::new(PeersBySource::default()),
             peer_list: parking_lot::Mutex::new(Vec::new()),
         }
     }
@@ -322,6 +405,8 @@ pub struct TorrentParams {
     pub disk: disk::DiskPoolHandle,
     /// The process's announce threads.
     pub announce: crate::tracker::announcer::AnnouncePoolHandle,
+    /// The process's local service discovery (BEP 14), when on; private torrents ignore it.
+    pub lsd: Option<crate::lsd::LsdHandle>,
     /// The process's file checker.
     pub file_check: file_check::FileCheckHandle,
     /// The process's DHT, when it runs (a private torrent ignores it).
@@ -421,6 +506,7 @@ mod tests {
             addr: "10.0.0.1:6881".parse().unwrap(),
             client: String::new(),
             incoming: false,
+            source: PeerSource::Tracker,
             am_choking: true,
             am_interested: false,
             peer_choking: true,

@@ -135,3 +135,129 @@ fn btd_hears_of_a_libtorrent_leecher_through_libtorrents_pex_and_connects_to_it(
     btd.assert_exits_ok(Duration::from_secs(60));
     crate::support::assert_same_files(&seed_dir, &out_dir);
 }
+
+/// Peers by source: a daemon's torrent gets a btd seeder from its tracker and, through that
+/// seeder's PEX, a transmission leecher (which never dials loopback peers itself, so the only
+/// way the daemon meets it is by dialling the address PEX gave). `status.json` counts each
+/// connected peer under where its address came from.
+#[test]
+fn a_daemon_counts_its_peers_by_source_tracker_and_pex() {
+    use crate::support::daemon::{DaemonHome, TorrentEntry};
+    use crate::support::rpc_client::RpcClient;
+    use crate::support::{
+        RecordingTracker, TorrentInfo, TrackerReply, Transmission, parse_rpc_serving,
+    };
+    use serde_json::json;
+    let tmp = TempDir::new("peer-sources");
+    let mut rng = Rng::new(test_seed("a_daemon_counts_its_peers_by_source"));
+    let seed_dir = tmp.subdir("seed");
+    write_payload(&seed_dir, &[("sources.bin", 4 * MIB)], &mut rng);
+    let tracker = RecordingTracker::start();
+    let torrent = tmp.path().join("sources.torrent");
+    Btd::run([
+        OsString::from("create"),
+        seed_dir.join("sources.bin").into(),
+        "-o".into(),
+        torrent.clone().into(),
+        "-t".into(),
+        tracker.announce_url().into(),
+    ])
+    .assert_success();
+    let info_hash = TorrentInfo::read(&torrent).info_hash;
+    let leech_dir = tmp.subdir("transmission");
+    let mut transmission = Transmission::leech(
+        "transmission leecher",
+        &PeerSpec {
+            torrent: &torrent,
+            dir: &leech_dir,
+            ip: next_ip(),
+            peers: Vec::new(),
+            announce: false,
+        },
+    );
+    let transmission_addr = transmission.wait_listening();
+    // A slow seeder that dials the transmission leecher, so both are still at it when the
+    // daemon arrives; plaintext first (`tolerated`), as the daemon below.
+    let config = tmp.path().join("slow.toml");
+    std::fs::write(
+        &config,
+        "[rates]\nupload_kib_per_sec = 128\n[network]\nencryption = \"tolerated\"\n",
+    )
+    .unwrap();
+    let mut seeder = Btd::spawn(
+        "btd seeder",
+        Btd::command([
+            OsString::from("--config"),
+            config.into(),
+            "seed".into(),
+            torrent.clone().into(),
+            "-d".into(),
+            seed_dir.clone().into(),
+            "--bind".into(),
+            next_ip().to_string().into(),
+            "--port".into(),
+            "0".into(),
+            "--peer".into(),
+            transmission_addr.to_string().into(),
+        ]),
+    );
+    let seeder_addr = seeder.wait_listening();
+    tracker.set_reply(TrackerReply {
+        peers: vec![seeder_addr],
+        ..TrackerReply::default()
+    });
+    let mut home = DaemonHome::new("peer-sources-daemon");
+    // Plaintext between the two btds (see the seeder's config): over MSE no PEX message from
+    // the seeder reached the daemon (seen after the MSE merge; left to that work to find).
+    home.set("network", "encryption", "tolerated");
+    home.add_torrent(TorrentEntry::new(&torrent)).write_config();
+    let mut daemon = home.start("btd daemon");
+    let status = daemon.wait_status(
+        Duration::from_secs(60),
+        "a peer from the tracker and one from PEX",
+        |s| {
+            s.torrent(&info_hash)
+                .is_some_and(|t| t.peers_by_source.tracker >= 1 && t.peers_by_source.pex >= 1)
+        },
+    );
+    let t = status.torrent(&info_hash).unwrap();
+    assert_eq!(
+        (
+            t.peers_by_source.tracker,
+            t.peers_by_source.pex,
+            t.peers_by_source.lsd
+        ),
+        (1, 1, 0),
+        "{t:?}"
+    );
+    // The RPC's peersFrom says the same (Transmission's keys), and flagStr marks the PEX peer.
+    let rpc_at = daemon.wait_log_after(0, SHORT, "the RPC's address", parse_rpc_serving);
+    let mut rpc = RpcClient::new(rpc_at);
+    let t = rpc.torrents(json!([1]), &["peersFrom", "peers"]).remove(0);
+    assert_eq!(t["peersFrom"]["fromTracker"], json!(1), "{t:?}");
+    assert_eq!(t["peersFrom"]["fromPex"], json!(1), "{t:?}");
+    assert_eq!(t["peersFrom"]["fromLpd"], json!(0), "{t:?}");
+    let pex_peer = t["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == json!(transmission_addr.port()))
+        .unwrap_or_else(|| panic!("no peer {transmission_addr} in {t:?}"));
+    assert!(
+        pex_peer["flagStr"].as_str().unwrap().contains('X'),
+        "{pex_peer:?}"
+    );
+    // `btd status` has a line of them under the table.
+    let out = home.cli(&["status".into()]);
+    out.assert_success();
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("peers: sources.bin: "))
+        .unwrap_or_else(|| panic!("no peers line: {}", out.description));
+    assert!(line.contains(" tracker") && line.contains(" pex"), "{line}");
+    daemon.wait_seeding(&info_hash, Duration::from_secs(120));
+    daemon.stop("TERM");
+    seeder.terminate_and_assert_ok(SHORT);
+    drop(transmission);
+}

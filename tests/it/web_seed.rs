@@ -299,3 +299,52 @@ fn a_web_seed_answering_404_backs_off_while_a_good_one_finishes() {
     // One request, then the back-off: the missing file is not hammered.
     assert_eq!(empty.paths().len(), 1, "{:?}", empty.paths());
 }
+
+/// A magnet link's `ws=` (percent-encoded, repeatable) is a web seed once the metadata is
+/// known: the only peer (`x.pe`) is a btd with the torrent but none of its data, so every
+/// piece comes from the web seed.
+#[test]
+fn a_magnets_ws_web_seed_serves_the_data_once_a_peer_gave_the_metadata() {
+    let tmp = TempDir::new("ws-magnet");
+    let seed_dir = seed_payload(&tmp, "ws_magnet", &[("ws magnet.iso", MIB + 333)]);
+    let server = WebSeedServer::start(&seed_dir, false);
+    let torrent = tmp.join("magnet.torrent");
+    // No url-list in the torrent: the web seed is only in the magnet link.
+    create(&seed_dir.join("ws magnet.iso"), &torrent, 32 * KIB, &[]);
+    let info_hash = crate::support::TorrentInfo::read(&torrent).info_hash;
+
+    // A peer with the metadata and no data: it waits for peers in an empty directory (and
+    // stays up with --seed should it get the data from the magnet leecher).
+    let mut empty = Btd::download(
+        "btd without data",
+        &torrent,
+        &tmp.subdir("empty"),
+        next_ip(),
+        &[],
+        true,
+    );
+    let empty_addr = empty.wait_listening();
+
+    let ws = server.url("").replace(':', "%3A").replace('/', "%2F");
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{info_hash}&dn=ws+magnet&x.pe={empty_addr}&ws={ws}&ws=http%3A%2F%2F127.0.0.1%3A1%2Fnothing%2F"
+    );
+    let out = tmp.subdir("out");
+    let mut btd = Btd::download(
+        "btd magnet leecher",
+        Path::new(&magnet),
+        &out,
+        next_ip(),
+        &[],
+        false,
+    );
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(&seed_dir.join("ws magnet.iso"), &out.join("ws magnet.iso"));
+    assert!(server.ranges_served() > 0, "no range request was served");
+    assert!(
+        server.paths().iter().all(|p| p == "/ws%20magnet.iso"),
+        "{:?}",
+        server.paths()
+    );
+    empty.terminate_and_assert_ok(SHORT);
+}

@@ -123,6 +123,8 @@ connect_timeout_secs = 5
 interval_secs = 1
 [announce]
 timeout_secs = 5
+[lsd]
+enabled = false
 [rpc]
 listen = "{ip}:0"
 allowed_ips = ["127.0.0.0/8"]
@@ -334,6 +336,9 @@ pub struct TorrentStatus {
     /// Web seeds running.
     #[serde(default)]
     pub web_seeds: u64,
+    /// Connected peers by where their address came from.
+    #[serde(default)]
+    pub peers_by_source: PeerSourceCounts,
     pub ratio: f64,
     pub error: Option<String>,
     pub source: String,
@@ -365,6 +370,18 @@ pub struct TorrentStatus {
     /// A tracker's refusal, `URL: reason`.
     #[serde(default)]
     pub tracker_error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct PeerSourceCounts {
+    pub tracker: u32,
+    pub dht: u32,
+    pub pex: u32,
+    pub lsd: u32,
+    pub incoming: u32,
+    pub web_seed: u32,
+    pub manual: u32,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

@@ -395,15 +395,18 @@ impl Btd {
             args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let mut cmd = Command::new(Self::BIN);
         cmd.args(&args);
-        // The engine commands read config/btd.toml (DHT on, public bootstrap nodes): nothing a
-        // test starts may send beyond loopback, so they run without the DHT unless the test
-        // is about it (it passes `--dht-bootstrap` or `--no-dht` itself).
-        let engine = args.iter().any(|a| a == "download" || a == "seed");
-        let about_dht = args
-            .iter()
-            .any(|a| a == "--dht-bootstrap" || a == "--no-dht");
-        if engine && !about_dht {
-            cmd.arg("--no-dht");
+        // The engine commands read the repository's config/btd.toml (DHT and LSD on, public
+        // DHT bootstrap nodes): nothing a test starts may send beyond loopback, so they run
+        // without either unless the test is about it (it passes `--dht-bootstrap` or
+        // `--no-dht` itself; tests about LSD build their command with `Command::new(Btd::BIN)`).
+        if matches!(subcommand(&args), Some("download" | "seed")) {
+            let about_dht = args
+                .iter()
+                .any(|a| a == "--dht-bootstrap" || a == "--no-dht");
+            if !about_dht {
+                cmd.arg("--no-dht");
+            }
+            cmd.arg("--no-lsd");
         }
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
@@ -641,6 +644,12 @@ impl LtClient {
         ScriptClient::spawn(name, "lt_client.py", "leech", spec, TRANSFER, &[])
     }
 
+    /// A seeder or leecher (`mode`) with local service discovery on (`--lsd`): only inside a
+    /// network namespace the test made.
+    pub fn with_lsd(name: &str, mode: &str, spec: &PeerSpec) -> ScriptClient {
+        Self::with_options(name, mode, spec, &["--lsd"])
+    }
+
     /// A seeder or leecher (`mode`) with more `lt_client.py` options (`--encryption forced`...).
     pub fn with_options(name: &str, mode: &str, spec: &PeerSpec, options: &[&str]) -> ScriptClient {
         super::require_libtorrent();
@@ -712,6 +721,21 @@ impl Transmission {
         Self::require();
         ScriptClient::spawn(name, "transmission.py", mode, spec, TRANSFER * 3, options)
     }
+}
+
+/// The subcommand in `btd` arguments: the first word that is not a global option or its value.
+fn subcommand<S: AsRef<OsStr>>(args: &[S]) -> Option<&str> {
+    let mut words = args.iter().map(|a| a.as_ref().to_str().unwrap_or(""));
+    while let Some(word) = words.next() {
+        match word {
+            "--config" | "--rpc" => {
+                words.next();
+            }
+            w if w.starts_with('-') => {}
+            w => return Some(w),
+        }
+    }
+    None
 }
 
 #[cfg(test)]
