@@ -1738,12 +1738,15 @@ impl Coordinator {
             let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
             };
-            peer.last_pex = Some(now);
             let added: Vec<SocketAddr> = current.difference(&peer.pex_sent).copied().collect();
             let dropped: Vec<SocketAddr> = peer.pex_sent.difference(&current).copied().collect();
+            // Nothing to say is no message: the minute between messages (BEP 11) starts with
+            // the first one actually sent, so a peer that arrived before our other peers hears
+            // of them at the next tick, not a minute later.
             if added.is_empty() && dropped.is_empty() {
                 continue;
             }
+            peer.last_pex = Some(now);
             peer.pex_sent = current;
             self.command(key, PeerCommand::Pex(PexMessage { added, dropped }));
         }

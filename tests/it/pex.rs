@@ -177,13 +177,11 @@ fn a_daemon_counts_its_peers_by_source_tracker_and_pex() {
     );
     let transmission_addr = transmission.wait_listening();
     // A slow seeder that dials the transmission leecher, so both are still at it when the
-    // daemon arrives; plaintext first (`tolerated`), as the daemon below.
+    // daemon arrives. Both btds encrypt first (the default): transmission closes that, and the
+    // seeder connects to it a moment after the daemon connected to the seeder; the seeder's
+    // first PEX message to the daemon must still come at its next tick, not a minute later.
     let config = tmp.path().join("slow.toml");
-    std::fs::write(
-        &config,
-        "[rates]\nupload_kib_per_sec = 128\n[network]\nencryption = \"tolerated\"\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "[rates]\nupload_kib_per_sec = 128\n").unwrap();
     let mut seeder = Btd::spawn(
         "btd seeder",
         Btd::command([
@@ -207,9 +205,6 @@ fn a_daemon_counts_its_peers_by_source_tracker_and_pex() {
         ..TrackerReply::default()
     });
     let mut home = DaemonHome::new("peer-sources-daemon");
-    // Plaintext between the two btds (see the seeder's config): over MSE no PEX message from
-    // the seeder reached the daemon (seen after the MSE merge; left to that work to find).
-    home.set("network", "encryption", "tolerated");
     home.add_torrent(TorrentEntry::new(&torrent)).write_config();
     let mut daemon = home.start("btd daemon");
     let status = daemon.wait_status(
