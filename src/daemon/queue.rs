@@ -20,6 +20,9 @@ pub(super) struct Checked {
     /// The core's number of this check.
     pub(super) check: u32,
     pub(super) result: Result<(Storage, Bitfield), String>,
+    /// The resume data on disk matched the files and says what `result` has: the run need not
+    /// save it again until a piece is written.
+    pub(super) resume_current: bool,
 }
 
 impl Daemon {
@@ -358,11 +361,15 @@ impl Daemon {
         let spawned = std::thread::Builder::new()
             .name(format!("check {}", meta.name))
             .spawn(move || {
-                let result = check_data(&meta, &plan, threads, &progress);
+                let (result, resume_current) = match check_data(&meta, &plan, threads, &progress) {
+                    Ok((storage, have, current)) => (Ok((storage, have)), current),
+                    Err(e) => (Err(e), false),
+                };
                 let _ = tx.send(Checked {
                     meta,
                     check,
                     result,
+                    resume_current,
                 });
             });
         if let Err(e) = spawned {
@@ -427,7 +434,8 @@ impl Daemon {
                 }
                 Action::StartRun => {
                     if let Some(storage) = storage.take() {
-                        self.start_run(index, Arc::clone(&meta), storage, have.clone());
+                        let (meta, have) = (Arc::clone(&meta), have.clone());
+                        self.start_run(index, meta, storage, have, checked.resume_current);
                     }
                 }
                 other => self.apply(index, vec![other]),
@@ -436,7 +444,14 @@ impl Daemon {
     }
 
     /// Starts a checked torrent's coordinator on the engine, with its own limits and rates.
-    fn start_run(&mut self, index: usize, meta: Arc<Metainfo>, storage: Storage, have: Bitfield) {
+    fn start_run(
+        &mut self,
+        index: usize,
+        meta: Arc<Metainfo>,
+        storage: Storage,
+        have: Bitfield,
+        resume_current: bool,
+    ) {
         let state_dir = self.config.state_dir.clone();
         let limits = self.seed_limits();
         let own_limits = self.torrent_limits(&self.torrents[index]);
@@ -444,6 +459,7 @@ impl Daemon {
         let resume = ResumeTarget {
             path: t.resume_path(&state_dir),
             root: t.download_dir().to_owned(),
+            current: resume_current,
         };
         let allowance = limits
             .for_torrent(&t.record)
@@ -501,13 +517,14 @@ pub(super) struct CheckPlan {
 }
 
 /// Opens the files and finds the verified pieces: from resume data when it still matches the
-/// files, else by hashing. Runs on a `check NAME` thread.
+/// files (then with `true`: the resume data says what the files have), else by hashing. Runs
+/// on a `check NAME` thread.
 pub(super) fn check_data(
     meta: &Metainfo,
     plan: &CheckPlan,
     threads: usize,
     progress: &AtomicU32,
-) -> Result<(Storage, Bitfield), String> {
+) -> Result<(Storage, Bitfield, bool), String> {
     let (root, resume_path) = (plan.root.as_path(), plan.resume_path.as_path());
     if plan.force {
         // The data changed under a running torrent: the resume data may list pieces that are
@@ -529,7 +546,7 @@ pub(super) fn check_data(
                     have.count_ones(),
                     meta.geometry.num_pieces
                 );
-                return Ok((storage, have));
+                return Ok((storage, have, true));
             }
             Err(stale) => format!("resume data not used: {stale}"),
         },
@@ -551,7 +568,7 @@ pub(super) fn check_data(
         meta.geometry.num_pieces,
         started.elapsed()
     );
-    Ok((storage, have))
+    Ok((storage, have, false))
 }
 
 /// Puts a torrent's own rate limits (its record's) on its running peer threads' context.

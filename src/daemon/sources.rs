@@ -161,10 +161,14 @@ impl Daemon {
         t.magnet = magnet;
         t.saved = on_disk;
         t.peers = peers;
-        if t.record.queue_position.is_none() && self.queue_restored {
-            t.record.queue_position = Some(self.next_queue_position());
+        if self.queue_restored {
+            if t.record.queue_position.is_none() {
+                t.record.queue_position = Some(self.next_queue_position());
+            }
+            t.save_record(&self.config.state_dir);
         }
-        t.save_record(&self.config.state_dir);
+        // At start the record is saved once the queue order is restored, with every other
+        // (`restore_queue_order`), not once here and again there.
         self.torrents.push(t);
         let index = self.torrents.len() - 1;
         let actions = self.torrents[index].life.on_added(paused, unfinished_move);
@@ -382,6 +386,15 @@ impl Daemon {
     /// Takes in the runs that have ended since the last call: their totals go into their
     /// torrents' records.
     pub(super) fn reap_stopped(&mut self) {
+        for index in self.reap_stopped_unsaved() {
+            self.torrents[index].save_record(&self.config.state_dir);
+        }
+    }
+
+    /// [`Daemon::reap_stopped`] without saving their records (the caller saves them all at
+    /// once); returns the indices of their torrents.
+    pub(super) fn reap_stopped_unsaved(&mut self) -> Vec<usize> {
+        let mut reaped = Vec::new();
         let mut index = 0;
         while index < self.stopping.len() {
             if !self.stopping[index].1.thread.is_done() {
@@ -393,9 +406,10 @@ impl Daemon {
                 let t = &mut self.torrents[i];
                 t.life.on_run_ended();
                 t.end_run(&stopping.stats);
-                t.save_record(&self.config.state_dir);
+                reaped.push(i);
             }
         }
+        reaped
     }
 
     /// The queue position of a torrent added now: after every torrent there is.
@@ -419,8 +433,8 @@ impl Daemon {
     fn number_queue(&mut self) {
         for (position, t) in (0u64..).zip(&mut self.torrents) {
             t.record.queue_position = Some(position);
-            t.save_record(&self.config.state_dir);
         }
+        self.save_records();
     }
 
     /// Restores the queue order the records keep, once every torrent is added at start: those
@@ -433,10 +447,50 @@ impl Daemon {
         self.queue_restored = true;
     }
 
-    /// Saves every record that changed (totals, seeding time) since its last save.
-    pub(super) fn save_records(&mut self) {
+    /// Saves the records that changed since their last save in more than their clocks
+    /// (seconds seeded, downloaded, idle): usually few, each on its own.
+    pub(super) fn save_changed_records(&mut self) {
         for t in &mut self.torrents {
-            t.save_record(&self.config.state_dir);
+            if t.record_changed_beyond_clocks() {
+                t.save_record(&self.config.state_dir);
+            }
+        }
+    }
+
+    /// Saves every record that changed since its last save, clocks included, all at once
+    /// (`atomic_file::write_many`: one sync for all, not two each): at stop and every
+    /// `RECORD_CLOCK_SAVE_INTERVAL`, when every seeding torrent's clock has moved.
+    pub(super) fn save_records(&mut self) {
+        let state_dir = self.config.state_dir.clone();
+        let mut batch = Vec::new();
+        let mut files = Vec::new();
+        for (index, t) in self.torrents.iter().enumerate() {
+            if !t.has_record() {
+                continue;
+            }
+            let now = t.record_now();
+            if t.saved.as_ref() == Some(&now) {
+                continue;
+            }
+            files.push((
+                TorrentRecord::path_in(&state_dir, &t.info_hash),
+                now.to_file_bytes(),
+            ));
+            batch.push((index, now));
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let errors = crate::atomic_file::write_many(files);
+        for e in &errors {
+            warn!("torrent record: {e}");
+        }
+        for (index, now) in batch {
+            let path = TorrentRecord::path_in(&state_dir, &self.torrents[index].info_hash);
+            let failed = errors.iter().any(|e| e.names(&path));
+            if !failed {
+                self.torrents[index].saved = Some(now);
+            }
         }
     }
 }

@@ -447,7 +447,12 @@ impl Managed {
 
     /// The seeding limit it has reached under `global` (as its record adapts them), if any.
     pub(super) fn seed_limit_reached(&self, global: SeedLimits) -> Option<LimitReached> {
-        global.for_torrent(&self.record).reached(
+        let limits = global.for_torrent(&self.record);
+        if limits.ratio.is_none() && limits.time.is_zero() && limits.idle.is_zero() {
+            // No limit (the usual case): nothing to read, no clock to look at.
+            return None;
+        }
+        limits.reached(
             self.size(),
             self.totals().0,
             self.seeding_secs(),
@@ -544,6 +549,16 @@ impl Managed {
 
     /// Saves the record if it changed since the last save; a failure is logged (the next
     /// save tries again).
+    /// Whether the record changed since its last save in more than its clocks (see
+    /// `TorrentRecord::differs_beyond_clocks`); a record never saved has changed.
+    pub(super) fn record_changed_beyond_clocks(&self) -> bool {
+        self.has_record()
+            && self
+                .saved
+                .as_ref()
+                .is_none_or(|saved| self.record_now().differs_beyond_clocks(saved))
+    }
+
     pub(super) fn save_record(&mut self, state_dir: &Path) {
         if self.saved.as_ref() == Some(&self.record_now()) {
             return;

@@ -4,6 +4,7 @@
 //! `session.rs`. A peer thread never touches picker state; it reports facts ([`PeerEvent`]) and
 //! obeys orders ([`PeerCommand`]).
 
+pub mod events;
 mod session;
 pub mod web_seed;
 
@@ -213,7 +214,7 @@ pub struct TorrentContext {
     pub our_id: [u8; 20],
     pub geometry: Geometry,
     pub storage: Arc<Storage>,
-    pub events: Sender<PeerEvent>,
+    pub events: events::EventSender,
     /// The process-wide rate limits and peer budget.
     pub limits: Arc<Limits>,
     /// Our listen port, told to peers in the extended handshake.
