@@ -101,14 +101,19 @@ const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The whole graceful stop must fit in 5 s; coordinators get this long to finish (the rest is
 /// for records, the status file, the listener and the disk pool).
 const STOP_BUDGET: Duration = Duration::from_millis(4000);
+/// The whole graceful stop.
+const STOP_LIMIT: Duration = Duration::from_secs(5);
 /// Torrent records are saved at least this often while their totals move (and at once when a
 /// torrent is added, completes or stops).
 const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 /// Records whose clocks alone moved (seconds seeded, downloaded, idle: every running torrent's,
-/// every second) are saved this often, all at once, and at stop: a crash loses at most this
-/// much of their clocks, and thousands of seeding torrents do not rewrite thousands of files
-/// a minute.
-const RECORD_CLOCK_SAVE_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// every second) are saved when their last save is this old (a few each sweep), and at stop
+/// while the budget lasts: a crash loses at most this much of their clocks, and thousands of
+/// seeding torrents do not rewrite thousands of files a minute.
+pub(super) const RECORD_CLOCK_SAVE_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// Of the stop budget, what is kept for the last status file, the listener and the disk
+/// pool after the records.
+const STOP_RESERVE: Duration = Duration::from_millis(500);
 
 /// See the module documentation.
 pub struct Daemon {
@@ -388,14 +393,11 @@ impl Daemon {
             timers.space_check = Instant::now() + SPACE_CHECK_INTERVAL;
         }
         self.schedule();
-        if Instant::now() >= timers.record_clocks_save {
-            self.save_records();
-            timers.record_clocks_save = Instant::now() + RECORD_CLOCK_SAVE_INTERVAL;
-            timers.record_save = Instant::now() + RECORD_SAVE_INTERVAL;
-        } else if Instant::now() >= timers.record_save {
+        if Instant::now() >= timers.record_save {
             self.save_changed_records();
             timers.record_save = Instant::now() + RECORD_SAVE_INTERVAL;
         }
+        self.save_old_clocks();
         if Instant::now() >= timers.status {
             self.write_status();
             timers.status = Instant::now() + self.config.status_interval;
@@ -412,7 +414,6 @@ struct Timers {
     scan: Instant,
     status: Instant,
     record_save: Instant,
-    record_clocks_save: Instant,
     space_check: Instant,
 }
 
@@ -423,7 +424,6 @@ impl Timers {
             scan: now + config.watch_interval,
             status: now,
             record_save: now + RECORD_SAVE_INTERVAL,
-            record_clocks_save: now + RECORD_CLOCK_SAVE_INTERVAL,
             space_check: now,
         }
     }
@@ -544,7 +544,8 @@ impl Daemon {
 
     fn shutdown(mut self) {
         info!("daemon stopping");
-        let deadline = Instant::now() + STOP_BUDGET;
+        let started = Instant::now();
+        let deadline = started + STOP_BUDGET;
         // No more calls: dropping the receiver frees every RPC worker waiting for an answer
         // (its call, and the reply sender in it, are dropped), so the server stops at once.
         self.rpc_calls = crossbeam_channel::never();
@@ -581,7 +582,7 @@ impl Daemon {
         for mut thread in fetches {
             thread.wait_until(deadline);
         }
-        self.save_records();
+        self.save_records_at_stop(started + STOP_LIMIT - STOP_RESERVE);
         self.write_status();
         let Self {
             engine,

@@ -159,6 +159,8 @@ impl Daemon {
             t.set_meta(meta);
         }
         t.magnet = magnet;
+        // What is on disk counts as saved now: its clocks are due for a save one interval on.
+        t.saved_at = on_disk.as_ref().map(|_| Instant::now());
         t.saved = on_disk;
         t.peers = peers;
         if self.queue_restored {
@@ -458,42 +460,105 @@ impl Daemon {
     }
 
     /// Saves every record that changed since its last save, clocks included, all at once
-    /// (`atomic_file::write_many`: one sync for all, not two each): at stop and every
-    /// `RECORD_CLOCK_SAVE_INTERVAL`, when every seeding torrent's clock has moved.
+    /// (`atomic_file::write_many`).
     pub(super) fn save_records(&mut self) {
+        let all: Vec<usize> = (0..self.torrents.len()).collect();
+        self.save_records_of(&all, None);
+    }
+
+    /// Saves, all at once, the records at `indices` that changed since their last save; with
+    /// `until`, in rounds of [`SAVE_ROUND`] while there is time. Returns how many changed
+    /// records were left unsaved for want of time.
+    fn save_records_of(&mut self, indices: &[usize], until: Option<Instant>) -> usize {
         let state_dir = self.config.state_dir.clone();
-        let mut batch = Vec::new();
-        let mut files = Vec::new();
-        for (index, t) in self.torrents.iter().enumerate() {
+        let mut changed = Vec::new();
+        for &index in indices {
+            let t = &self.torrents[index];
             if !t.has_record() {
                 continue;
             }
             let now = t.record_now();
-            if t.saved.as_ref() == Some(&now) {
+            if t.saved.as_ref() != Some(&now) {
+                changed.push((index, now));
+            }
+        }
+        let mut rounds = changed.chunks(if until.is_some() {
+            SAVE_ROUND
+        } else {
+            usize::MAX
+        });
+        let mut left = 0;
+        for round in rounds.by_ref() {
+            if until.is_some_and(|until| Instant::now() >= until) {
+                left += round.len();
                 continue;
             }
-            files.push((
-                TorrentRecord::path_in(&state_dir, &t.info_hash),
-                now.to_file_bytes(),
-            ));
-            batch.push((index, now));
+            let files = round
+                .iter()
+                .map(|(index, now)| {
+                    let path = TorrentRecord::path_in(&state_dir, &self.torrents[*index].info_hash);
+                    (path, now.to_file_bytes())
+                })
+                .collect();
+            let errors = crate::atomic_file::write_many(files);
+            for e in &errors {
+                warn!("torrent record: {e}");
+            }
+            for (index, now) in round {
+                let t = &mut self.torrents[*index];
+                let path = TorrentRecord::path_in(&state_dir, &t.info_hash);
+                if !errors.iter().any(|e| e.names(&path)) {
+                    t.saved = Some(now.clone());
+                    t.saved_at = Some(Instant::now());
+                }
+            }
         }
-        if batch.is_empty() {
-            return;
+        left
+    }
+
+    /// At stop: every record that changed in more than its clocks, then, while `until`
+    /// allows, those whose clocks alone moved (thousands of seeds: rewriting thousands of
+    /// files takes longer than the stop budget on some disks); the rest keep their clocks
+    /// of their last save (at most `RECORD_CLOCK_SAVE_INTERVAL` old).
+    pub(super) fn save_records_at_stop(&mut self, until: Instant) {
+        let (beyond, clocks): (Vec<usize>, Vec<usize>) = (0..self.torrents.len())
+            .filter(|&i| self.torrents[i].has_record())
+            .partition(|&i| self.torrents[i].record_changed_beyond_clocks());
+        self.save_records_of(&beyond, None);
+        let left = self.save_records_of(&clocks, Some(until));
+        if left > 0 {
+            warn!(
+                "daemon: stop budget spent; {left} torrent records keep the seeding time of \
+                 their last save (at most {} min old)",
+                RECORD_CLOCK_SAVE_INTERVAL.as_secs() / 60
+            );
         }
-        let errors = crate::atomic_file::write_many(files);
-        for e in &errors {
-            warn!("torrent record: {e}");
-        }
-        for (index, now) in batch {
-            let path = TorrentRecord::path_in(&state_dir, &self.torrents[index].info_hash);
-            let failed = errors.iter().any(|e| e.names(&path));
-            if !failed {
-                self.torrents[index].saved = Some(now);
+    }
+
+    /// Saves a few of the records whose clocks alone moved and were last saved
+    /// `RECORD_CLOCK_SAVE_INTERVAL` ago or more (at most [`SAVE_ROUND`] a sweep, so the main
+    /// loop never stalls on thousands of files).
+    pub(super) fn save_old_clocks(&mut self) {
+        let due: Vec<usize> = (0..self.torrents.len())
+            .filter(|&i| {
+                self.torrents[i]
+                    .saved_at
+                    .is_none_or(|at| at.elapsed() >= RECORD_CLOCK_SAVE_INTERVAL)
+            })
+            .take(SAVE_ROUND)
+            .collect();
+        if !due.is_empty() {
+            self.save_records_of(&due, None);
+            // Those unchanged since: not due again for another interval.
+            for i in due {
+                self.torrents[i].saved_at = Some(Instant::now());
             }
         }
     }
 }
+
+/// Records saved at once in one round (`save_records_of` with a deadline, `save_old_clocks`).
+const SAVE_ROUND: usize = 100;
 
 /// The key of a `[[torrent]]` entry whose file could not be read: the SHA-1 of its path, so it
 /// never clashes with a real torrent's info hash.

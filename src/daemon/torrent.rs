@@ -196,6 +196,8 @@ pub(super) struct Managed {
     pub(super) record: TorrentRecord,
     /// What was last saved of the record (nothing is written while it is unchanged).
     pub(super) saved: Option<TorrentRecord>,
+    /// When this daemon last saved the record (`None`: not yet).
+    pub(super) saved_at: Option<Instant>,
     pub(super) peers: Vec<SocketAddr>,
     /// Its phase and what drives it: read here, written only by `lifecycle.rs`.
     pub(super) life: Lifecycle,
@@ -261,6 +263,7 @@ impl Managed {
             source,
             record,
             saved: None,
+            saved_at: None,
             peers: Vec::new(),
             life,
             fetching: None,
@@ -580,6 +583,7 @@ impl Managed {
         let now = self.record_now();
         now.save(&TorrentRecord::path_in(state_dir, &self.info_hash))?;
         self.saved = Some(now);
+        self.saved_at = Some(Instant::now());
         Ok(())
     }
 }
