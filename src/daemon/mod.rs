@@ -159,6 +159,10 @@ pub struct Daemon {
     /// The queue order the records keep is restored (at the end of the start): torrents
     /// added from now on join at the end.
     queue_restored: bool,
+    /// Checks of data before a start: at most `queue::MAX_CHECKS` threads at once.
+    checks: Checks,
+    /// Some torrent has renames waiting for its run to end (the sweep looks only then).
+    renames_waiting: bool,
 }
 
 impl Daemon {
@@ -245,6 +249,8 @@ impl Daemon {
             removed_ids: Vec::new(),
             watch_pending: WatchPending::default(),
             queue_restored: false,
+            checks: Checks::default(),
+            renames_waiting: false,
         };
         info!(
             "daemon started (pid {}), config {}, state {}",

@@ -14,6 +14,19 @@ pub(super) struct Moved {
     pub(super) result: Result<(), crate::relocate::MoveFailed>,
 }
 
+/// Most `check NAME` threads at once; further checks wait their turn, first asked first.
+const MAX_CHECKS: usize = 4;
+
+/// A check to run on its own thread, which sends its [`Checked`].
+pub(super) type CheckJob = Box<dyn FnOnce() + Send>;
+
+/// Checks waiting for a thread, and how many threads run.
+#[derive(Default)]
+pub(super) struct Checks {
+    pub(super) pending: std::collections::VecDeque<(InfoHash, String, CheckJob)>,
+    pub(super) running: usize,
+}
+
 /// The outcome of checking a torrent's data before it starts.
 pub(super) struct Checked {
     pub(super) meta: Arc<Metainfo>,
@@ -358,31 +371,49 @@ impl Daemon {
             force,
         };
         let tx = self.checked_tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("check {}", meta.name))
-            .spawn(move || {
-                let (result, resume_current) = match check_data(&meta, &plan, threads, &progress) {
-                    Ok((storage, have, current)) => (Ok((storage, have)), current),
-                    Err(e) => (Err(e), false),
-                };
-                let _ = tx.send(Checked {
-                    meta,
-                    check,
-                    result,
-                    resume_current,
-                });
+        let name = format!("check {}", meta.name);
+        let job: CheckJob = Box::new(move || {
+            let (result, resume_current) = match check_data(&meta, &plan, threads, &progress) {
+                Ok((storage, have, current)) => (Ok((storage, have)), current),
+                Err(e) => (Err(e), false),
+            };
+            let _ = tx.send(Checked {
+                meta,
+                check,
+                result,
+                resume_current,
             });
-        if let Err(e) = spawned {
-            let actions = t
-                .life
-                .on_failed_to_start(format!("cannot spawn check thread: {e}"));
-            self.apply(index, actions);
+        });
+        self.checks.pending.push_back((t.info_hash, name, job));
+        self.start_pending_checks();
+    }
+
+    /// Spawns the `check NAME` threads of pending checks while fewer than [`MAX_CHECKS`] run
+    /// (10,000 torrents queued at start would otherwise be 10,000 check threads at once).
+    pub(super) fn start_pending_checks(&mut self) {
+        while self.checks.running < MAX_CHECKS {
+            let Some((info_hash, name, job)) = self.checks.pending.pop_front() else {
+                return;
+            };
+            match std::thread::Builder::new().name(name).spawn(job) {
+                Ok(_) => self.checks.running += 1,
+                Err(e) => {
+                    if let Some(index) = self.index_of(&info_hash) {
+                        let actions = self.torrents[index]
+                            .life
+                            .on_failed_to_start(format!("cannot spawn check thread: {e}"));
+                        self.apply(index, actions);
+                    }
+                }
+            }
         }
     }
 
     /// A `check NAME` thread is done: the core decides (run, stay paused, error, or nothing
     /// when it no longer waits for this check); the run or the resume data come from here.
     pub(super) fn on_checked(&mut self, checked: Checked) {
+        self.checks.running = self.checks.running.saturating_sub(1);
+        self.start_pending_checks();
         let meta = checked.meta;
         let Some(index) = self.index_of(&meta.info_hash) else {
             return;
