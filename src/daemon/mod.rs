@@ -103,9 +103,9 @@ const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const STOP_BUDGET: Duration = Duration::from_millis(4000);
 /// The whole graceful stop.
 const STOP_LIMIT: Duration = Duration::from_secs(5);
-/// Torrent records are saved at least this often while their totals move (and at once when a
-/// torrent is added, completes or stops).
-const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(60);
+/// Torrent records are saved about this often while their totals move (at most
+/// `sources::SAVE_ROUND` a sweep; and at once when a torrent is added, completes or stops).
+pub(super) const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 /// Records whose clocks alone moved (seconds seeded, downloaded, idle: every running torrent's,
 /// every second) are saved when their last save is this old (a few each sweep), and at stop
 /// while the budget lasts: a crash loses at most this much of their clocks, and thousands of
@@ -113,7 +113,7 @@ const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 pub(super) const RECORD_CLOCK_SAVE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// Of the stop budget, what is kept for the last status file, the listener and the disk
 /// pool after the records.
-const STOP_RESERVE: Duration = Duration::from_millis(500);
+const STOP_RESERVE: Duration = Duration::from_millis(1500);
 
 /// See the module documentation.
 pub struct Daemon {
@@ -399,11 +399,7 @@ impl Daemon {
             timers.space_check = Instant::now() + SPACE_CHECK_INTERVAL;
         }
         self.schedule();
-        if Instant::now() >= timers.record_save {
-            self.save_changed_records();
-            timers.record_save = Instant::now() + RECORD_SAVE_INTERVAL;
-        }
-        self.save_old_clocks();
+        self.save_due_records();
         if Instant::now() >= timers.status {
             self.write_status();
             timers.status = Instant::now() + self.config.status_interval;
@@ -419,7 +415,6 @@ impl Daemon {
 struct Timers {
     scan: Instant,
     status: Instant,
-    record_save: Instant,
     space_check: Instant,
 }
 
@@ -429,7 +424,6 @@ impl Timers {
         Self {
             scan: now + config.watch_interval,
             status: now,
-            record_save: now + RECORD_SAVE_INTERVAL,
             space_check: now,
         }
     }

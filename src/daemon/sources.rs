@@ -429,14 +429,15 @@ impl Daemon {
         let torrents = std::mem::take(&mut self.torrents);
         self.torrents = moved(torrents, selected, how);
         self.number_queue();
+        self.save_records();
     }
 
-    /// Keeps each torrent's place in the queue in its record.
+    /// Keeps each torrent's place in the queue in its record (saved by the caller, or by the
+    /// sweeps: `save_due_records`).
     fn number_queue(&mut self) {
         for (position, t) in (0u64..).zip(&mut self.torrents) {
             t.record.queue_position = Some(position);
         }
-        self.save_records();
     }
 
     /// Restores the queue order the records keep, once every torrent is added at start: those
@@ -449,13 +450,36 @@ impl Daemon {
         self.queue_restored = true;
     }
 
-    /// Saves the records that changed since their last save in more than their clocks
-    /// (seconds seeded, downloaded, idle): usually few, each on its own.
-    pub(super) fn save_changed_records(&mut self) {
-        for t in &mut self.torrents {
-            if t.record_changed_beyond_clocks() {
-                t.save_record(&self.config.state_dir);
-            }
+    /// One sweep's share of saving records: of those not looked at for `RECORD_SAVE_INTERVAL`
+    /// (or never), at most [`SAVE_ROUND`], in queue order; of these it saves, all at once, the
+    /// ones changed in more than their clocks (totals, settings, position), and the ones whose
+    /// clocks alone moved once their last save is `RECORD_CLOCK_SAVE_INTERVAL` old. So the
+    /// main loop never stalls on thousands of files (a first start's 10,000 new records are
+    /// saved 100 a second), and an idle daemon rewrites none.
+    pub(super) fn save_due_records(&mut self) {
+        let now = Instant::now();
+        let older = |at: Option<Instant>, interval| at.is_none_or(|at| now - at >= interval);
+        let due: Vec<usize> = (0..self.torrents.len())
+            .filter(|&i| {
+                let t = &self.torrents[i];
+                t.has_record() && older(t.looked_at, RECORD_SAVE_INTERVAL)
+            })
+            .take(SAVE_ROUND)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let save: Vec<usize> = due
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let t = &self.torrents[i];
+                older(t.saved_at, RECORD_CLOCK_SAVE_INTERVAL) || t.record_changed_beyond_clocks()
+            })
+            .collect();
+        self.save_records_of(&save, None);
+        for i in due {
+            self.torrents[i].looked_at = Some(now);
         }
     }
 
@@ -516,48 +540,31 @@ impl Daemon {
         left
     }
 
-    /// At stop: every record that changed in more than its clocks, then, while `until`
-    /// allows, those whose clocks alone moved (thousands of seeds: rewriting thousands of
-    /// files takes longer than the stop budget on some disks); the rest keep their clocks
-    /// of their last save (at most `RECORD_CLOCK_SAVE_INTERVAL` old).
+    /// At stop: the records that changed in more than their clocks, then those whose clocks
+    /// alone moved; more than [`SAVE_ROUND`] of either only while `until` allows (rewriting
+    /// thousands of files takes longer than the stop budget on some disks); the rest keep
+    /// what their last save says (clocks at most `RECORD_CLOCK_SAVE_INTERVAL` old).
     pub(super) fn save_records_at_stop(&mut self, until: Instant) {
         let (beyond, clocks): (Vec<usize>, Vec<usize>) = (0..self.torrents.len())
             .filter(|&i| self.torrents[i].has_record())
             .partition(|&i| self.torrents[i].record_changed_beyond_clocks());
-        self.save_records_of(&beyond, None);
-        let left = self.save_records_of(&clocks, Some(until));
-        if left > 0 {
+        // A few (the usual daemon) are saved whatever the time: that takes milliseconds.
+        let bound = |n: usize| (n > SAVE_ROUND).then_some(until);
+        let beyond_left = self.save_records_of(&beyond, bound(beyond.len()));
+        let clocks_left = self.save_records_of(&clocks, bound(clocks.len()));
+        if beyond_left + clocks_left > 0 {
             warn!(
-                "daemon: stop budget spent; {left} torrent records keep the seeding time of \
-                 their last save (at most {} min old)",
+                "daemon: stop budget spent; {} torrent records keep what their last save says \
+                 ({beyond_left} with changed totals or settings, {clocks_left} with only their \
+                 seeding time, at most {} min old)",
+                beyond_left + clocks_left,
                 RECORD_CLOCK_SAVE_INTERVAL.as_secs() / 60
             );
         }
     }
-
-    /// Saves a few of the records whose clocks alone moved and were last saved
-    /// `RECORD_CLOCK_SAVE_INTERVAL` ago or more (at most [`SAVE_ROUND`] a sweep, so the main
-    /// loop never stalls on thousands of files).
-    pub(super) fn save_old_clocks(&mut self) {
-        let due: Vec<usize> = (0..self.torrents.len())
-            .filter(|&i| {
-                self.torrents[i]
-                    .saved_at
-                    .is_none_or(|at| at.elapsed() >= RECORD_CLOCK_SAVE_INTERVAL)
-            })
-            .take(SAVE_ROUND)
-            .collect();
-        if !due.is_empty() {
-            self.save_records_of(&due, None);
-            // Those unchanged since: not due again for another interval.
-            for i in due {
-                self.torrents[i].saved_at = Some(Instant::now());
-            }
-        }
-    }
 }
 
-/// Records saved at once in one round (`save_records_of` with a deadline, `save_old_clocks`).
+/// Records looked at in one sweep (`save_due_records`), and saved at once in one round at stop.
 const SAVE_ROUND: usize = 100;
 
 /// The key of a `[[torrent]]` entry whose file could not be read: the SHA-1 of its path, so it

@@ -196,8 +196,10 @@ pub(super) struct Managed {
     pub(super) record: TorrentRecord,
     /// What was last saved of the record (nothing is written while it is unchanged).
     pub(super) saved: Option<TorrentRecord>,
-    /// When this daemon last saved the record (`None`: not yet).
+    /// When this daemon last saved the record, or loaded it (`None`: neither yet).
     pub(super) saved_at: Option<Instant>,
+    /// When the sweeps last looked whether the record is due for a save (`None`: not yet).
+    pub(super) looked_at: Option<Instant>,
     pub(super) peers: Vec<SocketAddr>,
     /// Its phase and what drives it: read here, written only by `lifecycle.rs`.
     pub(super) life: Lifecycle,
@@ -264,6 +266,7 @@ impl Managed {
             record,
             saved: None,
             saved_at: None,
+            looked_at: None,
             peers: Vec::new(),
             life,
             fetching: None,
