@@ -279,6 +279,27 @@ impl TorrentRecord {
     pub fn save(&self, path: &Path) -> Result<(), RecordError> {
         Ok(atomic_file::write_json(path, self)?)
     }
+
+    /// The file [`TorrentRecord::save`] writes, for saving many at once
+    /// (`atomic_file::write_many`).
+    #[must_use]
+    pub fn to_file_bytes(&self) -> Vec<u8> {
+        // A record is plain data (strings, numbers, paths as strings): it always encodes.
+        let mut json = serde_json::to_vec_pretty(self).unwrap_or_default();
+        json.push(b'\n');
+        json
+    }
+
+    /// Whether `self` and `other` differ in more than their clocks (seconds seeded,
+    /// downloaded and idle, which move every second a torrent runs).
+    #[must_use]
+    pub fn differs_beyond_clocks(&self, other: &Self) -> bool {
+        let mut other = other.clone();
+        other.seeding_secs = self.seeding_secs;
+        other.downloading_secs = self.downloading_secs;
+        other.idle_secs = self.idle_secs;
+        *self != other
+    }
 }
 
 /// Seconds since the Unix epoch.

@@ -87,7 +87,13 @@ pub enum DaemonError {
     Tracker(std::io::Error),
 }
 
-const LOOP_WAKE: Duration = Duration::from_millis(250);
+/// How often the main loop sweeps over every torrent when nothing happens.
+const LOOP_WAKE: Duration = Duration::from_millis(1000);
+/// How soon after an event (an RPC call, a check or move that ended, ...) the sweep runs: the
+/// queue's reaction time.
+const SWEEP_AFTER_EVENT: Duration = Duration::from_millis(50);
+/// Longest the main loop takes waiting events in a row before it sweeps.
+const DRAIN_BUDGET: Duration = Duration::from_millis(100);
 /// How often the free space of downloading torrents' file systems is looked at
 /// (`disk.min_free_mib`; `lifecycle::LOW_SPACE_HEADROOM_BYTES` covers what they write between).
 const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -95,9 +101,19 @@ const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The whole graceful stop must fit in 5 s; coordinators get this long to finish (the rest is
 /// for records, the status file, the listener and the disk pool).
 const STOP_BUDGET: Duration = Duration::from_millis(4000);
-/// Torrent records are saved at least this often while their totals or seeding time move
-/// (and at once when a torrent is added, completes or stops).
-const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(60);
+/// The whole graceful stop.
+const STOP_LIMIT: Duration = Duration::from_secs(5);
+/// Torrent records are saved about this often while their totals move (at most
+/// `sources::SAVE_ROUND` a sweep; and at once when a torrent is added, completes or stops).
+pub(super) const RECORD_SAVE_INTERVAL: Duration = Duration::from_secs(60);
+/// Records whose clocks alone moved (seconds seeded, downloaded, idle: every running torrent's,
+/// every second) are saved when their last save is this old (a few each sweep), and at stop
+/// while the budget lasts: a crash loses at most this much of their clocks, and thousands of
+/// seeding torrents do not rewrite thousands of files a minute.
+pub(super) const RECORD_CLOCK_SAVE_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// Of the stop budget, what is kept for the last status file, the listener and the disk
+/// pool after the records.
+const STOP_RESERVE: Duration = Duration::from_millis(1500);
 
 /// See the module documentation.
 pub struct Daemon {
@@ -143,6 +159,10 @@ pub struct Daemon {
     /// The queue order the records keep is restored (at the end of the start): torrents
     /// added from now on join at the end.
     queue_restored: bool,
+    /// Checks of data before a start: at most `queue::MAX_CHECKS` threads at once.
+    checks: Checks,
+    /// Some torrent has renames waiting for its run to end (the sweep looks only then).
+    renames_waiting: bool,
 }
 
 impl Daemon {
@@ -233,6 +253,8 @@ impl Daemon {
             removed_ids: Vec::new(),
             watch_pending: WatchPending::default(),
             queue_restored: false,
+            checks: Checks::default(),
+            renames_waiting: false,
         };
         info!(
             "daemon started (pid {}), config {}, state {}",
@@ -251,75 +273,169 @@ impl Daemon {
     }
 
     /// The main loop: until SIGINT/SIGTERM, then a graceful stop.
+    ///
+    /// Each turn takes every event waiting (signals, RPC calls first, then checks, fetches and
+    /// moves that ended), then, when due, the sweep over every torrent ([`Daemon::sweep`]):
+    /// [`SWEEP_AFTER_EVENT`] after an event, else every [`LOOP_WAKE`]. With thousands of
+    /// torrents a sweep is the one cost that grows with their number, so a burst of events
+    /// (a first start's thousands of checks) pays for one sweep, not one each.
     pub fn run(mut self, signals: &Receiver<Signal>) {
-        let mut next_scan = Instant::now() + self.config.watch_interval;
-        let mut next_status = Instant::now();
-        let mut next_record_save = Instant::now() + RECORD_SAVE_INTERVAL;
-        let mut next_space_check = Instant::now();
+        let mut timers = Timers::new(&self.config);
+        let mut next_sweep = Instant::now();
         loop {
-            self.reap_stopped();
-            self.apply_renames();
-            if Instant::now() >= next_space_check {
-                self.check_free_space();
-                next_space_check = Instant::now() + SPACE_CHECK_INTERVAL;
-            }
-            self.schedule();
-            if Instant::now() >= next_record_save {
-                self.save_records();
-                next_record_save = Instant::now() + RECORD_SAVE_INTERVAL;
-            }
-            if Instant::now() >= next_status {
-                self.write_status();
-                next_status = Instant::now() + self.config.status_interval;
+            if Instant::now() >= next_sweep {
+                self.sweep(&mut timers);
+                next_sweep = Instant::now() + LOOP_WAKE;
             }
             let checked_rx = self.checked_rx.clone();
             let rpc_calls = self.rpc_calls.clone();
             let fetched_rx = self.fetched_rx.clone();
             let moved_rx = self.moved_rx.clone();
-            select! {
-                recv(signals) -> signal => match signal {
-                    Ok(Signal::Stop) | Err(_) => break,
-                    Ok(Signal::Reload) => {
-                        self.reload();
-                        self.schedule();
-                        self.write_status();
-                        next_scan = Instant::now() + self.config.watch_interval;
-                        next_status = Instant::now() + self.config.status_interval;
-                    }
-                    Ok(Signal::Status) => info!("status:\n{}", self.status().table()),
+            let wait = next_sweep.saturating_duration_since(Instant::now());
+            let mut stop = false;
+            let woken = select! {
+                recv(signals) -> signal => {
+                    stop = self.on_signal(signal.ok(), &mut timers);
+                    true
                 },
                 recv(checked_rx) -> checked => {
                     if let Ok(checked) = checked {
                         self.on_checked(checked);
                     }
+                    true
                 }
                 recv(fetched_rx) -> fetched => {
                     if let Ok(fetched) = fetched {
                         self.on_metadata(fetched);
                     }
+                    true
                 }
                 recv(moved_rx) -> moved => {
                     if let Ok(moved) = moved {
                         self.on_moved(moved);
                     }
+                    true
                 }
                 recv(rpc_calls) -> call => {
                     if let Ok(call) = call {
                         self.on_rpc(call);
                     }
+                    true
                 }
-                default(LOOP_WAKE) => {}
+                default(wait) => false,
+            };
+            if woken && !stop {
+                stop = self.drain_events(signals, &mut timers);
+                next_sweep = next_sweep.min(Instant::now() + SWEEP_AFTER_EVENT);
             }
-            if self.close_requested {
-                info!("daemon: stopping at the RPC's session-close");
+            if stop || self.close_requested {
+                if self.close_requested {
+                    info!("daemon: stopping at the RPC's session-close");
+                }
                 break;
-            }
-            if Instant::now() >= next_scan {
-                self.scan_watch_dir();
-                next_scan = Instant::now() + self.config.watch_interval;
             }
         }
         self.shutdown();
+    }
+
+    /// Takes what else waits on the daemon's channels, RPC calls and signals before the rest,
+    /// for at most [`DRAIN_BUDGET`] (then the sweep gets its turn). Whether to stop.
+    fn drain_events(&mut self, signals: &Receiver<Signal>, timers: &mut Timers) -> bool {
+        let until = Instant::now() + DRAIN_BUDGET;
+        while Instant::now() < until && !self.close_requested {
+            if let Ok(signal) = signals.try_recv()
+                && self.on_signal(Some(signal), timers)
+            {
+                return true;
+            }
+            let mut took = false;
+            if let Ok(call) = self.rpc_calls.try_recv() {
+                self.on_rpc(call);
+                took = true;
+            }
+            if let Ok(checked) = self.checked_rx.try_recv() {
+                self.on_checked(checked);
+                took = true;
+            }
+            if let Ok(fetched) = self.fetched_rx.try_recv() {
+                self.on_metadata(fetched);
+                took = true;
+            }
+            if let Ok(moved) = self.moved_rx.try_recv() {
+                self.on_moved(moved);
+                took = true;
+            }
+            if !took {
+                break;
+            }
+        }
+        false
+    }
+
+    /// Acts on a signal (`None`: the signal thread is gone); whether to stop.
+    fn on_signal(&mut self, signal: Option<Signal>, timers: &mut Timers) -> bool {
+        match signal {
+            Some(Signal::Stop) | None => true,
+            Some(Signal::Reload) => {
+                self.reload();
+                self.schedule();
+                self.write_status();
+                timers.reloaded(&self.config);
+                false
+            }
+            Some(Signal::Status) => {
+                info!("status:\n{}", self.status().table());
+                false
+            }
+        }
+    }
+
+    /// One look at every torrent: runs that ended, renames waiting for them, free space (every
+    /// [`SPACE_CHECK_INTERVAL`]), a turn of the queue, records (every
+    /// [`RECORD_SAVE_INTERVAL`]), the status file (every `status.interval_secs`) and the watch
+    /// directory (every `watch.scan_interval_secs`).
+    fn sweep(&mut self, timers: &mut Timers) {
+        self.reap_stopped();
+        self.apply_renames();
+        let now = Instant::now();
+        if now >= timers.space_check {
+            self.check_free_space();
+            timers.space_check = Instant::now() + SPACE_CHECK_INTERVAL;
+        }
+        self.schedule();
+        self.save_due_records();
+        if Instant::now() >= timers.status {
+            self.write_status();
+            timers.status = Instant::now() + self.config.status_interval;
+        }
+        if Instant::now() >= timers.scan {
+            self.scan_watch_dir();
+            timers.scan = Instant::now() + self.config.watch_interval;
+        }
+    }
+}
+
+/// When the main loop's periodic jobs are next due.
+struct Timers {
+    scan: Instant,
+    status: Instant,
+    space_check: Instant,
+}
+
+impl Timers {
+    fn new(config: &Config) -> Self {
+        let now = Instant::now();
+        Self {
+            scan: now + config.watch_interval,
+            status: now,
+            space_check: now,
+        }
+    }
+
+    /// After SIGHUP (which rescanned and wrote the status): the intervals start again.
+    fn reloaded(&mut self, config: &Config) {
+        self.scan = Instant::now() + config.watch_interval;
+        self.status = Instant::now() + config.status_interval;
     }
 }
 
@@ -441,7 +557,8 @@ impl Daemon {
 
     fn shutdown(mut self) {
         info!("daemon stopping");
-        let deadline = Instant::now() + STOP_BUDGET;
+        let started = Instant::now();
+        let deadline = started + STOP_BUDGET;
         // No more calls: dropping the receiver frees every RPC worker waiting for an answer
         // (its call, and the reply sender in it, are dropped), so the server stops at once.
         self.rpc_calls = crossbeam_channel::never();
@@ -455,7 +572,10 @@ impl Daemon {
             if let Some(fetching) = self.torrents[index].fetching.take() {
                 fetches.push(fetching.thread);
             }
-            let actions = self.torrents[index].life.on_shutdown();
+            let mut actions = self.torrents[index].life.on_shutdown();
+            // Every record is saved below, all at once: one by one, each with its syncs, they
+            // would not fit the stop budget with thousands of torrents.
+            actions.retain(|a| *a != Action::SaveRecord);
             self.apply(index, actions);
         }
         // Every run stops in parallel; wait for them on their channels, within the budget.
@@ -471,11 +591,11 @@ impl Daemon {
                  the process (their resume data from the last save stands)"
             );
         }
-        self.reap_stopped();
+        self.reap_stopped_unsaved();
         for mut thread in fetches {
             thread.wait_until(deadline);
         }
-        self.save_records();
+        self.save_records_at_stop(started + STOP_LIMIT - STOP_RESERVE);
         self.write_status();
         let Self {
             engine,

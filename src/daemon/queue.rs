@@ -14,12 +14,28 @@ pub(super) struct Moved {
     pub(super) result: Result<(), crate::relocate::MoveFailed>,
 }
 
+/// Most `check NAME` threads at once; further checks wait their turn, first asked first.
+const MAX_CHECKS: usize = 4;
+
+/// A check to run on its own thread, which sends its [`Checked`].
+pub(super) type CheckJob = Box<dyn FnOnce() + Send>;
+
+/// Checks waiting for a thread, and how many threads run.
+#[derive(Default)]
+pub(super) struct Checks {
+    pub(super) pending: std::collections::VecDeque<(InfoHash, String, CheckJob)>,
+    pub(super) running: usize,
+}
+
 /// The outcome of checking a torrent's data before it starts.
 pub(super) struct Checked {
     pub(super) meta: Arc<Metainfo>,
     /// The core's number of this check.
     pub(super) check: u32,
     pub(super) result: Result<(Storage, Bitfield), String>,
+    /// The resume data on disk matched the files and says what `result` has: the run need not
+    /// save it again until a piece is written.
+    pub(super) resume_current: bool,
 }
 
 impl Daemon {
@@ -355,27 +371,49 @@ impl Daemon {
             force,
         };
         let tx = self.checked_tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("check {}", meta.name))
-            .spawn(move || {
-                let result = check_data(&meta, &plan, threads, &progress);
-                let _ = tx.send(Checked {
-                    meta,
-                    check,
-                    result,
-                });
+        let name = format!("check {}", meta.name);
+        let job: CheckJob = Box::new(move || {
+            let (result, resume_current) = match check_data(&meta, &plan, threads, &progress) {
+                Ok((storage, have, current)) => (Ok((storage, have)), current),
+                Err(e) => (Err(e), false),
+            };
+            let _ = tx.send(Checked {
+                meta,
+                check,
+                result,
+                resume_current,
             });
-        if let Err(e) = spawned {
-            let actions = t
-                .life
-                .on_failed_to_start(format!("cannot spawn check thread: {e}"));
-            self.apply(index, actions);
+        });
+        self.checks.pending.push_back((t.info_hash, name, job));
+        self.start_pending_checks();
+    }
+
+    /// Spawns the `check NAME` threads of pending checks while fewer than [`MAX_CHECKS`] run
+    /// (10,000 torrents queued at start would otherwise be 10,000 check threads at once).
+    pub(super) fn start_pending_checks(&mut self) {
+        while self.checks.running < MAX_CHECKS {
+            let Some((info_hash, name, job)) = self.checks.pending.pop_front() else {
+                return;
+            };
+            match std::thread::Builder::new().name(name).spawn(job) {
+                Ok(_) => self.checks.running += 1,
+                Err(e) => {
+                    if let Some(index) = self.index_of(&info_hash) {
+                        let actions = self.torrents[index]
+                            .life
+                            .on_failed_to_start(format!("cannot spawn check thread: {e}"));
+                        self.apply(index, actions);
+                    }
+                }
+            }
         }
     }
 
     /// A `check NAME` thread is done: the core decides (run, stay paused, error, or nothing
     /// when it no longer waits for this check); the run or the resume data come from here.
     pub(super) fn on_checked(&mut self, checked: Checked) {
+        self.checks.running = self.checks.running.saturating_sub(1);
+        self.start_pending_checks();
         let meta = checked.meta;
         let Some(index) = self.index_of(&meta.info_hash) else {
             return;
@@ -427,7 +465,8 @@ impl Daemon {
                 }
                 Action::StartRun => {
                     if let Some(storage) = storage.take() {
-                        self.start_run(index, Arc::clone(&meta), storage, have.clone());
+                        let (meta, have) = (Arc::clone(&meta), have.clone());
+                        self.start_run(index, meta, storage, have, checked.resume_current);
                     }
                 }
                 other => self.apply(index, vec![other]),
@@ -436,7 +475,14 @@ impl Daemon {
     }
 
     /// Starts a checked torrent's coordinator on the engine, with its own limits and rates.
-    fn start_run(&mut self, index: usize, meta: Arc<Metainfo>, storage: Storage, have: Bitfield) {
+    fn start_run(
+        &mut self,
+        index: usize,
+        meta: Arc<Metainfo>,
+        storage: Storage,
+        have: Bitfield,
+        resume_current: bool,
+    ) {
         let state_dir = self.config.state_dir.clone();
         let limits = self.seed_limits();
         let own_limits = self.torrent_limits(&self.torrents[index]);
@@ -444,6 +490,7 @@ impl Daemon {
         let resume = ResumeTarget {
             path: t.resume_path(&state_dir),
             root: t.download_dir().to_owned(),
+            current: resume_current,
         };
         let allowance = limits
             .for_torrent(&t.record)
@@ -501,13 +548,14 @@ pub(super) struct CheckPlan {
 }
 
 /// Opens the files and finds the verified pieces: from resume data when it still matches the
-/// files, else by hashing. Runs on a `check NAME` thread.
+/// files (then with `true`: the resume data says what the files have), else by hashing. Runs
+/// on a `check NAME` thread.
 pub(super) fn check_data(
     meta: &Metainfo,
     plan: &CheckPlan,
     threads: usize,
     progress: &AtomicU32,
-) -> Result<(Storage, Bitfield), String> {
+) -> Result<(Storage, Bitfield, bool), String> {
     let (root, resume_path) = (plan.root.as_path(), plan.resume_path.as_path());
     if plan.force {
         // The data changed under a running torrent: the resume data may list pieces that are
@@ -529,7 +577,7 @@ pub(super) fn check_data(
                     have.count_ones(),
                     meta.geometry.num_pieces
                 );
-                return Ok((storage, have));
+                return Ok((storage, have, true));
             }
             Err(stale) => format!("resume data not used: {stale}"),
         },
@@ -551,7 +599,7 @@ pub(super) fn check_data(
         meta.geometry.num_pieces,
         started.elapsed()
     );
-    Ok((storage, have))
+    Ok((storage, have, false))
 }
 
 /// Puts a torrent's own rate limits (its record's) on its running peer threads' context.

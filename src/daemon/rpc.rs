@@ -878,6 +878,8 @@ impl Daemon {
             "torrent {}: renaming {path} to {name} over the RPC",
             t.name()
         );
+        self.renames_waiting = true;
+        let t = &mut self.torrents[index];
         t.pending_renames.push(PendingRename {
             asked: PathRename {
                 path: path.to_owned(),
@@ -897,9 +899,13 @@ impl Daemon {
 
     /// Does on disk the renames that wait for their torrents' runs to have ended.
     pub(super) fn apply_renames(&mut self) {
+        if !self.renames_waiting {
+            return; // the usual sweep: no torrent to look at
+        }
         for index in 0..self.torrents.len() {
             let _ = self.apply_renames_of(index);
         }
+        self.renames_waiting = self.torrents.iter().any(|t| !t.pending_renames.is_empty());
     }
 
     /// Does on disk the renames of the torrent at `index`, unless a run still holds its files

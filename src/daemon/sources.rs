@@ -159,12 +159,18 @@ impl Daemon {
             t.set_meta(meta);
         }
         t.magnet = magnet;
+        // What is on disk counts as saved now: its clocks are due for a save one interval on.
+        t.saved_at = on_disk.as_ref().map(|_| Instant::now());
         t.saved = on_disk;
         t.peers = peers;
-        if t.record.queue_position.is_none() && self.queue_restored {
-            t.record.queue_position = Some(self.next_queue_position());
+        if self.queue_restored {
+            if t.record.queue_position.is_none() {
+                t.record.queue_position = Some(self.next_queue_position());
+            }
+            t.save_record(&self.config.state_dir);
         }
-        t.save_record(&self.config.state_dir);
+        // At start the record is saved once the queue order is restored, with every other
+        // (`restore_queue_order`), not once here and again there.
         self.torrents.push(t);
         let index = self.torrents.len() - 1;
         let actions = self.torrents[index].life.on_added(paused, unfinished_move);
@@ -396,6 +402,15 @@ impl Daemon {
     /// Takes in the runs that have ended since the last call: their totals go into their
     /// torrents' records.
     pub(super) fn reap_stopped(&mut self) {
+        for index in self.reap_stopped_unsaved() {
+            self.torrents[index].save_record(&self.config.state_dir);
+        }
+    }
+
+    /// [`Daemon::reap_stopped`] without saving their records (the caller saves them all at
+    /// once); returns the indices of their torrents.
+    pub(super) fn reap_stopped_unsaved(&mut self) -> Vec<usize> {
+        let mut reaped = Vec::new();
         let mut index = 0;
         while index < self.stopping.len() {
             if !self.stopping[index].1.thread.is_done() {
@@ -407,9 +422,10 @@ impl Daemon {
                 let t = &mut self.torrents[i];
                 t.life.on_run_ended();
                 t.end_run(&stopping.stats);
-                t.save_record(&self.config.state_dir);
+                reaped.push(i);
             }
         }
+        reaped
     }
 
     /// The queue position of a torrent added now: after every torrent there is.
@@ -427,13 +443,14 @@ impl Daemon {
         let torrents = std::mem::take(&mut self.torrents);
         self.torrents = moved(torrents, selected, how);
         self.number_queue();
+        self.save_records();
     }
 
-    /// Keeps each torrent's place in the queue in its record.
+    /// Keeps each torrent's place in the queue in its record (saved by the caller, or by the
+    /// sweeps: `save_due_records`).
     fn number_queue(&mut self) {
         for (position, t) in (0u64..).zip(&mut self.torrents) {
             t.record.queue_position = Some(position);
-            t.save_record(&self.config.state_dir);
         }
     }
 
@@ -447,13 +464,122 @@ impl Daemon {
         self.queue_restored = true;
     }
 
-    /// Saves every record that changed (totals, seeding time) since its last save.
+    /// One sweep's share of saving records: of those not looked at for `RECORD_SAVE_INTERVAL`
+    /// (or never), at most [`SAVE_ROUND`], in queue order; of these it saves, all at once, the
+    /// ones changed in more than their clocks (totals, settings, position), and the ones whose
+    /// clocks alone moved once their last save is `RECORD_CLOCK_SAVE_INTERVAL` old. So the
+    /// main loop never stalls on thousands of files (a first start's 10,000 new records are
+    /// saved 100 a second), and an idle daemon rewrites none.
+    pub(super) fn save_due_records(&mut self) {
+        let now = Instant::now();
+        let older = |at: Option<Instant>, interval| at.is_none_or(|at| now - at >= interval);
+        let due: Vec<usize> = (0..self.torrents.len())
+            .filter(|&i| {
+                let t = &self.torrents[i];
+                t.has_record() && older(t.looked_at, RECORD_SAVE_INTERVAL)
+            })
+            .take(SAVE_ROUND)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let save: Vec<usize> = due
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let t = &self.torrents[i];
+                older(t.saved_at, RECORD_CLOCK_SAVE_INTERVAL) || t.record_changed_beyond_clocks()
+            })
+            .collect();
+        self.save_records_of(&save, None);
+        for i in due {
+            self.torrents[i].looked_at = Some(now);
+        }
+    }
+
+    /// Saves every record that changed since its last save, clocks included, all at once
+    /// (`atomic_file::write_many`).
     pub(super) fn save_records(&mut self) {
-        for t in &mut self.torrents {
-            t.save_record(&self.config.state_dir);
+        let all: Vec<usize> = (0..self.torrents.len()).collect();
+        self.save_records_of(&all, None);
+    }
+
+    /// Saves, all at once, the records at `indices` that changed since their last save; with
+    /// `until`, in rounds of [`SAVE_ROUND`] while there is time. Returns how many changed
+    /// records were left unsaved for want of time.
+    fn save_records_of(&mut self, indices: &[usize], until: Option<Instant>) -> usize {
+        let state_dir = self.config.state_dir.clone();
+        let mut changed = Vec::new();
+        for &index in indices {
+            let t = &self.torrents[index];
+            if !t.has_record() {
+                continue;
+            }
+            let now = t.record_now();
+            if t.saved.as_ref() != Some(&now) {
+                changed.push((index, now));
+            }
+        }
+        let mut rounds = changed.chunks(if until.is_some() {
+            SAVE_ROUND
+        } else {
+            usize::MAX
+        });
+        let mut left = 0;
+        for round in rounds.by_ref() {
+            if until.is_some_and(|until| Instant::now() >= until) {
+                left += round.len();
+                continue;
+            }
+            let files = round
+                .iter()
+                .map(|(index, now)| {
+                    let path = TorrentRecord::path_in(&state_dir, &self.torrents[*index].info_hash);
+                    (path, now.to_file_bytes())
+                })
+                .collect();
+            let errors = crate::atomic_file::write_many(files);
+            for e in &errors {
+                warn!("torrent record: {e}");
+            }
+            for (index, now) in round {
+                let t = &mut self.torrents[*index];
+                let path = TorrentRecord::path_in(&state_dir, &t.info_hash);
+                if !errors.iter().any(|e| e.names(&path)) {
+                    t.saved = Some(now.clone());
+                    t.saved_at = Some(Instant::now());
+                }
+            }
+        }
+        left
+    }
+
+    /// At stop: the records that changed in more than their clocks, then those whose clocks
+    /// alone moved; more than [`SAVE_ROUND`] of either only while `until` allows (rewriting
+    /// thousands of files takes longer than the stop budget on some disks); the rest keep
+    /// what their last save says (clocks at most `RECORD_CLOCK_SAVE_INTERVAL` old).
+    pub(super) fn save_records_at_stop(&mut self, until: Instant) {
+        let (beyond, clocks): (Vec<usize>, Vec<usize>) = (0..self.torrents.len())
+            .filter(|&i| self.torrents[i].has_record())
+            .partition(|&i| self.torrents[i].record_changed_beyond_clocks());
+        // A few (the usual daemon) are saved whatever the time: that takes milliseconds.
+        let bound = |n: usize| (n > SAVE_ROUND).then_some(until);
+        let beyond_left = self.save_records_of(&beyond, bound(beyond.len()));
+        let clocks_left = self.save_records_of(&clocks, bound(clocks.len()));
+        if beyond_left + clocks_left > 0 {
+            warn!(
+                "daemon: stop budget spent; {} torrent records keep what their last save says \
+                 ({beyond_left} with changed totals or settings, {clocks_left} with only their \
+                 seeding time, at most {} min old)",
+                beyond_left + clocks_left,
+                RECORD_CLOCK_SAVE_INTERVAL.as_secs() / 60
+            );
         }
     }
 }
+
+/// Records looked at in one sweep (`save_due_records`), and saved at once in one round at stop.
+const SAVE_ROUND: usize = 100;
 
 /// The key of a `[[torrent]]` entry whose file could not be read: the SHA-1 of its path, so it
 /// never clashes with a real torrent's info hash.

@@ -196,6 +196,10 @@ pub(super) struct Managed {
     pub(super) record: TorrentRecord,
     /// What was last saved of the record (nothing is written while it is unchanged).
     pub(super) saved: Option<TorrentRecord>,
+    /// When this daemon last saved the record, or loaded it (`None`: neither yet).
+    pub(super) saved_at: Option<Instant>,
+    /// When the sweeps last looked whether the record is due for a save (`None`: not yet).
+    pub(super) looked_at: Option<Instant>,
     pub(super) peers: Vec<SocketAddr>,
     /// Its phase and what drives it: read here, written only by `lifecycle.rs`.
     pub(super) life: Lifecycle,
@@ -261,6 +265,8 @@ impl Managed {
             source,
             record,
             saved: None,
+            saved_at: None,
+            looked_at: None,
             peers: Vec::new(),
             life,
             fetching: None,
@@ -447,7 +453,12 @@ impl Managed {
 
     /// The seeding limit it has reached under `global` (as its record adapts them), if any.
     pub(super) fn seed_limit_reached(&self, global: SeedLimits) -> Option<LimitReached> {
-        global.for_torrent(&self.record).reached(
+        let limits = global.for_torrent(&self.record);
+        if limits.ratio.is_none() && limits.time.is_zero() && limits.idle.is_zero() {
+            // No limit (the usual case): nothing to read, no clock to look at.
+            return None;
+        }
+        limits.reached(
             self.size(),
             self.totals().0,
             self.seeding_secs(),
@@ -544,6 +555,16 @@ impl Managed {
 
     /// Saves the record if it changed since the last save; a failure is logged (the next
     /// save tries again).
+    /// Whether the record changed since its last save in more than its clocks (see
+    /// `TorrentRecord::differs_beyond_clocks`); a record never saved has changed.
+    pub(super) fn record_changed_beyond_clocks(&self) -> bool {
+        self.has_record()
+            && self
+                .saved
+                .as_ref()
+                .is_none_or(|saved| self.record_now().differs_beyond_clocks(saved))
+    }
+
     pub(super) fn save_record(&mut self, state_dir: &Path) {
         if self.saved.as_ref() == Some(&self.record_now()) {
             return;
@@ -565,6 +586,7 @@ impl Managed {
         let now = self.record_now();
         now.save(&TorrentRecord::path_in(state_dir, &self.info_hash))?;
         self.saved = Some(now);
+        self.saved_at = Some(Instant::now());
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 //! obeys orders ([`PeerCommand`]).
 
 pub mod conn;
+pub mod events;
 pub mod mse;
 mod session;
 pub mod web_seed;
@@ -230,7 +231,7 @@ pub struct TorrentContext {
     pub our_id: [u8; 20],
     pub geometry: Geometry,
     pub storage: Arc<Storage>,
-    pub events: Sender<PeerEvent>,
+    pub events: events::EventSender,
     /// The process-wide rate limits and peer budget.
     pub limits: Arc<Limits>,
     /// Our listen port, told to peers in the extended handshake.

@@ -159,7 +159,10 @@ fn run_connected(
     }
     tune_socket(stream.socket());
     let (socket, commands) = match stream.socket().try_clone() {
-        Ok(clone) => (clone, crossbeam_channel::bounded(1024)),
+        // Unbounded, so an idle peer holds no slots (a bounded crossbeam channel allocates
+        // them all up front); the coordinator, its only sender, keeps it within
+        // `PEER_COMMANDS_CAPACITY`.
+        Ok(clone) => (clone, crossbeam_channel::unbounded()),
         Err(e) => {
             let _ = ctx.events.send(PeerEvent::ConnectFailed {
                 peer,

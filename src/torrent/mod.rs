@@ -419,6 +419,9 @@ pub struct ResumeTarget {
     pub path: PathBuf,
     /// The download directory (files are under `root/<name>`).
     pub root: PathBuf,
+    /// The file at `path` already says what the run starts with (the daemon's check took it
+    /// from there): nothing to save until a piece is written, at stop neither.
+    pub current: bool,
 }
 
 /// The engine's grip on a running torrent.
