@@ -96,7 +96,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), AtomicFileError> {
 /// From this many files on, [`write_many`] syncs their file system once instead of each file.
 const SYNCFS_FROM: usize = 64;
 
-/// Replaces many files at once, each as [`write`] would, but (from [`SYNCFS_FROM`] files on)
+/// Replaces many files at once, each as [`write()`] would, but (from `SYNCFS_FROM` files on)
 /// with one `syncfs` of their file system for all their new contents and one sync per
 /// directory for all their renames, instead of two syncs each: what a daemon stopping with thousands of records needs to fit its stop
 /// budget. Each file is still either old or new after a crash. Returns the files that could

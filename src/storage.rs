@@ -442,8 +442,8 @@ impl Storage {
 
     /// Writes a whole piece. Callers pass only data whose hash has been verified.
     ///
-    /// Each file's writes are serialized ([`StoredFile::writer`]). Bytes aligned to 4 KiB in
-    /// `data` and in the file go straight to the device (`O_DIRECT`, see [`Direct`]; a piece
+    /// Each file's writes are serialized (`StoredFile::writer`). Bytes aligned to 4 KiB in
+    /// `data` and in the file go straight to the device (`O_DIRECT`, see `Direct`; a piece
     /// buffer is aligned, so that is all of a piece but an unaligned file boundary or the last
     /// piece's tail); the rest is written through the page cache with write-back started at once
     /// (`posix_fadvise(DONTNEED)` on the range: on dirty pages the kernel only starts writing

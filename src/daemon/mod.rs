@@ -275,8 +275,8 @@ impl Daemon {
     /// The main loop: until SIGINT/SIGTERM, then a graceful stop.
     ///
     /// Each turn takes every event waiting (signals, RPC calls first, then checks, fetches and
-    /// moves that ended), then, when due, the sweep over every torrent ([`Daemon::sweep`]):
-    /// [`SWEEP_AFTER_EVENT`] after an event, else every [`LOOP_WAKE`]. With thousands of
+    /// moves that ended), then, when due, the sweep over every torrent (`Daemon::sweep`):
+    /// `SWEEP_AFTER_EVENT` after an event, else every `LOOP_WAKE`. With thousands of
     /// torrents a sweep is the one cost that grows with their number, so a burst of events
     /// (a first start's thousands of checks) pays for one sweep, not one each.
     pub fn run(mut self, signals: &Receiver<Signal>) {
