@@ -373,7 +373,13 @@ impl Daemon {
         let tx = self.checked_tx.clone();
         let name = format!("check {}", meta.name);
         let job: CheckJob = Box::new(move || {
-            let (result, resume_current) = match check_data(&meta, &plan, threads, &progress) {
+            // A panic in the check still ends in a `Checked`: the torrent goes to error (and
+            // retries) instead of waiting in "checking" forever, and its check slot is freed.
+            let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                check_data(&meta, &plan, threads, &progress)
+            }))
+            .unwrap_or_else(|_| Err("the check of the data panicked (a bug: see the log)".into()));
+            let (result, resume_current) = match checked {
                 Ok((storage, have, current)) => (Ok((storage, have)), current),
                 Err(e) => (Err(e), false),
             };
