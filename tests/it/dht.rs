@@ -97,6 +97,29 @@ fn btd_download_magnet(name: &str, magnet: &str, out: &std::path::Path, router: 
     Btd::spawn(name, btd_download_magnet_command(magnet, out, router))
 }
 
+/// `btd seed TORRENT -d DIR --bind IP --port 0 --dht-bootstrap ROUTER`, started.
+fn btd_seed_on_dht(
+    name: &str,
+    torrent: &std::path::Path,
+    dir: &std::path::Path,
+    ip: IpAddr,
+    router: SocketAddr,
+) -> Btd {
+    let args: Vec<OsString> = vec![
+        "seed".into(),
+        torrent.into(),
+        "-d".into(),
+        dir.into(),
+        "--bind".into(),
+        ip.to_string().into(),
+        "--port".into(),
+        "0".into(),
+        "--dht-bootstrap".into(),
+        router.to_string().into(),
+    ];
+    Btd::spawn(name, Btd::command(args))
+}
+
 #[test]
 fn btd_downloads_a_magnet_with_only_the_info_hash_from_a_libtorrent_seeder_found_on_the_dht() {
     let tmp = TempDir::new("dht-from-lt");
@@ -132,19 +155,13 @@ fn a_libtorrent_leecher_downloads_a_trackerless_magnet_from_btd_seed_found_on_th
     let tmp = TempDir::new("dht-to-lt");
     let (seed_dir, torrent, info) = payload(&tmp, "dht_to_lt");
     let (mut router, router_addr) = lt_router();
-    let args: Vec<OsString> = vec![
-        "seed".into(),
-        torrent.clone().into(),
-        "-d".into(),
-        seed_dir.clone().into(),
-        "--bind".into(),
-        next_ip().to_string().into(),
-        "--port".into(),
-        "0".into(),
-        "--dht-bootstrap".into(),
-        router_addr.to_string().into(),
-    ];
-    let mut seeder = Btd::spawn("btd seed on the dht", Btd::command(args));
+    let mut seeder = btd_seed_on_dht(
+        "btd seed on the dht",
+        &torrent,
+        &seed_dir,
+        next_ip().into(),
+        router_addr,
+    );
     seeder.wait_listening();
     let out = tmp.subdir("out");
     let magnet = format!("magnet:?xt=urn:btih:{}", info.info_hash);
@@ -169,19 +186,13 @@ fn btd_downloads_a_trackerless_magnet_from_btd_seed_through_the_dht() {
     let tmp = TempDir::new("dht-btd-btd");
     let (seed_dir, torrent, info) = payload(&tmp, "dht_btd_btd");
     let (mut router, router_addr) = lt_router();
-    let args: Vec<OsString> = vec![
-        "seed".into(),
-        torrent.clone().into(),
-        "-d".into(),
-        seed_dir.clone().into(),
-        "--bind".into(),
-        next_ip().to_string().into(),
-        "--port".into(),
-        "0".into(),
-        "--dht-bootstrap".into(),
-        router_addr.to_string().into(),
-    ];
-    let mut seeder = Btd::spawn("btd seed on the dht", Btd::command(args));
+    let mut seeder = btd_seed_on_dht(
+        "btd seed on the dht",
+        &torrent,
+        &seed_dir,
+        next_ip().into(),
+        router_addr,
+    );
     seeder.wait_listening();
     let out = tmp.subdir("out");
     let magnet = format!("magnet:?xt=urn:btih:{}", info.info_hash);
@@ -265,19 +276,13 @@ fn a_libtorrent_leecher_finds_btd_seed_on_the_ipv6_dht() {
     let tmp = TempDir::new("dht-v6");
     let (seed_dir, torrent, info) = payload(&tmp, "dht_v6");
     let (mut router, router_addr) = lt_router_on("::1".parse().unwrap());
-    let args: Vec<OsString> = vec![
-        "seed".into(),
-        torrent.clone().into(),
-        "-d".into(),
-        seed_dir.clone().into(),
-        "--bind".into(),
-        "::1".into(),
-        "--port".into(),
-        "0".into(),
-        "--dht-bootstrap".into(),
-        router_addr.to_string().into(),
-    ];
-    let mut seeder = Btd::spawn("btd seed on the ipv6 dht", Btd::command(args));
+    let mut seeder = btd_seed_on_dht(
+        "btd seed on the ipv6 dht",
+        &torrent,
+        &seed_dir,
+        "::1".parse().unwrap(),
+        router_addr,
+    );
     seeder.wait_listening();
     let out = tmp.subdir("out");
     let magnet = format!("magnet:?xt=urn:btih:{}", info.info_hash);
@@ -375,19 +380,13 @@ fn a_private_torrent_shows_no_dht_bit_and_sends_no_port_message() {
             .collect::<Vec<u8>>()
             .try_into()
             .expect("20 bytes");
-        let args: Vec<OsString> = vec![
-            "seed".into(),
-            torrent.clone().into(),
-            "-d".into(),
-            seed_dir.clone().into(),
-            "--bind".into(),
-            next_ip().to_string().into(),
-            "--port".into(),
-            "0".into(),
-            "--dht-bootstrap".into(),
-            router_addr.to_string().into(),
-        ];
-        let mut seeder = Btd::spawn("btd seed", Btd::command(args));
+        let mut seeder = btd_seed_on_dht(
+            "btd seed",
+            &torrent,
+            &seed_dir,
+            next_ip().into(),
+            router_addr,
+        );
         let addr = seeder.wait_listening();
         let (bit, port) = dht_signals(addr, &hash, next_ip());
         if private {
