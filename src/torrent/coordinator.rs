@@ -259,6 +259,11 @@ struct Coordinator {
     /// A piece was written this run.
     wrote_piece: bool,
     last_resume_save: Instant,
+    /// A `SaveResume` is on a disk thread. One at a time: two on different disk threads would
+    /// share the `.tmp` name, and the older snapshot could land after the newer one.
+    resume_saving: bool,
+    /// Asked for while one was on a disk thread: sent when that one's result comes back.
+    resume_again: bool,
     picker: Picker,
     buffers: PieceBuffers,
     have: Bitfield,
@@ -410,6 +415,8 @@ impl Coordinator {
             resume_clean: resume_current,
             wrote_piece: false,
             last_resume_save: now.checked_sub(RESUME_SAVE_INTERVAL).unwrap_or(now),
+            resume_saving: false,
+            resume_again: false,
             have,
             peers: HashMap::new(),
             addrs: HashMap::new(),
@@ -1354,13 +1361,16 @@ impl Coordinator {
             }
             DiskResult::FilesWanted(Ok(())) => {}
             DiskResult::FileChanged(error) => self.recheck(format!("storage: {error}")),
-            DiskResult::ResumeSaved(Err(error)) => {
-                warn!("torrent {}: {error}", self.name());
-            }
-            DiskResult::ResumeSaved(Ok(())) => {
-                // The start's own snapshot (after a hash): clean while nothing is written.
-                if !self.wrote_piece {
-                    self.resume_clean = true;
+            DiskResult::ResumeSaved(saved) => {
+                self.resume_saving = false;
+                match saved {
+                    Err(error) => warn!("torrent {}: {error}", self.name()),
+                    // The start's own snapshot (after a hash): clean while nothing is written.
+                    Ok(()) if !self.wrote_piece => self.resume_clean = true,
+                    Ok(()) => {}
+                }
+                if std::mem::take(&mut self.resume_again) {
+                    self.save_resume_later();
                 }
             }
         }
@@ -1783,7 +1793,12 @@ impl Coordinator {
         let Some(target) = self.resume.clone() else {
             return;
         };
-        self.disk_send(DiskJob::SaveResume {
+        if self.resume_saving {
+            self.resume_again = true;
+            self.resume_dirty = false;
+            return;
+        }
+        self.resume_saving = self.disk_send(DiskJob::SaveResume {
             meta: Arc::clone(&self.meta),
             target,
             have: self.have.clone(),

@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// The key of a web element reference in WebDriver's JSON.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// How long one attempt at a new session (Chromium's start) may take.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Attempts at a new session, each with its own chromedriver and profile.
+const SESSION_ATTEMPTS: u32 = 3;
 
 /// A page element, as WebDriver names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,8 +37,25 @@ pub struct Browser {
 
 impl Browser {
     /// Starts chromedriver on a free loopback port and a headless Chromium session in a new
-    /// profile directory, with a window of `width` x `height` pixels.
+    /// profile directory, with a window of `width` x `height` pixels. Chromium's first start
+    /// can take most of a minute on a loaded machine: a session that does not come up in
+    /// [`SESSION_TIMEOUT`] is tried again with a new chromedriver, up to [`SESSION_ATTEMPTS`]
+    /// times.
     pub fn start(name: &str, width: u32, height: u32) -> Browser {
+        let mut failures = Vec::new();
+        for attempt in 1..=SESSION_ATTEMPTS {
+            match Browser::try_start(name, width, height) {
+                Ok(browser) => return browser,
+                Err(e) => {
+                    eprintln!("{name}: attempt {attempt} of {SESSION_ATTEMPTS}: {e}");
+                    failures.push(e);
+                }
+            }
+        }
+        panic!("chromedriver: no session: {}", failures.join("\n"));
+    }
+
+    fn try_start(name: &str, width: u32, height: u32) -> Result<Browser, String> {
         require_program("chromedriver", "chromium-driver");
         assert!(
             Path::new(CHROMIUM).is_file(),
@@ -71,16 +92,21 @@ impl Browser {
             "pageLoadStrategy": "normal",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
         }}});
-        let reply = request("POST", &format!("{base}/session"), Some(&caps), SHORT * 2)
-            .unwrap_or_else(|e| panic!("chromedriver: no session: {e}\n{}", driver.log_text()));
+        let reply = request(
+            "POST",
+            &format!("{base}/session"),
+            Some(&caps),
+            SESSION_TIMEOUT,
+        )
+        .map_err(|e| format!("{e}\n{}", driver.log_text()))?;
         let id = reply["sessionId"]
             .as_str()
-            .unwrap_or_else(|| panic!("chromedriver: no sessionId in {reply}"));
-        Browser {
+            .ok_or_else(|| format!("no sessionId in {reply}"))?;
+        Ok(Browser {
             session: format!("{base}/session/{id}"),
             driver,
             _profile: profile,
-        }
+        })
     }
 
     /// Sends one WebDriver command (`path` under the session); returns its `value`.
