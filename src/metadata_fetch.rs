@@ -29,7 +29,6 @@
 //! `Metainfo` and starts the download.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -42,8 +41,8 @@ use sha1::{Digest, Sha1};
 use crate::listener::Incoming;
 use crate::metainfo::InfoHash;
 use crate::peer::PeerError;
-use crate::peer::conn::{self, PeerStream};
-use crate::peer::conn::{IDLE_TIMEOUT, KEEPALIVE_INTERVAL};
+use crate::peer::conn::{self, HANDSHAKE_TIMEOUT};
+use crate::peer::connection::{self, Connection, EndGuard, Handler, ReadPlan};
 use crate::peer::mse::Encryption;
 use crate::tracker::udp::UdpClient;
 use crate::tracker::{
@@ -51,7 +50,7 @@ use crate::tracker::{
 };
 use crate::wire::extension::{
     EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID, METADATA_PIECE_LEN, MetadataMessage,
-    OUR_UT_METADATA_ID,
+    OUR_UT_METADATA_ID, UT_METADATA,
 };
 use crate::wire::{ExtendedHandshake, Handshake, Message};
 
@@ -65,11 +64,12 @@ const MAX_CONNECTIONS: usize = 16;
 const REQUESTS_PER_PEER: usize = 2;
 /// A request unanswered this long drops the peer (it is tried again later) and frees the piece.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
-/// For the BitTorrent handshake, and then again for the extended handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a peer thread's read blocks before it looks at its orders again.
 const READ_TICK: Duration = Duration::from_millis(100);
+/// A peer thread's read buffer: a metadata piece and then some (it grows for a larger message,
+/// which the decoder bounds).
+const READ_BUF_BYTES: usize = 32 * 1024;
 /// How long the fetch loop waits for an event before it looks at its timers.
 const LOOP_TICK: Duration = Duration::from_millis(250);
 /// A peer that failed harmlessly (refused, rejected, timed out) is dialled again after this,
@@ -377,7 +377,7 @@ fn spawn_peer(
             let _ = events.send(Event::Gone {
                 peer: key,
                 addr,
-                end: PeerEnd::Panicked,
+                end: PeerError::Panicked,
             });
         }
     }
@@ -1079,13 +1079,6 @@ fn join_addrs(addrs: &[SocketAddr]) -> String {
         .join(", ")
 }
 
-/// The payload of an extended message carrying `msg` under the peer's id for `ut_metadata`.
-fn metadata_payload(their_id: u8, msg: &MetadataMessage) -> Vec<u8> {
-    let mut payload = vec![their_id];
-    payload.extend(msg.encode());
-    payload
-}
-
 // ---- one peer connection, on its own thread ------------------------------------------------
 
 /// What every `metadata ADDR` thread needs, shared.
@@ -1121,7 +1114,7 @@ enum Event {
     Gone {
         peer: Key,
         addr: SocketAddr,
-        end: PeerEnd,
+        end: PeerError,
     },
     /// A tracker's reply.
     TrackerPeers { url: String, peers: Vec<SocketAddr> },
@@ -1138,71 +1131,6 @@ enum Order {
     Request(u32),
 }
 
-/// Why a peer thread ended.
-#[derive(Debug, thiserror::Error)]
-enum PeerEnd {
-    #[error("connect failed: {0}")]
-    Connect(std::io::Error),
-    #[error("handshake: {0}")]
-    Handshake(String),
-    #[error("does not speak the extension protocol (BEP 10)")]
-    NoExtensions,
-    #[error("does not offer ut_metadata")]
-    NoUtMetadata,
-    #[error("has no metadata to share (no metadata_size)")]
-    NoMetadataSize,
-    #[error("metadata_size {0} is outside 1..={MAX_METADATA_BYTES}")]
-    BadMetadataSize(u64),
-    #[error("protocol violation: {0}")]
-    Protocol(String),
-    #[error("read failed: {0}")]
-    Read(std::io::Error),
-    #[error("write failed: {0}")]
-    Write(std::io::Error),
-    #[error("connection closed by peer")]
-    Closed,
-    #[error("silent for {0:?}")]
-    Idle(Duration),
-    #[error("stopped")]
-    Stopped,
-    #[error("peer thread panicked")]
-    Panicked,
-}
-
-impl PeerEnd {
-    /// How a failed dial (connect, encryption, handshakes) ends the thread.
-    fn from_dial(e: PeerError) -> PeerEnd {
-        match e {
-            PeerError::Connect(e) => PeerEnd::Connect(e),
-            other => PeerEnd::Handshake(other.to_string()),
-        }
-    }
-
-    /// The peer broke the rules: never dial it again.
-    fn is_misbehaviour(&self) -> bool {
-        matches!(self, Self::BadMetadataSize(_) | Self::Protocol(_))
-    }
-}
-
-/// Sends `Gone` exactly once when the thread ends, however it ends.
-struct GoneGuard<'a> {
-    events: &'a Sender<Event>,
-    peer: Key,
-    addr: SocketAddr,
-    end: Option<PeerEnd>,
-}
-
-impl Drop for GoneGuard<'_> {
-    fn drop(&mut self) {
-        let end = self.end.take().unwrap_or(PeerEnd::Panicked);
-        let _ = self.events.send(Event::Gone {
-            peer: self.peer,
-            addr: self.addr,
-            end,
-        });
-    }
-}
-
 fn peer_thread(
     setup: &PeerSetup,
     peer: Key,
@@ -1211,80 +1139,15 @@ fn peer_thread(
     events: &Sender<Event>,
     orders: &Receiver<Order>,
 ) {
-    let mut guard = GoneGuard {
-        events,
-        peer,
-        addr,
-        end: None,
-    };
-    let end = match run_peer(setup, peer, addr, accepted, events, orders) {
-        Ok(()) => PeerEnd::Stopped,
-        Err(end) => end,
-    };
-    guard.end = Some(end);
-}
-
-/// A socket with its read buffer: whole messages out, bounded by `Message::decode`.
-struct Conn {
-    stream: PeerStream,
-    buf: Vec<u8>,
-    last_received: Instant,
-    last_sent: Instant,
-}
-
-impl Conn {
-    fn send(&mut self, msg: &Message) -> Result<(), PeerEnd> {
-        let mut out = Vec::new();
-        msg.encode(&mut out);
-        self.stream.write_all(&out).map_err(PeerEnd::Write)?;
-        self.last_sent = Instant::now();
-        Ok(())
-    }
-
-    fn send_extended(&mut self, payload: Vec<u8>) -> Result<(), PeerEnd> {
-        self.send(&Message::Unknown {
-            id: EXTENDED_ID,
-            payload,
-        })
-    }
-
-    /// The next whole message already buffered.
-    fn take(&mut self) -> Result<Option<Message>, PeerEnd> {
-        match Message::decode(&self.buf) {
-            Ok(Some((msg, used))) => {
-                self.buf.drain(..used);
-                Ok(Some(msg))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => Err(PeerEnd::Protocol(e.to_string())),
-        }
-    }
-
-    /// One read, blocking up to the socket's read timeout; false when nothing came.
-    fn fill(&mut self) -> Result<bool, PeerEnd> {
-        let mut chunk = [0u8; 16 * 1024];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => Err(PeerEnd::Closed),
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                self.last_received = Instant::now();
-                Ok(true)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(PeerEnd::Read(e)),
-        }
-    }
+    let guard = EndGuard::new(|end| {
+        let _ = events.send(Event::Gone { peer, addr, end });
+    });
+    let end = run_peer(setup, peer, addr, accepted, events, orders);
+    guard.end(end);
 }
 
 /// One connection's life: dial `addr` (or answer `accepted`, whose handshake the listener read),
-/// handshakes, then the requests the loop orders.
+/// handshakes, then the requests the loop orders, until something ends it.
 fn run_peer(
     setup: &PeerSetup,
     peer: Key,
@@ -1292,22 +1155,22 @@ fn run_peer(
     accepted: Option<Incoming>,
     events: &Sender<Event>,
     orders: &Receiver<Order>,
-) -> Result<(), PeerEnd> {
+) -> PeerError {
     let mut ours = Handshake::new(setup.info_hash.0, setup.peer_id);
     ours.reserved[5] |= EXTENSION_BIT;
     // An accepted connection's slot counts it at the listener until this returns.
-    let (stream, theirs, _slot) = match accepted {
+    let (mut stream, theirs, slot) = match accepted {
         Some(Incoming {
-            mut stream,
+            stream,
             handshake,
             slot,
             ..
-        }) => {
-            stream.write_all(&ours.encode()).map_err(PeerEnd::Write)?;
-            (stream, handshake, Some(slot))
-        }
+        }) => (stream, handshake, Some(slot)),
         None => {
-            let socket = conn::open_socket(addr, setup.bind).map_err(PeerEnd::Connect)?;
+            let socket = match conn::open_socket(addr, setup.bind) {
+                Ok(socket) => socket,
+                Err(e) => return PeerError::Connect(e),
+            };
             let dial = conn::Dial {
                 bind: setup.bind,
                 connect_timeout: setup.connect_timeout,
@@ -1315,146 +1178,165 @@ fn run_peer(
                 mode: setup.encryption,
                 stopping: &|| false,
             };
-            let (stream, theirs) = conn::dial(socket, addr, &dial).map_err(PeerEnd::from_dial)?;
-            (stream, theirs, None)
-        }
-    };
-    stream
-        .set_write_timeout(Some(WRITE_TIMEOUT))
-        .map_err(PeerEnd::Connect)?;
-    let _ = stream.socket().set_nodelay(true);
-    let now = Instant::now();
-    let mut conn = Conn {
-        stream,
-        buf: Vec::new(),
-        last_received: now,
-        last_sent: now,
-    };
-    if theirs.info_hash != setup.info_hash.0 {
-        return Err(PeerEnd::Handshake("wrong info hash".into()));
-    }
-    if theirs.peer_id == setup.peer_id {
-        return Err(PeerEnd::Handshake("connected to ourselves".into()));
-    }
-    if !theirs.supports_extension_protocol() {
-        return Err(PeerEnd::NoExtensions);
-    }
-    let hello = ExtendedHandshake {
-        m: [("ut_metadata".to_owned(), OUR_UT_METADATA_ID)].into(),
-        p: Some(setup.listen_port).filter(|p| *p != 0),
-        v: Some(format!("btd {}", env!("CARGO_PKG_VERSION"))),
-        yourip: Some(addr.ip()),
-        ..ExtendedHandshake::default()
-    };
-    conn.send_extended(hello.encode())?;
-
-    // From here reads block briefly, so a closed order channel is noticed.
-    conn.stream
-        .set_read_timeout(Some(READ_TICK))
-        .map_err(PeerEnd::Connect)?;
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    let theirs = 'wait: loop {
-        while let Some(msg) = conn.take()? {
-            if let Message::Unknown {
-                id: EXTENDED_ID,
-                payload,
-            } = msg
-                && payload.first() == Some(&HANDSHAKE_EXT_ID)
-            {
-                break 'wait ExtendedHandshake::decode(&payload[1..]).map_err(PeerEnd::Protocol)?;
+            match conn::dial(socket, addr, &dial) {
+                Ok((stream, theirs)) => (stream, theirs, None),
+                Err(e) => return e,
             }
         }
-        if Instant::now() >= deadline {
-            return Err(PeerEnd::Handshake(format!(
-                "no extended handshake within {HANDSHAKE_TIMEOUT:?}"
-            )));
+    };
+    if let Err(e) = connection::finish_handshake(&mut stream, &ours, &theirs, slot.is_some()) {
+        return e;
+    }
+    if let Err(e) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
+        return PeerError::Connect(e);
+    }
+    stream.set_nodelay();
+    if !theirs.supports_extension_protocol() {
+        return PeerError::NoExtensions;
+    }
+    let mut conn = Connection::new(stream, addr, READ_BUF_BYTES, 1024);
+    let hello = ExtendedHandshake {
+        m: [(UT_METADATA.to_owned(), OUR_UT_METADATA_ID)].into(),
+        ..connection::our_extended_handshake(addr, setup.listen_port)
+    };
+    conn.queue_extended_handshake(&hello);
+    let mut handler = MetadataPeer {
+        peer,
+        addr,
+        events,
+        orders,
+        handshake_by: Instant::now() + HANDSHAKE_TIMEOUT,
+        their_id: None,
+    };
+    conn.run(&mut handler)
+}
+
+/// The metadata fetch's [`Handler`] of one connection: it waits for the peer's extended
+/// handshake, tells the fetch loop the peer is ready, then sends the loop's requests and passes
+/// on the peer's data and rejects. Closing the order channel, or the loop going away, ends it
+/// (`Dropped`).
+struct MetadataPeer<'a> {
+    peer: Key,
+    addr: SocketAddr,
+    events: &'a Sender<Event>,
+    orders: &'a Receiver<Order>,
+    /// When the peer's extended handshake must have come by.
+    handshake_by: Instant,
+    /// The id the peer takes `ut_metadata` under, once its extended handshake came.
+    their_id: Option<u8>,
+}
+
+impl MetadataPeer<'_> {
+    /// The peer's extended handshake: it must offer `ut_metadata` and a bounded
+    /// `metadata_size`; the loop hears that the peer is ready.
+    fn on_extended_handshake(&mut self, theirs: &ExtendedHandshake) -> Result<(), PeerError> {
+        let their_id = match theirs.m.get(UT_METADATA) {
+            Some(&id) if id != 0 => id,
+            _ => return Err(PeerError::NoUtMetadata),
+        };
+        let size = match theirs.metadata_size {
+            None => return Err(PeerError::NoMetadataSize),
+            Some(size) => u32::try_from(size)
+                .ok()
+                .filter(|s| (1..=MAX_METADATA_BYTES).contains(s))
+                .ok_or(PeerError::BadMetadataSize {
+                    size,
+                    max: MAX_METADATA_BYTES,
+                })?,
+        };
+        debug!(
+            "metadata: peer {}: {} offers {size} bytes of metadata",
+            self.addr,
+            theirs.v.as_deref().unwrap_or("a client")
+        );
+        self.their_id = Some(their_id);
+        self.report(Event::Ready {
+            peer: self.peer,
+            size,
+            listen_port: theirs.p,
+        })
+    }
+
+    fn report(&self, event: Event) -> Result<(), PeerError> {
+        self.events.send(event).map_err(|_| PeerError::Dropped)
+    }
+}
+
+impl Handler for MetadataPeer<'_> {
+    fn before_read(&mut self, conn: &mut Connection) -> Result<(), PeerError> {
+        let Some(their_id) = self.their_id else {
+            if Instant::now() >= self.handshake_by {
+                return Err(PeerError::NoExtendedHandshake(HANDSHAKE_TIMEOUT));
+            }
+            // No orders come before `Ready`; a closed channel is the order to stop.
+            return match self.orders.try_recv() {
+                Err(TryRecvError::Disconnected) => Err(PeerError::Dropped),
+                _ => Ok(()),
+            };
+        };
+        loop {
+            match self.orders.try_recv() {
+                Ok(Order::Request(piece)) => {
+                    conn.queue_extended(their_id, &MetadataMessage::Request { piece }.encode());
+                }
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => return Err(PeerError::Dropped),
+            }
         }
-        if matches!(orders.try_recv(), Err(TryRecvError::Disconnected)) {
+    }
+
+    fn plan_read(&mut self, space: usize) -> Option<ReadPlan> {
+        // Reads block briefly, so a closed order channel is noticed.
+        Some(ReadPlan {
+            timeout: READ_TICK,
+            max_bytes: space,
+        })
+    }
+
+    fn on_message(&mut self, conn: &mut Connection, msg: Message) -> Result<(), PeerError> {
+        let Message::Unknown {
+            id: EXTENDED_ID,
+            payload,
+        } = msg
+        else {
+            return Ok(());
+        };
+        let Some((&ext_id, body)) = payload.split_first() else {
+            return Ok(());
+        };
+        let Some(their_id) = self.their_id else {
+            if ext_id == HANDSHAKE_EXT_ID {
+                let theirs = ExtendedHandshake::decode(body).map_err(PeerError::Protocol)?;
+                return self.on_extended_handshake(&theirs);
+            }
+            return Ok(());
+        };
+        if ext_id != OUR_UT_METADATA_ID {
             return Ok(());
         }
-        conn.fill()?;
-    };
-    let their_id = match theirs.m.get("ut_metadata") {
-        Some(&id) if id != 0 => id,
-        _ => return Err(PeerEnd::NoUtMetadata),
-    };
-    let size = match theirs.metadata_size {
-        None => return Err(PeerEnd::NoMetadataSize),
-        Some(size) => u32::try_from(size)
-            .ok()
-            .filter(|s| (1..=MAX_METADATA_BYTES).contains(s))
-            .ok_or(PeerEnd::BadMetadataSize(size))?,
-    };
-    debug!(
-        "metadata: peer {addr}: {} offers {size} bytes of metadata",
-        theirs.v.as_deref().unwrap_or("a client")
-    );
-    let ready = Event::Ready {
-        peer,
-        size,
-        listen_port: theirs.p,
-    };
-    if events.send(ready).is_err() {
-        return Ok(());
-    }
-    loop {
-        loop {
-            match orders.try_recv() {
-                Ok(Order::Request(piece)) => {
-                    conn.send_extended(metadata_payload(
-                        their_id,
-                        &MetadataMessage::Request { piece },
-                    ))?;
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => return Ok(()),
-            }
-        }
-        conn.fill()?;
-        while let Some(msg) = conn.take()? {
-            let Message::Unknown {
-                id: EXTENDED_ID,
-                payload,
-            } = msg
-            else {
-                continue;
-            };
-            if payload.first() != Some(&OUR_UT_METADATA_ID) {
-                continue;
-            }
-            let event = match MetadataMessage::decode(&payload[1..]).map_err(PeerEnd::Protocol)? {
-                MetadataMessage::Data {
-                    piece,
-                    total_size,
-                    data,
-                } => Event::Piece {
-                    peer,
-                    piece,
-                    total_size,
-                    data: data.to_vec(),
-                },
-                MetadataMessage::Reject { piece } => Event::Rejected { peer, piece },
-                MetadataMessage::Request { piece } => {
-                    // We have no metadata to give (we did not send a metadata_size).
-                    conn.send_extended(metadata_payload(
-                        their_id,
-                        &MetadataMessage::Reject { piece },
-                    ))?;
-                    continue;
-                }
-                MetadataMessage::Other { .. } => continue,
-            };
-            if events.send(event).is_err() {
+        let event = match MetadataMessage::decode(body).map_err(PeerError::Protocol)? {
+            MetadataMessage::Data {
+                piece,
+                total_size,
+                data,
+            } => Event::Piece {
+                peer: self.peer,
+                piece,
+                total_size,
+                data: data.to_vec(),
+            },
+            MetadataMessage::Reject { piece } => Event::Rejected {
+                peer: self.peer,
+                piece,
+            },
+            MetadataMessage::Request { piece } => {
+                // We have no metadata to give (we did not send a metadata_size).
+                conn.queue_extended(their_id, &MetadataMessage::Reject { piece }.encode());
                 return Ok(());
             }
-        }
-        let now = Instant::now();
-        if now.saturating_duration_since(conn.last_received) >= IDLE_TIMEOUT {
-            return Err(PeerEnd::Idle(IDLE_TIMEOUT));
-        }
-        if now.saturating_duration_since(conn.last_sent) >= KEEPALIVE_INTERVAL {
-            conn.send(&Message::KeepAlive)?;
-        }
+            MetadataMessage::Other { .. } => return Ok(()),
+        };
+        self.report(event)
     }
 }
 
@@ -1519,14 +1401,6 @@ mod tests {
             s.on_piece(peer, piece, Some(u64::from(len32(bytes))), data);
         }
         s.tick(now);
-    }
-
-    #[test]
-    fn metadata_payloads_go_under_the_peers_id() {
-        assert_eq!(
-            metadata_payload(4, &MetadataMessage::Request { piece: 12 }),
-            b"\x04d8:msg_typei0e5:piecei12ee".to_vec()
-        );
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! refuses the first), the BitTorrent handshake, and on the accepting side telling an MSE
 //! handshake from a plaintext one by its first bytes ([`accept`]).
 //!
-//! Nothing above this module looks behind [`PeerStream`]: sessions read, write, set read
-//! timeouts and shut it down; only [`PeerStream::socket`] reaches the TCP socket, for the
-//! coordinator's handle that aborts a connection and for socket options.
+//! Nothing above this module looks behind [`PeerStream`]: connections (`connection.rs`) read,
+//! write, set timeouts and socket options, and shut it down through it; the coordinator ends
+//! one through a [`StreamHandle`]. Only this module reaches the TCP socket underneath.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
@@ -37,8 +37,8 @@ pub enum PeerStream {
 }
 
 impl PeerStream {
-    /// The TCP socket underneath, for socket options and a handle that can shut it down.
-    pub fn socket(&self) -> &TcpStream {
+    /// The TCP socket underneath (this module alone looks at it).
+    fn socket(&self) -> &TcpStream {
         match self {
             PeerStream::Plain(s) => s,
             PeerStream::Encrypted(s) => s.get_ref(),
@@ -72,6 +72,46 @@ impl PeerStream {
 
     pub fn shutdown(&self) {
         let _ = self.socket().shutdown(Shutdown::Both);
+    }
+
+    /// Sends small writes at once (no Nagle delay); best effort.
+    pub fn set_nodelay(&self) {
+        let _ = self.socket().set_nodelay(true);
+    }
+
+    /// Asks for kernel buffers of `bytes` each way (the kernel caps them at its own limits) and
+    /// no Nagle delay; best effort.
+    pub fn tune(&self, bytes: usize) {
+        let sock = socket2::SockRef::from(self.socket());
+        let _ = sock.set_recv_buffer_size(bytes);
+        let _ = sock.set_send_buffer_size(bytes);
+        self.set_nodelay();
+    }
+
+    /// A handle another thread keeps to end this connection.
+    ///
+    /// # Errors
+    /// When the socket cannot be duplicated (out of file descriptors).
+    pub fn handle(&self) -> io::Result<StreamHandle> {
+        self.socket().try_clone().map(StreamHandle)
+    }
+}
+
+/// A handle on a connection's stream that another thread (the coordinator) keeps to end it:
+/// [`StreamHandle::close`] unblocks the connection's thread in a read or a write.
+#[derive(Debug)]
+pub struct StreamHandle(TcpStream);
+
+impl StreamHandle {
+    /// Shuts the connection down both ways; its thread sees it end.
+    pub fn close(&self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+
+    /// Our end's address.
+    #[must_use]
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.0.local_addr().ok()
     }
 }
 
@@ -264,7 +304,7 @@ pub fn read_handshake(
     buf[..prefix.len()].copy_from_slice(prefix);
     read_by(stream, &mut buf[prefix.len()..], deadline)?;
     stream.set_read_timeout(before).map_err(PeerError::Read)?;
-    Handshake::decode(&buf).map_err(|e| PeerError::Handshake(e.to_string()))
+    Handshake::decode(&buf).map_err(PeerError::Handshake)
 }
 
 /// Fills `buf` from `stream` by `deadline`.

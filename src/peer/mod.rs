@@ -1,10 +1,13 @@
 //! Peer connections: one OS thread per peer, each owning its socket. This module holds what
-//! crosses the channels between a peer thread and its torrent's coordinator, and the functions
-//! that spawn peer threads for outgoing and incoming connections. The loop itself is in
-//! `session.rs`. A peer thread never touches picker state; it reports facts ([`PeerEvent`]) and
-//! obeys orders ([`PeerCommand`]).
+//! crosses the channels between a peer thread and its torrent's coordinator, the one error type
+//! of a peer connection ([`PeerError`], the torrent's and the metadata fetch's), and the
+//! functions that spawn peer threads for outgoing and incoming connections. The stream is made
+//! in `conn.rs`, the connection it carries runs in `connection.rs`, and the torrent session's
+//! handler of its messages is `session.rs`. A peer thread never touches picker state; it
+//! reports facts ([`PeerEvent`]) and obeys orders ([`PeerCommand`]).
 
 pub mod conn;
+pub mod connection;
 pub mod events;
 pub mod mse;
 mod session;
@@ -41,8 +44,8 @@ pub enum PeerEvent {
         /// serve, so its choke does not void our requests.
         fast: bool,
         commands: Sender<PeerCommand>,
-        /// A clone of the socket, so the coordinator can unblock the thread with `shutdown`.
-        socket: TcpStream,
+        /// A handle on the stream, so the coordinator can unblock the thread by closing it.
+        handle: conn::StreamHandle,
         stats: Arc<PeerStats>,
     },
     /// An outgoing connection or its handshake failed before `Connected`.
@@ -130,14 +133,14 @@ pub enum PeerCommand {
     Shutdown,
 }
 
-/// How the coordinator hangs up on a peer thread, which may be blocked in a read: a peer's TCP
-/// socket is shut down; a web seed (which has no socket of its own while idle, and whose HTTP
+/// How the coordinator hangs up on a peer thread, which may be blocked in a read: a peer's
+/// stream is shut down; a web seed (which has no socket of its own while idle, and whose HTTP
 /// connections live inside attohttpc) has a flag it looks at between requests and while idle.
-/// An enum rather than an `Option<TcpStream>`, so every hang-up is one call that cannot forget
-/// the web seed.
+/// An enum rather than an `Option<StreamHandle>`, so every hang-up is one call that cannot
+/// forget the web seed.
 #[derive(Debug)]
 pub enum PeerLink {
-    Tcp(TcpStream),
+    Stream(conn::StreamHandle),
     Web(Arc<std::sync::atomic::AtomicBool>),
 }
 
@@ -145,17 +148,15 @@ impl PeerLink {
     /// Makes the peer thread end soon: it sends `Disconnected` as it does.
     pub fn close(&self) {
         match self {
-            Self::Tcp(socket) => {
-                let _ = socket.shutdown(std::net::Shutdown::Both);
-            }
+            Self::Stream(handle) => handle.close(),
             Self::Web(closed) => closed.store(true, Ordering::Relaxed),
         }
     }
 
-    /// Our end's address (a TCP connection's only).
+    /// Our end's address (a peer connection's only).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
-            Self::Tcp(socket) => socket.local_addr().ok(),
+            Self::Stream(handle) => handle.local_addr(),
             Self::Web(_) => None,
         }
     }
@@ -181,13 +182,16 @@ impl PeerStats {
     }
 }
 
-/// Why a peer connection ended. Recoverable: the torrent goes on without this peer.
+/// Why a peer connection ended, for the torrent session and the metadata fetch alike.
+/// Recoverable: the torrent (or the fetch) goes on without this peer. Callers decide on the
+/// variant, never on the text.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     #[error("connect failed: {0}")]
     Connect(std::io::Error),
+    /// The peer's 68 bytes are not a BitTorrent handshake.
     #[error("handshake: {0}")]
-    Handshake(String),
+    Handshake(WireError),
     /// The handshake carried our own peer id: we dialled ourselves (an address of ours, or one
     /// a tracker or peer handed back to us).
     #[error("handshake: our own peer id")]
@@ -211,9 +215,26 @@ pub enum PeerError {
     Wire(#[from] WireError),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The peer did not set the extension-protocol bit (BEP 10), which the metadata fetch needs.
+    #[error("does not speak the extension protocol (BEP 10)")]
+    NoExtensions,
+    /// The peer's extended handshake did not come in time.
+    #[error("no extended handshake within {0:?}")]
+    NoExtendedHandshake(Duration),
+    /// The peer's extended handshake does not offer `ut_metadata` (BEP 9).
+    #[error("does not offer ut_metadata")]
+    NoUtMetadata,
+    /// The peer's extended handshake has no `metadata_size`: it has no metadata to share.
+    #[error("has no metadata to share (no metadata_size)")]
+    NoMetadataSize,
+    /// A `metadata_size` outside what we fetch: nothing was allocated for it.
+    #[error("metadata_size {size} is outside 1..={max}")]
+    BadMetadataSize { size: u64, max: u32 },
     #[error("no data for {0:?}")]
     Idle(Duration),
-    #[error("dropped by coordinator")]
+    /// Our side ended the connection: the coordinator dropped the peer, or the metadata fetch
+    /// stopped asking it.
+    #[error("dropped by us")]
     Dropped,
     #[error("coordinator gone")]
     CoordinatorGone,
@@ -223,6 +244,19 @@ pub enum PeerError {
     /// peer is dropped before any of it is sent, and the torrent rechecks its data.
     #[error("cannot serve piece {piece}: {error}")]
     ServeFailed { piece: u32, error: String },
+}
+
+impl PeerError {
+    /// The peer broke the rules (bad messages, a protocol violation, an absurd
+    /// `metadata_size`): an address not to dial again. Everything else (refused, closed, timed
+    /// out, not offering what we need) may be tried again later.
+    #[must_use]
+    pub fn is_misbehaviour(&self) -> bool {
+        matches!(
+            self,
+            Self::Wire(_) | Self::Protocol(_) | Self::BadMetadataSize { .. }
+        )
+    }
 }
 
 /// What every peer thread of one torrent shares.

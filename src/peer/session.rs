@@ -1,13 +1,14 @@
-//! The loop of one peer thread: it owns the socket, reads and decodes messages, reports them to
-//! the coordinator, carries out the coordinator's commands, and serves the peer's requests from
-//! disk for pieces we announced. Runs on thread "peer ADDR"; never touches picker state.
+//! The torrent session: the [`Handler`] of one peer connection of a torrent. It reports the
+//! peer's messages to the coordinator, carries out the coordinator's commands, and serves the
+//! peer's requests from disk for pieces we announced (and our metadata, BEP 9). Runs on thread
+//! "peer ADDR" over a [`Connection`]; never touches picker state.
 //!
-//! Each turn: drain commands, serve a batch of queued requests, write what is buffered, read
-//! (briefly blocking), decode every complete message, run the keep-alive and idle timers.
+//! Each turn ([`Connection::run`]): drain commands and serve a batch of queued requests
+//! ([`Handler::before_read`]), write what is buffered, read (briefly blocking, within the
+//! download limits), handle every complete message, run the keep-alive and idle timers.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, TryRecvError};
 use log::{debug, trace};
 
-use super::conn::{self, IDLE_TIMEOUT, KEEPALIVE_INTERVAL, PeerStream};
+use super::conn::{self, PeerStream};
+use super::connection::{self, Connection, EndGuard, Handler, ReadPlan};
 use super::mse::Encryption;
 use super::{PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
 use crate::torrent::picker::PeerKey;
@@ -62,14 +64,6 @@ fn our_handshake(ctx: &TorrentContext) -> Handshake {
     ours
 }
 
-fn tune_socket(stream: &TcpStream) {
-    let sock = socket2::SockRef::from(stream);
-    // Best effort: the kernel caps these at its own limits.
-    let _ = sock.set_recv_buffer_size(SOCKET_BUF_BYTES);
-    let _ = sock.set_send_buffer_size(SOCKET_BUF_BYTES);
-    let _ = stream.set_nodelay(true);
-}
-
 /// Body of an outgoing peer thread.
 pub(super) fn run_outgoing(
     ctx: &Arc<TorrentContext>,
@@ -103,7 +97,7 @@ pub(super) fn run_outgoing(
 /// our torrent by its info hash: answer with ours and run the session.
 pub fn run_incoming(
     ctx: &Arc<TorrentContext>,
-    mut stream: PeerStream,
+    stream: PeerStream,
     addr: SocketAddr,
     theirs: Handshake,
 ) {
@@ -111,58 +105,56 @@ pub fn run_incoming(
         debug!("peer {addr}: the torrent is stopping");
         return;
     };
-    let ours = our_handshake(ctx);
-    if let Err(e) = stream.write_all(&ours.encode()) {
-        debug!("peer {addr}: write handshake: {e}");
-        return;
-    }
-    run_connected(ctx, next_key(), stream, addr, theirs, true);
+    run_connected(ctx, super::next_peer_key(), stream, addr, theirs, true);
 }
 
-fn next_key() -> PeerKey {
-    super::next_peer_key()
-}
-
-/// Sends `Disconnected` exactly once when the session ends, however it ends (panics included).
-pub(super) struct DisconnectGuard<'a> {
-    pub(super) ctx: &'a TorrentContext,
-    pub(super) peer: PeerKey,
-    pub(super) reason: Option<PeerError>,
-}
-
-impl Drop for DisconnectGuard<'_> {
-    fn drop(&mut self) {
-        let reason = self.reason.take().unwrap_or(PeerError::Panicked);
-        let _ = self.ctx.events.send(PeerEvent::Disconnected {
-            peer: self.peer,
-            reason,
-        });
-    }
+/// Sends `Disconnected` for `peer` exactly once when its thread ends, however it ends (panics
+/// included).
+pub(super) fn disconnect_guard(
+    ctx: &TorrentContext,
+    peer: PeerKey,
+) -> EndGuard<impl FnOnce(PeerError) + '_> {
+    EndGuard::new(move |reason| {
+        let _ = ctx.events.send(PeerEvent::Disconnected { peer, reason });
+    })
 }
 
 fn run_connected(
     ctx: &Arc<TorrentContext>,
     peer: PeerKey,
-    stream: PeerStream,
+    mut stream: PeerStream,
     addr: SocketAddr,
     theirs: Handshake,
     incoming: bool,
 ) {
-    if theirs.peer_id == ctx.our_id {
-        debug!("peer {addr}: connected to ourselves");
-        let _ = ctx.events.send(PeerEvent::ConnectFailed {
-            peer,
-            addr,
-            reason: PeerError::SelfConnection,
-        });
-        return;
+    match connection::finish_handshake(&mut stream, &our_handshake(ctx), &theirs, incoming) {
+        Ok(()) => {}
+        Err(reason @ PeerError::SelfConnection) => {
+            debug!("peer {addr}: connected to ourselves");
+            let _ = ctx
+                .events
+                .send(PeerEvent::ConnectFailed { peer, addr, reason });
+            return;
+        }
+        // The coordinator has not heard of an incoming peer yet: nothing to tell it.
+        Err(e) if incoming => {
+            debug!("peer {addr}: {e}");
+            return;
+        }
+        Err(reason) => {
+            debug!("peer {addr}: {reason}");
+            let _ = ctx
+                .events
+                .send(PeerEvent::ConnectFailed { peer, addr, reason });
+            return;
+        }
     }
-    tune_socket(stream.socket());
-    let (socket, commands) = match stream.socket().try_clone() {
+    stream.tune(SOCKET_BUF_BYTES);
+    let (handle, commands) = match stream.handle() {
         // Unbounded, so an idle peer holds no slots (a bounded crossbeam channel allocates
         // them all up front); the coordinator, its only sender, keeps it within
         // `PEER_COMMANDS_CAPACITY`.
-        Ok(clone) => (clone, crossbeam_channel::unbounded()),
+        Ok(handle) => (handle, crossbeam_channel::unbounded()),
         Err(e) => {
             let _ = ctx.events.send(PeerEvent::ConnectFailed {
                 peer,
@@ -180,41 +172,38 @@ fn run_connected(
         incoming,
         fast: theirs.supports_fast(),
         commands: commands.0,
-        socket,
+        handle,
         stats: Arc::clone(&stats),
     };
     if ctx.events.send(connected).is_err() {
         return;
     }
-    let mut guard = DisconnectGuard {
-        ctx,
-        peer,
-        reason: None,
-    };
-    let mut session = Session::new(ctx, peer, stream, addr, commands.1, stats);
+    let guard = disconnect_guard(ctx, peer);
+    let mut conn = Connection::new(stream, addr, READ_BUF_BYTES, UPLOAD_BATCH_BYTES + 64 * 1024);
+    let mut session = Session::new(ctx, peer, addr, commands.1, stats);
     session.extended = theirs.supports_extension_protocol();
     session.fast = theirs.supports_fast();
     session.dht = theirs.supports_dht() && ctx.dht.is_some();
-    let reason = session.run();
+    let reason = match session.start(&mut conn) {
+        Ok(()) => conn.run(&mut session),
+        Err(e) => e,
+    };
     // Blocks read for the peer but never written: not sent, so not counted.
     session.release_unflushed();
     debug!("peer {addr}: disconnected: {reason}");
-    session.stream.shutdown();
-    guard.reason = Some(reason);
+    conn.shutdown();
+    guard.end(reason);
 }
 
+/// The torrent session's state of one connection: what the coordinator told it, what the peer
+/// said, and the peer's requests waiting to be served.
 struct Session<'a> {
     ctx: &'a TorrentContext,
     peer: PeerKey,
-    stream: PeerStream,
     addr: SocketAddr,
     commands: Receiver<PeerCommand>,
     stats: Arc<PeerStats>,
-    read_buf: Vec<u8>,
-    read_start: usize,
-    read_end: usize,
-    write_buf: Vec<u8>,
-    /// Payload bytes of the `piece` messages in `write_buf`: counted as uploaded once written,
+    /// Payload bytes of the `piece` messages in the connection's send buffer: counted as uploaded once written,
     /// returned to the torrent's upload allowance if they never are.
     unflushed_payload: u64,
     /// Pieces we announced (bitfield + have): the only ones we serve.
@@ -234,34 +223,24 @@ struct Session<'a> {
     /// Same for `ut_pex`.
     peer_ut_pex: Option<u8>,
     upload_queue: VecDeque<BlockRef>,
-    read_timeout: Duration,
     /// The upload limit stopped us serving this turn: wait a little instead of spinning.
     upload_throttled: bool,
-    last_received: Instant,
-    last_sent: Instant,
 }
 
 impl<'a> Session<'a> {
     fn new(
         ctx: &'a TorrentContext,
         peer: PeerKey,
-        stream: PeerStream,
         addr: SocketAddr,
         commands: Receiver<PeerCommand>,
         stats: Arc<PeerStats>,
     ) -> Self {
-        let now = Instant::now();
         Self {
             ctx,
             peer,
-            stream,
             addr,
             commands,
             stats,
-            read_buf: vec![0; READ_BUF_BYTES],
-            read_start: 0,
-            read_end: 0,
-            write_buf: Vec::with_capacity(UPLOAD_BATCH_BYTES + 64 * 1024),
             unflushed_payload: 0,
             our_pieces: Bitfield::new(ctx.geometry.num_pieces),
             am_choking: true,
@@ -274,30 +253,16 @@ impl<'a> Session<'a> {
             peer_ut_metadata: None,
             peer_ut_pex: None,
             upload_queue: VecDeque::new(),
-            read_timeout: Duration::ZERO,
             upload_throttled: false,
-            last_received: now,
-            last_sent: now,
-        }
-    }
-
-    fn run(&mut self) -> PeerError {
-        if let Err(e) = self.start() {
-            return e;
-        }
-        loop {
-            if let Err(e) = self.turn() {
-                return e;
-            }
         }
     }
 
     /// Waits for the coordinator's `Start` (our bitfield), which must be our first message.
-    fn start(&mut self) -> Result<(), PeerError> {
+    fn start(&mut self, conn: &mut Connection) -> Result<(), PeerError> {
         // A write that makes no progress this long means the peer stopped reading: without it
         // a peer that never reads would hold this thread in `write` forever.
-        let _ = self
-            .stream
+        let _ = conn
+            .stream()
             .set_write_timeout(Some(self.ctx.write_timeout()));
         match self.commands.recv_timeout(Duration::from_secs(30)) {
             Ok(PeerCommand::Start {
@@ -306,35 +271,29 @@ impl<'a> Session<'a> {
             }) => {
                 if self.fast && pieces.is_full() {
                     debug!("peer {}: -> have all", self.addr);
-                    Message::HaveAll.encode(&mut self.write_buf);
+                    conn.queue(&Message::HaveAll);
                 } else if self.fast && pieces.count_ones() == 0 {
                     debug!("peer {}: -> have none", self.addr);
-                    Message::HaveNone.encode(&mut self.write_buf);
+                    conn.queue(&Message::HaveNone);
                 } else if pieces.count_ones() > 0 {
-                    Message::Bitfield(pieces.as_bytes().to_vec()).encode(&mut self.write_buf);
+                    conn.queue(&Message::Bitfield(pieces.as_bytes().to_vec()));
                 }
                 self.our_pieces = pieces;
                 if self.dht
                     && let Some(dht) = &self.ctx.dht
                 {
-                    Message::Port(dht.port()).encode(&mut self.write_buf);
+                    conn.queue(&Message::Port(dht.port()));
                 }
                 if self.extended {
                     let ours = ExtendedHandshake {
                         m: self.our_extensions(),
                         metadata_size: Some(self.ctx.info_bytes.len() as u64),
-                        p: Some(self.ctx.listen_port).filter(|p| *p != 0),
-                        v: Some(format!("btd {}", env!("CARGO_PKG_VERSION"))),
                         reqq: Some(ADVERTISED_REQQ),
-                        yourip: Some(self.addr.ip()),
                         e: Some(self.ctx.limits.encryption.get() != Encryption::Tolerated),
                         upload_only: Some(upload_only),
+                        ..connection::our_extended_handshake(self.addr, self.ctx.listen_port)
                     };
-                    Message::Unknown {
-                        id: EXTENDED_ID,
-                        payload: ours.encode(),
-                    }
-                    .encode(&mut self.write_buf);
+                    conn.queue_extended_handshake(&ours);
                 }
                 Ok(())
             }
@@ -346,27 +305,17 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn turn(&mut self) -> Result<(), PeerError> {
-        self.drain_commands()?;
-        self.serve_uploads()?;
-        self.flush()?;
-        self.read_some()?;
-        self.decode_all()?;
-        self.timers()
-    }
-
-    fn drain_commands(&mut self) -> Result<(), PeerError> {
+    fn drain_commands(&mut self, out: &mut Vec<u8>) -> Result<(), PeerError> {
         loop {
             match self.commands.try_recv() {
-                Ok(cmd) => self.obey(cmd)?,
+                Ok(cmd) => self.obey(cmd, out)?,
                 Err(TryRecvError::Empty) => return Ok(()),
                 Err(TryRecvError::Disconnected) => return Err(PeerError::CoordinatorGone),
             }
         }
     }
 
-    fn obey(&mut self, cmd: PeerCommand) -> Result<(), PeerError> {
-        let out = &mut self.write_buf;
+    fn obey(&mut self, cmd: PeerCommand, out: &mut Vec<u8>) -> Result<(), PeerError> {
         match cmd {
             PeerCommand::Request(blocks) => {
                 for block in blocks {
@@ -437,10 +386,10 @@ impl<'a> Session<'a> {
     }
 
     /// Reads queued requests from disk straight into the send buffer, up to one batch.
-    fn serve_uploads(&mut self) -> Result<(), PeerError> {
+    fn serve_uploads(&mut self, out: &mut Vec<u8>) -> Result<(), PeerError> {
         self.upload_throttled = false;
         let now = Instant::now();
-        while self.write_buf.len() < UPLOAD_BATCH_BYTES {
+        while out.len() < UPLOAD_BATCH_BYTES {
             let Some(&block) = self.upload_queue.front() else {
                 break;
             };
@@ -455,18 +404,18 @@ impl<'a> Session<'a> {
                 break;
             }
             self.upload_queue.pop_front();
-            let start = self.write_buf.len();
-            encode_piece_header(block.piece, block.offset, block.len, &mut self.write_buf);
+            let start = out.len();
+            encode_piece_header(block.piece, block.offset, block.len, out);
             let data_start = start + PIECE_HEADER_LEN;
-            self.write_buf.resize(data_start + block.len as usize, 0);
-            if let Err(e) =
-                self.ctx
-                    .storage
-                    .read(block.piece, block.offset, &mut self.write_buf[data_start..])
+            out.resize(data_start + block.len as usize, 0);
+            if let Err(e) = self
+                .ctx
+                .storage
+                .read(block.piece, block.offset, &mut out[data_start..])
             {
                 // Nothing wrong goes to the peer: drop the half-built message and the peer.
                 // The coordinator logs it and rechecks the torrent's data.
-                self.write_buf.truncate(start);
+                out.truncate(start);
                 self.ctx.stats.release_upload(u64::from(block.len));
                 return Err(PeerError::ServeFailed {
                     piece: block.piece,
@@ -487,14 +436,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn flush(&mut self) -> Result<(), PeerError> {
-        if self.write_buf.is_empty() {
-            return Ok(());
-        }
-        self.stream
-            .write_all(&self.write_buf)
-            .map_err(PeerError::Write)?;
-        self.write_buf.clear();
+    /// What was in the send buffer is written: its payload counts as uploaded.
+    fn count_flushed(&mut self) {
         let payload = std::mem::take(&mut self.unflushed_payload);
         if payload > 0 {
             self.stats.add_uploaded(payload);
@@ -503,28 +446,13 @@ impl<'a> Session<'a> {
                 .uploaded
                 .fetch_add(payload, Ordering::Relaxed);
         }
-        self.last_sent = Instant::now();
-        Ok(())
     }
 
-    fn read_some(&mut self) -> Result<(), PeerError> {
-        if self.read_start == self.read_end {
-            self.read_start = 0;
-            self.read_end = 0;
-        } else if self.read_buf.len() - self.read_end < 64 * 1024 {
-            self.read_buf.copy_within(self.read_start..self.read_end, 0);
-            self.read_end -= self.read_start;
-            self.read_start = 0;
-            if self.read_end == self.read_buf.len() {
-                // One message larger than the buffer (a big bitfield): the decoder has already
-                // bounded its length, so growing is bounded too.
-                self.read_buf.resize(self.read_buf.len() * 2, 0);
-            }
-        }
-        // With uploads waiting, only take what is already there: the peer may have nothing
-        // more to say while it waits for our data.
+    /// How long the next read may block: with uploads waiting, only take what is already there
+    /// (the peer may have nothing more to say while it waits for our data).
+    fn read_timeout(&self) -> Duration {
         let busy = !self.upload_queue.is_empty() && !self.am_choking;
-        let timeout = if self.upload_throttled {
+        if self.upload_throttled {
             self.ctx
                 .limits
                 .upload
@@ -536,57 +464,7 @@ impl<'a> Session<'a> {
             ACTIVE_READ_TIMEOUT
         } else {
             IDLE_READ_TIMEOUT
-        };
-        if timeout != self.read_timeout {
-            self.stream
-                .set_read_timeout(Some(timeout))
-                .map_err(PeerError::Read)?;
-            self.read_timeout = timeout;
         }
-        let space = self.read_buf.len() - self.read_end;
-        let allowed = self.ctx.download_limits().take_up_to(space, Instant::now());
-        if allowed == 0 {
-            // Over the download limit: leave the bytes in the kernel (TCP pushes back on the
-            // sender) and look again shortly.
-            std::thread::sleep(
-                self.ctx
-                    .download_limits()
-                    .wait_hint(BLOCK_LEN as usize)
-                    .min(timeout.max(Duration::from_millis(1))),
-            );
-            return Ok(());
-        }
-        let end = self.read_end + allowed;
-        let result = self.stream.read(&mut self.read_buf[self.read_end..end]);
-        let used = *result.as_ref().unwrap_or(&0);
-        self.ctx.download_limits().give_back(allowed - used);
-        match result {
-            Ok(0) => Err(PeerError::Closed),
-            Ok(n) => {
-                self.read_end += n;
-                self.last_received = Instant::now();
-                Ok(())
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(PeerError::Read(e)),
-        }
-    }
-
-    fn decode_all(&mut self) -> Result<(), PeerError> {
-        while let Some((msg, used)) =
-            Message::decode(&self.read_buf[self.read_start..self.read_end])?
-        {
-            self.read_start += used;
-            self.handle(msg)?;
-        }
-        Ok(())
     }
 
     fn report(&self, event: PeerEvent) -> Result<(), PeerError> {
@@ -596,7 +474,7 @@ impl<'a> Session<'a> {
             .map_err(|_| PeerError::CoordinatorGone)
     }
 
-    fn handle(&mut self, msg: Message) -> Result<(), PeerError> {
+    fn handle(&mut self, msg: Message, out: &mut Vec<u8>) -> Result<(), PeerError> {
         let peer = self.peer;
         let first = !self.received_any;
         if !matches!(msg, Message::KeepAlive) {
@@ -634,7 +512,7 @@ impl<'a> Session<'a> {
                 }
                 self.report(PeerEvent::Bitfield { peer, pieces })?;
             }
-            Message::Request(block) => self.on_request(block)?,
+            Message::Request(block) => self.on_request(block, out)?,
             Message::Piece {
                 piece,
                 offset,
@@ -654,7 +532,7 @@ impl<'a> Session<'a> {
             Message::Unknown {
                 id: EXTENDED_ID,
                 payload,
-            } if self.extended => self.on_extended(&payload)?,
+            } if self.extended => self.on_extended(&payload, out)?,
             Message::HaveAll if self.fast => {
                 debug!("peer {}: <- have all", self.addr);
                 let pieces = Bitfield::full(self.ctx.geometry.num_pieces);
@@ -688,12 +566,12 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn on_extended(&mut self, payload: &[u8]) -> Result<(), PeerError> {
+    fn on_extended(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), PeerError> {
         let Some((&ext_id, dict)) = payload.split_first() else {
             return Err(PeerError::Protocol("empty extended message".into()));
         };
         if ext_id == OUR_UT_METADATA_ID {
-            return self.on_metadata_message(dict);
+            return self.on_metadata_message(dict, out);
         }
         if ext_id == OUR_UT_PEX_ID && !self.ctx.private {
             return match PexMessage::decode(dict) {
@@ -742,7 +620,7 @@ impl<'a> Session<'a> {
     }
 
     /// Serves our metadata (BEP 9): a piece of the info dictionary, or a reject.
-    fn on_metadata_message(&mut self, bytes: &[u8]) -> Result<(), PeerError> {
+    fn on_metadata_message(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), PeerError> {
         let msg = MetadataMessage::decode(bytes)
             .map_err(|e| PeerError::Protocol(format!("ut_metadata: {e}")))?;
         let MetadataMessage::Request { piece } = msg else {
@@ -769,18 +647,18 @@ impl<'a> Session<'a> {
             id: EXTENDED_ID,
             payload,
         }
-        .encode(&mut self.write_buf);
+        .encode(out);
         Ok(())
     }
 
     /// Tells a fast peer we will not serve `block`; others learn it from silence.
-    fn reject(&mut self, block: BlockRef) {
+    fn reject(&self, block: BlockRef, out: &mut Vec<u8>) {
         if self.fast {
-            Message::Reject(block).encode(&mut self.write_buf);
+            Message::Reject(block).encode(out);
         }
     }
 
-    fn on_request(&mut self, block: BlockRef) -> Result<(), PeerError> {
+    fn on_request(&mut self, block: BlockRef, out: &mut Vec<u8>) -> Result<(), PeerError> {
         if block.len > BLOCK_LEN {
             return Err(PeerError::Protocol(format!(
                 "request of {} bytes",
@@ -789,7 +667,7 @@ impl<'a> Session<'a> {
         }
         if self.am_choking {
             // Requests while choked are void; a racing request after our choke is normal.
-            self.reject(block);
+            self.reject(block, out);
             return Ok(());
         }
         if !self.ctx.geometry.is_servable_request(&block) || !self.our_pieces.get(block.piece) {
@@ -797,7 +675,7 @@ impl<'a> Session<'a> {
                 "peer {}: refusing request for {block:?} we do not have",
                 self.addr
             );
-            self.reject(block);
+            self.reject(block, out);
             return Ok(());
         }
         if self.upload_queue.len() >= MAX_UPLOAD_QUEUE {
@@ -806,15 +684,43 @@ impl<'a> Session<'a> {
         self.upload_queue.push_back(block);
         Ok(())
     }
+}
 
-    fn timers(&mut self) -> Result<(), PeerError> {
-        let now = Instant::now();
-        if now.duration_since(self.last_received) > IDLE_TIMEOUT {
-            return Err(PeerError::Idle(IDLE_TIMEOUT));
+impl Handler for Session<'_> {
+    fn before_read(&mut self, conn: &mut Connection) -> Result<(), PeerError> {
+        self.drain_commands(conn.out())?;
+        self.serve_uploads(conn.out())
+    }
+
+    fn plan_read(&mut self, space: usize) -> Option<ReadPlan> {
+        let timeout = self.read_timeout();
+        let allowed = self.ctx.download_limits().take_up_to(space, Instant::now());
+        if allowed == 0 {
+            // Over the download limit: leave the bytes in the kernel (TCP pushes back on the
+            // sender) and look again shortly.
+            std::thread::sleep(
+                self.ctx
+                    .download_limits()
+                    .wait_hint(BLOCK_LEN as usize)
+                    .min(timeout.max(Duration::from_millis(1))),
+            );
+            return None;
         }
-        if now.duration_since(self.last_sent) > KEEPALIVE_INTERVAL && self.write_buf.is_empty() {
-            Message::KeepAlive.encode(&mut self.write_buf);
-        }
-        Ok(())
+        Some(ReadPlan {
+            timeout,
+            max_bytes: allowed,
+        })
+    }
+
+    fn after_read(&mut self, allowed: usize, got: usize) {
+        self.ctx.download_limits().give_back(allowed - got);
+    }
+
+    fn on_message(&mut self, conn: &mut Connection, msg: Message) -> Result<(), PeerError> {
+        self.handle(msg, conn.out())
+    }
+
+    fn on_flushed(&mut self) {
+        self.count_flushed();
     }
 }

@@ -20,7 +20,7 @@ use attohttpc::{Method, RequestBuilder, StatusCode};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use log::{debug, warn};
 
-use super::session::DisconnectGuard;
+use super::session::disconnect_guard;
 use super::{PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
 use crate::metainfo::{FileEntry, Metainfo};
 use crate::percent;
@@ -156,14 +156,10 @@ struct WebSeed {
 impl WebSeed {
     fn run(mut self) {
         let ctx = Arc::clone(&self.ctx);
-        let mut guard = DisconnectGuard {
-            ctx: &ctx,
-            peer: self.peer,
-            reason: None,
-        };
+        let guard = disconnect_guard(&ctx, self.peer);
         let reason = self.serve();
         debug!("webseed {}: ended: {reason}", self.url);
-        guard.reason = Some(reason);
+        guard.end(reason);
     }
 
     fn serve(&mut self) -> PeerError {

@@ -25,6 +25,7 @@ use super::{
     TorrentParams, TorrentStats,
 };
 use crate::metainfo::Metainfo;
+use crate::peer::conn::StreamHandle;
 use crate::peer::web_seed::{self, WEB_SEED_PIPELINE, WebSeedTimeouts};
 use crate::peer::{self, PeerCommand, PeerError, PeerEvent, PeerLink, PeerStats, TorrentContext};
 use crate::profile::{self, LoopStats, Role};
@@ -657,9 +658,9 @@ impl Coordinator {
                 incoming,
                 fast,
                 commands,
-                socket,
+                handle,
                 stats,
-            } => self.on_connected(peer, addr, peer_id, incoming, fast, commands, socket, stats),
+            } => self.on_connected(peer, addr, peer_id, incoming, fast, commands, handle, stats),
             PeerEvent::ConnectFailed { peer, addr, reason } => {
                 if self.dialing.remove(&peer).is_some() {
                     self.global.peers.release();
@@ -751,7 +752,7 @@ impl Coordinator {
         incoming: bool,
         fast: bool,
         commands: Sender<PeerCommand>,
-        socket: TcpStream,
+        handle: StreamHandle,
         stats: Arc<PeerStats>,
     ) {
         if let Some(info) = self.addrs.get_mut(&addr) {
@@ -810,7 +811,7 @@ impl Coordinator {
                 info.retry_at = Instant::now() + RETRY_MAX;
             }
             let _ = commands.try_send(PeerCommand::Shutdown);
-            PeerLink::Tcp(socket).close();
+            PeerLink::Stream(handle).close();
             return;
         }
         if let Some(info) = self.addrs.get_mut(&addr) {
@@ -823,7 +824,7 @@ impl Coordinator {
             if incoming { "in" } else { "out" }
         );
         let now = Instant::now();
-        let link = PeerLink::Tcp(socket);
+        let link = PeerLink::Stream(handle);
         let priority = link
             .local_addr()
             .map_or(0, |ours| admission::canonical_priority(ours, addr));
