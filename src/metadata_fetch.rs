@@ -2,10 +2,12 @@
 //!
 //! [`fetch`] runs on its caller's thread, the *fetch loop*: it owns the `FetchState` (who is
 //! connected, which metadata piece is asked of whom, the pieces received, who is trusted) and a
-//! thread per peer connection, `metadata ADDR`, which owns its socket and does only I/O: the
-//! BitTorrent handshake with the BEP 10 bit, the extended handshake (we advertise `ut_metadata`
-//! under [`OUR_UT_METADATA_ID`] and read the peer's id and `metadata_size`), then the requests the
-//! loop orders and the data and rejects the peer sends back. A thread `metadata tracker` per
+//! thread per peer connection, `metadata ADDR`, which does only I/O on the same
+//! [`Connection`] a torrent's peer runs on (dial or accept, handshakes, framed reads, timers,
+//! the end reported once), with a handler of its own (`MetadataPeer`): the BitTorrent
+//! handshake with the BEP 10 bit, the extended handshake (we advertise `ut_metadata` under
+//! [`OUR_UT_METADATA_ID`] and read the peer's id and `metadata_size`), then the requests the loop
+//! orders and the data and rejects the peer sends back. A thread `metadata tracker` per
 //! `tr` announces once and hands the loop its peers; a tracker that fails is a warning.
 //!
 //! Peers also dial in: trackers that took our `started` announce hand our address out, and the
@@ -1357,7 +1359,7 @@ mod tests {
         (bytes, hash)
     }
 
-    const PIECE: usize = 16 * 1024;
+    const PIECE: usize = METADATA_PIECE_LEN as usize;
 
     fn piece_of(bytes: &[u8], piece: u32) -> Vec<u8> {
         let start = usize::try_from(piece).unwrap() * PIECE;
