@@ -1405,6 +1405,131 @@ mod tests {
         s.tick(now);
     }
 
+    /// A [`Connection`] over loopback TCP, and the peer's end.
+    fn connection() -> (Connection, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, addr) = l.accept().unwrap();
+        let stream = crate::peer::conn::PeerStream::Plain(ours);
+        (Connection::new(stream, addr, READ_BUF_BYTES, 1024), peer)
+    }
+
+    fn extended(ext_id: u8, body: &[u8]) -> Message {
+        let mut payload = vec![ext_id];
+        payload.extend_from_slice(body);
+        Message::Unknown {
+            id: EXTENDED_ID,
+            payload,
+        }
+    }
+
+    #[test]
+    fn a_metadata_peer_refuses_absurd_sizes_and_peers_without_ut_metadata() {
+        let (mut conn, _peer) = connection();
+        let (events_tx, _events) = crossbeam_channel::unbounded();
+        let (_orders_tx, orders) = crossbeam_channel::bounded(4);
+        let mut h = MetadataPeer {
+            peer: 7,
+            addr: conn.addr(),
+            events: &events_tx,
+            orders: &orders,
+            handshake_by: Instant::now() + HANDSHAKE_TIMEOUT,
+            their_id: None,
+        };
+        let without = ExtendedHandshake {
+            metadata_size: Some(20_000),
+            ..ExtendedHandshake::default()
+        };
+        let end = h.on_message(
+            &mut conn,
+            extended(HANDSHAKE_EXT_ID, &without.encode()[1..]),
+        );
+        assert!(matches!(end, Err(PeerError::NoUtMetadata)), "{end:?}");
+        assert!(!end.unwrap_err().is_misbehaviour());
+        let absurd = ExtendedHandshake {
+            m: [(UT_METADATA.to_owned(), 3)].into(),
+            metadata_size: Some(1 << 40),
+            ..ExtendedHandshake::default()
+        };
+        let end = h
+            .on_message(&mut conn, extended(HANDSHAKE_EXT_ID, &absurd.encode()[1..]))
+            .unwrap_err();
+        assert!(
+            matches!(end, PeerError::BadMetadataSize { size, .. } if size == 1 << 40),
+            "{end}"
+        );
+        assert!(end.is_misbehaviour(), "an absurd size bans the address");
+        h.handshake_by = Instant::now();
+        assert!(matches!(
+            h.before_read(&mut conn),
+            Err(PeerError::NoExtendedHandshake(_))
+        ));
+    }
+
+    #[test]
+    fn a_metadata_peer_asks_under_the_peers_id_and_passes_answers_on() {
+        let (mut conn, _peer) = connection();
+        let (events_tx, events) = crossbeam_channel::unbounded();
+        let (orders_tx, orders) = crossbeam_channel::bounded(4);
+        let mut h = MetadataPeer {
+            peer: 7,
+            addr: conn.addr(),
+            events: &events_tx,
+            orders: &orders,
+            handshake_by: Instant::now() + HANDSHAKE_TIMEOUT,
+            their_id: None,
+        };
+        // Before the extended handshake, metadata messages are not for us yet.
+        let data = MetadataMessage::Data {
+            piece: 1,
+            total_size: Some(20_000),
+            data: &[9; 100],
+        }
+        .encode();
+        h.on_message(&mut conn, extended(OUR_UT_METADATA_ID, &data))
+            .unwrap();
+        assert!(events.try_recv().is_err());
+        let theirs = ExtendedHandshake {
+            m: [(UT_METADATA.to_owned(), 3)].into(),
+            metadata_size: Some(20_000),
+            p: Some(6881),
+            ..ExtendedHandshake::default()
+        };
+        h.on_message(&mut conn, extended(HANDSHAKE_EXT_ID, &theirs.encode()[1..]))
+            .unwrap();
+        assert!(matches!(
+            events.try_recv().unwrap(),
+            Event::Ready {
+                peer: 7,
+                size: 20_000,
+                listen_port: Some(6881)
+            }
+        ));
+        orders_tx.send(Order::Request(1)).unwrap();
+        h.before_read(&mut conn).unwrap();
+        let mut want = vec![0, 0, 0, 27, 20, 3];
+        want.extend_from_slice(b"d8:msg_typei0e5:piecei1ee");
+        assert_eq!(conn.out(), &want, "a request under the peer's id 3");
+        conn.out().clear();
+        h.on_message(&mut conn, extended(OUR_UT_METADATA_ID, &data))
+            .unwrap();
+        assert!(matches!(
+            events.try_recv().unwrap(),
+            Event::Piece { peer: 7, piece: 1, total_size: Some(20_000), data } if data == [9; 100]
+        ));
+        // The peer asks us: we have nothing to give, and say so under its id.
+        let ask = MetadataMessage::Request { piece: 0 }.encode();
+        h.on_message(&mut conn, extended(OUR_UT_METADATA_ID, &ask))
+            .unwrap();
+        let mut want = vec![0, 0, 0, 27, 20, 3];
+        want.extend_from_slice(b"d8:msg_typei2e5:piecei0ee");
+        assert_eq!(conn.out(), &want);
+        let bad = h.on_message(&mut conn, extended(OUR_UT_METADATA_ID, b"not bencode"));
+        assert!(bad.unwrap_err().is_misbehaviour());
+        drop(orders_tx);
+        assert!(matches!(h.before_read(&mut conn), Err(PeerError::Dropped)));
+    }
+
     #[test]
     fn spreads_pieces_over_peers_and_verifies_the_whole() {
         let now = Instant::now();
