@@ -121,13 +121,7 @@ impl Connection {
     /// Queues an extended message (BEP 10) whose body is `body`, under the id `id` the peer
     /// asked for it in its extended handshake.
     pub fn queue_extended(&mut self, id: u8, body: &[u8]) {
-        let mut payload = Vec::with_capacity(1 + body.len());
-        payload.push(id);
-        payload.extend_from_slice(body);
-        self.queue(&Message::Unknown {
-            id: EXTENDED_ID,
-            payload,
-        });
+        encode_extended(id, body, &mut self.out);
     }
 
     /// Queues our extended handshake.
@@ -268,6 +262,19 @@ impl Connection {
     pub fn shutdown(&self) {
         self.stream.shutdown();
     }
+}
+
+/// Encodes into `out` an extended message (BEP 10) whose body is `body`, under the id `id` the
+/// peer asked for it in its extended handshake.
+pub fn encode_extended(id: u8, body: &[u8], out: &mut Vec<u8>) {
+    let mut payload = Vec::with_capacity(1 + body.len());
+    payload.push(id);
+    payload.extend_from_slice(body);
+    Message::Unknown {
+        id: EXTENDED_ID,
+        payload,
+    }
+    .encode(out);
 }
 
 /// The end of the BitTorrent handshake every purpose shares, once the stream is made: an

@@ -368,13 +368,7 @@ impl<'a> Session<'a> {
             }
             PeerCommand::Pex(pex) => {
                 if let Some(id) = self.peer_ut_pex {
-                    let mut payload = vec![id];
-                    payload.extend(pex.encode());
-                    Message::Unknown {
-                        id: EXTENDED_ID,
-                        payload,
-                    }
-                    .encode(out);
+                    connection::encode_extended(id, &pex.encode(), out);
                 }
             }
             PeerCommand::Shutdown => return Err(PeerError::Dropped),
@@ -641,13 +635,7 @@ impl<'a> Session<'a> {
         } else {
             MetadataMessage::Reject { piece }
         };
-        let mut payload = vec![their_id];
-        payload.extend(reply.encode());
-        Message::Unknown {
-            id: EXTENDED_ID,
-            payload,
-        }
-        .encode(out);
+        connection::encode_extended(their_id, &reply.encode(), out);
         Ok(())
     }
 
