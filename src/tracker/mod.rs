@@ -23,6 +23,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::percent;
+use crate::wire::compact::{self, Family};
 
 /// The `event` of an announce (BEP 3). Regular re-announces carry none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -291,11 +292,11 @@ pub fn parse_announce_response(url: &str, body: &[u8]) -> Result<AnnounceRespons
 
     let mut peers = Vec::new();
     if let Some(elem) = dict.get("peers") {
-        parse_peers(elem, CompactFamily::V4, &mut peers)
+        parse_peers(elem, Family::V4, &mut peers)
             .map_err(|reason| malformed(format!("peers: {reason}")))?;
     }
     if let Some(elem) = dict.get("peers6") {
-        parse_peers(elem, CompactFamily::V6, &mut peers)
+        parse_peers(elem, Family::V6, &mut peers)
             .map_err(|reason| malformed(format!("peers6: {reason}")))?;
     }
     retain_dialable(&mut peers);
@@ -403,33 +404,17 @@ fn check_nesting(body: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Which compact format a peer string holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompactFamily {
-    /// `peers`: 4-byte IPv4 address, 2-byte port.
-    V4,
-    /// `peers6`: 16-byte IPv6 address, 2-byte port.
-    V6,
-}
-
-impl CompactFamily {
-    fn entry_len(self) -> usize {
-        match self {
-            CompactFamily::V4 => 6,
-            CompactFamily::V6 => 18,
-        }
-    }
-}
-
 /// Appends the peers of a `peers` or `peers6` value to `out`. Unusable entries are skipped here or
 /// by the caller; only a value of the wrong type is an error.
 fn parse_peers(
     elem: &BencodeElem,
-    family: CompactFamily,
+    family: Family,
     out: &mut Vec<SocketAddr>,
 ) -> Result<(), String> {
     if let Some(bytes) = byte_string(elem) {
-        compact_peers(bytes, family, out);
+        // A trailing partial entry is ignored: the whole entries before it are still good.
+        // Port 0, unspecified addresses and repeats go in `retain_dialable`.
+        out.extend(compact::whole_peers(family, bytes));
         return Ok(());
     }
     match elem {
@@ -438,24 +423,6 @@ fn parse_peers(
             Ok(())
         }
         other => Err(format!("neither a string nor a list: {other}")),
-    }
-}
-
-/// Appends the peers of a compact peer string to `out`, as they are: the caller drops port 0,
-/// unspecified addresses and repeats ([`retain_dialable`]). A trailing partial entry is ignored:
-/// the whole entries before it are still good.
-pub(crate) fn compact_peers(bytes: &[u8], family: CompactFamily, out: &mut Vec<SocketAddr>) {
-    for entry in bytes.chunks_exact(family.entry_len()) {
-        let (ip, port) = entry.split_at(entry.len() - 2);
-        let ip = match family {
-            CompactFamily::V4 => IpAddr::V4(Ipv4Addr::from(
-                <[u8; 4]>::try_from(ip).expect("6-byte entry"),
-            )),
-            CompactFamily::V6 => IpAddr::V6(Ipv6Addr::from(
-                <[u8; 16]>::try_from(ip).expect("18-byte entry"),
-            )),
-        };
-        out.push(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])));
     }
 }
 
