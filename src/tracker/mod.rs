@@ -22,6 +22,7 @@ use lava_torrent::bencode::BencodeElem;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
+use crate::bencode::{self, WalkError};
 use crate::percent;
 use crate::wire::compact::{self, Family};
 
@@ -354,52 +355,25 @@ fn reply_dict<'a>(url: &str, root: &'a BencodeElem) -> Result<Dict<'a>, TrackerE
 
 /// The deepest nesting of lists and dictionaries we hand to lava_torrent. An announce reply needs 3
 /// (reply, peer list, peer).
-const MAX_NESTING: usize = 16;
+const MAX_NESTING: u32 = 16;
 
 /// Refuses a body nested deeper than [`MAX_NESTING`], or holding a byte that cannot start a
 /// bencode token, before lava_torrent sees it.
 ///
 /// lava_torrent's decoder recurses once per nested list or dictionary, so a reply of a few thousand
-/// `l` bytes would overflow the announcer's stack and abort the whole daemon. This walk builds
-/// nothing and leaves every other check to lava_torrent: it skips integers to their `e` and strings
-/// by their length prefix exactly as lava_torrent does, so its depth at each token is at least
-/// lava_torrent's recursion depth there.
+/// `l` bytes would overflow the announcer's stack and abort the whole daemon. [`bencode::walk`]
+/// builds nothing and skips integers and strings exactly as lava_torrent does, so its depth at
+/// each token is at least lava_torrent's recursion depth there. Each value of the body is walked
+/// (lava_torrent reads them all before we refuse the second); a body cut short is left to
+/// lava_torrent to refuse, since everything up to the cut was within the limit.
 fn check_nesting(body: &[u8]) -> Result<(), String> {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while let Some(&b) = body.get(i) {
-        let rest = &body[i..];
-        i = match b {
-            b'd' | b'l' => {
-                depth += 1;
-                if depth > MAX_NESTING {
-                    return Err(format!("nested deeper than {MAX_NESTING} levels"));
-                }
-                i + 1
-            }
-            b'e' if depth > 0 => {
-                depth -= 1;
-                i + 1
-            }
-            b'i' => match rest.iter().position(|&c| c == b'e') {
-                Some(end) => i + end + 1,
-                None => return Err("unterminated integer".to_owned()),
-            },
-            b'0'..=b'9' => {
-                let colon = rest
-                    .iter()
-                    .position(|&c| !c.is_ascii_digit())
-                    .filter(|&n| rest[n] == b':')
-                    .ok_or_else(|| format!("bad string length at byte {i}"))?;
-                let len = std::str::from_utf8(&rest[..colon])
-                    .ok()
-                    .and_then(|digits| digits.parse::<usize>().ok())
-                    .ok_or_else(|| format!("bad string length at byte {i}"))?;
-                // Past the end means truncated: the loop ends and lava_torrent says so.
-                i.saturating_add(colon + 1).saturating_add(len)
-            }
-            _ => return Err(format!("unexpected byte {b:#04x} at byte {i}")),
-        };
+    let mut pos = 0;
+    while pos < body.len() {
+        match bencode::walk(body, pos, MAX_NESTING) {
+            Ok(end) => pos = end,
+            Err(WalkError::Truncated) => break,
+            Err(e) => return Err(e.to_string()),
+        }
     }
     Ok(())
 }
@@ -998,8 +972,9 @@ mod tests {
             assert!(reason.contains("nested deeper"), "{reason}");
         }
         let mut ok = b"d8:intervali60e5:peers".to_vec();
-        ok.extend_from_slice(&b"l".repeat(MAX_NESTING - 1));
-        ok.extend_from_slice(&b"e".repeat(MAX_NESTING - 1));
+        let lists = usize::try_from(MAX_NESTING).unwrap() - 1;
+        ok.extend_from_slice(&b"l".repeat(lists));
+        ok.extend_from_slice(&b"e".repeat(lists));
         ok.push(b'e');
         assert_eq!(parse(&ok).unwrap().peers, vec![]);
         // A byte lava_torrent would take as the start of a string length is refused outright.

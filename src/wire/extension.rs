@@ -193,13 +193,13 @@ impl<'a> MetadataMessage<'a> {
         if payload.first() != Some(&b'd') {
             return Err("ut_metadata message is not a dictionary".into());
         }
-        let end = skip_value(payload, 0, 0).ok_or("ut_metadata dictionary is malformed")?;
+        let end = skip_value(payload, 0).ok_or("ut_metadata dictionary is malformed")?;
         let (mut msg_type, mut piece, mut total_size) = (None, None, None);
         let mut pos = 1;
         while payload[pos] != b'e' {
-            let key_end = skip_value(payload, pos, 1).ok_or("malformed key")?;
+            let key_end = skip_value(payload, pos).ok_or("malformed key")?;
             let key = string_value(&payload[pos..key_end]).ok_or("a key is not a string")?;
-            let value_end = skip_value(payload, key_end, 1).ok_or("malformed value")?;
+            let value_end = skip_value(payload, key_end).ok_or("malformed value")?;
             let value = int_value(&payload[key_end..value_end]);
             match key {
                 b"msg_type" => msg_type = value,
