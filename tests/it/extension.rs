@@ -5,7 +5,7 @@
 use crate::support::SHORT;
 use crate::support::fake_peer::{Block, Recv};
 use crate::support::fake_peer::{
-    FakeListener, FakePeer, Fixture, Msg, TorrentMeta, btd_download, btd_seed, frame,
+    FakeListener, FakePeer, Fixture, Msg, TorrentMeta, btd_download, btd_seed, compact_v4, frame,
     handshake_bytes,
 };
 use crate::support::next_ip;
@@ -324,15 +324,6 @@ fn btd_leecher_takes_have_all_and_requests_rejected_blocks_again() {
 }
 
 /// Compact IPv4 form of an address, as `ut_pex` carries it.
-fn compact(addr: std::net::SocketAddr) -> Vec<u8> {
-    let std::net::SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 expected: {addr}")
-    };
-    let mut out = v4.ip().octets().to_vec();
-    out.extend(v4.port().to_be_bytes());
-    out
-}
-
 /// Connects a fake peer to `addr` with the extension bit and an extended handshake that offers
 /// `ut_pex` under id 5 and names `listen_port`.
 fn pex_peer(
@@ -364,7 +355,7 @@ fn btd_tells_each_peer_about_the_others_by_their_listen_addresses() {
     let _b = pex_peer("b", addr, &meta, listen_b.addr().port());
     // b connected from an ephemeral port; btd must describe it by b's IP and listen port.
     let b_listen = std::net::SocketAddr::new(_b.local_addr().ip(), listen_b.addr().port());
-    let want = compact(b_listen);
+    let want = compact_v4(b_listen);
     let (msg, _) = fake_wait_pex(&mut a, &want);
     let Msg::Other { payload, .. } = msg else {
         unreachable!()
@@ -403,7 +394,7 @@ fn btd_dials_a_peer_it_learned_of_only_through_pex() {
     // btd offers ut_pex under id 2 (its `m`); send it the third peer's address there.
     let mut pex = vec![2u8];
     pex.extend_from_slice(b"d5:added6:");
-    pex.extend(compact(third.addr()));
+    pex.extend(compact_v4(third.addr()));
     pex.extend_from_slice(b"e");
     fake.send_raw("ut_pex naming the third peer", &frame(20, &pex));
     let mut t = third.accept(within(SHORT));

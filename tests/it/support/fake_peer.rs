@@ -997,6 +997,49 @@ impl FakeListener {
     }
 }
 
+// ---- peer exchange ---------------------------------------------------------------------------
+
+/// An IPv4 address as a compact peer (BEP 23): 4 address bytes, then the port, big-endian.
+pub fn compact_v4(addr: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 expected: {addr}")
+    };
+    let mut out = v4.ip().octets().to_vec();
+    out.extend(v4.port().to_be_bytes());
+    out
+}
+
+/// The `added` IPv4 peers of a `ut_pex` dictionary (the payload after the extended id), each
+/// with its `added.f` flag byte (BEP 11; 0 when `added.f` is short), read by this module's own
+/// bencode reader.
+///
+/// # Errors
+/// When the bytes are not a bencoded dictionary or `added` is not whole 6-byte entries.
+pub fn pex_added_v4(dict: &[u8]) -> Result<Vec<(SocketAddr, u8)>, String> {
+    let (value, _) = Bencode::parse(dict, 0, 0)?;
+    let bytes = |key: &str| match value.get(key) {
+        Some((Bencode::Bytes(b), _)) => Ok(*b),
+        None => Ok(&[][..]),
+        Some(other) => Err(format!("{key} is not a string: {other:?}")),
+    };
+    let (added, flags) = (bytes("added")?, bytes("added.f")?);
+    if added.len() % 6 != 0 {
+        return Err(format!("added is {} bytes", added.len()));
+    }
+    Ok(added
+        .chunks_exact(6)
+        .enumerate()
+        .map(|(i, c)| {
+            let ip = Ipv4Addr::new(c[0], c[1], c[2], c[3]);
+            let port = u16::from_be_bytes([c[4], c[5]]);
+            (
+                SocketAddr::from((ip, port)),
+                flags.get(i).copied().unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
 // ---- payload, torrent and btd -------------------------------------------------------------
 
 /// A one-file payload of pseudo-random bytes under `<tmp>/seed/<name>`, its torrent made by
