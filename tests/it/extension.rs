@@ -6,7 +6,7 @@ use crate::support::SHORT;
 use crate::support::fake_peer::{Block, Recv};
 use crate::support::fake_peer::{
     FakeListener, FakePeer, Fixture, Msg, TorrentMeta, btd_download, btd_seed, compact_v4, frame,
-    handshake_bytes,
+    handshake_bytes, take_pex_from_btd,
 };
 use crate::support::next_ip;
 use std::collections::HashSet;
@@ -381,16 +381,7 @@ fn btd_dials_a_peer_it_learned_of_only_through_pex() {
     let _btd = btd_download("btd leecher", &fx.torrent, &out, next_ip(), &[first.addr()]);
     let mut fake = first.accept(within(SHORT));
     fake.expect_handshake(&meta.info_hash, within(SHORT));
-    let hs = extended_handshake_bytes(&fake, &meta);
-    fake.send_raw("handshake with the extension bit", &hs);
-    fake.wait_for(
-        within(SHORT),
-        "btd's extended handshake",
-        |m| matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&0)),
-    );
-    let mut ext = vec![0u8];
-    ext.extend_from_slice(b"d1:md6:ut_pexi5eee");
-    fake.send_raw("extended handshake with ut_pex", &frame(20, &ext));
+    take_pex_from_btd(&mut fake, &meta.info_hash);
     // btd offers ut_pex under id 2 (its `m`); send it the third peer's address there.
     let mut pex = vec![2u8];
     pex.extend_from_slice(b"d5:added6:");

@@ -283,6 +283,37 @@ fn fake_pex_peer(
     fake
 }
 
+/// A libtorrent `mode` (seed or leech) that speaks RC4-encrypted connections only
+/// (`pe_forced`) and prints a `PEER` line per peer with its encryption.
+fn lt_forced_rc4(
+    mode: &str,
+    torrent: &std::path::Path,
+    dir: &std::path::Path,
+    ip: std::net::Ipv4Addr,
+    peers: Vec<std::net::SocketAddr>,
+) -> crate::support::ScriptClient {
+    let spec = PeerSpec {
+        torrent,
+        dir,
+        ip,
+        peers,
+        announce: false,
+    };
+    let options = [
+        "--encryption",
+        "forced",
+        "--enc-level",
+        "rc4",
+        "--log-peers",
+    ];
+    LtClient::with_options(
+        &format!("libtorrent {mode} (pe_forced, rc4)"),
+        mode,
+        &spec,
+        &options,
+    )
+}
+
 fn within(d: Duration) -> std::time::Instant {
     std::time::Instant::now() + d
 }
@@ -313,24 +344,7 @@ fn btd_flags_a_peer_that_connected_over_mse_as_preferring_encryption_in_its_pex(
     let mut seeder = Btd::spawn("btd seeder (preferred)", cmd);
     let addr = seeder.wait_listening();
     let lt_dir = fx.out_dir("lt");
-    let mut lt = LtClient::with_options(
-        "libtorrent leecher (pe_forced, rc4)",
-        "leech",
-        &PeerSpec {
-            torrent: &fx.torrent,
-            dir: &lt_dir,
-            ip: next_ip(),
-            peers: vec![addr],
-            announce: false,
-        },
-        &[
-            "--encryption",
-            "forced",
-            "--enc-level",
-            "rc4",
-            "--log-peers",
-        ],
-    );
+    let mut lt = lt_forced_rc4("leech", &fx.torrent, &lt_dir, next_ip(), vec![addr]);
     let lt_addr = lt.wait_listening();
     let rc4 = lt.proc.wait_for_line(SHORT, "a PEER line for btd", |l| {
         let rest = l.strip_prefix("PEER ")?;
@@ -382,28 +396,11 @@ fn btd_flags_a_peer_that_connected_over_mse_as_preferring_encryption_in_its_pex(
 /// first and falls back, which is what the flag saves. Both download the whole file.
 #[test]
 fn btd_in_tolerated_mode_dials_a_pex_peer_flagged_encrypted_encrypted_first() {
-    use crate::support::fake_peer::{FakeListener, Fixture, Msg, btd_download_with, compact_v4};
-    use crate::support::fake_peer::{frame, handshake_bytes};
+    use crate::support::fake_peer::{
+        FakeListener, Fixture, btd_download_with, compact_v4, frame, take_pex_from_btd,
+    };
     let fx = Fixture::new("pex-flag-in", 2 * MIB, 32 * 1024);
-    let lt_ip = next_ip();
-    let mut lt = LtClient::with_options(
-        "libtorrent seeder (pe_forced, rc4)",
-        "seed",
-        &PeerSpec {
-            torrent: &fx.torrent,
-            dir: &fx.seed_dir,
-            ip: lt_ip,
-            peers: vec![],
-            announce: false,
-        },
-        &[
-            "--encryption",
-            "forced",
-            "--enc-level",
-            "rc4",
-            "--log-peers",
-        ],
-    );
+    let mut lt = lt_forced_rc4("seed", &fx.torrent, &fx.seed_dir, next_ip(), vec![]);
     let lt_addr = lt.wait_listening();
     lt.wait_seeding();
     for flags in [0x01u8, 0x00] {
@@ -419,18 +416,7 @@ fn btd_in_tolerated_mode_dials_a_pex_peer_flagged_encrypted_encrypted_first() {
         );
         let mut fake = source.accept(within(SHORT));
         fake.expect_handshake(&fx.meta.info_hash, within(SHORT));
-        let mut hs = handshake_bytes(&fx.meta.info_hash, &fake.peer_id());
-        hs[20 + 5] |= 0x10;
-        fake.send_raw("handshake with the extension bit", &hs);
-        fake.wait_for(
-            within(SHORT),
-            "btd's extended handshake",
-            |m| matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&0)),
-        );
-        let mut ext = vec![0u8];
-        ext.extend_from_slice(b"d1:md6:ut_pexi5eee");
-        fake.send_raw("extended handshake with ut_pex", &frame(20, &ext));
-        // btd receives ut_pex under id 2 (its `m`).
+        take_pex_from_btd(&mut fake, &fx.meta.info_hash);
         let mut pex = vec![2u8];
         pex.extend_from_slice(b"d5:added6:");
         pex.extend(compact_v4(lt_addr));

@@ -1009,6 +1009,23 @@ pub fn compact_v4(addr: SocketAddr) -> Vec<u8> {
     out
 }
 
+/// For a fake btd dialled (its handshake already read): answers with a handshake with the
+/// BEP 10 bit, waits for btd's extended handshake and offers `ut_pex` under id 5. `ut_pex`
+/// messages to btd then go under btd's id 2 (its `m`).
+pub fn take_pex_from_btd(fake: &mut FakePeer, info_hash: &[u8; 20]) {
+    let mut hs = handshake_bytes(info_hash, &fake.peer_id());
+    hs[20 + 5] |= 0x10;
+    fake.send_raw("handshake with the extension bit", &hs);
+    fake.wait_for(
+        Instant::now() + SHORT,
+        "btd's extended handshake",
+        |m| matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&0)),
+    );
+    let mut ext = vec![0u8];
+    ext.extend_from_slice(b"d1:md6:ut_pexi5eee");
+    fake.send_raw("extended handshake with ut_pex", &frame(20, &ext));
+}
+
 /// The `added` IPv4 peers of a `ut_pex` dictionary (the payload after the extended id), each
 /// with its `added.f` flag byte (BEP 11; 0 when `added.f` is short), read by this module's own
 /// bencode reader.
