@@ -448,3 +448,61 @@ fn btd_in_tolerated_mode_dials_a_pex_peer_flagged_encrypted_encrypted_first() {
     );
     lt.proc.terminate_and_assert_ok(SHORT);
 }
+
+/// BEP 11 `added.f` 0x02 with 0x01: a btd leecher downloading from a libtorrent seeder over RC4
+/// tells a peer about it as a seed that prefers encryption (0x03).
+#[test]
+fn btd_flags_a_seed_it_reached_over_mse_as_a_seed_preferring_encryption() {
+    use crate::support::fake_peer::{Fixture, Msg, btd_download_with, pex_added_v4};
+    let fx = Fixture::new("pex-flag-seed", 4 * MIB, 32 * 1024);
+    // A slow seeder, so btd is still downloading when its PEX goes out.
+    let spec = PeerSpec {
+        torrent: &fx.torrent,
+        dir: &fx.seed_dir,
+        ip: next_ip(),
+        peers: vec![],
+        announce: false,
+    };
+    let options = [
+        "--encryption",
+        "forced",
+        "--enc-level",
+        "rc4",
+        "--upload-limit",
+        "262144",
+    ];
+    let mut lt =
+        LtClient::with_options("libtorrent seed (pe_forced, slow)", "seed", &spec, &options);
+    let lt_addr = lt.wait_listening();
+    lt.wait_seeding();
+    let out = fx.out_dir("out");
+    let mut btd = btd_download_with(
+        "btd leecher (preferred)",
+        fx.torrent.to_str().unwrap(),
+        &out,
+        &[],
+        next_ip(),
+        &[lt_addr],
+    );
+    let addr = btd.wait_listening();
+    let mut probe = fake_pex_peer("pex probe", addr, &fx.meta, 0);
+    let (msg, _) = probe.wait_for(
+        within(SHORT),
+        "a ut_pex message naming the libtorrent seeder",
+        |m| match m {
+            Msg::Other { id: 20, payload } if payload.first() == Some(&5) => {
+                pex_added_v4(&payload[1..]).is_ok_and(|a| a.iter().any(|(a, _)| *a == lt_addr))
+            }
+            _ => false,
+        },
+    );
+    let Msg::Other { payload, .. } = msg else {
+        unreachable!()
+    };
+    let added = pex_added_v4(&payload[1..]).unwrap();
+    assert_eq!(added, vec![(lt_addr, 0x03)], "btd's PEX");
+    drop(probe);
+    btd.assert_exits_ok(crate::support::TRANSFER);
+    crate::support::assert_same_files(&fx.payload(), &out.join(&fx.name));
+    lt.proc.terminate_and_assert_ok(SHORT);
+}
