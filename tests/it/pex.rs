@@ -506,3 +506,55 @@ fn btd_flags_a_seed_it_reached_over_mse_as_a_seed_preferring_encryption() {
     crate::support::assert_same_files(&fx.payload(), &out.join(&fx.name));
     lt.proc.terminate_and_assert_ok(SHORT);
 }
+
+/// The extended handshake's `e=1` is remembered: btd in `tolerated` mode dials a peer in
+/// plaintext, hears `e=1` from it, and when it dials it again (after the peer hung up) the
+/// first bytes are an MSE key, not a plaintext handshake. A peer that did not say `e=1` is
+/// dialled in plaintext again.
+#[test]
+fn btd_in_tolerated_mode_redials_a_peer_that_said_e1_encrypted_first() {
+    use crate::support::fake_peer::{
+        FakeListener, Fixture, Msg, btd_download_with, frame, handshake_bytes,
+    };
+    let fx = Fixture::new("pex-e-redial", MIB, 32 * 1024);
+    for says_e in [true, false] {
+        let listener = FakeListener::bind("peer", next_ip());
+        let out = fx.out_dir(&format!("out-{says_e}"));
+        let mut btd = btd_download_with(
+            &format!("btd leecher (tolerated, peer says e={})", u8::from(says_e)),
+            fx.torrent.to_str().unwrap(),
+            &out,
+            &["--encryption", "tolerated"],
+            next_ip(),
+            &[listener.addr()],
+        );
+        // `accept` takes a connection that opens in plaintext only.
+        let mut first = listener.accept(within(SHORT));
+        first.expect_handshake(&fx.meta.info_hash, within(SHORT));
+        let mut hs = handshake_bytes(&fx.meta.info_hash, &first.peer_id());
+        hs[20 + 5] |= 0x10;
+        first.send_raw("handshake with the extension bit", &hs);
+        first.wait_for(
+            within(SHORT),
+            "btd's extended handshake",
+            |m| matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&0)),
+        );
+        let mut ext = vec![0u8];
+        ext.extend_from_slice(if says_e { b"d1:ei1e1:mdee" } else { b"d1:mdee" });
+        first.send_raw("extended handshake", &frame(20, &ext));
+        // Hang up once btd's coordinator has taken it in (it logs the peer's client then).
+        let taken = format!("{}: client ", listener.addr());
+        btd.proc
+            .wait_for_line(SHORT, "btd taking the extended handshake", |l| {
+                l.contains(&taken).then_some(())
+            });
+        drop(first);
+        assert_eq!(
+            listener.next_opens_in_plaintext(within(SHORT)),
+            !says_e,
+            "btd's second dial, after the peer said e={}",
+            u8::from(says_e)
+        );
+        btd.proc.terminate_and_assert_ok(SHORT);
+    }
+}

@@ -983,6 +983,28 @@ impl FakeListener {
         }
     }
 
+    /// Whether the next incoming connection starts with a plaintext BitTorrent handshake
+    /// (`false`: an MSE one, or it closed first); the connection is closed after.
+    ///
+    /// # Panics
+    /// When none comes by `deadline`.
+    pub fn next_opens_in_plaintext(&self, deadline: Instant) -> bool {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    stream
+                        .set_nonblocking(false)
+                        .unwrap_or_else(|e| panic!("{}: blocking: {e}", self.name));
+                    return starts_plaintext(&stream, deadline);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("{}: no connection to {}: {e}", self.name, self.addr),
+            }
+        }
+    }
+
     /// The next incoming connection.
     ///
     /// # Panics
