@@ -93,12 +93,15 @@ pub fn encode_ip(ip: IpAddr, out: &mut Vec<u8>) {
     }
 }
 
-/// A bare compact IP: exactly 4 bytes (IPv4) or 16 (IPv6), `None` for any other length.
+/// A bare compact IP: exactly 4 bytes (IPv4) or 16 (IPv6; a mapped IPv4 comes back as the
+/// IPv4 it is, as [`encode_ip`] writes it), `None` for any other length.
 pub fn decode_ip(bytes: &[u8]) -> Option<IpAddr> {
     if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
         Some(IpAddr::from(v4))
     } else {
-        <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from)
+        <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(|v6| IpAddr::from(v6).to_canonical())
     }
 }
 
