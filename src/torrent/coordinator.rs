@@ -726,17 +726,18 @@ impl Coordinator {
                 prefers_encryption,
                 upload_only,
             } => {
-                if prefers_encryption
-                    && let Some(addr) = self.peers.get_mut(&peer).and_then(|p| {
-                        p.listen_port = listen_port;
-                        p.dialable_addr()
-                    })
-                {
+                // `e=1`, or an MSE connection (an incoming peer's dialable address is known
+                // only now, from its listen port): its address is dialled encrypted first.
+                let encrypted_at = self.peers.get_mut(&peer).and_then(|p| {
+                    p.listen_port = listen_port;
+                    p.prefers_encryption |= prefers_encryption;
+                    p.dialable_addr().filter(|_| p.prefers_encryption)
+                });
+                if let Some(addr) = encrypted_at {
                     self.note_prefers_encryption(addr);
                 }
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.pex = pex;
-                    p.prefers_encryption |= prefers_encryption;
                     p.upload_only = upload_only;
                     p.listen_port = listen_port;
                     debug!(
