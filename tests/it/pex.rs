@@ -284,34 +284,57 @@ fn fake_pex_peer(
 }
 
 /// A libtorrent `mode` (seed or leech) that speaks RC4-encrypted connections only
-/// (`pe_forced`) and prints a `PEER` line per peer with its encryption.
+/// (`pe_forced`) and prints a `PEER` line per peer with its encryption; `extra` options after.
 fn lt_forced_rc4(
     mode: &str,
     torrent: &std::path::Path,
     dir: &std::path::Path,
-    ip: std::net::Ipv4Addr,
     peers: Vec<std::net::SocketAddr>,
+    extra: &[&str],
 ) -> crate::support::ScriptClient {
     let spec = PeerSpec {
         torrent,
         dir,
-        ip,
+        ip: next_ip(),
         peers,
         announce: false,
     };
-    let options = [
+    let mut options = vec![
         "--encryption",
         "forced",
         "--enc-level",
         "rc4",
         "--log-peers",
     ];
+    options.extend_from_slice(extra);
     LtClient::with_options(
         &format!("libtorrent {mode} (pe_forced, rc4)"),
         mode,
         &spec,
         &options,
     )
+}
+
+/// `btd download --encryption tolerated` into `out` with `peer` as its only `--peer`, and the
+/// fake's side of btd's first connection (which `accept` takes only when it opens in plaintext),
+/// btd's handshake read.
+fn tolerated_leecher_of(
+    fx: &crate::support::fake_peer::Fixture,
+    label: &str,
+    peer: &crate::support::fake_peer::FakeListener,
+    out: &std::path::Path,
+) -> (Btd, crate::support::fake_peer::FakePeer) {
+    let btd = crate::support::fake_peer::btd_download_with(
+        &format!("btd leecher (tolerated, {label})"),
+        fx.torrent.to_str().unwrap(),
+        out,
+        &["--encryption", "tolerated"],
+        next_ip(),
+        &[peer.addr()],
+    );
+    let mut fake = peer.accept(within(SHORT));
+    fake.expect_handshake(&fx.meta.info_hash, within(SHORT));
+    (btd, fake)
 }
 
 fn within(d: Duration) -> std::time::Instant {
@@ -344,7 +367,7 @@ fn btd_flags_a_peer_that_connected_over_mse_as_preferring_encryption_in_its_pex(
     let mut seeder = Btd::spawn("btd seeder (preferred)", cmd);
     let addr = seeder.wait_listening();
     let lt_dir = fx.out_dir("lt");
-    let mut lt = lt_forced_rc4("leech", &fx.torrent, &lt_dir, next_ip(), vec![addr]);
+    let mut lt = lt_forced_rc4("leech", &fx.torrent, &lt_dir, vec![addr], &[]);
     let lt_addr = lt.wait_listening();
     let rc4 = lt.proc.wait_for_line(SHORT, "a PEER line for btd", |l| {
         let rest = l.strip_prefix("PEER ")?;
@@ -396,26 +419,16 @@ fn btd_flags_a_peer_that_connected_over_mse_as_preferring_encryption_in_its_pex(
 /// first and falls back, which is what the flag saves. Both download the whole file.
 #[test]
 fn btd_in_tolerated_mode_dials_a_pex_peer_flagged_encrypted_encrypted_first() {
-    use crate::support::fake_peer::{
-        FakeListener, Fixture, btd_download_with, compact_v4, frame, take_pex_from_btd,
-    };
+    use crate::support::fake_peer::{FakeListener, Fixture, compact_v4, frame, take_pex_from_btd};
     let fx = Fixture::new("pex-flag-in", 2 * MIB, 32 * 1024);
-    let mut lt = lt_forced_rc4("seed", &fx.torrent, &fx.seed_dir, next_ip(), vec![]);
+    let mut lt = lt_forced_rc4("seed", &fx.torrent, &fx.seed_dir, vec![], &[]);
     let lt_addr = lt.wait_listening();
     lt.wait_seeding();
     for flags in [0x01u8, 0x00] {
         let source = FakeListener::bind("pex source", next_ip());
         let out = fx.out_dir(&format!("out-{flags}"));
-        let mut btd = btd_download_with(
-            &format!("btd leecher (tolerated, flag {flags:#04x})"),
-            fx.torrent.to_str().unwrap(),
-            &out,
-            &["--encryption", "tolerated"],
-            next_ip(),
-            &[source.addr()],
-        );
-        let mut fake = source.accept(within(SHORT));
-        fake.expect_handshake(&fx.meta.info_hash, within(SHORT));
+        let (mut btd, mut fake) =
+            tolerated_leecher_of(&fx, &format!("flag {flags:#04x}"), &source, &out);
         take_pex_from_btd(&mut fake, &fx.meta.info_hash);
         let mut pex = vec![2u8];
         pex.extend_from_slice(b"d5:added6:");
@@ -456,23 +469,8 @@ fn btd_flags_a_seed_it_reached_over_mse_as_a_seed_preferring_encryption() {
     use crate::support::fake_peer::{Fixture, Msg, btd_download_with, pex_added_v4};
     let fx = Fixture::new("pex-flag-seed", 4 * MIB, 32 * 1024);
     // A slow seeder, so btd is still downloading when its PEX goes out.
-    let spec = PeerSpec {
-        torrent: &fx.torrent,
-        dir: &fx.seed_dir,
-        ip: next_ip(),
-        peers: vec![],
-        announce: false,
-    };
-    let options = [
-        "--encryption",
-        "forced",
-        "--enc-level",
-        "rc4",
-        "--upload-limit",
-        "262144",
-    ];
-    let mut lt =
-        LtClient::with_options("libtorrent seed (pe_forced, slow)", "seed", &spec, &options);
+    let slow = ["--upload-limit", "262144"];
+    let mut lt = lt_forced_rc4("seed", &fx.torrent, &fx.seed_dir, vec![], &slow);
     let lt_addr = lt.wait_listening();
     lt.wait_seeding();
     let out = fx.out_dir("out");
@@ -513,35 +511,15 @@ fn btd_flags_a_seed_it_reached_over_mse_as_a_seed_preferring_encryption() {
 /// dialled in plaintext again.
 #[test]
 fn btd_in_tolerated_mode_redials_a_peer_that_said_e1_encrypted_first() {
-    use crate::support::fake_peer::{
-        FakeListener, Fixture, Msg, btd_download_with, frame, handshake_bytes,
-    };
+    use crate::support::fake_peer::{FakeListener, Fixture, extend_with_btd};
     let fx = Fixture::new("pex-e-redial", MIB, 32 * 1024);
     for says_e in [true, false] {
         let listener = FakeListener::bind("peer", next_ip());
         let out = fx.out_dir(&format!("out-{says_e}"));
-        let mut btd = btd_download_with(
-            &format!("btd leecher (tolerated, peer says e={})", u8::from(says_e)),
-            fx.torrent.to_str().unwrap(),
-            &out,
-            &["--encryption", "tolerated"],
-            next_ip(),
-            &[listener.addr()],
-        );
-        // `accept` takes a connection that opens in plaintext only.
-        let mut first = listener.accept(within(SHORT));
-        first.expect_handshake(&fx.meta.info_hash, within(SHORT));
-        let mut hs = handshake_bytes(&fx.meta.info_hash, &first.peer_id());
-        hs[20 + 5] |= 0x10;
-        first.send_raw("handshake with the extension bit", &hs);
-        first.wait_for(
-            within(SHORT),
-            "btd's extended handshake",
-            |m| matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&0)),
-        );
-        let mut ext = vec![0u8];
-        ext.extend_from_slice(if says_e { b"d1:ei1e1:mdee" } else { b"d1:mdee" });
-        first.send_raw("extended handshake", &frame(20, &ext));
+        let label = format!("peer says e={}", u8::from(says_e));
+        let (mut btd, mut first) = tolerated_leecher_of(&fx, &label, &listener, &out);
+        let ours: &[u8] = if says_e { b"d1:ei1e1:mdee" } else { b"d1:mdee" };
+        extend_with_btd(&mut first, &fx.meta.info_hash, ours);
         // Hang up once btd's coordinator has taken it in (it logs the peer's client then).
         let taken = format!("{}: client ", listener.addr());
         btd.proc

@@ -957,20 +957,15 @@ impl FakeListener {
         self.addr
     }
 
-    /// The next incoming connection that starts with a plaintext BitTorrent handshake, or
-    /// `None` at `deadline`. Polls every 10 ms. Like a client without message stream
-    /// encryption, the fake closes a connection that starts otherwise (btd's encrypted first
-    /// attempt), and btd dials again in plaintext.
-    pub fn try_accept(&self, deadline: Instant) -> Option<FakePeer> {
+    /// The next incoming connection, blocking, or `None` at `deadline`. Polls every 10 ms.
+    fn next_stream(&self, deadline: Instant) -> Option<TcpStream> {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     stream
                         .set_nonblocking(false)
                         .unwrap_or_else(|e| panic!("{}: blocking: {e}", self.name));
-                    if starts_plaintext(&stream, deadline) {
-                        return Some(FakePeer::new(&self.name, stream));
-                    }
+                    return Some(stream);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     if Instant::now() >= deadline {
@@ -983,26 +978,32 @@ impl FakeListener {
         }
     }
 
+    /// The next incoming connection that starts with a plaintext BitTorrent handshake, or
+    /// `None` at `deadline`. Like a client without message stream encryption, the fake closes
+    /// a connection that starts otherwise (btd's encrypted first attempt), and btd dials again
+    /// in plaintext.
+    pub fn try_accept(&self, deadline: Instant) -> Option<FakePeer> {
+        while let Some(stream) = self.next_stream(deadline) {
+            if starts_plaintext(&stream, deadline) {
+                return Some(FakePeer::new(&self.name, stream));
+            }
+        }
+        None
+    }
+
     /// Whether the next incoming connection starts with a plaintext BitTorrent handshake
     /// (`false`: an MSE one, or it closed first); the connection is closed after.
     ///
     /// # Panics
     /// When none comes by `deadline`.
     pub fn next_opens_in_plaintext(&self, deadline: Instant) -> bool {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    stream
-                        .set_nonblocking(false)
-                        .unwrap_or_else(|e| panic!("{}: blocking: {e}", self.name));
-                    return starts_plaintext(&stream, deadline);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("{}: no connection to {}: {e}", self.name, self.addr),
-            }
-        }
+        let stream = self.next_stream(deadline).unwrap_or_else(|| {
+            panic!(
+                "{}: btd did not connect to {} in time",
+                self.name, self.addr
+            )
+        });
+        starts_plaintext(&stream, deadline)
     }
 
     /// The next incoming connection.
@@ -1032,9 +1033,9 @@ pub fn compact_v4(addr: SocketAddr) -> Vec<u8> {
 }
 
 /// For a fake btd dialled (its handshake already read): answers with a handshake with the
-/// BEP 10 bit, waits for btd's extended handshake and offers `ut_pex` under id 5. `ut_pex`
-/// messages to btd then go under btd's id 2 (its `m`).
-pub fn take_pex_from_btd(fake: &mut FakePeer, info_hash: &[u8; 20]) {
+/// BEP 10 bit, waits for btd's extended handshake and sends `ours` as the fake's (the
+/// dictionary after the extended id).
+pub fn extend_with_btd(fake: &mut FakePeer, info_hash: &[u8; 20], ours: &[u8]) {
     let mut hs = handshake_bytes(info_hash, &fake.peer_id());
     hs[20 + 5] |= 0x10;
     fake.send_raw("handshake with the extension bit", &hs);
@@ -1044,8 +1045,14 @@ pub fn take_pex_from_btd(fake: &mut FakePeer, info_hash: &[u8; 20]) {
         |m| matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&0)),
     );
     let mut ext = vec![0u8];
-    ext.extend_from_slice(b"d1:md6:ut_pexi5eee");
-    fake.send_raw("extended handshake with ut_pex", &frame(20, &ext));
+    ext.extend_from_slice(ours);
+    fake.send_raw("extended handshake", &frame(20, &ext));
+}
+
+/// [`extend_with_btd`] offering `ut_pex` under id 5. `ut_pex` messages to btd then go under
+/// btd's id 2 (its `m`).
+pub fn take_pex_from_btd(fake: &mut FakePeer, info_hash: &[u8; 20]) {
+    extend_with_btd(fake, info_hash, b"d1:md6:ut_pexi5eee");
 }
 
 /// The `added` IPv4 peers of a `ut_pex` dictionary (the payload after the extended id), each
