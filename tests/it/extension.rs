@@ -323,7 +323,6 @@ fn btd_leecher_takes_have_all_and_requests_rejected_blocks_again() {
     crate::support::assert_same_files(&fx.payload(), &out.join(&fx.name));
 }
 
-/// Compact IPv4 form of an address, as `ut_pex` carries it.
 /// Connects a fake peer to `addr` with the extension bit and an extended handshake that offers
 /// `ut_pex` under id 5 and names `listen_port`.
 fn pex_peer(
