@@ -1,5 +1,7 @@
-//! Bencode: measuring where a value ends without decoding it ([`skip_value`], no allocation),
-//! and [`decode`], the metainfo's decoder: byte strings stay bytes (BEP 3 strings are bytes,
+//! Bencode: measuring where a value ends without decoding it ([`walk`], the one depth walker:
+//! iterative, no allocation, so input of any depth is safe to hand it; [`skip_value`] and
+//! [`check_one_value`] on top of it for the peer-wire codecs, the tracker client's reply check
+//! for lava_torrent), and [`decode`], the metainfo's decoder: byte strings stay bytes (BEP 3 strings are bytes,
 //! whatever they happen to look like), every value keeps its exact span in the input (the info
 //! hash is taken over it), nesting is bounded by [`MAX_DEPTH`], integers must be canonical,
 //! dictionary keys may come unsorted but never twice. Pure.
@@ -7,43 +9,103 @@
 /// Nesting deeper than this is refused before anything is decoded.
 pub const MAX_DEPTH: u32 = 64;
 
-/// Checks that `bytes` is exactly one bencoded value nested at most `MAX_DEPTH` deep.
+/// Why [`walk`] found no whole value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WalkError {
+    /// The input ended inside the value: between tokens, inside an integer, a string's length
+    /// or its bytes. Everything before was well formed and within the nesting limit.
+    #[error("bencode ends inside a value")]
+    Truncated,
+    /// More lists and dictionaries open at once than the limit.
+    #[error("bencode nested deeper than {0} levels")]
+    TooDeep(u32),
+    /// A byte that cannot start a token where it stands (an `e` with nothing open included).
+    #[error("unexpected byte {byte:#04x} at byte {at}")]
+    Unexpected { byte: u8, at: usize },
+    /// A string length that is not digits followed by `:`, or does not fit `usize`.
+    #[error("bad string length at byte {0}")]
+    BadLength(usize),
+}
+
+/// Walks the one bencoded value starting at `pos` and returns the offset just past it, allowing
+/// at most `max_nesting` lists and dictionaries open at once. It builds nothing and checks only
+/// the structure a decoder recurses on: an integer runs to its `e`, a string by its length
+/// prefix, a list or dictionary to the `e` that closes it (keys are not checked to be strings,
+/// nor integers to be canonical). Iterative: a megabyte of `l` costs no stack.
+///
+/// # Errors
+/// [`WalkError::Truncated`] when the input ends first (a caller that hands the bytes to a
+/// decoder afterwards may let the decoder say so), or what is wrong and where.
+pub fn walk(bytes: &[u8], pos: usize, max_nesting: u32) -> Result<usize, WalkError> {
+    let mut depth = 0u32;
+    let mut i = pos;
+    loop {
+        let b = *bytes.get(i).ok_or(WalkError::Truncated)?;
+        match b {
+            b'l' | b'd' => {
+                depth += 1;
+                if depth > max_nesting {
+                    return Err(WalkError::TooDeep(max_nesting));
+                }
+                i += 1;
+                continue;
+            }
+            b'e' if depth > 0 => {
+                depth -= 1;
+                i += 1;
+            }
+            b'i' => {
+                let len = bytes[i..]
+                    .iter()
+                    .position(|&c| c == b'e')
+                    .ok_or(WalkError::Truncated)?;
+                i += len + 1;
+            }
+            b'0'..=b'9' => {
+                let digits = bytes[i..]
+                    .iter()
+                    .position(|c| !c.is_ascii_digit())
+                    .ok_or(WalkError::Truncated)?;
+                if bytes[i + digits] != b':' {
+                    return Err(WalkError::BadLength(i));
+                }
+                let len: usize = std::str::from_utf8(&bytes[i..i + digits])
+                    .ok()
+                    .and_then(|d| d.parse().ok())
+                    .ok_or(WalkError::BadLength(i))?;
+                let end = (i + digits + 1)
+                    .checked_add(len)
+                    .ok_or(WalkError::BadLength(i))?;
+                if end > bytes.len() {
+                    return Err(WalkError::Truncated);
+                }
+                i = end;
+            }
+            byte => return Err(WalkError::Unexpected { byte, at: i }),
+        }
+        if depth == 0 {
+            return Ok(i);
+        }
+    }
+}
+
+/// Checks that `bytes` is exactly one bencoded value nested at most [`MAX_DEPTH`] deep.
 ///
 /// # Errors
 /// A short reason when it is malformed, too deep, or followed by trailing bytes.
 pub fn check_one_value(bytes: &[u8]) -> Result<(), &'static str> {
-    match skip_value(bytes, 0, 0) {
-        Some(end) if end == bytes.len() => Ok(()),
-        Some(_) => Err("trailing bytes after the bencoded value"),
-        None => Err("malformed or too deeply nested bencode"),
+    match walk(bytes, 0, MAX_DEPTH) {
+        Ok(end) if end == bytes.len() => Ok(()),
+        Ok(_) => Err("trailing bytes after the bencoded value"),
+        Err(WalkError::TooDeep(_)) => Err("bencode nested too deeply"),
+        Err(_) => Err("malformed bencode"),
     }
 }
 
-/// End offset of the bencoded value starting at `pos`, or None when malformed.
-pub fn skip_value(bytes: &[u8], pos: usize, depth: u32) -> Option<usize> {
-    if depth > 64 {
-        return None;
-    }
-    match *bytes.get(pos)? {
-        b'i' => Some(pos + bytes.get(pos..)?.iter().position(|&b| b == b'e')? + 1),
-        b'l' | b'd' => {
-            let mut p = pos + 1;
-            while *bytes.get(p)? != b'e' {
-                p = skip_value(bytes, p, depth + 1)?;
-            }
-            Some(p + 1)
-        }
-        b'0'..=b'9' => {
-            let colon = pos + bytes.get(pos..)?.iter().position(|&b| b == b':')?;
-            let len: usize = std::str::from_utf8(bytes.get(pos..colon)?)
-                .ok()?
-                .parse()
-                .ok()?;
-            let end = colon.checked_add(1)?.checked_add(len)?;
-            (end <= bytes.len()).then_some(end)
-        }
-        _ => None,
-    }
+/// End offset of the bencoded value starting at `pos` (at most [`MAX_DEPTH`] lists and
+/// dictionaries open at once), or `None` when it is malformed, too deep or cut short.
+pub fn skip_value(bytes: &[u8], pos: usize) -> Option<usize> {
+    walk(bytes, pos, MAX_DEPTH).ok()
 }
 
 /// One decoded value, borrowing from the input.
@@ -245,10 +307,56 @@ mod tests {
 
     #[test]
     fn measures_nested_values() {
-        assert_eq!(skip_value(b"d1:ai1e1:bl1:xee", 0, 0), Some(16));
-        assert_eq!(skip_value(b"i-5e", 0, 0), Some(4));
-        assert_eq!(skip_value(b"4:spam", 0, 0), Some(6));
-        assert_eq!(skip_value(b"4:spa", 0, 0), None);
+        assert_eq!(skip_value(b"d1:ai1e1:bl1:xee", 0), Some(16));
+        assert_eq!(skip_value(b"i-5e", 0), Some(4));
+        assert_eq!(skip_value(b"4:spam", 0), Some(6));
+        assert_eq!(skip_value(b"4:spa", 0), None);
+        // From the middle, and only the one value.
+        assert_eq!(skip_value(b"d1:ai1ee", 4), Some(7));
+        assert_eq!(walk(b"dei1e", 0, 1), Ok(2));
+        assert_eq!(walk(b"l0:e", 0, 1), Ok(4));
+    }
+
+    #[test]
+    fn the_walk_tells_a_cut_short_value_from_a_malformed_one() {
+        for cut in [&b""[..], b"d", b"d1:a", b"d1:ai1", b"l4:sp", b"l12", b"ll"] {
+            assert_eq!(walk(cut, 0, 16), Err(WalkError::Truncated), "{cut:?}");
+        }
+        assert_eq!(
+            walk(b"l+1:xe", 0, 16),
+            Err(WalkError::Unexpected { byte: b'+', at: 1 })
+        );
+        assert_eq!(
+            walk(b"e", 0, 16),
+            Err(WalkError::Unexpected { byte: b'e', at: 0 })
+        );
+        assert_eq!(walk(b"l3x:abce", 0, 16), Err(WalkError::BadLength(1)));
+        assert_eq!(
+            walk(b"99999999999999999999999:x", 0, 16),
+            Err(WalkError::BadLength(0))
+        );
+        assert_eq!(skip_value(b"li1e", 0), None);
+        assert_eq!(check_one_value(b"l"), Err("malformed bencode"));
+    }
+
+    #[test]
+    fn the_walk_allows_exactly_its_nesting_and_costs_no_stack() {
+        let nested = |n: usize| [b"l".repeat(n), b"e".repeat(n)].concat();
+        assert_eq!(walk(&nested(16), 0, 16), Ok(32));
+        assert_eq!(walk(&nested(17), 0, 16), Err(WalkError::TooDeep(16)));
+        // Dictionaries count as lists do, wherever they stand.
+        let dicts = [&b"l"[..], &b"1:xd".repeat(20)].concat();
+        assert_eq!(walk(&dicts, 0, 16), Err(WalkError::TooDeep(16)));
+        // Far deeper than any stack would take recursively: refused at the limit, not crashed.
+        assert_eq!(
+            walk(&vec![b'l'; 1 << 20], 0, MAX_DEPTH),
+            Err(WalkError::TooDeep(MAX_DEPTH))
+        );
+        assert_eq!(
+            check_one_value(&nested(100)),
+            Err("bencode nested too deeply")
+        );
+        assert!(check_one_value(&nested(64)).is_ok());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::ratelimit::{Limits, RateChain, RateLimiter};
 use crate::storage::Storage;
 use crate::torrent::TorrentStats;
 use crate::torrent::picker::PeerKey;
-use crate::wire::extension::PexMessage;
+use crate::wire::extension::{PexMessage, PexPeer};
 use crate::wire::{Bitfield, BlockRef, WireError};
 
 pub use session::{MAX_UPLOAD_QUEUE, PEER_STACK_BYTES, run_incoming};
@@ -43,6 +43,9 @@ pub enum PeerEvent {
         /// Both sides set the fast-extension bit (BEP 6): the peer rejects what it will not
         /// serve, so its choke does not void our requests.
         fast: bool,
+        /// The connection went through an MSE handshake (RC4 or header-only): the peer speaks
+        /// encryption, which our PEX messages tell others (flag 0x01).
+        encrypted: bool,
         commands: Sender<PeerCommand>,
         /// A handle on the stream, so the coordinator can unblock the thread by closing it.
         handle: conn::StreamHandle,
@@ -78,13 +81,15 @@ pub enum PeerEvent {
         client: Option<String>,
         /// It takes peer exchange (BEP 11) messages.
         pex: bool,
+        /// It prefers encrypted connections (`e=1`).
+        prefers_encryption: bool,
         /// It only uploads (BEP 21 `upload_only`).
         upload_only: bool,
     },
     /// Peers the peer told us about (BEP 11 `added`).
     PexReceived {
         peer: PeerKey,
-        added: Vec<SocketAddr>,
+        added: Vec<PexPeer>,
     },
     Choked {
         peer: PeerKey,
@@ -342,7 +347,8 @@ pub fn next_peer_key() -> PeerKey {
 }
 
 /// Spawns thread "peer ADDR" that connects to `addr` (from `bind` when given, within
-/// `connect_timeout`), handshakes and runs the session. The socket is made here, on the
+/// `connect_timeout`), handshakes and runs the session; `prefers_encryption` (the peer is known
+/// to prefer encryption) dials it encrypted first even in `tolerated` mode. The socket is made here, on the
 /// caller's thread; the returned clone of it lets the caller abort the connect (`shutdown`).
 ///
 /// # Errors
@@ -353,6 +359,7 @@ pub fn spawn_outgoing(
     addr: SocketAddr,
     bind: Option<IpAddr>,
     connect_timeout: Duration,
+    prefers_encryption: bool,
 ) -> std::io::Result<TcpStream> {
     let alive = ctx
         .peer_thread_token()
@@ -365,7 +372,15 @@ pub fn spawn_outgoing(
         .spawn(move || {
             let _alive = alive;
             profile::run_as(Role::Peer, || {
-                session::run_outgoing(&ctx, peer, addr, socket, bind, connect_timeout);
+                session::run_outgoing(
+                    &ctx,
+                    peer,
+                    addr,
+                    socket,
+                    bind,
+                    connect_timeout,
+                    prefers_encryption,
+                );
             });
         })?;
     Ok(handle)

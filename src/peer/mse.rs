@@ -90,6 +90,17 @@ impl Encryption {
         }
     }
 
+    /// The mode to dial one peer in: a peer known to prefer encryption (BEP 11 PEX flag 0x01,
+    /// an extended handshake's `e=1`, or an earlier MSE connection) is dialled encrypted first
+    /// even in `tolerated` mode, with the same plaintext fallback as `preferred`, as libtorrent
+    /// does; `preferred` and `required` stay as they are.
+    pub fn for_peer(self, prefers_encryption: bool) -> Encryption {
+        match self {
+            Encryption::Tolerated if prefers_encryption => Encryption::Preferred,
+            mode => mode,
+        }
+    }
+
     /// Which of the initiator's `provide` bits btd selects as the responder, `None` when none is
     /// acceptable. RC4 wins whenever both are offered: the initiator chose to encrypt.
     pub fn select(self, provide: u32) -> Option<u32> {
@@ -654,6 +665,18 @@ mod tests {
         })();
         drop(a);
         (initiator, responder.join().unwrap())
+    }
+
+    #[test]
+    fn a_peer_that_prefers_encryption_is_dialled_encrypted_first_unless_required() {
+        use Encryption::{Preferred, Required, Tolerated};
+        assert_eq!(Tolerated.for_peer(true), Preferred);
+        assert_eq!(Tolerated.for_peer(false), Tolerated);
+        assert_eq!(Preferred.for_peer(false), Preferred);
+        assert_eq!(Required.for_peer(true), Required);
+        assert_eq!(Required.for_peer(false), Required);
+        // The fallback of `preferred` keeps plaintext on offer, as `tolerated` did.
+        assert_eq!(Tolerated.for_peer(true).provide(), Tolerated.provide());
     }
 
     #[test]

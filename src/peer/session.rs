@@ -72,14 +72,20 @@ pub(super) fn run_outgoing(
     socket: socket2::Socket,
     bind: Option<IpAddr>,
     connect_timeout: Duration,
+    prefers_encryption: bool,
 ) {
     let ours = our_handshake(ctx);
     let stopping = || ctx.peer_threads.lock().is_none();
+    let configured = ctx.limits.encryption.get();
+    let mode = configured.for_peer(prefers_encryption);
+    if mode != configured {
+        debug!("peer {addr}: it prefers encryption: dialling encrypted first");
+    }
     let dial = conn::Dial {
         bind,
         connect_timeout,
         ours: &ours,
-        mode: ctx.limits.encryption.get(),
+        mode,
         stopping: &stopping,
     };
     match conn::dial(socket, addr, &dial) {
@@ -171,6 +177,7 @@ fn run_connected(
         peer_id: theirs.peer_id,
         incoming,
         fast: theirs.supports_fast(),
+        encrypted: stream.encryption().is_some(),
         commands: commands.0,
         handle,
         stats: Arc::clone(&stats),
@@ -593,6 +600,7 @@ impl<'a> Session<'a> {
                     listen_port: h.p,
                     client: h.v,
                     pex: self.peer_ut_pex.is_some(),
+                    prefers_encryption: h.e == Some(true),
                     upload_only: h.upload_only == Some(true),
                 })
             }

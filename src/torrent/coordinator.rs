@@ -35,7 +35,7 @@ use crate::storage::Storage;
 use crate::tracker::Tiers;
 use crate::tracker::announcer::{self, AnnounceStats, AnnouncerCommand, AnnouncerConfig};
 use crate::watched;
-use crate::wire::extension::PexMessage;
+use crate::wire::extension::{PexFlags, PexMessage, PexPeer};
 use crate::wire::{BLOCK_LEN, Bitfield, BlockRef};
 
 const TICK: Duration = Duration::from_millis(500);
@@ -160,8 +160,12 @@ struct AddrInfo {
     connecting: bool,
     failures: u32,
     retry_at: Instant,
-    /// Last seen with every piece: no use dialling it once we are complete too.
+    /// Last seen with every piece (or flagged a seed by PEX): no use dialling it once we are
+    /// complete too.
     seed: bool,
+    /// It prefers encryption: flagged so by PEX (0x01), or it said `e=1` or spoke MSE to us
+    /// before. Dialled encrypted first whatever the mode (see `Encryption::for_peer`).
+    prefers_encryption: bool,
     /// The first source that named it.
     source: PeerSource,
 }
@@ -176,6 +180,8 @@ struct Peer {
     fast: bool,
     /// It takes peer exchange messages (BEP 11).
     pex: bool,
+    /// It prefers encryption: it connected over MSE or said `e=1` (our PEX flag 0x01).
+    prefers_encryption: bool,
     /// It said it only uploads (BEP 21 `upload_only`).
     upload_only: bool,
     /// Its listen port, from its extended handshake (an incoming peer's source port is not it).
@@ -224,6 +230,16 @@ struct Peer {
 }
 
 impl Peer {
+    /// Where it can be dialled: the address we dialled, or an incoming peer's address with the
+    /// listen port of its extended handshake (`None` before that).
+    fn dialable_addr(&self) -> Option<SocketAddr> {
+        if self.incoming {
+            Some(SocketAddr::new(self.addr.ip(), self.listen_port?))
+        } else {
+            Some(self.addr)
+        }
+    }
+
     /// The peer takes nothing from us: it has every piece, or said it only uploads (BEP 21).
     fn wants_nothing(&self) -> bool {
         self.upload_only || self.pieces.is_full()
@@ -573,22 +589,44 @@ impl Coordinator {
     // ---- peers ------------------------------------------------------------------------------
 
     fn add_addrs(&mut self, source: PeerSource, addrs: Vec<SocketAddr>) {
+        self.add_flagged_addrs(
+            source,
+            addrs.into_iter().map(|addr| PexPeer {
+                addr,
+                flags: PexFlags::default(),
+            }),
+        );
+    }
+
+    /// Adds addresses with what their source said of them (BEP 11 `added.f`): a flag raises
+    /// what we know of an address already in the book, it never clears it.
+    fn add_flagged_addrs(&mut self, source: PeerSource, addrs: impl IntoIterator<Item = PexPeer>) {
         let now = Instant::now();
-        for addr in addrs {
+        for PexPeer { addr, flags } in addrs {
             if addr.port() == 0 || self.banned.contains(&addr.ip()) {
                 continue;
             }
             if self.addrs.len() >= MAX_KNOWN_ADDRS && !self.addrs.contains_key(&addr) {
                 break;
             }
-            self.addrs.entry(addr).or_insert(AddrInfo {
+            let info = self.addrs.entry(addr).or_insert(AddrInfo {
                 connected: None,
                 connecting: false,
                 failures: 0,
                 retry_at: now,
                 seed: false,
+                prefers_encryption: false,
                 source,
             });
+            info.seed |= flags.seed();
+            info.prefers_encryption |= flags.prefers_encryption();
+        }
+    }
+
+    /// Remembers that the peer at `addr` (a dialable address) prefers encryption.
+    fn note_prefers_encryption(&mut self, addr: SocketAddr) {
+        if let Some(info) = self.addrs.get_mut(&addr) {
+            info.prefers_encryption = true;
         }
     }
 
@@ -613,9 +651,9 @@ impl Coordinator {
             }
             info.connecting = true;
             active += 1;
-            to_dial.push(*addr);
+            to_dial.push((*addr, info.prefers_encryption));
         }
-        for addr in to_dial {
+        for (addr, prefers_encryption) in to_dial {
             if !self.global.peers.try_acquire() {
                 if let Some(info) = self.addrs.get_mut(&addr) {
                     info.connecting = false;
@@ -630,6 +668,7 @@ impl Coordinator {
                 addr,
                 self.params_bind,
                 self.limits.connect_timeout,
+                prefers_encryption,
             );
             match spawned {
                 Ok(socket) => {
@@ -657,10 +696,19 @@ impl Coordinator {
                 peer_id,
                 incoming,
                 fast,
+                encrypted,
                 commands,
                 handle,
                 stats,
-            } => self.on_connected(peer, addr, peer_id, incoming, fast, commands, handle, stats),
+            } => {
+                self.on_connected(peer, addr, peer_id, incoming, fast, commands, handle, stats);
+                if encrypted && let Some(p) = self.peers.get_mut(&peer) {
+                    p.prefers_encryption = true;
+                    if !incoming {
+                        self.note_prefers_encryption(addr);
+                    }
+                }
+            }
             PeerEvent::ConnectFailed { peer, addr, reason } => {
                 if self.dialing.remove(&peer).is_some() {
                     self.global.peers.release();
@@ -676,8 +724,19 @@ impl Coordinator {
                 listen_port,
                 client,
                 pex,
+                prefers_encryption,
                 upload_only,
             } => {
+                // `e=1`, or an MSE connection (an incoming peer's dialable address is known
+                // only now, from its listen port): its address is dialled encrypted first.
+                let encrypted_at = self.peers.get_mut(&peer).and_then(|p| {
+                    p.listen_port = listen_port;
+                    p.prefers_encryption |= prefers_encryption;
+                    p.dialable_addr().filter(|_| p.prefers_encryption)
+                });
+                if let Some(addr) = encrypted_at {
+                    self.note_prefers_encryption(addr);
+                }
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.pex = pex;
                     p.upload_only = upload_only;
@@ -709,7 +768,7 @@ impl Coordinator {
             PeerEvent::PexReceived { peer, added } => {
                 let from = self.peers.get(&peer).map(|p| p.addr);
                 debug!("torrent {}: pex from {from:?}: {added:?}", self.meta.name);
-                self.add_addrs(PeerSource::Pex, added);
+                self.add_flagged_addrs(PeerSource::Pex, added);
                 self.connect_more();
             }
             PeerEvent::RequestRejected { peer, block } => {
@@ -842,6 +901,7 @@ impl Coordinator {
             source,
             fast,
             pex: false,
+            prefers_encryption: false,
             upload_only: false,
             listen_port: None,
             client: None,
@@ -1011,6 +1071,7 @@ impl Coordinator {
                     source: PeerSource::WebSeed,
                     fast: false,
                     pex: false,
+                    prefers_encryption: false,
                     upload_only: false,
                     listen_port: None,
                     client: None,
@@ -1739,17 +1800,14 @@ impl Coordinator {
         if self.meta.private {
             return;
         }
-        let dialable: Vec<(PeerKey, SocketAddr)> = self
+        // With the flags BEP 11 gives each: 0x01 prefers encryption, 0x02 seed.
+        let dialable: Vec<(PeerKey, SocketAddr, PexFlags)> = self
             .peers
             .iter()
             .filter(|(_, p)| p.web_seed.is_none())
             .filter_map(|(k, p)| {
-                let addr = if p.incoming {
-                    SocketAddr::new(p.addr.ip(), p.listen_port?)
-                } else {
-                    p.addr
-                };
-                Some((*k, addr))
+                let flags = PexFlags::new(p.prefers_encryption, p.wants_nothing());
+                Some((*k, p.dialable_addr()?, flags))
             })
             .collect();
         let due: Vec<PeerKey> = self
@@ -1763,16 +1821,24 @@ impl Coordinator {
             .map(|(k, _)| *k)
             .collect();
         for key in due {
-            let current: HashSet<SocketAddr> = dialable
+            let current: HashMap<SocketAddr, PexFlags> = dialable
                 .iter()
-                .filter(|(k, _)| *k != key)
-                .map(|(_, a)| *a)
+                .filter(|(k, _, _)| *k != key)
+                .map(|(_, a, f)| (*a, *f))
                 .take(MAX_PEX_PEERS)
                 .collect();
             let Some(peer) = self.peers.get_mut(&key) else {
                 continue;
             };
-            let added: Vec<SocketAddr> = current.difference(&peer.pex_sent).copied().collect();
+            let added: Vec<PexPeer> = current
+                .iter()
+                .filter(|(addr, _)| !peer.pex_sent.contains(addr))
+                .map(|(addr, flags)| PexPeer {
+                    addr: *addr,
+                    flags: *flags,
+                })
+                .collect();
+            let current: HashSet<SocketAddr> = current.into_keys().collect();
             let dropped: Vec<SocketAddr> = peer.pex_sent.difference(&current).copied().collect();
             // Nothing to say is no message: the minute between messages (BEP 11) starts with
             // the first one actually sent, so a peer that arrived before our other peers hears

@@ -22,7 +22,9 @@ use lava_torrent::bencode::BencodeElem;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
+use crate::bencode::{self, WalkError};
 use crate::percent;
+use crate::wire::compact::{self, Family};
 
 /// The `event` of an announce (BEP 3). Regular re-announces carry none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -291,11 +293,11 @@ pub fn parse_announce_response(url: &str, body: &[u8]) -> Result<AnnounceRespons
 
     let mut peers = Vec::new();
     if let Some(elem) = dict.get("peers") {
-        parse_peers(elem, CompactFamily::V4, &mut peers)
+        parse_peers(elem, Family::V4, &mut peers)
             .map_err(|reason| malformed(format!("peers: {reason}")))?;
     }
     if let Some(elem) = dict.get("peers6") {
-        parse_peers(elem, CompactFamily::V6, &mut peers)
+        parse_peers(elem, Family::V6, &mut peers)
             .map_err(|reason| malformed(format!("peers6: {reason}")))?;
     }
     retain_dialable(&mut peers);
@@ -353,83 +355,40 @@ fn reply_dict<'a>(url: &str, root: &'a BencodeElem) -> Result<Dict<'a>, TrackerE
 
 /// The deepest nesting of lists and dictionaries we hand to lava_torrent. An announce reply needs 3
 /// (reply, peer list, peer).
-const MAX_NESTING: usize = 16;
+const MAX_NESTING: u32 = 16;
 
 /// Refuses a body nested deeper than [`MAX_NESTING`], or holding a byte that cannot start a
 /// bencode token, before lava_torrent sees it.
 ///
 /// lava_torrent's decoder recurses once per nested list or dictionary, so a reply of a few thousand
-/// `l` bytes would overflow the announcer's stack and abort the whole daemon. This walk builds
-/// nothing and leaves every other check to lava_torrent: it skips integers to their `e` and strings
-/// by their length prefix exactly as lava_torrent does, so its depth at each token is at least
-/// lava_torrent's recursion depth there.
+/// `l` bytes would overflow the announcer's stack and abort the whole daemon. [`bencode::walk`]
+/// builds nothing and skips integers and strings exactly as lava_torrent does, so its depth at
+/// each token is at least lava_torrent's recursion depth there. Each value of the body is walked
+/// (lava_torrent reads them all before we refuse the second); a body cut short is left to
+/// lava_torrent to refuse, since everything up to the cut was within the limit.
 fn check_nesting(body: &[u8]) -> Result<(), String> {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while let Some(&b) = body.get(i) {
-        let rest = &body[i..];
-        i = match b {
-            b'd' | b'l' => {
-                depth += 1;
-                if depth > MAX_NESTING {
-                    return Err(format!("nested deeper than {MAX_NESTING} levels"));
-                }
-                i + 1
-            }
-            b'e' if depth > 0 => {
-                depth -= 1;
-                i + 1
-            }
-            b'i' => match rest.iter().position(|&c| c == b'e') {
-                Some(end) => i + end + 1,
-                None => return Err("unterminated integer".to_owned()),
-            },
-            b'0'..=b'9' => {
-                let colon = rest
-                    .iter()
-                    .position(|&c| !c.is_ascii_digit())
-                    .filter(|&n| rest[n] == b':')
-                    .ok_or_else(|| format!("bad string length at byte {i}"))?;
-                let len = std::str::from_utf8(&rest[..colon])
-                    .ok()
-                    .and_then(|digits| digits.parse::<usize>().ok())
-                    .ok_or_else(|| format!("bad string length at byte {i}"))?;
-                // Past the end means truncated: the loop ends and lava_torrent says so.
-                i.saturating_add(colon + 1).saturating_add(len)
-            }
-            _ => return Err(format!("unexpected byte {b:#04x} at byte {i}")),
-        };
-    }
-    Ok(())
-}
-
-/// Which compact format a peer string holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompactFamily {
-    /// `peers`: 4-byte IPv4 address, 2-byte port.
-    V4,
-    /// `peers6`: 16-byte IPv6 address, 2-byte port.
-    V6,
-}
-
-impl CompactFamily {
-    fn entry_len(self) -> usize {
-        match self {
-            CompactFamily::V4 => 6,
-            CompactFamily::V6 => 18,
+    let mut pos = 0;
+    while pos < body.len() {
+        match bencode::walk(body, pos, MAX_NESTING) {
+            Ok(end) => pos = end,
+            Err(WalkError::Truncated) => break,
+            Err(e) => return Err(e.to_string()),
         }
     }
+    Ok(())
 }
 
 /// Appends the peers of a `peers` or `peers6` value to `out`. Unusable entries are skipped here or
 /// by the caller; only a value of the wrong type is an error.
 fn parse_peers(
     elem: &BencodeElem,
-    family: CompactFamily,
+    family: Family,
     out: &mut Vec<SocketAddr>,
 ) -> Result<(), String> {
     if let Some(bytes) = byte_string(elem) {
-        compact_peers(bytes, family, out);
+        // A trailing partial entry is ignored: the whole entries before it are still good.
+        // Port 0, unspecified addresses and repeats go in `retain_dialable`.
+        out.extend(compact::whole_peers(family, bytes));
         return Ok(());
     }
     match elem {
@@ -438,24 +397,6 @@ fn parse_peers(
             Ok(())
         }
         other => Err(format!("neither a string nor a list: {other}")),
-    }
-}
-
-/// Appends the peers of a compact peer string to `out`, as they are: the caller drops port 0,
-/// unspecified addresses and repeats ([`retain_dialable`]). A trailing partial entry is ignored:
-/// the whole entries before it are still good.
-pub(crate) fn compact_peers(bytes: &[u8], family: CompactFamily, out: &mut Vec<SocketAddr>) {
-    for entry in bytes.chunks_exact(family.entry_len()) {
-        let (ip, port) = entry.split_at(entry.len() - 2);
-        let ip = match family {
-            CompactFamily::V4 => IpAddr::V4(Ipv4Addr::from(
-                <[u8; 4]>::try_from(ip).expect("6-byte entry"),
-            )),
-            CompactFamily::V6 => IpAddr::V6(Ipv6Addr::from(
-                <[u8; 16]>::try_from(ip).expect("18-byte entry"),
-            )),
-        };
-        out.push(SocketAddr::new(ip, u16::from_be_bytes([port[0], port[1]])));
     }
 }
 
@@ -1031,8 +972,9 @@ mod tests {
             assert!(reason.contains("nested deeper"), "{reason}");
         }
         let mut ok = b"d8:intervali60e5:peers".to_vec();
-        ok.extend_from_slice(&b"l".repeat(MAX_NESTING - 1));
-        ok.extend_from_slice(&b"e".repeat(MAX_NESTING - 1));
+        let lists = usize::try_from(MAX_NESTING).unwrap() - 1;
+        ok.extend_from_slice(&b"l".repeat(lists));
+        ok.extend_from_slice(&b"e".repeat(lists));
         ok.push(b'e');
         assert_eq!(parse(&ok).unwrap().peers, vec![]);
         // A byte lava_torrent would take as the start of a string length is refused outright.

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use log::debug;
 
 use super::{
-    AnnounceEvent, AnnounceRequest, AnnounceResponse, CompactFamily, ScrapeCounts, TrackerError,
-    compact_peers, retain_dialable,
+    AnnounceEvent, AnnounceRequest, AnnounceResponse, ScrapeCounts, TrackerError, retain_dialable,
 };
+use crate::wire::compact::{self, Family};
 
 /// The magic constant that opens a connect request.
 pub const PROTOCOL_ID: u64 = 0x0417_2710_1980;
@@ -48,7 +48,7 @@ pub fn is_supported(url: &str) -> bool {
 /// A connection id and the socket it was obtained on (a tracker may tie the id to our address).
 struct Connection {
     socket: UdpSocket,
-    family: CompactFamily,
+    family: Family,
     id: u64,
     obtained: Instant,
 }
@@ -167,7 +167,7 @@ impl UdpClient {
         body: &[u8],
         min_reply: usize,
         deadline: Instant,
-    ) -> Result<(Vec<u8>, CompactFamily), TrackerError> {
+    ) -> Result<(Vec<u8>, Family), TrackerError> {
         if !is_supported(url) {
             return Err(TrackerError::UnsupportedScheme {
                 url: url.to_owned(),
@@ -191,7 +191,7 @@ impl UdpClient {
         body: &[u8],
         min_reply: usize,
         deadline: Instant,
-    ) -> Result<(Vec<u8>, CompactFamily), TrackerError> {
+    ) -> Result<(Vec<u8>, Family), TrackerError> {
         let request_error = |error: String| TrackerError::Request {
             url: url.to_owned(),
             error,
@@ -319,7 +319,7 @@ impl UdpClient {
 /// Resolves the URL's host and opens a socket on an ephemeral port of the family of the first
 /// address we can reach, connected to it (so the kernel drops datagrams from anyone else); from
 /// `bind` when that is of the address's family.
-fn open(url: &str, bind: Option<IpAddr>) -> Result<(UdpSocket, CompactFamily), String> {
+fn open(url: &str, bind: Option<IpAddr>) -> Result<(UdpSocket, Family), String> {
     let (host, port) = host_port(url)?;
     let addrs = (host, port)
         .to_socket_addrs()
@@ -327,8 +327,8 @@ fn open(url: &str, bind: Option<IpAddr>) -> Result<(UdpSocket, CompactFamily), S
     let mut last_error = format!("{host} has no address");
     for addr in addrs {
         let (any, family): (IpAddr, _) = match addr {
-            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED.into(), CompactFamily::V4),
-            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED.into(), CompactFamily::V6),
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED.into(), Family::V4),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED.into(), Family::V6),
         };
         let ip = bind
             .filter(|ip| ip.is_ipv4() == addr.is_ipv4())
@@ -440,12 +440,11 @@ pub fn parse_datagram(
 /// An announce reply after its action and transaction id: interval, leechers, seeders, then
 /// compact peers of `family` (a trailing partial entry and undialable peers are skipped). `None`
 /// when shorter than the 12 bytes of counts. Pure.
-pub fn parse_announce_reply(payload: &[u8], family: CompactFamily) -> Option<AnnounceResponse> {
+pub fn parse_announce_reply(payload: &[u8], family: Family) -> Option<AnnounceResponse> {
     let (counts, rest) = payload.split_first_chunk::<12>()?;
     let word =
         |i: usize| u32::from_be_bytes([counts[i], counts[i + 1], counts[i + 2], counts[i + 3]]);
-    let mut peers = Vec::new();
-    compact_peers(rest, family, &mut peers);
+    let mut peers: Vec<SocketAddr> = compact::whole_peers(family, rest).collect();
     retain_dialable(&mut peers);
     Some(AnnounceResponse {
         interval: Duration::from_secs(u64::from(word(0))),
@@ -1108,12 +1107,12 @@ mod tests {
         reply.extend_from_slice(&[10, 0, 0, 1, 0x1a, 0xe1, 10, 0, 0]);
         let got = parse_datagram(&datagram(1, tid, &reply), 1, tid, 12);
         assert_eq!(got, Some(Received::Reply(reply.clone())));
-        let announce = parse_announce_reply(&reply, CompactFamily::V4).unwrap();
+        let announce = parse_announce_reply(&reply, Family::V4).unwrap();
         assert_eq!(announce.interval, Duration::from_secs(0x708));
         assert_eq!((announce.incomplete, announce.complete), (Some(2), Some(9)));
         assert_eq!(announce.peers, vec![addr("10.0.0.1:6881")]);
         for cut in 0..12 {
-            assert_eq!(parse_announce_reply(&reply[..cut], CompactFamily::V6), None);
+            assert_eq!(parse_announce_reply(&reply[..cut], Family::V6), None);
             assert_eq!(parse_scrape_reply(&reply[..cut]), None);
             assert_eq!(
                 parse_datagram(&datagram(1, tid, &reply[..cut]), 1, tid, 12),

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use lava_torrent::bencode::BencodeElem;
 
 use super::swarm::{Announce, AnnounceOutcome, InfoHash, PeerId, ScrapeEntry};
-use super::{DEFAULT_NUMWANT, Intervals, MAX_NUMWANT, Shared, push_compact};
+use super::{DEFAULT_NUMWANT, Intervals, MAX_NUMWANT, Shared};
 use crate::http_server::{self, Handler, HeadError, Response};
 use crate::tracker::AnnounceEvent;
+use crate::wire::compact;
 use crate::{hex, percent};
 
 /// A request head (request line and headers) longer than this is refused with 431.
@@ -266,18 +267,7 @@ fn announce_body(
         ("incomplete", int(outcome.incomplete)),
     ];
     if query.compact {
-        let mut v4 = Vec::new();
-        let mut v6 = Vec::new();
-        for peer in &outcome.peers {
-            push_compact(
-                peer.addr,
-                if peer.addr.is_ipv4() {
-                    &mut v4
-                } else {
-                    &mut v6
-                },
-            );
-        }
+        let (v4, v6) = compact::encode_peers(outcome.peers.iter().map(|peer| &peer.addr));
         entries.push(("peers", BencodeElem::Bytes(v4)));
         if !v6.is_empty() {
             entries.push(("peers6", BencodeElem::Bytes(v6)));
@@ -404,7 +394,7 @@ mod tests {
     use super::super::{HTTP_WORKERS, TrackerConfig, TrackerServer};
     use super::*;
     use std::io::{Read, Write};
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream};
+    use std::net::{Ipv4Addr, Ipv6Addr, TcpStream};
 
     /// A request head as the HTTP server and then the tracker parse it.
     fn parse_head(head: &[u8]) -> Result<Request, HttpError> {
@@ -680,25 +670,11 @@ mod tests {
     }
 
     fn compact_v4(bytes: &[u8]) -> Vec<SocketAddr> {
-        assert_eq!(bytes.len() % 6, 0);
-        bytes
-            .chunks(6)
-            .map(|c| SocketAddr::from(([c[0], c[1], c[2], c[3]], u16::from_be_bytes([c[4], c[5]]))))
-            .collect()
+        compact::decode_peers(compact::Family::V4, bytes).unwrap()
     }
 
     fn compact_v6(bytes: &[u8]) -> Vec<SocketAddr> {
-        assert_eq!(bytes.len() % 18, 0);
-        bytes
-            .chunks(18)
-            .map(|c| {
-                let ip: [u8; 16] = c[..16].try_into().unwrap();
-                SocketAddr::new(
-                    IpAddr::V6(Ipv6Addr::from(ip)),
-                    u16::from_be_bytes([c[16], c[17]]),
-                )
-            })
-            .collect()
+        compact::decode_peers(compact::Family::V6, bytes).unwrap()
     }
 
     fn announce_as(port: u16, left: u64, extra: &str) -> String {

@@ -400,16 +400,6 @@ impl Drop for TrackerServer {
     }
 }
 
-/// Appends `addr` in compact form: 4 (IPv4) or 16 (IPv6) address bytes, then the port, all
-/// big-endian.
-fn push_compact(addr: SocketAddr, out: &mut Vec<u8>) {
-    match addr.ip() {
-        IpAddr::V4(ip) => out.extend_from_slice(&ip.octets()),
-        IpAddr::V6(ip) => out.extend_from_slice(&ip.octets()),
-    }
-    out.extend_from_slice(&addr.port().to_be_bytes());
-}
-
 /// A TCP listener and a UDP socket on the same address and port. For port 0 the kernel picks a
 /// TCP port and UDP takes the same number; when that number is taken for UDP, try again.
 fn bind_pair(addr: SocketAddr) -> io::Result<(TcpListener, UdpSocket)> {

@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use sha1::{Digest as _, Sha1};
 
 use super::swarm::{Announce, InfoHash};
-use super::{DEFAULT_NUMWANT, MAX_NUMWANT, Shared, push_compact};
+use super::{DEFAULT_NUMWANT, MAX_NUMWANT, Shared};
 use crate::tracker::AnnounceEvent;
 use crate::tracker::udp::{
     ACTION_ANNOUNCE, ACTION_CONNECT, ACTION_ERROR, ACTION_SCRAPE, PROTOCOL_ID,
 };
+use crate::wire::compact;
 
 /// Info hashes per scrape at most (BEP 15), so the reply fits one datagram.
 pub const MAX_SCRAPE_HASHES: usize = 74;
@@ -200,7 +201,7 @@ fn announce(
     out.extend_from_slice(&outcome.incomplete.to_be_bytes());
     out.extend_from_slice(&outcome.complete.to_be_bytes());
     for peer in &outcome.peers {
-        push_compact(peer.addr, &mut out);
+        compact::encode_peer(&peer.addr, &mut out);
     }
     Ok(out)
 }
@@ -632,7 +633,7 @@ mod tests {
             let reply = exchange(&leecher, &announce_packet(conn_l, 1, 2, -1, 7002));
             assert_eq!((be32(&reply[12..16]), be32(&reply[16..20])), (1, 1));
             let mut want = Vec::new();
-            push_compact(SocketAddr::new(listen.ip(), 7001), &mut want);
+            compact::encode_peer(&SocketAddr::new(listen.ip(), 7001), &mut want);
             assert_eq!(&reply[20..], &want[..]);
             let reply = exchange(&leecher, &scrape_packet(conn_l, &[HASH]));
             assert_eq!(&reply[8..], &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);

@@ -1,7 +1,12 @@
-//! Compact peer and node info, the one codec for both (BEP 23, BEP 5, BEP 32): a peer is its
-//! address, 6 bytes for IPv4 (4 address + 2 port, big-endian) and 18 for IPv6; a DHT node is its
-//! 20-byte id followed by a compact peer, 26 or 38 bytes. Pure: bytes in, values out, and back.
-//! A buffer whose length is not a whole number of entries is refused, not read in part.
+//! Compact peer and node info, the one codec of every wire format that carries addresses
+//! (BEP 23 tracker replies over HTTP, BEP 15 over UDP, BEP 11 PEX, BEP 10 `yourip`, BEP 5 and
+//! BEP 32 DHT nodes, and the embedded tracker's replies): a bare IP is 4 bytes (IPv4) or 16
+//! (IPv6); a peer is its address, 6 bytes for IPv4 (4 address + 2 port, big-endian) and 18 for
+//! IPv6; a DHT node is its 20-byte id followed by a compact peer, 26 or 38 bytes. An IPv4-mapped
+//! IPv6 address is written as the IPv4 one it is. Pure: bytes in, values out, and back.
+//! [`decode_peers`] and [`decode_nodes`] refuse a buffer whose length is not a whole number of
+//! entries; [`whole_peers`] reads the whole entries and leaves a trailing partial one, for
+//! formats where the entries before it are still good (tracker replies, PEX).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -80,6 +85,38 @@ pub fn encode_peer(addr: &SocketAddr, out: &mut Vec<u8>) {
     out.extend_from_slice(&addr.port().to_be_bytes());
 }
 
+/// Appends `ip` as a bare compact IP: 4 bytes for IPv4 (a mapped IPv4 too), 16 for IPv6.
+pub fn encode_ip(ip: IpAddr, out: &mut Vec<u8>) {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
+    }
+}
+
+/// A bare compact IP: exactly 4 bytes (IPv4) or 16 (IPv6; a mapped IPv4 comes back as the
+/// IPv4 it is, as [`encode_ip`] writes it), `None` for any other length.
+pub fn decode_ip(bytes: &[u8]) -> Option<IpAddr> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        Some(IpAddr::from(v4))
+    } else {
+        <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(|v6| IpAddr::from(v6).to_canonical())
+    }
+}
+
+/// `addrs` as two compact peer lists, IPv4 (mapped ones included) and IPv6, in their order.
+pub fn encode_peers<'a>(addrs: impl IntoIterator<Item = &'a SocketAddr>) -> (Vec<u8>, Vec<u8>) {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for addr in addrs {
+        match Family::of(addr) {
+            Family::V4 => encode_peer(addr, &mut v4),
+            Family::V6 => encode_peer(addr, &mut v6),
+        }
+    }
+    (v4, v6)
+}
+
 /// Appends `node` as a compact node (26 or 38 bytes).
 pub fn encode_node(node: &NodeInfo, out: &mut Vec<u8>) {
     out.extend_from_slice(&node.id);
@@ -129,10 +166,16 @@ pub fn decode_peers(family: Family, bytes: &[u8]) -> Result<Vec<SocketAddr>, Com
             entry,
         });
     }
-    Ok(bytes
-        .chunks_exact(entry)
-        .map(|c| peer_from(family, c))
-        .collect())
+    Ok(whole_peers(family, bytes).collect())
+}
+
+/// The whole compact peers of `family` in `bytes`, as they are (port 0 and unspecified
+/// addresses included: what to dial is the caller's business); a trailing partial entry is
+/// left out, the entries before it are still good.
+pub fn whole_peers(family: Family, bytes: &[u8]) -> impl Iterator<Item = SocketAddr> + '_ {
+    bytes
+        .chunks_exact(family.peer_len())
+        .map(move |c| peer_from(family, c))
 }
 
 /// Decodes a list of compact nodes of `family`.
@@ -229,6 +272,55 @@ mod tests {
         encode_node(&v6, &mut out);
         assert_eq!(out.len(), NODE_V6_LEN);
         assert_eq!(decode_nodes(Family::V6, &out).unwrap(), vec![v6]);
+    }
+
+    #[test]
+    fn bare_ips_are_four_or_sixteen_bytes() {
+        for (text, len) in [("10.0.0.2", 4), ("::ffff:10.0.0.2", 4), ("2001:db8::1", 16)] {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut out = Vec::new();
+            encode_ip(ip, &mut out);
+            assert_eq!(out.len(), len, "{text}");
+            assert_eq!(decode_ip(&out), Some(ip.to_canonical()), "{text}");
+        }
+        assert_eq!(
+            decode_ip(&[127, 0, 0, 2]),
+            Some("127.0.0.2".parse().unwrap())
+        );
+        for len in [0, 3, 5, 6, 15, 17, 18] {
+            assert_eq!(decode_ip(&vec![1; len]), None, "{len}");
+        }
+    }
+
+    #[test]
+    fn peer_lists_split_by_family_in_order() {
+        let addrs: Vec<SocketAddr> = ["127.0.0.2:6881", "[::1]:7000", "[::ffff:10.0.0.1]:80"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let (v4, v6) = encode_peers(&addrs);
+        assert_eq!(v4, [127, 0, 0, 2, 0x1A, 0xE1, 10, 0, 0, 1, 0, 80]);
+        assert_eq!(v6.len(), PEER_V6_LEN);
+        assert_eq!(
+            decode_peers(Family::V4, &v4).unwrap(),
+            vec![addrs[0], "10.0.0.1:80".parse().unwrap()]
+        );
+        assert_eq!(decode_peers(Family::V6, &v6).unwrap(), vec![addrs[1]]);
+    }
+
+    #[test]
+    fn whole_peers_leave_a_trailing_partial_entry() {
+        let wire = [10, 0, 0, 2, 0x1A, 0xE1, 0, 0, 0, 0, 0, 0, 9, 9, 9];
+        let peers: Vec<SocketAddr> = whole_peers(Family::V4, &wire).collect();
+        assert_eq!(
+            peers,
+            vec![
+                "10.0.0.2:6881".parse().unwrap(),
+                "0.0.0.0:0".parse().unwrap()
+            ]
+        );
+        assert!(decode_peers(Family::V4, &wire).is_err());
+        assert_eq!(whole_peers(Family::V6, &[0; 17]).count(), 0);
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! advertised in its `m`, and decode with the ones we advertised. Pure, like the rest of `wire`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use lava_torrent::bencode::BencodeElem;
 
+use super::compact::{self, Family};
 use crate::bencode::skip_value;
 
 /// Peer-wire message id of every extended message.
@@ -58,10 +59,8 @@ impl ExtendedHandshake {
             dict.insert("reqq".into(), BencodeElem::Integer(i64::from(reqq)));
         }
         if let Some(ip) = self.yourip {
-            let bytes = match ip {
-                IpAddr::V4(v4) => v4.octets().to_vec(),
-                IpAddr::V6(v6) => v6.octets().to_vec(),
-            };
+            let mut bytes = Vec::new();
+            compact::encode_ip(ip, &mut bytes);
             dict.insert("yourip".into(), BencodeElem::Bytes(bytes));
         }
         if let Some(size) = self.metadata_size {
@@ -108,8 +107,8 @@ impl ExtendedHandshake {
             _ => BTreeMap::new(),
         };
         let yourip = match d.get("yourip") {
-            Some(BencodeElem::Bytes(b)) => ip_from_bytes(b),
-            Some(BencodeElem::String(s)) => ip_from_bytes(s.as_bytes()),
+            Some(BencodeElem::Bytes(b)) => compact::decode_ip(b),
+            Some(BencodeElem::String(s)) => compact::decode_ip(s.as_bytes()),
             _ => None,
         };
         Ok(Self {
@@ -194,13 +193,13 @@ impl<'a> MetadataMessage<'a> {
         if payload.first() != Some(&b'd') {
             return Err("ut_metadata message is not a dictionary".into());
         }
-        let end = skip_value(payload, 0, 0).ok_or("ut_metadata dictionary is malformed")?;
+        let end = skip_value(payload, 0).ok_or("ut_metadata dictionary is malformed")?;
         let (mut msg_type, mut piece, mut total_size) = (None, None, None);
         let mut pos = 1;
         while payload[pos] != b'e' {
-            let key_end = skip_value(payload, pos, 1).ok_or("malformed key")?;
+            let key_end = skip_value(payload, pos).ok_or("malformed key")?;
             let key = string_value(&payload[pos..key_end]).ok_or("a key is not a string")?;
-            let value_end = skip_value(payload, key_end, 1).ok_or("malformed value")?;
+            let value_end = skip_value(payload, key_end).ok_or("malformed value")?;
             let value = int_value(&payload[key_end..value_end]);
             match key {
                 b"msg_type" => msg_type = value,
@@ -257,23 +256,68 @@ pub const OUR_UT_PEX_ID: u8 = 2;
 /// Most peers we take from one PEX message (more is ignored, not an error).
 pub const MAX_PEX_PEERS: usize = 200;
 
+/// The `added.f` flags BEP 11 gives each added peer (one byte each; other bits are kept as
+/// they came, unread).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PexFlags(pub u8);
+
+impl PexFlags {
+    /// 0x01: the peer prefers encrypted connections (it spoke MSE to the sender, or said `e=1`).
+    pub const ENCRYPTION: u8 = 0x01;
+    /// 0x02: the peer is a seed (or only uploads).
+    pub const SEED: u8 = 0x02;
+
+    /// Flags from what is known of a peer.
+    pub fn new(prefers_encryption: bool, seed: bool) -> Self {
+        let mut bits = 0;
+        if prefers_encryption {
+            bits |= Self::ENCRYPTION;
+        }
+        if seed {
+            bits |= Self::SEED;
+        }
+        PexFlags(bits)
+    }
+
+    pub fn prefers_encryption(self) -> bool {
+        self.0 & Self::ENCRYPTION != 0
+    }
+
+    pub fn seed(self) -> bool {
+        self.0 & Self::SEED != 0
+    }
+}
+
+/// One peer of a `ut_pex` `added` list, with its flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PexPeer {
+    pub addr: SocketAddr,
+    pub flags: PexFlags,
+}
+
 /// A `ut_pex` message (BEP 11): peers the sender connected to and dropped since its last one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PexMessage {
-    pub added: Vec<std::net::SocketAddr>,
-    pub dropped: Vec<std::net::SocketAddr>,
+    pub added: Vec<PexPeer>,
+    pub dropped: Vec<SocketAddr>,
 }
 
 impl PexMessage {
     /// The bencoded dictionary: `added`/`added.f`/`dropped` (IPv4) and `added6`/`added6.f`/
-    /// `dropped6` (IPv6), compact.
+    /// `dropped6` (IPv6), compact, one flag byte per added peer in the order of its list.
     pub fn encode(&self) -> Vec<u8> {
         let mut dict: HashMap<String, BencodeElem> = HashMap::new();
-        let (added4, added6) = compact(&self.added);
-        let (dropped4, dropped6) = compact(&self.dropped);
-        let flags = |compact: &[u8], entry: usize| vec![0u8; compact.len() / entry];
-        dict.insert("added.f".into(), BencodeElem::Bytes(flags(&added4, 6)));
-        dict.insert("added6.f".into(), BencodeElem::Bytes(flags(&added6, 18)));
+        let (added4, added6) = compact::encode_peers(self.added.iter().map(|p| &p.addr));
+        let flags = |family: Family| -> Vec<u8> {
+            self.added
+                .iter()
+                .filter(|p| Family::of(&p.addr) == family)
+                .map(|p| p.flags.0)
+                .collect()
+        };
+        let (dropped4, dropped6) = compact::encode_peers(&self.dropped);
+        dict.insert("added.f".into(), BencodeElem::Bytes(flags(Family::V4)));
+        dict.insert("added6.f".into(), BencodeElem::Bytes(flags(Family::V6)));
         dict.insert("added".into(), BencodeElem::Bytes(added4));
         dict.insert("added6".into(), BencodeElem::Bytes(added6));
         dict.insert("dropped".into(), BencodeElem::Bytes(dropped4));
@@ -282,68 +326,48 @@ impl PexMessage {
     }
 
     /// Decodes a `ut_pex` dictionary; at most [`MAX_PEX_PEERS`] added peers are kept, port 0
-    /// entries are skipped, and missing keys mean none.
+    /// entries, a trailing partial entry and IPv4-mapped addresses in the IPv6 lists are
+    /// skipped, a flag missing from a short `added.f` is 0, and missing keys mean none.
     ///
     /// # Errors
     /// A reason when the bytes are not one bencoded dictionary.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         crate::bencode::check_one_value(bytes)?;
         let mut elems = BencodeElem::from_bytes(bytes).map_err(|e| e.to_string())?;
-        let bytes_of = |d: &HashMap<String, BencodeElem>, key: &str| -> Vec<u8> {
-            match d.get(key) {
-                Some(BencodeElem::Bytes(b)) => b.clone(),
-                Some(BencodeElem::String(s)) => s.as_bytes().to_vec(),
-                _ => Vec::new(),
-            }
-        };
         let d = match elems.pop() {
             Some(BencodeElem::Dictionary(d)) => d,
             _ => return Err("ut_pex message is not a dictionary".into()),
         };
-        let mut added = parse_compact(&bytes_of(&d, "added"), 6);
-        added.extend(parse_compact(&bytes_of(&d, "added6"), 18));
-        added.truncate(MAX_PEX_PEERS);
-        let mut dropped = parse_compact(&bytes_of(&d, "dropped"), 6);
-        dropped.extend(parse_compact(&bytes_of(&d, "dropped6"), 18));
-        dropped.truncate(MAX_PEX_PEERS);
+        let bytes_of = |key: &str| -> &[u8] {
+            match d.get(key) {
+                Some(BencodeElem::Bytes(b)) => b,
+                Some(BencodeElem::String(s)) => s.as_bytes(),
+                _ => &[],
+            }
+        };
+        let peers = |family: Family, key: &str| {
+            compact::whole_peers(family, bytes_of(key))
+                .filter(move |addr| addr.port() != 0 && Family::of(addr) == family)
+        };
+        let added_of = |family: Family, key: &str, flags_key: &str| {
+            let flags = bytes_of(flags_key);
+            compact::whole_peers(family, bytes_of(key))
+                .enumerate()
+                .filter(move |(_, addr)| addr.port() != 0 && Family::of(addr) == family)
+                .map(move |(i, addr)| PexPeer {
+                    addr,
+                    flags: PexFlags(flags.get(i).copied().unwrap_or(0)),
+                })
+        };
+        let added = added_of(Family::V4, "added", "added.f")
+            .chain(added_of(Family::V6, "added6", "added6.f"))
+            .take(MAX_PEX_PEERS)
+            .collect();
+        let dropped = peers(Family::V4, "dropped")
+            .chain(peers(Family::V6, "dropped6"))
+            .take(MAX_PEX_PEERS)
+            .collect();
         Ok(Self { added, dropped })
-    }
-}
-
-fn compact(addrs: &[std::net::SocketAddr]) -> (Vec<u8>, Vec<u8>) {
-    let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    for addr in addrs {
-        match addr.ip() {
-            IpAddr::V4(ip) => {
-                v4.extend(ip.octets());
-                v4.extend(addr.port().to_be_bytes());
-            }
-            IpAddr::V6(ip) => {
-                v6.extend(ip.octets());
-                v6.extend(addr.port().to_be_bytes());
-            }
-        }
-    }
-    (v4, v6)
-}
-
-fn parse_compact(bytes: &[u8], entry: usize) -> Vec<std::net::SocketAddr> {
-    bytes
-        .chunks_exact(entry)
-        .filter_map(|c| {
-            let (ip, port) = c.split_at(entry - 2);
-            let port = u16::from_be_bytes([port[0], port[1]]);
-            let ip = ip_from_bytes(ip)?;
-            (port != 0).then(|| std::net::SocketAddr::new(ip, port))
-        })
-        .collect()
-}
-
-fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
-    match b.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
-        _ => None,
     }
 }
 
@@ -443,25 +467,77 @@ mod tests {
         assert!(MetadataMessage::decode(&oversized).is_err());
     }
 
+    fn pex_peer(addr: &str, flags: u8) -> PexPeer {
+        PexPeer {
+            addr: addr.parse().unwrap(),
+            flags: PexFlags(flags),
+        }
+    }
+
     #[test]
     fn pex_messages_decode_from_bytes_typed_by_hand_and_round_trip() {
-        let wire = b"d5:added12:\x7f\x00\x00\x02\x1a\xe1\x7f\x00\x00\x03\x00\x007:added.f2:\x00\x007:dropped6:\x0a\x00\x00\x01\x00\x50e";
+        let wire = b"d5:added12:\x7f\x00\x00\x02\x1a\xe1\x7f\x00\x00\x03\x00\x007:added.f2:\x01\x007:dropped6:\x0a\x00\x00\x01\x00\x50e";
         let pex = PexMessage::decode(wire).unwrap();
         assert_eq!(
             pex.added,
-            vec!["127.0.0.2:6881".parse().unwrap()],
+            vec![pex_peer("127.0.0.2:6881", 0x01)],
             "port 0 skipped"
         );
         assert_eq!(pex.dropped, vec!["10.0.0.1:80".parse().unwrap()]);
         let both = PexMessage {
             added: vec![
-                "127.0.0.2:6881".parse().unwrap(),
-                "[::1]:7000".parse().unwrap(),
+                pex_peer("127.0.0.2:6881", 0x03),
+                pex_peer("[::1]:7000", 0x02),
             ],
             dropped: vec!["127.0.0.9:1".parse().unwrap()],
         };
         assert_eq!(PexMessage::decode(&both.encode()).unwrap(), both);
         assert!(PexMessage::decode(b"le").is_err());
+    }
+
+    #[test]
+    fn pex_flags_stay_with_their_peer_in_each_family() {
+        let msg = PexMessage {
+            added: vec![
+                pex_peer("[::1]:7000", PexFlags::SEED),
+                pex_peer("127.0.0.2:6881", 0),
+                pex_peer("127.0.0.3:6881", PexFlags::ENCRYPTION),
+            ],
+            dropped: Vec::new(),
+        };
+        let wire = msg.encode();
+        let text = String::from_utf8_lossy(&wire);
+        assert!(text.contains("7:added.f2:\u{0}\u{1}"), "{text}");
+        assert!(text.contains("8:added6.f1:\u{2}"), "{text}");
+        let back = PexMessage::decode(&wire).unwrap();
+        let by_addr = |a: &str| {
+            back.added
+                .iter()
+                .find(|p| p.addr == a.parse().unwrap())
+                .unwrap()
+                .flags
+        };
+        assert!(by_addr("127.0.0.3:6881").prefers_encryption());
+        assert!(!by_addr("127.0.0.3:6881").seed());
+        assert!(by_addr("[::1]:7000").seed());
+        assert_eq!(by_addr("127.0.0.2:6881"), PexFlags::default());
+        assert_eq!(PexFlags::new(true, true), PexFlags(0x03));
+        // A short `added.f` leaves the rest unflagged; no `added.f` at all, every one.
+        let short = b"d5:added12:\x7f\x00\x00\x02\x1a\xe1\x7f\x00\x00\x03\x1a\xe17:added.f1:\x01e";
+        let flags: Vec<u8> = PexMessage::decode(short)
+            .unwrap()
+            .added
+            .iter()
+            .map(|p| p.flags.0)
+            .collect();
+        assert_eq!(flags, [1, 0]);
+        // A mapped IPv4 address in `added6` is not IPv6: skipped.
+        let mut mapped = b"d6:added618:".to_vec();
+        mapped.extend_from_slice(&[
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 2, 0x1a, 0xe1,
+        ]);
+        mapped.push(b'e');
+        assert_eq!(PexMessage::decode(&mapped).unwrap().added, vec![]);
     }
 
     #[test]

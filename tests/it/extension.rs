@@ -5,8 +5,8 @@
 use crate::support::SHORT;
 use crate::support::fake_peer::{Block, Recv};
 use crate::support::fake_peer::{
-    FakeListener, FakePeer, Fixture, Msg, TorrentMeta, btd_download, btd_seed, frame,
-    handshake_bytes,
+    FakeListener, FakePeer, Fixture, Msg, TorrentMeta, btd_download, btd_seed, compact_v4, frame,
+    handshake_bytes, take_pex_from_btd,
 };
 use crate::support::next_ip;
 use std::collections::HashSet;
@@ -323,16 +323,6 @@ fn btd_leecher_takes_have_all_and_requests_rejected_blocks_again() {
     crate::support::assert_same_files(&fx.payload(), &out.join(&fx.name));
 }
 
-/// Compact IPv4 form of an address, as `ut_pex` carries it.
-fn compact(addr: std::net::SocketAddr) -> Vec<u8> {
-    let std::net::SocketAddr::V4(v4) = addr else {
-        panic!("IPv4 expected: {addr}")
-    };
-    let mut out = v4.ip().octets().to_vec();
-    out.extend(v4.port().to_be_bytes());
-    out
-}
-
 /// Connects a fake peer to `addr` with the extension bit and an extended handshake that offers
 /// `ut_pex` under id 5 and names `listen_port`.
 fn pex_peer(
@@ -364,7 +354,7 @@ fn btd_tells_each_peer_about_the_others_by_their_listen_addresses() {
     let _b = pex_peer("b", addr, &meta, listen_b.addr().port());
     // b connected from an ephemeral port; btd must describe it by b's IP and listen port.
     let b_listen = std::net::SocketAddr::new(_b.local_addr().ip(), listen_b.addr().port());
-    let want = compact(b_listen);
+    let want = compact_v4(b_listen);
     let (msg, _) = fake_wait_pex(&mut a, &want);
     let Msg::Other { payload, .. } = msg else {
         unreachable!()
@@ -390,20 +380,11 @@ fn btd_dials_a_peer_it_learned_of_only_through_pex() {
     let _btd = btd_download("btd leecher", &fx.torrent, &out, next_ip(), &[first.addr()]);
     let mut fake = first.accept(within(SHORT));
     fake.expect_handshake(&meta.info_hash, within(SHORT));
-    let hs = extended_handshake_bytes(&fake, &meta);
-    fake.send_raw("handshake with the extension bit", &hs);
-    fake.wait_for(
-        within(SHORT),
-        "btd's extended handshake",
-        |m| matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&0)),
-    );
-    let mut ext = vec![0u8];
-    ext.extend_from_slice(b"d1:md6:ut_pexi5eee");
-    fake.send_raw("extended handshake with ut_pex", &frame(20, &ext));
+    take_pex_from_btd(&mut fake, &meta.info_hash);
     // btd offers ut_pex under id 2 (its `m`); send it the third peer's address there.
     let mut pex = vec![2u8];
     pex.extend_from_slice(b"d5:added6:");
-    pex.extend(compact(third.addr()));
+    pex.extend(compact_v4(third.addr()));
     pex.extend_from_slice(b"e");
     fake.send_raw("ut_pex naming the third peer", &frame(20, &pex));
     let mut t = third.accept(within(SHORT));

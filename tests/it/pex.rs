@@ -1,5 +1,7 @@
 //! Peer exchange (BEP 11) with real clients: two libtorrent leechers that only know a btd
-//! seeder learn of each other from btd's `ut_pex` messages and connect.
+//! seeder learn of each other from btd's `ut_pex` messages and connect; btd learns of peers from
+//! libtorrent's; and the `added.f` "prefers encryption" flag both ways: btd sets it for a peer
+//! that reached it over MSE, and dials a peer flagged so encrypted first even in `tolerated`.
 
 use crate::support::{
     Btd, LtClient, PeerSpec, Rng, SHORT, TempDir, next_ip, test_seed, write_payload,
@@ -255,4 +257,282 @@ fn a_daemon_counts_its_peers_by_source_tracker_and_pex() {
     daemon.stop("TERM");
     seeder.terminate_and_assert_ok(SHORT);
     drop(transmission);
+}
+
+/// Our handshake with the BEP 10 bit set, then an extended handshake offering `ut_pex` (id 5)
+/// with `listen_port` as `p` (none when 0): a fake peer that takes btd's PEX messages.
+fn fake_pex_peer(
+    name: &str,
+    btd: std::net::SocketAddr,
+    meta: &crate::support::fake_peer::TorrentMeta,
+    listen_port: u16,
+) -> crate::support::fake_peer::FakePeer {
+    use crate::support::fake_peer::{FakePeer, frame, handshake_bytes};
+    let mut fake = FakePeer::connect(name, next_ip(), btd);
+    let mut hs = handshake_bytes(&meta.info_hash, &fake.peer_id());
+    hs[20 + 5] |= 0x10;
+    fake.send_raw("handshake with the extension bit", &hs);
+    fake.expect_handshake(&meta.info_hash, within(SHORT));
+    let mut ext = vec![0u8];
+    if listen_port == 0 {
+        ext.extend_from_slice(b"d1:md6:ut_pexi5eee");
+    } else {
+        ext.extend_from_slice(format!("d1:md6:ut_pexi5ee1:pi{listen_port}ee").as_bytes());
+    }
+    fake.send_raw("extended handshake with ut_pex", &frame(20, &ext));
+    fake
+}
+
+/// A libtorrent `mode` (seed or leech) that speaks RC4-encrypted connections only
+/// (`pe_forced`) and prints a `PEER` line per peer with its encryption; `extra` options after.
+fn lt_forced_rc4(
+    mode: &str,
+    torrent: &std::path::Path,
+    dir: &std::path::Path,
+    peers: Vec<std::net::SocketAddr>,
+    extra: &[&str],
+) -> crate::support::ScriptClient {
+    let spec = PeerSpec {
+        torrent,
+        dir,
+        ip: next_ip(),
+        peers,
+        announce: false,
+    };
+    let mut options = vec![
+        "--encryption",
+        "forced",
+        "--enc-level",
+        "rc4",
+        "--log-peers",
+    ];
+    options.extend_from_slice(extra);
+    LtClient::with_options(
+        &format!("libtorrent {mode} (pe_forced, rc4)"),
+        mode,
+        &spec,
+        &options,
+    )
+}
+
+/// `btd download --encryption tolerated` into `out` with `peer` as its only `--peer`, and the
+/// fake's side of btd's first connection (which `accept` takes only when it opens in plaintext),
+/// btd's handshake read.
+fn tolerated_leecher_of(
+    fx: &crate::support::fake_peer::Fixture,
+    label: &str,
+    peer: &crate::support::fake_peer::FakeListener,
+    out: &std::path::Path,
+) -> (Btd, crate::support::fake_peer::FakePeer) {
+    let btd = crate::support::fake_peer::btd_download_with(
+        &format!("btd leecher (tolerated, {label})"),
+        fx.torrent.to_str().unwrap(),
+        out,
+        &["--encryption", "tolerated"],
+        next_ip(),
+        &[peer.addr()],
+    );
+    let mut fake = peer.accept(within(SHORT));
+    fake.expect_handshake(&fx.meta.info_hash, within(SHORT));
+    (btd, fake)
+}
+
+fn within(d: Duration) -> std::time::Instant {
+    std::time::Instant::now() + d
+}
+
+/// BEP 11 `added.f` 0x01 out: a btd seeder tells a peer about a libtorrent leecher that reached
+/// it over MSE (RC4, `pe_forced`) with the "prefers encryption" flag, and about a plaintext
+/// peer without it; neither is a seed (0x02 clear).
+#[test]
+fn btd_flags_a_peer_that_connected_over_mse_as_preferring_encryption_in_its_pex() {
+    use crate::support::fake_peer::{FakeListener, Fixture, Msg, pex_added_v4};
+    let fx = Fixture::new("pex-flag-out", 8 * MIB, 32 * 1024);
+    // A slow seeder, so the libtorrent leecher is still a leecher when the PEX goes out.
+    let config = fx.tmp.path().join("slow.toml");
+    std::fs::write(&config, "[rates]\nupload_kib_per_sec = 256\n").unwrap();
+    let mut cmd = Btd::command([
+        OsString::from("--config"),
+        config.into(),
+        "seed".into(),
+        fx.torrent.clone().into(),
+        "-d".into(),
+        fx.seed_dir.clone().into(),
+        "--bind".into(),
+        next_ip().to_string().into(),
+        "--port".into(),
+        "0".into(),
+    ]);
+    cmd.env("RUST_LOG", "info,btd::torrent=debug,btd::peer::conn=debug");
+    let mut seeder = Btd::spawn("btd seeder (preferred)", cmd);
+    let addr = seeder.wait_listening();
+    let lt_dir = fx.out_dir("lt");
+    let mut lt = lt_forced_rc4("leech", &fx.torrent, &lt_dir, vec![addr], &[]);
+    let lt_addr = lt.wait_listening();
+    let rc4 = lt.proc.wait_for_line(SHORT, "a PEER line for btd", |l| {
+        let rest = l.strip_prefix("PEER ")?;
+        Some(rest.split(' ').any(|f| f == "rc4=1"))
+    });
+    assert!(rc4, "libtorrent's connection to btd is not RC4");
+    // The plaintext peer, then the one that hears of both in btd's first PEX message to it.
+    let plain_listener = FakeListener::bind("plaintext peer's listener", next_ip());
+    let plain = fake_pex_peer(
+        "plaintext peer",
+        addr,
+        &fx.meta,
+        plain_listener.addr().port(),
+    );
+    let plain_at = std::net::SocketAddr::new(plain.local_addr().ip(), plain_listener.addr().port());
+    let mut probe = fake_pex_peer("pex probe", addr, &fx.meta, 0);
+    let (msg, _) = probe.wait_for(
+        within(SHORT),
+        "a ut_pex message naming the libtorrent leecher and the plaintext peer",
+        |m| match m {
+            Msg::Other { id: 20, payload } if payload.first() == Some(&5) => {
+                pex_added_v4(&payload[1..]).is_ok_and(|added| {
+                    added.iter().any(|(a, _)| *a == lt_addr)
+                        && added.iter().any(|(a, _)| *a == plain_at)
+                })
+            }
+            _ => false,
+        },
+    );
+    let Msg::Other { payload, .. } = msg else {
+        unreachable!()
+    };
+    let added = pex_added_v4(&payload[1..]).unwrap();
+    let flags_of = |at| added.iter().find(|(a, _)| *a == at).unwrap().1;
+    assert_eq!(flags_of(lt_addr), 0x01, "the MSE peer's flags in {added:?}");
+    assert_eq!(
+        flags_of(plain_at),
+        0x00,
+        "the plaintext peer's flags in {added:?}"
+    );
+    drop((plain, probe));
+    seeder.terminate_and_assert_ok(SHORT);
+    lt.proc.terminate_and_assert_ok(SHORT);
+}
+
+/// BEP 11 `added.f` 0x01 in: btd in `tolerated` mode (plaintext first) learns of a libtorrent
+/// seeder that refuses plaintext (`pe_forced`) only through PEX. Flagged 0x01, its first dial
+/// is encrypted (no refused plaintext attempt in btd's log); unflagged, btd tries plaintext
+/// first and falls back, which is what the flag saves. Both download the whole file.
+#[test]
+fn btd_in_tolerated_mode_dials_a_pex_peer_flagged_encrypted_encrypted_first() {
+    use crate::support::fake_peer::{FakeListener, Fixture, compact_v4, frame, take_pex_from_btd};
+    let fx = Fixture::new("pex-flag-in", 2 * MIB, 32 * 1024);
+    let mut lt = lt_forced_rc4("seed", &fx.torrent, &fx.seed_dir, vec![], &[]);
+    let lt_addr = lt.wait_listening();
+    lt.wait_seeding();
+    for flags in [0x01u8, 0x00] {
+        let source = FakeListener::bind("pex source", next_ip());
+        let out = fx.out_dir(&format!("out-{flags}"));
+        let (mut btd, mut fake) =
+            tolerated_leecher_of(&fx, &format!("flag {flags:#04x}"), &source, &out);
+        take_pex_from_btd(&mut fake, &fx.meta.info_hash);
+        let mut pex = vec![2u8];
+        pex.extend_from_slice(b"d5:added6:");
+        pex.extend(compact_v4(lt_addr));
+        pex.extend_from_slice(b"7:added.f1:");
+        pex.push(flags);
+        pex.push(b'e');
+        fake.send_raw("ut_pex naming the libtorrent seeder", &frame(20, &pex));
+        btd.assert_exits_ok(crate::support::TRANSFER);
+        crate::support::assert_same_files(&fx.payload(), &out.join(&fx.name));
+        let log = btd.proc.output();
+        let refused = format!("peer {lt_addr}: plaintext handshake refused");
+        let preferred = format!("peer {lt_addr}: it prefers encryption: dialling encrypted first");
+        if flags & 0x01 != 0 {
+            assert!(log.contains(&preferred), "no '{preferred}' in:\n{log}");
+            assert!(!log.contains(&refused), "a plaintext attempt first:\n{log}");
+        } else {
+            assert!(!log.contains(&preferred), "flag 0 taken as 0x01:\n{log}");
+            assert!(log.contains(&refused), "no plaintext attempt first:\n{log}");
+        }
+        drop(fake);
+    }
+    let peers = lt.proc.output();
+    assert!(
+        peers
+            .lines()
+            .filter(|l| l.starts_with("PEER "))
+            .all(|l| l.contains("rc4=1")),
+        "libtorrent saw an unencrypted peer:\n{peers}"
+    );
+    lt.proc.terminate_and_assert_ok(SHORT);
+}
+
+/// BEP 11 `added.f` 0x02 with 0x01: a btd leecher downloading from a libtorrent seeder over RC4
+/// tells a peer about it as a seed that prefers encryption (0x03).
+#[test]
+fn btd_flags_a_seed_it_reached_over_mse_as_a_seed_preferring_encryption() {
+    use crate::support::fake_peer::{Fixture, Msg, btd_download_with, pex_added_v4};
+    let fx = Fixture::new("pex-flag-seed", 4 * MIB, 32 * 1024);
+    // A slow seeder, so btd is still downloading when its PEX goes out.
+    let slow = ["--upload-limit", "262144"];
+    let mut lt = lt_forced_rc4("seed", &fx.torrent, &fx.seed_dir, vec![], &slow);
+    let lt_addr = lt.wait_listening();
+    lt.wait_seeding();
+    let out = fx.out_dir("out");
+    let mut btd = btd_download_with(
+        "btd leecher (preferred)",
+        fx.torrent.to_str().unwrap(),
+        &out,
+        &[],
+        next_ip(),
+        &[lt_addr],
+    );
+    let addr = btd.wait_listening();
+    let mut probe = fake_pex_peer("pex probe", addr, &fx.meta, 0);
+    let (msg, _) = probe.wait_for(
+        within(SHORT),
+        "a ut_pex message naming the libtorrent seeder",
+        |m| match m {
+            Msg::Other { id: 20, payload } if payload.first() == Some(&5) => {
+                pex_added_v4(&payload[1..]).is_ok_and(|a| a.iter().any(|(a, _)| *a == lt_addr))
+            }
+            _ => false,
+        },
+    );
+    let Msg::Other { payload, .. } = msg else {
+        unreachable!()
+    };
+    let added = pex_added_v4(&payload[1..]).unwrap();
+    assert_eq!(added, vec![(lt_addr, 0x03)], "btd's PEX");
+    drop(probe);
+    btd.assert_exits_ok(crate::support::TRANSFER);
+    crate::support::assert_same_files(&fx.payload(), &out.join(&fx.name));
+    lt.proc.terminate_and_assert_ok(SHORT);
+}
+
+/// The extended handshake's `e=1` is remembered: btd in `tolerated` mode dials a peer in
+/// plaintext, hears `e=1` from it, and when it dials it again (after the peer hung up) the
+/// first bytes are an MSE key, not a plaintext handshake. A peer that did not say `e=1` is
+/// dialled in plaintext again.
+#[test]
+fn btd_in_tolerated_mode_redials_a_peer_that_said_e1_encrypted_first() {
+    use crate::support::fake_peer::{FakeListener, Fixture, extend_with_btd};
+    let fx = Fixture::new("pex-e-redial", MIB, 32 * 1024);
+    for says_e in [true, false] {
+        let listener = FakeListener::bind("peer", next_ip());
+        let out = fx.out_dir(&format!("out-{says_e}"));
+        let label = format!("peer says e={}", u8::from(says_e));
+        let (mut btd, mut first) = tolerated_leecher_of(&fx, &label, &listener, &out);
+        let ours: &[u8] = if says_e { b"d1:ei1e1:mdee" } else { b"d1:mdee" };
+        extend_with_btd(&mut first, &fx.meta.info_hash, ours);
+        // Hang up once btd's coordinator has taken it in (it logs the peer's client then).
+        let taken = format!("{}: client ", listener.addr());
+        btd.proc
+            .wait_for_line(SHORT, "btd taking the extended handshake", |l| {
+                l.contains(&taken).then_some(())
+            });
+        drop(first);
+        assert_eq!(
+            listener.next_opens_in_plaintext(within(SHORT)),
+            !says_e,
+            "btd's second dial, after the peer said e={}",
+            u8::from(says_e)
+        );
+        btd.proc.terminate_and_assert_ok(SHORT);
+    }
 }

@@ -957,20 +957,15 @@ impl FakeListener {
         self.addr
     }
 
-    /// The next incoming connection that starts with a plaintext BitTorrent handshake, or
-    /// `None` at `deadline`. Polls every 10 ms. Like a client without message stream
-    /// encryption, the fake closes a connection that starts otherwise (btd's encrypted first
-    /// attempt), and btd dials again in plaintext.
-    pub fn try_accept(&self, deadline: Instant) -> Option<FakePeer> {
+    /// The next incoming connection, blocking, or `None` at `deadline`. Polls every 10 ms.
+    fn next_stream(&self, deadline: Instant) -> Option<TcpStream> {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     stream
                         .set_nonblocking(false)
                         .unwrap_or_else(|e| panic!("{}: blocking: {e}", self.name));
-                    if starts_plaintext(&stream, deadline) {
-                        return Some(FakePeer::new(&self.name, stream));
-                    }
+                    return Some(stream);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     if Instant::now() >= deadline {
@@ -981,6 +976,34 @@ impl FakeListener {
                 Err(e) => panic!("{}: accept: {e}", self.name),
             }
         }
+    }
+
+    /// The next incoming connection that starts with a plaintext BitTorrent handshake, or
+    /// `None` at `deadline`. Like a client without message stream encryption, the fake closes
+    /// a connection that starts otherwise (btd's encrypted first attempt), and btd dials again
+    /// in plaintext.
+    pub fn try_accept(&self, deadline: Instant) -> Option<FakePeer> {
+        while let Some(stream) = self.next_stream(deadline) {
+            if starts_plaintext(&stream, deadline) {
+                return Some(FakePeer::new(&self.name, stream));
+            }
+        }
+        None
+    }
+
+    /// Whether the next incoming connection starts with a plaintext BitTorrent handshake
+    /// (`false`: an MSE one, or it closed first); the connection is closed after.
+    ///
+    /// # Panics
+    /// When none comes by `deadline`.
+    pub fn next_opens_in_plaintext(&self, deadline: Instant) -> bool {
+        let stream = self.next_stream(deadline).unwrap_or_else(|| {
+            panic!(
+                "{}: btd did not connect to {} in time",
+                self.name, self.addr
+            )
+        });
+        starts_plaintext(&stream, deadline)
     }
 
     /// The next incoming connection.
@@ -995,6 +1018,72 @@ impl FakeListener {
             )
         })
     }
+}
+
+// ---- peer exchange ---------------------------------------------------------------------------
+
+/// An IPv4 address as a compact peer (BEP 23): 4 address bytes, then the port, big-endian.
+pub fn compact_v4(addr: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 expected: {addr}")
+    };
+    let mut out = v4.ip().octets().to_vec();
+    out.extend(v4.port().to_be_bytes());
+    out
+}
+
+/// For a fake btd dialled (its handshake already read): answers with a handshake with the
+/// BEP 10 bit, waits for btd's extended handshake and sends `ours` as the fake's (the
+/// dictionary after the extended id).
+pub fn extend_with_btd(fake: &mut FakePeer, info_hash: &[u8; 20], ours: &[u8]) {
+    let mut hs = handshake_bytes(info_hash, &fake.peer_id());
+    hs[20 + 5] |= 0x10;
+    fake.send_raw("handshake with the extension bit", &hs);
+    fake.wait_for(
+        Instant::now() + SHORT,
+        "btd's extended handshake",
+        |m| matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&0)),
+    );
+    let mut ext = vec![0u8];
+    ext.extend_from_slice(ours);
+    fake.send_raw("extended handshake", &frame(20, &ext));
+}
+
+/// [`extend_with_btd`] offering `ut_pex` under id 5. `ut_pex` messages to btd then go under
+/// btd's id 2 (its `m`).
+pub fn take_pex_from_btd(fake: &mut FakePeer, info_hash: &[u8; 20]) {
+    extend_with_btd(fake, info_hash, b"d1:md6:ut_pexi5eee");
+}
+
+/// The `added` IPv4 peers of a `ut_pex` dictionary (the payload after the extended id), each
+/// with its `added.f` flag byte (BEP 11; 0 when `added.f` is short), read by this module's own
+/// bencode reader.
+///
+/// # Errors
+/// When the bytes are not a bencoded dictionary or `added` is not whole 6-byte entries.
+pub fn pex_added_v4(dict: &[u8]) -> Result<Vec<(SocketAddr, u8)>, String> {
+    let (value, _) = Bencode::parse(dict, 0, 0)?;
+    let bytes = |key: &str| match value.get(key) {
+        Some((Bencode::Bytes(b), _)) => Ok(*b),
+        None => Ok(&[][..]),
+        Some(other) => Err(format!("{key} is not a string: {other:?}")),
+    };
+    let (added, flags) = (bytes("added")?, bytes("added.f")?);
+    if added.len() % 6 != 0 {
+        return Err(format!("added is {} bytes", added.len()));
+    }
+    Ok(added
+        .chunks_exact(6)
+        .enumerate()
+        .map(|(i, c)| {
+            let ip = Ipv4Addr::new(c[0], c[1], c[2], c[3]);
+            let port = u16::from_be_bytes([c[4], c[5]]);
+            (
+                SocketAddr::from((ip, port)),
+                flags.get(i).copied().unwrap_or(0),
+            )
+        })
+        .collect())
 }
 
 // ---- payload, torrent and btd -------------------------------------------------------------
