@@ -19,13 +19,14 @@ use super::conn::{self, IDLE_TIMEOUT, KEEPALIVE_INTERVAL, PeerStream};
 use super::mse::Encryption;
 use super::{PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
 use crate::torrent::picker::PeerKey;
+use crate::torrent::piece_buffer::BlockData;
 use crate::wire::extension::{
     EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID, METADATA_PIECE_LEN, MetadataMessage,
     OUR_UT_METADATA_ID, OUR_UT_PEX_ID, PexMessage, UT_METADATA, UT_PEX,
 };
 use crate::wire::{
     BLOCK_LEN, Bitfield, BlockRef, ExtendedHandshake, Handshake, Message, PIECE_HEADER_LEN,
-    encode_piece_header,
+    encode_piece_header, message,
 };
 
 /// The request queue we advertise (`reqq`): deep, since transmission's download rate follows it.
@@ -580,13 +581,37 @@ impl<'a> Session<'a> {
     }
 
     fn decode_all(&mut self) -> Result<(), PeerError> {
-        while let Some((msg, used)) =
-            Message::decode(&self.read_buf[self.read_start..self.read_end])?
-        {
+        loop {
+            let buf = &self.read_buf[self.read_start..self.read_end];
+            // A block is copied once, from the read buffer into the buffer it stays in.
+            if let Some((view, used)) = message::decode_piece(buf) {
+                let data = BlockData::copy_of(view.data);
+                let (piece, offset) = (view.piece, view.offset);
+                self.read_start += used;
+                self.received_any = true;
+                self.on_block(piece, offset, data)?;
+                continue;
+            }
+            let Some((msg, used)) = Message::decode(buf)? else {
+                return Ok(());
+            };
             self.read_start += used;
             self.handle(msg)?;
         }
-        Ok(())
+    }
+
+    /// A piece message's block: counted, then reported to the coordinator.
+    fn on_block(&mut self, piece: u32, offset: u32, data: BlockData) -> Result<(), PeerError> {
+        let peer = self.peer;
+        let len = u32::try_from(data.len()).expect("decoder bounds piece messages");
+        self.stats.add_downloaded(data.len() as u64);
+        self.ctx
+            .stats
+            .downloaded
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        trace!("peer {}: <- piece {piece}+{offset} ({len} B)", self.addr);
+        let block = BlockRef::new(piece, offset, len);
+        self.report(PeerEvent::BlockReceived { peer, block, data })
     }
 
     fn report(&self, event: PeerEvent) -> Result<(), PeerError> {
@@ -639,17 +664,7 @@ impl<'a> Session<'a> {
                 piece,
                 offset,
                 data,
-            } => {
-                let len = u32::try_from(data.len()).expect("decoder bounds piece messages");
-                self.stats.add_downloaded(data.len() as u64);
-                self.ctx
-                    .stats
-                    .downloaded
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                trace!("peer {}: <- piece {piece}+{offset} ({len} B)", self.addr);
-                let block = BlockRef::new(piece, offset, len);
-                self.report(PeerEvent::BlockReceived { peer, block, data })?;
-            }
+            } => self.on_block(piece, offset, BlockData::copy_of(&data))?,
             Message::Cancel(block) => self.upload_queue.retain(|b| *b != block),
             Message::Unknown {
                 id: EXTENDED_ID,

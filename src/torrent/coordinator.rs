@@ -18,7 +18,8 @@ use super::disk::{self, DiskJob, DiskQueue, DiskResult};
 use super::file_check::FileCheckRegistration;
 use super::picker::{PeerKey, Picker, Received, saturating_u32};
 use super::piece_buffer::{
-    Blame, CompletePiece, PieceBuffers, PieceData, blame_after_refetch, blame_on_failure,
+    Blame, BlockData, CompletePiece, PieceBuffers, PieceData, blame_after_refetch,
+    blame_on_failure,
 };
 use super::{
     Control, PeerInfo, PeerSource, PeersBySource, ResumeTarget, TorrentEvent, TorrentHandle,
@@ -1260,7 +1261,7 @@ impl Coordinator {
         self.fill_all();
     }
 
-    fn on_block(&mut self, key: PeerKey, block: BlockRef, data: Vec<u8>) {
+    fn on_block(&mut self, key: PeerKey, block: BlockRef, data: BlockData) {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
@@ -1286,9 +1287,9 @@ impl Coordinator {
         peer.last_block_at = Instant::now();
         match self.picker.on_block_received(&block) {
             Received::Unwanted => {}
-            Received::Stored => self.buffers.store(&block, &data, key),
+            Received::Stored => self.buffers.store(&block, data, key),
             Received::PieceComplete => {
-                self.buffers.store(&block, &data, key);
+                self.buffers.store(&block, data, key);
                 let piece = self.buffers.take(block.piece);
                 self.submit_piece(block.piece, piece);
             }
@@ -1341,7 +1342,6 @@ impl Coordinator {
             DiskResult::Written { piece, data } => {
                 self.disk_backlog_bytes -= data.len();
                 self.on_piece_written(piece, &data);
-                self.buffers.recycle(data);
             }
             DiskResult::HashFailed { piece, data } => {
                 self.disk_backlog_bytes -= data.len();
@@ -1408,7 +1408,7 @@ impl Coordinator {
         let _ = self.torrent_events.send(TorrentEvent::RecheckNeeded(why));
     }
 
-    fn on_piece_written(&mut self, piece: u32, data: &[u8]) {
+    fn on_piece_written(&mut self, piece: u32, data: &PieceData) {
         self.pending_senders.remove(&piece);
         if let Some(bad) = self.suspects.remove(&piece) {
             for culprit in blame_after_refetch(&bad.data, &bad.senders, data) {
@@ -1454,7 +1454,7 @@ impl Coordinator {
         match blame_on_failure(&senders) {
             Blame::One(culprit) => {
                 self.strike(culprit, piece);
-                self.buffers.recycle(data);
+                drop(data);
                 self.picker.on_piece_failed(piece, false);
             }
             Blame::Several => {
@@ -1521,7 +1521,6 @@ impl Coordinator {
             return; // a new selection wants more meanwhile
         }
         self.complete_announced = true;
-        self.buffers.clear_pool();
         self.stats.complete.store(true, Ordering::Relaxed);
         if self.picker.is_complete() {
             info!(
