@@ -202,7 +202,8 @@ fn write_all_vectored_at(file: &File, parts: &[&[u8]], offset: u64) -> std::io::
     let mut left: &mut [IoSlice<'_>] = &mut slices;
     let mut at = offset;
     while !left.is_empty() {
-        let off = i64::try_from(at).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let off = i64::try_from(at)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         match nix::sys::uio::pwritev(file, left, off) {
             Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
             Ok(n) => {
@@ -918,7 +919,10 @@ mod tests {
             assert!(back == source, "write at {at}");
         }
         let cut = sub_parts(&parts, 16_000, 20_000);
-        assert_eq!(cut.iter().map(|p| p.len()).collect::<Vec<_>>(), [384, 16384, 3232]);
+        assert_eq!(
+            cut.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [384, 16384, 3232]
+        );
         assert_eq!(cut.concat(), source[16_000..36_000]);
     }
 

@@ -18,8 +18,7 @@ use super::disk::{self, DiskJob, DiskQueue, DiskResult};
 use super::file_check::FileCheckRegistration;
 use super::picker::{PeerKey, Picker, Received, saturating_u32};
 use super::piece_buffer::{
-    Blame, BlockData, CompletePiece, PieceBuffers, PieceData, blame_after_refetch,
-    blame_on_failure,
+    Blame, BlockData, CompletePiece, PieceBuffers, PieceData, blame_after_refetch, blame_on_failure,
 };
 use super::{
     Control, PeerInfo, PeerSource, PeersBySource, ResumeTarget, TorrentEvent, TorrentHandle,
@@ -67,6 +66,11 @@ const PIPELINE_SECONDS: u64 = 1;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bytes of verified-pending pieces we let queue for the disk threads before pausing requests.
 const MAX_DISK_BACKLOG_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes of blocks held (in pieces in flight and with the disk threads) beyond which no new
+/// piece is started, only those in flight are finished: memory is bounded by bytes, not by
+/// pieces, so big pieces cost no more than small ones. With the requests outstanding
+/// ([`MAX_REQUESTED_BLOCKS`]) and one piece, what a torrent's download holds at most.
+const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
 /// Hash failures attributed to one address before we ban it.
 const BAN_AFTER_STRIKES: u32 = 2;
 /// Peers that left whose addresses we remember, so a hash failure found after its sender hung
@@ -1224,11 +1228,15 @@ impl Coordinator {
             return;
         }
         let outstanding = &peer.outstanding;
-        let blocks = self
-            .picker
-            .pick(key, &peer.pieces, peer.pipeline - have, |b| {
-                outstanding.contains(b)
-            });
+        let blocks = if self.buffers.held_bytes() + self.disk_backlog_bytes > MAX_HELD_BYTES {
+            self.picker
+                .pick_started(key, &peer.pieces, peer.pipeline - have)
+        } else {
+            self.picker
+                .pick(key, &peer.pieces, peer.pipeline - have, |b| {
+                    outstanding.contains(b)
+                })
+        };
         if blocks.is_empty() {
             return;
         }

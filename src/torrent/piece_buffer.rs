@@ -7,7 +7,10 @@
 //! to the disk thread in its piece's [`PieceData`] as it is: hashed in order, written with one
 //! `pwritev` per file ([`crate::storage`]). Each block starts on a 4 KiB boundary, so the disk
 //! threads can write the pieces with `O_DIRECT`. Memory follows the bytes received, not the
-//! pieces started: a piece of 4 MiB with one block in holds 16 KiB.
+//! pieces started: a piece of 4 MiB with one block in holds 16 KiB. A block's buffer goes back
+//! to the process's pool of spare buffers when the block is dropped, wherever that is (a disk
+//! thread, the coordinator), and the next block received anywhere takes it: steady downloading
+//! neither allocates nor faults in fresh pages per block.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
@@ -20,6 +23,21 @@ use crate::wire::{BLOCK_LEN, BlockRef};
 /// block device's logical block size, as `O_DIRECT` needs.
 pub const PIECE_ALIGN: usize = 4096;
 
+/// Spare block buffers the process keeps (about 5 MiB): beyond that, a dropped block's buffer is
+/// freed.
+const POOL_BLOCKS: usize = 256;
+
+/// Capacity of every block buffer: a whole block, and room to align its start.
+const BLOCK_BUF_CAPACITY: usize = BLOCK_LEN as usize + PIECE_ALIGN - 1;
+
+/// The process's spare block buffers, each truncated to its aligned start (see [`BlockData`]).
+static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+fn pool() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+    POOL.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One block's bytes, starting on a [`PIECE_ALIGN`] boundary (when the allocator allows; it
 /// does on Linux: the offset is found, not assumed, and a block that cannot be aligned still
 /// works, only without `O_DIRECT`). Reads as a `[u8]` of the block's length.
@@ -30,14 +48,37 @@ pub struct BlockData {
 }
 
 impl BlockData {
-    /// A copy of `bytes`, aligned: the one copy a received block gets.
+    /// A copy of `bytes`, aligned: the one copy a received block gets. In a spare buffer from
+    /// the pool when there is one.
     pub fn copy_of(bytes: &[u8]) -> Self {
-        let mut buf: Vec<u8> = Vec::with_capacity(bytes.len() + PIECE_ALIGN - 1);
+        let spare = if bytes.len() <= BLOCK_LEN as usize {
+            pool().pop()
+        } else {
+            None
+        };
+        let mut buf = spare.unwrap_or_else(|| {
+            Vec::with_capacity(bytes.len().max(BLOCK_LEN as usize) + PIECE_ALIGN - 1)
+        });
         let start = buf.as_ptr().align_offset(PIECE_ALIGN);
         let start = if start < PIECE_ALIGN { start } else { 0 };
+        // A spare buffer is already `start` long: nothing to write again.
         buf.resize(start, 0);
         buf.extend_from_slice(bytes);
         Self { buf, start }
+    }
+}
+
+impl Drop for BlockData {
+    fn drop(&mut self) {
+        if self.buf.capacity() != BLOCK_BUF_CAPACITY {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.truncate(self.start);
+        let mut pool = pool();
+        if pool.len() < POOL_BLOCKS {
+            pool.push(buf);
+        }
     }
 }
 
@@ -229,7 +270,11 @@ mod tests {
         let mut buffers = PieceBuffers::new(geometry);
         let block = |byte: u8, len: usize| BlockData::copy_of(&vec![byte; len]);
         buffers.store(&BlockRef::new(0, BLOCK_LEN, BLOCK_LEN), block(2, 16384), 8);
-        assert_eq!(buffers.held_bytes(), 16384, "a block holds its own bytes only");
+        assert_eq!(
+            buffers.held_bytes(),
+            16384,
+            "a block holds its own bytes only"
+        );
         buffers.store(&BlockRef::new(0, 0, BLOCK_LEN), block(1, 16384), 7);
         assert_eq!(buffers.held_bytes(), 32768);
         let piece = buffers.take(0);
@@ -260,6 +305,23 @@ mod tests {
         }
         assert_eq!(piece.parts().concat(), bytes);
         assert_eq!(&*BlockData::copy_of(b"abc"), b"abc");
+    }
+
+    #[test]
+    fn a_dropped_block_lends_its_buffer_to_the_next_one() {
+        let dropped: Vec<BlockData> = (0..32).map(|_| BlockData::copy_of(&[7; 16384])).collect();
+        let addresses: Vec<*const u8> = dropped.iter().map(|b| b.as_ptr()).collect();
+        drop(dropped);
+        // Other tests share the pool and may take some of them meanwhile, not all 32.
+        let blocks: Vec<BlockData> = (0..32).map(|_| BlockData::copy_of(&[9; 100])).collect();
+        assert!(
+            blocks.iter().any(|b| addresses.contains(&b.as_ptr())),
+            "the buffers came back"
+        );
+        for block in &blocks {
+            assert_eq!((block.len(), block[99]), (100, 9));
+            assert_eq!(block.as_ptr() as usize % PIECE_ALIGN, 0);
+        }
     }
 
     #[test]

@@ -569,7 +569,10 @@ mod tests {
             0, 0, 0, 12, 7, 0, 0, 0, 2, 0, 0, 0x40, 0, b'a', b'b', b'c', 0, 0, 0, 5, 4, 0, 0, 0, 9,
         ];
         let (view, used) = decode_piece(&wire).unwrap();
-        assert_eq!((view.piece, view.offset, view.data, used), (2, 0x4000, &b"abc"[..], 16));
+        assert_eq!(
+            (view.piece, view.offset, view.data, used),
+            (2, 0x4000, &b"abc"[..], 16)
+        );
         let (msg, decoded) = Message::decode(&wire).unwrap().unwrap();
         assert_eq!(decoded, used);
         assert_eq!(
