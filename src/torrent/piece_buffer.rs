@@ -68,16 +68,23 @@ impl BlockData {
     }
 }
 
-impl Drop for BlockData {
-    fn drop(&mut self) {
-        if self.buf.capacity() != BLOCK_BUF_CAPACITY {
+impl BlockData {
+    /// Gives the buffer to `pool` (when it has room and the buffer is a standard one),
+    /// leaving this block empty.
+    fn recycle_into(&mut self, pool: &mut Vec<Vec<u8>>) {
+        if self.buf.capacity() != BLOCK_BUF_CAPACITY || pool.len() >= POOL_BLOCKS {
             return;
         }
         let mut buf = std::mem::take(&mut self.buf);
         buf.truncate(self.start);
-        let mut pool = pool();
-        if pool.len() < POOL_BLOCKS {
-            pool.push(buf);
+        pool.push(buf);
+    }
+}
+
+impl Drop for BlockData {
+    fn drop(&mut self) {
+        if self.buf.capacity() == BLOCK_BUF_CAPACITY {
+            self.recycle_into(&mut pool());
         }
     }
 }
@@ -99,6 +106,16 @@ impl Deref for BlockData {
 pub struct PieceData {
     blocks: Vec<BlockData>,
     len: usize,
+}
+
+impl Drop for PieceData {
+    /// The blocks' buffers go back to the pool under one lock, not one each.
+    fn drop(&mut self) {
+        let mut pool = pool();
+        for block in &mut self.blocks {
+            block.recycle_into(&mut pool);
+        }
+    }
 }
 
 impl PieceData {
