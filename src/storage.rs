@@ -1,7 +1,8 @@
 //! Storage: maps the torrent's concatenated byte range onto its files and does positioned reads
-//! and writes (`pread`/`pwrite`), so any thread may use one `Storage` at once. Owns the open
-//! file handles and the torrent's part file. Knows nothing of peers or of which pieces are
-//! verified: callers write only verified pieces and read only pieces they have announced.
+//! and writes (`pread`, `pwrite`, `pwritev` for pieces held as blocks), so any thread may use
+//! one `Storage` at once. Owns the open file handles and the torrent's part file. Knows nothing
+//! of peers or of which pieces are verified: callers write only verified pieces and read only
+//! pieces they have announced.
 //!
 //! A file nobody wants (file selection) is not created. The bytes a wanted piece has in it go
 //! to the torrent's part file instead (in the state directory, at their offset in the torrent,

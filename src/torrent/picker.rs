@@ -11,7 +11,7 @@
 //!
 //! Choosing a new piece costs O(1) amortised for a peer with most pieces: the pieces that may
 //! be started (missing and wanted) are kept in buckets by (level, availability), best first,
-//! each bucket in random order ([`Candidates`]), and updated as availability, levels and
+//! each bucket in random order (`Candidates`), and updated as availability, levels and
 //! states change, instead of a scan of every piece per choice.
 //!
 //! Invariant: each piece is exactly one of missing, in flight (some blocks requested or
