@@ -1,7 +1,8 @@
 //! Storage: maps the torrent's concatenated byte range onto its files and does positioned reads
-//! and writes (`pread`/`pwrite`), so any thread may use one `Storage` at once. Owns the open
-//! file handles and the torrent's part file. Knows nothing of peers or of which pieces are
-//! verified: callers write only verified pieces and read only pieces they have announced.
+//! and writes (`pread`, `pwrite`, `pwritev` for pieces held as blocks), so any thread may use
+//! one `Storage` at once. Owns the open file handles and the torrent's part file. Knows nothing
+//! of peers or of which pieces are verified: callers write only verified pieces and read only
+//! pieces they have announced.
 //!
 //! A file nobody wants (file selection) is not created. The bytes a wanted piece has in it go
 //! to the torrent's part file instead (in the state directory, at their offset in the torrent,
@@ -117,49 +118,104 @@ impl Direct {
     }
 }
 
-/// Writes `bytes` at `offset` of the file open as `handle`: the part that is page-aligned in
-/// memory and in the file with `O_DIRECT` when it can (see [`Direct`]), the rest (an unaligned
-/// head or tail, or everything when the file system refuses `O_DIRECT`) through the page cache,
-/// with write-back started at once ([`start_write_back`]). The caller holds the file's writer
+/// Most buffers one `pwritev` takes (Linux's `IOV_MAX` is 1024).
+const MAX_IOV: usize = 512;
+
+/// Writes `parts`, one after the other, at `offset` of the file open as `handle`: the runs that
+/// are page-aligned in memory and in the file (whole pages of 4 KiB-aligned blocks) with
+/// `O_DIRECT` when it can (see [`Direct`]), the rest (an unaligned head or tail, a buffer whose
+/// start cannot line up with the file offset, or everything when the file system refuses
+/// `O_DIRECT`) through the page cache, with write-back started at once ([`start_write_back`]).
+/// Contiguous runs of either kind go in one `pwritev`. The caller holds the file's writer
 /// lock, `direct`.
 fn write_file(
     handle: &File,
     direct: &mut Direct,
-    bytes: &[u8],
+    parts: &[&[u8]],
     offset: u64,
 ) -> std::io::Result<()> {
-    let buffered = |bytes: &[u8], offset: u64| -> std::io::Result<()> {
-        if bytes.is_empty() {
-            return Ok(());
+    let mut run: Vec<&[u8]> = Vec::new();
+    let mut run_direct = false;
+    let mut run_at = offset;
+    let mut at = offset;
+    for part in parts {
+        let mut rest: &[u8] = part;
+        while !rest.is_empty() {
+            let misalign = usize::try_from(at % DIRECT_ALIGN as u64).expect("below 4096");
+            let (len, is_direct) = if misalign != 0 {
+                // Up to the file's next page boundary, through the page cache.
+                ((DIRECT_ALIGN - misalign).min(rest.len()), false)
+            } else if (rest.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+                && rest.len() >= DIRECT_ALIGN
+                && !matches!(direct, Direct::Unavailable)
+            {
+                (rest.len() / DIRECT_ALIGN * DIRECT_ALIGN, true)
+            } else {
+                (rest.len(), false)
+            };
+            if !run.is_empty() && (run_direct != is_direct || run.len() == MAX_IOV) {
+                write_run(handle, direct, &run, run_at, run_direct)?;
+                run.clear();
+            }
+            if run.is_empty() {
+                run_direct = is_direct;
+                run_at = at;
+            }
+            let (now, later) = rest.split_at(len);
+            run.push(now);
+            at += len as u64;
+            rest = later;
         }
-        handle.write_all_at(bytes, offset)?;
-        start_write_back(handle, offset, bytes.len() as u64);
-        Ok(())
-    };
-    let misalign = usize::try_from(offset % DIRECT_ALIGN as u64).expect("below 4096");
-    let head = ((DIRECT_ALIGN - misalign) % DIRECT_ALIGN).min(bytes.len());
-    let middle = (bytes.len() - head) / DIRECT_ALIGN * DIRECT_ALIGN;
-    let aligned_in_memory = (bytes.as_ptr() as usize + head).is_multiple_of(DIRECT_ALIGN);
-    if middle == 0 || !aligned_in_memory {
-        return buffered(bytes, offset);
     }
-    let at = offset + head as u64;
-    let (first, rest) = bytes.split_at(head);
-    let (aligned, tail) = rest.split_at(middle);
-    buffered(first, offset)?;
-    match direct
-        .handle(handle)
-        .map(|file| file.write_all_at(aligned, at))
-    {
-        Some(Ok(())) => {}
-        Some(Err(e)) if e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32) => {
-            *direct = Direct::Unavailable;
-            buffered(aligned, at)?;
+    if run.is_empty() {
+        return Ok(());
+    }
+    write_run(handle, direct, &run, run_at, run_direct)
+}
+
+/// Writes one run of [`write_file`]: with the `O_DIRECT` handle when `use_direct` and it can,
+/// through the page cache otherwise.
+fn write_run(
+    handle: &File,
+    direct: &mut Direct,
+    run: &[&[u8]],
+    at: u64,
+    use_direct: bool,
+) -> std::io::Result<()> {
+    if use_direct && let Some(file) = direct.handle(handle) {
+        match write_all_vectored_at(file, run, at) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32) => {
+                *direct = Direct::Unavailable;
+            }
+            Err(e) => return Err(e),
         }
-        Some(Err(e)) => return Err(e),
-        None => buffered(aligned, at)?,
     }
-    buffered(tail, at + middle as u64)
+    write_all_vectored_at(handle, run, at)?;
+    start_write_back(handle, at, run.iter().map(|p| p.len() as u64).sum());
+    Ok(())
+}
+
+/// `pwritev` until every byte of `parts` is written at `offset`.
+fn write_all_vectored_at(file: &File, parts: &[&[u8]], offset: u64) -> std::io::Result<()> {
+    use std::io::IoSlice;
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut left: &mut [IoSlice<'_>] = &mut slices;
+    let mut at = offset;
+    while !left.is_empty() {
+        let off = i64::try_from(at)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        match nix::sys::uio::pwritev(file, left, off) {
+            Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+            Ok(n) => {
+                at += n as u64;
+                IoSlice::advance_slices(&mut left, n);
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The part file: bytes of wanted pieces that lie in files not created.
@@ -453,15 +509,25 @@ impl Storage {
     /// # Errors
     /// `Write` naming the file.
     pub fn write_piece(&self, piece: u32, data: &[u8]) -> Result<(), StorageError> {
+        self.write_piece_parts(piece, &[data])
+    }
+
+    /// [`Storage::write_piece`] of a piece held in several buffers (its blocks), in order:
+    /// one `pwritev` per file run, each block's aligned pages with `O_DIRECT`.
+    ///
+    /// # Errors
+    /// `Write` naming the file.
+    pub fn write_piece_parts(&self, piece: u32, parts: &[&[u8]]) -> Result<(), StorageError> {
         let start = self.geometry.piece_offset(piece);
+        let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut done = 0usize;
-        for seg in self.segments(start, data.len() as u64) {
+        for seg in self.segments(start, total as u64) {
             let file = &self.files[seg.file];
             let len = usize::try_from(seg.len).expect("segment within buffer");
-            let bytes = &data[done..done + len];
+            let bytes = sub_parts(parts, done, len);
             let result = match &*file.place.read() {
                 Place::File(handle) => {
-                    write_file(handle, &mut file.writer.lock(), bytes, seg.file_offset)
+                    write_file(handle, &mut file.writer.lock(), &bytes, seg.file_offset)
                 }
                 Place::Part => {
                     let part = self
@@ -469,7 +535,7 @@ impl Storage {
                         .as_ref()
                         .expect("a file in the part file means one is open");
                     let at = file.entry.offset + seg.file_offset;
-                    write_file(&part.handle, &mut part.writer.lock(), bytes, at)
+                    write_file(&part.handle, &mut part.writer.lock(), &bytes, at)
                 }
                 // Zeros by definition: nothing to keep.
                 Place::Empty | Place::Pad => Ok(()),
@@ -656,6 +722,27 @@ impl PartFile {
     }
 }
 
+/// The `len` bytes that start `from` bytes into `parts` (buffers one after the other), as
+/// slices of them.
+fn sub_parts<'a>(parts: &[&'a [u8]], from: usize, len: usize) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    let (mut skip, mut want) = (from, len);
+    for part in parts {
+        if want == 0 {
+            break;
+        }
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        let take = (part.len() - skip).min(want);
+        out.push(&part[skip..skip + take]);
+        want -= take;
+        skip = 0;
+    }
+    out
+}
+
 /// Starts write-back of `len` bytes at `offset` of `file`, without waiting: Linux's
 /// `POSIX_FADV_DONTNEED` starts writing dirty pages of the range and drops only clean ones (none,
 /// just after a write). Advice that fails changes nothing but timing, so its error is ignored.
@@ -793,7 +880,7 @@ mod tests {
         let (file, _) = create_file(&path, 64 * 1024).unwrap();
         let mut direct = Direct::Untried;
         let source: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
-        let aligned = crate::torrent::piece_buffer::PieceData::copy_of(&source);
+        let aligned = crate::torrent::piece_buffer::BlockData::copy_of(&source);
         // Aligned start and length; an unaligned head and tail around an aligned middle; a
         // buffer whose start cannot line up with the file offset; a write shorter than a page.
         let writes: [(usize, usize); 4] = [
@@ -803,7 +890,7 @@ mod tests {
             (50_000, 10),
         ];
         for (at, len) in writes {
-            write_file(&file, &mut direct, &aligned[at..at + len], at as u64).unwrap();
+            write_file(&file, &mut direct, &[&aligned[at..at + len]], at as u64).unwrap();
         }
         let mut back = vec![0u8; 64 * 1024];
         file.read_exact_at(&mut back, 0).unwrap();
@@ -814,6 +901,30 @@ mod tests {
             back[8192..8292].iter().all(|&b| b == 0),
             "bytes between writes untouched"
         );
+    }
+
+    #[test]
+    fn a_vectored_write_of_aligned_blocks_lands_in_order_at_any_file_offset() {
+        use crate::torrent::piece_buffer::BlockData;
+        let tmp = crate::test_dir::TempDir::new("storage-vectored");
+        let (file, _) = create_file(&tmp.0.join("f"), 256 * 1024).unwrap();
+        let mut direct = Direct::Untried;
+        let source: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let blocks: Vec<BlockData> = source.chunks(16384).map(BlockData::copy_of).collect();
+        let parts: Vec<&[u8]> = blocks.iter().map(|b| &**b).collect();
+        // Page-aligned in the file (direct runs), then 1000 bytes off (every page buffered).
+        for at in [0u64, 120_000] {
+            write_file(&file, &mut direct, &parts, at).unwrap();
+            let mut back = vec![0u8; source.len()];
+            file.read_exact_at(&mut back, at).unwrap();
+            assert!(back == source, "write at {at}");
+        }
+        let cut = sub_parts(&parts, 16_000, 20_000);
+        assert_eq!(
+            cut.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [384, 16384, 3232]
+        );
+        assert_eq!(cut.concat(), source[16_000..36_000]);
     }
 
     /// A torrent "t" of `files` for the tests of this module.

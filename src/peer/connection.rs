@@ -2,7 +2,8 @@
 //! torrent session (`session.rs`) and the magnet metadata fetch (`metadata_fetch.rs`) run on:
 //! the end of the BitTorrent handshake they share ([`finish_handshake`]), the extended
 //! handshake's common fields ([`our_extended_handshake`]), framed reads (length-prefixed
-//! messages, bounded by `Message::decode` before anything is allocated), buffered writes
+//! messages, bounded by `Message::decode` before anything is allocated; a piece message's block
+//! handed to the handler borrowed from the read buffer, so it is copied once), buffered writes
 //! (bounded in time by the stream's write timeout), the keep-alive and idle timers, and the
 //! exactly-once report of how the connection ended ([`EndGuard`]).
 //!
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::PeerError;
 use super::conn::{IDLE_TIMEOUT, KEEPALIVE_INTERVAL, PeerStream};
 use crate::wire::extension::EXTENDED_ID;
-use crate::wire::{ExtendedHandshake, Handshake, Message};
+use crate::wire::{ExtendedHandshake, Handshake, Message, message};
 
 /// How the next read goes: how long it may block, and how many bytes it may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +53,17 @@ pub trait Handler {
     /// # Errors
     /// Ends the connection with this reason.
     fn on_message(&mut self, conn: &mut Connection, msg: Message) -> Result<(), PeerError>;
+
+    /// A piece message's block, borrowed from the read buffer (so the handler copies it once,
+    /// into the buffer it stays in); the default ignores it, as a handler that requests no
+    /// blocks does.
+    ///
+    /// # Errors
+    /// Ends the connection with this reason.
+    fn on_piece(&mut self, piece: u32, offset: u32, data: &[u8]) -> Result<(), PeerError> {
+        let _ = (piece, offset, data);
+        Ok(())
+    }
 
     /// Everything queued so far was written to the stream.
     fn on_flushed(&mut self) {}
@@ -243,8 +255,15 @@ impl Connection {
             handler.on_flushed();
         }
         self.fill(handler)?;
-        while let Some(msg) = self.next_message()? {
-            handler.on_message(self, msg)?;
+        loop {
+            if let Some((view, used)) = message::decode_piece(&self.buf[self.start..self.end]) {
+                handler.on_piece(view.piece, view.offset, view.data)?;
+                self.start += used;
+            } else if let Some(msg) = self.next_message()? {
+                handler.on_message(self, msg)?;
+            } else {
+                break;
+            }
         }
         self.timers(Instant::now())
     }

@@ -26,6 +26,7 @@ use crate::ratelimit::{Limits, RateChain, RateLimiter};
 use crate::storage::Storage;
 use crate::torrent::TorrentStats;
 use crate::torrent::picker::PeerKey;
+use crate::torrent::piece_buffer::BlockData;
 use crate::wire::extension::{PexMessage, PexPeer};
 use crate::wire::{Bitfield, BlockRef, WireError};
 
@@ -103,11 +104,12 @@ pub enum PeerEvent {
     NotInterested {
         peer: PeerKey,
     },
-    /// A block's data, moved, never shared.
+    /// A block's data, moved, never shared: copied once from the read buffer, it goes on into
+    /// its piece and to the disk as it is.
     BlockReceived {
         peer: PeerKey,
         block: BlockRef,
-        data: Vec<u8>,
+        data: BlockData,
     },
     /// The thread is ending; sent exactly once after `Connected`, also when the thread panics.
     Disconnected {

@@ -21,6 +21,7 @@ use super::connection::{self, Connection, EndGuard, Handler, ReadPlan};
 use super::mse::Encryption;
 use super::{PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
 use crate::torrent::picker::PeerKey;
+use crate::torrent::piece_buffer::BlockData;
 use crate::wire::extension::{
     EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID, METADATA_PIECE_LEN, MetadataMessage,
     OUR_UT_METADATA_ID, OUR_UT_PEX_ID, PexMessage, UT_METADATA, UT_PEX,
@@ -468,6 +469,20 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// A piece message's block: counted, then reported to the coordinator.
+    fn on_block(&mut self, piece: u32, offset: u32, data: BlockData) -> Result<(), PeerError> {
+        let peer = self.peer;
+        let len = u32::try_from(data.len()).expect("decoder bounds piece messages");
+        self.stats.add_downloaded(data.len() as u64);
+        self.ctx
+            .stats
+            .downloaded
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        trace!("peer {}: <- piece {piece}+{offset} ({len} B)", self.addr);
+        let block = BlockRef::new(piece, offset, len);
+        self.report(PeerEvent::BlockReceived { peer, block, data })
+    }
+
     fn report(&self, event: PeerEvent) -> Result<(), PeerError> {
         self.ctx
             .events
@@ -518,17 +533,7 @@ impl<'a> Session<'a> {
                 piece,
                 offset,
                 data,
-            } => {
-                let len = u32::try_from(data.len()).expect("decoder bounds piece messages");
-                self.stats.add_downloaded(data.len() as u64);
-                self.ctx
-                    .stats
-                    .downloaded
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                trace!("peer {}: <- piece {piece}+{offset} ({len} B)", self.addr);
-                let block = BlockRef::new(piece, offset, len);
-                self.report(PeerEvent::BlockReceived { peer, block, data })?;
-            }
+            } => self.on_block(piece, offset, BlockData::copy_of(&data))?,
             Message::Cancel(block) => self.upload_queue.retain(|b| *b != block),
             Message::Unknown {
                 id: EXTENDED_ID,
@@ -714,6 +719,11 @@ impl Handler for Session<'_> {
 
     fn on_message(&mut self, conn: &mut Connection, msg: Message) -> Result<(), PeerError> {
         self.handle(msg, conn.out())
+    }
+
+    fn on_piece(&mut self, piece: u32, offset: u32, data: &[u8]) -> Result<(), PeerError> {
+        self.received_any = true;
+        self.on_block(piece, offset, BlockData::copy_of(data))
     }
 
     fn on_flushed(&mut self) {

@@ -26,6 +26,7 @@ use crate::metainfo::{FileEntry, Metainfo};
 use crate::percent;
 use crate::profile::{self, Role};
 use crate::torrent::picker::PeerKey;
+use crate::torrent::piece_buffer::BlockData;
 use crate::wire::BlockRef;
 
 /// Most bytes one range request asks for (a run of contiguous blocks is cut here).
@@ -177,7 +178,7 @@ impl WebSeed {
                     let mut at = 0;
                     for block in run {
                         let len = block.len as usize;
-                        let piece = data[at..at + len].to_vec();
+                        let piece = BlockData::copy_of(&data[at..at + len]);
                         at += len;
                         if self
                             .ctx

@@ -18,7 +18,7 @@ use super::disk::{self, DiskJob, DiskQueue, DiskResult};
 use super::file_check::FileCheckRegistration;
 use super::picker::{PeerKey, Picker, Received, saturating_u32};
 use super::piece_buffer::{
-    Blame, CompletePiece, PieceBuffers, PieceData, blame_after_refetch, blame_on_failure,
+    Blame, BlockData, CompletePiece, PieceBuffers, PieceData, blame_after_refetch, blame_on_failure,
 };
 use super::{
     Control, PeerInfo, PeerSource, PeersBySource, ResumeTarget, TorrentEvent, TorrentHandle,
@@ -67,6 +67,11 @@ const PIPELINE_SECONDS: u64 = 1;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bytes of verified-pending pieces we let queue for the disk threads before pausing requests.
 const MAX_DISK_BACKLOG_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes of blocks held (in pieces in flight and with the disk threads) beyond which no new
+/// piece is started, only those in flight are finished: memory is bounded by bytes, not by
+/// pieces, so big pieces cost no more than small ones. With the requests outstanding
+/// ([`MAX_REQUESTED_BLOCKS`]) and one piece, what a torrent's download holds at most.
+const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
 /// Hash failures attributed to one address before we ban it.
 const BAN_AFTER_STRIKES: u32 = 2;
 /// Peers that left whose addresses we remember, so a hash failure found after its sender hung
@@ -1285,11 +1290,15 @@ impl Coordinator {
             return;
         }
         let outstanding = &peer.outstanding;
-        let blocks = self
-            .picker
-            .pick(key, &peer.pieces, peer.pipeline - have, |b| {
-                outstanding.contains(b)
-            });
+        let blocks = if self.buffers.held_bytes() + self.disk_backlog_bytes > MAX_HELD_BYTES {
+            self.picker
+                .pick_started(key, &peer.pieces, peer.pipeline - have)
+        } else {
+            self.picker
+                .pick(key, &peer.pieces, peer.pipeline - have, |b| {
+                    outstanding.contains(b)
+                })
+        };
         if blocks.is_empty() {
             return;
         }
@@ -1322,7 +1331,7 @@ impl Coordinator {
         self.fill_all();
     }
 
-    fn on_block(&mut self, key: PeerKey, block: BlockRef, data: Vec<u8>) {
+    fn on_block(&mut self, key: PeerKey, block: BlockRef, data: BlockData) {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
@@ -1348,9 +1357,9 @@ impl Coordinator {
         peer.last_block_at = Instant::now();
         match self.picker.on_block_received(&block) {
             Received::Unwanted => {}
-            Received::Stored => self.buffers.store(&block, &data, key),
+            Received::Stored => self.buffers.store(&block, data, key),
             Received::PieceComplete => {
-                self.buffers.store(&block, &data, key);
+                self.buffers.store(&block, data, key);
                 let piece = self.buffers.take(block.piece);
                 self.submit_piece(block.piece, piece);
             }
@@ -1403,7 +1412,6 @@ impl Coordinator {
             DiskResult::Written { piece, data } => {
                 self.disk_backlog_bytes -= data.len();
                 self.on_piece_written(piece, &data);
-                self.buffers.recycle(data);
             }
             DiskResult::HashFailed { piece, data } => {
                 self.disk_backlog_bytes -= data.len();
@@ -1470,7 +1478,7 @@ impl Coordinator {
         let _ = self.torrent_events.send(TorrentEvent::RecheckNeeded(why));
     }
 
-    fn on_piece_written(&mut self, piece: u32, data: &[u8]) {
+    fn on_piece_written(&mut self, piece: u32, data: &PieceData) {
         self.pending_senders.remove(&piece);
         if let Some(bad) = self.suspects.remove(&piece) {
             for culprit in blame_after_refetch(&bad.data, &bad.senders, data) {
@@ -1516,7 +1524,7 @@ impl Coordinator {
         match blame_on_failure(&senders) {
             Blame::One(culprit) => {
                 self.strike(culprit, piece);
-                self.buffers.recycle(data);
+                drop(data);
                 self.picker.on_piece_failed(piece, false);
             }
             Blame::Several => {
@@ -1583,7 +1591,6 @@ impl Coordinator {
             return; // a new selection wants more meanwhile
         }
         self.complete_announced = true;
-        self.buffers.clear_pool();
         self.stats.complete.store(true, Ordering::Relaxed);
         if self.picker.is_complete() {
             info!(

@@ -20,7 +20,8 @@ use crate::wire::Bitfield;
 
 /// Work for a disk thread.
 pub enum DiskJob {
-    /// Hash `data` against `expected`; if it matches, write it as piece `piece`.
+    /// Hash `data` (its blocks in order) against `expected`; if it matches, write it as piece
+    /// `piece` (one `pwritev` per file).
     VerifyAndWrite {
         piece: u32,
         data: PieceData,
@@ -215,10 +216,14 @@ fn run(storage: &Storage, job: DiskJob) -> DiskResult {
             data,
             expected,
         } => {
-            if Sha1::digest(&*data).as_slice() != expected {
+            let mut sha1 = Sha1::new();
+            for block in data.blocks() {
+                sha1.update(&**block);
+            }
+            if sha1.finalize().as_slice() != expected {
                 return DiskResult::HashFailed { piece, data };
             }
-            match storage.write_piece(piece, &data) {
+            match storage.write_piece_parts(piece, &data.parts()) {
                 Ok(()) => DiskResult::Written { piece, data },
                 Err(error) => DiskResult::WriteFailed { piece, error },
             }

@@ -9,10 +9,16 @@
 //! started, and a new piece is chosen from the highest level the peer can give before rarity
 //! counts. A piece already in flight is finished whatever its level.
 //!
+//! Choosing a new piece costs O(1) amortised for a peer with most pieces: the pieces that may
+//! be started (missing and wanted) are kept in buckets by (level, availability), best first,
+//! each bucket in random order (`Candidates`), and updated as availability, levels and
+//! states change, instead of a scan of every piece per choice.
+//!
 //! Invariant: each piece is exactly one of missing, in flight (some blocks requested or
-//! received), awaiting hash, or verified.
+//! received), awaiting hash, or verified; a piece is a candidate exactly when it is missing
+//! with a nonzero level, in the bucket of its level and availability.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rand::RngExt;
 
@@ -56,6 +62,68 @@ impl InFlight {
     }
 }
 
+/// A candidate's bucket: higher level first, then lower availability (the smallest key wins).
+type BucketKey = (u8, u16);
+
+/// `Candidates::pos` of a piece that is no candidate.
+const NOT_CANDIDATE: u32 = u32::MAX;
+
+/// The pieces that may be started, by [`BucketKey`], each bucket in random order: inserting
+/// puts a piece at a random place of its bucket (the inside-out shuffle), so the first piece of
+/// a bucket that a peer has is a random one of the bucket's pieces it has.
+#[derive(Debug, Default)]
+struct Candidates {
+    buckets: BTreeMap<BucketKey, Vec<u32>>,
+    /// Each piece's index in its bucket, or [`NOT_CANDIDATE`].
+    pos: Vec<u32>,
+}
+
+impl Candidates {
+    fn new(num_pieces: u32) -> Self {
+        Self {
+            buckets: BTreeMap::new(),
+            pos: vec![NOT_CANDIDATE; num_pieces as usize],
+        }
+    }
+
+    fn contains(&self, piece: u32) -> bool {
+        self.pos[piece as usize] != NOT_CANDIDATE
+    }
+
+    fn insert(&mut self, piece: u32, key: BucketKey, rng: &mut rand::rngs::SmallRng) {
+        debug_assert!(!self.contains(piece));
+        let bucket = self.buckets.entry(key).or_default();
+        let at = bucket.len();
+        bucket.push(piece);
+        let swap_with = rng.random_range(0..=at);
+        bucket.swap(at, swap_with);
+        let moved = bucket[at];
+        self.pos[moved as usize] = saturating_u32(at);
+        self.pos[piece as usize] = saturating_u32(swap_with);
+    }
+
+    fn remove(&mut self, piece: u32, key: BucketKey) {
+        let at = std::mem::replace(&mut self.pos[piece as usize], NOT_CANDIDATE);
+        debug_assert_ne!(at, NOT_CANDIDATE);
+        let bucket = self.buckets.get_mut(&key).expect("a candidate's bucket");
+        bucket.swap_remove(at as usize);
+        if let Some(&moved) = bucket.get(at as usize) {
+            self.pos[moved as usize] = at;
+        }
+        if bucket.is_empty() {
+            self.buckets.remove(&key);
+        }
+    }
+
+    /// The best candidate `peer_has` holds.
+    fn first_held(&self, peer_has: &Bitfield) -> Option<u32> {
+        self.buckets
+            .values()
+            .flat_map(|bucket| bucket.iter().copied())
+            .find(|&piece| peer_has.get(piece))
+    }
+}
+
 /// What a received block meant to the picker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Received {
@@ -82,6 +150,8 @@ pub struct Picker {
     wanted_missing: u32,
     /// Pieces started at random before rarest first takes over.
     random_first: u32,
+    /// The pieces that may be started, by level and availability.
+    candidates: Candidates,
     rng: rand::rngs::SmallRng,
 }
 
@@ -97,7 +167,7 @@ impl Picker {
                 }
             })
             .collect();
-        Self {
+        let mut picker = Self {
             geometry,
             state,
             availability: vec![0; geometry.num_pieces as usize],
@@ -107,7 +177,62 @@ impl Picker {
             levels: vec![2; geometry.num_pieces as usize],
             wanted_missing: geometry.num_pieces - have.count_ones(),
             random_first: RANDOM_FIRST_PIECES,
+            candidates: Candidates::new(geometry.num_pieces),
             rng: rand::make_rng(),
+        };
+        picker.rebuild_candidates();
+        picker
+    }
+
+    /// Piece `piece`'s bucket.
+    fn bucket_key(&self, piece: u32) -> BucketKey {
+        let p = piece as usize;
+        (u8::MAX - self.levels[p], self.availability[p])
+    }
+
+    /// True when piece `piece` may be started: missing and wanted.
+    fn is_candidate(&self, piece: u32) -> bool {
+        let p = piece as usize;
+        self.state[p] == PieceState::Missing && self.levels[p] > 0
+    }
+
+    /// Puts every candidate in its bucket again (after the levels changed).
+    fn rebuild_candidates(&mut self) {
+        self.candidates = Candidates::new(self.geometry.num_pieces);
+        for piece in 0..self.geometry.num_pieces {
+            if self.is_candidate(piece) {
+                let key = self.bucket_key(piece);
+                self.candidates.insert(piece, key, &mut self.rng);
+            }
+        }
+    }
+
+    /// Sets a piece's state, keeping the candidates in step.
+    fn set_state(&mut self, piece: u32, state: PieceState) {
+        let was = self.candidates.contains(piece);
+        self.state[piece as usize] = state;
+        let is = self.is_candidate(piece);
+        let key = self.bucket_key(piece);
+        if was && !is {
+            self.candidates.remove(piece, key);
+        } else if is && !was {
+            self.candidates.insert(piece, key, &mut self.rng);
+        }
+    }
+
+    /// Sets a piece's availability, moving it to its new bucket if it is a candidate.
+    fn set_availability(&mut self, piece: u32, availability: u16) {
+        if self.availability[piece as usize] == availability {
+            return;
+        }
+        let candidate = self.candidates.contains(piece);
+        if candidate {
+            self.candidates.remove(piece, self.bucket_key(piece));
+        }
+        self.availability[piece as usize] = availability;
+        if candidate {
+            let key = self.bucket_key(piece);
+            self.candidates.insert(piece, key, &mut self.rng);
         }
     }
 
@@ -139,6 +264,7 @@ impl Picker {
                 .count(),
         );
         self.levels = levels;
+        self.rebuild_candidates();
     }
 
     /// Piece `piece`'s priority level (0: not wanted).
@@ -179,7 +305,8 @@ impl Picker {
 
     /// A peer announced `piece` (a `have` message).
     pub fn on_have(&mut self, piece: u32) {
-        self.availability[piece as usize] = self.availability[piece as usize].saturating_add(1);
+        let availability = self.availability[piece as usize].saturating_add(1);
+        self.set_availability(piece, availability);
     }
 
     /// A peer's pieces join the swarm's availability (its bitfield, or all of them).
@@ -192,7 +319,8 @@ impl Picker {
     /// A peer left (or replaced its bitfield): its pieces leave the availability count.
     pub fn on_peer_gone(&mut self, pieces: &Bitfield) {
         for p in pieces.iter_ones() {
-            self.availability[p as usize] = self.availability[p as usize].saturating_sub(1);
+            let availability = self.availability[p as usize].saturating_sub(1);
+            self.set_availability(p, availability);
         }
     }
 
@@ -206,6 +334,29 @@ impl Picker {
         max: usize,
         already_asked: impl Fn(&BlockRef) -> bool,
     ) -> Vec<BlockRef> {
+        self.pick_from(peer, peer_has, max, already_asked, true)
+    }
+
+    /// Like [`Picker::pick`], but only blocks of pieces already in flight: no new piece is
+    /// started and no endgame duplicate asked for (the coordinator holds as many bytes as it
+    /// may; finishing what it started frees them).
+    pub fn pick_started(
+        &mut self,
+        peer: PeerKey,
+        peer_has: &Bitfield,
+        max: usize,
+    ) -> Vec<BlockRef> {
+        self.pick_from(peer, peer_has, max, |_| true, false)
+    }
+
+    fn pick_from(
+        &mut self,
+        peer: PeerKey,
+        peer_has: &Bitfield,
+        max: usize,
+        already_asked: impl Fn(&BlockRef) -> bool,
+        start_new: bool,
+    ) -> Vec<BlockRef> {
         let mut out = Vec::new();
         // 1. Pieces already in flight, oldest first.
         for i in 0..self.in_flight_order.len() {
@@ -218,7 +369,7 @@ impl Picker {
             }
         }
         // 2. New pieces: random at first, then rarest first.
-        while out.len() < max {
+        while start_new && out.len() < max {
             let Some(piece) = self.choose_new_piece(peer_has) else {
                 break;
             };
@@ -226,7 +377,7 @@ impl Picker {
             self.take_missing_blocks(piece, peer, max, &mut out);
         }
         // 3. Endgame: nothing left to start, so duplicate requests still outstanding elsewhere.
-        if out.is_empty() {
+        if start_new && out.is_empty() {
             self.pick_endgame(peer_has, max, &already_asked, &mut out);
         }
         #[cfg(debug_assertions)]
@@ -292,6 +443,11 @@ impl Picker {
     fn choose_new_piece(&mut self, peer_has: &Bitfield) -> Option<u32> {
         let random_phase =
             (self.verified as usize + self.in_flight.len()) < self.random_first as usize;
+        if !random_phase {
+            return self.candidates.first_held(peer_has);
+        }
+        // The first few pieces: any the peer has, of the best level, whatever its
+        // availability (a scan, but only for these few).
         let mut best: Option<u32> = None;
         // Higher level first, then lower availability: the smallest key wins.
         let mut best_key = (u8::MAX, u16::MAX);
@@ -301,12 +457,7 @@ impl Picker {
             if self.state[piece as usize] != PieceState::Missing || level == 0 {
                 continue;
             }
-            let avail = if random_phase {
-                0
-            } else {
-                self.availability[piece as usize]
-            };
-            let key = (u8::MAX - level, avail);
+            let key = (u8::MAX - level, 0);
             if key < best_key {
                 best = Some(piece);
                 best_key = key;
@@ -324,7 +475,7 @@ impl Picker {
 
     fn start_piece(&mut self, piece: u32) {
         let blocks = self.geometry.blocks_in_piece(piece) as usize;
-        self.state[piece as usize] = PieceState::InFlight;
+        self.set_state(piece, PieceState::InFlight);
         self.in_flight.insert(
             piece,
             InFlight {
@@ -361,7 +512,7 @@ impl Picker {
         *state = BlockState::Received;
         let piece = block.piece;
         if self.in_flight[&piece].is_fully_received() {
-            self.state[piece as usize] = PieceState::AwaitingHash;
+            self.set_state(piece, PieceState::AwaitingHash);
             self.in_flight.remove(&piece);
             self.in_flight_order.retain(|&p| p != piece);
             Received::PieceComplete
@@ -373,7 +524,7 @@ impl Picker {
     /// The piece's hash matched and it is on disk.
     pub fn on_piece_verified(&mut self, piece: u32) {
         debug_assert_eq!(self.state[piece as usize], PieceState::AwaitingHash);
-        self.state[piece as usize] = PieceState::Verified;
+        self.set_state(piece, PieceState::Verified);
         self.verified += 1;
         if self.levels[piece as usize] > 0 {
             self.wanted_missing -= 1;
@@ -383,7 +534,7 @@ impl Picker {
     /// The piece's hash did not match: download it again. With `exclusive`, from one peer only.
     pub fn on_piece_failed(&mut self, piece: u32, exclusive: bool) {
         debug_assert_eq!(self.state[piece as usize], PieceState::AwaitingHash);
-        self.state[piece as usize] = PieceState::Missing;
+        self.set_state(piece, PieceState::Missing);
         if exclusive {
             self.start_piece(piece);
             self.in_flight
@@ -432,6 +583,31 @@ impl Picker {
             );
         }
         assert_eq!(self.in_flight.len(), self.in_flight_order.len());
+        for piece in 0..self.geometry.num_pieces {
+            let at = self.candidates.pos[piece as usize];
+            assert_eq!(
+                at != NOT_CANDIDATE,
+                self.is_candidate(piece),
+                "piece {piece}: candidate or not"
+            );
+            if at != NOT_CANDIDATE {
+                assert_eq!(
+                    self.candidates.buckets[&self.bucket_key(piece)][at as usize],
+                    piece,
+                    "piece {piece}: in the bucket of its level and availability"
+                );
+            }
+        }
+        let bucketed: usize = self.candidates.buckets.values().map(Vec::len).sum();
+        assert!(self.candidates.buckets.values().all(|b| !b.is_empty()));
+        assert_eq!(
+            bucketed,
+            self.candidates
+                .pos
+                .iter()
+                .filter(|&&at| at != NOT_CANDIDATE)
+                .count()
+        );
     }
 }
 
@@ -525,6 +701,118 @@ mod tests {
             seen.insert(picker.pick(1, &all(4), 1, |_| false)[0].piece);
         }
         assert_eq!(seen.len(), 4, "{seen:?}");
+    }
+
+    #[test]
+    fn breaks_ties_at_random_among_the_rarest_only() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let mut picker = picker_from("31213", "....");
+            seen.insert(picker.pick(1, &all(5), 1, |_| false)[0].piece);
+        }
+        assert_eq!(seen, [1, 3].into(), "{seen:?}");
+    }
+
+    #[test]
+    fn a_piece_that_turns_rare_is_picked_first() {
+        let mut picker = picker_from("2222", "....");
+        let mut gone = Bitfield::new(4);
+        gone.set(2);
+        picker.on_peer_gone(&gone);
+        assert_eq!(picker.pick(1, &all(4), 1, |_| false)[0].piece, 2);
+        picker.on_have(0);
+        picker.on_have(0);
+        let mut peer = Bitfield::new(4);
+        peer.set(0);
+        peer.set(3);
+        assert_eq!(picker.pick(2, &peer, 1, |_| false)[0].piece, 3);
+    }
+
+    #[test]
+    fn a_higher_level_comes_before_rarity() {
+        let mut picker = picker_from("9111", "....");
+        picker.set_levels(vec![3, 2, 2, 1]);
+        let order: Vec<u32> = (0..4)
+            .map(|_| picker.pick(1, &all(4), 2, |_| false)[0].piece)
+            .collect();
+        assert_eq!(order[0], 0);
+        assert_eq!(order[3], 3);
+    }
+
+    #[test]
+    fn a_failed_piece_is_a_candidate_again() {
+        let mut picker = picker_from("21", "..");
+        let first = picker.pick(1, &all(2), 2, |_| false);
+        assert!(first.iter().all(|b| b.piece == 1));
+        for b in &first {
+            picker.on_block_received(b);
+        }
+        picker.on_piece_failed(1, false);
+        let again = picker.pick(1, &all(2), 2, |_| false);
+        assert!(again.iter().all(|b| b.piece == 1), "{again:?}");
+    }
+
+    /// Against a scan of every piece: the choice has the best (level, availability) among the
+    /// candidates the peer has, through random availability, levels and states.
+    #[test]
+    fn the_buckets_choose_what_a_full_scan_would() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(16);
+        let n = 64u32;
+        let geometry = Geometry::new(u64::from(n) * u64::from(BLOCK_LEN), BLOCK_LEN);
+        let mut picker = Picker::new(geometry, &Bitfield::new(n));
+        picker.random_first = 0;
+        for round in 0..2000 {
+            let mut peer = Bitfield::new(n);
+            for p in 0..n {
+                if rng.random_range(0..4) > 0 {
+                    peer.set(p);
+                }
+            }
+            match rng.random_range(0..10) {
+                0..=3 => picker.on_peer_pieces(&peer),
+                4..=5 => picker.on_peer_gone(&peer),
+                6 if round % 50 == 0 => {
+                    picker.set_levels((0..n).map(|_| rng.random_range(0..4)).collect());
+                }
+                _ => {}
+            }
+            let best = (0..n)
+                .filter(|&p| peer.get(p) && picker.is_candidate(p))
+                .map(|p| picker.bucket_key(p))
+                .min();
+            let chosen = picker.choose_new_piece(&peer);
+            assert_eq!(chosen.map(|p| picker.bucket_key(p)), best, "round {round}");
+            if let Some(p) = chosen {
+                picker.start_piece(p);
+                let block = picker.geometry.block(p, 0);
+                assert_eq!(picker.on_block_received(&block), Received::PieceComplete);
+                if rng.random_range(0..3) == 0 {
+                    picker.on_piece_failed(p, false);
+                } else {
+                    picker.on_piece_verified(p);
+                }
+            }
+            picker.check_invariants();
+        }
+    }
+
+    #[test]
+    fn pick_started_finishes_pieces_in_flight_and_starts_none() {
+        let mut picker = picker_from("11", "..");
+        let first = picker.pick(1, &all(2), 1, |_| false);
+        let started = first[0].piece;
+        let rest = picker.pick_started(2, &all(2), 4);
+        assert_eq!(rest, vec![BlockRef::new(started, BLOCK_LEN, BLOCK_LEN)]);
+        assert!(
+            picker.pick_started(2, &all(2), 4).is_empty(),
+            "no new piece, no endgame"
+        );
+        assert_eq!(
+            picker.pick(2, &all(2), 4, |_| false).len(),
+            2,
+            "the other piece"
+        );
     }
 
     #[test]

@@ -214,6 +214,38 @@ impl Message {
     }
 }
 
+/// A piece message (id 7) still in the caller's buffer: its block's bytes are borrowed, so the
+/// peer thread copies them once, straight into the buffer they are kept in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PieceView<'a> {
+    /// Zero-based piece index.
+    pub piece: u32,
+    /// Byte offset of `data` within the piece.
+    pub offset: u32,
+    /// The block itself.
+    pub data: &'a [u8],
+}
+
+/// A whole, well-formed piece message at the start of `buf`, borrowed, and how many bytes of
+/// `buf` it used; `None` for anything else (another id, too few bytes yet, a bad length), which
+/// [`Message::decode`] then decodes or rejects as usual.
+#[must_use]
+pub fn decode_piece(buf: &[u8]) -> Option<(PieceView<'_>, usize)> {
+    let (&[l0, l1, l2, l3, id], rest) = buf.split_first_chunk::<5>()?;
+    let len = u32::from_be_bytes([l0, l1, l2, l3]);
+    if id != PIECE || !(9..=MAX_PIECE_MESSAGE_LEN).contains(&len) {
+        return None;
+    }
+    let payload = rest.get(..usize_from(len) - 1)?;
+    let (&[p0, p1, p2, p3, o0, o1, o2, o3], data) = payload.split_first_chunk::<8>()?;
+    let view = PieceView {
+        piece: u32::from_be_bytes([p0, p1, p2, p3]),
+        offset: u32::from_be_bytes([o0, o1, o2, o3]),
+        data,
+    };
+    Some((view, 4 + usize_from(len)))
+}
+
 /// Writes the 13-byte header of a piece message whose `data_len` bytes of data the caller
 /// appends next, so the uploader can read from disk straight into the send buffer.
 ///
@@ -528,6 +560,37 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn piece_view_borrows_exactly_what_decode_copies_and_declines_the_rest() {
+        // piece 2, offset 0x4000, data "abc", then a have: written by hand.
+        let wire = [
+            0, 0, 0, 12, 7, 0, 0, 0, 2, 0, 0, 0x40, 0, b'a', b'b', b'c', 0, 0, 0, 5, 4, 0, 0, 0, 9,
+        ];
+        let (view, used) = decode_piece(&wire).unwrap();
+        assert_eq!(
+            (view.piece, view.offset, view.data, used),
+            (2, 0x4000, &b"abc"[..], 16)
+        );
+        let (msg, decoded) = Message::decode(&wire).unwrap().unwrap();
+        assert_eq!(decoded, used);
+        assert_eq!(
+            msg,
+            Message::Piece {
+                piece: 2,
+                offset: 0x4000,
+                data: b"abc".to_vec()
+            }
+        );
+        for cut in 0..used {
+            assert_eq!(decode_piece(&wire[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(decode_piece(&wire[used..]), None, "a have is not a piece");
+        // Too short for piece and offset, and longer than a block: left to decode's errors.
+        assert_eq!(decode_piece(&[0, 0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0]), None);
+        let [a, b, c, d] = (MAX_PIECE_MESSAGE_LEN + 1).to_be_bytes();
+        assert_eq!(decode_piece(&[a, b, c, d, 7]), None);
     }
 
     #[test]
