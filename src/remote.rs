@@ -1071,7 +1071,7 @@ mod tests {
                     "torrent-stop" => Ok(Map::new()),
                     other => Err(format!("method not supported by btd (yet): {other}")),
                 };
-                call.answer(answer);
+                call.answer(answer.map(crate::rpc::Arguments::Map));
             }
         });
         let config = RpcConfig {

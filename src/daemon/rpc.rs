@@ -6,6 +6,7 @@
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
+use crate::rpc::Arguments;
 use crate::selection::{Priority, Selection};
 use crate::torrent::{PeerSource, PeersBySource};
 
@@ -40,7 +41,11 @@ impl Daemon {
     /// Answers one call from the RPC's workers.
     pub(super) fn on_rpc(&mut self, call: RpcCall) {
         debug!("rpc {}: {}", call.peer, call.method);
-        let result = self.rpc(&call.method, &call.arguments);
+        let result = if call.method == "torrent-get" {
+            self.rpc_torrent_get(&call.arguments).map(Arguments::Json)
+        } else {
+            self.rpc(&call.method, &call.arguments).map(Arguments::Map)
+        };
         if let Err(reason) = &result {
             info!("rpc {}: {}: {reason}", call.peer, call.method);
         }
@@ -52,7 +57,9 @@ impl Daemon {
         match method {
             "session-get" => Ok(self.rpc_session_get(args)),
             "session-stats" => Ok(self.rpc_session_stats()),
-            "torrent-get" => self.rpc_torrent_get(args),
+            "torrent-get" => self.rpc_torrent_get(args).and_then(|text| {
+                serde_json::from_str(&text).map_err(|e| format!("torrent-get: {e}"))
+            }),
             "torrent-add" => self.rpc_torrent_add(args),
             "torrent-start" | "torrent-start-now" => self.rpc_start_stop(args, false),
             "torrent-stop" => self.rpc_start_stop(args, true),
@@ -283,7 +290,9 @@ impl Daemon {
         }
     }
 
-    fn rpc_torrent_get(&self, args: &Args) -> Result<Args, String> {
+    /// `torrent-get`'s `arguments` as JSON text, written torrent by torrent: with 10,000
+    /// torrents a tree of values would be tens of MiB of small allocations at once.
+    fn rpc_torrent_get(&self, args: &Args) -> Result<String, String> {
         let fields: Vec<&str> = args
             .get("fields")
             .and_then(Value::as_array)
@@ -293,30 +302,34 @@ impl Daemon {
             .collect();
         let selected = self.rpc_select(args)?;
         let table = args.get("format").and_then(Value::as_str) == Some("table");
-        let mut out = Map::new();
-        if table {
-            let mut rows = vec![Value::from(fields.clone())];
-            for i in selected {
-                let all = self.rpc_torrent_fields(i, &fields);
-                rows.push(Value::from(
-                    fields
-                        .iter()
-                        .map(|f| all.get(*f).cloned().unwrap_or(Value::Null))
-                        .collect::<Vec<_>>(),
-                ));
-            }
-            out.insert("torrents".into(), Value::from(rows));
-        } else {
-            let torrents: Vec<Value> = selected
-                .into_iter()
-                .map(|i| Value::Object(self.rpc_torrent_fields(i, &fields)))
-                .collect();
-            out.insert("torrents".into(), Value::from(torrents));
-        }
+        let mut out = Vec::with_capacity(64 + selected.len() * 64 * fields.len().max(1));
+        out.extend_from_slice(b"{");
         if args.get("ids").and_then(Value::as_str) == Some("recently-active") {
-            out.insert("removed".into(), Value::from(self.removed_ids.to_vec()));
+            out.extend_from_slice(b"\"removed\":");
+            write_json(&mut out, &self.removed_ids);
+            out.push(b',');
         }
-        Ok(out)
+        out.extend_from_slice(b"\"torrents\":[");
+        if table {
+            write_json(&mut out, &fields);
+        }
+        for (n, i) in selected.into_iter().enumerate() {
+            if table || n > 0 {
+                out.push(b',');
+            }
+            let mut all = self.rpc_torrent_fields(i, &fields);
+            if table {
+                let row: Vec<Value> = fields
+                    .iter()
+                    .map(|f| all.remove(*f).unwrap_or(Value::Null))
+                    .collect();
+                write_json(&mut out, &row);
+            } else {
+                write_json(&mut out, &all);
+            }
+        }
+        out.extend_from_slice(b"]}");
+        Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
     }
 
     /// The fields of one torrent that `fields` names (unknown names are left out, as
@@ -1497,6 +1510,11 @@ fn rpc_free_space(args: &Args) -> Result<Args, String> {
 /// Free bytes where `path` is, if it can be told.
 fn free_bytes(path: &Path) -> Option<i64> {
     i64::try_from(free_bytes_at(path)?).ok()
+}
+
+/// Appends `value` as JSON.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("values of the daemon serialise");
 }
 
 #[cfg(test)]

@@ -346,7 +346,7 @@ mod tests {
             for call in calls {
                 if call.method == "echo" {
                     let args = call.arguments.clone();
-                    call.answer(Ok(args));
+                    call.answer(Ok(args.into()));
                 } else {
                     let reason = format!("no such method: {}", call.method);
                     call.answer(Err(reason));

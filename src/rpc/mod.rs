@@ -241,7 +241,7 @@ pub struct RpcCall {
 
 impl RpcCall {
     /// Sends the answer; a worker that gave up waiting is not an error.
-    pub fn answer(self, result: Result<Map<String, Value>, String>) {
+    pub fn answer(self, result: Result<Arguments, String>) {
         let _ = self.reply.send(RpcAnswer { result });
     }
 }
@@ -250,7 +250,23 @@ impl RpcCall {
 /// the `result` string saying why not (`method name not recognized`, `torrent not found`, ...).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RpcAnswer {
-    pub result: Result<Map<String, Value>, String>,
+    pub result: Result<Arguments, String>,
+}
+
+/// A reply's `arguments`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arguments {
+    Map(Map<String, Value>),
+    /// The `arguments` object already as JSON text: `torrent-get` of thousands of torrents
+    /// as values is tens of MiB of small allocations (10,000 torrents, `btd list`: 60 MiB that
+    /// the allocator kept), as text a few MiB.
+    Json(String),
+}
+
+impl From<Map<String, Value>> for Arguments {
+    fn from(map: Map<String, Value>) -> Self {
+        Self::Map(map)
+    }
 }
 
 /// The channel from the RPC workers to the daemon: at most one call per worker waits in it.

@@ -12,6 +12,8 @@
 
 use serde_json::{Map, Value};
 
+use super::Arguments;
+
 /// What a request body asks for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decoded {
@@ -57,18 +59,34 @@ pub fn decode(body: &[u8]) -> Decoded {
 }
 
 /// The reply body: `arguments` (empty for a failure), `result` and the echoed `tag`.
-pub fn encode(result: Result<Map<String, Value>, String>, tag: Option<i64>) -> Vec<u8> {
+pub fn encode(result: Result<Arguments, String>, tag: Option<i64>) -> Vec<u8> {
     let (arguments, result) = match result {
         Ok(arguments) => (arguments, "success".to_owned()),
-        Err(reason) => (Map::new(), reason),
+        Err(reason) => (Arguments::Map(Map::new()), reason),
     };
     let mut reply = Map::new();
-    reply.insert("arguments".into(), Value::Object(arguments));
     reply.insert("result".into(), Value::String(result));
     if let Some(tag) = tag {
         reply.insert("tag".into(), tag.into());
     }
-    serde_json::to_vec(&Value::Object(reply)).expect("a JSON value always serialises")
+    match arguments {
+        Arguments::Map(arguments) => {
+            reply.insert("arguments".into(), Value::Object(arguments));
+            serde_json::to_vec(&Value::Object(reply)).expect("a JSON value always serialises")
+        }
+        Arguments::Json(arguments) => {
+            // `{"arguments":` + the text + `,"result":...}`: the keys in the order the map
+            // would give them.
+            let rest =
+                serde_json::to_vec(&Value::Object(reply)).expect("a JSON value always serialises");
+            let mut out = Vec::with_capacity(arguments.len() + rest.len() + 16);
+            out.extend_from_slice(b"{\"arguments\":");
+            out.extend_from_slice(arguments.as_bytes());
+            out.push(b',');
+            out.extend_from_slice(&rest[1..]);
+            out
+        }
+    }
 }
 
 #[cfg(test)]
@@ -143,12 +161,24 @@ mod tests {
         let mut args = Map::new();
         args.insert("rpc-version".into(), json!(17));
         assert_eq!(
-            String::from_utf8(encode(Ok(args), Some(5))).unwrap(),
+            String::from_utf8(encode(Ok(args.into()), Some(5))).unwrap(),
             r#"{"arguments":{"rpc-version":17},"result":"success","tag":5}"#
         );
         assert_eq!(
             String::from_utf8(encode(Err("no such torrent".into()), None)).unwrap(),
             r#"{"arguments":{},"result":"no such torrent"}"#
         );
+    }
+
+    #[test]
+    fn replies_with_arguments_as_text_read_as_those_with_a_map() {
+        let text = r#"{"torrents":[{"id":1,"name":"a \"b\""}]}"#;
+        let map: Map<String, Value> = serde_json::from_str(text).unwrap();
+        for tag in [None, Some(3)] {
+            let raw = encode(Ok(Arguments::Json(text.to_owned())), tag);
+            assert_eq!(raw, encode(Ok(map.clone().into()), tag));
+            let reply: Value = serde_json::from_slice(&raw).unwrap();
+            assert_eq!(reply["arguments"]["torrents"][0]["name"], "a \"b\"");
+        }
     }
 }

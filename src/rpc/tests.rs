@@ -49,11 +49,11 @@ fn fake_daemon(calls: Receiver<RpcCall>) -> JoinHandle<Vec<String>> {
                     }) else {
                         unreachable!()
                     };
-                    call.answer(Ok(args));
+                    call.answer(Ok(args.into()));
                 }
                 "echo" => {
                     let args = call.arguments.clone();
-                    call.answer(Ok(args));
+                    call.answer(Ok(args.into()));
                 }
                 "torrent-add" => {
                     // Notes how much metainfo came.
@@ -65,7 +65,7 @@ fn fake_daemon(calls: Receiver<RpcCall>) -> JoinHandle<Vec<String>> {
                     }) else {
                         unreachable!()
                     };
-                    call.answer(Ok(args));
+                    call.answer(Ok(args.into()));
                 }
                 "hang" => hanging.push(call),
                 _ => call.answer(Err("method name not recognized".into())),

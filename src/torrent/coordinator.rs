@@ -127,29 +127,24 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
     });
     context.set_write_timeout(params.limits.write_timeout);
     let name = meta.name.clone();
-    let thread = {
-        let context = Arc::clone(&context);
-        let stats = Arc::clone(&stats);
-        watched::spawn(
-            std::thread::Builder::new().name(format!("torrent {name}")),
-            move || {
-                profile::run_as(Role::Coordinator, || {
-                    match Coordinator::new(
-                        params,
-                        context,
-                        stats,
-                        events_rx,
-                        control_rx,
-                        torrent_events_tx,
-                        peer_threads_ended,
-                    ) {
-                        Ok(mut c) => c.run(),
-                        Err(e) => error!("torrent {name}: cannot start: {e}"),
-                    }
-                });
-            },
-        )?
-    };
+    // Built here, on the caller's thread, and moved to the new one boxed: its start-up (the
+    // struct, the picker, registrations, the RNG's seed from the OS) would otherwise touch
+    // pages of the new thread's stack that stay resident for the torrent's whole run, 8 KiB of
+    // 20 per idle torrent, 80 MiB at 10,000 torrents.
+    let coordinator = Box::new(Coordinator::new(
+        params,
+        Arc::clone(&context),
+        Arc::clone(&stats),
+        events_rx,
+        control_rx,
+        torrent_events_tx,
+        peer_threads_ended,
+    ));
+    coordinator.log_started();
+    let thread = watched::spawn(
+        std::thread::Builder::new().name(format!("torrent {name}")),
+        move || profile::run_as(Role::Coordinator, move || coordinator.run()),
+    )?;
     Ok(TorrentHandle {
         context,
         stats,
@@ -348,7 +343,7 @@ impl Coordinator {
         control: Receiver<Control>,
         torrent_events: Sender<TorrentEvent>,
         peer_threads_ended: Receiver<()>,
-    ) -> std::io::Result<Self> {
+    ) -> Self {
         let meta = params.meta;
         let (results_tx, disk_results) = crossbeam_channel::unbounded();
         let file_check = params
@@ -484,20 +479,23 @@ impl Coordinator {
             c.tracker_told_completed = true;
             c.stats.complete.store(true, Ordering::Relaxed);
         }
-        Ok(c)
+        c
     }
 
     fn name(&self) -> &str {
         &self.meta.name
     }
 
-    fn run(&mut self) {
+    fn log_started(&self) {
         info!(
             "torrent {}: started, {}/{} pieces verified",
             self.name(),
             self.picker.verified_count(),
             self.meta.geometry.num_pieces
         );
+    }
+
+    fn run(mut self: Box<Self>) {
         self.start_web_seeds();
         self.connect_more();
         let mut next_tick = Instant::now() + TICK;
