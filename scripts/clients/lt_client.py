@@ -3,7 +3,8 @@
 
     lt_client.py {seed|leech} --torrent FILE [--torrent FILE]... --dir DIR --bind IP [--port N]
                  [--peer HOST:PORT]... [--timeout SECONDS] [--announce] [--upload-limit BYTES]
-                 [--seed-mode] [--log-uploads]
+                 [--seed-mode] [--log-uploads] [--log-peers] [--skip-file INDEX]...
+                 [--keep-redundant]
 
 Output on stdout, one line each, flushed:
     LISTENING <port>                    once the TCP listen socket is open
@@ -11,6 +12,10 @@ Output on stdout, one line each, flushed:
     COMPLETE <seconds since start>      (leech) every piece verified; then exits 0
     SEEDING                             (seed) the data in DIR checked complete
     UPLOADED <piece> <block>            (--log-uploads) a block was sent to a peer
+    PEER <ip>:<port> rc4=.. plaintext_header=..   (--log-peers) a connection past its handshakes
+    UPLOAD_ONLY <ip>:<port>             (--log-peers) that peer said it only uploads (BEP 21)
+    GONE <ip>:<port> <error>            (--log-peers) a connection closed, and why ("End of file":
+                                        the other side closed it)
 With several --torrent, all of them run in the one session and share DIR: PROGRESS sums them
 (the fraction is of all their bytes), SEEDING and COMPLETE wait for every torrent.
 --upload-limit caps each torrent's upload rate (bytes per second; 0, the default, is no cap); it
@@ -138,8 +143,23 @@ def parse_args(argv):
     p.add_argument(
         "--log-peers",
         action="store_true",
-        help="print PEER <ip>:<port> rc4=<0|1> plaintext_header=<0|1> once per peer, after "
-        "its handshakes",
+        help="print PEER <ip>:<port> rc4=<0|1> plaintext_header=<0|1> once per connection, after "
+        "its handshakes; UPLOAD_ONLY <ip>:<port> once the peer said it only uploads (BEP 21); "
+        "GONE <ip>:<port> <error> when a connection is closed",
+    )
+    p.add_argument(
+        "--skip-file",
+        type=int,
+        action="append",
+        default=[],
+        metavar="INDEX",
+        help="do not download file INDEX (priority 0); a seed is then one with every other file",
+    )
+    p.add_argument(
+        "--keep-redundant",
+        action="store_true",
+        help="keep connections where neither side wants anything (close_redundant_connections "
+        "off), so that only the other side can close them",
     )
     args = p.parse_args(argv)
     if args.mode != "dht" and not args.torrent and not args.magnet:
@@ -202,6 +222,30 @@ def session_settings(bind_ip, port, lsd=False):
     return settings
 
 
+def log_peers(handles, logged, upload_only):
+    """--log-peers: PEER once a connection is past its handshakes, UPLOAD_ONLY once the peer
+    said it only uploads. (GONE comes from libtorrent's peer_disconnected_alert.)"""
+    for handle in handles:
+        for peer in handle.get_peer_info():
+            key = (peer.ip[0], peer.ip[1])
+            if peer.flags & (lt.peer_info.handshake | lt.peer_info.connecting):
+                continue
+            if key not in logged:
+                logged.add(key)
+                say(
+                    "PEER %s:%d rc4=%d plaintext_header=%d"
+                    % (
+                        key[0],
+                        key[1],
+                        int(bool(peer.flags & lt.peer_info.rc4_encrypted)),
+                        int(bool(peer.flags & lt.peer_info.plaintext_encrypted)),
+                    )
+                )
+            if key not in upload_only and peer.flags & lt.peer_info.upload_only:
+                upload_only.add(key)
+                say("UPLOAD_ONLY %s:%d" % key)
+
+
 class Stop:
     requested = False
 
@@ -248,6 +292,10 @@ def main(argv):
         settings["prefer_rc4"] = args.enc_level != "plaintext"
     if args.dht_bootstrap or args.mode == "dht":
         settings.update(dht_settings(args.dht_bootstrap))
+    if args.keep_redundant:
+        settings["close_redundant_connections"] = False
+    if args.log_peers:
+        settings["alert_mask"] |= int(lt.alert.category_t.connect_notification)
     if args.log_uploads:
         settings["alert_mask"] |= int(lt.alert.category_t.upload_notification)
     ses = lt.session(settings)
@@ -262,6 +310,13 @@ def main(argv):
         atp.flags = (atp.flags & ~lt.torrent_flags.auto_managed) | lt.torrent_flags.paused
         if args.seed_mode:
             atp.flags |= lt.torrent_flags.seed_mode
+        if args.skip_file:
+            priorities = [4] * info.num_files()
+            for index in args.skip_file:
+                if not 0 <= index < info.num_files():
+                    fail("--skip-file %d: the torrent has %d files" % (index, info.num_files()))
+                priorities[index] = 0
+            atp.file_priorities = priorities
         handle = ses.add_torrent(atp)
         if not args.announce:
             handle.replace_trackers([])
@@ -299,6 +354,7 @@ def main(argv):
     last_dial = 0.0
     last_progress = 0.0
     logged_peers = set()
+    upload_only_peers = set()
 
     while not Stop.requested:
         now = time.monotonic()
@@ -322,6 +378,11 @@ def main(argv):
                 fail("torrent error: %s" % alert.message())
             if isinstance(alert, lt.block_uploaded_alert):
                 say("UPLOADED %d %d" % (alert.piece_index, alert.block_index))
+            if args.log_peers and isinstance(alert, lt.peer_disconnected_alert):
+                key = (alert.ip[0], alert.ip[1])
+                logged_peers.discard(key)
+                upload_only_peers.discard(key)
+                say("GONE %s:%d %s" % (key[0], key[1], alert.error.message()))
 
         if not listening and ses.is_listening() and ses.listen_port() != 0:
             listening = True
@@ -337,7 +398,8 @@ def main(argv):
         if args.mode == "seed" and not checked and not checking and not paused:
             checked = True
             for info, st in zip(infos, statuses):
-                if st.state != lt.torrent_status.seeding and not st.is_seeding:
+                # With --skip-file, every wanted piece is a seed's worth (libtorrent: finished).
+                if not (st.is_seeding or (args.skip_file and st.is_finished)):
                     have = sum(1 for x in st.pieces if x)
                     fail(
                         "seed: the data in %s is incomplete: %d of %d pieces verified"
@@ -373,23 +435,7 @@ def main(argv):
                         handle.connect_peer(peer)
 
         if args.log_peers:
-            for handle in handles:
-                for peer in handle.get_peer_info():
-                    key = (peer.ip[0], peer.ip[1])
-                    in_handshake = peer.flags & (
-                        lt.peer_info.handshake | lt.peer_info.connecting
-                    )
-                    if key not in logged_peers and not in_handshake:
-                        logged_peers.add(key)
-                        say(
-                            "PEER %s:%d rc4=%d plaintext_header=%d"
-                            % (
-                                peer.ip[0],
-                                peer.ip[1],
-                                int(bool(peer.flags & lt.peer_info.rc4_encrypted)),
-                                int(bool(peer.flags & lt.peer_info.plaintext_encrypted)),
-                            )
-                        )
+            log_peers(handles, logged_peers, upload_only_peers)
 
         if now - last_progress >= PROGRESS_INTERVAL_S:
             last_progress = now

@@ -740,9 +740,13 @@ impl Coordinator {
                 if let Some(addr) = encrypted_at {
                     self.note_prefers_encryption(addr);
                 }
+                let now_upload_only = self.peers.get_mut(&peer).is_some_and(|p| {
+                    let changed = upload_only && !p.upload_only;
+                    p.upload_only = upload_only;
+                    changed
+                });
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.pex = pex;
-                    p.upload_only = upload_only;
                     p.listen_port = listen_port;
                     debug!(
                         "torrent {}: {}: client {client:?}, reqq {reqq:?}, port {listen_port:?}",
@@ -755,6 +759,11 @@ impl Coordinator {
                             .clamp(1, MAX_PIPELINE_KNOWN_REQQ);
                         p.pipeline = p.pipeline.min(p.max_pipeline);
                     }
+                }
+                // The bitfield came first: a peer that only uploads is useless to a torrent
+                // that has every wanted piece whatever its bitfield says (BEP 21).
+                if now_upload_only {
+                    self.after_peer_pieces_changed(peer);
                 }
             }
             PeerEvent::Choked { peer } => {

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod bep21;
 mod bep47;
 mod bep7;
 mod btd_tracker;
