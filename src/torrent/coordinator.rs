@@ -32,8 +32,8 @@ use crate::profile::{self, LoopStats, Role};
 use crate::ratelimit::{Limits, RateLimiter};
 use crate::selection::{self, Selection};
 use crate::storage::Storage;
-use crate::tracker::Tiers;
 use crate::tracker::announcer::{self, AnnounceStats, AnnouncerCommand, AnnouncerConfig};
+use crate::tracker::{Tiers, TrackerPeers};
 use crate::watched;
 use crate::wire::extension::{PexFlags, PexMessage, PexPeer};
 use crate::wire::{BLOCK_LEN, Bitfield, BlockRef};
@@ -305,7 +305,7 @@ struct Coordinator {
     /// Jobs queued whose result has not come back.
     disk_in_flight: usize,
     announcer: Option<announcer::Registration>,
-    tracker_peers: Receiver<Vec<SocketAddr>>,
+    tracker_peers: Receiver<TrackerPeers>,
     /// Peers other discovery found (LSD), with their source.
     found_peers: Receiver<crate::lsd::FoundPeers>,
     /// Our local service discovery registration (public torrents, LSD on).
@@ -527,10 +527,13 @@ impl Coordinator {
                         self.on_disk_result(result);
                     }
                 }
-                recv(self.tracker_peers) -> peers => match peers {
-                    Ok(peers) => {
-                        debug!("torrent {}: tracker gave {} peers", self.name(), peers.len());
-                        self.add_addrs(PeerSource::Tracker, peers);
+                recv(self.tracker_peers) -> found => match found {
+                    Ok(found) => {
+                        debug!("torrent {}: tracker gave {} peers", self.name(), found.peers.len());
+                        self.add_addrs(PeerSource::Tracker, found.peers);
+                        for addr in found.requires_encryption {
+                            self.note_prefers_encryption(addr);
+                        }
                         self.connect_more();
                     }
                     // No announcer (or it ended): a disconnected channel would wake us forever.

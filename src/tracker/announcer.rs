@@ -12,7 +12,7 @@
 
 use crate::peer::mse::Encryption;
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use log::{debug, warn};
 use super::udp::UdpClient;
 use super::{
     AnnounceEvent, AnnounceFailure, AnnounceRequest, AnnounceResponse, OurAddrs, SwarmStats, Tiers,
-    TrackerError, http, udp,
+    TrackerError, TrackerPeers, http, udp,
 };
 
 /// The first wait after a round in which no tracker answered; it doubles with each failed round.
@@ -425,7 +425,7 @@ impl AnnouncePoolHandle {
         config: AnnouncerConfig,
         stats: Arc<dyn Fn() -> AnnounceStats + Send + Sync>,
         swarm: Arc<SwarmStats>,
-        peers_tx: Sender<Vec<SocketAddr>>,
+        peers_tx: Sender<TrackerPeers>,
     ) -> Registration {
         let (commands_tx, commands) = crossbeam_channel::unbounded();
         let (done_tx, done) = crossbeam_channel::bounded(0);
@@ -613,7 +613,7 @@ struct Announcer {
     config: AnnouncerConfig,
     stats: Arc<dyn Fn() -> AnnounceStats + Send + Sync>,
     swarm: Arc<SwarmStats>,
-    peers_tx: Sender<Vec<SocketAddr>>,
+    peers_tx: Sender<TrackerPeers>,
     commands: Receiver<AnnouncerCommand>,
     /// The tracker that answered last.
     current: Option<String>,
@@ -854,12 +854,16 @@ impl Announcer {
         if reply.peers.is_empty() {
             return Flow::Continue;
         }
-        match self.peers_tx.try_send(reply.peers) {
+        let found = TrackerPeers {
+            peers: reply.peers,
+            requires_encryption: reply.requires_encryption,
+        };
+        match self.peers_tx.try_send(found) {
             Ok(()) => Flow::Continue,
-            Err(TrySendError::Full(peers)) => {
+            Err(TrySendError::Full(found)) => {
                 debug!(
                     "tracker {url}: peer channel full; dropped {} peers",
-                    peers.len()
+                    found.peers.len()
                 );
                 Flow::Continue
             }
@@ -910,7 +914,7 @@ impl Announcer {
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
+    use std::net::{SocketAddr, TcpListener};
 
     use std::sync::atomic::Ordering;
 
@@ -1174,7 +1178,7 @@ mod tests {
         tiers: Tiers,
         config: AnnouncerConfig,
         swarm: Arc<SwarmStats>,
-    ) -> (AnnouncePool, Receiver<Vec<SocketAddr>>, Registration) {
+    ) -> (AnnouncePool, Receiver<TrackerPeers>, Registration) {
         let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
         let pool = AnnouncePool::start(1).unwrap();
         let registration = pool
@@ -1201,7 +1205,7 @@ mod tests {
         );
         assert!(started.contains("&numwant=50"), "{started}");
         assert_eq!(
-            peers_rx.recv_timeout(PATIENCE).unwrap(),
+            peers_rx.recv_timeout(PATIENCE).unwrap().peers,
             vec!["127.0.0.3:6881".parse::<SocketAddr>().unwrap()]
         );
 
@@ -1255,7 +1259,7 @@ mod tests {
         );
         let (handle, peers_rx, commands_tx) = start_announcer(tiers, config(), Arc::default());
         assert_eq!(
-            peers_rx.recv_timeout(PATIENCE).unwrap(),
+            peers_rx.recv_timeout(PATIENCE).unwrap().peers,
             vec!["10.0.0.1:80".parse::<SocketAddr>().unwrap()]
         );
         drop(commands_tx);
@@ -1323,7 +1327,7 @@ mod tests {
             torrents.push((registration, peers_rx));
         }
         for (_, peers_rx) in &torrents {
-            assert_eq!(peers_rx.recv_timeout(PATIENCE).unwrap().len(), 1);
+            assert_eq!(peers_rx.recv_timeout(PATIENCE).unwrap().peers.len(), 1);
         }
         for _ in 0..3 {
             assert_eq!(event_of(&tracker.next_request()), Some("started"));
@@ -1416,7 +1420,7 @@ mod tests {
         let start = Instant::now();
         let (handle, peers_rx, commands_tx) = start_announcer(tiers, config, Arc::clone(&swarm));
         assert_eq!(
-            peers_rx.recv_timeout(PATIENCE).unwrap(),
+            peers_rx.recv_timeout(PATIENCE).unwrap().peers,
             vec!["127.0.0.9:6881".parse::<SocketAddr>().unwrap()]
         );
         assert!(

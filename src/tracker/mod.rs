@@ -147,6 +147,20 @@ pub struct AnnounceResponse {
     /// Peers from `peers` (compact or dictionaries) then `peers6`, without duplicates, port 0 or
     /// unspecified addresses.
     pub peers: Vec<SocketAddr>,
+    /// The compact IPv4 peers whose `crypto_flags` byte is 1: the tracker says they take
+    /// encrypted connections only (the MSE tracker extension). Empty without `crypto_flags`, or
+    /// when it does not have a byte per entry of `peers`.
+    pub requires_encryption: Vec<SocketAddr>,
+}
+
+/// What an announcer hands its torrent from one reply: the peers, and those of them the tracker
+/// says take encrypted connections only (dialled encrypted first).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrackerPeers {
+    /// Every peer of the reply.
+    pub peers: Vec<SocketAddr>,
+    /// The ones flagged in `crypto_flags`.
+    pub requires_encryption: Vec<SocketAddr>,
 }
 
 /// Why an announce or a scrape failed. Every variant names the tracker; the announcer backs off
@@ -292,6 +306,19 @@ pub fn parse_announce_response(url: &str, body: &[u8]) -> Result<AnnounceRespons
     };
 
     let mut peers = Vec::new();
+    let requires_encryption = match (
+        dict.get("peers").and_then(byte_string),
+        dict.get("crypto_flags").and_then(byte_string),
+    ) {
+        (Some(v4), Some(flags)) if v4.len() == flags.len() * Family::V4.peer_len() => {
+            compact::whole_peers(Family::V4, v4)
+                .zip(flags)
+                .filter(|(_, flag)| **flag == 1)
+                .map(|(addr, _)| addr)
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     if let Some(elem) = dict.get("peers") {
         parse_peers(elem, Family::V4, &mut peers)
             .map_err(|reason| malformed(format!("peers: {reason}")))?;
@@ -317,6 +344,7 @@ pub fn parse_announce_response(url: &str, body: &[u8]) -> Result<AnnounceRespons
         incomplete: count("incomplete"),
         warning: dict.get("warning message").and_then(text),
         peers,
+        requires_encryption,
     })
 }
 
@@ -808,8 +836,25 @@ mod tests {
                 incomplete: Some(3),
                 warning: None,
                 peers: vec![addr("10.0.0.1:6881"), addr("192.168.1.200:80")],
+                requires_encryption: Vec::new(),
             }
         );
+    }
+
+    #[test]
+    fn crypto_flags_mark_the_compact_peers_that_require_encryption() {
+        let mut body = b"d12:crypto_flags2:\x00\x018:intervali60e5:peers12:".to_vec();
+        body.extend_from_slice(&[10, 0, 0, 1, 0x1A, 0xE1, 10, 0, 0, 2, 0x1A, 0xE1]);
+        body.push(b'e');
+        let reply = parse(&body).unwrap();
+        assert_eq!(reply.peers.len(), 2);
+        assert_eq!(reply.requires_encryption, vec![addr("10.0.0.2:6881")]);
+        // A byte short: the flags cannot be matched to peers, so none is taken.
+        let mut body = b"d12:crypto_flags1:\x018:intervali60e5:peers12:".to_vec();
+        body.extend_from_slice(&[10, 0, 0, 1, 0x1A, 0xE1, 10, 0, 0, 2, 0x1A, 0xE1]);
+        body.push(b'e');
+        let reply = parse(&body).unwrap();
+        assert_eq!((reply.peers.len(), reply.requires_encryption.len()), (2, 0));
     }
 
     #[test]

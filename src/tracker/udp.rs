@@ -454,6 +454,7 @@ pub fn parse_announce_reply(payload: &[u8], family: Family) -> Option<AnnounceRe
         incomplete: Some(word(4)),
         warning: None,
         peers,
+        requires_encryption: Vec::new(),
     })
 }
 
@@ -678,6 +679,7 @@ mod tests {
                 incomplete: Some(3),
                 warning: None,
                 peers: vec![addr("127.0.0.2:6881"), addr("10.0.0.9:51413")],
+                requires_encryption: Vec::new(),
             }
         );
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use lava_torrent::bencode::BencodeElem;
 
-use super::swarm::{Announce, AnnounceOutcome, InfoHash, PeerId, ScrapeEntry};
+use super::swarm::{Announce, AnnounceOutcome, Crypto, InfoHash, PeerId, ScrapeEntry};
 use super::{DEFAULT_NUMWANT, Intervals, MAX_NUMWANT, Shared};
 use crate::http_server::{self, Handler, HeadError, Response};
 use crate::tracker::AnnounceEvent;
@@ -61,6 +61,8 @@ pub struct AnnounceQuery {
     pub compact: bool,
     /// `no_peer_id=1`: leave `peer id` out of dictionary peers.
     pub no_peer_id: bool,
+    /// `requirecrypto=1`, `supportcrypto=1`, or neither (plaintext only).
+    pub crypto: Crypto,
 }
 
 /// Why a request gets no tracker answer, and what status it gets instead.
@@ -220,6 +222,13 @@ fn parse_announce(params: &Params) -> Result<AnnounceQuery, HttpError> {
         numwant,
         compact: first(params, "compact") != Some(b"0"),
         no_peer_id: first(params, "no_peer_id") == Some(b"1"),
+        crypto: if first(params, "requirecrypto") == Some(b"1") {
+            Crypto::Required
+        } else if first(params, "supportcrypto") == Some(b"1") {
+            Crypto::Supported
+        } else {
+            Crypto::Plaintext
+        },
     })
 }
 
@@ -254,7 +263,9 @@ pub fn failure_body(reason: &str) -> Vec<u8> {
 }
 
 /// The bencoded announce reply: IPv4 peers in `peers` and IPv6 peers in `peers6` (compact), or
-/// every peer as a dictionary in `peers` (`compact=0`).
+/// every peer as a dictionary in `peers` (`compact=0`). A client that encrypts also gets
+/// `crypto_flags` with compact peers: a byte per entry of `peers`, 1 for a peer that requires
+/// encryption (the MSE tracker extension; IPv6 peers have no such list).
 fn announce_body(
     outcome: &AnnounceOutcome,
     query: &AnnounceQuery,
@@ -268,6 +279,15 @@ fn announce_body(
     ];
     if query.compact {
         let (v4, v6) = compact::encode_peers(outcome.peers.iter().map(|peer| &peer.addr));
+        if matches!(query.crypto, Crypto::Supported | Crypto::Required) {
+            let flags = outcome
+                .peers
+                .iter()
+                .filter(|peer| compact::Family::of(&peer.addr) == compact::Family::V4)
+                .map(|peer| u8::from(peer.requires_crypto))
+                .collect();
+            entries.push(("crypto_flags", BencodeElem::Bytes(flags)));
+        }
         entries.push(("peers", BencodeElem::Bytes(v4)));
         if !v6.is_empty() {
             entries.push(("peers6", BencodeElem::Bytes(v6)));
@@ -326,6 +346,7 @@ fn answer(request: Request, source: SocketAddr, shared: &Shared, now: Instant) -
                 event: query.event,
                 numwant: query.numwant,
                 same_family_only: false,
+                crypto: query.crypto,
             };
             match shared.announce(&announce, now) {
                 Ok((outcome, intervals)) => {
@@ -445,6 +466,7 @@ mod tests {
                 numwant: 80,
                 compact: true,
                 no_peer_id: false,
+                crypto: Crypto::Plaintext,
             }
         );
     }
@@ -472,6 +494,14 @@ mod tests {
             Some(AnnounceEvent::Completed)
         );
         assert_eq!(parse("&event=stopped").event, Some(AnnounceEvent::Stopped));
+        assert_eq!(parse("").crypto, Crypto::Plaintext);
+        assert_eq!(parse("&supportcrypto=1").crypto, Crypto::Supported);
+        assert_eq!(
+            parse("&supportcrypto=1&requirecrypto=1").crypto,
+            Crypto::Required
+        );
+        assert_eq!(parse("&requirecrypto=1").crypto, Crypto::Required);
+        assert_eq!(parse("&supportcrypto=0").crypto, Crypto::Plaintext);
     }
 
     #[test]
@@ -714,6 +744,43 @@ mod tests {
             compact_v4(&bytes_at(&reply, "peers")),
             vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 7002))]
         );
+        server.stop();
+    }
+
+    #[test]
+    fn crypto_keys_keep_required_and_plaintext_peers_apart_and_flag_who_requires_it() {
+        let server = start(|_| {});
+        let addr = server.local_addr();
+        let peer = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        get(
+            addr,
+            &announce_as(7001, 100, "&supportcrypto=1&requirecrypto=1"),
+        );
+        get(addr, &announce_as(7002, 100, ""));
+        get(addr, &announce_as(7003, 100, "&supportcrypto=1"));
+        // An encrypting client gets everyone it can talk to, flagged byte by byte.
+        let reply = decode(&get(addr, &announce_as(7004, 100, "&supportcrypto=1")).1);
+        let peers = compact_v4(&bytes_at(&reply, "peers"));
+        let flags = bytes_at(&reply, "crypto_flags");
+        assert_eq!(flags.len(), peers.len());
+        let mut flagged: Vec<(SocketAddr, u8)> = peers.into_iter().zip(flags).collect();
+        flagged.sort();
+        assert_eq!(
+            flagged,
+            vec![(peer(7001), 1), (peer(7002), 0), (peer(7003), 0)]
+        );
+        // A plaintext-only client never gets the one that requires encryption, and no flags.
+        let reply = decode(&get(addr, &announce_as(7002, 100, "")).1);
+        let mut peers = compact_v4(&bytes_at(&reply, "peers"));
+        peers.sort();
+        assert_eq!(peers, vec![peer(7003), peer(7004)]);
+        assert!(key(&reply, b"crypto_flags").is_none());
+        // And one that requires encryption never gets the plaintext-only one.
+        let reply = decode(&get(addr, &announce_as(7001, 100, "&requirecrypto=1")).1);
+        let mut peers = compact_v4(&bytes_at(&reply, "peers"));
+        peers.sort();
+        assert_eq!(peers, vec![peer(7003), peer(7004)]);
+        assert_eq!(bytes_at(&reply, "crypto_flags"), vec![0, 0]);
         server.stop();
     }
 

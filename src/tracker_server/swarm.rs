@@ -52,6 +52,34 @@ pub struct Announce {
     pub numwant: usize,
     /// Return only peers of the requester's address family (UDP replies carry one family).
     pub same_family_only: bool,
+    /// What the client said of message stream encryption.
+    pub crypto: Crypto,
+}
+
+/// What an announce said of message stream encryption (`supportcrypto=1`, `requirecrypto=1`,
+/// the keys of the MSE tracker extension); UDP announces cannot say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Crypto {
+    /// A UDP announce: it may or may not encrypt.
+    #[default]
+    Unknown,
+    /// An HTTP announce with neither key: it speaks plaintext only.
+    Plaintext,
+    /// `supportcrypto=1`: it takes both.
+    Supported,
+    /// `requirecrypto=1`: it takes encrypted connections only.
+    Required,
+}
+
+impl Crypto {
+    /// Whether a connection between peers that said `self` and `other` can work: one that
+    /// requires encryption is of no use to one that speaks plaintext only.
+    fn compatible(self, other: Crypto) -> bool {
+        !matches!(
+            (self, other),
+            (Crypto::Required, Crypto::Plaintext) | (Crypto::Plaintext, Crypto::Required)
+        )
+    }
 }
 
 /// A peer handed to a client.
@@ -61,6 +89,8 @@ pub struct SwarmPeer {
     pub addr: SocketAddr,
     /// The peer id it announced with.
     pub peer_id: PeerId,
+    /// It said `requirecrypto=1` (the reply's `crypto_flags` byte).
+    pub requires_crypto: bool,
 }
 
 /// What an announce gives back.
@@ -111,6 +141,7 @@ pub struct SwarmStats {
 struct Peer {
     peer_id: PeerId,
     seeder: bool,
+    crypto: Crypto,
     last_seen: Instant,
 }
 
@@ -157,7 +188,8 @@ impl Swarms {
     /// Records `announce` at `now` and picks peers for it.
     ///
     /// `stopped` removes the requester and returns no peers. A seeder is given only leechers
-    /// (other seeders have nothing for it). A new peer in a full swarm still gets peers but is not
+    /// (other seeders have nothing for it). A peer that requires encryption and one that speaks
+    /// plaintext only are not given to each other. A new peer in a full swarm still gets peers but is not
     /// stored (`listed` false). `completed` counts once per peer that was not already a seeder.
     ///
     /// # Errors
@@ -216,6 +248,7 @@ impl Swarms {
                 Peer {
                     peer_id: announce.peer_id,
                     seeder,
+                    crypto: announce.crypto,
                     last_seen: now,
                 },
             );
@@ -227,11 +260,13 @@ impl Swarms {
                 **addr != key
                     && p.peer_id != announce.peer_id
                     && !(seeder && p.seeder)
+                    && announce.crypto.compatible(p.crypto)
                     && (!announce.same_family_only || addr.is_ipv4() == key.is_ipv4())
             })
             .map(|(addr, p)| SwarmPeer {
                 addr: *addr,
                 peer_id: p.peer_id,
+                requires_crypto: p.crypto == Crypto::Required,
             })
             .collect();
         let amount = announce.numwant.min(candidates.len());
@@ -353,6 +388,7 @@ mod tests {
             event,
             numwant: 50,
             same_family_only: false,
+            crypto: Crypto::Unknown,
         }
     }
 
@@ -598,6 +634,46 @@ mod tests {
         let out = run(&mut s, &me, now);
         let addrs: Vec<SocketAddr> = out.peers.iter().map(|p| p.addr).collect();
         assert_eq!(addrs, vec![v4(2, 6881)]);
+    }
+
+    #[test]
+    fn a_peer_requiring_encryption_and_a_plaintext_one_are_not_given_to_each_other() {
+        let mut s = Swarms::new();
+        let now = Instant::now();
+        let with = |n: u8, crypto: Crypto| Announce {
+            crypto,
+            ..announce(n, 9, None)
+        };
+        run(&mut s, &with(1, Crypto::Required), now);
+        run(&mut s, &with(2, Crypto::Plaintext), now);
+        run(&mut s, &with(3, Crypto::Unknown), now);
+        let given = |s: &mut Swarms, a: &Announce| {
+            let mut peers: Vec<(SocketAddr, bool)> = run(s, a, now)
+                .peers
+                .iter()
+                .map(|p| (p.addr, p.requires_crypto))
+                .collect();
+            peers.sort();
+            peers
+        };
+        assert_eq!(
+            given(&mut s, &with(4, Crypto::Supported)),
+            vec![
+                (v4(1, 6881), true),
+                (v4(2, 6881), false),
+                (v4(3, 6881), false)
+            ]
+        );
+        assert_eq!(
+            given(&mut s, &with(1, Crypto::Required)),
+            vec![(v4(3, 6881), false), (v4(4, 6881), false)]
+        );
+        assert_eq!(
+            given(&mut s, &with(2, Crypto::Plaintext)),
+            vec![(v4(3, 6881), false), (v4(4, 6881), false)]
+        );
+        // A UDP announce cannot say: it gets, and is given to, everyone.
+        assert_eq!(given(&mut s, &with(3, Crypto::Unknown)).len(), 3);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sha1::{Digest as _, Sha1};
 
-use super::swarm::{Announce, InfoHash};
+use super::swarm::{Announce, Crypto, InfoHash};
 use super::{DEFAULT_NUMWANT, MAX_NUMWANT, Shared};
 use crate::tracker::AnnounceEvent;
 use crate::tracker::udp::{
@@ -191,6 +191,7 @@ fn announce(
         event,
         numwant,
         same_family_only: true,
+        crypto: Crypto::Unknown,
     };
     let (outcome, intervals) = shared
         .announce(&request, now)

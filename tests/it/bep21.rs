@@ -44,10 +44,9 @@ fn want_only(p: &Payload, dir: &std::path::Path) {
 /// and names `peer`; the rest of that line.
 fn wait_peer_line(lt: &mut crate::support::ScriptClient, what: &str, peer: SocketAddr) -> String {
     let prefix = format!("{what} {peer}");
-    lt.proc
-        .wait_for_line(SHORT, &format!("'{prefix}'"), |l| {
-            l.strip_prefix(&prefix).map(|rest| rest.trim().to_owned())
-        })
+    lt.proc.wait_for_line(SHORT, &format!("'{prefix}'"), |l| {
+        l.strip_prefix(&prefix).map(|rest| rest.trim().to_owned())
+    })
 }
 
 fn rpc(d: &mut Daemon) -> RpcClient {
@@ -72,13 +71,17 @@ fn a_daemon_with_every_wanted_piece_tells_libtorrent_it_only_uploads_though_a_fi
         json!({"metainfo": metainfo, "files-unwanted": [0]}),
     );
     let id = added["torrent-added"]["id"].as_u64().unwrap();
-    wait_until(within(SHORT), "want.bin verified and the torrent seeding", || {
-        let t = c
-            .torrents(json!([id]), &["leftUntilDone", "status", "percentComplete"])
-            .pop()
-            .unwrap();
-        t["leftUntilDone"] == 0 && t["status"] == 6
-    });
+    wait_until(
+        within(SHORT),
+        "want.bin verified and the torrent seeding",
+        || {
+            let t = c
+                .torrents(json!([id]), &["leftUntilDone", "status", "percentComplete"])
+                .pop()
+                .unwrap();
+            t["leftUntilDone"] == 0 && t["status"] == 6
+        },
+    );
 
     let leech_dir = work.subdir("lt");
     let mut lt = LtClient::with_options(
@@ -99,15 +102,22 @@ fn a_daemon_with_every_wanted_piece_tells_libtorrent_it_only_uploads_though_a_fi
     // it has want.bin, libtorrent closes btd as an "uninteresting upload-only peer", sometimes
     // before its loop saw the flag.
     let upload_only = (format!("UPLOAD_ONLY {btd}"), format!("GONE {btd} "));
-    let line = lt.proc.wait_for_line(SHORT, "btd taken as upload-only", |l| {
-        (l.starts_with(&upload_only.0)
-            || (l.starts_with(&upload_only.1) && l.contains("upload-only")))
-        .then(|| l.to_owned())
-    });
+    let line = lt
+        .proc
+        .wait_for_line(SHORT, "btd taken as upload-only", |l| {
+            (l.starts_with(&upload_only.0)
+                || (l.starts_with(&upload_only.1) && l.contains("upload-only")))
+            .then(|| l.to_owned())
+        });
     eprintln!("libtorrent: {line}");
     // And btd still serves what it has to a peer that wants it.
     lt.proc.wait_for_line(SHORT, "half the data from btd", |l| {
-        let fraction: f64 = l.strip_prefix("PROGRESS ")?.split(' ').next()?.parse().ok()?;
+        let fraction: f64 = l
+            .strip_prefix("PROGRESS ")?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()?;
         (fraction >= 0.499).then_some(())
     });
     lt.proc.terminate_and_assert_ok(SHORT);

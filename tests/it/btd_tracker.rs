@@ -1,6 +1,7 @@
 //! `btd tracker` as the only tracker of real clients on loopback: a libtorrent seeder and a
 //! transmission leecher find each other through it alone, and btd leechers find a libtorrent
-//! seeder through it over HTTP and over UDP. Garbage over TCP and UDP gets failures or nothing,
+//! seeder through it over HTTP and over UDP. An aria2 that requires encryption is listed only to
+//! clients that encrypt, flagged in `crypto_flags`, and btd dials it encrypted first. Garbage over TCP and UDP gets failures or nothing,
 //! and the tracker keeps serving.
 //!
 //! `btd tracker` runs as a child process with a small wrapper of this file's own (the support
@@ -8,7 +9,8 @@
 
 use crate::support::{
     Btd, LtClient, PeerSpec, Rng, SHORT, TRANSFER, TempDir, TorrentInfo, Transmission,
-    assert_same_files, mktorrent, next_ip, test_seed, wait_until, write_payload,
+    aria2_crypto_required, assert_same_files, mktorrent, net_args, next_ip, test_seed, wait_until,
+    write_payload,
 };
 use crossbeam_channel::{Receiver, unbounded};
 use lava_torrent::bencode::BencodeElem;
@@ -145,28 +147,39 @@ impl TrackerProc {
         }
     }
 
-    /// The peers listed for `info_hash` (hex), seen by a probe that announces as a leecher and
-    /// then leaves with `stopped`.
+    /// The peers listed for `info_hash` (hex), seen by a probe that announces as a plaintext
+    /// leecher and then leaves with `stopped`.
     fn peers(&self, info_hash: &str) -> Vec<SocketAddr> {
+        self.peers_flagged(info_hash, "").0
+    }
+
+    /// The peers listed for `info_hash` (hex) to a probe leecher whose announce carries `extra`
+    /// (`&supportcrypto=1`...), and the reply's `crypto_flags`, if any.
+    fn peers_flagged(&self, info_hash: &str, extra: &str) -> (Vec<SocketAddr>, Option<Vec<u8>>) {
         let query = |event: &str| {
             format!(
                 "/announce?info_hash={}&peer_id=-PROBE-0000000000000&port=1&left=1&numwant=200\
-                 &compact=1&event={event}",
+                 &compact=1&event={event}{extra}",
                 percent_encode_hex(info_hash)
             )
         };
         let (status, body) = http_get(self.addr, query("started").as_bytes());
         assert_eq!(status, 200);
-        let peers = match dict_get(&decode(&body), b"peers") {
-            Some(BencodeElem::Bytes(b)) => b.clone(),
-            Some(BencodeElem::String(s)) => s.clone().into_bytes(),
-            other => panic!("peers: {other:?}"),
+        let reply = decode(&body);
+        let bytes = |key: &[u8]| match dict_get(&reply, key) {
+            Some(BencodeElem::Bytes(b)) => Some(b.clone()),
+            Some(BencodeElem::String(s)) => Some(s.clone().into_bytes()),
+            None => None,
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(key)),
         };
+        let peers = bytes(b"peers").expect("compact peers");
+        let flags = bytes(b"crypto_flags");
         http_get(self.addr, query("stopped").as_bytes());
-        peers
+        let peers = peers
             .chunks(6)
             .map(|c| SocketAddr::from(([c[0], c[1], c[2], c[3]], u16::from_be_bytes([c[4], c[5]]))))
-            .collect()
+            .collect();
+        (peers, flags)
     }
 }
 
@@ -380,6 +393,59 @@ fn btd_leecher_finds_a_libtorrent_seeder_through_btd_tracker_over_http() {
 #[test]
 fn btd_leecher_finds_a_libtorrent_seeder_through_btd_tracker_over_udp() {
     btd_leecher_finds_a_libtorrent_seeder("btd_via_btd_tracker_udp", true);
+}
+
+/// The MSE tracker keys with real clients: aria2 with encryption required announces
+/// `requirecrypto=1`. btd tracker lists it to a client that encrypts, with its `crypto_flags`
+/// byte set, and never to a plaintext-only one. A btd leecher in `tolerated` mode (plaintext
+/// first) takes the flag: its first dial to aria2 is encrypted, with no plaintext attempt
+/// refused first, and it downloads everything.
+#[test]
+fn btd_tracker_flags_an_aria2_that_requires_encryption_and_btd_dials_it_encrypted_first() {
+    let mut tracker = TrackerProc::start(["--interval", INTERVAL_SECS]);
+    let tmp = TempDir::new("btd-tracker-crypto");
+    let (seed_dir, torrent, info_hash) =
+        payload_and_torrent(&tmp, "btd_tracker_crypto", "tracked", &tracker.http_url());
+    let mut aria2 =
+        aria2_crypto_required("aria2 seeder (crypto required)", &torrent, &seed_dir, true);
+    wait_until(
+        Instant::now() + SHORT,
+        "btd tracker to count the aria2 seeder",
+        || tracker.scrape(&info_hash).0 >= 1,
+    );
+    let (peers, flags) = tracker.peers_flagged(&info_hash, "&supportcrypto=1");
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(flags, Some(vec![1]), "aria2 said requirecrypto=1");
+    let aria2_at = peers[0];
+    let (plain, no_flags) = tracker.peers_flagged(&info_hash, "");
+    assert!(
+        plain.is_empty(),
+        "a plaintext-only client was given {plain:?}"
+    );
+    assert_eq!(no_flags, None);
+
+    let out = tmp.subdir("out");
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "download".into(),
+        torrent.clone().into(),
+        "-o".into(),
+        out.clone().into(),
+        "--encryption".into(),
+        "tolerated".into(),
+    ];
+    args.extend(net_args(next_ip(), &[]));
+    let mut cmd = Btd::command(args);
+    cmd.env("RUST_LOG", "info,btd::peer=debug");
+    let mut btd = Btd::spawn("btd leecher (tolerated)", cmd);
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(&seed_dir.join("tracked"), &out.join("tracked"));
+    let log = btd.proc.output();
+    let first = format!("peer {aria2_at}: it prefers encryption: dialling encrypted first");
+    let refused = format!("peer {aria2_at}: plaintext handshake refused");
+    assert!(log.contains(&first), "no '{first}' in:\n{log}");
+    assert!(!log.contains(&refused), "a plaintext attempt first:\n{log}");
+    aria2.terminate_and_assert_ok(SHORT);
+    assert!(tracker.stop(nix::sys::signal::Signal::SIGTERM).success());
 }
 
 /// A valid announce (compact) for a made-up torrent from port `port`; returns the reply body.

@@ -6,14 +6,12 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{
-    Btd, LtClient, OpenTracker, PeerSpec, Proc, Rng, SHORT, ScriptClient, TRANSFER, TempDir,
-    TorrentInfo, Transmission, assert_same_files, free_port, mktorrent, net_args, next_ip,
-    require_program, test_seed, wait_until, write_payload,
+    Btd, LtClient, OpenTracker, PeerSpec, Rng, SHORT, ScriptClient, TRANSFER, TempDir, TorrentInfo,
+    Transmission, aria2_crypto_required, assert_same_files, free_port, mktorrent, net_args,
+    next_ip, test_seed, wait_until, write_payload,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -422,38 +420,6 @@ fn btd_fetches_a_magnets_metadata_from_libtorrent_in_required_mode() {
     lt.terminate_and_assert_ok(SHORT);
 }
 
-/// `aria2c` with encryption required (`--bt-require-crypto --bt-min-crypto-level=arc4`), DHT,
-/// LSD, PEX off, no port mapping (aria2 has none for BitTorrent), finding its peer through
-/// opentracker on loopback (aria2 takes no peer address on the command line).
-fn aria2(name: &str, torrent: &Path, dir: &Path, seed: bool) -> Proc {
-    require_program("aria2c", "aria2");
-    let ip = next_ip();
-    let mut cmd = Command::new("aria2c");
-    cmd.arg(format!("--dir={}", dir.display()))
-        .args([
-            "--enable-dht=false",
-            "--enable-dht6=false",
-            "--bt-enable-lpd=false",
-            "--enable-peer-exchange=false",
-            "--bt-require-crypto=true",
-            "--bt-min-crypto-level=arc4",
-            "--bt-tracker-interval=2",
-            "--console-log-level=warn",
-            "--summary-interval=0",
-            "--check-integrity=true",
-            "--file-allocation=none",
-        ])
-        .arg(format!("--interface={ip}"))
-        .arg(format!("--listen-port={}", free_port(ip)));
-    if seed {
-        cmd.args(["--seed-ratio=0.0", "--seed-time=60"]);
-    } else {
-        cmd.arg("--seed-time=0");
-    }
-    cmd.arg(torrent);
-    Proc::spawn(name, cmd)
-}
-
 #[test]
 fn btd_and_aria2_with_encryption_required_both_ways() {
     let tmp = TempDir::new("enc-aria2");
@@ -478,7 +444,8 @@ fn btd_and_aria2_with_encryption_required_both_ways() {
 
     // aria2 (crypto required) waits as a leecher; btd (required) seeds and dials it.
     let a2_out = tmp.subdir("out-aria2");
-    let mut leech = aria2("aria2 leecher (crypto required)", &torrent, &a2_out, false);
+    let mut leech =
+        aria2_crypto_required("aria2 leecher (crypto required)", &torrent, &a2_out, false);
     wait_until(within(SHORT), "aria2 announced as a leecher", || {
         tracker.leechers(&info.info_hash) >= 1
     });
@@ -494,7 +461,8 @@ fn btd_and_aria2_with_encryption_required_both_ways() {
     seed.terminate_and_assert_ok(SHORT);
 
     // aria2 seeds; btd (required) downloads, dialling it.
-    let mut a2_seed = aria2("aria2 seeder (crypto required)", &torrent, &seed_dir, true);
+    let mut a2_seed =
+        aria2_crypto_required("aria2 seeder (crypto required)", &torrent, &seed_dir, true);
     wait_until(within(SHORT), "aria2 announced as a seeder", || {
         tracker.seeders(&info.info_hash) >= 1
     });

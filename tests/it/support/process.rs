@@ -738,6 +738,39 @@ fn subcommand<S: AsRef<OsStr>>(args: &[S]) -> Option<&str> {
     None
 }
 
+/// `aria2c` with encryption required (`--bt-require-crypto --bt-min-crypto-level=arc4`), DHT,
+/// LSD, PEX off, no port mapping (aria2 has none for BitTorrent), finding its peer through
+/// a tracker on loopback (aria2 takes no peer address on the command line). It announces
+/// `requirecrypto=1`. `seed`: seed for 60 s once complete; otherwise exit once complete.
+pub fn aria2_crypto_required(name: &str, torrent: &Path, dir: &Path, seed: bool) -> Proc {
+    super::require_program("aria2c", "aria2");
+    let ip = super::next_ip();
+    let mut cmd = Command::new("aria2c");
+    cmd.arg(format!("--dir={}", dir.display()))
+        .args([
+            "--enable-dht=false",
+            "--enable-dht6=false",
+            "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false",
+            "--bt-require-crypto=true",
+            "--bt-min-crypto-level=arc4",
+            "--bt-tracker-interval=2",
+            "--console-log-level=warn",
+            "--summary-interval=0",
+            "--check-integrity=true",
+            "--file-allocation=none",
+        ])
+        .arg(format!("--interface={ip}"))
+        .arg(format!("--listen-port={}", super::free_port(ip)));
+    if seed {
+        cmd.args(["--seed-ratio=0.0", "--seed-time=60"]);
+    } else {
+        cmd.arg("--seed-time=0");
+    }
+    cmd.arg(torrent);
+    Proc::spawn(name, cmd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::{parse_listening, parse_rpc_serving};
