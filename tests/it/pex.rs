@@ -536,3 +536,45 @@ fn btd_in_tolerated_mode_redials_a_peer_that_said_e1_encrypted_first() {
         btd.proc.terminate_and_assert_ok(SHORT);
     }
 }
+
+/// BEP 11 `added.f` 0x02 in: a seeding btd told of two peers by PEX dials the one without the
+/// flag and never the one flagged a seed (neither side would take anything).
+#[test]
+fn a_seeding_btd_does_not_dial_a_pex_peer_flagged_a_seed() {
+    use crate::support::fake_peer::{FakeListener, Fixture, compact_v4, frame, take_pex_from_btd};
+    let fx = Fixture::new("pex-flag-seed-in", MIB, 32 * 1024);
+    let source = FakeListener::bind("pex source", next_ip());
+    let seed_peer = FakeListener::bind("a seed, flagged 0x02", next_ip());
+    let leech_peer = FakeListener::bind("a leecher, flagged 0x00", next_ip());
+    let mut btd = Btd::seed(
+        "btd seeder",
+        &fx.torrent,
+        &fx.seed_dir,
+        next_ip(),
+        &[source.addr()],
+    );
+    let mut fake = source.accept(within(SHORT));
+    fake.expect_handshake(&fx.meta.info_hash, within(SHORT));
+    take_pex_from_btd(&mut fake, &fx.meta.info_hash);
+    let mut pex = vec![2u8];
+    pex.extend_from_slice(b"d5:added12:");
+    pex.extend(compact_v4(seed_peer.addr()));
+    pex.extend(compact_v4(leech_peer.addr()));
+    pex.extend_from_slice(b"7:added.f2:");
+    pex.extend_from_slice(&[0x02, 0x00]);
+    pex.push(b'e');
+    fake.send_raw("ut_pex naming a seed and a leecher", &frame(20, &pex));
+    assert!(
+        leech_peer.dialled_by(within(SHORT)),
+        "btd never dialled the unflagged PEX peer:\n{}",
+        btd.proc.output()
+    );
+    // The leecher was dialled: the seed, told of in the same message, had its chance too.
+    assert!(
+        !seed_peer.dialled_by(within(Duration::from_secs(3))),
+        "a seeding btd dialled a peer PEX flagged a seed:\n{}",
+        btd.proc.output()
+    );
+    drop(fake);
+    btd.proc.terminate_and_assert_ok(SHORT);
+}

@@ -991,6 +991,11 @@ impl FakeListener {
         None
     }
 
+    /// Whether anyone connects by `deadline` (the connection is closed at once).
+    pub fn dialled_by(&self, deadline: Instant) -> bool {
+        self.next_stream(deadline).is_some()
+    }
+
     /// Whether the next incoming connection starts with a plaintext BitTorrent handshake
     /// (`false`: an MSE one, or it closed first); the connection is closed after.
     ///
