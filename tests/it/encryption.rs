@@ -484,3 +484,88 @@ fn btd_and_aria2_with_encryption_required_both_ways() {
 fn within(d: Duration) -> std::time::Instant {
     std::time::Instant::now() + d
 }
+
+/// A hostile initiator's cost is bounded (the responder's side of MSE). 70 connections from 70
+/// addresses each send 96 random bytes, a Diffie-Hellman public key as far as btd can tell:
+/// btd answers 64 at once with its own key (its handshake slots bound the DH work) and closes
+/// the rest at once. Each answered one then sends 1 KiB without the `req1` hash that must come
+/// within 512 bytes of padding after the key, and is closed at once, not at the handshake's
+/// 10 s timeout. A libtorrent leecher that forces RC4 then downloads everything.
+#[test]
+fn a_flood_of_garbage_public_keys_costs_at_most_the_handshake_slots_and_an_honest_peer_completes() {
+    use std::io::{ErrorKind, Read, Write};
+    use std::time::Instant;
+    let tmp = TempDir::new("enc-flood");
+    let (seed_dir, torrent) = payload(&tmp, "enc_flood");
+    let (mut btd, btd_addr) = btd_seed(
+        "btd seeder (required)",
+        &torrent,
+        &seed_dir,
+        &[],
+        "required",
+    );
+    let mut rng = Rng::new(test_seed("enc_flood_keys"));
+    let streams: Vec<std::net::TcpStream> = (0..70)
+        .map(|_| {
+            let mut s = crate::support::connect_from(next_ip(), btd_addr).expect("connect");
+            let mut key = [0u8; 96];
+            rng.fill(&mut key);
+            // A write to a connection btd already closed may fail: that is a refusal too.
+            let _ = s.write_all(&key);
+            s
+        })
+        .collect();
+    let mut answered = Vec::new();
+    let mut refused = 0;
+    for mut s in streams {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut key = [0u8; 96];
+        match s.read_exact(&mut key) {
+            Ok(()) => answered.push(s),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(
+        (answered.len(), refused),
+        (64, 6),
+        "of 70 initiators btd answered (n, refused); want 64 answered"
+    );
+    let sent = Instant::now();
+    let mut garbage = [0u8; 1024];
+    rng.fill(&mut garbage);
+    for s in &mut answered {
+        let _ = s.write_all(&garbage);
+    }
+    for mut s in answered {
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {} // the rest of btd's padding
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+                Err(e) => panic!(
+                    "an initiator with no req1 hash still open after {:?}: {e}",
+                    sent.elapsed()
+                ),
+            }
+        }
+    }
+
+    let out = tmp.subdir("out");
+    let mut lt = LtClient::with_options(
+        "libtorrent leecher (pe_forced, rc4)",
+        "leech",
+        &PeerSpec {
+            torrent: &torrent,
+            dir: &out,
+            ip: next_ip(),
+            peers: vec![btd_addr],
+            announce: false,
+        },
+        &["--encryption", "forced", "--enc-level", "rc4"],
+    );
+    lt.wait_complete(TRANSFER);
+    assert_same_files(&seed_dir.join("enc"), &out.join("enc"));
+    btd.terminate_and_assert_ok(SHORT);
+}
