@@ -1308,7 +1308,11 @@ impl Handler for MetadataPeer<'_> {
         };
         let Some(their_id) = self.their_id else {
             if ext_id == HANDSHAKE_EXT_ID {
-                let theirs = ExtendedHandshake::decode(body).map_err(PeerError::Protocol)?;
+                let theirs =
+                    ExtendedHandshake::decode(body).map_err(|reason| PeerError::BadExtended {
+                        extension: "extended handshake",
+                        reason,
+                    })?;
                 return self.on_extended_handshake(&theirs);
             }
             return Ok(());
@@ -1316,28 +1320,32 @@ impl Handler for MetadataPeer<'_> {
         if ext_id != OUR_UT_METADATA_ID {
             return Ok(());
         }
-        let event = match MetadataMessage::decode(body).map_err(PeerError::Protocol)? {
-            MetadataMessage::Data {
-                piece,
-                total_size,
-                data,
-            } => Event::Piece {
-                peer: self.peer,
-                piece,
-                total_size,
-                data: data.to_vec(),
-            },
-            MetadataMessage::Reject { piece } => Event::Rejected {
-                peer: self.peer,
-                piece,
-            },
-            MetadataMessage::Request { piece } => {
-                // We have no metadata to give (we did not send a metadata_size).
-                conn.queue_extended(their_id, &MetadataMessage::Reject { piece }.encode());
-                return Ok(());
-            }
-            MetadataMessage::Other { .. } => return Ok(()),
-        };
+        let event =
+            match MetadataMessage::decode(body).map_err(|reason| PeerError::BadExtended {
+                extension: "ut_metadata",
+                reason,
+            })? {
+                MetadataMessage::Data {
+                    piece,
+                    total_size,
+                    data,
+                } => Event::Piece {
+                    peer: self.peer,
+                    piece,
+                    total_size,
+                    data: data.to_vec(),
+                },
+                MetadataMessage::Reject { piece } => Event::Rejected {
+                    peer: self.peer,
+                    piece,
+                },
+                MetadataMessage::Request { piece } => {
+                    // We have no metadata to give (we did not send a metadata_size).
+                    conn.queue_extended(their_id, &MetadataMessage::Reject { piece }.encode());
+                    return Ok(());
+                }
+                MetadataMessage::Other { .. } => return Ok(()),
+            };
         self.report(event)
     }
 }

@@ -220,8 +220,27 @@ pub enum PeerError {
     Closed,
     #[error("bad message: {0}")]
     Wire(#[from] WireError),
-    #[error("protocol violation: {0}")]
-    Protocol(String),
+    /// A `have` for a piece the torrent does not have.
+    #[error("protocol violation: have for piece {piece} out of range")]
+    PieceOutOfRange { piece: u32 },
+    /// `have all`, `have none` or `reject` from a peer that did not set the fast bit (BEP 6).
+    #[error("protocol violation: fast-extension message from a peer without the fast bit")]
+    FastWithoutBit,
+    /// An extended message (BEP 10) we offered that does not decode: `extension` names it.
+    #[error("protocol violation: {extension}: {reason}")]
+    BadExtended {
+        extension: &'static str,
+        reason: String,
+    },
+    /// A request for more than a block (16 KiB).
+    #[error("protocol violation: request of {len} bytes")]
+    OversizedRequest { len: u32 },
+    /// More requests queued than we serve at once.
+    #[error("protocol violation: request flood")]
+    RequestFlood,
+    /// Our side's orders came out of order (a bug of ours, not the peer's fault).
+    #[error("coordinator sent {0} out of order")]
+    CommandOutOfOrder(&'static str),
     /// The peer did not set the extension-protocol bit (BEP 10), which the metadata fetch needs.
     #[error("does not speak the extension protocol (BEP 10)")]
     NoExtensions,
@@ -261,7 +280,13 @@ impl PeerError {
     pub fn is_misbehaviour(&self) -> bool {
         matches!(
             self,
-            Self::Wire(_) | Self::Protocol(_) | Self::BadMetadataSize { .. }
+            Self::Wire(_)
+                | Self::PieceOutOfRange { .. }
+                | Self::FastWithoutBit
+                | Self::BadExtended { .. }
+                | Self::OversizedRequest { .. }
+                | Self::RequestFlood
+                | Self::BadMetadataSize { .. }
         )
     }
 }

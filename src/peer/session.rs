@@ -306,9 +306,7 @@ impl<'a> Session<'a> {
                 Ok(())
             }
             Ok(PeerCommand::Shutdown) => Err(PeerError::Dropped),
-            Ok(other) => Err(PeerError::Protocol(format!(
-                "coordinator sent {other:?} before Start"
-            ))),
+            Ok(_) => Err(PeerError::CommandOutOfOrder("a command before Start")),
             Err(_) => Err(PeerError::CoordinatorGone),
         }
     }
@@ -381,7 +379,7 @@ impl<'a> Session<'a> {
             }
             PeerCommand::Shutdown => return Err(PeerError::Dropped),
             PeerCommand::Start { .. } => {
-                return Err(PeerError::Protocol("coordinator sent Start twice".into()));
+                return Err(PeerError::CommandOutOfOrder("Start twice"));
             }
         }
         Ok(())
@@ -510,9 +508,7 @@ impl<'a> Session<'a> {
             }
             Message::Have(piece) => {
                 if piece >= self.ctx.geometry.num_pieces {
-                    return Err(PeerError::Protocol(format!(
-                        "have for piece {piece} out of range"
-                    )));
+                    return Err(PeerError::PieceOutOfRange { piece });
                 }
                 self.report(PeerEvent::Have { peer, piece })?;
             }
@@ -553,9 +549,7 @@ impl<'a> Session<'a> {
                 self.report(PeerEvent::RequestRejected { peer, block })?;
             }
             Message::HaveAll | Message::HaveNone | Message::Reject(_) => {
-                return Err(PeerError::Protocol(
-                    "fast-extension message from a peer without the fast bit".into(),
-                ));
+                return Err(PeerError::FastWithoutBit);
             }
             Message::Suggest(_) | Message::AllowedFast(_) => {}
             Message::Port(port) => {
@@ -574,7 +568,10 @@ impl<'a> Session<'a> {
 
     fn on_extended(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), PeerError> {
         let Some((&ext_id, dict)) = payload.split_first() else {
-            return Err(PeerError::Protocol("empty extended message".into()));
+            return Err(PeerError::BadExtended {
+                extension: "extended message",
+                reason: "empty".into(),
+            });
         };
         if ext_id == OUR_UT_METADATA_ID {
             return self.on_metadata_message(dict, out);
@@ -585,7 +582,10 @@ impl<'a> Session<'a> {
                     peer: self.peer,
                     added: pex.added,
                 }),
-                Err(e) => Err(PeerError::Protocol(format!("ut_pex: {e}"))),
+                Err(reason) => Err(PeerError::BadExtended {
+                    extension: "ut_pex",
+                    reason,
+                }),
             };
         }
         if ext_id != HANDSHAKE_EXT_ID {
@@ -628,8 +628,10 @@ impl<'a> Session<'a> {
 
     /// Serves our metadata (BEP 9): a piece of the info dictionary, or a reject.
     fn on_metadata_message(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), PeerError> {
-        let msg = MetadataMessage::decode(bytes)
-            .map_err(|e| PeerError::Protocol(format!("ut_metadata: {e}")))?;
+        let msg = MetadataMessage::decode(bytes).map_err(|reason| PeerError::BadExtended {
+            extension: "ut_metadata",
+            reason,
+        })?;
         let MetadataMessage::Request { piece } = msg else {
             return Ok(()); // we never ask, so data and rejects are not for us
         };
@@ -661,10 +663,7 @@ impl<'a> Session<'a> {
 
     fn on_request(&mut self, block: BlockRef, out: &mut Vec<u8>) -> Result<(), PeerError> {
         if block.len > BLOCK_LEN {
-            return Err(PeerError::Protocol(format!(
-                "request of {} bytes",
-                block.len
-            )));
+            return Err(PeerError::OversizedRequest { len: block.len });
         }
         if self.am_choking {
             // Requests while choked are void; a racing request after our choke is normal.
@@ -680,7 +679,7 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         if self.upload_queue.len() >= MAX_UPLOAD_QUEUE {
-            return Err(PeerError::Protocol("request flood".into()));
+            return Err(PeerError::RequestFlood);
         }
         self.upload_queue.push_back(block);
         Ok(())
