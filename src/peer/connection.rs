@@ -65,6 +65,15 @@ pub trait Handler {
         Ok(())
     }
 
+    /// Every whole message of this turn's read was handed over (a place to pass on what the
+    /// handler gathered from them at once).
+    ///
+    /// # Errors
+    /// Ends the connection with this reason.
+    fn on_decoded(&mut self) -> Result<(), PeerError> {
+        Ok(())
+    }
+
     /// Everything queued so far was written to the stream.
     fn on_flushed(&mut self) {}
 }
@@ -265,6 +274,7 @@ impl Connection {
                 break;
             }
         }
+        handler.on_decoded()?;
         self.timers(Instant::now())
     }
 

@@ -3,7 +3,8 @@
 //! slots up front: 48 KiB a torrent for 512 events, which 10,000 idle torrents cannot afford),
 //! and bounded on top by a budget of events queued at once, taken by a sender before it sends
 //! and given back by the coordinator as it takes each one: a slow coordinator still pushes back
-//! on its peers' reads. When the coordinator is gone, a sender waiting for room gets its event
+//! on its peers' reads. An event of received blocks takes a unit of the budget per block, so the
+//! budget bounds the block bytes queued however they are batched. When the coordinator is gone, a sender waiting for room gets its event
 //! back, as with a disconnected channel.
 
 use std::sync::Arc;
@@ -30,17 +31,18 @@ struct Budget {
 }
 
 impl Budget {
-    /// Takes room for one event, waiting while there is none; false once the receiver is gone.
-    fn acquire(&self) -> bool {
+    /// Takes room for `n` (an event's weight), waiting while there is none; room for more than
+    /// the whole budget is taken once nothing else is queued. False once the receiver is gone.
+    fn acquire(&self, n: usize) -> bool {
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return false;
             }
             let queued = self.queued.load(Ordering::Acquire);
-            if queued < self.capacity {
+            if queued + n <= self.capacity || queued == 0 {
                 if self
                     .queued
-                    .compare_exchange_weak(queued, queued + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .compare_exchange_weak(queued, queued + n, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
                     return true;
@@ -48,7 +50,8 @@ impl Budget {
                 continue;
             }
             let mut guard = self.lock.lock();
-            if self.queued.load(Ordering::Acquire) >= self.capacity
+            if self.queued.load(Ordering::Acquire) + n > self.capacity
+                && self.queued.load(Ordering::Acquire) != 0
                 && !self.closed.load(Ordering::Acquire)
             {
                 self.freed.wait_for(&mut guard, RECHECK);
@@ -58,7 +61,8 @@ impl Budget {
 
     fn release(&self, n: usize) {
         let before = self.queued.fetch_sub(n, Ordering::AcqRel);
-        if before >= self.capacity {
+        // A sender may be waiting for room for a batch of blocks, not only for one.
+        if before + super::MAX_BLOCKS_PER_EVENT > self.capacity {
             let _guard = self.lock.lock();
             self.freed.notify_all();
         }
@@ -83,10 +87,13 @@ impl EventSender {
     /// # Errors
     /// The event back when the coordinator is gone.
     pub fn send(&self, event: PeerEvent) -> Result<(), SendError<PeerEvent>> {
-        if !self.budget.acquire() {
+        let weight = event.weight();
+        if !self.budget.acquire(weight) {
             return Err(SendError(event));
         }
-        self.tx.send(event).inspect_err(|_| self.budget.release(1))
+        self.tx
+            .send(event)
+            .inspect_err(|_| self.budget.release(weight))
     }
 }
 
@@ -98,7 +105,8 @@ pub struct EventReceiver {
 }
 
 impl EventReceiver {
-    /// Gives back the room of `n` events taken from `rx`.
+    /// Gives back the room of events taken from `rx` whose weights ([`PeerEvent::weight`]) add
+    /// up to `n`.
     pub fn taken(&self, n: usize) {
         self.budget.release(n);
     }
@@ -147,6 +155,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+    use crate::torrent::piece_buffer::BlockData;
 
     fn event(n: u64) -> PeerEvent {
         PeerEvent::Disconnected {
@@ -189,5 +198,40 @@ mod tests {
             sender.join().unwrap(),
             "the send failed once the receiver was gone"
         );
+    }
+
+    fn blocks(n: u32) -> PeerEvent {
+        PeerEvent::BlocksReceived {
+            peer: 1,
+            blocks: (0..n)
+                .map(|i| {
+                    let block = crate::wire::BlockRef::new(0, i * 16384, 16384);
+                    (block, BlockData::copy_of(&[0u8; 16]))
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn received_blocks_take_a_unit_each_and_a_batch_waits_for_room_for_all_of_them() {
+        let (tx, rx) = channel(4);
+        tx.send(blocks(3)).unwrap();
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let sender = std::thread::spawn(move || {
+            tx.send(blocks(2)).unwrap();
+            done_tx.send(()).unwrap();
+            tx
+        });
+        // 3 of 4 units queued: a batch of 2 waits, though one event is all that is queued.
+        assert!(done_rx.recv_timeout(Duration::from_millis(200)).is_err());
+        let first = rx.rx.recv().unwrap();
+        rx.taken(first.weight());
+        done_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let tx = sender.join().unwrap();
+        // A batch larger than the whole budget still goes when nothing else is queued.
+        let second = rx.rx.recv().unwrap();
+        rx.taken(second.weight());
+        tx.send(blocks(9)).unwrap();
+        assert_eq!(rx.rx.recv().unwrap().weight(), 9);
     }
 }

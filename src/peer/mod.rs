@@ -104,18 +104,35 @@ pub enum PeerEvent {
     NotInterested {
         peer: PeerKey,
     },
-    /// A block's data, moved, never shared: copied once from the read buffer, it goes on into
-    /// its piece and to the disk as it is.
-    BlockReceived {
+    /// Blocks' data, moved, never shared: each copied once from the read buffer, they go on
+    /// into their pieces and to the disk as they are. A session sends the blocks of one read
+    /// together, at most [`MAX_BLOCKS_PER_EVENT`], in the order they came; each block counts
+    /// against the event budget ([`PeerEvent::weight`]).
+    BlocksReceived {
         peer: PeerKey,
-        block: BlockRef,
-        data: BlockData,
+        blocks: Vec<(BlockRef, BlockData)>,
     },
     /// The thread is ending; sent exactly once after `Connected`, also when the thread panics.
     Disconnected {
         peer: PeerKey,
         reason: PeerError,
     },
+}
+
+/// Blocks a session sends in one [`PeerEvent::BlocksReceived`] at most: the blocks of one read
+/// of the 512 KiB buffer, one wake-up of the coordinator instead of one per block.
+pub const MAX_BLOCKS_PER_EVENT: usize = 32;
+
+impl PeerEvent {
+    /// Room the event takes in the torrent's event budget: a block each for received blocks
+    /// (so the budget bounds the block bytes queued, batched or not), 1 for anything else.
+    #[must_use]
+    pub fn weight(&self) -> usize {
+        match self {
+            Self::BlocksReceived { blocks, .. } => blocks.len().max(1),
+            _ => 1,
+        }
+    }
 }
 
 /// Orders for one peer thread, in the imperative.

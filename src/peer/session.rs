@@ -19,7 +19,7 @@ use log::{debug, trace};
 use super::conn::{self, PeerStream};
 use super::connection::{self, Connection, EndGuard, Handler, ReadPlan};
 use super::mse::Encryption;
-use super::{PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
+use super::{MAX_BLOCKS_PER_EVENT, PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
 use crate::torrent::picker::PeerKey;
 use crate::torrent::piece_buffer::BlockData;
 use crate::wire::extension::{
@@ -196,6 +196,8 @@ fn run_connected(
         Ok(()) => conn.run(&mut session),
         Err(e) => e,
     };
+    // Blocks received before the end still reach their pieces (they were counted).
+    let _ = session.send_received();
     // Blocks read for the peer but never written: not sent, so not counted.
     session.release_unflushed();
     debug!("peer {addr}: disconnected: {reason}");
@@ -233,6 +235,10 @@ struct Session<'a> {
     upload_queue: VecDeque<BlockRef>,
     /// The upload limit stopped us serving this turn: wait a little instead of spinning.
     upload_throttled: bool,
+    /// Blocks of this turn's read not yet reported: they go to the coordinator in one event at
+    /// the end of the read, when [`MAX_BLOCKS_PER_EVENT`] have gathered, or before any other
+    /// event (so the coordinator sees everything in the order the peer sent it).
+    received: Vec<(BlockRef, BlockData)>,
 }
 
 impl<'a> Session<'a> {
@@ -260,6 +266,7 @@ impl<'a> Session<'a> {
             dht: false,
             peer_ut_metadata: None,
             peer_ut_pex: None,
+            received: Vec::new(),
             upload_queue: VecDeque::new(),
             upload_throttled: false,
         }
@@ -467,9 +474,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// A piece message's block: counted, then reported to the coordinator.
+    /// A piece message's block: counted, then gathered for the coordinator.
     fn on_block(&mut self, piece: u32, offset: u32, data: BlockData) -> Result<(), PeerError> {
-        let peer = self.peer;
         let len = u32::try_from(data.len()).expect("decoder bounds piece messages");
         self.stats.add_downloaded(data.len() as u64);
         self.ctx
@@ -477,11 +483,33 @@ impl<'a> Session<'a> {
             .downloaded
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         trace!("peer {}: <- piece {piece}+{offset} ({len} B)", self.addr);
-        let block = BlockRef::new(piece, offset, len);
-        self.report(PeerEvent::BlockReceived { peer, block, data })
+        self.received
+            .push((BlockRef::new(piece, offset, len), data));
+        if self.received.len() >= MAX_BLOCKS_PER_EVENT {
+            self.send_received()?;
+        }
+        Ok(())
     }
 
-    fn report(&self, event: PeerEvent) -> Result<(), PeerError> {
+    /// Reports the blocks gathered, if any, in one event.
+    fn send_received(&mut self) -> Result<(), PeerError> {
+        if self.received.is_empty() {
+            return Ok(());
+        }
+        let blocks = std::mem::take(&mut self.received);
+        self.send(PeerEvent::BlocksReceived {
+            peer: self.peer,
+            blocks,
+        })
+    }
+
+    /// Reports `event`, after the blocks that came before it.
+    fn report(&mut self, event: PeerEvent) -> Result<(), PeerError> {
+        self.send_received()?;
+        self.send(event)
+    }
+
+    fn send(&self, event: PeerEvent) -> Result<(), PeerError> {
         self.ctx
             .events
             .send(event)
@@ -723,6 +751,10 @@ impl Handler for Session<'_> {
     fn on_piece(&mut self, piece: u32, offset: u32, data: &[u8]) -> Result<(), PeerError> {
         self.received_any = true;
         self.on_block(piece, offset, BlockData::copy_of(data))
+    }
+
+    fn on_decoded(&mut self) -> Result<(), PeerError> {
+        self.send_received()
     }
 
     fn on_flushed(&mut self) {

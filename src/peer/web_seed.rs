@@ -1,7 +1,7 @@
 //! Web seeds (BEP 19): thread "webseed URL", one per `url-list` URL of a running torrent. It
 //! stands in the coordinator's peer table like a peer that has every piece and never chokes
 //! us, so the picker, the piece buffers, hash verification and blame serve it unchanged: it
-//! obeys `Request`, `Cancel` and `Shutdown` ([`PeerCommand`]) and reports `BlockReceived`
+//! obeys `Request`, `Cancel` and `Shutdown` ([`PeerCommand`]) and reports `BlocksReceived`
 //! ([`PeerEvent`]). It fetches the requested blocks with HTTP range requests (attohttpc), one
 //! request at a time (its concurrency bound), a run of contiguous blocks coalesced into one
 //! range per file it touches. An HTTP error voids what it was asked for (reported as `Choked`),
@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use log::{debug, warn};
 
 use super::session::disconnect_guard;
-use super::{PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
+use super::{MAX_BLOCKS_PER_EVENT, PeerCommand, PeerError, PeerEvent, PeerStats, TorrentContext};
 use crate::metainfo::{FileEntry, Metainfo};
 use crate::percent;
 use crate::profile::{self, Role};
@@ -175,21 +175,23 @@ impl WebSeed {
             match self.fetch(&run) {
                 Ok(data) => {
                     self.failures = 0;
+                    // One event per run of at most MAX_BLOCKS_PER_EVENT blocks.
                     let mut at = 0;
-                    for block in run {
-                        let len = block.len as usize;
-                        let piece = BlockData::copy_of(&data[at..at + len]);
-                        at += len;
-                        if self
-                            .ctx
-                            .events
-                            .send(PeerEvent::BlockReceived {
-                                peer: self.peer,
-                                block,
-                                data: piece,
+                    for chunk in run.chunks(MAX_BLOCKS_PER_EVENT) {
+                        let blocks = chunk
+                            .iter()
+                            .map(|&block| {
+                                let len = block.len as usize;
+                                let data = BlockData::copy_of(&data[at..at + len]);
+                                at += len;
+                                (block, data)
                             })
-                            .is_err()
-                        {
+                            .collect();
+                        let event = PeerEvent::BlocksReceived {
+                            peer: self.peer,
+                            blocks,
+                        };
+                        if self.ctx.events.send(event).is_err() {
                             return PeerError::CoordinatorGone;
                         }
                     }

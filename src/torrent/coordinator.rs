@@ -508,13 +508,13 @@ impl Coordinator {
                     if let Ok(event) = event {
                         let started = Instant::now();
                         profile.max_queue = profile.max_queue.max(self.events.len() + 1);
-                        self.events.taken(1);
+                        self.events.taken(event.weight());
                         self.on_peer_event(event);
                         let mut handled = 1;
                         // Take what else is queued before paying for another select.
                         for _ in 0..EVENT_BATCH {
                             let Ok(event) = self.events.rx.try_recv() else { break };
-                            self.events.taken(1);
+                            self.events.taken(event.weight());
                             self.on_peer_event(event);
                             handled += 1;
                         }
@@ -812,7 +812,11 @@ impl Coordinator {
                     p.peer_interested = false;
                 }
             }
-            PeerEvent::BlockReceived { peer, block, data } => self.on_block(peer, block, data),
+            PeerEvent::BlocksReceived { peer, blocks } => {
+                for (block, data) in blocks {
+                    self.on_block(peer, block, data);
+                }
+            }
             PeerEvent::Disconnected { peer, reason } => self.on_disconnected(peer, &reason),
         }
     }
@@ -2014,8 +2018,8 @@ impl Coordinator {
             select! {
                 recv(self.peer_threads_ended) -> _ => break true,
                 recv(self.events.rx) -> event => {
-                    if event.is_ok() {
-                        self.events.taken(1);
+                    if let Ok(event) = event {
+                        self.events.taken(event.weight());
                     }
                 }
                 default(wait) => break false,

@@ -3,7 +3,7 @@
 //! a piece that fails its hash names its culprit instead of every contributor.
 //!
 //! A block's bytes are copied once in user space: the peer thread copies them from its read
-//! buffer into a [`BlockData`], which travels in the `BlockReceived` event, waits here, and goes
+//! buffer into a [`BlockData`], which travels in a `BlocksReceived` event, waits here, and goes
 //! to the disk thread in its piece's [`PieceData`] as it is: hashed in order, written with one
 //! `pwritev` per file ([`crate::storage`]). Each block starts on a 4 KiB boundary, so the disk
 //! threads can write the pieces with `O_DIRECT`. Memory follows the bytes received, not the
