@@ -196,24 +196,7 @@ fn libtorrent_downloads_from_btd_in_required_mode_over_rc4_and_a_plaintext_peer_
         });
 
     let out = tmp.subdir("out");
-    let mut lt = LtClient::with_options(
-        "libtorrent leecher (pe_forced, rc4)",
-        "leech",
-        &PeerSpec {
-            torrent: &torrent,
-            dir: &out,
-            ip: next_ip(),
-            peers: vec![btd_addr],
-            announce: false,
-        },
-        &[
-            "--encryption",
-            "forced",
-            "--enc-level",
-            "rc4",
-            "--log-peers",
-        ],
-    );
+    let mut lt = LtClient::forced_rc4("leech", &torrent, &out, vec![btd_addr], &[]);
     lt.wait_complete(TRANSFER);
     assert_same_files(&seed_dir.join("enc"), &out.join("enc"));
     assert_eq!(lt_peer_encryption(&mut lt), (true, false));
@@ -553,18 +536,7 @@ fn a_flood_of_garbage_public_keys_costs_at_most_the_handshake_slots_and_an_hones
     }
 
     let out = tmp.subdir("out");
-    let mut lt = LtClient::with_options(
-        "libtorrent leecher (pe_forced, rc4)",
-        "leech",
-        &PeerSpec {
-            torrent: &torrent,
-            dir: &out,
-            ip: next_ip(),
-            peers: vec![btd_addr],
-            announce: false,
-        },
-        &["--encryption", "forced", "--enc-level", "rc4"],
-    );
+    let mut lt = LtClient::forced_rc4("leech", &torrent, &out, vec![btd_addr], &[]);
     lt.wait_complete(TRANSFER);
     assert_same_files(&seed_dir.join("enc"), &out.join("enc"));
     btd.terminate_and_assert_ok(SHORT);

@@ -283,38 +283,6 @@ fn fake_pex_peer(
     fake
 }
 
-/// A libtorrent `mode` (seed or leech) that speaks RC4-encrypted connections only
-/// (`pe_forced`) and prints a `PEER` line per peer with its encryption; `extra` options after.
-fn lt_forced_rc4(
-    mode: &str,
-    torrent: &std::path::Path,
-    dir: &std::path::Path,
-    peers: Vec<std::net::SocketAddr>,
-    extra: &[&str],
-) -> crate::support::ScriptClient {
-    let spec = PeerSpec {
-        torrent,
-        dir,
-        ip: next_ip(),
-        peers,
-        announce: false,
-    };
-    let mut options = vec![
-        "--encryption",
-        "forced",
-        "--enc-level",
-        "rc4",
-        "--log-peers",
-    ];
-    options.extend_from_slice(extra);
-    LtClient::with_options(
-        &format!("libtorrent {mode} (pe_forced, rc4)"),
-        mode,
-        &spec,
-        &options,
-    )
-}
-
 /// `btd download --encryption tolerated` into `out` with `peer` as its only `--peer`, and the
 /// fake's side of btd's first connection (which `accept` takes only when it opens in plaintext),
 /// btd's handshake read.
@@ -367,7 +335,7 @@ fn btd_flags_a_peer_that_connected_over_mse_as_preferring_encryption_in_its_pex(
     let mut seeder = Btd::spawn("btd seeder (preferred)", cmd);
     let addr = seeder.wait_listening();
     let lt_dir = fx.out_dir("lt");
-    let mut lt = lt_forced_rc4("leech", &fx.torrent, &lt_dir, vec![addr], &[]);
+    let mut lt = LtClient::forced_rc4("leech", &fx.torrent, &lt_dir, vec![addr], &[]);
     let lt_addr = lt.wait_listening();
     let rc4 = lt.proc.wait_for_line(SHORT, "a PEER line for btd", |l| {
         let rest = l.strip_prefix("PEER ")?;
@@ -421,7 +389,7 @@ fn btd_flags_a_peer_that_connected_over_mse_as_preferring_encryption_in_its_pex(
 fn btd_in_tolerated_mode_dials_a_pex_peer_flagged_encrypted_encrypted_first() {
     use crate::support::fake_peer::{FakeListener, Fixture, compact_v4, frame, take_pex_from_btd};
     let fx = Fixture::new("pex-flag-in", 2 * MIB, 32 * 1024);
-    let mut lt = lt_forced_rc4("seed", &fx.torrent, &fx.seed_dir, vec![], &[]);
+    let mut lt = LtClient::forced_rc4("seed", &fx.torrent, &fx.seed_dir, vec![], &[]);
     let lt_addr = lt.wait_listening();
     lt.wait_seeding();
     for flags in [0x01u8, 0x00] {
@@ -470,7 +438,7 @@ fn btd_flags_a_seed_it_reached_over_mse_as_a_seed_preferring_encryption() {
     let fx = Fixture::new("pex-flag-seed", 4 * MIB, 32 * 1024);
     // A slow seeder, so btd is still downloading when its PEX goes out.
     let slow = ["--upload-limit", "262144"];
-    let mut lt = lt_forced_rc4("seed", &fx.torrent, &fx.seed_dir, vec![], &slow);
+    let mut lt = LtClient::forced_rc4("seed", &fx.torrent, &fx.seed_dir, vec![], &slow);
     let lt_addr = lt.wait_listening();
     lt.wait_seeding();
     let out = fx.out_dir("out");

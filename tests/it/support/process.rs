@@ -656,6 +656,39 @@ impl LtClient {
         ScriptClient::spawn(name, "lt_client.py", mode, spec, TRANSFER * 3, options)
     }
 
+    /// A libtorrent `mode` (seed or leech) on a loopback address of its own that speaks
+    /// RC4-encrypted connections only (`pe_forced`), dials `peers`, and prints a `PEER` line per
+    /// peer with its encryption (`--log-peers`); `extra` options after.
+    pub fn forced_rc4(
+        mode: &str,
+        torrent: &Path,
+        dir: &Path,
+        peers: Vec<SocketAddr>,
+        extra: &[&str],
+    ) -> ScriptClient {
+        let spec = PeerSpec {
+            torrent,
+            dir,
+            ip: super::next_ip(),
+            peers,
+            announce: false,
+        };
+        let mut options = vec![
+            "--encryption",
+            "forced",
+            "--enc-level",
+            "rc4",
+            "--log-peers",
+        ];
+        options.extend_from_slice(extra);
+        Self::with_options(
+            &format!("libtorrent {mode} (pe_forced, rc4)"),
+            mode,
+            &spec,
+            &options,
+        )
+    }
+
     /// A leecher of `torrent` into `dir`, on a loopback address of its own, that gets the
     /// data from `seed` alone (no trackers).
     pub fn leech_from(name: &str, torrent: &Path, dir: &Path, seed: SocketAddr) -> ScriptClient {
