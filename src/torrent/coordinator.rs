@@ -81,6 +81,10 @@ const MAX_DEPARTED: usize = 4096;
 const STARVED_PEERS: usize = 5;
 const RETRY_BASE: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// The longest an address that failed waits for its next dial while the torrent downloads with
+/// fewer than [`STARVED_PEERS`] peers: a seeder that turned us away (still checking its data,
+/// or full for a moment) is worth another try soon when it is all there is, not in a minute.
+const RETRY_STARVED_MAX: Duration = Duration::from_secs(8);
 /// Peer-exchange messages go to each peer at most this often (BEP 11).
 const PEX_INTERVAL: Duration = Duration::from_secs(60);
 /// Most peers one PEX message describes.
@@ -963,6 +967,7 @@ impl Coordinator {
 
     fn on_addr_failed(&mut self, addr: SocketAddr, is_self: bool) {
         let now = Instant::now();
+        let starved = !self.picker.is_done() && self.peer_count() < STARVED_PEERS;
         if let Some(info) = self.addrs.get_mut(&addr) {
             info.connecting = false;
             info.connected = None;
@@ -970,9 +975,7 @@ impl Coordinator {
             let backoff = if is_self {
                 Duration::from_secs(24 * 3600)
             } else {
-                RETRY_BASE
-                    .saturating_mul(1 << info.failures.min(6))
-                    .min(RETRY_MAX)
+                retry_backoff(info.failures, starved)
             };
             info.retry_at = now + backoff;
         }
@@ -2059,9 +2062,25 @@ fn share_pipelines(pipelines: &mut [usize], budget: usize) {
     }
 }
 
+/// How long an address waits for its next dial after its `failures`-th failure in a row:
+/// doubling from [`RETRY_BASE`], up to [`RETRY_MAX`], or [`RETRY_STARVED_MAX`] while the torrent
+/// is `starved` (downloading with few peers).
+fn retry_backoff(failures: u32, starved: bool) -> Duration {
+    let max = if starved { RETRY_STARVED_MAX } else { RETRY_MAX };
+    RETRY_BASE.saturating_mul(1 << failures.min(6)).min(max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_address_waits_doubling_but_not_long_while_the_torrent_starves() {
+        let waits: Vec<u64> = (1..=7).map(|n| retry_backoff(n, false).as_secs()).collect();
+        assert_eq!(waits, [4, 8, 16, 32, 60, 60, 60]);
+        let starved: Vec<u64> = (1..=7).map(|n| retry_backoff(n, true).as_secs()).collect();
+        assert_eq!(starved, [4, 8, 8, 8, 8, 8, 8]);
+    }
 
     #[test]
     fn pipelines_share_the_budget_in_proportion_and_keep_a_floor() {
