@@ -4,7 +4,8 @@
 //! and bounded on top by a budget of events queued at once, taken by a sender before it sends
 //! and given back by the coordinator as it takes each one: a slow coordinator still pushes back
 //! on its peers' reads. When the coordinator is gone, a sender waiting for room gets its event
-//! back, as with a disconnected channel.
+//! back, as with a disconnected channel. Every event sent rings the torrent's doorbell, which
+//! resumes a parked coordinator (`torrent/parking.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,6 +15,7 @@ use crossbeam_channel::{Receiver, SendError, Sender};
 use parking_lot::{Condvar, Mutex};
 
 use super::PeerEvent;
+use crate::torrent::parking::Doorbell;
 
 /// How long a sender waiting for room sleeps before it looks again (a safety net: a release
 /// wakes it at once).
@@ -75,6 +77,7 @@ impl Budget {
 pub struct EventSender {
     tx: Sender<PeerEvent>,
     budget: Arc<Budget>,
+    doorbell: Arc<Doorbell>,
 }
 
 impl EventSender {
@@ -86,7 +89,11 @@ impl EventSender {
         if !self.budget.acquire() {
             return Err(SendError(event));
         }
-        self.tx.send(event).inspect_err(|_| self.budget.release(1))
+        self.tx
+            .send(event)
+            .inspect_err(|_| self.budget.release(1))?;
+        self.doorbell.ring();
+        Ok(())
     }
 }
 
@@ -125,6 +132,12 @@ impl Drop for EventReceiver {
 /// A channel of at most `capacity` events queued at once.
 #[must_use]
 pub fn channel(capacity: usize) -> (EventSender, EventReceiver) {
+    ringing(capacity, Arc::default())
+}
+
+/// [`channel`], whose every event sent rings `doorbell`.
+#[must_use]
+pub fn ringing(capacity: usize, doorbell: Arc<Doorbell>) -> (EventSender, EventReceiver) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let budget = Arc::new(Budget {
         capacity,
@@ -137,6 +150,7 @@ pub fn channel(capacity: usize) -> (EventSender, EventReceiver) {
         EventSender {
             tx,
             budget: Arc::clone(&budget),
+            doorbell,
         },
         EventReceiver { rx, budget },
     )
