@@ -318,7 +318,7 @@ impl Engine {
 /// Where the DHT's peers for a running torrent go: its coordinator, as `Control::AddPeers`
 /// (the path tracker and `--peer` peers take).
 struct TorrentSink {
-    control: crossbeam_channel::Sender<Control>,
+    control: crate::torrent::ControlSender,
     stats: Arc<crate::torrent::TorrentStats>,
 }
 
@@ -328,13 +328,9 @@ const FEW_PEERS: u32 = 5;
 impl PeerSink for TorrentSink {
     fn deliver(&mut self, peers: Vec<SocketAddr>) -> bool {
         debug!("dht: {} peers", peers.len());
-        // Never block the `dht` thread: a full control queue drops this batch (the next lookup
-        // brings them again).
-        !matches!(
-            self.control
-                .try_send(Control::AddPeers(PeerSource::Dht, peers)),
-            Err(crossbeam_channel::TrySendError::Disconnected(_))
-        )
+        // Never blocks the `dht` thread: the control channel is unbounded (and a parked
+        // coordinator is resumed to take them).
+        self.control.send(Control::AddPeers(PeerSource::Dht, peers))
     }
 
     fn needs_peers(&self) -> bool {

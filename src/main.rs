@@ -308,6 +308,7 @@ fn signals() -> Result<crossbeam_channel::Receiver<()>, CommandError> {
 /// `btd daemon`: the config decides the log level and target, so it is read before logging
 /// starts. Errors go to stderr as `btd: error: ...`, and also to the log when it is a file.
 fn run_daemon(config_path: Option<&Path>) -> i32 {
+    daemon::with_malloc_tunables();
     let file = config_file(config_path);
     let config = match read_config(file.as_deref()) {
         Ok(config) => config,

@@ -377,6 +377,14 @@ impl Storage {
         self.part_path.as_deref()
     }
 
+    /// Whether [`Storage::want_files`] has anything to do for `wanted`: a wanted file still
+    /// lives in the part file. A look at each file's place, no I/O.
+    pub fn wants_files_made(&self, wanted: &[bool]) -> bool {
+        self.files.iter().enumerate().any(|(index, file)| {
+            wanted.get(index).copied().unwrap_or(true) && matches!(*file.place.read(), Place::Part)
+        })
+    }
+
     /// Files wanted now (one flag per file): each one kept in the part file so far is created
     /// and gets its bytes from the part file. Files already created stay as they are.
     ///

@@ -37,6 +37,20 @@ where
     })
 }
 
+/// A run that may move from thread to thread (a parked torrent's coordinator): it ends when
+/// the returned token, which the run carries along, is dropped. Nothing is joined.
+pub fn token() -> (crossbeam_channel::Sender<()>, Watched<()>) {
+    let (alive, ended) = crossbeam_channel::bounded::<()>(0);
+    (
+        alive,
+        Watched {
+            thread: None,
+            ended,
+            panicked: false,
+        },
+    )
+}
+
 impl<T> Watched<T> {
     /// The thread has ended (it is then joined; its result is dropped).
     pub fn is_done(&mut self) -> bool {

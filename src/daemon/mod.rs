@@ -614,3 +614,37 @@ impl Daemon {
         info!("daemon stopped");
     }
 }
+
+/// The daemon's malloc settings, which glibc reads from the environment only as a process
+/// starts: without them, `btd daemon` executes itself again, the same arguments and process id,
+/// with them added to `GLIBC_TUNABLES` (a no-op elsewhere than glibc; when the exec fails the
+/// daemon runs on as it is).
+///
+/// `glibc.malloc.mmap_threshold=1048576`: allocations of 1 MiB and more (the status file's and
+/// `torrent-get`'s JSON at 10,000 torrents, a few MiB each) get pages of their own, returned at
+/// `free`. glibc's default threshold rises to the size of each such block freed (up to 32 MiB),
+/// after which they come from the heaps and leave them fragmented for good: 10,000 parked seeds
+/// held 196 MiB after a restart that way, 138 MiB with the setting.
+pub fn with_malloc_tunables() {
+    use std::os::unix::process::CommandExt;
+    const TUNABLE: &str = "glibc.malloc.mmap_threshold=1048576";
+    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if current.contains("glibc.malloc.mmap_threshold") {
+        return;
+    }
+    let tunables = if current.is_empty() {
+        TUNABLE.to_owned()
+    } else {
+        format!("{current}:{TUNABLE}")
+    };
+    let mut args = std::env::args_os();
+    let Some(arg0) = args.next() else { return };
+    // The binary's own path, so the process keeps its name (`/proc/self/exe` would name it `exe`).
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let error = std::process::Command::new(exe)
+        .arg0(arg0)
+        .args(args)
+        .env("GLIBC_TUNABLES", tunables)
+        .exec();
+    eprintln!("btd: warning: cannot set the daemon's malloc settings ({error}); running without");
+}

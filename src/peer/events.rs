@@ -4,8 +4,9 @@
 //! and bounded on top by a budget of events queued at once, taken by a sender before it sends
 //! and given back by the coordinator as it takes each one: a slow coordinator still pushes back
 //! on its peers' reads. An event of received blocks takes a unit of the budget per block, so the
-//! budget bounds the block bytes queued however they are batched. When the coordinator is gone, a sender waiting for room gets its event
-//! back, as with a disconnected channel.
+//! budget bounds the block bytes queued however they are batched. When the coordinator is gone,
+//! a sender waiting for room gets its event back, as with a disconnected channel. Every event
+//! sent rings the torrent's doorbell, which resumes a parked coordinator (`torrent/parking.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,6 +16,7 @@ use crossbeam_channel::{Receiver, SendError, Sender};
 use parking_lot::{Condvar, Mutex};
 
 use super::PeerEvent;
+use crate::torrent::parking::Doorbell;
 
 /// How long a sender waiting for room sleeps before it looks again (a safety net: a release
 /// wakes it at once).
@@ -79,6 +81,7 @@ impl Budget {
 pub struct EventSender {
     tx: Sender<PeerEvent>,
     budget: Arc<Budget>,
+    doorbell: Arc<Doorbell>,
 }
 
 impl EventSender {
@@ -93,7 +96,9 @@ impl EventSender {
         }
         self.tx
             .send(event)
-            .inspect_err(|_| self.budget.release(weight))
+            .inspect_err(|_| self.budget.release(weight))?;
+        self.doorbell.ring();
+        Ok(())
     }
 }
 
@@ -133,6 +138,12 @@ impl Drop for EventReceiver {
 /// A channel of at most `capacity` events queued at once.
 #[must_use]
 pub fn channel(capacity: usize) -> (EventSender, EventReceiver) {
+    ringing(capacity, Arc::default())
+}
+
+/// [`channel`], whose every event sent rings `doorbell`.
+#[must_use]
+pub fn ringing(capacity: usize, doorbell: Arc<Doorbell>) -> (EventSender, EventReceiver) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let budget = Arc::new(Budget {
         capacity,
@@ -145,6 +156,7 @@ pub fn channel(capacity: usize) -> (EventSender, EventReceiver) {
         EventSender {
             tx,
             budget: Arc::clone(&budget),
+            doorbell,
         },
         EventReceiver { rx, budget },
     )

@@ -2,6 +2,10 @@
 //! buffers, the peer table and the address book. It reacts to peer events, disk results,
 //! tracker peer lists, control messages and a timer; it never blocks on a socket or a disk
 //! (it only `try_send`s to peers and hands pieces to the disk threads).
+//!
+//! A seeding torrent with nothing going on for [`PARK_AFTER`] parks (`parking.rs`): its thread
+//! ends and its state waits behind the torrent's doorbell, which every channel into it rings, so
+//! a peer connecting, a control message, tracker peers or a changed file start a thread again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -16,6 +20,7 @@ use super::admission;
 use super::choker::{self, CHOKE_INTERVAL, Candidate, OPTIMISTIC_INTERVAL};
 use super::disk::{self, DiskJob, DiskQueue, DiskResult};
 use super::file_check::FileCheckRegistration;
+use super::parking::{Doorbell, Resume};
 use super::picker::{PeerKey, Picker, Received, saturating_u32};
 use super::piece_buffer::{
     Blame, BlockData, CompletePiece, PieceBuffers, PieceData, blame_after_refetch, blame_on_failure,
@@ -43,6 +48,9 @@ const TICK: Duration = Duration::from_millis(500);
 /// saved): it wakes this seldom, so thousands of idle torrents cost next to no CPU (10,000 of
 /// them: 170 wake-ups a second). Any event brings the next tick back within [`TICK`].
 const IDLE_TICK: Duration = Duration::from_secs(60);
+/// A seeding torrent with nothing going on this long parks: its thread ends until something
+/// comes in (see the module documentation).
+const PARK_AFTER: Duration = Duration::from_secs(2);
 /// Peer events handled per wake-up before the other channels get a look.
 const EVENT_BATCH: usize = 256;
 /// Capacity of the peer -> coordinator channel: a slow coordinator pushes back on peers' reads.
@@ -100,7 +108,9 @@ const MAX_UNREQUESTED_STREAK: usize = MAX_PIPELINE_KNOWN_REQQ + 64;
 const DISK_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
-    let (events_tx, events_rx) = crate::peer::events::channel(EVENTS_CAPACITY);
+    let doorbell = Arc::new(Doorbell::default());
+    let (events_tx, events_rx) =
+        crate::peer::events::ringing(EVENTS_CAPACITY, Arc::clone(&doorbell));
     // Unbounded: the daemon sends a few, seldom, and must never wait on a busy coordinator; a
     // bounded channel would hold its slots for every idle torrent.
     let (control_tx, control_rx) = crossbeam_channel::unbounded();
@@ -135,27 +145,79 @@ pub(super) fn start(params: TorrentParams) -> std::io::Result<TorrentHandle> {
     // struct, the picker, registrations, the RNG's seed from the OS) would otherwise touch
     // pages of the new thread's stack that stay resident for the torrent's whole run, 8 KiB of
     // 20 per idle torrent, 80 MiB at 10,000 torrents.
+    // The run ends when `alive`, which the coordinator carries from thread to thread, drops.
+    let (alive, thread) = watched::token();
     let coordinator = Box::new(Coordinator::new(
         params,
-        Arc::clone(&context),
-        Arc::clone(&stats),
-        events_rx,
-        control_rx,
-        torrent_events_tx,
-        peer_threads_ended,
+        Channels {
+            context: Arc::clone(&context),
+            stats: Arc::clone(&stats),
+            events: events_rx,
+            control: control_rx,
+            torrent_events: torrent_events_tx,
+            peer_threads_ended,
+            doorbell: Arc::clone(&doorbell),
+            alive,
+        },
     ));
     coordinator.log_started();
-    let thread = watched::spawn(
-        std::thread::Builder::new().name(format!("torrent {name}")),
-        move || profile::run_as(Role::Coordinator, move || coordinator.run()),
-    )?;
+    if coordinator.parkable() && coordinator.addrs.is_empty() {
+        // A seed whose resume data stands, with no peer to dial: nothing to do until something
+        // comes in, so no thread either (a restart of 10,000 seeds starts none).
+        debug!("torrent {name}: starts parked");
+        let doorbell = Arc::clone(&doorbell);
+        doorbell
+            .begin_park()
+            .park(Resume::new(move || resume(coordinator)));
+    } else {
+        std::thread::Builder::new()
+            .name(format!("torrent {name}"))
+            .spawn(move || profile::run_as(Role::Coordinator, move || coordinator.run()))?;
+    }
     Ok(TorrentHandle {
         context,
         stats,
         events: torrent_events_rx,
-        control: control_tx,
+        control: super::ControlSender {
+            tx: Some(control_tx),
+            doorbell: Arc::clone(&doorbell),
+        },
         thread,
+        doorbell,
     })
+}
+
+/// What a coordinator is built with besides its parameters.
+struct Channels {
+    context: Arc<TorrentContext>,
+    stats: Arc<TorrentStats>,
+    events: crate::peer::events::EventReceiver,
+    control: Receiver<Control>,
+    torrent_events: Sender<TorrentEvent>,
+    peer_threads_ended: Receiver<()>,
+    doorbell: Arc<Doorbell>,
+    alive: Sender<()>,
+}
+
+/// Starts a thread that serves a parked coordinator again; on failure the coordinator comes
+/// back in the `Err`, to be tried again at the next ring.
+fn resume(coordinator: Box<Coordinator>) -> Result<(), Resume> {
+    let name = format!("torrent {}", coordinator.name());
+    let slot = Arc::new(parking_lot::Mutex::new(Some(coordinator)));
+    let theirs = Arc::clone(&slot);
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let Some(coordinator) = theirs.lock().take() else {
+            return;
+        };
+        profile::run_as(Role::Coordinator, move || coordinator.serve());
+    });
+    match spawned {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let coordinator = slot.lock().take().expect("the thread never started");
+            Err(Resume::new(move || resume(coordinator)))
+        }
+    }
 }
 
 /// Where we stand with one address we may dial.
@@ -336,20 +398,31 @@ struct Coordinator {
     /// `DiskResult::FileChanged`; dropped with the coordinator.
     _file_check: FileCheckRegistration,
     rng: rand::rngs::StdRng,
+    /// Rung by every channel into us: resumes us when parked.
+    doorbell: Arc<Doorbell>,
+    /// Dropped with the coordinator: the end of its run, for the owner's `Watched`.
+    _alive: Sender<()>,
+    /// Since when we could have parked.
+    idle_since: Option<Instant>,
+    /// The event loop's figures over the whole run (every thread it ran on).
+    profile: LoopStats,
 }
 
 impl Coordinator {
-    fn new(
-        params: TorrentParams,
-        context: Arc<TorrentContext>,
-        stats: Arc<TorrentStats>,
-        events: crate::peer::events::EventReceiver,
-        control: Receiver<Control>,
-        torrent_events: Sender<TorrentEvent>,
-        peer_threads_ended: Receiver<()>,
-    ) -> Self {
+    fn new(params: TorrentParams, channels: Channels) -> Self {
+        let Channels {
+            context,
+            stats,
+            events,
+            control,
+            torrent_events,
+            peer_threads_ended,
+            doorbell,
+            alive,
+        } = channels;
         let meta = params.meta;
         let (results_tx, disk_results) = crossbeam_channel::unbounded();
+        let results_tx = disk::Results::new(results_tx, Arc::clone(&doorbell));
         let file_check = params
             .file_check
             .register(Arc::clone(&params.storage), results_tx.clone());
@@ -400,11 +473,14 @@ impl Coordinator {
                 left: stats_for_tracker.left(),
             });
             let swarm = Arc::clone(&stats.swarm);
-            Some(
-                params
-                    .announce
-                    .register(tiers, config, source, swarm, peers_tx),
-            )
+            Some(params.announce.register(
+                tiers,
+                config,
+                source,
+                swarm,
+                peers_tx,
+                Arc::clone(&doorbell),
+            ))
         };
         let (found_tx, found_peers) = crossbeam_channel::unbounded();
         // BEP 27: a private torrent finds peers through its trackers only.
@@ -470,12 +546,20 @@ impl Coordinator {
             rechecking: false,
             _file_check: file_check,
             rng: rand::make_rng(),
+            doorbell,
+            _alive: alive,
+            idle_since: None,
+            profile: LoopStats::default(),
         };
         c.add_addrs(PeerSource::Manual, params.peers);
         // The selection may have changed while the data was checked: the files it wants and
         // the check kept out of the disk are created now (nothing to do otherwise).
         let wanted = c.selection.wanted(c.meta.files.len());
-        c.disk_send(DiskJob::WantFiles(wanted));
+        // Only when a wanted file waits in the part file: a job's result would keep a block of
+        // the results channel allocated for the torrent's whole run.
+        if c.storage.wants_files_made(&wanted) {
+            c.disk_send(DiskJob::WantFiles(wanted));
+        }
         if c.picker.is_done() {
             // Complete before this run: `started` says so with left=0. `completed` is only for
             // a download that finishes while we run (trackers count it as a snatch).
@@ -502,8 +586,14 @@ impl Coordinator {
     fn run(mut self: Box<Self>) {
         self.start_web_seeds();
         self.connect_more();
+        self.serve();
+    }
+
+    /// The event loop, until the torrent stops (then its shutdown) or parks (then the thread
+    /// ends and a ring calls this again on a new one).
+    fn serve(mut self: Box<Self>) {
         let mut next_tick = Instant::now() + TICK;
-        let mut profile = LoopStats::default();
+        let mut profile = std::mem::take(&mut self.profile);
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             let mut woken = true;
@@ -577,6 +667,21 @@ impl Coordinator {
             }
             if now >= next_tick {
                 self.on_tick();
+                if self.parkable() {
+                    let since = *self.idle_since.get_or_insert(now);
+                    if now.duration_since(since) >= PARK_AFTER {
+                        self.profile = profile;
+                        match self.park() {
+                            Ok(()) => return,
+                            Err(me) => {
+                                self = me;
+                                profile = std::mem::take(&mut self.profile);
+                            }
+                        }
+                    }
+                } else {
+                    self.idle_since = None;
+                }
                 next_tick = now + self.tick_interval();
             }
         }
@@ -584,9 +689,51 @@ impl Coordinator {
         self.shutdown();
     }
 
+    /// Nothing going on and nothing to come but through a channel that rings our doorbell:
+    /// complete, no peer, nothing dialled, on the disk or to save, no web seed, and no LSD
+    /// registration (its peers come on a channel that does not ring).
+    fn parkable(&self) -> bool {
+        self.picker.is_done()
+            && self.peers.is_empty()
+            && self.dialing.is_empty()
+            && self.disk_in_flight == 0
+            && !self.resume_dirty
+            && !self.resume_saving
+            && !self.syncing
+            && !self.failed
+            && !self.rechecking
+            && self._lsd.is_none()
+            && self.stats.web_seeds.load(Ordering::Relaxed) == 0
+    }
+
+    /// Parks: leaves this coordinator behind its doorbell and lets the thread end (`Ok`), unless
+    /// something came in meanwhile (`Err`: go on).
+    fn park(self: Box<Self>) -> Result<(), Box<Self>> {
+        let doorbell = Arc::clone(&self.doorbell);
+        let parking = doorbell.begin_park();
+        let queued = !self.events.is_empty()
+            || !self.disk_results.is_empty()
+            || !self.tracker_peers.is_empty()
+            || !self.found_peers.is_empty()
+            || !self.control.is_empty();
+        if queued {
+            parking.cancel();
+            return Err(self);
+        }
+        debug!("torrent {}: parked", self.name());
+        let mut me = self;
+        me.idle_since = None;
+        parking.park(Resume::new(move || resume(me)));
+        Ok(())
+    }
+
     /// [`TICK`] while anything goes on, [`IDLE_TICK`] when nothing can: no peer, nothing being
-    /// dialled, written or saved, and no address to dial for a download.
+    /// dialled, written or saved, and no address to dial for a download; [`PARK_AFTER`] when we
+    /// may park.
     fn tick_interval(&self) -> Duration {
+        if self.parkable() {
+            return PARK_AFTER;
+        }
         let idle = self.peers.is_empty()
             && self.dialing.is_empty()
             && self.disk_in_flight == 0

@@ -66,11 +66,34 @@ pub enum DiskResult {
     ResumeSaved(Result<(), ResumeError>),
 }
 
+/// Where a torrent's disk results go: its coordinator's channel, whose doorbell each result
+/// rings (a parked coordinator is resumed to take it; `super::parking`).
+#[derive(Clone)]
+pub struct Results {
+    tx: Sender<DiskResult>,
+    doorbell: Arc<super::parking::Doorbell>,
+}
+
+impl Results {
+    /// Results sent on `tx`, each ringing `doorbell`.
+    #[must_use]
+    pub fn new(tx: Sender<DiskResult>, doorbell: Arc<super::parking::Doorbell>) -> Self {
+        Self { tx, doorbell }
+    }
+
+    /// Sends `result`; false when the torrent is gone.
+    pub fn send(&self, result: DiskResult) -> bool {
+        let sent = self.tx.send(result).is_ok();
+        self.doorbell.ring();
+        sent
+    }
+}
+
 /// A job in the pool's queue: the work, the torrent's storage, and where its result goes.
 struct PoolJob {
     storage: Arc<Storage>,
     job: DiskJob,
-    results: Sender<DiskResult>,
+    results: Results,
 }
 
 /// The process's disk threads ("disk N"), shared by every torrent through one FIFO queue, so a
@@ -149,7 +172,7 @@ pub struct DiskPoolHandle {
 impl DiskPoolHandle {
     /// A queue for one torrent: its jobs run against `storage` and their results come back on
     /// `results`.
-    pub fn queue(&self, storage: Arc<Storage>, results: Sender<DiskResult>) -> DiskQueue {
+    pub fn queue(&self, storage: Arc<Storage>, results: Results) -> DiskQueue {
         DiskQueue {
             jobs: self.jobs.clone(),
             stopped: Arc::clone(&self.stopped),
@@ -164,7 +187,7 @@ pub struct DiskQueue {
     jobs: Sender<PoolJob>,
     stopped: Arc<AtomicBool>,
     storage: Arc<Storage>,
-    results: Sender<DiskResult>,
+    results: Results,
 }
 
 impl DiskQueue {
@@ -191,7 +214,7 @@ fn work(jobs: &Receiver<PoolJob>, stop: &Receiver<()>) {
                        job,
                        results,
                    }| {
-        let _ = results.send(run(&storage, job));
+        results.send(run(&storage, job));
     };
     loop {
         select! {
@@ -297,8 +320,12 @@ mod tests {
         let mut pool = DiskPool::start(1).unwrap();
         let (a_tx, a_rx) = crossbeam_channel::unbounded();
         let (b_tx, b_rx) = crossbeam_channel::unbounded();
-        let a_queue = pool.handle().queue(Arc::clone(&a), a_tx);
-        let b_queue = pool.handle().queue(Arc::clone(&b), b_tx);
+        let a_queue = pool
+            .handle()
+            .queue(Arc::clone(&a), Results::new(a_tx, Arc::default()));
+        let b_queue = pool
+            .handle()
+            .queue(Arc::clone(&b), Results::new(b_tx, Arc::default()));
         for (piece, chunk) in a_data.chunks(16384).enumerate() {
             let piece = u32::try_from(piece).unwrap();
             let expected = a_hashes[piece as usize];

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::disk::DiskResult;
+use super::disk::{DiskResult, Results};
 use crate::profile::{self, Role};
 use crate::storage::Storage;
 
@@ -33,7 +33,7 @@ pub const FILES_PER_ROUND: usize = 200;
 struct Entry {
     id: u64,
     storage: Arc<Storage>,
-    results: Sender<DiskResult>,
+    results: Results,
     /// The next of its files to check.
     next_file: usize,
 }
@@ -48,7 +48,7 @@ struct Registry {
 
 impl Registry {
     /// Takes the next `budget` files round-robin: (storage, file index, results) of each.
-    fn next_batch(&mut self, budget: usize) -> Vec<(Arc<Storage>, usize, Sender<DiskResult>)> {
+    fn next_batch(&mut self, budget: usize) -> Vec<(Arc<Storage>, usize, Results)> {
         let mut batch = Vec::new();
         // A torrent with no files at all takes no budget; stop after a lap that took nothing.
         let mut empty_visits = 0;
@@ -150,7 +150,7 @@ fn work(registry: &Mutex<Registry>, stop: &Receiver<()>) {
         for (storage, index, results) in batch {
             if let Err(error) = storage.check_file(index) {
                 // A torrent that has stopped dropped its receiver: nothing to tell.
-                let _ = results.send(DiskResult::FileChanged(error));
+                results.send(DiskResult::FileChanged(error));
             }
         }
     }
@@ -165,11 +165,7 @@ pub struct FileCheckHandle {
 impl FileCheckHandle {
     /// Has `storage`'s files checked from now on, changes reported on `results`, until the
     /// registration is dropped.
-    pub fn register(
-        &self,
-        storage: Arc<Storage>,
-        results: Sender<DiskResult>,
-    ) -> FileCheckRegistration {
+    pub fn register(&self, storage: Arc<Storage>, results: Results) -> FileCheckRegistration {
         let mut registry = lock(&self.registry);
         let id = registry.next_id;
         registry.next_id += 1;
@@ -262,11 +258,11 @@ mod tests {
             registry.entries.push(Entry {
                 id,
                 storage: Arc::clone(storage),
-                results: tx.clone(),
+                results: Results::new(tx.clone(), Arc::default()),
                 next_file: 0,
             });
         }
-        let names = |batch: Vec<(Arc<Storage>, usize, Sender<DiskResult>)>| -> Vec<String> {
+        let names = |batch: Vec<(Arc<Storage>, usize, Results)>| -> Vec<String> {
             batch
                 .iter()
                 .map(|(s, i, _)| format!("{}{i}", if Arc::ptr_eq(s, &a) { "a" } else { "b" }))
@@ -283,7 +279,9 @@ mod tests {
         let storage = torrent(&tmp.0, "t", &[100, 200]);
         let checker = FileChecker::start().unwrap();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let registration = checker.handle().register(Arc::clone(&storage), tx);
+        let registration = checker
+            .handle()
+            .register(Arc::clone(&storage), Results::new(tx, Arc::default()));
         std::fs::remove_file(tmp.0.join("t").join("f1")).unwrap();
         match rx.recv_timeout(MIN_SWEEP + 2 * ROUND) {
             Ok(DiskResult::FileChanged(error)) => {

@@ -1,12 +1,14 @@
-//! One torrent at run time: its coordinator thread (which owns the picker, the piece buffers,
-//! the choker and the peer table), its disk threads and its announcer thread. This module holds
-//! the handle the engine keeps and the shared counters it reads.
+//! One torrent at run time: its coordinator (which owns the picker, the piece buffers, the
+//! choker and the peer table; its thread ends while the torrent is parked, `parking.rs`), the
+//! process's disk and announce threads it uses. This module holds the handle the engine keeps
+//! and the shared counters it reads.
 
 pub mod admission;
 pub mod choker;
 mod coordinator;
 pub mod disk;
 pub mod file_check;
+pub mod parking;
 pub mod picker;
 pub mod piece_buffer;
 
@@ -429,8 +431,37 @@ pub struct TorrentHandle {
     pub context: Arc<TorrentContext>,
     pub stats: Arc<TorrentStats>,
     pub events: Receiver<TorrentEvent>,
-    control: Sender<Control>,
+    control: ControlSender,
+    /// Ends when the coordinator's run ends (it may park and resume on other threads meanwhile).
     thread: Watched<()>,
+    doorbell: Arc<parking::Doorbell>,
+}
+
+/// A sender of [`Control`] messages to a coordinator: each one sent rings its doorbell, so a
+/// parked coordinator is resumed to take it. Dropping the last one ends the coordinator's run
+/// (parked or not), as a `Stop` would.
+#[derive(Clone)]
+pub struct ControlSender {
+    tx: Option<Sender<Control>>,
+    doorbell: Arc<parking::Doorbell>,
+}
+
+impl ControlSender {
+    /// Sends without waiting (the channel is unbounded); false when the coordinator is gone.
+    pub fn send(&self, control: Control) -> bool {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(control).is_ok());
+        self.doorbell.ring();
+        sent
+    }
+}
+
+impl Drop for ControlSender {
+    fn drop(&mut self) {
+        // The sender first: a parked coordinator rung now sees its channel disconnect when this
+        // was the last one.
+        drop(self.tx.take());
+        self.doorbell.ring();
+    }
 }
 
 /// A torrent told to stop whose coordinator may still be at it (announcing `stopped`,
@@ -452,13 +483,18 @@ impl TorrentHandle {
 
     /// A sender of control messages, for sources that feed the torrent from their own thread
     /// (the DHT's peers).
-    pub fn control_sender(&self) -> Sender<Control> {
+    pub fn control_sender(&self) -> ControlSender {
         self.control.clone()
     }
 
     /// Sends a control message; ignored if the coordinator already stopped.
     pub fn send(&self, control: Control) {
-        let _ = self.control.send(control);
+        self.control.send(control);
+    }
+
+    /// Whether the coordinator is parked now (no thread), and how many times it parked.
+    pub fn parked(&self) -> (bool, u64) {
+        (self.doorbell.is_parked(), self.doorbell.counts().0)
     }
 
     /// Tells the coordinator to stop gracefully and returns at once; see [`Stopping`].

@@ -411,7 +411,7 @@ impl AnnouncePoolHandle {
     /// answers (`http://`, `https://` and `udp://`; other schemes are skipped, and a tracker that
     /// fails or stays silent for `timeout` gives way to the next); that one moves to the front of
     /// its tier and only it gets our `trackerid` back. Every non-empty peer list goes to `peers_tx`
-    /// with `try_send`: a full channel drops that list, a disconnected one means the torrent is
+    /// with `try_send` (and rings `doorbell`, so a parked coordinator takes it): a full channel drops that list, a disconnected one means the torrent is
     /// gone and its announcer ends without `stopped`.
     ///
     /// The seeders and leechers of each reply go to `swarm`; after a successful announce, when
@@ -426,6 +426,7 @@ impl AnnouncePoolHandle {
         stats: Arc<dyn Fn() -> AnnounceStats + Send + Sync>,
         swarm: Arc<SwarmStats>,
         peers_tx: Sender<TrackerPeers>,
+        doorbell: Arc<crate::torrent::parking::Doorbell>,
     ) -> Registration {
         let (commands_tx, commands) = crossbeam_channel::unbounded();
         let (done_tx, done) = crossbeam_channel::bounded(0);
@@ -440,6 +441,7 @@ impl AnnouncePoolHandle {
             stats,
             swarm,
             peers_tx,
+            doorbell,
             commands,
             current: None,
             tracker_id: None,
@@ -614,6 +616,8 @@ struct Announcer {
     stats: Arc<dyn Fn() -> AnnounceStats + Send + Sync>,
     swarm: Arc<SwarmStats>,
     peers_tx: Sender<TrackerPeers>,
+    /// Rung after each peer list sent: it resumes a parked coordinator.
+    doorbell: Arc<crate::torrent::parking::Doorbell>,
     commands: Receiver<AnnouncerCommand>,
     /// The tracker that answered last.
     current: Option<String>,
@@ -859,7 +863,10 @@ impl Announcer {
             requires_encryption: reply.requires_encryption,
         };
         match self.peers_tx.try_send(found) {
-            Ok(()) => Flow::Continue,
+            Ok(()) => {
+                self.doorbell.ring();
+                Flow::Continue
+            }
             Err(TrySendError::Full(found)) => {
                 debug!(
                     "tracker {url}: peer channel full; dropped {} peers",
@@ -1181,9 +1188,9 @@ mod tests {
     ) -> (AnnouncePool, Receiver<TrackerPeers>, Registration) {
         let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
         let pool = AnnouncePool::start(1).unwrap();
-        let registration = pool
-            .handle()
-            .register(tiers, config, stats(), swarm, peers_tx);
+        let registration =
+            pool.handle()
+                .register(tiers, config, stats(), swarm, peers_tx, Arc::default());
         (pool, peers_rx, registration)
     }
 
@@ -1299,9 +1306,14 @@ mod tests {
         drop(peers_rx);
         let tiers = Tiers::new(Some(&tracker.url), None);
         let pool = AnnouncePool::start(1).unwrap();
-        let registration =
-            pool.handle()
-                .register(tiers, config(), stats(), Arc::default(), peers_tx);
+        let registration = pool.handle().register(
+            tiers,
+            config(),
+            stats(),
+            Arc::default(),
+            peers_tx,
+            Arc::default(),
+        );
         assert!(registration.wait_until(Instant::now() + PATIENCE));
         join_within(pool, PATIENCE);
         tracker.join();
@@ -1321,9 +1333,14 @@ mod tests {
             let mut config = config();
             config.info_hash = [i; 20];
             let tiers = Tiers::new(Some(&tracker.url), None);
-            let registration =
-                pool.handle()
-                    .register(tiers, config, stats(), Arc::default(), peers_tx);
+            let registration = pool.handle().register(
+                tiers,
+                config,
+                stats(),
+                Arc::default(),
+                peers_tx,
+                Arc::default(),
+            );
             torrents.push((registration, peers_rx));
         }
         for (_, peers_rx) in &torrents {
@@ -1384,6 +1401,7 @@ mod tests {
             stats(),
             Arc::default(),
             peers_tx.clone(),
+            Arc::default(),
         );
         silent.next_datagram();
         let waiting = pool.handle().register(
@@ -1392,6 +1410,7 @@ mod tests {
             stats(),
             Arc::default(),
             peers_tx,
+            Arc::default(),
         );
         let start = Instant::now();
         waiting.send(AnnouncerCommand::Stop);

@@ -17,6 +17,7 @@ mod create;
 mod daemon;
 mod daemon_accounting;
 mod daemon_magnet;
+mod daemon_parking;
 mod daemon_queue;
 mod daemon_reload;
 mod daemon_state;
