@@ -283,9 +283,10 @@ impl Engine {
         info_hash: crate::metainfo::InfoHash,
         peers: crossbeam_channel::Sender<crate::lsd::FoundPeers>,
     ) -> Option<LsdRegistration> {
-        self.lsd
-            .as_ref()
-            .map(|lsd| lsd.handle().register(info_hash, peers))
+        self.lsd.as_ref().map(|lsd| {
+            lsd.handle()
+                .register(info_hash, Box::new(crate::lsd::ChannelSink(peers)))
+        })
     }
 
     /// Removes a torrent from the listener's registry, so no new peer reaches it.

@@ -62,15 +62,7 @@ pub struct DhtConfig {
     pub state_file: Option<PathBuf>,
 }
 
-/// Where found peers go. `deliver` returning false means the receiver is gone: the DHT forgets
-/// it.
-pub trait PeerSink: Send {
-    fn deliver(&mut self, peers: Vec<SocketAddr>) -> bool;
-    /// Whether the owner is short of peers (the next lookup comes sooner).
-    fn needs_peers(&self) -> bool {
-        false
-    }
-}
+pub use crate::torrent::PeerSink;
 
 enum Command {
     Track {

@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::metainfo::InfoHash;
-use crate::torrent::PeerSource;
+use crate::torrent::{PeerSink, PeerSource};
 use message::Announce;
 
 /// The IPv4 multicast group and port of BEP 14.
@@ -62,6 +62,16 @@ const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// Peers found for one torrent, and where they came from.
 pub type FoundPeers = (PeerSource, Vec<SocketAddr>);
+
+/// A [`PeerSink`] that sends what LSD finds down a channel, tagged [`PeerSource::Lsd`] (a
+/// magnet's metadata fetch takes them so).
+pub struct ChannelSink(pub Sender<FoundPeers>);
+
+impl PeerSink for ChannelSink {
+    fn deliver(&mut self, peers: Vec<SocketAddr>) -> bool {
+        self.0.send((PeerSource::Lsd, peers)).is_ok()
+    }
+}
 
 /// What the LSD thread must do, from [`Core`].
 #[derive(Debug, PartialEq, Eq)]
@@ -192,7 +202,7 @@ enum Command {
     Register {
         id: u64,
         info_hash: InfoHash,
-        peers: Sender<FoundPeers>,
+        sink: Box<dyn PeerSink>,
     },
     Unregister(u64),
 }
@@ -283,11 +293,11 @@ impl Drop for Lsd {
 }
 
 impl LsdHandle {
-    /// Announces `info_hash` from now on (at once, then every [`ANNOUNCE_INTERVAL`]) and sends
-    /// the peers announced for it to `peers`, until the registration is dropped. Starts the
+    /// Announces `info_hash` from now on (at once, then every [`ANNOUNCE_INTERVAL`]) and hands
+    /// the peers announced for it to `sink`, until the registration is dropped. Starts the
     /// thread if it is not running; when its sockets cannot be opened (warned once) the
     /// registration does nothing.
-    pub fn register(&self, info_hash: InfoHash, peers: Sender<FoundPeers>) -> LsdRegistration {
+    pub fn register(&self, info_hash: InfoHash, sink: Box<dyn PeerSink>) -> LsdRegistration {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let mut running = self.shared.running.lock();
         if running.is_none()
@@ -307,7 +317,7 @@ impl LsdHandle {
             let _ = tx.send(Command::Register {
                 id,
                 info_hash,
-                peers,
+                sink,
             });
         }
         LsdRegistration { id, commands }
@@ -421,7 +431,7 @@ fn start(config: LsdConfig) -> std::io::Result<Running> {
 /// channel disconnects (the [`Lsd`] stopped).
 fn run(families: &[Family], port: u16, cookie: String, commands: &Receiver<Command>) {
     let mut core = Core::new(cookie.clone(), Instant::now());
-    let mut senders: HashMap<u64, Sender<FoundPeers>> = HashMap::new();
+    let mut sinks: HashMap<u64, Box<dyn PeerSink>> = HashMap::new();
     let mut buf = vec![0u8; 2048];
     let mut reported_dropped = 0;
     loop {
@@ -431,13 +441,13 @@ fn run(families: &[Family], port: u16, cookie: String, commands: &Receiver<Comma
                 Ok(Command::Register {
                     id,
                     info_hash,
-                    peers,
+                    sink,
                 }) => {
-                    senders.insert(id, peers);
+                    sinks.insert(id, sink);
                     core.on_registered(id, info_hash, now);
                 }
                 Ok(Command::Unregister(id)) => {
-                    senders.remove(&id);
+                    sinks.remove(&id);
                     core.on_unregistered(id);
                 }
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
@@ -475,9 +485,11 @@ fn run(families: &[Family], port: u16, cookie: String, commands: &Receiver<Comma
                 };
                 for action in core.on_datagram(from, &buf[..n], Instant::now()) {
                     if let Action::Found { id, peer } = action
-                        && let Some(tx) = senders.get(&id)
+                        && let Some(sink) = sinks.get_mut(&id)
+                        && !sink.deliver(vec![peer])
                     {
-                        let _ = tx.send((PeerSource::Lsd, vec![peer]));
+                        // Its owner is gone; its registration's drop unregisters it.
+                        sinks.remove(&id);
                     }
                 }
                 reads += 1;

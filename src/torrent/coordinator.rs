@@ -484,10 +484,13 @@ impl Coordinator {
         };
         let (found_tx, found_peers) = crossbeam_channel::unbounded();
         // BEP 27: a private torrent finds peers through its trackers only.
-        let lsd = params
-            .lsd
-            .filter(|_| !meta.private)
-            .map(|lsd| lsd.register(meta.info_hash, found_tx));
+        let lsd = params.lsd.filter(|_| !meta.private).map(|lsd| {
+            let sink = RingingSink {
+                inner: crate::lsd::ChannelSink(found_tx),
+                doorbell: Arc::clone(&doorbell),
+            };
+            lsd.register(meta.info_hash, Box::new(sink))
+        });
         let now = Instant::now();
         let resume_current = params.resume.as_ref().is_some_and(|r| r.current);
         let mut c = Self {
@@ -702,7 +705,6 @@ impl Coordinator {
             && !self.syncing
             && !self.failed
             && !self.rechecking
-            && self._lsd.is_none()
             && self.stats.web_seeds.load(Ordering::Relaxed) == 0
     }
 
@@ -2209,11 +2211,30 @@ fn share_pipelines(pipelines: &mut [usize], budget: usize) {
     }
 }
 
+/// LSD's peers for this torrent: sent down its `found_peers` channel, then the doorbell rung, so
+/// a parked coordinator wakes to take them (and a registered torrent can park).
+struct RingingSink {
+    inner: crate::lsd::ChannelSink,
+    doorbell: Arc<Doorbell>,
+}
+
+impl crate::torrent::PeerSink for RingingSink {
+    fn deliver(&mut self, peers: Vec<SocketAddr>) -> bool {
+        let delivered = self.inner.deliver(peers);
+        self.doorbell.ring();
+        delivered
+    }
+}
+
 /// How long an address waits for its next dial after its `failures`-th failure in a row:
 /// doubling from [`RETRY_BASE`], up to [`RETRY_MAX`], or [`RETRY_STARVED_MAX`] while the torrent
 /// is `starved` (downloading with few peers).
 fn retry_backoff(failures: u32, starved: bool) -> Duration {
-    let max = if starved { RETRY_STARVED_MAX } else { RETRY_MAX };
+    let max = if starved {
+        RETRY_STARVED_MAX
+    } else {
+        RETRY_MAX
+    };
     RETRY_BASE.saturating_mul(1 << failures.min(6)).min(max)
 }
 

@@ -28,6 +28,17 @@ use crate::storage::Storage;
 use crate::watched::Watched;
 use crate::wire::Bitfield;
 
+/// Where the peers a discovery service finds (the DHT, LSD) go: a running torrent's coordinator
+/// or a magnet's metadata fetch. `deliver` returning false means the receiver is gone: the
+/// service forgets it.
+pub trait PeerSink: Send {
+    fn deliver(&mut self, peers: Vec<std::net::SocketAddr>) -> bool;
+    /// Whether the owner is short of peers (the DHT's next lookup comes sooner).
+    fn needs_peers(&self) -> bool {
+        false
+    }
+}
+
 /// Where a peer's address came from (the first source that named it to this torrent), kept
 /// for each connected peer and counted for displays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

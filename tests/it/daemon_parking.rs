@@ -15,19 +15,9 @@ const PIECE: u64 = 256 * KIB;
 /// Short enough that the thread's name (`torrent NAME`, at most 15 bytes in /proc) is whole.
 const NAME: &str = "parked";
 
-/// The names of the daemon's threads now.
-fn thread_names(d: &Daemon) -> Vec<String> {
-    let dir = format!("/proc/{}/task", d.pid());
-    std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("read {dir}: {e}"))
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .map(|name| name.trim_end().to_owned())
-        .collect()
-}
-
 /// Whether the torrent's coordinator thread runs.
 fn coordinator_runs(d: &Daemon) -> bool {
-    thread_names(d)
+    d.thread_names()
         .iter()
         .any(|n| n == &format!("torrent {NAME}"))
 }
@@ -40,7 +30,7 @@ fn wait_parked(d: &mut Daemon, timeout: Duration, what: &str) {
         assert!(
             std::time::Instant::now() < deadline,
             "{what}: the coordinator still runs after {timeout:?}; threads: {:?}",
-            thread_names(d)
+            d.thread_names()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

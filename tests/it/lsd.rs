@@ -9,10 +9,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::daemon::{DaemonHome, TorrentEntry};
+use crate::support::daemon::{DaemonHome, TorrentEntry, within};
 use crate::support::{
     Btd, LtClient, PeerSpec, Rng, SHORT, TRANSFER, TempDir, TorrentInfo, assert_same_files,
-    mktorrent, next_ip, run_to_end, test_seed, write_payload,
+    mktorrent, next_ip, run_to_end, test_seed, wait_until, write_payload,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -197,7 +197,7 @@ fn a_libtorrent_leecher_finds_btd_seed_through_its_announce() {
 }
 
 #[test]
-fn a_daemon_with_lsd_on_seeds_a_config_torrent_to_a_libtorrent_leecher_it_heard_announce() {
+fn a_parked_daemon_seed_with_lsd_on_serves_a_libtorrent_leecher_it_heard_announce() {
     in_lsd_namespace(|| {
         let tmp = TempDir::new("lsd-daemon");
         let (seed_dir, torrent) = payload(&tmp, "lsd-c.bin", 2 * MIB + 1);
@@ -211,8 +211,20 @@ fn a_daemon_with_lsd_on_seeds_a_config_torrent_to_a_libtorrent_leecher_it_heard_
         let mut daemon = home.start("btd daemon (lsd)");
         daemon.wait_seeding(&info_hash, SHORT);
         daemon.wait_log_contains(0, SHORT, "lsd: announcing on 239.192.152.143:6771");
+        // A seed with nothing going on parks (its coordinator thread ends) though LSD keeps
+        // it registered: LSD's peers ring its doorbell.
+        wait_until(
+            within(SHORT),
+            "the seed's coordinator thread to end (parked)",
+            || {
+                !daemon
+                    .thread_names()
+                    .iter()
+                    .any(|n| n.starts_with("torrent "))
+            },
+        );
         // libtorrent after btd's start-up announce: btd learns of it from libtorrent's own
-        // announce and dials it.
+        // announce and dials it, its coordinator woken by what LSD delivers.
         let out = tmp.subdir("out");
         let mut lt = LtClient::with_lsd(
             "libtorrent leecher (lsd)",

@@ -434,6 +434,16 @@ impl Daemon {
         PathBuf::from(format!("/proc/{}/root", self.pid())).join(rel)
     }
 
+    /// The names of the daemon's threads now (`/proc/PID/task/*/comm`, 15 bytes at most).
+    pub fn thread_names(&self) -> Vec<String> {
+        let dir = format!("/proc/{}/task", self.pid());
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("read {dir}: {e}"))
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .collect()
+    }
+
     pub fn pid(&self) -> u32 {
         self.proc.pid()
     }
