@@ -4,7 +4,9 @@
 //! obeys `Request`, `Cancel` and `Shutdown` ([`PeerCommand`]) and reports `BlockReceived`
 //! ([`PeerEvent`]). It fetches the requested blocks with HTTP range requests (attohttpc), one
 //! request at a time (its concurrency bound), a run of contiguous blocks coalesced into one
-//! range per file it touches. An HTTP error voids what it was asked for (reported as `Choked`),
+//! range per file it touches. A server that ignores `Range` and answers `200` with the whole
+//! file still serves: the bytes before the range are read and dropped. Redirects are followed
+//! (up to 5). An HTTP error voids what it was asked for (reported as `Choked`),
 //! then it waits a doubling back-off and reports `Unchoked`. It ends on `Shutdown`, when the
 //! coordinator closes its [`PeerLink`](super::PeerLink) flag, or when the coordinator is gone;
 //! `Disconnected` is sent once as it ends.
@@ -87,6 +89,7 @@ pub fn spawn(
         closed: Arc::clone(&closed),
         queue: VecDeque::new(),
         failures: 0,
+        ignores_ranges: AtomicBool::new(false),
     };
     std::thread::Builder::new()
         .name(format!("webseed {}", seed.url))
@@ -152,6 +155,8 @@ struct WebSeed {
     queue: VecDeque<BlockRef>,
     /// HTTP errors in a row.
     failures: u32,
+    /// The server answered a range request with the whole file (logged once).
+    ignores_ranges: AtomicBool,
 }
 
 impl WebSeed {
@@ -360,18 +365,23 @@ impl WebSeed {
             )
             .send()
             .map_err(|e| http(e.to_string()))?;
-        let (status, _headers, reader) = response.split();
-        // A server without ranges answers 200 with the whole file: usable only when we asked
-        // for all of it.
-        let whole = status == StatusCode::OK && a == 0 && b == file_len;
-        if status != StatusCode::PARTIAL_CONTENT && !whole {
-            return Err(http(format!(
-                "HTTP status {status} for bytes {a}-{}",
-                b - 1
-            )));
+        let (status, headers, reader) = response.split();
+        let skip = match check_reply(status, &headers, a, b, file_len) {
+            Ok(skip) => skip,
+            Err(e) => return Err(http(e)),
+        };
+        if skip > 0 && !self.ignores_ranges.swap(true, Ordering::Relaxed) {
+            debug!(
+                "webseed {}: the server ignores Range; skipping to each range",
+                self.url
+            );
         }
+        let mut reader = reader.take(skip + (b - a));
+        self.skip(&mut reader, skip).map_err(|e| match e {
+            FetchError::Http(e) => http(e),
+            closed => closed,
+        })?;
         let want = usize::try_from(b - a).map_err(|_| http("range too long".into()))?;
-        let mut reader = reader.take(b - a);
         let mut got = 0;
         let mut chunk = vec![0; READ_CHUNK.min(want.max(1))];
         while got < want {
@@ -402,6 +412,75 @@ impl WebSeed {
             }
         }
         Ok(())
+    }
+
+    /// Reads and drops `n` bytes of a reply (what a server that ignores `Range` sends before
+    /// the range we want), under the download rate limits like any bytes read.
+    fn skip(&self, reader: &mut impl Read, mut n: u64) -> Result<(), FetchError> {
+        let mut chunk = vec![0; READ_CHUNK];
+        while n > 0 {
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(FetchError::Closed);
+            }
+            let want = usize::try_from(n).unwrap_or(usize::MAX).min(chunk.len());
+            let limits = self.ctx.download_limits();
+            let allowed = limits.take_up_to(want, Instant::now());
+            if allowed == 0 {
+                std::thread::sleep(limits.wait_hint(want).min(POLL));
+                continue;
+            }
+            let read = reader.read(&mut chunk[..allowed]);
+            limits.give_back(allowed - *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => return Err(FetchError::Http(format!("reply ended {n} bytes short"))),
+                Ok(got) => n -= got as u64,
+                Err(e) => return Err(FetchError::Http(format!("reading: {e}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a reply to `Range: bytes=a-(b-1)` of a file of `file_len` bytes carries that range,
+/// and how many bytes come before it: 0 for a `206` whose `Content-Range` (when given) starts
+/// at `a`; `a` for a `200` (a server that ignores `Range` sends the whole file, whose length
+/// must then be `file_len`). Anything else is the error to report.
+fn check_reply(
+    status: StatusCode,
+    headers: &attohttpc::header::HeaderMap,
+    a: u64,
+    b: u64,
+    file_len: u64,
+) -> Result<u64, String> {
+    let header = |name: attohttpc::header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    match status {
+        StatusCode::PARTIAL_CONTENT => {
+            if let Some(range) = header(attohttpc::header::CONTENT_RANGE) {
+                let first = range
+                    .strip_prefix("bytes ")
+                    .and_then(|r| r.split_once('-'))
+                    .and_then(|(first, _)| first.trim().parse::<u64>().ok());
+                if first != Some(a) {
+                    return Err(format!("Content-Range {range:?} for bytes {a}-{}", b - 1));
+                }
+            }
+            Ok(0)
+        }
+        StatusCode::OK => {
+            let len = header(attohttpc::header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
+            match len {
+                Some(len) if len != file_len => Err(format!(
+                    "HTTP status 200 with {len} bytes for a file of {file_len}"
+                )),
+                _ => Ok(a),
+            }
+        }
+        status => Err(format!("HTTP status {status} for bytes {a}-{}", b - 1)),
     }
 }
 
@@ -439,5 +518,43 @@ mod tests {
             file_url("http://h/x/", false, &f),
             "http://h/x/name/sub%20dir/%C3%BC.txt"
         );
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> attohttpc::header::HeaderMap {
+        let mut map = attohttpc::header::HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn a_partial_reply_must_start_where_we_asked() {
+        let ok = headers(&[("content-range", "bytes 100-199/1000")]);
+        assert_eq!(
+            check_reply(StatusCode::PARTIAL_CONTENT, &ok, 100, 200, 1000),
+            Ok(0)
+        );
+        assert_eq!(
+            check_reply(StatusCode::PARTIAL_CONTENT, &headers(&[]), 100, 200, 1000),
+            Ok(0)
+        );
+        let wrong = headers(&[("content-range", "bytes 0-99/1000")]);
+        let err = check_reply(StatusCode::PARTIAL_CONTENT, &wrong, 100, 200, 1000).unwrap_err();
+        assert!(err.contains("Content-Range"), "{err}");
+    }
+
+    #[test]
+    fn a_whole_file_reply_is_skipped_into_when_its_length_is_the_files() {
+        let whole = headers(&[("content-length", "1000")]);
+        assert_eq!(check_reply(StatusCode::OK, &whole, 100, 200, 1000), Ok(100));
+        assert_eq!(
+            check_reply(StatusCode::OK, &headers(&[]), 0, 1000, 1000),
+            Ok(0)
+        );
+        let other = headers(&[("content-length", "999")]);
+        assert!(check_reply(StatusCode::OK, &other, 100, 200, 1000).is_err());
+        let err = check_reply(StatusCode::NOT_FOUND, &headers(&[]), 0, 10, 1000).unwrap_err();
+        assert_eq!(err, "HTTP status 404 Not Found for bytes 0-9");
     }
 }

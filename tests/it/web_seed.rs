@@ -2,7 +2,8 @@
 //! multi-file torrents from a range-capable HTTP server alone (`btd download` and the daemon,
 //! whose status file and RPC report the web seed), beside a libtorrent peer, and drops a web
 //! seed that serves corrupt bytes while a good one finishes the job. libtorrent downloads from
-//! the same server with the same torrent, so our URL rules are a real client's.
+//! the same server with the same torrent, so our URL rules are a real client's. Servers as
+//! found in the wild: one that ignores `Range` (200 and the whole file), one that redirects.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -12,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::support::daemon::{DaemonHome, TorrentEntry, within};
 use crate::support::rpc_client::RpcClient;
-use crate::support::web_seed::WebSeedServer;
+use crate::support::web_seed::{self, WebSeedServer};
 use crate::support::{
     Btd, LtClient, PeerSpec, SHORT, TRANSFER, TempDir, assert_same_files, next_ip,
     parse_rpc_serving, seed_payload, wait_until,
@@ -347,4 +348,69 @@ fn a_magnets_ws_web_seed_serves_the_data_once_a_peer_gave_the_metadata() {
         server.paths()
     );
     empty.terminate_and_assert_ok(SHORT);
+}
+
+/// A server without range support answers every request `200` with the whole file: btd reads
+/// up to the range it asked for and still gets every piece (it used to refuse every reply but
+/// one asking for the whole file, and back off forever).
+#[test]
+fn a_web_seed_that_ignores_range_and_sends_the_whole_file_still_serves_every_piece() {
+    let tmp = TempDir::new("ws-no-range");
+    let seed_dir = seed_payload(&tmp, "ws_no_range", &[("ws no range.bin", 6 * MIB + 3)]);
+    let options = web_seed::Options {
+        ignore_ranges: true,
+        ..web_seed::Options::default()
+    };
+    let server = WebSeedServer::start_with(&seed_dir, options);
+    let torrent = tmp.join("f.torrent");
+    create(
+        &seed_dir.join("ws no range.bin"),
+        &torrent,
+        64 * KIB,
+        &[server.url("")],
+    );
+
+    let out = tmp.subdir("out");
+    let mut btd = Btd::download("btd leecher", &torrent, &out, next_ip(), &[], false);
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(
+        &seed_dir.join("ws no range.bin"),
+        &out.join("ws no range.bin"),
+    );
+    assert_eq!(server.ranges_served(), 0, "the server served a range");
+    assert!(
+        server.paths().len() > 1,
+        "one request cannot be enough: {:?}",
+        server.paths()
+    );
+}
+
+/// A single-file web seed URL not ending in `/` names the file itself (BEP 19), here under a
+/// path the server redirects (`302`, an absolute `Location`) to the file: btd follows it.
+#[test]
+fn a_web_seed_url_naming_the_file_itself_is_followed_through_a_redirect() {
+    let tmp = TempDir::new("ws-redirect");
+    let seed_dir = seed_payload(&tmp, "ws_redirect", &[("ws moved.bin", 2 * MIB + 9)]);
+    let server = WebSeedServer::start(&seed_dir, false);
+    let torrent = tmp.join("f.torrent");
+    // Another name than the torrent's: the URL is the file, nothing is appended.
+    let url = server.url(&format!(
+        "{}/ws%20moved.bin",
+        web_seed::REDIRECT_PREFIX.trim_start_matches('/')
+    ));
+    create(&seed_dir.join("ws moved.bin"), &torrent, 32 * KIB, &[url]);
+
+    let out = tmp.subdir("out");
+    let mut btd = Btd::download("btd leecher", &torrent, &out, next_ip(), &[], false);
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(&seed_dir.join("ws moved.bin"), &out.join("ws moved.bin"));
+    let paths = server.paths();
+    assert!(server.ranges_served() > 0, "{paths:?}");
+    assert!(
+        paths.contains(&"/moved/ws%20moved.bin".to_owned())
+            && paths
+                .iter()
+                .all(|p| p == "/moved/ws%20moved.bin" || p == "/ws%20moved.bin"),
+        "{paths:?}"
+    );
 }
