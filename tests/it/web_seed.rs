@@ -105,8 +105,16 @@ fn daemon_downloads_a_multi_file_torrent_from_a_web_seed_alone_and_reports_it() 
     let status = d.wait_status(SHORT, "one web seed running", |s| {
         s.torrents
             .first()
-            .is_some_and(|t| t.web_seeds == 1 && t.peers == 0)
+            .is_some_and(|t| t.web_seeds == 1 && t.peers == 0 && t.peers_by_source.web_seed == 1)
     });
+    // `btd status` names the source: a line `peers: NAME: 1 web seed`.
+    let out = home.cli(&["status".into()]);
+    out.assert_success();
+    assert!(
+        out.stdout.contains("peers: ws multi: 1 web seed"),
+        "{}",
+        out.description
+    );
     let fields = ["webseeds", "webseedsSendingToUs", "peersConnected"];
     let mut sending = Value::Null;
     wait_until(within(SHORT), "webseedsSendingToUs 1", || {
