@@ -1,7 +1,8 @@
 //! Local service discovery (BEP 14) with libtorrent, each test in a network namespace of its
 //! own (loopback up, 239.0.0.0/8 routed to it), so no announce reaches a real network. Every
 //! process gets its own loopback address; no tracker, no DHT and no `--peer`: LSD is the only
-//! way the peers find each other.
+//! way the peers find each other. IPv6 (`[ff15::efc0:988f]:6771`) runs over a veth pair inside
+//! the namespace, since IPv6 multicast does not loop back on `lo`.
 
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -311,5 +312,68 @@ fn a_private_torrent_is_never_announced_while_a_public_one_is() {
         );
         assert!(heard.starts_with("bt-search * http/1.1\r\n"), "{heard}");
         daemon.stop("TERM");
+    });
+}
+
+/// BEP 14 over IPv6: `[ff15::efc0:988f]:6771`. IPv6 multicast does not loop back on `lo`, so
+/// the namespace gets a veth pair (both ends inside it, nothing leaves) with `fd00::1` and
+/// `fd00::2`; btd binds the first, a libtorrent seeder with LSD the second; no IPv4 at all,
+/// no tracker, no DHT, no `--peer`.
+#[test]
+fn btd_download_finds_a_libtorrent_seeder_through_ipv6_lsd() {
+    in_lsd_namespace(|| {
+        for args in [
+            "link add v0 type veth peer name v1",
+            "link set v0 up",
+            "link set v1 up",
+            "-6 addr add fd00::1/64 dev v0 nodad",
+            "-6 addr add fd00::2/64 dev v1 nodad",
+        ] {
+            let mut cmd = Command::new("ip");
+            cmd.args(args.split(' '));
+            run_to_end(&format!("ip {args}"), cmd, SHORT).assert_success();
+        }
+        let tmp = TempDir::new("lsd-v6");
+        let (seed_dir, torrent) = payload(&tmp, "lsd-v6.bin", 2 * MIB + 9);
+        let out = tmp.subdir("out");
+        let mut btd = Btd::spawn(
+            "btd download (lsd, ipv6)",
+            btd_with_lsd(&[
+                "download".into(),
+                torrent.clone().into(),
+                "-o".into(),
+                out.clone().into(),
+                "--bind".into(),
+                "fd00::1".into(),
+                "--port".into(),
+                "0".into(),
+            ]),
+        );
+        btd.proc
+            .wait_for_line(SHORT, "lsd: announcing on the IPv6 group", |l| {
+                l.contains("lsd: announcing on [ff15::efc0:988f]:6771")
+                    .then_some(())
+            });
+        let mut lt = Command::new(crate::support::PYTHON);
+        lt.arg(crate::support::client_script("lt_client.py"))
+            .args(["seed", "--torrent"])
+            .arg(&torrent)
+            .arg("--dir")
+            .arg(&seed_dir)
+            .args(["--bind", "fd00::2", "--lsd", "--timeout"])
+            .arg(TRANSFER.as_secs().to_string())
+            .env("DIE_WITH_PARENT", "1");
+        let mut lt = crate::support::Proc::spawn("libtorrent seeder (lsd, ipv6)", lt);
+        lt.wait_for_line(SHORT, "LISTENING <port>", |l| {
+            l.strip_prefix("LISTENING ").map(|_| ())
+        });
+        btd.assert_exits_ok(TRANSFER);
+        assert_same_files(&seed_dir.join("lsd-v6.bin"), &out.join("lsd-v6.bin"));
+        let output = btd.proc.output();
+        assert!(
+            output.contains("lsd gave [[fd00::") || output.contains("connected (in)"),
+            "btd met no peer through LSD over IPv6:\n{output}"
+        );
+        lt.terminate_and_assert_ok(SHORT);
     });
 }
