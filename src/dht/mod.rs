@@ -10,7 +10,8 @@
 //! [`PeerSink`] (a torrent's `Control::AddPeers`, a metadata fetch's events).
 //!
 //! The routing table's good nodes and our node id are saved in the state directory at stop
-//! (`dht.dat`) and pinged at the next start, so a restart does not lean on the bootstrap nodes.
+//! and every 10 minutes (`dht.dat`) and pinged at the next start, so a restart (even after a
+//! crash) does not lean on the bootstrap nodes.
 
 pub mod krpc;
 pub mod lookup;
@@ -50,6 +51,9 @@ const RECV_TICK: Duration = Duration::from_millis(250);
 const INBOUND_QUEUE: usize = 512;
 /// Nodes saved at most.
 const SAVE_MAX: usize = 300;
+/// The routing table is also saved this often while the DHT runs, so a daemon that did not
+/// stop cleanly (killed, a crash, power loss) still starts from a recent table.
+const SAVE_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// The DHT's settings (`[dht]`, `--no-dht`, `--dht-bootstrap`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -354,6 +358,7 @@ impl Run {
         let actions = self.node.add_nodes(&saved, now);
         self.carry_out(actions);
         let mut next_tick = now;
+        let mut next_save = now + SAVE_EVERY;
         let mut commands_open = true;
         loop {
             let never = crossbeam_channel::never();
@@ -383,14 +388,28 @@ impl Run {
                 self.stats.nodes_v4.store(v4, Ordering::Relaxed);
                 self.stats.nodes_v6.store(v6, Ordering::Relaxed);
             }
-        }
-        if let Some(path) = &self.state_file {
-            let mut nodes = self.node.good_nodes(Instant::now());
-            nodes.truncate(SAVE_MAX);
-            match crate::atomic_file::write(path, &encode_state(self.node.id(), &nodes)) {
-                Ok(()) => debug!("dht: saved {} nodes to {}", nodes.len(), path.display()),
-                Err(e) => warn!("dht: cannot save {}: {e}", path.display()),
+            if now >= next_save {
+                next_save = now + SAVE_EVERY;
+                self.save(now, false);
             }
+        }
+        self.save(Instant::now(), true);
+    }
+
+    /// Writes the good nodes to the state file, if there is one; while running (`!last`) only
+    /// when there are some, so a spell without network does not wipe a good table.
+    fn save(&self, now: Instant, last: bool) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        let mut nodes = self.node.good_nodes(now);
+        if nodes.is_empty() && !last {
+            return;
+        }
+        nodes.truncate(SAVE_MAX);
+        match crate::atomic_file::write(path, &encode_state(self.node.id(), &nodes)) {
+            Ok(()) => debug!("dht: saved {} nodes to {}", nodes.len(), path.display()),
+            Err(e) => warn!("dht: cannot save {}: {e}", path.display()),
         }
     }
 
