@@ -212,6 +212,30 @@ fn a_daemon_with_lsd_on_seeds_a_config_torrent_to_a_libtorrent_leecher_it_heard_
         let mut daemon = home.start("btd daemon (lsd)");
         daemon.wait_seeding(&info_hash, SHORT);
         daemon.wait_log_contains(0, SHORT, "lsd: announcing on 239.192.152.143:6771");
+        // The RPC says so (Transmission's `lpd-enabled`), and that the DHT is off here.
+        let rpc_at = daemon.wait_log_after(
+            0,
+            SHORT,
+            "the RPC's address",
+            crate::support::parse_rpc_serving,
+        );
+        let session = crate::support::rpc_client::RpcClient::new(rpc_at).ok(
+            "session-get",
+            serde_json::json!({"fields": ["lpd-enabled", "dht-enabled", "pex-enabled"]}),
+        );
+        assert_eq!(
+            (
+                &session["lpd-enabled"],
+                &session["dht-enabled"],
+                &session["pex-enabled"]
+            ),
+            (
+                &serde_json::json!(true),
+                &serde_json::json!(false),
+                &serde_json::json!(true)
+            ),
+            "session-get: {session:?}"
+        );
         // libtorrent after btd's start-up announce: btd learns of it from libtorrent's own
         // announce and dials it.
         let out = tmp.subdir("out");
