@@ -6,7 +6,8 @@
 //! request at a time (its concurrency bound), a run of contiguous blocks coalesced into one
 //! range per file it touches. A server that ignores `Range` and answers `200` with the whole
 //! file still serves: the bytes before the range are read and dropped. Redirects are followed
-//! (up to 5). An HTTP error voids what it was asked for (reported as `Choked`),
+//! (up to 5). A reply must keep a pace ([`MIN_RATE`] after the read timeout) or it is an
+//! error, so a server that trickles cannot hold blocks forever. An HTTP error voids what it was asked for (reported as `Choked`),
 //! then it waits a doubling back-off and reports `Unchoked`. It ends on `Shutdown`, when the
 //! coordinator closes its [`PeerLink`](super::PeerLink) flag, or when the coordinator is gone;
 //! `Disconnected` is sent once as it ends.
@@ -377,67 +378,125 @@ impl WebSeed {
             );
         }
         let mut reader = reader.take(skip + (b - a));
-        self.skip(&mut reader, skip).map_err(|e| match e {
-            FetchError::Http(e) => http(e),
-            closed => closed,
-        })?;
+        let mut pace = Pace::new(Instant::now(), self.timeouts.read, skip + (b - a));
+        let mut chunk = vec![0; READ_CHUNK];
+        let mut skipped = 0;
+        while skipped < skip {
+            let want = usize::try_from(skip - skipped)
+                .unwrap_or(usize::MAX)
+                .min(READ_CHUNK);
+            let n = self.read_some(&mut reader, &mut chunk[..want], &mut pace)?;
+            if n == 0 {
+                return Err(http(format!("reply ended {} bytes short", skip - skipped)));
+            }
+            skipped += n as u64;
+        }
         let want = usize::try_from(b - a).map_err(|_| http("range too long".into()))?;
         let mut got = 0;
-        let mut chunk = vec![0; READ_CHUNK.min(want.max(1))];
         while got < want {
-            if self.closed.load(Ordering::Relaxed) {
-                return Err(FetchError::Closed);
-            }
-            let limits = self.ctx.download_limits();
-            let allowed = limits.take_up_to(chunk.len().min(want - got), Instant::now());
-            if allowed == 0 {
-                std::thread::sleep(limits.wait_hint(chunk.len()).min(POLL));
-                continue;
-            }
-            let read = reader.read(&mut chunk[..allowed]);
-            let n = *read.as_ref().unwrap_or(&0);
-            limits.give_back(allowed - n);
-            match read {
-                Ok(0) => return Err(http(format!("reply ended after {got} of {want} bytes"))),
-                Ok(n) => {
-                    out.extend_from_slice(&chunk[..n]);
-                    got += n;
-                    self.stats.add_downloaded(n as u64);
-                    self.ctx
-                        .stats
-                        .downloaded
-                        .fetch_add(n as u64, Ordering::Relaxed);
+            let len = chunk.len().min(want - got);
+            let n = match self.read_some(&mut reader, &mut chunk[..len], &mut pace) {
+                Ok(n) => n,
+                Err(FetchError::Http(e)) => {
+                    return Err(http(format!("{e} after {got} of {want} bytes")));
                 }
-                Err(e) => return Err(http(format!("reading: {e}"))),
+                Err(closed) => return Err(closed),
+            };
+            if n == 0 {
+                return Err(http(format!("reply ended after {got} of {want} bytes")));
             }
+            out.extend_from_slice(&chunk[..n]);
+            got += n;
+            self.stats.add_downloaded(n as u64);
+            self.ctx
+                .stats
+                .downloaded
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Reads and drops `n` bytes of a reply (what a server that ignores `Range` sends before
-    /// the range we want), under the download rate limits like any bytes read.
-    fn skip(&self, reader: &mut impl Read, mut n: u64) -> Result<(), FetchError> {
-        let mut chunk = vec![0; READ_CHUNK];
-        while n > 0 {
+    /// One read into `buf` through the download rate limits (0: the reply ended); an error
+    /// when the torrent closes us, the read fails, or the reply is behind its [`Pace`].
+    fn read_some(
+        &self,
+        reader: &mut impl Read,
+        buf: &mut [u8],
+        pace: &mut Pace,
+    ) -> Result<usize, FetchError> {
+        loop {
             if self.closed.load(Ordering::Relaxed) {
                 return Err(FetchError::Closed);
             }
-            let want = usize::try_from(n).unwrap_or(usize::MAX).min(chunk.len());
+            let now = Instant::now();
+            if let Some(e) = pace.late(now) {
+                return Err(FetchError::Http(e));
+            }
             let limits = self.ctx.download_limits();
-            let allowed = limits.take_up_to(want, Instant::now());
+            let allowed = limits.take_up_to(buf.len(), now);
             if allowed == 0 {
-                std::thread::sleep(limits.wait_hint(want).min(POLL));
+                let nap = limits.wait_hint(buf.len()).min(POLL);
+                std::thread::sleep(nap);
+                pace.held_back(nap);
                 continue;
             }
-            let read = reader.read(&mut chunk[..allowed]);
+            let read = reader.read(&mut buf[..allowed]);
             limits.give_back(allowed - *read.as_ref().unwrap_or(&0));
-            match read {
-                Ok(0) => return Err(FetchError::Http(format!("reply ended {n} bytes short"))),
-                Ok(got) => n -= got as u64,
-                Err(e) => return Err(FetchError::Http(format!("reading: {e}"))),
-            }
+            return match read {
+                Ok(n) => {
+                    pace.got(n);
+                    Ok(n)
+                }
+                Err(e) => Err(FetchError::Http(format!("reading: {e}"))),
+            };
         }
-        Ok(())
+    }
+}
+
+/// Slowest a web seed may send a reply, on average, before the request is given up as an
+/// error (a server that trickles a byte now and then never trips the read timeout).
+pub const MIN_RATE: u64 = 8 * 1024;
+
+/// The deadline of one reply: the read timeout plus its length at [`MIN_RATE`], pushed back
+/// by the time our own rate limits held the reading back.
+#[derive(Debug)]
+struct Pace {
+    start: Instant,
+    deadline: Instant,
+    total: u64,
+    got: u64,
+}
+
+impl Pace {
+    fn new(now: Instant, read_timeout: Duration, total: u64) -> Pace {
+        let allowance = Duration::from_secs_f64(total as f64 / MIN_RATE as f64);
+        Pace {
+            start: now,
+            deadline: now + read_timeout + allowance,
+            total,
+            got: 0,
+        }
+    }
+
+    fn held_back(&mut self, by: Duration) {
+        self.deadline += by;
+    }
+
+    fn got(&mut self, n: usize) {
+        self.got += n as u64;
+    }
+
+    /// The error to report when the reply is past its deadline at `now`.
+    fn late(&self, now: Instant) -> Option<String> {
+        (now > self.deadline).then(|| {
+            format!(
+                "too slow: {} of {} bytes in {:.0?} (under {} KiB/s)",
+                self.got,
+                self.total,
+                now - self.start,
+                MIN_RATE / 1024
+            )
+        })
     }
 }
 
@@ -556,5 +615,19 @@ mod tests {
         assert!(check_reply(StatusCode::OK, &other, 100, 200, 1000).is_err());
         let err = check_reply(StatusCode::NOT_FOUND, &headers(&[]), 0, 10, 1000).unwrap_err();
         assert_eq!(err, "HTTP status 404 Not Found for bytes 0-9");
+    }
+
+    #[test]
+    fn a_reply_is_late_after_the_read_timeout_plus_its_length_at_the_minimum_rate() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0, Duration::from_secs(60), 4 * MIN_RATE);
+        assert_eq!(pace.late(t0 + Duration::from_secs(64)), None);
+        pace.got(3);
+        let late = pace.late(t0 + Duration::from_secs(65)).expect("late");
+        assert!(late.starts_with("too slow: 3 of 32768 bytes"), "{late}");
+        // Time our own rate limits held the reading back is not the server's fault.
+        pace.held_back(Duration::from_secs(10));
+        assert_eq!(pace.late(t0 + Duration::from_secs(74)), None);
+        assert!(pace.late(t0 + Duration::from_secs(75)).is_some());
     }
 }

@@ -422,3 +422,55 @@ fn a_web_seed_url_naming_the_file_itself_is_followed_through_a_redirect() {
         "{paths:?}"
     );
 }
+
+/// A web seed that trickles (a byte every 200 ms: never silent as long as the read timeout)
+/// is given up once its reply falls behind the read timeout plus its length at 8 KiB/s, and
+/// asked again after its back-off. Before, the first request waited for the whole trickle.
+#[test]
+fn a_web_seed_that_trickles_is_given_up_and_asked_again_after_its_back_off() {
+    let tmp = TempDir::new("ws-trickle");
+    let seed_dir = seed_payload(&tmp, "ws_trickle", &[("ws trickle.bin", 32 * KIB)]);
+    let options = web_seed::Options {
+        trickle: Some(Duration::from_millis(200)),
+        ..web_seed::Options::default()
+    };
+    let server = WebSeedServer::start_with(&seed_dir, options);
+    let torrent = tmp.join("f.torrent");
+    create(
+        &seed_dir.join("ws trickle.bin"),
+        &torrent,
+        32 * KIB,
+        &[server.url("")],
+    );
+    // A 2 s read timeout: a 32 KiB reply is late after 2 s + 4 s.
+    let config = tmp.join("btd.toml");
+    std::fs::write(&config, "[network]\nwrite_timeout_secs = 2\n").expect("write config");
+    let out = tmp.subdir("out");
+    let args: Vec<OsString> = vec![
+        "--config".into(),
+        config.into(),
+        "download".into(),
+        torrent.into(),
+        "-o".into(),
+        out.into(),
+        "--bind".into(),
+        next_ip().to_string().into(),
+        "--port".into(),
+        "0".into(),
+    ];
+    let mut btd = Btd::spawn("btd leecher", Btd::command(args));
+    let started = std::time::Instant::now();
+    btd.proc
+        .wait_for_line(Duration::from_secs(20), "the web seed given up", |l| {
+            (l.contains("too slow: ") && l.contains(" of 32768 bytes")).then_some(())
+        });
+    let given_up = started.elapsed();
+    assert!(
+        given_up >= Duration::from_secs(5),
+        "given up after {given_up:?}, before its pace allowed"
+    );
+    wait_until(within(SHORT), "a second request after the back-off", || {
+        server.paths().len() >= 2
+    });
+    btd.terminate_and_assert_ok(SHORT);
+}

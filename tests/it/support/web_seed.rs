@@ -3,7 +3,7 @@
 //! `http.server` does not do ranges, and a server of our own can also serve corrupt bytes and
 //! count what it was asked). Keep-alive connections, one thread each, every read bounded by a
 //! timeout; the listener stops on `Drop`. [`Options`] make it misbehave as real servers do:
-//! corrupt bytes, a delay, `Range` ignored (200 with the whole file), or a redirect.
+//! corrupt bytes, a delay, `Range` ignored (200 with the whole file), a trickle, or a redirect.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -28,6 +28,9 @@ pub struct Options {
     /// `Range` is ignored: every GET is answered `200` with the whole file (as servers without
     /// range support do).
     pub ignore_ranges: bool,
+    /// The body is sent one byte per this interval (a server that trickles: never silent for
+    /// long, never done).
+    pub trickle: Option<Duration>,
 }
 
 /// Requests under this path are answered `302 Found` with a `Location` of the same path
@@ -211,6 +214,10 @@ fn serve(
             extra.push(format!("Content-Range: bytes {start}-{}/{len}", end - 1));
             ranges_served.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(every) = options.trickle {
+            trickle(&mut out, status, &extra, &body, every)?;
+            return Ok(());
+        }
         reply(&mut out, status, &extra, &body)?;
         if close {
             return Ok(());
@@ -227,6 +234,28 @@ fn reply(out: &mut TcpStream, status: &str, extra: &[String], body: &[u8]) -> st
     head.push_str("\r\n");
     out.write_all(head.as_bytes())?;
     out.write_all(body)
+}
+
+/// `reply`, with the body one byte per `every`.
+fn trickle(
+    out: &mut TcpStream,
+    status: &str,
+    extra: &[String],
+    body: &[u8],
+    every: Duration,
+) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
+    for line in extra {
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    out.write_all(head.as_bytes())?;
+    for byte in body {
+        std::thread::sleep(every);
+        out.write_all(std::slice::from_ref(byte))?;
+    }
+    Ok(())
 }
 
 /// `bytes=A-B`, `bytes=A-` or `bytes=-N` inside a file of `len` bytes, as `A..B+1`.
