@@ -176,6 +176,17 @@ fn bind_addrs(listen: IpAddr, port: u16) -> Vec<SocketAddr> {
     }
 }
 
+/// The families peers can reach our TCP listen address on: `0.0.0.0` is IPv4 only, `::`
+/// both (the listener takes IPv4 too), any other address its own family. The DHT may look
+/// up over a family beyond these (peers found there are dialled), but announces only here.
+fn reachable_families(listen: IpAddr) -> Vec<Family> {
+    match listen {
+        IpAddr::V6(a) if a.is_unspecified() => vec![Family::V4, Family::V6],
+        IpAddr::V4(_) => vec![Family::V4],
+        IpAddr::V6(_) => vec![Family::V6],
+    }
+}
+
 fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv4() {
@@ -253,6 +264,7 @@ impl Dht {
             stats: Arc::clone(&stats),
             tracks: HashMap::new(),
             owners: HashMap::new(),
+            reachable: reachable_families(listen.ip()),
         };
         let main = std::thread::Builder::new()
             .name("dht".into())
@@ -341,6 +353,8 @@ struct Run {
     stats: Arc<DhtStats>,
     tracks: HashMap<Id, Track>,
     owners: HashMap<SearchId, Owner>,
+    /// The families our TCP listen port is reachable on (announces go there only).
+    reachable: Vec<Family>,
 }
 
 impl Run {
@@ -354,6 +368,7 @@ impl Run {
             rand::random(),
             now,
         );
+        self.node.announce_only_on(&self.reachable);
         let saved = std::mem::take(&mut self.saved);
         let actions = self.node.add_nodes(&saved, now);
         self.carry_out(actions);
@@ -636,6 +651,17 @@ mod tests {
             bind_addrs("127.0.0.3".parse().unwrap(), 5),
             vec!["127.0.0.3:5".parse().unwrap()]
         );
+    }
+
+    /// `0.0.0.0` binds the DHT on both families but announces over IPv4 only: the TCP
+    /// listener takes no IPv6 there.
+    #[test]
+    fn announces_go_where_the_tcp_listener_is_reachable() {
+        let v = |ip: &str| reachable_families(ip.parse().unwrap());
+        assert_eq!(v("0.0.0.0"), vec![Family::V4]);
+        assert_eq!(v("::"), vec![Family::V4, Family::V6]);
+        assert_eq!(v("127.0.0.3"), vec![Family::V4]);
+        assert_eq!(v("::1"), vec![Family::V6]);
     }
 
     /// Two nodes on loopback find each other through a third, and one finds the peer the
