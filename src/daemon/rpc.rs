@@ -141,7 +141,7 @@ impl Daemon {
             "peer-port-random-on-start": false,
             "port-forwarding-enabled": false,
             "dht-enabled": self.engine.dht().is_some(),
-            "lpd-enabled": false,
+            "lpd-enabled": c.lsd,
             "pex-enabled": true,
             "utp-enabled": false,
             "encryption": setting("encryption"),

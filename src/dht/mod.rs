@@ -10,7 +10,8 @@
 //! [`PeerSink`] (a torrent's `Control::AddPeers`, a metadata fetch's events).
 //!
 //! The routing table's good nodes and our node id are saved in the state directory at stop
-//! (`dht.dat`) and pinged at the next start, so a restart does not lean on the bootstrap nodes.
+//! and every 10 minutes (`dht.dat`) and pinged at the next start, so a restart (even after a
+//! crash) does not lean on the bootstrap nodes.
 
 pub mod krpc;
 pub mod lookup;
@@ -50,6 +51,9 @@ const RECV_TICK: Duration = Duration::from_millis(250);
 const INBOUND_QUEUE: usize = 512;
 /// Nodes saved at most.
 const SAVE_MAX: usize = 300;
+/// The routing table is also saved this often while the DHT runs, so a daemon that did not
+/// stop cleanly (killed, a crash, power loss) still starts from a recent table.
+const SAVE_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// The DHT's settings (`[dht]`, `--no-dht`, `--dht-bootstrap`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,6 +168,17 @@ fn bind_addrs(listen: IpAddr, port: u16) -> Vec<SocketAddr> {
     }
 }
 
+/// The families peers can reach our TCP listen address on: `0.0.0.0` is IPv4 only, `::`
+/// both (the listener takes IPv4 too), any other address its own family. The DHT may look
+/// up over a family beyond these (peers found there are dialled), but announces only here.
+fn reachable_families(listen: IpAddr) -> Vec<Family> {
+    match listen {
+        IpAddr::V6(a) if a.is_unspecified() => vec![Family::V4, Family::V6],
+        IpAddr::V4(_) => vec![Family::V4],
+        IpAddr::V6(_) => vec![Family::V6],
+    }
+}
+
 fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv4() {
@@ -241,6 +256,7 @@ impl Dht {
             stats: Arc::clone(&stats),
             tracks: HashMap::new(),
             owners: HashMap::new(),
+            reachable: reachable_families(listen.ip()),
         };
         let main = std::thread::Builder::new()
             .name("dht".into())
@@ -329,6 +345,8 @@ struct Run {
     stats: Arc<DhtStats>,
     tracks: HashMap<Id, Track>,
     owners: HashMap<SearchId, Owner>,
+    /// The families our TCP listen port is reachable on (announces go there only).
+    reachable: Vec<Family>,
 }
 
 impl Run {
@@ -342,10 +360,12 @@ impl Run {
             rand::random(),
             now,
         );
+        self.node.announce_only_on(&self.reachable);
         let saved = std::mem::take(&mut self.saved);
         let actions = self.node.add_nodes(&saved, now);
         self.carry_out(actions);
         let mut next_tick = now;
+        let mut next_save = now + SAVE_EVERY;
         let mut commands_open = true;
         loop {
             let never = crossbeam_channel::never();
@@ -375,14 +395,28 @@ impl Run {
                 self.stats.nodes_v4.store(v4, Ordering::Relaxed);
                 self.stats.nodes_v6.store(v6, Ordering::Relaxed);
             }
-        }
-        if let Some(path) = &self.state_file {
-            let mut nodes = self.node.good_nodes(Instant::now());
-            nodes.truncate(SAVE_MAX);
-            match crate::atomic_file::write(path, &encode_state(self.node.id(), &nodes)) {
-                Ok(()) => debug!("dht: saved {} nodes to {}", nodes.len(), path.display()),
-                Err(e) => warn!("dht: cannot save {}: {e}", path.display()),
+            if now >= next_save {
+                next_save = now + SAVE_EVERY;
+                self.save(now, false);
             }
+        }
+        self.save(Instant::now(), true);
+    }
+
+    /// Writes the good nodes to the state file, if there is one; while running (`!last`) only
+    /// when there are some, so a spell without network does not wipe a good table.
+    fn save(&self, now: Instant, last: bool) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        let mut nodes = self.node.good_nodes(now);
+        if nodes.is_empty() && !last {
+            return;
+        }
+        nodes.truncate(SAVE_MAX);
+        match crate::atomic_file::write(path, &encode_state(self.node.id(), &nodes)) {
+            Ok(()) => debug!("dht: saved {} nodes to {}", nodes.len(), path.display()),
+            Err(e) => warn!("dht: cannot save {}: {e}", path.display()),
         }
     }
 
@@ -609,6 +643,17 @@ mod tests {
             bind_addrs("127.0.0.3".parse().unwrap(), 5),
             vec!["127.0.0.3:5".parse().unwrap()]
         );
+    }
+
+    /// `0.0.0.0` binds the DHT on both families but announces over IPv4 only: the TCP
+    /// listener takes no IPv6 there.
+    #[test]
+    fn announces_go_where_the_tcp_listener_is_reachable() {
+        let v = |ip: &str| reachable_families(ip.parse().unwrap());
+        assert_eq!(v("0.0.0.0"), vec![Family::V4]);
+        assert_eq!(v("::"), vec![Family::V4, Family::V6]);
+        assert_eq!(v("127.0.0.3"), vec![Family::V4]);
+        assert_eq!(v("::1"), vec![Family::V6]);
     }
 
     /// Two nodes on loopback find each other through a third, and one finds the peer the

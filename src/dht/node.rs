@@ -98,6 +98,8 @@ pub struct Node {
     bootstrapped: Option<Instant>,
     /// The search that fills our own neighbourhood (`find_node` of our id), while it runs.
     self_search: Option<SearchId>,
+    /// The families whose peers can reach our TCP port: announces go to their nodes only.
+    reachable: Vec<Family>,
 }
 
 impl Node {
@@ -126,7 +128,15 @@ impl Node {
             bootstrap,
             bootstrapped: None,
             self_search: None,
+            reachable: families.to_vec(),
         }
+    }
+
+    /// Announces (`announce_peer`) go only to nodes of `families` (every family by default):
+    /// a DHT that also looks up over IPv6 while our TCP port listens on IPv4 only must not
+    /// tell IPv6 nodes a port nobody there can reach.
+    pub fn announce_only_on(&mut self, families: &[Family]) {
+        self.reachable = families.to_vec();
     }
 
     pub fn id(&self) -> &Id {
@@ -305,7 +315,10 @@ impl Node {
         }
         if done && let Some(search) = self.searches.remove(&sid) {
             if let Some(port) = search.announce {
-                for (_, lookup) in &search.lookups {
+                for (family, lookup) in &search.lookups {
+                    if !self.reachable.contains(family) {
+                        continue;
+                    }
                     for (node, token) in lookup.announce_targets() {
                         let query = Query::AnnouncePeer {
                             id: me,
@@ -840,6 +853,41 @@ mod tests {
                 .iter()
                 .all(|a| a.1 == 5000 && a.2 == b"tok" && !a.3)
         );
+    }
+
+    /// A family our TCP port does not listen on gets lookups but no announce.
+    #[test]
+    fn announces_go_only_to_the_families_our_port_is_reachable_on() {
+        let now = Instant::now();
+        let mut node = v4_node(now);
+        node.announce_only_on(&[Family::V6]);
+        let out = sends(&node.tick(now));
+        let (to, boot_q) = &out[0];
+        let r = reply(boot_q, [0x80; 20], Response::default());
+        let _ = node.on_datagram(*to, &r, now);
+        let hash = [0x41; 20];
+        let (sid, actions) = node.search(hash, true, Some(5000), now);
+        let mut after = Vec::new();
+        for (to, q) in &sends(&actions) {
+            let r = reply(
+                q,
+                [0x80; 20],
+                Response {
+                    token: Some(b"tok".to_vec()),
+                    ..Response::default()
+                },
+            );
+            after.extend(node.on_datagram(*to, &r, now));
+        }
+        assert!(
+            after.contains(&Action::SearchDone { search: sid }),
+            "{after:?}"
+        );
+        let announces = sends(&after)
+            .into_iter()
+            .filter(|(_, m)| matches!(m.body, Body::Query(Query::AnnouncePeer { .. })))
+            .count();
+        assert_eq!(announces, 0, "announced over IPv4: {after:?}");
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub enum Action {
 pub struct Core {
     cookie: String,
     entries: HashMap<u64, (InfoHash, Instant)>,
+    /// When each info hash was last announced (kept for [`ANNOUNCE_INTERVAL`]): a new
+    /// registration of a hash waits for the interval since then.
+    announced: HashMap<InfoHash, Instant>,
     tokens: f64,
     refilled: Instant,
     /// When each registration was last given each peer.
@@ -100,6 +103,7 @@ impl Core {
         Self {
             cookie,
             entries: HashMap::new(),
+            announced: HashMap::new(),
             tokens: f64::from(RECEIVE_BURST),
             refilled: now,
             recent: HashMap::new(),
@@ -107,9 +111,16 @@ impl Core {
         }
     }
 
-    /// Registration `id` wants peers for `info_hash`; it is announced at the next [`Core::due`].
+    /// Registration `id` wants peers for `info_hash`; it is announced at the next [`Core::due`],
+    /// or [`ANNOUNCE_INTERVAL`] after the hash's last announce if that is later (a torrent
+    /// stopped and started, a magnet's fetch then its torrent: at most one announce an
+    /// interval per torrent).
     pub fn on_registered(&mut self, id: u64, info_hash: InfoHash, now: Instant) {
-        self.entries.insert(id, (info_hash, now));
+        let at = self
+            .announced
+            .get(&info_hash)
+            .map_or(now, |last| (*last + ANNOUNCE_INTERVAL).max(now));
+        self.entries.insert(id, (info_hash, at));
     }
 
     pub fn on_unregistered(&mut self, id: u64) {
@@ -128,6 +139,11 @@ impl Core {
                     hashes.push(*hash);
                 }
             }
+        }
+        self.announced
+            .retain(|_, last| now.saturating_duration_since(*last) < ANNOUNCE_INTERVAL);
+        for hash in &hashes {
+            self.announced.insert(*hash, now);
         }
         (!hashes.is_empty()).then_some(Action::Announce(hashes))
     }
@@ -540,6 +556,39 @@ mod tests {
             core.due(t0 + ANNOUNCE_INTERVAL),
             Some(Action::Announce(vec![hash(1)]))
         );
+    }
+
+    /// A torrent stopped and started again (or a magnet's fetch followed by its torrent) is a
+    /// new registration of the same hash: it waits for the interval since the hash's last
+    /// announce, so start/stop churn never multicasts more than once an interval.
+    #[test]
+    fn a_hash_registered_again_is_announced_no_sooner_than_an_interval_after_the_last() {
+        let t0 = Instant::now();
+        let mut core = Core::new("me".into(), t0);
+        core.on_registered(1, hash(1), t0);
+        assert_eq!(core.due(t0), Some(Action::Announce(vec![hash(1)])));
+        let mut t = t0;
+        for id in 2..20 {
+            core.on_unregistered(id - 1);
+            t += Duration::from_secs(10);
+            core.on_registered(id, hash(1), t);
+            assert_eq!(core.due(t), None, "registration {id} at {:?}", t - t0);
+        }
+        // Another hash is not held back.
+        core.on_registered(50, hash(2), t);
+        assert_eq!(core.due(t), Some(Action::Announce(vec![hash(2)])));
+        assert_eq!(
+            core.due(t0 + ANNOUNCE_INTERVAL),
+            Some(Action::Announce(vec![hash(1)]))
+        );
+        // Long after its last announce, a new registration is announced at once.
+        core.on_unregistered(19);
+        let later = t0 + 3 * ANNOUNCE_INTERVAL;
+        core.on_registered(60, hash(1), later);
+        let Some(Action::Announce(hashes)) = core.due(later) else {
+            panic!("nothing due")
+        };
+        assert!(hashes.contains(&hash(1)), "{hashes:?}");
     }
 
     #[test]

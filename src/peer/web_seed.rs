@@ -4,7 +4,10 @@
 //! obeys `Request`, `Cancel` and `Shutdown` ([`PeerCommand`]) and reports `BlocksReceived`
 //! ([`PeerEvent`]). It fetches the requested blocks with HTTP range requests (attohttpc), one
 //! request at a time (its concurrency bound), a run of contiguous blocks coalesced into one
-//! range per file it touches. An HTTP error voids what it was asked for (reported as `Choked`),
+//! range per file it touches. A server that ignores `Range` and answers `200` with the whole
+//! file still serves: the bytes before the range are read and dropped. Redirects are followed
+//! (up to 5). A reply must keep a pace ([`MIN_RATE`] after the read timeout) or it is an
+//! error, so a server that trickles cannot hold blocks forever. An HTTP error voids what it was asked for (reported as `Choked`),
 //! then it waits a doubling back-off and reports `Unchoked`. It ends on `Shutdown`, when the
 //! coordinator closes its [`PeerLink`](super::PeerLink) flag, or when the coordinator is gone;
 //! `Disconnected` is sent once as it ends.
@@ -87,6 +90,7 @@ pub fn spawn(
         closed: Arc::clone(&closed),
         queue: VecDeque::new(),
         failures: 0,
+        ignores_ranges: AtomicBool::new(false),
     };
     std::thread::Builder::new()
         .name(format!("webseed {}", seed.url))
@@ -152,6 +156,8 @@ struct WebSeed {
     queue: VecDeque<BlockRef>,
     /// HTTP errors in a row.
     failures: u32,
+    /// The server answered a range request with the whole file (logged once).
+    ignores_ranges: AtomicBool,
 }
 
 impl WebSeed {
@@ -362,48 +368,180 @@ impl WebSeed {
             )
             .send()
             .map_err(|e| http(e.to_string()))?;
-        let (status, _headers, reader) = response.split();
-        // A server without ranges answers 200 with the whole file: usable only when we asked
-        // for all of it.
-        let whole = status == StatusCode::OK && a == 0 && b == file_len;
-        if status != StatusCode::PARTIAL_CONTENT && !whole {
-            return Err(http(format!(
-                "HTTP status {status} for bytes {a}-{}",
-                b - 1
-            )));
+        let (status, headers, reader) = response.split();
+        let skip = match check_reply(status, &headers, a, b, file_len) {
+            Ok(skip) => skip,
+            Err(e) => return Err(http(e)),
+        };
+        if skip > 0 && !self.ignores_ranges.swap(true, Ordering::Relaxed) {
+            debug!(
+                "webseed {}: the server ignores Range; skipping to each range",
+                self.url
+            );
+        }
+        let mut reader = reader.take(skip + (b - a));
+        let mut pace = Pace::new(Instant::now(), self.timeouts.read, skip + (b - a));
+        let mut chunk = vec![0; READ_CHUNK];
+        let mut skipped = 0;
+        while skipped < skip {
+            let want = usize::try_from(skip - skipped)
+                .unwrap_or(usize::MAX)
+                .min(READ_CHUNK);
+            let n = self.read_some(&mut reader, &mut chunk[..want], &mut pace)?;
+            if n == 0 {
+                return Err(http(format!("reply ended {} bytes short", skip - skipped)));
+            }
+            skipped += n as u64;
         }
         let want = usize::try_from(b - a).map_err(|_| http("range too long".into()))?;
-        let mut reader = reader.take(b - a);
         let mut got = 0;
-        let mut chunk = vec![0; READ_CHUNK.min(want.max(1))];
         while got < want {
+            let len = chunk.len().min(want - got);
+            let n = match self.read_some(&mut reader, &mut chunk[..len], &mut pace) {
+                Ok(n) => n,
+                Err(FetchError::Http(e)) => {
+                    return Err(http(format!("{e} after {got} of {want} bytes")));
+                }
+                Err(closed) => return Err(closed),
+            };
+            if n == 0 {
+                return Err(http(format!("reply ended after {got} of {want} bytes")));
+            }
+            out.extend_from_slice(&chunk[..n]);
+            got += n;
+            self.stats.add_downloaded(n as u64);
+            self.ctx
+                .stats
+                .downloaded
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// One read into `buf` through the download rate limits (0: the reply ended); an error
+    /// when the torrent closes us, the read fails, or the reply is behind its [`Pace`].
+    fn read_some(
+        &self,
+        reader: &mut impl Read,
+        buf: &mut [u8],
+        pace: &mut Pace,
+    ) -> Result<usize, FetchError> {
+        loop {
             if self.closed.load(Ordering::Relaxed) {
                 return Err(FetchError::Closed);
             }
+            let now = Instant::now();
+            if let Some(e) = pace.late(now) {
+                return Err(FetchError::Http(e));
+            }
             let limits = self.ctx.download_limits();
-            let allowed = limits.take_up_to(chunk.len().min(want - got), Instant::now());
+            let allowed = limits.take_up_to(buf.len(), now);
             if allowed == 0 {
-                std::thread::sleep(limits.wait_hint(chunk.len()).min(POLL));
+                let nap = limits.wait_hint(buf.len()).min(POLL);
+                std::thread::sleep(nap);
+                pace.held_back(nap);
                 continue;
             }
-            let read = reader.read(&mut chunk[..allowed]);
-            let n = *read.as_ref().unwrap_or(&0);
-            limits.give_back(allowed - n);
-            match read {
-                Ok(0) => return Err(http(format!("reply ended after {got} of {want} bytes"))),
+            let read = reader.read(&mut buf[..allowed]);
+            limits.give_back(allowed - *read.as_ref().unwrap_or(&0));
+            return match read {
                 Ok(n) => {
-                    out.extend_from_slice(&chunk[..n]);
-                    got += n;
-                    self.stats.add_downloaded(n as u64);
-                    self.ctx
-                        .stats
-                        .downloaded
-                        .fetch_add(n as u64, Ordering::Relaxed);
+                    pace.got(n);
+                    Ok(n)
                 }
-                Err(e) => return Err(http(format!("reading: {e}"))),
+                Err(e) => Err(FetchError::Http(format!("reading: {e}"))),
+            };
+        }
+    }
+}
+
+/// Slowest a web seed may send a reply, on average, before the request is given up as an
+/// error (a server that trickles a byte now and then never trips the read timeout).
+pub const MIN_RATE: u64 = 8 * 1024;
+
+/// The deadline of one reply: the read timeout plus its length at [`MIN_RATE`], pushed back
+/// by the time our own rate limits held the reading back.
+#[derive(Debug)]
+struct Pace {
+    start: Instant,
+    deadline: Instant,
+    total: u64,
+    got: u64,
+}
+
+impl Pace {
+    fn new(now: Instant, read_timeout: Duration, total: u64) -> Pace {
+        let allowance = Duration::from_secs_f64(total as f64 / MIN_RATE as f64);
+        Pace {
+            start: now,
+            deadline: now + read_timeout + allowance,
+            total,
+            got: 0,
+        }
+    }
+
+    fn held_back(&mut self, by: Duration) {
+        self.deadline += by;
+    }
+
+    fn got(&mut self, n: usize) {
+        self.got += n as u64;
+    }
+
+    /// The error to report when the reply is past its deadline at `now`.
+    fn late(&self, now: Instant) -> Option<String> {
+        (now > self.deadline).then(|| {
+            format!(
+                "too slow: {} of {} bytes in {:.0?} (under {} KiB/s)",
+                self.got,
+                self.total,
+                now - self.start,
+                MIN_RATE / 1024
+            )
+        })
+    }
+}
+
+/// Whether a reply to `Range: bytes=a-(b-1)` of a file of `file_len` bytes carries that range,
+/// and how many bytes come before it: 0 for a `206` whose `Content-Range` (when given) starts
+/// at `a`; `a` for a `200` (a server that ignores `Range` sends the whole file, whose length
+/// must then be `file_len`). Anything else is the error to report.
+fn check_reply(
+    status: StatusCode,
+    headers: &attohttpc::header::HeaderMap,
+    a: u64,
+    b: u64,
+    file_len: u64,
+) -> Result<u64, String> {
+    let header = |name: attohttpc::header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    match status {
+        StatusCode::PARTIAL_CONTENT => {
+            if let Some(range) = header(attohttpc::header::CONTENT_RANGE) {
+                let first = range
+                    .strip_prefix("bytes ")
+                    .and_then(|r| r.split_once('-'))
+                    .and_then(|(first, _)| first.trim().parse::<u64>().ok());
+                if first != Some(a) {
+                    return Err(format!("Content-Range {range:?} for bytes {a}-{}", b - 1));
+                }
+            }
+            Ok(0)
+        }
+        StatusCode::OK => {
+            let len = header(attohttpc::header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
+            match len {
+                Some(len) if len != file_len => Err(format!(
+                    "HTTP status 200 with {len} bytes for a file of {file_len}"
+                )),
+                _ => Ok(a),
             }
         }
-        Ok(())
+        status => Err(format!("HTTP status {status} for bytes {a}-{}", b - 1)),
     }
 }
 
@@ -441,5 +579,57 @@ mod tests {
             file_url("http://h/x/", false, &f),
             "http://h/x/name/sub%20dir/%C3%BC.txt"
         );
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> attohttpc::header::HeaderMap {
+        let mut map = attohttpc::header::HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn a_partial_reply_must_start_where_we_asked() {
+        let ok = headers(&[("content-range", "bytes 100-199/1000")]);
+        assert_eq!(
+            check_reply(StatusCode::PARTIAL_CONTENT, &ok, 100, 200, 1000),
+            Ok(0)
+        );
+        assert_eq!(
+            check_reply(StatusCode::PARTIAL_CONTENT, &headers(&[]), 100, 200, 1000),
+            Ok(0)
+        );
+        let wrong = headers(&[("content-range", "bytes 0-99/1000")]);
+        let err = check_reply(StatusCode::PARTIAL_CONTENT, &wrong, 100, 200, 1000).unwrap_err();
+        assert!(err.contains("Content-Range"), "{err}");
+    }
+
+    #[test]
+    fn a_whole_file_reply_is_skipped_into_when_its_length_is_the_files() {
+        let whole = headers(&[("content-length", "1000")]);
+        assert_eq!(check_reply(StatusCode::OK, &whole, 100, 200, 1000), Ok(100));
+        assert_eq!(
+            check_reply(StatusCode::OK, &headers(&[]), 0, 1000, 1000),
+            Ok(0)
+        );
+        let other = headers(&[("content-length", "999")]);
+        assert!(check_reply(StatusCode::OK, &other, 100, 200, 1000).is_err());
+        let err = check_reply(StatusCode::NOT_FOUND, &headers(&[]), 0, 10, 1000).unwrap_err();
+        assert_eq!(err, "HTTP status 404 Not Found for bytes 0-9");
+    }
+
+    #[test]
+    fn a_reply_is_late_after_the_read_timeout_plus_its_length_at_the_minimum_rate() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0, Duration::from_secs(60), 4 * MIN_RATE);
+        assert_eq!(pace.late(t0 + Duration::from_secs(64)), None);
+        pace.got(3);
+        let late = pace.late(t0 + Duration::from_secs(65)).expect("late");
+        assert!(late.starts_with("too slow: 3 of 32768 bytes"), "{late}");
+        // Time our own rate limits held the reading back is not the server's fault.
+        pace.held_back(Duration::from_secs(10));
+        assert_eq!(pace.late(t0 + Duration::from_secs(74)), None);
+        assert!(pace.late(t0 + Duration::from_secs(75)).is_some());
     }
 }

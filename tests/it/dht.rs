@@ -403,3 +403,53 @@ fn a_private_torrent_shows_no_dht_bit_and_sends_no_port_message() {
     }
     router.terminate_and_assert_ok(SHORT);
 }
+
+/// `[dht] port = 0` is the TCP listen port's number (here one picked at start), a fixed
+/// `port` is used as given, and `enabled = false` binds no UDP socket at all: checked in
+/// status.json's `dht` and by binding the port ourselves. No bootstrap node: nothing is sent.
+#[test]
+fn the_dht_port_is_the_listen_ports_number_unless_configured_and_off_binds_nothing() {
+    for case in ["port 0", "fixed port", "disabled"] {
+        let mut home = DaemonHome::new("dht-port");
+        let fixed = std::net::UdpSocket::bind((home.ip, 0))
+            .and_then(|s| s.local_addr())
+            .expect("a free UDP port")
+            .port();
+        if case != "disabled" {
+            home.set("dht", "enabled", true)
+                .set("dht", "bootstrap", Vec::<toml::Value>::new());
+        }
+        if case == "fixed port" {
+            home.set("dht", "port", i64::from(fixed));
+        }
+        home.write_config();
+        let mut d = home.spawn(&format!("btd daemon ({case})"));
+        let listen = d.wait_listening();
+        let snapshot = d.wait_snapshot(SHORT, "a status file", |_| true);
+        let status: serde_json::Value =
+            serde_json::from_str(&snapshot.text).expect("status.json is JSON");
+        let want = match case {
+            "port 0" => Some(listen.port()),
+            "fixed port" => Some(fixed),
+            _ => None,
+        };
+        let got = status
+            .get("dht")
+            .and_then(|d| d["port"].as_u64())
+            .and_then(|p| u16::try_from(p).ok());
+        assert_eq!(got, want, "{case}: status.json {}", snapshot.text);
+        let udp = std::net::UdpSocket::bind((home.ip, want.unwrap_or(listen.port())));
+        match want {
+            Some(port) => assert_eq!(
+                udp.map(|_| ()).map_err(|e| e.kind()),
+                Err(std::io::ErrorKind::AddrInUse),
+                "{case}: UDP port {port} is not btd's"
+            ),
+            None => assert!(
+                udp.is_ok(),
+                "{case}: a UDP socket on the listen port: {udp:?}"
+            ),
+        }
+        d.stop("TERM");
+    }
+}

@@ -1,7 +1,8 @@
 //! Local service discovery (BEP 14) with libtorrent, each test in a network namespace of its
 //! own (loopback up, 239.0.0.0/8 routed to it), so no announce reaches a real network. Every
 //! process gets its own loopback address; no tracker, no DHT and no `--peer`: LSD is the only
-//! way the peers find each other.
+//! way the peers find each other. IPv6 (`[ff15::efc0:988f]:6771`) runs over a veth pair inside
+//! the namespace, since IPv6 multicast does not loop back on `lo`.
 
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -211,6 +212,30 @@ fn a_parked_daemon_seed_with_lsd_on_serves_a_libtorrent_leecher_it_heard_announc
         let mut daemon = home.start("btd daemon (lsd)");
         daemon.wait_seeding(&info_hash, SHORT);
         daemon.wait_log_contains(0, SHORT, "lsd: announcing on 239.192.152.143:6771");
+        // The RPC says so (Transmission's `lpd-enabled`), and that the DHT is off here.
+        let rpc_at = daemon.wait_log_after(
+            0,
+            SHORT,
+            "the RPC's address",
+            crate::support::parse_rpc_serving,
+        );
+        let session = crate::support::rpc_client::RpcClient::new(rpc_at).ok(
+            "session-get",
+            serde_json::json!({"fields": ["lpd-enabled", "dht-enabled", "pex-enabled"]}),
+        );
+        assert_eq!(
+            (
+                &session["lpd-enabled"],
+                &session["dht-enabled"],
+                &session["pex-enabled"]
+            ),
+            (
+                &serde_json::json!(true),
+                &serde_json::json!(false),
+                &serde_json::json!(true)
+            ),
+            "session-get: {session:?}"
+        );
         // A seed with nothing going on parks (its coordinator thread ends) though LSD keeps
         // it registered: LSD's peers ring its doorbell.
         wait_until(
@@ -323,5 +348,76 @@ fn a_private_torrent_is_never_announced_while_a_public_one_is() {
         );
         assert!(heard.starts_with("bt-search * http/1.1\r\n"), "{heard}");
         daemon.stop("TERM");
+    });
+}
+
+/// BEP 14 over IPv6: `[ff15::efc0:988f]:6771`. IPv6 multicast does not loop back on `lo`, so
+/// the namespace gets a veth pair (both ends inside it, nothing leaves) with `fd00::1` and
+/// `fd00::2`; btd binds the first, a libtorrent seeder with LSD the second; no IPv4 at all,
+/// no tracker, no DHT, no `--peer`.
+#[test]
+fn btd_download_finds_a_libtorrent_seeder_through_ipv6_lsd() {
+    in_lsd_namespace(|| {
+        let mut veth = Command::new("ip");
+        veth.args("link add v0 type veth peer name v1".split(' '));
+        if !run_to_end("ip link add (veth)", veth, SHORT)
+            .status
+            .success()
+        {
+            eprintln!("no veth here (kernel module); IPv6 LSD is covered by the unit tests");
+            return;
+        }
+        for args in [
+            "link set v0 up",
+            "link set v1 up",
+            "-6 addr add fd00::1/64 dev v0 nodad",
+            "-6 addr add fd00::2/64 dev v1 nodad",
+        ] {
+            let mut cmd = Command::new("ip");
+            cmd.args(args.split(' '));
+            run_to_end(&format!("ip {args}"), cmd, SHORT).assert_success();
+        }
+        let tmp = TempDir::new("lsd-v6");
+        let (seed_dir, torrent) = payload(&tmp, "lsd-v6.bin", 2 * MIB + 9);
+        let out = tmp.subdir("out");
+        let mut btd = Btd::spawn(
+            "btd download (lsd, ipv6)",
+            btd_with_lsd(&[
+                "download".into(),
+                torrent.clone().into(),
+                "-o".into(),
+                out.clone().into(),
+                "--bind".into(),
+                "fd00::1".into(),
+                "--port".into(),
+                "0".into(),
+            ]),
+        );
+        btd.proc
+            .wait_for_line(SHORT, "lsd: announcing on the IPv6 group", |l| {
+                l.contains("lsd: announcing on [ff15::efc0:988f]:6771")
+                    .then_some(())
+            });
+        let mut lt = Command::new(crate::support::PYTHON);
+        lt.arg(crate::support::client_script("lt_client.py"))
+            .args(["seed", "--torrent"])
+            .arg(&torrent)
+            .arg("--dir")
+            .arg(&seed_dir)
+            .args(["--bind", "fd00::2", "--lsd", "--timeout"])
+            .arg(TRANSFER.as_secs().to_string())
+            .env("DIE_WITH_PARENT", "1");
+        let mut lt = crate::support::Proc::spawn("libtorrent seeder (lsd, ipv6)", lt);
+        lt.wait_for_line(SHORT, "LISTENING <port>", |l| {
+            l.strip_prefix("LISTENING ").map(|_| ())
+        });
+        btd.assert_exits_ok(TRANSFER);
+        assert_same_files(&seed_dir.join("lsd-v6.bin"), &out.join("lsd-v6.bin"));
+        let output = btd.proc.output();
+        assert!(
+            output.contains("lsd gave [[fd00::") || output.contains("connected (in)"),
+            "btd met no peer through LSD over IPv6:\n{output}"
+        );
+        lt.terminate_and_assert_ok(SHORT);
     });
 }

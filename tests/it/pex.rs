@@ -1,7 +1,8 @@
 //! Peer exchange (BEP 11) with real clients: two libtorrent leechers that only know a btd
 //! seeder learn of each other from btd's `ut_pex` messages and connect; btd learns of peers from
 //! libtorrent's; and the `added.f` "prefers encryption" flag both ways: btd sets it for a peer
-//! that reached it over MSE, and dials a peer flagged so encrypted first even in `tolerated`.
+//! that reached it over MSE, and dials a peer flagged so encrypted first even in `tolerated`;
+//! a private torrent (BEP 27) neither offers `ut_pex` nor acts on a PEX message.
 
 use crate::support::{
     Btd, LtClient, PeerSpec, Rng, SHORT, TempDir, next_ip, test_seed, write_payload,
@@ -545,4 +546,83 @@ fn a_seeding_btd_does_not_dial_a_pex_peer_flagged_a_seed() {
     );
     drop(fake);
     btd.proc.terminate_and_assert_ok(SHORT);
+}
+
+/// BEP 27: a private torrent never touches PEX. A fake peer offers `ut_pex` and sends btd a PEX
+/// message naming a listener: for a public torrent btd offers `ut_pex` back and dials the
+/// listener (so the test can fail); for a private one its extended handshake has no `ut_pex`
+/// and the PEX message (sent under the id btd uses for public torrents) is ignored: nothing
+/// dials the listener.
+#[test]
+fn a_private_torrent_offers_no_ut_pex_and_ignores_pex_messages() {
+    use crate::support::fake_peer::{FakeListener, Msg, TorrentMeta, btd_download_with, frame};
+    let tmp = TempDir::new("pex-private");
+    let mut rng = Rng::new(test_seed("pex_private"));
+    let seed_dir = tmp.subdir("seed");
+    write_payload(&seed_dir, &[("pex-private.bin", MIB + 5)], &mut rng);
+    for private in [false, true] {
+        let torrent = tmp.path().join(format!("private-{private}.torrent"));
+        let mut create: Vec<OsString> = vec![
+            "create".into(),
+            seed_dir.join("pex-private.bin").into(),
+            "-o".into(),
+            torrent.clone().into(),
+        ];
+        if private {
+            create.push("--private".into());
+        }
+        Btd::run(create).assert_success();
+        let meta = TorrentMeta::read(&torrent);
+        let out = tmp.subdir(&format!("out-{private}"));
+        let mut btd = btd_download_with(
+            &format!("btd leecher (private {private})"),
+            torrent.to_str().expect("utf-8 path"),
+            &out,
+            &["--encryption", "tolerated"],
+            next_ip(),
+            &[],
+        );
+        let addr = btd.wait_listening();
+        let named = FakeListener::bind("peer named by pex", next_ip());
+
+        let mut fake = fake_pex_peer("fake pex peer", addr, &meta, 0);
+        let (ext, _) = fake.wait_for(
+            within(SHORT),
+            "btd's extended handshake",
+            |m| matches!(m, Msg::Other { id: 20, payload } if payload.first() == Some(&0)),
+        );
+        let Msg::Other { payload, .. } = ext else {
+            unreachable!()
+        };
+        let offers_pex = payload.windows(6).any(|w| w == b"ut_pex");
+        assert_eq!(
+            offers_pex,
+            !private,
+            "private {private}: btd's extended handshake {:?}",
+            String::from_utf8_lossy(&payload)
+        );
+        let std::net::SocketAddr::V4(to) = named.addr() else {
+            unreachable!("FakeListener binds IPv4")
+        };
+        let mut pex = vec![2u8]; // btd's ut_pex id for public torrents
+        pex.extend_from_slice(b"d5:added6:");
+        pex.extend_from_slice(&to.ip().octets());
+        pex.extend_from_slice(&to.port().to_be_bytes());
+        pex.push(b'e');
+        fake.send_raw("ut_pex naming the listener", &frame(20, &pex));
+        let dialled = named.try_accept(within(Duration::from_secs(if private {
+            5
+        } else {
+            SHORT.as_secs()
+        })));
+        assert_eq!(
+            dialled.is_some(),
+            !private,
+            "private {private}: btd {} the peer named by PEX\n{}",
+            if private { "dialled" } else { "never dialled" },
+            btd.log_text()
+        );
+        drop(fake);
+        btd.terminate_and_assert_ok(SHORT);
+    }
 }

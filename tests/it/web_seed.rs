@@ -2,7 +2,8 @@
 //! multi-file torrents from a range-capable HTTP server alone (`btd download` and the daemon,
 //! whose status file and RPC report the web seed), beside a libtorrent peer, and drops a web
 //! seed that serves corrupt bytes while a good one finishes the job. libtorrent downloads from
-//! the same server with the same torrent, so our URL rules are a real client's.
+//! the same server with the same torrent, so our URL rules are a real client's. Servers as
+//! found in the wild: one that ignores `Range` (200 and the whole file), one that redirects.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -12,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::support::daemon::{DaemonHome, TorrentEntry, within};
 use crate::support::rpc_client::RpcClient;
-use crate::support::web_seed::WebSeedServer;
+use crate::support::web_seed::{self, WebSeedServer};
 use crate::support::{
     Btd, LtClient, PeerSpec, SHORT, TRANSFER, TempDir, assert_same_files, next_ip,
     parse_rpc_serving, seed_payload, wait_until,
@@ -104,8 +105,16 @@ fn daemon_downloads_a_multi_file_torrent_from_a_web_seed_alone_and_reports_it() 
     let status = d.wait_status(SHORT, "one web seed running", |s| {
         s.torrents
             .first()
-            .is_some_and(|t| t.web_seeds == 1 && t.peers == 0)
+            .is_some_and(|t| t.web_seeds == 1 && t.peers == 0 && t.peers_by_source.web_seed == 1)
     });
+    // `btd status` names the source: a line `peers: NAME: 1 web seed`.
+    let out = home.cli(&["status".into()]);
+    out.assert_success();
+    assert!(
+        out.stdout.contains("peers: ws multi: 1 web seed"),
+        "{}",
+        out.description
+    );
     let fields = ["webseeds", "webseedsSendingToUs", "peersConnected"];
     let mut sending = Value::Null;
     wait_until(within(SHORT), "webseedsSendingToUs 1", || {
@@ -347,4 +356,121 @@ fn a_magnets_ws_web_seed_serves_the_data_once_a_peer_gave_the_metadata() {
         server.paths()
     );
     empty.terminate_and_assert_ok(SHORT);
+}
+
+/// A server without range support answers every request `200` with the whole file: btd reads
+/// up to the range it asked for and still gets every piece (it used to refuse every reply but
+/// one asking for the whole file, and back off forever).
+#[test]
+fn a_web_seed_that_ignores_range_and_sends_the_whole_file_still_serves_every_piece() {
+    let tmp = TempDir::new("ws-no-range");
+    let seed_dir = seed_payload(&tmp, "ws_no_range", &[("ws no range.bin", 6 * MIB + 3)]);
+    let options = web_seed::Options {
+        ignore_ranges: true,
+        ..web_seed::Options::default()
+    };
+    let server = WebSeedServer::start_with(&seed_dir, options);
+    let torrent = tmp.join("f.torrent");
+    create(
+        &seed_dir.join("ws no range.bin"),
+        &torrent,
+        64 * KIB,
+        &[server.url("")],
+    );
+
+    let out = tmp.subdir("out");
+    let mut btd = Btd::download("btd leecher", &torrent, &out, next_ip(), &[], false);
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(
+        &seed_dir.join("ws no range.bin"),
+        &out.join("ws no range.bin"),
+    );
+    assert_eq!(server.ranges_served(), 0, "the server served a range");
+    assert!(
+        server.paths().len() > 1,
+        "one request cannot be enough: {:?}",
+        server.paths()
+    );
+}
+
+/// A single-file web seed URL not ending in `/` names the file itself (BEP 19), here under a
+/// path the server redirects (`302`, an absolute `Location`) to the file: btd follows it.
+#[test]
+fn a_web_seed_url_naming_the_file_itself_is_followed_through_a_redirect() {
+    let tmp = TempDir::new("ws-redirect");
+    let seed_dir = seed_payload(&tmp, "ws_redirect", &[("ws moved.bin", 2 * MIB + 9)]);
+    let server = WebSeedServer::start(&seed_dir, false);
+    let torrent = tmp.join("f.torrent");
+    // Another name than the torrent's: the URL is the file, nothing is appended.
+    let url = server.url(&format!(
+        "{}/ws%20moved.bin",
+        web_seed::REDIRECT_PREFIX.trim_start_matches('/')
+    ));
+    create(&seed_dir.join("ws moved.bin"), &torrent, 32 * KIB, &[url]);
+
+    let out = tmp.subdir("out");
+    let mut btd = Btd::download("btd leecher", &torrent, &out, next_ip(), &[], false);
+    btd.assert_exits_ok(TRANSFER);
+    assert_same_files(&seed_dir.join("ws moved.bin"), &out.join("ws moved.bin"));
+    let paths = server.paths();
+    assert!(server.ranges_served() > 0, "{paths:?}");
+    assert!(
+        paths.contains(&"/moved/ws%20moved.bin".to_owned())
+            && paths
+                .iter()
+                .all(|p| p == "/moved/ws%20moved.bin" || p == "/ws%20moved.bin"),
+        "{paths:?}"
+    );
+}
+
+/// A web seed that trickles (a byte every 200 ms: never silent as long as the read timeout)
+/// is given up once its reply falls behind the read timeout plus its length at 8 KiB/s, and
+/// asked again after its back-off. Before, the first request waited for the whole trickle.
+#[test]
+fn a_web_seed_that_trickles_is_given_up_and_asked_again_after_its_back_off() {
+    let tmp = TempDir::new("ws-trickle");
+    let seed_dir = seed_payload(&tmp, "ws_trickle", &[("ws trickle.bin", 32 * KIB)]);
+    let options = web_seed::Options {
+        trickle: Some(Duration::from_millis(200)),
+        ..web_seed::Options::default()
+    };
+    let server = WebSeedServer::start_with(&seed_dir, options);
+    let torrent = tmp.join("f.torrent");
+    create(
+        &seed_dir.join("ws trickle.bin"),
+        &torrent,
+        32 * KIB,
+        &[server.url("")],
+    );
+    // A 2 s read timeout: a 32 KiB reply is late after 2 s + 4 s.
+    let config = tmp.join("btd.toml");
+    std::fs::write(&config, "[network]\nwrite_timeout_secs = 2\n").expect("write config");
+    let out = tmp.subdir("out");
+    let args: Vec<OsString> = vec![
+        "--config".into(),
+        config.into(),
+        "download".into(),
+        torrent.into(),
+        "-o".into(),
+        out.into(),
+        "--bind".into(),
+        next_ip().to_string().into(),
+        "--port".into(),
+        "0".into(),
+    ];
+    let mut btd = Btd::spawn("btd leecher", Btd::command(args));
+    let started = std::time::Instant::now();
+    btd.proc
+        .wait_for_line(Duration::from_secs(20), "the web seed given up", |l| {
+            (l.contains("too slow: ") && l.contains(" of 32768 bytes")).then_some(())
+        });
+    let given_up = started.elapsed();
+    assert!(
+        given_up >= Duration::from_secs(5),
+        "given up after {given_up:?}, before its pace allowed"
+    );
+    wait_until(within(SHORT), "a second request after the back-off", || {
+        server.paths().len() >= 2
+    });
+    btd.terminate_and_assert_ok(SHORT);
 }

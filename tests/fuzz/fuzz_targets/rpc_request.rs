@@ -2,6 +2,7 @@
 //! or a `result` saying what is wrong, and a call's arguments survive the reply's encoding.
 #![no_main]
 
+use btd::rpc::Arguments;
 use btd::rpc::protocol::{decode, encode};
 use libfuzzer_sys::fuzz_target;
 
@@ -10,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok((_method, arguments)) = decoded.call else {
         return;
     };
-    let reply = encode(Ok(arguments.clone()), decoded.tag);
+    let reply = encode(Ok(Arguments::Map(arguments.clone())), decoded.tag);
     let back: serde_json::Value = serde_json::from_slice(&reply).expect("our reply is JSON");
     assert_eq!(back["arguments"], serde_json::Value::Object(arguments));
     assert_eq!(back["result"], "success");

@@ -2,7 +2,7 @@
 //! scrape, classified as our client does, then the announce reply read as IPv4 and IPv6 peers.
 #![no_main]
 
-use btd::tracker::CompactFamily;
+use btd::wire::compact::Family as CompactFamily;
 use btd::tracker::udp::{Received, parse_announce_reply, parse_datagram, parse_scrape_reply};
 use libfuzzer_sys::fuzz_target;
 

@@ -2,7 +2,8 @@
 //! root directory, with single `Range: bytes=A-B` requests answered `206` (Python's
 //! `http.server` does not do ranges, and a server of our own can also serve corrupt bytes and
 //! count what it was asked). Keep-alive connections, one thread each, every read bounded by a
-//! timeout; the listener stops on `Drop`.
+//! timeout; the listener stops on `Drop`. [`Options`] make it misbehave as real servers do:
+//! corrupt bytes, a delay, `Range` ignored (200 with the whole file), a trickle, or a redirect.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -16,6 +17,25 @@ use std::time::Duration;
 const IDLE: Duration = Duration::from_secs(10);
 /// Longest request head we read.
 const MAX_HEAD: usize = 16 * 1024;
+
+/// How the server behaves; `Options::default()` is a correct, prompt, range-capable server.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Every byte served is inverted.
+    pub corrupt: bool,
+    /// Waited before each reply.
+    pub delay: Duration,
+    /// `Range` is ignored: every GET is answered `200` with the whole file (as servers without
+    /// range support do).
+    pub ignore_ranges: bool,
+    /// The body is sent one byte per this interval (a server that trickles: never silent for
+    /// long, never done).
+    pub trickle: Option<Duration>,
+}
+
+/// Requests under this path are answered `302 Found` with a `Location` of the same path
+/// without it (an absolute URL), as archive.org redirects to its data servers.
+pub const REDIRECT_PREFIX: &str = "/moved";
 
 pub struct WebSeedServer {
     addr: SocketAddr,
@@ -34,6 +54,18 @@ impl WebSeedServer {
 
     /// As [`WebSeedServer::start`], waiting `delay` before each reply (a slow server).
     pub fn start_with_delay(root: &Path, corrupt: bool, delay: Duration) -> WebSeedServer {
+        Self::start_with(
+            root,
+            Options {
+                corrupt,
+                delay,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// Serves the files under `root`, behaving as `options` say.
+    pub fn start_with(root: &Path, options: Options) -> WebSeedServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the web seed server");
         let addr = listener.local_addr().expect("local addr");
         let stop = Arc::new(AtomicBool::new(false));
@@ -55,7 +87,7 @@ impl WebSeedServer {
                     let (root, ranges_served, paths) =
                         (root.clone(), Arc::clone(&ranges_served), Arc::clone(&paths));
                     std::thread::spawn(move || {
-                        let _ = serve(conn, &root, corrupt, delay, &ranges_served, &paths);
+                        let _ = serve(conn, &root, addr, options, &ranges_served, &paths);
                     });
                 }
             });
@@ -93,8 +125,8 @@ impl Drop for WebSeedServer {
 fn serve(
     conn: TcpStream,
     root: &Path,
-    corrupt: bool,
-    delay: Duration,
+    addr: SocketAddr,
+    options: Options,
     ranges_served: &AtomicUsize,
     paths: &parking_lot::Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
@@ -137,10 +169,18 @@ fn serve(
             }
         }
         paths.lock().push(target.to_owned());
-        std::thread::sleep(delay);
+        std::thread::sleep(options.delay);
         if method != "GET" {
             reply(&mut out, "405 Method Not Allowed", &[], b"")?;
             return Ok(());
+        }
+        if let Some(rest) = target.strip_prefix(REDIRECT_PREFIX) {
+            let extra = [format!("Location: http://{addr}{rest}")];
+            reply(&mut out, "302 Found", &extra, b"")?;
+            continue;
+        }
+        if options.ignore_ranges {
+            range = None;
         }
         let Some(path) = local_path(root, target) else {
             reply(&mut out, "404 Not Found", &[], b"")?;
@@ -163,13 +203,20 @@ fn serve(
         let mut body = vec![0; usize::try_from(end - start).expect("test files are small")];
         file.seek(SeekFrom::Start(start))?;
         file.read_exact(&mut body)?;
-        if corrupt {
+        if options.corrupt {
             body.iter_mut().for_each(|b| *b = !*b);
         }
-        let mut extra = vec!["Accept-Ranges: bytes".to_owned()];
+        let mut extra = Vec::new();
+        if !options.ignore_ranges {
+            extra.push("Accept-Ranges: bytes".to_owned());
+        }
         if range.is_some() {
             extra.push(format!("Content-Range: bytes {start}-{}/{len}", end - 1));
             ranges_served.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(every) = options.trickle {
+            trickle(&mut out, status, &extra, &body, every)?;
+            return Ok(());
         }
         reply(&mut out, status, &extra, &body)?;
         if close {
@@ -187,6 +234,28 @@ fn reply(out: &mut TcpStream, status: &str, extra: &[String], body: &[u8]) -> st
     head.push_str("\r\n");
     out.write_all(head.as_bytes())?;
     out.write_all(body)
+}
+
+/// `reply`, with the body one byte per `every`.
+fn trickle(
+    out: &mut TcpStream,
+    status: &str,
+    extra: &[String],
+    body: &[u8],
+    every: Duration,
+) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
+    for line in extra {
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    out.write_all(head.as_bytes())?;
+    for byte in body {
+        std::thread::sleep(every);
+        out.write_all(std::slice::from_ref(byte))?;
+    }
+    Ok(())
 }
 
 /// `bytes=A-B`, `bytes=A-` or `bytes=-N` inside a file of `len` bytes, as `A..B+1`.
