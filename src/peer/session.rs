@@ -496,7 +496,9 @@ impl<'a> Session<'a> {
         if self.received.is_empty() {
             return Ok(());
         }
-        let blocks = std::mem::take(&mut self.received);
+        // The next read likely brings as many: room for them, not four regrowths per batch.
+        let next = Vec::with_capacity(self.received.len());
+        let blocks = std::mem::replace(&mut self.received, next);
         self.send(PeerEvent::BlocksReceived {
             peer: self.peer,
             blocks,

@@ -226,14 +226,24 @@ fn serve(
 }
 
 fn reply(out: &mut TcpStream, status: &str, extra: &[String], body: &[u8]) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
+    write_head(out, status, extra, body.len())?;
+    out.write_all(body)
+}
+
+/// The status line and headers of a reply with a body of `len` bytes.
+fn write_head(
+    out: &mut TcpStream,
+    status: &str,
+    extra: &[String],
+    len: usize,
+) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\n");
     for line in extra {
         head.push_str(line);
         head.push_str("\r\n");
     }
     head.push_str("\r\n");
-    out.write_all(head.as_bytes())?;
-    out.write_all(body)
+    out.write_all(head.as_bytes())
 }
 
 /// `reply`, with the body one byte per `every`.
@@ -244,13 +254,7 @@ fn trickle(
     body: &[u8],
     every: Duration,
 ) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
-    for line in extra {
-        head.push_str(line);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    out.write_all(head.as_bytes())?;
+    write_head(out, status, extra, body.len())?;
     for byte in body {
         std::thread::sleep(every);
         out.write_all(std::slice::from_ref(byte))?;
