@@ -31,6 +31,40 @@ pub enum AtomicFileError {
     SyncDir { path: PathBuf, source: io::Error },
 }
 
+impl Clone for AtomicFileError {
+    /// The same error; its `io::Error` copied by kind and message.
+    fn clone(&self) -> Self {
+        let io = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+        match self {
+            Self::CreateDir { path, source } => Self::CreateDir {
+                path: path.clone(),
+                source: io(source),
+            },
+            Self::Encode { path, source } => Self::Encode {
+                path: path.clone(),
+                source: serde::ser::Error::custom(source),
+            },
+            Self::Write { path, source } => Self::Write {
+                path: path.clone(),
+                source: io(source),
+            },
+            Self::Sync { path, source } => Self::Sync {
+                path: path.clone(),
+                source: io(source),
+            },
+            Self::Rename { from, to, source } => Self::Rename {
+                from: from.clone(),
+                to: to.clone(),
+                source: io(source),
+            },
+            Self::SyncDir { path, source } => Self::SyncDir {
+                path: path.clone(),
+                source: io(source),
+            },
+        }
+    }
+}
+
 impl AtomicFileError {
     /// Whether this is an error about replacing `path` (its directory, its temporary file, or
     /// itself).

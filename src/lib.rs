@@ -30,6 +30,7 @@ pub mod resume;
 pub mod rpc;
 pub mod selection;
 pub mod session_settings;
+pub mod state_writer;
 pub mod status;
 pub mod storage;
 #[cfg(test)]

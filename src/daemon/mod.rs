@@ -27,6 +27,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, select};
 use log::{debug, error, info, warn};
 use parking_lot::Mutex;
 
+use crate::atomic_file::AtomicFileError;
 use crate::config::{Config, TorrentEntry, TorrentRef};
 use crate::engine::{Engine, RunOptions};
 use crate::magnet::Magnet;
@@ -37,6 +38,7 @@ use crate::record::{IdleLimit, PathRename, RatioLimit, TorrentRecord, unix_now};
 use crate::resume::ResumeData;
 use crate::rpc::{RpcCall, RpcServer};
 use crate::session_settings::SessionSettings;
+use crate::state_writer::StateWriter;
 use crate::status::{DaemonStatus, SwarmCounts, TorrentStatus, TrackerStatus};
 use crate::storage::Storage;
 use crate::torrent::{
@@ -85,6 +87,8 @@ pub enum DaemonError {
     Signals(String),
     #[error("embedded tracker: {0}")]
     Tracker(std::io::Error),
+    #[error("cannot start the state writer thread: {0}")]
+    StateWriter(std::io::Error),
 }
 
 /// How often the main loop sweeps over every torrent when nothing happens.
@@ -126,6 +130,8 @@ pub struct Daemon {
     config_path: PathBuf,
     engine: Engine,
     torrents: Vec<Managed>,
+    /// Writes and removes the torrents' records and kept `.torrent` files off this thread.
+    writer: StateWriter,
     checked_tx: Sender<Checked>,
     checked_rx: Receiver<Checked>,
     fetched_tx: Sender<MetadataFetched>,
@@ -182,6 +188,7 @@ impl Daemon {
         };
         std::fs::create_dir_all(&config.state_dir).map_err(io(&config.state_dir))?;
         let pid_file = PidFile::acquire(&config.state_dir.join("btd.pid"))?;
+        let writer = StateWriter::start().map_err(DaemonError::StateWriter)?;
         // What `session-set` changed, unless the file changed that setting since.
         let file_config = config;
         let mut session = SessionSettings::load(&SessionSettings::path_in(&file_config.state_dir))
@@ -233,6 +240,7 @@ impl Daemon {
             config_path: config_path.to_owned(),
             engine,
             torrents: Vec::new(),
+            writer,
             checked_tx,
             checked_rx,
             fetched_tx,
@@ -395,6 +403,7 @@ impl Daemon {
     /// [`RECORD_SAVE_INTERVAL`]), the status file (every `status.interval_secs`) and the watch
     /// directory (every `watch.scan_interval_secs`).
     fn sweep(&mut self, timers: &mut Timers) {
+        self.take_failed_saves();
         self.reap_stopped();
         self.apply_renames();
         let now = Instant::now();

@@ -54,7 +54,9 @@ impl Daemon {
                 Action::StartCheck { force, check } => self.start_checking(index, force, check),
                 Action::BeginStop => self.begin_stop(index),
                 Action::StartMove { to } => self.start_move(index, to),
-                Action::SaveRecord => self.torrents[index].save_record(&self.config.state_dir),
+                Action::SaveRecord => {
+                    self.torrents[index].save_record(&self.config.state_dir, &self.writer)
+                }
                 Action::StartRun | Action::SaveResume => {
                     unreachable!("{action:?} comes only with a check's result")
                 }
@@ -252,7 +254,7 @@ impl Daemon {
             return self.apply(index, actions);
         };
         t.record.moving_to = Some(to.clone());
-        if let Err(e) = t.save_record_now(&state_dir) {
+        if let Err(e) = t.save_record_now(&state_dir, &self.writer) {
             error!("torrent {}: {e}; not moved", t.name());
             let actions = t
                 .life
@@ -522,7 +524,7 @@ impl Daemon {
                 t.last_seen_totals = t.totals();
                 t.run = Some(Arc::clone(&handle.stats));
                 t.handle = Some(handle);
-                t.save_record(&state_dir);
+                t.save_record(&state_dir, &self.writer);
             }
             Err(e) => {
                 error!("torrent {}: cannot start: {e}", t.name());

@@ -228,7 +228,7 @@ impl Daemon {
                     t.record.download_dir.display()
                 );
                 t.record.download_dir.clone_from(dir);
-                t.save_record(&self.config.state_dir);
+                t.save_record(&self.config.state_dir, &self.writer);
             }
             let mut peers = entry.peers.clone();
             if let TorrentRef::Magnet(magnet) = &entry.torrent {

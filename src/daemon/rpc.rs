@@ -597,7 +597,9 @@ impl Daemon {
         }
         if let Some(bytes) = &bytes {
             let path = saved_torrent_path(&self.config.state_dir, &hash);
-            crate::atomic_file::write(&path, bytes).map_err(|e| e.to_string())?;
+            self.writer
+                .write_now(&path, bytes.clone())
+                .map_err(|e| e.to_string())?;
         }
         match self.add(origin, Source::Rpc, dir, Vec::new(), paused) {
             Ok(i) => {
@@ -607,7 +609,7 @@ impl Daemon {
                 t.record.paused = Some(paused);
                 t.record.labels = labels;
                 t.record.files = selection;
-                t.save_record(&self.config.state_dir);
+                t.save_record(&self.config.state_dir, &self.writer);
                 Ok(added("torrent-added", t))
             }
             Err(i) => Ok(added("torrent-duplicate", &self.torrents[i])),
@@ -765,7 +767,7 @@ impl Daemon {
                     handle.send(Control::SetLimits(limits));
                 }
             }
-            self.torrents[index].save_record(&self.config.state_dir);
+            self.torrents[index].save_record(&self.config.state_dir, &self.writer);
         }
         self.apply_seed_limits();
         if let Some(position) = args.get("queuePosition").and_then(Value::as_u64) {
@@ -976,7 +978,7 @@ impl Daemon {
         {
             warn!("torrent {}: {e}; its data will be checked again", t.name());
         }
-        t.save_record(&self.config.state_dir);
+        t.save_record(&self.config.state_dir, &self.writer);
         Some(result)
     }
 
@@ -1004,7 +1006,7 @@ impl Daemon {
                 actions
             };
             self.apply(index, actions);
-            self.torrents[index].save_record(&self.config.state_dir);
+            self.torrents[index].save_record(&self.config.state_dir, &self.writer);
         }
         Ok(Map::new())
     }

@@ -167,7 +167,7 @@ impl Daemon {
             if t.record.queue_position.is_none() {
                 t.record.queue_position = Some(self.next_queue_position());
             }
-            t.save_record(&self.config.state_dir);
+            t.save_record(&self.config.state_dir, &self.writer);
         }
         // At start the record is saved once the queue order is restored, with every other
         // (`restore_queue_order`), not once here and again there.
@@ -382,15 +382,7 @@ impl Daemon {
             forget.push(saved_torrent_path(&self.config.state_dir, &t.info_hash));
         }
         for path in forget {
-            if let Err(e) = std::fs::remove_file(&path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                warn!(
-                    "torrent {}: {}: cannot remove: {e}",
-                    t.name(),
-                    path.display()
-                );
-            }
+            self.writer.remove(path);
         }
         info!(
             "torrent {}: removed (data kept in {})",
@@ -403,7 +395,7 @@ impl Daemon {
     /// torrents' records.
     pub(super) fn reap_stopped(&mut self) {
         for index in self.reap_stopped_unsaved() {
-            self.torrents[index].save_record(&self.config.state_dir);
+            self.torrents[index].save_record(&self.config.state_dir, &self.writer);
         }
     }
 
@@ -465,7 +457,7 @@ impl Daemon {
     }
 
     /// One sweep's share of saving records: of those not looked at for `RECORD_SAVE_INTERVAL`
-    /// (or never), at most [`SAVE_ROUND`], in queue order; of these it saves, all at once, the
+    /// (or never), at most [`SAVE_ROUND`], in queue order; of these it saves the
     /// ones changed in more than their clocks (totals, settings, position), and the ones whose
     /// clocks alone moved once their last save is `RECORD_CLOCK_SAVE_INTERVAL` old. So the
     /// main loop never stalls on thousands of files (a first start's 10,000 new records are
@@ -491,94 +483,65 @@ impl Daemon {
                 older(t.saved_at, RECORD_CLOCK_SAVE_INTERVAL) || t.record_changed_beyond_clocks()
             })
             .collect();
-        self.save_records_of(&save, None);
+        self.save_records_of(&save);
         for i in due {
             self.torrents[i].looked_at = Some(now);
         }
     }
 
-    /// Saves every record that changed since its last save, clocks included, all at once
-    /// (`atomic_file::write_many`).
+    /// Saves every record that changed since its last save, clocks included.
     pub(super) fn save_records(&mut self) {
-        let all: Vec<usize> = (0..self.torrents.len()).collect();
-        self.save_records_of(&all, None);
+        for index in 0..self.torrents.len() {
+            self.torrents[index].save_record(&self.config.state_dir, &self.writer);
+        }
     }
 
-    /// Saves, all at once, the records at `indices` that changed since their last save; with
-    /// `until`, in rounds of [`SAVE_ROUND`] while there is time. Returns how many changed
-    /// records were left unsaved for want of time.
-    fn save_records_of(&mut self, indices: &[usize], until: Option<Instant>) -> usize {
-        let state_dir = self.config.state_dir.clone();
-        let mut changed = Vec::new();
+    /// Saves the records at `indices` that changed since their last save.
+    fn save_records_of(&mut self, indices: &[usize]) {
         for &index in indices {
-            let t = &self.torrents[index];
-            if !t.has_record() {
-                continue;
-            }
-            let now = t.record_now();
-            if t.saved.as_ref() != Some(&now) {
-                changed.push((index, now));
+            self.torrents[index].save_record(&self.config.state_dir, &self.writer);
+        }
+    }
+
+    /// Marks the records whose write failed as unsaved, so a later sweep saves them again.
+    pub(super) fn take_failed_saves(&mut self) {
+        let failed: Vec<AtomicFileError> = self.writer.failed().collect();
+        if failed.is_empty() {
+            return;
+        }
+        let state_dir = &self.config.state_dir;
+        for t in &mut self.torrents {
+            let path = TorrentRecord::path_in(state_dir, &t.info_hash);
+            if failed.iter().any(|e| e.names(&path)) {
+                t.saved = None;
+                t.looked_at = None;
             }
         }
-        let mut rounds = changed.chunks(if until.is_some() {
-            SAVE_ROUND
-        } else {
-            usize::MAX
-        });
-        let mut left = 0;
-        for round in rounds.by_ref() {
-            if until.is_some_and(|until| Instant::now() >= until) {
-                left += round.len();
-                continue;
-            }
-            let files = round
-                .iter()
-                .map(|(index, now)| {
-                    let path = TorrentRecord::path_in(&state_dir, &self.torrents[*index].info_hash);
-                    (path, now.to_file_bytes())
-                })
-                .collect();
-            let errors = crate::atomic_file::write_many(files);
-            for e in &errors {
-                warn!("torrent record: {e}");
-            }
-            for (index, now) in round {
-                let t = &mut self.torrents[*index];
-                let path = TorrentRecord::path_in(&state_dir, &t.info_hash);
-                if !errors.iter().any(|e| e.names(&path)) {
-                    t.saved = Some(now.clone());
-                    t.saved_at = Some(Instant::now());
-                }
-            }
-        }
-        left
     }
 
     /// At stop: the records that changed in more than their clocks, then those whose clocks
-    /// alone moved; more than [`SAVE_ROUND`] of either only while `until` allows (rewriting
-    /// thousands of files takes longer than the stop budget on some disks); the rest keep
-    /// what their last save says (clocks at most `RECORD_CLOCK_SAVE_INTERVAL` old).
+    /// alone moved, while `until` allows (rewriting thousands of files takes longer than the
+    /// stop budget on some disks); the rest keep what their last save says (clocks at most
+    /// `RECORD_CLOCK_SAVE_INTERVAL` old).
     pub(super) fn save_records_at_stop(&mut self, until: Instant) {
         let (beyond, clocks): (Vec<usize>, Vec<usize>) = (0..self.torrents.len())
             .filter(|&i| self.torrents[i].has_record())
             .partition(|&i| self.torrents[i].record_changed_beyond_clocks());
-        // A few (the usual daemon) are saved whatever the time: that takes milliseconds.
-        let bound = |n: usize| (n > SAVE_ROUND).then_some(until);
-        let beyond_left = self.save_records_of(&beyond, bound(beyond.len()));
-        let clocks_left = self.save_records_of(&clocks, bound(clocks.len()));
-        if beyond_left + clocks_left > 0 {
+        // The state writer takes them in this order.
+        self.save_records_of(&beyond);
+        self.save_records_of(&clocks);
+        if !self.writer.flush(until) {
             warn!(
-                "daemon: stop budget spent; {} torrent records keep what their last save says \
-                 ({beyond_left} with changed totals or settings, {clocks_left} with only their \
-                 seeding time, at most {} min old)",
-                beyond_left + clocks_left,
+                "daemon: stop budget spent; {} torrent records and files are left unwritten, \
+                 each keeping what its last save says (seeding time at most {} min old)",
+                self.writer.pending(),
                 RECORD_CLOCK_SAVE_INTERVAL.as_secs() / 60
             );
         }
     }
 }
 
-/// Records looked at in one sweep (`save_due_records`), and saved at once in one round at stop.
+/// Records looked at in one sweep (`save_due_records`).
 const SAVE_ROUND: usize = 100;
 
 /// The key of a `[[torrent]]` entry whose file could not be read: the SHA-1 of its path, so it

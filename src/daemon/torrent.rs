@@ -553,8 +553,6 @@ impl Managed {
         self.meta.is_some() || self.magnet.is_some()
     }
 
-    /// Saves the record if it changed since the last save; a failure is logged (the next
-    /// save tries again).
     /// Whether the record changed since its last save in more than its clocks (see
     /// `TorrentRecord::differs_beyond_clocks`); a record never saved has changed.
     pub(super) fn record_changed_beyond_clocks(&self) -> bool {
@@ -565,26 +563,40 @@ impl Managed {
                 .is_none_or(|saved| self.record_now().differs_beyond_clocks(saved))
     }
 
-    pub(super) fn save_record(&mut self, state_dir: &Path) {
-        if self.saved.as_ref() == Some(&self.record_now()) {
+    /// Hands the record to the state writer if it changed since the last save. A write that
+    /// fails comes back through `StateWriter::failed` (`Daemon::take_failed_saves`), which
+    /// marks it unsaved, so a later sweep tries again.
+    pub(super) fn save_record(&mut self, state_dir: &Path, writer: &StateWriter) {
+        if !self.has_record() {
             return;
         }
-        if let Err(e) = self.save_record_now(state_dir) {
-            warn!("torrent {}: {e}", self.name);
+        let now = self.record_now();
+        if self.saved.as_ref() == Some(&now) {
+            return;
         }
+        writer.write(
+            TorrentRecord::path_in(state_dir, &self.info_hash),
+            now.to_file_bytes(),
+        );
+        self.saved = Some(now);
+        self.saved_at = Some(Instant::now());
     }
 
-    /// Saves the record (when it has one), saying whether that worked: for what must be on
-    /// disk before going on (a move's target).
+    /// Saves the record (when it has one) and waits for it, saying whether that worked: for
+    /// what must be on disk before going on (a move's target).
     pub(super) fn save_record_now(
         &mut self,
         state_dir: &Path,
-    ) -> Result<(), crate::record::RecordError> {
+        writer: &StateWriter,
+    ) -> Result<(), AtomicFileError> {
         if !self.has_record() {
             return Ok(());
         }
         let now = self.record_now();
-        now.save(&TorrentRecord::path_in(state_dir, &self.info_hash))?;
+        writer.write_now(
+            &TorrentRecord::path_in(state_dir, &self.info_hash),
+            now.to_file_bytes(),
+        )?;
         self.saved = Some(now);
         self.saved_at = Some(Instant::now());
         Ok(())
