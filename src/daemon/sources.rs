@@ -483,7 +483,7 @@ impl Daemon {
                 older(t.saved_at, RECORD_CLOCK_SAVE_INTERVAL) || t.record_changed_beyond_clocks()
             })
             .collect();
-        self.save_records_of(&save);
+        self.save_records_of(save);
         for i in due {
             self.torrents[i].looked_at = Some(now);
         }
@@ -491,14 +491,12 @@ impl Daemon {
 
     /// Saves every record that changed since its last save, clocks included.
     pub(super) fn save_records(&mut self) {
-        for index in 0..self.torrents.len() {
-            self.torrents[index].save_record(&self.config.state_dir, &self.writer);
-        }
+        self.save_records_of(0..self.torrents.len());
     }
 
     /// Saves the records at `indices` that changed since their last save.
-    fn save_records_of(&mut self, indices: &[usize]) {
-        for &index in indices {
+    fn save_records_of(&mut self, indices: impl IntoIterator<Item = usize>) {
+        for index in indices {
             self.torrents[index].save_record(&self.config.state_dir, &self.writer);
         }
     }
@@ -528,8 +526,8 @@ impl Daemon {
             .filter(|&i| self.torrents[i].has_record())
             .partition(|&i| self.torrents[i].record_changed_beyond_clocks());
         // The state writer takes them in this order.
-        self.save_records_of(&beyond);
-        self.save_records_of(&clocks);
+        self.save_records_of(beyond);
+        self.save_records_of(clocks);
         if !self.writer.flush(until) {
             warn!(
                 "daemon: stop budget spent; {} torrent records and files are left unwritten, \

@@ -48,6 +48,22 @@ fn btd_with_lsd(args: &[OsString]) -> Command {
     cmd
 }
 
+/// `btd download WHAT -o OUT --bind BIND --port 0` with LSD on, then `more`.
+fn lsd_download(what: impl Into<OsString>, out: &Path, bind: &str, more: &[&str]) -> Command {
+    let mut args: Vec<OsString> = vec![
+        "download".into(),
+        what.into(),
+        "-o".into(),
+        out.into(),
+        "--bind".into(),
+        bind.into(),
+        "--port".into(),
+        "0".into(),
+    ];
+    args.extend(more.iter().map(OsString::from));
+    btd_with_lsd(&args)
+}
+
 /// A payload of one file and its trackerless torrent (mktorrent), public unless `private`.
 fn payload(tmp: &TempDir, name: &str, size: u64) -> (std::path::PathBuf, std::path::PathBuf) {
     let mut rng = Rng::new(test_seed(name));
@@ -77,16 +93,7 @@ fn btd_download_finds_a_libtorrent_seeder_through_lsd_alone() {
         // btd first: libtorrent announces when its torrent starts, and btd must hear it.
         let mut btd = Btd::spawn(
             "btd download (lsd)",
-            btd_with_lsd(&[
-                "download".into(),
-                torrent.clone().into(),
-                "-o".into(),
-                out.clone().into(),
-                "--bind".into(),
-                next_ip().to_string().into(),
-                "--port".into(),
-                "0".into(),
-            ]),
+            lsd_download(&torrent, &out, &next_ip().to_string(), &[]),
         );
         btd.proc.wait_for_line(SHORT, "lsd: announcing", |l| {
             l.contains("lsd: announcing on 239.192.152.143:6771")
@@ -125,18 +132,12 @@ fn btd_download_of_a_bare_magnet_gets_its_metadata_from_a_libtorrent_seeder_foun
         // No tr, no x.pe, no --peer: only LSD can find the seeder.
         let mut btd = Btd::spawn(
             "btd download magnet (lsd)",
-            btd_with_lsd(&[
-                "download".into(),
-                format!("magnet:?xt=urn:btih:{info_hash}").into(),
-                "-o".into(),
-                out.clone().into(),
-                "--bind".into(),
-                next_ip().to_string().into(),
-                "--port".into(),
-                "0".into(),
-                "--metadata-timeout".into(),
-                "60".into(),
-            ]),
+            lsd_download(
+                format!("magnet:?xt=urn:btih:{info_hash}"),
+                &out,
+                &next_ip().to_string(),
+                &["--metadata-timeout", "60"],
+            ),
         );
         btd.proc.wait_for_line(SHORT, "lsd: announcing", |l| {
             l.contains("lsd: announcing on 239.192.152.143:6771")
@@ -382,16 +383,7 @@ fn btd_download_finds_a_libtorrent_seeder_through_ipv6_lsd() {
         let out = tmp.subdir("out");
         let mut btd = Btd::spawn(
             "btd download (lsd, ipv6)",
-            btd_with_lsd(&[
-                "download".into(),
-                torrent.clone().into(),
-                "-o".into(),
-                out.clone().into(),
-                "--bind".into(),
-                "fd00::1".into(),
-                "--port".into(),
-                "0".into(),
-            ]),
+            lsd_download(&torrent, &out, "fd00::1", &[]),
         );
         btd.proc
             .wait_for_line(SHORT, "lsd: announcing on the IPv6 group", |l| {
