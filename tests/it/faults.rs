@@ -179,6 +179,10 @@ fn a_full_disk_stops_only_its_torrent_keeps_its_pieces_and_sighup_resumes_it_onc
             .any(|l| l.contains("ERROR") && l.contains("No space left on device")),
         "no error line in the log"
     );
+    // The state is `error` once the run is told to stop; its resume data is saved when the
+    // coordinator has finished stopping.
+    let stopped = format!("torrent {}: stopped", full.name);
+    d.wait_log_after(0, SHORT, &stopped, |l| l.ends_with(&stopped).then_some(()));
     // No verified piece is lost: what the resume data lists is on disk.
     let kept = resume_pieces(&home, &full_hash);
     eprintln!(
