@@ -3,13 +3,19 @@
 
 /// Lower-case hex, two digits a byte.
 pub fn encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
+    encode_into(&mut out, bytes);
+    out
+}
+
+/// Lower-case hex of `bytes` appended to `out`.
+pub fn encode_into(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
     for &byte in bytes {
         out.push(char::from(DIGITS[usize::from(byte >> 4)]));
         out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
     }
-    out
 }
 
 /// Hex of either case, two digits a byte; `None` for an odd length or a non-hex character.

@@ -5,7 +5,7 @@
 //! daemon's main thread writes, any process reads.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 /// The widest a name column gets, in terminal columns; longer names end in an ellipsis.
@@ -54,7 +54,7 @@ pub struct TrackerStatus {
 }
 
 /// One torrent in a [`DaemonStatus`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TorrentStatus {
     /// A small number naming the torrent while this daemon runs.
     #[serde(default)]
@@ -208,6 +208,20 @@ pub enum StatusError {
 }
 
 impl DaemonStatus {
+    /// This process, nothing else known yet: what the daemon refreshes before each write.
+    #[must_use]
+    pub fn empty() -> Self {
+        Self {
+            pid: std::process::id(),
+            updated_unix: 0,
+            listen: String::new(),
+            torrents: Vec::new(),
+            tracker: None,
+            rpc: None,
+            dht: None,
+        }
+    }
+
     /// `<state_dir>/status.json`.
     #[must_use]
     pub fn path_in(state_dir: &Path) -> PathBuf {
@@ -222,26 +236,45 @@ impl DaemonStatus {
     /// `Write` or `Rename` naming the file (the directory must exist), `Encode` if serialising
     /// fails.
     pub fn save(&self, path: &Path) -> Result<(), StatusError> {
-        let mut json = serde_json::to_vec_pretty(self).map_err(|source| StatusError::Encode {
-            path: path.to_owned(),
-            source,
-        })?;
-        json.push(b'\n');
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        fs::write(&tmp, &json).map_err(|source| StatusError::Write {
-            path: tmp.clone(),
-            source,
-        })?;
-        fs::rename(&tmp, path).map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            StatusError::Rename {
+        // Streamed through a small buffer: at 10,000 torrents the text is megabytes.
+        let written = self.write_to(&tmp);
+        let renamed = written.and_then(|()| {
+            fs::rename(&tmp, path).map_err(|source| StatusError::Rename {
                 from: tmp.clone(),
                 to: path.to_owned(),
                 source,
+            })
+        });
+        if renamed.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        renamed
+    }
+
+    /// Writes the JSON text, and a newline, to a new file at `path`.
+    fn write_to(&self, path: &Path) -> Result<(), StatusError> {
+        let write = |source| StatusError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        let mut out =
+            io::BufWriter::with_capacity(64 << 10, fs::File::create(path).map_err(write)?);
+        serde_json::to_writer_pretty(&mut out, self).map_err(|source| {
+            if source.is_io() {
+                write(source.into())
+            } else {
+                StatusError::Encode {
+                    path: path.to_owned(),
+                    source,
+                }
             }
-        })
+        })?;
+        out.write_all(b"\n")
+            .and_then(|()| out.flush())
+            .map_err(write)
     }
 
     /// Reads a status file.

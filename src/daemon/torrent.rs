@@ -3,6 +3,8 @@
 //! coordinator's handle), its record and the counters of its current run; the seeding limits as
 //! pure functions.
 
+use std::borrow::Cow;
+
 use super::*;
 
 /// Where a torrent came from, which also decides how it is removed.
@@ -17,10 +19,10 @@ pub(super) enum Source {
 }
 
 impl Source {
-    pub(super) fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> Cow<'_, str> {
         match self {
             Source::Config(_) => "config".into(),
-            Source::Watch(file) => file.display().to_string(),
+            Source::Watch(file) => file.to_string_lossy(),
             Source::Rpc => "rpc".into(),
         }
     }
@@ -501,6 +503,70 @@ impl Managed {
             || self.record.activity_unix >= since
     }
 
+    /// Its row of the status file, refreshed in place: strings are rewritten into the
+    /// row's own, so a refresh allocates nothing for a torrent whose row already held them.
+    pub(super) fn fill_status(&self, row: &mut TorrentStatus) {
+        let (uploaded, downloaded) = self.totals();
+        let run = self.running();
+        row.id = self.id;
+        set_str(&mut row.name, &self.name);
+        row.info_hash.clear();
+        if self.has_record() {
+            crate::hex::encode_into(&mut row.info_hash, &self.info_hash.0);
+        }
+        set_str(&mut row.state, self.life.name());
+        row.progress = if self.meta.is_none() {
+            0.0
+        } else {
+            let wanted = self.wanted_size();
+            wanted.saturating_sub(self.left_until_done()) as f64 / wanted.max(1) as f64
+        };
+        row.check_progress = self.check_fraction();
+        row.size_bytes = self.size();
+        row.have_bytes = self.have_bytes();
+        row.eta_secs = self.eta_secs();
+        set_str(
+            &mut row.download_dir,
+            &self.download_dir().to_string_lossy(),
+        );
+        row.added_unix = self.record.added_unix;
+        row.seeding_secs = self.seeding_secs();
+        row.downloaded_bytes = downloaded;
+        row.uploaded_bytes = uploaded;
+        row.download_rate = run.map_or(0, |s| s.download_rate.load(Ordering::Relaxed));
+        row.upload_rate = run.map_or(0, |s| s.upload_rate.load(Ordering::Relaxed));
+        row.peers = run.map_or(0, |s| s.peers.load(Ordering::Relaxed));
+        row.web_seeds = run.map_or(0, |s| s.web_seeds.load(Ordering::Relaxed));
+        row.peers_by_source = run
+            .map(|s| (*s.peers_by_source.lock()).into())
+            .unwrap_or_default();
+        row.ratio = self.ratio();
+        let (error, free_bytes, needed_bytes) = match self.life.phase() {
+            Phase::Error(e) => (Some(e.as_str()), None, None),
+            Phase::LowSpace {
+                free_bytes,
+                needed_bytes,
+                ..
+            } => (None, Some(*free_bytes), Some(*needed_bytes)),
+            _ => (None, None, None),
+        };
+        set_opt_str(&mut row.error, error);
+        row.free_bytes = free_bytes;
+        row.needed_bytes = needed_bytes;
+        row.tracker_error = run
+            .and_then(|run| run.swarm.refusal())
+            .map(|(url, reason)| format!("{url}: {reason}"));
+        set_str(&mut row.source, &self.source.describe());
+        row.swarm = match &self.handle {
+            Some(h) if h.stats.swarm.known.load(Ordering::Acquire) => Some(SwarmCounts {
+                seeders: h.stats.swarm.seeders.load(Ordering::Relaxed),
+                leechers: h.stats.swarm.leechers.load(Ordering::Relaxed),
+                completed: h.stats.swarm.completed.load(Ordering::Relaxed),
+            }),
+            _ => None,
+        };
+    }
+
     pub(super) fn ratio(&self) -> f64 {
         self.totals().0 as f64 / self.size().max(1) as f64
     }
@@ -606,6 +672,20 @@ impl Managed {
 /// Whole seconds since `since`, 0 without one.
 fn secs_since(since: Option<Instant>) -> u64 {
     since.map_or(0, |since| since.elapsed().as_secs())
+}
+
+/// `text`, written into `s`'s own allocation.
+fn set_str(s: &mut String, text: &str) {
+    s.clear();
+    s.push_str(text);
+}
+
+/// `text`, written into `s`'s own allocation when it has one.
+fn set_opt_str(s: &mut Option<String>, text: Option<&str>) {
+    match (s.as_mut(), text) {
+        (Some(s), Some(text)) => set_str(s, text),
+        (_, text) => *s = text.map(str::to_owned),
+    }
 }
 
 #[cfg(test)]

@@ -268,6 +268,9 @@ struct PoolState {
     next_id: u64,
     /// `(due, id)` of every announcer not in a thread's hands, earliest first.
     queue: BTreeSet<(Instant, u64)>,
+    /// The due time a thread sleeps until, if one does: the others sleep until woken, so one
+    /// due announcer wakes one thread, not all of them.
+    timer: Option<Instant>,
     slots: HashMap<u64, Slot>,
 }
 
@@ -543,6 +546,14 @@ fn work(shared: &Shared) {
         match state.queue.first().copied() {
             Some((due, id)) if due <= now => {
                 state.queue.remove(&(due, id));
+                // Someone must watch the next one while this thread is busy.
+                if state
+                    .queue
+                    .first()
+                    .is_some_and(|&(next, _)| state.timer.is_none_or(|timer| next < timer))
+                {
+                    shared.changed.notify_one();
+                }
                 let slot = state
                     .slots
                     .get_mut(&id)
@@ -579,14 +590,19 @@ fn work(shared: &Shared) {
                     }
                 }
             }
-            Some((due, _)) => {
+            Some((due, _)) if state.timer.is_none_or(|timer| due < timer) => {
+                state.timer = Some(due);
                 state = shared
                     .changed
                     .wait_timeout(state, due - now)
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .0;
+                // Another thread may have taken over the timer for an earlier time.
+                if state.timer == Some(due) {
+                    state.timer = None;
+                }
             }
-            None => {
+            Some(_) | None => {
                 state = shared
                     .changed
                     .wait(state)
@@ -1192,6 +1208,36 @@ mod tests {
             pool.handle()
                 .register(tiers, config, stats(), swarm, peers_tx, Arc::default());
         (pool, peers_rx, registration)
+    }
+
+    #[test]
+    fn a_pool_of_three_threads_serves_every_announcer_registered_at_once() {
+        const N: usize = 8;
+        let tracker = FakeTracker::serve((0..2 * N).map(|_| ok(&compact_reply(&[]))).collect());
+        let pool = AnnouncePool::start(3).unwrap();
+        let (peers_tx, peers_rx) = crossbeam_channel::unbounded();
+        let registrations: Vec<Registration> = (0..N)
+            .map(|_| {
+                pool.handle().register(
+                    Tiers::new(Some(&tracker.url), None),
+                    config(),
+                    stats(),
+                    Arc::default(),
+                    peers_tx.clone(),
+                    Arc::default(),
+                )
+            })
+            .collect();
+        for _ in 0..N {
+            assert_eq!(event_of(&tracker.next_request()), Some("started"));
+        }
+        drop(registrations);
+        for _ in 0..N {
+            assert_eq!(event_of(&tracker.next_request()), Some("stopped"));
+        }
+        join_within(pool, PATIENCE);
+        tracker.join();
+        drop(peers_rx);
     }
 
     #[test]
