@@ -33,8 +33,8 @@ pub(super) struct Checked {
     /// The core's number of this check.
     pub(super) check: u32,
     pub(super) result: Result<(Storage, Bitfield), String>,
-    /// The resume data on disk matched the files and says what `result` has: the run need not
-    /// save it again until a piece is written.
+    /// The resume data on disk says what `result` has (it matched the files, or the check
+    /// saved what it found): the run need not save it again until a piece is written.
     pub(super) resume_current: bool,
 }
 
@@ -461,9 +461,13 @@ impl Daemon {
             match action {
                 Action::SaveResume => {
                     // Checked while paused (a verify asked over the RPC): it stays paused, with
-                    // what the check found saved as its resume data.
+                    // what the check found saved as its resume data (by the check itself, unless
+                    // that failed).
                     let t = &self.torrents[index];
                     info!("torrent {}: checked; stays paused", t.name());
+                    if checked.resume_current {
+                        continue;
+                    }
                     let path = t.resume_path(&state_dir);
                     let part = storage.as_ref().and_then(|s| s.part_path());
                     let capture = ResumeData::capture(&meta, t.download_dir(), &have, part);
@@ -556,8 +560,8 @@ pub(super) struct CheckPlan {
 }
 
 /// Opens the files and finds the verified pieces: from resume data when it still matches the
-/// files (then with `true`: the resume data says what the files have), else by hashing. Runs
-/// on a `check NAME` thread.
+/// files, else by hashing, then saving what it found as the resume data. With `true` when the
+/// resume data on disk says what the files have. Runs on a `check NAME` thread.
 pub(super) fn check_data(
     meta: &Metainfo,
     plan: &CheckPlan,
@@ -607,7 +611,17 @@ pub(super) fn check_data(
         meta.geometry.num_pieces,
         started.elapsed()
     );
-    Ok((storage, have, false))
+    // What the check found is the resume data from now on. Saved here, on the check's thread,
+    // the run starts with nothing to save: a seed starts parked, without a thread (a first start
+    // of 10,000 seeds held thousands of threads while the disk threads saved for them).
+    let capture = ResumeData::capture(meta, root, &have, storage.part_path());
+    match capture.save(resume_path) {
+        Ok(()) => Ok((storage, have, true)),
+        Err(e) => {
+            warn!("torrent {}: {e}; the run saves it later", meta.name);
+            Ok((storage, have, false))
+        }
+    }
 }
 
 /// Puts a torrent's own rate limits (its record's) on its running peer threads' context.

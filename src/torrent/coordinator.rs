@@ -3,7 +3,8 @@
 //! tracker peer lists, control messages and a timer; it never blocks on a socket or a disk
 //! (it only `try_send`s to peers and hands pieces to the disk threads).
 //!
-//! A seeding torrent with nothing going on for [`PARK_AFTER`] parks (`parking.rs`): its thread
+//! A seeding torrent with nothing going on for [`PARK_AFTER`] (or since its run began) parks
+//! (`parking.rs`): its thread
 //! ends and its state waits behind the torrent's doorbell, which every channel into it rings, so
 //! a peer connecting, a control message, tracker peers or a changed file start a thread again.
 
@@ -402,7 +403,8 @@ struct Coordinator {
     doorbell: Arc<Doorbell>,
     /// Dropped with the coordinator: the end of its run, for the owner's `Watched`.
     _alive: Sender<()>,
-    /// Since when we could have parked.
+    /// Since when we have been [`quiet`](Self::quiet): we park once that is [`PARK_AFTER`] ago
+    /// and nothing is left to write.
     idle_since: Option<Instant>,
     /// The event loop's figures over the whole run (every thread it ran on).
     profile: LoopStats,
@@ -551,7 +553,10 @@ impl Coordinator {
             rng: rand::make_rng(),
             doorbell,
             _alive: alive,
-            idle_since: None,
+            // Nothing has gone on yet: a new run parks as soon as it can (a first start of
+            // 10,000 seeds, each saving its resume data after the check, held thousands of
+            // threads for the two seconds each waited).
+            idle_since: Instant::now().checked_sub(PARK_AFTER),
             profile: LoopStats::default(),
         };
         c.add_addrs(PeerSource::Manual, params.peers);
@@ -670,22 +675,22 @@ impl Coordinator {
             }
             if now >= next_tick {
                 self.on_tick();
-                if self.parkable() {
-                    let since = *self.idle_since.get_or_insert(now);
-                    if now.duration_since(since) >= PARK_AFTER {
-                        self.profile = profile;
-                        match self.park() {
-                            Ok(()) => return,
-                            Err(me) => {
-                                self = me;
-                                profile = std::mem::take(&mut self.profile);
-                            }
+                next_tick = now + self.tick_interval();
+            }
+            if self.quiet() {
+                let since = *self.idle_since.get_or_insert(now);
+                if self.parkable() && now.duration_since(since) >= PARK_AFTER {
+                    self.profile = profile;
+                    match self.park() {
+                        Ok(()) => return,
+                        Err(me) => {
+                            self = me;
+                            profile = std::mem::take(&mut self.profile);
                         }
                     }
-                } else {
-                    self.idle_since = None;
                 }
-                next_tick = now + self.tick_interval();
+            } else {
+                self.idle_since = None;
             }
         }
         profile.log(self.name(), EVENTS_CAPACITY);
@@ -693,16 +698,21 @@ impl Coordinator {
     }
 
     /// Nothing going on and nothing to come but through a channel that rings our doorbell:
-    /// complete, no peer, nothing dialled, on the disk or to save, no web seed, and no LSD
-    /// registration (its peers come on a channel that does not ring).
+    /// [`quiet`](Self::quiet), and nothing on the disk or to save.
     fn parkable(&self) -> bool {
-        self.picker.is_done()
-            && self.peers.is_empty()
-            && self.dialing.is_empty()
+        self.quiet()
             && self.disk_in_flight == 0
             && !self.resume_dirty
             && !self.resume_saving
             && !self.syncing
+    }
+
+    /// Nothing going on with the outside: complete, no peer, nothing dialled, no web seed, not
+    /// failed or to be checked again. What we wrote may still be on its way to the disk.
+    fn quiet(&self) -> bool {
+        self.picker.is_done()
+            && self.peers.is_empty()
+            && self.dialing.is_empty()
             && !self.failed
             && !self.rechecking
             && self.stats.web_seeds.load(Ordering::Relaxed) == 0
