@@ -18,7 +18,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
-use log::{debug, warn};
+use log::{debug, info, log, warn};
 
 use super::udp::UdpClient;
 use super::{
@@ -249,6 +249,11 @@ pub struct AnnouncePool {
     /// Every thread holds a sender: disconnects when the last one has ended.
     ended: Receiver<()>,
 }
+
+/// A pool thread sleeps this much past the next due time, so that announcers due close together
+/// (a retry round of thousands of torrents, spread over the seconds their first announces took)
+/// run after one wake-up, not one each: at most this late, never early.
+const COALESCE: Duration = Duration::from_millis(100);
 
 /// How long [`AnnouncePool::stop`] waits for threads still in an exchange with a tracker.
 /// Their torrents have already waited their stop budget for them (`announce.stop_timeout_secs`),
@@ -594,7 +599,7 @@ fn work(shared: &Shared) {
                 state.timer = Some(due);
                 state = shared
                     .changed
-                    .wait_timeout(state, due - now)
+                    .wait_timeout(state, due - now + COALESCE)
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .0;
                 // Another thread may have taken over the timer for an earlier time.
@@ -799,6 +804,13 @@ impl Announcer {
                 Ok(reply) => {
                     self.swarm
                         .on_outcome(url, crate::record::unix_now(), Ok(()));
+                    let failed = self.schedule.failed_rounds();
+                    if failed > 0 {
+                        info!(
+                            "torrent {}: tracker {url} answers again, after {failed} failed rounds",
+                            self.config.name
+                        );
+                    }
                     return self.on_reply(url, event, reply);
                 }
                 Err(err) => {
@@ -809,6 +821,18 @@ impl Announcer {
                 }
             }
         }
+        // The first failed round of a streak is a warning; the next ones, until a tracker
+        // answers again, only debug lines: thousands of torrents on one tracker that is down
+        // would otherwise log thousands of lines a round (and that was most of the CPU an
+        // idle daemon spent on them).
+        let (level, later) = if self.schedule.failed_rounds() == 0 {
+            (
+                log::Level::Warn,
+                "; until a tracker answers, further failures are debug lines",
+            )
+        } else {
+            (log::Level::Debug, "")
+        };
         let backoff = self.schedule.on_round_failed(Instant::now());
         match errors.split_last() {
             None => debug!(
@@ -818,10 +842,11 @@ impl Announcer {
             ),
             Some((last, earlier)) => {
                 for err in earlier {
-                    warn!("torrent {}: {err}", self.config.name);
+                    log!(level, "torrent {}: {err}", self.config.name);
                 }
-                warn!(
-                    "torrent {}: {last}; retry in {}s",
+                log!(
+                    level,
+                    "torrent {}: {last}; retry in {}s{later}",
                     self.config.name,
                     backoff.as_secs()
                 );
