@@ -227,6 +227,8 @@ pub(super) struct Managed {
     pub(super) idle_since: Option<Instant>,
     /// The run's byte totals when the main loop last looked (to see activity).
     pub(super) last_seen_totals: (u64, u64),
+    /// The run's parked mark when the main loop last looked (`TorrentHandle::parked_mark`).
+    pub(super) parked_seen: Option<(u64, u64)>,
     /// When the current run started (seconds since the Unix epoch).
     pub(super) run_started_unix: u64,
     /// The state's name when the main loop last looked, and since when (seconds since the
@@ -281,6 +283,7 @@ impl Managed {
             downloading_since: None,
             idle_since: None,
             last_seen_totals: (0, 0),
+            parked_seen: None,
             run_started_unix: 0,
             // Not yet looked at: added just now counts as a change.
             state_seen: ("", unix_now()),

@@ -508,6 +508,14 @@ impl TorrentHandle {
         (self.doorbell.is_parked(), self.doorbell.counts().0)
     }
 
+    /// While the coordinator is parked, its counts of parks and resumes; `None` while it runs
+    /// (or is about to). The same mark at two looks means it did not run in between: no new
+    /// event, no byte moved.
+    pub fn parked_mark(&self) -> Option<(u64, u64)> {
+        // The flag first: a resume and a park after it change the counts.
+        self.doorbell.is_parked().then(|| self.doorbell.counts())
+    }
+
     /// Tells the coordinator to stop gracefully and returns at once; see [`Stopping`].
     pub fn begin_stop(self) -> Stopping {
         self.send(Control::Stop);
