@@ -8,7 +8,8 @@ use std::process::Command;
 
 use crate::support::daemon::within;
 use crate::support::{
-    Btd, RecordingTracker, SHORT, TempDir, describe_announces, run_to_end, seed_payload, wait_until,
+    Btd, RecordingTracker, SHORT, TempDir, describe_announces, download_args, run_to_end,
+    seed_payload, wait_until,
 };
 
 /// Runs `f` on a thread of its own in a new network namespace (loopback up, 203.0.113.5 and
@@ -57,16 +58,7 @@ fn http_announces_tell_the_tracker_our_ipv4_and_ipv6_addresses_when_listening_on
         let out = tmp.subdir("both");
         let mut btd = Btd::spawn(
             "btd on ::",
-            Btd::command([
-                OsString::from("download"),
-                torrent.clone().into(),
-                "-o".into(),
-                out.into(),
-                "--bind".into(),
-                "::".into(),
-                "--port".into(),
-                "0".into(),
-            ]),
+            Btd::command(download_args(torrent.clone(), &out, "::")),
         );
         wait_until(within(SHORT), "an announce from btd on ::", || {
             !tracker.announces().is_empty()
@@ -86,16 +78,7 @@ fn http_announces_tell_the_tracker_our_ipv4_and_ipv6_addresses_when_listening_on
         let out = tmp.subdir("v4");
         let mut btd = Btd::spawn(
             "btd on 0.0.0.0",
-            Btd::command([
-                OsString::from("download"),
-                torrent.into(),
-                "-o".into(),
-                out.into(),
-                "--bind".into(),
-                "0.0.0.0".into(),
-                "--port".into(),
-                "0".into(),
-            ]),
+            Btd::command(download_args(torrent, &out, "0.0.0.0")),
         );
         wait_until(within(SHORT), "an announce from btd on 0.0.0.0", || {
             tracker.announces().len() > seen

@@ -11,7 +11,7 @@ use std::process::Command;
 use crate::support::daemon::{DaemonHome, TorrentEntry};
 use crate::support::{
     Btd, PYTHON, Proc, Rng, SHORT, TRANSFER, TempDir, TorrentInfo, assert_same_files,
-    client_script, mktorrent, next_ip, test_seed, write_payload,
+    client_script, download_args, mktorrent, next_ip, test_seed, write_payload,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -78,18 +78,8 @@ fn payload(tmp: &TempDir, test: &str) -> (std::path::PathBuf, std::path::PathBuf
 
 /// `btd download MAGNET` with only the DHT to find peers.
 fn btd_download_magnet_command(magnet: &str, out: &std::path::Path, router: SocketAddr) -> Command {
-    let args: Vec<OsString> = vec![
-        "download".into(),
-        magnet.into(),
-        "-o".into(),
-        out.into(),
-        "--bind".into(),
-        next_ip().to_string().into(),
-        "--port".into(),
-        "0".into(),
-        "--dht-bootstrap".into(),
-        router.to_string().into(),
-    ];
+    let mut args = download_args(magnet, out, &next_ip().to_string());
+    args.extend(["--dht-bootstrap".into(), router.to_string().into()]);
     Btd::command(args)
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::support::daemon::{DaemonHome, TorrentEntry, within};
 use crate::support::{
     Btd, LtClient, PeerSpec, Rng, SHORT, TRANSFER, TempDir, TorrentInfo, assert_same_files,
-    mktorrent, next_ip, run_to_end, test_seed, wait_until, write_payload,
+    download_args, mktorrent, next_ip, run_to_end, test_seed, wait_until, write_payload,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -50,16 +50,7 @@ fn btd_with_lsd(args: &[OsString]) -> Command {
 
 /// `btd download WHAT -o OUT --bind BIND --port 0` with LSD on, then `more`.
 fn lsd_download(what: impl Into<OsString>, out: &Path, bind: &str, more: &[&str]) -> Command {
-    let mut args: Vec<OsString> = vec![
-        "download".into(),
-        what.into(),
-        "-o".into(),
-        out.into(),
-        "--bind".into(),
-        bind.into(),
-        "--port".into(),
-        "0".into(),
-    ];
+    let mut args = download_args(what, out, bind);
     args.extend(more.iter().map(OsString::from));
     btd_with_lsd(&args)
 }

@@ -5,7 +5,7 @@
 //! a private torrent (BEP 27) neither offers `ut_pex` nor acts on a PEX message.
 
 use crate::support::{
-    Btd, LtClient, PeerSpec, Rng, SHORT, TempDir, next_ip, test_seed, write_payload,
+    Btd, LtClient, PeerSpec, Rng, SHORT, TempDir, download_args, next_ip, test_seed, write_payload,
 };
 use std::ffi::OsString;
 use std::time::Duration;
@@ -108,18 +108,9 @@ fn btd_hears_of_a_libtorrent_leecher_through_libtorrents_pex_and_connects_to_it(
     let lt_addr = leecher.wait_listening();
     let out_dir = tmp.subdir("btd");
     let out = out_dir.clone();
-    let mut cmd = Btd::command([
-        OsString::from("download"),
-        torrent.clone().into(),
-        "-o".into(),
-        out.into(),
-        "--bind".into(),
-        next_ip().to_string().into(),
-        "--port".into(),
-        "0".into(),
-        "--peer".into(),
-        seeder.addr.to_string().into(),
-    ]);
+    let mut args = download_args(torrent.clone(), &out, &next_ip().to_string());
+    args.extend(["--peer".into(), seeder.addr.to_string().into()]);
+    let mut cmd = Btd::command(args);
     cmd.env("RUST_LOG", "info,btd::torrent=debug");
     let mut btd = Btd::spawn("btd leecher", cmd);
     let lt_ip = lt_addr.ip().to_string();

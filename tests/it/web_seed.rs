@@ -15,7 +15,7 @@ use crate::support::daemon::{DaemonHome, TorrentEntry, within};
 use crate::support::rpc_client::RpcClient;
 use crate::support::web_seed::{self, WebSeedServer};
 use crate::support::{
-    Btd, LtClient, PeerSpec, SHORT, TRANSFER, TempDir, assert_same_files, next_ip,
+    Btd, LtClient, PeerSpec, SHORT, TRANSFER, TempDir, assert_same_files, download_args, next_ip,
     parse_rpc_serving, seed_payload, wait_until,
 };
 
@@ -446,18 +446,8 @@ fn a_web_seed_that_trickles_is_given_up_and_asked_again_after_its_back_off() {
     let config = tmp.join("btd.toml");
     std::fs::write(&config, "[network]\nwrite_timeout_secs = 2\n").expect("write config");
     let out = tmp.subdir("out");
-    let args: Vec<OsString> = vec![
-        "--config".into(),
-        config.into(),
-        "download".into(),
-        torrent.into(),
-        "-o".into(),
-        out.into(),
-        "--bind".into(),
-        next_ip().to_string().into(),
-        "--port".into(),
-        "0".into(),
-    ];
+    let mut args: Vec<OsString> = vec!["--config".into(), config.into()];
+    args.extend(download_args(torrent, &out, &next_ip().to_string()));
     let mut btd = Btd::spawn("btd leecher", Btd::command(args));
     let started = std::time::Instant::now();
     btd.proc

@@ -17,8 +17,8 @@ mod tracker;
 pub mod web_seed;
 
 pub use process::{
-    Btd, LtClient, PeerSpec, Proc, ScriptClient, Transmission, aria2_crypto_required, net_args,
-    parse_rpc_serving, run_to_end,
+    Btd, LtClient, PeerSpec, Proc, ScriptClient, Transmission, aria2_crypto_required,
+    download_args, net_args, parse_rpc_serving, run_to_end,
 };
 pub use torrent::{TorrentInfo, lt_create, mktorrent, read_each};
 pub use tracker::{

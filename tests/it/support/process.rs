@@ -466,6 +466,21 @@ impl Btd {
     }
 }
 
+/// `download WHAT -o OUT --bind BIND --port 0`: how most tests' `btd download` starts (more
+/// options may follow).
+pub fn download_args(what: impl Into<OsString>, out: &Path, bind: &str) -> Vec<OsString> {
+    vec![
+        "download".into(),
+        what.into(),
+        "-o".into(),
+        out.into(),
+        "--bind".into(),
+        bind.into(),
+        "--port".into(),
+        "0".into(),
+    ]
+}
+
 pub fn net_args(ip: Ipv4Addr, peers: &[SocketAddr]) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         "--bind".into(),
