@@ -433,7 +433,6 @@ impl Daemon {
         let Some(index) = self.index_of(&meta.info_hash) else {
             return;
         };
-        let state_dir = self.config.state_dir.clone();
         let t = &mut self.torrents[index];
         let was_checking = *t.life.phase() == Phase::Checking;
         let found = match &checked.result {
@@ -468,19 +467,11 @@ impl Daemon {
             match action {
                 Action::SaveResume => {
                     // Checked while paused (a verify asked over the RPC): it stays paused, with
-                    // what the check found saved as its resume data (by the check itself, unless
-                    // that failed).
-                    let t = &self.torrents[index];
-                    info!("torrent {}: checked; stays paused", t.name());
-                    if checked.resume_current {
-                        continue;
-                    }
-                    let path = t.resume_path(&state_dir);
-                    let part = storage.as_ref().and_then(|s| s.part_path());
-                    let capture = ResumeData::capture(&meta, t.download_dir(), &have, part);
-                    if let Err(e) = capture.save(&path) {
-                        warn!("torrent {}: {e}", t.name());
-                    }
+                    // what the check found as its resume data (`check_data` saved it).
+                    info!(
+                        "torrent {}: checked; stays paused",
+                        self.torrents[index].name()
+                    );
                 }
                 Action::StartRun => {
                     if let Some(storage) = storage.take() {
@@ -626,7 +617,10 @@ pub(super) fn check_data(
     match capture.save(resume_path) {
         Ok(()) => Ok((storage, have, true)),
         Err(e) => {
-            warn!("torrent {}: {e}; the run saves it later", meta.name);
+            warn!(
+                "torrent {}: {e}; a run saves it later, else the next start checks the data again",
+                meta.name
+            );
             Ok((storage, have, false))
         }
     }

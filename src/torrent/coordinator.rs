@@ -4,9 +4,9 @@
 //! (it only `try_send`s to peers and hands pieces to the disk threads).
 //!
 //! A seeding torrent with nothing going on for [`PARK_AFTER`] (or since its run began) parks
-//! (`parking.rs`): its thread
-//! ends and its state waits behind the torrent's doorbell, which every channel into it rings, so
-//! a peer connecting, a control message, tracker peers or a changed file start a thread again.
+//! (`parking.rs`): its thread ends and its state waits behind the torrent's doorbell, which every
+//! channel into it rings, so a peer connecting, a control message, tracker peers or a changed
+//! file start a thread again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -553,9 +553,8 @@ impl Coordinator {
             rng: rand::make_rng(),
             doorbell,
             _alive: alive,
-            // Nothing has gone on yet: a new run parks as soon as it can (a first start of
-            // 10,000 seeds, each saving its resume data after the check, held thousands of
-            // threads for the two seconds each waited).
+            // Nothing has gone on yet: a new run parks as soon as it is quiet with nothing to
+            // write, without first waiting `PARK_AFTER` on a thread of its own.
             idle_since: Instant::now().checked_sub(PARK_AFTER),
             profile: LoopStats::default(),
         };
