@@ -601,8 +601,24 @@ fn start_one(
 pub fn status(state_dir: &Path, source: Option<&Path>) -> Result<(), CommandError> {
     running_daemon(state_dir, source)?;
     let status = load_status(state_dir)?;
-    print!("{}", status.table());
-    Ok(())
+    emit(&status.table())
+}
+
+/// Writes a command's output to stdout. A reader that has gone (`btd list | head`) ends the
+/// output quietly, as Unix tools do, where `print!` would panic; another failure to write is
+/// an error.
+///
+/// # Errors
+/// `Runtime` when stdout cannot be written for another reason (a full disk).
+pub fn emit(text: &str) -> Result<(), CommandError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CommandError::Runtime(format!("writing to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A torrent named on `btd add`'s command line, read and checked before the daemon is asked:

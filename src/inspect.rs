@@ -34,14 +34,8 @@ pub fn run(arg: &str, json: bool) -> Result<(), CommandError> {
             .map_err(|e: MetainfoError| e.to_string())
     };
     match loaded {
-        Ok(value) if json => {
-            println!("{value}");
-            Ok(())
-        }
-        Ok(value) => {
-            print!("{}", text(&value));
-            Ok(())
-        }
+        Ok(value) if json => crate::commands::emit(&format!("{value}\n")),
+        Ok(value) => crate::commands::emit(&text(&value)),
         Err(reason) => {
             if json {
                 println!("{}", json!({"loadable": false, "error": reason}));

@@ -12,6 +12,8 @@
 use std::path::Path;
 
 use base64::Engine as _;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::commands::{self, CommandError, ToAdd};
@@ -115,30 +117,28 @@ fn call(
     client.call(method, args).map_err(failed)
 }
 
-/// `torrent-get` of `fields` for `ids` (all torrents when `None`), as objects.
-fn torrents(
+/// `torrent-get` of `fields` for `ids` (all torrents when `None`), each read as a `T`: an
+/// object (`Map`) or typed fields ([`RowFields`]).
+fn torrents<T: DeserializeOwned>(
     client: &mut RpcClient,
     ids: Option<&[u64]>,
     fields: &[&str],
-) -> Result<Vec<Map<String, Value>>, CommandError> {
+) -> Result<Vec<T>, CommandError> {
+    #[derive(Deserialize)]
+    struct Answer<T> {
+        torrents: Option<Vec<T>>,
+    }
     let mut args = json!({ "fields": fields });
     if let Some(ids) = ids {
         args["ids"] = json!(ids);
     }
-    let mut answer = call(client, "torrent-get", args)?;
-    let Some(Value::Array(list)) = answer.remove("torrents") else {
-        return Err(CommandError::Runtime(format!(
+    let answer: Option<Answer<T>> = client.call_as("torrent-get", args).map_err(failed)?;
+    answer.and_then(|a| a.torrents).ok_or_else(|| {
+        CommandError::Runtime(format!(
             "btd RPC at {}: torrent-get answered without `torrents`",
             client.endpoint().shown()
-        )));
-    };
-    Ok(list
-        .into_iter()
-        .filter_map(|t| match t {
-            Value::Object(t) => Some(t),
-            _ => None,
-        })
-        .collect())
+        ))
+    })
 }
 
 // ---- naming torrents ------------------------------------------------------------------------
@@ -153,6 +153,14 @@ pub struct Named {
 }
 
 impl Named {
+    fn from_row(t: &RowFields) -> Named {
+        Named {
+            id: t.id,
+            name: t.name.clone(),
+            hash: t.hash_string.to_ascii_lowercase(),
+        }
+    }
+
     fn from_fields(t: &Map<String, Value>) -> Named {
         Named {
             id: t.get("id").and_then(Value::as_u64).unwrap_or(0),
@@ -255,8 +263,65 @@ fn u64_field(t: &Map<String, Value>, key: &str) -> u64 {
     t.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
-fn f64_field(t: &Map<String, Value>, key: &str) -> f64 {
-    t.get(key).and_then(Value::as_f64).unwrap_or(0.0)
+/// The `torrent-get` fields btd's CLI reads, typed: a listing of 10,000 torrents is read
+/// straight into these, not into a map per torrent. A field the answer leaves out is its
+/// default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct RowFields {
+    id: u64,
+    name: String,
+    hash_string: String,
+    status: u64,
+    error: u64,
+    error_string: String,
+    is_finished: bool,
+    metadata_percent_complete: f64,
+    percent_done: f64,
+    recheck_progress: f64,
+    total_size: u64,
+    have_valid: u64,
+    eta: Option<i64>,
+    rate_download: u64,
+    rate_upload: u64,
+    peers_connected: u64,
+    webseeds_sending_to_us: u64,
+    upload_ratio: f64,
+    tracker_stats: Vec<TrackerStat>,
+    download_dir: String,
+    added_date: u64,
+    seconds_seeding: u64,
+    uploaded_ever: u64,
+    downloaded_ever: u64,
+    peers_from: PeersFrom,
+}
+
+/// The swarm counts of one `trackerStats` entry: -1 while the tracker has not told them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct TrackerStat {
+    seeder_count: i64,
+    leecher_count: i64,
+    download_count: i64,
+}
+
+/// Transmission's `peersFrom`: connected peers by where they came from.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct PeersFrom {
+    from_tracker: u64,
+    from_dht: u64,
+    from_pex: u64,
+    from_lpd: u64,
+    from_incoming: u64,
+}
+
+impl RowFields {
+    /// The fields of a torrent read as an object (`btd info`, which reads more of them).
+    fn of(t: &Map<String, Value>) -> Result<RowFields, CommandError> {
+        RowFields::deserialize(t)
+            .map_err(|e| CommandError::Runtime(format!("torrent-get answered: {e}")))
+    }
 }
 
 /// The fields a state needs.
@@ -269,14 +334,14 @@ const STATE_FIELDS: [&str; 5] = [
 ];
 
 /// btd's word for a torrent's state (as `btd status` says it) from the RPC's `status` number.
-fn state_of(t: &Map<String, Value>) -> String {
-    match u64_field(t, "status") {
-        0 if u64_field(t, "error") != 0 => "error",
-        0 if t.get("isFinished").and_then(Value::as_bool) == Some(true) => "finished",
+fn state_of(t: &RowFields) -> String {
+    match t.status {
+        0 if t.error != 0 => "error",
+        0 if t.is_finished => "finished",
         0 => "paused",
         1 | 3 => "queued",
         2 => "checking",
-        4 if f64_field(t, "metadataPercentComplete") < 1.0 => "metadata",
+        4 if t.metadata_percent_complete < 1.0 => "metadata",
         4 => "downloading",
         5 => "queued_seed",
         6 => "seeding",
@@ -286,74 +351,59 @@ fn state_of(t: &Map<String, Value>) -> String {
 }
 
 /// The swarm counts of the first tracker that has them.
-fn swarm_of(t: &Map<String, Value>) -> Option<SwarmCounts> {
-    t.get("trackerStats")?.as_array()?.iter().find_map(|s| {
-        let count = |k: &str| {
-            s.get(k)
-                .and_then(Value::as_i64)
-                .and_then(|n| u32::try_from(n).ok())
-        };
+fn swarm_of(t: &RowFields) -> Option<SwarmCounts> {
+    t.tracker_stats.iter().find_map(|s| {
+        let count = |n: i64| u32::try_from(n).ok();
         Some(SwarmCounts {
-            seeders: count("seederCount")?,
-            leechers: count("leecherCount")?,
-            completed: count("downloadCount")?,
+            seeders: count(s.seeder_count)?,
+            leechers: count(s.leecher_count)?,
+            completed: count(s.download_count)?,
         })
     })
 }
 
 /// A row of the status table from `torrent-get` fields.
-fn row_of(t: &Map<String, Value>) -> TorrentStatus {
+fn row_of(t: &RowFields) -> TorrentStatus {
     let state = state_of(t);
-    let eta = t.get("eta").and_then(Value::as_i64);
-    let error = str_field(t, "errorString");
+    let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
     // Transmission's 1 and 2 are a tracker's warning or refusal; the torrent runs on.
-    let from_tracker = matches!(t.get("error").and_then(Value::as_u64), Some(1 | 2));
+    let from_tracker = matches!(t.error, 1 | 2);
+    let error = &t.error_string;
     TorrentStatus {
-        id: u32::try_from(u64_field(t, "id")).unwrap_or(u32::MAX),
-        name: str_field(t, "name").to_owned(),
-        info_hash: str_field(t, "hashString").to_owned(),
-        check_progress: (state == "checking").then(|| f64_field(t, "recheckProgress")),
+        id: u32::try_from(t.id).unwrap_or(u32::MAX),
+        name: t.name.clone(),
+        info_hash: t.hash_string.clone(),
+        check_progress: (state == "checking").then_some(t.recheck_progress),
         state,
-        progress: f64_field(t, "percentDone"),
-        size_bytes: u64_field(t, "totalSize"),
-        have_bytes: u64_field(t, "haveValid"),
-        eta_secs: eta.and_then(|e| u64::try_from(e).ok()),
-        download_dir: str_field(t, "downloadDir").to_owned(),
-        added_unix: u64_field(t, "addedDate"),
-        seeding_secs: u64_field(t, "secondsSeeding"),
-        downloaded_bytes: u64_field(t, "downloadedEver"),
-        uploaded_bytes: u64_field(t, "uploadedEver"),
-        download_rate: u64_field(t, "rateDownload"),
-        upload_rate: u64_field(t, "rateUpload"),
-        peers: u32::try_from(u64_field(t, "peersConnected")).unwrap_or(u32::MAX),
+        progress: t.percent_done,
+        size_bytes: t.total_size,
+        have_bytes: t.have_valid,
+        eta_secs: t.eta.and_then(|e| u64::try_from(e).ok()),
+        download_dir: t.download_dir.clone(),
+        added_unix: t.added_date,
+        seeding_secs: t.seconds_seeding,
+        downloaded_bytes: t.downloaded_ever,
+        uploaded_bytes: t.uploaded_ever,
+        download_rate: t.rate_download,
+        upload_rate: t.rate_upload,
+        peers: clamp(t.peers_connected),
         // Transmission tells the web seeds sending to us, not those merely running.
-        web_seeds: u32::try_from(u64_field(t, "webseedsSendingToUs")).unwrap_or(u32::MAX),
-        peers_by_source: peers_from(t),
-        ratio: f64_field(t, "uploadRatio").max(0.0),
-        error: (!error.is_empty() && !from_tracker).then(|| error.to_owned()),
+        web_seeds: clamp(t.webseeds_sending_to_us),
+        peers_by_source: crate::status::PeerSourceCounts {
+            tracker: clamp(t.peers_from.from_tracker),
+            dht: clamp(t.peers_from.from_dht),
+            pex: clamp(t.peers_from.from_pex),
+            lsd: clamp(t.peers_from.from_lpd),
+            incoming: clamp(t.peers_from.from_incoming),
+            ..Default::default()
+        },
+        ratio: t.upload_ratio.max(0.0),
+        error: (!error.is_empty() && !from_tracker).then(|| error.clone()),
         source: String::new(),
         swarm: swarm_of(t),
         free_bytes: None,
         needed_bytes: None,
-        tracker_error: (!error.is_empty() && from_tracker).then(|| error.to_owned()),
-    }
-}
-
-/// Transmission's `peersFrom` as btd's counts by source (those it has no key for stay 0).
-fn peers_from(t: &Map<String, Value>) -> crate::status::PeerSourceCounts {
-    let from = t.get("peersFrom").and_then(Value::as_object);
-    let count = |key: &str| {
-        from.and_then(|f| f.get(key))
-            .and_then(Value::as_u64)
-            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
-    };
-    crate::status::PeerSourceCounts {
-        tracker: count("fromTracker"),
-        dht: count("fromDht"),
-        pex: count("fromPex"),
-        lsd: count("fromLpd"),
-        incoming: count("fromIncoming"),
-        ..Default::default()
+        tracker_error: (!error.is_empty() && from_tracker).then(|| error.clone()),
     }
 }
 
@@ -392,12 +442,11 @@ const ROW_FIELDS: [&str; 23] = [
 /// `Runtime` when the daemon's RPC cannot be reached or refuses.
 pub fn list(config: &Config, rpc_url: Option<&str>) -> Result<(), CommandError> {
     let mut client = client(config, rpc_url)?;
-    let rows: Vec<TorrentStatus> = torrents(&mut client, None, &ROW_FIELDS)?
+    let rows: Vec<TorrentStatus> = torrents::<RowFields>(&mut client, None, &ROW_FIELDS)?
         .iter()
         .map(row_of)
         .collect();
-    print!("{}", status::torrent_table(&rows));
-    Ok(())
+    commands::emit(&status::torrent_table(&rows))
 }
 
 /// `btd info ID...`: each torrent's details, files and trackers.
@@ -418,21 +467,20 @@ pub fn info(config: &Config, rpc_url: Option<&str>, ids: &[String]) -> Result<()
         "magnetLink",
         "files",
     ]);
-    let found = torrents(&mut client, Some(&chosen), &fields)?;
+    let found: Vec<Map<String, Value>> = torrents(&mut client, Some(&chosen), &fields)?;
     let mut out = String::new();
     for (i, t) in found.iter().enumerate() {
         if i > 0 {
             out.push('\n');
         }
-        out.push_str(&details(t));
+        out.push_str(&details(t)?);
     }
-    print!("{out}");
-    Ok(())
+    commands::emit(&out)
 }
 
 /// The text of `btd info` for one torrent.
-fn details(t: &Map<String, Value>) -> String {
-    let row = row_of(t);
+fn details(t: &Map<String, Value>) -> Result<String, CommandError> {
+    let row = row_of(&RowFields::of(t)?);
     let mut out = String::new();
     let mut line = |key: &str, value: String| {
         out.push_str(&format!("{key:<11} {}\n", status::printable(&value)));
@@ -546,7 +594,7 @@ fn details(t: &Map<String, Value>) -> String {
             );
         }
     }
-    out
+    Ok(out)
 }
 
 /// `secs` since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`; `-` for 0.
@@ -606,8 +654,7 @@ pub fn act(
     ids: &[String],
 ) -> Result<(), CommandError> {
     let mut client = client(config, rpc_url)?;
-    print!("{}", act_on(&mut client, action, ids)?);
-    Ok(())
+    commands::emit(&act_on(&mut client, action, ids)?)
 }
 
 /// [`act`] on a client; returns the lines to print.
@@ -624,11 +671,11 @@ fn act_on(
     let mut fields = vec!["id", "name", "hashString"];
     fields.extend(STATE_FIELDS);
     let mut out = String::new();
-    for t in torrents(client, Some(&numbers), &fields)? {
+    for t in torrents::<RowFields>(client, Some(&numbers), &fields)? {
         out.push_str(&format!(
             "{} {}: {}\n",
             action.verb,
-            Named::from_fields(&t).shown(),
+            Named::from_row(&t).shown(),
             state_of(&t)
         ));
     }
@@ -803,7 +850,8 @@ pub fn files(
     }
     let mut client = client(config, rpc_url)?;
     let chosen: Vec<u64> = named(&mut client, &ids)?.iter().map(|t| t.id).collect();
-    let found = torrents(&mut client, Some(&chosen), &["files", "fileStats"])?;
+    let found: Vec<Map<String, Value>> =
+        torrents(&mut client, Some(&chosen), &["files", "fileStats"])?;
     let Some(t) = found.first() else {
         return Err(CommandError::Runtime(format!("torrent {id} is gone")));
     };
@@ -836,8 +884,7 @@ pub fn files(
             status::printable(f.get("name").and_then(Value::as_str).unwrap_or(""))
         ));
     }
-    print!("{out}");
-    Ok(())
+    commands::emit(&out)
 }
 
 /// `dir` made absolute from the current directory (the daemon has its own), as text.
@@ -892,9 +939,9 @@ pub fn remove(
     );
     if let Err(e @ ClientError::Refused(_)) = &result {
         // Some may be gone all the same: say which, then the refusal.
-        let left: Vec<u64> = torrents(&mut client, Some(&numbers), &["id"])?
+        let left: Vec<u64> = torrents::<RowFields>(&mut client, Some(&numbers), &["id"])?
             .iter()
-            .map(|t| u64_field(t, "id"))
+            .map(|t| t.id)
             .collect();
         for t in chosen.iter().filter(|t| !left.contains(&t.id)) {
             println!("removed {}{}", t.shown(), data_note(delete_data));
@@ -1167,7 +1214,7 @@ mod tests {
     fn states_from_the_rpc_status_numbers() {
         let state = |v: Value| {
             let Value::Object(m) = v else { unreachable!() };
-            state_of(&m)
+            state_of(&RowFields::of(&m).unwrap())
         };
         assert_eq!(state(json!({"status": 0})), "paused");
         assert_eq!(state(json!({"status": 0, "error": 3})), "error");

@@ -237,3 +237,42 @@ fn btd_daemon_without_config_uses_config_btd_toml_when_it_exists_else_built_in_d
     out.assert_success();
     d.stop_and_assert_ok("TERM", SHORT);
 }
+
+/// `btd info X | head -0`: when the reader is gone before btd writes, the output ends quietly
+/// (exit 0, nothing on stderr), as Unix tools do; `print!` used to panic there (exit 101).
+#[test]
+fn output_into_a_pipe_nobody_reads_ends_quietly() {
+    let magnet = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=gone";
+    for json in [false, true] {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let mut cmd = Btd::command(["info", magnet]);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn btd info");
+        let deadline = std::time::Instant::now() + SHORT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for btd info") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("btd info did not exit within {SHORT:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+            .expect("read stderr");
+        assert!(
+            status.success() && stderr.is_empty(),
+            "btd info (json: {json}) into a closed pipe: {status}, stderr:\n{stderr}"
+        );
+    }
+}

@@ -324,15 +324,31 @@ fn session_and_torrent_fields_have_transmissions_keys_and_types() {
 
     compare_torrent(&mut trc, &mut btc, &p.info_hash, "seeding", &mut diffs);
 
-    // The same `table` request: a header row, then one row per torrent.
-    let table =
-        json!({"ids": [p.info_hash], "fields": ["id", "name", "status"], "format": "table"});
+    // The same `table` request: a header row, then one row per torrent. A name asked for
+    // twice is two columns, as in Transmission's.
+    let table = json!({
+        "ids": [p.info_hash],
+        "fields": ["id", "name", "status", "name"],
+        "format": "table",
+    });
     let tr_table = Value::Object(trc.ok("torrent-get", table.clone()));
     let btd_table = Value::Object(btc.ok("torrent-get", table));
     shape_diffs("table", &tr_table, &btd_table, &mut diffs);
     assert_eq!(
         tr_table["torrents"][0], btd_table["torrents"][0],
         "the table's header rows differ"
+    );
+    // As objects, a name asked for twice is one key.
+    let objects = json!({"ids": [p.info_hash], "fields": ["id", "name", "status", "name"]});
+    let tr_objects = trc.ok("torrent-get", objects.clone());
+    let btd_objects = btc.ok("torrent-get", objects.clone());
+    let text = btc.call_text("torrent-get", objects);
+    assert_eq!(text.matches("\"name\":").count(), 1, "`name` twice: {text}");
+    shape_diffs(
+        "objects",
+        &Value::Object(tr_objects),
+        &Value::Object(btd_objects),
+        &mut diffs,
     );
 
     // `recently-active`: the torrents and the ids removed lately.

@@ -121,6 +121,16 @@ impl RpcClient {
     /// `tag`). Panics on a transport error, a status other than 200 once the session id is
     /// known, or a body that is not a JSON object.
     pub fn call(&mut self, method: &str, arguments: Value) -> Value {
+        let text = self.call_text(method, arguments);
+        let reply: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("rpc {method}: the reply is not JSON ({e}): {text}"));
+        assert!(reply.is_object(), "rpc {method}: {text}");
+        reply
+    }
+
+    /// [`call`](Self::call)'s reply as the text the server sent (what a parser would hide:
+    /// a key twice, the order of keys).
+    pub fn call_text(&mut self, method: &str, arguments: Value) -> String {
         let mut body = json!({"method": method, "tag": 7});
         if !arguments.is_null() {
             body["arguments"] = arguments;
@@ -152,10 +162,7 @@ impl RpcClient {
                 .text()
                 .unwrap_or_else(|e| panic!("rpc {method}: reading the reply: {e}"));
             assert_eq!(status, 200, "rpc {method} to {}: {text}", self.url);
-            let reply: Value = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("rpc {method}: the reply is not JSON ({e}): {text}"));
-            assert!(reply.is_object(), "rpc {method}: {text}");
-            return reply;
+            return text;
         }
         panic!("rpc {method} to {}: 409 three times", self.url)
     }
