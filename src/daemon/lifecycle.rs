@@ -129,6 +129,24 @@ pub(super) struct Lifecycle {
 }
 
 impl Lifecycle {
+    /// Whether nothing about it changes by the clock or by the queue alone: seeding, paused,
+    /// finished, stopped, or in error with no retry due; no run stopping, no check asked for.
+    /// The main loop sweeps less often while every torrent is settled.
+    pub(super) fn settled(&self) -> bool {
+        self.runs_stopping == 0
+            && !self.force_check
+            && match self.phase {
+                Phase::Running => self.complete,
+                Phase::Paused | Phase::Finished | Phase::Stopped => true,
+                Phase::Error(_) => self.retry_at.is_none(),
+                Phase::Metadata
+                | Phase::Queued
+                | Phase::Checking
+                | Phase::Moving { .. }
+                | Phase::LowSpace { .. } => false,
+            }
+    }
+
     /// A torrent just known: paused, until [`Lifecycle::on_added`].
     pub(super) fn new(has_meta: bool, complete: bool) -> Self {
         Self {
@@ -930,6 +948,26 @@ mod tests {
         assert_eq!(turn(&mut q, TWO, t0()), [], "its last run has not ended");
         q[0].on_run_ended();
         assert_eq!(turn(&mut q, TWO, t0()), [(0, start_check(2))]);
+    }
+
+    #[test]
+    fn only_seeding_paused_finished_stopped_and_unretried_errors_are_settled() {
+        let mut q = vec![added(false), added(true)];
+        assert!(!q[0].settled(), "queued");
+        turn(&mut q, TWO, t0());
+        assert!(!q[0].settled(), "checking");
+        check_done(&mut q[0], false);
+        check_done(&mut q[1], true);
+        assert_eq!(names(&q), ["downloading", "seeding"]);
+        assert!(!q[0].settled(), "a download changes by itself");
+        assert!(q[1].settled(), "seeding");
+        q[1].on_pause_requested();
+        assert!(!q[1].settled(), "paused, its run still stopping");
+        q[1].on_run_ended();
+        assert!(q[1].settled(), "paused");
+        // A storage error retries by the clock.
+        q[0].on_failed("disk full".into(), t0());
+        assert!(!q[0].settled(), "an error with a retry due");
     }
 
     const MIB: u64 = 1 << 20;

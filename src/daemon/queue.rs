@@ -80,10 +80,15 @@ impl Daemon {
 
     /// Takes in what running torrents reported, then one turn of the queue (`lifecycle::
     /// schedule`): seeding limits, seed slots, storage-error retries, moves and starts.
-    pub(super) fn schedule(&mut self) {
+    /// Whether every torrent is settled (`Lifecycle::settled`, its run parked since the last
+    /// look if it has one) and the turn did nothing.
+    pub(super) fn schedule(&mut self) -> bool {
+        let mut settled = true;
         for index in 0..self.torrents.len() {
-            self.poll_running(index);
-            self.torrents[index].note_state();
+            let polled = self.poll_running(index);
+            let t = &mut self.torrents[index];
+            t.note_state();
+            settled &= !polled && t.life.settled();
         }
         let limits = self.seed_limits();
         let reached: Vec<Option<LimitReached>> = self
@@ -123,8 +128,10 @@ impl Daemon {
                 }
                 _ => {}
             }
+            settled = false;
             self.apply(index, actions);
         }
+        settled
     }
 
     /// Looks at the free space of the file system of each downloading, queued or low-space
@@ -182,17 +189,18 @@ impl Daemon {
         }
     }
 
-    /// Feeds the core what a running torrent reported since the last look.
-    pub(super) fn poll_running(&mut self, index: usize) {
+    /// Feeds the core what a running torrent reported since the last look. Whether it had a
+    /// run to look at (not one parked since the last look).
+    pub(super) fn poll_running(&mut self, index: usize) -> bool {
         let t = &mut self.torrents[index];
         let Some(handle) = &t.handle else {
-            return;
+            return false;
         };
         // Parked since the last look: nothing to read (10,000 parked seeds were 10,000 channels
         // and counters polled every second).
         let mark = handle.parked_mark();
         if mark.is_some() && mark == t.parked_seen {
-            return;
+            return false;
         }
         t.parked_seen = mark;
         t.verified_bytes = handle.stats.verified_bytes.load(Ordering::Relaxed);
@@ -231,6 +239,7 @@ impl Daemon {
             };
             self.apply(index, actions);
         }
+        true
     }
 
     /// Retries now, as SIGHUP does, every torrent waiting out a storage-error back-off.

@@ -461,8 +461,8 @@ impl Daemon {
     /// ones changed in more than their clocks (totals, settings, position), and the ones whose
     /// clocks alone moved once their last save is `RECORD_CLOCK_SAVE_INTERVAL` old. So the
     /// main loop never stalls on thousands of files (a first start's 10,000 new records are
-    /// saved 100 a second), and an idle daemon rewrites none.
-    pub(super) fn save_due_records(&mut self) {
+    /// saved 100 a second), and an idle daemon rewrites none. Whether it saved any.
+    pub(super) fn save_due_records(&mut self) -> bool {
         let now = Instant::now();
         let older = |at: Option<Instant>, interval| at.is_none_or(|at| now - at >= interval);
         let due: Vec<usize> = (0..self.torrents.len())
@@ -473,7 +473,7 @@ impl Daemon {
             .take(SAVE_ROUND)
             .collect();
         if due.is_empty() {
-            return;
+            return false;
         }
         let save: Vec<usize> = due
             .iter()
@@ -483,10 +483,12 @@ impl Daemon {
                 older(t.saved_at, RECORD_CLOCK_SAVE_INTERVAL) || t.record_changed_beyond_clocks()
             })
             .collect();
+        let saved = !save.is_empty();
         self.save_records_of(save);
         for i in due {
             self.torrents[i].looked_at = Some(now);
         }
+        saved
     }
 
     /// Saves every record that changed since its last save, clocks included.
