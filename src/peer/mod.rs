@@ -63,9 +63,12 @@ pub enum PeerEvent {
         peer: PeerKey,
         pieces: Bitfield,
     },
-    Have {
+    /// Pieces the peer announced with `have`, in the order it sent them, gathered for up to
+    /// `session::HAVE_GATHER`: a leecher sends one per piece it finishes (a thousand a second
+    /// from a fast one), and each event wakes the coordinator.
+    Haves {
         peer: PeerKey,
-        piece: u32,
+        pieces: Vec<u32>,
     },
     /// The peer will not serve this request (BEP 6 reject).
     RequestRejected {

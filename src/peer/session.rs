@@ -46,6 +46,12 @@ const READ_BUF_BYTES: usize = 512 * 1024;
 /// Upload bytes we put in the send buffer before writing it out.
 const UPLOAD_BATCH_BYTES: usize = 512 * 1024;
 const SOCKET_BUF_BYTES: usize = 4 * 1024 * 1024;
+/// How long a peer's `have`s may wait to go to the coordinator together: a leecher sends one per
+/// piece it finishes, and an event for each woke our coordinator a thousand times a second for
+/// one fast leecher of a seed (each wake-up taking a core from the peer thread serving it).
+pub const HAVE_GATHER: Duration = Duration::from_millis(100);
+/// The most `have`s one event carries.
+const MAX_HAVES_PER_EVENT: usize = 1024;
 
 /// Set in `reserved[7]` by clients that speak the fast extension (BEP 6).
 const FAST_BIT: u8 = 0x04;
@@ -239,6 +245,12 @@ struct Session<'a> {
     /// the end of the read, when [`MAX_BLOCKS_PER_EVENT`] have gathered, or before any other
     /// event (so the coordinator sees everything in the order the peer sent it).
     received: Vec<(BlockRef, BlockData)>,
+    /// Pieces the peer announced and we have not reported yet: they go in one event when
+    /// [`HAVE_GATHER`] has passed since the first of them, when [`MAX_HAVES_PER_EVENT`] have
+    /// gathered, or before any other event but blocks.
+    haves: Vec<u32>,
+    /// When `haves` must be reported (set by the first of them).
+    haves_due: Option<Instant>,
 }
 
 impl<'a> Session<'a> {
@@ -267,6 +279,8 @@ impl<'a> Session<'a> {
             peer_ut_metadata: None,
             peer_ut_pex: None,
             received: Vec::new(),
+            haves: Vec::new(),
+            haves_due: None,
             upload_queue: VecDeque::new(),
             upload_throttled: false,
         }
@@ -456,10 +470,11 @@ impl<'a> Session<'a> {
     }
 
     /// How long the next read may block: with uploads waiting, only take what is already there
-    /// (the peer may have nothing more to say while it waits for our data).
+    /// (the peer may have nothing more to say while it waits for our data); never past the time
+    /// gathered `have`s are due.
     fn read_timeout(&self) -> Duration {
         let busy = !self.upload_queue.is_empty() && !self.am_choking;
-        if self.upload_throttled {
+        let wait = if self.upload_throttled {
             self.ctx
                 .limits
                 .upload
@@ -471,6 +486,14 @@ impl<'a> Session<'a> {
             ACTIVE_READ_TIMEOUT
         } else {
             IDLE_READ_TIMEOUT
+        };
+        match self.haves_due {
+            // A zero timeout would mean none at all.
+            Some(due) => wait.min(
+                due.saturating_duration_since(Instant::now())
+                    .max(Duration::from_micros(1)),
+            ),
+            None => wait,
         }
     }
 
@@ -505,9 +528,35 @@ impl<'a> Session<'a> {
         })
     }
 
-    /// Reports `event`, after the blocks that came before it.
+    /// Gathers a piece the peer announced, for [`Self::send_haves`].
+    fn gather_have(&mut self, piece: u32) -> Result<(), PeerError> {
+        if self.haves.is_empty() {
+            self.haves_due = Some(Instant::now() + HAVE_GATHER);
+        }
+        self.haves.push(piece);
+        if self.haves.len() >= MAX_HAVES_PER_EVENT {
+            self.send_haves()?;
+        }
+        Ok(())
+    }
+
+    /// Reports the pieces the peer announced since the last report, if any, in one event.
+    fn send_haves(&mut self) -> Result<(), PeerError> {
+        self.haves_due = None;
+        if self.haves.is_empty() {
+            return Ok(());
+        }
+        let pieces = std::mem::take(&mut self.haves);
+        self.send(PeerEvent::Haves {
+            peer: self.peer,
+            pieces,
+        })
+    }
+
+    /// Reports `event`, after the blocks and `have`s that came before it.
     fn report(&mut self, event: PeerEvent) -> Result<(), PeerError> {
         self.send_received()?;
+        self.send_haves()?;
         self.send(event)
     }
 
@@ -540,7 +589,7 @@ impl<'a> Session<'a> {
                 if piece >= self.ctx.geometry.num_pieces {
                     return Err(PeerError::PieceOutOfRange { piece });
                 }
-                self.report(PeerEvent::Have { peer, piece })?;
+                self.gather_have(piece)?;
             }
             Message::Bitfield(bytes) => {
                 // A later bitfield of the right length is the peer's new state (aria2 sends
@@ -718,6 +767,9 @@ impl<'a> Session<'a> {
 
 impl Handler for Session<'_> {
     fn before_read(&mut self, conn: &mut Connection) -> Result<(), PeerError> {
+        if self.haves_due.is_some_and(|due| Instant::now() >= due) {
+            self.send_haves()?;
+        }
         self.drain_commands(conn.out())?;
         self.serve_uploads(conn.out())
     }

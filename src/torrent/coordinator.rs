@@ -885,7 +885,7 @@ impl Coordinator {
                 self.on_addr_failed(addr, matches!(reason, PeerError::SelfConnection));
             }
             PeerEvent::Bitfield { peer, pieces } => self.on_bitfield(peer, pieces),
-            PeerEvent::Have { peer, piece } => self.on_have(peer, piece),
+            PeerEvent::Haves { peer, pieces } => self.on_haves(peer, &pieces),
             PeerEvent::ExtendedHandshake {
                 peer,
                 reqq,
@@ -1401,19 +1401,25 @@ impl Coordinator {
         self.after_peer_pieces_changed(key);
     }
 
-    fn on_have(&mut self, key: PeerKey, piece: u32) {
+    fn on_haves(&mut self, key: PeerKey, pieces: &[u32]) {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        if peer.pieces.get(piece) {
-            return;
+        let mut changed = false;
+        for &piece in pieces {
+            if peer.pieces.get(piece) {
+                continue;
+            }
+            peer.pieces.set(piece);
+            self.picker.on_have(piece);
+            if self.picker.wants(piece) {
+                peer.wanted += 1;
+            }
+            changed = true;
         }
-        peer.pieces.set(piece);
-        self.picker.on_have(piece);
-        if self.picker.wants(piece) {
-            peer.wanted += 1;
+        if changed {
+            self.after_peer_pieces_changed(key);
         }
-        self.after_peer_pieces_changed(key);
     }
 
     fn after_peer_pieces_changed(&mut self, key: PeerKey) {

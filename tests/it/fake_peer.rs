@@ -461,6 +461,38 @@ fn btd_seeder_announces_every_piece_serves_blocks_and_drops_oversized_requests()
 }
 
 #[test]
+fn btd_seeder_closes_a_leecher_whose_last_have_makes_it_a_seed() {
+    // The peer thread gathers a peer's `have`s for up to 100 ms before its coordinator sees
+    // them: the last one must still reach it with nothing after it on the wire to carry it.
+    let fx = Fixture::new("fp-haves", 2 * MIB, PIECE_LEN);
+    let meta = fx.meta.clone();
+    let mut seeder = btd_seed("btd seeder", &fx.torrent, &fx.seed_dir, next_ip(), &[]);
+    let addr = seeder.wait_listening();
+
+    let mut fake = first_connection("fake leecher, one have at a time", addr, &meta);
+    match fake.next_message(within(SHORT)) {
+        Msg::Bitfield(bits) => assert_eq!(bits, meta.full_bitfield()),
+        other => panic!("btd seeder's first message is {other:?}, not a bitfield"),
+    }
+    let last = meta.num_pieces - 1;
+    for piece in 0..last {
+        fake.send_have(piece);
+    }
+    let (_, closed) = fake.collect_until(within(QUIET));
+    assert!(
+        closed.is_none(),
+        "btd closed a peer that still lacks piece {last}\n{}",
+        fake.transcript()
+    );
+    // Now both sides only upload: btd hangs up.
+    fake.send_have(last);
+    fake.expect_closed(within(REACT));
+
+    seeder.assert_running();
+    seeder.terminate_and_assert_ok(SHORT);
+}
+
+#[test]
 fn btd_seeder_drops_peers_sending_malformed_frames_and_keeps_serving_others() {
     let fx = Fixture::new("fp-malformed", MIB + 777, PIECE_LEN);
     let meta = fx.meta.clone();
