@@ -632,13 +632,16 @@ pub(super) fn schedule(
             out.push((i, Scheduled::Finished, t.leave(Phase::Finished)));
         }
     }
+    // Counted once: each seed requeued here stops being active.
+    let mut seeds = seeding(queue);
     for i in (0..queue.len()).rev() {
-        if seeding(queue) <= slots.seeds {
+        if seeds <= slots.seeds {
             break;
         }
         let t = &mut queue[i];
         if t.phase == Phase::Running && t.complete && !t.force_check {
             out.push((i, Scheduled::Requeued, t.leave(Phase::Queued)));
+            seeds -= 1;
         }
     }
     for (i, t) in queue.iter_mut().enumerate() {
@@ -880,6 +883,48 @@ mod tests {
         assert_eq!(turn(&mut q, more, t0()), [(4, start_check(1))]);
         q[2].on_run_ended();
         assert_eq!(turn(&mut q, more, t0()), [(2, start_check(2))]);
+    }
+
+    #[test]
+    fn fewer_seed_slots_send_the_last_seeds_back_as_many_as_are_over() {
+        let mut q: Vec<Lifecycle> = (0..5).map(|_| added(true)).collect();
+        let five = Slots {
+            downloads: 0,
+            seeds: 5,
+        };
+        assert_eq!(turn(&mut q, five, t0()).len(), 5);
+        for t in &mut q[..4] {
+            assert_eq!(check_done(t, true), [Action::StartRun]);
+        }
+        // The last is still checking: it holds a seed slot but has no run to stop.
+        let two = Slots {
+            downloads: 0,
+            seeds: 2,
+        };
+        let turned = turn(&mut q, two, t0());
+        assert_eq!(
+            turned,
+            [
+                (3, Action::BeginStop),
+                (3, Action::SaveRecord),
+                (2, Action::BeginStop),
+                (2, Action::SaveRecord),
+                (1, Action::BeginStop),
+                (1, Action::SaveRecord)
+            ]
+        );
+        assert_eq!(
+            names(&q),
+            [
+                "seeding",
+                "queued_seed",
+                "queued_seed",
+                "queued_seed",
+                "checking"
+            ]
+        );
+        // Within its slots now: nothing more goes back.
+        assert_eq!(turn(&mut q, two, t0()), []);
     }
 
     #[test]
