@@ -3,6 +3,7 @@
 //! so the limit holds however many peers and torrents there are. A bucket's lock is held only for
 //! arithmetic, never across I/O.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -191,8 +192,8 @@ impl PeerBudget {
         self.used() >= self.max.load(Ordering::Relaxed)
     }
 
-    /// Takes one connection slot if there is one.
-    pub fn try_acquire(&self) -> bool {
+    /// Takes one connection slot if there is one (held as a [`PeerPermit`]).
+    fn try_acquire(&self) -> bool {
         let max = self.max.load(Ordering::Relaxed);
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -201,8 +202,8 @@ impl PeerBudget {
             .is_ok()
     }
 
-    /// Returns a slot taken with `try_acquire`.
-    pub fn release(&self) {
+    /// Returns a slot taken with `try_acquire` (a [`PeerPermit`]'s drop).
+    fn release(&self) {
         let _ = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -226,7 +227,25 @@ pub struct Limits {
     pub encryption: EncryptionMode,
 }
 
+/// One connection's slot in the process-wide peer budget, given back when dropped: the
+/// connection holds it while it dials and while it runs, and a peer dropped to make room hands
+/// it to the newcomer, so no path can forget to give it back or give it back twice.
+pub struct PeerPermit(Arc<Limits>);
+
+impl Drop for PeerPermit {
+    fn drop(&mut self) {
+        self.0.peers.release();
+    }
+}
+
 impl Limits {
+    /// A slot of the peer budget, if one is free.
+    pub fn try_peer_permit(self: &Arc<Self>) -> Option<PeerPermit> {
+        self.peers
+            .try_acquire()
+            .then(|| PeerPermit(Arc::clone(self)))
+    }
+
     /// The given rates (0 = unlimited) and peer budget, encryption `preferred`.
     pub fn new(download_rate: u64, upload_rate: u64, max_peers: usize) -> Self {
         Self {
@@ -319,14 +338,19 @@ mod tests {
     }
 
     #[test]
-    fn peer_budget_refuses_past_its_maximum() {
-        let b = PeerBudget::new(2);
-        assert!(b.try_acquire() && b.try_acquire());
-        assert!(!b.try_acquire());
-        b.release();
-        assert!(b.try_acquire());
-        b.set_max(1);
-        assert!(!b.try_acquire());
-        assert_eq!(b.used(), 2);
+    fn peer_permits_refuse_past_the_maximum_and_give_their_slot_back_when_dropped() {
+        let limits = Arc::new(Limits::new(0, 0, 2));
+        let first = limits.try_peer_permit().expect("a slot");
+        let second = limits.try_peer_permit().expect("a slot");
+        assert!(limits.try_peer_permit().is_none());
+        drop(first);
+        assert_eq!(limits.peers.used(), 1);
+        let third = limits.try_peer_permit().expect("the slot given back");
+        // A lowered maximum refuses newcomers; those over it stay until they end.
+        limits.peers.set_max(1);
+        assert!(limits.try_peer_permit().is_none());
+        assert_eq!(limits.peers.used(), 2);
+        drop((second, third));
+        assert_eq!(limits.peers.used(), 0);
     }
 }

@@ -35,7 +35,7 @@ use crate::peer::conn::StreamHandle;
 use crate::peer::web_seed::{self, WEB_SEED_PIPELINE, WebSeedTimeouts};
 use crate::peer::{self, PeerCommand, PeerError, PeerEvent, PeerLink, PeerStats, TorrentContext};
 use crate::profile::{self, LoopStats, Role};
-use crate::ratelimit::{Limits, RateLimiter};
+use crate::ratelimit::{Limits, PeerPermit, RateLimiter};
 use crate::selection::{self, Selection};
 use crate::storage::Storage;
 use crate::tracker::announcer::{self, AnnounceStats, AnnouncerCommand, AnnouncerConfig};
@@ -286,10 +286,11 @@ struct Peer {
     last_interest_at: Instant,
     /// BEP 40 priority of this connection: the tie-break when room must be made.
     priority: u32,
-    /// Dropped to make room: it no longer counts against the limits, and when
-    /// `slot_given_away` its global peer slot went to the newcomer that replaced it.
+    /// Dropped to make room: it no longer counts against the limits.
     leaving: bool,
-    slot_given_away: bool,
+    /// Its slot in the process's peer budget (none for a web seed, or once handed to the
+    /// newcomer it made room for).
+    permit: Option<PeerPermit>,
     rate_down: u64,
     rate_up: u64,
     last_down: u64,
@@ -332,7 +333,7 @@ struct Coordinator {
     /// Outgoing connections being dialled; each holds a slot of the global peer budget.
     /// Outgoing connections not yet `Connected`, with a clone of each socket (a `shutdown`
     /// aborts its connect).
-    dialing: HashMap<PeerKey, TcpStream>,
+    dialing: HashMap<PeerKey, (TcpStream, PeerPermit)>,
     /// Disconnects when the last peer thread has ended (see `TorrentContext::peer_threads`).
     peer_threads_ended: Receiver<()>,
     resume: Option<ResumeTarget>,
@@ -822,12 +823,12 @@ impl Coordinator {
             to_dial.push((*addr, info.prefers_encryption));
         }
         for (addr, prefers_encryption) in to_dial {
-            if !self.global.peers.try_acquire() {
+            let Some(permit) = self.global.try_peer_permit() else {
                 if let Some(info) = self.addrs.get_mut(&addr) {
                     info.connecting = false;
                 }
                 continue;
-            }
+            };
             let key = peer::next_peer_key();
             debug!("torrent {}: connecting to {addr}", self.meta.name);
             let spawned = peer::spawn_outgoing(
@@ -840,14 +841,13 @@ impl Coordinator {
             );
             match spawned {
                 Ok(socket) => {
-                    self.dialing.insert(key, socket);
+                    self.dialing.insert(key, (socket, permit));
                 }
                 Err(e) => {
                     warn!(
                         "torrent {}: cannot spawn peer thread for {addr}: {e}",
                         self.meta.name
                     );
-                    self.global.peers.release();
                     if let Some(info) = self.addrs.get_mut(&addr) {
                         info.connecting = false;
                     }
@@ -878,9 +878,8 @@ impl Coordinator {
                 }
             }
             PeerEvent::ConnectFailed { peer, addr, reason } => {
-                if self.dialing.remove(&peer).is_some() {
-                    self.global.peers.release();
-                }
+                // Its permit goes back with it.
+                self.dialing.remove(&peer);
                 debug!("torrent {}: {addr}: {reason}", self.name());
                 self.on_addr_failed(addr, matches!(reason, PeerError::SelfConnection));
             }
@@ -998,7 +997,10 @@ impl Coordinator {
         if let Some(info) = self.addrs.get_mut(&addr) {
             info.connecting = false;
         }
-        let mut budgeted = self.dialing.remove(&key).is_some() || self.global.peers.try_acquire();
+        let mut permit = match self.dialing.remove(&key) {
+            Some((_, permit)) => Some(permit),
+            None => self.global.try_peer_permit(),
+        };
         let network = admission::prefix(addr.ip());
         let mut refuse = if self.rechecking {
             Some("rechecking our data")
@@ -1029,23 +1031,24 @@ impl Coordinator {
             .filter(|p| !p.leaving && p.web_seed.is_none())
             .count()
             >= self.limits.max_peers;
-        if refuse.is_none() && (full || !budgeted) {
-            // Full: the least useful peer makes room, if one is less useful than a newcomer.
+        if refuse.is_none() && (full || permit.is_none()) {
+            // Full: the least useful peer makes room, if one is less useful than a newcomer;
+            // with the process's budget spent, its slot is the newcomer's.
             match admission::make_room(&self.peer_views(Instant::now())) {
                 Some(victim) => {
-                    self.drop_to_make_room(victim, addr, !budgeted);
-                    budgeted = true;
+                    let take = permit.is_none();
+                    if let Some(theirs) = self.drop_to_make_room(victim, addr, take) {
+                        permit = Some(theirs);
+                    }
                 }
-                None if !budgeted => refuse = Some("global peer limit reached"),
+                None if permit.is_none() => refuse = Some("global peer limit reached"),
                 None => refuse = Some("peer limit reached"),
             }
         }
         if let Some(why) = refuse {
+            // The permit, if any, goes back as it drops.
             debug!("torrent {}: {addr}: refused: {why}", self.name());
             self.last_refused = Some(Instant::now());
-            if budgeted {
-                self.global.peers.release();
-            }
             if let Some(info) = self.addrs.get_mut(&addr) {
                 // Not a failure of the address, but no reason to dial it again soon.
                 info.retry_at = Instant::now() + RETRY_MAX;
@@ -1108,7 +1111,7 @@ impl Coordinator {
             last_interest_at: now,
             priority,
             leaving: false,
-            slot_given_away: false,
+            permit,
             rate_down: 0,
             rate_up: 0,
             last_down: 0,
@@ -1150,10 +1153,9 @@ impl Coordinator {
             self.departed.pop_front();
         }
         self.departed.push_back((key, peer.addr));
+        // Its permit, if it still holds one, goes back as `peer` drops.
         if let Some(seed) = self.web_seeds.get_mut(&key) {
             seed.running = false;
-        } else if !peer.slot_given_away {
-            self.global.peers.release();
         }
         debug!(
             "torrent {}: {} ({}): disconnected: {reason}",
@@ -1277,7 +1279,7 @@ impl Coordinator {
                     last_interest_at: now,
                     priority: 0,
                     leaving: false,
-                    slot_given_away: false,
+                    permit: None,
                     rate_down: 0,
                     rate_up: 0,
                     last_down: 0,
@@ -1315,20 +1317,29 @@ impl Coordinator {
             .collect()
     }
 
-    /// Drops peer `victim` so that the newcomer from `for_addr` gets its slot; with
-    /// `give_slot`, the newcomer takes over its global peer slot too. It leaves when its
-    /// thread ends; until then it counts against no limit.
-    fn drop_to_make_room(&mut self, victim: PeerKey, for_addr: SocketAddr, give_slot: bool) {
+    /// Drops peer `victim` so that the newcomer from `for_addr` gets its place. It leaves when
+    /// its thread ends and until then counts against no limit of the torrent; with
+    /// `take_permit` (the process has no other slot for the newcomer) its peer-budget permit is
+    /// returned for the newcomer, else it keeps it until it has gone.
+    fn drop_to_make_room(
+        &mut self,
+        victim: PeerKey,
+        for_addr: SocketAddr,
+        take_permit: bool,
+    ) -> Option<PeerPermit> {
         let name = self.meta.name.clone();
-        if let Some(peer) = self.peers.get_mut(&victim) {
-            debug!(
-                "torrent {name}: {}: dropped to make room for {for_addr}",
-                peer.addr
-            );
-            peer.leaving = true;
-            peer.slot_given_away = give_slot;
-            let _ = peer.commands.try_send(PeerCommand::Shutdown);
-            peer.link.close();
+        let peer = self.peers.get_mut(&victim)?;
+        debug!(
+            "torrent {name}: {}: dropped to make room for {for_addr}",
+            peer.addr
+        );
+        peer.leaving = true;
+        let _ = peer.commands.try_send(PeerCommand::Shutdown);
+        peer.link.close();
+        if take_permit {
+            peer.permit.take()
+        } else {
+            None
         }
     }
 
@@ -2131,7 +2142,7 @@ impl Coordinator {
             let _ = peer.commands.try_send(PeerCommand::Shutdown);
             peer.link.close();
         }
-        for socket in self.dialing.values() {
+        for (socket, _) in self.dialing.values() {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
         // Let our queued pieces finish hashing and writing (bounded), then flush.
