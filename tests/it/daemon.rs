@@ -633,6 +633,48 @@ fn the_global_peer_limit_holds_across_torrents() {
 }
 
 #[test]
+fn a_paused_torrent_gives_its_peer_slots_back_and_dials_again_when_resumed() {
+    // peers.max_global = 1 and the one slot is the download's. Its peers' ends come after its
+    // run has stopped: the slot must come back all the same, or the resumed torrent can never
+    // dial again.
+    let work = TempDir::new("daemon-pause-slots");
+    let p = payload(&work, "seed", "pause-slots", 4 * MIB, 32 * KIB, &[]);
+    let lt = LtSeeder::start(
+        "libtorrent seeder (512 KiB/s)",
+        &[&p.torrent],
+        &work.path().join("seed"),
+        512 * KIB,
+        false,
+    );
+    let mut home = DaemonHome::new("daemon-pause-slots");
+    home.set("peers", "max_global", 1)
+        .add_torrent(TorrentEntry::new(&p.torrent).peers(&[lt.addr]))
+        .write_config();
+    let mut d = home.start("btd daemon");
+    let peers_of = |s: &Snapshot| {
+        s.status
+            .torrent(&p.info_hash)
+            .map(|t| (t.state.clone(), t.peers))
+    };
+    d.wait_snapshot(SHORT, "the download with its one peer", |s| {
+        peers_of(s) == Some(("downloading".into(), 1))
+    });
+    for (verb, state) in [("pause", "paused"), ("resume", "downloading")] {
+        let out = home.cli(&[verb.into(), p.info_hash.clone().into()]);
+        assert!(out.status.success(), "btd {verb}: {}", out.description);
+        d.wait_snapshot(SHORT, state, |s| {
+            peers_of(s).is_some_and(|(st, _)| st == state)
+        });
+    }
+    d.wait_snapshot(SHORT, "the resumed download with its peer again", |s| {
+        peers_of(s).is_some_and(|(state, peers)| state == "seeding" || peers == 1)
+    });
+    d.wait_seeding(&p.info_hash, TRANSFER);
+    assert_same_files(&p.data(), &home.download_dir().join("pause-slots"));
+    d.stop("TERM");
+}
+
+#[test]
 fn a_restart_after_the_data_changed_checks_it_again_and_repairs_it() {
     let work = TempDir::new("daemon-changed");
     let p = payload(&work, "seed", "changed", 2 * MIB, 32 * KIB, &[]);
