@@ -33,7 +33,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, select};
@@ -50,6 +49,7 @@ use crate::tracker::udp::UdpClient;
 use crate::tracker::{
     AnnounceEvent, AnnounceRequest, AnnounceResponse, OurAddrs, TrackerError, http, udp,
 };
+use crate::watched::Watched;
 use crate::wire::extension::{
     EXTENDED_ID, EXTENSION_BIT, HANDSHAKE_EXT_ID, METADATA_PIECE_LEN, MetadataMessage,
     OUR_UT_METADATA_ID, UT_METADATA,
@@ -228,7 +228,7 @@ pub fn fetch(
         params.peers.len()
     );
     let mut orders: HashMap<Key, Sender<Order>> = HashMap::new();
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let mut threads: Vec<Watched<()>> = Vec::new();
     let mut next_dht_lookup = started;
     let mut dht_wait = DHT_LOOKUP_FIRST;
     let result = loop {
@@ -265,7 +265,7 @@ pub fn fetch(
                 banned: state.banned(),
             });
         }
-        threads.retain(|t| !t.is_finished());
+        threads.retain_mut(|t| !t.is_done());
         for (key, addr) in state.dial(now) {
             spawn_peer(
                 &setup,
@@ -335,7 +335,7 @@ fn take_incoming(
     setup: &Arc<PeerSetup>,
     events: &Sender<Event>,
     orders: &mut HashMap<Key, Sender<Order>>,
-    threads: &mut Vec<JoinHandle<()>>,
+    threads: &mut Vec<Watched<()>>,
 ) {
     let addr = conn.addr;
     match state.on_incoming(addr, Instant::now()) {
@@ -355,19 +355,21 @@ fn spawn_peer(
     accepted: Option<Incoming>,
     events: &Sender<Event>,
     orders: &mut HashMap<Key, Sender<Order>>,
-    threads: &mut Vec<JoinHandle<()>>,
+    threads: &mut Vec<Watched<()>>,
 ) {
     let (tx, rx) = crossbeam_channel::bounded(64);
     let thread_events = events.clone();
     let setup = Arc::clone(setup);
-    let spawned = std::thread::Builder::new()
-        .name(format!("metadata {addr}"))
-        .stack_size(crate::peer::PEER_STACK_BYTES)
-        .spawn(move || {
+    let spawned = crate::watched::spawn(
+        std::thread::Builder::new()
+            .name(format!("metadata {addr}"))
+            .stack_size(crate::peer::PEER_STACK_BYTES),
+        move || {
             crate::profile::run_as(crate::profile::Role::Metadata, || {
                 peer_thread(&setup, key, addr, accepted, &thread_events, &rx);
             });
-        });
+        },
+    );
     match spawned {
         Ok(handle) => {
             orders.insert(key, tx);
@@ -431,16 +433,12 @@ fn handle_event(
 
 /// Waits up to [`JOIN_GRACE`] for the peer threads; any still running (connecting) are left to
 /// end on their own: their events go to a closed channel.
-fn join_bounded(threads: Vec<JoinHandle<()>>) {
+fn join_bounded(mut threads: Vec<Watched<()>>) {
     let deadline = Instant::now() + JOIN_GRACE;
-    while Instant::now() < deadline && !threads.iter().all(JoinHandle::is_finished) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let mut left = 0;
-    for handle in threads {
-        if handle.is_finished() {
-            let _ = handle.join();
-        } else {
+    for thread in &mut threads {
+        // One deadline for all: the whole wait stays within the grace.
+        if !thread.wait_until(deadline) {
             left += 1;
         }
     }

@@ -1,7 +1,8 @@
 //! Threads whose end can be waited for with a deadline: the thread holds the only sender of a
 //! channel, so its end (return or panic) disconnects the receiver, and `recv_deadline` gives a
 //! stop budget a real bound without polling `is_finished` on a clock. Used for the threads an
-//! owner must stop within a budget: coordinators, announcers, metadata fetches.
+//! owner must stop within a budget: coordinators, announcers, metadata fetches and their peer
+//! threads.
 
 use std::thread::{Builder, JoinHandle};
 use std::time::Instant;
