@@ -4,6 +4,7 @@
 //! See DESIGN.md for which thread owns what and what crosses each channel.
 
 pub mod atomic_file;
+pub mod backoff;
 pub mod bencode;
 pub mod commands;
 pub mod config;

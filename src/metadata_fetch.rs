@@ -237,7 +237,7 @@ pub fn fetch(
             && now >= next_dht_lookup
         {
             next_dht_lookup = now + dht_wait;
-            dht_wait = (dht_wait * 2).min(DHT_LOOKUP_EVERY);
+            dht_wait = crate::backoff::doubling(dht_wait, 1, DHT_LOOKUP_EVERY);
             // Announced too when peers can dial in, so a seeder that finds us connects.
             let port = incoming.is_some().then_some(params.listen_port);
             dht.search_once(
@@ -855,9 +855,9 @@ impl FetchState {
         if misbehaved {
             entry.standing = Standing::Banned;
         } else {
-            let wait = RETRY_BASE.saturating_mul(1 << entry.failures.min(5));
+            let wait = crate::backoff::doubling(RETRY_BASE, entry.failures, RETRY_MAX);
             entry.failures += 1;
-            entry.not_before = now + wait.min(RETRY_MAX);
+            entry.not_before = now + wait;
         }
     }
 

@@ -708,9 +708,11 @@ pub(super) fn space_is_low(free_bytes: u64, needed_bytes: u64, min_free_bytes: u
 /// The wait before retrying a torrent after `failures` storage errors in a row: 60 s, doubling,
 /// at most 30 min.
 pub(super) fn storage_retry_after(failures: u32) -> Duration {
-    STORAGE_RETRY_BASE
-        .saturating_mul(1 << failures.saturating_sub(1).min(5))
-        .min(STORAGE_RETRY_MAX)
+    crate::backoff::doubling(
+        STORAGE_RETRY_BASE,
+        failures.saturating_sub(1),
+        STORAGE_RETRY_MAX,
+    )
 }
 
 /// Where `queue-move-*` puts the torrents it names.

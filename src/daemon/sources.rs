@@ -604,7 +604,7 @@ pub(super) fn fetch_metadata(
         if !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout)) {
             return None;
         }
-        wait = (wait * 2).min(METADATA_RETRY_MAX);
+        wait = crate::backoff::doubling(wait, 1, METADATA_RETRY_MAX);
     }
 }
 

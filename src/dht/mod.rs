@@ -529,7 +529,7 @@ impl Run {
                         t.search = None;
                         if t.sink.needs_peers() {
                             t.due = now + t.retry;
-                            t.retry = (t.retry * 2).min(LOOKUP_EVERY);
+                            t.retry = crate::backoff::doubling(t.retry, 1, LOOKUP_EVERY);
                         } else {
                             t.due = now + LOOKUP_EVERY;
                         }

@@ -205,10 +205,8 @@ impl WebSeed {
                 Err(FetchError::Closed) => return PeerError::Dropped,
                 Err(FetchError::Http(error)) => {
                     self.failures += 1;
-                    let backoff = BACKOFF_BASE
-                        .saturating_mul(1 << self.failures.min(8))
-                        .min(BACKOFF_MAX)
-                        / 2;
+                    let backoff =
+                        crate::backoff::doubling(BACKOFF_BASE, self.failures, BACKOFF_MAX) / 2;
                     warn!("webseed {}: {error}; trying again in {backoff:?}", self.url);
                     self.queue.clear();
                     // The coordinator voids what it asked of us and asks again after `Unchoked`.

@@ -2261,7 +2261,7 @@ fn retry_backoff(failures: u32, starved: bool) -> Duration {
     } else {
         RETRY_MAX
     };
-    RETRY_BASE.saturating_mul(1 << failures.min(6)).min(max)
+    crate::backoff::doubling(RETRY_BASE, failures, max)
 }
 
 #[cfg(test)]

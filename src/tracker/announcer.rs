@@ -223,10 +223,8 @@ impl Schedule {
     /// No tracker answered the round that ended at `now`. Returns the back-off before the next try.
     pub fn on_round_failed(&mut self, now: Instant) -> Duration {
         self.failed_rounds = self.failed_rounds.saturating_add(1);
-        let doublings = (self.failed_rounds - 1).min(16);
-        let backoff = BACKOFF_INITIAL
-            .saturating_mul(1 << doublings)
-            .min(BACKOFF_MAX);
+        let backoff =
+            crate::backoff::doubling(BACKOFF_INITIAL, self.failed_rounds - 1, BACKOFF_MAX);
         self.retry_at = Some(now + backoff);
         backoff
     }

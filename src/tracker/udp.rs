@@ -293,9 +293,11 @@ impl UdpClient {
 
     /// When the wait after the n-th transmission ends: `base * 2^n` from now, or the deadline.
     fn wait_end(&self, n: u32, deadline: Instant) -> Instant {
-        let wait = self
-            .retransmit_base
-            .saturating_mul(1 << n.min(MAX_RETRANSMIT_EXPONENT));
+        let wait = crate::backoff::doubling(
+            self.retransmit_base,
+            n.min(MAX_RETRANSMIT_EXPONENT),
+            Duration::MAX,
+        );
         Instant::now()
             .checked_add(wait)
             .map_or(deadline, |end| end.min(deadline))
