@@ -264,9 +264,13 @@ impl Engine {
         self.global.encryption.get()
     }
 
-    /// Peer connections open across all torrents.
-    pub fn peers_in_use(&self) -> usize {
-        self.global.peers.used()
+    /// The process's peer budget: slots held by connections open or being dialled, and the
+    /// most there may be.
+    pub fn peer_slots(&self) -> crate::status::PeerSlots {
+        crate::status::PeerSlots {
+            used: self.global.peers.used(),
+            max: self.global.peers.max(),
+        }
     }
 
     /// Routes incoming connections for `info_hash` to a metadata fetch until the inbox is

@@ -211,6 +211,11 @@ impl PeerBudget {
             });
     }
 
+    /// The most connections at once.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
     /// Connections in use.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)

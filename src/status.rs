@@ -31,6 +31,17 @@ pub struct DaemonStatus {
     /// The DHT, while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dht: Option<DhtStatus>,
+    /// The process's peer budget (`peers.max_global`): its slots held by peer connections,
+    /// open or being dialled, across all torrents.
+    #[serde(default)]
+    pub peer_slots: PeerSlots,
+}
+
+/// The peer budget in a [`DaemonStatus`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PeerSlots {
+    pub used: usize,
+    pub max: usize,
 }
 
 /// The DHT in a [`DaemonStatus`].
@@ -219,6 +230,7 @@ impl DaemonStatus {
             tracker: None,
             rpc: None,
             dht: None,
+            peer_slots: PeerSlots::default(),
         }
     }
 
@@ -634,6 +646,7 @@ mod tests {
             tracker: None,
             rpc: None,
             dht: None,
+            peer_slots: PeerSlots::default(),
         }
     }
 

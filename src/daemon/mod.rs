@@ -487,6 +487,7 @@ impl Daemon {
             t.fill_status(row);
         }
         status.rpc = self.rpc.as_ref().map(|rpc| rpc.local_addr().to_string());
+        status.peer_slots = self.engine.peer_slots();
         status.dht = self.engine.dht().map(|dht| crate::status::DhtStatus {
             port: dht.port(),
             nodes: dht.nodes(),

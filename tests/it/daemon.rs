@@ -635,8 +635,8 @@ fn the_global_peer_limit_holds_across_torrents() {
 #[test]
 fn a_paused_torrent_gives_its_peer_slots_back_and_dials_again_when_resumed() {
     // peers.max_global = 1 and the one slot is the download's. Its peers' ends come after its
-    // run has stopped: the slot must come back all the same, or the resumed torrent can never
-    // dial again.
+    // run has stopped: the slot must come back all the same (and status.json say so), or the
+    // resumed torrent can never dial again.
     let work = TempDir::new("daemon-pause-slots");
     let p = payload(&work, "seed", "pause-slots", 4 * MIB, 32 * KIB, &[]);
     let lt = LtSeeder::start(
@@ -656,16 +656,19 @@ fn a_paused_torrent_gives_its_peer_slots_back_and_dials_again_when_resumed() {
             .torrent(&p.info_hash)
             .map(|t| (t.state.clone(), t.peers))
     };
-    d.wait_snapshot(SHORT, "the download with its one peer", |s| {
-        peers_of(s) == Some(("downloading".into(), 1))
+    let slots = |s: &Snapshot| (s.status.peer_slots.used, s.status.peer_slots.max);
+    d.wait_snapshot(
+        SHORT,
+        "the download with its one peer in the one slot",
+        |s| peers_of(s) == Some(("downloading".into(), 1)) && slots(s) == (1, 1),
+    );
+    let out = home.cli(&["pause".into(), p.info_hash.clone().into()]);
+    assert!(out.status.success(), "btd pause: {}", out.description);
+    d.wait_snapshot(SHORT, "paused, its slot free", |s| {
+        peers_of(s).is_some_and(|(state, _)| state == "paused") && slots(s) == (0, 1)
     });
-    for (verb, state) in [("pause", "paused"), ("resume", "downloading")] {
-        let out = home.cli(&[verb.into(), p.info_hash.clone().into()]);
-        assert!(out.status.success(), "btd {verb}: {}", out.description);
-        d.wait_snapshot(SHORT, state, |s| {
-            peers_of(s).is_some_and(|(st, _)| st == state)
-        });
-    }
+    let out = home.cli(&["resume".into(), p.info_hash.clone().into()]);
+    assert!(out.status.success(), "btd resume: {}", out.description);
     d.wait_snapshot(SHORT, "the resumed download with its peer again", |s| {
         peers_of(s).is_some_and(|(state, peers)| state == "seeding" || peers == 1)
     });

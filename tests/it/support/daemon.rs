@@ -313,6 +313,16 @@ pub struct Status {
     pub updated_unix: u64,
     pub listen: String,
     pub torrents: Vec<TorrentStatus>,
+    /// The process's peer budget.
+    #[serde(default)]
+    pub peer_slots: PeerSlots,
+}
+
+/// `peer_slots` of `status.json`: slots of `peers.max_global` held, and that maximum.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct PeerSlots {
+    pub used: usize,
+    pub max: usize,
 }
 
 impl Status {
