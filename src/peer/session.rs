@@ -249,8 +249,8 @@ struct Session<'a> {
     /// [`HAVE_GATHER`] has passed since the first of them, when [`MAX_HAVES_PER_EVENT`] have
     /// gathered, or before any other event but blocks.
     haves: Vec<u32>,
-    /// When `haves` must be reported (set by the first of them).
-    haves_due: Option<Instant>,
+    /// When `haves` must be reported (set by the first of them; meaningless while none wait).
+    haves_due: Instant,
 }
 
 impl<'a> Session<'a> {
@@ -280,7 +280,7 @@ impl<'a> Session<'a> {
             peer_ut_pex: None,
             received: Vec::new(),
             haves: Vec::new(),
-            haves_due: None,
+            haves_due: Instant::now(),
             upload_queue: VecDeque::new(),
             upload_throttled: false,
         }
@@ -487,14 +487,15 @@ impl<'a> Session<'a> {
         } else {
             IDLE_READ_TIMEOUT
         };
-        match self.haves_due {
-            // A zero timeout would mean none at all.
-            Some(due) => wait.min(
-                due.saturating_duration_since(Instant::now())
-                    .max(Duration::from_micros(1)),
-            ),
-            None => wait,
+        if self.haves.is_empty() {
+            return wait;
         }
+        // A zero timeout would mean none at all.
+        wait.min(
+            self.haves_due
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_micros(1)),
+        )
     }
 
     /// A piece message's block: counted, then gathered for the coordinator.
@@ -531,7 +532,7 @@ impl<'a> Session<'a> {
     /// Gathers a piece the peer announced, for [`Self::send_haves`].
     fn gather_have(&mut self, piece: u32) -> Result<(), PeerError> {
         if self.haves.is_empty() {
-            self.haves_due = Some(Instant::now() + HAVE_GATHER);
+            self.haves_due = Instant::now() + HAVE_GATHER;
         }
         self.haves.push(piece);
         if self.haves.len() >= MAX_HAVES_PER_EVENT {
@@ -542,7 +543,6 @@ impl<'a> Session<'a> {
 
     /// Reports the pieces the peer announced since the last report, if any, in one event.
     fn send_haves(&mut self) -> Result<(), PeerError> {
-        self.haves_due = None;
         if self.haves.is_empty() {
             return Ok(());
         }
@@ -767,7 +767,7 @@ impl<'a> Session<'a> {
 
 impl Handler for Session<'_> {
     fn before_read(&mut self, conn: &mut Connection) -> Result<(), PeerError> {
-        if self.haves_due.is_some_and(|due| Instant::now() >= due) {
+        if !self.haves.is_empty() && Instant::now() >= self.haves_due {
             self.send_haves()?;
         }
         self.drain_commands(conn.out())?;

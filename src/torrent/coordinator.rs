@@ -330,9 +330,8 @@ struct Coordinator {
     params_bind: Option<IpAddr>,
     limits: super::TorrentLimits,
     global: Arc<Limits>,
-    /// Outgoing connections being dialled; each holds a slot of the global peer budget.
-    /// Outgoing connections not yet `Connected`, with a clone of each socket (a `shutdown`
-    /// aborts its connect).
+    /// Outgoing connections not yet `Connected`: a clone of each socket (a `shutdown` aborts
+    /// its connect) and its slot of the process's peer budget.
     dialing: HashMap<PeerKey, (TcpStream, PeerPermit)>,
     /// Disconnects when the last peer thread has ended (see `TorrentContext::peer_threads`).
     peer_threads_ended: Receiver<()>,
@@ -1036,9 +1035,9 @@ impl Coordinator {
             // with the process's budget spent, its slot is the newcomer's.
             match admission::make_room(&self.peer_views(Instant::now())) {
                 Some(victim) => {
-                    let take = permit.is_none();
-                    if let Some(theirs) = self.drop_to_make_room(victim, addr, take) {
-                        permit = Some(theirs);
+                    self.drop_to_make_room(victim, addr);
+                    if permit.is_none() {
+                        permit = self.peers.get_mut(&victim).and_then(|p| p.permit.take());
                     }
                 }
                 None if permit.is_none() => refuse = Some("global peer limit reached"),
@@ -1318,28 +1317,18 @@ impl Coordinator {
     }
 
     /// Drops peer `victim` so that the newcomer from `for_addr` gets its place. It leaves when
-    /// its thread ends and until then counts against no limit of the torrent; with
-    /// `take_permit` (the process has no other slot for the newcomer) its peer-budget permit is
-    /// returned for the newcomer, else it keeps it until it has gone.
-    fn drop_to_make_room(
-        &mut self,
-        victim: PeerKey,
-        for_addr: SocketAddr,
-        take_permit: bool,
-    ) -> Option<PeerPermit> {
+    /// its thread ends and until then counts against no limit of the torrent (it keeps its
+    /// peer-budget permit unless the newcomer takes it).
+    fn drop_to_make_room(&mut self, victim: PeerKey, for_addr: SocketAddr) {
         let name = self.meta.name.clone();
-        let peer = self.peers.get_mut(&victim)?;
-        debug!(
-            "torrent {name}: {}: dropped to make room for {for_addr}",
-            peer.addr
-        );
-        peer.leaving = true;
-        let _ = peer.commands.try_send(PeerCommand::Shutdown);
-        peer.link.close();
-        if take_permit {
-            peer.permit.take()
-        } else {
-            None
+        if let Some(peer) = self.peers.get_mut(&victim) {
+            debug!(
+                "torrent {name}: {}: dropped to make room for {for_addr}",
+                peer.addr
+            );
+            peer.leaving = true;
+            let _ = peer.commands.try_send(PeerCommand::Shutdown);
+            peer.link.close();
         }
     }
 
